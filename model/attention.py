@@ -1,0 +1,394 @@
+"""Attention variants behind one registry (SPEC §1–2).
+
+Every variant has the same interface:
+
+    forward(x, positions, cache=None) -> y          x, y: (B, T, d_model); positions: (T,) absolute
+    project(x, positions) -> Projections            the module's own q, k (after RoPE) and v
+    maps(proj, rows) -> {"combined", "view1"[, "view2"]}   exact attention weights of a block of rows
+
+``project`` and ``maps`` are what the analysis probe uses to recompute attention exactly; ``cache`` is a
+``KVCache`` that keeps each layer's keys and values for decoding (queries are then aligned to the end
+of the cached keys). Variants register themselves with ``@register("name")``; ``build_attention`` makes
+one from the Hydra ``attention`` config.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from kernels import threshold_attention, threshold_attention_weights
+from model.norms import GatedRMSNorm, RMSNorm, at_least_fp32
+from model.rope import apply_rope
+
+ATTENTIONS: dict[str, type[nn.Module]] = {}
+
+
+def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
+    def add(cls: type[nn.Module]) -> type[nn.Module]:
+        ATTENTIONS[name] = cls
+        cls.variant = name
+        return cls
+
+    return add
+
+
+@dataclass
+class Projections:
+    """Per-head projections of one layer: q and k views (B, H, T, d) after RoPE, v (B, Hv, T, dv)."""
+
+    q: list[torch.Tensor]
+    k: list[torch.Tensor]
+    v: torch.Tensor
+
+
+@dataclass
+class KVCache:
+    """Keys (one tensor per view) and values of one layer for decoding, appended along the sequence."""
+
+    k: list[torch.Tensor] = field(default_factory=list)
+    v: torch.Tensor | None = None
+
+    def extend(self, proj: Projections) -> Projections:
+        if self.v is None:
+            self.k, self.v = list(proj.k), proj.v
+        else:
+            self.k = [torch.cat((old, new), dim=2) for old, new in zip(self.k, proj.k)]
+            self.v = torch.cat((self.v, proj.v), dim=2)
+        return Projections(proj.q, self.k, self.v)
+
+    @property
+    def length(self) -> int:
+        return 0 if self.v is None else self.v.shape[2]
+
+
+def build_attention(model_cfg, attn_cfg, layer: int) -> nn.Module:
+    """The attention module named by ``attn_cfg.name`` for layer ``layer`` (0-based)."""
+    name = attn_cfg.name
+    if name not in ATTENTIONS:
+        raise ValueError(f"unknown attention '{name}'; choose one of: {', '.join(sorted(ATTENTIONS))}")
+    return ATTENTIONS[name](model_cfg, attn_cfg, layer)
+
+
+def causal_mask(n_queries: int, n_keys: int, device) -> torch.Tensor:
+    """(Tq, Tk) boolean mask, True where key j is visible to query i (queries aligned to the end)."""
+    offset = n_keys - n_queries
+    return torch.arange(n_keys, device=device)[None, :] <= torch.arange(n_queries, device=device)[:, None] + offset
+
+
+def _split_heads(x: torch.Tensor, heads: int) -> torch.Tensor:
+    """(B, T, heads·d) -> (B, heads, T, d)."""
+    B, T, C = x.shape
+    return x.view(B, T, heads, C // heads).transpose(1, 2)
+
+
+def _merge_heads(x: torch.Tensor) -> torch.Tensor:
+    """(B, heads, T, d) -> (B, T, heads·d)."""
+    B, H, T, d = x.shape
+    return x.transpose(1, 2).reshape(B, T, H * d)
+
+
+class _Attention(nn.Module):
+    """Shared parts: q/k/v/output projections, RoPE, the cache, and the softmax map."""
+
+    variant = ""
+
+    def __init__(self, model_cfg, attn_cfg, layer: int):
+        super().__init__()
+        C, n_head = model_cfg.n_embd, model_cfg.n_head
+        if C % n_head:
+            raise ValueError(f"model.n_embd ({C}) must be divisible by model.n_head ({n_head})")
+        self.n_embd, self.n_head, self.head_dim, self.layer = C, n_head, C // n_head, layer
+        self.rope_base = float(model_cfg.rope_base)
+        self.rope_ntk_factor = float(model_cfg.get("rope_ntk_factor", 1.0))
+        self.q_proj = nn.Linear(C, C, bias=False)
+        self.k_proj = nn.Linear(C, C, bias=False)
+        self.v_proj = nn.Linear(C, C, bias=False)
+        self.out_proj = nn.Linear(C, C, bias=False)
+        self.out_proj.residual_projection = True
+
+    def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+        return apply_rope(x, positions, self.rope_base, self.rope_ntk_factor)
+
+    def project(self, x: torch.Tensor, positions: torch.Tensor) -> Projections:
+        q = self.rope(_split_heads(self.q_proj(x), self.n_head), positions)
+        k = self.rope(_split_heads(self.k_proj(x), self.n_head), positions)
+        return Projections([q], [k], _split_heads(self.v_proj(x), self.n_head))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        proj = self.project(x, positions)
+        if cache is not None:
+            proj = cache.extend(proj)
+        return self.out_proj(self.output(self.attend(proj), x))
+
+    def attend(self, proj: Projections) -> torch.Tensor:
+        """Per-head attention output (B, H, Tq, dv), after any per-head normalisation."""
+        return self.head_output(self.mix(proj))
+
+    def mix(self, proj: Projections) -> torch.Tensor:
+        """The attention weights applied to v, (B, H, Tq, dv): exactly ``maps(proj)["combined"] @ v``."""
+        raise NotImplementedError
+
+    def head_output(self, mixed: torch.Tensor) -> torch.Tensor:
+        """What follows the weighted sum inside each head (identity unless a variant normalises)."""
+        return mixed
+
+    def output(self, heads: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+        """From per-head outputs (B, H, T, dv) to the input of the output projection (B, T, d_model)."""
+        return _merge_heads(heads)
+
+    def maps(self, proj: Projections, rows: tuple[int, int] | None = None) -> dict[str, torch.Tensor]:
+        """Exact attention weights of query rows [start, stop) (default: all), over the keys up to the
+        last row's position: {"combined": final weights, "view1"[, "view2"]}, each (B, H, rows, keys)."""
+        raise NotImplementedError
+
+
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys)."""
+    Tq, Tk = q.shape[2], k.shape[2]
+    if Tq == Tk:
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+    if Tq == 1:
+        return F.scaled_dot_product_attention(q, k, v)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device))
+
+
+def _softmax_maps(proj: Projections, head_dim: int, rows) -> dict[str, torch.Tensor]:
+    """Per-view softmax maps of rows [start, stop), over the keys up to the last row's position."""
+    Tq, Tk = proj.q[0].shape[2], proj.k[0].shape[2]
+    start, stop = rows if rows is not None else (0, Tq)
+    n_keys = stop + Tk - Tq
+    keep = causal_mask(Tq, Tk, proj.q[0].device)[start:stop, :n_keys]
+    out = {}
+    for i, (q, k) in enumerate(zip(proj.q, proj.k), start=1):
+        scores = at_least_fp32(q[:, :, start:stop]) @ at_least_fp32(k[:, :, :n_keys]).transpose(-1, -2)
+        scores = scores / math.sqrt(head_dim)
+        out[f"view{i}"] = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+    return out
+
+
+@register("softmax")
+class SoftmaxAttention(_Attention):
+    """Causal softmax attention through torch's scaled_dot_product_attention (flash / cuDNN on GPU)."""
+
+    def mix(self, proj: Projections) -> torch.Tensor:
+        return _sdpa(proj.q[0], proj.k[0], proj.v)
+
+    def maps(self, proj, rows=None):
+        out = _softmax_maps(proj, self.head_dim, rows)
+        out["combined"] = out["view1"]
+        return out
+
+
+@register("gated_softmax")
+class GatedSoftmaxAttention(SoftmaxAttention):
+    """Softmax attention whose output is gated per channel by sigmoid(x·W_g) (Qiu et al. 2025, their best:
+    an elementwise, head-specific gate after SDPA, before the output projection)."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        self.gate_proj = nn.Linear(self.n_embd, self.n_embd, bias=False)
+
+    def output(self, heads, x):
+        return _merge_heads(heads) * torch.sigmoid(self.gate_proj(x))
+
+
+class _PairedHeads(_Attention):
+    """The Differential Transformer's head layout: n_head/2 heads whose q and k are split into two
+    adjacent sub-heads of dimension d (views 1 and 2) and whose v has dimension 2d."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        if self.n_head % 2:
+            raise ValueError(
+                f"attention '{attn_cfg.name}' with the paired head layout needs an even model.n_head, "
+                f"got {self.n_head}")
+        self.pairs = self.n_head // 2
+
+    def project(self, x, positions):
+        q = self.rope(_split_heads(self.q_proj(x), self.n_head), positions)
+        k = self.rope(_split_heads(self.k_proj(x), self.n_head), positions)
+        v = _split_heads(self.v_proj(x), self.pairs)
+        return Projections([q[:, 0::2], q[:, 1::2]], [k[:, 0::2], k[:, 1::2]], v)
+
+
+@register("differential")
+class DifferentialAttention(_PairedHeads):
+    """Differential Transformer v1 (Ye et al., ICLR 2025), exactly as SPEC §2:
+    (softmax(q¹k¹ᵀ/√d) − λ softmax(q²k²ᵀ/√d))·v, λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init,
+    λ_init = 0.8 − 0.6·exp(−0.3·layer), then a per-head RMSNorm over 2d (eps 1e-5) and × (1 − λ_init)."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        d = self.head_dim
+        self.lambda_init = 0.8 - 0.6 * math.exp(-0.3 * layer)
+        std = float(attn_cfg.get("lambda_std", 0.1))
+        self.lambda_q1 = nn.Parameter(torch.randn(d) * std)
+        self.lambda_k1 = nn.Parameter(torch.randn(d) * std)
+        self.lambda_q2 = nn.Parameter(torch.randn(d) * std)
+        self.lambda_k2 = nn.Parameter(torch.randn(d) * std)
+        self.head_norm = RMSNorm(2 * d, float(attn_cfg.get("norm_eps", 1e-5)))
+
+    def lam(self) -> torch.Tensor:
+        q1, k1, q2, k2 = (at_least_fp32(t) for t in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2))
+        return torch.exp(q1 @ k1) - torch.exp(q2 @ k2) + self.lambda_init
+
+    def mix(self, proj):
+        lam = self.lam().to(proj.v.dtype)
+        return _sdpa(proj.q[0], proj.k[0], proj.v) - lam * _sdpa(proj.q[1], proj.k[1], proj.v)
+
+    def head_output(self, mixed):
+        return self.head_norm(mixed) * (1.0 - self.lambda_init)
+
+    def maps(self, proj, rows=None):
+        out = _softmax_maps(proj, self.head_dim, rows)
+        out["combined"] = out["view1"] - self.lam() * out["view2"]
+        return out
+
+
+class _ThresholdBeta(nn.Module):
+    """β of the threshold τ_i = β·sqrt(2 ln(i+1)/d): a fixed float, or learnable per head and kept
+    positive as softplus(β_raw)."""
+
+    def __init__(self, attn_cfg, heads: int):
+        super().__init__()
+        self.value = float(attn_cfg.get("beta", 1.0))
+        if attn_cfg.get("beta_learnable", False):
+            if self.value <= 0:
+                raise ValueError("attention.beta must be > 0 when attention.beta_learnable is true")
+            raw = math.log(math.expm1(self.value))
+            self.raw = nn.Parameter(torch.full((heads,), raw))
+        else:
+            self.raw = None
+
+    def forward(self) -> float | torch.Tensor:
+        return self.value if self.raw is None else F.softplus(at_least_fp32(self.raw))
+
+
+class _ThresholdLambda(nn.Module):
+    """TDA's λ: ``clamp`` (λ = clamp(λ_raw, 0, 1), SPEC default), ``sigmoid`` (λ = sigmoid(θ)) or
+    ``reparam`` (the Differential Transformer's exp(λq1·λk1) − exp(λq2·λk2) + λ_init), one per layer
+    or one per head."""
+
+    MODES = ("clamp", "sigmoid", "reparam")
+
+    def __init__(self, attn_cfg, heads: int, head_dim: int):
+        super().__init__()
+        self.mode = attn_cfg.get("lambda_mode", "clamp")
+        if self.mode not in self.MODES:
+            raise ValueError(f"attention.lambda_mode must be one of {self.MODES}, got '{self.mode}'")
+        self.init = float(attn_cfg.get("lambda_init", 0.5))
+        shape = (heads,) if attn_cfg.get("lambda_per_head", False) else ()
+        if self.mode == "clamp":
+            self.raw = nn.Parameter(torch.full(shape, self.init))
+        elif self.mode == "sigmoid":
+            if not 0 < self.init < 1:
+                raise ValueError("attention.lambda_init must be in (0, 1) with lambda_mode=sigmoid")
+            self.raw = nn.Parameter(torch.full(shape, math.log(self.init / (1 - self.init))))
+        else:
+            std = float(attn_cfg.get("lambda_std", 0.1))
+            self.vectors = nn.Parameter(torch.randn(4, *shape, head_dim) * std)
+
+    def forward(self) -> torch.Tensor:
+        if self.mode == "clamp":
+            return at_least_fp32(self.raw).clamp(0.0, 1.0)
+        if self.mode == "sigmoid":
+            return torch.sigmoid(at_least_fp32(self.raw))
+        q1, k1, q2, k2 = at_least_fp32(self.vectors)
+        return torch.exp((q1 * k1).sum(-1)) - torch.exp((q2 * k2).sum(-1)) + self.init
+
+
+@register("tda")
+class ThresholdDifferentialAttention(_PairedHeads):
+    """Threshold Differential Attention (SPEC §1): (relu(q̂¹k̂¹ᵀ − τ)^p − λ relu(q̂²k̂²ᵀ − τ)^p)·v, then a
+    per-head RMSNorm in float32 with eps 1e-6 (pinned: raw outputs are tiny at initialisation).
+
+    ``layout=paired`` (default) splits q and k into adjacent sub-head pairs like the Differential
+    Transformer (n_head/2 heads, v of dimension 2d, same parameters as softmax); ``layout=extra_proj``
+    adds a second q and k projection (n_head heads of dimension d for every tensor)."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        self.layout = attn_cfg.get("layout", "paired")
+        if self.layout not in ("paired", "extra_proj"):
+            raise ValueError(f"attention.layout must be 'paired' or 'extra_proj', got '{self.layout}'")
+        if self.layout == "paired":
+            super().__init__(model_cfg, attn_cfg, layer)
+            heads, value_dim = self.pairs, 2 * self.head_dim
+        else:
+            _Attention.__init__(self, model_cfg, attn_cfg, layer)
+            self.q2_proj = nn.Linear(self.n_embd, self.n_embd, bias=False)
+            self.k2_proj = nn.Linear(self.n_embd, self.n_embd, bias=False)
+            heads, value_dim = self.n_head, self.head_dim
+        self.beta = _ThresholdBeta(attn_cfg, heads)
+        self.lam = _ThresholdLambda(attn_cfg, heads, self.head_dim)
+        self.options = dict(p=float(attn_cfg.get("power", 2.0)))
+        self.head_norm = RMSNorm(value_dim, float(attn_cfg.get("norm_eps", 1e-6)),
+                                 gain=bool(attn_cfg.get("norm_gain", True)))
+
+    def project(self, x, positions):
+        if self.layout == "paired":
+            return super().project(x, positions)
+        proj = _Attention.project(self, x, positions)
+        proj.q.append(self.rope(_split_heads(self.q2_proj(x), self.n_head), positions))
+        proj.k.append(self.rope(_split_heads(self.k2_proj(x), self.n_head), positions))
+        return proj
+
+    def mix(self, proj):
+        return threshold_attention(proj.q[0], proj.k[0], proj.v, proj.q[1], proj.k[1], lam=self.lam(),
+                                   beta=self.beta(), normalize=True, **self.options)
+
+    def head_output(self, mixed):
+        return self.head_norm(mixed)
+
+    def maps(self, proj, rows=None):
+        return threshold_attention_weights(proj.q[0], proj.k[0], proj.q[1], proj.k[1], lam=self.lam(),
+                                           beta=self.beta(), normalize=True, rows=rows, **self.options)
+
+
+@register("tra")
+class ThresholdRectifiedAttention(_Attention):
+    """TDA's one-view form (SPEC §1): relu(q̂k̂ᵀ − τ)^p·v with the standard head layout, then the same
+    per-head RMSNorm (eps 1e-6)."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        self.beta = _ThresholdBeta(attn_cfg, self.n_head)
+        self.options = dict(p=float(attn_cfg.get("power", 2.0)))
+        self.head_norm = RMSNorm(self.head_dim, float(attn_cfg.get("norm_eps", 1e-6)),
+                                 gain=bool(attn_cfg.get("norm_gain", True)))
+
+    def mix(self, proj):
+        return threshold_attention(proj.q[0], proj.k[0], proj.v, beta=self.beta(), normalize=True,
+                                   **self.options)
+
+    def head_output(self, mixed):
+        return self.head_norm(mixed)
+
+    def maps(self, proj, rows=None):
+        return threshold_attention_weights(proj.q[0], proj.k[0], beta=self.beta(), normalize=True, rows=rows,
+                                           **self.options)
+
+
+@register("rela")
+class RectifiedLinearAttention(_Attention):
+    """Rectified Linear Attention (Zhang, Titov, Sennrich 2021): relu(qkᵀ/√d)·v, no threshold, no q/k
+    normalisation, then a gated RMSNorm over d_model (gate vector initialised to ones) before the output
+    projection. Runs on the threshold kernel with β = 0, p = 1 and scale 1/√d."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        self.out_norm = GatedRMSNorm(self.n_embd, float(attn_cfg.get("norm_eps", 1e-5)))
+        self.options = dict(beta=0.0, p=1.0, normalize=False, scale=1.0 / math.sqrt(self.head_dim))
+
+    def mix(self, proj):
+        return threshold_attention(proj.q[0], proj.k[0], proj.v, **self.options)
+
+    def output(self, heads, x):
+        return self.out_norm(_merge_heads(heads))
+
+    def maps(self, proj, rows=None):
+        return threshold_attention_weights(proj.q[0], proj.k[0], rows=rows, **self.options)

@@ -1,0 +1,105 @@
+"""A GPT small enough to read in one sitting: token embedding, pre-norm blocks (RMSNorm, attention of any
+registered variant, GELU MLP), a final RMSNorm and an untied output head. RoPE inside attention, no
+learned positions, no biases. Weights initialised as GPT-2: N(0, 0.02), and N(0, 0.02/sqrt(2·n_layer)) for
+the projections that write into the residual stream.
+"""
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from model.attention import KVCache, build_attention
+from model.norms import RMSNorm
+
+
+class MLP(nn.Module):
+    def __init__(self, n_embd: int, hidden: int):
+        super().__init__()
+        self.up = nn.Linear(n_embd, hidden, bias=False)
+        self.down = nn.Linear(hidden, n_embd, bias=False)
+        self.down.residual_projection = True
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.down(F.gelu(self.up(x), approximate="tanh"))
+
+
+class Block(nn.Module):
+    def __init__(self, model_cfg, attn_cfg, layer: int):
+        super().__init__()
+        eps = float(model_cfg.norm_eps)
+        self.attn_norm = RMSNorm(model_cfg.n_embd, eps)
+        self.attn = build_attention(model_cfg, attn_cfg, layer)
+        self.mlp_norm = RMSNorm(model_cfg.n_embd, eps)
+        self.mlp = MLP(model_cfg.n_embd, int(model_cfg.mlp_ratio * model_cfg.n_embd))
+
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), positions, cache)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class GPT(nn.Module):
+    """GPT over ``vocab_size`` tokens. ``model_cfg``: n_layer, n_embd, n_head, mlp_ratio, norm_eps,
+    rope_base, seq_len (training length), max_seq_len (longest input accepted); ``attn_cfg``: the
+    Hydra ``attention`` group."""
+
+    def __init__(self, model_cfg, attn_cfg, vocab_size: int):
+        super().__init__()
+        self.max_seq_len = int(model_cfg.max_seq_len)
+        self.vocab_size = int(vocab_size)
+        self.embed = nn.Embedding(vocab_size, model_cfg.n_embd)
+        self.blocks = nn.ModuleList(Block(model_cfg, attn_cfg, i) for i in range(model_cfg.n_layer))
+        self.final_norm = RMSNorm(model_cfg.n_embd, float(model_cfg.norm_eps))
+        self.lm_head = nn.Linear(model_cfg.n_embd, vocab_size, bias=False)
+        self._init_weights(model_cfg.n_layer)
+
+    def _init_weights(self, n_layer: int) -> None:
+        for module in self.modules():
+            if isinstance(module, nn.Linear):
+                std = 0.02 / math.sqrt(2 * n_layer) if getattr(module, "residual_projection", False) else 0.02
+                nn.init.normal_(module.weight, mean=0.0, std=std)
+            elif isinstance(module, nn.Embedding):
+                nn.init.normal_(module.weight, mean=0.0, std=0.02)
+
+    def forward(
+        self,
+        idx: torch.Tensor,
+        targets: torch.Tensor | None = None,
+        caches: list[KVCache] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """idx (B, T) token ids -> (logits (B, T, vocab) in float32, mean cross-entropy or None).
+
+        With ``caches`` (one ``KVCache`` per layer, see ``new_caches``), idx continues the cached tokens:
+        its positions start at the cache's length."""
+        T = idx.shape[1]
+        start = caches[0].length if caches else 0
+        if start + T > self.max_seq_len:
+            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.max_seq_len}")
+        positions = torch.arange(start, start + T, device=idx.device)
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, caches[i] if caches else None)
+        logits = self.lm_head(self.final_norm(x)).float()
+        loss = None
+        if targets is not None:
+            loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
+        return logits, loss
+
+    def new_caches(self) -> list[KVCache]:
+        """Empty key/value caches, one per layer, for incremental decoding."""
+        return [KVCache() for _ in self.blocks]
+
+    def parameter_groups(self, weight_decay: float) -> list[dict]:
+        """AdamW groups: decay on the matrices of linear layers only; none on the embedding, norms, biases,
+        λ, β and the Differential Transformer's λ vectors."""
+        linear = {id(m.weight) for m in self.modules() if isinstance(m, nn.Linear)}
+        decay, no_decay = [], []
+        for param in self.parameters():
+            if param.requires_grad:
+                (decay if id(param) in linear else no_decay).append(param)
+        return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+    def num_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())

@@ -1,0 +1,206 @@
+"""Each attention variant against a naive materialised float64 implementation of SPEC."""
+import math
+
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+import kernels.reference as reference
+from model.attention import ATTENTIONS, build_attention
+from tests import naive
+
+C, H, T = 32, 4, 37  # T is no multiple of any block size
+
+
+def model_cfg(**kw):
+    base = dict(n_embd=C, n_head=H, rope_base=10000.0, rope_ntk_factor=1.0)
+    return OmegaConf.create({**base, **kw})
+
+
+def attn_cfg(name, **kw):
+    return OmegaConf.create({"name": name, **kw})
+
+
+def make(name, layer=1, **kw):
+    torch.manual_seed(0)
+    attn = build_attention(model_cfg(), attn_cfg(name, **kw), layer).double()
+    with torch.no_grad():  # correlate keys with queries so that a real share of weights survives
+        for qn, kn in (("q_proj", "k_proj"), ("q2_proj", "k2_proj")):
+            if hasattr(attn, kn):
+                getattr(attn, kn).weight.copy_(getattr(attn, qn).weight + 0.05 * torch.randn(C, C))
+    return attn
+
+
+def inputs(batch=2):
+    torch.manual_seed(1)
+    common = torch.randn(batch, 1, C, dtype=torch.float64)
+    return (common + 0.4 * torch.randn(batch, T, C, dtype=torch.float64)).requires_grad_()
+
+
+def heads(x, n):
+    B, T_, _ = x.shape
+    return x.view(B, T_, n, -1).transpose(1, 2)
+
+
+def merge(x):
+    B, n, T_, d = x.shape
+    return x.transpose(1, 2).reshape(B, T_, n * d)
+
+
+def naive_forward(attn, x):
+    """The module's computation, written from SPEC with materialised float64 maps."""
+    pos = torch.arange(x.shape[1])
+    rope = lambda t: attn.rope(t, pos)  # noqa: E731
+    d = attn.head_dim
+    q = rope(heads(x @ attn.q_proj.weight.T, H))
+    k = rope(heads(x @ attn.k_proj.weight.T, H))
+    name = attn.variant
+    if name in ("softmax", "gated_softmax"):
+        o = merge(naive.softmax_map(q, k) @ heads(x @ attn.v_proj.weight.T, H))
+        if name == "gated_softmax":
+            o = o * torch.sigmoid(x @ attn.gate_proj.weight.T)
+    elif name == "differential":
+        v = heads(x @ attn.v_proj.weight.T, H // 2)
+        lam = (torch.exp(attn.lambda_q1 @ attn.lambda_k1) - torch.exp(attn.lambda_q2 @ attn.lambda_k2)
+               + attn.lambda_init)
+        o = (naive.softmax_map(q[:, 0::2], k[:, 0::2]) - lam * naive.softmax_map(q[:, 1::2], k[:, 1::2])) @ v
+        o = merge(naive.rms_norm(o, attn.head_norm.weight, 1e-5) * (1 - attn.lambda_init))
+    elif name == "tda":
+        if attn.layout == "paired":
+            v = heads(x @ attn.v_proj.weight.T, H // 2)
+            q1, q2, k1, k2 = q[:, 0::2], q[:, 1::2], k[:, 0::2], k[:, 1::2]
+        else:
+            v = heads(x @ attn.v_proj.weight.T, H)
+            q1, k1 = q, k
+            q2 = rope(heads(x @ attn.q2_proj.weight.T, H))
+            k2 = rope(heads(x @ attn.k2_proj.weight.T, H))
+        lam, beta, p = attn.lam(), attn.beta(), attn.options["p"]
+        lam = lam.reshape(-1, 1, 1) if lam.ndim else lam
+        a = naive.threshold_map(q1, k1, beta, p) - lam * naive.threshold_map(q2, k2, beta, p)
+        o = merge(naive.rms_norm(a @ v, attn.head_norm.weight, 1e-6))
+    elif name == "tra":
+        a = naive.threshold_map(q, k, attn.beta(), attn.options["p"])
+        o = merge(naive.rms_norm(a @ heads(x @ attn.v_proj.weight.T, H), attn.head_norm.weight, 1e-6))
+    elif name == "rela":
+        a = naive.threshold_map(q, k, 0.0, 1.0, normalize=False, scale=1 / math.sqrt(d))
+        o = merge(a @ heads(x @ attn.v_proj.weight.T, H))
+        o = naive.rms_norm(o, attn.out_norm.norm.weight, 1e-5) * torch.sigmoid(attn.out_norm.gate * o)
+    else:
+        raise AssertionError(f"no naive implementation for {name}")
+    return o @ attn.out_proj.weight.T
+
+
+VARIANTS = [
+    ("softmax", {}),
+    ("gated_softmax", {}),
+    ("differential", {}),
+    ("tda", {}),
+    ("tda", {"layout": "extra_proj"}),
+    ("tda", {"power": 1.0, "beta": 0.5, "lambda_mode": "sigmoid", "lambda_per_head": True}),
+    ("tda", {"power": 3.0, "beta_learnable": True, "beta": 0.7, "lambda_mode": "reparam"}),
+    ("tra", {}),
+    ("tra", {"power": 1.0, "beta": 0.5}),
+    ("rela", {}),
+]
+
+
+def rel_err(a, b):
+    return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
+
+
+@pytest.mark.parametrize("slab", [None, 5 * 2 * 2 * T])  # default slab; and blocks of 5 rows
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+def test_matches_naive_float64(name, options, slab, monkeypatch):
+    if slab is not None:
+        monkeypatch.setattr(reference, "SLAB_ELEMENTS", slab)
+    attn = make(name, **options)
+    x = inputs()
+    out = attn(x, torch.arange(T))
+    ref = naive_forward(attn, x)
+    assert rel_err(out, ref) < 1e-10
+    probe = torch.randn_like(ref)
+    params = [p for p in attn.parameters()]
+    got = torch.autograd.grad((out * probe).sum(), [x] + params, allow_unused=True)
+    want = torch.autograd.grad((ref * probe).sum(), [x] + params, allow_unused=True)
+    for (pname, _), g, w in zip([("x", None)] + list(attn.named_parameters()), got, want):
+        assert (g is None) == (w is None), pname
+        if w is not None:
+            assert rel_err(g, w) < 1e-9 if w.norm() > 0 else float(g.norm()) == 0.0, pname
+
+
+@pytest.mark.parametrize("name", ["tda", "tra"])
+def test_threshold_inputs_have_a_real_share_of_survivors(name):
+    attn = make(name)
+    proj = attn.project(inputs(), torch.arange(T))
+    maps = attn.maps(proj)
+    causal = naive.causal_keep(T, T)
+    for view in [k for k in maps if k.startswith("view")]:
+        share = float((maps[view] != 0)[..., causal].double().mean())
+        assert 0.1 < share < 0.9, (view, share)
+
+
+def test_tda_with_lambda_zero_is_tra_on_view_one():
+    tda = make("tda", lambda_init=0.0)
+    proj = tda.project(inputs(), torch.arange(T))
+    maps = tda.maps(proj)
+    tra_map = naive.threshold_map(proj.q[0], proj.k[0], 1.0, 2.0)
+    assert torch.equal(maps["combined"], maps["view1"])
+    assert rel_err(maps["combined"], tra_map) < 1e-12
+    assert float((maps["view2"] != 0).double().mean()) > 0.05  # view 2 is active, only λ silences it
+
+
+def test_rela_map_is_tra_kernel_with_beta_zero_p_one_unnormalised():
+    rela = make("rela")
+    proj = rela.project(inputs(), torch.arange(T))
+    want = naive.threshold_map(proj.q[0], proj.k[0], 0.0, 1.0, normalize=False, scale=1 / math.sqrt(C // H))
+    assert rel_err(rela.maps(proj)["combined"], want) < 1e-12
+
+
+def test_tda_output_invariant_to_value_scale_up_to_eps():
+    """Scaling v by 1e-3 scales TDA's raw output by 1e-3; the per-head RMSNorm (eps 1e-6) undoes it for
+    every row whose scaled mean square is well above eps (an eps of 1e-5 would fail this)."""
+    tda = make("tda")
+    proj = tda.project(inputs(), torch.arange(T))
+    from kernels import threshold_attention
+
+    def raw_output():
+        return threshold_attention(proj.q[0], proj.k[0], proj.v, proj.q[1], proj.k[1], lam=tda.lam(), beta=1.0)
+
+    # values scaled so that the median row's raw mean square is 100, i.e. 1e-4 after the 1e-3 scaling
+    proj.v = proj.v * (100.0 / raw_output().pow(2).mean(-1).median()).sqrt()
+    raw = raw_output()
+    scaled_ms = (raw * 1e-3).pow(2).mean(-1)  # (B, H, T)
+    well_above_eps = scaled_ms > 1e-4
+    assert float(well_above_eps.double().mean()) > 0.3
+    out = tda.attend(proj)
+    proj.v = proj.v * 1e-3
+    scaled = tda.attend(proj)
+    change = (scaled - out).norm(dim=-1) / out.norm(dim=-1)
+    assert float(change[well_above_eps].detach().max()) < 1e-2  # at most eps / (2 * 1e-4) = 0.5%
+
+
+@pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
+def test_maps_times_values_reproduce_the_attention_output(name, options):
+    attn = make(name, **options)
+    proj = attn.project(inputs(), torch.arange(T))
+    maps = attn.maps(proj, rows=(7, 30))
+    assert maps["combined"].shape[-2:] == (23, 30)
+    v = proj.v
+    if v.shape[1] != maps["combined"].shape[1]:
+        v = v.repeat_interleave(maps["combined"].shape[1] // v.shape[1], dim=1)
+    assert rel_err(maps["combined"] @ v[:, :, :30], attn.mix(proj)[:, :, 7:30]) < 1e-10
+
+
+def test_unknown_attention_name_is_a_clear_error():
+    with pytest.raises(ValueError, match="unknown attention 'nope'.*softmax"):
+        build_attention(model_cfg(), attn_cfg("nope"), 0)
+
+
+@pytest.mark.parametrize("name", ["tda", "differential"])
+def test_paired_layout_needs_even_heads(name):
+    with pytest.raises(ValueError, match="even model.n_head"):
+        build_attention(model_cfg(n_embd=24, n_head=3), attn_cfg(name), 0)
+
+
+def test_registry_has_every_variant():
+    assert {"softmax", "gated_softmax", "differential", "tda", "tra", "rela"} <= set(ATTENTIONS)
