@@ -1,0 +1,198 @@
+"""Host-side launchers of the threshold-attention Triton kernels (no autograd, no input checks).
+
+``forward`` and ``backward`` take validated tensors (validation.py) and return plain tensors; the
+autograd function and the custom ops (autograd.py, ops.py) are built on them. Shapes: q (B, H, Tq, d),
+k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device.
+"""
+
+import os
+from typing import Callable, Optional
+
+import torch
+import triton
+from triton.runtime.errors import OutOfResources
+
+from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, forward_configs, padded)
+from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
+from .triton_forward import threshold_attention_fwd_kernel
+from .triton_norms import inverse_norm_kernel
+
+_chosen: dict[tuple, TileConfig] = {}
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """The one place kernel outputs are allocated (tests fill it with NaN to prove every element is
+    written)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _p_mode(p: float) -> int:
+    return 1 if p == 1.0 else 2 if p == 2.0 else 0
+
+
+def _strides(x: Optional[torch.Tensor], like: torch.Tensor) -> tuple[int, ...]:
+    return tuple((x if x is not None else like).stride())
+
+
+def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
+                  args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
+                  constexprs: dict, config: Optional[TileConfig]) -> TileConfig:
+    """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
+    memory. ``args_for`` builds the runtime arguments, which depend on the tile size."""
+    if config is not None:
+        candidates = [config]
+    elif interpreting():
+        candidates = [INTERPRETER_CONFIG]
+    elif key in _chosen:
+        candidates = [_chosen[key]]
+    for i, cfg in enumerate(candidates):
+        try:
+            kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
+                                 BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                                 num_stages=cfg.num_stages)
+        except OutOfResources:
+            if i + 1 == len(candidates):
+                raise
+            continue
+        if config is None:
+            _chosen[key] = cfg
+        return cfg
+    raise AssertionError("unreachable: no tile candidates")
+
+
+def inverse_norms(x: torch.Tensor) -> torch.Tensor:
+    """1 / max(||x_t||, 1e-12) per row of x (B, H, T, d), as fp32 (B, H, T) contiguous."""
+    B, H, T, d = x.shape
+    out = _new_output((B, H, T), torch.float32, x.device)
+    block_t = 32 if interpreting() else 64
+    num_t = triton.cdiv(T, block_t)
+    inverse_norm_kernel[(B * H * num_t,)](x, out, *x.stride(), H, T, num_t, HEAD_D=d,
+                                          BLOCK_T=block_t, BLOCK_D=padded(d))
+    return out
+
+
+def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, normalize: bool,
+                       causal: bool, p: float) -> dict:
+    cast_f32 = interpreting() or q1.dtype == torch.float32
+    return dict(HEAD_D=q1.shape[-1], HEAD_DV=v.shape[-1], BLOCK_D=padded(q1.shape[-1]),
+                BLOCK_DV=padded(v.shape[-1]), TWO_VIEWS=two_views, NORMALIZE=normalize,
+                CAUSAL=causal, P_MODE=_p_mode(p), CAST_F32=cast_f32,
+                DOT_PREC="ieee" if cast_f32 else "tf32")
+
+
+def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
+            k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, p: float,
+            normalize: bool, scale: float, causal: bool, config: Optional[TileConfig] = None,
+            ) -> tuple[torch.Tensor, ...]:
+    """Attention output (B, H, Tq, dv) in q's dtype and the inverse norms the backward reuses.
+
+    Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
+    view) is an empty fp32 tensor.
+    """
+    B, H, Tq, d = q1.shape
+    Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    empty = q1.new_empty(0, dtype=torch.float32)
+    rq1 = inverse_norms(q1) if normalize else empty
+    rk1 = inverse_norms(k1) if normalize else empty
+    rq2 = inverse_norms(q2) if normalize and two else empty
+    rk2 = inverse_norms(k2) if normalize and two else empty
+    out = _new_output((B, H, Tq, dv), q1.dtype, q1.device)
+    consts = _common_constexprs(q1, v, two, normalize, causal, p)
+    lam_t = lam if two else beta
+
+    def grid(cfg: TileConfig) -> int:
+        return triton.cdiv(Tq, cfg.block_m) * B * H
+
+    def args_for(cfg: TileConfig) -> tuple:
+        return (q1, k1, q2 if two else q1, k2 if two else k1, v, out,
+                rq1, rk1, rq2 if two else rq1, rk2 if two else rk1, lam_t, beta,
+                *q1.stride(), *k1.stride(), *_strides(q2, q1), *_strides(k2, k1), *v.stride(),
+                *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
+                float(scale), float(p), 1.0 / d)
+
+    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
+    candidates = forward_configs(d, dv, two, q1.element_size())
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config)
+    return out, rq1, rk1, rq2, rk2
+
+
+def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+             q2: Optional[torch.Tensor], k2: Optional[torch.Tensor], rq1: torch.Tensor,
+             rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, lam: Optional[torch.Tensor],
+             beta: torch.Tensor, p: float, normalize: bool, scale: float, causal: bool,
+             need_dlam: bool, need_dbeta: bool, deterministic: bool,
+             config: Optional[TileConfig] = None, dq_config: Optional[TileConfig] = None,
+             ) -> tuple[Optional[torch.Tensor], ...]:
+    """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
+
+    dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
+    apply are None. ``deterministic`` computes dQ in its own kernel instead of with atomics.
+    """
+    B, H, Tq, d = q1.shape
+    Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    dev = q1.device
+    consts = _common_constexprs(q1, v, two, normalize, causal, p)
+    lam_t = lam if two else beta
+    need_dlam = need_dlam and two
+    dk1 = _new_output((B, Hkv, Tk, d), k1.dtype, dev)
+    dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
+    dv = _new_output((B, Hkv, Tk, dv_dim), v.dtype, dev)
+    atomic = not deterministic
+    if atomic:
+        dq1_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev)
+        dq2_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if two else dq1_acc
+    else:
+        dq1_acc = dq2_acc = q1.new_empty(0, dtype=torch.float32)
+    q2_, k2_ = (q2, k2) if two else (q1, k1)
+    rq2_, rk2_ = (rq2, rk2) if two else (rq1, rk1)
+    partials: dict[int, torch.Tensor] = {}
+
+    def grid(cfg: TileConfig) -> int:
+        return triton.cdiv(Tk, cfg.block_n) * B * Hkv
+
+    def args_for(cfg: TileConfig) -> tuple:
+        nb = triton.cdiv(Tk, cfg.block_n)
+        partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq1_acc
+        partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq1_acc
+        return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_t, beta,
+                dk1, dk2 if two else dk1, dv, dq1_acc, dq2_acc, partials["lam"], partials["beta"],
+                *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
+                H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
+
+    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta)
+    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()),
+                  key, dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta),
+                  config)
+
+    dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
+    dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None
+    if atomic:
+        block = 32 if interpreting() else 64
+        nm = triton.cdiv(Tq, block)
+        for acc, q, rq, dq in ((dq1_acc, q1, rq1, dq1), (dq2_acc, q2, rq2, dq2))[: 2 if two else 1]:
+            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), H, Tq, nm, float(p),
+                                            HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
+                                            NORMALIZE=normalize)
+    else:
+        def dq_grid(cfg: TileConfig) -> int:
+            return triton.cdiv(Tq, cfg.block_m) * B * H
+
+        def dq_args(cfg: TileConfig) -> tuple:
+            return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_t, beta, dq1,
+                    dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
+                    *v.stride(), *do.stride(), H, H // Hkv, Tq, Tk, B * H,
+                    triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
+
+        _launch(dq_kernel, dq_grid, dq_args, forward_configs(d, dv_dim, two, q1.element_size()),
+                      ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config)
+
+    dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None
+    dbeta = partials["beta"].sum(dim=(0, 2)) if need_dbeta else None
+    return dq1, dk1, dv, dq2, dk2, dlam, dbeta

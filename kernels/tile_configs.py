@@ -1,0 +1,59 @@
+"""Tile sizes for the threshold-attention kernels, chosen per head dimensions and dtype.
+
+No autotuning: the choice is a table measured on an H200 (BENCHMARKS.md, `python -m kernels.bench
+--sweep`), so a training run never pays autotuning and every run uses the same tiles. A config that
+does not fit the GPU's shared memory is skipped for the next candidate at launch (see launch.py).
+Under Triton's interpreter small tiles keep the CPU tests quick while still crossing block borders.
+"""
+
+from dataclasses import dataclass
+
+import triton
+
+
+@dataclass(frozen=True)
+class TileConfig:
+    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton."""
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+
+INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
+
+
+def padded(dim: int) -> int:
+    """Head dimension rounded up to the power of two the tiles use (at least 16)."""
+    return max(16, triton.next_power_of_2(dim))
+
+
+def forward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
+    """Candidates for the forward kernel (and the deterministic dQ kernel), best first."""
+    d, dv = padded(head_d), padded(head_dv)
+    width = (2 if two_views else 1) * d + dv
+    if elem_bytes == 4:
+        return [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    if width <= 256:
+        return [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
+                TileConfig(32, 32, 4, 1)]
+    if width <= 384:
+        return [TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 32, 4, 1)]
+    return [TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 1), TileConfig(32, 32, 4, 1),
+            TileConfig(16, 16, 4, 1)]
+
+
+def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
+    """Candidates for the key-block-parallel dK/dV kernel, best first (block_n keys held, block_m
+    query rows streamed)."""
+    d, dv = padded(head_d), padded(head_dv)
+    width = (2 if two_views else 1) * d + dv
+    if elem_bytes == 4:
+        return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    if width <= 256:
+        return [TileConfig(64, 128, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
+                TileConfig(32, 32, 4, 1)]
+    if width <= 384:
+        return [TileConfig(64, 64, 8, 2), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)]
+    return [TileConfig(32, 64, 8, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]

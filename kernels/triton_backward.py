@@ -1,0 +1,343 @@
+"""Triton backward kernels of threshold attention (SPEC §1, "Gradients").
+
+Notation (one head): R_ij = c r_i r'_j (c the score scale, r, r' inverse row norms, or R = c
+without normalisation), u_ij = R_ij (q_i . k_j) - tau_i, e_ij = max(u_ij, 0)^(p-1) (1[u > 0] for
+p = 1), dA = dO v^T (one product shared by both views). The kernels accumulate
+
+    dS'_ij = e_ij R_ij dA_ij        (view 2: times -lam)
+    dk'_j  = sum_i dS'_ij q_i ,   dq'_i = sum_j dS'_ij k_j ,   dv_j = sum_i P_ij dO_i
+
+and finish with dk = p (dk' - r'^2 (k . dk') k) (the normalisation's backward; dk = p dk' without
+it), likewise dq. Because R carries the norms, no normalised vector is ever rounded to 16 bits.
+
+* ``dkdv_kernel``: one program per key block (and key/value head), dK1, dK2, dV in registers over
+  the query blocks of every query head of its group; block 0, the longest, is launched first. It
+  also adds dq' into an fp32 buffer with atomics (the fast path: 8 GEMMs for TDA) unless the
+  deterministic path is asked for, and writes per-program partial sums for dlam and dbeta.
+* ``dq_kernel``: the deterministic path's dQ, one program per query block, no atomics.
+* ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
+"""
+
+import triton
+import triton.language as tl
+
+from .triton_math import (load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
+                          threshold_gain)
+
+
+@triton.jit
+def _dkdv_query_block(
+    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off, dq_off,
+    m0, Tq, Tk, offs_n, offs_d,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
+    P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One query block's contribution to a key block's gradients; tiles are (keys, queries)."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_D
+    pos = offs_m + (Tk - Tq)
+    tau = beta * threshold_gain(pos, inv_d)
+    q1 = load_tile(Q1h + m0 * sq1_t + q1_off, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    do = load_tile(DOh + m0 * sdo_t + do_off, row_ok, tl.arange(0, BLOCK_DV) < HEAD_DV, True,
+                   BLOCK_DV != HEAD_DV, CAST_F32)
+    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    r1 = rq1[None, :]
+    if NORMALIZE:
+        r1 = rk1[:, None] * r1
+    u1 = tl.dot(k1, tl.trans(q1), input_precision=DOT_PREC) * r1 - tau[None, :]
+    if MASKED:
+        keep = offs_n[:, None] <= pos[None, :]
+        u1 = tl.where(keep, u1, 0.0)
+    w, e1 = relu_power_and_slope(u1, p, P_MODE)
+    da = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
+    ds1 = (e1 * r1 * da).to(q1.dtype)
+    dk1 = tl.dot(ds1, q1, dk1, input_precision=DOT_PREC)
+    if DQ_ATOMIC:
+        dq1 = tl.dot(tl.trans(ds1), k1, input_precision=DOT_PREC)
+        tl.atomic_add(DQ1h + m0 * HEAD_D + dq_off, dq1, mask=row_ok[:, None] & d_ok[None, :],
+                      sem="relaxed")
+    if TWO_VIEWS:
+        q2 = load_tile(Q2h + m0 * sq2_t + q2_off, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+        r2 = rq2[None, :]
+        if NORMALIZE:
+            r2 = rk2[:, None] * r2
+        u2 = tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC) * r2 - tau[None, :]
+        if MASKED:
+            u2 = tl.where(keep, u2, 0.0)
+        a2, e2 = relu_power_and_slope(u2, p, P_MODE)
+        w = w - lam * a2
+        ds2 = (e2 * r2 * (da * -lam)).to(q2.dtype)
+        dk2 = tl.dot(ds2, q2, dk2, input_precision=DOT_PREC)
+        if DQ_ATOMIC:
+            dq2 = tl.dot(tl.trans(ds2), k2, input_precision=DOT_PREC)
+            tl.atomic_add(DQ2h + m0 * HEAD_D + dq_off, dq2, mask=row_ok[:, None] & d_ok[None, :],
+                          sem="relaxed")
+        if LAM_GRAD:
+            acc_lam += da * a2
+        if BETA_GRAD:
+            acc_beta += (e1 - lam * e2) * da * threshold_gain(pos, inv_d)[None, :]
+    else:
+        if BETA_GRAD:
+            acc_beta += e1 * da * threshold_gain(pos, inv_d)[None, :]
+    dv = tl.dot(w.to(do.dtype), do, dv, input_precision=DOT_PREC)
+    return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@triton.jit
+def dkdv_kernel(
+    Q1, K1, Q2, K2, V, DO, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
+    sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
+    sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    H, GROUP, Tq, Tk, num_bhk, num_n_blocks, scale, p, inv_d,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
+):
+    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ*ACC (B, H, Tq, HEAD_D)
+    fp32 zero-filled; LAM_PART, BETA_PART (B, H, num_n_blocks) fp32 partial sums (fully written)."""
+    pid = tl.program_id(0)
+    bhk = pid % num_bhk
+    nblk = pid // num_bhk
+    n0 = nblk * BLOCK_N
+    Hkv = H // GROUP
+    b = (bhk // Hkv).to(tl.int64)
+    hk = (bhk % Hkv).to(tl.int64)
+    offs_n = n0 + tl.arange(0, BLOCK_N)
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    key_ok = offs_n < Tk
+    d_ok = offs_d < HEAD_D
+    dv_ok = offs_dv < HEAD_DV
+
+    k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d,
+                   key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    v = load_tile(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d,
+                  key_ok, dv_ok, True, BLOCK_DV != HEAD_DV, CAST_F32)
+    rk1 = tl.load(RK1 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
+    dk1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
+    if TWO_VIEWS:
+        k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d,
+                       key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        rk2 = tl.load(RK2 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
+        dk2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
+    else:
+        k2 = k1
+        rk2 = rk1
+        dk2 = dk1
+
+    q1_off = offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d
+    q2_off = offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d
+    do_off = offs_m[:, None] * sdo_t + offs_dv[None, :] * sdo_d
+    dq_off = offs_m[:, None] * HEAD_D + offs_d[None, :]
+    m_end = tl.cdiv(Tq, BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        # First query row that sees key n0, and the rows from which the whole key block is visible.
+        m_lo = (tl.maximum(n0 - (Tk - Tq), 0) // BLOCK_M) * BLOCK_M
+        m_mid = tl.cdiv(n0 + BLOCK_N - 1 - (Tk - Tq), BLOCK_M) * BLOCK_M
+        m_mid = tl.minimum(tl.maximum(m_mid, m_lo), m_end)
+    else:
+        m_lo = 0
+        m_mid = 0
+
+    for g in range(GROUP):
+        h = hk * GROUP + g
+        bh = b * H + h
+        lam = tl.load(LAM + h) if TWO_VIEWS else 0.0
+        beta = tl.load(BETA + h)
+        acc_lam = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_beta = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        Q1h = Q1 + b * sq1_b + h * sq1_h
+        Q2h = Q2 + b * sq2_b + h * sq2_h
+        DOh = DO + b * sdo_b + h * sdo_h
+        RQ1h = RQ1 + bh * Tq
+        RQ2h = RQ2 + bh * Tq
+        DQ1h = DQ1ACC + bh * Tq * HEAD_D
+        DQ2h = DQ2ACC + bh * Tq * HEAD_D
+        for m0 in range(m_lo, m_mid, BLOCK_M):
+            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off,
+                dq_off, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                True)
+        for m0 in range(m_mid, m_end, BLOCK_M):
+            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off,
+                dq_off, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                False)
+        if LAM_GRAD:
+            tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(tl.sum(acc_lam, axis=1), axis=0))
+        if BETA_GRAD:
+            tl.store(BETA_PART + bh * num_n_blocks + nblk,
+                     -p * tl.sum(tl.sum(acc_beta, axis=1), axis=0))
+
+    store_mask = key_ok[:, None] & d_ok[None, :]
+    dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
+    tl.store(DK1 + dk_off, normalize_backward(dk1, k1.to(tl.float32), rk1, p, NORMALIZE)
+             .to(DK1.dtype.element_ty), mask=store_mask)
+    if TWO_VIEWS:
+        tl.store(DK2 + dk_off, normalize_backward(dk2, k2.to(tl.float32), rk2, p, NORMALIZE)
+                 .to(DK2.dtype.element_ty), mask=store_mask)
+    dv_off = (b * Hkv + hk) * Tk * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
+    tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None] & dv_ok[None, :])
+
+
+@triton.jit
+def _dq_key_block(
+    dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+    K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t, offs_n, offs_d, offs_dv,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+):
+    """One key block's contribution to dq'1, dq'2 of a query block; tiles are (queries, keys)."""
+    cols = n0 + offs_n
+    key_ok = cols < Tk
+    d_ok = offs_d < HEAD_D
+    k1 = load_tile(K1h + n0 * sk1_t + k1_off, key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
+    v = load_tile(Vh + n0 * sv_t + v_off, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+                  CAST_F32)
+    r1 = rq1[:, None]
+    if NORMALIZE:
+        r1 = r1 * tl.load(RK1h + cols, mask=key_ok, other=0.0)[None, :]
+    u1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC) * r1 - tau[:, None]
+    if MASKED:
+        keep = key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= pos[:, None])
+        u1 = tl.where(keep, u1, 0.0)
+    _, e1 = relu_power_and_slope(u1, p, P_MODE)
+    da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+    dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
+    if TWO_VIEWS:
+        k2 = load_tile(K2h + n0 * sk2_t + k2_off, key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
+        r2 = rq2[:, None]
+        if NORMALIZE:
+            r2 = r2 * tl.load(RK2h + cols, mask=key_ok, other=0.0)[None, :]
+        u2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC) * r2 - tau[:, None]
+        if MASKED:
+            u2 = tl.where(keep, u2, 0.0)
+        _, e2 = relu_power_and_slope(u2, p, P_MODE)
+        dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
+    return dq1, dq2
+
+
+@triton.jit
+def dq_kernel(
+    Q1, K1, Q2, K2, V, DO, RQ1, RK1, RQ2, RK2, LAM, BETA, DQ1, DQ2,
+    sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
+    sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
+    sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    H, GROUP, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D)."""
+    pid = tl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    Hkv = H // GROUP
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_D
+
+    q1 = load_tile(Q1 + b * sq1_b + h * sq1_h + offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d,
+                   row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    do = load_tile(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_t + offs_dv[None, :] * sdo_d,
+                   row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV, CAST_F32)
+    rq1 = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    pos = offs_m + (Tk - Tq)
+    tau = tl.load(BETA + h) * threshold_gain(pos, inv_d)
+    dq1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    if TWO_VIEWS:
+        q2 = load_tile(Q2 + b * sq2_b + h * sq2_h + offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d,
+                       row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        rq2 = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+        lam = tl.load(LAM + h)
+        dq2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
+    else:
+        q2 = q1
+        rq2 = rq1
+        lam = 0.0
+        dq2 = dq1
+
+    K1h = K1 + b * sk1_b + hk * sk1_h
+    K2h = K2 + b * sk2_b + hk * sk2_h
+    Vh = V + b * sv_b + hk * sv_h
+    RK1h = RK1 + (b * Hkv + hk) * Tk
+    RK2h = RK2 + (b * Hkv + hk) * Tk
+    k1_off = offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d
+    k2_off = offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d
+    v_off = offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d
+    if CAUSAL:
+        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
+        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
+    else:
+        hi = Tk
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+    for n0 in range(0, full_end, BLOCK_N):
+        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+                                 K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
+    for n0 in range(full_end, hi, BLOCK_N):
+        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+                                 K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
+
+    dq_off = (b * H + h) * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
+    store_mask = row_ok[:, None] & d_ok[None, :]
+    rq1_raw = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
+    tl.store(DQ1 + dq_off, normalize_backward(dq1, q1.to(tl.float32), rq1_raw, p, NORMALIZE)
+             .to(DQ1.dtype.element_ty), mask=store_mask)
+    if TWO_VIEWS:
+        rq2_raw = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
+        tl.store(DQ2 + dq_off, normalize_backward(dq2, q2.to(tl.float32), rq2_raw, p, NORMALIZE)
+                 .to(DQ2.dtype.element_ty), mask=store_mask)
+
+
+@triton.jit
+def dq_finish_kernel(
+    ACC, Q, RQ, DQ, sq_b, sq_h, sq_t, sq_d, H, Tq, num_m_blocks, p,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """DQ = p (ACC - r^2 (q . ACC) q) (or p ACC). ACC fp32 and DQ contiguous (B, H, Tq, HEAD_D)."""
+    pid = tl.program_id(0)
+    bh = (pid // num_m_blocks).to(tl.int64)
+    m0 = (pid % num_m_blocks) * BLOCK_M
+    b = bh // H
+    h = bh % H
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_D
+    off = bh * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
+    acc = tl.load(ACC + off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
+    q = load_tile(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d,
+                  row_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+    r = load_inverse_norms(RQ + bh * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
+    tl.store(DQ + off, normalize_backward(acc, q, r, p, NORMALIZE).to(DQ.dtype.element_ty),
+             mask=row_ok[:, None] & d_ok[None, :])

@@ -1,0 +1,137 @@
+"""Triton forward kernel of threshold attention: TDA (two views, one v), TRA and ReLA (one view).
+
+One program computes BLOCK_M query rows of one head:
+
+    u_ij = s_ij * r_i * r'_j - tau_i          s = raw q.k on the tensor cores, fp32 accumulate
+    P_ij = max(u1_ij, 0)^p - lam * max(u2_ij, 0)^p      (the second term only for TDA)
+    o_i  = sum_j P_ij v_j                     one product with v for both views
+
+There is no softmax state (no row max, no row sum, no rescale). Causal: key blocks wholly left of
+the diagonal run without masks, the blocks that cross it with the mask, blocks right of it are never
+visited; the longest query blocks are launched first. Query row i has absolute position
+i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
+"""
+
+import triton
+import triton.language as tl
+
+from .triton_math import load_inverse_norms, load_tile, relu_power, threshold_gain
+
+
+@triton.jit
+def _key_block(
+    acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+    K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t, offs_n, offs_d, offs_dv,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+):
+    """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32)."""
+    cols = n0 + offs_n
+    key_ok = cols < Tk
+    k1 = load_tile(K1h + n0 * sk1_t + k1_off, key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
+                   CAST_F32)
+    r1 = rq1[:, None]
+    if NORMALIZE:
+        r1 = r1 * tl.load(RK1h + cols, mask=key_ok, other=0.0)[None, :]
+    u1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC) * r1 - tau[:, None]
+    if MASKED:
+        keep = key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= pos[:, None])
+        u1 = tl.where(keep, u1, 0.0)
+    w = relu_power(u1, p, P_MODE)
+    if TWO_VIEWS:
+        k2 = load_tile(K2h + n0 * sk2_t + k2_off, key_ok, offs_d < HEAD_D, MASKED,
+                       BLOCK_D != HEAD_D, CAST_F32)
+        r2 = rq2[:, None]
+        if NORMALIZE:
+            r2 = r2 * tl.load(RK2h + cols, mask=key_ok, other=0.0)[None, :]
+        u2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC) * r2 - tau[:, None]
+        if MASKED:
+            u2 = tl.where(keep, u2, 0.0)
+        w = w - lam * relu_power(u2, p, P_MODE)
+    v = load_tile(Vh + n0 * sv_t + v_off, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+                  CAST_F32)
+    return tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
+
+
+@triton.jit
+def threshold_attention_fwd_kernel(
+    Q1, K1, Q2, K2, V, O, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
+    sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
+    sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
+    H, GROUP, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
+    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+):
+    """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave.
+
+    Shapes: Q* (B, H, Tq, HEAD_D), K* (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk, HEAD_DV),
+    O (B, H, Tq, HEAD_DV); RQ*/RK* (B, H|Hkv, T) fp32 inverse norms; LAM, BETA (H,) fp32.
+    """
+    pid = tl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_D
+
+    q1 = load_tile(Q1 + b * sq1_b + h * sq1_h + offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d,
+                   row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    rq1 = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    pos = offs_m + (Tk - Tq)
+    tau = tl.load(BETA + h) * threshold_gain(pos, inv_d)
+    if TWO_VIEWS:
+        q2 = load_tile(Q2 + b * sq2_b + h * sq2_h + offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d,
+                       row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        rq2 = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+        lam = tl.load(LAM + h)
+    else:
+        q2 = q1
+        rq2 = rq1
+        lam = 0.0
+
+    Hkv = H // GROUP
+    K1h = K1 + b * sk1_b + hk * sk1_h
+    K2h = K2 + b * sk2_b + hk * sk2_h
+    Vh = V + b * sv_b + hk * sv_h
+    RK1h = RK1 + (b * Hkv + hk) * Tk
+    RK2h = RK2 + (b * Hkv + hk) * Tk
+    k1_off = offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d
+    k2_off = offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d
+    v_off = offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d
+
+    if CAUSAL:
+        # Keys a query block sees: j <= pos of its last row (and j < Tk).
+        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
+        # Key blocks every row of the block sees whole: end at or before the first row's position.
+        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
+    else:
+        hi = Tk
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+
+    acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
+    for n0 in range(0, full_end, BLOCK_N):
+        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+                         K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
+    for n0 in range(full_end, hi, BLOCK_N):
+        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+                         K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
+
+    o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :] * so_d
+    tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < HEAD_DV)[None, :])

@@ -1,0 +1,95 @@
+"""Device helpers shared by the threshold-attention Triton kernels.
+
+Everything here is a ``@triton.jit`` function that the kernels inline: tile loads with optional
+bounds checks, the threshold tau_i of SPEC §1, the rectified power max(u, 0)^p with its slope,
+and the backward of the L2 normalisation. Scores, thresholds and powers are always fp32.
+"""
+
+import triton
+import triton.language as tl
+
+# q / max(||q||, NORM_EPS): torch.nn.functional.normalize's default guard against zero vectors.
+NORM_EPS = tl.constexpr(1e-12)
+
+
+@triton.jit
+def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr,
+              CAST_F32: tl.constexpr):
+    """Load a 2-D tile; rows/columns failing their check read as 0. Cast to fp32 if asked."""
+    if CHECK_ROWS:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    else:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs)
+    if CAST_F32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def load_inverse_norms(ptrs, ok, scale, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
+    """Per-row score factor: scale / max(||x||, eps) when normalising (0 outside ``ok``), else scale."""
+    if NORMALIZE:
+        r = tl.load(ptrs, mask=ok, other=0.0) * scale
+    else:
+        r = tl.full([BLOCK], scale, tl.float32)
+    return r
+
+
+@triton.jit
+def threshold_gain(pos, inv_d):
+    """g_i = sqrt(2 ln(i + 1) / d) for absolute positions ``pos`` (int); tau_i = beta * g_i."""
+    return tl.sqrt(2.0 * tl.log((pos + 1).to(tl.float32)) * inv_d)
+
+
+@triton.jit
+def relu_power(u, p, P_MODE: tl.constexpr):
+    """max(u, 0)^p elementwise. P_MODE 1 and 2 are the p = 1, p = 2 fast paths; 0 is any real p >= 1."""
+    up = tl.maximum(u, 0.0)
+    if P_MODE == 1:
+        a = up
+    elif P_MODE == 2:
+        a = up * up
+    else:
+        pos = u > 0.0
+        a = tl.where(pos, tl.exp2(p * tl.log2(tl.where(pos, u, 1.0))), 0.0)
+    return a
+
+
+@triton.jit
+def relu_power_and_slope(u, p, P_MODE: tl.constexpr):
+    """(max(u,0)^p, max(u,0)^(p-1)) with the slope's 0^0 taken as 0 (so p = 1 gives 1[u > 0]).
+
+    The slope lacks the factor p, which the kernels apply once to the finished gradients.
+    """
+    up = tl.maximum(u, 0.0)
+    if P_MODE == 1:
+        a = up
+        e = tl.where(u > 0.0, 1.0, 0.0)
+    elif P_MODE == 2:
+        a = up * up
+        e = up
+    else:
+        pos = u > 0.0
+        e = tl.where(pos, tl.exp2((p - 1.0) * tl.log2(tl.where(pos, u, 1.0))), 0.0)
+        a = e * up
+    return a, e
+
+
+@triton.jit
+def normalize_backward(g, x, r, factor, NORMALIZE: tl.constexpr):
+    """Gradient w.r.t. raw rows x from the accumulated g = sum_j dS'_ij y_j (fp32 tiles).
+
+    With x_hat = x * r, r = 1 / max(||x||, eps), and the kernels' dS' that already carries r:
+    dx = factor * (g - r^2 (x . g) x), the projection dropped for rows whose norm is below eps
+    (as torch.nn.functional.normalize). Without normalisation: dx = factor * g.
+    """
+    if NORMALIZE:
+        proj = tl.where(r * NORM_EPS < 1.0, r * r, 0.0) * tl.sum(x * g, axis=1)
+        g = g - proj[:, None] * x
+    return g * factor
