@@ -5,7 +5,6 @@ autograd function and the custom ops (autograd.py, ops.py) are built on them. Sh
 k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device.
 """
 
-import os
 from typing import Callable, Optional
 
 import torch
@@ -16,13 +15,9 @@ from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, for
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_norms import inverse_norm_kernel
+from .validation import interpreting
 
 _chosen: dict[tuple, TileConfig] = {}
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -97,11 +92,8 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
-    empty = q1.new_empty(0, dtype=torch.float32)
-    rq1 = inverse_norms(q1) if normalize else empty
-    rk1 = inverse_norms(k1) if normalize else empty
-    rq2 = inverse_norms(q2) if normalize and two else empty
-    rk2 = inverse_norms(k2) if normalize and two else empty
+    rq1, rk1, rq2, rk2 = (inverse_norms(x) if normalize and x is not None
+                          else q1.new_empty(0, dtype=torch.float32) for x in (q1, k1, q2, k2))
     out = _new_output((B, H, Tq, dv), q1.dtype, q1.device)
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
     lam_t = lam if two else beta
