@@ -1,0 +1,321 @@
+"""Text source → token shards: `python -m data.prepare CONFIG [key=value ...]`.
+
+CONFIG names a file of conf/data/ (builtin, local, fineweb_edu) or is a path to such a YAML file;
+`key=value` pairs override its keys (a `data.` prefix is accepted, as in training commands):
+
+    python -m data.prepare fineweb_edu workers=16
+    python -m data.prepare local paths='[corpus/*.jsonl]' dir=data/cache/shards/mine
+
+Documents are tokenised in worker processes, each followed by the end-of-text token, and go to the
+validation split when data.sources.is_validation says so (whole documents). Shards fill up to
+`shard_tokens` tokens (data.writer). The run records its progress after every shard it finishes;
+run the same command again after an interruption and it resumes where the record ends, leaving
+finished shards untouched. meta.json is written last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import dataclasses
+import fcntl
+import itertools
+import json
+import multiprocessing
+import os
+import sys
+import time
+from collections import deque
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm import tqdm
+
+from data.config import DataConfig
+from data.files import atomic_write_json
+from data.meta import META_NAME, read_meta
+from data.paths import CACHE_DIR, PROJECT_ROOT
+from data.shards import dtype_for_vocab, version_for_dtype
+from data.sources import Source, is_validation, make_source
+from data.tokenizer import get_tokenizer
+from data.writer import ShardWriter
+
+CONF_DIR = PROJECT_ROOT / "conf" / "data"
+PROGRESS_NAME = "progress.json"
+SPLITS = ("train", "val")
+
+
+@dataclasses.dataclass
+class _Chunk:
+    first: int  # source index of the first document
+    texts: list[str]
+    state: dict | None  # the source's state after the last document
+
+
+def _chunks(source: Source, start: int, state: dict | None, size: int) -> Iterator[_Chunk]:
+    documents = source.documents(start, state)
+    while texts := list(itertools.islice(documents, size)):
+        yield _Chunk(start, texts, source.state())
+        start += len(texts)
+
+
+_ENCODING: Any = None
+
+
+def _init_worker(tokenizer: str, cache_dir: str) -> None:
+    global _ENCODING
+    _ENCODING = get_tokenizer(tokenizer, Path(cache_dir))
+
+
+def _tokenize(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+    """(tokens of all documents, each followed by end-of-text; tokens per document). Empty
+    documents give no token at all."""
+    eot = _ENCODING.eot_token
+    pieces = [np.array(_ENCODING.encode_ordinary(t) + [eot], dtype=dtype) if t else np.zeros(0, dtype)
+              for t in texts]
+    lengths = np.array([p.size for p in pieces], dtype=np.int64)
+    return (np.concatenate(pieces) if pieces else np.zeros(0, dtype)), lengths
+
+
+def _tokenized(chunks: Iterable[_Chunk], tokenizer: str, cache_dir: Path, dtype: str,
+               workers: int) -> Iterator[tuple[_Chunk, np.ndarray, np.ndarray]]:
+    """Tokenise chunks in `workers` processes (in this one when workers == 1), in order, with a
+    bounded number of chunks in flight so that a stream of any length fits in memory."""
+    if workers == 1:
+        _init_worker(tokenizer, str(cache_dir))
+        for chunk in chunks:
+            yield chunk, *_tokenize(chunk.texts, dtype)
+        return
+    context = multiprocessing.get_context("spawn")  # safe even when CUDA or threads are running
+    with context.Pool(workers, initializer=_init_worker, initargs=(tokenizer, str(cache_dir))) as pool:
+        pending: deque = deque()
+        for chunk in chunks:
+            pending.append((chunk, pool.apply_async(_tokenize, (chunk.texts, dtype))))
+            if len(pending) >= 2 * workers:
+                done, result = pending.popleft()
+                yield done, *result.get()
+        while pending:
+            done, result = pending.popleft()
+            yield done, *result.get()
+
+
+@contextlib.contextmanager
+def _locked(directory: Path) -> Iterator[None]:
+    """Hold an exclusive lock on `directory` (other ranks or runs wait for it)."""
+    with open(directory / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _check_settings(recorded: Mapping[str, Any], cfg: DataConfig, where: Path) -> None:
+    wanted = cfg.settings()
+    differ = [f"{key}={recorded.get(key)!r} (config: {wanted[key]!r})"
+              for key in wanted if recorded.get(key) != wanted[key]]
+    if differ:
+        raise ValueError(f"{where} was prepared with {', '.join(differ)}: point data.dir elsewhere or "
+                         f"delete the folder")
+
+
+def _fresh_record(cfg: DataConfig, source: Source) -> dict[str, Any]:
+    return {"settings": cfg.settings(), "source": source.describe(), "documents": 0,
+            "source_state": None, "empty_documents": 0,
+            "splits": {split: {"sealed": [], "partial_tokens": 0, "documents": 0} for split in SPLITS}}
+
+
+def _load_record(shard_dir: Path, cfg: DataConfig, source: Source) -> dict[str, Any]:
+    """The progress record of an interrupted run in `shard_dir`, or a fresh one."""
+    path = shard_dir / PROGRESS_NAME
+    if not path.exists():
+        leftovers = sorted(p.name for p in shard_dir.glob("*.bin"))
+        if leftovers:
+            raise ValueError(f"{shard_dir} holds shards ({leftovers[0]}, ...) but no progress record: "
+                             f"delete the folder or choose another data.dir")
+        return _fresh_record(cfg, source)
+    record = json.loads(path.read_text())
+    _check_settings(record["settings"], cfg, shard_dir)
+    if record["source"] != source.describe():
+        raise ValueError(f"the source changed since the interrupted run in {shard_dir} (files or "
+                         f"sizes differ): restore it, or delete the folder to start again")
+    return record
+
+
+def prepare_dataset(data_cfg: DataConfig | Mapping[str, Any], progress: bool = True,
+                    cache_dir: Path = CACHE_DIR) -> Path:
+    """Tokenise the source that `data_cfg` describes into shards in its `dir`; return that folder.
+
+    Resumes an interrupted run; returns at once when the folder is already complete (after
+    checking that it was made with the same settings). `progress` shows a bar with tokens/s.
+    """
+    cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
+    shard_dir = cfg.shard_dir
+    shard_dir.mkdir(parents=True, exist_ok=True)
+    with _locked(shard_dir):
+        if (shard_dir / META_NAME).exists():
+            _check_settings(read_meta(shard_dir)["settings"], cfg, shard_dir)
+            return shard_dir
+        _prepare_locked(cfg, shard_dir, progress, Path(cache_dir))
+    return shard_dir
+
+
+def _prepare_locked(cfg: DataConfig, shard_dir: Path, progress: bool, cache_dir: Path) -> None:
+    enc = get_tokenizer(cfg.tokenizer, cache_dir)
+    dtype = dtype_for_vocab(enc.n_vocab, cfg.dtype)
+    source = make_source(cfg, cache_dir)
+    record = _load_record(shard_dir, cfg, source)
+    chunks = _chunks(source, record["documents"], record["source_state"], cfg.chunk_docs)
+    first = next(chunks, None)
+    if first is None and record["documents"] == 0:
+        raise ValueError(f"the source holds no document ({_describe(cfg)})")
+    writers = {split: ShardWriter(shard_dir, split, cfg.shard_tokens, dtype, record["splits"][split])
+               for split in SPLITS}
+
+    def checkpoint() -> None:
+        for split, writer in writers.items():
+            writer.sync()
+            record["splits"][split].update(writer.state())
+        atomic_write_json(shard_dir / PROGRESS_NAME, record)
+        for writer in writers.values():
+            writer.publish()
+
+    workers = cfg.workers or len(os.sched_getaffinity(0))
+    done_tokens = sum(w.tokens for w in writers.values())
+    started = time.perf_counter()
+    bar = tqdm(total=cfg.expected_tokens, initial=done_tokens, unit="tok", unit_scale=True,
+               desc=f"prepare {cfg.name}", disable=not progress, smoothing=0.05)
+    stream = itertools.chain([first], chunks) if first is not None else iter(())
+    for chunk, tokens, lengths in _tokenized(stream, cfg.tokenizer, cache_dir, dtype.name, workers):
+        is_val = np.array([is_validation(chunk.first + j, cfg.val_fraction)
+                           for j in range(lengths.size)], dtype=bool)
+        token_is_val = np.repeat(is_val, lengths)
+        writers["val"].append(tokens[token_is_val])
+        writers["train"].append(tokens[~token_is_val])
+        for split, mask in (("val", is_val), ("train", ~is_val)):
+            record["splits"][split]["documents"] += int(np.count_nonzero(mask & (lengths > 0)))
+        record["empty_documents"] += int(np.count_nonzero(lengths == 0))
+        record["documents"] = chunk.first + lengths.size
+        record["source_state"] = chunk.state
+        bar.update(tokens.size)
+        if any(w.has_unpublished for w in writers.values()):
+            checkpoint()
+    bar.close()
+    for writer in writers.values():
+        writer.finish()
+    checkpoint()
+    _check_splits(record, cfg)
+    _write_meta(shard_dir, cfg, enc, dtype, record, writers)
+    (shard_dir / PROGRESS_NAME).unlink()
+    if progress:
+        new = sum(w.tokens for w in writers.values()) - done_tokens
+        elapsed = time.perf_counter() - started
+        print(f"tokenised {new:,} tokens in {elapsed:.1f} s ({new / max(elapsed, 1e-9):,.0f} tokens/s, "
+              f"{workers} worker processes)", file=sys.stderr)
+
+
+def _describe(cfg: DataConfig) -> str:
+    if cfg.source == "local":
+        return f"paths={list(cfg.paths)}"
+    if cfg.source == "hub":
+        return f"hub_path={cfg.hub_path}, hub_config={cfg.hub_config}, hub_split={cfg.hub_split}"
+    return "the built-in corpus"
+
+
+def _check_splits(record: dict[str, Any], cfg: DataConfig) -> None:
+    splits = record["splits"]
+    if sum(splits["train"]["sealed"]) == 0:
+        raise ValueError(f"the source holds no text for the training split ({_describe(cfg)})")
+    if cfg.val_fraction > 0 and splits["val"]["documents"] == 0:
+        raise ValueError(f"no document went to validation: {record['documents']} documents with "
+                         f"val_fraction={cfg.val_fraction}; raise val_fraction to at least "
+                         f"1/{record['documents']} (delete {cfg.shard_dir} first)")
+
+
+def _write_meta(shard_dir: Path, cfg: DataConfig, enc: Any, dtype: np.dtype, record: dict[str, Any],
+                writers: dict[str, ShardWriter]) -> None:
+    meta = {
+        "tokenizer": cfg.tokenizer,
+        "vocab_size": enc.n_vocab,
+        "eot_token": enc.eot_token,
+        "version": version_for_dtype(dtype),
+        "dtype": dtype.name,
+        "settings": record["settings"],
+        "source": record["source"],
+        "empty_documents": record["empty_documents"],
+        "splits": {split: {"tokens": writer.tokens, "documents": record["splits"][split]["documents"],
+                           "shards": writer.shards()} for split, writer in writers.items()},
+    }
+    atomic_write_json(shard_dir / META_NAME, meta)
+
+
+def prepare_command(cfg: DataConfig) -> str:
+    """The `python -m data.prepare ...` command line that prepares `cfg`'s shards."""
+    from omegaconf import OmegaConf
+    base = cfg.name if (CONF_DIR / f"{cfg.name}.yaml").exists() else cfg.source
+    defaults = OmegaConf.to_container(OmegaConf.load(CONF_DIR / f"{base}.yaml"), resolve=True)
+    overrides = []
+    for field in dataclasses.fields(DataConfig):
+        value = getattr(cfg, field.name)
+        value = list(value) if isinstance(value, tuple) else value
+        default = defaults.get(field.name, field.default)
+        if field.name != "bos_aligned" and value != (list(default) if isinstance(default, tuple) else default):
+            overrides.append(f"{field.name}={value!r}" if isinstance(value, list) else f"{field.name}={value}")
+    return " ".join(["python -m data.prepare", base, *overrides])
+
+
+def ensure_prepared(data_cfg: DataConfig | Mapping[str, Any]) -> Path:
+    """The shard folder of `data_cfg` (the `data` node of the training config), ready to read.
+
+    The built-in corpus is fetched and tokenised here when its shards are missing; for other
+    sources missing shards are a FileNotFoundError naming the command that prepares them.
+    """
+    cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
+    if (cfg.shard_dir / META_NAME).exists():
+        _check_settings(read_meta(cfg.shard_dir)["settings"], cfg, cfg.shard_dir)
+        return cfg.shard_dir
+    if cfg.source == "builtin":
+        return prepare_dataset(cfg)
+    raise FileNotFoundError(f"no finished shards in {cfg.shard_dir}: run `{prepare_command(cfg)}` first")
+
+
+def load_config(name_or_path: str, overrides: list[str]) -> DataConfig:
+    """A DataConfig from a conf/data name (or a YAML path) and `key=value` overrides."""
+    from omegaconf import OmegaConf
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = CONF_DIR / f"{name_or_path}.yaml"
+    if not path.exists():
+        choices = sorted(p.stem for p in CONF_DIR.glob("*.yaml"))
+        raise FileNotFoundError(f"no data config {name_or_path!r}: use one of {choices} or a YAML path")
+    bad = [o for o in overrides if "=" not in o]
+    if bad:
+        raise ValueError(f"overrides must look like key=value, got {bad}")
+    cfg = OmegaConf.merge(OmegaConf.load(path),
+                          OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
+    return DataConfig.from_mapping(cfg)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(
+        prog="python -m data.prepare", description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter, epilog="\n\n".join(__doc__.split("\n\n")[1:]))
+    parser.add_argument("config", help="a conf/data name (builtin, local, fineweb_edu) or a YAML path")
+    parser.add_argument("overrides", nargs="*", help="key=value overrides of the config's keys")
+    args = parser.parse_args(argv)
+    try:
+        cfg = load_config(args.config, args.overrides)
+        shard_dir = prepare_dataset(cfg)
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted: run the same command again to resume") from None
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as err:
+        raise SystemExit(f"error: {err}") from err
+    meta = read_meta(shard_dir)
+    print(f"{shard_dir}: " + ", ".join(f"{s} {v['tokens']:,} tokens" for s, v in meta["splits"].items())
+          + f"; tokenizer {meta['tokenizer']} (vocabulary {meta['vocab_size']})")
+
+
+if __name__ == "__main__":
+    main()

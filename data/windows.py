@@ -1,0 +1,94 @@
+"""The tokens of one split as a single sequence over memory-mapped shards, and the training
+windows cut from it.
+
+A window is seq_len + 1 consecutive tokens (inputs and the targets shifted by one). Windows either
+tile the sequence (window k starts at k·seq_len; consecutive windows share one token, so every
+token is a target exactly once) or, when `bos_aligned`, start at every end-of-text token, which then
+plays the role of a beginning-of-sequence token for the document after it; a document longer than
+seq_len is then seen only through its first seq_len tokens.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data.meta import read_meta
+from data.shards import open_shard
+
+
+class SplitTokens:
+    """All tokens of `split` in the prepared folder `shard_dir`, read across shard boundaries."""
+
+    def __init__(self, shard_dir: str | Path, split: str) -> None:
+        shard_dir = Path(shard_dir)
+        self.meta = read_meta(shard_dir)
+        if split not in self.meta["splits"]:
+            raise ValueError(f"split must be one of {sorted(self.meta['splits'])}, got {split!r}")
+        self.split = split
+        self._arrays: list[np.ndarray] = []
+        for entry in self.meta["splits"][split]["shards"]:
+            path = shard_dir / entry["file"]
+            tokens = open_shard(path)
+            if tokens.size != entry["tokens"] or tokens.dtype.name != self.meta["dtype"]:
+                raise ValueError(f"{path}: {tokens.size} {tokens.dtype.name} tokens, but meta.json records "
+                                 f"{entry['tokens']} {self.meta['dtype']} tokens")
+            self._arrays.append(tokens)
+        self._ends = np.cumsum([a.size for a in self._arrays], dtype=np.int64)
+        self.n_tokens = int(self._ends[-1]) if self._arrays else 0
+
+    def read(self, start: int, length: int) -> np.ndarray:
+        """A copy of tokens [start, start + length) (1-D, the shards' dtype)."""
+        if start < 0 or start + length > self.n_tokens:
+            raise IndexError(f"tokens [{start}, {start + length}) outside [0, {self.n_tokens})")
+        out = np.empty(length, dtype=self._arrays[0].dtype)
+        shard = int(np.searchsorted(self._ends, start, side="right"))
+        filled = 0
+        while filled < length:
+            begin = start + filled - (int(self._ends[shard - 1]) if shard else 0)
+            piece = self._arrays[shard][begin:begin + length - filled]
+            out[filled:filled + piece.size] = piece
+            filled += piece.size
+            shard += 1
+        return out
+
+    def positions_of(self, token: int) -> np.ndarray:
+        """Sorted positions (int64) where `token` occurs; reads the whole split once."""
+        found, offset = [], 0
+        for tokens in self._arrays:
+            found.append(np.flatnonzero(tokens == token) + offset)
+            offset += tokens.size
+        return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
+
+
+class Windows:
+    """The training windows of one split: `len()` of them, each seq_len + 1 tokens."""
+
+    def __init__(self, tokens: SplitTokens, seq_len: int, bos_aligned: bool) -> None:
+        if not isinstance(seq_len, int) or isinstance(seq_len, bool) or seq_len < 1:
+            raise ValueError(f"seq_len must be a positive int, got {seq_len!r}")
+        self.tokens = tokens
+        self.seq_len = seq_len
+        self._starts: np.ndarray | None = None
+        if bos_aligned:
+            starts = tokens.positions_of(int(tokens.meta["eot_token"]))
+            self._starts = starts[starts + seq_len + 1 <= tokens.n_tokens]
+            self.count = int(self._starts.size)
+        else:
+            self.count = max(tokens.n_tokens - 1, 0) // seq_len
+        if self.count == 0:
+            what = "documents followed by " if bos_aligned else ""
+            raise ValueError(f"split {tokens.split!r} has {tokens.n_tokens} tokens: no window of "
+                             f"{what}seq_len + 1 = {seq_len + 1} tokens fits; lower seq_len")
+
+    def __len__(self) -> int:
+        return self.count
+
+    def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Inputs and targets of the windows `indices`: two int64 tensors (len(indices), seq_len)."""
+        starts = self._starts[indices] if self._starts is not None else indices * self.seq_len
+        rows = np.stack([self.tokens.read(int(s), self.seq_len + 1) for s in starts])
+        both = torch.from_numpy(rows.astype(np.int64))
+        return both[:, :-1].contiguous(), both[:, 1:].contiguous()
