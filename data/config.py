@@ -24,6 +24,8 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from omegaconf import DictConfig, OmegaConf
+
 from data.paths import resolve_path
 
 SOURCES = ("builtin", "local", "hub")
@@ -71,8 +73,7 @@ class DataConfig:
     @classmethod
     def from_mapping(cls, cfg: Mapping[str, Any]) -> DataConfig:
         """Build from a mapping (an omegaconf DictConfig or a dict); unknown keys are a ValueError."""
-        if hasattr(cfg, "_metadata"):  # an omegaconf container: resolve interpolations first
-            from omegaconf import OmegaConf
+        if isinstance(cfg, DictConfig):
             cfg = OmegaConf.to_container(cfg, resolve=True)
         if not isinstance(cfg, Mapping):
             raise TypeError(f"the data config must be a mapping, got {type(cfg).__name__}")

@@ -9,6 +9,7 @@ row for row. The loader's state is that one number R, so `state_dict()` is the s
 and a run may resume with another world size as long as N·b stays the same.
 
 `validation_batches` gives the same fixed batches on every call: the validation windows in order.
+`ensure_prepared` and `read_meta` are re-exported here, so that training imports one module.
 """
 
 from __future__ import annotations
@@ -22,7 +23,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from data.meta import read_meta
+from data.prepare import ensure_prepared
 from data.windows import SplitTokens, Windows
+
+__all__ = ["TokenLoader", "ValidationBatches", "ensure_prepared", "read_meta", "validation_batches"]
 
 STATE_FORMAT = 1
 

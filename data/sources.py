@@ -181,8 +181,11 @@ class HubSource:
             raise ImportError("source=hub needs the `datasets` package: pip install datasets") from err
         if start and state is None:
             raise ValueError(f"{self._where()}: resuming at document {start} needs the stream's state")
-        stream = datasets.load_dataset(self.path, name=self.config, split=self.split,
-                                       data_files=self.data_files, streaming=True)
+        try:
+            stream = datasets.load_dataset(self.path, name=self.config, split=self.split,
+                                           data_files=self.data_files, streaming=True)
+        except Exception as err:  # datasets raises many types: not found, offline, bad config ...
+            raise RuntimeError(f"could not open {self._where()}: {type(err).__name__}: {err}") from err
         names = stream.column_names
         if names is not None:
             if self.text_field not in names:
