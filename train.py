@@ -40,9 +40,8 @@ def run_name(cfg: DictConfig) -> str:
     if cfg.name:
         return str(cfg.name)
     name = f"{cfg.attention.name}-{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
-    hydra_cfg = HydraConfig.get()
-    if hydra_cfg.mode == RunMode.MULTIRUN:
-        name += f"-j{hydra_cfg.job.num}"
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        name += f"-j{HydraConfig.get().job.num}"
     return name
 
 
