@@ -1,0 +1,243 @@
+"""The attention metrics of SPEC §4, computed from exact attention weights.
+
+Weights arrive as maps of a block of query rows: (B, H, rows, keys), row r being absolute position
+start + r and keys running from 0 to at least that position (entries j > i are ignored). ``LayerStats``
+accumulates one layer over row blocks and sequences; ``summarise`` turns the layers of one probe length
+into numbers. Choices where SPEC is silent:
+
+- Rows are normalised by Σ_j |w_ij| for every variant (for softmax this is the identity). A row whose
+  weights are all exactly zero ("empty") is left out of every ratio (first-token ratio, entropy, largest
+  weight, α_0) and the share of such rows is reported beside them. Non-zeros per row are averaged over
+  all rows, empty ones included (they have none), and also over non-empty rows.
+- Sink rate (Gu et al. 2025): α_0 of a (sequence, layer, head) triple is the mean normalised weight on
+  key 0 over its non-empty rows; a triple whose rows are all empty has no α_0 and is left out of the
+  rate (their count is reported).
+- Entropy is in nats, of the normalised |w| of a row.
+- Two-view correlation: Pearson correlation between view 1's and view 2's weights (``maps`` "view1",
+  "view2") over the causal entries of a head, pooled over rows and sequences. Consensus survivors:
+  causal entries non-zero in both views, per row.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+import torch
+
+SINK_EPSILON = 0.3
+SINK_PROBE_TOKENS = 64
+
+
+def causal_keep(start: int, stop: int, n_keys: int, device=None) -> torch.Tensor:
+    """(stop − start, n_keys) boolean mask: True where key j ≤ row position i."""
+    return torch.arange(n_keys, device=device)[None, :] <= torch.arange(start, stop, device=device)[:, None]
+
+
+def normalise_rows(w: torch.Tensor, keep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """|w| / Σ_j |w| over causal entries (keep), and the mask of empty rows (Σ_j |w| = 0), whose
+    normalised weights are left at 0. w: (..., rows, keys) -> ((..., rows, keys), (..., rows) bool)."""
+    a = w.abs().double() * keep
+    total = a.sum(-1, keepdim=True)
+    empty = total.squeeze(-1) == 0
+    return a / torch.where(total > 0, total, torch.ones_like(total)), empty
+
+
+def harmonic(n: int) -> float:
+    """H_n = 1 + 1/2 + … + 1/n."""
+    return float(sum(1.0 / k for k in range(1, n + 1)))
+
+
+def uniform_first_token_ratio(length: int) -> float:
+    """The first-token ratio of uniform causal attention averaged over rows 0 … T−1: H_T / T."""
+    return harmonic(length) / length
+
+
+def sink_rate(alpha0: torch.Tensor, epsilon: float = SINK_EPSILON) -> float:
+    """Share of (sequence, layer, head) triples with α_0 > epsilon; NaN entries (no non-empty row) are
+    left out. alpha0: any shape. Returns NaN when no triple has an α_0."""
+    valid = alpha0[~torch.isnan(alpha0)]
+    return float((valid > epsilon).double().mean()) if valid.numel() else float("nan")
+
+
+@dataclass
+class LayerStats:
+    """Running sums for one layer over row blocks and sequences of ``length`` tokens.
+
+    Per head (H,): exact zeros per view and causal entries. Per row position (length,): rows seen,
+    empty rows, and sums over non-empty rows of the first-token ratio, entropy and largest weight;
+    sums over all rows of the non-zeros and (two views) consensus survivors. Per (sequence, head): the sum
+    of normalised weights on key 0 and the count of non-empty rows (for α_0). Per head (H, 6) for two
+    views: n, Σx, Σy, Σx², Σy², Σxy of the two views' weights. Sums live on ``device`` (where the maps
+    are reduced, so long maps are not copied to the host)."""
+
+    length: int
+    heads: int
+    views: int
+    device: str | torch.device = "cpu"
+    zeros: dict[str, torch.Tensor] = field(default_factory=dict)
+    entries: torch.Tensor | None = None
+    alpha_sum: list[torch.Tensor] = field(default_factory=list)
+    alpha_rows: list[torch.Tensor] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
+        names = ["combined"] + [f"view{v}" for v in range(1, self.views + 1)]
+        self.zeros = {name: z(self.heads) for name in names}
+        self.entries = z(self.heads)
+        T = self.length
+        self.rows, self.empty, self.first, self.entropy, self.top = z(T), z(T), z(T), z(T), z(T)
+        self.nonzeros, self.consensus = z(T), z(T)
+        self.moments = z(self.heads, 6)
+        self._batch_alpha: tuple[torch.Tensor, torch.Tensor] | None = None
+
+    def add(self, start: int, stop: int, maps: dict[str, torch.Tensor]) -> None:
+        """Add a block of rows [start, stop) of one batch; maps as ``attn.maps``. Call ``end_batch``
+        after the last block of a batch."""
+        w = maps["combined"]
+        B, H, R, K = w.shape
+        if H != self.heads or R != stop - start or stop > self.length or K < stop:
+            raise ValueError(f"maps of shape {tuple(w.shape)} do not fit rows [{start}, {stop}) of a layer "
+                             f"with {self.heads} heads and {self.length} tokens")
+        w = w.to(self.device)
+        keep = causal_keep(start, stop, K, self.device)
+        per_row_entries = keep.sum(-1).double()
+        self.entries += B * float(per_row_entries.sum())
+        for name in self.zeros:
+            self.zeros[name] += ((maps[name].to(self.device) == 0) & keep).sum((0, 2, 3)).double()
+        p, empty = normalise_rows(w, keep)
+        full = ~empty
+        rows = slice(start, stop)
+        self.rows[rows] += B * H
+        self.empty[rows] += empty.sum((0, 1)).double()
+        self.first[rows] += (p[..., 0] * full).sum((0, 1))
+        plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros((), dtype=p.dtype))
+        self.entropy[rows] += (-plogp.sum(-1) * full).sum((0, 1))
+        self.top[rows] += (p.amax(-1) * full).sum((0, 1))
+        nonzero = (w != 0) & keep
+        self.nonzeros[rows] += nonzero.sum((0, 1, 3)).double()
+        alpha_sum, alpha_rows = (p[..., 0] * full).sum(-1), full.sum(-1).double()
+        if self._batch_alpha is not None:
+            alpha_sum, alpha_rows = alpha_sum + self._batch_alpha[0], alpha_rows + self._batch_alpha[1]
+        self._batch_alpha = (alpha_sum, alpha_rows)
+        if self.views == 2:
+            w1, w2 = maps["view1"].to(self.device), maps["view2"].to(self.device)
+            both = (w1 != 0) & (w2 != 0) & keep
+            self.consensus[rows] += both.sum((0, 1, 3)).double()
+            x, y, m = w1.double() * keep, w2.double() * keep, keep.double()
+            sums = [m.expand_as(x), x, y, x * x, y * y, x * y]
+            self.moments += torch.stack([s.sum((0, 2, 3)) for s in sums], dim=-1)
+
+    def end_batch(self) -> None:
+        """Close a batch: its per-(sequence, head) sums for α_0 are kept."""
+        if self._batch_alpha is not None:
+            self.alpha_sum.append(self._batch_alpha[0])
+            self.alpha_rows.append(self._batch_alpha[1])
+            self._batch_alpha = None
+
+    def alpha0(self) -> torch.Tensor:
+        """α_0 of every (sequence, head) pair seen, (sequences, H); NaN where every row was empty."""
+        if not self.alpha_sum:
+            return torch.empty(0, self.heads, dtype=torch.float64)
+        total, rows = torch.cat(self.alpha_sum), torch.cat(self.alpha_rows)
+        return torch.where(rows > 0, total / rows.clamp_min(1), torch.full_like(total, float("nan"))).cpu()
+
+    def correlation(self) -> torch.Tensor:
+        """Per-head Pearson correlation of the two views' weights, (H,); NaN where a view is constant."""
+        n, sx, sy, sxx, syy, sxy = self.moments.unbind(-1)
+        cov = sxy / n - (sx / n) * (sy / n)
+        var_x, var_y = sxx / n - (sx / n) ** 2, syy / n - (sy / n) ** 2
+        denom = (var_x * var_y).sqrt()
+        return torch.where(denom > 0, cov / torch.where(denom > 0, denom, torch.ones_like(denom)),
+                           torch.full_like(cov, float("nan")))
+
+    def row_curves(self) -> dict[str, torch.Tensor]:
+        """Per row position (length,): empty share; first-token ratio, entropy and largest weight over
+        non-empty rows (NaN where all were empty); non-zeros and consensus survivors over all rows."""
+        full = self.rows - self.empty
+        over_full = lambda s: torch.where(full > 0, s / full.clamp_min(1), torch.full_like(s, float("nan")))  # noqa: E731
+        rows = self.rows.clamp_min(1)
+        out = {"empty_share": self.empty / rows, "first_token_ratio": over_full(self.first),
+               "entropy": over_full(self.entropy), "top_weight": over_full(self.top),
+               "nonzeros": self.nonzeros / rows}
+        if self.views == 2:
+            out["consensus"] = self.consensus / rows
+        return out
+
+
+def _ratio(num: float, den: float) -> float:
+    return num / den if den > 0 else float("nan")
+
+
+def _nanmean(x: torch.Tensor) -> float:
+    x = x[~torch.isnan(x)]
+    return float(x.mean()) if x.numel() else float("nan")
+
+
+def summarise(stats: list[LayerStats]) -> dict:
+    """The numbers of one probe length from its layers' stats (every layer the same length, heads and
+    views): sparsity overall / per layer / per head / per view, empty-row share, first-token ratio with
+    its uniform reference, entropy, largest weight, non-zeros per row, and for two views the correlation
+    and consensus survivors. Means are over rows (non-empty rows for the ratios), pooled over layers."""
+    if not stats:
+        raise ValueError("stats must hold at least one layer")
+    T = stats[0].length
+    out: dict = {"length": T, "layers": len(stats), "heads": stats[0].heads}
+    entries = sum(float(s.entries.sum()) for s in stats)
+    out["sparsity"] = _ratio(sum(float(s.zeros["combined"].sum()) for s in stats), entries)
+    out["sparsity_per_layer"] = [_ratio(float(s.zeros["combined"].sum()), float(s.entries.sum())) for s in stats]
+    out["sparsity_per_head"] = [(s.zeros["combined"] / s.entries.clamp_min(1)).tolist() for s in stats]
+    out["sparsity_per_view"] = {
+        view: {"overall": _ratio(sum(float(s.zeros[view].sum()) for s in stats), entries),
+               "per_layer": [_ratio(float(s.zeros[view].sum()), float(s.entries.sum())) for s in stats]}
+        for view in stats[0].zeros}
+    rows = sum(float(s.rows.sum()) for s in stats)
+    full = rows - sum(float(s.empty.sum()) for s in stats)
+    out["empty_row_share"] = _ratio(rows - full, rows)
+    out["empty_row_share_per_layer"] = [_ratio(float(s.empty.sum()), float(s.rows.sum())) for s in stats]
+    for key, attr in (("first_token_ratio", "first"), ("entropy", "entropy"), ("top_weight", "top")):
+        out[key] = _ratio(sum(float(getattr(s, attr).sum()) for s in stats), full)
+        out[f"{key}_per_layer"] = [_ratio(float(getattr(s, attr).sum()), float((s.rows - s.empty).sum()))
+                                   for s in stats]
+    out["first_token_ratio_uniform"] = uniform_first_token_ratio(T)
+    out["nonzeros_per_row"] = _ratio(sum(float(s.nonzeros.sum()) for s in stats), rows)
+    out["nonzeros_per_nonempty_row"] = _ratio(sum(float(s.nonzeros.sum()) for s in stats), full)
+    out["nonzeros_per_row_per_layer"] = [_ratio(float(s.nonzeros.sum()), float(s.rows.sum())) for s in stats]
+    if stats[0].views == 2:
+        out["consensus_per_row"] = _ratio(sum(float(s.consensus.sum()) for s in stats), rows)
+        out["consensus_per_row_per_layer"] = [_ratio(float(s.consensus.sum()), float(s.rows.sum())) for s in stats]
+        out["view_correlation_per_layer"] = [_nanmean(s.correlation()) for s in stats]
+        out["view_correlation"] = _nanmean(torch.tensor(out["view_correlation_per_layer"]))
+    return out
+
+
+def sink_summary(stats: list[LayerStats], epsilon: float = SINK_EPSILON) -> dict:
+    """Gu et al.'s sink rate over the (sequence, layer, head) triples of the layers' stats (SPEC §4a),
+    the rate per layer, mean α_0 per layer and the number of triples without α_0 (all rows empty)."""
+    alphas = [s.alpha0() for s in stats]
+    every = torch.cat([a.flatten() for a in alphas]) if alphas else torch.empty(0)
+    return {"sink_rate": sink_rate(every, epsilon), "epsilon": epsilon,
+            "sink_rate_per_layer": [sink_rate(a, epsilon) for a in alphas],
+            "alpha0_per_layer": [_nanmean(a.flatten()) for a in alphas],
+            "triples": int(every.numel()), "triples_without_alpha0": int(torch.isnan(every).sum())}
+
+
+def random_survivors(head_dim: int, positions: list[int], beta: float = 1.0, trials: int = 64,
+                     seed: int = 0) -> list[float]:
+    """Theory check of SPEC §1: mean number of keys j ≤ i with q̂·k̂_j > τ_i = β·sqrt(2 ln(i+1)/d) for
+    random unit vectors in dimension ``head_dim``, at each row position i of ``positions``, over
+    ``trials`` draws. The bound is (i+1)·(i+1)^(−β²) (≤ 1 at β = 1)."""
+    if head_dim < 1 or trials < 1:
+        raise ValueError(f"head_dim and trials must be >= 1, got {head_dim} and {trials}")
+    gen = torch.Generator().manual_seed(seed)
+    out = []
+    for i in positions:
+        tau = beta * math.sqrt(2.0 * math.log(i + 1) / head_dim)
+        q = torch.nn.functional.normalize(torch.randn(trials, 1, head_dim, generator=gen), dim=-1)
+        k = torch.nn.functional.normalize(torch.randn(trials, i + 1, head_dim, generator=gen), dim=-1)
+        out.append(float(((q * k).sum(-1) > tau).double().sum(-1).mean()))
+    return out
+
+
+def survivor_bound(positions: list[int], beta: float = 1.0) -> list[float]:
+    """SPEC §1's bound on the expected survivors of row i: (i+1)^(1−β²)."""
+    return [float((i + 1) ** (1.0 - beta * beta)) for i in positions]
