@@ -114,7 +114,7 @@ def _tiktoken_encoding(name: str, cache_dir: Path) -> tiktoken.Encoding:
             os.environ["TIKTOKEN_CACHE_DIR"] = saved
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def get_tokenizer(name: str, cache_dir: Path = CACHE_DIR) -> tiktoken.Encoding:
     """The tiktoken Encoding called `name` ('bytes', 'gpt2', or a tiktoken encoding name).
 

@@ -79,9 +79,9 @@ class Windows:
         else:
             self.count = max(tokens.n_tokens - 1, 0) // seq_len
         if self.count == 0:
-            what = "documents followed by " if bos_aligned else ""
+            where = " starting at a document start" if bos_aligned else ""
             raise ValueError(f"split {tokens.split!r} has {tokens.n_tokens} tokens: no window of "
-                             f"{what}seq_len + 1 = {seq_len + 1} tokens fits; lower seq_len")
+                             f"seq_len + 1 = {seq_len + 1} tokens{where} fits; lower seq_len")
 
     def __len__(self) -> int:
         return self.count

@@ -4,8 +4,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from data import builtin_corpus
-from data.loader import ensure_prepared, read_meta
 from data.config import DataConfig
+from data.loader import ensure_prepared, read_meta
 from data.paths import PROJECT_ROOT
 from data.prepare import CONF_DIR, load_config
 from data.sdist import SdistDownloadError

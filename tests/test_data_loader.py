@@ -39,7 +39,7 @@ def test_batches_are_windows_of_the_split(shards):
     loader = TokenLoader(shards, "train", batch_size=3, seq_len=SEQ, seed=5)
     for x, y in batches(loader, 10):
         assert x.shape == y.shape == (3, SEQ) and x.dtype == y.dtype == torch.int64
-        for row_x, row_y in zip(x, y):
+        for row_x, row_y in zip(x, y, strict=True):
             assert torch.equal(row_x[1:], row_y[:-1])
             assert tuple(torch.cat([row_x, row_y[-1:]]).tolist()) in windows
 
@@ -79,7 +79,7 @@ def test_resumed_loader_continues_the_uninterrupted_stream(shards, bos_aligned):
     loader.close()
     resumed = make()
     resumed.load_state_dict(torch.load(io.BytesIO(buffer.getvalue())))
-    for got, want in zip(batches(resumed, 19), reference[11:]):
+    for got, want in zip(batches(resumed, 19), reference[11:], strict=True):
         assert torch.equal(got[0], want[0]) and torch.equal(got[1], want[1])
     # The original loader, with batches prefetched past the saved point, rewinds too.
     loader.load_state_dict(state)
@@ -132,7 +132,7 @@ def test_validation_batches_are_fixed_and_split_over_ranks(shards):
     again = validation_batches(shards, 4, SEQ, max_batches=3)
     assert len(one) == 3
     tokens = SplitTokens(shards, "val")
-    for i, ((x, y), (x2, y2)) in enumerate(zip(one, again)):
+    for i, ((x, y), (x2, y2)) in enumerate(zip(one, again, strict=True)):
         assert torch.equal(x, x2) and torch.equal(y, y2)
         for r in range(4):
             row = tokens.read((i * 4 + r) * SEQ, SEQ + 1)
@@ -189,3 +189,16 @@ def test_shard_that_disagrees_with_meta_is_named(shards, tmp_path):
     (target / "meta.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match=r"train_000000.bin: 400 uint16 tokens, but meta.json records 401"):
         TokenLoader(target, "train", 2, SEQ)
+
+
+@pytest.mark.gpu
+def test_pinned_prefetched_batches_copy_to_the_gpu(shards):
+    loader = TokenLoader(shards, "train", 4, SEQ, seed=4, prefetch=2)
+    assert loader.pin_memory  # the default when CUDA is available
+    reference = batches(TokenLoader(shards, "train", 4, SEQ, seed=4, prefetch=0, pin_memory=False), 5)
+    for want in reference:
+        x, y = loader.next_batch()
+        assert x.is_pinned() and y.is_pinned()
+        x_gpu, y_gpu = x.to("cuda", non_blocking=True), y.to("cuda", non_blocking=True)
+        assert torch.equal(x_gpu.cpu(), want[0]) and torch.equal(y_gpu.cpu(), want[1])
+    loader.close()
