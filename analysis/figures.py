@@ -1,0 +1,227 @@
+"""The paper's figures across analysed runs: python -m analysis.figures runs=[runs/a,runs/b] out=results/figures
+
+Each run needs the output of ``python -m analysis.attention``; loss curves come from metrics.jsonl.
+Every figure is written as PNG and PDF under ``out``:
+
+    sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
+    first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
+                          (mean over layers) with the uniform reference 1/(i+1); and its row mean against
+                          length with the uniform H_T / T
+    dispersion            non-zeros per row, row entropy and largest normalised weight against length
+    attention_maps_<run>  the saved combined maps of chosen heads (first tokens of a held-out window)
+    lambda_by_layer       λ of every layer (TDA, differential) at the analysed checkpoint
+    loss_curves           training and validation loss against step
+    theory_check          survivors per row of random unit vectors against the bound (i+1)^(1−β²)
+"""
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import hydra
+import numpy as np
+from omegaconf import DictConfig
+
+from analysis.attention import MAPS, OUTPUT
+from analysis.metrics import random_survivors, survivor_bound
+from analysis.results import RunResults, load_results, run_list
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def save(fig, stem: Path) -> list[Path]:
+    """Write ``fig`` as stem.png and stem.pdf, close it, return both paths."""
+    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+    return paths
+
+
+def _label(run: RunResults) -> str:
+    return f"{run.name} ({run.attention})"
+
+
+def sparsity_by_layer(runs: list[RunResults], stem: Path, length: int | None = None) -> list[Path]:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    for run in runs:
+        s = run.length_summary(length)
+        ax.plot(range(len(s["sparsity_per_layer"])), [100 * v for v in s["sparsity_per_layer"]], marker="o",
+                label=f"{_label(run)}, T={s['length']}")
+    ax.set_xlabel("layer")
+    ax.set_ylabel("exact zeros (% of causal entries)")
+    ax.set_ylim(-3, 103)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def _mean_over_layers(per_layer: list[list[float]]) -> np.ndarray:
+    values = np.array(per_layer, dtype=float)
+    with np.errstate(all="ignore"):
+        counts = (~np.isnan(values)).sum(0)
+        return np.where(counts > 0, np.nansum(values, 0) / np.maximum(counts, 1), np.nan)
+
+
+def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, (by_row, by_length) = plt.subplots(1, 2, figsize=(10, 3.6))
+    longest = 0
+    for run in runs:
+        length = max(s["length"] for s in run.summary["lengths"])
+        longest = max(longest, length)
+        ratio = _mean_over_layers(run.row_curves(length)["first_token_ratio"])
+        by_row.plot(np.arange(1, length + 1), ratio, lw=0.8, label=f"{_label(run)}, T={length}")
+        lengths = [s["length"] for s in run.summary["lengths"]]
+        by_length.plot(lengths, [s["first_token_ratio"] for s in run.summary["lengths"]], marker="o",
+                       label=_label(run))
+    positions = np.arange(1, longest + 1)
+    by_row.plot(positions, 1.0 / positions, "k--", lw=1, label="uniform 1/(i+1)")
+    by_row.set(xscale="log", yscale="log", xlabel="row position i + 1", ylabel="first-token ratio r_i")
+    all_lengths = sorted({s["length"] for run in runs for s in run.summary["lengths"]})
+    by_length.plot(all_lengths, [sum(1 / k for k in range(1, t + 1)) / t for t in all_lengths], "k--",
+                   label="uniform H_T / T")
+    by_length.set(xscale="log", yscale="log", xlabel="context length T", ylabel="mean first-token ratio")
+    for ax in (by_row, by_length):
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def dispersion(runs: list[RunResults], stem: Path) -> list[Path]:
+    plt = _pyplot()
+    panels = (("nonzeros_per_row", "non-zero weights per row"), ("entropy", "row entropy (nats)"),
+              ("top_weight", "largest normalised weight"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for run in runs:
+        lengths = [s["length"] for s in run.summary["lengths"]]
+        for ax, (key, _) in zip(axes, panels):
+            ax.plot(lengths, [s[key] for s in run.summary["lengths"]], marker="o", label=_label(run))
+    for ax, (key, title) in zip(axes, panels):
+        ax.set(xscale="log", xlabel="context length T", ylabel=title)
+        if key == "nonzeros_per_row":
+            ax.set_yscale("symlog", linthresh=1)
+        ax.grid(alpha=0.3, which="both")
+        ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def attention_maps(run: RunResults, stem: Path) -> list[Path]:
+    plt = _pyplot()
+    with np.load(run.path / OUTPUT / MAPS) as data:
+        maps = {key: data[key] for key in data.files}
+    if not maps:
+        raise ValueError(f"{run.path / OUTPUT / MAPS} holds no maps (map_heads was empty)")
+    cols = min(4, len(maps))
+    rows = math.ceil(len(maps) / cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    for ax, (key, w) in zip(axes.flat, sorted(maps.items())):
+        bound = float(np.abs(w).max()) or 1.0
+        signed = bool((w < 0).any())
+        image = ax.imshow(w, cmap="RdBu_r" if signed else "viridis", vmin=-bound if signed else 0, vmax=bound)
+        zeros = float((w[np.tril(np.ones(w.shape, dtype=bool))] == 0).mean())
+        ax.set_title(f"layer {key[1:key.index('H')]}, head {key[key.index('H') + 1:]}: {100 * zeros:.0f}% zeros",
+                     fontsize=8)
+        ax.set(xlabel="key j", ylabel="query i")
+        fig.colorbar(image, ax=ax, fraction=0.046)
+    for ax in list(axes.flat)[len(maps):]:
+        ax.axis("off")
+    fig.suptitle(_label(run), fontsize=9)
+    return save(fig, stem)
+
+
+def lambda_by_layer(runs: list[RunResults], stem: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    shown = 0
+    for run in runs:
+        values = run.summary.get("lambda_per_layer")
+        if values:
+            ax.plot(range(len(values)), [float(np.mean(v)) for v in values], marker="o", label=_label(run))
+            shown += 1
+    if shown:
+        ax.legend(fontsize=7)
+    else:
+        ax.text(0.5, 0.5, "no run has a λ (TDA or differential)", ha="center", va="center", transform=ax.transAxes)
+    ax.set(xlabel="layer", ylabel="λ (mean over heads)")
+    ax.grid(alpha=0.3)
+    return save(fig, stem)
+
+
+def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
+    plt = _pyplot()
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    for run in runs:
+        for ax, key in ((train_ax, "loss"), (val_ax, "val_loss")):
+            points = [(r["step"], r[key]) for r in run.metrics if isinstance(r.get(key), (int, float))]
+            if points:
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=_label(run))
+    for ax, title in ((train_ax, "training loss"), (val_ax, "validation loss")):
+        ax.set(xlabel="step", ylabel=f"{title} (nats)")
+        ax.grid(alpha=0.3)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=7)
+    return save(fig, stem)
+
+
+def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: int, trials: int,
+                 seed: int) -> list[Path]:
+    plt = _pyplot()
+    positions = sorted({int(round(x)) - 1 for x in np.geomspace(1, max_position, 24)})
+    fig, ax = plt.subplots(figsize=(5.5, 3.8))
+    for k, beta in enumerate(betas):
+        colour = f"C{k}"
+        measured = random_survivors(head_dim, positions, beta, trials, seed)
+        ax.plot([i + 1 for i in positions], measured, "o", color=colour, ms=3, label=f"measured, β={beta}")
+        ax.plot([i + 1 for i in positions], survivor_bound(positions, beta), "-", color=colour, lw=1,
+                label=f"bound (i+1)^(1−β²), β={beta}")
+    ax.set_yscale("symlog", linthresh=0.1)
+    ax.set_ylim(bottom=0)
+    ax.set(xscale="log", xlabel="row position i + 1",
+           ylabel="survivors per row", title=f"random unit vectors, d={head_dim}, {trials} draws")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=6)
+    return save(fig, stem)
+
+
+def make_figures(cfg: DictConfig) -> list[Path]:
+    """Every figure of the module docstring for the runs of ``cfg`` (conf/analysis_figures.yaml)."""
+    runs = [load_results(r, need_analysis=True) for r in run_list(cfg.runs)]
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    length = int(cfg.length) if cfg.length else None
+    paths = sparsity_by_layer(runs, out / "sparsity_by_layer", length)
+    paths += first_token_ratio(runs, out / "first_token_ratio")
+    paths += dispersion(runs, out / "dispersion")
+    for run in runs:
+        paths += attention_maps(run, out / f"attention_maps_{run.name}")
+    paths += lambda_by_layer(runs, out / "lambda_by_layer")
+    paths += loss_curves(runs, out / "loss_curves")
+    t = cfg.theory
+    paths += theory_check(out / "theory_check", int(t.head_dim), [float(b) for b in t.betas], int(t.max_position),
+                          int(t.trials), int(t.seed))
+    return paths
+
+
+@hydra.main(config_path="../conf", config_name="analysis_figures", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        paths = make_figures(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(f"{len(paths)} files in {Path(cfg.out)}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,108 @@
+"""Reading what a run directory holds for figures and reports: its config, metrics.jsonl, the output of
+analysis.attention, and eval.py's eval/<task>.json (read defensively: absent or unreadable -> None)."""
+from __future__ import annotations
+
+import csv
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from analysis.attention import OUTPUT, SUMMARY
+from model.checkpoint import METRICS, load_config
+
+
+@dataclass
+class RunResults:
+    """A run's name, directory, config, metrics.jsonl records and analysis summary (None if not run)."""
+
+    name: str
+    path: Path
+    config: DictConfig
+    metrics: list[dict]
+    summary: dict | None
+
+    @property
+    def attention(self) -> str:
+        return str(self.config.attention.name)
+
+    def eval_result(self, task: str) -> dict | None:
+        """eval/<task>.json as written by eval.py, or None when absent or unreadable."""
+        path = self.path / "eval" / f"{task}.json"
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def row_curves(self, length: int) -> dict[str, list[list[float]]]:
+        """rows.csv at one length: {column: [per layer: values by position]} (NaN for empty cells)."""
+        out: dict[str, list[list[float]]] = {}
+        with open(self.path / OUTPUT / "rows.csv", newline="") as f:
+            for row in csv.DictReader(f):
+                if int(row["length"]) != length:
+                    continue
+                layer = int(row["layer"])
+                for key, value in row.items():
+                    if key in ("length", "layer", "position"):
+                        continue
+                    per_layer = out.setdefault(key, [])
+                    while len(per_layer) <= layer:
+                        per_layer.append([])
+                    per_layer[layer].append(float(value) if value not in ("", "None") else float("nan"))
+        return out
+
+    def final_val_loss(self) -> float | None:
+        """eval/val_loss.json's loss, else the last val_loss logged in metrics.jsonl, else None."""
+        result = self.eval_result("val_loss")
+        if result is not None and isinstance(result.get("loss"), (int, float)):
+            return float(result["loss"])
+        logged = [r["val_loss"] for r in self.metrics if isinstance(r.get("val_loss"), (int, float))]
+        return float(logged[-1]) if logged else None
+
+    def length_summary(self, length: int | None = None) -> dict | None:
+        """The analysis summary at ``length`` (default: the probe length nearest the training length)."""
+        if not self.summary or not self.summary.get("lengths"):
+            return None
+        target = int(length or self.config.model.seq_len)
+        return min(self.summary["lengths"], key=lambda s: (abs(s["length"] - target), s["length"]))
+
+
+def read_metrics(path: Path) -> list[dict]:
+    """The JSON lines of metrics.jsonl (damaged lines skipped); [] when absent."""
+    if not path.is_file():
+        return []
+    records = []
+    for line in path.read_text().splitlines():
+        try:
+            record = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(record, dict):
+            records.append(record)
+    return records
+
+
+def load_results(run_dir: str | Path, need_analysis: bool = False) -> RunResults:
+    """A run directory's results. Raises FileNotFoundError (one line) for an unknown run, or, with
+    ``need_analysis``, when analysis.attention has not been run on it."""
+    path = Path(run_dir)
+    if not path.is_dir():
+        raise FileNotFoundError(f"run directory {path} does not exist")
+    config = load_config(path)
+    summary_path = path / OUTPUT / SUMMARY
+    summary = json.loads(summary_path.read_text()) if summary_path.is_file() else None
+    if need_analysis and summary is None:
+        raise FileNotFoundError(f"{path} has no {OUTPUT}/{SUMMARY}: run python -m analysis.attention run_dir={path}")
+    return RunResults(path.name, path, config, read_metrics(path / METRICS), summary)
+
+
+def run_list(runs) -> list[str]:
+    """The ``runs`` option as a list of paths (a list, or one string); ValueError when empty."""
+    if isinstance(runs, str):
+        runs = [runs]
+    runs = list(OmegaConf.to_object(runs) if OmegaConf.is_config(runs) else runs or [])
+    if not runs:
+        raise ValueError("runs must name at least one run directory, e.g. runs=[runs/a,runs/b]")
+    return [str(r) for r in runs]
