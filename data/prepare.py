@@ -153,19 +153,19 @@ def prepare_dataset(data_cfg: DataConfig | Mapping[str, Any], progress: bool = T
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     shard_dir = cfg.shard_dir
-    shard_dir.mkdir(parents=True, exist_ok=True)
-    with _locked(shard_dir):
-        if (shard_dir / META_NAME).exists():
-            _check_settings(read_meta(shard_dir)["settings"], cfg, shard_dir)
-            return shard_dir
-        _prepare_locked(cfg, shard_dir, progress, Path(cache_dir))
+    if not (shard_dir / META_NAME).exists():
+        source = make_source(cfg, cache_dir)  # bad paths fail here, before any folder is made
+        shard_dir.mkdir(parents=True, exist_ok=True)
+        with _locked(shard_dir):
+            if not (shard_dir / META_NAME).exists():  # another process may have finished meanwhile
+                _prepare_locked(cfg, source, shard_dir, progress, Path(cache_dir))
+    _check_settings(read_meta(shard_dir)["settings"], cfg, shard_dir)
     return shard_dir
 
 
-def _prepare_locked(cfg: DataConfig, shard_dir: Path, progress: bool, cache_dir: Path) -> None:
+def _prepare_locked(cfg: DataConfig, source: Source, shard_dir: Path, progress: bool, cache_dir: Path) -> None:
     enc = get_tokenizer(cfg.tokenizer, cache_dir)
     dtype = dtype_for_vocab(enc.n_vocab, cfg.dtype)
-    source = make_source(cfg, cache_dir)
     record = _load_record(shard_dir, cfg, source)
     chunks = _chunks(source, record["documents"], record["source_state"], cfg.chunk_docs)
     first = next(chunks, None)

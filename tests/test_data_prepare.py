@@ -199,6 +199,7 @@ def test_missing_text_field_names_file_and_line(tmp_path):
 def test_empty_sources_are_refused(tmp_path):
     with pytest.raises(ValueError, match="matches no file"):
         prep.prepare_dataset(config(tmp_path), progress=False)
+    assert not (tmp_path / "shards").exists()
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "empty.jsonl").write_text("\n\n")
     with pytest.raises(ValueError, match="holds no document"):
