@@ -1,0 +1,339 @@
+"""The paper's claims (SPEC §5), measured across runs: python -m analysis.report runs=[runs/a,runs/b]
+
+Runs whose configs differ only in seed, name and machine settings form one group (a "variant"); every
+number is the mean over the group's runs, with the standard deviation and run count when there are
+several. Attention metrics come from ``python -m analysis.attention`` (at the probe length nearest the
+training length unless a claim is about length), validation loss from eval/val_loss.json or else the
+last val_loss in metrics.jsonl, passkey and length extrapolation from eval/passkey.json and
+eval/length_extrapolation.json when present ("not run" otherwise). A claim "holds" by the tolerances of
+conf/analysis_report.yaml, printed in the table. Writes one markdown table to ``out`` and prints it.
+"""
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import hydra
+from omegaconf import DictConfig, OmegaConf
+
+from analysis.results import RunResults, load_results, run_list
+
+IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
+                "trainer.threads", "trainer.compile", "data.dir", "data.workers")
+NOT_RUN = "not run"
+LENGTH_KEYS = ("length", "seq_len", "context_length", "tokens")
+ACCURACY_KEYS = ("accuracy", "acc", "success_rate", "score")
+PERPLEXITY_KEYS = ("perplexity", "ppl")
+
+
+@dataclass
+class Group:
+    """Runs that share a config up to the seed; ``label`` names the variant."""
+
+    label: str
+    runs: list[RunResults]
+
+    @property
+    def attention(self) -> str:
+        return self.runs[0].attention
+
+    def setting(self, key: str):
+        return OmegaConf.select(self.runs[0].config, key)
+
+
+def _flat(cfg: DictConfig) -> dict[str, str]:
+    out = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if any(name == k or name.startswith(k + ".") for k in IGNORED_KEYS):
+                continue
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                out[name] = repr(value)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def group_runs(runs: list[RunResults]) -> list[Group]:
+    """Runs grouped by config (seeds together), labelled by attention and what sets the group apart
+    from the other groups of the same attention, in order of first appearance."""
+    keyed: dict[tuple, list[RunResults]] = {}
+    flats = {}
+    for run in runs:
+        flat = _flat(run.config)
+        key = tuple(sorted(flat.items()))
+        keyed.setdefault(key, []).append(run)
+        flats[key] = flat
+    groups = []
+    for key, members in keyed.items():
+        same_attention = [flats[k] for k in keyed if flats[k]["attention.name"] == flats[key]["attention.name"]]
+        differing = sorted(k for k in flats[key] if len({f.get(k) for f in same_attention}) > 1)
+        label = members[0].attention
+        if differing:
+            label += " (" + ", ".join(f"{k.split('.', 1)[-1]}={flats[key][k].strip(chr(39))}" for k in differing) + ")"
+        groups.append(Group(label, members))
+    return groups
+
+
+def _values(group: Group, measure: Callable[[RunResults], float | None]) -> list[float]:
+    return [v for v in (measure(run) for run in group.runs) if v is not None and not math.isnan(v)]
+
+
+def _mean(values: list[float]) -> float | None:
+    return statistics.fmean(values) if values else None
+
+
+def fmt(values: list[float], digits: int = 4) -> str:
+    """'mean' for one value, 'mean ± std (n=k)' for several, NOT_RUN for none."""
+    if not values:
+        return NOT_RUN
+    if len(values) == 1:
+        return f"{values[0]:.{digits}g}"
+    return f"{statistics.fmean(values):.{digits}g} ± {statistics.stdev(values):.2g} (n={len(values)})"
+
+
+def _records(data) -> list[dict]:
+    """Every dict nested in ``data`` (through lists and dicts)."""
+    found = []
+    if isinstance(data, dict):
+        found.append(data)
+        for value in data.values():
+            found += _records(value)
+    elif isinstance(data, list):
+        for value in data:
+            found += _records(value)
+    return found
+
+
+def _pick(record: dict, keys: tuple[str, ...]) -> float | None:
+    for key in keys:
+        value = record.get(key)
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    return None
+
+
+def passkey_accuracy(run: RunResults, target: int) -> float | None:
+    """Mean passkey accuracy (over depths and key counts) at the evaluated length nearest ``target``,
+    read from eval/passkey.json records that carry a length and an accuracy; None if there are none."""
+    points = [(_pick(r, LENGTH_KEYS), _pick(r, ACCURACY_KEYS)) for r in _records(run.eval_result("passkey"))]
+    points = [(length, acc) for length, acc in points if length is not None and acc is not None]
+    if not points:
+        return None
+    nearest = min({length for length, _ in points}, key=lambda length: (abs(length - target), length))
+    return statistics.fmean(acc for length, acc in points if length == nearest)
+
+
+def extrapolation_ratio(run: RunResults) -> float | None:
+    """Perplexity at the longest evaluated length over that at the shortest, from
+    eval/length_extrapolation.json records with a length (or factor) and a perplexity (first record of
+    each length, so without NTK scaling when both are listed in that order); None if absent."""
+    points: dict[float, float] = {}
+    for record in _records(run.eval_result("length_extrapolation")):
+        length = _pick(record, LENGTH_KEYS + ("factor",))
+        ppl = _pick(record, PERPLEXITY_KEYS)
+        if length is not None and ppl is not None:
+            points.setdefault(length, ppl)
+    if len(points) < 2:
+        return None
+    return points[max(points)] / points[min(points)]
+
+
+def nonzeros_slope(run: RunResults) -> float | None:
+    """Least-squares slope of log(non-zeros per row) against log(length) over the probe lengths
+    (0 for O(1), 1 for dense causal attention); None with fewer than two lengths."""
+    points = [(math.log(s["length"]), math.log(s["nonzeros_per_row"] + 1e-9))
+              for s in (run.summary or {}).get("lengths", [])]
+    if len(points) < 2:
+        return None
+    mx, my = statistics.fmean(x for x, _ in points), statistics.fmean(y for _, y in points)
+    return sum((x - mx) * (y - my) for x, y in points) / sum((x - mx) ** 2 for x, _ in points)
+
+
+def _at_length(key: str) -> Callable[[RunResults], float | None]:
+    def measure(run: RunResults) -> float | None:
+        s = run.length_summary()
+        return None if s is None or s.get(key) is None else float(s[key])
+    return measure
+
+
+def sink_ratio_max(run: RunResults) -> float | None:
+    """The largest, over probe lengths, first-token ratio divided by the uniform H_T / T."""
+    lengths = (run.summary or {}).get("lengths", [])
+    ratios = [s["first_token_ratio"] / s["first_token_ratio_uniform"] for s in lengths
+              if s["first_token_ratio"] == s["first_token_ratio"]]
+    return max(ratios) if ratios else None
+
+
+def sink_rate(run: RunResults) -> float | None:
+    value = (run.summary or {}).get("sink", {}).get("sink_rate")
+    return None if value is None else float(value)
+
+
+def consensus_change(run: RunResults) -> float | None:
+    """Consensus survivors per row at the longest probe length minus at the shortest (two views)."""
+    lengths = [s for s in (run.summary or {}).get("lengths", []) if "consensus_per_row" in s]
+    if len(lengths) < 2:
+        return None
+    return lengths[-1]["consensus_per_row"] - lengths[0]["consensus_per_row"]
+
+
+def learned_beta(run: RunResults) -> list[float]:
+    """Every learnable β of the analysed checkpoint (per layer and head); [] when β is fixed."""
+    if not run.config.attention.get("beta_learnable", False):
+        return []
+    flat = []
+    for value in (run.summary or {}).get("beta_per_layer", []):
+        flat += value if isinstance(value, list) else [value]
+    return flat
+
+
+@dataclass
+class Claim:
+    text: str
+    paper: str
+    measure: str
+    cells: dict[str, str]
+    holds: str
+
+
+def _cells(groups: list[Group], measure: Callable[[RunResults], float | None]) -> dict[str, str]:
+    return {g.label: fmt(_values(g, measure)) for g in groups}
+
+
+def _verdict(ok: bool | None) -> str:
+    return NOT_RUN if ok is None else ("yes" if ok else "no")
+
+
+def _per_group(groups: list[Group], test: Callable[[Group], bool | None]) -> str:
+    """One verdict, or 'label: verdict' for each group when several are tested."""
+    verdicts = [(g.label, test(g)) for g in groups]
+    verdicts = [(label, ok) for label, ok in verdicts if ok is not None]
+    if not verdicts:
+        return NOT_RUN
+    if len(verdicts) == 1:
+        return _verdict(verdicts[0][1])
+    return "; ".join(f"{label}: {_verdict(ok)}" for label, ok in verdicts)
+
+
+def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
+    """Each claim of SPEC §5 (and SPEC §4's two-view claim), measured per group, with its verdict."""
+    tda = [g for g in groups if g.attention == "tda"]
+    softmax = next((g for g in groups if g.attention == "softmax"), None)
+    mean = lambda g, m: _mean(_values(g, m))  # noqa: E731
+    out = []
+
+    sparsity = _at_length("sparsity")
+    out.append(Claim("TDA has ≥ 99% exact zeros", "99%", f"exact-zero share of causal entries "
+                     f"(≥ {tol.sparsity_min})", _cells(groups, sparsity),
+                     _per_group(tda, lambda g: None if mean(g, sparsity) is None
+                                else mean(g, sparsity) >= tol.sparsity_min)))
+
+    soft_ratio = mean(softmax, sink_ratio_max) if softmax else None
+
+    def no_sink(g: Group) -> bool | None:
+        ratio = mean(g, sink_ratio_max)
+        if ratio is None:
+            return None
+        return ratio <= tol.sink_ratio_max and (soft_ratio is None or soft_ratio > ratio)
+    out.append(Claim("no attention sink: first-token ratio at the uniform level at every length, softmax's "
+                     "above", "uniform vs rising", f"max over lengths of ratio / (H_T/T) (TDA ≤ "
+                     f"{tol.sink_ratio_max}, softmax above TDA)", _cells(groups, sink_ratio_max),
+                     _per_group(tda, no_sink)))
+    out.append(Claim("no attention sink (Gu et al.'s sink rate)", "—", f"share of (sequence, layer, head) with "
+                     f"α_0 > 0.3 on 64 tokens (TDA ≤ {tol.sink_rate_max})", _cells(groups, sink_rate),
+                     _per_group(tda, lambda g: None if mean(g, sink_rate) is None
+                                else mean(g, sink_rate) <= tol.sink_rate_max)))
+    out.append(Claim("non-zeros per row stay O(1) as length grows", "O(1)", f"slope of log non-zeros per row "
+                     f"against log length (TDA ≤ {tol.nonzeros_slope_max}; dense = 1)",
+                     _cells(groups, nonzeros_slope),
+                     _per_group(tda, lambda g: None if mean(g, nonzeros_slope) is None
+                                else mean(g, nonzeros_slope) <= tol.nonzeros_slope_max)))
+
+    loss = RunResults.final_val_loss
+    soft_loss = mean(softmax, loss) if softmax else None
+    out.append(Claim("validation loss on par with softmax", "3.1190 vs 3.1196", f"validation loss (TDA ≤ "
+                     f"softmax × {1 + tol.loss_gap_max:g})", _cells(groups, loss),
+                     _per_group(tda, lambda g: None if soft_loss is None or mean(g, loss) is None
+                                else mean(g, loss) <= soft_loss * (1 + tol.loss_gap_max))))
+
+    passkey = lambda run: passkey_accuracy(run, int(tol.passkey_length))  # noqa: E731
+    soft_passkey = mean(softmax, passkey) if softmax else None
+    out.append(Claim(f"passkey retrieval at ~{tol.passkey_length} tokens better than softmax", "15% vs 6%",
+                     "passkey accuracy at the nearest evaluated length", _cells(groups, passkey),
+                     _per_group(tda, lambda g: None if soft_passkey is None or mean(g, passkey) is None
+                                else mean(g, passkey) > soft_passkey)))
+
+    powers = {}
+    for g in tda:
+        value = mean(g, loss)
+        if value is not None:
+            powers.setdefault(float(g.setting("attention.power") or 2.0), []).append(value)
+    best = min(powers, key=lambda p: min(powers[p])) if len(powers) > 1 else None
+    out.append(Claim("p = 2 is the best power", "p = 2", "validation loss of TDA runs by attention.power",
+                     {g.label: (f"p={g.setting('attention.power')}: {fmt(_values(g, loss))}" if g in tda else "—")
+                      for g in groups}, NOT_RUN if best is None else _verdict(best == 2.0)))
+
+    low, high = (float(b) for b in tol.beta_range)
+    out.append(Claim(f"learned β stays in [{low:g}, {high:g}]", "[0.5, 1]", "range of learned β over layers "
+                     "and heads", {g.label: (f"{min(b):.3g} … {max(b):.3g}" if (b := sum(
+                         (learned_beta(r) for r in g.runs), [])) else "—") for g in groups},
+                     _per_group(tda, lambda g: None if not (b := sum((learned_beta(r) for r in g.runs), []))
+                                else all(low <= v <= high for v in b))))
+
+    out.append(Claim("consensus survivors (non-zero in both views) vanish as context grows", "vanish",
+                     "consensus per row at the longest probe length minus at the shortest (≤ 0)",
+                     _cells(groups, consensus_change),
+                     _per_group(tda, lambda g: None if mean(g, consensus_change) is None
+                                else mean(g, consensus_change) <= 0)))
+    out.append(Claim("view correlation (information)", "0.075 → 0.123", "Pearson correlation of the two "
+                     "views' weights", _cells(groups, _at_length("view_correlation")), "—"))
+    out.append(Claim("length extrapolation (information)", "—", "perplexity at the longest evaluated length / "
+                     "at the shortest", _cells(groups, extrapolation_ratio), "—"))
+    return out
+
+
+def render(groups: list[Group], table: list[Claim]) -> str:
+    """The claims as one markdown table: claim, paper, measure, one column per group, holds."""
+    labels = [g.label for g in groups]
+    lines = ["| claim (SPEC §5) | paper | measure | " + " | ".join(labels) + " | holds |",
+             "|" + "---|" * (len(labels) + 4)]
+    for c in table:
+        lines.append(f"| {c.text} | {c.paper} | {c.measure} | "
+                     + " | ".join(c.cells.get(label, "—") for label in labels) + f" | {c.holds} |")
+    runs = "; ".join(f"{g.label}: {', '.join(r.name for r in g.runs)}" for g in groups)
+    return "\n".join(lines) + f"\n\nRuns per column: {runs}.\n"
+
+
+def make_report(cfg: DictConfig) -> str:
+    """The claims table for ``cfg.runs``, written to ``cfg.out``; returns the markdown."""
+    runs = [load_results(r) for r in run_list(cfg.runs)]
+    groups = group_runs(runs)
+    text = render(groups, claims(groups, cfg.tolerance))
+    out = Path(cfg.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    return text
+
+
+@hydra.main(config_path="../conf", config_name="analysis_report", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    try:
+        text = make_report(cfg)
+    except (FileNotFoundError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr, flush=True)
+        sys.exit(2)
+    print(text)
+    print(f"written to {cfg.out}")
+
+
+if __name__ == "__main__":
+    main()

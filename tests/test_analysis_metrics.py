@@ -1,0 +1,166 @@
+"""SPEC §4's metrics on constructed attention maps with known answers."""
+import math
+
+import pytest
+import torch
+
+from analysis.metrics import (LayerStats, harmonic, random_survivors, sink_rate, sink_summary, summarise,
+                              survivor_bound, uniform_first_token_ratio)
+
+
+def uniform_map(B: int, H: int, T: int) -> torch.Tensor:
+    """Causal uniform attention: w_ij = 1/(i+1) for j ≤ i."""
+    rows = torch.arange(T, dtype=torch.float32)[:, None]
+    w = torch.tril(torch.ones(T, T)) / (rows + 1)
+    return w.expand(B, H, T, T).clone()
+
+
+def first_token_map(B: int, H: int, T: int, mass: float = 0.9) -> torch.Tensor:
+    """Every row puts ``mass`` on token 0 and spreads the rest uniformly over keys 1 … i."""
+    w = torch.zeros(T, T)
+    w[0, 0] = 1.0
+    for i in range(1, T):
+        w[i, 0] = mass
+        w[i, 1:i + 1] = (1 - mass) / i
+    return w.expand(B, H, T, T).clone()
+
+
+def stats_of(maps: dict[str, torch.Tensor], block: int | None = None) -> LayerStats:
+    B, H, T, _ = maps["combined"].shape
+    stats = LayerStats(T, H, 2 if "view2" in maps else 1)
+    step = block or T
+    for start in range(0, T, step):
+        stop = min(T, start + step)
+        stats.add(start, stop, {k: v[:, :, start:stop, :stop] for k, v in maps.items()})
+    stats.end_batch()
+    return stats
+
+
+def single(w: torch.Tensor) -> dict[str, torch.Tensor]:
+    return {"combined": w, "view1": w}
+
+
+def test_uniform_attention_first_token_ratio_and_no_sink():
+    T = 64
+    stats = stats_of(single(uniform_map(2, 3, T)))
+    curves = stats.row_curves()
+    i = torch.arange(T, dtype=torch.float64)
+    torch.testing.assert_close(curves["first_token_ratio"], 1 / (i + 1))
+    torch.testing.assert_close(curves["nonzeros"], i + 1)
+    torch.testing.assert_close(curves["entropy"], torch.log(i + 1))
+    torch.testing.assert_close(curves["top_weight"], 1 / (i + 1))
+    summary = summarise([stats])
+    assert summary["first_token_ratio"] == pytest.approx(harmonic(T) / T)
+    assert summary["first_token_ratio_uniform"] == pytest.approx(harmonic(T) / T)
+    assert summary["sparsity"] == 0.0 and summary["empty_row_share"] == 0.0
+    sink = sink_summary([stats])
+    assert sink["sink_rate"] == 0.0 and sink["triples"] == 6
+    assert sink["alpha0_per_layer"][0] == pytest.approx(harmonic(T) / T)
+
+
+def test_head_with_first_token_mass_is_a_sink():
+    T = 64
+    sink = sink_summary([stats_of(single(first_token_map(2, 2, T)))])
+    assert sink["sink_rate"] == 1.0
+    assert sink["alpha0_per_layer"][0] == pytest.approx((1 + 0.9 * (T - 1)) / T)
+    mixed = torch.cat([first_token_map(1, 1, T), uniform_map(1, 1, T)], dim=1)
+    assert sink_summary([stats_of(single(mixed))])["sink_rate"] == 0.5
+
+
+def test_signed_rows_are_normalised_by_absolute_sum():
+    w = torch.tensor([[1.0, 0, 0], [-0.5, 0.5, 0], [0.2, -0.2, 0.6]])[None, None]
+    curves = stats_of({"combined": w, "view1": w.abs()}).row_curves()
+    torch.testing.assert_close(curves["first_token_ratio"], torch.tensor([1.0, 0.5, 0.2], dtype=torch.float64))
+    torch.testing.assert_close(curves["top_weight"], torch.tensor([1.0, 0.5, 0.6], dtype=torch.float64))
+
+
+def test_all_zero_rows_are_excluded_and_reported():
+    T = 8
+    w = uniform_map(1, 2, T)
+    w[0, 0, [2, 5]] = 0.0          # head 0: two empty rows
+    w[0, 1] = 0.0                  # head 1: every row empty (no α_0)
+    stats = stats_of(single(w), block=3)
+    curves = stats.row_curves()
+    i = torch.arange(T, dtype=torch.float64)
+    expected_empty = torch.full((T,), 0.5, dtype=torch.float64)
+    expected_empty[[2, 5]] = 1.0
+    torch.testing.assert_close(curves["empty_share"], expected_empty)
+    assert torch.isnan(curves["first_token_ratio"][[2, 5]]).all()
+    torch.testing.assert_close(curves["first_token_ratio"][[0, 1, 3]], 1 / (i[[0, 1, 3]] + 1))
+    summary = summarise([stats])
+    assert summary["empty_row_share"] == pytest.approx(10 / 16)
+    full_rows = [r for r in range(T) if r not in (2, 5)]
+    assert summary["first_token_ratio"] == pytest.approx(sum(1 / (r + 1) for r in full_rows) / len(full_rows))
+    assert summary["nonzeros_per_row"] == pytest.approx(sum(r + 1 for r in full_rows) / 16)
+    assert summary["nonzeros_per_nonempty_row"] == pytest.approx(sum(r + 1 for r in full_rows) / 6)
+    alpha = stats.alpha0()
+    assert alpha[0, 0] == pytest.approx(sum(1 / (r + 1) for r in full_rows) / len(full_rows))
+    assert math.isnan(alpha[0, 1])
+    sink = sink_summary([stats])
+    assert sink["triples_without_alpha0"] == 1
+    assert sink["sink_rate"] == 1.0   # head 0's α_0 ≈ 0.37 > 0.3 (short rows); head 1 is left out
+    assert math.isnan(sink_rate(torch.tensor([float("nan")])))
+
+
+def test_sparsity_of_a_hand_made_map_per_head_and_view():
+    T = 4
+    view1 = torch.tril(torch.ones(2, T, T))
+    view1[0, 3, :2] = 0.0                     # head 0: 2 zeros of 10 causal entries
+    view1 = view1.masked_fill(torch.triu(torch.ones(T, T, dtype=torch.bool), 1), 7.0)  # non-causal: ignored
+    view2 = torch.tril(torch.ones(2, T, T))
+    view2[1] = torch.eye(T)                   # head 1: 6 zeros
+    combined = torch.tril(view1 - 0.5 * view2)
+    combined[1, 1, 1] = 0.0                   # one exact cancellation in head 1
+    maps = {"combined": combined[None], "view1": view1[None], "view2": view2[None]}
+    summary = summarise([stats_of(maps, block=3)])
+    assert summary["sparsity_per_view"]["view1"]["overall"] == pytest.approx(2 / 20)
+    assert summary["sparsity_per_view"]["view2"]["overall"] == pytest.approx(6 / 20)
+    # combined: head 0 has −0.5 where view 1 is zero (not a zero); head 1 has one exact cancellation
+    assert summary["sparsity_per_head"][0] == pytest.approx([0.0, 1 / 10])
+    assert summary["sparsity"] == pytest.approx(1 / 20)
+    assert summary["sparsity_per_view"]["combined"]["overall"] == pytest.approx(1 / 20)
+
+
+def test_blocks_accumulate_like_one_pass():
+    torch.manual_seed(0)
+    w = torch.tril(torch.relu(torch.randn(2, 3, 20, 20)))
+    one, blocked = summarise([stats_of(single(w))]), summarise([stats_of(single(w), block=7)])
+    for key in ("sparsity", "first_token_ratio", "entropy", "top_weight", "nonzeros_per_row", "empty_row_share"):
+        assert blocked[key] == pytest.approx(one[key])
+
+
+def test_two_view_correlation_and_consensus():
+    torch.manual_seed(1)
+    T = 10
+    v1 = torch.tril(torch.rand(1, 2, T, T))
+    v1[:, :, :, 0] = 0.0                                     # key 0 never survives in view 1
+    v2 = 2 * v1                                              # head 0: perfectly correlated
+    v2[:, 1] = torch.tril(torch.ones(T, T)) - v1[:, 1]     # head 1: perfectly anti-correlated, key 0 = 1
+    stats = stats_of({"combined": v1 - 0.5 * v2, "view1": v1, "view2": v2})
+    corr = stats.correlation()
+    assert corr[0] == pytest.approx(1.0)
+    assert corr[1] == pytest.approx(-1.0)
+    i = torch.arange(T, dtype=torch.float64)
+    torch.testing.assert_close(stats.row_curves()["consensus"], i)   # both non-zero on keys 1 … i
+
+
+def test_uniform_reference_and_theory_bound():
+    assert uniform_first_token_ratio(1) == 1.0
+    assert uniform_first_token_ratio(3) == pytest.approx((1 + 1 / 2 + 1 / 3) / 3)
+    assert survivor_bound([0, 99], beta=1.0) == [1.0, 1.0]
+    assert survivor_bound([3], beta=0.0) == [4.0]
+    positions = [15, 255]
+    # β = 0: τ = 0, so half of the keys survive on average; β = 1: at most about one per row.
+    half = random_survivors(32, positions, beta=0.0, trials=64)
+    assert half == pytest.approx([(i + 1) / 2 for i in positions], rel=0.15)
+    assert all(s <= 1.5 for s in random_survivors(32, positions, beta=1.0, trials=64))
+    with pytest.raises(ValueError, match="head_dim"):
+        random_survivors(0, positions)
+
+
+def test_misfitting_maps_are_refused():
+    stats = LayerStats(8, 2, 1)
+    with pytest.raises(ValueError, match="do not fit"):
+        stats.add(0, 4, single(torch.zeros(1, 3, 4, 4)))
+    with pytest.raises(ValueError, match="stats"):
+        summarise([])
