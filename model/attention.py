@@ -282,7 +282,7 @@ class _ThresholdLambda(nn.Module):
         if self.mode not in self.MODES:
             raise ValueError(f"attention.lambda_mode must be one of {self.MODES}, got '{self.mode}'")
         self.init = float(attn_cfg.get("lambda_init", 0.5))
-        shape = (heads,) if attn_cfg.get("lambda_per_head", False) else ()
+        shape = (heads,) if attn_cfg.get("lambda_per_head", False) else (1,)  # 1-D: FSDP2 shards no scalars
         if self.mode == "clamp":
             self.raw = nn.Parameter(torch.full(shape, self.init))
         elif self.mode == "sigmoid":

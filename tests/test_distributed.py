@@ -1,0 +1,143 @@
+"""Distributed training on CPU with torchrun and gloo: DDP and FSDP2 equal one process for the same global
+batch; SIGKILL, SIGTERM, torchrun restarts and damaged checkpoints all end in exact continuations."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from model.checkpoint import latest_checkpoint, list_checkpoints, save_checkpoint
+from tests.conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
+COMMON = ["trainer.batch_size=8", "trainer.micro_batch_size=2", "trainer.eval_batches=2", "logger.log_every=1",
+          "logger.progress=false", "optim.warmup_steps=2", "trainer.threads=1", "trainer.eval_every=100"]
+
+
+def losses(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def launch(args, processes, runs_root, extra_torchrun=()):
+    """Start train.py (under torchrun when processes > 0) in its own process group."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    if processes:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={processes}",
+               *extra_torchrun, str(ROOT / "train.py")]
+    else:
+        cmd = [sys.executable, str(ROOT / "train.py")]
+    return subprocess.Popen(cmd + [*args, f"runs_root={runs_root}"], cwd=runs_root, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+
+
+def finish(proc, timeout=300):
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def run(args, processes, runs_root, **kw):
+    code, out = finish(launch(args, processes, runs_root, **kw))
+    assert code == 0, out[-3000:]
+    return out
+
+
+def wait_for(predicate, proc, timeout=240):
+    start = time.monotonic()
+    while not predicate():
+        assert proc.poll() is None, proc.communicate()[0][-3000:]
+        assert time.monotonic() - start < timeout, "timed out waiting"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def reference_run(train_run):
+    """One process, global batch 8, micro-batches of 2: the run the distributed ones must reproduce."""
+    return train_run("name=dist-reference", "trainer.max_steps=8", "trainer.checkpoint_every=4",
+                     *[a for a in COMMON if not a.startswith(("logger.progress", "trainer.threads"))])
+
+
+def two_process_run(strategy, tiny_corpus, runs_root, name="two"):
+    run([*tiny_corpus, *TINY_MODEL, *COMMON, f"trainer.strategy={strategy}", f"name={name}",
+         "trainer.max_steps=8", "trainer.checkpoint_every=4"], 2, runs_root)
+    return runs_root / name
+
+
+@pytest.fixture(scope="module")
+def ddp_run(tiny_corpus, tmp_path_factory):
+    """Two DDP processes, uninterrupted: what interrupted two-process runs must reproduce exactly."""
+    return two_process_run("ddp", tiny_corpus, tmp_path_factory.mktemp("ddp"))
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2"])
+def test_two_processes_equal_one_for_the_same_global_batch(strategy, tiny_corpus, reference_run, ddp_run,
+                                                           tmp_path):
+    run_dir = ddp_run if strategy == "ddp" else two_process_run(strategy, tiny_corpus, tmp_path)
+    got, want = losses(run_dir), losses(reference_run)
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in range(1, 6):  # equal up to the order of float sums, which Adam amplifies as steps go on
+        assert abs(got[step] - want[step]) < 1e-5, (step, got[step], want[step])
+
+
+def test_sigkill_then_resume_gives_the_uninterrupted_losses(tiny_corpus, ddp_run, tmp_path):
+    args = [*tiny_corpus, *TINY_MODEL, *COMMON, "trainer.strategy=ddp", "name=killed", "trainer.max_steps=8",
+            "trainer.checkpoint_every=4"]
+    code, out = finish(launch(args + ["trainer.stop_after_step=6"], 2, tmp_path))  # both workers SIGKILLed
+    run_dir = tmp_path / "killed"
+    assert code != 0 and "Signal 9 (SIGKILL)" in out
+    assert max(losses(run_dir)) == 6 and latest_checkpoint(run_dir).name == "step_0000004"
+    run(args + ["resume=true"], 2, tmp_path)
+    assert losses(run_dir) == losses(ddp_run)  # bit-identical; steps 5 and 6 are not logged twice
+
+
+def test_torchrun_restart_resumes_by_itself(tiny_corpus, ddp_run, tmp_path):
+    args = [*tiny_corpus, *TINY_MODEL, *COMMON, "trainer.strategy=ddp", "name=restarted", "trainer.max_steps=8",
+            "trainer.checkpoint_every=4", "trainer.stop_after_step=6"]  # crashes after step 6, first attempt only
+    out = run(args, 2, tmp_path, extra_torchrun=["--max-restarts=1"])
+    assert "resuming at step 4" in out
+    assert losses(tmp_path / "restarted") == losses(ddp_run)  # bit-identical
+
+
+@pytest.mark.parametrize("processes", [0, 2])
+def test_sigterm_saves_a_complete_checkpoint_and_exits_zero(processes, tiny_corpus, tmp_path):
+    strategy = "ddp" if processes else "single"
+    proc = launch([*tiny_corpus, *TINY_MODEL, *COMMON, f"trainer.strategy={strategy}", "name=preempted",
+                   "trainer.max_steps=100000", "trainer.checkpoint_every=100000"], processes, tmp_path)
+    run_dir = tmp_path / "preempted"
+    wait_for(lambda: (run_dir / "metrics.jsonl").is_file() and len(losses(run_dir)) >= 2, proc)
+    if processes:  # as a cluster does: every worker gets the signal
+        workers = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+        assert len(workers) == processes
+        for pid in workers:
+            os.kill(int(pid), signal.SIGTERM)
+    else:
+        proc.send_signal(signal.SIGTERM)
+    code, out = finish(proc)
+    assert code == 0, out[-3000:]
+    newest = latest_checkpoint(run_dir)
+    assert newest is not None and f"saved step {int(newest.name.split('_')[1])}" in out
+
+
+def test_truncated_checkpoint_is_skipped_for_the_previous_one(tmp_path):
+    for step in (2, 4):
+        save_checkpoint(tmp_path, step, {"w": [step] * 1000}, {"step": step})
+    newest = list_checkpoints(tmp_path)[-1]
+    data = (newest / "model.pt").read_bytes()
+    (newest / "model.pt").write_bytes(data[: len(data) // 2])
+    with pytest.warns(UserWarning, match="skipping checkpoint .*step_0000004.*truncated"):
+        assert latest_checkpoint(tmp_path).name == "step_0000002"
+
+
+def test_a_changed_world_size_resumes_with_the_same_global_batch(tiny_corpus, reference_run, tmp_path):
+    args = [*tiny_corpus, *TINY_MODEL, *COMMON, "name=resized", "trainer.max_steps=8", "trainer.checkpoint_every=4"]
+    code, out = finish(launch(args + ["trainer.strategy=ddp", "trainer.stop_after_step=5"], 2, tmp_path))
+    assert code != 0 and latest_checkpoint(tmp_path / "resized").name == "step_0000004", out[-3000:]
+    out = run(args + ["resume=true"], 0, tmp_path)  # one process continues what two started
+    assert "written by 2 processes, this run has 1" in out
+    got, want = losses(tmp_path / "resized"), losses(reference_run)
+    assert sorted(got) == list(range(1, 9))
+    assert all(abs(got[s] - want[s]) < 1e-4 for s in want)  # same data and model; float sums in another order
