@@ -1,102 +1,81 @@
-"""Evaluate a trained run: python eval.py run_dir=runs/<name> tasks=[val_loss]
+"""Evaluate a trained run: python eval.py run_dir=runs/<name> tasks=[val_loss,passkey]
 
-Writes runs/<name>/eval/<task>.json, a markdown table runs/<name>/eval/results.md, and plots.
-Tasks:
-    val_loss   loss and perplexity on the held-out split; loss against token position (plot)
+Loads the run's config and newest checkpoint (or ``checkpoint=``), runs the chosen tasks and writes
+runs/<name>/eval/<task>.json, plots (PNG + PDF), and a markdown table runs/<name>/eval/results.md of
+every task result saved there so far.
+Tasks (evaluation/<module>.py, options in conf/eval.yaml):
+    val_loss              loss and perplexity on the held-out split; loss against token position
+    length_extrapolation  perplexity at 1×, 2×, 4×, 8× the training length, with and without NTK-aware RoPE
+    passkey               passkey retrieval with 1, 2, 4 keys over lengths × depths (exact match and likelihood)
+    zero_shot             HellaSwag, ARC-Easy/Challenge, OpenBookQA, PIQA, Winogrande via lm-evaluation-harness
+    sample                text generated from a prompt (printed)
+Bad input (no checkpoint, unknown task, a length the model cannot take) is one line `error: ...`, exit 2.
 """
 from __future__ import annotations
 
 import json
-import math
 import sys
-from contextlib import nullcontext
 from pathlib import Path
 
 import hydra
-import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig
 
-from data.loader import ensure_prepared, validation_batches
+from evaluation import length, passkey, sample, val_loss, zero_shot
+from evaluation.context import EvalContext, device_and_autocast
 from model.checkpoint import load_run
 
-
-def device_and_autocast(cfg: DictConfig):
-    device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available() else
-                          ("cpu" if cfg.device == "auto" else cfg.device))
-    precision = cfg.precision if cfg.precision != "auto" else ("bf16" if device.type == "cuda" else "fp32")
-    if precision == "bf16":
-        return device, lambda: torch.autocast(device.type, dtype=torch.bfloat16)
-    return device, nullcontext
+TASKS = {"val_loss": val_loss, "length_extrapolation": length, "passkey": passkey, "zero_shot": zero_shot,
+         "sample": sample}
 
 
-@torch.no_grad()
-def val_loss(model, run_cfg, cfg, device, autocast, out_dir: Path) -> dict:
-    """Mean loss and perplexity over a fixed validation set, and the mean loss at each token position."""
-    seq_len = int(cfg.seq_len or run_cfg.model.seq_len)
-    if seq_len > model.max_seq_len:
-        raise ValueError(f"seq_len={seq_len} exceeds the model's max_seq_len={model.max_seq_len}")
-    batches = list(validation_batches(ensure_prepared(run_cfg.data), cfg.batch_size, seq_len, cfg.max_batches))
-    per_position = torch.zeros(seq_len, dtype=torch.float64)
-    count = 0
-    for x, y in batches:
-        with autocast():
-            logits, _ = model(x.to(device))
-        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), y.to(device), reduction="none")
-        per_position += losses.double().sum(0).cpu()
-        count += x.shape[0]
-    per_position /= count
-    loss = float(per_position.mean())
-    result = {"loss": loss, "perplexity": math.exp(loss), "seq_len": seq_len, "sequences": count,
-              "tokens": count * seq_len, "loss_by_position": per_position.tolist()}
-    plot_loss_by_position(per_position, out_dir / "val_loss_by_position")
-    return result
+def flatten(result: dict, prefix: str = "") -> list[tuple[str, object]]:
+    """(dotted key, value) for every number and string of a nested result; lists are left out."""
+    rows = []
+    for key, value in result.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            rows += flatten(value, f"{name}/")
+        elif isinstance(value, (int, float, str)) and not isinstance(value, bool):
+            rows.append((name, value))
+    return rows
 
 
-def plot_loss_by_position(per_position: torch.Tensor, stem: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.2))
-    ax.plot(range(1, len(per_position) + 1), per_position.numpy())
-    ax.set_xscale("log")
-    ax.set_xlabel("token position")
-    ax.set_ylabel("validation loss (nats)")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    for ext in ("png", "pdf"):
-        fig.savefig(stem.with_suffix(f".{ext}"), dpi=150)
-    plt.close(fig)
-
-
-TASKS = {"val_loss": val_loss}
-
-
-def write_table(results: dict, run_name: str, step: int, path: Path) -> None:
-    lines = [f"# Evaluation of {run_name} (step {step})", "", "| task | metric | value |", "|---|---|---|"]
-    for task, result in results.items():
-        for key, value in result.items():
-            if isinstance(value, (int, float)):
-                lines.append(f"| {task} | {key} | {value:.4f} |" if isinstance(value, float)
-                             else f"| {task} | {key} | {value} |")
-    path.write_text("\n".join(lines) + "\n")
+def write_table(out_dir: Path, run_name: str) -> Path:
+    """results.md: every task result saved in ``out_dir`` (this call's and earlier ones), with its step."""
+    lines = [f"# Evaluation of {run_name}", "", "| task | step | metric | value |", "|---|---|---|---|"]
+    for task in TASKS:
+        path = out_dir / f"{task}.json"
+        if not path.is_file():
+            continue
+        result = json.loads(path.read_text())
+        step = result.pop("step", "?")
+        for key, value in flatten(result):
+            shown = f"{value:.4f}" if isinstance(value, float) else str(value).replace("|", "\\|")
+            lines.append(f"| {task} | {step} | {key} | {shown} |")
+    table = out_dir / "results.md"
+    table.write_text("\n".join(lines) + "\n")
+    return table
 
 
 def evaluate(cfg: DictConfig) -> Path:
-    unknown = [t for t in cfg.tasks if t not in TASKS]
-    if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(unknown)}; choose from: {', '.join(TASKS)}")
-    device, autocast = device_and_autocast(cfg)
+    tasks = list(cfg.tasks) if isinstance(cfg.tasks, (list, ListConfig)) else [cfg.tasks]
+    unknown = [t for t in tasks if t not in TASKS]
+    if unknown or not tasks:
+        raise ValueError(f"unknown task(s) {', '.join(map(str, unknown)) or '(none given)'}; "
+                         f"choose from: {', '.join(TASKS)}")
+    device, autocast = device_and_autocast(str(cfg.device), str(cfg.precision))
     model, run_cfg, step = load_run(cfg.run_dir, device, cfg.checkpoint)
     out_dir = Path(cfg.run_dir) / "eval"
+    ctx = EvalContext(model, run_cfg, cfg, device, autocast, out_dir)
+    for task in tasks:
+        TASKS[task].check(ctx)
     out_dir.mkdir(exist_ok=True)
-    results = {}
-    for task in cfg.tasks:
-        results[task] = TASKS[task](model, run_cfg, cfg, device, autocast, out_dir)
-        (out_dir / f"{task}.json").write_text(json.dumps({"step": step, **results[task]}, indent=1))
-        print(f"{task}: " + ", ".join(f"{k}={v:.4f}" for k, v in results[task].items() if isinstance(v, float)))
-    write_table(results, Path(cfg.run_dir).name, step, out_dir / "results.md")
+    for task in tasks:
+        result = TASKS[task].run(ctx)
+        (out_dir / f"{task}.json").write_text(json.dumps({"step": step, **result}, indent=1))
+        summary = [f"{k}={v:.4f}" for k, v in flatten(result) if isinstance(v, float)][:8]
+        print(f"{task}: " + ", ".join(summary), flush=True)
+    write_table(out_dir, Path(cfg.run_dir).name)
     return out_dir
 
 

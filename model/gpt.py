@@ -91,6 +91,13 @@ class GPT(nn.Module):
         """Empty key/value caches, one per layer, for incremental decoding."""
         return [KVCache() for _ in self.blocks]
 
+    def generate(self, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
+        """Continue idx (B, T) by up to ``max_new_tokens`` tokens with a key/value cache -> (B, T + n);
+        ``options``: temperature (0 = greedy), top_k, stop_token, generator (see model.generate)."""
+        from model.generate import generate
+
+        return generate(self, idx, max_new_tokens, **options)
+
     def parameter_groups(self, weight_decay: float) -> list[dict]:
         """AdamW groups: decay on the matrices of linear layers only; none on the embedding, norms, biases,
         λ, β and the Differential Transformer's λ vectors."""

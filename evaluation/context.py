@@ -1,0 +1,55 @@
+"""What every evaluation task receives: the loaded model, the run's and the evaluation's configs, the
+device, the autocast context and the output folder."""
+from __future__ import annotations
+
+import functools
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import tiktoken
+import torch
+from omegaconf import DictConfig
+
+from data.tokenizer import get_tokenizer
+from model.gpt import GPT
+
+
+def device_and_autocast(device: str, precision: str) -> tuple[torch.device, Callable[[], AbstractContextManager]]:
+    """The torch device for ``device`` (auto | cpu | cuda[:i]) and a factory of the autocast context for
+    ``precision`` (auto: bf16 on CUDA, fp32 elsewhere | bf16 | fp32)."""
+    if precision not in ("auto", "bf16", "fp32"):
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if device == "auto":
+        dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    else:
+        dev = torch.device(device)
+    if precision == "auto":
+        precision = "bf16" if dev.type == "cuda" else "fp32"
+    if precision == "bf16":
+        return dev, lambda: torch.autocast(dev.type, dtype=torch.bfloat16)
+    return dev, nullcontext
+
+
+@dataclass
+class EvalContext:
+    """model: a GPT in eval mode on ``device``; run_cfg: the run's config.yaml; cfg: the eval config;
+    autocast: a factory of the precision context; out_dir: where files are written."""
+
+    model: GPT
+    run_cfg: DictConfig
+    cfg: DictConfig
+    device: torch.device
+    autocast: Callable[[], AbstractContextManager]
+    out_dir: Path
+
+    @property
+    def train_len(self) -> int:
+        """The training sequence length in tokens."""
+        return int(self.run_cfg.model.seq_len)
+
+    @functools.cached_property
+    def tokenizer(self) -> tiktoken.Encoding:
+        """The tokenizer the run's data was prepared with."""
+        return get_tokenizer(str(self.run_cfg.data.tokenizer))

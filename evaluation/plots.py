@@ -1,0 +1,82 @@
+"""The figures of the evaluation tasks, each written as PNG and PDF beside the JSON results."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+
+def _pyplot():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, stem: Path) -> list[Path]:
+    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
+    fig.tight_layout()
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    _pyplot().close(fig)
+    return paths
+
+
+def loss_by_position(curves: dict[str, list[float]], stem: Path, train_len: int | None = None) -> list[Path]:
+    """Mean loss (nats) against token position (1-based, log axis), one line per label; a dashed line
+    marks the training length when given."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5.5, 3.4))
+    for label, values in curves.items():
+        ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1)
+    if train_len is not None:
+        ax.axvline(train_len, color="grey", ls="--", lw=0.8, label="training length")
+    ax.set_xscale("log")
+    ax.set_xlabel("token position")
+    ax.set_ylabel("loss (nats)")
+    ax.grid(alpha=0.3)
+    if len(curves) > 1 or train_len is not None:
+        ax.legend(fontsize=7)
+    return _save(fig, stem)
+
+
+def perplexity_by_length(lengths: list[int], series: dict[str, list[float]], stem: Path) -> list[Path]:
+    """Perplexity against evaluation length (log axes), one line per label."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(5, 3.4))
+    for label, values in series.items():
+        ax.plot(lengths, values, marker="o", label=label)
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("evaluation length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    return _save(fig, stem)
+
+
+def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: list[float], stem: Path) -> list[Path]:
+    """One heatmap per title: accuracy in [0, 1], rows = depth, columns = length."""
+    plt = _pyplot()
+    n = len(grids)
+    cols = min(n, 3)
+    rows = (n + cols - 1) // cols
+    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.8, 2.6 * rows), squeeze=False)
+    image = None
+    for ax, (title, grid) in zip(axes.flat, grids.items()):
+        image = ax.imshow(np.asarray(grid).T, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
+        ax.set_xticks(range(len(lengths)), [str(x) for x in lengths], fontsize=7)
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
+        ax.set_xlabel("length (tokens)", fontsize=8)
+        ax.set_ylabel("depth", fontsize=8)
+        ax.set_title(title, fontsize=9)
+    for ax in list(axes.flat)[n:]:
+        ax.axis("off")
+    fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
+    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
+    for path in paths:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return paths
