@@ -1,0 +1,131 @@
+"""End to end on tiny trained runs: analysis.attention, analysis.figures and analysis.report write every
+file they promise; bad input gets a one-line error."""
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from analysis.attention import analyse
+from analysis.figures import make_figures
+from analysis.report import make_report
+
+ROOT = Path(__file__).resolve().parents[1]
+LENGTHS = [64, 128]
+FIGURES = ["sparsity_by_layer", "first_token_ratio", "dispersion", "lambda_by_layer", "loss_curves", "theory_check"]
+
+
+def compose(config: str, overrides: list[str]):
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        return hydra_compose(config_name=config, overrides=overrides)
+
+
+def analysis_cfg(run_dir, *extra):
+    return compose("analysis", [f"run_dir={run_dir}", f"lengths=[{','.join(map(str, LENGTHS))}]", "sequences=2",
+                                "sink_sequences=4", "map_tokens=32", *extra])
+
+
+@pytest.fixture(scope="module")
+def runs(train_run):
+    made = {}
+    for name in ("tda", "softmax"):
+        run = train_run(f"name=analysis_{name}", f"attention={name}", "trainer.max_steps=6")
+        analyse(analysis_cfg(run))
+        made[name] = Path(run)
+    return made
+
+
+def test_attention_writes_every_file(runs):
+    for name, run in runs.items():
+        out = run / "analysis"
+        summary = json.loads((out / "summary.json").read_text())
+        assert [s["length"] for s in summary["lengths"]] == LENGTHS
+        assert summary["attention"] == name and summary["sink"]["length"] == 64
+        for s in summary["lengths"]:
+            assert 0.0 <= s["sparsity"] <= 1.0 and len(s["sparsity_per_layer"]) == 2
+            assert ("view_correlation" in s) == (name == "tda")
+        assert ("lambda_per_layer" in summary) == (name == "tda")
+        if name == "softmax":   # dense: no exact zeros, every causal entry non-zero
+            assert summary["lengths"][0]["sparsity"] == 0.0
+            assert summary["lengths"][0]["nonzeros_per_row"] == pytest.approx((64 + 1) / 2)
+        rows = (out / "rows.csv").read_text().splitlines()
+        assert len(rows) == 1 + 2 * sum(LENGTHS)
+        assert len((out / "dispersion.csv").read_text().splitlines()) == 1 + 2 * len(LENGTHS)
+        views = 3 if name == "tda" else 2
+        heads = 2 if name == "tda" else 4
+        assert len((out / "sparsity.csv").read_text().splitlines()) == 1 + len(LENGTHS) * 2 * heads * views
+        with np.load(out / "attention_maps.npz") as maps:
+            assert sorted(maps.files) == ["L0H0", "L1H0"] and maps["L0H0"].shape == (32, 32)
+
+
+def test_figures_open_as_images(runs, tmp_path):
+    import matplotlib.image
+
+    cfg = compose("analysis_figures", [f"runs=[{runs['tda']},{runs['softmax']}]", f"out={tmp_path}",
+                                       "theory.max_position=128", "theory.trials=4"])
+    paths = make_figures(cfg)
+    stems = FIGURES + [f"attention_maps_{run.name}" for run in runs.values()]
+    assert sorted(p.name for p in paths) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
+    for path in paths:
+        if path.suffix == ".png":
+            image = matplotlib.image.imread(path)
+            assert image.ndim == 3 and image.shape[0] > 100 and image.shape[1] > 100
+        else:
+            assert path.read_bytes()[:5] == b"%PDF-"
+
+
+def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
+    copies = {}
+    for name, run in runs.items():
+        copies[name] = tmp_path / run.name
+        shutil.copytree(run, copies[name], ignore=shutil.ignore_patterns("checkpoints"))
+    seed = tmp_path / "analysis_tda_seed1"
+    shutil.copytree(copies["tda"], seed)
+    config = OmegaConf.load(seed / "config.yaml")
+    config.seed, config.name = 1, seed.name
+    OmegaConf.save(config, seed / "config.yaml")
+    for run, accuracy in ((copies["tda"], 0.5), (seed, 0.25), (copies["softmax"], 0.125)):
+        (run / "eval").mkdir(exist_ok=True)
+        records = [{"length": length, "depth": depth, "accuracy": accuracy if length == 4096 else 0.0}
+                   for length in (1024, 4096) for depth in (0.0, 0.5)]
+        (run / "eval" / "passkey.json").write_text(json.dumps({"step": 6, "results": records}))
+    out = tmp_path / "claims.md"
+    text = make_report(compose("analysis_report", [f"runs=[{copies['tda']},{seed},{copies['softmax']}]",
+                                                    f"out={out}"]))
+    assert out.read_text() == text
+    lines = [line for line in text.splitlines() if line.startswith("|")]
+    assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
+    assert len(lines) == 2 + 11
+    passkey = next(line for line in lines if line.startswith("| passkey"))
+    assert "0.375 ± 0.18 (n=2)" in passkey and "| 0.125 |" in passkey and passkey.endswith("| yes |")
+    sparsity = next(line for line in lines if line.startswith("| TDA has"))
+    assert "(n=2)" in sparsity and sparsity.rstrip(" |").split("|")[-1].strip() in ("yes", "no")
+    assert "analysis_tda, analysis_tda_seed1" in text
+
+
+def test_bad_input_gets_one_line_errors(runs, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "analysis.attention", f"run_dir={tmp_path / 'nope'}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and result.stderr.startswith("error: run directory")
+    empty = tmp_path / "no_checkpoint"
+    empty.mkdir()
+    shutil.copy(runs["tda"] / "config.yaml", empty / "config.yaml")
+    with pytest.raises(FileNotFoundError, match="no complete checkpoint") as err:
+        analyse(analysis_cfg(empty))
+    with pytest.raises(ValueError, match="beyond the model") as too_long:
+        analyse(analysis_cfg(runs["tda"], "lengths=[1024]"))
+    with pytest.raises(FileNotFoundError, match="analysis.attention") as unanalysed:
+        make_figures(compose("analysis_figures", [f"runs=[{empty}]", f"out={tmp_path}"]))
+    with pytest.raises(ValueError, match="at least one run") as no_runs:
+        make_report(compose("analysis_report", ["runs=[]", f"out={tmp_path / 'c.md'}"]))
+    for exc in (err, too_long, unanalysed, no_runs):
+        assert "\n" not in str(exc.value)
