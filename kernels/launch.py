@@ -18,6 +18,8 @@ from .triton_norms import inverse_norm_kernel
 from .validation import interpreting
 
 _chosen: dict[tuple, TileConfig] = {}
+# The compiled kernel of each kernel's latest launch (registers, spills), for the benchmark's sweep.
+last_compiled: dict[str, object] = {}
 
 
 def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -30,13 +32,9 @@ def _p_mode(p: float) -> int:
     return 1 if p == 1.0 else 2 if p == 2.0 else 0
 
 
-def _strides(x: Optional[torch.Tensor], like: torch.Tensor) -> tuple[int, ...]:
-    return tuple((x if x is not None else like).stride())
-
-
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
-                  args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-                  constexprs: dict, config: Optional[TileConfig]) -> TileConfig:
+            args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
+            constexprs: dict, config: Optional[TileConfig]) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
     memory. ``args_for`` builds the runtime arguments, which depend on the tile size."""
     if config is not None:
@@ -47,15 +45,16 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         candidates = [_chosen[key]]
     for i, cfg in enumerate(candidates):
         try:
-            kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
-                                 BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                                 num_stages=cfg.num_stages)
+            compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
+                                            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                                            num_stages=cfg.num_stages)
         except OutOfResources:
             if i + 1 == len(candidates):
                 raise
             continue
         if config is None:
             _chosen[key] = cfg
+        last_compiled[key[0]] = compiled
         return cfg
     raise AssertionError("unreachable: no tile candidates")
 
@@ -96,15 +95,15 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
                           else q1.new_empty(0, dtype=torch.float32) for x in (q1, k1, q2, k2))
     out = _new_output((B, H, Tq, dv), q1.dtype, q1.device)
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
-    lam_t = lam if two else beta
+    # With one view the second view's arguments repeat the first's; the kernel never reads them.
+    q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
 
     def grid(cfg: TileConfig) -> int:
         return triton.cdiv(Tq, cfg.block_m) * B * H
 
     def args_for(cfg: TileConfig) -> tuple:
-        return (q1, k1, q2 if two else q1, k2 if two else k1, v, out,
-                rq1, rk1, rq2 if two else rq1, rk2 if two else rk1, lam_t, beta,
-                *q1.stride(), *k1.stride(), *_strides(q2, q1), *_strides(k2, k1), *v.stride(),
+        return (q1, k1, q2_, k2_, v, out, rq1, rk1, rq2_, rk2_, lam_, beta,
+                *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
                 *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
                 float(scale), float(p), 1.0 / d)
 
@@ -131,7 +130,6 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     two = q2 is not None
     dev = q1.device
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
-    lam_t = lam if two else beta
     need_dlam = need_dlam and two
     dk1 = _new_output((B, Hkv, Tk, d), k1.dtype, dev)
     dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
@@ -142,9 +140,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         dq2_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if two else dq1_acc
     else:
         dq1_acc = dq2_acc = q1.new_empty(0, dtype=torch.float32)
-    q2_, k2_ = (q2, k2) if two else (q1, k1)
-    rq2_, rk2_ = (rq2, rk2) if two else (rq1, rk1)
-    partials: dict[int, torch.Tensor] = {}
+    q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
+    partials: dict[str, torch.Tensor] = {}
 
     def grid(cfg: TileConfig) -> int:
         return triton.cdiv(Tk, cfg.block_n) * B * Hkv
@@ -153,15 +150,14 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         nb = triton.cdiv(Tk, cfg.block_n)
         partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq1_acc
         partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq1_acc
-        return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_t, beta,
+        return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta,
                 dk1, dk2 if two else dk1, dv, dq1_acc, dq2_acc, partials["lam"], partials["beta"],
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
     key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta)
-    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()),
-                  key, dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta),
-                  config)
+    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
+            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta), config)
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None
@@ -177,13 +173,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
             return triton.cdiv(Tq, cfg.block_m) * B * H
 
         def dq_args(cfg: TileConfig) -> tuple:
-            return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_t, beta, dq1,
+            return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
                     *v.stride(), *do.stride(), H, H // Hkv, Tq, Tk, B * H,
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, forward_configs(d, dv_dim, two, q1.element_size()),
-                      ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config)
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config)
 
     dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None
     dbeta = partials["beta"].sum(dim=(0, 2)) if need_dbeta else None

@@ -51,9 +51,7 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
         return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
-    if width <= 256:
-        return [TileConfig(64, 128, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
-                TileConfig(32, 32, 4, 1)]
     if width <= 384:
-        return [TileConfig(64, 64, 8, 2), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)]
+        return [TileConfig(32, 128, 8, 2), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
+                TileConfig(32, 32, 4, 1)]
     return [TileConfig(32, 64, 8, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]

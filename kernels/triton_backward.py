@@ -22,13 +22,13 @@ import triton
 import triton.language as tl
 
 from .triton_math import (load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
-                          threshold_gain)
+                          threshold_gain, tile_ptrs)
 
 
 @triton.jit
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off, dq_off,
+    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
     m0, Tq, Tk, offs_n, offs_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -41,49 +41,57 @@ def _dkdv_query_block(
     d_ok = offs_d < HEAD_D
     pos = offs_m + (Tk - Tq)
     tau = beta * threshold_gain(pos, inv_d)
-    q1 = load_tile(Q1h + m0 * sq1_t + q1_off, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    do = load_tile(DOh + m0 * sdo_t + do_off, row_ok, tl.arange(0, BLOCK_DV) < HEAD_DV, True,
+    offs_dv = tl.arange(0, BLOCK_DV)
+    do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
                    BLOCK_DV != HEAD_DV, CAST_F32)
-    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-    r1 = rq1[None, :]
-    if NORMALIZE:
-        r1 = rk1[:, None] * r1
-    u1 = tl.dot(k1, tl.trans(q1), input_precision=DOT_PREC) * r1 - tau[None, :]
+    da = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
     if MASKED:
         keep = offs_n[:, None] <= pos[None, :]
+    # View 1. R = rk (x) rq is applied as two broadcasts, never held as a tile (register pressure).
+    q1 = load_tile(tile_ptrs(Q1h, offs_m, offs_d, sq1_t, sq1_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    u1 = tl.dot(k1, tl.trans(q1), input_precision=DOT_PREC)
+    if NORMALIZE:
+        u1 = u1 * rk1[:, None]
+    u1 = u1 * rq1[None, :] - tau[None, :]
+    if MASKED:
         u1 = tl.where(keep, u1, 0.0)
     w, e1 = relu_power_and_slope(u1, p, P_MODE)
-    da = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-    ds1 = (e1 * r1 * da).to(q1.dtype)
+    if BETA_GRAD:
+        acc_beta += tl.sum(e1 * da * threshold_gain(pos, inv_d)[None, :], axis=1)
+    ds1 = e1 * da
+    if NORMALIZE:
+        ds1 = ds1 * rk1[:, None]
+    ds1 = (ds1 * rq1[None, :]).to(q1.dtype)
     dk1 = tl.dot(ds1, q1, dk1, input_precision=DOT_PREC)
     if DQ_ATOMIC:
         dq1 = tl.dot(tl.trans(ds1), k1, input_precision=DOT_PREC)
-        tl.atomic_add(DQ1h + m0 * HEAD_D + dq_off, dq1, mask=row_ok[:, None] & d_ok[None, :],
+        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1, mask=row_ok[:, None] & d_ok[None, :],
                       sem="relaxed")
     if TWO_VIEWS:
-        q2 = load_tile(Q2h + m0 * sq2_t + q2_off, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
         rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-        r2 = rq2[None, :]
+        u2 = tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC)
         if NORMALIZE:
-            r2 = rk2[:, None] * r2
-        u2 = tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC) * r2 - tau[None, :]
+            u2 = u2 * rk2[:, None]
+        u2 = u2 * rq2[None, :] - tau[None, :]
         if MASKED:
             u2 = tl.where(keep, u2, 0.0)
         a2, e2 = relu_power_and_slope(u2, p, P_MODE)
         w = w - lam * a2
-        ds2 = (e2 * r2 * (da * -lam)).to(q2.dtype)
+        if LAM_GRAD:
+            acc_lam += tl.sum(da * a2, axis=1)
+        if BETA_GRAD:
+            acc_beta -= lam * tl.sum(e2 * da * threshold_gain(pos, inv_d)[None, :], axis=1)
+        ds2 = e2 * da
+        if NORMALIZE:
+            ds2 = ds2 * rk2[:, None]
+        ds2 = (ds2 * (rq2 * -lam)[None, :]).to(q2.dtype)
         dk2 = tl.dot(ds2, q2, dk2, input_precision=DOT_PREC)
         if DQ_ATOMIC:
             dq2 = tl.dot(tl.trans(ds2), k2, input_precision=DOT_PREC)
-            tl.atomic_add(DQ2h + m0 * HEAD_D + dq_off, dq2, mask=row_ok[:, None] & d_ok[None, :],
+            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2, mask=row_ok[:, None] & d_ok[None, :],
                           sem="relaxed")
-        if LAM_GRAD:
-            acc_lam += da * a2
-        if BETA_GRAD:
-            acc_beta += (e1 - lam * e2) * da * threshold_gain(pos, inv_d)[None, :]
-    else:
-        if BETA_GRAD:
-            acc_beta += e1 * da * threshold_gain(pos, inv_d)[None, :]
     dv = tl.dot(w.to(do.dtype), do, dv, input_precision=DOT_PREC)
     return dk1, dk2, dv, acc_lam, acc_beta
 
@@ -136,10 +144,6 @@ def dkdv_kernel(
         rk2 = rk1
         dk2 = dk1
 
-    q1_off = offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d
-    q2_off = offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d
-    do_off = offs_m[:, None] * sdo_t + offs_dv[None, :] * sdo_d
-    dq_off = offs_m[:, None] * HEAD_D + offs_d[None, :]
     m_end = tl.cdiv(Tq, BLOCK_M) * BLOCK_M
     if CAUSAL:
         # First query row that sees key n0, and the rows from which the whole key block is visible.
@@ -155,8 +159,8 @@ def dkdv_kernel(
         bh = b * H + h
         lam = tl.load(LAM + h) if TWO_VIEWS else 0.0
         beta = tl.load(BETA + h)
-        acc_lam = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
-        acc_beta = tl.zeros([BLOCK_N, BLOCK_M], dtype=tl.float32)
+        acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
+        acc_beta = tl.zeros([BLOCK_N], dtype=tl.float32)
         Q1h = Q1 + b * sq1_b + h * sq1_h
         Q2h = Q2 + b * sq2_b + h * sq2_h
         DOh = DO + b * sdo_b + h * sdo_h
@@ -167,29 +171,36 @@ def dkdv_kernel(
         for m0 in range(m_lo, m_mid, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off,
-                dq_off, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 True)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq2_t, sdo_t, q1_off, q2_off, do_off,
-                dq_off, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 False)
         if LAM_GRAD:
-            tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(tl.sum(acc_lam, axis=1), axis=0))
+            tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(acc_lam, axis=0))
         if BETA_GRAD:
             tl.store(BETA_PART + bh * num_n_blocks + nblk,
-                     -p * tl.sum(tl.sum(acc_beta, axis=1), axis=0))
+                     -p * tl.sum(acc_beta, axis=0))
 
     store_mask = key_ok[:, None] & d_ok[None, :]
     dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
-    tl.store(DK1 + dk_off, normalize_backward(dk1, k1.to(tl.float32), rk1, p, NORMALIZE)
+    # k is read again for the normalisation's backward rather than kept in registers all along.
+    if NORMALIZE:
+        k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t
+                       + offs_d[None, :] * sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+    tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
              .to(DK1.dtype.element_ty), mask=store_mask)
     if TWO_VIEWS:
-        tl.store(DK2 + dk_off, normalize_backward(dk2, k2.to(tl.float32), rk2, p, NORMALIZE)
+        if NORMALIZE:
+            k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t
+                           + offs_d[None, :] * sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+        tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
                  .to(DK2.dtype.element_ty), mask=store_mask)
     dv_off = (b * Hkv + hk) * Tk * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
     tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None] & dv_ok[None, :])
@@ -198,7 +209,7 @@ def dkdv_kernel(
 @triton.jit
 def _dq_key_block(
     dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
-    K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t, offs_n, offs_d, offs_dv,
+    K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
@@ -207,8 +218,8 @@ def _dq_key_block(
     cols = n0 + offs_n
     key_ok = cols < Tk
     d_ok = offs_d < HEAD_D
-    k1 = load_tile(K1h + n0 * sk1_t + k1_off, key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
-    v = load_tile(Vh + n0 * sv_t + v_off, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+    k1 = load_tile(tile_ptrs(K1h, cols, offs_d, sk1_t, sk1_d), key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
+    v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32)
     r1 = rq1[:, None]
     if NORMALIZE:
@@ -223,7 +234,7 @@ def _dq_key_block(
     da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
     if TWO_VIEWS:
-        k2 = load_tile(K2h + n0 * sk2_t + k2_off, key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
+        k2 = load_tile(tile_ptrs(K2h, cols, offs_d, sk2_t, sk2_d), key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
         r2 = rq2[:, None]
         if NORMALIZE:
             r2 = r2 * tl.load(RK2h + cols, mask=key_ok, other=0.0)[None, :]
@@ -288,9 +299,6 @@ def dq_kernel(
     Vh = V + b * sv_b + hk * sv_h
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
-    k1_off = offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d
-    k2_off = offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d
-    v_off = offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d
     if CAUSAL:
         hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
         full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
@@ -299,12 +307,12 @@ def dq_kernel(
         full_end = (Tk // BLOCK_N) * BLOCK_N
     for n0 in range(0, full_end, BLOCK_N):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
-                                 K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                                 K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
                                  TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
     for n0 in range(full_end, hi, BLOCK_N):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
-                                 K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                                 K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
                                  TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
 

@@ -15,13 +15,13 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import load_inverse_norms, load_tile, relu_power, threshold_gain
+from .triton_math import load_inverse_norms, load_tile, relu_power, threshold_gain, tile_ptrs
 
 
 @triton.jit
 def _key_block(
     acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
-    K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t, offs_n, offs_d, offs_dv,
+    K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
@@ -29,7 +29,7 @@ def _key_block(
     """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
-    k1 = load_tile(K1h + n0 * sk1_t + k1_off, key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
+    k1 = load_tile(tile_ptrs(K1h, cols, offs_d, sk1_t, sk1_d), key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
                    CAST_F32)
     r1 = rq1[:, None]
     if NORMALIZE:
@@ -42,7 +42,7 @@ def _key_block(
         u1 = tl.where(keep, u1, 0.0)
     w = relu_power(u1, p, P_MODE)
     if TWO_VIEWS:
-        k2 = load_tile(K2h + n0 * sk2_t + k2_off, key_ok, offs_d < HEAD_D, MASKED,
+        k2 = load_tile(tile_ptrs(K2h, cols, offs_d, sk2_t, sk2_d), key_ok, offs_d < HEAD_D, MASKED,
                        BLOCK_D != HEAD_D, CAST_F32)
         r2 = rq2[:, None]
         if NORMALIZE:
@@ -51,7 +51,7 @@ def _key_block(
         if MASKED:
             u2 = tl.where(keep, u2, 0.0)
         w = w - lam * relu_power(u2, p, P_MODE)
-    v = load_tile(Vh + n0 * sv_t + v_off, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+    v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32)
     return tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
 
@@ -108,9 +108,6 @@ def threshold_attention_fwd_kernel(
     Vh = V + b * sv_b + hk * sv_h
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
-    k1_off = offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d
-    k2_off = offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d
-    v_off = offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d
 
     if CAUSAL:
         # Keys a query block sees: j <= pos of its last row (and j < Tk).
@@ -124,12 +121,12 @@ def threshold_attention_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for n0 in range(0, full_end, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
-                         K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                         K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                          offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
                          NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
     for n0 in range(full_end, hi, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
-                         K1h, K2h, Vh, RK1h, RK2h, k1_off, k2_off, v_off, sk1_t, sk2_t, sv_t,
+                         K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                          offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
                          NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
 

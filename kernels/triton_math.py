@@ -13,6 +13,13 @@ NORM_EPS = tl.constexpr(1e-12)
 
 
 @triton.jit
+def tile_ptrs(base, rows, cols, s_row, s_col):
+    """Pointers base + rows[:, None] * s_row + cols[None, :] * s_col. Built where a tile is loaded,
+    so no loop-invariant offset tile stays in registers across a loop."""
+    return base + rows[:, None] * s_row + cols[None, :] * s_col
+
+
+@triton.jit
 def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr,
               CAST_F32: tl.constexpr):
     """Load a 2-D tile; rows/columns failing their check read as 0. Cast to fp32 if asked."""

@@ -13,6 +13,7 @@ from typing import Optional, Union
 import torch
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
+TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 Scalar = Union[float, torch.Tensor]
@@ -32,7 +33,7 @@ def triton_applies(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
         return False
     on_device = all(x.is_cuda for x in tensors) or (interpreting() and all(x.device.type == "cpu"
                                                                             for x in tensors))
-    return (on_device and importlib.util.find_spec("triton") is not None
+    return (on_device and TRITON_INSTALLED
             and all(x.dtype in SUPPORTED_DTYPES for x in tensors)
             and MIN_HEAD_DIM <= q1.shape[-1] <= MAX_HEAD_DIM
             and MIN_HEAD_DIM <= v.shape[-1] <= MAX_HEAD_DIM)

@@ -1,0 +1,242 @@
+"""GPU benchmark: the fused threshold-attention kernels against torch's softmax attention.
+
+    python -m kernels.bench                    # the table (BENCHMARKS.md records one run)
+    python -m kernels.bench --seq 4096 --sweep # also time every tile candidate of the kernels
+
+For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
+  sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
+                          n_head heads of dimension d
+  tda (paired)            our TDA kernel, n_head/2 heads, q/k dimension d, v dimension 2d: the
+                          parameter-matched layout, exactly softmax's FLOPs
+  tra                     our one-view kernel, n_head heads of dimension d
+  reference               the exact PyTorch TDA (kernels.reference), same shapes as tda
+Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
+bf16 by default, q/k drawn so that a stated share of the causal weights survives at beta = 1 (printed),
+lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls.
+Times are medians of CUDA-event timings (triton.testing.do_bench). TFLOP/s counts matrix-product
+FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forward; threshold attention
+forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
+"ratio" is fwd+bwd time over the faster SDPA backend's fwd+bwd at the same T and d_model.
+"""
+
+import argparse
+import datetime
+import math
+import platform
+from typing import Callable, Optional
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.functional import scaled_dot_product_attention
+
+from . import launch
+from .autograd import threshold_attention_triton
+from .reference import threshold_attention_reference
+from .tile_configs import TileConfig
+
+D_MODEL = 768
+
+
+def _projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
+                direction: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, H, T, d) view of a (B, T, H, d) tensor: rows rho·u·sqrt(d) + N(0, 1) noise."""
+    x = torch.randn(B, T, H, d, device="cuda")
+    if direction is not None:
+        x += rho * math.sqrt(d) * direction
+    return x.to(dtype).transpose(1, 2).requires_grad_()
+
+
+def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, views: int,
+                rho: float) -> dict:
+    """q/k per view sharing a per-head unit direction with weight rho (sets the survivor share)."""
+    out = {}
+    for view in range(1, views + 1):
+        u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device="cuda"), dim=-1)
+        out[f"q{view}"] = _projection(B, T, H, d, dtype, rho, u)
+        out[f"k{view}"] = _projection(B, T, H, d, dtype, rho, u)
+    out["v"] = _projection(B, T, H, dv, dtype, 0.0)
+    if views == 2:
+        out["lam"] = torch.full((H,), 0.5, device="cuda", requires_grad=True)
+    return out
+
+
+def survivor_share(x: dict, rows: int = 512) -> float:
+    """Share of causal weights of the first head's last ``rows`` rows that are non-zero (view 1)."""
+    q, k = x["q1"][0, 0].float(), x["k1"][0, 0].float()
+    T, d = q.shape
+    q, k = torch.nn.functional.normalize(q[-rows:], dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    pos = torch.arange(T - rows, T, device=q.device)
+    tau = torch.sqrt(2 * torch.log1p(pos.float()) / d)
+    keep = torch.arange(T, device=q.device)[None, :] <= pos[:, None]
+    return ((q @ k.T > tau[:, None]) & keep).sum().item() / keep.sum().item()
+
+
+def _time(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
+    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
+                                   return_mode="median")
+
+
+def _peak_mib(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int) -> dict:
+    out = forward()
+    do = torch.randn_like(out)
+
+    def fwd_bwd() -> None:
+        forward().backward(do)
+
+    return {"fwd": _time(forward, inputs, rep_ms), "fwd_bwd": _time(fwd_bwd, inputs, rep_ms),
+            "mem": _peak_mib(fwd_bwd)}
+
+
+def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
+    half = B * H * T * T / 2
+    return 2 * half * (views * d + dv), 2 * half * (3 * views * d + 2 * dv)
+
+
+def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
+                rep_ms: int) -> list[dict]:
+    """Rows of the table for one (T, d)."""
+    B = max(1, tokens // T)
+    H = D_MODEL // d
+    rows = []
+    sm = {n: _projection(B, T, H, d, dtype, 0.0) for n in ("q", "k", "v")}
+    fl_fwd = 4 * B * H * T * T * d / 2
+    for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+        def run(backend=backend):
+            with sdpa_kernel(backend):
+                return scaled_dot_product_attention(sm["q"], sm["k"], sm["v"], is_causal=True)
+        try:
+            r = _measure(run, list(sm.values()), rep_ms)
+        except RuntimeError as err:  # a backend that refuses the shape on this GPU
+            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
+            continue
+        rows.append(dict(method=name, H=H, d=d, dv=d, flops=(fl_fwd, 3.5 * fl_fwd), **r))
+    del sm
+    x = _tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
+    share = survivor_share(x)
+    tda_args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
+    r = _measure(lambda: threshold_attention_triton(*tda_args, lam=x["lam"]), tda_args + [x["lam"]],
+                 rep_ms)
+    rows.append(dict(method="tda (paired)", H=H // 2, d=d, dv=2 * d, share=share,
+                     flops=_flops_threshold(B, H // 2, T, d, 2 * d, 2), **r))
+    if with_reference:
+        r = _measure(lambda: threshold_attention_reference(*tda_args, lam=x["lam"]),
+                     tda_args + [x["lam"]], max(50, rep_ms // 4))
+        rows.append(dict(method="reference (tda)", H=H // 2, d=d, dv=2 * d, share=share,
+                         flops=_flops_threshold(B, H // 2, T, d, 2 * d, 2), **r))
+    del x, tda_args
+    y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
+    tra_args = [y["q1"], y["k1"], y["v"]]
+    r = _measure(lambda: threshold_attention_triton(*tra_args), tra_args, rep_ms)
+    rows.append(dict(method="tra", H=H, d=d, dv=d, share=survivor_share(y),
+                     flops=_flops_threshold(B, H, T, d, d, 1), **r))
+    best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
+    for r in rows:
+        r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| T | B | method | heads×d (v) | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
+            "| ratio | peak MiB | survivors |")
+    lines = [head, "|" + "---|" * 11]
+    for r in rows:
+        fl_f, fl_b = r["flops"]
+        tf_f = fl_f / r["fwd"] / 1e9
+        tf_fb = (fl_f + fl_b) / r["fwd_bwd"] / 1e9
+        share = f"{100 * r['share']:.1f}%" if "share" in r else ""
+        lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['H']}×{r['d']} ({r['dv']}) "
+                     f"| {r['fwd']:.3f} | {tf_f:.0f} | {r['fwd_bwd']:.3f} | {tf_fb:.0f} "
+                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {share} |")
+    return "\n".join(lines)
+
+
+def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
+    """Time every tile candidate of the forward and dK/dV kernels (paired TDA and TRA at d)."""
+    B = max(1, tokens // T)
+    H = D_MODEL // d
+    fwd = [TileConfig(*c) for c in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2),
+                                    (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3))]
+    bwd = [TileConfig(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (16, 128, 8, 2),
+                                    (32, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 2),
+                                    (32, 128, 8, 3))]
+    for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
+        x = _tda_inputs(B, T, heads, d, dv, dtype, views, 0.3)
+        q1, k1, v = (x[n].detach() for n in ("q1", "k1", "v"))
+        q2, k2 = (x["q2"].detach(), x["k2"].detach()) if views == 2 else (None, None)
+        lam = x["lam"].detach() if views == 2 else None
+        beta = torch.ones(heads, device="cuda")
+        fl_f, fl_b = _flops_threshold(B, heads, T, d, dv, views)
+        out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
+        do = torch.randn_like(out)
+        label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
+        for cfg in fwd:
+            _report("fwd", label, cfg, fl_f, lambda: launch.forward(
+                q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
+        for cfg in bwd:
+            _report("dkdv+dq", label, cfg, fl_b, lambda: launch.backward(
+                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                views == 2, False, False, config=cfg), "dkdv", rep_ms)
+        for cfg in fwd[:3]:
+            _report("bwd deterministic (dq kernel)", label, cfg, fl_b, lambda: launch.backward(
+                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                views == 2, False, True, config=bwd[0], dq_config=cfg), "dq", rep_ms)
+
+
+def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, kernel: str,
+            rep_ms: int) -> None:
+    try:
+        ms = _time(fn, [], rep_ms)
+    except Exception as err:  # out of resources or a compile failure: report and go on
+        print(f"  {what:30s} {label} {cfg}: failed ({type(err).__name__}: {str(err)[:80]})")
+        return
+    c = launch.last_compiled.get(kernel)
+    regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
+    print(f"  {what:30s} {label} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps} "
+          f"s={cfg.num_stages}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    parser.add_argument("--rho", type=float, default=0.5,
+                        help="weight of the shared q/k direction (sets the survivor share)")
+    parser.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement")
+    parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--sweep", action="store_true", help="time every tile candidate first")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("kernels.bench needs a CUDA GPU")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    print(f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
+          f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN "
+          f"{torch.backends.cudnn.version()} · python {platform.python_version()} · {args.dtype}")
+    if args.sweep:
+        for d in args.head_dims:
+            for T in args.seq:
+                sweep(T, args.tokens, d, dtype, args.rep_ms)
+    rows = []
+    for d in args.head_dims:
+        for T in args.seq:
+            shape_rows = bench_shape(T, args.tokens, d, dtype, args.rho, not args.no_reference,
+                                     args.rep_ms)
+            print(format_table(shape_rows), flush=True)
+            rows += shape_rows
+    print("\n" + format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

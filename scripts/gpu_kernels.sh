@@ -1,0 +1,28 @@
+#!/usr/bin/env bash
+# The attention kernels' GPU checks and benchmark, in one go, on a CUDA machine.
+#   scripts/gpu_kernels.sh [LOG_DIR] [STAGES...]     STAGES: tests sweep bench (default: tests bench)
+# Logs go to LOG_DIR (default: gpu_logs/); the benchmark table ends bench.log.
+set -o pipefail
+log_dir=${1:-gpu_logs}
+shift || true
+stages=${*:-tests bench}
+mkdir -p "$log_dir"
+export PYTHONUNBUFFERED=1
+status=0
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv \
+    | tee "$log_dir/gpu.log"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee -a "$log_dir/gpu.log"
+for stage in $stages; do
+    case $stage in
+        # compiled kernels (not the interpreter the CPU suite uses)
+        tests) TRITON_INTERPRET=0 python3 -m pytest -q -rA -s -n 4 -p no:cacheprovider \
+                   --timeout=900 tests/test_kernels_gpu.py 2>&1 | tee "$log_dir/tests.log" \
+                   || status=1 ;;
+        sweep) python3 -m kernels.bench --seq 4096 --sweep --no-reference --rep-ms 100 2>&1 \
+                   | tee "$log_dir/sweep.log" || status=1 ;;
+        bench) python3 -m kernels.bench 2>&1 | tee "$log_dir/bench.log" || status=1 ;;
+        *) echo "unknown stage $stage"; exit 2 ;;
+    esac
+done
+exit $status

@@ -1,0 +1,111 @@
+"""The Triton kernels (run by Triton's interpreter on CPU) against a naive float64 implementation of
+SPEC §1: output and every gradient, odd shapes, every option, NaN guard bands around the inputs and
+NaN-poisoned outputs."""
+
+import math
+
+import pytest
+import torch
+
+from kernels_float64 import Case, make_inputs, run_and_compare, survivor_shares
+
+from kernels import launch
+from kernels.autograd import threshold_attention_triton
+
+FP32_TOL = 1e-4
+LOW_PRECISION_TOL = 1e-2
+
+CASES = {
+    # TDA, paired-like layout (dv = 2d), lam at 0, inside, at 1 and outside [0, 1] across heads.
+    "tda_T200_d48_dv96": Case(T=200, d=48, dv=96, H=4, Hkv=4, lam=(0.0, 0.5, 1.0, 1.4)),
+    # grouped key/value heads, p = 1, beta 0.5, negative lam
+    "tda_T111_d60_gqa_p1": Case(T=111, d=60, dv=60, H=4, Hkv=2, beta=(0.5,), lam=(-0.3, 0.25), p=1.0),
+    # beta 0 (no threshold), p = 3, the smallest head dimension, dv != d
+    "tda_T63_d16_p3_beta0": Case(T=63, d=16, dv=32, beta=(0.0,), lam=(0.7,), p=3.0),
+    # real p, per-head beta
+    "tda_T90_d32_p1.5": Case(T=90, d=32, dv=24, beta=(1.0, 0.5), lam=(0.3,), p=1.5),
+    # TRA, non-power-of-two head dimension
+    "tra_T200_d100": Case(T=200, d=100, dv=100, two_views=False),
+    "tra_T1_d16": Case(T=1, d=16, dv=16, two_views=False),
+    # ReLA: no normalisation, score scale 1/sqrt(d), beta 0, p 1
+    "rela_T111_d64": Case(T=111, d=64, dv=64, two_views=False, beta=(0.0,), p=1.0,
+                          normalize=False, scale=1 / math.sqrt(64), strength=(0.0, 0.3)),
+    # fewer queries than keys (decoding with a cache): bottom-right alignment
+    "tda_Tq37_Tk150": Case(T=150, Tq=37, d=32, dv=64, lam=(0.4,)),
+    "tda_noncausal_T70": Case(T=70, d=32, dv=48, causal=False, beta=(1.0,), lam=(0.6,)),
+    # batch > 1 with grouped heads and TRA
+    "tra_B2_gqa_T45": Case(B=2, T=45, d=48, dv=80, H=4, Hkv=1, two_views=False, beta=(0.5,)),
+    # 16-bit inputs (the interpreter computes in fp32 after loading; outputs rounded)
+    "tda_bf16_T128_d64_dv128": Case(T=128, d=64, dv=128, dtype=torch.bfloat16),
+    "tra_fp16_T100_d48": Case(T=100, d=48, dv=48, two_views=False, dtype=torch.float16),
+}
+
+
+@pytest.fixture(autouse=True)
+def poisoned_outputs(monkeypatch):
+    """Every kernel output starts as NaN, so an element the kernels do not write fails the test."""
+    def nan_output(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    monkeypatch.setattr(launch, "_new_output", nan_output)
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_float64_reference(name):
+    case = CASES[name]
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed)
+    shares = survivor_shares(inputs, case)
+    # a real share of weights survives, and (beyond a single entry) the threshold removes some
+    assert all(s >= 0.01 and (s <= 0.99 or case.T == 1) for s in shares), f"survivor shares {shares}"
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed,
+                             beta_grad=name != "tda_T200_d48_dv96")
+    tol = FP32_TOL if case.dtype == torch.float32 else LOW_PRECISION_TOL
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"errors above {tol}: {bad} (all: {errors})"
+
+
+def test_shared_beta_and_lam_tensors_get_summed_gradients():
+    """0-d beta and lam tensors: their gradient is the sum over heads of the per-head gradients."""
+    case = Case(T=64, d=32, dv=32, H=2, beta=(0.8,), lam=(0.3,))
+    inputs = make_inputs(case, seed=5)
+    beta0 = torch.tensor(0.8, requires_grad=True)
+    lam0 = torch.tensor(0.3, requires_grad=True)
+    args = (inputs["q1"], inputs["k1"], inputs["v"], inputs["q2"], inputs["k2"])
+    threshold_attention_triton(*args, lam=lam0, beta=beta0).square().sum().backward()
+    beta_h = torch.full((2,), 0.8, requires_grad=True)
+    lam_h = torch.full((2,), 0.3, requires_grad=True)
+    threshold_attention_triton(*args, lam=lam_h, beta=beta_h).square().sum().backward()
+    torch.testing.assert_close(beta0.grad, beta_h.grad.sum())
+    torch.testing.assert_close(lam0.grad, lam_h.grad.sum())
+    assert beta_h.grad.abs().min() > 0 and lam_h.grad.abs().min() > 0
+
+
+def test_deterministic_path_matches_reference_and_repeats(monkeypatch):
+    """Under torch.use_deterministic_algorithms the backward takes the atomic-free dQ kernel."""
+    case = Case(T=100, d=32, dv=64, H=4, Hkv=2, lam=(0.5, 0.9))
+    inputs = make_inputs(case, seed=11)
+    calls = []
+    monkeypatch.setattr(launch, "dq_kernel", _counting(launch.dq_kernel, calls))
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        errors = run_and_compare(threshold_attention_triton, case, inputs, seed=11)
+        first = [inputs[n].grad.clone() for n in ("q1", "k1", "v", "q2", "k2")]
+        run_and_compare(threshold_attention_triton, case, inputs, seed=11)
+        second = [inputs[n].grad for n in ("q1", "k1", "v", "q2", "k2")]
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    assert len(calls) == 2
+    assert all(v <= FP32_TOL for v in errors.values()), errors
+    assert all(torch.equal(a, b) for a, b in zip(first, second))
+
+
+class _counting:
+    """Wraps a Triton kernel so that launches through ``kernel[grid](...)`` are counted."""
+
+    def __init__(self, kernel, calls):
+        self.kernel, self.calls = kernel, calls
+
+    def __getitem__(self, grid):
+        self.calls.append(grid)
+        return self.kernel[grid]
