@@ -3,8 +3,8 @@
 For every probe length (256, 512, … up to the longest the model takes, or ``lengths=[...]``) it
 recomputes each layer's exact attention weights on ``sequences`` held-out windows (analysis.probe) and
 measures exact-zero sparsity, empty rows, the first-token sink ratio, entropy, the largest weight,
-non-zeros per row and, for two-view variants, the views' correlation and consensus survivors
-(analysis.metrics). Gu et al.'s sink rate is measured on ``sink_sequences`` windows of 64 tokens.
+non-zeros per row and, for two-view variants, the views' correlation (of raw scores and of weights)
+and consensus survivors (analysis.metrics). Gu et al.'s sink rate is measured on ``sink_sequences`` windows of 64 tokens.
 Writes under runs/<name>/analysis/:
 
     summary.json          every number above, per length (and per layer), the sink rate, λ and β per layer
@@ -28,7 +28,7 @@ import torch
 from omegaconf import DictConfig
 
 from analysis.metrics import SINK_PROBE_TOKENS, LayerStats, sink_summary, summarise
-from analysis.probe import layers, row_blocks
+from analysis.probe import layers, row_blocks, view_scores
 from data.loader import ensure_prepared, validation_batches
 from model.checkpoint import load_run
 
@@ -37,7 +37,7 @@ SUMMARY = "summary.json"
 MAPS = "attention_maps.npz"
 ROW_CURVES = ("empty_share", "first_token_ratio", "entropy", "top_weight", "nonzeros", "consensus")
 LAYER_COLUMNS = ("sparsity", "empty_row_share", "first_token_ratio", "entropy", "top_weight",
-                 "nonzeros_per_row", "consensus_per_row", "view_correlation")
+                 "nonzeros_per_row", "consensus_per_row", "view_correlation", "score_correlation")
 
 
 def default_lengths(max_length: int, shortest: int = 256) -> list[int]:
@@ -61,6 +61,8 @@ def measure(model: torch.nn.Module, idx: torch.Tensor, max_bytes: int) -> list[L
         stats = LayerStats(idx.shape[1], probe.heads, probe.views, device=idx.device)
         for start, stop, maps in row_blocks(probe, max_bytes):
             stats.add(start, stop, maps)
+            if probe.views == 2:
+                stats.add_scores(start, stop, view_scores(probe, start, stop))
         stats.end_batch()
         out.append(stats)
     return out
@@ -113,6 +115,7 @@ def _device(name: str) -> torch.device:
 def analyse(cfg: DictConfig) -> Path:
     """Run the analysis that ``cfg`` (conf/analysis.yaml) describes; returns the output directory."""
     device = _device(cfg.device)
+    torch.set_float32_matmul_precision("highest")   # no TF32: exact zeros depend on scores near τ
     model, run_cfg, step = load_run(cfg.run_dir, device, cfg.checkpoint)
     max_length = int(cfg.max_length or model.max_seq_len)
     if max_length > model.max_seq_len:
@@ -156,7 +159,8 @@ def analyse(cfg: DictConfig) -> Path:
     sink_idx = held_out(run_cfg, sink_len, int(cfg.sink_sequences)).to(device)
     sink = sink_summary(measure(model, sink_idx, max_bytes))
     sink.update(length=sink_len, sequences=sink_idx.shape[0])
-    print(f"sink rate (ε={sink['epsilon']}, {sink['triples']} triples of {sink_len} tokens): {sink['sink_rate']:.4f}")
+    print(f"sink rate (ε={sink['epsilon']}, {sink['triples']} triples of {sink_len} tokens): {sink['sink_rate']:.4f} "
+          f"(without row 0: {sink['sink_rate_without_row0']:.4f})", flush=True)
 
     map_len = min(int(cfg.map_tokens), model.max_seq_len)
     heads = cfg.map_heads if cfg.map_heads is not None else [[layer, 0] for layer in range(len(model.blocks))]

@@ -66,6 +66,15 @@ def sparsity_by_layer(runs: list[RunResults], stem: Path, length: int | None = N
     return save(fig, stem)
 
 
+def _length_axis(ax, lengths: list[int]) -> None:
+    """Log-2 x axis labelled at the probe lengths."""
+    from matplotlib.ticker import NullFormatter
+
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(t) for t in lengths])
+    ax.xaxis.set_minor_formatter(NullFormatter())
+
+
 def _mean_over_layers(per_layer: list[list[float]]) -> np.ndarray:
     values = np.array(per_layer, dtype=float)
     with np.errstate(all="ignore"):
@@ -91,7 +100,8 @@ def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
     all_lengths = sorted({s["length"] for run in runs for s in run.summary["lengths"]})
     by_length.plot(all_lengths, [sum(1 / k for k in range(1, t + 1)) / t for t in all_lengths], "k--",
                    label="uniform H_T / T")
-    by_length.set(xscale="log", yscale="log", xlabel="context length T", ylabel="mean first-token ratio")
+    _length_axis(by_length, all_lengths)
+    by_length.set(yscale="log", xlabel="context length T", ylabel="mean first-token ratio")
     for ax in (by_row, by_length):
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
@@ -103,14 +113,17 @@ def dispersion(runs: list[RunResults], stem: Path) -> list[Path]:
     panels = (("nonzeros_per_row", "non-zero weights per row"), ("entropy", "row entropy (nats)"),
               ("top_weight", "largest normalised weight"))
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    all_lengths = sorted({s["length"] for run in runs for s in run.summary["lengths"]})
     for run in runs:
         lengths = [s["length"] for s in run.summary["lengths"]]
         for ax, (key, _) in zip(axes, panels):
             ax.plot(lengths, [s[key] for s in run.summary["lengths"]], marker="o", label=_label(run))
     for ax, (key, title) in zip(axes, panels):
-        ax.set(xscale="log", xlabel="context length T", ylabel=title)
+        _length_axis(ax, all_lengths)
+        ax.set(xlabel="context length T", ylabel=title)
         if key == "nonzeros_per_row":
             ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")
         ax.legend(fontsize=7)
     return save(fig, stem)
@@ -125,9 +138,9 @@ def attention_maps(run: RunResults, stem: Path) -> list[Path]:
     cols = min(4, len(maps))
     rows = math.ceil(len(maps) / cols)
     fig, axes = plt.subplots(rows, cols, figsize=(3 * cols, 3 * rows), squeeze=False)
+    signed = any(bool((w < 0).any()) for w in maps.values())
     for ax, (key, w) in zip(axes.flat, sorted(maps.items())):
         bound = float(np.abs(w).max()) or 1.0
-        signed = bool((w < 0).any())
         image = ax.imshow(w, cmap="RdBu_r" if signed else "viridis", vmin=-bound if signed else 0, vmax=bound)
         zeros = float((w[np.tril(np.ones(w.shape, dtype=bool))] == 0).mean())
         ax.set_title(f"layer {key[1:key.index('H')]}, head {key[key.index('H') + 1:]}: {100 * zeros:.0f}% zeros",

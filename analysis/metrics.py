@@ -13,9 +13,11 @@ into numbers. Choices where SPEC is silent:
   key 0 over its non-empty rows; a triple whose rows are all empty has no α_0 and is left out of the
   rate (their count is reported).
 - Entropy is in nats, of the normalised |w| of a row.
-- Two-view correlation: Pearson correlation between view 1's and view 2's weights (``maps`` "view1",
-  "view2") over the causal entries of a head, pooled over rows and sequences. Consensus survivors:
-  causal entries non-zero in both views, per row.
+- Two-view correlation: Pearson correlation between view 1's and view 2's score maps over the causal
+  entries of a head, pooled over rows and sequences, averaged over heads; given for the raw scores
+  (``score_correlation``: q̂·k̂ for TDA, q·k for the Differential Transformer, before threshold or
+  softmax) and for the weights (``view_correlation``: ``maps`` "view1" and "view2"). Consensus
+  survivors: causal entries non-zero in both views, per row.
 """
 from __future__ import annotations
 
@@ -66,9 +68,10 @@ class LayerStats:
     Per head (H,): exact zeros per view and causal entries. Per row position (length,): rows seen,
     empty rows, and sums over non-empty rows of the first-token ratio, entropy and largest weight;
     sums over all rows of the non-zeros and (two views) consensus survivors. Per (sequence, head): the sum
-    of normalised weights on key 0 and the count of non-empty rows (for α_0). Per head (H, 6) for two
-    views: n, Σx, Σy, Σx², Σy², Σxy of the two views' weights. Sums live on ``device`` (where the maps
-    are reduced, so long maps are not copied to the host)."""
+    of normalised weights on key 0 and the count of non-empty rows, also without row 0 (for α_0). Per
+    head (H, 6) for two views: n, Σx, Σy, Σx², Σy², Σxy of the two views' weights and, when
+    ``add_scores`` is called, of their raw scores. Sums live on ``device`` (where the maps are reduced,
+    so long maps are not copied to the host)."""
 
     length: int
     heads: int
@@ -76,8 +79,7 @@ class LayerStats:
     device: str | torch.device = "cpu"
     zeros: dict[str, torch.Tensor] = field(default_factory=dict)
     entries: torch.Tensor | None = None
-    alpha_sum: list[torch.Tensor] = field(default_factory=list)
-    alpha_rows: list[torch.Tensor] = field(default_factory=list)
+    alpha: list[torch.Tensor] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         z = lambda *shape: torch.zeros(*shape, dtype=torch.float64, device=self.device)  # noqa: E731
@@ -87,8 +89,8 @@ class LayerStats:
         T = self.length
         self.rows, self.empty, self.first, self.entropy, self.top = z(T), z(T), z(T), z(T), z(T)
         self.nonzeros, self.consensus = z(T), z(T)
-        self.moments = z(self.heads, 6)
-        self._batch_alpha: tuple[torch.Tensor, torch.Tensor] | None = None
+        self.moments, self.score_moments = z(self.heads, 6), z(self.heads, 6)
+        self._batch_alpha: torch.Tensor | None = None
 
     def add(self, start: int, stop: int, maps: dict[str, torch.Tensor]) -> None:
         """Add a block of rows [start, stop) of one batch; maps as ``attn.maps``. Call ``end_batch``
@@ -115,40 +117,46 @@ class LayerStats:
         self.top[rows] += (p.amax(-1) * full).sum((0, 1))
         nonzero = (w != 0) & keep
         self.nonzeros[rows] += nonzero.sum((0, 1, 3)).double()
-        alpha_sum, alpha_rows = (p[..., 0] * full).sum(-1), full.sum(-1).double()
-        if self._batch_alpha is not None:
-            alpha_sum, alpha_rows = alpha_sum + self._batch_alpha[0], alpha_rows + self._batch_alpha[1]
-        self._batch_alpha = (alpha_sum, alpha_rows)
+        on_key0, counted = p[..., 0] * full, full.double()
+        alpha = torch.stack([on_key0.sum(-1), counted.sum(-1), on_key0[..., 0], counted[..., 0]], dim=-1)
+        if start > 0:
+            alpha[..., 2:] = 0.0
+        self._batch_alpha = alpha if self._batch_alpha is None else self._batch_alpha + alpha
         if self.views == 2:
             w1, w2 = maps["view1"].to(self.device), maps["view2"].to(self.device)
             both = (w1 != 0) & (w2 != 0) & keep
             self.consensus[rows] += both.sum((0, 1, 3)).double()
-            x, y, m = w1.double() * keep, w2.double() * keep, keep.double()
-            sums = [m.expand_as(x), x, y, x * x, y * y, x * y]
-            self.moments += torch.stack([s.sum((0, 2, 3)) for s in sums], dim=-1)
+            self.moments += _moments(w1, w2, keep)
+
+    def add_scores(self, start: int, stop: int, scores: list[torch.Tensor]) -> None:
+        """Add the two views' raw scores of rows [start, stop), each (B, H, rows, keys ≥ stop), to the
+        score correlation (causal entries only)."""
+        keep = causal_keep(start, stop, scores[0].shape[-1], self.device)
+        self.score_moments += _moments(scores[0].to(self.device), scores[1].to(self.device), keep)
 
     def end_batch(self) -> None:
         """Close a batch: its per-(sequence, head) sums for α_0 are kept."""
         if self._batch_alpha is not None:
-            self.alpha_sum.append(self._batch_alpha[0])
-            self.alpha_rows.append(self._batch_alpha[1])
+            self.alpha.append(self._batch_alpha)
             self._batch_alpha = None
 
-    def alpha0(self) -> torch.Tensor:
-        """α_0 of every (sequence, head) pair seen, (sequences, H); NaN where every row was empty."""
-        if not self.alpha_sum:
+    def alpha0(self, skip_first_row: bool = False) -> torch.Tensor:
+        """α_0 of every (sequence, head) pair seen, (sequences, H); NaN where every row was empty.
+        ``skip_first_row`` leaves out row 0, whose only key is token 0 (its ratio is 1 when non-empty)."""
+        if not self.alpha:
             return torch.empty(0, self.heads, dtype=torch.float64)
-        total, rows = torch.cat(self.alpha_sum), torch.cat(self.alpha_rows)
+        total, rows, first, first_rows = torch.cat(self.alpha).unbind(-1)
+        if skip_first_row:
+            total, rows = total - first, rows - first_rows
         return torch.where(rows > 0, total / rows.clamp_min(1), torch.full_like(total, float("nan"))).cpu()
 
     def correlation(self) -> torch.Tensor:
         """Per-head Pearson correlation of the two views' weights, (H,); NaN where a view is constant."""
-        n, sx, sy, sxx, syy, sxy = self.moments.unbind(-1)
-        cov = sxy / n - (sx / n) * (sy / n)
-        var_x, var_y = sxx / n - (sx / n) ** 2, syy / n - (sy / n) ** 2
-        denom = (var_x * var_y).sqrt()
-        return torch.where(denom > 0, cov / torch.where(denom > 0, denom, torch.ones_like(denom)),
-                           torch.full_like(cov, float("nan")))
+        return _pearson(self.moments)
+
+    def score_correlation(self) -> torch.Tensor:
+        """Per-head Pearson correlation of the two views' raw scores, (H,) (NaN without ``add_scores``)."""
+        return _pearson(self.score_moments)
 
     def row_curves(self) -> dict[str, torch.Tensor]:
         """Per row position (length,): empty share; first-token ratio, entropy and largest weight over
@@ -162,6 +170,22 @@ class LayerStats:
         if self.views == 2:
             out["consensus"] = self.consensus / rows
         return out
+
+
+def _moments(x: torch.Tensor, y: torch.Tensor, keep: torch.Tensor) -> torch.Tensor:
+    """Per head (H, 6): n, Σx, Σy, Σx², Σy², Σxy over the entries of (B, H, rows, keys) where keep."""
+    x, y, m = x.double() * keep, y.double() * keep, keep.double().expand_as(x)
+    return torch.stack([s.sum((0, 2, 3)) for s in (m, x, y, x * x, y * y, x * y)], dim=-1)
+
+
+def _pearson(moments: torch.Tensor) -> torch.Tensor:
+    """Pearson correlation per row of (H, 6) moments; NaN where n = 0 or a variable is constant."""
+    n, sx, sy, sxx, syy, sxy = moments.unbind(-1)
+    n = n.clamp_min(1)
+    cov = sxy / n - (sx / n) * (sy / n)
+    denom = ((sxx / n - (sx / n) ** 2) * (syy / n - (sy / n) ** 2)).clamp_min(0).sqrt()
+    ok = denom > 1e-300
+    return torch.where(ok, cov / torch.where(ok, denom, torch.ones_like(denom)), torch.full_like(cov, float("nan")))
 
 
 def _ratio(num: float, den: float) -> float:
@@ -207,15 +231,21 @@ def summarise(stats: list[LayerStats]) -> dict:
         out["consensus_per_row_per_layer"] = [_ratio(float(s.consensus.sum()), float(s.rows.sum())) for s in stats]
         out["view_correlation_per_layer"] = [_nanmean(s.correlation()) for s in stats]
         out["view_correlation"] = _nanmean(torch.tensor(out["view_correlation_per_layer"]))
+        out["score_correlation_per_layer"] = [_nanmean(s.score_correlation()) for s in stats]
+        out["score_correlation"] = _nanmean(torch.tensor(out["score_correlation_per_layer"]))
     return out
 
 
 def sink_summary(stats: list[LayerStats], epsilon: float = SINK_EPSILON) -> dict:
     """Gu et al.'s sink rate over the (sequence, layer, head) triples of the layers' stats (SPEC §4a),
-    the rate per layer, mean α_0 per layer and the number of triples without α_0 (all rows empty)."""
+    the rate per layer, mean α_0 per layer and the number of triples without α_0 (all rows empty);
+    beside it the rate without row 0 (a diagnostic: when most rows are empty, row 0, whose only key is
+    token 0, dominates α_0)."""
     alphas = [s.alpha0() for s in stats]
     every = torch.cat([a.flatten() for a in alphas]) if alphas else torch.empty(0)
+    without_first = torch.cat([s.alpha0(skip_first_row=True).flatten() for s in stats]) if stats else every
     return {"sink_rate": sink_rate(every, epsilon), "epsilon": epsilon,
+            "sink_rate_without_row0": sink_rate(without_first, epsilon),
             "sink_rate_per_layer": [sink_rate(a, epsilon) for a in alphas],
             "alpha0_per_layer": [_nanmean(a.flatten()) for a in alphas],
             "triples": int(every.numel()), "triples_without_alpha0": int(torch.isnan(every).sum())}

@@ -13,11 +13,13 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from model.attention import Projections
 
 DEFAULT_MAX_BYTES = 256 * 2**20
+COSINE_SCORES = ("tda", "tra")
 
 
 @dataclass
@@ -80,6 +82,22 @@ def row_blocks(probe: LayerProbe, max_bytes: int = DEFAULT_MAX_BYTES
     for start in range(0, T, step):
         stop = min(T, start + step)
         yield start, stop, probe.attn.maps(probe.proj, rows=(start, stop))
+
+
+@torch.no_grad()
+def view_scores(probe: LayerProbe, start: int, stop: int) -> list[torch.Tensor]:
+    """Each view's raw scores of query rows [start, stop) over keys [0, stop), float32
+    (B, H, stop − start, stop), before any threshold, power or softmax: cosines q̂·k̂ for the threshold
+    variants (TDA, TRA, which normalise q and k, SPEC §1), q·k for the others (their 1/√d is left out:
+    it does not change a correlation). Entries j > i are not masked."""
+    normalise = probe.attn.variant in COSINE_SCORES
+    out = []
+    for q, k in zip(probe.proj.q, probe.proj.k):
+        q, k = q[:, :, start:stop].float(), k[:, :, :stop].float()
+        if normalise:
+            q, k = F.normalize(q, dim=-1), F.normalize(k, dim=-1)
+        out.append(q @ k.transpose(-1, -2))
+    return out
 
 
 @torch.no_grad()

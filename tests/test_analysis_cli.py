@@ -102,7 +102,7 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     assert out.read_text() == text
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
-    assert len(lines) == 2 + 11
+    assert len(lines) == 2 + 12
     passkey = next(line for line in lines if line.startswith("| passkey"))
     assert "0.375 ± 0.18 (n=2)" in passkey and "| 0.125 |" in passkey and passkey.endswith("| yes |")
     sparsity = next(line for line in lines if line.startswith("| TDA has"))

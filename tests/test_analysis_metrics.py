@@ -164,3 +164,22 @@ def test_misfitting_maps_are_refused():
         stats.add(0, 4, single(torch.zeros(1, 3, 4, 4)))
     with pytest.raises(ValueError, match="stats"):
         summarise([])
+
+
+def test_sink_rate_without_row_zero_and_score_correlation():
+    T = 16
+    w = torch.cat([first_token_map(1, 1, T), torch.zeros(1, 1, T, T)], dim=1)
+    w[0, 1, 0, 0] = 1.0                      # head 1: only row 0 is non-empty
+    stats = stats_of(single(w))
+    alpha = stats.alpha0()
+    assert alpha[0, 0] == pytest.approx((1 + 0.9 * (T - 1)) / T) and alpha[0, 1] == 1.0
+    without = stats.alpha0(skip_first_row=True)
+    assert without[0, 0] == pytest.approx(0.9) and math.isnan(without[0, 1])
+    sink = sink_summary([stats])
+    assert sink["sink_rate"] == 1.0 and sink["sink_rate_without_row0"] == 1.0
+    torch.manual_seed(2)
+    scores = torch.randn(1, 2, T, T)
+    two = LayerStats(T, 2, 2)
+    assert torch.isnan(two.score_correlation()).all()
+    two.add_scores(0, T, [scores, torch.stack([3 * scores[:, 0] + 1, -scores[:, 1]], dim=1)])
+    torch.testing.assert_close(two.score_correlation(), torch.tensor([1.0, -1.0], dtype=torch.float64))

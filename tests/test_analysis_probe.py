@@ -6,7 +6,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from analysis.probe import attention_maps, layers, row_blocks, rows_per_block
+from analysis.probe import attention_maps, layers, row_blocks, rows_per_block, view_scores
 from model.gpt import GPT
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attention"
@@ -30,6 +30,21 @@ def tiny_model(name: str, overrides: dict) -> GPT:
 
 def tokens(T: int = 24) -> torch.Tensor:
     return torch.randint(50, (2, T), generator=torch.Generator().manual_seed(1))
+
+
+def check_scores(probe, full) -> None:
+    """The raw scores give the views' weights: relu(s − τ_i)^p for TDA, the causal softmax of s/√d for
+    the Differential Transformer."""
+    T = full["view1"].shape[-1]
+    keep = torch.tril(torch.ones(T, T, dtype=torch.bool))
+    for view, scores in enumerate(view_scores(probe, 0, T), start=1):
+        d = probe.proj.q[0].shape[-1]
+        if probe.attn.variant == "tda":
+            tau = probe.attn.beta() * torch.sqrt(2 * torch.log(torch.arange(T) + 1.0) / d)
+            expected = torch.relu(scores - tau[:, None]).pow(probe.attn.options["p"]) * keep
+        else:
+            expected = (scores / d ** 0.5).masked_fill(~keep, float("-inf")).softmax(-1)
+        torch.testing.assert_close(expected, full[f"view{view}"], rtol=1e-4, atol=1e-6)
 
 
 @pytest.mark.parametrize("name,overrides", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
@@ -65,6 +80,8 @@ def test_probe_weights_times_v_give_the_module_output(name, overrides):
         torch.testing.assert_close(rebuilt, attn(probe.x, positions), rtol=1e-4, atol=1e-5)
         one = attention_maps(model, idx, probe.layer, rows=(7, 13))
         torch.testing.assert_close(one["combined"], full["combined"][:, :, 7:13, :13])
+        if probe.views == 2:
+            check_scores(probe, full)
     assert seen_nonzero
 
 
