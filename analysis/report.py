@@ -25,9 +25,6 @@ from analysis.results import RunResults, load_results, run_list
 IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
                 "trainer.threads", "trainer.compile", "data.dir", "data.workers")
 NOT_RUN = "not run"
-LENGTH_KEYS = ("length", "seq_len", "context_length", "tokens")
-ACCURACY_KEYS = ("accuracy", "acc", "success_rate", "score")
-PERPLEXITY_KEYS = ("perplexity", "ppl")
 
 
 @dataclass
@@ -100,51 +97,32 @@ def fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.fmean(values):.{digits}g} ± {statistics.stdev(values):.2g} (n={len(values)})"
 
 
-def _records(data) -> list[dict]:
-    """Every dict nested in ``data`` (through lists and dicts)."""
-    found = []
-    if isinstance(data, dict):
-        found.append(data)
-        for value in data.values():
-            found += _records(value)
-    elif isinstance(data, list):
-        for value in data:
-            found += _records(value)
-    return found
-
-
-def _pick(record: dict, keys: tuple[str, ...]) -> float | None:
-    for key in keys:
-        value = record.get(key)
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-    return None
-
-
-def passkey_accuracy(run: RunResults, target: int) -> float | None:
-    """Mean passkey accuracy (over depths and key counts) at the evaluated length nearest ``target``,
-    read from eval/passkey.json records that carry a length and an accuracy; None if there are none."""
-    points = [(_pick(r, LENGTH_KEYS), _pick(r, ACCURACY_KEYS)) for r in _records(run.eval_result("passkey"))]
-    points = [(length, acc) for length, acc in points if length is not None and acc is not None]
-    if not points:
+def passkey_accuracy(run: RunResults, target: int, metric: str = "exact") -> float | None:
+    """Passkey accuracy (``exact`` match of the generated key, or ``likelihood`` ranking) at the
+    evaluated length nearest ``target``, averaged over depths and key counts, from eval/passkey.json
+    ({"lengths": [...], "grid": {"<n>_keys": {metric: [length][depth]}}}); None when absent or unreadable."""
+    data = run.eval_result("passkey")
+    try:
+        lengths = [int(t) for t in data["lengths"]]
+        nearest = min(range(len(lengths)), key=lambda b: (abs(lengths[b] - target), lengths[b]))
+        per_keys = [statistics.fmean(float(a) for a in grid[metric][nearest]) for grid in data["grid"].values()]
+        return statistics.fmean(per_keys)
+    except (TypeError, KeyError, ValueError, IndexError, statistics.StatisticsError):
         return None
-    nearest = min({length for length, _ in points}, key=lambda length: (abs(length - target), length))
-    return statistics.fmean(acc for length, acc in points if length == nearest)
 
 
-def extrapolation_ratio(run: RunResults) -> float | None:
-    """Perplexity at the longest evaluated length over that at the shortest, from
-    eval/length_extrapolation.json records with a length (or factor) and a perplexity (first record of
-    each length, so without NTK scaling when both are listed in that order); None if absent."""
-    points: dict[float, float] = {}
-    for record in _records(run.eval_result("length_extrapolation")):
-        length = _pick(record, LENGTH_KEYS + ("factor",))
-        ppl = _pick(record, PERPLEXITY_KEYS)
-        if length is not None and ppl is not None:
-            points.setdefault(length, ppl)
-    if len(points) < 2:
+def extrapolation_ratio(run: RunResults, mode: str = "plain") -> float | None:
+    """Perplexity at the longest evaluated length over that at the shortest, ``plain`` RoPE or ``ntk``
+    scaling, from eval/length_extrapolation.json ({"lengths": {"<m>x": {"seq_len", mode: {"perplexity"}}}});
+    None when absent, unreadable or with fewer than two lengths."""
+    data = run.eval_result("length_extrapolation")
+    try:
+        entries = sorted(data["lengths"].values(), key=lambda e: int(e["seq_len"]))
+        if len(entries) < 2:
+            return None
+        return float(entries[-1][mode]["perplexity"]) / float(entries[0][mode]["perplexity"])
+    except (TypeError, KeyError, ValueError, AttributeError, ZeroDivisionError):
         return None
-    return points[max(points)] / points[min(points)]
 
 
 def nonzeros_slope(run: RunResults) -> float | None:
@@ -270,7 +248,7 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     passkey = lambda run: passkey_accuracy(run, int(tol.passkey_length))  # noqa: E731
     soft_passkey = mean(softmax, passkey) if softmax else None
     out.append(Claim(f"passkey retrieval at ~{tol.passkey_length} tokens better than softmax", "15% vs 6%",
-                     "passkey accuracy at the nearest evaluated length", _cells(groups, passkey),
+                     "passkey exact-match accuracy at the nearest evaluated length (mean over depths and key counts)", _cells(groups, passkey),
                      _per_group(tda, lambda g: None if soft_passkey is None or mean(g, passkey) is None
                                 else mean(g, passkey) > soft_passkey)))
 
@@ -300,8 +278,10 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     out.append(Claim("correlation of the two views' scores (information)", "0.075 → 0.123 in training",
                      "Pearson correlation of the views' raw scores (q̂·k̂ for TDA)",
                      _cells(groups, _at_length("score_correlation")), "—"))
-    out.append(Claim("length extrapolation (information)", "—", "perplexity at the longest evaluated length / "
-                     "at the shortest", _cells(groups, extrapolation_ratio), "—"))
+    for mode, what in (("plain", "plain RoPE"), ("ntk", "NTK-aware RoPE scaling")):
+        out.append(Claim(f"length extrapolation, {what} (information)", "—", "perplexity at the longest "
+                         "evaluated length / at the training length", _cells(groups, lambda r, m=mode:
+                                                                             extrapolation_ratio(r, m)), "—"))
     return out
 
 

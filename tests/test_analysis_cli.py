@@ -93,18 +93,25 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     OmegaConf.save(config, seed / "config.yaml")
     for run, accuracy in ((copies["tda"], 0.5), (seed, 0.25), (copies["softmax"], 0.125)):
         (run / "eval").mkdir(exist_ok=True)
-        records = [{"length": length, "depth": depth, "accuracy": accuracy if length == 4096 else 0.0}
-                   for length in (1024, 4096) for depth in (0.0, 0.5)]
-        (run / "eval" / "passkey.json").write_text(json.dumps({"step": 6, "results": records}))
+        grid = [[0.0, 0.0], [accuracy, accuracy]]      # lengths × depths
+        passkey = {"step": 6, "lengths": [1024, 4096], "depths": [0.0, 0.5],
+                   "grid": {"1_keys": {"exact": grid, "likelihood": grid}, "2_keys": {"exact": grid}}}
+        (run / "eval" / "passkey.json").write_text(json.dumps(passkey))
+        lengths = {f"{m}x": {"multiple": m, "seq_len": 64 * m, "plain": {"perplexity": 10.0 * m},
+                             "ntk": {"perplexity": 10.0}} for m in (1, 4)}
+        (run / "eval" / "length_extrapolation.json").write_text(json.dumps({"train_len": 64, "lengths": lengths}))
     out = tmp_path / "claims.md"
     text = make_report(compose("analysis_report", [f"runs=[{copies['tda']},{seed},{copies['softmax']}]",
                                                     f"out={out}"]))
     assert out.read_text() == text
     lines = [line for line in text.splitlines() if line.startswith("|")]
     assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
-    assert len(lines) == 2 + 12
+    assert len(lines) == 2 + 13
     passkey = next(line for line in lines if line.startswith("| passkey"))
     assert "0.375 ± 0.18 (n=2)" in passkey and "| 0.125 |" in passkey and passkey.endswith("| yes |")
+    plain = next(line for line in lines if line.startswith("| length extrapolation, plain"))
+    ntk = next(line for line in lines if line.startswith("| length extrapolation, NTK"))
+    assert "| 4 ± 0 (n=2) | 4 |" in plain and "| 1 ± 0 (n=2) | 1 |" in ntk
     sparsity = next(line for line in lines if line.startswith("| TDA has"))
     assert "(n=2)" in sparsity and sparsity.rstrip(" |").split("|")[-1].strip() in ("yes", "no")
     assert "analysis_tda, analysis_tda_seed1" in text
