@@ -73,7 +73,8 @@ def evaluate(cfg: DictConfig) -> Path:
     for task in tasks:
         result = TASKS[task].run(ctx)
         (out_dir / f"{task}.json").write_text(json.dumps({"step": step, **result}, indent=1))
-        summary = [f"{k}={v:.4f}" for k, v in flatten(result) if isinstance(v, float)][:8]
+        summary = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flatten(result)
+                   if isinstance(v, float) or k.endswith("status")][:8]
         print(f"{task}: " + ", ".join(summary), flush=True)
     write_table(out_dir, Path(cfg.run_dir).name)
     return out_dir

@@ -14,7 +14,7 @@ from typing import Iterator
 
 from evaluation import plots
 from evaluation.context import EvalContext
-from evaluation.val_loss import check_length, loss_by_position
+from evaluation.val_loss import loss_by_position
 from model.gpt import GPT
 
 
@@ -43,7 +43,9 @@ def _lengths(ctx: EvalContext) -> list[tuple[int, int]]:
 
 def check(ctx: EvalContext) -> None:
     for m, length in _lengths(ctx):
-        check_length(ctx, length, f"length_extrapolation at {m}x the training length {ctx.train_len}")
+        if length > ctx.model.max_seq_len:
+            raise ValueError(f"length.multiples: {m} x the training length {ctx.train_len} = {length} tokens "
+                             f"exceeds the model's max_seq_len={ctx.model.max_seq_len}")
 
 
 def run(ctx: EvalContext) -> dict:

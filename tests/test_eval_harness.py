@@ -11,7 +11,6 @@ from lm_eval.tasks import TaskManager  # noqa: E402
 
 from data.tokenizer import get_tokenizer  # noqa: E402
 from evaluation.harness import HarnessLM  # noqa: E402
-from test_eval_generate import tiny_gpt  # noqa: E402
 
 ENC = get_tokenizer("bytes")
 QUESTIONS = [
