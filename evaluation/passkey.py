@@ -106,12 +106,9 @@ def run(ctx: EvalContext) -> dict:
                   f"likelihood {likely[a, b].mean() / cfg.trials:.2f}", flush=True)
     exact /= int(cfg.trials)
     likely /= int(cfg.trials)
-    grids = {}
-    for a, n_keys in enumerate(key_counts):
-        grids[f"{n_keys} key(s), exact match"] = exact[a]
-    for a, n_keys in enumerate(key_counts):
-        grids[f"{n_keys} key(s), likelihood"] = likely[a]
-    plots.accuracy_heatmaps(grids, lengths, depths, ctx.out_dir / "passkey_heatmap")
+    grids = {f"{n} key(s), {scorer}": scores[a] for scorer, scores in (("exact match", exact), ("likelihood", likely))
+             for a, n in enumerate(key_counts)}
+    plots.accuracy_heatmaps(grids, lengths, depths, ctx.out_dir / "passkey_heatmap", cols=len(key_counts))
     return {
         "lengths": lengths, "depths": depths, "trials": int(cfg.trials), "candidates": int(cfg.candidates),
         "chance_likelihood": 1.0 / int(cfg.candidates),

@@ -57,22 +57,27 @@ def perplexity_by_length(lengths: list[int], series: dict[str, list[float]], ste
     return _save(fig, stem)
 
 
-def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: list[float], stem: Path) -> list[Path]:
-    """One heatmap per title: accuracy in [0, 1], rows = depth, columns = length."""
+def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: list[float], stem: Path,
+                      cols: int) -> list[Path]:
+    """Heatmaps of accuracy in [0, 1] (rows = depth, columns = length, each cell annotated), ``cols`` per
+    figure row, in the order of ``grids`` (title -> (lengths, depths) array)."""
     plt = _pyplot()
-    n = len(grids)
-    cols = min(n, 3)
-    rows = (n + cols - 1) // cols
-    fig, axes = plt.subplots(rows, cols, figsize=(3.2 * cols + 0.8, 2.6 * rows), squeeze=False)
+    rows = (len(grids) + cols - 1) // cols
+    size = (cols * (0.5 * len(lengths) + 2.4) + 1.2, rows * (0.3 * len(depths) + 1.4))
+    fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
     image = None
     for ax, (title, grid) in zip(axes.flat, grids.items()):
-        image = ax.imshow(np.asarray(grid).T, vmin=0, vmax=1, cmap="viridis", aspect="auto", origin="upper")
+        grid = np.asarray(grid).T
+        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if value > 0.6 else "white")
         ax.set_xticks(range(len(lengths)), [str(x) for x in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
         ax.set_xlabel("length (tokens)", fontsize=8)
         ax.set_ylabel("depth", fontsize=8)
         ax.set_title(title, fontsize=9)
-    for ax in list(axes.flat)[n:]:
+    for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
     paths = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
