@@ -24,13 +24,22 @@ def _save(fig, stem: Path) -> list[Path]:
     return paths
 
 
+def _log_binned(values: np.ndarray, bins: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """(geometric mean position, mean value) in ``bins`` log-spaced bins of positions 1..len(values);
+    bins narrower than one position keep single positions, so short curves are drawn as they are."""
+    edges = np.unique(np.geomspace(1, len(values) + 1, bins + 1).astype(int))
+    centres = np.array([np.exp(np.log(np.arange(a, b)).mean()) for a, b in zip(edges[:-1], edges[1:])])
+    means = np.array([values[a - 1:b - 1].mean() for a, b in zip(edges[:-1], edges[1:])])
+    return centres, means
+
+
 def loss_by_position(curves: dict[str, list[float]], stem: Path, train_len: int | None = None) -> list[Path]:
-    """Mean loss (nats) against token position (1-based, log axis), one line per label; a dashed line
-    marks the training length when given."""
+    """Mean loss (nats) against token position (1-based, log axis), one line per label, averaged in
+    log-spaced position bins; a dashed line marks the training length when given."""
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for label, values in curves.items():
-        ax.plot(np.arange(1, len(values) + 1), values, label=label, lw=1)
+        ax.plot(*_log_binned(np.asarray(values, dtype=float)), label=label, lw=1)
     if train_len is not None:
         ax.axvline(train_len, color="grey", ls="--", lw=0.8, label="training length")
     ax.set_xscale("log")
