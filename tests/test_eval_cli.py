@@ -82,3 +82,13 @@ def test_run_without_checkpoint_is_a_one_line_error_with_exit_code_2(run_dir, tm
                           text=True, env=env, cwd=ROOT, timeout=120)
     assert proc.returncode == 2
     assert proc.stderr.strip().splitlines() == [f"error: run directory {empty} has no complete checkpoint"]
+
+
+def test_zero_shot_without_the_harness_reports_each_task_not_run(run_dir, monkeypatch):
+    monkeypatch.setitem(sys.modules, "lm_eval", None)  # import lm_eval now raises ImportError
+    out = evaluation_entry.evaluate(compose_eval([f"run_dir={run_dir}", "tasks=[zero_shot]",
+                                                  "zero_shot.tasks=[piqa,winogrande]"]))
+    result = json.loads((out / "zero_shot.json").read_text())
+    assert set(result) == {"step", "piqa", "winogrande"}
+    assert all(result[t]["status"] == "not run" and "pip install lm_eval" in result[t]["reason"]
+               for t in ("piqa", "winogrande"))
