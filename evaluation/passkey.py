@@ -80,6 +80,8 @@ def check(ctx: EvalContext) -> None:
             raise ValueError(f"passkey.lengths: {exc}") from None
     if int(ctx.cfg.passkey.trials) < 1:
         raise ValueError(f"passkey.trials must be >= 1, got {ctx.cfg.passkey.trials}")
+    if int(ctx.cfg.passkey.candidates) < 2:
+        raise ValueError(f"passkey.candidates must be >= 2, got {ctx.cfg.passkey.candidates}")
 
 
 @torch.no_grad()
