@@ -66,7 +66,7 @@ def test_eval_writes_every_file_it_promises(run_dir, capsys):
     (["tasks=[val_loss]", "seq_len=1024"], "seq_len=1024 exceeds"),
     (["tasks=[passkey]", "passkey.lengths=[100]"], "too short"),
     (["tasks=[passkey]", "passkey.lengths=[4096]"], "exceeds the model's max_seq_len"),
-    (["tasks=[passkey]", "passkey.lengths=[512]", "passkey.candidates=1"], "passkey.candidates must be >= 2"),
+    (["tasks=[passkey]", "passkey.lengths=[400]", "passkey.num_keys=[1]", "passkey.candidates=1"], "passkey.candidates must be >= 2"),
 ])
 def test_bad_options_are_one_line_value_errors(run_dir, overrides, match):
     with pytest.raises(ValueError) as err:
