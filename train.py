@@ -111,7 +111,12 @@ def setup_distributed(cfg: DictConfig) -> Distributed:
         device = torch.device("cuda", local_rank)
         torch.cuda.set_device(device)
     if strategy != "single" and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo")
+        # torchrun's store outlives a restart: keys under a per-attempt prefix keep a restarted group from
+        # reading the addresses of the processes it replaced
+        store, _, _ = next(dist.rendezvous("env://"))
+        attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+        dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
+                                store=dist.PrefixStore(f"attempt_{attempt}", store))
     return Distributed(rank, world, local_rank, strategy, device)
 
 
@@ -438,10 +443,12 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
             save_checkpoint(run_dir, step, model_state, state, keep_last=t.keep_last)
         d.barrier()
 
+    start_description = (f"resuming at step {step}" if resume_from else
+                         f"starting from the weights of {cfg.init_from}" if cfg.init_from else "from scratch")
     if d.is_main:
         print(f"run {run_dir}: {cfg.attention.name} attention, {model.num_parameters() / 1e6:.2f}M parameters, "
               f"{d.world} x {d.device.type} ({d.strategy}, {precision}), "
-              f"{'resuming at step ' + str(step) if resume_from else 'from scratch'}", flush=True)
+              f"{start_description}", flush=True)
     progress = None
     if cfg.logger.progress and d.is_main:
         from tqdm import tqdm
@@ -503,6 +510,7 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
                 print(f"stopping after step {step} (trainer.stop_after_step), without a final checkpoint",
                       flush=True)
             if "TORCHELASTIC_RESTART_COUNT" in os.environ:  # under torchrun: die as a killed job would
+                d.barrier()  # every process past this step first, so that none waits on a dead peer
                 os.kill(os.getpid(), signal.SIGKILL)
             return run_dir
         signalled = d.any(stop.received is not None)
