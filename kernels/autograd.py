@@ -5,17 +5,31 @@ from typing import Optional, Union
 
 import torch
 
-from . import ops  # noqa: F401  (registers torch.ops.tda_kernels.*)
+from . import launch, ops  # noqa: F401  (ops registers torch.ops.tda_kernels.*)
 from .validation import as_head_vector, check_inputs
 
 
+def _forward_op():
+    """The custom op while torch.compile traces; the launcher directly in eager mode, where the
+    custom op's dispatch would only add host overhead."""
+    if torch.compiler.is_compiling():
+        return torch.ops.tda_kernels.threshold_attention_fwd
+    return launch.forward
+
+
+def _backward_op():
+    if torch.compiler.is_compiling():
+        return torch.ops.tda_kernels.threshold_attention_bwd
+    return launch.backward
+
+
 class ThresholdAttentionFunction(torch.autograd.Function):
-    """Autograd over the custom ops. lam, beta arrive as (H,) fp32 tensors (lam None for one view)."""
+    """Autograd over the kernels. lam, beta arrive as (H,) fp32 tensors (lam None for one view)."""
 
     @staticmethod
     def forward(ctx, q1, k1, v, q2, k2, lam, beta, p, normalize, scale, causal):
-        out, rq1, rk1, rq2, rk2 = torch.ops.tda_kernels.threshold_attention_fwd(
-            q1, k1, v, q2, k2, lam, beta, p, normalize, scale, causal)
+        out, rq1, rk1, rq2, rk2 = _forward_op()(q1, k1, v, q2, k2, lam, beta, p, normalize, scale,
+                                                causal)
         ctx.save_for_backward(q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2)
         ctx.options = (p, normalize, scale, causal)
         return out
@@ -27,7 +41,7 @@ class ThresholdAttentionFunction(torch.autograd.Function):
         two = q2 is not None
         need_dlam = two and ctx.needs_input_grad[5]
         need_dbeta = ctx.needs_input_grad[6]
-        dq1, dk1, dv, dq2, dk2, dlam, dbeta = torch.ops.tda_kernels.threshold_attention_bwd(
+        dq1, dk1, dv, dq2, dk2, dlam, dbeta = _backward_op()(
             do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,
             need_dlam, need_dbeta, torch.are_deterministic_algorithms_enabled())
         return (dq1, dk1, dv, dq2 if two else None, dk2 if two else None,

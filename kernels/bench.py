@@ -162,14 +162,15 @@ def format_table(rows: list[dict]) -> str:
 
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
-    """Time every tile candidate of the forward and dK/dV kernels (paired TDA and TRA at d)."""
+    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d); the
+    backward rows time the whole backward with the other kernels at their defaults."""
     B = max(1, tokens // T)
     H = D_MODEL // d
-    fwd = [TileConfig(*c) for c in ((128, 64, 8, 3), (128, 64, 8, 2), (128, 128, 8, 2),
-                                    (64, 64, 4, 3), (128, 32, 4, 3), (128, 64, 4, 3))]
-    bwd = [TileConfig(*c) for c in ((32, 128, 8, 2), (64, 128, 8, 2), (16, 128, 8, 2),
-                                    (32, 64, 8, 2), (32, 64, 4, 2), (64, 64, 4, 2),
-                                    (32, 128, 8, 3))]
+    fwd = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                                    (128, 64, 4, 3), (64, 64, 4, 4))]
+    bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
+                                    (64, 64, 4, 2), (64, 64, 4, 3))]
+    dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2))]
     for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
         x = _tda_inputs(B, T, heads, d, dv, dtype, views, 0.3)
         q1, k1, v = (x[n].detach() for n in ("q1", "k1", "v"))
@@ -184,13 +185,13 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
         for cfg in bwd:
-            _report("dkdv+dq", label, cfg, fl_b, lambda: launch.backward(
+            _report("bwd (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                 views == 2, False, False, config=cfg), "dkdv", rep_ms)
-        for cfg in fwd[:3]:
-            _report("bwd deterministic (dq kernel)", label, cfg, fl_b, lambda: launch.backward(
+        for cfg in dq:
+            _report("bwd deterministic (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, True, config=bwd[0], dq_config=cfg), "dq", rep_ms)
+                views == 2, False, True, dq_config=cfg), "dq", rep_ms)
 
 
 def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, kernel: str,

@@ -11,7 +11,8 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, forward_configs, padded)
+from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_configs,
+                           forward_configs, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_norms import inverse_norm_kernel
@@ -59,15 +60,18 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     raise AssertionError("unreachable: no tile candidates")
 
 
-def inverse_norms(x: torch.Tensor) -> torch.Tensor:
-    """1 / max(||x_t||, 1e-12) per row of x (B, H, T, d), as fp32 (B, H, T) contiguous."""
-    B, H, T, d = x.shape
-    out = _new_output((B, H, T), torch.float32, x.device)
+def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+    """1 / max(||k_t||, 1e-12) per row of k1 (and k2) (B, H, T, d), as fp32 (B, H, T) contiguous."""
+    B, H, T, d = k1.shape
+    r1 = _new_output((B, H, T), torch.float32, k1.device)
+    r2 = _new_output((B, H, T), torch.float32, k1.device) if k2 is not None else r1
+    k2_ = k2 if k2 is not None else k1
     block_t = 32 if interpreting() else 64
     num_t = triton.cdiv(T, block_t)
-    inverse_norm_kernel[(B * H * num_t,)](x, out, *x.stride(), H, T, num_t, HEAD_D=d,
-                                          BLOCK_T=block_t, BLOCK_D=padded(d))
-    return out
+    inverse_norm_kernel[(B * H * num_t, 1 if k2 is None else 2)](
+        k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t, HEAD_D=d, BLOCK_T=block_t,
+        BLOCK_D=padded(d))
+    return (r1, r2) if k2 is not None else (r1,)
 
 
 def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, normalize: bool,
@@ -91,8 +95,13 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
-    rq1, rk1, rq2, rk2 = (inverse_norms(x) if normalize and x is not None
-                          else q1.new_empty(0, dtype=torch.float32) for x in (q1, k1, q2, k2))
+    rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
+    if normalize:
+        rks = key_inverse_norms(k1, k2)
+        rk1, rk2 = rks[0], rks[-1] if two else rk2
+        # the forward kernel writes the queries' inverse norms
+        rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
+        rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
     out = _new_output((B, H, Tq, dv), q1.dtype, q1.device)
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
     # With one view the second view's arguments repeat the first's; the kernel never reads them.
@@ -123,7 +132,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
     dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
-    apply are None. ``deterministic`` computes dQ in its own kernel instead of with atomics.
+    apply are None. dQ comes from its own atomic-free kernel when ``deterministic`` or with two
+    views; otherwise it is accumulated with atomics inside the dK/dV kernel.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -134,12 +144,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dk1 = _new_output((B, Hkv, Tk, d), k1.dtype, dev)
     dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
     dv = _new_output((B, Hkv, Tk, dv_dim), v.dtype, dev)
-    atomic = not deterministic
-    if atomic:
-        dq1_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev)
-        dq2_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if two else dq1_acc
-    else:
-        dq1_acc = dq2_acc = q1.new_empty(0, dtype=torch.float32)
+    atomic = not deterministic and not two
+    dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
+              else q1.new_empty(0, dtype=torch.float32))
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
     partials: dict[str, torch.Tensor] = {}
 
@@ -148,10 +155,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
 
     def args_for(cfg: TileConfig) -> tuple:
         nb = triton.cdiv(Tk, cfg.block_n)
-        partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq1_acc
-        partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq1_acc
+        partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
+        partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
         return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta,
-                dk1, dk2 if two else dk1, dv, dq1_acc, dq2_acc, partials["lam"], partials["beta"],
+                dk1, dk2 if two else dk1, dv, dq_acc, partials["lam"], partials["beta"],
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
@@ -164,10 +171,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     if atomic:
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
-        for acc, q, rq, dq in ((dq1_acc, q1, rq1, dq1), (dq2_acc, q2, rq2, dq2))[: 2 if two else 1]:
-            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), H, Tq, nm, float(p),
-                                            HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
-                                            NORMALIZE=normalize)
+        dq_finish_kernel[(B * H * nm,)](dq_acc, q1, rq1, dq1, *q1.stride(), H, Tq, nm, float(p),
+                                        HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
+                                        NORMALIZE=normalize)
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return triton.cdiv(Tq, cfg.block_m) * B * H
@@ -178,7 +184,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                     *v.stride(), *do.stride(), H, H // Hkv, Tq, Tk, B * H,
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
-        _launch(dq_kernel, dq_grid, dq_args, forward_configs(d, dv_dim, two, q1.element_size()),
+        _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
                 ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config)
 
     dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None

@@ -30,17 +30,30 @@ def padded(dim: int) -> int:
 
 
 def forward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
-    """Candidates for the forward kernel (and the deterministic dQ kernel), best first."""
+    """Candidates for the forward kernel, best first."""
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
         return [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
-    if width <= 256:
-        return [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
-                TileConfig(32, 32, 4, 1)]
+    if width <= 192:
+        return [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)]
     if width <= 384:
-        return [TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 32, 4, 1)]
-    return [TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 1), TileConfig(32, 32, 4, 1),
+        return [TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
+                TileConfig(32, 32, 4, 1)]
+    return [TileConfig(128, 32, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1),
+            TileConfig(16, 16, 4, 1)]
+
+
+def dq_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
+    """Candidates for the query-block-parallel dQ kernel, best first."""
+    d, dv = padded(head_d), padded(head_dv)
+    width = (2 if two_views else 1) * d + dv
+    if elem_bytes == 4:
+        return [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    if width <= 384:
+        return [TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2),
+                TileConfig(32, 32, 4, 1)]
+    return [TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1),
             TileConfig(16, 16, 4, 1)]
 
 
@@ -51,7 +64,10 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
         return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
-    if width <= 384:
-        return [TileConfig(32, 128, 8, 2), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
+    if width <= 192:
+        return [TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
-    return [TileConfig(32, 64, 8, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    if width <= 384:
+        return [TileConfig(32, 128, 8, 3), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
+                TileConfig(32, 32, 4, 1)]
+    return [TileConfig(32, 64, 8, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]

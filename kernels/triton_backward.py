@@ -12,9 +12,11 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
 
 * ``dkdv_kernel``: one program per key block (and key/value head), dK1, dK2, dV in registers over
   the query blocks of every query head of its group; block 0, the longest, is launched first. It
-  also adds dq' into an fp32 buffer with atomics (the fast path: 8 GEMMs for TDA) unless the
-  deterministic path is asked for, and writes per-program partial sums for dlam and dbeta.
-* ``dq_kernel``: the deterministic path's dQ, one program per query block, no atomics.
+  writes per-program partial sums for dlam and dbeta. With one view it can also add dq' into an
+  fp32 buffer with atomics (DQ_ATOMIC: the fastest path there, measured on an H200).
+* ``dq_kernel``: dQ with one program per query block and no atomics: the deterministic path, and
+  the default for two views, where holding dK1, dK2 and dV already fills the registers and the
+  split ran faster than atomics (BENCHMARKS.md).
 * ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
 """
 
@@ -28,7 +30,7 @@ from .triton_math import (load_inverse_norms, load_tile, normalize_backward, rel
 @triton.jit
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
     m0, Tq, Tk, offs_n, offs_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -66,8 +68,8 @@ def _dkdv_query_block(
     dk1 = tl.dot(ds1, q1, dk1, input_precision=DOT_PREC)
     if DQ_ATOMIC:
         dq1 = tl.dot(tl.trans(ds1), k1, input_precision=DOT_PREC)
-        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1, mask=row_ok[:, None] & d_ok[None, :],
-                      sem="relaxed")
+        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
+                      mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
     if TWO_VIEWS:
         q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
         rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
@@ -88,10 +90,6 @@ def _dkdv_query_block(
             ds2 = ds2 * rk2[:, None]
         ds2 = (ds2 * (rq2 * -lam)[None, :]).to(q2.dtype)
         dk2 = tl.dot(ds2, q2, dk2, input_precision=DOT_PREC)
-        if DQ_ATOMIC:
-            dq2 = tl.dot(tl.trans(ds2), k2, input_precision=DOT_PREC)
-            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2, mask=row_ok[:, None] & d_ok[None, :],
-                          sem="relaxed")
     dv = tl.dot(w.to(do.dtype), do, dv, input_precision=DOT_PREC)
     return dk1, dk2, dv, acc_lam, acc_beta
 
@@ -99,7 +97,7 @@ def _dkdv_query_block(
 @triton.jit
 def dkdv_kernel(
     Q1, K1, Q2, K2, V, DO, RQ1, RK1, RQ2, RK2, LAM, BETA,
-    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    DK1, DK2, DV, DQ1ACC, LAM_PART, BETA_PART,
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
@@ -110,8 +108,9 @@ def dkdv_kernel(
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
 ):
-    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ*ACC (B, H, Tq, HEAD_D)
-    fp32 zero-filled; LAM_PART, BETA_PART (B, H, num_n_blocks) fp32 partial sums (fully written)."""
+    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC (B, H, Tq, HEAD_D)
+    fp32 zero-filled, used with DQ_ATOMIC (one view only); LAM_PART, BETA_PART (B, H,
+    num_n_blocks) fp32 partial sums (fully written)."""
     pid = tl.program_id(0)
     bhk = pid % num_bhk
     nblk = pid // num_bhk
@@ -167,18 +166,17 @@ def dkdv_kernel(
         RQ1h = RQ1 + bh * Tq
         RQ2h = RQ2 + bh * Tq
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
-        DQ2h = DQ2ACC + bh * Tq * HEAD_D
         for m0 in range(m_lo, m_mid, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 True)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 False)
@@ -344,8 +342,8 @@ def dq_finish_kernel(
     d_ok = offs_d < HEAD_D
     off = bh * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
     acc = tl.load(ACC + off, mask=row_ok[:, None] & d_ok[None, :], other=0.0)
-    q = load_tile(Q + b * sq_b + h * sq_h + offs_m[:, None] * sq_t + offs_d[None, :] * sq_d,
-                  row_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+    q = load_tile(tile_ptrs(Q + b * sq_b + h * sq_h, offs_m, offs_d, sq_t, sq_d), row_ok, d_ok, True,
+                  BLOCK_D != HEAD_D, True)
     r = load_inverse_norms(RQ + bh * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
     tl.store(DQ + off, normalize_backward(acc, q, r, p, NORMALIZE).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])

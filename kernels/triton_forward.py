@@ -15,7 +15,7 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import load_inverse_norms, load_tile, relu_power, threshold_gain, tile_ptrs
+from .triton_math import inverse_row_norms, load_tile, relu_power, threshold_gain, tile_ptrs
 
 
 @triton.jit
@@ -57,6 +57,18 @@ def _key_block(
 
 
 @triton.jit
+def _query_factors(q, rq_ptrs, row_ok, scale, NORMALIZE: tl.constexpr, BLOCK_M: tl.constexpr):
+    """Per-row score factor scale * r_q; with normalisation also stores r_q for the backward."""
+    if NORMALIZE:
+        r = inverse_row_norms(q)
+        tl.store(rq_ptrs, r, mask=row_ok)
+        factor = r * scale
+    else:
+        factor = tl.full([BLOCK_M], scale, tl.float32)
+    return factor
+
+
+@triton.jit
 def threshold_attention_fwd_kernel(
     Q1, K1, Q2, K2, V, O, RQ1, RK1, RQ2, RK2, LAM, BETA,
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
@@ -71,7 +83,8 @@ def threshold_attention_fwd_kernel(
     """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave.
 
     Shapes: Q* (B, H, Tq, HEAD_D), K* (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk, HEAD_DV),
-    O (B, H, Tq, HEAD_DV); RQ*/RK* (B, H|Hkv, T) fp32 inverse norms; LAM, BETA (H,) fp32.
+    O (B, H, Tq, HEAD_DV); RK* (B, Hkv, Tk) fp32 inverse key norms (input); RQ* (B, H, Tq) fp32
+    inverse query norms (output, written when NORMALIZE); LAM, BETA (H,) fp32.
     """
     pid = tl.program_id(0)
     bh = pid % num_bh
@@ -89,13 +102,13 @@ def threshold_attention_fwd_kernel(
 
     q1 = load_tile(Q1 + b * sq1_b + h * sq1_h + offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d,
                    row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    rq1 = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    rq1 = _query_factors(q1, RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
     pos = offs_m + (Tk - Tq)
     tau = tl.load(BETA + h) * threshold_gain(pos, inv_d)
     if TWO_VIEWS:
         q2 = load_tile(Q2 + b * sq2_b + h * sq2_h + offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d,
                        row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-        rq2 = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+        rq2 = _query_factors(q2, RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
         lam = tl.load(LAM + h)
     else:
         q2 = q1

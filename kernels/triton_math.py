@@ -39,6 +39,13 @@ def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.con
 
 
 @triton.jit
+def inverse_row_norms(x):
+    """1 / max(||x_i||, eps) for each row of a tile (fp32 result)."""
+    xf = x.to(tl.float32)
+    return 1.0 / tl.maximum(tl.sqrt(tl.sum(xf * xf, axis=1)), NORM_EPS)
+
+
+@triton.jit
 def load_inverse_norms(ptrs, ok, scale, NORMALIZE: tl.constexpr, BLOCK: tl.constexpr):
     """Per-row score factor: scale / max(||x||, eps) when normalising (0 outside ``ok``), else scale."""
     if NORMALIZE:

@@ -16,7 +16,7 @@ python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', tr
 for stage in $stages; do
     case $stage in
         # compiled kernels (not the interpreter the CPU suite uses)
-        tests) TRITON_INTERPRET=0 python3 -m pytest -q -rA -s -n 4 -p no:cacheprovider \
+        tests) TRITON_INTERPRET=0 python3 -m pytest -q -rA -n 8 -p no:cacheprovider \
                    --timeout=900 tests/test_kernels_gpu.py 2>&1 | tee "$log_dir/tests.log" \
                    || status=1 ;;
         sweep) python3 -m kernels.bench --seq 4096 --sweep --no-reference --rep-ms 100 2>&1 \

@@ -25,7 +25,7 @@ CASES = {
                                    dtype=torch.bfloat16),
     "tda_d48_fp32_T777_p1.5": Case(T=777, d=48, dv=96, H=2, p=1.5, beta=(1.0, 0.5),
                                    dtype=torch.float32),
-    "tda_d256_fp32_T300": Case(T=300, d=256, dv=256, H=2, dtype=torch.float32),
+    "tda_d256_fp32_T300": Case(T=300, d=256, dv=256, H=2, strength=(0.1, 1.0), dtype=torch.float32),
     "tra_d128_bf16_T4096": Case(T=4096, d=128, dv=128, H=2, two_views=False, dtype=torch.bfloat16),
     "tra_d64_fp16_T3000": Case(T=3000, d=64, dv=64, H=2, two_views=False, dtype=torch.float16),
     "rela_d64_bf16_T2048": Case(T=2048, d=64, dv=64, H=2, two_views=False, beta=(0.0,), p=1.0,
@@ -58,11 +58,13 @@ def test_matches_float64_reference_on_gpu(name):
     assert not bad, f"errors above {tol}: {bad} (all: {errors})"
 
 
-@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_deterministic_path_is_bit_identical(dtype):
-    case = Case(T=4096, d=64, dv=128, H=4, Hkv=2, lam=(0.5, 0.2), dtype=dtype)
+@pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),
+                                             (torch.float32, True)])
+def test_deterministic_path_is_bit_identical(dtype, two_views):
+    case = Case(T=4096, d=64, dv=128 if two_views else 64, H=4, Hkv=2, lam=(0.5, 0.2),
+                two_views=two_views, dtype=dtype)
     inputs = make_inputs(case, seed=1, device="cuda")
-    names = ("q1", "k1", "v", "q2", "k2")
+    names = ("q1", "k1", "v", "q2", "k2") if two_views else ("q1", "k1", "v")
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(True)
     try:
