@@ -128,14 +128,10 @@ def survivor_shares(inputs: dict, case: Case) -> list[float]:
     return shares
 
 
-def run_and_compare(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = True) -> dict:
-    """Run ``fn`` (threshold_attention_triton's signature) forward and backward on ``inputs`` with a
-    NaN-guarded random output gradient; the same in float64 on the naive implementation.
-
-    Returns {name: error}: relative error for the output and q/k/v gradients; for lam and beta, the
-    largest per-head |error| over the sum of the magnitudes of the terms that make that gradient
-    (these sums cancel, so a near-zero reference is compared by absolute error on that scale).
-    """
+def run_kernel(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = True) -> dict:
+    """Forward and backward of ``fn`` (threshold_attention_triton's signature) on ``inputs`` with a
+    NaN-guarded random output gradient drawn from ``seed``. Returns the tensors involved: out, do,
+    the inputs by name (gradients in .grad), lam and beta leaves."""
     names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
     beta = inputs["beta"].clone().requires_grad_(beta_grad)
     lam = inputs["lam"].clone().requires_grad_() if case.two_views else None
@@ -149,7 +145,18 @@ def run_and_compare(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = T
     do = guarded(out.shape, torch.randn(out.shape, generator=g, dtype=torch.float64)
                  .to(out.device, out.dtype)).detach()
     out.backward(do)
+    return {"out": out, "do": do, "tensors": tensors, "lam": lam, "beta": beta}
 
+
+def run_and_compare(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = True) -> dict:
+    """``run_kernel``, then the same in float64 on the naive implementation.
+
+    Returns {name: error}: relative error for the output and q/k/v gradients; for lam and beta, the
+    largest per-head |error| over the sum of the magnitudes of the terms that make that gradient
+    (these sums cancel, so a near-zero reference is compared by absolute error on that scale).
+    """
+    run = run_kernel(fn, case, inputs, seed, beta_grad)
+    out, do, tensors, lam, beta = run["out"], run["do"], run["tensors"], run["lam"], run["beta"]
     ref_in = {n: x.detach().double().requires_grad_() for n, x in tensors.items()}
     ref_beta = beta.detach().double().requires_grad_()
     ref_lam = lam.detach().double().requires_grad_() if lam is not None else None
@@ -158,7 +165,7 @@ def run_and_compare(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = T
     ref.backward(do.double())
 
     errors = {"out": rel_err(out, ref)}
-    for n in names:
+    for n in tensors:
         errors["d" + n] = rel_err(tensors[n].grad, ref_in[n].grad)
     scales = _scalar_grad_scales(ref_in, ref_lam, ref_beta, do.double(), case)
     if lam is not None:
