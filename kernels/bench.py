@@ -65,6 +65,7 @@ def survivor_share(x: dict, rows: int = 512) -> float:
     """Share of causal weights of the first head's last ``rows`` rows that are non-zero (view 1)."""
     q, k = x["q1"][0, 0].float(), x["k1"][0, 0].float()
     T, d = q.shape
+    rows = min(rows, T)
     q, k = torch.nn.functional.normalize(q[-rows:], dim=-1), torch.nn.functional.normalize(k, dim=-1)
     pos = torch.arange(T - rows, T, device=q.device)
     tau = torch.sqrt(2 * torch.log1p(pos.float()) / d)
@@ -102,14 +103,10 @@ def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
     return 2 * half * (views * d + dv), 2 * half * (3 * views * d + 2 * dv)
 
 
-def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
-                rep_ms: int) -> list[dict]:
-    """Rows of the table for one (T, d)."""
-    B = max(1, tokens // T)
-    H = D_MODEL // d
-    rows = []
+def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
     sm = {n: _projection(B, T, H, d, dtype, 0.0) for n in ("q", "k", "v")}
     fl_fwd = 4 * B * H * T * T * d / 2
+    rows = []
     for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
         def run(backend=backend):
@@ -121,25 +118,42 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
             print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
             continue
         rows.append(dict(method=name, H=H, d=d, dv=d, flops=(fl_fwd, 3.5 * fl_fwd), **r))
-    del sm
-    x = _tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
+    return rows
+
+
+def _tda_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
+              with_reference: bool, rep_ms: int) -> list[dict]:
+    """Paired TDA (H heads, q/k d, v 2d) on the kernels, and on the exact reference if asked."""
+    x = _tda_inputs(B, T, H, d, 2 * d, dtype, 2, rho)
     share = survivor_share(x)
-    tda_args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
-    r = _measure(lambda: threshold_attention_triton(*tda_args, lam=x["lam"]), tda_args + [x["lam"]],
-                 rep_ms)
-    rows.append(dict(method="tda (paired)", H=H // 2, d=d, dv=2 * d, share=share,
-                     flops=_flops_threshold(B, H // 2, T, d, 2 * d, 2), **r))
+    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
+    flops = _flops_threshold(B, H, T, d, 2 * d, 2)
+    impls = [("tda (paired)", threshold_attention_triton, rep_ms)]
     if with_reference:
-        r = _measure(lambda: threshold_attention_reference(*tda_args, lam=x["lam"]),
-                     tda_args + [x["lam"]], max(50, rep_ms // 4))
-        rows.append(dict(method="reference (tda)", H=H // 2, d=d, dv=2 * d, share=share,
-                         flops=_flops_threshold(B, H // 2, T, d, 2 * d, 2), **r))
-    del x, tda_args
+        impls.append(("reference (tda)", threshold_attention_reference, max(50, rep_ms // 4)))
+    rows = []
+    for name, fn, rep in impls:
+        r = _measure(lambda: fn(*args, lam=x["lam"]), args + [x["lam"]], rep)
+        rows.append(dict(method=name, H=H, d=d, dv=2 * d, share=share, flops=flops, **r))
+    return rows
+
+
+def _tra_row(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float, rep_ms: int) -> dict:
     y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
-    tra_args = [y["q1"], y["k1"], y["v"]]
-    r = _measure(lambda: threshold_attention_triton(*tra_args), tra_args, rep_ms)
-    rows.append(dict(method="tra", H=H, d=d, dv=d, share=survivor_share(y),
-                     flops=_flops_threshold(B, H, T, d, d, 1), **r))
+    args = [y["q1"], y["k1"], y["v"]]
+    r = _measure(lambda: threshold_attention_triton(*args), args, rep_ms)
+    return dict(method="tra", H=H, d=d, dv=d, share=survivor_share(y),
+                flops=_flops_threshold(B, H, T, d, d, 1), **r)
+
+
+def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
+                rep_ms: int) -> list[dict]:
+    """Rows of the table for one (T, d): SDPA backends, paired TDA (+ reference), TRA."""
+    B = max(1, tokens // T)
+    H = D_MODEL // d
+    rows = (_sdpa_rows(B, T, H, d, dtype, rep_ms)
+            + _tda_rows(B, T, H // 2, d, dtype, rho, with_reference, rep_ms)
+            + [_tra_row(B, T, H, d, dtype, rho, rep_ms)])
     best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
     for r in rows:
         r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
