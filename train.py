@@ -275,16 +275,15 @@ class WandbLogger:
             self.run.finish()
 
 
-def attention_scalars(model: torch.nn.Module) -> dict:
-    """λ (and learnable β) of every layer, for logging."""
+def logged_scalars(model) -> dict:
+    """Per-layer λ and learnable β (means over heads), as flat metrics: lambda/<layer>, beta/<layer>."""
+    scalars = model.attention_scalars()
+    learnable_beta = any(getattr(getattr(b.attn, "beta", None), "raw", None) is not None for b in model.blocks)
     out = {}
-    for i, block in enumerate(model.blocks):
-        attn = block.attn
-        if hasattr(attn, "lam"):
-            out[f"lambda/{i}"] = float(attn.lam().detach().float().mean())
-        beta = getattr(attn, "beta", None)
-        if beta is not None and getattr(beta, "raw", None) is not None:
-            out[f"beta/{i}"] = float(beta().detach().float().mean())
+    for key, prefix in (("lambda_per_layer", "lambda"), ("beta_per_layer", "beta")):
+        if prefix == "lambda" or learnable_beta:
+            for layer, value in enumerate(scalars.get(key, [])):
+                out[f"{prefix}/{layer}"] = sum(value) / len(value) if isinstance(value, list) else value
     return out
 
 
@@ -484,7 +483,7 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
         if step % cfg.logger.log_every == 0 or step == t.max_steps:
             elapsed = max(time.perf_counter() - window_start, 1e-9)
             record = {"step": step, "tokens": tokens, "loss": train_loss, "lr": lr, "grad_norm": grad_norm,
-                      "tokens_per_s": window_tokens / elapsed, **attention_scalars(model)}
+                      "tokens_per_s": window_tokens / elapsed, **logged_scalars(model)}
             if peak is not None:
                 record["mfu"] = record["tokens_per_s"] * token_flops / (peak * d.world)
             if d.device.type == "cuda":

@@ -68,19 +68,6 @@ def measure(model: torch.nn.Module, idx: torch.Tensor, max_bytes: int) -> list[L
     return out
 
 
-def attention_scalars(model: torch.nn.Module) -> dict[str, list]:
-    """λ (TDA, differential) and β (TDA, TRA) of every layer, as lists (a float or one per head)."""
-    out: dict[str, list] = {}
-    for block in model.blocks:
-        for key, name in (("lambda_per_layer", "lam"), ("beta_per_layer", "beta")):
-            fn = getattr(block.attn, name, None)
-            if callable(fn):
-                value = fn()
-                value = value.detach().float().cpu().tolist() if isinstance(value, torch.Tensor) else float(value)
-                out.setdefault(key, []).append(value)
-    return out
-
-
 def saved_maps(model: torch.nn.Module, idx: torch.Tensor, heads: list[tuple[int, int]]) -> dict[str, np.ndarray]:
     """Combined maps of (layer, head) pairs on tokens idx (1, T): {"L<layer>H<head>": (T, T) array}."""
     wanted = {}
@@ -168,7 +155,7 @@ def analyse(cfg: DictConfig) -> Path:
 
     result = {"run": Path(cfg.run_dir).name, "step": step, "attention": run_cfg.attention.name,
               "seq_len": int(run_cfg.model.seq_len), "max_seq_len": model.max_seq_len, "lengths": summaries,
-              "sink": sink, **attention_scalars(model)}
+              "sink": sink, **model.attention_scalars()}
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=1, allow_nan=True))
     _write_csv(out_dir / "sparsity.csv", ["length", "layer", "head", "view", "sparsity"], sparsity_rows)
     _write_csv(out_dir / "dispersion.csv", ["length", "layer", *LAYER_COLUMNS], layer_rows)

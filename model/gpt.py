@@ -108,5 +108,23 @@ class GPT(nn.Module):
                 (decay if id(param) in linear else no_decay).append(param)
         return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
 
+    def attention_scalars(self) -> dict[str, list]:
+        """λ (TDA, differential) and β (TDA, TRA) of every layer: {"lambda_per_layer": [...],
+        "beta_per_layer": [...]}, each entry a float or a list of per-head floats; a key is absent when
+        the attention has no such parameter."""
+        out: dict[str, list] = {}
+        for block in self.blocks:
+            for key, name in (("lambda_per_layer", "lam"), ("beta_per_layer", "beta")):
+                fn = getattr(block.attn, name, None)
+                if callable(fn):
+                    value = fn()
+                    if isinstance(value, torch.Tensor):
+                        if hasattr(value, "full_tensor"):  # sharded by FSDP2: gathered on every rank
+                            value = value.full_tensor()
+                        value = value.detach().float().cpu()
+                        value = float(value) if value.numel() == 1 else value.tolist()
+                    out.setdefault(key, []).append(float(value) if isinstance(value, (int, float)) else value)
+        return out
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
