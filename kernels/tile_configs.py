@@ -1,8 +1,10 @@
 """Tile sizes for the threshold-attention kernels, chosen per head dimensions and dtype.
 
-No autotuning: the choice is a table measured on an H200 (BENCHMARKS.md, `python -m kernels.bench
---sweep`), so a training run never pays autotuning and every run uses the same tiles. A config that
-does not fit the GPU's shared memory is skipped for the next candidate at launch (see launch.py).
+No autotuning: the choice is a fixed table, so a training run never pays autotuning and every run
+uses the same tiles. The bf16/fp16 entries for 64-wide heads (paired TDA, TRA) are the fastest of an
+H200 sweep (BENCHMARKS.md, `python -m kernels.bench --sweep`); the others were picked from the
+compiler's register and spill reports and have not been timed. A config that does not fit the GPU's
+shared memory is skipped for the next candidate at launch (see launch.py).
 Under Triton's interpreter small tiles keep the CPU tests quick while still crossing block borders.
 """
 
