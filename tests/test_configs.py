@@ -38,3 +38,27 @@ def test_every_attention_builds_a_tiny_model(attention):
 def test_defaults_are_the_quick_start():
     cfg = compose_train([])
     assert (cfg.attention.name, cfg.model.name, cfg.data.name) == ("tda", "tiny", "builtin")
+
+
+@pytest.mark.parametrize("preset", options("experiment"))
+def test_every_experiment_preset_and_each_of_its_sweep_points_composes(preset):
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=[f"+experiment={preset}"], return_hydra_config=True)
+        sweep = cfg.hydra.sweeper.get("params") or {}
+        points = [[f"{key}={value}"] for key, values in sweep.items() for value in str(values).split(",")]
+        for point in points or [[]]:
+            point_cfg = compose(config_name="train", overrides=[f"+experiment={preset}", *point])
+            with open_dict(point_cfg):
+                point_cfg.model.vocab_size = 50257
+            OmegaConf.to_container(point_cfg, resolve=True)
+            assert point_cfg.attention.name in options("attention")
+
+
+def test_paper_presets_say_what_the_paper_says():
+    cfg = compose_train(["+experiment=paper_162m"])
+    assert (cfg.model.n_layer, cfg.model.n_embd, cfg.model.n_head) == (12, 768, 12)
+    assert (cfg.optim.lr, cfg.optim.min_lr, cfg.optim.weight_decay, cfg.optim.schedule) == (1e-3, 1e-4, 0.1, "cosine")
+    assert cfg.data.hub_path == "HuggingFaceFW/fineweb-edu" and cfg.data.hub_config == "sample-10BT"
+    assert cfg.trainer.batch_size * cfg.model.seq_len * cfg.trainer.max_steps >= 0.999e10  # 10B tokens
+    small = compose_train(["+experiment=paper_small"])
+    assert small.data.bos_aligned and small.model.name == "small"

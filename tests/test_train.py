@@ -93,3 +93,14 @@ def test_bad_command_lines_give_one_line_errors(tmp_path, tiny_corpus, args, mes
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_paper_small_preset_runs_on_cpu_with_the_tiny_model(train_run):
+    # the fixture's own data overrides come first: restore the preset's BOS-aligned windows after them
+    run = train_run("+experiment=paper_small", "model=tiny", "data.bos_aligned=true", "name=paper-small", "trainer.max_steps=3",
+                    "trainer.eval_every=3", "trainer.batch_size=4", "trainer.micro_batch_size=2", "logger.log_every=1",
+                    "model.n_layer=2",
+                    "model.n_embd=32", "model.seq_len=64", "model.max_seq_len=512")
+    assert sorted(losses(run)) == [1, 2, 3]
+    _, cfg, _ = load_run(run)
+    assert cfg.data.bos_aligned and cfg.optim.lr == 1e-3
