@@ -1,9 +1,12 @@
-"""Naive, fully materialised float64 implementations of SPEC's attention maps, for tests only."""
+"""Naive, fully materialised float64 implementations of SPEC's attention maps for the model tests (the
+threshold map itself is the kernels tests' ``naive_maps``)."""
 from __future__ import annotations
 
 import math
 
 import torch
+
+from tests.kernels_float64 import naive_maps
 
 
 def causal_keep(Tq: int, Tk: int) -> torch.Tensor:
@@ -13,20 +16,9 @@ def causal_keep(Tq: int, Tk: int) -> torch.Tensor:
 
 
 def threshold_map(q, k, beta, p, normalize=True, scale=1.0):
-    """relu(scale·q̂k̂ᵀ − τ_i)^p over (B, H, Tq, Tk), τ_i = β sqrt(2 ln(pos_i + 1)/d); beta float or (H,)."""
-    q, k = q.double(), k.double()
-    if normalize:
-        q = q / q.norm(dim=-1, keepdim=True)
-        k = k / k.norm(dim=-1, keepdim=True)
-    if k.shape[1] != q.shape[1]:
-        k = k.repeat_interleave(q.shape[1] // k.shape[1], dim=1)
-    Tq, Tk, d = q.shape[2], k.shape[2], q.shape[-1]
-    pos = torch.arange(Tq, dtype=torch.float64) + (Tk - Tq)
-    beta = torch.as_tensor(beta, dtype=torch.float64).reshape(-1, 1, 1)  # (H or 1, 1, 1)
-    tau = beta * torch.sqrt(2 * torch.log(pos + 1) / d)[None, :, None]
-    u = (q @ k.transpose(-1, -2)) * scale - tau
-    u = torch.where(causal_keep(Tq, Tk) & (u > 0), u, torch.zeros((), dtype=torch.float64))
-    return u ** p
+    """relu(scale·q̂k̂ᵀ − τ_i)^p over (B, H, Tq, Tk), causal; beta a float or (H,) values."""
+    beta = torch.as_tensor(beta, dtype=torch.float64).reshape(-1).expand(q.shape[1])
+    return naive_maps(q.double(), k.double(), beta, p, normalize, scale, causal=True)[0]
 
 
 def softmax_map(q, k):
