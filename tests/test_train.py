@@ -104,3 +104,12 @@ def test_paper_small_preset_runs_on_cpu_with_the_tiny_model(train_run):
     assert sorted(losses(run)) == [1, 2, 3]
     _, cfg, _ = load_run(run)
     assert cfg.data.bos_aligned and cfg.optim.lr == 1e-3
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager_ones(train_run):
+    common = ["trainer.max_steps=3", "trainer.eval_every=3", "logger.log_every=1", "model.n_layer=1"]
+    eager = losses(train_run("name=eager", *common))
+    compiled = losses(train_run("name=compiled", "trainer.compile=true", *common))
+    assert sorted(compiled) == [1, 2, 3]
+    assert all(abs(compiled[s] - eager[s]) < 1e-4 for s in eager)
