@@ -39,7 +39,7 @@ def _pyplot():
 
 def save(fig, stem: Path) -> list[Path]:
     """Write ``fig`` as stem.png and stem.pdf, close it, return both paths."""
-    paths = [stem.with_suffix(".png"), stem.with_suffix(".pdf")]
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]  # run names may hold dots
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)

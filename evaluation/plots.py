@@ -16,7 +16,7 @@ def _pyplot():
 
 
 def _save(fig, stem: Path) -> list[Path]:
-    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
     fig.tight_layout()
     for path in paths:
         fig.savefig(path, dpi=150)
@@ -89,7 +89,7 @@ def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: 
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
-    paths = [stem.with_suffix(f".{ext}") for ext in ("png", "pdf")]
+    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
     for path in paths:
         fig.savefig(path, dpi=150)
     plt.close(fig)

@@ -136,3 +136,12 @@ def test_bad_input_gets_one_line_errors(runs, tmp_path):
         make_report(compose("analysis_report", ["runs=[]", f"out={tmp_path / 'c.md'}"]))
     for exc in (err, too_long, unanalysed, no_runs):
         assert "\n" not in str(exc.value)
+
+
+def test_figure_names_keep_dots_of_run_names(tmp_path):
+    from analysis.figures import _pyplot, save
+
+    fig = _pyplot().figure()
+    paths = save(fig, tmp_path / "attention_maps_tda-beta0.5")
+    assert [p.name for p in paths] == ["attention_maps_tda-beta0.5.png", "attention_maps_tda-beta0.5.pdf"]
+    assert all(p.is_file() for p in paths)
