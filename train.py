@@ -244,21 +244,30 @@ class MetricsLog:
         self.file.flush()
 
 
+def import_wandb(cfg: DictConfig):
+    """The wandb module when ``logger.wandb.mode`` asks for it (online, offline), else None."""
+    mode = cfg.logger.wandb.mode
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got '{mode}'")
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError(f"logger.wandb.mode={mode} needs the wandb package: pip install wandb") from exc
+    return wandb
+
+
 class WandbLogger:
     """wandb (imported only when ``logger.wandb.mode`` is online or offline)."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str | None):
         self.run = None
-        mode = cfg.logger.wandb.mode
-        if mode == "disabled":
+        wandb = import_wandb(cfg)
+        if wandb is None:
             return
-        if mode not in ("online", "offline"):
-            raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got '{mode}'")
-        try:
-            import wandb
-        except ImportError as exc:
-            raise ConfigError("logger.wandb.mode needs the wandb package: pip install wandb") from exc
-        self.run = wandb.init(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity, mode=mode,
+        self.run = wandb.init(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
+                              mode=cfg.logger.wandb.mode,
                               name=run_dir.name, dir=str(run_dir), id=run_id, resume="allow",
                               tags=list(cfg.logger.wandb.tags), config=OmegaConf.to_container(cfg, resolve=True))
 
@@ -357,6 +366,8 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
     with open_dict(cfg):
         cfg.resume = resume
     check_run_dir(cfg, run_dir)
+    if d.is_main:
+        import_wandb(cfg)  # a missing package or a bad mode stops the run before anything is written
     precision = resolve_precision(cfg, d.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))

@@ -113,3 +113,47 @@ def test_compiled_blocks_train_like_eager_ones(train_run):
     compiled = losses(train_run("name=compiled", "trainer.compile=true", *common))
     assert sorted(compiled) == [1, 2, 3]
     assert all(abs(compiled[s] - eager[s]) < 1e-4 for s in eager)
+
+
+def test_wandb_is_imported_only_when_asked_for_and_missing_it_is_one_line(train_run, monkeypatch):
+    import sys as _sys
+
+    monkeypatch.setitem(_sys.modules, "wandb", None)  # as if not installed: `import wandb` fails
+    train_run("name=no-wandb", "trainer.max_steps=1")  # disabled (the default): never imported
+    with pytest.raises(train.ConfigError, match="needs the wandb package"):
+        train_run("name=wandb-offline", "trainer.max_steps=1", "logger.wandb.mode=offline")
+    with pytest.raises(train.ConfigError, match="already exists"):  # the failed run left nothing behind...
+        train_run("name=no-wandb", "trainer.max_steps=1")
+    train_run("name=wandb-offline", "trainer.max_steps=1")  # ...so its name is still free
+    with pytest.raises(train.ConfigError, match="online, offline or disabled"):
+        train_run("name=wandb-bad", "trainer.max_steps=1", "logger.wandb.mode=sometimes")
+
+
+def test_wandb_gets_the_config_every_logged_record_and_keeps_its_run_id_across_resume(train_run, monkeypatch):
+    import sys as _sys
+    import types
+
+    calls = {"init": [], "log": []}
+
+    class FakeRun:
+        id = "run-123"
+
+        def log(self, record, step):
+            calls["log"].append((step, record))
+
+        def finish(self):
+            calls["finish"] = True
+
+    def init(**kwargs):
+        calls["init"].append(kwargs)
+        return FakeRun()
+
+    monkeypatch.setitem(_sys.modules, "wandb", types.SimpleNamespace(init=init))
+    common = ["logger.wandb.mode=offline", "logger.log_every=1", "trainer.checkpoint_every=2", "trainer.eval_every=2"]
+    train_run("name=with-wandb", "trainer.max_steps=2", *common)
+    train_run("name=with-wandb", "trainer.max_steps=3", "resume=true", *common)
+    assert calls["init"][0]["mode"] == "offline" and calls["init"][0]["id"] is None
+    assert calls["init"][0]["config"]["attention"]["name"] == "tda"
+    assert calls["init"][1]["id"] == "run-123"  # the resumed run continues the same wandb run
+    assert [step for step, _ in calls["log"]] == [1, 2, 3]
+    assert "lambda/0" in calls["log"][0][1] and "val_loss" in calls["log"][1][1] and calls.get("finish")
