@@ -394,12 +394,11 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
         cfg.name = name
         cfg.model.vocab_size = int(meta["vocab_size"])
     check_resumed_config(cfg, run_dir)
+    seed_everything(int(cfg.seed))
+    model = build_model(cfg).to(d.device)  # a config the model rejects stops here, before anything is written
     if d.is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, run_dir / CONFIG, resolve=True)
-
-    seed_everything(int(cfg.seed))
-    model = build_model(cfg).to(d.device)
     if cfg.init_from:
         source = latest_checkpoint(cfg.init_from)
         if source is None:

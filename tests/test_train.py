@@ -93,6 +93,7 @@ def test_bad_command_lines_give_one_line_errors(tmp_path, tiny_corpus, args, mes
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    assert not list(tmp_path.glob("*/config.yaml"))  # nothing written that a corrected rerun would trip on
 
 
 def test_paper_small_preset_runs_on_cpu_with_the_tiny_model(train_run):
