@@ -1,15 +1,13 @@
-"""Test-wide settings: Triton's interpreter where there is no GPU (set before any kernel module is
-imported; on a CUDA machine the compiled kernels are tested), offline hubs."""
+"""Test-wide settings: Triton's interpreter (set before any kernel module is imported), offline hubs."""
 import os
 
-import pytest
-import torch
-
-if not torch.cuda.is_available():
-    os.environ.setdefault("TRITON_INTERPRET", "1")
+os.environ.setdefault("TRITON_INTERPRET", "1")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 os.environ.setdefault("WANDB_MODE", "disabled")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
 
 
 def pytest_configure(config):
