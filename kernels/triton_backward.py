@@ -23,7 +23,7 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
 import triton
 import triton.language as tl
 
-from .triton_math import (load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
+from .triton_math import (key_scores, load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
                           threshold_gain, tile_ptrs)
 
 
@@ -214,30 +214,16 @@ def _dq_key_block(
     """One key block's contribution to dq'1, dq'2 of a query block; tiles are (queries, keys)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
-    d_ok = offs_d < HEAD_D
-    k1 = load_tile(tile_ptrs(K1h, cols, offs_d, sk1_t, sk1_d), key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
+    k1, r1, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos,
+                            HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
     v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32)
-    r1 = rq1[:, None]
-    if NORMALIZE:
-        r1 = r1 * tl.load(RK1h + cols, mask=key_ok, other=0.0)[None, :]
-    u1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC) * r1 - tau[:, None]
-    if MASKED:
-        keep = key_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= pos[:, None])
-        u1 = tl.where(keep, u1, 0.0)
     _, e1 = relu_power_and_slope(u1, p, P_MODE)
     da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
     if TWO_VIEWS:
-        k2 = load_tile(tile_ptrs(K2h, cols, offs_d, sk2_t, sk2_d), key_ok, d_ok, MASKED, BLOCK_D != HEAD_D, CAST_F32)
-        r2 = rq2[:, None]
-        if NORMALIZE:
-            r2 = r2 * tl.load(RK2h + cols, mask=key_ok, other=0.0)[None, :]
-        u2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC) * r2 - tau[:, None]
-        if MASKED:
-            u2 = tl.where(keep, u2, 0.0)
+        k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos,
+                                HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
         _, e2 = relu_power_and_slope(u2, p, P_MODE)
         dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
     return dq1, dq2

@@ -15,7 +15,7 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import inverse_row_norms, load_tile, relu_power, threshold_gain, tile_ptrs
+from .triton_math import inverse_row_norms, key_scores, load_tile, relu_power, threshold_gain, tile_ptrs
 
 
 @triton.jit
@@ -29,27 +29,12 @@ def _key_block(
     """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
-    k1 = load_tile(tile_ptrs(K1h, cols, offs_d, sk1_t, sk1_d), key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
-                   CAST_F32)
-    r1 = rq1[:, None]
-    if NORMALIZE:
-        r1 = r1 * tl.load(RK1h + cols, mask=key_ok, other=0.0)[None, :]
-    u1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC) * r1 - tau[:, None]
-    if MASKED:
-        keep = key_ok[None, :]
-        if CAUSAL:
-            keep = keep & (cols[None, :] <= pos[:, None])
-        u1 = tl.where(keep, u1, 0.0)
+    _, _, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos,
+                          HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
     w = relu_power(u1, p, P_MODE)
     if TWO_VIEWS:
-        k2 = load_tile(tile_ptrs(K2h, cols, offs_d, sk2_t, sk2_d), key_ok, offs_d < HEAD_D, MASKED,
-                       BLOCK_D != HEAD_D, CAST_F32)
-        r2 = rq2[:, None]
-        if NORMALIZE:
-            r2 = r2 * tl.load(RK2h + cols, mask=key_ok, other=0.0)[None, :]
-        u2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC) * r2 - tau[:, None]
-        if MASKED:
-            u2 = tl.where(keep, u2, 0.0)
+        _, _, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos,
+                              HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
         w = w - lam * relu_power(u2, p, P_MODE)
     v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32)

@@ -56,6 +56,27 @@ def load_inverse_norms(ptrs, ok, scale, NORMALIZE: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
+def key_scores(q, Kh, RKh, cols, key_ok, offs_d, s_t, s_d, rq, tau, pos,
+               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
+               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+    """One key tile of one view against a query tile (queries x keys): returns (k, r, u), k the loaded
+    keys, r the per-element score factor (rq, times the keys' inverse norms with NORMALIZE) and
+    u = q.k * r - tau, zero where the key is out of range or (CAUSAL) after the query (with MASKED)."""
+    k = load_tile(tile_ptrs(Kh, cols, offs_d, s_t, s_d), key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
+                  CAST_F32)
+    r = rq[:, None]
+    if NORMALIZE:
+        r = r * tl.load(RKh + cols, mask=key_ok, other=0.0)[None, :]
+    u = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * r - tau[:, None]
+    if MASKED:
+        keep = key_ok[None, :]
+        if CAUSAL:
+            keep = keep & (cols[None, :] <= pos[:, None])
+        u = tl.where(keep, u, 0.0)
+    return k, r, u
+
+
+@triton.jit
 def threshold_gain(pos, inv_d):
     """g_i = sqrt(2 ln(i + 1) / d) for absolute positions ``pos`` (int); tau_i = beta * g_i."""
     return tl.sqrt(2.0 * tl.log((pos + 1).to(tl.float32)) * inv_d)
