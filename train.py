@@ -385,10 +385,10 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
     if seq_len > cfg.model.max_seq_len:
         raise ConfigError(f"model.seq_len ({seq_len}) exceeds model.max_seq_len ({cfg.model.max_seq_len})")
 
-    if d.is_main:
-        shard_dir = ensure_prepared(cfg.data)
+    shard_dir = ensure_prepared(cfg.data) if d.is_main else None  # the built-in corpus is made on first use
     d.barrier()
-    shard_dir = ensure_prepared(cfg.data)
+    if shard_dir is None:  # the other ranks wait for rank 0, then find the shards ready
+        shard_dir = ensure_prepared(cfg.data)
     meta = read_meta(shard_dir)
     with open_dict(cfg):
         cfg.name = name
