@@ -17,12 +17,15 @@ Times are medians of CUDA-event timings (triton.testing.do_bench). TFLOP/s count
 FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forward; threshold attention
 forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
 "ratio" is fwd+bwd time over the faster SDPA backend's fwd+bwd at the same T and d_model.
+"host µs" is the CPU time to issue one forward+backward (measured while a sleep kernel keeps the GPU
+busy): where it exceeds the GPU time, the call is host-bound (not measured for the reference).
 """
 
 import argparse
 import datetime
 import math
 import platform
+import time
 from typing import Callable, Optional
 
 import torch
@@ -87,7 +90,22 @@ def _peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int) -> dict:
+def _host_us(fn: Callable[[], object], calls: int = 20) -> float:
+    """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the
+    GPU is held busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows
+    up as a huge number). When this exceeds the GPU time, the kernels are host-bound."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU clock cycles, longer than the calls take to issue
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
+def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int, host: bool = True) -> dict:
     out = forward()
     do = torch.randn_like(out)
 
@@ -95,7 +113,7 @@ def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int) -> 
         forward().backward(do)
 
     return {"fwd": _time(forward, inputs, rep_ms), "fwd_bwd": _time(fwd_bwd, inputs, rep_ms),
-            "mem": _peak_mib(fwd_bwd)}
+            "mem": _peak_mib(fwd_bwd), "host_us": _host_us(fwd_bwd) if host else float("nan")}
 
 
 def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
@@ -133,7 +151,7 @@ def _tda_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
         impls.append(("reference (tda)", threshold_attention_reference, max(50, rep_ms // 4)))
     rows = []
     for name, fn, rep in impls:
-        r = _measure(lambda: fn(*args, lam=x["lam"]), args + [x["lam"]], rep)
+        r = _measure(lambda: fn(*args, lam=x["lam"]), args + [x["lam"]], rep, host=fn is not threshold_attention_reference)
         rows.append(dict(method=name, H=H, d=d, dv=2 * d, share=share, flops=flops, **r))
     return rows
 
@@ -162,8 +180,8 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
 
 def format_table(rows: list[dict]) -> str:
     head = ("| T | B | method | heads×d (v) | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
-            "| ratio | peak MiB | survivors |")
-    lines = [head, "|" + "---|" * 11]
+            "| ratio | peak MiB | host µs | survivors |")
+    lines = [head, "|" + "---|" * 12]
     for r in rows:
         fl_f, fl_b = r["flops"]
         tf_f = fl_f / r["fwd"] / 1e9
@@ -171,20 +189,28 @@ def format_table(rows: list[dict]) -> str:
         share = f"{100 * r['share']:.1f}%" if "share" in r else ""
         lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['H']}×{r['d']} ({r['dv']}) "
                      f"| {r['fwd']:.3f} | {tf_f:.0f} | {r['fwd_bwd']:.3f} | {tf_fb:.0f} "
-                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {share} |")
+                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {r['host_us']:.0f} | {share} |")
     return "\n".join(lines)
 
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
-    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d); the
-    backward rows time the whole backward with the other kernels at their defaults."""
+    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d), with and
+    without warp specialisation, and both dQ paths (atomics in the dK/dV kernel, or the dQ kernel);
+    the backward rows time the whole backward with the other kernels at their defaults."""
     B = max(1, tokens // T)
     H = D_MODEL // d
     fwd = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                                    (128, 64, 4, 3), (64, 64, 4, 4))]
+                                    (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2),
+                                    (128, 64, 8, 3, True), (128, 64, 8, 2, True), (64, 64, 4, 3, True))]
     bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
-                                    (64, 64, 4, 2), (64, 64, 4, 3))]
-    dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2))]
+                                    (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
+                                    (16, 128, 8, 3), (32, 128, 8, 2), (32, 128, 8, 3, True),
+                                    (64, 64, 4, 2, True))]
+    dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
+                                   (128, 64, 8, 2), (64, 64, 4, 3, True), (128, 64, 8, 3, True))]
+    for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
+        print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
+              f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)
     for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
         x = _tda_inputs(B, T, heads, d, dv, dtype, views, 0.3)
         q1, k1, v = (x[n].detach() for n in ("q1", "k1", "v"))
@@ -198,14 +224,15 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
         for cfg in fwd:
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
-        for cfg in bwd:
-            _report("bwd (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
-                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, False, config=cfg), "dkdv", rep_ms)
+        for atomic in (False, True):
+            for cfg in bwd:
+                _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
+                    do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                    views == 2, False, False, config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
         for cfg in dq:
-            _report("bwd deterministic (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
+            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, True, dq_config=cfg), "dq", rep_ms)
+                views == 2, False, False, dq_config=cfg, atomic_dq=False), "dq", rep_ms)
 
 
 def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, kernel: str,
@@ -218,7 +245,8 @@ def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, 
     c = launch.last_compiled.get(kernel)
     regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
     print(f"  {what:30s} {label} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps} "
-          f"s={cfg.num_stages}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}")
+          f"s={cfg.num_stages} ws={int(cfg.warp_specialize)}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
+          flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

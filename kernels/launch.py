@@ -11,7 +11,7 @@ import torch
 import triton
 from triton.runtime.errors import OutOfResources
 
-from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_configs,
+from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
                            forward_configs, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
@@ -47,8 +47,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     for i, cfg in enumerate(candidates):
         try:
             compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
-                                            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                                            num_stages=cfg.num_stages)
+                                            BLOCK_N=cfg.block_n, WS=cfg.warp_specialize,
+                                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
         except OutOfResources:
             if i + 1 == len(candidates):
                 raise
@@ -128,12 +128,12 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              beta: torch.Tensor, p: float, normalize: bool, scale: float, causal: bool,
              need_dlam: bool, need_dbeta: bool, deterministic: bool,
              config: Optional[TileConfig] = None, dq_config: Optional[TileConfig] = None,
-             ) -> tuple[Optional[torch.Tensor], ...]:
+             atomic_dq: Optional[bool] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
     dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
-    apply are None. dQ comes from its own atomic-free kernel when ``deterministic`` or with two
-    views; otherwise it is accumulated with atomics inside the dK/dV kernel.
+    apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
+    ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -144,9 +144,12 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dk1 = _new_output((B, Hkv, Tk, d), k1.dtype, dev)
     dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
     dv = _new_output((B, Hkv, Tk, dv_dim), v.dtype, dev)
-    atomic = not deterministic and not two
+    if atomic_dq is None:
+        atomic_dq = dq_atomic(two, q1.element_size())
+    atomic = atomic_dq and not deterministic
     dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
               else q1.new_empty(0, dtype=torch.float32))
+    dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
     partials: dict[str, torch.Tensor] = {}
 
@@ -158,7 +161,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
         partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
         return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta,
-                dk1, dk2 if two else dk1, dv, dq_acc, partials["lam"], partials["beta"],
+                dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc, partials["lam"], partials["beta"],
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
@@ -171,9 +174,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     if atomic:
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
-        dq_finish_kernel[(B * H * nm,)](dq_acc, q1, rq1, dq1, *q1.stride(), H, Tq, nm, float(p),
-                                        HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
-                                        NORMALIZE=normalize)
+        for acc, q, rq, dq in ((dq_acc, q1, rq1, dq1), (dq2_acc, q2, rq2, dq2))[:2 if two else 1]:
+            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), H, Tq, nm, float(p),
+                                            HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
+                                            NORMALIZE=normalize)
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return triton.cdiv(Tq, cfg.block_m) * B * H

@@ -15,12 +15,14 @@ import triton
 
 @dataclass(frozen=True)
 class TileConfig:
-    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton."""
+    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton;
+    warp_specialize asks Triton to warp-specialise the main (unmasked) loop."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    warp_specialize: bool = False
 
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
@@ -57,6 +59,13 @@ def dq_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> l
                 TileConfig(32, 32, 4, 1)]
     return [TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1),
             TileConfig(16, 16, 4, 1)]
+
+
+def dq_atomic(two_views: bool, elem_bytes: int) -> bool:
+    """Whether the non-deterministic backward accumulates dQ with fp32 atomics inside the dK/dV
+    kernel (8 products per tile pair for TDA) rather than in the dQ kernel, which recomputes the
+    scores and dA (11 products) but needs no atomics and fewer registers."""
+    return not two_views
 
 
 def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:

@@ -30,7 +30,7 @@ from .triton_math import (key_scores, load_inverse_norms, load_tile, normalize_b
 @triton.jit
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
     m0, Tq, Tk, offs_n, offs_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
@@ -90,6 +90,10 @@ def _dkdv_query_block(
             ds2 = ds2 * rk2[:, None]
         ds2 = (ds2 * (rq2 * -lam)[None, :]).to(q2.dtype)
         dk2 = tl.dot(ds2, q2, dk2, input_precision=DOT_PREC)
+        if DQ_ATOMIC:
+            dq2 = tl.dot(tl.trans(ds2), k2, input_precision=DOT_PREC)
+            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
+                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
     dv = tl.dot(w.to(do.dtype), do, dv, input_precision=DOT_PREC)
     return dk1, dk2, dv, acc_lam, acc_beta
 
@@ -97,7 +101,7 @@ def _dkdv_query_block(
 @triton.jit
 def dkdv_kernel(
     Q1, K1, Q2, K2, V, DO, RQ1, RK1, RQ2, RK2, LAM, BETA,
-    DK1, DK2, DV, DQ1ACC, LAM_PART, BETA_PART,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
@@ -106,10 +110,10 @@ def dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
-    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
+    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, WS: tl.constexpr,
 ):
-    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC (B, H, Tq, HEAD_D)
-    fp32 zero-filled, used with DQ_ATOMIC (one view only); LAM_PART, BETA_PART (B, H,
+    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
+    HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
     num_n_blocks) fp32 partial sums (fully written)."""
     pid = tl.program_id(0)
     bhk = pid % num_bhk
@@ -165,17 +169,18 @@ def dkdv_kernel(
         RQ1h = RQ1 + bh * Tq
         RQ2h = RQ2 + bh * Tq
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
+        DQ2h = DQ2ACC + bh * Tq * HEAD_D
         for m0 in range(m_lo, m_mid, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 True)
-        for m0 in range(m_mid, m_end, BLOCK_M):
+        for m0 in tl.range(m_mid, m_end, BLOCK_M, warp_specialize=WS):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 False)
@@ -239,7 +244,7 @@ def dq_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, WS: tl.constexpr,
 ):
     """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D)."""
     pid = tl.program_id(0)
@@ -288,7 +293,7 @@ def dq_kernel(
     else:
         hi = Tk
         full_end = (Tk // BLOCK_N) * BLOCK_N
-    for n0 in range(0, full_end, BLOCK_N):
+    for n0 in tl.range(0, full_end, BLOCK_N, warp_specialize=WS):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,

@@ -53,6 +53,21 @@ def test_matches_float64_reference_on_gpu(name):
     assert not bad, f"errors above {tol}: {bad} (all: {errors})"
 
 
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tra_d64_fp16_T3000"])
+def test_other_dq_path_on_gpu(monkeypatch, name):
+    """The dQ path the default table does not pick for this case (atomics in the dK/dV kernel, or the
+    dQ kernel) is just as exact."""
+    from kernels import launch
+
+    case = CASES[name]
+    default = launch.dq_atomic(case.two_views, torch.tensor([], dtype=case.dtype).element_size())
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views, elem_bytes: not default)
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+
+
 @pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),
                                              (torch.float32, True)])
 def test_deterministic_path_is_bit_identical(dtype, two_views):

@@ -97,6 +97,21 @@ def test_deterministic_path_matches_reference_and_repeats(monkeypatch):
     assert all(torch.equal(a, b) for a, b in zip(first, second))
 
 
+@pytest.mark.parametrize("atomic", [True, False])
+def test_both_dq_paths_match_reference(monkeypatch, atomic):
+    """dQ accumulated with atomics in the dK/dV kernel, or by the dQ kernel, whatever the default
+    table picks: both match the float64 reference for two views (grouped heads, odd T) and one."""
+    calls = []
+    monkeypatch.setattr(launch, "dq_kernel", _counting(launch.dq_kernel, calls))
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views, elem_bytes: atomic)
+    for case in (Case(T=77, d=32, dv=64, H=4, Hkv=2, lam=(0.4, 1.1)),
+                 Case(T=77, d=48, dv=48, H=2, two_views=False, beta=(0.5,))):
+        inputs = make_inputs(case, seed=3)
+        errors = run_and_compare(threshold_attention_triton, case, inputs, seed=3)
+        assert all(v <= FP32_TOL for v in errors.values()), errors
+    assert len(calls) == (0 if atomic else 2)
+
+
 class _counting:
     """Wraps a Triton kernel so that launches through ``kernel[grid](...)`` are counted."""
 

@@ -1,0 +1,225 @@
+"""Run a study: train, evaluate and analyse several runs, one per GPU at a time, then draw the figures
+and the claims table over all of them.
+
+    python scripts/run_study.py --out results/paper_small --gpus 0 1 2 3 \
+        --grid attention=softmax,gated_softmax,differential,tra,tda,rela \
+        --runs "attention=softmax seed=1" "attention=softmax seed=2" "attention=tda seed=1" \
+        -- +experiment=paper_small
+
+Every run (each point of --grid's product, then each --runs entry, with the arguments after `--` in
+front) goes through
+
+    train.py <overrides> name=<run>                    (resume=true when runs/<run> already exists)
+    eval.py run_dir=runs/<run> tasks=[<--tasks>]
+    python -m analysis.attention run_dir=runs/<run>
+
+on one GPU of --gpus (CUDA_VISIBLE_DEVICES), runs queued until a GPU is free; its output goes to
+<out>/logs/<run>.log. A run's name is train.py's default (<attention>-<model>-<data>-s<seed>) unless an
+override sets name=. A run whose results are already under --out is skipped. Then --out gets, for each
+finished run, runs/<run>/ with config.yaml, metrics.jsonl, eval/*.json and plots, analysis/ (all small),
+and over all of them figures/ (python -m analysis.figures) and claims.md (python -m analysis.report).
+Every config is composed before anything starts, so a bad override stops the study at once.
+A failed step is reported, its log tail printed, and the other runs go on; the exit code is 1 if any failed.
+"""
+from __future__ import annotations
+
+import argparse
+import itertools
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+COPIED = ("config.yaml", "metrics.jsonl", "eval", "analysis")
+
+
+@dataclass
+class Run:
+    name: str
+    overrides: list[str]
+    steps: list[list[str]] = field(default_factory=list)
+
+
+def compose_name(overrides: list[str]) -> str:
+    """train.py's run name for these overrides (composing the config checks them too)."""
+    sys.path.insert(0, str(ROOT))
+    from hydra import compose, initialize_config_dir
+
+    import train
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="train", overrides=overrides)
+    return train.run_name(cfg)
+
+
+def grid_overrides(grid: list[str]) -> list[list[str]]:
+    """key=a,b key2=c,d -> every combination as override lists."""
+    if not grid:
+        return []
+    axes = []
+    for item in grid:
+        key, sep, values = item.partition("=")
+        if not sep or not values:
+            raise SystemExit(f"error: --grid takes key=v1,v2,..., got {item!r}")
+        axes.append([f"{key}={v}" for v in values.split(",")])
+    return [list(point) for point in itertools.product(*axes)]
+
+
+def plan(args) -> list[Run]:
+    specs = grid_overrides(args.grid) + [shlex.split(r) for r in args.runs]
+    if not specs:
+        raise SystemExit("error: nothing to run: give --grid and/or --runs")
+    runs, seen = [], set()
+    for spec in specs:
+        overrides = list(args.common) + spec
+        try:
+            name = compose_name(overrides)
+        except Exception as err:  # hydra's errors name the bad override
+            raise SystemExit(f"error: overrides {' '.join(spec)!r}: {err}") from None
+        if name in seen:
+            raise SystemExit(f"error: two runs would both be named {name}: add seed= or name= to tell them apart")
+        seen.add(name)
+        run_dir = Path(args.runs_root) / name
+        train_cmd = [sys.executable, "train.py", *overrides, f"name={name}", f"runs_root={args.runs_root}",
+                     "logger.progress=false"]
+        if run_dir.exists():
+            train_cmd.append("resume=true")
+        runs.append(Run(name, overrides, [
+            train_cmd,
+            [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]"],
+            [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}"],
+        ]))
+    return runs
+
+
+def finished(out: Path, name: str) -> bool:
+    return (out / "runs" / name / "analysis").is_dir() and (out / "runs" / name / "metrics.jsonl").is_file()
+
+
+def collect(run_dir: Path, dest: Path) -> None:
+    """Copy a run's small result files (no checkpoints) to dest."""
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in COPIED:
+        src = run_dir / item
+        if src.is_dir():
+            shutil.copytree(src, dest / item, dirs_exist_ok=True)
+        elif src.is_file():
+            shutil.copy2(src, dest / item)
+
+
+class Lane:
+    """One GPU (or the CPU) working through one run's steps at a time."""
+
+    def __init__(self, device: str | None):
+        self.device = device
+        self.run: Run | None = None
+        self.proc: subprocess.Popen | None = None
+        self.log = None
+        self.step = 0
+        self.started = 0.0
+
+    def start(self, run: Run, log_path: Path) -> None:
+        self.run, self.step, self.started = run, 0, time.time()
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log = open(log_path, "a")
+        self._launch()
+
+    def _launch(self) -> None:
+        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        if self.device is not None:
+            env["CUDA_VISIBLE_DEVICES"] = self.device
+        cmd = self.run.steps[self.step]
+        self.log.write(f"$ {shlex.join(cmd)}\n")
+        self.log.flush()
+        self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
+
+    def poll(self) -> tuple[str, Run] | None:
+        """None while busy; ('done' | 'failed', run) when the run ends."""
+        if self.proc is None or self.proc.poll() is None:
+            return None
+        code, run = self.proc.returncode, self.run
+        if code == 0 and self.step + 1 < len(run.steps):
+            self.step += 1
+            self._launch()
+            return None
+        self.log.close()
+        self.proc, self.run = None, None
+        return ("done" if code == 0 else "failed"), run
+
+
+def tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    common = argv[argv.index("--") + 1:] if "--" in argv else []
+    argv = argv[:argv.index("--")] if "--" in argv else argv
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", required=True, help="folder for the collected results, figures and claims")
+    parser.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 ...: every combination is a run")
+    parser.add_argument("--runs", nargs="*", default=[], help='more runs, each one quoted string of overrides')
+    parser.add_argument("--gpus", nargs="*", default=None,
+                        help="GPU indices to use, one run each at a time (default: every visible GPU; none: CPU)")
+    parser.add_argument("--tasks", default="val_loss,length_extrapolation,passkey", help="eval.py tasks")
+    parser.add_argument("--runs-root", default="runs")
+    args = parser.parse_args(argv)
+    args.common = common
+
+    runs = plan(args)
+    out = Path(args.out)
+    todo = [r for r in runs if not finished(out, r.name)]
+    for r in runs:
+        if r not in todo:
+            print(f"[study] {r.name}: already in {out}, skipped")
+    if args.gpus is None:
+        import torch
+
+        args.gpus = [str(i) for i in range(torch.cuda.device_count())]
+    lanes = [Lane(g) for g in args.gpus] or [Lane(None)]
+    runs_root = Path(args.runs_root)
+    if not runs_root.is_absolute():
+        runs_root = ROOT / runs_root
+    print(f"[study] {len(todo)} runs on {len(lanes)} lane(s) ({', '.join(args.gpus) or 'cpu'}): "
+          + ", ".join(r.name for r in todo), flush=True)
+    queue, failed, t0 = list(todo), [], time.time()
+    while queue or any(lane.run for lane in lanes):
+        for lane in lanes:
+            if lane.run is None and queue:
+                run = queue.pop(0)
+                lane.start(run, out / "logs" / f"{run.name}.log")
+                print(f"[study] {time.time() - t0:6.0f}s start {run.name} on {lane.device or 'cpu'}", flush=True)
+            ended = lane.poll()
+            if ended is None:
+                continue
+            status, run = ended
+            took = time.time() - lane.started
+            print(f"[study] {time.time() - t0:6.0f}s {status} {run.name} ({took:.0f}s)", flush=True)
+            if status == "done":
+                collect(runs_root / run.name, out / "runs" / run.name)
+            else:
+                failed.append(run.name)
+                print(tail(out / "logs" / f"{run.name}.log"), flush=True)
+        time.sleep(2)
+
+    names = sorted(p for p in (out / "runs").glob("*") if finished(out, p.name))
+    if names:
+        listed = "[" + ",".join(str(p) for p in names) + "]"
+        for cmd in ([sys.executable, "-m", "analysis.figures", f"runs={listed}", f"out={out / 'figures'}"],
+                    [sys.executable, "-m", "analysis.report", f"runs={listed}", f"out={out / 'claims.md'}"]):
+            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+                failed.append(cmd[2])
+    print(f"[study] finished in {time.time() - t0:.0f}s; failed: {', '.join(failed) or 'none'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
