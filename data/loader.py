@@ -44,7 +44,8 @@ class TokenLoader:
     """Training batches of `split` from the prepared folder `shard_dir`.
 
     `next_batch()` returns (x, y): int64 CPU tensors (batch_size, seq_len), y = x shifted by one
-    token. With `bos_aligned`, every row starts with the end-of-text token that precedes a document.
+    token. With `bos_aligned`, every row is the end-of-text token (as BOS) and then seq_len tokens of
+    one document (its next chunk; see data.windows).
     `prefetch` batches are prepared ahead in a background thread (0: none); `pin_memory` (default:
     when CUDA is available) places them in page-locked memory for asynchronous copies to the GPU.
     """

@@ -1,11 +1,15 @@
 """The tokens of one split as a single sequence over memory-mapped shards, and the training
 windows cut from it.
 
-A window is seq_len + 1 consecutive tokens (inputs and the targets shifted by one). Windows either
-tile the sequence (window k starts at k·seq_len; consecutive windows share one token, so every
-token is a target exactly once) or, when `bos_aligned`, start at every end-of-text token, which then
-plays the role of a beginning-of-sequence token for the document after it; a document longer than
-seq_len is then seen only through its first seq_len tokens.
+A window is seq_len + 1 tokens (inputs and the targets shifted by one). Windows either tile the
+sequence (window k is tokens [k·seq_len, (k+1)·seq_len]; consecutive windows share one token, so
+every token is a target exactly once) or, when `bos_aligned`, are the end-of-text token as a
+beginning-of-sequence token followed by seq_len consecutive tokens of one document: a document
+(the tokens after an end-of-text token, up to and including the next one, which ends it) is cut
+into chunks of seq_len tokens, each of which gets the BOS in front, so every token of every
+document is a target in a window that opens a chunk of its own document, and every window starts
+with the same token. A document's last chunk, when shorter than seq_len, runs on into the next
+document to fill the window.
 """
 
 from __future__ import annotations
@@ -63,6 +67,20 @@ class SplitTokens:
         return np.concatenate(found) if found else np.zeros(0, dtype=np.int64)
 
 
+def document_chunks(eot_positions: np.ndarray, n_tokens: int, seq_len: int) -> np.ndarray:
+    """Start positions of the BOS-aligned chunks: each document (from 0 or just after an end-of-text
+    token, up to and including the next end-of-text token or the end) cut every seq_len tokens; chunks
+    that would read past the last token are dropped. Sorted int64."""
+    begins = np.concatenate([[0], eot_positions + 1]).astype(np.int64)
+    ends = np.concatenate([eot_positions + 1, [n_tokens]]).astype(np.int64)
+    lengths = ends - begins
+    chunks = -(-lengths // seq_len)  # ceil; 0 for an empty document
+    first = np.repeat(begins, chunks)
+    index_in_doc = np.arange(int(chunks.sum()), dtype=np.int64) - np.repeat(np.cumsum(chunks) - chunks, chunks)
+    starts = first + index_in_doc * seq_len
+    return starts[starts + seq_len <= n_tokens]
+
+
 class Windows:
     """The training windows of one split: `len()` of them, each seq_len + 1 tokens."""
 
@@ -72,23 +90,28 @@ class Windows:
         self.tokens = tokens
         self.seq_len = seq_len
         self._starts: np.ndarray | None = None
+        self._bos: int | None = None
         if bos_aligned:
-            starts = tokens.positions_of(int(tokens.meta["eot_token"]))
-            self._starts = starts[starts + seq_len + 1 <= tokens.n_tokens]
+            self._bos = int(tokens.meta["eot_token"])
+            self._starts = document_chunks(tokens.positions_of(self._bos), tokens.n_tokens, seq_len)
             self.count = int(self._starts.size)
         else:
             self.count = max(tokens.n_tokens - 1, 0) // seq_len
         if self.count == 0:
-            where = " starting at a document start" if bos_aligned else ""
             raise ValueError(f"split {tokens.split!r} has {tokens.n_tokens} tokens: no window of "
-                             f"seq_len + 1 = {seq_len + 1} tokens{where} fits; lower seq_len")
+                             f"seq_len + 1 = {seq_len + 1} tokens fits; lower seq_len")
 
     def __len__(self) -> int:
         return self.count
 
     def batch(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
         """Inputs and targets of the windows `indices`: two int64 tensors (len(indices), seq_len)."""
-        starts = self._starts[indices] if self._starts is not None else indices * self.seq_len
-        rows = np.stack([self.tokens.read(int(s), self.seq_len + 1) for s in starts])
+        if self._starts is None:
+            rows = np.stack([self.tokens.read(int(s), self.seq_len + 1) for s in indices * self.seq_len])
+        else:
+            rows = np.empty((len(indices), self.seq_len + 1), dtype=np.int64)
+            rows[:, 0] = self._bos
+            for row, start in zip(rows, self._starts[indices]):
+                row[1:] = self.tokens.read(int(start), self.seq_len)
         both = torch.from_numpy(rows.astype(np.int64))
         return both[:, :-1].contiguous(), both[:, 1:].contiguous()

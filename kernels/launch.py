@@ -47,8 +47,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     for i, cfg in enumerate(candidates):
         try:
             compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
-                                            BLOCK_N=cfg.block_n, WS=cfg.warp_specialize,
-                                            num_warps=cfg.num_warps, num_stages=cfg.num_stages)
+                                            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                                            num_stages=cfg.num_stages)
         except OutOfResources:
             if i + 1 == len(candidates):
                 raise

@@ -15,14 +15,12 @@ import triton
 
 @dataclass(frozen=True)
 class TileConfig:
-    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton;
-    warp_specialize asks Triton to warp-specialise the main (unmasked) loop."""
+    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
-    warp_specialize: bool = False
 
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)

@@ -110,7 +110,7 @@ def dkdv_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
-    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, WS: tl.constexpr,
+    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
     HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
@@ -177,7 +177,7 @@ def dkdv_kernel(
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 True)
-        for m0 in tl.range(m_mid, m_end, BLOCK_M, warp_specialize=WS):
+        for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
@@ -244,7 +244,7 @@ def dq_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, WS: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D)."""
     pid = tl.program_id(0)
@@ -293,7 +293,7 @@ def dq_kernel(
     else:
         hi = Tk
         full_end = (Tk // BLOCK_N) * BLOCK_N
-    for n0 in tl.range(0, full_end, BLOCK_N, warp_specialize=WS):
+    for n0 in range(0, full_end, BLOCK_N):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,

@@ -63,7 +63,7 @@ def threshold_attention_fwd_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, WS: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave.
 
@@ -117,7 +117,7 @@ def threshold_attention_fwd_kernel(
         full_end = (Tk // BLOCK_N) * BLOCK_N
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
-    for n0 in tl.range(0, full_end, BLOCK_N, warp_specialize=WS):
+    for n0 in range(0, full_end, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                          offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,

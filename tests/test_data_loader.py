@@ -3,6 +3,7 @@
 import io
 import json
 import shutil
+from collections import Counter
 
 import numpy as np
 import pytest
@@ -109,22 +110,41 @@ def test_mismatched_states_are_refused(shards):
         TokenLoader(shards, "train", 3, SEQ).load_state_dict({**state, "next_row": 4})
 
 
-def test_bos_aligned_rows_start_at_document_starts(shards):
+def naive_document_chunks(stream, eot, seq):
+    """(start, end of its own document's part) of each chunk, walking the documents one by one (each
+    ends with its end-of-text token)."""
+    chunks, begin = [], 0
+    for i, token in enumerate(stream):
+        if token == eot or i == len(stream) - 1:
+            chunks += [(s, min(s + seq, i + 1)) for s in range(begin, i + 1, seq)]
+            begin = i + 1
+    return [(s, end) for s, end in chunks if s + seq <= len(stream)]
+
+
+def test_bos_aligned_rows_are_bos_then_one_chunk_of_a_document(shards):
+    """Every row is the end-of-text token followed by seq_len tokens of consecutive document text, and
+    over one epoch every token of every document is a target in exactly one window whose BOS opens a
+    chunk of its own document (long documents included; a short last chunk runs on into the next)."""
     eot = read_meta(shards)["eot_token"]
     tokens = SplitTokens(shards, "train")
     stream = tokens.read(0, tokens.n_tokens)
-    starts = np.flatnonzero(stream == eot)
-    starts = starts[starts + SEQ + 1 <= stream.size]
+    chunks = naive_document_chunks(stream, eot, SEQ)
+    starts = [s for s, _ in chunks]
+    lengths = np.diff(np.concatenate([[-1], np.flatnonzero(stream == eot)]))
+    assert lengths.max() > 2 * SEQ  # some documents span several windows
     loader = TokenLoader(shards, "train", 5, SEQ, bos_aligned=True)
-    assert loader.windows.count == starts.size
-    seen = set()
-    for x, y in batches(loader, starts.size // 5):
+    assert loader.windows.count == len(starts)
+    expected = Counter(tuple(stream[s:s + SEQ]) for s in starts)
+    seen = Counter()
+    for x, y in batches(loader, len(starts) // 5):
         assert (x[:, 0] == eot).all()
-        for row in torch.cat([x, y[:, -1:]], dim=1).numpy():
-            matches = [s for s in starts if np.array_equal(stream[s:s + SEQ + 1], row)]
-            assert matches
-            seen.add(matches[0])
-    assert len(seen) == 5 * (starts.size // 5)
+        assert torch.equal(x[:, 1:], y[:, :-1])
+        seen.update(tuple(row) for row in y.numpy())
+    assert not seen - expected and sum(seen.values()) == 5 * (len(starts) // 5)
+    covered = np.zeros(stream.size, dtype=int)
+    for s, end in chunks:
+        covered[s:end] += 1
+    assert covered.max() == 1 and covered[:chunks[-1][1]].min() == 1
 
 
 def test_validation_batches_are_fixed_and_split_over_ranks(shards):
