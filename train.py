@@ -414,7 +414,8 @@ def _train(cfg: DictConfig, d: Distributed, stop: StopSignal) -> Path:
                                   fused=d.device.type == "cuda" and d.strategy != "fsdp2")
     loader = TokenLoader(shard_dir, "train", per_rank, seq_len, rank=d.rank, world_size=d.world,
                          seed=int(cfg.seed), bos_aligned=bool(cfg.data.bos_aligned))
-    val_batches = list(validation_batches(shard_dir, micro, seq_len, t.eval_batches))
+    val_batches = list(validation_batches(shard_dir, micro, seq_len, t.eval_batches,
+                                          bos_aligned=bool(cfg.data.bos_aligned)))
     step, tokens, wandb_id = 0, 0, None
     resume_from = latest_checkpoint(run_dir) if resume else None
     if cfg.resume and resume_from is None and not restarted:

@@ -8,7 +8,8 @@ windows, and N ranks with batch b read exactly the rows that one process with ba
 row for row. The loader's state is that one number R, so `state_dict()` is the same on every rank,
 and a run may resume with another world size as long as N·b stays the same.
 
-`validation_batches` gives the same fixed batches on every call: the validation windows in order.
+`validation_batches` gives the same fixed batches on every call: windows spread evenly over the whole
+validation split (not its first ones, which would all come from the first few documents).
 `ensure_prepared` and `read_meta` are re-exported here, so that training imports one module.
 """
 
@@ -174,8 +175,9 @@ class TokenLoader:
 
 
 class ValidationBatches(Sequence):
-    """A fixed list of validation batches, read lazily: item i is (x, y) of this rank for global
-    batch i, the windows [i·N·b + r·b, i·N·b + (r+1)·b) in order."""
+    """A fixed list of validation batches, read lazily. The count·N·b windows used are spread evenly over
+    the split (window k of them is the split's window round(k·(W−1)/(count·N·b−1)) of W); item i is
+    (x, y) of this rank for global batch i: those windows' [i·N·b + r·b, i·N·b + (r+1)·b)."""
 
     def __init__(self, windows: Windows, batch_size: int, rank: int, world_size: int,
                  max_batches: int | None) -> None:
@@ -186,6 +188,9 @@ class ValidationBatches(Sequence):
                              f"{windows.seq_len + 1} tokens, fewer than one batch of "
                              f"world_size · batch_size = {batch_size * world_size}")
         self.count = available if max_batches is None else min(available, max_batches)
+        used = self.count * batch_size * world_size
+        self.indices = np.round(np.linspace(0, len(windows) - 1, used)).astype(np.int64) if used > 1 \
+            else np.zeros(used, dtype=np.int64)
 
     def __len__(self) -> int:
         return self.count
@@ -195,7 +200,7 @@ class ValidationBatches(Sequence):
             raise IndexError(f"validation batch {i} of {self.count}")
         i %= self.count
         first = (i * self.world_size + self.rank) * self.batch_size
-        return self.windows.batch(np.arange(first, first + self.batch_size, dtype=np.int64))
+        return self.windows.batch(self.indices[first:first + self.batch_size])
 
 
 def validation_batches(shard_dir: str | Path, batch_size: int, seq_len: int, max_batches: int | None,

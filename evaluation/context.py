@@ -49,6 +49,17 @@ class EvalContext:
         """The training sequence length in tokens."""
         return int(self.run_cfg.model.seq_len)
 
+    @property
+    def bos_aligned(self) -> bool:
+        """Whether the run trained on windows that start with the end-of-text token as BOS."""
+        return bool(self.run_cfg.data.get("bos_aligned", False))
+
+    @property
+    def bos_prefix(self) -> list[int]:
+        """[end-of-text token] for a BOS-aligned run (every input it was trained on starts with it), else []:
+        put in front of every prompt, so the model sees its inputs in the form it was trained on."""
+        return [self.tokenizer.eot_token] if self.bos_aligned else []
+
     @functools.cached_property
     def tokenizer(self) -> tiktoken.Encoding:
         """The tokenizer the run's data was prepared with."""

@@ -2,8 +2,8 @@
 on a checkpoint as it is (no conversion to another format). Imports lm_eval: load it only when used.
 
 - loglikelihood: (context, continuation) strings -> (log p(continuation | context), is greedy); an empty
-  context is replaced by the end-of-text token, and contexts longer than ``max_length`` lose tokens on
-  the left.
+  context is replaced by the end-of-text token (with ``bos``, for a model trained on BOS-aligned windows,
+  every context starts with it), and contexts longer than ``max_length`` lose tokens on the left.
 - loglikelihood_rolling: the log-likelihood of a whole text after the end-of-text token, in disjoint
   windows of ``max_length`` tokens (the harness's own windowing, so every token is predicted once).
 - generate_until: greedy decoding with the key/value cache (sampling options are ignored), cut at the
@@ -29,7 +29,8 @@ class HarnessLM(LM):
     (default: model.max_seq_len); requests are scored ``batch_size`` at a time."""
 
     def __init__(self, model: GPT, enc: tiktoken.Encoding, max_length: int | None = None, batch_size: int = 16,
-                 max_gen_toks: int = 128, autocast: Callable[[], AbstractContextManager] = nullcontext) -> None:
+                 max_gen_toks: int = 128, autocast: Callable[[], AbstractContextManager] = nullcontext,
+                 bos: bool = False) -> None:
         super().__init__()
         self.model, self.enc = model, enc
         self.max_length = int(max_length or model.max_seq_len)
@@ -37,9 +38,15 @@ class HarnessLM(LM):
             raise ValueError(f"max_length={self.max_length} must be in [2, model.max_seq_len={model.max_seq_len}]")
         self.batch_size, self.max_gen_toks, self.autocast = int(batch_size), int(max_gen_toks), autocast
         self._device = next(model.parameters()).device
+        self.bos = bos
 
     def _encode(self, text: str) -> list[int]:
         return self.enc.encode_ordinary(text)
+
+    def _context(self, text: str) -> list[int]:
+        """A context's tokens: the end-of-text token first with ``bos`` (or when the context is empty)."""
+        tokens = self._encode(text)
+        return [self.enc.eot_token] + tokens if self.bos or not tokens else tokens
 
     def _score(self, pairs: list[tuple[list[int], list[int]]]) -> list[tuple[float, bool]]:
         return score_continuations(self.model, pairs, self.batch_size, self.autocast, self.max_length)
@@ -48,7 +55,7 @@ class HarnessLM(LM):
         pairs = []
         for request in requests:
             context, continuation = request.args
-            pairs.append((self._encode(context) or [self.enc.eot_token], self._encode(continuation)))
+            pairs.append((self._context(context), self._encode(continuation)))
         return self._score(pairs)
 
     def loglikelihood_rolling(self, requests: list[Instance]) -> list[float]:
@@ -72,7 +79,7 @@ class HarnessLM(LM):
             until = options.get("until") or [self.enc.decode([self.enc.eot_token])]
             until = [until] if isinstance(until, str) else list(until)
             new_tokens = min(int(options.get("max_gen_toks", self.max_gen_toks)), self.max_length - 1)
-            tokens = (self._encode(context) or [self.enc.eot_token])[-(self.max_length - new_tokens):]
+            tokens = self._context(context)[-(self.max_length - new_tokens):]
             with self.autocast():
                 out = self.model.generate(torch.tensor([tokens], device=self._device), new_tokens,
                                           stop_token=self.enc.eot_token)

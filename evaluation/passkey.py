@@ -75,7 +75,7 @@ def check(ctx: EvalContext) -> None:
     for length in lengths:
         check_length(ctx, length, "passkey length")
         try:
-            make_prompt(ctx.tokenizer, length, 0.5, max(keys), random.Random(0))
+            make_prompt(ctx.tokenizer, length, 0.5, max(keys), random.Random(0), ctx.bos_prefix)
         except ValueError as exc:
             raise ValueError(f"passkey.lengths: {exc}") from None
     if int(ctx.cfg.passkey.trials) < 1:
@@ -95,7 +95,7 @@ def run(ctx: EvalContext) -> dict:
         for b, length in enumerate(lengths):
             for c, depth in enumerate(depths):
                 for _ in range(int(cfg.trials)):
-                    prompt = make_prompt(enc, length, depth, n_keys, rng)
+                    prompt = make_prompt(enc, length, depth, n_keys, rng, ctx.bos_prefix)
                     idx = torch.tensor([prompt.tokens], device=ctx.device)
                     with ctx.autocast():
                         out = ctx.model.generate(idx, len(prompt.answer) + 1)

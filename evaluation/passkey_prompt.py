@@ -49,9 +49,11 @@ def _label(n_keys: int, i: int) -> str:
     return "" if n_keys == 1 else f" number {i + 1}"
 
 
-def make_prompt(enc: tiktoken.Encoding, length: int, depth: float, n_keys: int, rng: random.Random) -> PasskeyPrompt:
+def make_prompt(enc: tiktoken.Encoding, length: int, depth: float, n_keys: int, rng: random.Random,
+                prefix: list[int] | tuple[int, ...] = ()) -> PasskeyPrompt:
     """A prompt that leaves room for its answer and one more token within ``length`` tokens (so greedy
-    decoding can show where the number ends), longer than that room minus one filler sentence. Keys are distinct and drawn from ``rng``."""
+    decoding can show where the number ends), longer than that room minus one filler sentence. Keys are
+    distinct and drawn from ``rng``. ``prefix`` (e.g. a BOS token) opens the prompt and counts in ``length``."""
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     if n_keys < 1:
@@ -69,7 +71,7 @@ def make_prompt(enc: tiktoken.Encoding, length: int, depth: float, n_keys: int, 
     key_parts = [[enc.encode_ordinary(f" The pass key{_label(n_keys, i)} is"), enc.encode_ordinary(f" {key}"),
                   enc.encode_ordinary(f". Remember it. {key} is the pass key{_label(n_keys, i)}.")]
                  for i, key in enumerate(keys)]
-    fixed = len(head) + len(question) + len(answer) + 1 + sum(len(t) for parts in key_parts for t in parts)
+    fixed = len(prefix) + len(head) + len(question) + len(answer) + 1 + sum(len(t) for parts in key_parts for t in parts)
     fillers = [enc.encode_ordinary(s) for s in FILLER]
     sentences: list[list[int]] = []
     used = fixed
@@ -84,7 +86,7 @@ def make_prompt(enc: tiktoken.Encoding, length: int, depth: float, n_keys: int, 
     # the d-th placed key (d = 0: the target) goes before filler sentence slots[d]
     key_of = [target] + [i for i in range(n_keys) if i != target]
     order = sorted(range(n_keys), key=lambda d: (slots[d], d))
-    tokens = list(head)
+    tokens = list(prefix) + list(head)
     spans: list[tuple[int, int]] = [(0, 0)] * n_keys
     placed = 0
     for s in range(n + 1):

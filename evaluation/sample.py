@@ -8,7 +8,7 @@ from evaluation.context import EvalContext
 
 def check(ctx: EvalContext) -> None:
     cfg = ctx.cfg.sample
-    prompt = len(ctx.tokenizer.encode_ordinary(str(cfg.prompt))) or 1
+    prompt = len(ctx.bos_prefix + ctx.tokenizer.encode_ordinary(str(cfg.prompt))) or 1
     if int(cfg.num_samples) < 1:
         raise ValueError(f"sample.num_samples must be >= 1, got {cfg.num_samples}")
     if prompt + int(cfg.max_new_tokens) > ctx.model.max_seq_len:
@@ -18,7 +18,7 @@ def check(ctx: EvalContext) -> None:
 
 def run(ctx: EvalContext) -> dict:
     cfg, enc = ctx.cfg.sample, ctx.tokenizer
-    prompt = enc.encode_ordinary(str(cfg.prompt)) or [enc.eot_token]
+    prompt = ctx.bos_prefix + enc.encode_ordinary(str(cfg.prompt)) or [enc.eot_token]
     generator = torch.Generator(device=ctx.device).manual_seed(int(cfg.seed))
     idx = torch.tensor([prompt] * int(cfg.num_samples), device=ctx.device)
     with ctx.autocast():

@@ -21,9 +21,10 @@ def check_length(ctx: EvalContext, seq_len: int, what: str) -> None:
 
 @torch.no_grad()
 def loss_by_position(ctx: EvalContext, seq_len: int, batch_size: int, max_batches: int) -> tuple[torch.Tensor, int]:
-    """Mean loss (nats) at each position of the fixed validation windows of ``seq_len`` tokens:
-    ((seq_len,) float64, number of sequences used)."""
-    batches = validation_batches(ensure_prepared(ctx.run_cfg.data), batch_size, seq_len, max_batches)
+    """Mean loss (nats) at each position of the fixed validation windows of ``seq_len`` tokens, laid out as
+    in training (BOS-aligned or not): ((seq_len,) float64, number of sequences used)."""
+    batches = validation_batches(ensure_prepared(ctx.run_cfg.data), batch_size, seq_len, max_batches,
+                                 bos_aligned=ctx.bos_aligned)
     total = torch.zeros(seq_len, dtype=torch.float64)
     count = 0
     for x, y in batches:

@@ -36,7 +36,7 @@ def run(ctx: EvalContext) -> dict:
         reason = f"lm-evaluation-harness is not installed (pip install lm_eval): {_reason(exc)}"
         return {task: {"status": "not run", "reason": reason} for task in cfg.tasks}
     lm = HarnessLM(ctx.model, ctx.tokenizer, max_length=cfg.max_length or ctx.train_len,
-                   batch_size=int(cfg.batch_size), autocast=ctx.autocast)
+                   batch_size=int(cfg.batch_size), autocast=ctx.autocast, bos=ctx.bos_aligned)
     manager = TaskManager(include_path=cfg.include_path)
     results: dict[str, dict] = {}
     for task in cfg.tasks:

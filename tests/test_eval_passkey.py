@@ -102,3 +102,13 @@ def test_likelihood_scorer_is_right_exactly_when_the_true_key_is_most_likely():
     for first in range(5):
         order = [keys[first]] + [k for i, k in enumerate(keys) if i != first]
         assert likelihood_correct(model, prompt, order, encode, torch.no_grad) == (first == best)
+
+
+def test_prefix_opens_the_prompt_and_counts_in_its_length():
+    """A BOS-aligned run's prompts start with the end-of-text token, within the same length budget."""
+    eot = ENC.eot_token
+    with_bos = make_prompt(ENC, 900, 0.5, 2, random.Random(3), prefix=[eot])
+    plain = make_prompt(ENC, 899, 0.5, 2, random.Random(3))
+    assert with_bos.tokens == [eot] + plain.tokens
+    assert with_bos.spans == [(a + 1, b + 1) for a, b in plain.spans]
+    assert len(with_bos.tokens) <= 900 - len(with_bos.answer) - 1
