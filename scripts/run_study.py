@@ -10,8 +10,8 @@ Every run (each point of --grid's product, then each --runs entry, with the argu
 front) goes through
 
     train.py <overrides> name=<run>                    (resume=true when runs/<run> already exists)
-    eval.py run_dir=runs/<run> tasks=[<--tasks>]
-    python -m analysis.attention run_dir=runs/<run>
+    eval.py run_dir=runs/<run> tasks=[<--tasks>] <--eval-args>
+    python -m analysis.attention run_dir=runs/<run> <--analysis-args>
 
 on one GPU of --gpus (CUDA_VISIBLE_DEVICES), runs queued until a GPU is free; its output goes to
 <out>/logs/<run>.log. A run's name is train.py's default (<attention>-<model>-<data>-s<seed>) unless an
@@ -91,8 +91,8 @@ def plan(args) -> list[Run]:
             train_cmd.append("resume=true")
         runs.append(Run(name, overrides, [
             train_cmd,
-            [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]"],
-            [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}"],
+            [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]", *shlex.split(args.eval_args)],
+            [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}", *shlex.split(args.analysis_args)],
         ]))
     return runs
 
@@ -170,6 +170,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--gpus", nargs="*", default=None,
                         help="GPU indices to use, one run each at a time (default: every visible GPU; none: CPU)")
     parser.add_argument("--tasks", default="val_loss,length_extrapolation,passkey", help="eval.py tasks")
+    parser.add_argument("--eval-args", default="", help='more eval.py overrides, e.g. "length.tokens=16384"')
+    parser.add_argument("--analysis-args", default="", help='more analysis.attention overrides, e.g. "max_length=1024"')
     parser.add_argument("--runs-root", default="runs")
     args = parser.parse_args(argv)
     args.common = common

@@ -20,13 +20,15 @@ def test_study_trains_evaluates_analyses_and_collects(tiny_corpus, tmp_path):
     common = [*tiny_corpus, *TINY_MODEL, "model.max_seq_len=128", "trainer.max_steps=2", "trainer.batch_size=4",
               "trainer.eval_batches=1", "trainer.threads=1"]
     out, runs_root = tmp_path / "out", tmp_path / "runs"
-    done = study(out, runs_root, "--grid", "attention=softmax,tda", common=common)
+    done = study(out, runs_root, "--grid", "attention=softmax,tda", "--analysis-args", "lengths=[64,128]",
+                 "--eval-args", "max_batches=1", common=common)
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     names = ["softmax-tiny-tiny-s0", "tda-tiny-tiny-s0"]
     for name in names:
         run = out / "runs" / name
         assert json.loads((run / "eval" / "val_loss.json").read_text())["loss"] > 0
-        assert json.loads((run / "analysis" / "summary.json").read_text())["lengths"]
+        lengths = json.loads((run / "analysis" / "summary.json").read_text())["lengths"]
+        assert [s["length"] for s in lengths] == [64, 128]
         assert (run / "config.yaml").is_file() and (run / "metrics.jsonl").is_file()
         assert not (run / "checkpoints").exists() and (runs_root / name / "checkpoints").is_dir()
     assert (out / "claims.md").read_text().count("|") > 20
