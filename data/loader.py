@@ -189,8 +189,7 @@ class ValidationBatches(Sequence):
                              f"world_size · batch_size = {batch_size * world_size}")
         self.count = available if max_batches is None else min(available, max_batches)
         used = self.count * batch_size * world_size
-        self.indices = np.round(np.linspace(0, len(windows) - 1, used)).astype(np.int64) if used > 1 \
-            else np.zeros(used, dtype=np.int64)
+        self.indices = np.round(np.linspace(0, len(windows) - 1, used)).astype(np.int64)
 
     def __len__(self) -> int:
         return self.count

@@ -113,5 +113,5 @@ class Windows:
             rows[:, 0] = self._bos
             for row, start in zip(rows, self._starts[indices]):
                 row[1:] = self.tokens.read(int(start), self.seq_len)
-        both = torch.from_numpy(rows.astype(np.int64))
+        both = torch.from_numpy(rows.astype(np.int64, copy=False))
         return both[:, :-1].contiguous(), both[:, 1:].contiguous()

@@ -98,7 +98,9 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
     if normalize:
         rks = key_inverse_norms(k1, k2)
-        rk1, rk2 = rks[0], rks[-1] if two else rk2
+        rk1 = rks[0]
+        if two:
+            rk2 = rks[1]
         # the forward kernel writes the queries' inverse norms
         rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
         rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
@@ -145,7 +147,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
     dv = _new_output((B, Hkv, Tk, dv_dim), v.dtype, dev)
     if atomic_dq is None:
-        atomic_dq = dq_atomic(two, q1.element_size())
+        atomic_dq = dq_atomic(two)
     atomic = atomic_dq and not deterministic
     dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
               else q1.new_empty(0, dtype=torch.float32))

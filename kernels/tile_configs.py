@@ -59,7 +59,7 @@ def dq_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> l
             TileConfig(16, 16, 4, 1)]
 
 
-def dq_atomic(two_views: bool, elem_bytes: int) -> bool:
+def dq_atomic(two_views: bool) -> bool:
     """Whether the non-deterministic backward accumulates dQ with fp32 atomics inside the dK/dV
     kernel (8 products per tile pair for TDA) rather than in the dQ kernel, which recomputes the
     scores and dA (11 products) but needs no atomics and fewer registers."""

@@ -31,23 +31,22 @@ import shutil
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))  # train.py, for its run names
 COPIED = ("config.yaml", "metrics.jsonl", "eval", "analysis")
 
 
 @dataclass
 class Run:
     name: str
-    overrides: list[str]
-    steps: list[list[str]] = field(default_factory=list)
+    steps: list[list[str]]
 
 
 def compose_name(overrides: list[str]) -> str:
     """train.py's run name for these overrides (composing the config checks them too)."""
-    sys.path.insert(0, str(ROOT))
     from hydra import compose, initialize_config_dir
 
     import train
@@ -89,7 +88,7 @@ def plan(args) -> list[Run]:
                      "logger.progress=false"]
         if run_dir.exists():
             train_cmd.append("resume=true")
-        runs.append(Run(name, overrides, [
+        runs.append(Run(name, [
             train_cmd,
             [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]", *shlex.split(args.eval_args)],
             [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}", *shlex.split(args.analysis_args)],

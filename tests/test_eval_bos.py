@@ -16,7 +16,6 @@ class Recorder(torch.nn.Module):
     def __init__(self, vocab: int):
         super().__init__()
         self.vocab, self.inputs = vocab, []
-        self.max_seq_len = 4096
 
     def forward(self, x):
         self.inputs.append(x)

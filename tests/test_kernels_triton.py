@@ -103,7 +103,7 @@ def test_both_dq_paths_match_reference(monkeypatch, atomic):
     table picks: both match the float64 reference for two views (grouped heads, odd T) and one."""
     calls = []
     monkeypatch.setattr(launch, "dq_kernel", _counting(launch.dq_kernel, calls))
-    monkeypatch.setattr(launch, "dq_atomic", lambda two_views, elem_bytes: atomic)
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
     for case in (Case(T=77, d=32, dv=64, H=4, Hkv=2, lam=(0.4, 1.1)),
                  Case(T=77, d=48, dv=48, H=2, two_views=False, beta=(0.5,))):
         inputs = make_inputs(case, seed=3)
