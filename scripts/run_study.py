@@ -174,9 +174,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--runs-root", default="runs")
     args = parser.parse_args(argv)
     args.common = common
+    # train.py and eval.py run in the project root: a relative runs root is taken from there (as train.py
+    # takes it), a relative --out from where this script is called
+    runs_root = Path(args.runs_root) if Path(args.runs_root).is_absolute() else ROOT / args.runs_root
+    args.runs_root = str(runs_root)
+    out = Path(args.out).resolve()
 
     runs = plan(args)
-    out = Path(args.out)
     todo = [r for r in runs if not finished(out, r.name)]
     for r in runs:
         if r not in todo:
@@ -186,9 +190,6 @@ def main(argv: list[str] | None = None) -> int:
 
         args.gpus = [str(i) for i in range(torch.cuda.device_count())]
     lanes = [Lane(g) for g in args.gpus] or [Lane(None)]
-    runs_root = Path(args.runs_root)
-    if not runs_root.is_absolute():
-        runs_root = ROOT / runs_root
     print(f"[study] {len(todo)} runs on {len(lanes)} lane(s) ({', '.join(args.gpus) or 'cpu'}): "
           + ", ".join(r.name for r in todo), flush=True)
     queue, failed, t0 = list(todo), [], time.time()

@@ -40,3 +40,44 @@ def test_study_trains_evaluates_analyses_and_collects(tiny_corpus, tmp_path):
     bad = study(tmp_path / "bad", runs_root, "--runs", "attention=nonexistent", common=common)
     assert bad.returncode != 0 and "error" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_relative_runs_root_is_the_project_roots_from_any_directory(tmp_path, monkeypatch):
+    """An existing run under a relative runs root (which train.py reads from the project root) is resumed,
+    and a relative --out is the caller's, wherever the study is launched from."""
+    import importlib.util
+    import shutil
+
+    spec = importlib.util.spec_from_file_location("run_study", ROOT / "scripts" / "run_study.py")
+    run_study = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, "run_study", run_study)
+    spec.loader.exec_module(run_study)
+    monkeypatch.setattr(run_study, "Lane", _FirstRunOnly)
+    runs_root = ROOT / "runs" / ".test-run-study"
+    (runs_root / "softmax-tiny-builtin-s0").mkdir(parents=True, exist_ok=True)
+    monkeypatch.chdir(tmp_path)
+    try:
+        run_study.main(["--out", "out", "--runs-root", "runs/.test-run-study", "--gpus", "--grid",
+                        "attention=softmax", "--", "model=tiny"])
+        raise AssertionError("no run was started")
+    except _Started as started:
+        assert f"runs_root={runs_root}" in started.run.steps[0] and "resume=true" in started.run.steps[0]
+        assert started.log == tmp_path / "out" / "logs" / "softmax-tiny-builtin-s0.log"
+    finally:
+        shutil.rmtree(runs_root)
+
+
+class _Started(Exception):
+    def __init__(self, run, log):
+        super().__init__(run.name)
+        self.run, self.log = run, log
+
+
+class _FirstRunOnly:
+    """Stands in for a lane: stops the study at its first run, handing over what it was given."""
+
+    def __init__(self, device):
+        self.device, self.run = device, None
+
+    def start(self, run, log_path):
+        raise _Started(run, log_path)
