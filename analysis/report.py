@@ -97,15 +97,18 @@ def fmt(values: list[float], digits: int = 4) -> str:
     return f"{statistics.fmean(values):.{digits}g} ± {statistics.stdev(values):.2g} (n={len(values)})"
 
 
-def passkey_accuracy(run: RunResults, target: int, metric: str = "exact") -> float | None:
+def passkey_accuracy(run: RunResults, target: int | None, metric: str = "exact") -> float | None:
     """Passkey accuracy (``exact`` match of the generated key, or ``likelihood`` ranking) at the
-    evaluated length nearest ``target``, averaged over depths and key counts, from eval/passkey.json
-    ({"lengths": [...], "grid": {"<n>_keys": {metric: [length][depth]}}}); None when absent or unreadable."""
+    evaluated length nearest ``target`` (None: every evaluated length), averaged over depths and key counts,
+    from eval/passkey.json ({"lengths": [...], "grid": {"<n>_keys": {metric: [length][depth]}}}); None when
+    absent or unreadable."""
     data = run.eval_result("passkey")
     try:
         lengths = [int(t) for t in data["lengths"]]
-        nearest = min(range(len(lengths)), key=lambda b: (abs(lengths[b] - target), lengths[b]))
-        per_keys = [statistics.fmean(float(a) for a in grid[metric][nearest]) for grid in data["grid"].values()]
+        chosen = range(len(lengths)) if target is None else \
+            [min(range(len(lengths)), key=lambda b: (abs(lengths[b] - target), lengths[b]))]
+        per_keys = [statistics.fmean(float(a) for b in chosen for a in grid[metric][b])
+                    for grid in data["grid"].values()]
         return statistics.fmean(per_keys)
     except (TypeError, KeyError, ValueError, IndexError, statistics.StatisticsError):
         return None
@@ -285,6 +288,34 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     return out
 
 
+def _num(value: float | None, digits: int = 3, percent: bool = False) -> str:
+    if value is None or value != value:
+        return "—"
+    return f"{100 * value:.1f}%" if percent else f"{value:.{digits}g}"
+
+
+def per_run_rows(runs: list[RunResults]) -> list[str]:
+    """One markdown row per run: the numbers behind the claims, unaveraged (— where not measured)."""
+    lines = ["| run | attention | val loss | exact zeros (train length / longest) | empty rows | non-zeros per row "
+             "(train length / longest) | first-token ratio ÷ uniform (max) | sink rate | ppl longest ÷ train "
+             "(plain / NTK) | passkey (exact / likelihood) | mean λ |",
+             "|" + "---|" * 11]
+    for run in runs:
+        at_train, at_longest = _at_length("sparsity"), _at_longest("sparsity")
+        nz_train, nz_longest = _at_length("nonzeros_per_row"), _at_longest("nonzeros_per_row")
+        lambdas = (run.summary or {}).get("lambda_per_layer") or []
+        lam = statistics.fmean(lambdas) if lambdas else None
+        pk = passkey_accuracy(run, None), passkey_accuracy(run, None, "likelihood")
+        lines.append(" | ".join([
+            f"| {run.name}", run.attention, _num(run.final_val_loss(), 4),
+            f"{_num(at_train(run), percent=True)} / {_num(at_longest(run), percent=True)}",
+            _num(_at_length("empty_row_share")(run), percent=True),
+            f"{_num(nz_train(run), 4)} / {_num(nz_longest(run), 4)}", _num(sink_ratio_max(run)), _num(sink_rate(run)),
+            f"{_num(extrapolation_ratio(run))} / {_num(extrapolation_ratio(run, 'ntk'))}",
+            "—" if pk[0] is None else f"{_num(pk[0])} / {_num(pk[1])}", _num(lam)]) + " |")
+    return lines
+
+
 def render(groups: list[Group], table: list[Claim]) -> str:
     """The claims as one markdown table: claim, paper, measure, one column per group, holds."""
     labels = [g.label for g in groups]
@@ -294,7 +325,11 @@ def render(groups: list[Group], table: list[Claim]) -> str:
         lines.append(f"| {c.text} | {c.paper} | {c.measure} | "
                      + " | ".join(c.cells.get(label, "—") for label in labels) + f" | {c.holds} |")
     runs = "; ".join(f"{g.label}: {', '.join(r.name for r in g.runs)}" for g in groups)
-    return "\n".join(lines) + f"\n\nRuns per column: {runs}.\n"
+    every = [r for g in groups for r in g.runs]
+    return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Per run\n\n"
+            "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
+            "length; passkey averaged over every evaluated length, depth and key count; mean λ over layers "
+            "(TDA).\n\n" + "\n".join(per_run_rows(every)) + "\n")
 
 
 def make_report(cfg: DictConfig) -> str:

@@ -167,7 +167,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--grid", nargs="*", default=[], help="key=v1,v2 ...: every combination is a run")
     parser.add_argument("--runs", nargs="*", default=[], help='more runs, each one quoted string of overrides')
     parser.add_argument("--gpus", nargs="*", default=None,
-                        help="GPU indices to use, one run each at a time (default: every visible GPU; none: CPU)")
+                        help="GPU indices to use, one run each at a time; an index listed twice takes two runs at once "
+                             "(default: every visible GPU; none: CPU)")
     parser.add_argument("--tasks", default="val_loss,length_extrapolation,passkey", help="eval.py tasks")
     parser.add_argument("--eval-args", default="", help='more eval.py overrides, e.g. "length.tokens=16384"')
     parser.add_argument("--analysis-args", default="", help='more analysis.attention overrides, e.g. "max_length=1024"')

@@ -104,9 +104,19 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     text = make_report(compose("analysis_report", [f"runs=[{copies['tda']},{seed},{copies['softmax']}]",
                                                     f"out={out}"]))
     assert out.read_text() == text
-    lines = [line for line in text.splitlines() if line.startswith("|")]
+    claims_part, per_run_part = text.split("## Per run")
+    lines = [line for line in claims_part.splitlines() if line.startswith("|")]
     assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
     assert len(lines) == 2 + 13
+    per_run = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
+               for line in [row for row in per_run_part.splitlines() if row.startswith("|")][2:]}
+    assert sorted(per_run) == sorted(["analysis_tda", "analysis_tda_seed1", "analysis_softmax"])
+    tda, softmax = per_run["analysis_tda"], per_run["analysis_softmax"]
+    assert tda[0] == "tda" and softmax[2] == "0.0% / 0.0%"      # dense: no exact zeros
+    assert tda[7] == "4 / 1" and softmax[7] == "4 / 1"          # perplexity ratio plain / NTK
+    # passkey over both lengths; no likelihood grid for 2 keys in these files -> —
+    assert tda[8] == "0.25 / —" and per_run["analysis_tda_seed1"][8] == "0.125 / —"
+    assert tda[9] != "—" and softmax[9] == "—"                  # mean λ only for TDA
     passkey = next(line for line in lines if line.startswith("| passkey"))
     assert "0.375 ± 0.18 (n=2)" in passkey and "| 0.125 |" in passkey and passkey.endswith("| yes |")
     plain = next(line for line in lines if line.startswith("| length extrapolation, plain"))
