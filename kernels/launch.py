@@ -35,9 +35,10 @@ def _p_mode(p: float) -> int:
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-            constexprs: dict, config: Optional[TileConfig]) -> TileConfig:
+            constexprs: dict, config: Optional[TileConfig], layout_flag: Optional[str] = None) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
-    memory. ``args_for`` builds the runtime arguments, which depend on the tile size."""
+    memory. ``args_for`` builds the runtime arguments, which depend on the tile size; ``layout_flag``
+    names the kernel's constexpr that takes the config's ``query_major``."""
     if config is not None:
         candidates = [config]
     elif interpreting():
@@ -46,7 +47,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         candidates = [_chosen[key]]
     for i, cfg in enumerate(candidates):
         try:
-            compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, BLOCK_M=cfg.block_m,
+            layout = {layout_flag: cfg.query_major} if layout_flag else {}
+            compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, **layout, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                                             num_stages=cfg.num_stages)
         except OutOfResources:
@@ -169,7 +171,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
 
     key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
-            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta), config)
+            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta), config,
+            layout_flag="QUERY_MAJOR")
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None

@@ -15,12 +15,14 @@ import triton
 
 @dataclass(frozen=True)
 class TileConfig:
-    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton."""
+    """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton.
+    query_major (dK/dV kernel only): score tiles laid out (queries, keys) instead of (keys, queries)."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    query_major: bool = False
 
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)

@@ -68,6 +68,29 @@ def test_other_dq_path_on_gpu(monkeypatch, name):
     assert all(v <= tol for v in errors.values()), errors
 
 
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
+                                  "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
+def test_query_major_dkdv_layout_on_gpu(monkeypatch, name, atomic):
+    """The dK/dV kernel's (queries, keys) tile layout, compiled, with either dQ path, at its candidate tiles."""
+    from kernels import launch
+
+    case = CASES[name]
+    default = launch.backward_configs
+
+    def query_major(*args):
+        return [launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=True)
+                for c in default(*args)]
+    monkeypatch.setattr(launch, "backward_configs", query_major)
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
+    monkeypatch.setattr(launch, "_chosen", {})
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    assert launch._chosen and all(c.query_major for k, c in launch._chosen.items() if k[0] == "dkdv")
+
+
 @pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),
                                              (torch.float32, True)])
 def test_deterministic_path_is_bit_identical(dtype, two_views):
