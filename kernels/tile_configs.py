@@ -75,6 +75,10 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
         return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    if width <= 192 and not two_views:
+        # one view of 64: (queries, keys) tiles, 0.850 ms against 1.105 key-major (H200 sweep, BENCHMARKS.md)
+        return [TileConfig(64, 64, 4, 3, query_major=True), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
+                TileConfig(32, 32, 4, 1)]
     if width <= 192:
         return [TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
