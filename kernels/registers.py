@@ -1,0 +1,196 @@
+"""Registers and spills of the Triton kernels, compiled for an NVIDIA GPU on any machine (no GPU needed).
+
+    python -m kernels.registers                            # paired TDA and TRA, d = 64, bf16, sm_90
+    python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
+
+Each kernel (forward, dK/dV with either dQ path, dQ) is compiled the way launch.py launches it, for the
+head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default),
+and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
+and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows
+register pressure before any GPU time is spent. The code is what the Triton installed here produces;
+another Triton version compiles differently (compile with the version the GPU machine runs).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Optional
+
+if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on"):
+    sys.exit("kernels.registers compiles the kernels: run it without TRITON_INTERPRET=1")
+
+import torch  # noqa: E402
+import triton  # noqa: E402
+from triton.backends.compiler import GPUTarget  # noqa: E402
+from triton.runtime.driver import driver  # noqa: E402
+
+from . import launch  # noqa: E402
+from .tile_configs import TileConfig, backward_configs, dq_configs, forward_configs  # noqa: E402
+
+D_MODEL = 768
+LAUNCHED = ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel", "dq_finish_kernel", "inverse_norm_kernel")
+
+
+class _CompileTarget:
+    """A Triton driver that names a fixed CUDA target and launches nothing."""
+
+    def __init__(self, arch: int):
+        self.target = GPUTarget("cuda", arch, 32)
+
+    def get_current_target(self) -> GPUTarget:
+        return self.target
+
+    def get_current_device(self) -> int:
+        return 0
+
+    def get_current_stream(self, device: Optional[int] = None) -> int:
+        return 0
+
+    def get_active_torch_device(self) -> torch.device:
+        return torch.device("cpu")
+
+
+class _CompileOnly:
+    """Stands in for a kernel in launch.py: ``kernel[grid](...)`` compiles and returns the compiled kernel."""
+
+    def __init__(self, kernel):
+        self.kernel = kernel
+
+    def __getitem__(self, grid):
+        return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
+
+
+@contextmanager
+def compile_only(arch: int) -> Iterator[None]:
+    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none."""
+    previous = driver._active  # no public getter that does not create the default (GPU) driver
+    originals = {name: getattr(launch, name) for name in LAUNCHED}
+    driver.set_active(_CompileTarget(arch))
+    try:
+        for name, kernel in originals.items():
+            setattr(launch, name, _CompileOnly(kernel))
+        launch._chosen.clear()
+        yield
+    finally:
+        for name, kernel in originals.items():
+            setattr(launch, name, kernel)
+        launch._chosen.clear()
+        driver.set_active(previous)
+
+
+@dataclass
+class Usage:
+    registers: int
+    spill_bytes: int
+    shared_kib: float
+
+
+def ptxas_usage(compiled, arch: int) -> Usage:
+    """Registers and spill stores from ptxas -v on the compiled kernel's PTX; shared memory from Triton."""
+    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "kernel.ptx")
+        with open(src, "w") as f:
+            f.write(compiled.asm["ptx"])
+        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+        report = subprocess.run([ptxas, "-v", f"-arch={gpu}", src, "-o", os.path.join(tmp, "kernel.cubin")],
+                                capture_output=True, text=True, check=True).stderr
+    registers = re.search(r"Used (\d+) registers", report)
+    spills = re.search(r"(\d+) bytes spill stores", report)
+    if registers is None or spills is None:
+        raise RuntimeError(f"unexpected ptxas report: {report[-300:]}")
+    return Usage(int(registers.group(1)), int(spills.group(1)), compiled.metadata.shared / 1024)
+
+
+def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int) -> dict:
+    """CPU tensors laid out as the model makes them ((B, T, heads, d) viewed as (B, heads, T, d)); only
+    their dtypes, strides and alignment reach the compiler."""
+    def projection(width: int) -> torch.Tensor:
+        return torch.zeros(1, T, heads, width, dtype=dtype).transpose(1, 2)
+    x = {"q1": projection(d), "k1": projection(d), "v": projection(dv), "q2": None, "k2": None, "lam": None}
+    if views == 2:
+        x.update(q2=projection(d), k2=projection(d), lam=torch.full((heads,), 0.5))
+    x["beta"] = torch.ones(heads)
+    return x
+
+
+def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096) -> list[dict]:
+    """One row per (kernel, path, tile): the layout kernels.bench times (paired TDA: d_model/(2d) heads,
+    v of 2d; one view: d_model/d heads of d)."""
+    dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
+    x = _inputs(views, d, dv, heads, dtype, T)
+    two, size = views == 2, torch.tensor([], dtype=dtype).element_size()
+    fixed = (x["lam"], x["beta"], 2.0, True, 1.0, True)
+    label = f"{'TDA paired' if two else 'one view'} {heads}×{d} (v {dv})"
+    rows = []
+
+    def record(kernel: str, path: str, cfg: TileConfig, default: bool) -> None:
+        usage = ptxas_usage(launch.last_compiled[kernel], arch)
+        rows.append(dict(layout=label, kernel=kernel, path=path, cfg=cfg, default=default, usage=usage))
+
+    def candidates(table: list[TileConfig]) -> list[TileConfig]:
+        return table[:1] if defaults_only else table
+
+    with compile_only(arch):
+        out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed)
+        do = torch.zeros_like(out)
+        for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
+            launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
+            record("fwd", "forward", cfg, i == 0)
+        grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
+        default_atomic = launch.dq_atomic(two)
+        for atomic in (default_atomic, not default_atomic):
+            for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
+                launch.backward(*grads, config=cfg, atomic_dq=atomic)
+                record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
+                       i == 0 and atomic == default_atomic)
+        for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
+            launch.backward(*grads, atomic_dq=False, dq_config=cfg)
+            record("dq", "dQ kernel", cfg, i == 0 and not default_atomic)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| layout | kernel | tile (query rows × keys), warps, stages | default | registers | spill stores (bytes) "
+             "| shared KiB |", "|" + "---|" * 7]
+    for r in rows:
+        c, u = r["cfg"], r["usage"]
+        tile = f"{c.block_m}×{c.block_n}, {c.num_warps} warps, {c.num_stages} stages" + (
+            ", query-major" if c.query_major else "")
+        lines.append(f"| {r['layout']} | {r['path']} | {tile} | {'yes' if r['default'] else ''} | {u.registers} "
+                     f"| {u.spill_bytes} | {u.shared_kib:.0f} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    parser.add_argument("--views", type=int, nargs="+", choices=[1, 2], default=[2, 1])
+    parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
+    parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
+    parser.add_argument("--defaults-only", action="store_true", help="only the first (default) tile of each table")
+    parser.add_argument("--out", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
+    rows = []
+    for d in args.head_dims:
+        for views in args.views:
+            rows += rows_for(views, d, dtype, args.arch, args.defaults_only)
+            print(f"compiled: {views} view(s), d = {d}", file=sys.stderr, flush=True)
+    table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}; registers and spill stores from ptxas -v\n\n"
+             + format_table(rows))
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
