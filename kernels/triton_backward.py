@@ -28,150 +28,66 @@ from .triton_math import (key_scores, load_inverse_norms, load_tile, normalize_b
 
 
 @triton.jit
+def _per_query(x, QUERY_MAJOR: tl.constexpr):
+    """A vector over the query block, broadcast along the score tile's query axis."""
+    if QUERY_MAJOR:
+        y = x[:, None]
+    else:
+        y = x[None, :]
+    return y
+
+
+@triton.jit
+def _per_key(x, QUERY_MAJOR: tl.constexpr):
+    """A vector over the key block, broadcast along the score tile's key axis."""
+    if QUERY_MAJOR:
+        y = x[None, :]
+    else:
+        y = x[:, None]
+    return y
+
+
+@triton.jit
+def _score_tile(keys, queries, DOT_PREC: tl.constexpr, QUERY_MAJOR: tl.constexpr):
+    """keys . queries^T laid out (keys, queries), or queries . keys^T laid out (queries, keys)."""
+    if QUERY_MAJOR:
+        t = tl.dot(queries, tl.trans(keys), input_precision=DOT_PREC)
+    else:
+        t = tl.dot(keys, tl.trans(queries), input_precision=DOT_PREC)
+    return t
+
+
+@triton.jit
+def _into_keys(tile, rows, acc, DOT_PREC: tl.constexpr, QUERY_MAJOR: tl.constexpr):
+    """acc (keys x width) + tile^(keys, queries) . rows (queries x width)."""
+    if QUERY_MAJOR:
+        acc = tl.dot(tl.trans(tile), rows, acc, input_precision=DOT_PREC)
+    else:
+        acc = tl.dot(tile, rows, acc, input_precision=DOT_PREC)
+    return acc
+
+
+@triton.jit
+def _into_queries(tile, keys, DOT_PREC: tl.constexpr, QUERY_MAJOR: tl.constexpr):
+    """tile^(queries, keys) . keys (keys x width)."""
+    if QUERY_MAJOR:
+        t = tl.dot(tile, keys, input_precision=DOT_PREC)
+    else:
+        t = tl.dot(tl.trans(tile), keys, input_precision=DOT_PREC)
+    return t
+
+
+@triton.jit
+def _sum_over_queries(x, QUERY_MAJOR: tl.constexpr):
+    if QUERY_MAJOR:
+        y = tl.sum(x, axis=0)
+    else:
+        y = tl.sum(x, axis=1)
+    return y
+
+
+@triton.jit
 def _dkdv_query_block(
-    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-    m0, Tq, Tk, offs_n, offs_d,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
-    P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
-    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr,
-):
-    """One query block's contribution to a key block's gradients; tiles are (keys, queries)."""
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < Tq
-    d_ok = offs_d < HEAD_D
-    pos = offs_m + (Tk - Tq)
-    tau = beta * threshold_gain(pos, inv_d)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
-                   BLOCK_DV != HEAD_DV, CAST_F32)
-    da = tl.dot(v, tl.trans(do), input_precision=DOT_PREC)
-    if MASKED:
-        keep = offs_n[:, None] <= pos[None, :]
-    # View 1. R = rk (x) rq is applied as two broadcasts, never held as a tile (register pressure).
-    q1 = load_tile(tile_ptrs(Q1h, offs_m, offs_d, sq1_t, sq1_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-    u1 = tl.dot(k1, tl.trans(q1), input_precision=DOT_PREC)
-    if NORMALIZE:
-        u1 = u1 * rk1[:, None]
-    u1 = u1 * rq1[None, :] - tau[None, :]
-    if MASKED:
-        u1 = tl.where(keep, u1, 0.0)
-    w, e1 = relu_power_and_slope(u1, p, P_MODE)
-    if BETA_GRAD:
-        acc_beta += tl.sum(e1 * da * threshold_gain(pos, inv_d)[None, :], axis=1)
-    ds1 = e1 * da
-    if NORMALIZE:
-        ds1 = ds1 * rk1[:, None]
-    ds1 = (ds1 * rq1[None, :]).to(q1.dtype)
-    dk1 = tl.dot(ds1, q1, dk1, input_precision=DOT_PREC)
-    if DQ_ATOMIC:
-        dq1 = tl.dot(tl.trans(ds1), k1, input_precision=DOT_PREC)
-        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
-                      mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-    if TWO_VIEWS:
-        q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-        rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-        u2 = tl.dot(k2, tl.trans(q2), input_precision=DOT_PREC)
-        if NORMALIZE:
-            u2 = u2 * rk2[:, None]
-        u2 = u2 * rq2[None, :] - tau[None, :]
-        if MASKED:
-            u2 = tl.where(keep, u2, 0.0)
-        a2, e2 = relu_power_and_slope(u2, p, P_MODE)
-        w = w - lam * a2
-        if LAM_GRAD:
-            acc_lam += tl.sum(da * a2, axis=1)
-        if BETA_GRAD:
-            acc_beta -= lam * tl.sum(e2 * da * threshold_gain(pos, inv_d)[None, :], axis=1)
-        ds2 = e2 * da
-        if NORMALIZE:
-            ds2 = ds2 * rk2[:, None]
-        ds2 = (ds2 * (rq2 * -lam)[None, :]).to(q2.dtype)
-        dk2 = tl.dot(ds2, q2, dk2, input_precision=DOT_PREC)
-        if DQ_ATOMIC:
-            dq2 = tl.dot(tl.trans(ds2), k2, input_precision=DOT_PREC)
-            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
-                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-    dv = tl.dot(w.to(do.dtype), do, dv, input_precision=DOT_PREC)
-    return dk1, dk2, dv, acc_lam, acc_beta
-
-
-@triton.jit
-def _dkdv_query_block_qmajor(
-    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-    m0, Tq, Tk, offs_n, offs_d,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
-    BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
-    P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
-    LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr,
-):
-    """As _dkdv_query_block with tiles laid out (queries, keys): the held k1, k2, v are the second
-    operand of every product that reads them (q k^T, dO v^T, dS k), the per-query-block tiles q, dO
-    the first, and dS^T, W^T enter dK, dV transposed."""
-    offs_m = m0 + tl.arange(0, BLOCK_M)
-    row_ok = offs_m < Tq
-    d_ok = offs_d < HEAD_D
-    pos = offs_m + (Tk - Tq)
-    tau = beta * threshold_gain(pos, inv_d)
-    offs_dv = tl.arange(0, BLOCK_DV)
-    do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
-                   BLOCK_DV != HEAD_DV, CAST_F32)
-    da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-    if MASKED:
-        keep = offs_n[None, :] <= pos[:, None]
-    q1 = load_tile(tile_ptrs(Q1h, offs_m, offs_d, sq1_t, sq1_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-    u1 = tl.dot(q1, tl.trans(k1), input_precision=DOT_PREC)
-    if NORMALIZE:
-        u1 = u1 * rk1[None, :]
-    u1 = u1 * rq1[:, None] - tau[:, None]
-    if MASKED:
-        u1 = tl.where(keep, u1, 0.0)
-    w, e1 = relu_power_and_slope(u1, p, P_MODE)
-    if BETA_GRAD:
-        acc_beta += tl.sum(e1 * da * threshold_gain(pos, inv_d)[:, None], axis=0)
-    ds1 = e1 * da
-    if NORMALIZE:
-        ds1 = ds1 * rk1[None, :]
-    ds1 = (ds1 * rq1[:, None]).to(q1.dtype)
-    dk1 = tl.dot(tl.trans(ds1), q1, dk1, input_precision=DOT_PREC)
-    if DQ_ATOMIC:
-        dq1 = tl.dot(ds1, k1, input_precision=DOT_PREC)
-        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
-                      mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-    if TWO_VIEWS:
-        q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-        rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-        u2 = tl.dot(q2, tl.trans(k2), input_precision=DOT_PREC)
-        if NORMALIZE:
-            u2 = u2 * rk2[None, :]
-        u2 = u2 * rq2[:, None] - tau[:, None]
-        if MASKED:
-            u2 = tl.where(keep, u2, 0.0)
-        a2, e2 = relu_power_and_slope(u2, p, P_MODE)
-        w = w - lam * a2
-        if LAM_GRAD:
-            acc_lam += tl.sum(da * a2, axis=0)
-        if BETA_GRAD:
-            acc_beta -= lam * tl.sum(e2 * da * threshold_gain(pos, inv_d)[:, None], axis=0)
-        ds2 = e2 * da
-        if NORMALIZE:
-            ds2 = ds2 * rk2[None, :]
-        ds2 = (ds2 * (rq2 * -lam)[:, None]).to(q2.dtype)
-        dk2 = tl.dot(tl.trans(ds2), q2, dk2, input_precision=DOT_PREC)
-        if DQ_ATOMIC:
-            dq2 = tl.dot(ds2, k2, input_precision=DOT_PREC)
-            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
-                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-    dv = tl.dot(tl.trans(w.to(do.dtype)), do, dv, input_precision=DOT_PREC)
-    return dk1, dk2, dv, acc_lam, acc_beta
-
-
-@triton.jit
-def _dkdv_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
     Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
     m0, Tq, Tk, offs_n, offs_d,
@@ -180,19 +96,67 @@ def _dkdv_block(
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr, QUERY_MAJOR: tl.constexpr,
 ):
-    """One query block's contribution in the tile layout QUERY_MAJOR picks."""
-    if QUERY_MAJOR:
-        dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block_qmajor(
-            dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-            Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-            m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
-            TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD, MASKED)
-    else:
-        dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
-            dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-            Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-            m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
-            TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD, MASKED)
+    """One query block's contribution to a key block's gradients. Score tiles are (keys, queries), or
+    (queries, keys) with QUERY_MAJOR: then the held k1, k2, v are the second operand of every product
+    that reads them and dS, W enter dK, dV transposed."""
+    offs_m = m0 + tl.arange(0, BLOCK_M)
+    row_ok = offs_m < Tq
+    d_ok = offs_d < HEAD_D
+    pos = offs_m + (Tk - Tq)
+    tau = beta * threshold_gain(pos, inv_d)
+    offs_dv = tl.arange(0, BLOCK_DV)
+    do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
+                   BLOCK_DV != HEAD_DV, CAST_F32)
+    da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
+    if MASKED:
+        keep = _per_key(offs_n, QUERY_MAJOR) <= _per_query(pos, QUERY_MAJOR)
+    # View 1. R = rk (x) rq is applied as two broadcasts, never held as a tile (register pressure).
+    q1 = load_tile(tile_ptrs(Q1h, offs_m, offs_d, sq1_t, sq1_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    u1 = _score_tile(k1, q1, DOT_PREC, QUERY_MAJOR)
+    if NORMALIZE:
+        u1 = u1 * _per_key(rk1, QUERY_MAJOR)
+    u1 = u1 * _per_query(rq1, QUERY_MAJOR) - _per_query(tau, QUERY_MAJOR)
+    if MASKED:
+        u1 = tl.where(keep, u1, 0.0)
+    w, e1 = relu_power_and_slope(u1, p, P_MODE)
+    if BETA_GRAD:
+        acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
+    ds1 = e1 * da
+    if NORMALIZE:
+        ds1 = ds1 * _per_key(rk1, QUERY_MAJOR)
+    ds1 = (ds1 * _per_query(rq1, QUERY_MAJOR)).to(q1.dtype)
+    dk1 = _into_keys(ds1, q1, dk1, DOT_PREC, QUERY_MAJOR)
+    if DQ_ATOMIC:
+        dq1 = _into_queries(ds1, k1, DOT_PREC, QUERY_MAJOR)
+        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
+                      mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+    if TWO_VIEWS:
+        q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+        u2 = _score_tile(k2, q2, DOT_PREC, QUERY_MAJOR)
+        if NORMALIZE:
+            u2 = u2 * _per_key(rk2, QUERY_MAJOR)
+        u2 = u2 * _per_query(rq2, QUERY_MAJOR) - _per_query(tau, QUERY_MAJOR)
+        if MASKED:
+            u2 = tl.where(keep, u2, 0.0)
+        a2, e2 = relu_power_and_slope(u2, p, P_MODE)
+        w = w - lam * a2
+        if LAM_GRAD:
+            acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
+        if BETA_GRAD:
+            acc_beta -= lam * _sum_over_queries(e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
+                                                QUERY_MAJOR)
+        ds2 = e2 * da
+        if NORMALIZE:
+            ds2 = ds2 * _per_key(rk2, QUERY_MAJOR)
+        ds2 = (ds2 * _per_query(rq2 * -lam, QUERY_MAJOR)).to(q2.dtype)
+        dk2 = _into_keys(ds2, q2, dk2, DOT_PREC, QUERY_MAJOR)
+        if DQ_ATOMIC:
+            dq2 = _into_queries(ds2, k2, DOT_PREC, QUERY_MAJOR)
+            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
+                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+    dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
     return dk1, dk2, dv, acc_lam, acc_beta
 
 
@@ -269,14 +233,14 @@ def dkdv_kernel(
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
         DQ2h = DQ2ACC + bh * Tq * HEAD_D
         for m0 in range(m_lo, m_mid, BLOCK_M):
-            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_block(
+            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                 True, QUERY_MAJOR)
         for m0 in range(m_mid, m_end, BLOCK_M):
-            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_block(
+            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
