@@ -194,8 +194,9 @@ def format_table(rows: list[dict]) -> str:
 
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
-    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d) and both dQ
-    paths (atomics in the dK/dV kernel, or the dQ kernel), beside cuDNN's and FlashAttention-2's
+    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d), both dQ
+    paths (atomics in the dK/dV kernel, or the dQ kernel) and dV apart (dK and dV launched separately,
+    dQ by atomics), beside cuDNN's and FlashAttention-2's
     softmax at the same shape; the backward rows time the whole backward with the other kernels at
     their defaults."""
     B = max(1, tokens // T)
@@ -208,6 +209,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
     bwd += [TileConfig(*c, query_major=True) for c in (
         (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2),
         (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 8, 2))]
+    dv_tiles = [TileConfig(*c, query_major=qm) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
+                                                          (32, 128, 8, 2)) for qm in (False, True)]
     dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
                                    (128, 64, 8, 2))]
     for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
@@ -231,6 +234,14 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
                 _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
                     do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                     views == 2, False, False, config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
+        for cfg in bwd:
+            _report("bwd dV apart (dK tiles)", label, cfg, fl_b, lambda: launch.backward(
+                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                views == 2, False, False, config=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
+        for cfg in dv_tiles:
+            _report("bwd dV apart (dV tiles)", label, cfg, fl_b, lambda: launch.backward(
+                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                views == 2, False, False, atomic_dq=True, dv_apart=True, dv_config=cfg), "dv", rep_ms)
         for cfg in dq:
             _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,

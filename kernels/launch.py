@@ -12,7 +12,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
-                           forward_configs, padded)
+                           dv_configs, dv_pass_apart, forward_configs, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_norms import inverse_norm_kernel
@@ -132,12 +132,15 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              beta: torch.Tensor, p: float, normalize: bool, scale: float, causal: bool,
              need_dlam: bool, need_dbeta: bool, deterministic: bool,
              config: Optional[TileConfig] = None, dq_config: Optional[TileConfig] = None,
-             atomic_dq: Optional[bool] = None) -> tuple[Optional[torch.Tensor], ...]:
+             atomic_dq: Optional[bool] = None, dv_apart: Optional[bool] = None,
+             dv_config: Optional[TileConfig] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
     dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
     apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
-    ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel.
+    ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
+    and then ``dv_apart`` (default: tile_configs.dv_apart) computes dV in a launch of its own (scores
+    and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -151,6 +154,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     if atomic_dq is None:
         atomic_dq = dq_atomic(two)
     atomic = atomic_dq and not deterministic
+    apart = (dv_pass_apart(two) if dv_apart is None else dv_apart) and atomic
     dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
               else q1.new_empty(0, dtype=torch.float32))
     dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
@@ -160,19 +164,26 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     def grid(cfg: TileConfig) -> int:
         return triton.cdiv(Tk, cfg.block_n) * B * Hkv
 
-    def args_for(cfg: TileConfig) -> tuple:
+    def args_for(cfg: TileConfig, with_partials: bool = True) -> tuple:
         nb = triton.cdiv(Tk, cfg.block_n)
-        partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
-        partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
+        if with_partials:
+            partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
+            partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
         return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta,
-                dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc, partials["lam"], partials["beta"],
+                dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
+                partials["lam"] if with_partials else dq_acc, partials["beta"] if with_partials else dq_acc,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
-    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta)
+    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
-            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta), config,
-            layout_flag="QUERY_MAJOR")
+            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
+                 WITH_DV=not apart), config, layout_flag="QUERY_MAJOR")
+    if apart:
+        _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
+                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items())),
+                dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
+                dv_config, layout_flag="QUERY_MAJOR")
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None

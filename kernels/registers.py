@@ -3,7 +3,7 @@
     python -m kernels.registers                            # paired TDA and TRA, d = 64, bf16, sm_90
     python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
 
-Each kernel (forward, dK/dV with either dQ path, dQ) is compiled the way launch.py launches it, for the
+Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own) is compiled the way launch.py launches it, for the
 head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default),
 and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
 and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows
@@ -32,7 +32,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
 from . import launch  # noqa: E402
-from .tile_configs import TileConfig, backward_configs, dq_configs, forward_configs  # noqa: E402
+from .tile_configs import TileConfig, backward_configs, dq_configs, dv_configs, forward_configs  # noqa: E402
 
 D_MODEL = 768
 LAUNCHED = ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel", "dq_finish_kernel", "inverse_norm_kernel")
@@ -154,6 +154,13 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
             launch.backward(*grads, atomic_dq=False, dq_config=cfg)
             record("dq", "dQ kernel", cfg, i == 0 and not default_atomic)
+        apart = launch.dv_pass_apart(two)
+        for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
+            launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True)
+            record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic)
+        for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size))):
+            launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg)
+            record("dv", "dV apart", cfg, i == 0 and apart and default_atomic)
     return rows
 
 

@@ -68,6 +68,21 @@ def dq_atomic(two_views: bool) -> bool:
     return not two_views
 
 
+def dv_pass_apart(two_views: bool) -> bool:
+    """Whether the backward with dQ by atomics computes dV in a launch of its own (q·k scores and W only,
+    no dA), leaving the dK launch without the dV accumulator (half of the registers that the two-view
+    dK/dV kernel holds). Off until measured on a GPU faster than the default (BENCHMARKS.md)."""
+    return False
+
+
+def dv_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
+    """Candidates for the dV-only launch of the key-block kernel (see dv_pass_apart), best first by
+    registers and spills as compiled for sm_90 (python -m kernels.registers); not yet timed."""
+    if elem_bytes == 4:
+        return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+    return [TileConfig(64, 128, 8, 2), TileConfig(32, 128, 8, 3), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)]
+
+
 def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
     """Candidates for the key-block-parallel dK/dV kernel, best first (block_n keys held, block_m
     query rows streamed)."""

@@ -95,10 +95,12 @@ def _dkdv_query_block(
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr, QUERY_MAJOR: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
 ):
-    """One query block's contribution to a key block's gradients. Score tiles are (keys, queries), or
-    (queries, keys) with QUERY_MAJOR: then the held k1, k2, v are the second operand of every product
-    that reads them and dS, W enter dK, dV transposed."""
+    """One query block's contribution to a key block's gradients: dK (with dQ by atomics, dlam, dbeta)
+    if WITH_DK, dV if WITH_DV. Score tiles are (keys, queries), or (queries, keys) with QUERY_MAJOR:
+    then the held k1, k2, v are the second operand of every product that reads them and dS, W enter
+    dK, dV transposed."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
@@ -107,7 +109,8 @@ def _dkdv_query_block(
     offs_dv = tl.arange(0, BLOCK_DV)
     do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
                    BLOCK_DV != HEAD_DV, CAST_F32)
-    da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
+    if WITH_DK:
+        da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
     if MASKED:
         keep = _per_key(offs_n, QUERY_MAJOR) <= _per_query(pos, QUERY_MAJOR)
     # View 1. R = rk (x) rq is applied as two broadcasts, never held as a tile (register pressure).
@@ -120,17 +123,19 @@ def _dkdv_query_block(
     if MASKED:
         u1 = tl.where(keep, u1, 0.0)
     w, e1 = relu_power_and_slope(u1, p, P_MODE)
-    if BETA_GRAD:
-        acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
-    ds1 = e1 * da
-    if NORMALIZE:
-        ds1 = ds1 * _per_key(rk1, QUERY_MAJOR)
-    ds1 = (ds1 * _per_query(rq1, QUERY_MAJOR)).to(q1.dtype)
-    dk1 = _into_keys(ds1, q1, dk1, DOT_PREC, QUERY_MAJOR)
-    if DQ_ATOMIC:
-        dq1 = _into_queries(ds1, k1, DOT_PREC, QUERY_MAJOR)
-        tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
-                      mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+    if WITH_DK:
+        if BETA_GRAD:
+            acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
+                                          QUERY_MAJOR)
+        ds1 = e1 * da
+        if NORMALIZE:
+            ds1 = ds1 * _per_key(rk1, QUERY_MAJOR)
+        ds1 = (ds1 * _per_query(rq1, QUERY_MAJOR)).to(q1.dtype)
+        dk1 = _into_keys(ds1, q1, dk1, DOT_PREC, QUERY_MAJOR)
+        if DQ_ATOMIC:
+            dq1 = _into_queries(ds1, k1, DOT_PREC, QUERY_MAJOR)
+            tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
+                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
     if TWO_VIEWS:
         q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
         rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
@@ -142,21 +147,23 @@ def _dkdv_query_block(
             u2 = tl.where(keep, u2, 0.0)
         a2, e2 = relu_power_and_slope(u2, p, P_MODE)
         w = w - lam * a2
-        if LAM_GRAD:
-            acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
-        if BETA_GRAD:
-            acc_beta -= lam * _sum_over_queries(e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
-                                                QUERY_MAJOR)
-        ds2 = e2 * da
-        if NORMALIZE:
-            ds2 = ds2 * _per_key(rk2, QUERY_MAJOR)
-        ds2 = (ds2 * _per_query(rq2 * -lam, QUERY_MAJOR)).to(q2.dtype)
-        dk2 = _into_keys(ds2, q2, dk2, DOT_PREC, QUERY_MAJOR)
-        if DQ_ATOMIC:
-            dq2 = _into_queries(ds2, k2, DOT_PREC, QUERY_MAJOR)
-            tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
-                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
-    dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
+        if WITH_DK:
+            if LAM_GRAD:
+                acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
+            if BETA_GRAD:
+                acc_beta -= lam * _sum_over_queries(
+                    e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
+            ds2 = e2 * da
+            if NORMALIZE:
+                ds2 = ds2 * _per_key(rk2, QUERY_MAJOR)
+            ds2 = (ds2 * _per_query(rq2 * -lam, QUERY_MAJOR)).to(q2.dtype)
+            dk2 = _into_keys(ds2, q2, dk2, DOT_PREC, QUERY_MAJOR)
+            if DQ_ATOMIC:
+                dq2 = _into_queries(ds2, k2, DOT_PREC, QUERY_MAJOR)
+                tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
+                              mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+    if WITH_DV:
+        dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
     return dk1, dk2, dv, acc_lam, acc_beta
 
 
@@ -173,10 +180,12 @@ def dkdv_kernel(
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
     HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
-    num_n_blocks) fp32 partial sums (fully written)."""
+    num_n_blocks) fp32 partial sums (fully written). WITH_DK / WITH_DV: which of DK* (with dQ, dlam,
+    dbeta) and DV this launch computes and writes (dV apart needs neither dA nor v)."""
     pid = tl.program_id(0)
     bhk = pid % num_bhk
     nblk = pid // num_bhk
@@ -193,8 +202,11 @@ def dkdv_kernel(
 
     k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d,
                    key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    v = load_tile(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d,
-                  key_ok, dv_ok, True, BLOCK_DV != HEAD_DV, CAST_F32)
+    if WITH_DK:
+        v = load_tile(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d,
+                      key_ok, dv_ok, True, BLOCK_DV != HEAD_DV, CAST_F32)
+    else:
+        v = k1  # not read
     rk1 = tl.load(RK1 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
     dk1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
@@ -238,36 +250,38 @@ def dkdv_kernel(
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                True, QUERY_MAJOR)
+                True, QUERY_MAJOR, WITH_DK, WITH_DV)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                False, QUERY_MAJOR)
+                False, QUERY_MAJOR, WITH_DK, WITH_DV)
         if LAM_GRAD:
             tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(acc_lam, axis=0))
         if BETA_GRAD:
             tl.store(BETA_PART + bh * num_n_blocks + nblk,
                      -p * tl.sum(acc_beta, axis=0))
 
-    store_mask = key_ok[:, None] & d_ok[None, :]
-    dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
-    # k is read again for the normalisation's backward rather than kept in registers all along.
-    if NORMALIZE:
-        k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t
-                       + offs_d[None, :] * sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
-    tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
-             .to(DK1.dtype.element_ty), mask=store_mask)
-    if TWO_VIEWS:
+    if WITH_DK:
+        store_mask = key_ok[:, None] & d_ok[None, :]
+        dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
+        # k is read again for the normalisation's backward rather than kept in registers all along.
         if NORMALIZE:
-            k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t
-                           + offs_d[None, :] * sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
-        tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
-                 .to(DK2.dtype.element_ty), mask=store_mask)
-    dv_off = (b * Hkv + hk) * Tk * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
-    tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None] & dv_ok[None, :])
+            k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t
+                           + offs_d[None, :] * sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+        tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
+                 .to(DK1.dtype.element_ty), mask=store_mask)
+        if TWO_VIEWS:
+            if NORMALIZE:
+                k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t
+                               + offs_d[None, :] * sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+            tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
+                     .to(DK2.dtype.element_ty), mask=store_mask)
+    if WITH_DV:
+        dv_off = (b * Hkv + hk) * Tk * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
+        tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None] & dv_ok[None, :])
 
 
 @triton.jit

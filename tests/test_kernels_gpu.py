@@ -91,6 +91,29 @@ def test_query_major_dkdv_layout_on_gpu(monkeypatch, name, atomic):
     assert launch._chosen and all(c.query_major for k, c in launch._chosen.items() if k[0] == "dkdv")
 
 
+@pytest.mark.parametrize("query_major", [False, True])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
+                                  "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
+def test_dv_apart_on_gpu(monkeypatch, name, query_major):
+    """dV launched on its own and dK with dQ by atomics, compiled, in either tile layout."""
+    from kernels import launch
+
+    case = CASES[name]
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: True)
+    monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: True)
+    for table in ("backward_configs", "dv_configs"):
+        default = getattr(launch, table)
+        monkeypatch.setattr(launch, table, lambda *args, default=default: [
+            launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=query_major)
+            for c in default(*args)])
+    monkeypatch.setattr(launch, "_chosen", {})
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    assert {k[0] for k in launch._chosen} >= {"dkdv", "dv"}
+
+
 @pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),
                                              (torch.float32, True)])
 def test_deterministic_path_is_bit_identical(dtype, two_views):

@@ -21,8 +21,9 @@ def test_register_table_for_the_default_tiles(tmp_path):
     rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| one view")]
     paths = [r[1].strip() for r in rows]
     # forward, the dK/dV kernel with each dQ path, and the dQ kernel: one row each at their first tile
-    assert paths == ["forward", "dK/dV, dQ by atomics", "dK/dV, dQ kernel apart", "dQ kernel"]
-    assert [r[3].strip() for r in rows] == ["yes", "yes", "", ""]
+    assert paths == ["forward", "dK/dV, dQ by atomics", "dK/dV, dQ kernel apart", "dQ kernel",
+                     "dK (dV apart), dQ by atomics", "dV apart"]
+    assert [r[3].strip() for r in rows] == ["yes", "yes", "", "", "", ""]
     assert "query-major" in rows[1][2]   # the one-view default of tile_configs
     for r in rows:
         registers, spills, shared = int(r[4]), int(r[5]), float(r[6])
