@@ -87,6 +87,44 @@ def _sum_over_queries(x, QUERY_MAJOR: tl.constexpr):
 
 
 @triton.jit
+def _view_weights(Qh, RQh, sq_t, sq_d, k, rk, tau, keep, scale, p, offs_m, row_ok, offs_d, d_ok,
+                  HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
+                  P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+                  QUERY_MAJOR: tl.constexpr):
+    """One view's query tile q, its score factors rq and the weights a = max(u, 0)^p with their slope e
+    against the held keys. R = rk (x) rq is applied as two broadcasts, never held as a tile (register
+    pressure)."""
+    q = load_tile(tile_ptrs(Qh, offs_m, offs_d, sq_t, sq_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    rq = load_inverse_norms(RQh + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
+    u = _score_tile(k, q, DOT_PREC, QUERY_MAJOR)
+    if NORMALIZE:
+        u = u * _per_key(rk, QUERY_MAJOR)
+    u = u * _per_query(rq, QUERY_MAJOR) - _per_query(tau, QUERY_MAJOR)
+    if MASKED:
+        u = tl.where(keep, u, 0.0)
+    a, e = relu_power_and_slope(u, p, P_MODE)
+    return q, rq, a, e
+
+
+@triton.jit
+def _view_key_grads(dk, e, da, q, rq_sign, k, rk, DQh, offs_m, row_ok, offs_d, d_ok,
+                    HEAD_D: tl.constexpr, NORMALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
+                    DQ_ATOMIC: tl.constexpr, QUERY_MAJOR: tl.constexpr):
+    """dS' = e dA R (rq_sign: rq, times -lam for view 2) added into dk = sum over queries of dS' q, and
+    with DQ_ATOMIC, dq' = sum over keys of dS' k added to the fp32 buffer at DQh."""
+    ds = e * da
+    if NORMALIZE:
+        ds = ds * _per_key(rk, QUERY_MAJOR)
+    ds = (ds * _per_query(rq_sign, QUERY_MAJOR)).to(q.dtype)
+    dk = _into_keys(ds, q, dk, DOT_PREC, QUERY_MAJOR)
+    if DQ_ATOMIC:
+        dq = _into_queries(ds, k, DOT_PREC, QUERY_MAJOR)
+        tl.atomic_add(tile_ptrs(DQh, offs_m, offs_d, HEAD_D, 1), dq, mask=row_ok[:, None] & d_ok[None, :],
+                      sem="relaxed")
+    return dk
+
+
+@triton.jit
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
     Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
@@ -111,41 +149,22 @@ def _dkdv_query_block(
                    BLOCK_DV != HEAD_DV, CAST_F32)
     if WITH_DK:
         da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
+    keep = 0
     if MASKED:
         keep = _per_key(offs_n, QUERY_MAJOR) <= _per_query(pos, QUERY_MAJOR)
-    # View 1. R = rk (x) rq is applied as two broadcasts, never held as a tile (register pressure).
-    q1 = load_tile(tile_ptrs(Q1h, offs_m, offs_d, sq1_t, sq1_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    rq1 = load_inverse_norms(RQ1h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-    u1 = _score_tile(k1, q1, DOT_PREC, QUERY_MAJOR)
-    if NORMALIZE:
-        u1 = u1 * _per_key(rk1, QUERY_MAJOR)
-    u1 = u1 * _per_query(rq1, QUERY_MAJOR) - _per_query(tau, QUERY_MAJOR)
-    if MASKED:
-        u1 = tl.where(keep, u1, 0.0)
-    w, e1 = relu_power_and_slope(u1, p, P_MODE)
+    q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, offs_m, row_ok, offs_d,
+                                   d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, MASKED,
+                                   QUERY_MAJOR)
     if WITH_DK:
         if BETA_GRAD:
             acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
                                           QUERY_MAJOR)
-        ds1 = e1 * da
-        if NORMALIZE:
-            ds1 = ds1 * _per_key(rk1, QUERY_MAJOR)
-        ds1 = (ds1 * _per_query(rq1, QUERY_MAJOR)).to(q1.dtype)
-        dk1 = _into_keys(ds1, q1, dk1, DOT_PREC, QUERY_MAJOR)
-        if DQ_ATOMIC:
-            dq1 = _into_queries(ds1, k1, DOT_PREC, QUERY_MAJOR)
-            tl.atomic_add(tile_ptrs(DQ1h, offs_m, offs_d, HEAD_D, 1), dq1,
-                          mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+        dk1 = _view_key_grads(dk1, e1, da, q1, rq1, k1, rk1, DQ1h, offs_m, row_ok, offs_d, d_ok, HEAD_D,
+                              NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
     if TWO_VIEWS:
-        q2 = load_tile(tile_ptrs(Q2h, offs_m, offs_d, sq2_t, sq2_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-        rq2 = load_inverse_norms(RQ2h + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
-        u2 = _score_tile(k2, q2, DOT_PREC, QUERY_MAJOR)
-        if NORMALIZE:
-            u2 = u2 * _per_key(rk2, QUERY_MAJOR)
-        u2 = u2 * _per_query(rq2, QUERY_MAJOR) - _per_query(tau, QUERY_MAJOR)
-        if MASKED:
-            u2 = tl.where(keep, u2, 0.0)
-        a2, e2 = relu_power_and_slope(u2, p, P_MODE)
+        q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, offs_m, row_ok,
+                                        offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32,
+                                        DOT_PREC, MASKED, QUERY_MAJOR)
         w = w - lam * a2
         if WITH_DK:
             if LAM_GRAD:
@@ -153,15 +172,8 @@ def _dkdv_query_block(
             if BETA_GRAD:
                 acc_beta -= lam * _sum_over_queries(
                     e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
-            ds2 = e2 * da
-            if NORMALIZE:
-                ds2 = ds2 * _per_key(rk2, QUERY_MAJOR)
-            ds2 = (ds2 * _per_query(rq2 * -lam, QUERY_MAJOR)).to(q2.dtype)
-            dk2 = _into_keys(ds2, q2, dk2, DOT_PREC, QUERY_MAJOR)
-            if DQ_ATOMIC:
-                dq2 = _into_queries(ds2, k2, DOT_PREC, QUERY_MAJOR)
-                tl.atomic_add(tile_ptrs(DQ2h, offs_m, offs_d, HEAD_D, 1), dq2,
-                              mask=row_ok[:, None] & d_ok[None, :], sem="relaxed")
+            dk2 = _view_key_grads(dk2, e2, da, q2, rq2 * -lam, k2, rk2, DQ2h, offs_m, row_ok, offs_d, d_ok,
+                                  HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
     if WITH_DV:
         dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
     return dk1, dk2, dv, acc_lam, acc_beta
