@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .triton_math import (key_scores, load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
-                          threshold_gain, tile_ptrs)
+                          threshold_gain, tile_ptrs, visible_keys)
 
 
 @triton.jit
@@ -375,12 +375,7 @@ def dq_kernel(
     Vh = V + b * sv_b + hk * sv_h
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
-    if CAUSAL:
-        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
-        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
-    else:
-        hi = Tk
-        full_end = (Tk // BLOCK_N) * BLOCK_N
+    full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
     for n0 in range(0, full_end, BLOCK_N):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,

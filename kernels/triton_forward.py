@@ -15,7 +15,8 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import inverse_row_norms, key_scores, load_tile, relu_power, threshold_gain, tile_ptrs
+from .triton_math import (inverse_row_norms, key_scores, load_tile, relu_power, threshold_gain, tile_ptrs,
+                          visible_keys)
 
 
 @triton.jit
@@ -107,14 +108,7 @@ def threshold_attention_fwd_kernel(
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
 
-    if CAUSAL:
-        # Keys a query block sees: j <= pos of its last row (and j < Tk).
-        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
-        # Key blocks every row of the block sees whole: end at or before the first row's position.
-        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
-    else:
-        hi = Tk
-        full_end = (Tk // BLOCK_N) * BLOCK_N
+    full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for n0 in range(0, full_end, BLOCK_N):

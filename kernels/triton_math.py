@@ -77,6 +77,21 @@ def key_scores(q, Kh, RKh, cols, key_ok, offs_d, s_t, s_d, rq, tau, pos,
 
 
 @triton.jit
+def visible_keys(m0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """For the query block starting at row m0 (rows aligned to the end of the keys): (full_end, hi),
+    the key blocks before full_end are seen whole by every row, those in [full_end, hi) need the mask."""
+    if CAUSAL:
+        # keys the block sees: j <= pos of its last row (and j < Tk)
+        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
+        # whole blocks end at or before the first row's position
+        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
+    else:
+        hi = Tk
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+    return full_end, hi
+
+
+@triton.jit
 def threshold_gain(pos, inv_d):
     """g_i = sqrt(2 ln(i + 1) / d) for absolute positions ``pos`` (int); tau_i = beta * g_i."""
     return tl.sqrt(2.0 * tl.log((pos + 1).to(tl.float32)) * inv_d)
