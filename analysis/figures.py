@@ -1,7 +1,8 @@
 """The paper's figures across analysed runs: python -m analysis.figures runs=[runs/a,runs/b] out=results/figures
 
 Each run needs the output of ``python -m analysis.attention``; loss curves come from metrics.jsonl.
-Every figure is written as PNG and PDF under ``out``:
+Runs of one variant (configs equal up to the seed) share a colour and one legend entry. Every figure
+is written as PNG and PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
@@ -25,7 +26,7 @@ from omegaconf import DictConfig
 
 from analysis.attention import MAPS, OUTPUT
 from analysis.metrics import random_survivors, survivor_bound
-from analysis.results import RunResults, load_results, run_list
+from analysis.results import RunResults, group_runs, load_results, run_list
 
 
 def _pyplot():
@@ -42,7 +43,7 @@ def save(fig, stem: Path) -> list[Path]:
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]  # run names may hold dots
     fig.tight_layout()
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, bbox_inches="tight")  # legends sit outside the axes
     _pyplot().close(fig)
     return paths
 
@@ -51,18 +52,45 @@ def _label(run: RunResults) -> str:
     return f"{run.name} ({run.attention})"
 
 
+def run_styles(runs: list[RunResults]) -> dict[str, dict]:
+    """Plot keywords of each run: one colour per variant (analysis.results.group_runs), the legend label
+    on the variant's first run only (with the number of seeds when there are several)."""
+    styles = {}
+    for k, group in enumerate(group_runs(runs)):
+        label = group.label if len(group.runs) == 1 else f"{group.label} ({len(group.runs)} seeds)"
+        for i, run in enumerate(group.runs):
+            styles[run.name] = dict(color=f"C{k % 10}", label=label if i == 0 else "_nolegend_")
+    return styles
+
+
+def _legend(*axes) -> None:
+    """One legend of the labelled lines of ``axes`` (each label once), right of the last, hiding no data."""
+    entries: dict[str, object] = {}
+    for ax in axes:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        axes[-1].legend(list(entries.values()), list(entries), fontsize=7, loc="upper left",
+                        bbox_to_anchor=(1.02, 1.0), frameon=False)
+
+
+def _lengths_title(lengths: set[int]) -> str:
+    return "T = " + ", ".join(str(t) for t in sorted(lengths))
+
+
 def sparsity_by_layer(runs: list[RunResults], stem: Path, length: int | None = None) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
+    styles, shown = run_styles(runs), set()
     for run in runs:
         s = run.length_summary(length)
+        shown.add(s["length"])
         ax.plot(range(len(s["sparsity_per_layer"])), [100 * v for v in s["sparsity_per_layer"]], marker="o",
-                label=f"{_label(run)}, T={s['length']}")
-    ax.set_xlabel("layer")
-    ax.set_ylabel("exact zeros (% of causal entries)")
+                **styles[run.name])
+    ax.set(xlabel="layer", ylabel="exact zeros (% of causal entries)", title=_lengths_title(shown))
     ax.set_ylim(-3, 103)
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7)
+    _legend(ax)
     return save(fig, stem)
 
 
@@ -84,27 +112,35 @@ def _mean_over_layers(per_layer: list[list[float]]) -> np.ndarray:
 
 def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
     plt = _pyplot()
-    fig, (by_row, by_length) = plt.subplots(1, 2, figsize=(10, 3.6))
-    longest = 0
+    fig, (by_row, by_length) = plt.subplots(1, 2, figsize=(11, 3.6))
+    styles, shown = run_styles(runs), set()
+    missing = []
     for run in runs:
         length = max(s["length"] for s in run.summary["lengths"])
-        longest = max(longest, length)
-        ratio = _mean_over_layers(run.row_curves(length)["first_token_ratio"])
-        by_row.plot(np.arange(1, length + 1), ratio, lw=0.8, label=f"{_label(run)}, T={length}")
+        shown.add(length)
+        try:
+            ratio = _mean_over_layers(run.row_curves(length)["first_token_ratio"])
+            by_row.plot(np.arange(1, length + 1), ratio, lw=0.6, alpha=0.8, **styles[run.name])
+        except FileNotFoundError:  # rows.csv not kept (results copied without it)
+            missing.append(run.name)
         lengths = [s["length"] for s in run.summary["lengths"]]
         by_length.plot(lengths, [s["first_token_ratio"] for s in run.summary["lengths"]], marker="o",
-                       label=_label(run))
-    positions = np.arange(1, longest + 1)
-    by_row.plot(positions, 1.0 / positions, "k--", lw=1, label="uniform 1/(i+1)")
-    by_row.set(xscale="log", yscale="log", xlabel="row position i + 1", ylabel="first-token ratio r_i")
+                       **styles[run.name])
+    positions = np.arange(1, max(shown) + 1)
+    by_row.plot(positions, 1.0 / positions, "k--", lw=1, label="uniform: 1/(i+1) left, H_T / T right")
+    by_row.set(xscale="log", yscale="log", xlabel="row position i + 1", ylabel="first-token ratio r_i",
+               title=_lengths_title(shown) + " (mean over layers)")
     all_lengths = sorted({s["length"] for run in runs for s in run.summary["lengths"]})
     by_length.plot(all_lengths, [sum(1 / k for k in range(1, t + 1)) / t for t in all_lengths], "k--",
-                   label="uniform H_T / T")
+                   label="_nolegend_")
     _length_axis(by_length, all_lengths)
     by_length.set(yscale="log", xlabel="context length T", ylabel="mean first-token ratio")
+    if missing:
+        by_row.text(0.02, 0.02, f"no {OUTPUT}/rows.csv: {len(missing)} run(s) not drawn", fontsize=7,
+                    transform=by_row.transAxes)
     for ax in (by_row, by_length):
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    _legend(by_row, by_length)
     return save(fig, stem)
 
 
@@ -112,12 +148,13 @@ def dispersion(runs: list[RunResults], stem: Path) -> list[Path]:
     plt = _pyplot()
     panels = (("nonzeros_per_row", "non-zero weights per row"), ("entropy", "row entropy (nats)"),
               ("top_weight", "largest normalised weight"))
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    fig, axes = plt.subplots(1, 3, figsize=(14, 3.6))
     all_lengths = sorted({s["length"] for run in runs for s in run.summary["lengths"]})
+    styles = run_styles(runs)
     for run in runs:
         lengths = [s["length"] for s in run.summary["lengths"]]
         for ax, (key, _) in zip(axes, panels):
-            ax.plot(lengths, [s[key] for s in run.summary["lengths"]], marker="o", label=_label(run))
+            ax.plot(lengths, [s[key] for s in run.summary["lengths"]], marker="o", **styles[run.name])
     for ax, (key, title) in zip(axes, panels):
         _length_axis(ax, all_lengths)
         ax.set(xlabel="context length T", ylabel=title)
@@ -125,7 +162,7 @@ def dispersion(runs: list[RunResults], stem: Path) -> list[Path]:
             ax.set_yscale("symlog", linthresh=1)
             ax.set_ylim(bottom=0)
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=7)
+    _legend(axes[-1])
     return save(fig, stem)
 
 
@@ -156,14 +193,14 @@ def attention_maps(run: RunResults, stem: Path) -> list[Path]:
 def lambda_by_layer(runs: list[RunResults], stem: Path) -> list[Path]:
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.5))
-    shown = 0
+    shown, styles = 0, run_styles(runs)
     for run in runs:
         values = run.summary.get("lambda_per_layer")
         if values:
-            ax.plot(range(len(values)), [float(np.mean(v)) for v in values], marker="o", label=_label(run))
+            ax.plot(range(len(values)), [float(np.mean(v)) for v in values], marker="o", **styles[run.name])
             shown += 1
     if shown:
-        ax.legend(fontsize=7)
+        _legend(ax)
     else:
         ax.text(0.5, 0.5, "no run has a λ (TDA or differential)", ha="center", va="center", transform=ax.transAxes)
     ax.set(xlabel="layer", ylabel="λ (mean over heads)")
@@ -173,17 +210,17 @@ def lambda_by_layer(runs: list[RunResults], stem: Path) -> list[Path]:
 
 def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
     plt = _pyplot()
-    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(10, 3.6))
+    fig, (train_ax, val_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    styles = run_styles(runs)
     for run in runs:
         for ax, key in ((train_ax, "loss"), (val_ax, "val_loss")):
             points = [(r["step"], r[key]) for r in run.metrics if isinstance(r.get(key), (int, float))]
             if points:
-                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, label=_label(run))
+                ax.plot(*zip(*points), marker="." if len(points) < 30 else None, lw=0.8, **styles[run.name])
     for ax, title in ((train_ax, "training loss"), (val_ax, "validation loss")):
         ax.set(xlabel="step", ylabel=f"{title} (nats)")
         ax.grid(alpha=0.3)
-        if ax.get_legend_handles_labels()[0]:
-            ax.legend(fontsize=7)
+    _legend(val_ax if val_ax.get_legend_handles_labels()[0] else train_ax)
     return save(fig, stem)
 
 

@@ -69,6 +69,64 @@ class RunResults:
         return min(self.summary["lengths"], key=lambda s: (abs(s["length"] - target), s["length"]))
 
 
+# Config keys that do not make runs different variants (seeds, names, machine settings).
+IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
+                "trainer.threads", "trainer.compile", "data.dir", "data.workers")
+
+
+@dataclass
+class Group:
+    """Runs that share a config up to the seed; ``label`` names the variant."""
+
+    label: str
+    runs: list[RunResults]
+
+    @property
+    def attention(self) -> str:
+        return self.runs[0].attention
+
+    def setting(self, key: str):
+        return OmegaConf.select(self.runs[0].config, key)
+
+
+def _flat(cfg: DictConfig) -> dict[str, str]:
+    out = {}
+
+    def walk(node, prefix: str) -> None:
+        for key, value in node.items():
+            name = f"{prefix}{key}"
+            if any(name == k or name.startswith(k + ".") for k in IGNORED_KEYS):
+                continue
+            if isinstance(value, dict):
+                walk(value, name + ".")
+            else:
+                out[name] = repr(value)
+
+    walk(OmegaConf.to_container(cfg, resolve=False), "")
+    return out
+
+
+def group_runs(runs: list[RunResults]) -> list[Group]:
+    """Runs grouped by config (seeds together), labelled by attention and what sets the group apart
+    from the other groups of the same attention, in order of first appearance."""
+    keyed: dict[tuple, list[RunResults]] = {}
+    flats = {}
+    for run in runs:
+        flat = _flat(run.config)
+        key = tuple(sorted(flat.items()))
+        keyed.setdefault(key, []).append(run)
+        flats[key] = flat
+    groups = []
+    for key, members in keyed.items():
+        same_attention = [flats[k] for k in keyed if flats[k]["attention.name"] == flats[key]["attention.name"]]
+        differing = sorted(k for k in flats[key] if len({f.get(k) for f in same_attention}) > 1)
+        label = members[0].attention
+        if differing:
+            label += " (" + ", ".join(f"{k.split('.', 1)[-1]}={flats[key][k].strip(chr(39))}" for k in differing) + ")"
+        groups.append(Group(label, members))
+    return groups
+
+
 def read_metrics(path: Path) -> list[dict]:
     """The JSON lines of metrics.jsonl (damaged lines skipped); [] when absent."""
     if not path.is_file():

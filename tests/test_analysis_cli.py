@@ -12,8 +12,9 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.attention import analyse
-from analysis.figures import make_figures
+from analysis.figures import make_figures, run_styles
 from analysis.report import make_report
+from analysis.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [64, 128]
@@ -125,6 +126,11 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     sparsity = next(line for line in lines if line.startswith("| TDA has"))
     assert "(n=2)" in sparsity and sparsity.rstrip(" |").split("|")[-1].strip() in ("yes", "no")
     assert "analysis_tda, analysis_tda_seed1" in text
+    # the figures colour and label by the same grouping: seeds share a colour and one legend entry
+    styles = run_styles([load_results(p) for p in (copies["tda"], seed, copies["softmax"])])
+    assert styles["analysis_tda"]["color"] == styles["analysis_tda_seed1"]["color"] != styles["analysis_softmax"]["color"]
+    assert [styles[n]["label"] for n in ("analysis_tda", "analysis_tda_seed1", "analysis_softmax")] == [
+        "tda (2 seeds)", "_nolegend_", "softmax"]
 
 
 def test_bad_input_gets_one_line_errors(runs, tmp_path):
