@@ -139,7 +139,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
     apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
     ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
-    and then ``dv_apart`` (default: tile_configs.dv_apart) computes dV in a launch of its own (scores
+    and then ``dv_apart`` (default: tile_configs.dv_pass_apart) computes dV in a launch of its own (scores
     and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator.
     """
     B, H, Tq, d = q1.shape
