@@ -2,6 +2,7 @@
 
     python -m kernels.bench                    # the table (BENCHMARKS.md records one run)
     python -m kernels.bench --seq 4096 --sweep # also time every tile candidate of the kernels
+    python -m kernels.bench --seq 4096 --head-dims 64 --sweep --sweep-parts dv-apart --sweep-views 2 --no-reference
 
 For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
   sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
@@ -193,7 +194,11 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
+SWEEP_PARTS = ("fwd", "dkdv", "dv-apart", "dq")
+
+
+def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: tuple = SWEEP_PARTS,
+          views_list: tuple = (2, 1)) -> None:
     """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d), both dQ
     paths (atomics in the dK/dV kernel, or the dQ kernel) and dV apart (dK and dV launched separately,
     dQ by atomics), beside cuDNN's and FlashAttention-2's
@@ -217,6 +222,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
         print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
               f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)
     for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
+        if views not in views_list:
+            continue
         x = _tda_inputs(B, T, heads, d, dv, dtype, views, 0.3)
         q1, k1, v = (x[n].detach() for n in ("q1", "k1", "v"))
         q2, k2 = (x["q2"].detach(), x["k2"].detach()) if views == 2 else (None, None)
@@ -226,23 +233,23 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int) -> None:
         out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
         do = torch.randn_like(out)
         label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
-        for cfg in fwd:
+        for cfg in fwd if "fwd" in parts else []:
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
         for atomic in (False, True):
-            for cfg in bwd:
+            for cfg in bwd if "dkdv" in parts else []:
                 _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
                     do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                     views == 2, False, False, config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
-        for cfg in bwd:
+        for cfg in bwd if "dv-apart" in parts else []:
             _report("bwd dV apart (dK tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                 views == 2, False, False, config=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
-        for cfg in dv_tiles:
+        for cfg in dv_tiles if "dv-apart" in parts else []:
             _report("bwd dV apart (dV tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                 views == 2, False, False, atomic_dq=True, dv_apart=True, dv_config=cfg), "dv", rep_ms)
-        for cfg in dq:
+        for cfg in dq if "dq" in parts else []:
             _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
                 views == 2, False, False, dq_config=cfg, atomic_dq=False), "dq", rep_ms)
@@ -273,6 +280,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--sweep", action="store_true", help="time every tile candidate first")
+    parser.add_argument("--sweep-parts", nargs="+", choices=SWEEP_PARTS, default=list(SWEEP_PARTS),
+                        help="which kernels the sweep times")
+    parser.add_argument("--sweep-views", type=int, nargs="+", choices=[1, 2], default=[2, 1],
+                        help="paired TDA (2) and/or the one-view kernel (1) in the sweep")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("kernels.bench needs a CUDA GPU")
@@ -283,7 +294,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if args.sweep:
         for d in args.head_dims:
             for T in args.seq:
-                sweep(T, args.tokens, d, dtype, args.rep_ms)
+                sweep(T, args.tokens, d, dtype, args.rep_ms, tuple(args.sweep_parts), tuple(args.sweep_views))
     rows = []
     for d in args.head_dims:
         for T in args.seq:
