@@ -8,6 +8,7 @@ is written as PNG and PDF under ``out``:
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
                           (mean over layers) with the uniform reference 1/(i+1); and its row mean against
                           length with the uniform H_T / T
+    sink_by_layer         per layer: first-token ratio over its uniform value, and Gu et al.'s sink rate
     dispersion            non-zeros per row, row entropy and largest normalised weight against length
     attention_maps_<run>  the saved combined maps of chosen heads (first tokens of a held-out window)
     lambda_by_layer       λ of every layer (TDA, differential) at the analysed checkpoint
@@ -144,6 +145,34 @@ def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
+def sink_by_layer(runs: list[RunResults], stem: Path, length: int | None = None) -> list[Path]:
+    """Per layer: the first-token ratio over its uniform value H_T / T (at the probe length nearest the
+    training length), and Gu et al.'s sink rate; where a sink sits, and in which runs."""
+    plt = _pyplot()
+    fig, (ratio_ax, rate_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    styles, shown, probes = run_styles(runs), set(), set()
+    for run in runs:
+        s = run.length_summary(length)
+        shown.add(s["length"])
+        ratio = np.array(s["first_token_ratio_per_layer"], dtype=float) / s["first_token_ratio_uniform"]
+        with np.errstate(divide="ignore"):  # a layer with no weight on token 0 sits at the bottom
+            ratio_ax.plot(range(len(ratio)), np.maximum(ratio, 1e-3), marker="o", **styles[run.name])
+        sink = run.summary.get("sink") or {}
+        if sink.get("sink_rate_per_layer"):
+            probes.add((sink.get("length"), sink.get("epsilon")))
+            rates = np.array(sink["sink_rate_per_layer"], dtype=float)
+            rate_ax.plot(range(len(rates)), rates, marker="o", **styles[run.name])
+    ratio_ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform (ratio 1)")
+    ratio_ax.set(yscale="log", xlabel="layer", ylabel="first-token ratio ÷ uniform H_T / T",
+                 title=_lengths_title(shown) + " (0 drawn at 10⁻³)")
+    rate_ax.set(xlabel="layer", ylabel="sink rate (share with α₀ > ε)", ylim=(-0.03, 1.03),
+                title=", ".join(f"{t} tokens, ε = {e}" for t, e in sorted(probes, key=str)))
+    for ax in (ratio_ax, rate_ax):
+        ax.grid(alpha=0.3, which="both")
+    _legend(ratio_ax, rate_ax)
+    return save(fig, stem)
+
+
 def dispersion(runs: list[RunResults], stem: Path) -> list[Path]:
     plt = _pyplot()
     panels = (("nonzeros_per_row", "non-zero weights per row"), ("entropy", "row entropy (nats)"),
@@ -252,6 +281,7 @@ def make_figures(cfg: DictConfig) -> list[Path]:
     length = int(cfg.length) if cfg.length else None
     paths = sparsity_by_layer(runs, out / "sparsity_by_layer", length)
     paths += first_token_ratio(runs, out / "first_token_ratio")
+    paths += sink_by_layer(runs, out / "sink_by_layer", length)
     paths += dispersion(runs, out / "dispersion")
     for run in runs:
         paths += attention_maps(run, out / f"attention_maps_{run.name}")
