@@ -211,11 +211,13 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
     bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
                                     (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
                                     (16, 128, 8, 3), (32, 128, 8, 2))]
+    bwd += [TileConfig(*c, tma=True) for c in ((32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2))]
     bwd += [TileConfig(*c, query_major=True) for c in (
         (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2),
         (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 8, 2))]
-    dv_tiles = [TileConfig(*c, query_major=qm) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
-                                                          (32, 128, 8, 2)) for qm in (False, True)]
+    dv_tiles = [TileConfig(*c, query_major=qm, tma=tma) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
+                                                                   (32, 128, 8, 2))
+                for qm in (False, True) for tma in (False, True)]
     dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
                                    (128, 64, 8, 2))]
     for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
@@ -265,7 +267,7 @@ def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, 
     c = launch.last_compiled.get(kernel)
     regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
     print(f"  {what:30s} {label} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps} "
-          f"s={cfg.num_stages}{' query-major' if cfg.query_major else ''}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
+          f"s={cfg.num_stages}{' query-major' if cfg.query_major else ''}{' tma' if cfg.tma else ''}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
           flush=True)
 
 

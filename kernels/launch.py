@@ -5,6 +5,7 @@ autograd function and the custom ops (autograd.py, ops.py) are built on them. Sh
 k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device.
 """
 
+import dataclasses
 from typing import Callable, Optional
 
 import torch
@@ -35,19 +36,23 @@ def _p_mode(p: float) -> int:
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-            constexprs: dict, config: Optional[TileConfig], layout_flag: Optional[str] = None) -> TileConfig:
+            constexprs: dict, config: Optional[TileConfig], tile_flags: bool = False,
+            tma_ok: bool = False) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
-    memory. ``args_for`` builds the runtime arguments, which depend on the tile size; ``layout_flag``
-    names the kernel's constexpr that takes the config's ``query_major``."""
+    memory. ``args_for`` builds the runtime arguments, which depend on the tile size; ``tile_flags``:
+    the kernel takes the config's ``query_major`` and ``tma`` as QUERY_MAJOR and USE_TMA, the latter
+    only where ``tma_ok`` (tma_ready)."""
     if config is not None:
         candidates = [config]
     elif interpreting():
         candidates = [INTERPRETER_CONFIG]
     elif key in _chosen:
         candidates = [_chosen[key]]
+    if not tma_ok:
+        candidates = [dataclasses.replace(c, tma=False) for c in candidates]
     for i, cfg in enumerate(candidates):
         try:
-            layout = {layout_flag: cfg.query_major} if layout_flag else {}
+            layout = dict(QUERY_MAJOR=cfg.query_major, USE_TMA=cfg.tma) if tile_flags else {}
             compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, **layout, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                                             num_stages=cfg.num_stages)
@@ -60,6 +65,21 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         last_compiled[key[0]] = compiled
         return cfg
     raise AssertionError("unreachable: no tile candidates")
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the copy engine can read these (B, H, T, d) tensors: 16-byte aligned base and strides,
+    last dimension contiguous (what tensor descriptors require); else the kernels gather with pointers."""
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+        for t in tensors)
+
+
+def row_blocks(t: torch.Tensor, rows: int, width: int):
+    """A tensor descriptor of the (B, H, T, d) tensor ``t`` in blocks of ``rows`` rows of one head."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, width])
 
 
 def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -169,21 +189,27 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         if with_partials:
             partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
             partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
-        return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta,
+        rows = (q1, k1, q2_, k2_, v, do)
+        if cfg.tma:  # the kernel reads these through descriptors of one head's block of rows
+            blocks = (cfg.block_m, cfg.block_n, cfg.block_m, cfg.block_n, cfg.block_n, cfg.block_m)
+            rows = tuple(row_blocks(t, n, padded(t.shape[-1])) for t, n in zip(rows, blocks))
+        return (*rows, rq1, rk1, rq2_, rk2_, lam_, beta,
                 dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
                 partials["lam"] if with_partials else dq_acc, partials["beta"] if with_partials else dq_acc,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
-    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
+    tma_ok = tma_ready(q1, k1, q2_, k2_, v, do)
+    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart, tma_ok)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, layout_flag="QUERY_MAJOR")
+                 WITH_DV=not apart), config, tile_flags=True, tma_ok=tma_ok)
     if apart:
         _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
-                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items())),
+                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items()),
+                                                                 tma_ok),
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, layout_flag="QUERY_MAJOR")
+                dv_config, tile_flags=True, tma_ok=tma_ok)
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None

@@ -4,7 +4,8 @@
     python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
 
 Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own) is compiled the way launch.py launches it, for the
-head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default),
+head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default;
+``--tma``: the dK/dV candidates reading through tensor descriptors),
 and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
 and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows
 register pressure before any GPU time is spent. The code is what the Triton installed here produces;
@@ -14,6 +15,7 @@ another Triton version compiles differently (compile with the version the GPU ma
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import subprocess
@@ -121,7 +123,8 @@ def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int)
     return x
 
 
-def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096) -> list[dict]:
+def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096,
+             tma: bool = False) -> list[dict]:
     """One row per (kernel, path, tile): the layout kernels.bench times (paired TDA: d_model/(2d) heads,
     v of 2d; one view: d_model/d heads of d)."""
     dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
@@ -135,7 +138,8 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         usage = ptxas_usage(launch.last_compiled[kernel], arch)
         rows.append(dict(layout=label, kernel=kernel, path=path, cfg=cfg, default=default, usage=usage))
 
-    def candidates(table: list[TileConfig]) -> list[TileConfig]:
+    def candidates(table: list[TileConfig], key_blocks: bool = False) -> list[TileConfig]:
+        table = [dataclasses.replace(c, tma=True) for c in table] if tma and key_blocks else table
         return table[:1] if defaults_only else table
 
     with compile_only(arch):
@@ -147,20 +151,20 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
-            for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
+            for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size), True)):
                 launch.backward(*grads, config=cfg, atomic_dq=atomic)
                 record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
-                       i == 0 and atomic == default_atomic)
+                       i == 0 and atomic == default_atomic and not tma)
         for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
             launch.backward(*grads, atomic_dq=False, dq_config=cfg)
             record("dq", "dQ kernel", cfg, i == 0 and not default_atomic)
         apart = launch.dv_pass_apart(two)
-        for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
+        for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size), True)):
             launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True)
-            record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic)
-        for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size))):
+            record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic and not tma)
+        for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size), True)):
             launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg)
-            record("dv", "dV apart", cfg, i == 0 and apart and default_atomic)
+            record("dv", "dV apart", cfg, i == 0 and apart and default_atomic and not tma)
     return rows
 
 
@@ -170,7 +174,7 @@ def format_table(rows: list[dict]) -> str:
     for r in rows:
         c, u = r["cfg"], r["usage"]
         tile = f"{c.block_m}×{c.block_n}, {c.num_warps} warps, {c.num_stages} stages" + (
-            ", query-major" if c.query_major else "")
+            ", query-major" if c.query_major else "") + (", TMA" if c.tma else "")
         lines.append(f"| {r['layout']} | {r['path']} | {tile} | {'yes' if r['default'] else ''} | {u.registers} "
                      f"| {u.spill_bytes} | {u.shared_kib:.0f} |")
     return "\n".join(lines)
@@ -183,13 +187,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
     parser.add_argument("--defaults-only", action="store_true", help="only the first (default) tile of each table")
+    parser.add_argument("--tma", action="store_true", help="dK/dV and dV tiles read through tensor descriptors")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     rows = []
     for d in args.head_dims:
         for views in args.views:
-            rows += rows_for(views, d, dtype, args.arch, args.defaults_only)
+            rows += rows_for(views, d, dtype, args.arch, args.defaults_only, tma=args.tma)
             print(f"compiled: {views} view(s), d = {d}", file=sys.stderr, flush=True)
     table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}; registers and spill stores from ptxas -v\n\n"
              + format_table(rows))

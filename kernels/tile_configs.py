@@ -16,13 +16,15 @@ import triton
 @dataclass(frozen=True)
 class TileConfig:
     """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton.
-    query_major (dK/dV kernel only): score tiles laid out (queries, keys) instead of (keys, queries)."""
+    dK/dV kernel only: query_major lays score tiles out (queries, keys) instead of (keys, queries); tma
+    reads q, k, v, dO through tensor descriptors (Hopper's copy engine) where their strides allow."""
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
     query_major: bool = False
+    tma: bool = False
 
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)

@@ -23,8 +23,8 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
 import triton
 import triton.language as tl
 
-from .triton_math import (key_scores, load_inverse_norms, load_tile, normalize_backward, relu_power_and_slope,
-                          threshold_gain, tile_ptrs, visible_keys)
+from .triton_math import (key_scores, load_inverse_norms, load_rows, load_tile, normalize_backward,
+                          relu_power_and_slope, threshold_gain, tile_ptrs, visible_keys)
 
 
 @triton.jit
@@ -87,14 +87,15 @@ def _sum_over_queries(x, QUERY_MAJOR: tl.constexpr):
 
 
 @triton.jit
-def _view_weights(Qh, RQh, sq_t, sq_d, k, rk, tau, keep, scale, p, offs_m, row_ok, offs_d, d_ok,
+def _view_weights(Qh, RQh, sq_t, sq_d, k, rk, tau, keep, scale, p, b, h, m0, offs_m, row_ok, offs_d, d_ok,
                   HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
                   P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-                  QUERY_MAJOR: tl.constexpr):
+                  QUERY_MAJOR: tl.constexpr, USE_TMA: tl.constexpr):
     """One view's query tile q, its score factors rq and the weights a = max(u, 0)^p with their slope e
     against the held keys. R = rk (x) rq is applied as two broadcasts, never held as a tile (register
     pressure)."""
-    q = load_tile(tile_ptrs(Qh, offs_m, offs_d, sq_t, sq_d), row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    q = load_rows(Qh, b, h, m0, offs_m, offs_d, sq_t, sq_d, row_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32, BLOCK_M,
+                  BLOCK_D, USE_TMA)
     rq = load_inverse_norms(RQh + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
     u = _score_tile(k, q, DOT_PREC, QUERY_MAJOR)
     if NORMALIZE:
@@ -128,12 +129,12 @@ def _view_key_grads(dk, e, da, q, rq_sign, k, rk, DQh, offs_m, row_ok, offs_d, d
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
     Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-    m0, Tq, Tk, offs_n, offs_d,
+    b, h, m0, Tq, Tk, offs_n, offs_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr, QUERY_MAJOR: tl.constexpr,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr,
 ):
     """One query block's contribution to a key block's gradients: dK (with dQ by atomics, dlam, dbeta)
     if WITH_DK, dV if WITH_DV. Score tiles are (keys, queries), or (queries, keys) with QUERY_MAJOR:
@@ -145,16 +146,16 @@ def _dkdv_query_block(
     pos = offs_m + (Tk - Tq)
     tau = beta * threshold_gain(pos, inv_d)
     offs_dv = tl.arange(0, BLOCK_DV)
-    do = load_tile(tile_ptrs(DOh, offs_m, offs_dv, sdo_t, sdo_d), row_ok, offs_dv < HEAD_DV, True,
-                   BLOCK_DV != HEAD_DV, CAST_F32)
+    do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, BLOCK_DV != HEAD_DV,
+                   CAST_F32, BLOCK_M, BLOCK_DV, USE_TMA)
     if WITH_DK:
         da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
     keep = 0
     if MASKED:
         keep = _per_key(offs_n, QUERY_MAJOR) <= _per_query(pos, QUERY_MAJOR)
-    q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, offs_m, row_ok, offs_d,
-                                   d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, MASKED,
-                                   QUERY_MAJOR)
+    q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, b, h, m0, offs_m, row_ok,
+                                   offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32, DOT_PREC,
+                                   MASKED, QUERY_MAJOR, USE_TMA)
     if WITH_DK:
         if BETA_GRAD:
             acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
@@ -162,9 +163,9 @@ def _dkdv_query_block(
         dk1 = _view_key_grads(dk1, e1, da, q1, rq1, k1, rk1, DQ1h, offs_m, row_ok, offs_d, d_ok, HEAD_D,
                               NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
     if TWO_VIEWS:
-        q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, offs_m, row_ok,
-                                        offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32,
-                                        DOT_PREC, MASKED, QUERY_MAJOR)
+        q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, b, h, m0, offs_m,
+                                        row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE,
+                                        CAST_F32, DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
         w = w - lam * a2
         if WITH_DK:
             if LAM_GRAD:
@@ -192,9 +193,10 @@ def dkdv_kernel(
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Grid: (num_n_blocks * B * Hkv,). DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
+    """Grid: (num_n_blocks * B * Hkv,). With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors
+    (blocks of one head's rows) instead of pointers. DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
     HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
     num_n_blocks) fp32 partial sums (fully written). WITH_DK / WITH_DV: which of DK* (with dQ, dlam,
     dbeta) and DV this launch computes and writes (dV apart needs neither dA nor v)."""
@@ -212,19 +214,25 @@ def dkdv_kernel(
     d_ok = offs_d < HEAD_D
     dv_ok = offs_dv < HEAD_DV
 
-    k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t + offs_d[None, :] * sk1_d,
-                   key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    if USE_TMA:
+        K1h, K2h, Vh = K1, K2, V
+    else:
+        K1h = K1 + b * sk1_b + hk * sk1_h
+        K2h = K2 + b * sk2_b + hk * sk2_h
+        Vh = V + b * sv_b + hk * sv_h
+    k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32,
+                   BLOCK_N, BLOCK_D, USE_TMA)
     if WITH_DK:
-        v = load_tile(V + b * sv_b + hk * sv_h + offs_n[:, None] * sv_t + offs_dv[None, :] * sv_d,
-                      key_ok, dv_ok, True, BLOCK_DV != HEAD_DV, CAST_F32)
+        v = load_rows(Vh, b, hk, n0, offs_n, offs_dv, sv_t, sv_d, key_ok, dv_ok, BLOCK_DV != HEAD_DV, CAST_F32,
+                      BLOCK_N, BLOCK_DV, USE_TMA)
     else:
         v = k1  # not read
     rk1 = tl.load(RK1 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
     dk1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     if TWO_VIEWS:
-        k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t + offs_d[None, :] * sk2_d,
-                       key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32,
+                       BLOCK_N, BLOCK_D, USE_TMA)
         rk2 = tl.load(RK2 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
         dk2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     else:
@@ -249,9 +257,12 @@ def dkdv_kernel(
         beta = tl.load(BETA + h)
         acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
         acc_beta = tl.zeros([BLOCK_N], dtype=tl.float32)
-        Q1h = Q1 + b * sq1_b + h * sq1_h
-        Q2h = Q2 + b * sq2_b + h * sq2_h
-        DOh = DO + b * sdo_b + h * sdo_h
+        if USE_TMA:
+            Q1h, Q2h, DOh = Q1, Q2, DO
+        else:
+            Q1h = Q1 + b * sq1_b + h * sq1_h
+            Q2h = Q2 + b * sq2_b + h * sq2_h
+            DOh = DO + b * sdo_b + h * sdo_h
         RQ1h = RQ1 + bh * Tq
         RQ2h = RQ2 + bh * Tq
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
@@ -260,16 +271,16 @@ def dkdv_kernel(
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-                m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                True, QUERY_MAJOR, WITH_DK, WITH_DV)
+                True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-                m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                False, QUERY_MAJOR, WITH_DK, WITH_DV)
+                False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA)
         if LAM_GRAD:
             tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(acc_lam, axis=0))
         if BETA_GRAD:
@@ -281,14 +292,14 @@ def dkdv_kernel(
         dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
         # k is read again for the normalisation's backward rather than kept in registers all along.
         if NORMALIZE:
-            k1 = load_tile(K1 + b * sk1_b + hk * sk1_h + offs_n[:, None] * sk1_t
-                           + offs_d[None, :] * sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+            k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, BLOCK_D != HEAD_D, True,
+                           BLOCK_N, BLOCK_D, USE_TMA)
         tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
                  .to(DK1.dtype.element_ty), mask=store_mask)
         if TWO_VIEWS:
             if NORMALIZE:
-                k2 = load_tile(K2 + b * sk2_b + hk * sk2_h + offs_n[:, None] * sk2_t
-                               + offs_d[None, :] * sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True)
+                k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, BLOCK_D != HEAD_D, True,
+                               BLOCK_N, BLOCK_D, USE_TMA)
             tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
                      .to(DK2.dtype.element_ty), mask=store_mask)
     if WITH_DV:

@@ -39,6 +39,22 @@ def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.con
 
 
 @triton.jit
+def load_rows(src, b, h, row0, rows, cols, s_t, s_d, row_ok, col_ok, CHECK_COLS: tl.constexpr,
+              CAST_F32: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, USE_TMA: tl.constexpr):
+    """Rows row0 .. row0 + BLOCK_ROWS of one head's (T, width) matrix. With USE_TMA ``src`` is a 4-D
+    tensor descriptor of the whole (B, H, T, width) tensor, read by the copy engine at (b, h) (rows and
+    columns past the end read as 0); otherwise ``src`` points at the head's row 0 and ``rows``/``cols``
+    are gathered with bounds checks."""
+    if USE_TMA:
+        x = src.load([b.to(tl.int32), h.to(tl.int32), row0, 0]).reshape([BLOCK_ROWS, BLOCK_COLS])
+        if CAST_F32:
+            x = x.to(tl.float32)
+    else:
+        x = load_tile(tile_ptrs(src, rows, cols, s_t, s_d), row_ok, col_ok, True, CHECK_COLS, CAST_F32)
+    return x
+
+
+@triton.jit
 def inverse_row_norms(x):
     """1 / max(||x_i||, eps) for each row of a tile (fp32 result)."""
     xf = x.to(tl.float32)

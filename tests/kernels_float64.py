@@ -72,6 +72,18 @@ def guarded(shape, data: torch.Tensor, guard: int = 3) -> torch.Tensor:
     return view.detach().requires_grad_()
 
 
+def aligned_guarded(shape, data: torch.Tensor, guard: int = 3) -> torch.Tensor:
+    """As ``guarded``, with the padded head dimension rounded up so that every stride is a multiple of
+    16 bytes (what tensor descriptors need); NaN still surrounds the data on every side."""
+    B, H, T, d = shape
+    per16 = 16 // data.element_size()
+    width = -(-(d + 5) // per16) * per16
+    buf = torch.full((B, H + 1, T + 2 * guard, width), float("nan"), dtype=data.dtype, device=data.device)
+    view = buf[:, 1:, guard:guard + T, :d]
+    view.copy_(data)
+    return view.detach().requires_grad_()
+
+
 def correlated(direction: torch.Tensor, B: int, T: int, generator: torch.Generator,
                strength: tuple = (0.4, 2.5)) -> torch.Tensor:
     """Rows rho * direction + noise, float64 (B, heads, T, d), for unit directions (1, heads, 1, d)
