@@ -206,8 +206,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
     their defaults."""
     B = max(1, tokens // T)
     H = D_MODEL // d
-    fwd = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
-                                    (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2))]
+    fwd = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                                             (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2)) for tma in (False, True)]
     bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
                                     (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
                                     (16, 128, 8, 3), (32, 128, 8, 2))]
@@ -218,8 +218,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
     dv_tiles = [TileConfig(*c, query_major=qm, tma=tma) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
                                                                    (32, 128, 8, 2))
                 for qm in (False, True) for tma in (False, True)]
-    dq = [TileConfig(*c) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
-                                   (128, 64, 8, 2))]
+    dq = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
+                                            (128, 64, 8, 2)) for tma in (False, True)]
     for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
         print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
               f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)

@@ -36,12 +36,12 @@ def _p_mode(p: float) -> int:
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-            constexprs: dict, config: Optional[TileConfig], tile_flags: bool = False,
-            tma_ok: bool = False) -> TileConfig:
+            constexprs: dict, config: Optional[TileConfig], tma_ok: bool = False,
+            query_major: bool = False) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
-    memory. ``args_for`` builds the runtime arguments, which depend on the tile size; ``tile_flags``:
-    the kernel takes the config's ``query_major`` and ``tma`` as QUERY_MAJOR and USE_TMA, the latter
-    only where ``tma_ok`` (tma_ready)."""
+    memory. ``args_for`` builds the runtime arguments, which depend on the tile size. The kernel takes
+    the config's ``tma`` as USE_TMA (only where ``tma_ok``: tma_ready) and, with ``query_major``, the
+    config's ``query_major`` as QUERY_MAJOR."""
     if config is not None:
         candidates = [config]
     elif interpreting():
@@ -52,7 +52,7 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         candidates = [dataclasses.replace(c, tma=False) for c in candidates]
     for i, cfg in enumerate(candidates):
         try:
-            layout = dict(QUERY_MAJOR=cfg.query_major, USE_TMA=cfg.tma) if tile_flags else {}
+            layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}))
             compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, **layout, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                                             num_stages=cfg.num_stages)
@@ -80,6 +80,16 @@ def row_blocks(t: torch.Tensor, rows: int, width: int):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, width])
+
+
+def _row_inputs(cfg: TileConfig, q1, k1, q2, k2, v, do=None) -> tuple:
+    """The kernels' q1, k1, q2, k2, v (and dO) arguments: the tensors, or with ``cfg.tma`` descriptors
+    of query-block (q, dO) and key-block (k, v) rows."""
+    rows = (q1, k1, q2, k2, v) + ((do,) if do is not None else ())
+    if not cfg.tma:
+        return rows
+    blocks = (cfg.block_m, cfg.block_n, cfg.block_m, cfg.block_n, cfg.block_n, cfg.block_m)
+    return tuple(row_blocks(t, n, padded(t.shape[-1])) for t, n in zip(rows, blocks))
 
 
 def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
@@ -135,14 +145,15 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         return triton.cdiv(Tq, cfg.block_m) * B * H
 
     def args_for(cfg: TileConfig) -> tuple:
-        return (q1, k1, q2_, k2_, v, out, rq1, rk1, rq2_, rk2_, lam_, beta,
+        return (*_row_inputs(cfg, q1, k1, q2_, k2_, v), out, rq1, rk1, rq2_, rk2_, lam_, beta,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
                 *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
                 float(scale), float(p), 1.0 / d)
 
-    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
+    tma_ok = tma_ready(q1, k1, q2_, k2_, v)
+    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()), tma_ok)
     candidates = forward_configs(d, dv, two, q1.element_size())
-    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config)
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config, tma_ok=tma_ok)
     return out, rq1, rk1, rq2, rk2
 
 
@@ -189,11 +200,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         if with_partials:
             partials["lam"] = _new_output((B, H, nb), torch.float32, dev) if need_dlam else dq_acc
             partials["beta"] = _new_output((B, H, nb), torch.float32, dev) if need_dbeta else dq_acc
-        rows = (q1, k1, q2_, k2_, v, do)
-        if cfg.tma:  # the kernel reads these through descriptors of one head's block of rows
-            blocks = (cfg.block_m, cfg.block_n, cfg.block_m, cfg.block_n, cfg.block_n, cfg.block_m)
-            rows = tuple(row_blocks(t, n, padded(t.shape[-1])) for t, n in zip(rows, blocks))
-        return (*rows, rq1, rk1, rq2_, rk2_, lam_, beta,
+        return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta,
                 dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
                 partials["lam"] if with_partials else dq_acc, partials["beta"] if with_partials else dq_acc,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
@@ -203,13 +210,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart, tma_ok)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, tile_flags=True, tma_ok=tma_ok)
+                 WITH_DV=not apart), config, tma_ok=tma_ok, query_major=True)
     if apart:
         _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
                 dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items()),
                                                                  tma_ok),
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, tile_flags=True, tma_ok=tma_ok)
+                dv_config, tma_ok=tma_ok, query_major=True)
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None
@@ -225,13 +232,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
             return triton.cdiv(Tq, cfg.block_m) * B * H
 
         def dq_args(cfg: TileConfig) -> tuple:
-            return (q1, k1, q2_, k2_, v, do, rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
+            return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
                     *v.stride(), *do.stride(), H, H // Hkv, Tq, Tk, B * H,
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
-                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config)
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items()), tma_ok), consts, dq_config, tma_ok=tma_ok)
 
     dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None
     dbeta = partials["beta"].sum(dim=(0, 2)) if need_dbeta else None

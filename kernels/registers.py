@@ -5,7 +5,7 @@
 
 Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own) is compiled the way launch.py launches it, for the
 head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default;
-``--tma``: the dK/dV candidates reading through tensor descriptors),
+``--tma``: every candidate reading q, k, v, dO through tensor descriptors),
 and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
 and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows
 register pressure before any GPU time is spent. The code is what the Triton installed here produces;
@@ -138,16 +138,16 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         usage = ptxas_usage(launch.last_compiled[kernel], arch)
         rows.append(dict(layout=label, kernel=kernel, path=path, cfg=cfg, default=default, usage=usage))
 
-    def candidates(table: list[TileConfig], key_blocks: bool = False) -> list[TileConfig]:
-        table = [dataclasses.replace(c, tma=True) for c in table] if tma and key_blocks else table
+    def candidates(table: list[TileConfig], reads_rows: bool = False) -> list[TileConfig]:
+        table = [dataclasses.replace(c, tma=True) for c in table] if tma and reads_rows else table
         return table[:1] if defaults_only else table
 
     with compile_only(arch):
         out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed)
         do = torch.zeros_like(out)
-        for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
+        for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size), True)):
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
-            record("fwd", "forward", cfg, i == 0)
+            record("fwd", "forward", cfg, i == 0 and not tma)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
@@ -155,9 +155,9 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
                 launch.backward(*grads, config=cfg, atomic_dq=atomic)
                 record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
                        i == 0 and atomic == default_atomic and not tma)
-        for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
+        for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size), True)):
             launch.backward(*grads, atomic_dq=False, dq_config=cfg)
-            record("dq", "dQ kernel", cfg, i == 0 and not default_atomic)
+            record("dq", "dQ kernel", cfg, i == 0 and not default_atomic and not tma)
         apart = launch.dv_pass_apart(two)
         for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size), True)):
             launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True)
@@ -187,7 +187,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--dtype", choices=["bf16", "fp16", "fp32"], default="bf16")
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
     parser.add_argument("--defaults-only", action="store_true", help="only the first (default) tile of each table")
-    parser.add_argument("--tma", action="store_true", help="dK/dV and dV tiles read through tensor descriptors")
+    parser.add_argument("--tma", action="store_true", help="the kernels read q, k, v, dO through tensor descriptors")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]

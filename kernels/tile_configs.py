@@ -16,8 +16,8 @@ import triton
 @dataclass(frozen=True)
 class TileConfig:
     """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton.
-    dK/dV kernel only: query_major lays score tiles out (queries, keys) instead of (keys, queries); tma
-    reads q, k, v, dO through tensor descriptors (Hopper's copy engine) where their strides allow."""
+    query_major (dK/dV kernel only) lays score tiles out (queries, keys) instead of (keys, queries); tma
+    reads q, k, v (and dO) through tensor descriptors (Hopper's copy engine) where their strides allow."""
 
     block_m: int
     block_n: int

@@ -94,7 +94,7 @@ def _view_weights(Qh, RQh, sq_t, sq_d, k, rk, tau, keep, scale, p, b, h, m0, off
     """One view's query tile q, its score factors rq and the weights a = max(u, 0)^p with their slope e
     against the held keys. R = rk (x) rq is applied as two broadcasts, never held as a tile (register
     pressure)."""
-    q = load_rows(Qh, b, h, m0, offs_m, offs_d, sq_t, sq_d, row_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32, BLOCK_M,
+    q = load_rows(Qh, b, h, m0, offs_m, offs_d, sq_t, sq_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32, BLOCK_M,
                   BLOCK_D, USE_TMA)
     rq = load_inverse_norms(RQh + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
     u = _score_tile(k, q, DOT_PREC, QUERY_MAJOR)
@@ -146,7 +146,7 @@ def _dkdv_query_block(
     pos = offs_m + (Tk - Tq)
     tau = beta * threshold_gain(pos, inv_d)
     offs_dv = tl.arange(0, BLOCK_DV)
-    do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, BLOCK_DV != HEAD_DV,
+    do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV,
                    CAST_F32, BLOCK_M, BLOCK_DV, USE_TMA)
     if WITH_DK:
         da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
@@ -220,10 +220,10 @@ def dkdv_kernel(
         K1h = K1 + b * sk1_b + hk * sk1_h
         K2h = K2 + b * sk2_b + hk * sk2_h
         Vh = V + b * sv_b + hk * sv_h
-    k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32,
+    k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
                    BLOCK_N, BLOCK_D, USE_TMA)
     if WITH_DK:
-        v = load_rows(Vh, b, hk, n0, offs_n, offs_dv, sv_t, sv_d, key_ok, dv_ok, BLOCK_DV != HEAD_DV, CAST_F32,
+        v = load_rows(Vh, b, hk, n0, offs_n, offs_dv, sv_t, sv_d, key_ok, dv_ok, True, BLOCK_DV != HEAD_DV, CAST_F32,
                       BLOCK_N, BLOCK_DV, USE_TMA)
     else:
         v = k1  # not read
@@ -231,7 +231,7 @@ def dkdv_kernel(
     dk1 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
     dv = tl.zeros([BLOCK_N, BLOCK_DV], dtype=tl.float32)
     if TWO_VIEWS:
-        k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, BLOCK_D != HEAD_D, CAST_F32,
+        k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
                        BLOCK_N, BLOCK_D, USE_TMA)
         rk2 = tl.load(RK2 + (b * Hkv + hk) * Tk + offs_n, mask=key_ok, other=0.0) if NORMALIZE else 0.0
         dk2 = tl.zeros([BLOCK_N, BLOCK_D], dtype=tl.float32)
@@ -292,13 +292,13 @@ def dkdv_kernel(
         dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
         # k is read again for the normalisation's backward rather than kept in registers all along.
         if NORMALIZE:
-            k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, BLOCK_D != HEAD_D, True,
+            k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True,
                            BLOCK_N, BLOCK_D, USE_TMA)
         tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
                  .to(DK1.dtype.element_ty), mask=store_mask)
         if TWO_VIEWS:
             if NORMALIZE:
-                k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, BLOCK_D != HEAD_D, True,
+                k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True,
                                BLOCK_N, BLOCK_D, USE_TMA)
             tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
                      .to(DK2.dtype.element_ty), mask=store_mask)
@@ -309,25 +309,26 @@ def dkdv_kernel(
 
 @triton.jit
 def _dq_key_block(
-    dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+    dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
+    P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """One key block's contribution to dq'1, dq'2 of a query block; tiles are (queries, keys)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
-    k1, r1, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos,
-                            HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
-    v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
-                  CAST_F32)
+    k1, r1, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos, b, hk, n0,
+                            HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
+    v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+                  CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
     _, e1 = relu_power_and_slope(u1, p, P_MODE)
     da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
     dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
     if TWO_VIEWS:
-        k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos,
-                                HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
+        k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
+                                HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
         _, e2 = relu_power_and_slope(u2, p, P_MODE)
         dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
     return dq1, dq2
@@ -343,9 +344,10 @@ def dq_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D)."""
+    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D).
+    With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows)."""
     pid = tl.program_id(0)
     bh = pid % num_bh
     m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
@@ -361,17 +363,26 @@ def dq_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
 
-    q1 = load_tile(Q1 + b * sq1_b + h * sq1_h + offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d,
-                   row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
-    do = load_tile(DO + b * sdo_b + h * sdo_h + offs_m[:, None] * sdo_t + offs_dv[None, :] * sdo_d,
-                   row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV, CAST_F32)
+    if USE_TMA:
+        Q1h, Q2h, DOh, K1h, K2h, Vh = Q1, Q2, DO, K1, K2, V
+    else:
+        Q1h = Q1 + b * sq1_b + h * sq1_h
+        Q2h = Q2 + b * sq2_b + h * sq2_h
+        DOh = DO + b * sdo_b + h * sdo_h
+        K1h = K1 + b * sk1_b + hk * sk1_h
+        K2h = K2 + b * sk2_b + hk * sk2_h
+        Vh = V + b * sv_b + hk * sv_h
+    q1 = load_rows(Q1h, b, h, m0, offs_m, offs_d, sq1_t, sq1_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
+                   BLOCK_M, BLOCK_D, USE_TMA)
+    do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV,
+                   CAST_F32, BLOCK_M, BLOCK_DV, USE_TMA)
     rq1 = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
     pos = offs_m + (Tk - Tq)
     tau = tl.load(BETA + h) * threshold_gain(pos, inv_d)
     dq1 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
     if TWO_VIEWS:
-        q2 = load_tile(Q2 + b * sq2_b + h * sq2_h + offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d,
-                       row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        q2 = load_rows(Q2h, b, h, m0, offs_m, offs_d, sq2_t, sq2_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
+                       BLOCK_M, BLOCK_D, USE_TMA)
         rq2 = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
         lam = tl.load(LAM + h)
         dq2 = tl.zeros([BLOCK_M, BLOCK_D], dtype=tl.float32)
@@ -381,22 +392,19 @@ def dq_kernel(
         lam = 0.0
         dq2 = dq1
 
-    K1h = K1 + b * sk1_b + hk * sk1_h
-    K2h = K2 + b * sk2_b + hk * sk2_h
-    Vh = V + b * sv_b + hk * sv_h
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
     full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
     for n0 in range(0, full_end, BLOCK_N):
-        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
+                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA)
     for n0 in range(full_end, hi, BLOCK_N):
-        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk,
+        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
+                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA)
 
     dq_off = (b * H + h) * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
     store_mask = row_ok[:, None] & d_ok[None, :]

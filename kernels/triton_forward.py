@@ -15,30 +15,30 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import (inverse_row_norms, key_scores, load_tile, relu_power, threshold_gain, tile_ptrs,
-                          visible_keys)
+from .triton_math import inverse_row_norms, key_scores, load_rows, relu_power, threshold_gain, visible_keys
 
 
 @triton.jit
 def _key_block(
-    acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+    acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-    TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
+    P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+    USE_TMA: tl.constexpr,
 ):
     """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
-    _, _, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos,
-                          HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
+    _, _, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos, b, hk, n0,
+                          HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
     w = relu_power(u1, p, P_MODE)
     if TWO_VIEWS:
-        _, _, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos,
-                              HEAD_D, BLOCK_D, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED)
+        _, _, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
+                              HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
         w = w - lam * relu_power(u2, p, P_MODE)
-    v = load_tile(tile_ptrs(Vh, cols, offs_dv, sv_t, sv_d), key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
-                  CAST_F32)
+    v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
+                  CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
     return tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
 
 
@@ -64,9 +64,10 @@ def threshold_attention_fwd_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
 ):
-    """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave.
+    """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave. With
+    USE_TMA, Q1, K1, Q2, K2, V are 4-D tensor descriptors (blocks of one head's rows).
 
     Shapes: Q* (B, H, Tq, HEAD_D), K* (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk, HEAD_DV),
     O (B, H, Tq, HEAD_DV); RK* (B, Hkv, Tk) fp32 inverse key norms (input); RQ* (B, H, Tq) fp32
@@ -86,14 +87,22 @@ def threshold_attention_fwd_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
 
-    q1 = load_tile(Q1 + b * sq1_b + h * sq1_h + offs_m[:, None] * sq1_t + offs_d[None, :] * sq1_d,
-                   row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+    if USE_TMA:
+        Q1h, Q2h, K1h, K2h, Vh = Q1, Q2, K1, K2, V
+    else:
+        Q1h = Q1 + b * sq1_b + h * sq1_h
+        Q2h = Q2 + b * sq2_b + h * sq2_h
+        K1h = K1 + b * sk1_b + hk * sk1_h
+        K2h = K2 + b * sk2_b + hk * sk2_h
+        Vh = V + b * sv_b + hk * sv_h
+    q1 = load_rows(Q1h, b, h, m0, offs_m, offs_d, sq1_t, sq1_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
+                   BLOCK_M, BLOCK_D, USE_TMA)
     rq1 = _query_factors(q1, RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
     pos = offs_m + (Tk - Tq)
     tau = tl.load(BETA + h) * threshold_gain(pos, inv_d)
     if TWO_VIEWS:
-        q2 = load_tile(Q2 + b * sq2_b + h * sq2_h + offs_m[:, None] * sq2_t + offs_d[None, :] * sq2_d,
-                       row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32)
+        q2 = load_rows(Q2h, b, h, m0, offs_m, offs_d, sq2_t, sq2_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
+                       BLOCK_M, BLOCK_D, USE_TMA)
         rq2 = _query_factors(q2, RQ2 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)
         lam = tl.load(LAM + h)
     else:
@@ -102,9 +111,6 @@ def threshold_attention_fwd_kernel(
         lam = 0.0
 
     Hkv = H // GROUP
-    K1h = K1 + b * sk1_b + hk * sk1_h
-    K2h = K2 + b * sk2_b + hk * sk2_h
-    Vh = V + b * sv_b + hk * sv_h
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
 
@@ -112,15 +118,15 @@ def threshold_attention_fwd_kernel(
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for n0 in range(0, full_end, BLOCK_N):
-        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False)
+                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA)
     for n0 in range(full_end, hi, BLOCK_N):
-        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk,
+        acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True)
+                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA)
 
     o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :] * so_d
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < HEAD_DV)[None, :])

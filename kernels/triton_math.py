@@ -39,8 +39,9 @@ def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.con
 
 
 @triton.jit
-def load_rows(src, b, h, row0, rows, cols, s_t, s_d, row_ok, col_ok, CHECK_COLS: tl.constexpr,
-              CAST_F32: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr, USE_TMA: tl.constexpr):
+def load_rows(src, b, h, row0, rows, cols, s_t, s_d, row_ok, col_ok, CHECK_ROWS: tl.constexpr,
+              CHECK_COLS: tl.constexpr, CAST_F32: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
+              USE_TMA: tl.constexpr):
     """Rows row0 .. row0 + BLOCK_ROWS of one head's (T, width) matrix. With USE_TMA ``src`` is a 4-D
     tensor descriptor of the whole (B, H, T, width) tensor, read by the copy engine at (b, h) (rows and
     columns past the end read as 0); otherwise ``src`` points at the head's row 0 and ``rows``/``cols``
@@ -50,7 +51,7 @@ def load_rows(src, b, h, row0, rows, cols, s_t, s_d, row_ok, col_ok, CHECK_COLS:
         if CAST_F32:
             x = x.to(tl.float32)
     else:
-        x = load_tile(tile_ptrs(src, rows, cols, s_t, s_d), row_ok, col_ok, True, CHECK_COLS, CAST_F32)
+        x = load_tile(tile_ptrs(src, rows, cols, s_t, s_d), row_ok, col_ok, CHECK_ROWS, CHECK_COLS, CAST_F32)
     return x
 
 
@@ -72,14 +73,16 @@ def load_inverse_norms(ptrs, ok, scale, NORMALIZE: tl.constexpr, BLOCK: tl.const
 
 
 @triton.jit
-def key_scores(q, Kh, RKh, cols, key_ok, offs_d, s_t, s_d, rq, tau, pos,
-               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
-               CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr):
+def key_scores(q, Kh, RKh, cols, key_ok, offs_d, s_t, s_d, rq, tau, pos, b, hk, n0,
+               HEAD_D: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_N: tl.constexpr, NORMALIZE: tl.constexpr,
+               CAUSAL: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
+               USE_TMA: tl.constexpr):
     """One key tile of one view against a query tile (queries x keys): returns (k, r, u), k the loaded
-    keys, r the per-element score factor (rq, times the keys' inverse norms with NORMALIZE) and
-    u = q.k * r - tau, zero where the key is out of range or (CAUSAL) after the query (with MASKED)."""
-    k = load_tile(tile_ptrs(Kh, cols, offs_d, s_t, s_d), key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
-                  CAST_F32)
+    keys (rows n0.. of key head hk; through a descriptor with USE_TMA, see load_rows), r the per-element
+    score factor (rq, times the keys' inverse norms with NORMALIZE) and u = q.k * r - tau, zero where
+    the key is out of range or (CAUSAL) after the query (with MASKED)."""
+    k = load_rows(Kh, b, hk, n0, cols, offs_d, s_t, s_d, key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D,
+                  CAST_F32, BLOCK_N, BLOCK_D, USE_TMA)
     r = rq[:, None]
     if NORMALIZE:
         r = r * tl.load(RKh + cols, mask=key_ok, other=0.0)[None, :]

@@ -118,8 +118,8 @@ def test_dv_apart_on_gpu(monkeypatch, name, query_major):
 @pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
                                   "tra_d64_fp16_T3000"])
 def test_tma_reads_on_gpu(monkeypatch, name, path):
-    """The dK/dV kernel reading q, k, v, dO through tensor descriptors (inputs in NaN-guarded buffers with
-    16-byte strides), compiled, at its candidate tiles, on each backward path."""
+    """The kernels reading q, k, v, dO through tensor descriptors (inputs in NaN-guarded buffers with
+    16-byte strides), compiled, at their candidate tiles, on each backward path."""
     import kernels_float64
     from kernels import launch
 
@@ -127,17 +127,18 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
     monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
     monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
-    for table in ("backward_configs", "dv_configs"):
+    for table in ("forward_configs", "backward_configs", "dv_configs", "dq_configs"):
         default = getattr(launch, table)
-        monkeypatch.setattr(launch, table, lambda *args, default=default: [
-            launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=path == "query_major",
+        monkeypatch.setattr(launch, table, lambda *args, default=default, table=table: [
+            launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages,
+                              query_major=path == "query_major" and table in ("backward_configs", "dv_configs"),
                               tma=True) for c in default(*args)])
     monkeypatch.setattr(launch, "_chosen", {})
     seed = sum(map(ord, name))
     errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
     tol = 1e-4 if case.dtype == torch.float32 else 1e-2
     assert all(v <= tol for v in errors.values()), errors
-    assert all(c.tma for k, c in launch._chosen.items() if k[0] in ("dkdv", "dv")) and launch._chosen
+    assert launch._chosen and all(c.tma for k, c in launch._chosen.items())
 
 
 @pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),

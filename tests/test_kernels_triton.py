@@ -181,13 +181,16 @@ class _DescriptorCount:
 @pytest.mark.parametrize("query_major,atomic,apart", [(False, False, False), (True, True, False),
                                                       (False, True, True), (True, True, True)])
 def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
-    """The dK/dV kernel reading q, k, v, dO through tensor descriptors (Hopper's copy engine, emulated by
-    the interpreter): every gradient matches the float64 reference, for tiles that overhang T and d;
-    inputs whose strides a descriptor cannot take fall back to pointers."""
+    """The kernels (forward, dK/dV, dQ) reading q, k, v, dO through tensor descriptors (Hopper's copy
+    engine, emulated by the interpreter): the output and every gradient match the float64 reference,
+    for tiles that overhang T and d; inputs whose strides a descriptor cannot take fall back to pointers."""
     unaligned = kernels_float64.guarded
     assert unaligned is not kernels_float64.aligned_guarded
-    counter = _DescriptorCount(launch.dkdv_kernel)
-    monkeypatch.setattr(launch, "dkdv_kernel", counter)
+    counters = {name: _DescriptorCount(getattr(launch, name))
+                for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
+    for name, c in counters.items():
+        monkeypatch.setattr(launch, name, c)
+    counter = counters["dkdv_kernel"]
     monkeypatch.setattr(launch, "INTERPRETER_CONFIG",
                         launch.TileConfig(32, 32, 4, 1, query_major=query_major, tma=True))
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
@@ -206,4 +209,5 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
         errors = run_and_compare(threshold_attention_triton, case, inputs, seed=60 + i)
         assert all(v <= FP32_TOL for v in errors.values()), (case, errors)
         assert (counter.with_descriptors > before) == ready, (case, ready)
-    assert counter.with_descriptors > 0
+    assert counter.with_descriptors > 0 and counters["threshold_attention_fwd_kernel"].with_descriptors == 3
+    assert counters["dq_kernel"].with_descriptors == (3 if not atomic else 0)
