@@ -27,6 +27,8 @@ from dataclasses import dataclass, field
 import torch
 
 SINK_EPSILON = 0.3
+# Tile of the attention map (query rows x keys) whose occupancy is counted: the kernels' common tile.
+TILE = 64
 SINK_PROBE_TOKENS = 64
 
 
@@ -70,8 +72,9 @@ class LayerStats:
     sums over all rows of the non-zeros and (two views) consensus survivors. Per (sequence, head): the sum
     of normalised weights on key 0 and the count of non-empty rows, also without row 0 (for α_0). Per
     head (H, 6) for two views: n, Σx, Σy, Σx², Σy², Σxy of the two views' weights and, when
-    ``add_scores`` is called, of their raw scores. Sums live on ``device`` (where the maps are reduced,
-    so long maps are not copied to the host)."""
+    ``add_scores`` is called, of their raw scores. Per (TILE x TILE) tile of the causal map: how many tiles
+    hold any non-zero weight in any view (what a kernel that skips empty tiles would still compute). Sums
+    live on ``device`` (where the maps are reduced, so long maps are not copied to the host)."""
 
     length: int
     heads: int
@@ -91,6 +94,11 @@ class LayerStats:
         self.nonzeros, self.consensus = z(T), z(T)
         self.moments, self.score_moments = z(self.heads, 6), z(self.heads, 6)
         self._batch_alpha: torch.Tensor | None = None
+        n = -(-T // TILE)
+        self._batch_tiles: torch.Tensor | None = None  # (B, H, n, n) bool: tiles holding a non-zero weight
+        q_tile, k_tile = torch.arange(n).unsqueeze(1), torch.arange(n).unsqueeze(0)
+        self.causal_tiles = int((k_tile * TILE <= q_tile * TILE + TILE - 1).sum())  # per (sequence, head)
+        self.tiles_seen, self.tiles_occupied = 0, 0
 
     def add(self, start: int, stop: int, maps: dict[str, torch.Tensor]) -> None:
         """Add a block of rows [start, stop) of one batch; maps as ``attn.maps``. Call ``end_batch``
@@ -117,6 +125,11 @@ class LayerStats:
         self.top[rows] += (p.amax(-1) * full).sum((0, 1))
         nonzero = (w != 0) & keep
         self.nonzeros[rows] += nonzero.sum((0, 1, 3)).double()
+        support = nonzero
+        for name in maps:
+            if name != "combined":
+                support = support | ((maps[name].to(self.device) != 0) & keep)
+        self._add_tiles(start, stop, support)
         on_key0, counted = p[..., 0] * full, full.double()
         alpha = torch.stack([on_key0.sum(-1), counted.sum(-1), on_key0[..., 0], counted[..., 0]], dim=-1)
         if start > 0:
@@ -127,6 +140,19 @@ class LayerStats:
             both = (w1 != 0) & (w2 != 0) & keep
             self.consensus[rows] += both.sum((0, 1, 3)).double()
             self.moments += _moments(w1, w2, keep)
+
+    def _add_tiles(self, start: int, stop: int, support: torch.Tensor) -> None:
+        """Mark the tiles of rows [start, stop) that hold a non-zero weight (support: (B, H, rows, keys))."""
+        B, H, R, K = support.shape
+        n = -(-self.length // TILE)
+        if self._batch_tiles is None:
+            self._batch_tiles = torch.zeros(B, H, n, n, dtype=torch.bool, device=self.device)
+        padded = torch.nn.functional.pad(support, (0, -(-K // TILE) * TILE - K))
+        by_key_tile = padded.view(B, H, R, -1, TILE).any(-1)  # (B, H, rows, key tiles)
+        row_tile = torch.arange(start, stop, device=self.device) // TILE
+        for t in row_tile.unique().tolist():
+            hit = by_key_tile[:, :, row_tile == t].any(2)
+            self._batch_tiles[:, :, t, :hit.shape[-1]] |= hit
 
     def add_scores(self, start: int, stop: int, scores: list[torch.Tensor]) -> None:
         """Add the two views' raw scores of rows [start, stop), each (B, H, rows, keys ≥ stop), to the
@@ -139,6 +165,11 @@ class LayerStats:
         if self._batch_alpha is not None:
             self.alpha.append(self._batch_alpha)
             self._batch_alpha = None
+        if self._batch_tiles is not None:
+            B, H = self._batch_tiles.shape[:2]
+            self.tiles_seen += B * H * self.causal_tiles
+            self.tiles_occupied += int(self._batch_tiles.sum())
+            self._batch_tiles = None
 
     def alpha0(self, skip_first_row: bool = False) -> torch.Tensor:
         """α_0 of every (sequence, head) pair seen, (sequences, H); NaN where every row was empty.
@@ -226,6 +257,9 @@ def summarise(stats: list[LayerStats]) -> dict:
     out["nonzeros_per_row"] = _ratio(sum(float(s.nonzeros.sum()) for s in stats), rows)
     out["nonzeros_per_nonempty_row"] = _ratio(sum(float(s.nonzeros.sum()) for s in stats), full)
     out["nonzeros_per_row_per_layer"] = [_ratio(float(s.nonzeros.sum()), float(s.rows.sum())) for s in stats]
+    out["tile"] = TILE
+    out["tile_occupancy"] = _ratio(sum(s.tiles_occupied for s in stats), sum(s.tiles_seen for s in stats))
+    out["tile_occupancy_per_layer"] = [_ratio(s.tiles_occupied, s.tiles_seen) for s in stats]
     if stats[0].views == 2:
         out["consensus_per_row"] = _ratio(sum(float(s.consensus.sum()) for s in stats), rows)
         out["consensus_per_row_per_layer"] = [_ratio(float(s.consensus.sum()), float(s.rows.sum())) for s in stats]

@@ -208,6 +208,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
     H = D_MODEL // d
     fwd = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
                                              (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2)) for tma in (False, True)]
+    fwd += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3))
+            for tma in (False, True)]
     bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
                                     (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
                                     (16, 128, 8, 3), (32, 128, 8, 2))]
@@ -267,7 +269,7 @@ def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, 
     c = launch.last_compiled.get(kernel)
     regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
     print(f"  {what:30s} {label} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps} "
-          f"s={cfg.num_stages}{' query-major' if cfg.query_major else ''}{' tma' if cfg.tma else ''}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
+          f"s={cfg.num_stages}{' query-major' if cfg.query_major else ''}{' tma' if cfg.tma else ''}{' skip-empty' if cfg.skip_empty else ''}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
           flush=True)
 
 

@@ -37,11 +37,11 @@ def _p_mode(p: float) -> int:
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
             constexprs: dict, config: Optional[TileConfig], tma_ok: bool = False,
-            query_major: bool = False) -> TileConfig:
+            query_major: bool = False, skip_empty: bool = False) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
     memory. ``args_for`` builds the runtime arguments, which depend on the tile size. The kernel takes
-    the config's ``tma`` as USE_TMA (only where ``tma_ok``: tma_ready) and, with ``query_major``, the
-    config's ``query_major`` as QUERY_MAJOR."""
+    the config's ``tma`` as USE_TMA (only where ``tma_ok``: tma_ready) and, with ``query_major`` /
+    ``skip_empty``, the config's ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
     if config is not None:
         candidates = [config]
     elif interpreting():
@@ -52,7 +52,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         candidates = [dataclasses.replace(c, tma=False) for c in candidates]
     for i, cfg in enumerate(candidates):
         try:
-            layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}))
+            layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
+                          **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
             compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, **layout, BLOCK_M=cfg.block_m,
                                             BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                                             num_stages=cfg.num_stages)
@@ -153,7 +154,8 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     tma_ok = tma_ready(q1, k1, q2_, k2_, v)
     key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()), tma_ok)
     candidates = forward_configs(d, dv, two, q1.element_size())
-    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config, tma_ok=tma_ok)
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config, tma_ok=tma_ok,
+            skip_empty=True)
     return out, rq1, rk1, rq2, rk2
 
 

@@ -17,7 +17,8 @@ import triton
 class TileConfig:
     """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton.
     query_major (dK/dV kernel only) lays score tiles out (queries, keys) instead of (keys, queries); tma
-    reads q, k, v (and dO) through tensor descriptors (Hopper's copy engine) where their strides allow."""
+    reads q, k, v (and dO) through tensor descriptors (Hopper's copy engine) where their strides allow;
+    skip_empty (forward only) skips the product with v for tiles where no weight survives."""
 
     block_m: int
     block_n: int
@@ -25,6 +26,7 @@ class TileConfig:
     num_stages: int
     query_major: bool = False
     tma: bool = False
+    skip_empty: bool = False
 
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)

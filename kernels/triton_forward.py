@@ -25,9 +25,10 @@ def _key_block(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
-    """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32)."""
+    """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32); with SKIP_EMPTY the
+    product is skipped when no weight of the tile survives in either view (exact: it would add zeros)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
     _, _, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos, b, hk, n0,
@@ -39,7 +40,15 @@ def _key_block(
         w = w - lam * relu_power(u2, p, P_MODE)
     v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
-    return tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    if SKIP_EMPTY:
+        top = tl.max(u1)
+        if TWO_VIEWS:
+            top = tl.maximum(top, tl.max(u2))
+        if top > 0.0:  # a weight survives iff its u > 0
+            acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    else:
+        acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
+    return acc
 
 
 @triton.jit
@@ -64,10 +73,11 @@ def threshold_attention_fwd_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave. With
-    USE_TMA, Q1, K1, Q2, K2, V are 4-D tensor descriptors (blocks of one head's rows).
+    USE_TMA, Q1, K1, Q2, K2, V are 4-D tensor descriptors (blocks of one head's rows); with SKIP_EMPTY,
+    key blocks without a surviving weight skip the product with v.
 
     Shapes: Q* (B, H, Tq, HEAD_D), K* (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk, HEAD_DV),
     O (B, H, Tq, HEAD_DV); RK* (B, Hkv, Tk) fp32 inverse key norms (input); RQ* (B, H, Tq) fp32
@@ -121,12 +131,12 @@ def threshold_attention_fwd_kernel(
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                          offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA)
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY)
     for n0 in range(full_end, hi, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                          offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA)
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY)
 
     o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :] * so_d
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < HEAD_DV)[None, :])

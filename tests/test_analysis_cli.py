@@ -118,6 +118,8 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     # passkey over both lengths; no likelihood grid for 2 keys in these files -> —
     assert tda[8] == "0.25 / —" and per_run["analysis_tda_seed1"][8] == "0.125 / —"
     assert tda[9] != "—" and softmax[9] == "—"                  # mean λ only for TDA
+    assert softmax[10] == "100.0% / 100.0%"                      # dense: every causal tile occupied
+    assert tda[10].count("%") == 2
     passkey = next(line for line in lines if line.startswith("| passkey"))
     assert "0.375 ± 0.18 (n=2)" in passkey and "| 0.125 |" in passkey and passkey.endswith("| yes |")
     plain = next(line for line in lines if line.startswith("| length extrapolation, plain"))

@@ -183,3 +183,22 @@ def test_sink_rate_without_row_zero_and_score_correlation():
     assert torch.isnan(two.score_correlation()).all()
     two.add_scores(0, T, [scores, torch.stack([3 * scores[:, 0] + 1, -scores[:, 1]], dim=1)])
     torch.testing.assert_close(two.score_correlation(), torch.tensor([1.0, -1.0], dtype=torch.float64))
+
+
+def test_tile_occupancy_counts_causal_tiles_with_any_weight():
+    """64 x 64 tiles: 130 tokens make 3 x 3 tiles of which 6 are causal; weights at (65, 5) and (100, 70)
+    (tiles (1, 0) and (1, 1), rows of tile 1 split across row blocks), and one in view 2 only at (129, 129)
+    (tile (2, 2)): 3 of 6 occupied in the first sequence, none in the second."""
+    T = 130
+    v1, v2 = torch.zeros(2, 1, T, T), torch.zeros(2, 1, T, T)
+    v1[0, 0, 65, 5] = 0.3
+    v1[0, 0, 100, 70] = 0.2
+    v2[0, 0, 129, 129] = 0.1
+    maps = {"combined": v1 - 0.5 * v2, "view1": v1, "view2": v2}
+    for block in (None, 70, 33):
+        out = summarise([stats_of(maps, block)])
+        assert out["tile"] == 64
+        assert out["tile_occupancy"] == pytest.approx(3 / 12)
+        assert out["tile_occupancy_per_layer"] == [pytest.approx(3 / 12)]
+    dense = summarise([stats_of(single(uniform_map(1, 2, T)))])
+    assert dense["tile_occupancy"] == 1.0
