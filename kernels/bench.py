@@ -222,6 +222,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
                 for qm in (False, True) for tma in (False, True)]
     dq = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
                                             (128, 64, 8, 2)) for tma in (False, True)]
+    dq += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((128, 64, 8, 3), (128, 32, 8, 2))
+           for tma in (False, True)]
     for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
         print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
               f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)

@@ -240,7 +240,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
-                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items()), tma_ok), consts, dq_config, tma_ok=tma_ok)
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items()), tma_ok), consts, dq_config, tma_ok=tma_ok,
+                skip_empty=True)
 
     dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None
     dbeta = partials["beta"].sum(dim=(0, 2)) if need_dbeta else None

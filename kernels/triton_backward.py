@@ -314,9 +314,11 @@ def _dq_key_block(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr,
+    USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
-    """One key block's contribution to dq'1, dq'2 of a query block; tiles are (queries, keys)."""
+    """One key block's contribution to dq'1, dq'2 of a query block; tiles are (queries, keys). With
+    SKIP_EMPTY, dA and the dQ products are skipped when no weight of the tile survives in either view
+    (both views' scores are then computed first)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
     k1, r1, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos, b, hk, n0,
@@ -324,13 +326,26 @@ def _dq_key_block(
     v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
     _, e1 = relu_power_and_slope(u1, p, P_MODE)
-    da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
-    dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
-    if TWO_VIEWS:
-        k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
-                                HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
-        _, e2 = relu_power_and_slope(u2, p, P_MODE)
-        dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
+    if SKIP_EMPTY:
+        top = tl.max(u1)
+        if TWO_VIEWS:
+            k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
+                                    HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
+            top = tl.maximum(top, tl.max(u2))
+        if top > 0.0:  # a weight survives iff its u > 0
+            da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+            dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
+            if TWO_VIEWS:
+                _, e2 = relu_power_and_slope(u2, p, P_MODE)
+                dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
+    else:
+        da = tl.dot(do, tl.trans(v), input_precision=DOT_PREC)
+        dq1 = tl.dot((e1 * r1 * da).to(k1.dtype), k1, dq1, input_precision=DOT_PREC)
+        if TWO_VIEWS:
+            k2, r2, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
+                                    HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
+            _, e2 = relu_power_and_slope(u2, p, P_MODE)
+            dq2 = tl.dot((e2 * r2 * (da * -lam)).to(k2.dtype), k2, dq2, input_precision=DOT_PREC)
     return dq1, dq2
 
 
@@ -344,10 +359,11 @@ def dq_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
-    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr,
+    CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
     """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D).
-    With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows)."""
+    With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows); with
+    SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products."""
     pid = tl.program_id(0)
     bh = pid % num_bh
     m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
@@ -399,12 +415,12 @@ def dq_kernel(
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA)
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY)
     for n0 in range(full_end, hi, BLOCK_N):
         dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                                  K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA)
+                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY)
 
     dq_off = (b * H + h) * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
     store_mask = row_ok[:, None] & d_ok[None, :]
