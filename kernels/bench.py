@@ -214,12 +214,16 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
                                     (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
                                     (16, 128, 8, 3), (32, 128, 8, 2))]
     bwd += [TileConfig(*c, tma=True) for c in ((32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2))]
+    bwd += [TileConfig(*c, query_major=qm, tma=tma, skip_empty=True)
+            for c, qm in (((32, 128, 8, 3), False), ((64, 64, 4, 3), True)) for tma in (False, True)]
     bwd += [TileConfig(*c, query_major=True) for c in (
         (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2),
         (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 8, 2))]
     dv_tiles = [TileConfig(*c, query_major=qm, tma=tma) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
                                                                    (32, 128, 8, 2))
                 for qm in (False, True) for tma in (False, True)]
+    dv_tiles += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((64, 128, 8, 2), (32, 128, 8, 3))
+                 for tma in (False, True)]
     dq = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
                                             (128, 64, 8, 2)) for tma in (False, True)]
     dq += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((128, 64, 8, 3), (128, 32, 8, 2))

@@ -212,13 +212,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart, tma_ok)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, tma_ok=tma_ok, query_major=True)
+                 WITH_DV=not apart), config, tma_ok=tma_ok, query_major=True, skip_empty=True)
     if apart:
         _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
                 dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items()),
                                                                  tma_ok),
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, tma_ok=tma_ok, query_major=True)
+                dv_config, tma_ok=tma_ok, query_major=True, skip_empty=True)
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None

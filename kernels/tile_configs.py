@@ -18,7 +18,7 @@ class TileConfig:
     """block_m query rows x block_n keys per tile; num_warps and num_stages as in Triton.
     query_major (dK/dV kernel only) lays score tiles out (queries, keys) instead of (keys, queries); tma
     reads q, k, v (and dO) through tensor descriptors (Hopper's copy engine) where their strides allow;
-    skip_empty (forward and dQ kernels) skips the products of tiles where no weight survives."""
+    skip_empty skips the products of tiles where no weight survives (in either view)."""
 
     block_m: int
     block_n: int

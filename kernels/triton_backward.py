@@ -126,6 +126,34 @@ def _view_key_grads(dk, e, da, q, rq_sign, k, rk, DQh, offs_m, row_ok, offs_d, d
 
 
 @triton.jit
+def _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m, row_ok, offs_d, d_ok,
+                 HEAD_D: tl.constexpr, NORMALIZE: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
+                 BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr):
+    """View 1's share of dbeta, dK1 (and dQ1 by atomics)."""
+    if BETA_GRAD:
+        acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
+    dk1 = _view_key_grads(dk1, e1, da, q1, rq1, k1, rk1, DQ1h, offs_m, row_ok, offs_d, d_ok, HEAD_D,
+                          NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
+    return dk1, acc_beta
+
+
+@triton.jit
+def _view2_grads(dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m, row_ok,
+                 offs_d, d_ok, HEAD_D: tl.constexpr, NORMALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
+                 DQ_ATOMIC: tl.constexpr, LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
+                 QUERY_MAJOR: tl.constexpr):
+    """View 2's share of dlam, dbeta, dK2 (and dQ2 by atomics); its weights enter with -lam."""
+    if LAM_GRAD:
+        acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
+    if BETA_GRAD:
+        acc_beta -= lam * _sum_over_queries(e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
+                                            QUERY_MAJOR)
+    dk2 = _view_key_grads(dk2, e2, da, q2, rq2 * -lam, k2, rk2, DQ2h, offs_m, row_ok, offs_d, d_ok,
+                          HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
+    return dk2, acc_lam, acc_beta
+
+
+@triton.jit
 def _dkdv_query_block(
     dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
     Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
@@ -134,12 +162,13 @@ def _dkdv_query_block(
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, MASKED: tl.constexpr, QUERY_MAJOR: tl.constexpr,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
     """One query block's contribution to a key block's gradients: dK (with dQ by atomics, dlam, dbeta)
     if WITH_DK, dV if WITH_DV. Score tiles are (keys, queries), or (queries, keys) with QUERY_MAJOR:
     then the held k1, k2, v are the second operand of every product that reads them and dS, W enter
-    dK, dV transposed."""
+    dK, dV transposed. With SKIP_EMPTY both views' weights come first and the rest (dA included) is
+    skipped when none survives; otherwise view 1 is finished before view 2 is scored (fewer live tiles)."""
     offs_m = m0 + tl.arange(0, BLOCK_M)
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
@@ -148,35 +177,55 @@ def _dkdv_query_block(
     offs_dv = tl.arange(0, BLOCK_DV)
     do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV,
                    CAST_F32, BLOCK_M, BLOCK_DV, USE_TMA)
-    if WITH_DK:
-        da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
     keep = 0
     if MASKED:
         keep = _per_key(offs_n, QUERY_MAJOR) <= _per_query(pos, QUERY_MAJOR)
-    q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, b, h, m0, offs_m, row_ok,
-                                   offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32, DOT_PREC,
-                                   MASKED, QUERY_MAJOR, USE_TMA)
-    if WITH_DK:
-        if BETA_GRAD:
-            acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
-                                          QUERY_MAJOR)
-        dk1 = _view_key_grads(dk1, e1, da, q1, rq1, k1, rk1, DQ1h, offs_m, row_ok, offs_d, d_ok, HEAD_D,
-                              NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
-    if TWO_VIEWS:
-        q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, b, h, m0, offs_m,
-                                        row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE,
-                                        CAST_F32, DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
-        w = w - lam * a2
+    if SKIP_EMPTY:
+        q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, b, h, m0, offs_m,
+                                       row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32,
+                                       DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
+        top = tl.max(e1)  # the slope is > 0 exactly where a weight survives
+        if TWO_VIEWS:
+            q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, b, h, m0,
+                                            offs_m, row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE,
+                                            P_MODE, CAST_F32, DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
+            top = tl.maximum(top, tl.max(e2))
+        if top > 0.0:
+            if WITH_DK:
+                da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
+                dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m,
+                                             row_ok, offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC,
+                                             BETA_GRAD, QUERY_MAJOR)
+            if TWO_VIEWS:
+                w = w - lam * a2
+                if WITH_DK:
+                    dk2, acc_lam, acc_beta = _view2_grads(
+                        dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m,
+                        row_ok, offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                        QUERY_MAJOR)
+            if WITH_DV:
+                dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
+    else:
         if WITH_DK:
-            if LAM_GRAD:
-                acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
-            if BETA_GRAD:
-                acc_beta -= lam * _sum_over_queries(
-                    e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
-            dk2 = _view_key_grads(dk2, e2, da, q2, rq2 * -lam, k2, rk2, DQ2h, offs_m, row_ok, offs_d, d_ok,
-                                  HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
-    if WITH_DV:
-        dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
+            da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
+        q1, rq1, w, e1 = _view_weights(Q1h, RQ1h, sq1_t, sq1_d, k1, rk1, tau, keep, scale, p, b, h, m0, offs_m,
+                                       row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32,
+                                       DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
+        if WITH_DK:
+            dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m, row_ok,
+                                         offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, BETA_GRAD,
+                                         QUERY_MAJOR)
+        if TWO_VIEWS:
+            q2, rq2, a2, e2 = _view_weights(Q2h, RQ2h, sq2_t, sq2_d, k2, rk2, tau, keep, scale, p, b, h, m0,
+                                            offs_m, row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE,
+                                            P_MODE, CAST_F32, DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
+            w = w - lam * a2
+            if WITH_DK:
+                dk2, acc_lam, acc_beta = _view2_grads(
+                    dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m, row_ok,
+                    offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD, QUERY_MAJOR)
+        if WITH_DV:
+            dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
     return dk1, dk2, dv, acc_lam, acc_beta
 
 
@@ -193,7 +242,7 @@ def dkdv_kernel(
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr,
-    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr,
+    WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors
     (blocks of one head's rows) instead of pointers. DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
@@ -273,14 +322,14 @@ def dkdv_kernel(
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA)
+                True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
                 dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
                 Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
                 b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
                 TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA)
+                False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
         if LAM_GRAD:
             tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(acc_lam, axis=0))
         if BETA_GRAD:

@@ -141,11 +141,12 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
     assert launch._chosen and all(c.tma for k, c in launch._chosen.items())
 
 
+@pytest.mark.parametrize("path", ["split", "atomic", "dv_apart"])
 @pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tra_d64_fp16_T3000",
                                   "tda_Tq100_Tk5000_bf16"])
-def test_skipping_empty_tiles_on_gpu(monkeypatch, name):
-    """The forward and dQ kernels skipping tiles without a surviving weight, compiled, with pointer and
-    descriptor reads."""
+def test_skipping_empty_tiles_on_gpu(monkeypatch, name, path):
+    """Every kernel skipping tiles without a surviving weight, compiled, with pointer and descriptor reads,
+    on each backward path."""
     import kernels_float64
     from kernels import launch
 
@@ -153,18 +154,20 @@ def test_skipping_empty_tiles_on_gpu(monkeypatch, name):
     for tma in (False, True):
         monkeypatch.setattr(kernels_float64, "guarded",
                             kernels_float64.aligned_guarded if tma else kernels_float64.guarded)
-        for table in ("forward_configs", "dq_configs"):
+        for table in ("forward_configs", "dq_configs", "backward_configs", "dv_configs"):
             default = getattr(launch, table)
             monkeypatch.setattr(launch, table, lambda *args, default=default, tma=tma: [
-                launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, tma=tma, skip_empty=True)
-                for c in default(*args)])
-        monkeypatch.setattr(launch, "dq_atomic", lambda two_views: False)
+                launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=c.query_major,
+                                  tma=tma, skip_empty=True) for c in default(*args)])
+        monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
+        monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
         monkeypatch.setattr(launch, "_chosen", {})
         seed = sum(map(ord, name))
         errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
         tol = 1e-4 if case.dtype == torch.float32 else 1e-2
         assert all(v <= tol for v in errors.values()), (tma, errors)
-        assert {k[0] for k, c in launch._chosen.items() if c.skip_empty} == {"fwd", "dq"}
+        expected = {"fwd", "dkdv"} | ({"dq"} if path == "split" else set()) | ({"dv"} if path == "dv_apart" else set())
+        assert {k[0] for k, c in launch._chosen.items() if c.skip_empty} == expected
 
 
 @pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),

@@ -213,13 +213,18 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
     assert counters["dq_kernel"].with_descriptors == (3 if not atomic else 0)
 
 
-def test_skipping_empty_tiles_matches_reference(monkeypatch):
-    """Forward and dQ kernel with SKIP_EMPTY on inputs where some 32 x 32 tiles have no surviving weight in
-    either view and others do: output and gradients match the float64 reference (skipping is exact)."""
+@pytest.mark.parametrize("path,query_major", [("split", False), ("atomic", True), ("dv_apart", False),
+                                               ("dv_apart", True)])
+def test_skipping_empty_tiles_matches_reference(monkeypatch, path, query_major):
+    """Every kernel with SKIP_EMPTY (forward; dK/dV with the dQ kernel, with dQ atomics, or with dV apart)
+    on inputs where some 32 x 32 tiles have no surviving weight in either view and others do: output and
+    gradients match the float64 reference (skipping is exact)."""
     from kernels_float64 import naive_maps
 
-    monkeypatch.setattr(launch, "INTERPRETER_CONFIG", launch.TileConfig(32, 32, 4, 1, skip_empty=True))
-    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: False)  # dQ from the dQ kernel
+    monkeypatch.setattr(launch, "INTERPRETER_CONFIG",
+                        launch.TileConfig(32, 32, 4, 1, query_major=query_major, skip_empty=True))
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
+    monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
     for i, case in enumerate((Case(T=200, d=32, dv=64, lam=(0.5,), strength=(0.0, 0.5)),
                               Case(T=150, d=48, dv=48, two_views=False, strength=(0.0, 0.5)))):
         inputs = make_inputs(case, seed=80 + i)
