@@ -23,7 +23,7 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
 import triton
 import triton.language as tl
 
-from .triton_math import (key_scores, load_inverse_norms, load_rows, load_tile, normalize_backward,
+from .triton_math import (head_base, key_scores, load_inverse_norms, load_rows, load_tile, normalize_backward,
                           relu_power_and_slope, threshold_gain, tile_ptrs, visible_keys)
 
 
@@ -126,19 +126,19 @@ def _view_key_grads(dk, e, da, q, rq_sign, k, rk, DQh, offs_m, row_ok, offs_d, d
 
 
 @triton.jit
-def _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m, row_ok, offs_d, d_ok,
+def _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, gain, offs_m, row_ok, offs_d, d_ok,
                  HEAD_D: tl.constexpr, NORMALIZE: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
                  BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr):
     """View 1's share of dbeta, dK1 (and dQ1 by atomics)."""
     if BETA_GRAD:
-        acc_beta += _sum_over_queries(e1 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR), QUERY_MAJOR)
+        acc_beta += _sum_over_queries(e1 * da * _per_query(gain, QUERY_MAJOR), QUERY_MAJOR)
     dk1 = _view_key_grads(dk1, e1, da, q1, rq1, k1, rk1, DQ1h, offs_m, row_ok, offs_d, d_ok, HEAD_D,
                           NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
     return dk1, acc_beta
 
 
 @triton.jit
-def _view2_grads(dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m, row_ok,
+def _view2_grads(dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, gain, offs_m, row_ok,
                  offs_d, d_ok, HEAD_D: tl.constexpr, NORMALIZE: tl.constexpr, DOT_PREC: tl.constexpr,
                  DQ_ATOMIC: tl.constexpr, LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr,
                  QUERY_MAJOR: tl.constexpr):
@@ -146,8 +146,7 @@ def _view2_grads(dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h
     if LAM_GRAD:
         acc_lam += _sum_over_queries(da * a2, QUERY_MAJOR)
     if BETA_GRAD:
-        acc_beta -= lam * _sum_over_queries(e2 * da * _per_query(threshold_gain(pos, inv_d), QUERY_MAJOR),
-                                            QUERY_MAJOR)
+        acc_beta -= lam * _sum_over_queries(e2 * da * _per_query(gain, QUERY_MAJOR), QUERY_MAJOR)
     dk2 = _view_key_grads(dk2, e2, da, q2, rq2 * -lam, k2, rk2, DQ2h, offs_m, row_ok, offs_d, d_ok,
                           HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, QUERY_MAJOR)
     return dk2, acc_lam, acc_beta
@@ -173,7 +172,8 @@ def _dkdv_query_block(
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
     pos = offs_m + (Tk - Tq)
-    tau = beta * threshold_gain(pos, inv_d)
+    gain = threshold_gain(pos, inv_d)
+    tau = beta * gain
     offs_dv = tl.arange(0, BLOCK_DV)
     do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV,
                    CAST_F32, BLOCK_M, BLOCK_DV, USE_TMA)
@@ -193,14 +193,14 @@ def _dkdv_query_block(
         if top > 0.0:
             if WITH_DK:
                 da = _score_tile(v, do, DOT_PREC, QUERY_MAJOR)
-                dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m,
+                dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, gain, offs_m,
                                              row_ok, offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC,
                                              BETA_GRAD, QUERY_MAJOR)
             if TWO_VIEWS:
                 w = w - lam * a2
                 if WITH_DK:
                     dk2, acc_lam, acc_beta = _view2_grads(
-                        dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m,
+                        dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, gain, offs_m,
                         row_ok, offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
                         QUERY_MAJOR)
             if WITH_DV:
@@ -212,7 +212,7 @@ def _dkdv_query_block(
                                        row_ok, offs_d, d_ok, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE, P_MODE, CAST_F32,
                                        DOT_PREC, MASKED, QUERY_MAJOR, USE_TMA)
         if WITH_DK:
-            dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, pos, inv_d, offs_m, row_ok,
+            dk1, acc_beta = _view1_grads(dk1, acc_beta, e1, da, q1, rq1, k1, rk1, DQ1h, gain, offs_m, row_ok,
                                          offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, BETA_GRAD,
                                          QUERY_MAJOR)
         if TWO_VIEWS:
@@ -222,7 +222,7 @@ def _dkdv_query_block(
             w = w - lam * a2
             if WITH_DK:
                 dk2, acc_lam, acc_beta = _view2_grads(
-                    dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, pos, inv_d, offs_m, row_ok,
+                    dk2, acc_lam, acc_beta, e2, a2, da, q2, rq2, k2, rk2, lam, DQ2h, gain, offs_m, row_ok,
                     offs_d, d_ok, HEAD_D, NORMALIZE, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD, QUERY_MAJOR)
         if WITH_DV:
             dv = _into_keys(w.to(do.dtype), do, dv, DOT_PREC, QUERY_MAJOR)
@@ -263,12 +263,9 @@ def dkdv_kernel(
     d_ok = offs_d < HEAD_D
     dv_ok = offs_dv < HEAD_DV
 
-    if USE_TMA:
-        K1h, K2h, Vh = K1, K2, V
-    else:
-        K1h = K1 + b * sk1_b + hk * sk1_h
-        K2h = K2 + b * sk2_b + hk * sk2_h
-        Vh = V + b * sv_b + hk * sv_h
+    K1h = head_base(K1, b, hk, sk1_b, sk1_h, USE_TMA)
+    K2h = head_base(K2, b, hk, sk2_b, sk2_h, USE_TMA)
+    Vh = head_base(V, b, hk, sv_b, sv_h, USE_TMA)
     k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
                    BLOCK_N, BLOCK_D, USE_TMA)
     if WITH_DK:
@@ -306,12 +303,9 @@ def dkdv_kernel(
         beta = tl.load(BETA + h)
         acc_lam = tl.zeros([BLOCK_N], dtype=tl.float32)
         acc_beta = tl.zeros([BLOCK_N], dtype=tl.float32)
-        if USE_TMA:
-            Q1h, Q2h, DOh = Q1, Q2, DO
-        else:
-            Q1h = Q1 + b * sq1_b + h * sq1_h
-            Q2h = Q2 + b * sq2_b + h * sq2_h
-            DOh = DO + b * sdo_b + h * sdo_h
+        Q1h = head_base(Q1, b, h, sq1_b, sq1_h, USE_TMA)
+        Q2h = head_base(Q2, b, h, sq2_b, sq2_h, USE_TMA)
+        DOh = head_base(DO, b, h, sdo_b, sdo_h, USE_TMA)
         RQ1h = RQ1 + bh * Tq
         RQ2h = RQ2 + bh * Tq
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
@@ -428,15 +422,12 @@ def dq_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
 
-    if USE_TMA:
-        Q1h, Q2h, DOh, K1h, K2h, Vh = Q1, Q2, DO, K1, K2, V
-    else:
-        Q1h = Q1 + b * sq1_b + h * sq1_h
-        Q2h = Q2 + b * sq2_b + h * sq2_h
-        DOh = DO + b * sdo_b + h * sdo_h
-        K1h = K1 + b * sk1_b + hk * sk1_h
-        K2h = K2 + b * sk2_b + hk * sk2_h
-        Vh = V + b * sv_b + hk * sv_h
+    Q1h = head_base(Q1, b, h, sq1_b, sq1_h, USE_TMA)
+    Q2h = head_base(Q2, b, h, sq2_b, sq2_h, USE_TMA)
+    DOh = head_base(DO, b, h, sdo_b, sdo_h, USE_TMA)
+    K1h = head_base(K1, b, hk, sk1_b, sk1_h, USE_TMA)
+    K2h = head_base(K2, b, hk, sk2_b, sk2_h, USE_TMA)
+    Vh = head_base(V, b, hk, sv_b, sv_h, USE_TMA)
     q1 = load_rows(Q1h, b, h, m0, offs_m, offs_d, sq1_t, sq1_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
                    BLOCK_M, BLOCK_D, USE_TMA)
     do = load_rows(DOh, b, h, m0, offs_m, offs_dv, sdo_t, sdo_d, row_ok, offs_dv < HEAD_DV, True, BLOCK_DV != HEAD_DV,

@@ -15,7 +15,8 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import inverse_row_norms, key_scores, load_rows, relu_power, threshold_gain, visible_keys
+from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, relu_power, threshold_gain,
+                          visible_keys)
 
 
 @triton.jit
@@ -97,14 +98,11 @@ def threshold_attention_fwd_kernel(
     row_ok = offs_m < Tq
     d_ok = offs_d < HEAD_D
 
-    if USE_TMA:
-        Q1h, Q2h, K1h, K2h, Vh = Q1, Q2, K1, K2, V
-    else:
-        Q1h = Q1 + b * sq1_b + h * sq1_h
-        Q2h = Q2 + b * sq2_b + h * sq2_h
-        K1h = K1 + b * sk1_b + hk * sk1_h
-        K2h = K2 + b * sk2_b + hk * sk2_h
-        Vh = V + b * sv_b + hk * sv_h
+    Q1h = head_base(Q1, b, h, sq1_b, sq1_h, USE_TMA)
+    Q2h = head_base(Q2, b, h, sq2_b, sq2_h, USE_TMA)
+    K1h = head_base(K1, b, hk, sk1_b, sk1_h, USE_TMA)
+    K2h = head_base(K2, b, hk, sk2_b, sk2_h, USE_TMA)
+    Vh = head_base(V, b, hk, sv_b, sv_h, USE_TMA)
     q1 = load_rows(Q1h, b, h, m0, offs_m, offs_d, sq1_t, sq1_d, row_ok, d_ok, True, BLOCK_D != HEAD_D, CAST_F32,
                    BLOCK_M, BLOCK_D, USE_TMA)
     rq1 = _query_factors(q1, RQ1 + (b * H + h) * Tq + offs_m, row_ok, scale, NORMALIZE, BLOCK_M)

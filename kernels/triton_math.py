@@ -39,6 +39,17 @@ def load_tile(ptrs, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.con
 
 
 @triton.jit
+def head_base(src, b, h, s_b, s_h, USE_TMA: tl.constexpr):
+    """What load_rows reads one head's rows from: the tensor descriptor itself with USE_TMA (it is
+    indexed by (b, h) at each load), else the pointer to head (b, h)'s row 0."""
+    if USE_TMA:
+        base = src
+    else:
+        base = src + b * s_b + h * s_h
+    return base
+
+
+@triton.jit
 def load_rows(src, b, h, row0, rows, cols, s_t, s_d, row_ok, col_ok, CHECK_ROWS: tl.constexpr,
               CHECK_COLS: tl.constexpr, CAST_F32: tl.constexpr, BLOCK_ROWS: tl.constexpr, BLOCK_COLS: tl.constexpr,
               USE_TMA: tl.constexpr):
