@@ -36,21 +36,21 @@ def _p_mode(p: float) -> int:
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-            constexprs: dict, config: Optional[TileConfig], tma_ok: bool = False,
+            constexprs: dict, config: Optional[TileConfig], rows: tuple = (),
             query_major: bool = False, skip_empty: bool = False) -> TileConfig:
     """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
     memory. ``args_for`` builds the runtime arguments, which depend on the tile size. The kernel takes
-    the config's ``tma`` as USE_TMA (only where ``tma_ok``: tma_ready) and, with ``query_major`` /
-    ``skip_empty``, the config's ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
+    the config's ``tma`` as USE_TMA (dropped for this launch when the tensors ``rows`` are not
+    tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the config's
+    ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
     if config is not None:
         candidates = [config]
     elif interpreting():
         candidates = [INTERPRETER_CONFIG]
     elif key in _chosen:
         candidates = [_chosen[key]]
-    if not tma_ok:
-        candidates = [dataclasses.replace(c, tma=False) for c in candidates]
-    for i, cfg in enumerate(candidates):
+    for i, chosen in enumerate(candidates):
+        cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not tma_ready(*rows) else chosen
         try:
             layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
                           **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
@@ -62,7 +62,7 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
                 raise
             continue
         if config is None:
-            _chosen[key] = cfg
+            _chosen[key] = chosen
         last_compiled[key[0]] = compiled
         return cfg
     raise AssertionError("unreachable: no tile candidates")
@@ -151,11 +151,10 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
                 *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
                 float(scale), float(p), 1.0 / d)
 
-    tma_ok = tma_ready(q1, k1, q2_, k2_, v)
-    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()), tma_ok)
+    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
     candidates = forward_configs(d, dv, two, q1.element_size())
-    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config, tma_ok=tma_ok,
-            skip_empty=True)
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config,
+            rows=(q1, k1, q2_, k2_, v), skip_empty=True)
     return out, rq1, rk1, rq2, rk2
 
 
@@ -208,17 +207,16 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
-    tma_ok = tma_ready(q1, k1, q2_, k2_, v, do)
-    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart, tma_ok)
+    rows = (q1, k1, q2_, k2_, v, do)
+    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, tma_ok=tma_ok, query_major=True, skip_empty=True)
+                 WITH_DV=not apart), config, rows=rows, query_major=True, skip_empty=True)
     if apart:
         _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
-                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items()),
-                                                                 tma_ok),
+                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items())),
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, tma_ok=tma_ok, query_major=True, skip_empty=True)
+                dv_config, rows=rows, query_major=True, skip_empty=True)
 
     dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
     dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None
@@ -240,7 +238,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
-                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items()), tma_ok), consts, dq_config, tma_ok=tma_ok,
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config, rows=rows,
                 skip_empty=True)
 
     dlam = partials["lam"].sum(dim=(0, 2)) if need_dlam else None

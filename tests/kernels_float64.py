@@ -216,3 +216,19 @@ def poisoned_outputs(monkeypatch):
     def nan_output(shape, dtype, device):
         return torch.full(shape, float("nan"), dtype=dtype, device=device)
     monkeypatch.setattr(launch, "_new_output", nan_output)
+
+
+class DescriptorCount:
+    """Wraps a Triton kernel: counts its launches and those that got tensor descriptors instead of pointers."""
+
+    def __init__(self, kernel):
+        self.kernel, self.with_descriptors, self.launches = kernel, 0, 0
+
+    def __getitem__(self, grid):
+        def launch(*args, **kwargs):
+            from triton.tools.tensor_descriptor import TensorDescriptor
+
+            self.launches += 1
+            self.with_descriptors += any(isinstance(a, TensorDescriptor) for a in args)
+            return self.kernel[grid](*args, **kwargs)
+        return launch

@@ -134,11 +134,17 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
                               query_major=path == "query_major" and table in ("backward_configs", "dv_configs"),
                               tma=True) for c in default(*args)])
     monkeypatch.setattr(launch, "_chosen", {})
+    counters = {name: kernels_float64.DescriptorCount(getattr(launch, name))
+                for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
+    for kernel_name, counter in counters.items():
+        monkeypatch.setattr(launch, kernel_name, counter)
     seed = sum(map(ord, name))
     errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
     tol = 1e-4 if case.dtype == torch.float32 else 1e-2
     assert all(v <= tol for v in errors.values()), errors
-    assert launch._chosen and all(c.tma for k, c in launch._chosen.items())
+    # every launch read its rows through descriptors (the aligned buffers allow it)
+    assert all(c.with_descriptors == c.launches for c in counters.values())
+    assert counters["dkdv_kernel"].launches > 0
 
 
 @pytest.mark.parametrize("path", ["split", "atomic", "dv_apart"])

@@ -162,22 +162,6 @@ def test_dv_apart_matches_reference(monkeypatch, query_major):
     assert len(calls) == 2 * len(cases)
 
 
-class _DescriptorCount:
-    """Wraps the dK/dV kernel: counts launches that got tensor descriptors instead of pointers."""
-
-    def __init__(self, kernel):
-        self.kernel, self.with_descriptors, self.launches = kernel, 0, 0
-
-    def __getitem__(self, grid):
-        def launch(*args, **kwargs):
-            from triton.tools.tensor_descriptor import TensorDescriptor
-
-            self.launches += 1
-            self.with_descriptors += any(isinstance(a, TensorDescriptor) for a in args)
-            return self.kernel[grid](*args, **kwargs)
-        return launch
-
-
 @pytest.mark.parametrize("query_major,atomic,apart", [(False, False, False), (True, True, False),
                                                       (False, True, True), (True, True, True)])
 def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
@@ -185,8 +169,7 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
     engine, emulated by the interpreter): the output and every gradient match the float64 reference,
     for tiles that overhang T and d; inputs whose strides a descriptor cannot take fall back to pointers."""
     unaligned = kernels_float64.guarded
-    assert unaligned is not kernels_float64.aligned_guarded
-    counters = {name: _DescriptorCount(getattr(launch, name))
+    counters = {name: kernels_float64.DescriptorCount(getattr(launch, name))
                 for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
     for name, c in counters.items():
         monkeypatch.setattr(launch, name, c)
