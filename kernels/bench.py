@@ -246,23 +246,23 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         for cfg in fwd if "fwd" in parts else []:
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
+        def backward(**options) -> Callable[[], object]:
+            return lambda: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0,
+                                           True, views == 2, False, False, **options)
+
         for atomic in (False, True):
             for cfg in bwd if "dkdv" in parts else []:
-                _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b, lambda: launch.backward(
-                    do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                    views == 2, False, False, config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
+                _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b,
+                        backward(config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
         for cfg in bwd if "dv-apart" in parts else []:
-            _report("bwd dV apart (dK tiles)", label, cfg, fl_b, lambda: launch.backward(
-                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, False, config=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
+            _report("bwd dV apart (dK tiles)", label, cfg, fl_b,
+                    backward(config=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
         for cfg in dv_tiles if "dv-apart" in parts else []:
-            _report("bwd dV apart (dV tiles)", label, cfg, fl_b, lambda: launch.backward(
-                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, False, atomic_dq=True, dv_apart=True, dv_config=cfg), "dv", rep_ms)
+            _report("bwd dV apart (dV tiles)", label, cfg, fl_b,
+                    backward(atomic_dq=True, dv_apart=True, dv_config=cfg), "dv", rep_ms)
         for cfg in dq if "dq" in parts else []:
-            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, lambda: launch.backward(
-                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
-                views == 2, False, False, dq_config=cfg, atomic_dq=False), "dq", rep_ms)
+            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, backward(dq_config=cfg, atomic_dq=False), "dq",
+                    rep_ms)
 
 
 def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, kernel: str,
@@ -270,13 +270,11 @@ def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, 
     try:
         ms = _time(fn, [], rep_ms)
     except Exception as err:  # out of resources or a compile failure: report and go on
-        print(f"  {what:30s} {label} {cfg}: failed ({type(err).__name__}: {str(err)[:80]})")
+        print(f"  {what:30s} {label} {cfg.describe()}: failed ({type(err).__name__}: {str(err)[:80]})")
         return
     c = launch.last_compiled.get(kernel)
     regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
-    print(f"  {what:30s} {label} bm={cfg.block_m} bn={cfg.block_n} w={cfg.num_warps} "
-          f"s={cfg.num_stages}{' query-major' if cfg.query_major else ''}{' tma' if cfg.tma else ''}{' skip-empty' if cfg.skip_empty else ''}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}",
-          flush=True)
+    print(f"  {what:30s} {label} {cfg.describe()}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}", flush=True)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

@@ -138,31 +138,31 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         usage = ptxas_usage(launch.last_compiled[kernel], arch)
         rows.append(dict(layout=label, kernel=kernel, path=path, cfg=cfg, default=default, usage=usage))
 
-    def candidates(table: list[TileConfig], reads_rows: bool = False) -> list[TileConfig]:
-        table = [dataclasses.replace(c, tma=True) for c in table] if tma and reads_rows else table
+    def candidates(table: list[TileConfig]) -> list[TileConfig]:
+        table = [dataclasses.replace(c, tma=True) for c in table] if tma else table
         return table[:1] if defaults_only else table
 
     with compile_only(arch):
         out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed)
         do = torch.zeros_like(out)
-        for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size), True)):
+        for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
             record("fwd", "forward", cfg, i == 0 and not tma)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
-            for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size), True)):
+            for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
                 launch.backward(*grads, config=cfg, atomic_dq=atomic)
                 record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
                        i == 0 and atomic == default_atomic and not tma)
-        for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size), True)):
+        for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
             launch.backward(*grads, atomic_dq=False, dq_config=cfg)
             record("dq", "dQ kernel", cfg, i == 0 and not default_atomic and not tma)
         apart = launch.dv_pass_apart(two)
-        for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size), True)):
+        for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
             launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True)
             record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic and not tma)
-        for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size), True)):
+        for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size))):
             launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg)
             record("dv", "dV apart", cfg, i == 0 and apart and default_atomic and not tma)
     return rows
@@ -173,9 +173,7 @@ def format_table(rows: list[dict]) -> str:
              "| shared KiB |", "|" + "---|" * 7]
     for r in rows:
         c, u = r["cfg"], r["usage"]
-        tile = f"{c.block_m}×{c.block_n}, {c.num_warps} warps, {c.num_stages} stages" + (
-            ", query-major" if c.query_major else "") + (", TMA" if c.tma else "")
-        lines.append(f"| {r['layout']} | {r['path']} | {tile} | {'yes' if r['default'] else ''} | {u.registers} "
+        lines.append(f"| {r['layout']} | {r['path']} | {c.describe()} | {'yes' if r['default'] else ''} | {u.registers} "
                      f"| {u.spill_bytes} | {u.shared_kib:.0f} |")
     return "\n".join(lines)
 

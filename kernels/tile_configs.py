@@ -28,6 +28,13 @@ class TileConfig:
     tma: bool = False
     skip_empty: bool = False
 
+    def describe(self) -> str:
+        """'64×64, 4 warps, 3 stages' and the options that are on, for tables and logs."""
+        options = [name for name, on in (("query-major", self.query_major), ("TMA", self.tma),
+                                         ("skip-empty", self.skip_empty)) if on]
+        return ", ".join([f"{self.block_m}×{self.block_n}, {self.num_warps} warps, {self.num_stages} stages",
+                          *options])
+
 
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
 
