@@ -21,6 +21,7 @@ into numbers. Choices where SPEC is silent:
 """
 from __future__ import annotations
 
+import functools
 import math
 from dataclasses import dataclass, field
 
@@ -94,7 +95,7 @@ class LayerStats:
         self.nonzeros, self.consensus = z(T), z(T)
         self.moments, self.score_moments = z(self.heads, 6), z(self.heads, 6)
         self._batch_alpha: torch.Tensor | None = None
-        n = -(-T // TILE)
+        self.n_tiles = n = -(-T // TILE)  # per side
         self._batch_tiles: torch.Tensor | None = None  # (B, H, n, n) bool: tiles holding a non-zero weight
         q_tile, k_tile = torch.arange(n).unsqueeze(1), torch.arange(n).unsqueeze(0)
         self.causal_tiles = int((k_tile * TILE <= q_tile * TILE + TILE - 1).sum())  # per (sequence, head)
@@ -108,12 +109,14 @@ class LayerStats:
         if H != self.heads or R != stop - start or stop > self.length or K < stop:
             raise ValueError(f"maps of shape {tuple(w.shape)} do not fit rows [{start}, {stop}) of a layer "
                              f"with {self.heads} heads and {self.length} tokens")
-        w = w.to(self.device)
         keep = causal_keep(start, stop, K, self.device)
         per_row_entries = keep.sum(-1).double()
         self.entries += B * float(per_row_entries.sum())
-        for name in self.zeros:
-            self.zeros[name] += ((maps[name].to(self.device) == 0) & keep).sum((0, 2, 3)).double()
+        here = {name: maps[name].to(self.device) for name in self.zeros}  # combined, view1 (, view2)
+        nonzero = {name: (m != 0) & keep for name, m in here.items()}
+        for name, nz in nonzero.items():
+            self.zeros[name] += (keep & ~nz).sum((0, 2, 3)).double()
+        w = here["combined"]
         p, empty = normalise_rows(w, keep)
         full = ~empty
         rows = slice(start, stop)
@@ -123,29 +126,22 @@ class LayerStats:
         plogp = torch.where(p > 0, p * p.clamp_min(1e-300).log(), torch.zeros((), dtype=p.dtype))
         self.entropy[rows] += (-plogp.sum(-1) * full).sum((0, 1))
         self.top[rows] += (p.amax(-1) * full).sum((0, 1))
-        nonzero = (w != 0) & keep
-        self.nonzeros[rows] += nonzero.sum((0, 1, 3)).double()
-        support = nonzero
-        for name in maps:
-            if name != "combined":
-                support = support | ((maps[name].to(self.device) != 0) & keep)
-        self._add_tiles(start, stop, support)
+        self.nonzeros[rows] += nonzero["combined"].sum((0, 1, 3)).double()
+        self._add_tiles(start, stop, functools.reduce(torch.logical_or, nonzero.values()))
         on_key0, counted = p[..., 0] * full, full.double()
         alpha = torch.stack([on_key0.sum(-1), counted.sum(-1), on_key0[..., 0], counted[..., 0]], dim=-1)
         if start > 0:
             alpha[..., 2:] = 0.0
         self._batch_alpha = alpha if self._batch_alpha is None else self._batch_alpha + alpha
         if self.views == 2:
-            w1, w2 = maps["view1"].to(self.device), maps["view2"].to(self.device)
-            both = (w1 != 0) & (w2 != 0) & keep
-            self.consensus[rows] += both.sum((0, 1, 3)).double()
-            self.moments += _moments(w1, w2, keep)
+            self.consensus[rows] += (nonzero["view1"] & nonzero["view2"]).sum((0, 1, 3)).double()
+            self.moments += _moments(here["view1"], here["view2"], keep)
 
     def _add_tiles(self, start: int, stop: int, support: torch.Tensor) -> None:
         """Mark the tiles of rows [start, stop) that hold a non-zero weight (support: (B, H, rows, keys))."""
         B, H, R, K = support.shape
-        n = -(-self.length // TILE)
         if self._batch_tiles is None:
+            n = self.n_tiles
             self._batch_tiles = torch.zeros(B, H, n, n, dtype=torch.bool, device=self.device)
         padded = torch.nn.functional.pad(support, (0, -(-K // TILE) * TILE - K))
         by_key_tile = padded.view(B, H, R, -1, TILE).any(-1)  # (B, H, rows, key tiles)
