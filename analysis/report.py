@@ -20,6 +20,7 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from analysis.metrics import TILE
 from analysis.results import Group, RunResults, group_runs, load_results, run_list
 
 NOT_RUN = "not run"
@@ -245,21 +246,22 @@ def per_run_rows(runs: list[RunResults]) -> list[str]:
              "(train length / longest) | first-token ratio ÷ uniform (max) | sink rate | ppl longest ÷ train "
              "(plain / NTK) | passkey (exact / likelihood) | mean λ | occupied tiles (train length / longest) |",
              "|" + "---|" * 12]
+    at_train, at_longest = _at_length("sparsity"), _at_longest("sparsity")
+    nz_train, nz_longest = _at_length("nonzeros_per_row"), _at_longest("nonzeros_per_row")
+    tiles_train, tiles_longest = _at_length("tile_occupancy"), _at_longest("tile_occupancy")
+    empty = _at_length("empty_row_share")
     for run in runs:
-        at_train, at_longest = _at_length("sparsity"), _at_longest("sparsity")
-        nz_train, nz_longest = _at_length("nonzeros_per_row"), _at_longest("nonzeros_per_row")
         lambdas = (run.summary or {}).get("lambda_per_layer") or []
         lam = statistics.fmean(lambdas) if lambdas else None
         pk = passkey_accuracy(run, None), passkey_accuracy(run, None, "likelihood")
         lines.append(" | ".join([
             f"| {run.name}", run.attention, _num(run.final_val_loss(), 4),
             f"{_num(at_train(run), percent=True)} / {_num(at_longest(run), percent=True)}",
-            _num(_at_length("empty_row_share")(run), percent=True),
+            _num(empty(run), percent=True),
             f"{_num(nz_train(run), 4)} / {_num(nz_longest(run), 4)}", _num(sink_ratio_max(run)), _num(sink_rate(run)),
             f"{_num(extrapolation_ratio(run))} / {_num(extrapolation_ratio(run, 'ntk'))}",
             "—" if pk[0] is None else f"{_num(pk[0])} / {_num(pk[1])}", _num(lam),
-            f"{_num(_at_length('tile_occupancy')(run), percent=True)} / "
-            f"{_num(_at_longest('tile_occupancy')(run), percent=True)}"]) + " |")
+            f"{_num(tiles_train(run), percent=True)} / {_num(tiles_longest(run), percent=True)}"]) + " |")
     return lines
 
 
@@ -276,7 +278,7 @@ def render(groups: list[Group], table: list[Claim]) -> str:
     return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
             "length; passkey averaged over every evaluated length, depth and key count; mean λ over layers "
-            "(TDA); occupied tiles: share of the causal map's 64 × 64 tiles holding any non-zero weight (what "
+            f"(TDA); occupied tiles: share of the causal map's {TILE} × {TILE} tiles holding any non-zero weight (what "
             "a kernel skipping empty tiles would still compute; — where the analysis predates the measure).\n\n" + "\n".join(per_run_rows(every)) + "\n")
 
 
