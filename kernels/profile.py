@@ -1,0 +1,105 @@
+"""Where the GPU time of one forward+backward goes, kernel by kernel (GPU only).
+
+    python -m kernels.profile                      # T = 4096 and 16384, d = 64, bf16
+    python -m kernels.profile --seq 8192 --out profile.md
+
+For the benchmark's parameter-matched shapes (kernels.bench: B·T = 16384 tokens), profiles cuDNN's
+softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
+each GPU kernel's time per call (µs), its launches per call and its share of the method's GPU time.
+Use it to see what the fused kernels cost beside the small ones (norms, zero fills, dQ conversion,
+reductions) that the benchmark's wall time also counts.
+"""
+
+import argparse
+from collections import defaultdict
+from typing import Callable, Iterable, Optional
+
+import torch
+
+
+def kernel_table(events: Iterable, calls: int) -> list[tuple[str, float, float]]:
+    """(kernel name, µs per call, launches per call) for the GPU kernels among profiler ``events``
+    (objects with ``name``, ``device_type`` and ``device_time_total`` in µs), slowest first."""
+    total: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        total[e.name] += e.device_time_total
+        count[e.name] += 1
+    rows = [(name, total[name] / calls, count[name] / calls) for name in total]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def format_kernel_table(title: str, rows: list[tuple[str, float, float]], width: int = 70) -> str:
+    all_us = sum(us for _, us, _ in rows) or float("nan")
+    lines = [f"### {title}: {all_us:.0f} µs of GPU kernels per forward+backward", "",
+             "| kernel | µs per call | launches per call | share |", "|---|---|---|---|"]
+    for name, us, n in rows:
+        short = name if len(name) <= width else name[:width - 1] + "…"
+        lines.append(f"| `{short}` | {us:.1f} | {n:g} | {100 * us / all_us:.1f}% |")
+    return "\n".join(lines)
+
+
+def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float, float]]:
+    """Kernel table of ``calls`` calls of ``fn`` after a warm-up (compilation, tile choice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return kernel_table(prof.events(), calls)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    from . import bench
+    from .autograd import threshold_attention_triton
+    from torch.nn.attention import SDPBackend, sdpa_kernel
+    from torch.nn.functional import scaled_dot_product_attention
+
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--out", help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("kernels.profile needs a CUDA GPU")
+    dtype, d = torch.bfloat16, args.head_dim
+    H = bench.D_MODEL // d
+    out = []
+    for T in args.seq:
+        B = max(1, args.tokens // T)
+        sm = [bench._projection(B, T, H, d, dtype, 0.0) for _ in range(3)]
+        x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, 0.5)
+        y = bench._tda_inputs(B, T, H, d, d, dtype, 1, 0.5)
+
+        def step(forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
+            do = torch.randn_like(forward())
+            return lambda: forward().backward(do)
+
+        def cudnn() -> torch.Tensor:
+            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+                return scaled_dot_product_attention(*sm, is_causal=True)
+
+        methods = (("sdpa-cudnn", H, d, cudnn),
+                   ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
+                       x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
+                   ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
+        for name, heads, dv, forward in methods:
+            table = format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
+                                        profile_calls(step(forward), args.calls))
+            print(table + "\n", flush=True)
+            out.append(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()
