@@ -30,6 +30,21 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty(shape, dtype=dtype, device=device)
 
 
+def memory_order(x: torch.Tensor) -> list[int]:
+    """The dimensions 0..2 of a (B, H, T, *) tensor, outermost in memory first (ties keep B, H, T order)."""
+    return sorted(range(3), key=lambda i: -x.stride(i))
+
+
+def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An output of shape x.shape[:3] + (width,) whose (B, H, T) dimensions lie in memory in x's order,
+    its last dimension contiguous: a (B, T, H, d) projection viewed as (B, H, T, d) gets its output and
+    gradients in the (B, T, H, ·) layout, so the model's way back to (B, T, H·d) costs no copy. The fake
+    implementations of the custom ops (ops.py) allocate the same way, so the strides they promise hold."""
+    order = memory_order(x)
+    t = _new_output(tuple(x.shape[i] for i in order) + (width,), dtype or x.dtype, x.device)
+    return t.permute(*[order.index(i) for i in range(3)], 3)
+
+
 def _p_mode(p: float) -> int:
     return 1 if p == 1.0 else 2 if p == 2.0 else 0
 
@@ -120,7 +135,8 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
             k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, p: float,
             normalize: bool, scale: float, causal: bool, config: Optional[TileConfig] = None,
             ) -> tuple[torch.Tensor, ...]:
-    """Attention output (B, H, Tq, dv) in q's dtype and the inverse norms the backward reuses.
+    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (new_rows_like), and the inverse
+    norms the backward reuses.
 
     Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
     view) is an empty fp32 tensor.
@@ -137,7 +153,7 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         # the forward kernel writes the queries' inverse norms
         rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
         rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
-    out = _new_output((B, H, Tq, dv), q1.dtype, q1.device)
+    out = new_rows_like(q1, dv)
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
     # With one view the second view's arguments repeat the first's; the kernel never reads them.
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
@@ -168,7 +184,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              dv_config: Optional[TileConfig] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
-    dq*/dk*/dv are contiguous in the inputs' dtype; dlam, dbeta are (H,) fp32. Entries that do not
+    dq*/dk*/dv are in the inputs' dtype, laid out like them (new_rows_like); dlam, dbeta are (H,) fp32. Entries that do not
     apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
     ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
     and then ``dv_apart`` (default: tile_configs.dv_pass_apart) computes dV in a launch of its own (scores
@@ -180,9 +196,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dev = q1.device
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
     need_dlam = need_dlam and two
-    dk1 = _new_output((B, Hkv, Tk, d), k1.dtype, dev)
-    dk2 = _new_output((B, Hkv, Tk, d), k1.dtype, dev) if two else None
-    dv = _new_output((B, Hkv, Tk, dv_dim), v.dtype, dev)
+    dk1 = new_rows_like(k1, d)
+    dk2 = new_rows_like(k2, d) if two else None
+    dv = new_rows_like(v, dv_dim)
     if atomic_dq is None:
         atomic_dq = dq_atomic(two)
     atomic = atomic_dq and not deterministic
@@ -205,6 +221,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
                 partials["lam"] if with_partials else dq_acc, partials["beta"] if with_partials else dq_acc,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
+                *dk1.stride()[:3], *(dk2 if two else dk1).stride()[:3], *dv.stride()[:3],
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
@@ -218,13 +235,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
                 dv_config, rows=rows, query_major=True, skip_empty=True)
 
-    dq1 = _new_output((B, H, Tq, d), q1.dtype, dev)
-    dq2 = _new_output((B, H, Tq, d), q1.dtype, dev) if two else None
+    dq1 = new_rows_like(q1, d)
+    dq2 = new_rows_like(q2, d) if two else None
     if atomic:
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
         for acc, q, rq, dq in ((dq_acc, q1, rq1, dq1), (dq2_acc, q2, rq2, dq2))[:2 if two else 1]:
-            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), H, Tq, nm, float(p),
+            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), *dq.stride()[:3], H, Tq, nm, float(p),
                                             HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
                                             NORMALIZE=normalize)
     else:
@@ -234,7 +251,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         def dq_args(cfg: TileConfig) -> tuple:
             return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
-                    *v.stride(), *do.stride(), H, H // Hkv, Tq, Tk, B * H,
+                    *v.stride(), *do.stride(), *dq1.stride()[:3], *(dq2 if two else dq1).stride()[:3],
+                    H, H // Hkv, Tq, Tk, B * H,
                     triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),

@@ -29,14 +29,12 @@ def threshold_attention_fwd(q1: Tensor, k1: Tensor, v: Tensor, q2: Optional[Tens
 
 @threshold_attention_fwd.register_fake
 def _(q1, k1, v, q2, k2, lam, beta, p, normalize, scale, causal):
-    B, H, Tq, _ = q1.shape
-
     def norms(x: Optional[Tensor]) -> Tensor:
         if normalize and x is not None:
             return x.new_empty(x.shape[:3], dtype=torch.float32)
         return _empty(q1)
 
-    return (q1.new_empty(B, H, Tq, v.shape[-1]), norms(q1), norms(k1), norms(q2), norms(k2))
+    return (launch.new_rows_like(q1, v.shape[-1]), norms(q1), norms(k1), norms(q2), norms(k2))
 
 
 @torch.library.custom_op("tda_kernels::threshold_attention_bwd", mutates_args=())
@@ -58,8 +56,9 @@ def _(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale,
     two = q2 is not None
     H = q1.shape[1]
     head = q1.new_empty(H, dtype=torch.float32)
-    return (q1.new_empty(q1.shape), k1.new_empty(k1.shape), v.new_empty(v.shape),
-            q1.new_empty(q1.shape) if two else _empty(q1),
-            k1.new_empty(k1.shape) if two else _empty(q1),
+    return (launch.new_rows_like(q1, q1.shape[-1]), launch.new_rows_like(k1, k1.shape[-1]),
+            launch.new_rows_like(v, v.shape[-1]),
+            launch.new_rows_like(q2, q2.shape[-1]) if two else _empty(q1),
+            launch.new_rows_like(k2, k2.shape[-1]) if two else _empty(q1),
             head if need_dlam and two else _empty(q1),
             q1.new_empty(H, dtype=torch.float32) if need_dbeta else _empty(q1))

@@ -109,6 +109,8 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
         return [TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
     if width <= 384:
-        return [TileConfig(32, 128, 8, 3), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
+        # paired TDA: q/k/v/dO through tensor descriptors, 1.125 ms against 1.169 by pointers (backward with the
+        # dQ kernel apart, T = 4096; H200 sweep, BENCHMARKS.md); inputs a descriptor cannot take use pointers
+        return [TileConfig(32, 128, 8, 3, tma=True), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
     return [TileConfig(32, 64, 8, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]

@@ -236,6 +236,7 @@ def dkdv_kernel(
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, GROUP, Tq, Tk, num_bhk, num_n_blocks, scale, p, inv_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -245,7 +246,8 @@ def dkdv_kernel(
     WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors
-    (blocks of one head's rows) instead of pointers. DK*, DV contiguous like K*, V; DQ1ACC, DQ2ACC (B, H, Tq,
+    (blocks of one head's rows) instead of pointers. DK*, DV shaped like K*, V with strides sdk*_*, sdv_* (the last
+    dimension contiguous); DQ1ACC, DQ2ACC (B, H, Tq,
     HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
     num_n_blocks) fp32 partial sums (fully written). WITH_DK / WITH_DV: which of DK* (with dQ, dlam,
     dbeta) and DV this launch computes and writes (dV apart needs neither dA nor v)."""
@@ -332,21 +334,22 @@ def dkdv_kernel(
 
     if WITH_DK:
         store_mask = key_ok[:, None] & d_ok[None, :]
-        dk_off = (b * Hkv + hk) * Tk * HEAD_D + offs_n[:, None] * HEAD_D + offs_d[None, :]
+        dk1_off = b * sdk1_b + hk * sdk1_h + offs_n[:, None] * sdk1_t + offs_d[None, :]
         # k is read again for the normalisation's backward rather than kept in registers all along.
         if NORMALIZE:
             k1 = load_rows(K1h, b, hk, n0, offs_n, offs_d, sk1_t, sk1_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True,
                            BLOCK_N, BLOCK_D, USE_TMA)
-        tl.store(DK1 + dk_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
+        tl.store(DK1 + dk1_off, normalize_backward(dk1, k1, rk1, p, NORMALIZE)
                  .to(DK1.dtype.element_ty), mask=store_mask)
         if TWO_VIEWS:
             if NORMALIZE:
                 k2 = load_rows(K2h, b, hk, n0, offs_n, offs_d, sk2_t, sk2_d, key_ok, d_ok, True, BLOCK_D != HEAD_D, True,
                                BLOCK_N, BLOCK_D, USE_TMA)
-            tl.store(DK2 + dk_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
+            dk2_off = b * sdk2_b + hk * sdk2_h + offs_n[:, None] * sdk2_t + offs_d[None, :]
+            tl.store(DK2 + dk2_off, normalize_backward(dk2, k2, rk2, p, NORMALIZE)
                      .to(DK2.dtype.element_ty), mask=store_mask)
     if WITH_DV:
-        dv_off = (b * Hkv + hk) * Tk * HEAD_DV + offs_n[:, None] * HEAD_DV + offs_dv[None, :]
+        dv_off = b * sdv_b + hk * sdv_h + offs_n[:, None] * sdv_t + offs_dv[None, :]
         tl.store(DV + dv_off, dv.to(DV.dtype.element_ty), mask=key_ok[:, None] & dv_ok[None, :])
 
 
@@ -398,13 +401,15 @@ def dq_kernel(
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
+    sdq1_b, sdq1_h, sdq1_t, sdq2_b, sdq2_h, sdq2_t,
     H, GROUP, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
-    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* contiguous (B, H, Tq, HEAD_D).
+    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* (B, H, Tq, HEAD_D) with strides sdq*_* (the last
+    dimension contiguous).
     With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows); with
     SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products."""
     pid = tl.program_id(0)
@@ -462,23 +467,25 @@ def dq_kernel(
                                  offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
                                  TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY)
 
-    dq_off = (b * H + h) * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :]
+    dq1_off = b * sdq1_b + h * sdq1_h + offs_m[:, None] * sdq1_t + offs_d[None, :]
     store_mask = row_ok[:, None] & d_ok[None, :]
     rq1_raw = load_inverse_norms(RQ1 + (b * H + h) * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
-    tl.store(DQ1 + dq_off, normalize_backward(dq1, q1.to(tl.float32), rq1_raw, p, NORMALIZE)
+    tl.store(DQ1 + dq1_off, normalize_backward(dq1, q1.to(tl.float32), rq1_raw, p, NORMALIZE)
              .to(DQ1.dtype.element_ty), mask=store_mask)
     if TWO_VIEWS:
         rq2_raw = load_inverse_norms(RQ2 + (b * H + h) * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
-        tl.store(DQ2 + dq_off, normalize_backward(dq2, q2.to(tl.float32), rq2_raw, p, NORMALIZE)
+        dq2_off = b * sdq2_b + h * sdq2_h + offs_m[:, None] * sdq2_t + offs_d[None, :]
+        tl.store(DQ2 + dq2_off, normalize_backward(dq2, q2.to(tl.float32), rq2_raw, p, NORMALIZE)
                  .to(DQ2.dtype.element_ty), mask=store_mask)
 
 
 @triton.jit
 def dq_finish_kernel(
-    ACC, Q, RQ, DQ, sq_b, sq_h, sq_t, sq_d, H, Tq, num_m_blocks, p,
+    ACC, Q, RQ, DQ, sq_b, sq_h, sq_t, sq_d, sdq_b, sdq_h, sdq_t, H, Tq, num_m_blocks, p,
     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
 ):
-    """DQ = p (ACC - r^2 (q . ACC) q) (or p ACC). ACC fp32 and DQ contiguous (B, H, Tq, HEAD_D)."""
+    """DQ = p (ACC - r^2 (q . ACC) q) (or p ACC). ACC fp32 contiguous (B, H, Tq, HEAD_D); DQ of that shape
+    with strides sdq_* (the last dimension contiguous)."""
     pid = tl.program_id(0)
     bh = (pid // num_m_blocks).to(tl.int64)
     m0 = (pid % num_m_blocks) * BLOCK_M
@@ -493,5 +500,6 @@ def dq_finish_kernel(
     q = load_tile(tile_ptrs(Q + b * sq_b + h * sq_h, offs_m, offs_d, sq_t, sq_d), row_ok, d_ok, True,
                   BLOCK_D != HEAD_D, True)
     r = load_inverse_norms(RQ + bh * Tq + offs_m, row_ok, 1.0, NORMALIZE, BLOCK_M)
-    tl.store(DQ + off, normalize_backward(acc, q, r, p, NORMALIZE).to(DQ.dtype.element_ty),
+    dq_off = b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :]
+    tl.store(DQ + dq_off, normalize_backward(acc, q, r, p, NORMALIZE).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])

@@ -49,6 +49,21 @@ def test_custom_ops_pass_opcheck():
                            True, False, False))
 
 
+def test_custom_ops_pass_opcheck_in_the_projection_layout():
+    """(B, T, H, d) inputs viewed as (B, H, T, d): the fake implementations promise the strides that the
+    kernels' outputs really have (the model's layout; opcheck compares them)."""
+    x = _tda_inputs(T=40)
+    q1, k1, v, q2, k2 = (x[n].detach().transpose(1, 2).contiguous().transpose(1, 2)
+                         for n in ("q1", "k1", "v", "q2", "k2"))
+    fwd_args = (q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True)
+    torch.library.opcheck(ops.threshold_attention_fwd, fwd_args)
+    out, rq1, rk1, rq2, rk2 = ops.threshold_attention_fwd(*fwd_args)
+    assert not out.is_contiguous() and out.transpose(1, 2).is_contiguous()
+    torch.library.opcheck(ops.threshold_attention_bwd,
+                          (torch.randn_like(out), q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, x["lam"], x["beta"],
+                           2.0, True, 1.0, True, True, False, False))
+
+
 def test_threshold_rela_triton_is_unnormalised_one_view():
     case = Case(T=60, d=32, dv=32, two_views=False, normalize=False, strength=(0.0, 0.5))
     x = make_inputs(case, seed=8)

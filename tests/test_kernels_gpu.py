@@ -197,3 +197,25 @@ def test_deterministic_path_is_bit_identical(dtype, two_views):
     tol = 1e-4 if dtype == torch.float32 else 1e-2
     assert all(v <= tol for v in errors.values()), errors
     assert all(repeats_equal)
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tra_d64_fp16_T3000"])
+def test_projection_layout_on_gpu(monkeypatch, name, atomic):
+    """Inputs laid out (B, T, H, d) like the model's projections (dense, so the descriptor tiles read them
+    by TMA): exact on both dQ paths, and the gradients come back in the inputs' layout."""
+    from kernels import launch
+
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
+    case = CASES[name]
+    seed = sum(map(ord, name)) + 7
+    inputs = make_inputs(case, seed, device="cuda")
+    names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
+    for n in names:
+        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert launch.tma_ready(*(inputs[n] for n in names))
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    run = run_kernel(threshold_attention_triton, case, inputs, seed)
+    assert run["out"].transpose(1, 2).is_contiguous()

@@ -75,6 +75,40 @@ def test_shared_beta_and_lam_tensors_get_summed_gradients():
     assert beta_h.grad.abs().min() > 0 and lam_h.grad.abs().min() > 0
 
 
+def _projection_layout(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a (B, T, H, d) tensor viewed as (B, H, T, d), as the model's projections are."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize("case", [Case(T=70, d=32, dv=64, H=2, lam=(0.4,)),
+                                  Case(B=2, T=45, d=48, dv=80, H=4, Hkv=2, two_views=False)],
+                         ids=["tda", "tra_gqa"])
+def test_projection_layout_comes_back_in_that_layout(monkeypatch, case, atomic):
+    """Inputs laid out (B, T, H, d): the output and every gradient are written in that layout (so the
+    model's way back to (B, T, H·d) copies nothing) on both dQ paths, and match the float64 reference."""
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
+    inputs = make_inputs(case, seed=21)
+    names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
+    for n in names:
+        inputs[n] = _projection_layout(inputs[n])
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed=21)
+    assert all(v <= FP32_TOL for v in errors.values()), errors
+
+    x = {n: inputs[n].detach() for n in names}
+    q2, k2 = x.get("q2"), x.get("k2")
+    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], q2, k2, inputs.get("lam"), inputs["beta"], 2.0,
+                                 True, 1.0, True)
+    assert out.stride() == x["q1"].new_empty(out.shape[0], out.shape[2], out.shape[1], out.shape[3]) \
+        .transpose(1, 2).stride()
+    do = torch.randn_like(out)
+    grads = launch.backward(do, x["q1"], x["k1"], x["v"], q2, k2, *norms, inputs.get("lam"), inputs["beta"],
+                            2.0, True, 1.0, True, case.two_views, False, False)
+    for n, g in zip(["q1", "k1", "v", "q2", "k2"], grads):
+        if n in x:
+            assert g.stride() == x[n].stride(), n
+
+
 def test_deterministic_path_matches_reference_and_repeats(monkeypatch):
     """One view accumulates dQ with atomics, except under torch.use_deterministic_algorithms,
     where the backward takes the atomic-free dQ kernel (two views always do)."""
