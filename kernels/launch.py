@@ -66,6 +66,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         candidates = [_chosen[key]]
     for i, chosen in enumerate(candidates):
         cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not tma_ready(*rows) else chosen
+        if cfg.tma and rows[0].is_cuda:
+            _bind_cuda_context(rows[0].device)
         try:
             layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
                           **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
@@ -81,6 +83,14 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         last_compiled[key[0]] = compiled
         return cfg
     raise AssertionError("unreachable: no tile candidates")
+
+
+def _bind_cuda_context(device: torch.device) -> None:
+    """Make the device's CUDA context current in this thread, as building a tensor descriptor requires. The
+    autograd engine runs the backward in a thread of its own, where torch binds the context only at the
+    thread's first CUDA runtime call, which the launcher's allocations (cached) may not make: a stream query
+    is such a call."""
+    torch.cuda.current_stream(device).query()
 
 
 def tma_ready(*tensors: torch.Tensor) -> bool:

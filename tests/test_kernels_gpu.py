@@ -219,3 +219,43 @@ def test_projection_layout_on_gpu(monkeypatch, name, atomic):
     assert all(v <= tol for v in errors.values()), errors
     run = run_kernel(threshold_attention_triton, case, inputs, seed)
     assert run["out"].transpose(1, 2).is_contiguous()
+
+
+def test_descriptor_tiles_launch_from_a_new_thread_on_gpu():
+    """The autograd engine runs the backward in a thread of its own, which may have no current CUDA context
+    yet (memory comes from torch's cache, so nothing has bound one): tiles that read through tensor
+    descriptors, which need a context to be built, still launch there and give the same gradients."""
+    import threading
+
+    from kernels import launch
+    from kernels.tile_configs import TileConfig
+
+    case = Case(T=700, d=64, dv=128, H=2, lam=(0.5,), dtype=torch.bfloat16)
+    x = make_inputs(case, seed=3, device="cuda")
+    q1, k1, v, q2, k2 = (x[n].detach().transpose(1, 2).contiguous().transpose(1, 2)
+                         for n in ("q1", "k1", "v", "q2", "k2"))
+    out, *norms = launch.forward(q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True)
+    do = torch.randn_like(out)
+
+    def backward():
+        return launch.backward(do, q1, k1, v, q2, k2, *norms, x["lam"], x["beta"], 2.0, True, 1.0, True, True,
+                               False, False, config=TileConfig(32, 128, 8, 3, tma=True), atomic_dq=False)
+
+    first = backward()
+    torch.cuda.synchronize()
+    result = {}
+
+    def in_thread():
+        try:
+            result["grads"] = backward()
+            torch.cuda.synchronize()
+        except Exception as err:  # reported below
+            result["error"] = err
+
+    thread = threading.Thread(target=in_thread)
+    thread.start()
+    thread.join()
+    assert "error" not in result, result.get("error")
+    for a, b in zip(first, result["grads"]):
+        if a is not None:
+            assert torch.equal(a, b)
