@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # The attention kernels' GPU checks and benchmark, in one go, on a CUDA machine.
-#   scripts/gpu_kernels.sh [LOG_DIR] [STAGES...]     STAGES: tests sweep bench (default: tests bench)
+#   scripts/gpu_kernels.sh [LOG_DIR] [STAGES...]     STAGES: tests sweep bench profile (default: tests bench)
 # Logs go to LOG_DIR (default: gpu_logs/); the benchmark table ends bench.log.
 set -o pipefail
 log_dir=${1:-gpu_logs}
@@ -22,6 +22,8 @@ for stage in $stages; do
         sweep) python3 -m kernels.bench --seq 4096 --head-dims 64 --sweep --no-reference --rep-ms 50 2>&1 \
                    | tee "$log_dir/sweep.log" || status=1 ;;
         bench) python3 -m kernels.bench 2>&1 | tee "$log_dir/bench.log" || status=1 ;;
+        profile) python3 -m kernels.profile --out "$log_dir/profile.md" 2>&1 | tee "$log_dir/profile.log" \
+                   || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done
