@@ -106,3 +106,13 @@ def test_triton_applies_to_supported_cases_only(monkeypatch):
     assert not triton_applies(q1, k1, torch.randn(1, 2, 48, 8))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not triton_applies(q1, k1, v)
+
+
+def test_padded_head_dimension_is_the_next_power_of_two_from_16():
+    import triton
+
+    from kernels.tile_configs import padded
+
+    assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
+                                                                                256, 256]
+    assert all(padded(d) == max(16, triton.next_power_of_2(d)) for d in range(1, 513))
