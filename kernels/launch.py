@@ -194,8 +194,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              dv_config: Optional[TileConfig] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
-    dq*/dk*/dv are in the inputs' dtype, laid out like them (new_rows_like); dlam, dbeta are (H,) fp32. Entries that do not
-    apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
+    dq*/dk*/dv are in the inputs' dtype, laid out like them (new_rows_like); dlam, dbeta are (H,) fp32.
+    Entries that do not apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
     ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
     and then ``dv_apart`` (default: tile_configs.dv_pass_apart) computes dV in a launch of its own (scores
     and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator.

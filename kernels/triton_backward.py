@@ -408,8 +408,8 @@ def dq_kernel(
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
 ):
-    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* (B, H, Tq, HEAD_D) with strides sdq*_* (the last
-    dimension contiguous).
+    """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* (B, H, Tq, HEAD_D) with strides
+    sdq*_* (the last dimension contiguous).
     With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows); with
     SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products."""
     pid = tl.program_id(0)
