@@ -2,9 +2,10 @@
 
 from types import SimpleNamespace
 
+import pytest
 import torch
 
-from kernels.profile import format_kernel_table, kernel_table
+from kernels.profile import format_kernel_table, kernel_table, main
 
 CUDA, CPU = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
@@ -26,3 +27,9 @@ def test_format_kernel_table_shares_add_up_and_long_names_are_cut():
     assert "100 µs of GPU kernels" in text
     assert "| 75.0 | 1 | 75.0% |" in text and "| `small` | 25.0 | 2 | 25.0% |" in text
     assert "k" * 20 not in text and "k" * 19 + "…" in text
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_without_a_gpu_it_says_so():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        main(["--seq", "128"])
