@@ -545,6 +545,21 @@ def main(cfg: DictConfig) -> None:
         print(f"error: {exc}", file=sys.stderr, flush=True)
         sys.exit(2)
     print(f"done: {run_dir}", flush=True)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and HydraConfig.get().mode == RunMode.RUN:
+        exit_without_teardown()
+
+
+def exit_without_teardown() -> None:
+    """End a finished distributed process at once, everything written and flushed. The interpreter's own
+    teardown can hang here: DDP leaves the process group referenced from C++, so its gloo worker threads are
+    joined only when garbage collection frees it at exit, with the GIL held, while a worker may be waiting
+    for the GIL to free a finished collective's tensors (seen once in CI: every rank done, one never exited)."""
+    import logging
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    logging.shutdown()
+    os._exit(0)
 
 
 if __name__ == "__main__":
