@@ -24,7 +24,7 @@ import triton
 import triton.language as tl
 
 from .triton_math import (head_base, key_scores, load_inverse_norms, load_rows, load_tile, normalize_backward,
-                          relu_power_and_slope, threshold_gain, tile_ptrs, visible_keys)
+                          query_block_program, relu_power_and_slope, threshold_gain, tile_ptrs, visible_keys)
 
 
 @triton.jit
@@ -412,13 +412,7 @@ def dq_kernel(
     sdq*_* (the last dimension contiguous).
     With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows); with
     SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products."""
-    pid = tl.program_id(0)
-    bh = pid % num_bh
-    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
+    b, h, hk, m0 = query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M)
     Hkv = H // GROUP
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)

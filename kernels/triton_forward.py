@@ -15,8 +15,8 @@ i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 import triton
 import triton.language as tl
 
-from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, relu_power, threshold_gain,
-                          visible_keys)
+from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, query_block_program, relu_power,
+                          threshold_gain, visible_keys)
 
 
 @triton.jit
@@ -84,13 +84,7 @@ def threshold_attention_fwd_kernel(
     O (B, H, Tq, HEAD_DV); RK* (B, Hkv, Tk) fp32 inverse key norms (input); RQ* (B, H, Tq) fp32
     inverse query norms (output, written when NORMALIZE); LAM, BETA (H,) fp32.
     """
-    pid = tl.program_id(0)
-    bh = pid % num_bh
-    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = (h // GROUP).to(tl.int64)
-    h = h.to(tl.int64)
+    b, h, hk, m0 = query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)

@@ -107,6 +107,20 @@ def key_scores(q, Kh, RKh, cols, key_ok, offs_d, s_t, s_d, rq, tau, pos, b, hk, 
 
 
 @triton.jit
+def query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M: tl.constexpr):
+    """This program's query block in a (num_m_blocks * B * H,) grid: longest (last) query blocks first, the
+    heads of one block adjacent. Returns (b, h, hk, m0): batch, query head, its key/value head h // GROUP
+    (all int64, for offsets) and the block's first row."""
+    pid = tl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = (h // GROUP).to(tl.int64)
+    return b, h.to(tl.int64), hk, m0
+
+
+@triton.jit
 def visible_keys(m0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
     """For the query block starting at row m0 (rows aligned to the end of the keys): (full_end, hi),
     the key blocks before full_end are seen whole by every row, those in [full_end, hi) need the mask."""
