@@ -6,6 +6,7 @@ k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the i
 """
 
 import dataclasses
+import threading
 from typing import Callable, Optional
 
 import torch
@@ -85,12 +86,18 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     raise AssertionError("unreachable: no tile candidates")
 
 
+_bound_contexts = threading.local()
+
+
 def _bind_cuda_context(device: torch.device) -> None:
     """Make the device's CUDA context current in this thread, as building a tensor descriptor requires. The
     autograd engine runs the backward in a thread of its own, where torch binds the context only at the
     thread's first CUDA runtime call, which the launcher's allocations (cached) may not make: a stream query
-    is such a call."""
-    torch.cuda.current_stream(device).query()
+    is such a call. Once bound, a context stays current, so each thread queries once per device."""
+    devices = _bound_contexts.__dict__.setdefault("devices", set())
+    if device.index not in devices:
+        torch.cuda.current_stream(device).query()
+        devices.add(device.index)
 
 
 def tma_ready(*tensors: torch.Tensor) -> bool:

@@ -116,3 +116,32 @@ def test_padded_head_dimension_is_the_next_power_of_two_from_16():
     assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
                                                                                 256, 256]
     assert all(padded(d) == max(16, triton.next_power_of_2(d)) for d in range(1, 513))
+
+
+def test_cuda_context_is_bound_once_per_thread_and_device(monkeypatch):
+    """Descriptor launches bind the CUDA context with a stream query: once per thread and device, not on
+    every launch (a new thread, like autograd's, queries again)."""
+    import threading
+
+    from kernels import launch
+
+    queried = []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def query(self):
+            queried.append((threading.get_ident(), self.device.index))
+            return True
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(launch, "_bound_contexts", threading.local())
+    for _ in range(3):
+        launch._bind_cuda_context(torch.device("cuda", 0))
+    launch._bind_cuda_context(torch.device("cuda", 1))
+    thread = threading.Thread(target=launch._bind_cuda_context, args=(torch.device("cuda", 0),))
+    thread.start()
+    thread.join()
+    assert [d for _, d in queried] == [0, 1, 0]
+    assert queried[0][0] == queried[1][0] != queried[2][0]
