@@ -122,6 +122,12 @@ def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
     return 2 * half * (views * d + dv), 2 * half * (3 * views * d + 2 * dv)
 
 
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
+    """Causal softmax attention through torch SDPA, forced to ``backend``."""
+    with sdpa_kernel(backend):
+        return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
 def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
     sm = {n: _projection(B, T, H, d, dtype, 0.0) for n in ("q", "k", "v")}
     fl_fwd = 4 * B * H * T * T * d / 2
@@ -129,8 +135,7 @@ def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) 
     for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
                           ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
         def run(backend=backend):
-            with sdpa_kernel(backend):
-                return scaled_dot_product_attention(sm["q"], sm["k"], sm["v"], is_causal=True)
+            return causal_sdpa(sm["q"], sm["k"], sm["v"], backend)
         try:
             r = _measure(run, list(sm.values()), rep_ms)
         except RuntimeError as err:  # a backend that refuses the shape on this GPU

@@ -58,8 +58,7 @@ def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float
 def main(argv: Optional[list[str]] = None) -> None:
     from . import bench
     from .autograd import threshold_attention_triton
-    from torch.nn.attention import SDPBackend, sdpa_kernel
-    from torch.nn.functional import scaled_dot_product_attention
+    from torch.nn.attention import SDPBackend
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
@@ -90,11 +89,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 forward().backward(do)
             return call
 
-        def cudnn() -> torch.Tensor:
-            with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-                return scaled_dot_product_attention(*sm, is_causal=True)
-
-        methods = (("sdpa-cudnn", H, d, cudnn),
+        methods = (("sdpa-cudnn", H, d, lambda: bench.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
                    ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
                        x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                    ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
