@@ -202,8 +202,9 @@ def test_deterministic_path_is_bit_identical(dtype, two_views):
 @pytest.mark.parametrize("atomic", [True, False])
 @pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tra_d64_fp16_T3000"])
 def test_projection_layout_on_gpu(monkeypatch, name, atomic):
-    """Inputs laid out (B, T, H, d) like the model's projections (dense, so the descriptor tiles read them
-    by TMA): exact on both dQ paths, and the gradients come back in the inputs' layout."""
+    """Inputs laid out (B, T, H, d) like the model's projections (dense and aligned, so tiles that read
+    through descriptors, the paired dK/dV default, use them): exact on both dQ paths, and the output comes
+    back in the inputs' layout."""
     from kernels import launch
 
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
