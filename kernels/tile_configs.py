@@ -37,6 +37,12 @@ class TileConfig:
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
 
 
+# fp32 with wide heads (views x d + dv above 256 after padding): the products run on the CUDA cores and
+# every larger tile spills kilobytes and took minutes to compile for sm_90 (Triton 3.6); 16 x 16 compiles in
+# seconds and fits shared memory, so no candidate is compiled only to be refused at launch.
+FP32_WIDE = [TileConfig(16, 16, 4, 1)]
+
+
 def padded(dim: int) -> int:
     """Head dimension rounded up to the power of two the tiles use (at least 16). Plain integer arithmetic:
     it runs a dozen times per launch, and triton.next_power_of_2 costs microseconds a call on the host."""
@@ -48,7 +54,7 @@ def forward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int)
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return FP32_WIDE if width > 256 else [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
     if width <= 192:
         return [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)]
     if width <= 384:
@@ -63,7 +69,7 @@ def dq_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> l
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return FP32_WIDE if width > 256 else [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
     if width <= 384:
         return [TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2),
                 TileConfig(32, 32, 4, 1)]
@@ -99,7 +105,7 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return FP32_WIDE if width > 256 else [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
     if width <= 192 and not two_views:
         # one view of 64: (queries, keys) tiles, 0.850 ms against 1.105 key-major (H200 sweep, BENCHMARKS.md)
         return [TileConfig(64, 64, 4, 3, query_major=True), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),

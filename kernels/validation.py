@@ -5,6 +5,7 @@ value or device) that names the argument, never as a Triton trace. This module d
 Triton, so ``triton_applies`` can be asked on machines without it.
 """
 
+import functools
 import importlib.util
 import math
 import os
@@ -123,7 +124,15 @@ def check_inputs(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Option
 
 def as_head_vector(x: Scalar, H: int, device: torch.device) -> torch.Tensor:
     """A float, 0-d, (1,) or (H,) parameter as a contiguous (H,) fp32 tensor on ``device``, keeping
-    its autograd history (the gradient of a shared value is the sum over heads)."""
+    its autograd history (the gradient of a shared value is the sum over heads). A float's vector is made
+    once and reused (the kernels only read it), outside torch.compile's tracing."""
     if not isinstance(x, torch.Tensor):
-        return torch.full((H,), float(x), dtype=torch.float32, device=device)
+        if torch.compiler.is_compiling():
+            return torch.full((H,), float(x), dtype=torch.float32, device=device)
+        return _constant_head_vector(float(x), H, torch.device(device))
     return x.to(device=device, dtype=torch.float32).reshape(-1).expand(H).contiguous()
+
+
+@functools.lru_cache(maxsize=64)
+def _constant_head_vector(value: float, H: int, device: torch.device) -> torch.Tensor:
+    return torch.full((H,), value, dtype=torch.float32, device=device)

@@ -213,8 +213,10 @@ def _scalar_grad_scales(x: dict, lam, beta, do, case: Case) -> dict:
 @pytest.fixture(autouse=True)
 def poisoned_outputs(monkeypatch):
     """Every kernel output starts as NaN, so an element the kernels do not write fails the test."""
-    def nan_output(shape, dtype, device):
-        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    def nan_output(shape, dtype, device, strides=None):
+        if strides is None:
+            return torch.full(shape, float("nan"), dtype=dtype, device=device)
+        return torch.empty_strided(shape, strides, dtype=dtype, device=device).fill_(float("nan"))
     monkeypatch.setattr(launch, "_new_output", nan_output)
 
 
