@@ -257,3 +257,24 @@ def test_skipping_empty_tiles_matches_reference(monkeypatch, path, query_major):
         assert occupied.any() and not occupied.all(), "the case must have empty and occupied causal tiles"
         errors = run_and_compare(threshold_attention_triton, case, inputs, seed=80 + i)
         assert all(v <= FP32_TOL for v in errors.values()), (case, errors)
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
+def test_outputs_take_their_inputs_layout(dims):
+    """new_rows_like allocates (B, H, T, width) with B, H, T in the input's memory order and the last
+    dimension contiguous: the strides of a dense tensor laid out in that order, then viewed as (B, H, T, ·)."""
+    shape = (2, 3, 5)
+    x = torch.zeros(tuple(shape[i] for i in dims) + (8,)).permute(*[dims.index(i) for i in range(3)], 3)
+    assert x.shape[:3] == shape
+    y = launch.new_rows_like(x, 16, torch.float16)
+    dense = torch.zeros(tuple(shape[i] for i in dims) + (16,)).permute(*[dims.index(i) for i in range(3)], 3)
+    assert y.shape == (*shape, 16) and y.dtype == torch.float16 and y.stride() == dense.stride()
+
+
+def test_a_float_parameter_becomes_one_reused_head_vector():
+    from kernels.validation import as_head_vector
+
+    a, b = as_head_vector(0.5, 4, torch.device("cpu")), as_head_vector(0.5, 4, torch.device("cpu"))
+    assert a is b and torch.equal(a, torch.full((4,), 0.5))
+    assert torch.equal(as_head_vector(0.25, 4, torch.device("cpu")), torch.full((4,), 0.25))
+    assert as_head_vector(0.5, 3, torch.device("cpu")).shape == (3,)
