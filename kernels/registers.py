@@ -34,6 +34,7 @@ from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
 from . import launch  # noqa: E402
+from .validation import MAX_HEAD_DIM  # noqa: E402
 from .tile_configs import TileConfig, backward_configs, dq_configs, dv_configs, forward_configs  # noqa: E402
 
 D_MODEL = 768
@@ -126,8 +127,11 @@ def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int)
 def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096,
              tma: bool = False) -> list[dict]:
     """One row per (kernel, path, tile): the layout kernels.bench times (paired TDA: d_model/(2d) heads,
-    v of 2d; one view: d_model/d heads of d)."""
+    v of 2d; one view: d_model/d heads of d). None for a paired layout whose v of 2d is wider than the
+    kernels take (MAX_HEAD_DIM): no input has it."""
     dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
+    if dv > MAX_HEAD_DIM:
+        return []
     x = _inputs(views, d, dv, heads, dtype, T)
     two, size = views == 2, torch.tensor([], dtype=dtype).element_size()
     fixed = (x["lam"], x["beta"], 2.0, True, 1.0, True)
@@ -192,8 +196,10 @@ def main(argv: Optional[list[str]] = None) -> None:
     rows = []
     for d in args.head_dims:
         for views in args.views:
-            rows += rows_for(views, d, dtype, args.arch, args.defaults_only, tma=args.tma)
-            print(f"compiled: {views} view(s), d = {d}", file=sys.stderr, flush=True)
+            found = rows_for(views, d, dtype, args.arch, args.defaults_only, tma=args.tma)
+            rows += found
+            print(f"compiled: {views} view(s), d = {d}" if found else
+                  f"skipped: {views} view(s), d = {d} (paired v of {2 * d} > {MAX_HEAD_DIM})", file=sys.stderr, flush=True)
     table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}; registers and spill stores from ptxas -v\n\n"
              + format_table(rows))
     print(table)

@@ -34,3 +34,11 @@ def test_register_table_for_the_default_tiles(tmp_path):
 def test_refuses_the_interpreter():
     result = _run("--defaults-only", interpret="1")
     assert result.returncode != 0 and "without TRITON_INTERPRET=1" in result.stderr
+
+
+def test_paired_layout_wider_than_the_kernels_take_is_skipped():
+    """--head-dims 256 with two views would need v of 512, which the kernels refuse: no rows, no compile."""
+    result = _run("--views", "2", "--head-dims", "256", "--defaults-only")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "skipped: 2 view(s), d = 256 (paired v of 512 > 256)" in result.stderr
+    assert "| TDA paired" not in result.stdout
