@@ -127,7 +127,7 @@ def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int)
 def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096,
              tma: bool = False) -> list[dict]:
     """One row per (kernel, path, tile): the layout kernels.bench times (paired TDA: d_model/(2d) heads,
-    v of 2d; one view: d_model/d heads of d). None for a paired layout whose v of 2d is wider than the
+    v of 2d; one view: d_model/d heads of d). No rows for a paired layout whose v of 2d is wider than the
     kernels take (MAX_HEAD_DIM): no input has it."""
     dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
     if dv > MAX_HEAD_DIM:
