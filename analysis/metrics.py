@@ -97,8 +97,7 @@ class LayerStats:
         self._batch_alpha: torch.Tensor | None = None
         self.n_tiles = n = -(-T // TILE)  # per side
         self._batch_tiles: torch.Tensor | None = None  # (B, H, n, n) bool: tiles holding a non-zero weight
-        q_tile, k_tile = torch.arange(n).unsqueeze(1), torch.arange(n).unsqueeze(0)
-        self.causal_tiles = int((k_tile * TILE <= q_tile * TILE + TILE - 1).sum())  # per (sequence, head)
+        self.causal_tiles = n * (n + 1) // 2  # per (sequence, head): key tile <= query tile
         self.tiles_seen, self.tiles_occupied = 0, 0
 
     def add(self, start: int, stop: int, maps: dict[str, torch.Tensor]) -> None:
@@ -145,9 +144,9 @@ class LayerStats:
             self._batch_tiles = torch.zeros(B, H, n, n, dtype=torch.bool, device=self.device)
         padded = torch.nn.functional.pad(support, (0, -(-K // TILE) * TILE - K))
         by_key_tile = padded.view(B, H, R, -1, TILE).any(-1)  # (B, H, rows, key tiles)
-        row_tile = torch.arange(start, stop, device=self.device) // TILE
-        for t in row_tile.unique().tolist():
-            hit = by_key_tile[:, :, row_tile == t].any(2)
+        for t in range(start // TILE, (stop - 1) // TILE + 1):  # the row tiles these rows fall in
+            rows = slice(max(start, t * TILE) - start, min(stop, (t + 1) * TILE) - start)
+            hit = by_key_tile[:, :, rows].any(2)
             self._batch_tiles[:, :, t, :hit.shape[-1]] |= hit
 
     def add_scores(self, start: int, stop: int, scores: list[torch.Tensor]) -> None:
