@@ -6,7 +6,6 @@ k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the i
 """
 
 import dataclasses
-import functools
 import threading
 from typing import Callable, Optional
 
@@ -35,10 +34,9 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=256)
 def _row_strides(shape: tuple[int, ...], strides: tuple[int, ...], width: int) -> tuple[int, ...]:
     """Strides of a dense (B, H, T, width) tensor whose (B, H, T) dimensions lie in memory in the order of
-    a tensor with ``shape`` and ``strides`` (see new_rows_like); memoised, as shapes repeat from step to step."""
+    a tensor with ``shape`` and ``strides`` (see new_rows_like)."""
     order = sorted(range(3), key=lambda i: -strides[i])  # outermost first; ties keep B, H, T order
     out = [0, 0, 0, 1]
     step = width
@@ -53,10 +51,8 @@ def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = No
     its last dimension contiguous: a (B, T, H, d) projection viewed as (B, H, T, d) gets its output and
     gradients in the (B, T, H, ·) layout, so the model's way back to (B, T, H·d) costs no copy. The fake
     implementations of the custom ops (ops.py) allocate the same way, so the strides they promise hold."""
-    shape, strides = tuple(x.shape), x.stride()
-    plain = all(type(n) is int for n in shape + strides)  # symbolic sizes (torch.compile) are not memoised
-    out_strides = (_row_strides if plain else _row_strides.__wrapped__)(shape, strides, width)
-    return _new_output(shape[:3] + (width,), dtype or x.dtype, x.device, out_strides)
+    shape = tuple(x.shape)
+    return _new_output(shape[:3] + (width,), dtype or x.dtype, x.device, _row_strides(shape, x.stride(), width))
 
 
 def _p_mode(p: float) -> int:
@@ -154,17 +150,11 @@ def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[tor
 
 def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, normalize: bool,
                        causal: bool, p: float) -> dict:
-    """The constexprs every kernel takes (a fresh dict: callers extend it)."""
-    return dict(_constexprs(q1.shape[-1], v.shape[-1], q1.dtype, two_views, normalize, causal, p, interpreting()))
-
-
-@functools.lru_cache(maxsize=256)
-def _constexprs(d: int, dv: int, dtype: torch.dtype, two_views: bool, normalize: bool, causal: bool, p: float,
-                interpreted: bool) -> tuple:
-    cast_f32 = interpreted or dtype == torch.float32
-    return tuple(dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), TWO_VIEWS=two_views,
-                      NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), CAST_F32=cast_f32,
-                      DOT_PREC="ieee" if cast_f32 else "tf32").items())
+    cast_f32 = interpreting() or q1.dtype == torch.float32
+    return dict(HEAD_D=q1.shape[-1], HEAD_DV=v.shape[-1], BLOCK_D=padded(q1.shape[-1]),
+                BLOCK_DV=padded(v.shape[-1]), TWO_VIEWS=two_views, NORMALIZE=normalize,
+                CAUSAL=causal, P_MODE=_p_mode(p), CAST_F32=cast_f32,
+                DOT_PREC="ieee" if cast_f32 else "tf32")
 
 
 def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
@@ -243,20 +233,21 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
               else q1.new_empty(0, dtype=torch.float32))
     dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
-    partials: dict[str, torch.Tensor] = {}  # (2, B, H, key blocks): dlam's and dbeta's per-block sums
+    # dlam's and dbeta's per-key-block partial sums, (2, B, H, key blocks); its size depends on the tile
+    partials = [dq_acc]
+    need_partials = need_dlam or need_dbeta
 
     def grid(cfg: TileConfig) -> int:
         return triton.cdiv(Tk, cfg.block_n) * B * Hkv
 
     def args_for(cfg: TileConfig, with_partials: bool = True) -> tuple:
         nb = triton.cdiv(Tk, cfg.block_n)
-        if with_partials:
-            partials["both"] = _new_output((2, B, H, nb), torch.float32, dev) if need_dlam or need_dbeta else dq_acc
-            partials["lam"] = partials["both"][0] if need_dlam else dq_acc
-            partials["beta"] = partials["both"][1] if need_dbeta else dq_acc
+        if with_partials and need_partials:
+            partials[0] = _new_output((2, B, H, nb), torch.float32, dev)
+        lam_part, beta_part = partials[0] if with_partials and need_partials else (dq_acc, dq_acc)
         return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta,
                 dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
-                partials["lam"] if with_partials else dq_acc, partials["beta"] if with_partials else dq_acc,
+                lam_part, beta_part,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 *dk1.stride()[:3], *(dk2 if two else dk1).stride()[:3], *dv.stride()[:3],
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
@@ -296,7 +287,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config, rows=rows,
                 skip_empty=True)
 
-    sums = partials["both"].sum(dim=(1, 3)) if need_dlam and need_dbeta else None  # one reduction for both
-    dlam = (sums[0] if sums is not None else partials["lam"].sum(dim=(0, 2))) if need_dlam else None
-    dbeta = (sums[1] if sums is not None else partials["beta"].sum(dim=(0, 2))) if need_dbeta else None
+    sums = partials[0].sum(dim=(1, 3)) if need_partials else None  # one reduction; unused rows are never read
+    dlam = sums[0] if need_dlam else None
+    dbeta = sums[1] if need_dbeta else None
     return dq1, dk1, dv, dq2, dk2, dlam, dbeta
