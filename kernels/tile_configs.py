@@ -37,9 +37,10 @@ class TileConfig:
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
 
 
-# fp32 with wide heads (views x d + dv above 256 after padding): the products run on the CUDA cores and
-# every larger tile spills kilobytes and took minutes to compile for sm_90 (Triton 3.6); 16 x 16 compiles in
-# seconds and fits shared memory, so no candidate is compiled only to be refused at launch.
+# fp32 with wide heads (views x d + dv above 256 after padding): every tile spills (16 x 16 too: 22-33 KB a
+# thread at d = dv = 256), and the larger ones also asked for more shared memory than an H200 has and took up
+# to minutes to compile for sm_90 (Triton 3.6), only to be refused at launch; 16 x 16 compiles in seconds and
+# fits (results/gpu_2026-11-29c/fp32_wide_compile.py). Not timed.
 FP32_WIDE = [TileConfig(16, 16, 4, 1)]
 
 
