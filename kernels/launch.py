@@ -14,7 +14,7 @@ import triton
 from triton.runtime.errors import OutOfResources
 
 from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
-                           dv_configs, dv_pass_apart, forward_configs, padded)
+                           dv_configs, dv_pass_apart, forward_configs, fused_paired_backward, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_norms import inverse_norm_kernel
@@ -200,6 +200,54 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     return out, rq1, rk1, rq2, rk2
 
 
+def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, elem_bytes, atomic, need_dlam,
+                        need_dbeta, apart, config, dv_config) -> None:
+    """The Triton dK/dV kernel (with dQ by atomics when ``atomic``), and the dV launch when ``apart``."""
+    key = ("dkdv", d, dv_dim, two, dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
+    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, elem_bytes), key,
+            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
+                 WITH_DV=not apart), config, rows=rows, query_major=True, skip_empty=True)
+    if apart:
+        _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
+                dv_configs(d, dv_dim, two, elem_bytes), ("dv", d, dv_dim, two, dtype, tuple(consts.items())),
+                dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
+                dv_config, rows=rows, query_major=True, skip_empty=True)
+
+
+def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+                        q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
+    """Whether the fused Gluon backward (gluon_backward.py) takes these inputs: two views on a Hopper GPU
+    (wgmma), 16-bit, one key/value head per query head, q/k head dimension 64 (the M side of its dQ^T product
+    must be 64) and v's a power of two from 16 to 128, every input readable by tensor descriptors."""
+    if q2 is None or interpreting() or not q1.is_cuda or torch.cuda.get_device_capability(q1.device) != (9, 0):
+        return False
+    d, dv = q1.shape[-1], v.shape[-1]
+    return (q1.dtype in (torch.bfloat16, torch.float16) and q1.shape[1] == k1.shape[1]
+            and d == 64 and dv in (16, 32, 64, 128) and tma_ready(q1, k1, q2, k2, v, do))
+
+
+def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,
+                    need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, block_m: Optional[int] = None,
+                    overlap: bool = True, split_mask: bool = False) -> torch.Tensor:
+    """Launch the fused Gluon backward (query tiles of ``block_m`` rows, default gluon_backward.BLOCK_M_DEFAULT;
+    ``overlap``: asynchronous products; ``split_mask``: unmasked interior tiles in a loop of their own); returns dlam's and dbeta's (2, B, H, key blocks) partial sums."""
+    from . import gluon_backward as gb
+
+    block_m = block_m or gb.BLOCK_M_DEFAULT
+    B, H, Tq, d = q1.shape
+    Tk, dv_dim = k1.shape[2], v.shape[-1]
+    nb = triton.cdiv(Tk, gb.BLOCK_N.value)
+    partials = _new_output((2, B, H, nb), torch.float32, q1.device)
+    _bind_cuda_context(q1.device)
+    last_compiled["fused"] = gb.paired_backward_kernel[(gb.grid(Tk, B, H),)](
+        *gb.descriptors(q1, k1, q2, k2, v, do, block_m), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
+        partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
+        H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d,
+        HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
+        BETA_GRAD=need_dbeta, BLOCK_M=block_m, OVERLAP=overlap, SPLIT_MASK=split_mask, num_warps=gb.NUM_WARPS.value)
+    return partials
+
+
 def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
              q2: Optional[torch.Tensor], k2: Optional[torch.Tensor], rq1: torch.Tensor,
              rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, lam: Optional[torch.Tensor],
@@ -207,14 +255,16 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              need_dlam: bool, need_dbeta: bool, deterministic: bool,
              config: Optional[TileConfig] = None, dq_config: Optional[TileConfig] = None,
              atomic_dq: Optional[bool] = None, dv_apart: Optional[bool] = None,
-             dv_config: Optional[TileConfig] = None) -> tuple[Optional[torch.Tensor], ...]:
+             dv_config: Optional[TileConfig] = None, fused: Optional[bool] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
     dq*/dk*/dv are in the inputs' dtype, laid out like them (new_rows_like); dlam, dbeta are (H,) fp32.
     Entries that do not apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
     ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
     and then ``dv_apart`` (default: tile_configs.dv_pass_apart) computes dV in a launch of its own (scores
-    and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator.
+    and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator. ``fused`` (default:
+    tile_configs.fused_paired_backward) takes two views where gluon_backward_fits to the Gluon kernel that
+    computes dK1, dK2, dV and dQ (by atomics) in one pass; ``config``, ``atomic_dq``, ``dv_apart`` then do not apply.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -229,6 +279,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         atomic_dq = dq_atomic(two)
     atomic = atomic_dq and not deterministic
     apart = (dv_pass_apart(two) if dv_apart is None else dv_apart) and atomic
+    if fused is None:
+        fused = fused_paired_backward(d, dv_dim)
+    fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2)
+    atomic = atomic or fused
     dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
               else q1.new_empty(0, dtype=torch.float32))
     dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
@@ -253,15 +307,12 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
-    key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
-    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, q1.element_size()), key,
-            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, rows=rows, query_major=True, skip_empty=True)
-    if apart:
-        _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
-                dv_configs(d, dv_dim, two, q1.element_size()), ("dv", d, dv_dim, two, q1.dtype, tuple(consts.items())),
-                dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, rows=rows, query_major=True, skip_empty=True)
+    if fused:
+        partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale,
+                                      causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
+    else:
+        _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
+                            need_dlam, need_dbeta, apart, config, dv_config)
 
     dq1 = new_rows_like(q1, d)
     dq2 = new_rows_like(q2, d) if two else None

@@ -92,6 +92,11 @@ def dv_pass_apart(two_views: bool) -> bool:
     return False
 
 
+def fused_paired_backward(head_d: int, head_dv: int) -> bool:
+    """Whether two views take the fused Gluon backward (gluon_backward.py) where it fits (launch.gluon_backward_fits)."""
+    return False
+
+
 def dv_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
     """Candidates for the dV-only launch of the key-block kernel (see dv_pass_apart), best first by
     registers and spills as compiled for sm_90 (python -m kernels.registers); not yet timed."""

@@ -258,3 +258,42 @@ def test_descriptor_tiles_launch_in_a_fresh_autograd_thread_on_gpu():
     run = subprocess.run([sys.executable, "-c", _FRESH_AUTOGRAD_THREAD], cwd=root, capture_output=True, text=True,
                          env=dict(os.environ, PYTHONPATH=root, TRITON_INTERPRET="0"), timeout=300)
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+# Inputs the fused Gluon backward takes (two views, 16-bit, q/k width 64, v a power of two up to 128),
+# at awkward lengths: one row, fewer rows than a tile, tails on both axes, more keys than queries, no
+# causal mask, p = 1 and p = 3, lam outside [0, 1], beta = 0, no normalisation.
+FUSED_CASES = {
+    "tda_paired_bf16_T8192": CASES["tda_paired_bf16_T8192"],
+    "tda_Tq100_Tk5000_bf16": CASES["tda_Tq100_Tk5000_bf16"],
+    "tda_noncausal_bf16_T1500": CASES["tda_noncausal_bf16_T1500"],
+    "tda_T1_bf16": Case(T=1, d=64, dv=128, H=2, dtype=torch.bfloat16),
+    "tda_T63_fp16_p1": Case(T=63, d=64, dv=128, H=2, p=1.0, dtype=torch.float16),
+    "tda_T200_dv64_p3": Case(T=200, d=64, dv=64, H=2, p=3.0, lam=(1.3, -0.2), dtype=torch.bfloat16),
+    "tda_T1111_dv32_beta0": Case(T=1111, d=64, dv=32, H=2, beta=(0.0, 0.7), dtype=torch.bfloat16),
+    "tda_T777_nonorm_B2": Case(T=777, d=64, dv=64, H=2, B=2, normalize=False, scale=0.125, strength=(0.0, 0.3),
+                               dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_fused_gluon_backward_on_gpu(monkeypatch, name):
+    """The fused Gluon backward (dK1, dK2, dV and dQ by atomics in one kernel) against float64, and it ran."""
+    import kernels_float64
+    from kernels import launch
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    case = FUSED_CASES[name]
+    monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: True)
+    launches = []
+    real = launch._gluon_backward
+    monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append(1) or real(*a))
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    shares = survivor_shares(inputs, case)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    assert launches, "the fused backward did not run"
+    assert all(v <= 1e-2 for v in errors.values()), errors

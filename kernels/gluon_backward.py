@@ -1,0 +1,384 @@
+"""The paired (two-view) backward of threshold attention as one Gluon kernel for Hopper (sm_90).
+
+The Triton backward of two views splits into a dK/dV kernel and a dQ kernel that recomputes both
+views' scores and dA (14 tensor-core products of width 64 per tile pair instead of 10), because a fused
+Triton kernel holding dK1, dK2 and dV spills (BENCHMARKS.md). Gluon, Triton's lower-level language,
+lets this kernel place every operand itself: k1, k2, v stay in shared memory (loaded once by the copy
+engine), the query-side tiles q1, q2, dO stream through a two-stage ring of copy-engine loads, the score
+tiles are laid out (keys, queries) across two warpgroups of 64 keys each, and dS1, dS2 go through shared
+memory once per tile to give dQ1, dQ2 = dS . k as products over the whole key block, added with fp32
+atomics (the dQ buffer of the Triton path). Ten products per tile pair, nothing recomputed.
+
+Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
+dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the per-key-block partial sums of dlam and
+dbeta; dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query head,
+q/k head dimension 64, v's a power of two up to 128, rows readable by tensor descriptors; the launcher
+checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
+"""
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                               warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
+BLOCK_M_DEFAULT = 32          # query rows per tile (64: fewer, larger products, but spills)
+NUM_WARPS = gl.constexpr(8)
+STAGES = gl.constexpr(2)      # depth of the query-side ring
+
+
+@gluon.jit
+def _power(up, p, P_MODE: gl.constexpr):
+    """up^p for up = max(u, 0) (triton_math.relu_power); P_MODE 1, 2: p = 1, 2, else any real p >= 1."""
+    if P_MODE == 1:
+        a = up
+    elif P_MODE == 2:
+        a = up * up
+    else:
+        a = gl.where(up > 0.0, gl.exp2(p * gl.log2(gl.where(up > 0.0, up, 1.0))), 0.0)
+    return a
+
+
+@gluon.jit
+def _slope(up, p, P_MODE: gl.constexpr):
+    """up^(p-1) with 0^0 taken as 0 (triton_math.relu_power_and_slope's slope, without the factor p)."""
+    if P_MODE == 1:
+        e = gl.where(up > 0.0, 1.0, 0.0)
+    elif P_MODE == 2:
+        e = up
+    else:
+        e = gl.where(up > 0.0, gl.exp2((p - 1.0) * gl.log2(gl.where(up > 0.0, up, 1.0))), 0.0)
+    return e
+
+
+@gluon.jit
+def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
+    """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain)."""
+    pos = m0 + gl.arange(0, BM, layout=Q_L) + (Tk - Tq)
+    return gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)
+
+
+@gluon.jit
+def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+    """The query rows' share of the score factor: scale / ||q|| (0 past Tq) when normalising, else scale."""
+    offs_m = m0 + gl.arange(0, BM, layout=Q_L)
+    if NORMALIZE:
+        r = gl.load(RQh + offs_m, mask=offs_m < Tq, other=0.0) * scale
+    else:
+        r = gl.full([BM], scale, gl.float32, layout=Q_L)
+    return r
+
+
+@gluon.jit
+def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+               MASKED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+    """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
+    is past Tk, the query past Tq or (CAUSAL) the key after the query, where MASKED (tiles that need it)."""
+    if NORMALIZE:
+        s = s * rk[:, None]
+    u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
+                                                                                             Q_L)[None, :]
+    if MASKED:
+        offs_m = m0 + gl.arange(0, BM, layout=Q_L)
+        keep = (offs_n[:, None] < Tk) & (offs_m < Tq)[None, :]
+        if CAUSAL:
+            keep = keep & (offs_n[:, None] <= (offs_m + (Tk - Tq))[None, :])
+        u = gl.where(keep, u, 0.0)
+    return gl.maximum(u, 0.0)
+
+
+@gluon.jit
+def _rows(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
+    """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
+    under the 2-D layout of the same swizzle. (A reshape of the 4-D view gave wrong products wherever the
+    tile entered with its rows along the product's K side, on Triton 3.6.)"""
+    return smem._reinterpret(smem.dtype, [ROWS, WIDTH], gl.NVMMASharedLayout.get_default_for([ROWS, WIDTH], smem.dtype))
+
+
+@gluon.jit
+def _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, stage, b, h, m0):
+    bar = bars.index(stage)
+    mbarrier.expect(bar, q1_desc.block_type.nbytes + q2_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q1_desc, [b, h, m0, 0], bar, q1_ring.index(stage))
+    tma.async_copy_global_to_shared(q2_desc, [b, h, m0, 0], bar, q2_ring.index(stage))
+    tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
+
+
+@gluon.jit
+def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
+                rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
+                HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr,
+                CAUSAL: gl.constexpr, MASKED: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+                OVERLAP: gl.constexpr, BM: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr,
+                DQ_L: gl.constexpr):
+    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. Every tile
+    takes the masked form: a variant with unmasked interior tiles chosen by a branch in the loop gave wrong
+    gradients on Triton 3.6 (exact with the masked form alone, checked against the Triton path). With
+    OVERLAP the products are issued asynchronously, so each view's elementwise work overlaps the tensor
+    cores' next product."""
+    BN: gl.constexpr = BLOCK_N
+    Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
+    zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
+    # Vectors over the query rows cost BM / 4 registers each in this layout: each is made where it is used.
+    # dA = v . dO^T and the scores, (keys, queries); one tile of each view is kept (max(u, 0), from which the
+    # weight and its slope follow) to hold as few tiles as possible.
+    da = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=OVERLAP)
+    s1 = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=OVERLAP)
+    if OVERLAP:
+        s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+        da, s1 = warpgroup_mma_wait(num_outstanding=1, deps=(da, s1))
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    g1 = _slope(up1, p, P_MODE) * da
+    if BETA_GRAD:
+        acc_beta += gl.sum(g1 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
+    if NORMALIZE:
+        g1 = g1 * rk1[:, None]
+    ds1 = (g1 * _query_factor(RQ1h, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :]).to(q1_s.dtype)
+    ds1_op = gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2))
+    dk1 = warpgroup_mma(ds1_op, q1_s, dk1, is_async=OVERLAP)
+    ds1_s.store(ds1)
+    # view 2, its weights entering with -lam
+    if OVERLAP:
+        s2, dk1, ds1_op = warpgroup_mma_wait(num_outstanding=1, deps=(s2, dk1, ds1_op))
+    else:
+        s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False)
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    a2 = _power(up2, p, P_MODE)
+    if LAM_GRAD:
+        acc_lam += gl.sum(da * a2, axis=1)
+    w = (_power(up1, p, P_MODE) - lam * a2).to(do_s.dtype)
+    g2 = _slope(up2, p, P_MODE) * da
+    if BETA_GRAD:
+        acc_beta -= lam * gl.sum(g2 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
+    if NORMALIZE:
+        g2 = g2 * rk2[:, None]
+    ds2 = (g2 * (_query_factor(RQ2h, m0, Tq, scale, NORMALIZE, BM, Q_L) * -lam)[None, :]).to(q2_s.dtype)
+    ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
+    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+    dk2 = warpgroup_mma(ds2_op, q2_s, dk2, is_async=OVERLAP)
+    dv = warpgroup_mma(w_op, do_s, dv, is_async=OVERLAP)
+    ds2_s.store(ds2)
+    if OVERLAP:
+        dk1, dk2, dv, ds1_op, ds2_op, w_op = warpgroup_mma_wait(num_outstanding=0,
+                                                                deps=(dk1, dk2, dv, ds1_op, ds2_op, w_op))
+    # dq' = dS . k over the whole key block (both warpgroups' keys): dS^T goes through shared memory,
+    # computed transposed, dq'^T = k^T . dS^T, so that the head dimension is the product's M side
+    fence_async_shared()
+    gl.thread_barrier()
+    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
+    # dq'^T is added as dq' rows, four consecutive fp32 per thread (vector atomics); the addresses are
+    # formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop
+    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
+    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
+    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
+    offs = qm[:, None] * HEAD_D + qd[None, :]
+    ok = (m0 + qm < Tq)[:, None]
+    dq = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False, is_async=OVERLAP)
+    if OVERLAP:
+        dq2 = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False, is_async=True)
+        dq = warpgroup_mma_wait(num_outstanding=1, deps=(dq, ))
+    gl.atomic_add(DQ1h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
+    if OVERLAP:
+        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq2, ))
+    else:
+        dq = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
+    gl.atomic_add(DQ2h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
+    return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@gluon.jit
+def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr,
+                 DK_L: gl.constexpr):
+    """dk = p (dk' - r'^2 (k . dk') k) (triton_math.normalize_backward; p dk' without it), stored."""
+    if NORMALIZE:
+        k = k_s.load(DK_L).to(gl.float32)
+        r = gl.convert_layout(rk, gl.SliceLayout(1, DK_L))
+        proj = gl.where(r * 1e-12 < 1.0, r * r, 0.0) * gl.sum(k * dk, axis=1)
+        dk = dk - proj[:, None] * k
+    dk = dk * p
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
+    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
+    gl.store(DKh + rows[:, None] * s_t + cols[None, :], dk.to(DKh.dtype.element_ty), mask=(rows < Tk)[:, None])
+
+
+@gluon.jit
+def _step(dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+          q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
+          inv_d, scale, Tq, Tk, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+          P_MODE: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, LAM_GRAD: gl.constexpr,
+          BETA_GRAD: gl.constexpr, OVERLAP: gl.constexpr, BM: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
+          DV_L: gl.constexpr, DQ_L: gl.constexpr):
+    """The query tile at row m0, the i-th of the program's n_tiles: start the copy of the next one into the other
+    stage of the ring, wait for this one, add its contribution."""
+    BN: gl.constexpr = BLOCK_N
+    i = (m0 - m_lo) // BM
+    stage = i % STAGES
+    # every warp is done with the stage refilled next and with ds1_s, ds2_s of the previous tile
+    gl.thread_barrier()
+    if i + 1 < n_tiles:
+        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, (i + 1) % STAGES, b, h,
+                         m0 + BM)
+    mbarrier.wait(bars.index(stage), phase=(i // STAGES) & 1)
+    # The key-side tiles are indexed by a loop-varying zero (rows < 2^30): their products' 64-bit
+    # shared-memory descriptors are then formed in each iteration instead of being hoisted out of the
+    # loop, where the 32 of them (64 registers) were spilled.
+    z = m0 >> 30
+    k1_s = _rows(k1_buf.index(z), BN, HEAD_D)
+    k2_s = _rows(k2_buf.index(z), BN, HEAD_D)
+    v_s = _rows(v_buf.index(z), BN, HEAD_DV)
+    q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
+    q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
+    do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+    return _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s, rk1, rk2,
+                       offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV,
+                       NORMALIZE, P_MODE, CAUSAL, MASKED, LAM_GRAD, BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+
+
+@gluon.jit
+def paired_backward_kernel(
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, BLOCK_M: gl.constexpr,
+    OVERLAP: gl.constexpr, SPLIT_MASK: gl.constexpr,
+):
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
+    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width), BLOCK_M rows for q1, q2, dO."""
+    BM: gl.constexpr = BLOCK_M
+    BN: gl.constexpr = BLOCK_N
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, BM, 16])
+    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                   instr_shape=[16, HEAD_D, 16])
+    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                   instr_shape=[16, HEAD_DV, 16])
+    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, NUM_WARPS // 4],
+                                                   instr_shape=[16, BM // (NUM_WARPS // 4), 16])
+    dtype: gl.constexpr = q1_desc.dtype
+
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    nblk = pid // num_bh
+    n0 = nblk * BN
+    b = bh // H
+    h = bh % H
+
+    # key-side operands, loaded once
+    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
+    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+    # query-side ring
+    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
+    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
+    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    ds1_s = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
+    ds2_s = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(bars.index(s), count=1)
+
+    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
+    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+
+    m_end = gl.cdiv(Tq, BM) * BM
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM  # the first query row that sees key n0
+    else:
+        m_lo = 0
+    n_tiles = (m_end - m_lo) // BM
+    if n_tiles > 0:
+        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, 0, b, h, m_lo)
+
+    offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, S_L))
+    key_ok = offs_n < Tk
+    bhk = b * H + h
+    if NORMALIZE:
+        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+    else:
+        rk1 = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+        rk2 = rk1
+    lam = gl.load(LAM + h)
+    beta = gl.load(BETA + h)
+    acc_lam = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+    acc_beta = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+    dk1 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
+    dk2 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
+    dv = gl.zeros([BN, HEAD_DV], gl.float32, layout=DV_L)
+    RQ1h = RQ1 + bhk * Tq
+    RQ2h = RQ2 + bhk * Tq
+    DQ1h = DQ1ACC + bhk * Tq * HEAD_D
+    DQ2h = DQ2ACC + bhk * Tq * HEAD_D
+    mbarrier.wait(kv_bar, phase=0)
+
+    if SPLIT_MASK:
+        # tiles that need the mask (the diagonal's, and those past Tq) apart from the rest, each range its own
+        # loop (a branch between the two forms inside one loop gave wrong gradients on Triton 3.6)
+        m_mid = 0
+        if CAUSAL:
+            m_mid = gl.minimum(gl.maximum(gl.cdiv(n0 + BN - 1 - (Tk - Tq), BM) * BM, m_lo), m_end)
+        m_full = gl.maximum((Tq // BM) * BM, m_mid)
+        for m0 in range(m_lo, m_mid, BM):
+            dk1, dk2, dv, acc_lam, acc_beta = _step(
+                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
+                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
+                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+        for m0 in range(m_mid, m_full, BM):
+            dk1, dk2, dv, acc_lam, acc_beta = _step(
+                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
+                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, False, LAM_GRAD,
+                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+        for m0 in range(m_full, m_end, BM):
+            dk1, dk2, dv, acc_lam, acc_beta = _step(
+                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
+                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
+                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+    else:
+        for m0 in range(m_lo, m_end, BM):
+            dk1, dk2, dv, acc_lam, acc_beta = _step(
+                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
+                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
+                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+
+    mbarrier.invalidate(kv_bar)
+    for s in gl.static_range(STAGES):
+        mbarrier.invalidate(bars.index(s))
+    if LAM_GRAD:
+        gl.store(LAM_PART + bhk * num_n_blocks + nblk, -gl.sum(acc_lam, axis=0))
+    if BETA_GRAD:
+        gl.store(BETA_PART + bhk * num_n_blocks + nblk, -p * gl.sum(acc_beta, axis=0))
+    _finish_keys(dk1, _rows(k1_buf.index(0), BN, HEAD_D), rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
+    _finish_keys(dk2, _rows(k2_buf.index(0), BN, HEAD_D), rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
+    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
+    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rows < Tk)[:, None])
+
+
+def descriptors(q1, k1, q2, k2, v, do, block_m: int) -> tuple:
+    """Copy-engine descriptors of the six (B, H, T, width) inputs in blocks of one head's rows (block_m query
+    rows, BLOCK_N keys)."""
+    out = []
+    m, n = block_m, BLOCK_N.value
+    for t, rows in ((q1, m), (k1, n), (q2, m), (k2, n), (v, n), (do, m)):
+        block = [1, 1, rows, t.shape[-1]]
+        layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if t.dtype.itemsize == 2 else gl.float32)
+        out.append(TensorDescriptor(t, list(t.shape), list(t.stride()), block, layout))
+    return tuple(out)
+
+
+def grid(Tk: int, B: int, H: int) -> int:
+    return triton.cdiv(Tk, BLOCK_N.value) * B * H
