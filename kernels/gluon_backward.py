@@ -54,16 +54,25 @@ def _slope(up, p, P_MODE: gl.constexpr):
 
 
 @gluon.jit
+def _tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
+    """Rows m0 .. m0 + BM of a query tile. The added m0 >> 30 (0: rows < 2^30) makes the whole vector vary with the
+    tile, so the compiler cannot hoist the addresses built from it out of the loop and hold them (8 64-bit
+    addresses per thread per vector) in registers it lacks."""
+    return m0 + (gl.arange(0, BM, layout=Q_L) + (m0 >> 30))
+
+
+@gluon.jit
 def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
-    """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain)."""
-    pos = m0 + gl.arange(0, BM, layout=Q_L) + (Tk - Tq)
-    return gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)
+    """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
+    the logarithm taken as ln 2 . log2, one hardware instruction (the precise one is some twenty)."""
+    pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
+    return gl.sqrt((2.0 * 0.6931471805599453) * gl.log2((pos + 1).to(gl.float32)) * inv_d)
 
 
 @gluon.jit
 def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
     """The query rows' share of the score factor: scale / ||q|| (0 past Tq) when normalising, else scale."""
-    offs_m = m0 + gl.arange(0, BM, layout=Q_L)
+    offs_m = _tile_rows(m0, BM, Q_L)
     if NORMALIZE:
         r = gl.load(RQh + offs_m, mask=offs_m < Tq, other=0.0) * scale
     else:
@@ -81,11 +90,14 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
                                                                                              Q_L)[None, :]
     if MASKED:
-        offs_m = m0 + gl.arange(0, BM, layout=Q_L)
-        keep = (offs_n[:, None] < Tk) & (offs_m < Tq)[None, :]
+        # the last key each query row sees (-1 past Tq): one comparison per element
+        offs_m = _tile_rows(m0, BM, Q_L)
         if CAUSAL:
-            keep = keep & (offs_n[:, None] <= (offs_m + (Tk - Tq))[None, :])
-        u = gl.where(keep, u, 0.0)
+            last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
+        else:
+            last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
+        last = gl.where(offs_m < Tq, last, -1)
+        u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
     return gl.maximum(u, 0.0)
 
 

@@ -14,7 +14,7 @@ from torch.nn.attention import SDPBackend
 
 from kernels import launch
 from kernels.autograd import threshold_attention_triton
-from kernels.bench import _projection, _tda_inputs, _time, causal_sdpa, survivor_share
+from kernels.bench import _host_us, _projection, _tda_inputs, _time, causal_sdpa, survivor_share
 
 parser = argparse.ArgumentParser()
 parser.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
@@ -64,6 +64,8 @@ for T in args.seq:
         f"{k}: {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()), flush=True)
     best = min(variants, key=lambda v: min(times[v]))
     use(best)
+    print(f"  backward host us: split {_host_us(lambda: bwd(False)):.0f} fused {best} {_host_us(lambda: bwd(True)):.0f}",
+          flush=True)
     sm = {n: _projection(B, T, 12, 64, torch.bfloat16, 0.0) for n in "qkv"}
     o_sm = causal_sdpa(sm["q"], sm["k"], sm["v"], SDPBackend.CUDNN_ATTENTION)
     do_sm = torch.randn_like(o_sm)
@@ -77,6 +79,9 @@ for T in args.seq:
             launch.fused_paired_backward = lambda head_d, head_dv, mode=mode: mode
             row[mode] = _time(lambda: threshold_attention_triton(*ins, lam=x["lam"]).backward(do_t), ins + [x["lam"]],
                               args.rep_ms)
+            if rep == 0:
+                host = _host_us(lambda: threshold_attention_triton(*ins, lam=x["lam"]).backward(do_t))
+                print(f"  fwd+bwd host us ({'fused' if mode else 'split'}): {host:.0f}", flush=True)
         launch.fused_paired_backward = default
         print(f"  T={T} fwd+bwd: split {row[False]:.3f} ({row[False] / cudnn:.2f}x) fused {best} {row[True]:.3f} "
               f"({row[True] / cudnn:.2f}x) | cuDNN fwd+bwd {cudnn:.3f}", flush=True)
