@@ -7,8 +7,9 @@
 For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
   sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
                           n_head heads of dimension d
-  tda (paired)            our TDA kernel, n_head/2 heads, q/k dimension d, v dimension 2d: the
-                          parameter-matched layout, exactly softmax's FLOPs
+  tda (paired)            our TDA kernels, n_head/2 heads, q/k dimension d, v dimension 2d: the
+                          parameter-matched layout, exactly softmax's FLOPs (on Hopper with d = 64, the
+                          backward is the fused Gluon kernel, gluon_backward.py)
   tra                     our one-view kernel, n_head heads of dimension d
   reference               the exact PyTorch TDA (kernels.reference), same shapes as tda
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
@@ -252,8 +253,15 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
         def backward(**options) -> Callable[[], object]:
+            options.setdefault("fused", False)  # the Triton kernels' tiles, unless the fused Gluon kernel is asked for
             return lambda: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0,
                                            True, views == 2, False, False, **options)
+
+        if views == 2 and "dkdv" in parts and launch.gluon_backward_fits(do, q1, k1, v, q2, k2):
+            from .gluon_backward import BLOCK_M, BLOCK_N, NUM_WARPS, STAGES
+            _report("bwd fused (Gluon)", label, TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value,
+                                                           STAGES.value, tma=True), fl_b, backward(fused=True),
+                    "fused", rep_ms)
 
         for atomic in (False, True):
             for cfg in bwd if "dkdv" in parts else []:

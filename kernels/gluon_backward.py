@@ -19,14 +19,22 @@ checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
-from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
-                                                               warpgroup_mma_wait)
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 45% slower, BENCHMARKS.md)
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
-BLOCK_M_DEFAULT = 32          # query rows per tile (64: fewer, larger products, but spills)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
+
+if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
+    @gluon.jit
+    def _cta_barrier():
+        gl.thread_barrier()
+else:
+    @gluon.jit
+    def _cta_barrier():
+        gl.barrier()
 
 
 @gluon.jit
@@ -82,22 +90,23 @@ def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr,
 
 @gluon.jit
 def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-               MASKED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+               BM: gl.constexpr, Q_L: gl.constexpr):
     """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
-    is past Tk, the query past Tq or (CAUSAL) the key after the query, where MASKED (tiles that need it)."""
+    is past Tk, the query past Tq or (CAUSAL) the key after the query. Every tile takes the mask: interior
+    tiles without it, chosen by a branch in the loop, gave wrong gradients on Triton 3.6, and in loops of their
+    own spilled and ran 30% slower (BENCHMARKS.md)."""
     if NORMALIZE:
         s = s * rk[:, None]
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
                                                                                              Q_L)[None, :]
-    if MASKED:
-        # the last key each query row sees (-1 past Tq): one comparison per element
-        offs_m = _tile_rows(m0, BM, Q_L)
-        if CAUSAL:
-            last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
-        else:
-            last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
-        last = gl.where(offs_m < Tq, last, -1)
-        u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
+    # the last key each query row sees (-1 past Tq): one comparison per element
+    offs_m = _tile_rows(m0, BM, Q_L)
+    if CAUSAL:
+        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
+    else:
+        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
+    last = gl.where(offs_m < Tq, last, -1)
+    u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
     return gl.maximum(u, 0.0)
 
 
@@ -121,42 +130,33 @@ def _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars,
 @gluon.jit
 def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
                 rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-                HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr,
-                CAUSAL: gl.constexpr, MASKED: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
-                OVERLAP: gl.constexpr, BM: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr,
-                DQ_L: gl.constexpr):
-    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. Every tile
-    takes the masked form: a variant with unmasked interior tiles chosen by a branch in the loop gave wrong
-    gradients on Triton 3.6 (exact with the masked form alone, checked against the Triton path). With
-    OVERLAP the products are issued asynchronously, so each view's elementwise work overlaps the tensor
-    cores' next product."""
+                HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
+                LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
+                DV_L: gl.constexpr, DQ_L: gl.constexpr):
+    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. The products
+    are synchronous: issuing them asynchronously, so that one view's elementwise work overlaps the next
+    product, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
+    BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     # Vectors over the query rows cost BM / 4 registers each in this layout: each is made where it is used.
     # dA = v . dO^T and the scores, (keys, queries); one tile of each view is kept (max(u, 0), from which the
     # weight and its slope follow) to hold as few tiles as possible.
-    da = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=OVERLAP)
-    s1 = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=OVERLAP)
-    if OVERLAP:
-        s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        da, s1 = warpgroup_mma_wait(num_outstanding=1, deps=(da, s1))
-    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    da = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False)
+    s1 = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False)
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     g1 = _slope(up1, p, P_MODE) * da
     if BETA_GRAD:
         acc_beta += gl.sum(g1 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
     if NORMALIZE:
         g1 = g1 * rk1[:, None]
     ds1 = (g1 * _query_factor(RQ1h, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :]).to(q1_s.dtype)
-    ds1_op = gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2))
-    dk1 = warpgroup_mma(ds1_op, q1_s, dk1, is_async=OVERLAP)
+    dk1 = warpgroup_mma(gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2)), q1_s, dk1)
     ds1_s.store(ds1)
     # view 2, its weights entering with -lam
-    if OVERLAP:
-        s2, dk1, ds1_op = warpgroup_mma_wait(num_outstanding=1, deps=(s2, dk1, ds1_op))
-    else:
-        s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False)
-    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False)
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     a2 = _power(up2, p, P_MODE)
     if LAM_GRAD:
         acc_lam += gl.sum(da * a2, axis=1)
@@ -167,18 +167,13 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
     if NORMALIZE:
         g2 = g2 * rk2[:, None]
     ds2 = (g2 * (_query_factor(RQ2h, m0, Tq, scale, NORMALIZE, BM, Q_L) * -lam)[None, :]).to(q2_s.dtype)
-    ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
-    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
-    dk2 = warpgroup_mma(ds2_op, q2_s, dk2, is_async=OVERLAP)
-    dv = warpgroup_mma(w_op, do_s, dv, is_async=OVERLAP)
+    dk2 = warpgroup_mma(gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2)), q2_s, dk2)
+    dv = warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2)), do_s, dv)
     ds2_s.store(ds2)
-    if OVERLAP:
-        dk1, dk2, dv, ds1_op, ds2_op, w_op = warpgroup_mma_wait(num_outstanding=0,
-                                                                deps=(dk1, dk2, dv, ds1_op, ds2_op, w_op))
-    # dq' = dS . k over the whole key block (both warpgroups' keys): dS^T goes through shared memory,
-    # computed transposed, dq'^T = k^T . dS^T, so that the head dimension is the product's M side
+    # dq' = dS . k sums over the whole key block (both warpgroups' keys): dS^T goes through shared memory, and
+    # the product is taken transposed, dq'^T = k^T . dS^T, so that the head dimension is its M side
     fence_async_shared()
-    gl.thread_barrier()
+    _cta_barrier()
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     # dq'^T is added as dq' rows, four consecutive fp32 per thread (vector atomics); the addresses are
     # formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop
@@ -187,15 +182,9 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
     qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
     offs = qm[:, None] * HEAD_D + qd[None, :]
     ok = (m0 + qm < Tq)[:, None]
-    dq = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False, is_async=OVERLAP)
-    if OVERLAP:
-        dq2 = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False, is_async=True)
-        dq = warpgroup_mma_wait(num_outstanding=1, deps=(dq, ))
+    dq = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False)
     gl.atomic_add(DQ1h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
-    if OVERLAP:
-        dq = warpgroup_mma_wait(num_outstanding=0, deps=(dq2, ))
-    else:
-        dq = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
+    dq = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
     gl.atomic_add(DQ2h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
     return dk1, dk2, dv, acc_lam, acc_beta
 
@@ -217,18 +206,17 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
 
 @gluon.jit
 def _step(dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-          q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
+          q1_desc, q2_desc, do_desc, b, h, i, m0, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
           inv_d, scale, Tq, Tk, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-          P_MODE: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, LAM_GRAD: gl.constexpr,
-          BETA_GRAD: gl.constexpr, OVERLAP: gl.constexpr, BM: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-          DV_L: gl.constexpr, DQ_L: gl.constexpr):
-    """The query tile at row m0, the i-th of the program's n_tiles: start the copy of the next one into the other
-    stage of the ring, wait for this one, add its contribution."""
+          P_MODE: gl.constexpr, CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+          S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, DQ_L: gl.constexpr):
+    """The program's i-th query tile (of n_tiles), at row m0: start the copy of the next one into the other stage
+    of the ring, wait for this one, add its contribution."""
+    BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
-    i = (m0 - m_lo) // BM
     stage = i % STAGES
     # every warp is done with the stage refilled next and with ds1_s, ds2_s of the previous tile
-    gl.thread_barrier()
+    _cta_barrier()
     if i + 1 < n_tiles:
         _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, (i + 1) % STAGES, b, h,
                          m0 + BM)
@@ -244,8 +232,8 @@ def _step(dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ri
     q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
     do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
     return _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s, rk1, rk2,
-                       offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV,
-                       NORMALIZE, P_MODE, CAUSAL, MASKED, LAM_GRAD, BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+                       offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, NORMALIZE,
+                       P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
 
 
 @gluon.jit
@@ -255,11 +243,11 @@ def paired_backward_kernel(
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, BLOCK_M: gl.constexpr,
-    OVERLAP: gl.constexpr, SPLIT_MASK: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
-    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width), BLOCK_M rows for q1, q2, dO."""
+    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
+    BLOCK_N for k1, k2, v (descriptors())."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
@@ -332,38 +320,12 @@ def paired_backward_kernel(
     DQ2h = DQ2ACC + bhk * Tq * HEAD_D
     mbarrier.wait(kv_bar, phase=0)
 
-    if SPLIT_MASK:
-        # tiles that need the mask (the diagonal's, and those past Tq) apart from the rest, each range its own
-        # loop (a branch between the two forms inside one loop gave wrong gradients on Triton 3.6)
-        m_mid = 0
-        if CAUSAL:
-            m_mid = gl.minimum(gl.maximum(gl.cdiv(n0 + BN - 1 - (Tk - Tq), BM) * BM, m_lo), m_end)
-        m_full = gl.maximum((Tq // BM) * BM, m_mid)
-        for m0 in range(m_lo, m_mid, BM):
-            dk1, dk2, dv, acc_lam, acc_beta = _step(
-                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
-                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
-                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
-        for m0 in range(m_mid, m_full, BM):
-            dk1, dk2, dv, acc_lam, acc_beta = _step(
-                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
-                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, False, LAM_GRAD,
-                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
-        for m0 in range(m_full, m_end, BM):
-            dk1, dk2, dv, acc_lam, acc_beta = _step(
-                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
-                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
-                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
-    else:
-        for m0 in range(m_lo, m_end, BM):
-            dk1, dk2, dv, acc_lam, acc_beta = _step(
-                dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-                q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam,
-                beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, True, LAM_GRAD,
-                BETA_GRAD, OVERLAP, BM, S_L, DK_L, DV_L, DQ_L)
+    for i in range(n_tiles):
+        dk1, dk2, dv, acc_lam, acc_beta = _step(
+            dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
+            q1_desc, q2_desc, do_desc, b, h, i, m_lo + i * BM, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h,
+            lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD,
+            S_L, DK_L, DV_L, DQ_L)
 
     mbarrier.invalidate(kv_bar)
     for s in gl.static_range(STAGES):
@@ -380,11 +342,11 @@ def paired_backward_kernel(
              mask=(rows < Tk)[:, None])
 
 
-def descriptors(q1, k1, q2, k2, v, do, block_m: int) -> tuple:
-    """Copy-engine descriptors of the six (B, H, T, width) inputs in blocks of one head's rows (block_m query
+def descriptors(q1, k1, q2, k2, v, do) -> tuple:
+    """Copy-engine descriptors of the six (B, H, T, width) inputs in blocks of one head's rows (BLOCK_M query
     rows, BLOCK_N keys)."""
     out = []
-    m, n = block_m, BLOCK_N.value
+    m, n = BLOCK_M.value, BLOCK_N.value
     for t, rows in ((q1, m), (k1, n), (q2, m), (k2, n), (v, n), (do, m)):
         block = [1, 1, rows, t.shape[-1]]
         layout = gl.NVMMASharedLayout.get_default_for(block, gl.bfloat16 if t.dtype.itemsize == 2 else gl.float32)

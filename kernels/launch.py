@@ -214,37 +214,40 @@ def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, ele
                 dv_config, rows=rows, query_major=True, skip_empty=True)
 
 
+def fused_backward_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
+    """Whether the fused Gluon backward (gluon_backward.py) is built for this layout: 16-bit, one key/value head per
+    query head, q/k head dimension 64 (the M side of its dQ^T product must be 64), v's a power of two from 16 to 128."""
+    return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
+            and head_dv in (16, 32, 64, 128))
+
+
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
-    """Whether the fused Gluon backward (gluon_backward.py) takes these inputs: two views on a Hopper GPU
-    (wgmma), 16-bit, one key/value head per query head, q/k head dimension 64 (the M side of its dQ^T product
-    must be 64) and v's a power of two from 16 to 128, every input readable by tensor descriptors."""
+    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU (wgmma), a layout it
+    takes (fused_backward_takes), every input readable by tensor descriptors."""
     if q2 is None or interpreting() or not q1.is_cuda or torch.cuda.get_device_capability(q1.device) != (9, 0):
         return False
-    d, dv = q1.shape[-1], v.shape[-1]
-    return (q1.dtype in (torch.bfloat16, torch.float16) and q1.shape[1] == k1.shape[1]
-            and d == 64 and dv in (16, 32, 64, 128) and tma_ready(q1, k1, q2, k2, v, do))
+    return (fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+            and tma_ready(q1, k1, q2, k2, v, do))
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,
-                    need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, block_m: Optional[int] = None,
-                    overlap: bool = True, split_mask: bool = False) -> torch.Tensor:
-    """Launch the fused Gluon backward (query tiles of ``block_m`` rows, default gluon_backward.BLOCK_M_DEFAULT;
-    ``overlap``: asynchronous products; ``split_mask``: unmasked interior tiles in a loop of their own); returns dlam's and dbeta's (2, B, H, key blocks) partial sums."""
+                    need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc) -> torch.Tensor:
+    """Launch the fused Gluon backward; returns dlam's and dbeta's (2, B, H, key blocks) partial sums."""
     from . import gluon_backward as gb
 
-    block_m = block_m or gb.BLOCK_M_DEFAULT
     B, H, Tq, d = q1.shape
     Tk, dv_dim = k1.shape[2], v.shape[-1]
     nb = triton.cdiv(Tk, gb.BLOCK_N.value)
     partials = _new_output((2, B, H, nb), torch.float32, q1.device)
-    _bind_cuda_context(q1.device)
+    if q1.is_cuda:  # (kernels.registers compiles it with CPU tensors)
+        _bind_cuda_context(q1.device)
     last_compiled["fused"] = gb.paired_backward_kernel[(gb.grid(Tk, B, H),)](
-        *gb.descriptors(q1, k1, q2, k2, v, do, block_m), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
+        *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
         partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
         H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d,
         HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
-        BETA_GRAD=need_dbeta, BLOCK_M=block_m, OVERLAP=overlap, SPLIT_MASK=split_mask, num_warps=gb.NUM_WARPS.value)
+        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value)
     return partials
 
 

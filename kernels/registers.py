@@ -3,7 +3,8 @@
     python -m kernels.registers                            # paired TDA and TRA, d = 64, bf16, sm_90
     python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
 
-Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own) is compiled the way launch.py launches it, for the
+Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own; for sm_90 and paired
+16-bit d = 64, the fused Gluon backward) is compiled the way launch.py launches it, for the
 head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default;
 ``--tma``: every candidate reading q, k, v, dO through tensor descriptors),
 and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
@@ -70,20 +71,34 @@ class _CompileOnly:
         return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
 
 
+def _fits_on_target(do, q1, k1, v, q2, k2) -> bool:
+    """launch.gluon_backward_fits without its device checks: the target is the Hopper GPU compiled for."""
+    return (q2 is not None and launch.fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+            and launch.tma_ready(q1, k1, q2, k2, v, do))
+
+
 @contextmanager
 def compile_only(arch: int) -> Iterator[None]:
-    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none."""
+    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the fused
+    Gluon backward where it fits, for sm_90)."""
+    from . import gluon_backward
+
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
+    fits, fused_kernel = launch.gluon_backward_fits, gluon_backward.paired_backward_kernel
     driver.set_active(_CompileTarget(arch))
     try:
         for name, kernel in originals.items():
             setattr(launch, name, _CompileOnly(kernel))
+        gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
+        launch.gluon_backward_fits = _fits_on_target if arch == 90 else (lambda *args: False)
         launch._chosen.clear()
         yield
     finally:
         for name, kernel in originals.items():
             setattr(launch, name, kernel)
+        gluon_backward.paired_backward_kernel = fused_kernel
+        launch.gluon_backward_fits = fits
         launch._chosen.clear()
         driver.set_active(previous)
 
@@ -153,21 +168,29 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
             record("fwd", "forward", cfg, i == 0 and not tma)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
+        fused = (arch == 90 and launch.fused_paired_backward(d, dv)
+                 and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"]))
+        if fused:
+            from . import gluon_backward as gb
+
+            launch.backward(*grads, fused=True)
+            record("fused", "dK/dV/dQ fused (Gluon)", TileConfig(gb.BLOCK_M.value, gb.BLOCK_N.value, gb.NUM_WARPS.value,
+                                                             gb.STAGES.value, tma=True), not tma)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
             for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
-                launch.backward(*grads, config=cfg, atomic_dq=atomic)
+                launch.backward(*grads, config=cfg, atomic_dq=atomic, fused=False)
                 record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
-                       i == 0 and atomic == default_atomic and not tma)
+                       i == 0 and atomic == default_atomic and not tma and not fused)
         for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
-            launch.backward(*grads, atomic_dq=False, dq_config=cfg)
-            record("dq", "dQ kernel", cfg, i == 0 and not default_atomic and not tma)
+            launch.backward(*grads, atomic_dq=False, dq_config=cfg, fused=False)
+            record("dq", "dQ kernel", cfg, i == 0 and not default_atomic and not tma and not fused)
         apart = launch.dv_pass_apart(two)
         for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
-            launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True)
+            launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True, fused=False)
             record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic and not tma)
         for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size))):
-            launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg)
+            launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg, fused=False)
             record("dv", "dV apart", cfg, i == 0 and apart and default_atomic and not tma)
     return rows
 

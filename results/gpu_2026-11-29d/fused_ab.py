@@ -5,6 +5,9 @@ same run: backward alone, and forward+backward of the best variant, T = 4096, 81
 6 heads of q/k 64 and v 128 (kernels.bench's paired shape and inputs), bf16.
 
     PYTHONPATH=. python results/gpu_2026-11-29d/fused_ab.py [--seq 4096 8192 16384] [--rep-ms 60]
+
+It drives the variants through keyword arguments of launch._gluon_backward that existed up to commit c991fb2; the
+losing variants were removed after it, so run it against that commit.
 """
 import argparse
 

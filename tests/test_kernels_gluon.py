@@ -1,0 +1,61 @@
+"""The fused Gluon backward (kernels/gluon_backward.py) without a GPU: which layouts it takes, and that it compiles
+for sm_90 (Hopper) with the installed Triton for each of its compile-time variants, within the register file and
+shared memory. Its results are checked on a GPU (test_kernels_gpu.py::test_fused_gluon_backward_on_gpu)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels import launch
+
+
+@pytest.mark.parametrize("dtype,heads,kv_heads,d,dv,takes", [
+    (torch.bfloat16, 6, 6, 64, 128, True), (torch.float16, 2, 2, 64, 32, True), (torch.bfloat16, 2, 2, 64, 16, True),
+    (torch.float32, 6, 6, 64, 128, False),   # 16-bit only
+    (torch.bfloat16, 4, 2, 64, 128, False),  # grouped key/value heads
+    (torch.bfloat16, 6, 6, 32, 64, False),   # q/k width other than 64
+    (torch.bfloat16, 6, 6, 128, 128, False),
+    (torch.bfloat16, 6, 6, 64, 96, False),   # v not a power of two
+    (torch.bfloat16, 6, 6, 64, 256, False),  # v wider than 128
+])
+def test_fused_backward_takes(dtype, heads, kv_heads, d, dv, takes):
+    assert launch.fused_backward_takes(dtype, heads, kv_heads, d, dv) is takes
+
+
+def test_fits_nothing_off_hopper():
+    """On CPU tensors (and under the interpreter) the Triton path is taken, whatever the layout."""
+    x = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
+    assert not launch.gluon_backward_fits(*x)
+
+
+_COMPILE = """
+import sys, torch
+from kernels import launch
+from kernels.registers import compile_only, ptxas_usage
+p, causal, normalize, grads, dv = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5]), int(sys.argv[5])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+q1, k1, v, q2, k2, do = mk(64), mk(64), mk(dv), mk(64), mk(64), mk(dv)
+norms = [torch.zeros(1, H, T) if normalize else torch.zeros(0) for _ in range(4)]
+with compile_only(90):
+    launch.backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0, causal,
+                    grads, grads, False, fused=True)
+    u = ptxas_usage(launch.last_compiled["fused"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("p,causal,normalize,grads,dv", [(2.0, True, True, True, 128), (1.0, False, False, False, 64),
+                                                          (3.0, True, False, True, 32)])
+def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
+    """Compiled (not interpreted) in a process of its own, as kernels.registers does."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)]
+    run = subprocess.run([sys.executable, "-c", _COMPILE, *args], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root, TRITON_INTERPRET="0"), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    registers, spills, shared = run.stdout.split()
+    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
