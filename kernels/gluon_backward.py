@@ -206,14 +206,15 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
 
 @gluon.jit
 def _step(dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-          q1_desc, q2_desc, do_desc, b, h, i, m0, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
+          q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
           inv_d, scale, Tq, Tk, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
           P_MODE: gl.constexpr, CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
           S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, DQ_L: gl.constexpr):
-    """The program's i-th query tile (of n_tiles), at row m0: start the copy of the next one into the other stage
-    of the ring, wait for this one, add its contribution."""
+    """The query tile at row m0, the i-th of the program's n_tiles: start the copy of the next one into the other
+    stage of the ring, wait for this one, add its contribution."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
+    i = (m0 - m_lo) // BM
     stage = i % STAGES
     # every warp is done with the stage refilled next and with ds1_s, ds2_s of the previous tile
     _cta_barrier()
@@ -320,10 +321,10 @@ def paired_backward_kernel(
     DQ2h = DQ2ACC + bhk * Tq * HEAD_D
     mbarrier.wait(kv_bar, phase=0)
 
-    for i in range(n_tiles):
+    for m0 in range(m_lo, m_end, BM):
         dk1, dk2, dv, acc_lam, acc_beta = _step(
             dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-            q1_desc, q2_desc, do_desc, b, h, i, m_lo + i * BM, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h,
+            q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h,
             lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD,
             S_L, DK_L, DV_L, DQ_L)
 
