@@ -22,7 +22,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 45% slower, BENCHMARKS.md)
+BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
@@ -94,7 +94,7 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
     """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
     is past Tk, the query past Tq or (CAUSAL) the key after the query. Every tile takes the mask: interior
     tiles without it, chosen by a branch in the loop, gave wrong gradients on Triton 3.6, and in loops of their
-    own spilled and ran 30% slower (BENCHMARKS.md)."""
+    own spilled and ran 31-32% slower (BENCHMARKS.md)."""
     if NORMALIZE:
         s = s * rk[:, None]
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
