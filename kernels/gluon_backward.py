@@ -74,7 +74,10 @@ def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
     """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
     the logarithm taken as ln 2 . log2, one hardware instruction (the precise one is some twenty)."""
     pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
-    return gl.sqrt((2.0 * 0.6931471805599453) * gl.log2((pos + 1).to(gl.float32)) * inv_d)
+    # lg2.approx is one hardware instruction (gl.log2 compiles to a dozen-instruction polynomial)
+    lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
+                                   is_pure=True, pack=1)
+    return gl.sqrt((2.0 * 0.6931471805599453) * lg * inv_d)
 
 
 @gluon.jit
