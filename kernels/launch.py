@@ -6,6 +6,8 @@ k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the i
 """
 
 import dataclasses
+import functools
+import importlib
 import threading
 from typing import Callable, Optional
 
@@ -221,14 +223,25 @@ def fused_backward_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: 
             and head_dv in (16, 32, 64, 128))
 
 
+@functools.lru_cache(maxsize=1)
+def gluon_available() -> bool:
+    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 do; an older
+    one takes the Triton kernels instead of failing)."""
+    try:
+        importlib.import_module(".gluon_backward", __package__)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
     """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU (wgmma), a layout it
-    takes (fused_backward_takes), every input readable by tensor descriptors."""
+    takes (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
     if q2 is None or interpreting() or not q1.is_cuda or torch.cuda.get_device_capability(q1.device) != (9, 0):
         return False
     return (fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and tma_ready(q1, k1, q2, k2, v, do))
+            and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,

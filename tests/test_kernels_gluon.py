@@ -59,3 +59,29 @@ def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
     assert run.returncode == 0, run.stderr[-2000:]
     registers, spills, shared = run.stdout.split()
     assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
+
+
+def test_gluon_is_available_here(monkeypatch):
+    """The Triton the requirements install has the Gluon language (else Hopper would silently lose the fused
+    backward), and one without it is reported as such, so the backward takes the Triton kernels instead of failing."""
+    import builtins
+    import sys
+
+    assert launch.gluon_available()
+    real_import = builtins.__import__
+
+    def no_gluon(name, *args, **kwargs):
+        if "gluon" in name:
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    for module in [m for m in sys.modules if "gluon" in m]:
+        monkeypatch.delitem(sys.modules, module)
+    monkeypatch.setattr(builtins, "__import__", no_gluon)
+    launch.gluon_available.cache_clear()
+    try:
+        assert not launch.gluon_available()
+    finally:
+        monkeypatch.undo()
+        launch.gluon_available.cache_clear()
+    assert launch.gluon_available()
