@@ -26,6 +26,7 @@ BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
+LOADER_PARTITION = False      # experiment: paired_backward_loader_kernel instead
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
@@ -360,3 +361,142 @@ def descriptors(q1, k1, q2, k2, v, do) -> tuple:
 
 def grid(Tk: int, B: int, H: int) -> int:
     return triton.cdiv(Tk, BLOCK_N.value) * B * H
+
+
+# ---- experiment: the copy-engine loads issued by a one-warp partition of their own ----
+
+@gluon.jit
+def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles):
+    """Fills the query-side ring: tile i into stage i % STAGES once the compute warps have released it."""
+    for i in range(n_tiles):
+        stage = i % STAGES
+        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, stage, b, h, m_lo + i * BLOCK_M)
+
+
+@gluon.jit
+def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr):
+    """paired_backward_kernel's work in its 8 warps, without the loads: wait for a stage, add the tile, release the
+    stage; dS through two alternating buffers, so one barrier per tile (before the dQ products) suffices."""
+    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs = smem
+    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
+        num_n_blocks, scale, p, inv_d = scalars
+    BM: gl.constexpr = BLOCK_M
+    BN: gl.constexpr = BLOCK_N
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                  instr_shape=[16, BM, 16])
+    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                   instr_shape=[16, HEAD_D, 16])
+    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
+                                                   instr_shape=[16, HEAD_DV, 16])
+    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, NUM_WARPS // 4],
+                                                   instr_shape=[16, BM // (NUM_WARPS // 4), 16])
+    offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, S_L))
+    key_ok = offs_n < Tk
+    bhk = b * H + h
+    if NORMALIZE:
+        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+    else:
+        rk1 = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+        rk2 = rk1
+    lam = gl.load(LAM + h)
+    beta = gl.load(BETA + h)
+    acc_lam = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+    acc_beta = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
+    dk1 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
+    dk2 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
+    dv = gl.zeros([BN, HEAD_DV], gl.float32, layout=DV_L)
+    RQ1h = RQ1 + bhk * Tq
+    RQ2h = RQ2 + bhk * Tq
+    DQ1h = DQ1ACC + bhk * Tq * HEAD_D
+    DQ2h = DQ2ACC + bhk * Tq * HEAD_D
+    m_end = m_lo + n_tiles * BM
+    mbarrier.wait(kv_bar, phase=0)
+    for m0 in range(m_lo, m_end, BM):
+        i = (m0 - m_lo) // BM
+        stage = i % STAGES
+        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+        z = m0 >> 30
+        k1_s = _rows(k1_buf.index(z), BN, HEAD_D)
+        k2_s = _rows(k2_buf.index(z), BN, HEAD_D)
+        v_s = _rows(v_buf.index(z), BN, HEAD_DV)
+        q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
+        q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
+        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+        dk1, dk2, dv, acc_lam, acc_beta = _query_tile(
+            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_bufs.index(i % 2),
+            ds2_bufs.index(i % 2), rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
+            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
+        # every product reading this stage has completed (synchronous): hand it back to the loader
+        mbarrier.arrive(empty.index(stage), count=1)
+    if LAM_GRAD:
+        gl.store(LAM_PART + bhk * num_n_blocks + nblk, -gl.sum(acc_lam, axis=0))
+    if BETA_GRAD:
+        gl.store(BETA_PART + bhk * num_n_blocks + nblk, -p * gl.sum(acc_beta, axis=0))
+    _finish_keys(dk1, _rows(k1_buf.index(0), BN, HEAD_D), rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t,
+                 HEAD_D, NORMALIZE, DK_L)
+    _finish_keys(dk2, _rows(k2_buf.index(0), BN, HEAD_D), rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t,
+                 HEAD_D, NORMALIZE, DK_L)
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
+    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
+    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rows < Tk)[:, None])
+
+
+@gluon.jit
+def paired_backward_loader_kernel(
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+):
+    """paired_backward_kernel's contract, its loads issued by a one-warp partition (launch with num_warps=8 and a
+    register cap that leaves the compute warps ~240: maxnreg=168 for the 12 warps the hardware allocates)."""
+    BM: gl.constexpr = BLOCK_M
+    BN: gl.constexpr = BLOCK_N
+    dtype: gl.constexpr = q1_desc.dtype
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    nblk = pid // num_bh
+    n0 = nblk * BN
+    b = bh // H
+    h = bh % H
+    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
+    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
+    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
+    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=1)
+    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
+    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+    m_end = gl.cdiv(Tq, BM) * BM
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
+    else:
+        m_lo = 0
+    n_tiles = (m_end - m_lo) // BM
+    smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs)
+    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
+    scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
+               n_tiles, num_n_blocks, scale, p, inv_d)
+    gl.warp_specialize([
+        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD)),
+        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
+    ], [1], [24])

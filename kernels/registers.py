@@ -86,11 +86,13 @@ def compile_only(arch: int) -> Iterator[None]:
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
     fits, fused_kernel = launch.gluon_backward_fits, gluon_backward.paired_backward_kernel
+    loader_kernel = gluon_backward.paired_backward_loader_kernel
     driver.set_active(_CompileTarget(arch))
     try:
         for name, kernel in originals.items():
             setattr(launch, name, _CompileOnly(kernel))
         gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
+        gluon_backward.paired_backward_loader_kernel = _CompileOnly(loader_kernel)
         launch.gluon_backward_fits = _fits_on_target if arch == 90 else (lambda *args: False)
         launch._chosen.clear()
         yield
@@ -98,6 +100,7 @@ def compile_only(arch: int) -> Iterator[None]:
         for name, kernel in originals.items():
             setattr(launch, name, kernel)
         gluon_backward.paired_backward_kernel = fused_kernel
+        gluon_backward.paired_backward_loader_kernel = loader_kernel
         launch.gluon_backward_fits = fits
         launch._chosen.clear()
         driver.set_active(previous)
