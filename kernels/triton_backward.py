@@ -16,7 +16,8 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
   fp32 buffer with atomics (DQ_ATOMIC: the fastest path there, measured on an H200).
 * ``dq_kernel``: dQ with one program per query block and no atomics: the deterministic path, and
   the default for two views, where holding dK1, dK2 and dV already fills the registers and the
-  split ran faster than atomics (BENCHMARKS.md).
+  split ran faster than atomics (BENCHMARKS.md); on Hopper, the inputs gluon_backward.py takes
+  (paired q/k of 64, 16-bit) go to its fused kernel instead.
 * ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
 """
 
