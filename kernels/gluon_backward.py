@@ -27,6 +27,7 @@ BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
 LOADER_PARTITION = False      # experiment: paired_backward_loader_kernel instead
+VEC_ATOMICS = True            # experiment (loader kernel): vector dQ atomics through shared memory, or scalar ones
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
@@ -136,7 +137,7 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
                 rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
                 HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
                 LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-                DV_L: gl.constexpr, DQ_L: gl.constexpr):
+                DV_L: gl.constexpr, DQ_L: gl.constexpr, VEC_ATOMICS: gl.constexpr = True):
     """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. The products
     are synchronous: issuing them asynchronously, so that one view's elementwise work overlaps the next
     product, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
@@ -179,18 +180,30 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
     fence_async_shared()
     _cta_barrier()
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
-    # dq'^T is added as dq' rows, four consecutive fp32 per thread (vector atomics); the addresses are
-    # formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop
-    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
-    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
-    offs = qm[:, None] * HEAD_D + qd[None, :]
-    ok = (m0 + qm < Tq)[:, None]
-    dq = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False)
-    gl.atomic_add(DQ1h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
-    dq = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
-    gl.atomic_add(DQ2h + m0 * HEAD_D + offs, gl.convert_layout(gl.permute(dq, (1, 0)), ROW_L), mask=ok, sem="relaxed")
+    dq1 = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False)
+    _add_dq(dq1, DQ1h, m0, Tq, HEAD_D, BM, DQ_L, VEC_ATOMICS)
+    dq2 = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
+    _add_dq(dq2, DQ2h, m0, Tq, HEAD_D, BM, DQ_L, VEC_ATOMICS)
     return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@gluon.jit
+def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr, DQ_L: gl.constexpr, VEC_ATOMICS: gl.constexpr):
+    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh. VEC_ATOMICS: as dq' rows, four consecutive
+    fp32 per thread (vector atomics, through a layout conversion in shared memory, which costs barriers); else one
+    fp32 atomic per element, straight from the product's layout. The addresses are formed from the tile's base (a
+    loop-carried value), so none is hoisted and held across the loop."""
+    if VEC_ATOMICS:
+        ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
+        qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
+        qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
+        gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
+                      gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
+    else:
+        qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(1, DQ_L))
+        qm = gl.arange(0, BM, layout=gl.SliceLayout(0, DQ_L))
+        gl.atomic_add(DQh + m0 * HEAD_D + (qm[None, :] * HEAD_D + qd[:, None]), dq_t, mask=(m0 + qm < Tq)[None, :],
+                      sem="relaxed")
 
 
 @gluon.jit
@@ -376,7 +389,8 @@ def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, read
 
 @gluon.jit
 def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr):
+                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+                       VEC_ATOMICS: gl.constexpr):
     """paired_backward_kernel's work in its 8 warps, without the loads: wait for a stage, add the tile, release the
     stage; dS through two alternating buffers, so one barrier per tile (before the dQ products) suffices."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs = smem
@@ -429,7 +443,7 @@ def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.co
         dk1, dk2, dv, acc_lam, acc_beta = _query_tile(
             dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_bufs.index(i % 2),
             ds2_bufs.index(i % 2), rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
+            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L, VEC_ATOMICS)
         # every product reading this stage has completed (synchronous): hand it back to the loader
         mbarrier.arrive(empty.index(stage), count=1)
     if LAM_GRAD:
@@ -453,7 +467,7 @@ def paired_backward_loader_kernel(
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, VEC_ATOMICS: gl.constexpr,
 ):
     """paired_backward_kernel's contract, its loads issued by a one-warp partition (launch with num_warps=8 and a
     register cap that leaves the compute warps ~240: maxnreg=168 for the 12 warps the hardware allocates)."""
@@ -497,6 +511,7 @@ def paired_backward_loader_kernel(
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
-        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD)),
+        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD,
+                              VEC_ATOMICS)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
     ], [1], [24])

@@ -256,7 +256,8 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, nor
     if q1.is_cuda:  # (kernels.registers compiles it with CPU tensors)
         _bind_cuda_context(q1.device)
     if gb.LOADER_PARTITION:  # experiment: loads from a one-warp partition (12 warps allocated, compute ones at 240)
-        kernel, extra = gb.paired_backward_loader_kernel, dict(num_warps=gb.NUM_WARPS.value, maxnreg=168)
+        kernel, extra = gb.paired_backward_loader_kernel, dict(num_warps=gb.NUM_WARPS.value, maxnreg=168,
+                                                                VEC_ATOMICS=gb.VEC_ATOMICS)
     else:
         kernel, extra = gb.paired_backward_kernel, dict(num_warps=gb.NUM_WARPS.value)
     last_compiled["fused"] = kernel[(gb.grid(Tk, B, H),)](

@@ -1,7 +1,8 @@
 """Experiments of the branch experiment/gluon-alu, for a GPU session: the fused Gluon backward with the threshold
 gain through lg2.approx (957 SASS instructions per tile instead of 1,144), alone and with its copy-engine loads
 moved to a one-warp partition (six 8-warp barriers per tile instead of nine CTA barriers; compute warps capped at
-240 registers), against the Triton split in the same run: exactness on awkward shapes (max |x - split| /
+240 registers), there also with scalar dQ atomics straight from the product's layout (no shared-memory round trip
+and its barriers), against the Triton split in the same run: exactness on awkward shapes (max |x - split| /
 max |split|), then backward alone at the benchmark's paired shape, alternating.
 
     PYTHONPATH=. python results/gpu_2026-11-29d/alu_ab.py
@@ -15,11 +16,12 @@ from kernels.bench import _tda_inputs, _time
 
 print(torch.cuda.get_device_name(), "torch", torch.__version__, "triton", triton.__version__, flush=True)
 names = ["dq1", "dk1", "dv", "dq2", "dk2", "dlam", "dbeta"]
-modes = ("split", "fused", "loader")
+modes = ("split", "fused", "loader", "loader-scalar")
 
 
 def grads(args, mode):
-    gb.LOADER_PARTITION = mode == "loader"
+    gb.LOADER_PARTITION = mode.startswith("loader")
+    gb.VEC_ATOMICS = mode != "loader-scalar"
     return launch.backward(*args, fused=mode != "split")
 
 
@@ -61,4 +63,4 @@ for T in (4096, 8192, 16384):
             times.setdefault(mode, []).append(_time(lambda: grads(args, mode), [], 60))
     print(f"  T={T} backward ms: " + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()),
           flush=True)
-gb.LOADER_PARTITION = False
+gb.LOADER_PARTITION, gb.VEC_ATOMICS = False, True
