@@ -234,13 +234,18 @@ def gluon_available() -> bool:
     return True
 
 
+def on_hopper(x: torch.Tensor) -> bool:
+    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted (kernels.registers
+    replaces this to compile the fused backward on a CPU)."""
+    return not interpreting() and x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0)
+
+
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
-    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU (wgmma), a layout it
-    takes (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
-    if q2 is None or interpreting() or not q1.is_cuda or torch.cuda.get_device_capability(q1.device) != (9, 0):
-        return False
-    return (fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU, a layout it takes
+    (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
+    return (q2 is not None and on_hopper(q1)
+            and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
             and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
 
 
