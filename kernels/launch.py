@@ -304,9 +304,11 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         fused = fused_paired_backward(d, dv_dim)
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2)
     atomic = atomic or fused
-    dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
-              else q1.new_empty(0, dtype=torch.float32))
-    dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
+    # the fp32 dq' buffers of the atomic paths, one zero fill for both views
+    dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
+               else q1.new_empty((1, 0), dtype=torch.float32))
+    dq_acc = dq_bufs[0]
+    dq2_acc = dq_bufs[1] if atomic and two else dq_acc
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
     # dlam's and dbeta's per-key-block partial sums, (2, B, H, key blocks); its size depends on the tile
     partials = [dq_acc]
