@@ -24,6 +24,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma, warpgroup_mma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .triton_math import NORM_EPS
+
 BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
@@ -127,6 +129,7 @@ def _rows(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
 
 @gluon.jit
 def _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, stage, b, h, m0):
+    """Start the copy of the query tile at row m0 (q1, q2, dO) into ring stage ``stage``, signalling bars[stage]."""
     bar = bars.index(stage)
     mbarrier.expect(bar, q1_desc.block_type.nbytes + q2_desc.block_type.nbytes + do_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q1_desc, [b, h, m0, 0], bar, q1_ring.index(stage))
@@ -215,7 +218,7 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
     if NORMALIZE:
         k = k_s.load(DK_L).to(gl.float32)
         r = gl.convert_layout(rk, gl.SliceLayout(1, DK_L))
-        proj = gl.where(r * 1e-12 < 1.0, r * r, 0.0) * gl.sum(k * dk, axis=1)
+        proj = gl.where(r * NORM_EPS < 1.0, r * r, 0.0) * gl.sum(k * dk, axis=1)
         dk = dk - proj[:, None] * k
     dk = dk * p
     rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))

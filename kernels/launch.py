@@ -234,13 +234,18 @@ def gluon_available() -> bool:
     return True
 
 
+def on_hopper(x: torch.Tensor) -> bool:
+    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted (kernels.registers
+    replaces this to compile the fused backward on a CPU)."""
+    return not interpreting() and x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0)
+
+
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
-    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU (wgmma), a layout it
-    takes (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
-    if q2 is None or interpreting() or not q1.is_cuda or torch.cuda.get_device_capability(q1.device) != (9, 0):
-        return False
-    return (fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU, a layout it takes
+    (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
+    return (q2 is not None and on_hopper(q1)
+            and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
             and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
 
 
@@ -304,9 +309,11 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         fused = fused_paired_backward(d, dv_dim)
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2)
     atomic = atomic or fused
-    dq_acc = (torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
-              else q1.new_empty(0, dtype=torch.float32))
-    dq2_acc = torch.zeros_like(dq_acc) if atomic and two else dq_acc
+    # the fp32 dq' buffers of the atomic paths, one zero fill for both views
+    dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
+               else q1.new_empty((1, 0), dtype=torch.float32))
+    dq_acc = dq_bufs[0]
+    dq2_acc = dq_bufs[1] if atomic and two else dq_acc
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
     # dlam's and dbeta's per-key-block partial sums, (2, B, H, key blocks); its size depends on the tile
     partials = [dq_acc]

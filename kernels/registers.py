@@ -71,12 +71,6 @@ class _CompileOnly:
         return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
 
 
-def _fits_on_target(do, q1, k1, v, q2, k2) -> bool:
-    """launch.gluon_backward_fits without its device checks: the target is the Hopper GPU compiled for."""
-    return (q2 is not None and launch.fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and launch.tma_ready(q1, k1, q2, k2, v, do))
-
-
 @contextmanager
 def compile_only(arch: int) -> Iterator[None]:
     """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the fused
@@ -85,7 +79,7 @@ def compile_only(arch: int) -> Iterator[None]:
 
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
-    fits, fused_kernel = launch.gluon_backward_fits, gluon_backward.paired_backward_kernel
+    on_hopper, fused_kernel = launch.on_hopper, gluon_backward.paired_backward_kernel
     loader_kernel = gluon_backward.paired_backward_loader_kernel
     driver.set_active(_CompileTarget(arch))
     try:
@@ -93,7 +87,7 @@ def compile_only(arch: int) -> Iterator[None]:
             setattr(launch, name, _CompileOnly(kernel))
         gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
         gluon_backward.paired_backward_loader_kernel = _CompileOnly(loader_kernel)
-        launch.gluon_backward_fits = _fits_on_target if arch == 90 else (lambda *args: False)
+        launch.on_hopper = lambda x: arch == 90  # the target compiled for, whatever the tensors' device
         launch._chosen.clear()
         yield
     finally:
@@ -101,7 +95,7 @@ def compile_only(arch: int) -> Iterator[None]:
             setattr(launch, name, kernel)
         gluon_backward.paired_backward_kernel = fused_kernel
         gluon_backward.paired_backward_loader_kernel = loader_kernel
-        launch.gluon_backward_fits = fits
+        launch.on_hopper = on_hopper
         launch._chosen.clear()
         driver.set_active(previous)
 
