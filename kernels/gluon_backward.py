@@ -4,7 +4,8 @@ The Triton backward of two views splits into a dK/dV kernel and a dQ kernel that
 views' scores and dA (14 tensor-core products of width 64 per tile pair instead of 10), because a fused
 Triton kernel holding dK1, dK2 and dV spills (BENCHMARKS.md). Gluon, Triton's lower-level language,
 lets this kernel place every operand itself: k1, k2, v stay in shared memory (loaded once by the copy
-engine), the query-side tiles q1, q2, dO stream through a two-stage ring of copy-engine loads, the score
+engine), the query-side tiles q1, q2, dO stream through a two-stage ring of copy-engine loads issued by a
+warp of their own, the score
 tiles are laid out (keys, queries) across two warpgroups of 64 keys each, and dS1, dS2 go through shared
 memory once per tile to give dQ1, dQ2 = dS . k as products over the whole key block, added with fp32
 atomics (the dQ buffer of the Triton path). Ten products per tile pair, nothing recomputed.
@@ -30,8 +31,7 @@ BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
-LOADER_PARTITION = False      # experiment: paired_backward_loader_kernel instead
-VEC_ATOMICS = True            # experiment (loader kernel): vector dQ atomics through shared memory, or scalar ones
+MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, padding): compute ones get 240
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
@@ -142,7 +142,7 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
                 rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
                 HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
                 LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-                DV_L: gl.constexpr, DQ_L: gl.constexpr, VEC_ATOMICS: gl.constexpr = True):
+                DV_L: gl.constexpr, DQ_L: gl.constexpr):
     """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. The products
     are synchronous: issuing them asynchronously, so that one view's elementwise work overlaps the next
     product, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
@@ -186,29 +186,23 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
     _cta_barrier()
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq1 = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False)
-    _add_dq(dq1, DQ1h, m0, Tq, HEAD_D, BM, DQ_L, VEC_ATOMICS)
+    _add_dq(dq1, DQ1h, m0, Tq, HEAD_D, BM)
     dq2 = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
-    _add_dq(dq2, DQ2h, m0, Tq, HEAD_D, BM, DQ_L, VEC_ATOMICS)
+    _add_dq(dq2, DQ2h, m0, Tq, HEAD_D, BM)
     return dk1, dk2, dv, acc_lam, acc_beta
 
 
 @gluon.jit
-def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr, DQ_L: gl.constexpr, VEC_ATOMICS: gl.constexpr):
-    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh. VEC_ATOMICS: as dq' rows, four consecutive
-    fp32 per thread (vector atomics, through a layout conversion in shared memory, which costs barriers); else one
-    fp32 atomic per element, straight from the product's layout. The addresses are formed from the tile's base (a
-    loop-carried value), so none is hoisted and held across the loop."""
-    if VEC_ATOMICS:
-        ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
-        qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-        qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
-        gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
-                      gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
-    else:
-        qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(1, DQ_L))
-        qm = gl.arange(0, BM, layout=gl.SliceLayout(0, DQ_L))
-        gl.atomic_add(DQh + m0 * HEAD_D + (qm[None, :] * HEAD_D + qd[:, None]), dq_t, mask=(m0 + qm < Tq)[None, :],
-                      sem="relaxed")
+def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
+    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
+    thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
+    from the product's layout ran 6-7% slower). The addresses are formed from the tile's base (a loop-carried value),
+    so none is hoisted and held across the loop."""
+    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
+    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
+    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
+    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
+                  gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
 
 
 @gluon.jit
@@ -224,145 +218,6 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
     rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
     cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
     gl.store(DKh + rows[:, None] * s_t + cols[None, :], dk.to(DKh.dtype.element_ty), mask=(rows < Tk)[:, None])
-
-
-@gluon.jit
-def _step(dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-          q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p,
-          inv_d, scale, Tq, Tk, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-          P_MODE: gl.constexpr, CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
-          S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, DQ_L: gl.constexpr):
-    """The query tile at row m0, the i-th of the program's n_tiles: start the copy of the next one into the other
-    stage of the ring, wait for this one, add its contribution."""
-    BM: gl.constexpr = BLOCK_M
-    BN: gl.constexpr = BLOCK_N
-    i = (m0 - m_lo) // BM
-    stage = i % STAGES
-    # every warp is done with the stage refilled next and with ds1_s, ds2_s of the previous tile
-    _cta_barrier()
-    if i + 1 < n_tiles:
-        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, (i + 1) % STAGES, b, h,
-                         m0 + BM)
-    mbarrier.wait(bars.index(stage), phase=(i // STAGES) & 1)
-    # The key-side tiles are indexed by a loop-varying zero (rows < 2^30): their products' 64-bit
-    # shared-memory descriptors are then formed in each iteration instead of being hoisted out of the
-    # loop, where the 32 of them (64 registers) were spilled.
-    z = m0 >> 30
-    k1_s = _rows(k1_buf.index(z), BN, HEAD_D)
-    k2_s = _rows(k2_buf.index(z), BN, HEAD_D)
-    v_s = _rows(v_buf.index(z), BN, HEAD_DV)
-    q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
-    q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
-    do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
-    return _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s, rk1, rk2,
-                       offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, NORMALIZE,
-                       P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
-
-
-@gluon.jit
-def paired_backward_kernel(
-    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
-    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
-    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
-    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
-    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
-):
-    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
-    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
-    BLOCK_N for k1, k2, v (descriptors())."""
-    BM: gl.constexpr = BLOCK_M
-    BN: gl.constexpr = BLOCK_N
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                  instr_shape=[16, BM, 16])
-    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                   instr_shape=[16, HEAD_D, 16])
-    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                   instr_shape=[16, HEAD_DV, 16])
-    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, NUM_WARPS // 4],
-                                                   instr_shape=[16, BM // (NUM_WARPS // 4), 16])
-    dtype: gl.constexpr = q1_desc.dtype
-
-    pid = gl.program_id(0)
-    bh = pid % num_bh
-    nblk = pid // num_bh
-    n0 = nblk * BN
-    b = bh // H
-    h = bh % H
-
-    # key-side operands, loaded once
-    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
-    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
-    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
-    # query-side ring
-    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
-    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
-    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
-    ds1_s = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
-    ds2_s = gl.allocate_shared_memory(dtype, [BN, BM], ds_layout)
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    bars = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(bars.index(s), count=1)
-
-    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
-    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
-    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
-
-    m_end = gl.cdiv(Tq, BM) * BM
-    if CAUSAL:
-        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM  # the first query row that sees key n0
-    else:
-        m_lo = 0
-    n_tiles = (m_end - m_lo) // BM
-    if n_tiles > 0:
-        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, 0, b, h, m_lo)
-
-    offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, S_L))
-    key_ok = offs_n < Tk
-    bhk = b * H + h
-    if NORMALIZE:
-        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
-        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
-    else:
-        rk1 = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-        rk2 = rk1
-    lam = gl.load(LAM + h)
-    beta = gl.load(BETA + h)
-    acc_lam = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-    acc_beta = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-    dk1 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
-    dk2 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
-    dv = gl.zeros([BN, HEAD_DV], gl.float32, layout=DV_L)
-    RQ1h = RQ1 + bhk * Tq
-    RQ2h = RQ2 + bhk * Tq
-    DQ1h = DQ1ACC + bhk * Tq * HEAD_D
-    DQ2h = DQ2ACC + bhk * Tq * HEAD_D
-    mbarrier.wait(kv_bar, phase=0)
-
-    for m0 in range(m_lo, m_end, BM):
-        dk1, dk2, dv, acc_lam, acc_beta = _step(
-            dk1, dk2, dv, acc_lam, acc_beta, k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, bars, ds1_s, ds2_s,
-            q1_desc, q2_desc, do_desc, b, h, m0, m_lo, n_tiles, rk1, rk2, offs_n, RQ1h, RQ2h, DQ1h, DQ2h,
-            lam, beta, p, inv_d, scale, Tq, Tk, HEAD_D, HEAD_DV, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD,
-            S_L, DK_L, DV_L, DQ_L)
-
-    mbarrier.invalidate(kv_bar)
-    for s in gl.static_range(STAGES):
-        mbarrier.invalidate(bars.index(s))
-    if LAM_GRAD:
-        gl.store(LAM_PART + bhk * num_n_blocks + nblk, -gl.sum(acc_lam, axis=0))
-    if BETA_GRAD:
-        gl.store(BETA_PART + bhk * num_n_blocks + nblk, -p * gl.sum(acc_beta, axis=0))
-    _finish_keys(dk1, _rows(k1_buf.index(0), BN, HEAD_D), rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
-    _finish_keys(dk2, _rows(k2_buf.index(0), BN, HEAD_D), rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
-    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
-    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
-    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
-             mask=(rows < Tk)[:, None])
 
 
 @functools.lru_cache(maxsize=None)
@@ -384,8 +239,6 @@ def grid(Tk: int, B: int, H: int) -> int:
     return triton.cdiv(Tk, BLOCK_N.value) * B * H
 
 
-# ---- experiment: the copy-engine loads issued by a one-warp partition of their own ----
-
 @gluon.jit
 def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles):
     """Fills the query-side ring: tile i into stage i % STAGES once the compute warps have released it."""
@@ -397,10 +250,10 @@ def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, read
 
 @gluon.jit
 def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
-                       VEC_ATOMICS: gl.constexpr):
-    """paired_backward_kernel's work in its 8 warps, without the loads: wait for a stage, add the tile, release the
-    stage; dS through two alternating buffers, so one barrier per tile (before the dQ products) suffices."""
+                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr):
+    """The kernel's 8 compute warps (two warpgroups of 64 keys): for each query tile, wait for its ring stage, add
+    its contribution, release the stage; dS goes through two alternating buffers, so one barrier of these warps per
+    tile (before the dQ products) suffices. Then dK1, dK2, dV and the dlam/dbeta partials are written."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs = smem
     RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
@@ -451,7 +304,7 @@ def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.co
         dk1, dk2, dv, acc_lam, acc_beta = _query_tile(
             dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_bufs.index(i % 2),
             ds2_bufs.index(i % 2), rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L, VEC_ATOMICS)
+            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
         # every product reading this stage has completed (synchronous): hand it back to the loader
         mbarrier.arrive(empty.index(stage), count=1)
     if LAM_GRAD:
@@ -469,16 +322,21 @@ def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.co
 
 
 @gluon.jit
-def paired_backward_loader_kernel(
+def paired_backward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
     DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, VEC_ATOMICS: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
 ):
-    """paired_backward_kernel's contract, its loads issued by a one-warp partition (launch with num_warps=8 and a
-    register cap that leaves the compute warps ~240: maxnreg=168 for the 12 warps the hardware allocates)."""
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
+    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
+    BLOCK_N for k1, k2, v (descriptors()). Launch with num_warps=NUM_WARPS and maxnreg=MAX_REGISTERS.
+
+    The program loads its k1, k2, v block once; a one-warp partition then streams the query tiles through the
+    ring (its copies issued apart from the compute warps, which Gluon's copy issue would otherwise wrap in barriers
+    of the whole block: 3-4% faster than issuing them from the compute warps, BENCHMARKS.md)."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q1_desc.dtype
@@ -519,7 +377,6 @@ def paired_backward_loader_kernel(
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
-        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD,
-                              VEC_ATOMICS)),
+        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
     ], [1], [24])

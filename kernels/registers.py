@@ -80,13 +80,11 @@ def compile_only(arch: int) -> Iterator[None]:
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
     on_hopper, fused_kernel = launch.on_hopper, gluon_backward.paired_backward_kernel
-    loader_kernel = gluon_backward.paired_backward_loader_kernel
     driver.set_active(_CompileTarget(arch))
     try:
         for name, kernel in originals.items():
             setattr(launch, name, _CompileOnly(kernel))
         gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
-        gluon_backward.paired_backward_loader_kernel = _CompileOnly(loader_kernel)
         launch.on_hopper = lambda x: arch == 90  # the target compiled for, whatever the tensors' device
         launch._chosen.clear()
         yield
@@ -94,7 +92,6 @@ def compile_only(arch: int) -> Iterator[None]:
         for name, kernel in originals.items():
             setattr(launch, name, kernel)
         gluon_backward.paired_backward_kernel = fused_kernel
-        gluon_backward.paired_backward_loader_kernel = loader_kernel
         launch.on_hopper = on_hopper
         launch._chosen.clear()
         driver.set_active(previous)
