@@ -31,6 +31,7 @@ BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
+PINGPONG = False              # experiment: paired_backward_pingpong_kernel instead
 MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, padding): compute ones get 240
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
@@ -138,16 +139,16 @@ def _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars,
 
 
 @gluon.jit
-def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
-                rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-                HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
-                LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-                DV_L: gl.constexpr, DQ_L: gl.constexpr):
-    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta. The products
-    are synchronous: issuing them asynchronously, so that one view's elementwise work overlaps the next
-    product, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
+def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
+              rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
+              NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
+              LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
+              DV_L: gl.constexpr, BN: gl.constexpr):
+    """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
+    dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. The products are synchronous: issuing them
+    asynchronously, so that one view's elementwise work overlaps the next product, held more registers and ran
+    2-19% slower (BENCHMARKS.md)."""
     BM: gl.constexpr = BLOCK_M
-    BN: gl.constexpr = BLOCK_N
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     # Vectors over the query rows cost BM / 4 registers each in this layout: each is made where it is used.
@@ -180,6 +181,21 @@ def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do
     dk2 = warpgroup_mma(gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2)), q2_s, dk2)
     dv = warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2)), do_s, dv)
     ds2_s.store(ds2)
+    return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@gluon.jit
+def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
+                rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
+                HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
+                LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
+                DV_L: gl.constexpr, DQ_L: gl.constexpr):
+    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta."""
+    BM: gl.constexpr = BLOCK_M
+    dk1, dk2, dv, acc_lam, acc_beta = _key_side(
+        dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s, rk1, rk2, offs_n, m0,
+        RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
+        DV_L, BLOCK_N)
     # dq' = dS . k sums over the whole key block (both warpgroups' keys): dS^T goes through shared memory, and
     # the product is taken transposed, dq'^T = k^T . dS^T, so that the head dimension is its M side
     fence_async_shared()
@@ -380,3 +396,173 @@ def paired_backward_kernel(
         (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
     ], [1], [24])
+
+
+# ---- experiment: each warpgroup a partition of its own (64 keys), dQ of the previous tile one view each ----
+
+@gluon.jit
+def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
+                 DQ_L: gl.constexpr):
+    """dq'^T of view W + 1 for tile j (rows m_lo + j BM ..) over all BLOCK_N keys, once both warpgroups have stored
+    their dS of tile j; the dS buffer is released to both, then the result added with atomics."""
+    BM: gl.constexpr = BLOCK_M
+    mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
+    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
+    dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
+    mbarrier.arrive(ds_free.index(j % 2), count=1)
+    _add_dq(dq, DQh, m_lo + j * BM, Tq, HEAD_D, BM)
+
+
+@gluon.jit
+def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
+                         NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
+                         BETA_GRAD: gl.constexpr):
+    """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
+    tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
+    buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products."""
+    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
+        ds_free = smem
+    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
+        num_n_blocks, scale, p, inv_d = scalars
+    BM: gl.constexpr = BLOCK_M
+    KB: gl.constexpr = BLOCK_N // 2
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_D, 16])
+    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_DV, 16])
+    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    offs_n = n0 + W * KB + gl.arange(0, KB, layout=gl.SliceLayout(1, S_L))
+    key_ok = offs_n < Tk
+    bhk = b * H + h
+    if NORMALIZE:
+        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+    else:
+        rk1 = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+        rk2 = rk1
+    lam = gl.load(LAM + h)
+    beta = gl.load(BETA + h)
+    acc_lam = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+    acc_beta = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+    dk1 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    dk2 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
+    RQ1h = RQ1 + bhk * Tq
+    RQ2h = RQ2 + bhk * Tq
+    if W == 0:
+        DQh = DQ1ACC + bhk * Tq * HEAD_D
+        ds_bufs = ds1_bufs
+    else:
+        DQh = DQ2ACC + bhk * Tq * HEAD_D
+        ds_bufs = ds2_bufs
+    m_end = m_lo + n_tiles * BM
+    mbarrier.wait(kv_bar, phase=0)
+    for m0 in range(m_lo, m_end, BM):
+        i = (m0 - m_lo) // BM
+        stage = i % STAGES
+        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+        z = m0 >> 30
+        k1_s = _rows(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        k2_s = _rows(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+        q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
+        q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
+        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+        # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
+        mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
+        dk1, dk2, dv, acc_lam, acc_beta = _key_side(
+            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
+            ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
+            RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
+            DV_L, KB)
+        fence_async_shared()
+        _cta_barrier()
+        mbarrier.arrive(ds_ready.index(i % 2), count=1)
+        mbarrier.arrive(empty.index(stage), count=1)
+        if i > 0:
+            k_view = _rows((k1_buf if W == 0 else k2_buf).index(z), BLOCK_N, HEAD_D)
+            _dq_previous(W, i - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+    if n_tiles > 0:
+        k_view = _rows((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
+        _dq_previous(W, n_tiles - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+    part = bhk * (2 * num_n_blocks) + 2 * nblk + W
+    if LAM_GRAD:
+        gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
+    if BETA_GRAD:
+        gl.store(BETA_PART + part, -p * gl.sum(acc_beta, axis=0))
+    k1_s = _rows(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k2_s = _rows(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
+    _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
+    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
+    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rows < Tk)[:, None])
+
+
+@gluon.jit
+def paired_backward_pingpong_kernel(
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+):
+    """paired_backward_kernel's contract with three partitions: warpgroup 0 (4 warps, the default), warpgroup 1
+    (4 warps) and the loader (1 warp); LAM_PART, BETA_PART hold (B, H, 2 num_n_blocks) partial sums, one per
+    warpgroup. Launch with num_warps=4 and maxnreg=MAX_REGISTERS."""
+    BM: gl.constexpr = BLOCK_M
+    BN: gl.constexpr = BLOCK_N
+    dtype: gl.constexpr = q1_desc.dtype
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    nblk = pid // num_bh
+    n0 = nblk * BN
+    b = bh // H
+    h = bh % H
+    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
+    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
+    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
+    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+    for s in gl.static_range(2):
+        mbarrier.init(ds_ready.index(s), count=2)
+        mbarrier.init(ds_free.index(s), count=2)
+    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
+    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+    m_end = gl.cdiv(Tq, BM) * BM
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
+    else:
+        m_lo = 0
+    n_tiles = (m_end - m_lo) // BM
+    smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
+            ds_free)
+    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
+    scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
+               n_tiles, num_n_blocks, scale, p, inv_d)
+    gl.warp_specialize([
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
+                                BETA_GRAD)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
+                                BETA_GRAD)),
+        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
+    ], [4, 1], [240, 24])
