@@ -3,17 +3,23 @@
 The Triton backward of two views splits into a dK/dV kernel and a dQ kernel that recomputes both
 views' scores and dA (14 tensor-core products of width 64 per tile pair instead of 10), because a fused
 Triton kernel holding dK1, dK2 and dV spills (BENCHMARKS.md). Gluon, Triton's lower-level language,
-lets this kernel place every operand itself: k1, k2, v stay in shared memory (loaded once by the copy
-engine), the query-side tiles q1, q2, dO stream through a two-stage ring of copy-engine loads issued by a
-warp of their own, the score
-tiles are laid out (keys, queries) across two warpgroups of 64 keys each, and dS1, dS2 go through shared
-memory once per tile to give dQ1, dQ2 = dS . k as products over the whole key block, added with fp32
-atomics (the dQ buffer of the Triton path). Ten products per tile pair, nothing recomputed.
+lets this kernel place every operand itself and split the work between partitions of warps:
+
+- one program per 128 keys: k1, k2, v stay in shared memory (loaded once by the copy engine);
+- a one-warp loader partition streams the query-side tiles q1, q2, dO (32 rows) through a two-stage ring;
+- each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dA, both
+  views' scores, its dK1, dK2, dV (registers) and its half of dS1, dS2 (into a shared buffer, two of them in
+  turn), then dq' of the previous tile for one view (warpgroup 0: view 1, warpgroup 1: view 2) over all 128
+  keys, dq'^T = k^T . dS^T, added with fp32 vector atomics into the dQ buffers of the Triton path.
+
+The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
+other's products; with both in one partition, in step, the kernel was 9-10% slower (BENCHMARKS.md). Ten
+products per tile pair, nothing recomputed.
 
 Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
-dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the per-key-block partial sums of dlam and
-dbeta; dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query head,
-q/k head dimension 64, v's a power of two up to 128, rows readable by tensor descriptors; the launcher
+dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the partial sums of dlam and dbeta (one per key block
+and warpgroup); dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query
+head, q/k head dimension 64, v's a power of two up to 128, rows readable by tensor descriptors; the launcher
 checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
 """
 
@@ -29,10 +35,10 @@ from .triton_math import NORM_EPS
 
 BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
-NUM_WARPS = gl.constexpr(8)
+NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
-PINGPONG = False              # experiment: paired_backward_pingpong_kernel instead
-MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, padding): compute ones get 240
+MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
+PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
@@ -185,30 +191,6 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
 
 
 @gluon.jit
-def _query_tile(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
-                rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-                HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
-                LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-                DV_L: gl.constexpr, DQ_L: gl.constexpr):
-    """One query tile's contribution: dK1, dK2, dV (registers), dq'1, dq'2 (atomics), dlam, dbeta."""
-    BM: gl.constexpr = BLOCK_M
-    dk1, dk2, dv, acc_lam, acc_beta = _key_side(
-        dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s, rk1, rk2, offs_n, m0,
-        RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
-        DV_L, BLOCK_N)
-    # dq' = dS . k sums over the whole key block (both warpgroups' keys): dS^T goes through shared memory, and
-    # the product is taken transposed, dq'^T = k^T . dS^T, so that the head dimension is its M side
-    fence_async_shared()
-    _cta_barrier()
-    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
-    dq1 = warpgroup_mma(k1_s.permute((1, 0)), ds1_s, zero_q, use_acc=False)
-    _add_dq(dq1, DQ1h, m0, Tq, HEAD_D, BM)
-    dq2 = warpgroup_mma(k2_s.permute((1, 0)), ds2_s, zero_q, use_acc=False)
-    _add_dq(dq2, DQ2h, m0, Tq, HEAD_D, BM)
-    return dk1, dk2, dv, acc_lam, acc_beta
-
-
-@gluon.jit
 def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
     """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
     thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
@@ -263,142 +245,6 @@ def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, read
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
         _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, stage, b, h, m_lo + i * BLOCK_M)
 
-
-@gluon.jit
-def _compute_partition(smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-                       CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr):
-    """The kernel's 8 compute warps (two warpgroups of 64 keys): for each query tile, wait for its ring stage, add
-    its contribution, release the stage; dS goes through two alternating buffers, so one barrier of these warps per
-    tile (before the dQ products) suffices. Then dK1, dK2, dV and the dlam/dbeta partials are written."""
-    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs = smem
-    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
-    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
-        num_n_blocks, scale, p, inv_d = scalars
-    BM: gl.constexpr = BLOCK_M
-    BN: gl.constexpr = BLOCK_N
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                  instr_shape=[16, BM, 16])
-    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                   instr_shape=[16, HEAD_D, 16])
-    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[NUM_WARPS, 1],
-                                                   instr_shape=[16, HEAD_DV, 16])
-    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, NUM_WARPS // 4],
-                                                   instr_shape=[16, BM // (NUM_WARPS // 4), 16])
-    offs_n = n0 + gl.arange(0, BN, layout=gl.SliceLayout(1, S_L))
-    key_ok = offs_n < Tk
-    bhk = b * H + h
-    if NORMALIZE:
-        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
-        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
-    else:
-        rk1 = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-        rk2 = rk1
-    lam = gl.load(LAM + h)
-    beta = gl.load(BETA + h)
-    acc_lam = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-    acc_beta = gl.zeros([BN], gl.float32, layout=gl.SliceLayout(1, S_L))
-    dk1 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
-    dk2 = gl.zeros([BN, HEAD_D], gl.float32, layout=DK_L)
-    dv = gl.zeros([BN, HEAD_DV], gl.float32, layout=DV_L)
-    RQ1h = RQ1 + bhk * Tq
-    RQ2h = RQ2 + bhk * Tq
-    DQ1h = DQ1ACC + bhk * Tq * HEAD_D
-    DQ2h = DQ2ACC + bhk * Tq * HEAD_D
-    m_end = m_lo + n_tiles * BM
-    mbarrier.wait(kv_bar, phase=0)
-    for m0 in range(m_lo, m_end, BM):
-        i = (m0 - m_lo) // BM
-        stage = i % STAGES
-        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-        z = m0 >> 30
-        k1_s = _rows(k1_buf.index(z), BN, HEAD_D)
-        k2_s = _rows(k2_buf.index(z), BN, HEAD_D)
-        v_s = _rows(v_buf.index(z), BN, HEAD_DV)
-        q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
-        q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
-        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
-        dk1, dk2, dv, acc_lam, acc_beta = _query_tile(
-            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_bufs.index(i % 2),
-            ds2_bufs.index(i % 2), rk1, rk2, offs_n, m0, RQ1h, RQ2h, DQ1h, DQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
-            HEAD_D, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, DQ_L)
-        # every product reading this stage has completed (synchronous): hand it back to the loader
-        mbarrier.arrive(empty.index(stage), count=1)
-    if LAM_GRAD:
-        gl.store(LAM_PART + bhk * num_n_blocks + nblk, -gl.sum(acc_lam, axis=0))
-    if BETA_GRAD:
-        gl.store(BETA_PART + bhk * num_n_blocks + nblk, -p * gl.sum(acc_beta, axis=0))
-    _finish_keys(dk1, _rows(k1_buf.index(0), BN, HEAD_D), rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t,
-                 HEAD_D, NORMALIZE, DK_L)
-    _finish_keys(dk2, _rows(k2_buf.index(0), BN, HEAD_D), rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t,
-                 HEAD_D, NORMALIZE, DK_L)
-    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
-    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
-    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
-             mask=(rows < Tk)[:, None])
-
-
-@gluon.jit
-def paired_backward_kernel(
-    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
-    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
-    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
-    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
-    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
-):
-    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
-    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
-    BLOCK_N for k1, k2, v (descriptors()). Launch with num_warps=NUM_WARPS and maxnreg=MAX_REGISTERS.
-
-    The program loads its k1, k2, v block once; a one-warp partition then streams the query tiles through the
-    ring (its copies issued apart from the compute warps, which Gluon's copy issue would otherwise wrap in barriers
-    of the whole block: 3-4% faster than issuing them from the compute warps, BENCHMARKS.md)."""
-    BM: gl.constexpr = BLOCK_M
-    BN: gl.constexpr = BLOCK_N
-    dtype: gl.constexpr = q1_desc.dtype
-    pid = gl.program_id(0)
-    bh = pid % num_bh
-    nblk = pid // num_bh
-    n0 = nblk * BN
-    b = bh // H
-    h = bh % H
-    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
-    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
-    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
-    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
-    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
-    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
-    ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
-    ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
-    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=1)
-    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
-    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
-    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
-    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
-    m_end = gl.cdiv(Tq, BM) * BM
-    if CAUSAL:
-        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
-    else:
-        m_lo = 0
-    n_tiles = (m_end - m_lo) // BM
-    smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs)
-    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
-    scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
-               n_tiles, num_n_blocks, scale, p, inv_d)
-    gl.warp_specialize([
-        (_compute_partition, (smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD, BETA_GRAD)),
-        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
-    ], [1], [24])
-
-
-# ---- experiment: each warpgroup a partition of its own (64 keys), dQ of the previous tile one view each ----
 
 @gluon.jit
 def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
@@ -487,7 +333,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     if n_tiles > 0:
         k_view = _rows((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
         _dq_previous(W, n_tiles - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
-    part = bhk * (2 * num_n_blocks) + 2 * nblk + W
+    part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
     if LAM_GRAD:
         gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
     if BETA_GRAD:
@@ -503,7 +349,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 
 @gluon.jit
-def paired_backward_pingpong_kernel(
+def paired_backward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
     DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
@@ -511,9 +357,11 @@ def paired_backward_pingpong_kernel(
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
     P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
 ):
-    """paired_backward_kernel's contract with three partitions: warpgroup 0 (4 warps, the default), warpgroup 1
-    (4 warps) and the loader (1 warp); LAM_PART, BETA_PART hold (B, H, 2 num_n_blocks) partial sums, one per
-    warpgroup. Launch with num_warps=4 and maxnreg=MAX_REGISTERS."""
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
+    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
+    BLOCK_N for k1, k2, v (descriptors()). LAM_PART, BETA_PART hold (B, H, PARTIALS_PER_BLOCK * num_n_blocks)
+    partial sums. Three partitions: warpgroup 0 (the default, 4 warps), warpgroup 1 (4 warps) and the loader
+    (1 warp): launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q1_desc.dtype

@@ -251,23 +251,21 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,
                     need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc) -> torch.Tensor:
-    """Launch the fused Gluon backward; returns dlam's and dbeta's (2, B, H, key blocks) partial sums."""
+    """Launch the fused Gluon backward; returns dlam's and dbeta's partial sums, (2, B, H, partials per key block)."""
     from . import gluon_backward as gb
 
     B, H, Tq, d = q1.shape
     Tk, dv_dim = k1.shape[2], v.shape[-1]
     nb = triton.cdiv(Tk, gb.BLOCK_N.value)
-    pp = gb.PINGPONG
-    partials = _new_output((2, B, H, 2 * nb if pp else nb), torch.float32, q1.device)
+    partials = _new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
     if q1.is_cuda:  # (kernels.registers compiles it with CPU tensors)
         _bind_cuda_context(q1.device)
-    kernel = gb.paired_backward_pingpong_kernel if pp else gb.paired_backward_kernel
-    last_compiled["fused"] = kernel[(gb.grid(Tk, B, H),)](
+    last_compiled["fused"] = gb.paired_backward_kernel[(gb.grid(Tk, B, H),)](
         *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
         partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
         H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d,
         HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
-        BETA_GRAD=need_dbeta, num_warps=4 if pp else gb.NUM_WARPS.value, maxnreg=gb.MAX_REGISTERS)
+        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS)
     return partials
 
 

@@ -3,7 +3,8 @@ its own (64 keys; dQ of the previous tile, one view per warpgroup, the two meeti
 mbarriers) against the default fused kernel and the Triton split in the same run: exactness on awkward shapes
 (max |x - split| / max |split|), then backward alone at the benchmark's paired shape, alternating.
 
-    PYTHONPATH=. python results/gpu_2026-11-29e/pingpong_ab.py
+    PYTHONPATH=. python results/gpu_2026-11-29e/pingpong_ab.py   (ran on commit 7c6ab84 of experiment/gluon-pingpong,
+    where gluon_backward.PINGPONG chose the kernel; it became the only fused kernel after)
 """
 import torch
 import triton
