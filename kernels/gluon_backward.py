@@ -38,7 +38,6 @@ BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
 MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
-START_OFFSET = False          # experiment: warpgroup 1 starts when warpgroup 0 is half through its first tile
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
@@ -150,7 +149,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
               NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
               LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-              DV_L: gl.constexpr, BN: gl.constexpr, start_bar=None, signal=False, SIGNAL: gl.constexpr = False):
+              DV_L: gl.constexpr, BN: gl.constexpr):
     """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
     dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. The products are synchronous: issuing them
     asynchronously, so that one view's elementwise work overlaps the next product, held more registers and ran
@@ -172,9 +171,6 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     ds1 = (g1 * _query_factor(RQ1h, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :]).to(q1_s.dtype)
     dk1 = warpgroup_mma(gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2)), q1_s, dk1)
     ds1_s.store(ds1)
-    if SIGNAL:
-        if signal:  # half the tile done: the other warpgroup may start (its products then fall in this one's
-            mbarrier.arrive(start_bar, count=1)  # elementwise work and back)
     # view 2, its weights entering with -lam
     s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False)
     up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
@@ -266,12 +262,12 @@ def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free,
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
-                         BETA_GRAD: gl.constexpr, OFFSET: gl.constexpr):
+                         BETA_GRAD: gl.constexpr):
     """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
     tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
     buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
-        ds_free, start_bar = smem
+        ds_free = smem
     RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
         num_n_blocks, scale, p, inv_d = scalars
@@ -309,9 +305,6 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         ds_bufs = ds2_bufs
     m_end = m_lo + n_tiles * BM
     mbarrier.wait(kv_bar, phase=0)
-    if OFFSET and W == 1:
-        if n_tiles > 0:
-            mbarrier.wait(start_bar, 0)
     for m0 in range(m_lo, m_end, BM):
         i = (m0 - m_lo) // BM
         stage = i % STAGES
@@ -329,7 +322,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
             dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
             ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
             RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
-            DV_L, KB, start_bar, i == 0, OFFSET and W == 0)
+            DV_L, KB)
         fence_async_shared()
         _cta_barrier()
         mbarrier.arrive(ds_ready.index(i % 2), count=1)
@@ -362,7 +355,7 @@ def paired_backward_kernel(
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, OFFSET: gl.constexpr = False,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
     4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
@@ -392,9 +385,7 @@ def paired_backward_kernel(
     empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    start_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
-    mbarrier.init(start_bar, count=1)
     for s in gl.static_range(STAGES):
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)
@@ -412,14 +403,14 @@ def paired_backward_kernel(
         m_lo = 0
     n_tiles = (m_end - m_lo) // BM
     smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
-            ds_free, start_bar)
+            ds_free)
     ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, OFFSET)),
+                                BETA_GRAD)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, OFFSET)),
+                                BETA_GRAD)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
     ], [4, 1], [240, 24])

@@ -3,7 +3,8 @@ warpgroup 1 starting when warpgroup 0 is half through its first tile (gluon_back
 Triton split in the same process: exactness on awkward shapes (max |x - split| / max |split|), then backward alone
 at the benchmark's paired shape, alternating. One process per ring depth (a compile-time global of the kernel).
 
-    PYTHONPATH=. python results/gpu_2026-11-29e/pp_variants_ab.py 2
+    PYTHONPATH=. python results/gpu_2026-11-29e/pp_variants_ab.py 2   (ran on commit 9e1c5fa of
+    experiment/gluon-pingpong; neither variant was kept: pp_variants_ab.log)
 """
 import sys
 
