@@ -234,10 +234,15 @@ def gluon_available() -> bool:
     return True
 
 
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)  # (else a device query on every backward call)
+
+
 def on_hopper(x: torch.Tensor) -> bool:
     """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted (kernels.registers
     replaces this to compile the fused backward on a CPU)."""
-    return not interpreting() and x.is_cuda and torch.cuda.get_device_capability(x.device) == (9, 0)
+    return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
 
 
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
@@ -342,10 +347,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     if atomic:
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
-        for acc, q, rq, dq in ((dq_acc, q1, rq1, dq1), (dq2_acc, q2, rq2, dq2))[:2 if two else 1]:
-            dq_finish_kernel[(B * H * nm,)](acc, q, rq, dq, *q.stride(), *dq.stride()[:3], H, Tq, nm, float(p),
-                                            HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
-                                            NORMALIZE=normalize)
+        dq2_ = dq2 if two else dq1
+        dq_finish_kernel[(B * H * nm, 2 if two else 1)](
+            dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
+            B, H, Tq, nm, float(p), HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=normalize)
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return triton.cdiv(Tq, cfg.block_m) * B * H

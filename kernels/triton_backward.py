@@ -475,17 +475,8 @@ def dq_kernel(
 
 
 @triton.jit
-def dq_finish_kernel(
-    ACC, Q, RQ, DQ, sq_b, sq_h, sq_t, sq_d, sdq_b, sdq_h, sdq_t, H, Tq, num_m_blocks, p,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
-):
-    """DQ = p (ACC - r^2 (q . ACC) q) (or p ACC). ACC fp32 contiguous (B, H, Tq, HEAD_D); DQ of that shape
-    with strides sdq_* (the last dimension contiguous)."""
-    pid = tl.program_id(0)
-    bh = (pid // num_m_blocks).to(tl.int64)
-    m0 = (pid % num_m_blocks) * BLOCK_M
-    b = bh // H
-    h = bh % H
+def _finish_dq_rows(ACC, Q, RQ, DQ, b, h, bh, m0, sq_b, sq_h, sq_t, sq_d, sdq_b, sdq_h, sdq_t, Tq, p,
+                    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr):
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     row_ok = offs_m < Tq
@@ -498,3 +489,25 @@ def dq_finish_kernel(
     dq_off = b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :]
     tl.store(DQ + dq_off, normalize_backward(acc, q, r, p, NORMALIZE).to(DQ.dtype.element_ty),
              mask=row_ok[:, None] & d_ok[None, :])
+
+
+@triton.jit
+def dq_finish_kernel(
+    ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
+    sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
+):
+    """DQv = p (ACCv - r^2 (q . ACCv) q) (or p ACCv) for view v = program_id(1) (one launch for both views).
+    ACC fp32 contiguous (views, B, H, Tq, HEAD_D); DQv of shape (B, H, Tq, HEAD_D) with strides sdqv_* (the last
+    dimension contiguous)."""
+    pid = tl.program_id(0)
+    bh = (pid // num_m_blocks).to(tl.int64)
+    m0 = (pid % num_m_blocks) * BLOCK_M
+    b = bh // H
+    h = bh % H
+    if tl.program_id(1) == 0:
+        _finish_dq_rows(ACC, Q1, RQ1, DQ1, b, h, bh, m0, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t, Tq, p,
+                        HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
+    else:
+        _finish_dq_rows(ACC + B * H * Tq * HEAD_D, Q2, RQ2, DQ2, b, h, bh, m0, sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b,
+                        sdq2_h, sdq2_t, Tq, p, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
