@@ -296,7 +296,6 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     dev = q1.device
-    consts = _common_constexprs(q1, v, two, normalize, causal, p)
     need_dlam = need_dlam and two
     dk1 = new_rows_like(k1, d)
     dk2 = new_rows_like(k2, d) if two else None
@@ -335,6 +334,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
+    consts = None if fused else _common_constexprs(q1, v, two, normalize, causal, p)  # (the Triton kernels')
     if fused:
         partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale,
                                       causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
