@@ -39,7 +39,6 @@ BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
 MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
-BATCHED_MMA = False           # experiment: back-to-back products issued together, one wait
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
@@ -151,24 +150,20 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
               NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
               LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-              DV_L: gl.constexpr, BN: gl.constexpr, BATCHED: gl.constexpr = False):
+              DV_L: gl.constexpr, BN: gl.constexpr):
     """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
-    dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. The products are synchronous: issuing them
-    asynchronously, so that one view's elementwise work overlaps the next product, held more registers and ran
-    2-19% slower (BENCHMARKS.md)."""
+    dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. Products that follow one another are issued
+    together and waited for once (1.5-2.5% faster than a wait after each); issuing the next view's scores before
+    this view's elementwise work, so that the two overlap, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
     BM: gl.constexpr = BLOCK_M
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     # Vectors over the query rows cost BM / 4 registers each in this layout: each is made where it is used.
     # dA = v . dO^T and the scores, (keys, queries); one tile of each view is kept (max(u, 0), from which the
     # weight and its slope follow) to hold as few tiles as possible.
-    if BATCHED:
-        da_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        da, s1 = warpgroup_mma_wait(0, deps=[da_t, s1_t])
-    else:
-        da = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False)
-        s1 = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False)
+    da_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    da, s1 = warpgroup_mma_wait(0, deps=[da_t, s1_t])
     up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     g1 = _slope(up1, p, P_MODE) * da
     if BETA_GRAD:
@@ -176,17 +171,12 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     if NORMALIZE:
         g1 = g1 * rk1[:, None]
     ds1 = (g1 * _query_factor(RQ1h, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :]).to(q1_s.dtype)
-    if BATCHED:
-        ds1_op = gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2))
-        dk1_t = warpgroup_mma(ds1_op, q1_s, dk1, is_async=True)
-        ds1_s.store(ds1)
-        s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
-        dk1, s2, ds1_op = warpgroup_mma_wait(0, deps=[dk1_t, s2_t, ds1_op])
-    else:
-        dk1 = warpgroup_mma(gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2)), q1_s, dk1)
-        ds1_s.store(ds1)
-        # view 2, its weights entering with -lam
-        s2 = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False)
+    ds1_op = gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2))
+    dk1_t = warpgroup_mma(ds1_op, q1_s, dk1, is_async=True)
+    ds1_s.store(ds1)
+    # view 2, its weights entering with -lam
+    s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dk1, s2, ds1_op = warpgroup_mma_wait(0, deps=[dk1_t, s2_t, ds1_op])
     up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     a2 = _power(up2, p, P_MODE)
     if LAM_GRAD:
@@ -198,17 +188,12 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     if NORMALIZE:
         g2 = g2 * rk2[:, None]
     ds2 = (g2 * (_query_factor(RQ2h, m0, Tq, scale, NORMALIZE, BM, Q_L) * -lam)[None, :]).to(q2_s.dtype)
-    if BATCHED:
-        ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
-        w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
-        dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
-        dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
-        ds2_s.store(ds2)
-        dk2, dv, ds2_op, w_op = warpgroup_mma_wait(0, deps=[dk2_t, dv_t, ds2_op, w_op])
-    else:
-        dk2 = warpgroup_mma(gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2)), q2_s, dk2)
-        dv = warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2)), do_s, dv)
-        ds2_s.store(ds2)
+    ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
+    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+    dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
+    dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
+    ds2_s.store(ds2)
+    dk2, dv, ds2_op, w_op = warpgroup_mma_wait(0, deps=[dk2_t, dv_t, ds2_op, w_op])
     return dk1, dk2, dv, acc_lam, acc_beta
 
 
@@ -284,7 +269,7 @@ def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free,
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
-                         BETA_GRAD: gl.constexpr, BATCHED: gl.constexpr):
+                         BETA_GRAD: gl.constexpr):
     """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
     tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
     buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products."""
@@ -344,7 +329,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
             dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
             ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
             RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
-            DV_L, KB, BATCHED)
+            DV_L, KB)
         fence_async_shared()
         _cta_barrier()
         mbarrier.arrive(ds_ready.index(i % 2), count=1)
@@ -377,7 +362,7 @@ def paired_backward_kernel(
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, BATCHED: gl.constexpr = False,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
     4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
@@ -431,8 +416,8 @@ def paired_backward_kernel(
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, BATCHED)),
+                                BETA_GRAD)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, BATCHED)),
+                                BETA_GRAD)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
     ], [4, 1], [240, 24])

@@ -270,8 +270,7 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, nor
         partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
         H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d,
         HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
-        BETA_GRAD=need_dbeta, BATCHED=gb.BATCHED_MMA, num_warps=gb.NUM_WARPS.value // 2,
-        maxnreg=gb.MAX_REGISTERS)
+        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS)
     return partials
 
 

@@ -4,7 +4,8 @@ gluon_backward.BATCHED_MMA) against the default and the Triton split in the same
 shapes (max |x - split| / max |split|), then backward alone at the benchmark's paired shape, alternating.
 With argv[1] == "bench" it runs the benchmark (argv[2:]) with the variant on; with "test", pytest (argv[2:]).
 
-    PYTHONPATH=. python results/gpu_2026-11-29e/batched_ab.py
+    PYTHONPATH=. python results/gpu_2026-11-29e/batched_ab.py   (ran on commit b948bd7 of experiment/gluon-batched-mma,
+    where gluon_backward.BATCHED_MMA chose the variant; it became the only form after)
 """
 import sys
 
