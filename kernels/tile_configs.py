@@ -94,7 +94,7 @@ def dv_pass_apart(two_views: bool) -> bool:
 
 def fused_paired_backward(head_d: int, head_dv: int) -> bool:
     """Whether two views take the fused Gluon backward (gluon_backward.py) where it fits (launch.gluon_backward_fits):
-    on an H200 it ran the paired backward 21-23% faster than the Triton dK/dV + dQ kernels at T = 4096-16384
+    on an H200 it ran the paired backward 23-26% faster than the Triton dK/dV + dQ kernels at T = 4096-16384
     (BENCHMARKS.md)."""
     return True
 
