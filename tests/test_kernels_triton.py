@@ -109,6 +109,28 @@ def test_projection_layout_comes_back_in_that_layout(monkeypatch, case, atomic):
             assert g.stride() == x[n].stride(), n
 
 
+def test_views_in_different_layouts_get_their_own_dq_layouts_with_atomics(monkeypatch):
+    """dQ by atomics finishes both views in one launch, each with its own strides: q1 contiguous and q2 in the
+    projections' layout come back as dq1, dq2 in those layouts, both matching the float64 reference."""
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: True)
+    calls = []
+    monkeypatch.setattr(launch, "dq_finish_kernel", _counting(launch.dq_finish_kernel, calls))
+    case = Case(T=53, d=32, dv=64, H=2, lam=(0.4, 1.2))
+    inputs = make_inputs(case, seed=8)
+    inputs["q2"] = _projection_layout(inputs["q2"])
+    assert inputs["q1"].stride() != inputs["q2"].stride()
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed=8)
+    assert all(v <= FP32_TOL for v in errors.values()), errors
+    assert [grid[1] for grid in calls] == [2]  # one launch, both views
+    x = {n: inputs[n].detach() for n in ("q1", "k1", "v", "q2", "k2")}
+    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], inputs["lam"], inputs["beta"], 2.0,
+                                 True, 1.0, True)
+    dq1, _, _, dq2, *_ = launch.backward(torch.randn_like(out), x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *norms,
+                                         inputs["lam"], inputs["beta"], 2.0, True, 1.0, True, True, False, False)
+    assert dq1.is_contiguous()  # q1: a (B, H, T, d) view into a guarded buffer
+    assert dq2.stride() == x["q2"].stride()  # q2: dense (B, T, H, d) seen as (B, H, T, d)
+
+
 def test_deterministic_path_matches_reference_and_repeats(monkeypatch):
     """One view accumulates dQ with atomics, except under torch.use_deterministic_algorithms,
     where the backward takes the atomic-free dQ kernel (two views always do)."""
