@@ -41,13 +41,14 @@ STAGES = gl.constexpr(2)      # depth of the query-side ring
 MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 
+# A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
-    def _cta_barrier():
+    def _partition_barrier():
         gl.thread_barrier()
 else:
     @gluon.jit
-    def _cta_barrier():
+    def _partition_barrier():
         gl.barrier()
 
 
@@ -331,7 +332,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
             RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
             DV_L, KB)
         fence_async_shared()
-        _cta_barrier()
+        _partition_barrier()
         mbarrier.arrive(ds_ready.index(i % 2), count=1)
         mbarrier.arrive(empty.index(stage), count=1)
         if i > 0:
