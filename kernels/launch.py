@@ -13,6 +13,7 @@ from typing import Callable, Optional
 
 import torch
 import triton
+from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
@@ -223,15 +224,38 @@ def fused_backward_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: 
             and head_dv in (16, 32, 64, 128))
 
 
+GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the fused backward is written in (3.5's warp_specialize differs)
+_gluon_failure: list[str] = []  # why the fused backward failed to compile here, once it has
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = len(piece) - len(piece.lstrip("0123456789"))
+        parts.append(int(piece[:digits]) if digits else 0)
+    return tuple(parts)
+
+
 @functools.lru_cache(maxsize=1)
 def gluon_available() -> bool:
-    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 do; an older
-    one takes the Triton kernels instead of failing)."""
+    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 do, checked by
+    compiling it; an older one takes the Triton kernels instead of failing)."""
+    if _version(triton.__version__) < GLUON_MIN_TRITON:
+        return False
     try:
         importlib.import_module(".gluon_backward", __package__)
     except (ImportError, AttributeError):
         return False
     return True
+
+
+def _gluon_failed(error: Exception) -> None:
+    """The fused backward did not compile with this Triton: say so once and take the Triton kernels from now on."""
+    import warnings
+
+    _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
+    warnings.warn(f"the fused Gluon backward does not compile with Triton {triton.__version__} "
+                  f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
 
 
 @functools.lru_cache(maxsize=None)
@@ -249,7 +273,7 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
     """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU, a layout it takes
     (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
-    return (q2 is not None and on_hopper(q1)
+    return (q2 is not None and not _gluon_failure and on_hopper(q1)
             and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
             and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
 
@@ -334,11 +358,15 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
-    consts = None if fused else _common_constexprs(q1, v, two, normalize, causal, p)  # (the Triton kernels')
     if fused:
-        partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale,
-                                      causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
-    else:
+        try:
+            partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize,
+                                          scale, causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
+        except CompilationError as error:  # nothing has run: the Triton kernels instead
+            _gluon_failed(error)
+            fused = False
+    consts = None if fused else _common_constexprs(q1, v, two, normalize, causal, p)  # (the Triton kernels')
+    if not fused:
         _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
                             need_dlam, need_dbeta, apart, config, dv_config)
 

@@ -25,6 +25,51 @@ def test_fused_backward_takes(dtype, heads, kv_heads, d, dv, takes):
     assert launch.fused_backward_takes(dtype, heads, kv_heads, d, dv) is takes
 
 
+@pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
+                                          ("4.0", (4, 0))])
+def test_triton_versions_read(text, version):
+    assert launch._version(text) == version
+
+
+def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
+    """Triton 3.5 has a Gluon whose warp_specialize the fused backward cannot compile with."""
+    monkeypatch.setattr(launch.triton, "__version__", "3.5.0")
+    launch.gluon_available.cache_clear()
+    try:
+        assert not launch.gluon_available()
+    finally:
+        monkeypatch.undo()
+        launch.gluon_available.cache_clear()
+    assert launch.gluon_available()
+
+
+def test_a_fused_backward_that_does_not_compile_hands_over_to_the_triton_kernels(monkeypatch):
+    """Were a Triton to refuse the Gluon kernel, the backward warns once, takes the Triton kernels (results as exact
+    as ever) and does not try again."""
+    from triton.compiler.errors import CompilationError
+
+    from kernels.autograd import threshold_attention_triton
+    from kernels_float64 import Case, make_inputs, run_and_compare
+
+    tries = []
+
+    def refuse(*args, **kwargs):
+        tries.append(1)
+        raise CompilationError("kernel source", None, "unsupported in this Triton")
+
+    monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
+    monkeypatch.setattr(launch, "_gluon_backward", refuse)
+    monkeypatch.setattr(launch, "_gluon_failure", [])
+    monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
+    case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="does not compile with Triton"):
+        errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=4), seed=4)
+    assert all(v <= 1e-2 for v in errors.values()), errors
+    assert tries == [1] and launch._gluon_failure
+    run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=5), seed=5)
+    assert tries == [1]
+
+
 def test_fits_nothing_off_hopper():
     """On CPU tensors (and under the interpreter) the Triton path is taken, whatever the layout."""
     x = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
