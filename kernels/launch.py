@@ -250,11 +250,12 @@ def gluon_available() -> bool:
 
 
 def _gluon_failed(error: Exception) -> None:
-    """The fused backward did not compile with this Triton: say so once and take the Triton kernels from now on."""
+    """The fused backward did not compile with this Triton, or its launch found too few resources (nothing ran
+    either way): say so once and take the Triton kernels from now on."""
     import warnings
 
     _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
-    warnings.warn(f"the fused Gluon backward does not compile with Triton {triton.__version__} "
+    warnings.warn(f"the fused Gluon backward cannot run with Triton {triton.__version__} on this GPU "
                   f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
 
 
@@ -362,7 +363,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         try:
             partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize,
                                           scale, causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
-        except CompilationError as error:  # nothing has run: the Triton kernels instead
+        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
             _gluon_failed(error)
             fused = False
     consts = None if fused else _common_constexprs(q1, v, two, normalize, causal, p)  # (the Triton kernels')

@@ -43,10 +43,12 @@ def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
     assert launch.gluon_available()
 
 
-def test_a_fused_backward_that_does_not_compile_hands_over_to_the_triton_kernels(monkeypatch):
-    """Were a Triton to refuse the Gluon kernel, the backward warns once, takes the Triton kernels (results as exact
-    as ever) and does not try again."""
+@pytest.mark.parametrize("failure", ["compile", "resources"])
+def test_a_fused_backward_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure):
+    """Were a Triton to refuse the Gluon kernel, or a GPU to lack the shared memory for it, the backward warns once,
+    takes the Triton kernels (results as exact as ever) and does not try again."""
     from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
 
     from kernels.autograd import threshold_attention_triton
     from kernels_float64 import Case, make_inputs, run_and_compare
@@ -55,14 +57,16 @@ def test_a_fused_backward_that_does_not_compile_hands_over_to_the_triton_kernels
 
     def refuse(*args, **kwargs):
         tries.append(1)
-        raise CompilationError("kernel source", None, "unsupported in this Triton")
+        if failure == "compile":
+            raise CompilationError("kernel source", None, "unsupported in this Triton")
+        raise OutOfResources(300000, 232448, "shared memory")
 
     monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
     monkeypatch.setattr(launch, "_gluon_backward", refuse)
     monkeypatch.setattr(launch, "_gluon_failure", [])
     monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
     case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
-    with pytest.warns(RuntimeWarning, match="does not compile with Triton"):
+    with pytest.warns(RuntimeWarning, match="cannot run with Triton"):
         errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=4), seed=4)
     assert all(v <= 1e-2 for v in errors.values()), errors
     assert tries == [1] and launch._gluon_failure
