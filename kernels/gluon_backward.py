@@ -13,7 +13,7 @@ lets this kernel place every operand itself and split the work between partition
   keys, dq'^T = k^T . dS^T, added with fp32 vector atomics into the dQ buffers of the Triton path.
 
 The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
-other's products; with both in one partition, in step, the kernel was 9-10% slower (BENCHMARKS.md). Ten
+other's products; with both in one partition, in step, the kernel took 9-11% longer (BENCHMARKS.md). Ten
 products per tile pair, nothing recomputed.
 
 Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
@@ -38,7 +38,7 @@ BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
-MAX_REGISTERS = 168           # per thread over the 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
+MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
@@ -202,7 +202,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
 def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
     """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
     thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
-    from the product's layout ran 6-7% slower). The addresses are formed from the tile's base (a loop-carried value),
+    from the product's layout ran 7-8% slower). The addresses are formed from the tile's base (a loop-carried value),
     so none is hoisted and held across the loop."""
     ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
     qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))

@@ -238,8 +238,8 @@ def _version(text: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=1)
 def gluon_available() -> bool:
-    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 do, checked by
-    compiling it; an older one takes the Triton kernels instead of failing)."""
+    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 compile it; an older
+    one takes the Triton kernels instead of failing)."""
     if _version(triton.__version__) < GLUON_MIN_TRITON:
         return False
     try:
