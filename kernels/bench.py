@@ -258,10 +258,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
                                            True, views == 2, False, False, **options)
 
         if views == 2 and "dkdv" in parts and launch.gluon_backward_fits(do, q1, k1, v, q2, k2):
-            from .gluon_backward import BLOCK_M, BLOCK_N, NUM_WARPS, STAGES
-            _report("bwd fused (Gluon)", label, TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value,
-                                                           STAGES.value, tma=True), fl_b, backward(fused=True),
-                    "fused", rep_ms)
+            from .gluon_backward import TILE
+            _report("bwd fused (Gluon)", label, TILE, fl_b, backward(fused=True), "fused", rep_ms)
 
         for atomic in (False, True):
             for cfg in bwd if "dkdv" in parts else []:

@@ -32,6 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .tile_configs import TileConfig
 from .triton_math import NORM_EPS
 
 BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)
@@ -40,6 +41,8 @@ NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own part
 STAGES = gl.constexpr(2)      # depth of the query-side ring
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
+# the kernel's tiling as kernels.bench and kernels.registers print it (copy-engine reads)
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)
 
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier

@@ -162,14 +162,14 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
             record("fwd", "forward", cfg, i == 0 and not tma)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
-        fused = (arch == 90 and launch.fused_paired_backward(d, dv)
+        # (inside compile_only, gluon_backward_fits sees the target: sm_90 or not)
+        fused = (launch.fused_paired_backward(d, dv)
                  and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"]))
         if fused:
-            from . import gluon_backward as gb
+            from .gluon_backward import TILE
 
             launch.backward(*grads, fused=True)
-            record("fused", "dK/dV/dQ fused (Gluon)", TileConfig(gb.BLOCK_M.value, gb.BLOCK_N.value, gb.NUM_WARPS.value,
-                                                             gb.STAGES.value, tma=True), not tma)
+            record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
             for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
