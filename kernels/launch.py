@@ -339,8 +339,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dq_acc = dq_bufs[0]
     dq2_acc = dq_bufs[1] if atomic and two else dq_acc
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
-    # dlam's and dbeta's per-key-block partial sums, (2, B, H, key blocks); its size depends on the tile
-    partials = [dq_acc]
+    # dlam's and dbeta's partial sums, (2, B, H, key blocks); their number depends on the tile, so the launch fills it
+    partials: list[Optional[torch.Tensor]] = [None]
     need_partials = need_dlam or need_dbeta
 
     def grid(cfg: TileConfig) -> int:
@@ -366,8 +366,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
             _gluon_failed(error)
             fused = False
-    consts = None if fused else _common_constexprs(q1, v, two, normalize, causal, p)  # (the Triton kernels')
+    consts = None  # the Triton kernels' constexprs, built only when they launch
     if not fused:
+        consts = _common_constexprs(q1, v, two, normalize, causal, p)
         _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
                             need_dlam, need_dbeta, apart, config, dv_config)
 
