@@ -80,6 +80,13 @@ def test_fits_nothing_off_hopper():
     assert not launch.gluon_backward_fits(*x)
 
 
+def _compile_env(root: str) -> dict:
+    """The environment of a compiling subprocess: the project importable, the caller's PYTHONPATH after it (a Triton
+    put first there is the one compiling), the interpreter off."""
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    return dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="0")
+
+
 _COMPILE = """
 import sys, torch
 from kernels import launch
@@ -104,7 +111,7 @@ def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)]
     run = subprocess.run([sys.executable, "-c", _COMPILE, *args], cwd=root, capture_output=True, text=True,
-                         env=dict(os.environ, PYTHONPATH=root, TRITON_INTERPRET="0"), timeout=300)
+                         env=_compile_env(root), timeout=300)
     assert run.returncode == 0, run.stderr[-2000:]
     registers, spills, shared = run.stdout.split()
     assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
@@ -114,7 +121,6 @@ def test_gluon_is_available_here(monkeypatch):
     """The Triton the requirements install has the Gluon language (else Hopper would silently lose the fused
     backward), and one without it is reported as such, so the backward takes the Triton kernels instead of failing."""
     import builtins
-    import sys
 
     assert launch.gluon_available()
     real_import = builtins.__import__
