@@ -44,6 +44,11 @@ INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=
 FP32_WIDE = [TileConfig(16, 16, 4, 1)]
 
 
+def _fp32(width: int, tiles: list[TileConfig]) -> list[TileConfig]:
+    """fp32 candidates: ``tiles``, or FP32_WIDE when the padded width views x d + dv is above 256."""
+    return FP32_WIDE if width > 256 else tiles
+
+
 def padded(dim: int) -> int:
     """Head dimension rounded up to the power of two the tiles use (at least 16). Plain integer arithmetic:
     it runs a dozen times per launch, and triton.next_power_of_2 costs microseconds a call on the host."""
@@ -55,7 +60,7 @@ def forward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int)
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return FP32_WIDE if width > 256 else [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return _fp32(width, [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
     if width <= 192:
         return [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)]
     if width <= 384:
@@ -70,7 +75,7 @@ def dq_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> l
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return FP32_WIDE if width > 256 else [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return _fp32(width, [TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
     if width <= 384:
         return [TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2),
                 TileConfig(32, 32, 4, 1)]
@@ -113,7 +118,7 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     d, dv = padded(head_d), padded(head_dv)
     width = (2 if two_views else 1) * d + dv
     if elem_bytes == 4:
-        return FP32_WIDE if width > 256 else [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
+        return _fp32(width, [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
     if width <= 192 and not two_views:
         # one view of 64: (queries, keys) tiles, 0.850 ms against 1.105 key-major (H200 sweep, BENCHMARKS.md)
         return [TileConfig(64, 64, 4, 3, query_major=True), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
