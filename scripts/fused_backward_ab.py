@@ -123,7 +123,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         for method in list(methods)[1:]:
             grads(call_args, method)
             c = launch.last_compiled["fused"]
-            say(f"T={T} {method}: registers {c.n_regs}, spills {c.n_spills}")
+            say(f"T={T} {method}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # (n_spills: 4-byte words)
         say(f"T={T} backward ms: " + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()))
     for attr, value in defaults.items():
         setattr(gb, attr, value)
