@@ -16,6 +16,7 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
+from . import fast_launch
 from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
                            dv_configs, dv_pass_apart, forward_configs, fused_paired_backward, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
@@ -84,9 +85,9 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
         try:
             layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
                           **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
-            compiled = kernel[(grid(cfg),)](*args_for(cfg), **constexprs, **layout, BLOCK_M=cfg.block_m,
-                                            BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                                            num_stages=cfg.num_stages)
+            compiled = fast_launch.launch(kernel, (grid(cfg),), args_for(cfg), dict(
+                constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages))
         except OutOfResources:
             if i + 1 == len(candidates):
                 raise
@@ -145,9 +146,9 @@ def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[tor
     k2_ = k2 if k2 is not None else k1
     block_t = 32 if interpreting() else 64
     num_t = triton.cdiv(T, block_t)
-    inverse_norm_kernel[(B * H * num_t, 1 if k2 is None else 2)](
-        k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t, HEAD_D=d, BLOCK_T=block_t,
-        BLOCK_D=padded(d))
+    fast_launch.launch(inverse_norm_kernel, (B * H * num_t, 1 if k2 is None else 2),
+                       (k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t),
+                       dict(HEAD_D=d, BLOCK_T=block_t, BLOCK_D=padded(d)))
     return (r1, r2) if k2 is not None else (r1,)
 
 
@@ -290,12 +291,12 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, nor
     partials = _new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
     if q1.is_cuda:  # (kernels.registers compiles it with CPU tensors)
         _bind_cuda_context(q1.device)
-    last_compiled["fused"] = gb.paired_backward_kernel[(gb.grid(Tk, B, H),)](
+    last_compiled["fused"] = fast_launch.launch(gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
         *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
         partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
-        H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d,
+        H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
-        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS)
+        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS))
     return partials
 
 
@@ -378,9 +379,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
         dq2_ = dq2 if two else dq1
-        dq_finish_kernel[(B * H * nm, 2 if two else 1)](
+        fast_launch.launch(dq_finish_kernel, (B * H * nm, 2 if two else 1), (
             dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
-            B, H, Tq, nm, float(p), HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=normalize)
+            B, H, Tq, nm, float(p)), dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=normalize))
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return triton.cdiv(Tq, cfg.block_m) * B * H

@@ -130,6 +130,8 @@ def as_head_vector(x: Scalar, H: int, device: torch.device) -> torch.Tensor:
         if torch.compiler.is_compiling():
             return torch.full((H,), float(x), dtype=torch.float32, device=device)
         return _constant_head_vector(float(x), H, torch.device(device))
+    if x.shape == (H,) and x.dtype == torch.float32 and x.device == device and x.stride(0) == 1:
+        return x  # as it is: a view and an expand would each add a step to the backward
     return x.to(device=device, dtype=torch.float32).reshape(-1).expand(H).contiguous()
 
 

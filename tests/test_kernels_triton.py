@@ -300,3 +300,19 @@ def test_a_float_parameter_becomes_one_reused_head_vector():
     assert a is b and torch.equal(a, torch.full((4,), 0.5))
     assert torch.equal(as_head_vector(0.25, 4, torch.device("cpu")), torch.full((4,), 0.25))
     assert as_head_vector(0.5, 3, torch.device("cpu")).shape == (3,)
+
+
+def test_a_head_vector_parameter_passes_as_it_is_and_others_keep_their_gradient():
+    from kernels.validation import as_head_vector
+
+    cpu = torch.device("cpu")
+    lam = torch.rand(4, requires_grad=True)
+    assert as_head_vector(lam, 4, cpu) is lam  # no view or expand step in the backward
+    strided = torch.rand(4, 2)[:, 0].requires_grad_()
+    for x in (torch.tensor(0.3, requires_grad=True), strided,
+              torch.rand(4, dtype=torch.float64, requires_grad=True), torch.rand(1, requires_grad=True)):
+        y = as_head_vector(x, 4, cpu)
+        assert y.shape == (4,) and y.dtype == torch.float32 and y.is_contiguous() and y is not x
+        (y * torch.arange(1.0, 5.0)).sum().backward()
+        expected = torch.full_like(x, 10.0) if x.numel() == 1 else torch.arange(1.0, 5.0, dtype=x.dtype)
+        assert torch.allclose(x.grad, expected)
