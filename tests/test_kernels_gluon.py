@@ -85,3 +85,31 @@ def test_gluon_is_available_here(monkeypatch):
         monkeypatch.undo()
         launch.gluon_available.cache_clear()
     assert launch.gluon_available()
+
+
+_COMPILE_FORWARD = """
+import sys, torch
+from kernels import gluon_forward, launch
+from kernels.registers import compile_only, ptxas_usage
+p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+gluon_forward.ENABLED = True
+with compile_only(90):
+    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0,
+                   causal)
+    u = ptxas_usage(launch.last_compiled["fused_fwd"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
+def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
+    """The experimental Gluon forward, compiled in a process of its own (launch.forward with it switched on)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FORWARD, *args], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root, TRITON_INTERPRET="0"), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    registers, spills, shared = run.stdout.split()
+    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
