@@ -6,8 +6,8 @@ One program per 128 query rows of one head, three partitions:
 - a one-warp loader: the program's q1, q2 rows (two tiles of 64 per view) once, then k1, k2, v in blocks of
   BLOCK_N keys through a ring of STAGES stages (copy engine, mbarriers);
 - two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together),
-  u = s r - tau with r = r_i r'_j formed as triton_math.key_scores forms it (so the same scores as the Triton
-  forward), W = max(u1, 0)^p - lam max(u2, 0)^p, O += W v (a third product, W from registers).
+  u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them (the queries' norms are
+  summed in another order than the Triton forward's, so r_i may differ in its last bit), W = max(u1, 0)^p - lam max(u2, 0)^p, O += W v (a third product, W from registers).
 
 The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's
 elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the causal/edge mask (two loops, as the Triton forward). Same contract as
