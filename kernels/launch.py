@@ -184,6 +184,12 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
         rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
     out = new_rows_like(q1, dv)
+    if gluon_forward_fits(q1, k1, v, q2, k2):
+        try:
+            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal)
+            return out, rq1, rk1, rq2, rk2
+        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
+            _gluon_failed(error)
     consts = _common_constexprs(q1, v, two, normalize, causal, p)
     # With one view the second view's arguments repeat the first's; the kernel never reads them.
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
@@ -278,6 +284,33 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
     return (q2 is not None and not _gluon_failure and on_hopper(q1)
             and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
             and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
+
+
+def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
+                       k2: Optional[torch.Tensor]) -> bool:
+    """Whether the forward takes the Gluon kernel (gluon_forward.py): the fused backward's conditions on the forward's
+    inputs, and at least gluon_forward.MIN_KEYS keys."""
+    if q2 is None or _gluon_failure or not on_hopper(q1) or not gluon_available():
+        return False
+    from . import gluon_forward
+
+    return (k1.shape[2] >= gluon_forward.MIN_KEYS
+            and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+            and tma_ready(q1, k1, q2, k2, v))
+
+
+def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal) -> None:
+    from . import gluon_forward as gf
+
+    B, H, Tq, d = q1.shape
+    Tk = k1.shape[2]
+    if q1.is_cuda:
+        _bind_cuda_context(q1.device)
+    last_compiled["fused_fwd"] = fast_launch.launch(gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
+        *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, *out.stride()[:3],
+        H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(scale), float(p), 1.0 / d), dict(
+        HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p),
+        num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS))
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,

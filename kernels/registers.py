@@ -75,16 +75,18 @@ class _CompileOnly:
 def compile_only(arch: int) -> Iterator[None]:
     """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the fused
     Gluon backward where it fits, for sm_90)."""
-    from . import gluon_backward
+    from . import gluon_backward, gluon_forward
 
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
     on_hopper, fused_kernel = launch.on_hopper, gluon_backward.paired_backward_kernel
+    forward_kernel = gluon_forward.paired_forward_kernel
     driver.set_active(_CompileTarget(arch))
     try:
         for name, kernel in originals.items():
             setattr(launch, name, _CompileOnly(kernel))
         gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
+        gluon_forward.paired_forward_kernel = _CompileOnly(forward_kernel)
         launch.on_hopper = lambda x: arch == 90  # the target compiled for, whatever the tensors' device
         launch._chosen.clear()
         yield
@@ -92,6 +94,7 @@ def compile_only(arch: int) -> Iterator[None]:
         for name, kernel in originals.items():
             setattr(launch, name, kernel)
         gluon_backward.paired_backward_kernel = fused_kernel
+        gluon_forward.paired_forward_kernel = forward_kernel
         launch.on_hopper = on_hopper
         launch._chosen.clear()
         driver.set_active(previous)

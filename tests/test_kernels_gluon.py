@@ -43,10 +43,12 @@ def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
     assert launch.gluon_available()
 
 
+@pytest.mark.parametrize("kernel", ["backward", "forward"])
 @pytest.mark.parametrize("failure", ["compile", "resources"])
-def test_a_fused_backward_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure):
-    """Were a Triton to refuse the Gluon kernel, or a GPU to lack the shared memory for it, the backward warns once,
-    takes the Triton kernels (results as exact as ever) and does not try again."""
+def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, kernel):
+    """Were a Triton to refuse a Gluon kernel, or a GPU to lack the shared memory for it, the call warns once, takes
+    the Triton kernels (results as exact as ever) and does not try either Gluon kernel again."""
+    from kernels import gluon_forward
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
@@ -62,7 +64,10 @@ def test_a_fused_backward_that_cannot_run_hands_over_to_the_triton_kernels(monke
         raise OutOfResources(300000, 232448, "shared memory")
 
     monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
-    monkeypatch.setattr(launch, "_gluon_backward", refuse)
+    monkeypatch.setattr(launch, "_gluon_" + kernel, refuse)
+    if kernel == "forward":
+        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 0)  # the forward takes its Gluon kernel at this length
+        monkeypatch.setattr(launch, "_gluon_backward", lambda *a: pytest.fail("the backward tried Gluon after a failure"))
     monkeypatch.setattr(launch, "_gluon_failure", [])
     monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
     case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
@@ -140,3 +145,31 @@ def test_gluon_is_available_here(monkeypatch):
         monkeypatch.undo()
         launch.gluon_available.cache_clear()
     assert launch.gluon_available()
+
+
+_COMPILE_FORWARD = """
+import sys, torch
+from kernels import gluon_forward, launch
+from kernels.registers import compile_only, ptxas_usage
+p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+gluon_forward.MIN_KEYS = 0
+with compile_only(90):
+    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0,
+                   causal)
+    u = ptxas_usage(launch.last_compiled["fused_fwd"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
+def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
+    """The Gluon forward, compiled in a process of its own (launch.forward, at any length)."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    args = [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)]
+    run = subprocess.run([sys.executable, "-c", _COMPILE_FORWARD, *args], cwd=root, capture_output=True, text=True,
+                         env=_compile_env(root), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    registers, spills, shared = run.stdout.split()
+    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout

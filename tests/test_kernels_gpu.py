@@ -17,11 +17,15 @@ pytestmark = pytest.mark.gpu
 
 @pytest.fixture(autouse=True)
 def triton_backward(monkeypatch):
-    """These tests check the Triton kernels' paths: the fused Gluon backward, the default for two views on Hopper
-    where the inputs allow it, is kept out unless a test asks for it (test_fused_gluon_backward_on_gpu)."""
+    """These tests check the Triton kernels' paths: the Gluon kernels, the default for two views on Hopper where the
+    inputs allow them, are kept out unless a test asks for them (test_fused_gluon_backward_on_gpu)."""
     from kernels import launch
 
     monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: False)
+    if launch.gluon_available():
+        from kernels import gluon_forward
+
+        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 1 << 62)
 
 CASES = {
     "tda_paired_bf16_T8192": Case(T=8192, d=64, dv=128, H=2, lam=(0.5, 0.1), dtype=torch.bfloat16),
@@ -297,13 +301,14 @@ FUSED_CASES = {
 }
 
 
-@pytest.mark.parametrize("layout", ["guarded", "projection"])
+@pytest.mark.parametrize("layout,forward", [("guarded", "triton"), ("projection", "gluon")])
 @pytest.mark.parametrize("name", list(FUSED_CASES))
-def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout):
+def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
     """The fused Gluon backward (dK1, dK2, dV and dQ by atomics in one kernel) against float64, and it ran, on
-    inputs in NaN-guarded buffers (16-byte strides) and laid out as the model's projections."""
+    inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
+    after the Gluon forward (gluon_forward.py, taken here at every length)."""
     import kernels_float64
-    from kernels import launch
+    from kernels import gluon_forward, launch
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the fused backward is for Hopper (sm_90)")
@@ -312,7 +317,11 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout):
     monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: True)
     launches = []
     real = launch._gluon_backward
-    monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append(1) or real(*a))
+    monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
+    if forward == "gluon":
+        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 0)
+        real_forward = launch._gluon_forward
+        monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
     seed = sum(map(ord, name))
     inputs = make_inputs(case, seed, device="cuda")
     if layout == "projection":  # (B, T, H, d) made dense, viewed as (B, H, T, d), as the model's projections are
@@ -321,5 +330,5 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout):
     shares = survivor_shares(inputs, case)
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
     print(name, layout, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
-    assert launches, "the fused backward did not run"
+    assert "backward" in launches and ("forward" in launches) == (forward == "gluon"), launches
     assert all(v <= 1e-2 for v in errors.values()), errors
