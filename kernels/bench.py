@@ -9,7 +9,7 @@ For each sequence length T (batch B = tokens / T) and head size, forward and for
                           n_head heads of dimension d
   tda (paired)            our TDA kernels, n_head/2 heads, q/k dimension d, v dimension 2d: the
                           parameter-matched layout, exactly softmax's FLOPs (on Hopper with d = 64, the
-                          backward is the fused Gluon kernel, gluon_backward.py)
+                          forward and the backward are Gluon kernels, gluon_forward.py, gluon_backward.py)
   tra                     our one-view kernel, n_head heads of dimension d
   reference               the exact PyTorch TDA (kernels.reference), same shapes as tda
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
@@ -249,6 +249,10 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
         do = torch.randn_like(out)
         label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
+        if "fwd" in parts and launch.gluon_forward_fits(q1, k1, v, q2, k2):
+            from .gluon_forward import TILE as FORWARD_TILE
+            _report("fwd (Gluon)", label, FORWARD_TILE, fl_f, lambda: launch.forward(
+                q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True), "fused_fwd", rep_ms)
         for cfg in fwd if "fwd" in parts else []:
             _report("fwd", label, cfg, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)

@@ -1,6 +1,6 @@
 """The paired (two-view) forward of threshold attention as one Gluon kernel for Hopper (sm_90), in the form of the
-fused backward (gluon_backward.py). launch.forward takes it from MIN_KEYS keys on (gluon_forward_fits); below, the
-Triton forward is as fast or faster (BENCHMARKS.md, "The paired forward in Gluon").
+fused backward (gluon_backward.py). launch.forward takes it wherever gluon_forward_fits: 7-12% faster than the Triton
+forward from T = 2048 to 16384, with the same bits (BENCHMARKS.md, "The paired forward in Gluon").
 
 One program per 128 query rows of one head, three partitions:
 
@@ -26,6 +26,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .gluon_backward import _power, _rows
+from .tile_configs import TileConfig
 from .triton_math import NORM_EPS
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
@@ -34,7 +35,7 @@ BLOCK_N = gl.constexpr(64)     # keys per ring stage
 STAGES = gl.constexpr(2)       # depth of the key-side ring
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
-MIN_KEYS = 8192                # shortest key range launch.forward gives this kernel (tests set 0 to take it always)
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables
 
 
 @gluon.jit

@@ -169,7 +169,8 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     norms the backward reuses.
 
     Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
-    view) is an empty fp32 tensor.
+    view) is an empty fp32 tensor. Where gluon_forward_fits the Gluon kernel runs, unless ``config`` asks for a tile
+    of the Triton kernel.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -184,7 +185,7 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
         rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
     out = new_rows_like(q1, dv)
-    if gluon_forward_fits(q1, k1, v, q2, k2):
+    if config is None and gluon_forward_fits(q1, k1, v, q2, k2):
         try:
             _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal)
             return out, rq1, rk1, rq2, rk2
@@ -289,14 +290,10 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
                        k2: Optional[torch.Tensor]) -> bool:
     """Whether the forward takes the Gluon kernel (gluon_forward.py): the fused backward's conditions on the forward's
-    inputs, and at least gluon_forward.MIN_KEYS keys."""
-    if q2 is None or _gluon_failure or not on_hopper(q1) or not gluon_available():
-        return False
-    from . import gluon_forward
-
-    return (k1.shape[2] >= gluon_forward.MIN_KEYS
+    inputs."""
+    return (q2 is not None and not _gluon_failure and on_hopper(q1)
             and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and tma_ready(q1, k1, q2, k2, v))
+            and tma_ready(q1, k1, q2, k2, v) and gluon_available())
 
 
 def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal) -> None:

@@ -161,11 +161,16 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
     with compile_only(arch):
         out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed)
         do = torch.zeros_like(out)
+        # (inside compile_only, the Gluon kernels' fits see the target: sm_90 or not)
+        gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"])
+        if gluon_fwd:
+            from .gluon_forward import TILE as FORWARD_TILE
+
+            record("fused_fwd", "forward (Gluon)", FORWARD_TILE, not tma)
         for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
-            record("fwd", "forward", cfg, i == 0 and not tma)
+            record("fwd", "forward", cfg, i == 0 and not tma and not gluon_fwd)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
-        # (inside compile_only, gluon_backward_fits sees the target: sm_90 or not)
         fused = (launch.fused_paired_backward(d, dv)
                  and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"]))
         if fused:

@@ -48,7 +48,6 @@ def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
 def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, kernel):
     """Were a Triton to refuse a Gluon kernel, or a GPU to lack the shared memory for it, the call warns once, takes
     the Triton kernels (results as exact as ever) and does not try either Gluon kernel again."""
-    from kernels import gluon_forward
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
@@ -65,8 +64,9 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
 
     monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
     monkeypatch.setattr(launch, "_gluon_" + kernel, refuse)
-    if kernel == "forward":
-        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 0)  # the forward takes its Gluon kernel at this length
+    if kernel == "backward":
+        monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
+    else:
         monkeypatch.setattr(launch, "_gluon_backward", lambda *a: pytest.fail("the backward tried Gluon after a failure"))
     monkeypatch.setattr(launch, "_gluon_failure", [])
     monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
@@ -149,12 +149,11 @@ def test_gluon_is_available_here(monkeypatch):
 
 _COMPILE_FORWARD = """
 import sys, torch
-from kernels import gluon_forward, launch
+from kernels import launch
 from kernels.registers import compile_only, ptxas_usage
 p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
-gluon_forward.MIN_KEYS = 0
 with compile_only(90):
     launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0,
                    causal)
@@ -165,7 +164,7 @@ print(u.registers, u.spill_bytes, u.shared_kib)
 
 @pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
 def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
-    """The Gluon forward, compiled in a process of its own (launch.forward, at any length)."""
+    """The Gluon forward, compiled in a process of its own (through launch.forward)."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     args = [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)]
     run = subprocess.run([sys.executable, "-c", _COMPILE_FORWARD, *args], cwd=root, capture_output=True, text=True,

@@ -10,7 +10,10 @@ import torch
 from kernels_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
                              survivor_shares)
 
+from kernels import launch as _launch
 from kernels.autograd import threshold_attention_triton
+
+GLUON_FORWARD_FITS = _launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
 
 pytestmark = pytest.mark.gpu
 
@@ -22,10 +25,7 @@ def triton_backward(monkeypatch):
     from kernels import launch
 
     monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: False)
-    if launch.gluon_available():
-        from kernels import gluon_forward
-
-        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 1 << 62)
+    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
 
 CASES = {
     "tda_paired_bf16_T8192": Case(T=8192, d=64, dv=128, H=2, lam=(0.5, 0.1), dtype=torch.bfloat16),
@@ -306,9 +306,9 @@ FUSED_CASES = {
 def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
     """The fused Gluon backward (dK1, dK2, dV and dQ by atomics in one kernel) against float64, and it ran, on
     inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
-    after the Gluon forward (gluon_forward.py, taken here at every length)."""
+    after the Gluon forward (gluon_forward.py)."""
     import kernels_float64
-    from kernels import gluon_forward, launch
+    from kernels import launch
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the fused backward is for Hopper (sm_90)")
@@ -319,7 +319,7 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
     real = launch._gluon_backward
     monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
     if forward == "gluon":
-        monkeypatch.setattr(gluon_forward, "MIN_KEYS", 0)
+        monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
         real_forward = launch._gluon_forward
         monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
     seed = sum(map(ord, name))

@@ -1,31 +1,21 @@
 """The paired forward as a Gluon kernel (kernels/gluon_forward.py) against the Triton forward in the same process:
 exactness on awkward shapes (max |x - triton| / max |triton| for the output and the queries' inverse norms), then the
-forward alone at the benchmark's paired shape (B·T = 16384, or B = 2 at T = 6144), alternating. With argv[1] == "bench"
-it runs kernels.bench (argv[2:]) with the Gluon forward at every length; with "test", pytest (argv[2:]) likewise.
+forward alone at the benchmark's paired shape (B·T = 16384, or B = 2 at T = 6144), alternating. (The logs were made
+when the Gluon forward was taken only from 8192 keys on, which they led to drop; the A/B switches
+launch.gluon_forward_fits.)
 
     PYTHONPATH=. python results/gpu_2026-11-29f/gluon_forward_ab.py
 """
-import sys
-
 import torch
 
-from kernels import gluon_forward as gf
 from kernels import launch
 from kernels.bench import _tda_inputs, _time
 
-if len(sys.argv) > 1 and sys.argv[1] in ("bench", "test"):
-    gf.MIN_KEYS = 0
-    if sys.argv[1] == "bench":
-        from kernels import bench
-        bench.main(sys.argv[2:])
-    else:
-        import pytest
-        sys.exit(pytest.main(sys.argv[2:]))
-    sys.exit(0)
+fits = launch.gluon_forward_fits
 
 
 def forward(args, gluon):
-    gf.MIN_KEYS = 0 if gluon else 1 << 62
+    launch.gluon_forward_fits = fits if gluon else (lambda *a: False)
     return launch.forward(*args)
 
 
@@ -60,4 +50,4 @@ for T in (2048, 4096, 6144, 8192, 16384):
             times.setdefault("gluon" if gluon else "triton", []).append(_time(lambda: forward(args, gluon), [], 60))
     print(f"T={T} gluon: registers {c.n_regs}, spills {c.n_spills}; forward ms: "
           + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()), flush=True)
-gf.MIN_KEYS = 8192
+launch.gluon_forward_fits = fits
