@@ -38,7 +38,6 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty_strided(shape, strides, dtype=dtype, device=device)
 
 
-@functools.lru_cache(maxsize=256)
 def _row_strides(shape: tuple[int, ...], strides: tuple[int, ...], width: int) -> tuple[int, ...]:
     """Strides of a dense (B, H, T, width) tensor whose (B, H, T) dimensions lie in memory in the order of
     a tensor with ``shape`` and ``strides`` (see new_rows_like)."""
@@ -57,7 +56,7 @@ def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = No
     gradients in the (B, T, H, ·) layout, so the model's way back to (B, T, H·d) costs no copy. The fake
     implementations of the custom ops (ops.py) allocate the same way, so the strides they promise hold."""
     shape = tuple(x.shape)
-    return _new_output(shape[:3] + (width,), dtype or x.dtype, x.device, _row_strides(shape, tuple(x.stride()), width))
+    return _new_output(shape[:3] + (width,), dtype or x.dtype, x.device, _row_strides(shape, x.stride(), width))
 
 
 def _p_mode(p: float) -> int:
