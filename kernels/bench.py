@@ -92,7 +92,7 @@ def _peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
-def _host_us(fn: Callable[[], object], calls: int = 20) -> float:
+def host_us(fn: Callable[[], object], calls: int = 20) -> float:
     """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the
     GPU is held busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows
     up as a huge number). When this exceeds the GPU time, the kernels are host-bound."""
@@ -115,7 +115,7 @@ def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int, hos
         forward().backward(do)
 
     return {"fwd": _time(forward, inputs, rep_ms), "fwd_bwd": _time(fwd_bwd, inputs, rep_ms),
-            "mem": _peak_mib(fwd_bwd), "host_us": _host_us(fwd_bwd) if host else float("nan")}
+            "mem": _peak_mib(fwd_bwd), "host_us": host_us(fwd_bwd) if host else float("nan")}
 
 
 def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
