@@ -10,7 +10,7 @@ would have chosen: every keyword argument (constexprs and launch options), the v
 themselves (Triton specialises on 1 and on divisibility by 16), each tensor's dtype and 16-byte alignment, each tensor
 descriptor's type, dtype, block shape, layout and padding (what Triton specialises a descriptor on), the device.
 Floats are never specialised. Anything else, an interpreted run, or a launch hook (a profiler's) takes Triton's own
-path every time.
+path every time, and so does a launch after a global the kernel reads has changed (Triton refuses it).
 """
 
 from typing import Callable, Optional, Sequence
@@ -81,6 +81,9 @@ def launch(kernel, grid: tuple, args: Sequence, kwargs: dict) -> object:
             _kept[key] = (compiled, trailing_arguments(params, len(args), kwargs))
         return compiled
     compiled, tail = kept
+    for (name, _), (value, scope) in getattr(kernel, "used_global_vals", {}).items():
+        if scope.get(name, _UNKNOWN) != value:  # a global the kernel reads has changed: Triton's path says so
+            return kernel[grid](*args, **kwargs)
     stream = _raw_stream(device) if _raw_stream is not None else torch.cuda.current_stream(device).cuda_stream
     compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
                  compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)

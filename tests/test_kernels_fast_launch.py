@@ -31,6 +31,7 @@ class Kernel:
 
     def __init__(self):
         self.calls, self.compiled = [], []
+        self.used_global_vals = {}  # as Triton records them: (name, id(scope)) -> (value at compile time, scope)
 
     def __getitem__(self, grid):
         def launch_(*args, **kwargs):
@@ -183,3 +184,15 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
     bound.apply_defaults()
     assert list(bound.arguments) == names
     assert tuple(bound.arguments.values()) == (*args, *fast_launch.trailing_arguments(kernel.params, len(args), kwargs))
+
+
+def test_a_changed_global_of_the_kernel_goes_through_triton(on_gpu):
+    """Triton refuses to launch a kernel after a global it reads has changed; the kept kernel must not run then."""
+    k = Kernel()
+    scope = {"BLOCK": 64}
+    k.used_global_vals = {("BLOCK", id(scope)): (64, scope)}
+    for _ in range(2):
+        fast_launch.launch(k, (1,), (torch.zeros(1), 1, 1.0), dict(WIDTH=1))
+    scope["BLOCK"] = 128
+    fast_launch.launch(k, (1,), (torch.zeros(1), 1, 1.0), dict(WIDTH=1))
+    assert [c[0] for c in k.calls] == ["triton", "direct", "triton"]
