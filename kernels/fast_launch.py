@@ -45,12 +45,7 @@ def _arg_key(a: object) -> object:
 def specialisation_key(kernel: object, args: Sequence, kwargs: dict, device: int) -> Optional[tuple]:
     """The key ``launch`` keeps a compiled kernel by, or None where an argument is of a kind it does not know."""
     keys = tuple(map(_arg_key, args))
-    if _UNKNOWN in keys:
-        return None
-    try:
-        return (id(kernel), device, tuple(kwargs.items()), keys)
-    except TypeError:
-        return None
+    return None if _UNKNOWN in keys else (id(kernel), device, tuple(kwargs.items()), keys)
 
 
 def trailing_arguments(params: Sequence, positional: int, kwargs: dict) -> tuple:
