@@ -118,7 +118,8 @@ def test_descriptors_are_keyed_by_block_shape_and_dtype(on_gpu):
     fast_launch.launch(k, (1,), (TensorDescriptor(t, [4, 64], [64, 1], [2, 64]), 1, 1.0), dict(WIDTH=1))
     fast_launch.launch(k, (1,), (TensorDescriptor(t.clone(), [4, 64], [64, 1], [2, 64]), 1, 1.0), dict(WIDTH=1))
     fast_launch.launch(k, (1,), (TensorDescriptor(t, [4, 64], [64, 1], [4, 64]), 1, 1.0), dict(WIDTH=1))
-    assert [c[0] for c in k.calls] == ["triton", "direct", "triton"]
+    fast_launch.launch(k, (1,), (TensorDescriptor(t.half(), [4, 64], [64, 1], [2, 64]), 1, 1.0), dict(WIDTH=1))
+    assert [c[0] for c in k.calls] == ["triton", "direct", "triton", "triton"]
 
 
 def test_the_store_starts_over_when_full(on_gpu, monkeypatch):
