@@ -225,15 +225,16 @@ def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, ele
                 dv_config, rows=rows, query_major=True, skip_empty=True)
 
 
-def fused_backward_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
-    """Whether the fused Gluon backward (gluon_backward.py) is built for this layout: 16-bit, one key/value head per
-    query head, q/k head dimension 64 (the M side of its dQ^T product must be 64), v's a power of two from 16 to 128."""
+def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
+    """Whether the Gluon kernels (gluon_forward.py, gluon_backward.py) are built for this layout: 16-bit, one key/value
+    head per query head, q/k head dimension 64 (the M side of the backward's dQ^T product must be 64), v's a power of
+    two from 16 to 128."""
     return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
             and head_dv in (16, 32, 64, 128))
 
 
-GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the fused backward is written in (3.5's warp_specialize differs)
-_gluon_failure: list[str] = []  # why the fused backward failed to compile here, once it has
+GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
+_gluon_failure: list[str] = []  # why a Gluon kernel failed to compile or launch here, once one has
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -246,8 +247,8 @@ def _version(text: str) -> tuple[int, ...]:
 
 @functools.lru_cache(maxsize=1)
 def gluon_available() -> bool:
-    """Whether this Triton has the Gluon language the fused backward is written in (3.6 and 3.7 compile it; an older
-    one takes the Triton kernels instead of failing)."""
+    """Whether this Triton has the Gluon language the Gluon kernels are written in (3.6 and 3.7 compile them; with an
+    older one the Triton kernels run instead)."""
     if _version(triton.__version__) < GLUON_MIN_TRITON:
         return False
     try:
@@ -258,12 +259,12 @@ def gluon_available() -> bool:
 
 
 def _gluon_failed(error: Exception) -> None:
-    """The fused backward did not compile with this Triton, or its launch found too few resources (nothing ran
-    either way): say so once and take the Triton kernels from now on."""
+    """A Gluon kernel did not compile with this Triton, or its launch found too few resources (nothing ran either
+    way): say so once and take the Triton kernels, forward and backward, from now on."""
     import warnings
 
     _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
-    warnings.warn(f"the fused Gluon backward cannot run with Triton {triton.__version__} on this GPU "
+    warnings.warn(f"the Gluon kernels cannot run with Triton {triton.__version__} on this GPU "
                   f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
 
 
@@ -274,26 +275,29 @@ def _capability(device_index: int) -> tuple[int, int]:
 
 def on_hopper(x: torch.Tensor) -> bool:
     """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted (kernels.registers
-    replaces this to compile the fused backward on a CPU)."""
+    replaces this to compile the Gluon kernels on a CPU)."""
     return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
+
+
+def _gluon_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
+                *rows: Optional[torch.Tensor]) -> bool:
+    """Two views on a Hopper GPU, a layout the Gluon kernels take (gluon_layout_takes), every one of ``rows`` readable
+    by tensor descriptors, a Triton with Gluon, and no Gluon kernel has failed here."""
+    return (q2 is not None and not _gluon_failure and on_hopper(q1)
+            and gluon_layout_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+            and tma_ready(*rows) and gluon_available())
 
 
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
-    """Whether these inputs can take the fused Gluon backward: two views on a Hopper GPU, a layout it takes
-    (fused_backward_takes), every input readable by tensor descriptors, a Triton with Gluon."""
-    return (q2 is not None and not _gluon_failure and on_hopper(q1)
-            and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and tma_ready(q1, k1, q2, k2, v, do) and gluon_available())
+    """Whether these inputs can take the fused Gluon backward (gluon_backward.py)."""
+    return _gluon_fits(q1, k1, v, q2, q1, k1, q2, k2, v, do)
 
 
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
                        k2: Optional[torch.Tensor]) -> bool:
-    """Whether the forward takes the Gluon kernel (gluon_forward.py): the fused backward's conditions on the forward's
-    inputs."""
-    return (q2 is not None and not _gluon_failure and on_hopper(q1)
-            and fused_backward_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and tma_ready(q1, k1, q2, k2, v) and gluon_available())
+    """Whether the forward takes the Gluon kernel (gluon_forward.py)."""
+    return _gluon_fits(q1, k1, v, q2, q1, k1, q2, k2, v)
 
 
 def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal) -> None:

@@ -1,6 +1,7 @@
-"""The fused Gluon backward (kernels/gluon_backward.py) without a GPU: which layouts it takes, and that it compiles
-for sm_90 (Hopper) with the installed Triton for each of its compile-time variants, within the register file and
-shared memory. Its results are checked on a GPU (test_kernels_gpu.py::test_fused_gluon_backward_on_gpu)."""
+"""The Gluon kernels (kernels/gluon_forward.py, kernels/gluon_backward.py) without a GPU: which layouts and inputs they
+take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed Triton for
+several of their compile-time variants, within the register file and shared memory. Their results are checked on a GPU
+(test_kernels_gpu.py::test_fused_gluon_backward_on_gpu)."""
 
 import os
 import subprocess
@@ -21,8 +22,8 @@ from kernels import launch
     (torch.bfloat16, 6, 6, 64, 96, False),   # v not a power of two
     (torch.bfloat16, 6, 6, 64, 256, False),  # v wider than 128
 ])
-def test_fused_backward_takes(dtype, heads, kv_heads, d, dv, takes):
-    assert launch.fused_backward_takes(dtype, heads, kv_heads, d, dv) is takes
+def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
+    assert launch.gluon_layout_takes(dtype, heads, kv_heads, d, dv) is takes
 
 
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
@@ -71,7 +72,7 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
     monkeypatch.setattr(launch, "_gluon_failure", [])
     monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
     case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
-    with pytest.warns(RuntimeWarning, match="cannot run with Triton"):
+    with pytest.warns(RuntimeWarning, match="Gluon kernels cannot run with Triton"):
         errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=4), seed=4)
     assert all(v <= 1e-2 for v in errors.values()), errors
     assert tries == [1] and launch._gluon_failure
@@ -79,10 +80,16 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
     assert tries == [1]
 
 
-def test_fits_nothing_off_hopper():
-    """On CPU tensors (and under the interpreter) the Triton path is taken, whatever the layout."""
-    x = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
-    assert not launch.gluon_backward_fits(*x)
+def test_fits_nothing_off_hopper(monkeypatch):
+    """On CPU tensors (and under the interpreter) the Triton path is taken, whatever the layout; the same inputs on
+    Hopper would take both Gluon kernels."""
+    do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
+    assert not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "on_hopper", lambda x: True)
+    assert launch.gluon_backward_fits(do, q1, k1, v, q2, k2) and launch.gluon_forward_fits(q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
+    assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
 
 
 def _compile_env(root: str) -> dict:
