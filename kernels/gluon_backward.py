@@ -90,10 +90,9 @@ def _tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
 @gluon.jit
 def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
     """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
-    the logarithm taken as ln 2 . log2 (compiled for sm_90 either logarithm is a routine of about a dozen
-    instructions per value: 1,144 instructions per tile with log2, 1,128 with the natural one)."""
+    the logarithm taken as ln 2 . lg2.approx: one hardware instruction, where gl.log and gl.log2 each compile to a
+    routine of about a dozen per value (1,144 instructions per tile with gl.log2, 957 with lg2.approx; BENCHMARKS.md)."""
     pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
-    # lg2.approx is one hardware instruction (gl.log2 compiles to a dozen-instruction polynomial)
     lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
                                    is_pure=True, pack=1)
     return gl.sqrt((2.0 * 0.6931471805599453) * lg * inv_d)
@@ -235,13 +234,18 @@ def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
 
 
-def descriptors(q1, k1, q2, k2, v, do) -> tuple:
-    """Copy-engine descriptors of the six (B, H, T, width) 16-bit inputs in blocks of one head's rows (BLOCK_M query
-    rows, BLOCK_N keys)."""
-    m, n = BLOCK_M.value, BLOCK_N.value
+def row_descriptors(*blocks: tuple) -> tuple:
+    """Copy-engine descriptors of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs, each in blocks of
+    ``rows`` rows of one head (the Gluon forward's too)."""
     return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
                                   _row_block_layout(rows, t.shape[-1]))
-                 for t, rows in ((q1, m), (k1, n), (q2, m), (k2, n), (v, n), (do, m)))
+                 for t, rows in blocks)
+
+
+def descriptors(q1, k1, q2, k2, v, do) -> tuple:
+    """The six inputs' descriptors: BLOCK_M query rows, BLOCK_N keys."""
+    m, n = BLOCK_M.value, BLOCK_N.value
+    return row_descriptors((q1, m), (k1, n), (q2, m), (k2, n), (v, n), (do, m))
 
 
 def grid(Tk: int, B: int, H: int) -> int:

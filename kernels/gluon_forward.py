@@ -1,31 +1,31 @@
 """The paired (two-view) forward of threshold attention as one Gluon kernel for Hopper (sm_90), in the form of the
 fused backward (gluon_backward.py). launch.forward takes it wherever gluon_forward_fits: 7-12% faster than the Triton
-forward from T = 2048 to 16384, with the same bits (BENCHMARKS.md, "The paired forward in Gluon").
+forward from T = 2048 to 16384 on an H200 (BENCHMARKS.md, "Launches without Triton's binding, and the paired forward
+in Gluon").
 
 One program per 128 query rows of one head, three partitions:
 
 - a one-warp loader: the program's q1, q2 rows (two tiles of 64 per view) once, then k1, k2, v in blocks of
   BLOCK_N keys through a ring of STAGES stages (copy engine, mbarriers);
 - two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together),
-  u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them (the queries' norms are
-  summed in another order than the Triton forward's, so r_i may differ in its last bit), W = max(u1, 0)^p - lam max(u2, 0)^p, O += W v (a third product, W from registers).
+  u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them, W = max(u1, 0)^p
+  - lam max(u2, 0)^p, O += W v (a third product, W from registers). The queries' norms are summed in another order
+  than the Triton forward's, so r_i could differ in its last bit; on every shape tried the outputs were the same bits.
 
 The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's
-elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the causal/edge mask (two loops, as the Triton forward). Same contract as
-triton_forward.threshold_attention_fwd_kernel with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the
-queries' inverse norms); RK1, RK2 are inputs. Only 16-bit inputs, one key/value head per query head, q/k head
-dimension 64, v's a power of two up to 128, rows readable by tensor descriptors (launch.gluon_forward_fits).
+elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the
+causal/edge mask (two loops, as the Triton forward). Same contract as triton_forward.threshold_attention_fwd_kernel
+with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse norms); RK1, RK2 are inputs. Only
+16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of two up to 128, rows readable
+by tensor descriptors (launch.gluon_forward_fits).
 """
-
-import functools
 
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .gluon_backward import _power, _rows
+from .gluon_backward import _power, _rows, row_descriptors
 from .tile_configs import TileConfig
 from .triton_math import NORM_EPS
 
@@ -71,6 +71,16 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
     else:
         f = gl.full([ROWS], scale, gl.float32, layout=ROW_L)
     return f
+
+
+@gluon.jit
+def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
+    """One past the last key query row ``last_row`` sees: its position + 1 under the causal mask, else Tk."""
+    if CAUSAL:
+        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
+    else:
+        hi = Tk
+    return hi
 
 
 @gluon.jit
@@ -131,11 +141,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     bh = b * H + h
     # the last key any of these rows sees, +1 (0 when every row is past Tq)
     last_row = gl.minimum(r0 + ROWS, Tq) - 1
-    if CAUSAL:
-        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
-    else:
-        hi = Tk
-    hi = gl.where(last_row >= r0, hi, 0)
+    hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
     my_blocks = gl.cdiv(hi, BLOCK_N)
     lam = gl.load(LAM + h)
     tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
@@ -147,10 +153,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    if CAUSAL:
-        full = gl.minimum(gl.minimum(r0 + (Tk - Tq) + 1, Tk) // BLOCK_N, my_blocks)
-    else:
-        full = gl.minimum(Tk // BLOCK_N, my_blocks)
+    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, S_L, O_L)
@@ -197,12 +200,7 @@ def paired_forward_kernel(
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)
     # the key blocks the program's last row sees (both warpgroups step through all of them)
-    last_row = gl.minimum(m0 + BLOCK_M, Tq) - 1
-    if CAUSAL:
-        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
-    else:
-        hi = Tk
-    n_blocks = gl.cdiv(hi, BLOCK_N)
+    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
     smem = (q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty)
     ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA)
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d)
@@ -214,18 +212,10 @@ def paired_forward_kernel(
     ], [4, 1], [240, 24])
 
 
-@functools.lru_cache(maxsize=None)
-def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
-
-
 def descriptors(q1, k1, q2, k2, v) -> tuple:
-    """Copy-engine descriptors of the five (B, H, T, width) 16-bit inputs in blocks of one head's rows (ROWS query
-    rows, BLOCK_N keys)."""
+    """The five inputs' descriptors: ROWS query rows, BLOCK_N keys."""
     m, n = ROWS.value, BLOCK_N.value
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
-                                  _row_block_layout(rows, t.shape[-1]))
-                 for t, rows in ((q1, m), (k1, n), (q2, m), (k2, n), (v, n)))
+    return row_descriptors((q1, m), (k1, n), (q2, m), (k2, n), (v, n))
 
 
 def grid(Tq: int, B: int, H: int) -> int:
