@@ -32,15 +32,21 @@ def test_triton_versions_read(text, version):
     assert launch._version(text) == version
 
 
-def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
-    """Triton 3.5 has a Gluon whose warp_specialize the fused backward cannot compile with."""
-    monkeypatch.setattr(launch.triton, "__version__", "3.5.0")
+def _available_after(monkeypatch, change) -> bool:
+    """launch.gluon_available() once ``change(monkeypatch)`` is made, with its memo cleared before and after (and the
+    change undone)."""
     launch.gluon_available.cache_clear()
     try:
-        assert not launch.gluon_available()
+        change(monkeypatch)
+        return launch.gluon_available()
     finally:
         monkeypatch.undo()
         launch.gluon_available.cache_clear()
+
+
+def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
+    """Triton 3.5 has a Gluon whose warp_specialize the Gluon kernels cannot compile with."""
+    assert not _available_after(monkeypatch, lambda mp: mp.setattr(launch.triton, "__version__", "3.5.0"))
     assert launch.gluon_available()
 
 
@@ -92,11 +98,17 @@ def test_fits_nothing_off_hopper(monkeypatch):
     assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
 
 
-def _compile_env(root: str) -> dict:
-    """The environment of a compiling subprocess: the project importable, the caller's PYTHONPATH after it (a Triton
-    put first there is the one compiling), the interpreter off."""
+def _compile_in_subprocess(script: str, args: list) -> None:
+    """Run a script that compiles a kernel for sm_90 and prints ptxas' usage, in a process of its own (as
+    kernels.registers does), with the project importable and the caller's PYTHONPATH after it (a Triton put first
+    there is the one compiling); its registers, spill bytes and shared KiB must fit an H100/H200."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
-    return dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="0")
+    run = subprocess.run([sys.executable, "-c", script, *args], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="0"), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    registers, spills, shared = run.stdout.split()
+    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
 
 
 _COMPILE = """
@@ -119,19 +131,13 @@ print(u.registers, u.spill_bytes, u.shared_kib)
 @pytest.mark.parametrize("p,causal,normalize,grads,dv", [(2.0, True, True, True, 128), (1.0, False, False, False, 64),
                                                           (3.0, True, False, True, 32)])
 def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
-    """Compiled (not interpreted) in a process of its own, as kernels.registers does."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)]
-    run = subprocess.run([sys.executable, "-c", _COMPILE, *args], cwd=root, capture_output=True, text=True,
-                         env=_compile_env(root), timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    registers, spills, shared = run.stdout.split()
-    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
+    """The fused backward, compiled (not interpreted) through launch.backward."""
+    _compile_in_subprocess(_COMPILE, [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)])
 
 
 def test_gluon_is_available_here(monkeypatch):
-    """The Triton the requirements install has the Gluon language (else Hopper would silently lose the fused
-    backward), and one without it is reported as such, so the backward takes the Triton kernels instead of failing."""
+    """The Triton the requirements install has the Gluon language (else Hopper would silently lose the Gluon
+    kernels), and one without it is reported as such, so the Triton kernels run instead of failing."""
     import builtins
 
     assert launch.gluon_available()
@@ -142,15 +148,12 @@ def test_gluon_is_available_here(monkeypatch):
             raise ImportError(name)
         return real_import(name, *args, **kwargs)
 
-    for module in [m for m in sys.modules if "gluon" in m]:
-        monkeypatch.delitem(sys.modules, module)
-    monkeypatch.setattr(builtins, "__import__", no_gluon)
-    launch.gluon_available.cache_clear()
-    try:
-        assert not launch.gluon_available()
-    finally:
-        monkeypatch.undo()
-        launch.gluon_available.cache_clear()
+    def without_gluon(mp):
+        for module in [m for m in sys.modules if "gluon" in m]:
+            mp.delitem(sys.modules, module)
+        mp.setattr(builtins, "__import__", no_gluon)
+
+    assert not _available_after(monkeypatch, without_gluon)
     assert launch.gluon_available()
 
 
@@ -171,11 +174,5 @@ print(u.registers, u.spill_bytes, u.shared_kib)
 
 @pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
 def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
-    """The Gluon forward, compiled in a process of its own (through launch.forward)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    args = [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)]
-    run = subprocess.run([sys.executable, "-c", _COMPILE_FORWARD, *args], cwd=root, capture_output=True, text=True,
-                         env=_compile_env(root), timeout=300)
-    assert run.returncode == 0, run.stderr[-2000:]
-    registers, spills, shared = run.stdout.split()
-    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
+    """The Gluon forward, compiled (not interpreted) through launch.forward."""
+    _compile_in_subprocess(_COMPILE_FORWARD, [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)])
