@@ -10,10 +10,10 @@ import torch
 from kernels_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
                              survivor_shares)
 
-from kernels import launch as _launch
+from kernels import launch
 from kernels.autograd import threshold_attention_triton
 
-GLUON_FORWARD_FITS = _launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
+GLUON_FORWARD_FITS = launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
 
 pytestmark = pytest.mark.gpu
 
@@ -22,8 +22,6 @@ pytestmark = pytest.mark.gpu
 def triton_backward(monkeypatch):
     """These tests check the Triton kernels' paths: the Gluon kernels, the default for two views on Hopper where the
     inputs allow them, are kept out unless a test asks for them (test_fused_gluon_backward_on_gpu)."""
-    from kernels import launch
-
     monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: False)
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
 
@@ -70,7 +68,6 @@ def test_matches_float64_reference_on_gpu(name):
 def test_other_dq_path_on_gpu(monkeypatch, name):
     """The dQ path the default table does not pick for this case (atomics in the dK/dV kernel, or the
     dQ kernel) is just as exact."""
-    from kernels import launch
 
     case = CASES[name]
     default = launch.dq_atomic(case.two_views)
@@ -86,7 +83,6 @@ def test_other_dq_path_on_gpu(monkeypatch, name):
                                   "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
 def test_query_major_dkdv_layout_on_gpu(monkeypatch, name, atomic):
     """The dK/dV kernel's (queries, keys) tile layout, compiled, with either dQ path, at its candidate tiles."""
-    from kernels import launch
 
     case = CASES[name]
     default = launch.backward_configs
@@ -109,7 +105,6 @@ def test_query_major_dkdv_layout_on_gpu(monkeypatch, name, atomic):
                                   "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
 def test_dv_apart_on_gpu(monkeypatch, name, query_major):
     """dV launched on its own and dK with dQ by atomics, compiled, in either tile layout."""
-    from kernels import launch
 
     case = CASES[name]
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: True)
@@ -134,7 +129,6 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
     """The kernels reading q, k, v, dO through tensor descriptors (inputs in NaN-guarded buffers with
     16-byte strides), compiled, at their candidate tiles, on each backward path."""
     import kernels_float64
-    from kernels import launch
 
     case = CASES[name]
     monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
@@ -167,7 +161,6 @@ def test_skipping_empty_tiles_on_gpu(monkeypatch, name, path):
     """Every kernel skipping tiles without a surviving weight, compiled, with pointer and descriptor reads,
     on each backward path."""
     import kernels_float64
-    from kernels import launch
 
     case = CASES[name]
     for tma in (False, True):
@@ -218,7 +211,6 @@ def test_projection_layout_on_gpu(monkeypatch, name, atomic):
     """Inputs laid out (B, T, H, d) like the model's projections (dense and aligned, so tiles that read
     through descriptors, the paired dK/dV default, use them): exact on both dQ paths, and the output comes
     back in the inputs' layout."""
-    from kernels import launch
 
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
     case = CASES[name]
@@ -308,7 +300,6 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
     inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
     after the Gluon forward (gluon_forward.py)."""
     import kernels_float64
-    from kernels import launch
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the fused backward is for Hopper (sm_90)")
