@@ -4,7 +4,7 @@
     python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
 
 Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own; for sm_90 and paired
-16-bit d = 64, the fused Gluon backward) is compiled the way launch.py launches it, for the
+16-bit d = 64, the Gluon forward and fused backward) is compiled the way launch.py launches it, for the
 head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default;
 ``--tma``: every candidate reading q, k, v, dO through tensor descriptors),
 and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
@@ -73,8 +73,8 @@ class _CompileOnly:
 
 @contextmanager
 def compile_only(arch: int) -> Iterator[None]:
-    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the fused
-    Gluon backward where it fits, for sm_90)."""
+    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the Gluon
+    kernels where they fit, for sm_90)."""
     from . import gluon_backward, gluon_forward
 
     previous = driver._active  # no public getter that does not create the default (GPU) driver
