@@ -293,19 +293,21 @@ FUSED_CASES = {
 }
 
 
-@pytest.mark.parametrize("layout,forward", [("guarded", "triton"), ("projection", "gluon")])
+@pytest.mark.parametrize("layout,forward,backward", [("guarded", "triton", "fused"), ("projection", "gluon", "fused"),
+                                                     ("projection", "gluon", "triton")])
 @pytest.mark.parametrize("name", list(FUSED_CASES))
-def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
+def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backward):
     """The fused Gluon backward (dK1, dK2, dV and dQ by atomics in one kernel) against float64, and it ran, on
     inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
-    after the Gluon forward (gluon_forward.py)."""
+    after the Gluon forward (gluon_forward.py); and the Gluon forward followed by the Triton backward (as under
+    deterministic algorithms, or with a dO the copy engine cannot read)."""
     import kernels_float64
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the fused backward is for Hopper (sm_90)")
     case = FUSED_CASES[name]
     monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
-    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: True)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: backward == "fused")
     launches = []
     real = launch._gluon_backward
     monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
@@ -321,5 +323,6 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward):
     shares = survivor_shares(inputs, case)
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
     print(name, layout, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
-    assert "backward" in launches and ("forward" in launches) == (forward == "gluon"), launches
+    assert ("backward" in launches) == (backward == "fused") and ("forward" in launches) == (forward == "gluon"), \
+        launches
     assert all(v <= 1e-2 for v in errors.values()), errors
