@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import torch
 
-from kernels.reference import threshold_attention_reference, threshold_attention_weights
-from kernels.validation import triton_applies
+from kernels.threshold.reference import threshold_attention_reference, threshold_attention_weights
+from kernels.threshold.validation import triton_applies
 
 
 def threshold_attention(
@@ -30,7 +30,7 @@ def threshold_attention(
     head dimensions 16 to 256), else ``threshold_attention_reference``. Arguments, shapes and
     semantics are the reference's; see kernels.autograd.threshold_attention_triton."""
     if q1.is_cuda and triton_applies(q1, k1, v, q2, k2):
-        from kernels.autograd import threshold_attention_triton
+        from kernels.threshold.autograd import threshold_attention_triton
 
         return threshold_attention_triton(q1, k1, v, q2, k2, lam=lam, beta=beta, p=p,
                                           normalize=normalize, scale=scale, causal=causal)

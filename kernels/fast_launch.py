@@ -18,7 +18,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from triton import knobs
 
-from .validation import interpreting
+from .threshold.validation import interpreting
 
 MAX_KEPT = 1024  # kept compiled kernels (one per kernel, specialisation and device); the store starts over when full
 _kept: dict[tuple, tuple] = {}

@@ -7,7 +7,8 @@ import pytest
 import torch
 from triton.runtime.jit import JITFunction
 
-from kernels import fast_launch, launch
+from kernels import fast_launch
+from kernels.threshold import launch
 
 
 class Param:
@@ -167,7 +168,7 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
     pytest.importorskip("triton.experimental.gluon")
     if not launch.gluon_available():
         pytest.skip("this Triton has no Gluon the fused backward compiles with")
-    from kernels import gluon_backward as gb
+    from kernels.threshold import gluon_backward as gb
 
     seen = []
     monkeypatch.setattr(fast_launch, "launch", lambda kernel, grid, args, kwargs: seen.append((kernel, args, kwargs)))

@@ -10,7 +10,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _run(*args, interpret="0"):
     env = {**os.environ, "TRITON_INTERPRET": interpret, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-m", "kernels.registers", *args], cwd=ROOT, env=env,
+    return subprocess.run([sys.executable, "-m", "benchmarks.registers", *args], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=600)
 
 

@@ -5,7 +5,7 @@ from typing import Optional, Union
 
 import torch
 
-from . import launch, ops  # noqa: F401  (ops registers torch.ops.tda_kernels.*)
+from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .validation import as_head_vector, check_inputs
 
 

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-import kernels_float64
-from kernels_float64 import Case, make_inputs, poisoned_outputs, run_and_compare, survivor_shares  # noqa: F401
+import threshold_float64
+from threshold_float64 import Case, make_inputs, poisoned_outputs, run_and_compare, survivor_shares  # noqa: F401
 
-from kernels import launch
-from kernels.autograd import threshold_attention_triton
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
 
 FP32_TOL = 1e-4
 LOW_PRECISION_TOL = 1e-2
@@ -224,8 +224,8 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
     """The kernels (forward, dK/dV, dQ) reading q, k, v, dO through tensor descriptors (Hopper's copy
     engine, emulated by the interpreter): the output and every gradient match the float64 reference,
     for tiles that overhang T and d; inputs whose strides a descriptor cannot take fall back to pointers."""
-    unaligned = kernels_float64.guarded
-    counters = {name: kernels_float64.DescriptorCount(getattr(launch, name))
+    unaligned = threshold_float64.guarded
+    counters = {name: threshold_float64.DescriptorCount(getattr(launch, name))
                 for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
     for name, c in counters.items():
         monkeypatch.setattr(launch, name, c)
@@ -240,7 +240,7 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
                               Case(T=77, d=48, dv=48, H=2, two_views=False, beta=(0.5,)))):
         # inputs and output gradient in NaN-guarded buffers whose strides a descriptor takes (the last
         # case keeps the unaligned ones)
-        monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded if i < 3 else unaligned)
+        monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded if i < 3 else unaligned)
         inputs = make_inputs(case, seed=60 + i)
         tensors = [inputs[n] for n in ("q1", "k1", "v", "q2", "k2") if inputs.get(n) is not None]
         ready = launch.tma_ready(*tensors)
@@ -258,7 +258,7 @@ def test_skipping_empty_tiles_matches_reference(monkeypatch, path, query_major):
     """Every kernel with SKIP_EMPTY (forward; dK/dV with the dQ kernel, with dQ atomics, or with dV apart)
     on inputs where some 32 x 32 tiles have no surviving weight in either view and others do: output and
     gradients match the float64 reference (skipping is exact)."""
-    from kernels_float64 import naive_maps
+    from threshold_float64 import naive_maps
 
     monkeypatch.setattr(launch, "INTERPRETER_CONFIG",
                         launch.TileConfig(32, 32, 4, 1, query_major=query_major, skip_empty=True))
@@ -294,7 +294,7 @@ def test_outputs_take_their_inputs_layout(dims):
 
 
 def test_a_float_parameter_becomes_one_reused_head_vector():
-    from kernels.validation import as_head_vector
+    from kernels.threshold.validation import as_head_vector
 
     a, b = as_head_vector(0.5, 4, torch.device("cpu")), as_head_vector(0.5, 4, torch.device("cpu"))
     assert a is b and torch.equal(a, torch.full((4,), 0.5))
@@ -303,7 +303,7 @@ def test_a_float_parameter_becomes_one_reused_head_vector():
 
 
 def test_a_head_vector_parameter_passes_as_it_is_and_others_keep_their_gradient():
-    from kernels.validation import as_head_vector
+    from kernels.threshold.validation import as_head_vector
 
     cpu = torch.device("cpu")
     lam = torch.rand(4, requires_grad=True)

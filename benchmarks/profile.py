@@ -56,8 +56,8 @@ def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float
 
 
 def main(argv: Optional[list[str]] = None) -> None:
-    from . import bench
-    from .autograd import threshold_attention_triton
+    from benchmarks import attention as bench
+    from kernels.threshold.autograd import threshold_attention_triton
     from torch.nn.attention import SDPBackend
 
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -32,7 +32,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .tile_configs import TileConfig
+from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
 BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)

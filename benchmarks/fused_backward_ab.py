@@ -65,9 +65,9 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     if not torch.cuda.is_available():
         sys.exit("fused_backward_ab.py needs a CUDA GPU (the fused backward is for Hopper)")
-    from kernels import gluon_backward as gb
-    from kernels import launch
-    from kernels.bench import _tda_inputs, _time
+    from kernels.threshold import gluon_backward as gb
+    from kernels.threshold import launch
+    from benchmarks.attention import _tda_inputs, _time
 
     for name, values in args.variant:
         missing = [a for a in values if not hasattr(gb, a)]

@@ -16,8 +16,8 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from . import fast_launch
-from .tile_configs import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
+from .. import fast_launch
+from .tiles import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
                            dv_configs, dv_pass_apart, forward_configs, fused_paired_backward, padded)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel

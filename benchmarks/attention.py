@@ -35,10 +35,10 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
-from . import launch
-from .autograd import threshold_attention_triton
-from .reference import threshold_attention_reference
-from .tile_configs import TileConfig
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.reference import threshold_attention_reference
+from kernels.threshold.tiles import TileConfig
 
 D_MODEL = 768
 
@@ -250,7 +250,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         do = torch.randn_like(out)
         label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
         if "fwd" in parts and launch.gluon_forward_fits(q1, k1, v, q2, k2):
-            from .gluon_forward import TILE as FORWARD_TILE
+            from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
             _report("fwd (Gluon)", label, FORWARD_TILE, fl_f, lambda: launch.forward(
                 q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True), "fused_fwd", rep_ms)
         for cfg in fwd if "fwd" in parts else []:
@@ -262,7 +262,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
                                            True, views == 2, False, False, **options)
 
         if views == 2 and "dkdv" in parts and launch.gluon_backward_fits(do, q1, k1, v, q2, k2):
-            from .gluon_backward import TILE
+            from kernels.threshold.gluon_backward import TILE
             _report("bwd fused (Gluon)", label, TILE, fl_b, backward(fused=True), "fused", rep_ms)
 
         for atomic in (False, True):

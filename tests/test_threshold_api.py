@@ -4,13 +4,13 @@ the drop-in wrappers with the public code's semantics, and the dispatcher's rout
 import pytest
 import torch
 
-from kernels_float64 import Case, make_inputs, naive_attention, rel_err
+from threshold_float64 import Case, make_inputs, naive_attention, rel_err
 
 import kernels
-from kernels import ops
-from kernels.autograd import threshold_attention_triton
-from kernels.public import differential_threshold_rela_triton, threshold_rela_triton
-from kernels.validation import triton_applies
+from kernels.threshold import custom_ops as ops
+from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.public import differential_threshold_rela_triton, threshold_rela_triton
+from kernels.threshold.validation import triton_applies
 
 
 def _tda_inputs(seed=3, T=48, d=32, dv=64):
@@ -111,7 +111,7 @@ def test_triton_applies_to_supported_cases_only(monkeypatch):
 def test_padded_head_dimension_is_the_next_power_of_two_from_16():
     import triton
 
-    from kernels.tile_configs import padded
+    from kernels.threshold.tiles import padded
 
     assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
                                                                                 256, 256]
@@ -123,7 +123,7 @@ def test_cuda_context_is_bound_once_per_thread_and_device(monkeypatch):
     every launch (a new thread, like autograd's, queries again)."""
     import threading
 
-    from kernels import launch
+    from kernels.threshold import launch
 
     queried = []
 

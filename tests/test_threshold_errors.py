@@ -4,8 +4,8 @@ kernel is launched."""
 import pytest
 import torch
 
-from kernels import launch
-from kernels.autograd import threshold_attention_triton
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
 
 
 @pytest.fixture(autouse=True)

@@ -7,11 +7,11 @@ import math
 import pytest
 import torch
 
-from kernels_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
+from threshold_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
                              survivor_shares)
 
-from kernels import launch
-from kernels.autograd import threshold_attention_triton
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
 
 GLUON_FORWARD_FITS = launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
 
@@ -128,10 +128,10 @@ def test_dv_apart_on_gpu(monkeypatch, name, query_major):
 def test_tma_reads_on_gpu(monkeypatch, name, path):
     """The kernels reading q, k, v, dO through tensor descriptors (inputs in NaN-guarded buffers with
     16-byte strides), compiled, at their candidate tiles, on each backward path."""
-    import kernels_float64
+    import threshold_float64
 
     case = CASES[name]
-    monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
     monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
     for table in ("forward_configs", "backward_configs", "dv_configs", "dq_configs"):
@@ -141,7 +141,7 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
                               query_major=path == "query_major" and table in ("backward_configs", "dv_configs"),
                               tma=True) for c in default(*args)])
     monkeypatch.setattr(launch, "_chosen", {})
-    counters = {name: kernels_float64.DescriptorCount(getattr(launch, name))
+    counters = {name: threshold_float64.DescriptorCount(getattr(launch, name))
                 for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
     for kernel_name, counter in counters.items():
         monkeypatch.setattr(launch, kernel_name, counter)
@@ -160,12 +160,12 @@ def test_tma_reads_on_gpu(monkeypatch, name, path):
 def test_skipping_empty_tiles_on_gpu(monkeypatch, name, path):
     """Every kernel skipping tiles without a surviving weight, compiled, with pointer and descriptor reads,
     on each backward path."""
-    import kernels_float64
+    import threshold_float64
 
     case = CASES[name]
     for tma in (False, True):
-        monkeypatch.setattr(kernels_float64, "guarded",
-                            kernels_float64.aligned_guarded if tma else kernels_float64.guarded)
+        monkeypatch.setattr(threshold_float64, "guarded",
+                            threshold_float64.aligned_guarded if tma else threshold_float64.guarded)
         for table in ("forward_configs", "dq_configs", "backward_configs", "dv_configs"):
             default = getattr(launch, table)
             monkeypatch.setattr(launch, table, lambda *args, default=default, tma=tma: [
@@ -229,9 +229,9 @@ def test_projection_layout_on_gpu(monkeypatch, name, atomic):
 
 _FRESH_AUTOGRAD_THREAD = """
 import torch
-from kernels import launch
-from kernels.autograd import threshold_attention_triton
-from kernels.tile_configs import TileConfig
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.tiles import TileConfig
 import sys
 fused = sys.argv[1] == "fused"
 launch.backward_configs = lambda *a: [TileConfig(32, 128, 8, 3, tma=True)]
@@ -301,12 +301,12 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backwar
     inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
     after the Gluon forward (gluon_forward.py); and the Gluon forward followed by the Triton backward (as under
     deterministic algorithms, or with a dO the copy engine cannot read)."""
-    import kernels_float64
+    import threshold_float64
 
     if torch.cuda.get_device_capability() != (9, 0):
         pytest.skip("the fused backward is for Hopper (sm_90)")
     case = FUSED_CASES[name]
-    monkeypatch.setattr(kernels_float64, "guarded", kernels_float64.aligned_guarded)
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
     monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: backward == "fused")
     launches = []
     real = launch._gluon_backward

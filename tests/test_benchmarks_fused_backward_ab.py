@@ -1,20 +1,15 @@
-"""scripts/fused_backward_ab.py without a GPU: its variant syntax and its refusal to run on a machine without one."""
+"""benchmarks.fused_backward_ab without a GPU: its variant syntax and its refusal to run on a machine without one."""
 import argparse
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
 
-SCRIPT = Path(__file__).resolve().parents[1] / "scripts" / "fused_backward_ab.py"
-
 
 @pytest.fixture(scope="module")
 def ab():
-    spec = importlib.util.spec_from_file_location("fused_backward_ab", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    from benchmarks import fused_backward_ab
+
+    return fused_backward_ab
 
 
 def test_variants_parse_into_attribute_settings(ab):

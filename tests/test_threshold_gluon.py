@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from kernels import launch
+from kernels.threshold import launch
 
 
 @pytest.mark.parametrize("dtype,heads,kv_heads,d,dv,takes", [
@@ -58,8 +58,8 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
 
-    from kernels.autograd import threshold_attention_triton
-    from kernels_float64 import Case, make_inputs, run_and_compare
+    from kernels.threshold.autograd import threshold_attention_triton
+    from threshold_float64 import Case, make_inputs, run_and_compare
 
     tries = []
 
@@ -113,8 +113,8 @@ def _compile_in_subprocess(script: str, args: list) -> None:
 
 _COMPILE = """
 import sys, torch
-from kernels import launch
-from kernels.registers import compile_only, ptxas_usage
+from kernels.threshold import launch
+from benchmarks.registers import compile_only, ptxas_usage
 p, causal, normalize, grads, dv = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5]), int(sys.argv[5])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
@@ -159,8 +159,8 @@ def test_gluon_is_available_here(monkeypatch):
 
 _COMPILE_FORWARD = """
 import sys, torch
-from kernels import launch
-from kernels.registers import compile_only, ptxas_usage
+from kernels.threshold import launch
+from benchmarks.registers import compile_only, ptxas_usage
 p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)

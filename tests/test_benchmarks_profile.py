@@ -5,7 +5,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from kernels.profile import format_kernel_table, kernel_table, main
+from benchmarks.profile import format_kernel_table, kernel_table, main
 
 CUDA, CPU = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 

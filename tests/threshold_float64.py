@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels import launch
+from kernels.threshold import launch
 
 
 def naive_maps(q, k, beta, p, normalize, scale, causal):

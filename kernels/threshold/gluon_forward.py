@@ -26,7 +26,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 from .gluon_backward import _power, _rows, row_descriptors
-from .tile_configs import TileConfig
+from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup

@@ -34,9 +34,9 @@ import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
-from . import launch  # noqa: E402
-from .validation import MAX_HEAD_DIM  # noqa: E402
-from .tile_configs import TileConfig, backward_configs, dq_configs, dv_configs, forward_configs  # noqa: E402
+from kernels.threshold import launch  # noqa: E402
+from kernels.threshold.validation import MAX_HEAD_DIM  # noqa: E402
+from kernels.threshold.tiles import TileConfig, backward_configs, dq_configs, dv_configs, forward_configs  # noqa: E402
 
 D_MODEL = 768
 LAUNCHED = ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel", "dq_finish_kernel", "inverse_norm_kernel")
@@ -75,7 +75,7 @@ class _CompileOnly:
 def compile_only(arch: int) -> Iterator[None]:
     """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the Gluon
     kernels where they fit, for sm_90)."""
-    from . import gluon_backward, gluon_forward
+    from kernels.threshold import gluon_backward, gluon_forward
 
     previous = driver._active  # no public getter that does not create the default (GPU) driver
     originals = {name: getattr(launch, name) for name in LAUNCHED}
@@ -164,7 +164,7 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         # (inside compile_only, the Gluon kernels' fits see the target: sm_90 or not)
         gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"])
         if gluon_fwd:
-            from .gluon_forward import TILE as FORWARD_TILE
+            from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
 
             record("fused_fwd", "forward (Gluon)", FORWARD_TILE, not tma)
         for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
@@ -174,7 +174,7 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         fused = (launch.fused_paired_backward(d, dv)
                  and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"]))
         if fused:
-            from .gluon_backward import TILE
+            from kernels.threshold.gluon_backward import TILE
 
             launch.backward(*grads, fused=True)
             record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
