@@ -1,8 +1,9 @@
 """GPU benchmark: the fused threshold-attention kernels against torch's softmax attention.
 
-    python -m kernels.bench                    # the table (BENCHMARKS.md records one run)
-    python -m kernels.bench --seq 4096 --sweep # also time every tile candidate of the kernels
-    python -m kernels.bench --seq 4096 --head-dims 64 --sweep --sweep-parts dv-apart --sweep-views 2 --no-reference
+    python -m benchmarks.attention                     # the table (BENCHMARKS.md records runs of it)
+    python -m benchmarks.attention --seq 4096 --sweep  # also time every tile candidate of the kernels
+    python -m benchmarks.attention --seq 4096 --head-dims 64 --sweep --sweep-parts dv-apart --sweep-views 2 \
+        --no-reference
 
 For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
   sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
@@ -11,7 +12,7 @@ For each sequence length T (batch B = tokens / T) and head size, forward and for
                           parameter-matched layout, exactly softmax's FLOPs (on Hopper with d = 64, the
                           forward and the backward are Gluon kernels, gluon_forward.py, gluon_backward.py)
   tra                     our one-view kernel, n_head heads of dimension d
-  reference               the exact PyTorch TDA (kernels.reference), same shapes as tda
+  reference               the exact PyTorch TDA (kernels/threshold/reference.py), same shapes as tda
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
 bf16 by default, q/k drawn so that a stated share of the causal weights survives at beta = 1 (printed),
 lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls.
@@ -35,10 +36,12 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+from kernels.common import CompileTarget
 from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.reference import threshold_attention_reference
-from kernels.threshold.tiles import TileConfig
+from kernels.threshold.tiles import BackwardPlan, TileConfig
 
 D_MODEL = 768
 
@@ -246,21 +249,25 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         lam = x["lam"].detach() if views == 2 else None
         beta = torch.ones(heads, device="cuda")
         fl_f, fl_b = _flops_threshold(B, heads, T, d, dv, views)
-        out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
+        options = ThresholdOptions()
+        out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
         do = torch.randn_like(out)
         label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
+
+        def forward(tile: Optional[TileConfig] = None) -> Callable[..., object]:
+            return lambda target=None: launch.forward(q1, k1, v, q2, k2, lam, beta, options, tile=tile, target=target)
+
+        def backward(**plan) -> Callable[..., object]:
+            plan.setdefault("fused", False)  # the Triton kernels' tiles, unless the fused Gluon kernel is asked for
+            return lambda target=None: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options,
+                                                       views == 2, False, False, plan=BackwardPlan(**plan),
+                                                       target=target)
+
         if "fwd" in parts and launch.gluon_forward_fits(q1, k1, v, q2, k2):
             from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
-            _report("fwd (Gluon)", label, FORWARD_TILE, fl_f, lambda: launch.forward(
-                q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True), "fused_fwd", rep_ms)
+            _report("fwd (Gluon)", label, FORWARD_TILE, fl_f, forward(), "fused_fwd", rep_ms)
         for cfg in fwd if "fwd" in parts else []:
-            _report("fwd", label, cfg, fl_f, lambda: launch.forward(
-                q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, config=cfg), "fwd", rep_ms)
-        def backward(**options) -> Callable[[], object]:
-            options.setdefault("fused", False)  # the Triton kernels' tiles, unless the fused Gluon kernel is asked for
-            return lambda: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0,
-                                           True, views == 2, False, False, **options)
-
+            _report("fwd", label, cfg, fl_f, forward(cfg), "fwd", rep_ms)
         if views == 2 and "dkdv" in parts and launch.gluon_backward_fits(do, q1, k1, v, q2, k2):
             from kernels.threshold.gluon_backward import TILE
             _report("bwd fused (Gluon)", label, TILE, fl_b, backward(fused=True), "fused", rep_ms)
@@ -268,26 +275,35 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         for atomic in (False, True):
             for cfg in bwd if "dkdv" in parts else []:
                 _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b,
-                        backward(config=cfg, atomic_dq=atomic), "dkdv", rep_ms)
+                        backward(dkdv_tile=cfg, atomic_dq=atomic), "dkdv", rep_ms)
         for cfg in bwd if "dv-apart" in parts else []:
             _report("bwd dV apart (dK tiles)", label, cfg, fl_b,
-                    backward(config=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
+                    backward(dkdv_tile=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
         for cfg in dv_tiles if "dv-apart" in parts else []:
             _report("bwd dV apart (dV tiles)", label, cfg, fl_b,
-                    backward(atomic_dq=True, dv_apart=True, dv_config=cfg), "dv", rep_ms)
+                    backward(atomic_dq=True, dv_apart=True, dv_tile=cfg), "dv", rep_ms)
         for cfg in dq if "dq" in parts else []:
-            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, backward(dq_config=cfg, atomic_dq=False), "dq",
+            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, backward(dq_tile=cfg, atomic_dq=False), "dq",
                     rep_ms)
 
 
-def _report(what: str, label: str, cfg: TileConfig, flops: float, fn: Callable, kernel: str,
+def compiled_kernel(run: Callable[..., object], part: str) -> object:
+    """The compiled kernel of ``part`` that ``run(target=...)`` launches, as Triton has it (after a launch, the
+    loaded one, with its registers and spills)."""
+    major, minor = torch.cuda.get_device_capability()
+    target = CompileTarget(10 * major + minor)
+    run(target=target)
+    return target.compiled.get(part)
+
+
+def _report(what: str, label: str, cfg: TileConfig, flops: float, run: Callable[..., object], part: str,
             rep_ms: int) -> None:
     try:
-        ms = _time(fn, [], rep_ms)
+        ms = _time(run, [], rep_ms)
     except Exception as err:  # out of resources or a compile failure: report and go on
         print(f"  {what:30s} {label} {cfg.describe()}: failed ({type(err).__name__}: {str(err)[:80]})")
         return
-    c = launch.last_compiled.get(kernel)
+    c = compiled_kernel(run, part)
     regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
     print(f"  {what:30s} {label} {cfg.describe()}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}", flush=True)
 
@@ -309,7 +325,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="paired TDA (2) and/or the one-view kernel (1) in the sweep")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("kernels.bench needs a CUDA GPU")
+        raise SystemExit("benchmarks.attention needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     print(f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
           f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN "

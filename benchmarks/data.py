@@ -1,6 +1,6 @@
 """Benchmark of the data pipeline: prepare's tokens/s and the training loader's tokens/s.
 
-    python scripts/bench_data.py [--megabytes 64] [--workers 1 2] [--batch-size 32] [--seq-len 1024]
+    python -m benchmarks.data [--megabytes 64] [--workers 1 2] [--batch-size 32] [--seq-len 1024]
 
 Prepare reads a local .jsonl corpus made of the built-in corpus's text (cut into ~4 KB documents,
 repeated up to --megabytes) and tokenises it with GPT-2 BPE, once per worker count. The loader then
@@ -13,17 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
-
-from data.builtin_corpus import load_works  # noqa: E402
-from data.loader import TokenLoader  # noqa: E402
-from data.meta import read_meta  # noqa: E402
-from data.prepare import prepare_dataset  # noqa: E402
+from data.builtin_corpus import load_works
+from data.loader import TokenLoader
+from data.meta import read_meta
+from data.prepare import prepare_dataset
 
 
 def write_corpus(path: Path, megabytes: float, doc_chars: int = 4000) -> int:

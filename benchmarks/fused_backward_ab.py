@@ -1,26 +1,29 @@
-"""A/B of variants of the fused Gluon backward (kernels/gluon_backward.py) against the Triton split, on one GPU.
+"""A/B of the fused Gluon backward (kernels/threshold/gluon_backward.py) against the Triton split, and of variants of
+it, on one Hopper GPU.
 
-A variant is a name and settings of module-level attributes of kernels.gluon_backward that the launcher reads at
-each call (experiment switches), e.g. ``--variant outer:OUTER_SCORE_FACTOR=True``; the default kernel is always
-measured as "fused", the Triton dK/dV + dQ kernels as "split". For each variant:
+The fused kernel at its defaults is always measured as "fused", the Triton dK/dV + dQ kernels as "split". A variant
+is a name and settings of module-level attributes of kernels.threshold.gluon_backward, e.g.
+``--variant NAME:MAX_REGISTERS=VALUE``. Only attributes that the launcher reads at each call make a variant: at this
+commit that is MAX_REGISTERS (the launch's maxnreg); an experiment branch adds its own (a switch the launcher passes
+to the kernel as a constexpr). Attributes that the kernel reads as globals (BLOCK_M, STAGES, ...) cannot be switched
+this way: Triton refuses to launch a kernel after a global it reads has changed. For each method:
 
 1. exactness on awkward shapes (T = 1, 63, 200 without causal mask or normalisation, Tq = 100 against Tk = 300,
    T = 1111 with v 32; p = 1, 2, 3; lam outside [0, 1]; beta < 0 and 0): max |x - split| / max |split| for every
    gradient (dq differs by the order of fp32 atomic additions);
 2. the backward alone at the benchmark's paired shape (6 heads, q/k 64, v 128, B.T = 16384, bf16), median ms over
-   ``--rep-ms`` windows, all methods alternating ``--rounds`` times, so that clocks drift alike.
+   ``--rep-ms`` windows, all methods alternating ``--rounds`` times, so that clocks drift alike, and the compiled
+   kernel's registers and spills.
 
 Prints one line per shape and method and writes them to ``--out`` when given.
 
-    python scripts/fused_backward_ab.py --variant outer:OUTER_SCORE_FACTOR=True --out ab.log
+    python -m benchmarks.fused_backward_ab --seq 4096 8192 16384 --out ab.log
 """
 import argparse
 import ast
 import sys
 from pathlib import Path
 from typing import Optional
-
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 GRADIENTS = ["dq1", "dk1", "dv", "dq2", "dk2", "dlam", "dbeta"]
 # (T, Tq, causal, normalize, p, beta, dv)
@@ -51,7 +54,7 @@ def parse_variant(text: str) -> tuple[str, dict]:
 def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--variant", type=parse_variant, action="append", default=[],
-                    help="NAME:ATTR=VALUE[,ATTR=VALUE] (attributes of kernels.gluon_backward)")
+                    help="NAME:ATTR=VALUE[,ATTR=VALUE] (attributes of kernels.threshold.gluon_backward)")
     ap.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
@@ -64,15 +67,17 @@ def main(argv: Optional[list[str]] = None) -> None:
     import torch
 
     if not torch.cuda.is_available():
-        sys.exit("fused_backward_ab.py needs a CUDA GPU (the fused backward is for Hopper)")
+        sys.exit("benchmarks.fused_backward_ab needs a CUDA GPU (the fused backward is for Hopper)")
+    from benchmarks.attention import _tda_inputs, _time, compiled_kernel
     from kernels.threshold import gluon_backward as gb
     from kernels.threshold import launch
-    from benchmarks.attention import _tda_inputs, _time
+    from kernels.threshold.options import ThresholdOptions
+    from kernels.threshold.tiles import BackwardPlan
 
     for name, values in args.variant:
         missing = [a for a in values if not hasattr(gb, a)]
         if missing:
-            sys.exit(f"variant {name}: kernels.gluon_backward has no attribute {', '.join(missing)}")
+            sys.exit(f"variant {name}: kernels.threshold.gluon_backward has no attribute {', '.join(missing)}")
     defaults = {a: getattr(gb, a) for _, values in args.variant for a in values}
     methods = {"split": None, "fused": {}, **dict(args.variant)}
     lines = []
@@ -81,12 +86,12 @@ def main(argv: Optional[list[str]] = None) -> None:
         print(line, flush=True)
         lines.append(line)
 
-    def grads(call_args: tuple, method: str):
+    def grads(call_args: tuple, method: str, target=None):
         for attr, value in defaults.items():
             setattr(gb, attr, value)
         for attr, value in (methods[method] or {}).items():
             setattr(gb, attr, value)
-        return launch.backward(*call_args, fused=method != "split")
+        return launch.backward(*call_args, plan=BackwardPlan(fused=method != "split"), target=target)
 
     def rel(a, b):
         return ((a.float() - b.float()).abs().max() / b.float().abs().max().clamp_min(1e-30)).item()
@@ -100,9 +105,9 @@ def main(argv: Optional[list[str]] = None) -> None:
         q1, k1, v, q2, k2 = mk(Tq, 64), mk(T, 64), mk(T, dv), mk(Tq, 64), mk(T, 64)
         lam, beta = torch.tensor([0.5, 1.3, -0.2], device="cuda"), torch.full((3,), beta_v, device="cuda")
         scale = 1.0 if norm else 0.125
-        out, *norms = launch.forward(q1, k1, v, q2, k2, lam, beta, p, norm, scale, causal)
-        call_args = (torch.randn_like(out), q1, k1, v, q2, k2, *norms, lam, beta, p, norm, scale, causal, True, True,
-                     False)
+        options = ThresholdOptions(p=p, normalize=norm, scale=scale, causal=causal)
+        out, *norms = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
+        call_args = (torch.randn_like(out), q1, k1, v, q2, k2, *norms, lam, beta, options, True, True, False)
         split = grads(call_args, "split")
         for method in list(methods)[1:]:
             got = grads(call_args, method)
@@ -113,16 +118,16 @@ def main(argv: Optional[list[str]] = None) -> None:
         x = _tda_inputs(16384 // T, T, 6, 64, 128, torch.bfloat16, 2, 0.5)
         det = [x[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
         beta = torch.ones(6, device="cuda")
-        out, *norms = launch.forward(*det[:3], *det[3:], x["lam"].detach(), beta, 2.0, True, 1.0, True)
-        call_args = (torch.randn_like(out), *det[:3], *det[3:], *norms, x["lam"].detach(), beta, 2.0, True, 1.0,
-                     True, True, False, False)
+        out, *norms = launch.forward(*det[:3], *det[3:], x["lam"].detach(), beta, ThresholdOptions())
+        call_args = (torch.randn_like(out), *det[:3], *det[3:], *norms, x["lam"].detach(), beta, ThresholdOptions(),
+                     True, False, False)
         times: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for method in methods:
                 times.setdefault(method, []).append(_time(lambda: grads(call_args, method), [], args.rep_ms))
         for method in list(methods)[1:]:
             grads(call_args, method)
-            c = launch.last_compiled["fused"]
+            c = compiled_kernel(lambda target=None: grads(call_args, method, target), "fused")
             say(f"T={T} {method}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # (n_spills: 4-byte words)
         say(f"T={T} backward ms: " + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()))
     for attr, value in defaults.items():

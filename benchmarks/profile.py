@@ -1,16 +1,24 @@
-"""Where the GPU time of one forward+backward goes, kernel by kernel (GPU only).
+"""Where the time of one forward+backward goes: GPU time kernel by kernel, or (``--host``) the CPU time of issuing
+it, function by function (GPU only).
 
-    python -m kernels.profile                      # T = 4096 and 16384, d = 64, bf16
-    python -m kernels.profile --seq 8192 --out profile.md
+    python -m benchmarks.profile                      # T = 4096 and 16384, d = 64, bf16
+    python -m benchmarks.profile --seq 8192 --out profile.md
+    python -m benchmarks.profile --seq 4096 --host    # cProfile of issuing paired TDA's forward+backward
 
-For the benchmark's parameter-matched shapes (kernels.bench: B·T = 16384 tokens), profiles cuDNN's
+For the benchmark's parameter-matched shapes (benchmarks.attention: B·T = 16384 tokens), profiles cuDNN's
 softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
 each GPU kernel's time per call (µs), its launches per call and its share of the method's GPU time.
 Use it to see what the fused kernels cost beside the small ones (norms, zero fills, dQ conversion,
-reductions) that the benchmark's wall time also counts.
+reductions) that the benchmark's wall time also counts. With ``--host`` it runs paired TDA's forward+backward
+under cProfile while a sleep kernel keeps the GPU busy (so no call waits for it) and prints the functions with the
+most own and cumulative time: where the CPU time of an eager call goes (cProfile inflates every Python call, so
+read the shares, not the totals; benchmarks.attention's host µs column is the uninflated total).
 """
 
 import argparse
+import cProfile
+import io
+import pstats
 from collections import defaultdict
 from typing import Callable, Iterable, Optional
 
@@ -55,20 +63,38 @@ def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float
     return kernel_table(prof.events(), calls)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
-    from benchmarks import attention as bench
-    from kernels.threshold.autograd import threshold_attention_triton
-    from torch.nn.attention import SDPBackend
+def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str:
+    """cProfile's tables of ``calls`` calls of ``fn``: the ``limit`` functions with the most own time, then the most
+    cumulative time (time per call is the table's total over ``calls``)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
 
+
+def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--host", action="store_true",
+                        help="cProfile the CPU time of issuing paired TDA's forward+backward instead")
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
-        raise SystemExit("kernels.profile needs a CUDA GPU")
+        raise SystemExit("benchmarks.profile needs a CUDA GPU")
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import attention as bench
+    from kernels.threshold.autograd import threshold_attention_triton
+
     dtype, d = torch.bfloat16, args.head_dim
     H = bench.D_MODEL // d
     out = []
@@ -93,6 +119,19 @@ def main(argv: Optional[list[str]] = None) -> None:
                    ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
                        x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                    ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
+        if args.host:
+            call = step(methods[1][3])
+            for _ in range(3):  # compilation, tile choice, kept launches
+                call()
+            torch.cuda.synchronize()
+            torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
+            report = cprofile_table(call, args.calls)
+            torch.cuda.synchronize()
+            table = (f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
+                     f"```\n{report}```")
+            print(table + "\n", flush=True)
+            out.append(table)
+            continue
         for name, heads, dv, forward in methods:
             table = format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
                                         profile_calls(step(forward), args.calls))

@@ -1,16 +1,16 @@
-"""Registers and spills of the Triton kernels, compiled for an NVIDIA GPU on any machine (no GPU needed).
+"""Registers and spills of the threshold-attention kernels, compiled for an NVIDIA GPU on any machine (no GPU needed).
 
-    python -m kernels.registers                            # paired TDA and TRA, d = 64, bf16, sm_90
-    python -m kernels.registers --head-dims 64 128 --defaults-only --out registers.md
+    python -m benchmarks.registers                            # paired TDA and TRA, d = 64, bf16, sm_90
+    python -m benchmarks.registers --head-dims 64 128 --defaults-only --out registers.md
 
 Each kernel (forward, dK/dV with either dQ path, dQ, and dK and dV in launches of their own; for sm_90 and paired
-16-bit d = 64, the Gluon forward and fused backward) is compiled the way launch.py launches it, for the
-head layouts kernels.bench times, at every tile candidate of kernels/tile_configs.py (first = default;
-``--tma``: every candidate reading q, k, v, dO through tensor descriptors),
-and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
-and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows
-register pressure before any GPU time is spent. The code is what the Triton installed here produces;
-another Triton version compiles differently (compile with the version the GPU machine runs).
+16-bit d = 64, the Gluon forward and fused backward) is compiled the way kernels/threshold/launch.py launches it (its
+launchers given a CompileTarget), for the head layouts benchmarks.attention times, at every tile candidate of
+kernels/threshold/tiles.py (first = default; ``--tma``: every candidate reading q, k, v, dO through tensor
+descriptors), and the report of the ptxas that Triton ships is tabulated: registers per thread, bytes of spill stores
+and shared memory. On an H200 the spilling tiles were the slow ones (BENCHMARKS.md), so this shows register pressure
+before any GPU time is spent. The code is what the Triton installed here produces; another Triton version compiles
+differently (compile with the version the GPU machine runs).
 """
 
 from __future__ import annotations
@@ -27,22 +27,24 @@ from dataclasses import dataclass
 from typing import Iterator, Optional
 
 if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on"):
-    sys.exit("kernels.registers compiles the kernels: run it without TRITON_INTERPRET=1")
+    sys.exit("benchmarks.registers compiles the kernels: run it without TRITON_INTERPRET=1")
 
 import torch  # noqa: E402
 import triton  # noqa: E402
 from triton.backends.compiler import GPUTarget  # noqa: E402
 from triton.runtime.driver import driver  # noqa: E402
 
+from kernels.common import CompileTarget  # noqa: E402
 from kernels.threshold import launch  # noqa: E402
+from kernels.threshold.options import ThresholdOptions  # noqa: E402
+from kernels.threshold.tiles import (BackwardPlan, TileConfig, backward_configs, dq_configs, dv_configs,  # noqa: E402
+                                     forward_configs)
 from kernels.threshold.validation import MAX_HEAD_DIM  # noqa: E402
-from kernels.threshold.tiles import TileConfig, backward_configs, dq_configs, dv_configs, forward_configs  # noqa: E402
 
 D_MODEL = 768
-LAUNCHED = ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel", "dq_finish_kernel", "inverse_norm_kernel")
 
 
-class _CompileTarget:
+class _TargetDriver:
     """A Triton driver that names a fixed CUDA target and launches nothing."""
 
     def __init__(self, arch: int):
@@ -61,42 +63,15 @@ class _CompileTarget:
         return torch.device("cpu")
 
 
-class _CompileOnly:
-    """Stands in for a kernel in launch.py: ``kernel[grid](...)`` compiles and returns the compiled kernel."""
-
-    def __init__(self, kernel):
-        self.kernel = kernel
-
-    def __getitem__(self, grid):
-        return lambda *args, **kwargs: self.kernel.warmup(*args, grid=grid, **kwargs)
-
-
 @contextmanager
-def compile_only(arch: int) -> Iterator[None]:
-    """Inside, launch.forward/backward compile every kernel for sm_<arch> on CPU tensors and run none (the Gluon
-    kernels where they fit, for sm_90)."""
-    from kernels.threshold import gluon_backward, gluon_forward
-
+def compiling_for(arch: int) -> Iterator[CompileTarget]:
+    """Inside, Triton compiles for sm_<arch> on this machine, GPU or none (its active driver names that target);
+    yields the CompileTarget to give the launchers, which then compile every kernel on CPU tensors and run none."""
     previous = driver._active  # no public getter that does not create the default (GPU) driver
-    originals = {name: getattr(launch, name) for name in LAUNCHED}
-    on_hopper, fused_kernel = launch.on_hopper, gluon_backward.paired_backward_kernel
-    forward_kernel = gluon_forward.paired_forward_kernel
-    driver.set_active(_CompileTarget(arch))
+    driver.set_active(_TargetDriver(arch))
     try:
-        for name, kernel in originals.items():
-            setattr(launch, name, _CompileOnly(kernel))
-        gluon_backward.paired_backward_kernel = _CompileOnly(fused_kernel)
-        gluon_forward.paired_forward_kernel = _CompileOnly(forward_kernel)
-        launch.on_hopper = lambda x: arch == 90  # the target compiled for, whatever the tensors' device
-        launch._chosen.clear()
-        yield
+        yield CompileTarget(arch)
     finally:
-        for name, kernel in originals.items():
-            setattr(launch, name, kernel)
-        gluon_backward.paired_backward_kernel = fused_kernel
-        gluon_forward.paired_forward_kernel = forward_kernel
-        launch.on_hopper = on_hopper
-        launch._chosen.clear()
         driver.set_active(previous)
 
 
@@ -138,7 +113,7 @@ def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int)
 
 def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096,
              tma: bool = False) -> list[dict]:
-    """One row per (kernel, path, tile): the layout kernels.bench times (paired TDA: d_model/(2d) heads,
+    """One row per (kernel, path, tile): the layout benchmarks.attention times (paired TDA: d_model/(2d) heads,
     v of 2d; one view: d_model/d heads of d). No rows for a paired layout whose v of 2d is wider than the
     kernels take (MAX_HEAD_DIM): no input has it."""
     dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
@@ -146,53 +121,56 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         return []
     x = _inputs(views, d, dv, heads, dtype, T)
     two, size = views == 2, torch.tensor([], dtype=dtype).element_size()
-    fixed = (x["lam"], x["beta"], 2.0, True, 1.0, True)
+    fixed = (x["lam"], x["beta"], ThresholdOptions())
     label = f"{'TDA paired' if two else 'one view'} {heads}×{d} (v {dv})"
     rows = []
-
-    def record(kernel: str, path: str, cfg: TileConfig, default: bool) -> None:
-        usage = ptxas_usage(launch.last_compiled[kernel], arch)
-        rows.append(dict(layout=label, kernel=kernel, path=path, cfg=cfg, default=default, usage=usage))
 
     def candidates(table: list[TileConfig]) -> list[TileConfig]:
         table = [dataclasses.replace(c, tma=True) for c in table] if tma else table
         return table[:1] if defaults_only else table
 
-    with compile_only(arch):
-        out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed)
+    with compiling_for(arch) as target:
+        def record(part: str, path: str, cfg: TileConfig, default: bool) -> None:
+            usage = ptxas_usage(target.compiled[part], arch)
+            rows.append(dict(layout=label, kernel=part, path=path, cfg=cfg, default=default, usage=usage))
+
+        out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, target=target)
         do = torch.zeros_like(out)
-        # (inside compile_only, the Gluon kernels' fits see the target: sm_90 or not)
-        gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"])
+        gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target)
         if gluon_fwd:
             from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
 
             record("fused_fwd", "forward (Gluon)", FORWARD_TILE, not tma)
         for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
-            launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, config=cfg)
+            launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, tile=cfg, target=target)
             record("fwd", "forward", cfg, i == 0 and not tma and not gluon_fwd)
         grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
+
+        def backward(plan: BackwardPlan) -> None:
+            launch.backward(*grads, plan=plan, target=target)
+
         fused = (launch.fused_paired_backward(d, dv)
-                 and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"]))
+                 and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target))
         if fused:
             from kernels.threshold.gluon_backward import TILE
 
-            launch.backward(*grads, fused=True)
+            backward(BackwardPlan(fused=True))
             record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
             for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
-                launch.backward(*grads, config=cfg, atomic_dq=atomic, fused=False)
+                backward(BackwardPlan(fused=False, atomic_dq=atomic, dkdv_tile=cfg))
                 record("dkdv", "dK/dV, dQ by atomics" if atomic else "dK/dV, dQ kernel apart", cfg,
                        i == 0 and atomic == default_atomic and not tma and not fused)
         for i, cfg in enumerate(candidates(dq_configs(d, dv, two, size))):
-            launch.backward(*grads, atomic_dq=False, dq_config=cfg, fused=False)
+            backward(BackwardPlan(fused=False, atomic_dq=False, dq_tile=cfg))
             record("dq", "dQ kernel", cfg, i == 0 and not default_atomic and not tma and not fused)
         apart = launch.dv_pass_apart(two)
         for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):
-            launch.backward(*grads, config=cfg, atomic_dq=True, dv_apart=True, fused=False)
+            backward(BackwardPlan(fused=False, atomic_dq=True, dv_apart=True, dkdv_tile=cfg))
             record("dkdv", "dK (dV apart), dQ by atomics", cfg, i == 0 and apart and default_atomic and not tma)
         for i, cfg in enumerate(candidates(dv_configs(d, dv, two, size))):
-            launch.backward(*grads, atomic_dq=True, dv_apart=True, dv_config=cfg, fused=False)
+            backward(BackwardPlan(fused=False, atomic_dq=True, dv_apart=True, dv_tile=cfg))
             record("dv", "dV apart", cfg, i == 0 and apart and default_atomic and not tma)
     return rows
 

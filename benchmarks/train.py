@@ -1,6 +1,6 @@
 """Training throughput: tokens/s, MFU and peak memory of train.py for attentions × GPU counts × strategies.
 
-    python scripts/bench_train.py --attentions softmax tda --gpus 1 2 --strategies ddp --steps 200 \
+    python -m benchmarks.train --attentions softmax tda --gpus 1 2 --strategies ddp --steps 200 \
         --out bench_train.md -- model=gpt2_162m data.tokenizer=gpt2
 
 Each point is one `torchrun --standalone --nproc_per_node=<gpus> train.py ...` with a fixed micro-batch per

@@ -1,4 +1,4 @@
-"""kernels.registers compiles the kernels for sm_90 on this CPU-only machine and tabulates ptxas's report."""
+"""benchmarks.registers compiles the kernels for sm_90 on this CPU-only machine and tabulates ptxas's report."""
 
 import os
 import subprocess
@@ -24,7 +24,7 @@ def test_register_table_for_the_default_tiles(tmp_path):
     assert paths == ["forward", "dK/dV, dQ by atomics", "dK/dV, dQ kernel apart", "dQ kernel",
                      "dK (dV apart), dQ by atomics", "dV apart"]
     assert [r[3].strip() for r in rows] == ["yes", "yes", "", "", "", ""]
-    assert "query-major" in rows[1][2]   # the one-view default of tile_configs
+    assert "query-major" in rows[1][2]   # the one-view default of kernels/threshold/tiles.py
     for r in rows:
         registers, spills, shared = int(r[4]), int(r[5]), float(r[6])
         assert 16 <= registers <= 255 and spills >= 0 and 0 < shared <= 227

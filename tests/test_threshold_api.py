@@ -92,7 +92,7 @@ def test_dispatcher_uses_the_reference_for_cpu_tensors(monkeypatch):
     x = _tda_inputs(seed=6)
     args = [x[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
     calls = []
-    monkeypatch.setattr(kernels, "threshold_attention_reference",
+    monkeypatch.setattr(kernels.threshold, "threshold_attention_reference",
                         lambda *a, **k: calls.append(1) or torch.zeros(()))
     kernels.threshold_attention(*args, lam=0.5)
     assert calls == [1]
@@ -106,42 +106,3 @@ def test_triton_applies_to_supported_cases_only(monkeypatch):
     assert not triton_applies(q1, k1, torch.randn(1, 2, 48, 8))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not triton_applies(q1, k1, v)
-
-
-def test_padded_head_dimension_is_the_next_power_of_two_from_16():
-    import triton
-
-    from kernels.threshold.tiles import padded
-
-    assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
-                                                                                256, 256]
-    assert all(padded(d) == max(16, triton.next_power_of_2(d)) for d in range(1, 513))
-
-
-def test_cuda_context_is_bound_once_per_thread_and_device(monkeypatch):
-    """Descriptor launches bind the CUDA context with a stream query: once per thread and device, not on
-    every launch (a new thread, like autograd's, queries again)."""
-    import threading
-
-    from kernels.threshold import launch
-
-    queried = []
-
-    class Stream:
-        def __init__(self, device):
-            self.device = device
-
-        def query(self):
-            queried.append((threading.get_ident(), self.device.index))
-            return True
-
-    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
-    monkeypatch.setattr(launch, "_bound_contexts", threading.local())
-    for _ in range(3):
-        launch._bind_cuda_context(torch.device("cuda", 0))
-    launch._bind_cuda_context(torch.device("cuda", 1))
-    thread = threading.Thread(target=launch._bind_cuda_context, args=(torch.device("cuda", 0),))
-    thread.start()
-    thread.join()
-    assert [d for _, d in queried] == [0, 1, 0]
-    assert queried[0][0] == queried[1][0] != queried[2][0]

@@ -6,6 +6,7 @@ import torch
 
 from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.options import ThresholdOptions
 
 
 @pytest.fixture(autouse=True)
@@ -23,11 +24,12 @@ def _good(T=8, d=16, dv=32, H=2, Hkv=2, dtype=torch.float32):
 
 def _call(**changes):
     args = _good()
-    kwargs = dict(lam=0.5, beta=1.0, p=2.0, normalize=True, scale=1.0, causal=True)
+    kwargs = dict(lam=0.5, beta=1.0)
+    options = dict(p=2.0, normalize=True, scale=1.0, causal=True)
     for key, value in changes.items():
-        (args if key in args else kwargs)[key] = value
+        (args if key in args else options if key in options else kwargs)[key] = value
     return threshold_attention_triton(args["q1"], args["k1"], args["v"], args["q2"], args["k2"],
-                                      **kwargs)
+                                      options=ThresholdOptions(**options), **kwargs)
 
 
 BAD = [

@@ -1,7 +1,7 @@
-"""The Gluon kernels (kernels/gluon_forward.py, kernels/gluon_backward.py) without a GPU: which layouts and inputs they
+"""The Gluon kernels (kernels/threshold/gluon_forward.py, gluon_backward.py) without a GPU: which layouts and inputs they
 take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed Triton for
 several of their compile-time variants, within the register file and shared memory. Their results are checked on a GPU
-(test_kernels_gpu.py::test_fused_gluon_backward_on_gpu)."""
+(test_threshold_gpu.py::test_fused_gluon_backward_on_gpu)."""
 
 import os
 import subprocess
@@ -10,6 +10,7 @@ import sys
 import pytest
 import torch
 
+from kernels import common
 from kernels.threshold import launch
 
 
@@ -76,7 +77,7 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
     else:
         monkeypatch.setattr(launch, "_gluon_backward", lambda *a: pytest.fail("the backward tried Gluon after a failure"))
     monkeypatch.setattr(launch, "_gluon_failure", [])
-    monkeypatch.setattr(launch, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
+    monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
     case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
     with pytest.warns(RuntimeWarning, match="Gluon kernels cannot run with Triton"):
         errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=4), seed=4)
@@ -94,13 +95,13 @@ def test_fits_nothing_off_hopper(monkeypatch):
     assert not launch.gluon_forward_fits(q1, k1, v, q2, k2)
     monkeypatch.setattr(launch, "on_hopper", lambda x: True)
     assert launch.gluon_backward_fits(do, q1, k1, v, q2, k2) and launch.gluon_forward_fits(q1, k1, v, q2, k2)
-    monkeypatch.setattr(launch, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
+    monkeypatch.setattr(common, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
     assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
 
 
 def _compile_in_subprocess(script: str, args: list) -> None:
     """Run a script that compiles a kernel for sm_90 and prints ptxas' usage, in a process of its own (as
-    kernels.registers does), with the project importable and the caller's PYTHONPATH after it (a Triton put first
+    benchmarks.registers does), with the project importable and the caller's PYTHONPATH after it (a Triton put first
     there is the one compiling); its registers, spill bytes and shared KiB must fit an H100/H200."""
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
@@ -113,17 +114,20 @@ def _compile_in_subprocess(script: str, args: list) -> None:
 
 _COMPILE = """
 import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
-from benchmarks.registers import compile_only, ptxas_usage
+from kernels.threshold.options import ThresholdOptions
+from kernels.threshold.tiles import BackwardPlan
 p, causal, normalize, grads, dv = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5]), int(sys.argv[5])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 q1, k1, v, q2, k2, do = mk(64), mk(64), mk(dv), mk(64), mk(64), mk(dv)
 norms = [torch.zeros(1, H, T) if normalize else torch.zeros(0) for _ in range(4)]
-with compile_only(90):
-    launch.backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0, causal,
-                    grads, grads, False, fused=True)
-    u = ptxas_usage(launch.last_compiled["fused"], 90)
+with compiling_for(90) as target:
+    launch.backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H),
+                    ThresholdOptions(p=p, normalize=normalize, causal=causal), grads, grads, False,
+                    plan=BackwardPlan(fused=True), target=target)
+    u = ptxas_usage(target.compiled["fused"], 90)
 print(u.registers, u.spill_bytes, u.shared_kib)
 """
 
@@ -159,15 +163,16 @@ def test_gluon_is_available_here(monkeypatch):
 
 _COMPILE_FORWARD = """
 import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
-from benchmarks.registers import compile_only, ptxas_usage
+from kernels.threshold.options import ThresholdOptions
 p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
-with compile_only(90):
-    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H), p, normalize, 1.0,
-                   causal)
-    u = ptxas_usage(launch.last_compiled["fused_fwd"], 90)
+with compiling_for(90) as target:
+    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H),
+                   ThresholdOptions(p=p, normalize=normalize, causal=causal), target=target)
+    u = ptxas_usage(target.compiled["fused_fwd"], 90)
 print(u.registers, u.spill_bytes, u.shared_kib)
 """
 

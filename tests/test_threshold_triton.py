@@ -10,7 +10,9 @@ import torch
 import threshold_float64
 from threshold_float64 import Case, make_inputs, poisoned_outputs, run_and_compare, survivor_shares  # noqa: F401
 
+from kernels import common
 from kernels.threshold import launch
+from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.autograd import threshold_attention_triton
 
 FP32_TOL = 1e-4
@@ -97,13 +99,13 @@ def test_projection_layout_comes_back_in_that_layout(monkeypatch, case, atomic):
 
     x = {n: inputs[n].detach() for n in names}
     q2, k2 = x.get("q2"), x.get("k2")
-    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], q2, k2, inputs.get("lam"), inputs["beta"], 2.0,
-                                 True, 1.0, True)
+    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], q2, k2, inputs.get("lam"), inputs["beta"],
+                                 ThresholdOptions())
     assert out.stride() == x["q1"].new_empty(out.shape[0], out.shape[2], out.shape[1], out.shape[3]) \
         .transpose(1, 2).stride()
     do = torch.randn_like(out)
     grads = launch.backward(do, x["q1"], x["k1"], x["v"], q2, k2, *norms, inputs.get("lam"), inputs["beta"],
-                            2.0, True, 1.0, True, case.two_views, False, False)
+                            ThresholdOptions(), case.two_views, False, False)
     for n, g in zip(["q1", "k1", "v", "q2", "k2"], grads):
         if n in x:
             assert g.stride() == x[n].stride(), n
@@ -123,10 +125,10 @@ def test_views_in_different_layouts_get_their_own_dq_layouts_with_atomics(monkey
     assert all(v <= FP32_TOL for v in errors.values()), errors
     assert [grid[1] for grid in calls] == [2]  # one launch, both views
     x = {n: inputs[n].detach() for n in ("q1", "k1", "v", "q2", "k2")}
-    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], inputs["lam"], inputs["beta"], 2.0,
-                                 True, 1.0, True)
+    out, *norms = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], inputs["lam"], inputs["beta"],
+                                 ThresholdOptions())
     dq1, _, _, dq2, *_ = launch.backward(torch.randn_like(out), x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *norms,
-                                         inputs["lam"], inputs["beta"], 2.0, True, 1.0, True, True, False, False)
+                                         inputs["lam"], inputs["beta"], ThresholdOptions(), True, False, False)
     assert dq1.is_contiguous()  # q1: a (B, H, T, d) view into a guarded buffer
     assert dq2.stride() == x["q2"].stride()  # q2: dense (B, T, H, d) seen as (B, H, T, d)
 
@@ -243,7 +245,7 @@ def test_tma_reads_match_reference(monkeypatch, query_major, atomic, apart):
         monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded if i < 3 else unaligned)
         inputs = make_inputs(case, seed=60 + i)
         tensors = [inputs[n] for n in ("q1", "k1", "v", "q2", "k2") if inputs.get(n) is not None]
-        ready = launch.tma_ready(*tensors)
+        ready = common.tma_ready(*tensors)
         before = counter.with_descriptors
         errors = run_and_compare(threshold_attention_triton, case, inputs, seed=60 + i)
         assert all(v <= FP32_TOL for v in errors.values()), (case, errors)
@@ -279,18 +281,6 @@ def test_skipping_empty_tiles_matches_reference(monkeypatch, path, query_major):
         assert occupied.any() and not occupied.all(), "the case must have empty and occupied causal tiles"
         errors = run_and_compare(threshold_attention_triton, case, inputs, seed=80 + i)
         assert all(v <= FP32_TOL for v in errors.values()), (case, errors)
-
-
-@pytest.mark.parametrize("dims", [(0, 1, 2), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
-def test_outputs_take_their_inputs_layout(dims):
-    """new_rows_like allocates (B, H, T, width) with B, H, T in the input's memory order and the last
-    dimension contiguous: the strides of a dense tensor laid out in that order, then viewed as (B, H, T, ·)."""
-    shape = (2, 3, 5)
-    x = torch.zeros(tuple(shape[i] for i in dims) + (8,)).permute(*[dims.index(i) for i in range(3)], 3)
-    assert x.shape[:3] == shape
-    y = launch.new_rows_like(x, 16, torch.float16)
-    dense = torch.zeros(tuple(shape[i] for i in dims) + (16,)).permute(*[dims.index(i) for i in range(3)], 3)
-    assert y.shape == (*shape, 16) and y.dtype == torch.float16 and y.stride() == dense.stride()
 
 
 def test_a_float_parameter_becomes_one_reused_head_vector():

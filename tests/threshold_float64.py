@@ -9,7 +9,8 @@ from dataclasses import dataclass
 import pytest
 import torch
 
-from kernels.threshold import launch
+from kernels import common
+from kernels.threshold.options import ThresholdOptions
 
 
 def naive_maps(q, k, beta, p, normalize, scale, causal):
@@ -154,8 +155,8 @@ def run_kernel(fn, case: Case, inputs: dict, seed: int, beta_grad: bool = True) 
     for x in tensors.values():
         x.grad = None
     out = fn(tensors["q1"], tensors["k1"], tensors["v"], tensors.get("q2"), tensors.get("k2"),
-             lam=lam, beta=beta, p=case.p, normalize=case.normalize, scale=case.scale,
-             causal=case.causal)
+             lam=lam, beta=beta, options=ThresholdOptions(p=case.p, normalize=case.normalize, scale=case.scale,
+                                                          causal=case.causal))
     g = torch.Generator().manual_seed(seed + 1)
     do = guarded(out.shape, torch.randn(out.shape, generator=g, dtype=torch.float64)
                  .to(out.device, out.dtype)).detach()
@@ -217,7 +218,7 @@ def poisoned_outputs(monkeypatch):
         if strides is None:
             return torch.full(shape, float("nan"), dtype=dtype, device=device)
         return torch.empty_strided(shape, strides, dtype=dtype, device=device).fill_(float("nan"))
-    monkeypatch.setattr(launch, "_new_output", nan_output)
+    monkeypatch.setattr(common, "new_output", nan_output)
 
 
 class DescriptorCount:

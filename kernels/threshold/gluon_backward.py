@@ -2,7 +2,7 @@
 
 The Triton backward of two views splits into a dK/dV kernel and a dQ kernel that recomputes both
 views' scores and dA (14 tensor-core products of width 64 per tile pair instead of 10), because a fused
-Triton kernel holding dK1, dK2 and dV spills (BENCHMARKS.md). Gluon, Triton's lower-level language,
+Triton kernel holding dK1, dK2 and dV spills (README.md in this folder). Gluon, Triton's lower-level language,
 lets this kernel place every operand itself and split the work between partitions of warps:
 
 - one program per 128 keys: k1, k2, v stay in shared memory (loaded once by the copy engine);
@@ -13,8 +13,8 @@ lets this kernel place every operand itself and split the work between partition
   keys, dq'^T = k^T . dS^T, added with fp32 vector atomics into the dQ buffers of the Triton path.
 
 The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
-other's products; with both in one partition, in step, the kernel took 9-11% longer (BENCHMARKS.md). Ten
-products per tile pair, nothing recomputed.
+other's products; with both in one partition, in step, the kernel was slower (BENCHMARKS.md, "The fused backward's
+warpgroups as partitions"). Ten products per tile pair, nothing recomputed.
 
 Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
 dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the partial sums of dlam and dbeta (one per key block
@@ -35,13 +35,13 @@ from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
-BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran 43-45% slower, BENCHMARKS.md)
+BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran slower: "A fused backward in Gluon")
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 STAGES = gl.constexpr(2)      # depth of the query-side ring
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
-# the kernel's tiling as kernels.bench and kernels.registers print it (copy-engine reads)
+# the kernel's tiling as a TileConfig, for tables and logs (copy-engine reads)
 TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)
 
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
@@ -91,7 +91,7 @@ def _tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
 def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
     """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
     the logarithm taken as ln 2 . lg2.approx: one hardware instruction, where gl.log and gl.log2 each compile to a
-    routine of about a dozen per value (1,144 instructions per tile with gl.log2, 957 with lg2.approx; BENCHMARKS.md)."""
+    routine of about a dozen per value (BENCHMARKS.md, "A fused backward in Gluon", and the section after it)."""
     pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
     lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
                                    is_pure=True, pack=1)
@@ -115,7 +115,7 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
     """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
     is past Tk, the query past Tq or (CAUSAL) the key after the query. Every tile takes the mask: interior
     tiles without it, chosen by a branch in the loop, gave wrong gradients on Triton 3.6, and in loops of their
-    own spilled and ran 31-32% slower (BENCHMARKS.md)."""
+    own spilled and ran slower (BENCHMARKS.md, "A fused backward in Gluon")."""
     if NORMALIZE:
         s = s * rk[:, None]
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
@@ -156,8 +156,9 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               DV_L: gl.constexpr, BN: gl.constexpr):
     """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
     dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. Products that follow one another are issued
-    together and waited for once (1.5-2.5% faster than a wait after each); issuing the next view's scores before
-    this view's elementwise work, so that the two overlap, held more registers and ran 2-19% slower (BENCHMARKS.md)."""
+    together and waited for once (faster than a wait after each); issuing the next view's scores before this view's
+    elementwise work, so that the two overlap, held more registers and ran slower (BENCHMARKS.md, "The fused
+    backward's warpgroups as partitions", "A fused backward in Gluon")."""
     BM: gl.constexpr = BLOCK_M
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
@@ -204,8 +205,8 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
 def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
     """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
     thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
-    from the product's layout ran 7-8% slower). The addresses are formed from the tile's base (a loop-carried value),
-    so none is hoisted and held across the loop."""
+    from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
+    addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
     ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
     qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
     qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))

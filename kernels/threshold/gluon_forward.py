@@ -1,7 +1,6 @@
 """The paired (two-view) forward of threshold attention as one Gluon kernel for Hopper (sm_90), in the form of the
-fused backward (gluon_backward.py). launch.forward takes it wherever gluon_forward_fits: 7-12% faster than the Triton
-forward from T = 2048 to 16384 on an H200 (BENCHMARKS.md, "Launches without Triton's binding, and the paired forward
-in Gluon").
+fused backward (gluon_backward.py). launch.forward takes it wherever gluon_forward_fits: it is faster than the Triton
+forward (BENCHMARKS.md, "Launches without Triton's binding, and the paired forward in Gluon").
 
 One program per 128 query rows of one head, three partitions:
 
@@ -35,7 +34,7 @@ BLOCK_N = gl.constexpr(64)     # keys per ring stage
 STAGES = gl.constexpr(2)       # depth of the key-side ring
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
-TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables and logs
 
 
 @gluon.jit

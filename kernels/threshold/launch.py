@@ -1,14 +1,20 @@
-"""Host-side launchers of the threshold-attention Triton kernels (no autograd, no input checks).
+"""Host-side launchers of the threshold-attention kernels (no autograd, no input checks).
 
-``forward`` and ``backward`` take validated tensors (validation.py) and return plain tensors; the
-autograd function and the custom ops (autograd.py, ops.py) are built on them. Shapes: q (B, H, Tq, d),
-k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device.
+``forward`` and ``backward`` take validated tensors (validation.py) and return plain tensors; the autograd function
+and the custom ops (autograd.py, custom_ops.py) are built on them. Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d),
+v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device; ``options`` the plain-valued options.
+
+Which kernels run: the forward is the Gluon kernel (gluon_forward.py) where gluon_forward_fits, else the Triton kernel
+(triton_forward.py); the backward is the fused Gluon kernel (gluon_backward.py) where gluon_backward_fits and the
+call is not deterministic, else the Triton dK/dV kernel with dQ by atomics or the dQ kernel (triton_backward.py),
+as tiles.py's defaults or a ``BackwardPlan`` say. Every kernel is launched through kernels.fast_launch, or, given a
+``CompileTarget``, only compiled; its parts are named ``key_norms``, ``fwd``, ``fused_fwd`` (the Gluon forward),
+``dkdv``, ``dv`` (dV apart), ``dq``, ``fused`` (the Gluon backward) and ``dq_finish``.
 """
 
 import dataclasses
 import functools
 import importlib
-import threading
 from typing import Callable, Optional
 
 import torch
@@ -16,47 +22,23 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from .. import fast_launch
-from .tiles import (INTERPRETER_CONFIG, TileConfig, backward_configs, dq_atomic, dq_configs,
-                           dv_configs, dv_pass_apart, forward_configs, fused_paired_backward, padded)
+from .. import common, fast_launch
+from ..common import CompileTarget, interpreting, padded
+from .options import ThresholdOptions
+from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, dq_atomic, dq_configs,
+                    dv_configs, dv_pass_apart, forward_configs, fused_paired_backward)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_norms import inverse_norm_kernel
-from .validation import interpreting
 
 _chosen: dict[tuple, TileConfig] = {}
-# The compiled kernel of each kernel's latest launch (registers, spills), for the benchmark's sweep.
-last_compiled: dict[str, object] = {}
 
 
-def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
-                strides: Optional[tuple[int, ...]] = None) -> torch.Tensor:
-    """The one place kernel outputs are allocated, contiguous or with ``strides`` (tests fill it with NaN
-    to prove every element is written)."""
-    if strides is None:
-        return torch.empty(shape, dtype=dtype, device=device)
-    return torch.empty_strided(shape, strides, dtype=dtype, device=device)
-
-
-def _row_strides(shape: tuple[int, ...], strides: tuple[int, ...], width: int) -> tuple[int, ...]:
-    """Strides of a dense (B, H, T, width) tensor whose (B, H, T) dimensions lie in memory in the order of
-    a tensor with ``shape`` and ``strides`` (see new_rows_like)."""
-    order = sorted(range(3), key=lambda i: -strides[i])  # outermost first; ties keep B, H, T order
-    out = [0, 0, 0, 1]
-    step = width
-    for i in reversed(order):
-        out[i] = step
-        step *= shape[i]
-    return tuple(out)
-
-
-def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
-    """An output of shape x.shape[:3] + (width,) whose (B, H, T) dimensions lie in memory in x's order,
-    its last dimension contiguous: a (B, T, H, d) projection viewed as (B, H, T, d) gets its output and
-    gradients in the (B, T, H, ·) layout, so the model's way back to (B, T, H·d) costs no copy. The fake
-    implementations of the custom ops (ops.py) allocate the same way, so the strides they promise hold."""
-    shape = tuple(x.shape)
-    return _new_output(shape[:3] + (width,), dtype or x.dtype, x.device, _row_strides(shape, x.stride(), width))
+def _run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optional[CompileTarget]) -> object:
+    """``kernel[grid](*args, **kwargs)`` through fast_launch, or compiled for ``target`` only; the compiled kernel."""
+    if target is not None:
+        return target.compile(part, kernel, grid, args, kwargs)
+    return fast_launch.launch(kernel, grid, args, kwargs)
 
 
 def _p_mode(p: float) -> int:
@@ -65,60 +47,38 @@ def _p_mode(p: float) -> int:
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
-            constexprs: dict, config: Optional[TileConfig], rows: tuple = (),
+            constexprs: dict, tile: Optional[TileConfig], target: Optional[CompileTarget], rows: tuple = (),
             query_major: bool = False, skip_empty: bool = False) -> TileConfig:
-    """Launch with ``config``, else the remembered or first candidate that fits the GPU's shared
-    memory. ``args_for`` builds the runtime arguments, which depend on the tile size. The kernel takes
-    the config's ``tma`` as USE_TMA (dropped for this launch when the tensors ``rows`` are not
-    tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the config's
+    """Launch ``kernel`` (the part ``key[0]``) with ``tile``, else the remembered or first candidate that fits the
+    GPU's shared memory (with a ``target``, the first, and nothing remembered). ``args_for`` builds the runtime
+    arguments, which depend on the tile. The kernel takes the tile's ``tma`` as USE_TMA (dropped for this launch when
+    the tensors ``rows`` are not tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the tile's
     ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
-    if config is not None:
-        candidates = [config]
+    remember = tile is None and target is None
+    if tile is not None:
+        candidates = [tile]
     elif interpreting():
         candidates = [INTERPRETER_CONFIG]
-    elif key in _chosen:
+    elif remember and key in _chosen:
         candidates = [_chosen[key]]
     for i, chosen in enumerate(candidates):
-        cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not tma_ready(*rows) else chosen
+        cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not common.tma_ready(*rows) else chosen
         if cfg.tma and rows[0].is_cuda:
-            _bind_cuda_context(rows[0].device)
+            common.bind_cuda_context(rows[0].device)
         try:
             layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
                           **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
-            compiled = fast_launch.launch(kernel, (grid(cfg),), args_for(cfg), dict(
+            _run(key[0], kernel, (grid(cfg),), args_for(cfg), dict(
                 constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages))
+                num_stages=cfg.num_stages), target)
         except OutOfResources:
             if i + 1 == len(candidates):
                 raise
             continue
-        if config is None:
+        if remember:
             _chosen[key] = chosen
-        last_compiled[key[0]] = compiled
         return cfg
     raise AssertionError("unreachable: no tile candidates")
-
-
-_bound_contexts = threading.local()
-
-
-def _bind_cuda_context(device: torch.device) -> None:
-    """Make the device's CUDA context current in this thread, as building a tensor descriptor requires. The
-    autograd engine runs the backward in a thread of its own, where torch binds the context only at the
-    thread's first CUDA runtime call, which the launcher's allocations (cached) may not make: a stream query
-    is such a call. Once bound, a context stays current, so each thread queries once per device."""
-    devices = _bound_contexts.__dict__.setdefault("devices", set())
-    if device.index not in devices:
-        torch.cuda.current_stream(device).query()
-        devices.add(device.index)
-
-
-def tma_ready(*tensors: torch.Tensor) -> bool:
-    """Whether the copy engine can read these (B, H, T, d) tensors: 16-byte aligned base and strides,
-    last dimension contiguous (what tensor descriptors require); else the kernels gather with pointers."""
-    return all(
-        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-        for t in tensors)
 
 
 def row_blocks(t: torch.Tensor, rows: int, width: int):
@@ -138,60 +98,59 @@ def _row_inputs(cfg: TileConfig, q1, k1, q2, k2, v, do=None) -> tuple:
     return tuple(row_blocks(t, n, padded(t.shape[-1])) for t, n in zip(rows, blocks))
 
 
-def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor]) -> tuple[torch.Tensor, ...]:
+def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor],
+                      target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
     """1 / max(||k_t||, 1e-12) per row of k1 (and k2) (B, H, T, d), as fp32 (B, H, T) contiguous."""
     B, H, T, d = k1.shape
-    r1 = _new_output((B, H, T), torch.float32, k1.device)
-    r2 = _new_output((B, H, T), torch.float32, k1.device) if k2 is not None else r1
+    r1 = common.new_output((B, H, T), torch.float32, k1.device)
+    r2 = common.new_output((B, H, T), torch.float32, k1.device) if k2 is not None else r1
     k2_ = k2 if k2 is not None else k1
     block_t = 32 if interpreting() else 64
     num_t = triton.cdiv(T, block_t)
-    fast_launch.launch(inverse_norm_kernel, (B * H * num_t, 1 if k2 is None else 2),
-                       (k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t),
-                       dict(HEAD_D=d, BLOCK_T=block_t, BLOCK_D=padded(d)))
+    _run("key_norms", inverse_norm_kernel, (B * H * num_t, 1 if k2 is None else 2),
+         (k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t),
+         dict(HEAD_D=d, BLOCK_T=block_t, BLOCK_D=padded(d)), target)
     return (r1, r2) if k2 is not None else (r1,)
 
 
-def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, normalize: bool,
-                       causal: bool, p: float) -> dict:
+def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, options: ThresholdOptions) -> dict:
     cast_f32 = interpreting() or q1.dtype == torch.float32
     return dict(HEAD_D=q1.shape[-1], HEAD_DV=v.shape[-1], BLOCK_D=padded(q1.shape[-1]),
-                BLOCK_DV=padded(v.shape[-1]), TWO_VIEWS=two_views, NORMALIZE=normalize,
-                CAUSAL=causal, P_MODE=_p_mode(p), CAST_F32=cast_f32,
+                BLOCK_DV=padded(v.shape[-1]), TWO_VIEWS=two_views, NORMALIZE=options.normalize,
+                CAUSAL=options.causal, P_MODE=_p_mode(options.p), CAST_F32=cast_f32,
                 DOT_PREC="ieee" if cast_f32 else "tf32")
 
 
 def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
-            k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, p: float,
-            normalize: bool, scale: float, causal: bool, config: Optional[TileConfig] = None,
-            ) -> tuple[torch.Tensor, ...]:
-    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (new_rows_like), and the inverse
+            k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, options: ThresholdOptions,
+            tile: Optional[TileConfig] = None, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
+    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (common.new_rows_like), and the inverse
     norms the backward reuses.
 
     Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
-    view) is an empty fp32 tensor. Where gluon_forward_fits the Gluon kernel runs, unless ``config`` asks for a tile
-    of the Triton kernel.
+    view) is an empty fp32 tensor. Where gluon_forward_fits the Gluon kernel runs, unless ``tile`` asks for a tile
+    of the Triton kernel. With a ``target`` the kernels are compiled, not launched.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
-    if normalize:
-        rks = key_inverse_norms(k1, k2)
+    if options.normalize:
+        rks = key_inverse_norms(k1, k2, target)
         rk1 = rks[0]
         if two:
             rk2 = rks[1]
         # the forward kernel writes the queries' inverse norms
-        rq1 = _new_output((B, H, Tq), torch.float32, q1.device)
-        rq2 = _new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
-    out = new_rows_like(q1, dv)
-    if config is None and gluon_forward_fits(q1, k1, v, q2, k2):
+        rq1 = common.new_output((B, H, Tq), torch.float32, q1.device)
+        rq2 = common.new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
+    out = common.new_rows_like(q1, dv)
+    if tile is None and gluon_forward_fits(q1, k1, v, q2, k2, target):
         try:
-            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal)
+            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options, target)
             return out, rq1, rk1, rq2, rk2
         except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
             _gluon_failed(error)
-    consts = _common_constexprs(q1, v, two, normalize, causal, p)
+    consts = _common_constexprs(q1, v, two, options)
     # With one view the second view's arguments repeat the first's; the kernel never reads them.
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
 
@@ -202,27 +161,27 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         return (*_row_inputs(cfg, q1, k1, q2_, k2_, v), out, rq1, rk1, rq2_, rk2_, lam_, beta,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
                 *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
-                float(scale), float(p), 1.0 / d)
+                float(options.scale), float(options.p), 1.0 / d)
 
     key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
     candidates = forward_configs(d, dv, two, q1.element_size())
-    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, config,
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, tile, target,
             rows=(q1, k1, q2_, k2_, v), skip_empty=True)
     return out, rq1, rk1, rq2, rk2
 
 
 def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, elem_bytes, atomic, need_dlam,
-                        need_dbeta, apart, config, dv_config) -> None:
+                        need_dbeta, apart, plan: BackwardPlan, target: Optional[CompileTarget]) -> None:
     """The Triton dK/dV kernel (with dQ by atomics when ``atomic``), and the dV launch when ``apart``."""
     key = ("dkdv", d, dv_dim, two, dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
     _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, elem_bytes), key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
-                 WITH_DV=not apart), config, rows=rows, query_major=True, skip_empty=True)
+                 WITH_DV=not apart), plan.dkdv_tile, target, rows=rows, query_major=True, skip_empty=True)
     if apart:
         _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
                 dv_configs(d, dv_dim, two, elem_bytes), ("dv", d, dv_dim, two, dtype, tuple(consts.items())),
                 dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
-                dv_config, rows=rows, query_major=True, skip_empty=True)
+                plan.dv_tile, target, rows=rows, query_major=True, skip_empty=True)
 
 
 def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
@@ -274,99 +233,99 @@ def _capability(device_index: int) -> tuple[int, int]:
 
 
 def on_hopper(x: torch.Tensor) -> bool:
-    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted (kernels.registers
-    replaces this to compile the Gluon kernels on a CPU)."""
+    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted."""
     return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
 
 
-def _gluon_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
-                *rows: Optional[torch.Tensor]) -> bool:
-    """Two views on a Hopper GPU, a layout the Gluon kernels take (gluon_layout_takes), every one of ``rows`` readable
-    by tensor descriptors, a Triton with Gluon, and no Gluon kernel has failed here."""
-    return (q2 is not None and not _gluon_failure and on_hopper(q1)
+def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+                q2: Optional[torch.Tensor], *rows: Optional[torch.Tensor]) -> bool:
+    """Two views on a Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take
+    (gluon_layout_takes), every one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no Gluon
+    kernel has failed here."""
+    hopper = target.arch == 90 if target is not None else on_hopper(q1)
+    return (q2 is not None and not _gluon_failure and hopper
             and gluon_layout_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and tma_ready(*rows) and gluon_available())
+            and common.tma_ready(*rows) and gluon_available())
 
 
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
-                        q2: Optional[torch.Tensor], k2: Optional[torch.Tensor]) -> bool:
+                        q2: Optional[torch.Tensor], k2: Optional[torch.Tensor],
+                        target: Optional[CompileTarget] = None) -> bool:
     """Whether these inputs can take the fused Gluon backward (gluon_backward.py)."""
-    return _gluon_fits(q1, k1, v, q2, q1, k1, q2, k2, v, do)
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
 
 
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
-                       k2: Optional[torch.Tensor]) -> bool:
+                       k2: Optional[torch.Tensor], target: Optional[CompileTarget] = None) -> bool:
     """Whether the forward takes the Gluon kernel (gluon_forward.py)."""
-    return _gluon_fits(q1, k1, v, q2, q1, k1, q2, k2, v)
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v)
 
 
-def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, p, normalize, scale, causal) -> None:
+def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options: ThresholdOptions,
+                   target: Optional[CompileTarget] = None) -> None:
     from . import gluon_forward as gf
 
     B, H, Tq, d = q1.shape
     Tk = k1.shape[2]
     if q1.is_cuda:
-        _bind_cuda_context(q1.device)
-    last_compiled["fused_fwd"] = fast_launch.launch(gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
+        common.bind_cuda_context(q1.device)
+    _run("fused_fwd", gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
         *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, *out.stride()[:3],
-        H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(scale), float(p), 1.0 / d), dict(
-        HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p),
-        num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS))
+        H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
+        HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
+        P_MODE=_p_mode(options.p), num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
 
 
-def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize, scale, causal,
-                    need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc) -> torch.Tensor:
+def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
+                    need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Launch the fused Gluon backward; returns dlam's and dbeta's partial sums, (2, B, H, partials per key block)."""
     from . import gluon_backward as gb
 
     B, H, Tq, d = q1.shape
     Tk, dv_dim = k1.shape[2], v.shape[-1]
     nb = triton.cdiv(Tk, gb.BLOCK_N.value)
-    partials = _new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
-    if q1.is_cuda:  # (kernels.registers compiles it with CPU tensors)
-        _bind_cuda_context(q1.device)
-    last_compiled["fused"] = fast_launch.launch(gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
+    partials = common.new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
+    if q1.is_cuda:
+        common.bind_cuda_context(q1.device)
+    _run("fused", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
         *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
         partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
-        H, Tq, Tk, B * H, nb, float(scale), float(p), 1.0 / d), dict(
-        HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=normalize, CAUSAL=causal, P_MODE=_p_mode(p), LAM_GRAD=need_dlam,
-        BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS))
+        H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d), dict(
+        HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
+        LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS),
+        target)
     return partials
 
 
 def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
              q2: Optional[torch.Tensor], k2: Optional[torch.Tensor], rq1: torch.Tensor,
              rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, lam: Optional[torch.Tensor],
-             beta: torch.Tensor, p: float, normalize: bool, scale: float, causal: bool,
-             need_dlam: bool, need_dbeta: bool, deterministic: bool,
-             config: Optional[TileConfig] = None, dq_config: Optional[TileConfig] = None,
-             atomic_dq: Optional[bool] = None, dv_apart: Optional[bool] = None,
-             dv_config: Optional[TileConfig] = None, fused: Optional[bool] = None) -> tuple[Optional[torch.Tensor], ...]:
+             beta: torch.Tensor, options: ThresholdOptions, need_dlam: bool, need_dbeta: bool, deterministic: bool,
+             plan: Optional[BackwardPlan] = None, target: Optional[CompileTarget] = None,
+             ) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
-    dq*/dk*/dv are in the inputs' dtype, laid out like them (new_rows_like); dlam, dbeta are (H,) fp32.
+    dq*/dk*/dv are in the inputs' dtype, laid out like them (common.new_rows_like); dlam, dbeta are (H,) fp32.
     Entries that do not apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
-    ``atomic_dq`` (default: tile_configs.dq_atomic) accumulates it with atomics inside the dK/dV kernel,
-    and then ``dv_apart`` (default: tile_configs.dv_pass_apart) computes dV in a launch of its own (scores
-    and W only, tiles ``dv_config``), so the dK launch holds no dV accumulator. ``fused`` (default:
-    tile_configs.fused_paired_backward) takes two views where gluon_backward_fits to the Gluon kernel that
-    computes dK1, dK2, dV and dQ (by atomics) in one pass; ``config``, ``atomic_dq``, ``dv_apart`` then do not apply.
+    ``plan`` (default: tiles.py's choices, see BackwardPlan) says whether two views take the fused Gluon kernel where
+    gluon_backward_fits, whether the Triton dK/dV kernel accumulates dQ with atomics, whether dV is then computed in
+    a launch of its own, and which tiles the Triton kernels take. With a ``target`` the kernels are compiled, not
+    launched.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
     dev = q1.device
+    plan = plan if plan is not None else BackwardPlan()
     need_dlam = need_dlam and two
-    dk1 = new_rows_like(k1, d)
-    dk2 = new_rows_like(k2, d) if two else None
-    dv = new_rows_like(v, dv_dim)
-    if atomic_dq is None:
-        atomic_dq = dq_atomic(two)
+    dk1 = common.new_rows_like(k1, d)
+    dk2 = common.new_rows_like(k2, d) if two else None
+    dv = common.new_rows_like(v, dv_dim)
+    atomic_dq = dq_atomic(two) if plan.atomic_dq is None else plan.atomic_dq
     atomic = atomic_dq and not deterministic
-    apart = (dv_pass_apart(two) if dv_apart is None else dv_apart) and atomic
-    if fused is None:
-        fused = fused_paired_backward(d, dv_dim)
-    fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2)
+    apart = (dv_pass_apart(two) if plan.dv_apart is None else plan.dv_apart) and atomic
+    fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
+    fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
     atomic = atomic or fused
     # the fp32 dq' buffers of the atomic paths, one zero fill for both views
     dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
@@ -384,38 +343,39 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     def args_for(cfg: TileConfig, with_partials: bool = True) -> tuple:
         nb = triton.cdiv(Tk, cfg.block_n)
         if with_partials and need_partials:
-            partials[0] = _new_output((2, B, H, nb), torch.float32, dev)
+            partials[0] = common.new_output((2, B, H, nb), torch.float32, dev)
         lam_part, beta_part = partials[0] if with_partials and need_partials else (dq_acc, dq_acc)
         return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta,
                 dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
                 lam_part, beta_part,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 *dk1.stride()[:3], *(dk2 if two else dk1).stride()[:3], *dv.stride()[:3],
-                H, H // Hkv, Tq, Tk, B * Hkv, nb, float(scale), float(p), 1.0 / d)
+                H, H // Hkv, Tq, Tk, B * Hkv, nb, float(options.scale), float(options.p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
     if fused:
         try:
-            partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, p, normalize,
-                                          scale, causal, need_dlam, need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc)
+            partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options, need_dlam,
+                                          need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target)
         except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
             _gluon_failed(error)
             fused = False
     consts = None  # the Triton kernels' constexprs, built only when they launch
     if not fused:
-        consts = _common_constexprs(q1, v, two, normalize, causal, p)
+        consts = _common_constexprs(q1, v, two, options)
         _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
-                            need_dlam, need_dbeta, apart, config, dv_config)
+                            need_dlam, need_dbeta, apart, plan, target)
 
-    dq1 = new_rows_like(q1, d)
-    dq2 = new_rows_like(q2, d) if two else None
+    dq1 = common.new_rows_like(q1, d)
+    dq2 = common.new_rows_like(q2, d) if two else None
     if atomic:
         block = 32 if interpreting() else 64
         nm = triton.cdiv(Tq, block)
         dq2_ = dq2 if two else dq1
-        fast_launch.launch(dq_finish_kernel, (B * H * nm, 2 if two else 1), (
+        _run("dq_finish", dq_finish_kernel, (B * H * nm, 2 if two else 1), (
             dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
-            B, H, Tq, nm, float(p)), dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=normalize))
+            B, H, Tq, nm, float(options.p)), dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
+                                                  NORMALIZE=options.normalize), target)
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return triton.cdiv(Tq, cfg.block_m) * B * H
@@ -425,10 +385,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
                     *v.stride(), *do.stride(), *dq1.stride()[:3], *(dq2 if two else dq1).stride()[:3],
                     H, H // Hkv, Tq, Tk, B * H,
-                    triton.cdiv(Tq, cfg.block_m), float(scale), float(p), 1.0 / d)
+                    triton.cdiv(Tq, cfg.block_m), float(options.scale), float(options.p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
-                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, dq_config, rows=rows,
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, plan.dq_tile, target, rows=rows,
                 skip_empty=True)
 
     sums = partials[0].sum(dim=(1, 3)) if need_partials else None  # one reduction; unused rows are never read

@@ -6,13 +6,14 @@ from typing import Union
 import torch
 
 from .autograd import threshold_attention_triton
+from .options import ThresholdOptions
 
 
 def threshold_rela_triton(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                           beta: Union[float, torch.Tensor], relu_power: float = 2.0) -> torch.Tensor:
     """One view: o_i = sum_{j<=i} max(q_i . k_j - tau_i, 0)^relu_power v_j on q and k as given
     (no normalisation, no score scale), tau_i = beta sqrt(2 ln(i+1) / d)."""
-    return threshold_attention_triton(q, k, v, beta=beta, p=relu_power, normalize=False)
+    return threshold_attention_triton(q, k, v, beta=beta, options=ThresholdOptions(p=relu_power, normalize=False))
 
 
 def differential_threshold_rela_triton(q1: torch.Tensor, q2: torch.Tensor, k1: torch.Tensor,
@@ -28,5 +29,5 @@ def differential_threshold_rela_triton(q1: torch.Tensor, q2: torch.Tensor, k1: t
         lam = torch.clamp(lambda_param, 0.0, 1.0)
     else:
         lam = min(max(float(lambda_param), 0.0), 1.0)
-    return threshold_attention_triton(q1, k1, v, q2, k2, lam=lam, beta=beta, p=relu_power,
-                                      normalize=normalize)
+    return threshold_attention_triton(q1, k1, v, q2, k2, lam=lam, beta=beta,
+                                      options=ThresholdOptions(p=relu_power, normalize=normalize))

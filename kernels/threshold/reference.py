@@ -21,6 +21,8 @@ from typing import NamedTuple
 
 import torch
 
+from .options import ThresholdOptions
+
 # Elements of one (query block × keys) score slab, summed over batch and heads.
 SLAB_ELEMENTS = 1 << 24
 
@@ -34,10 +36,7 @@ def threshold_attention_reference(
     *,
     lam: float | torch.Tensor | None = None,
     beta: float | torch.Tensor = 1.0,
-    p: float = 2.0,
-    normalize: bool = True,
-    scale: float = 1.0,
-    causal: bool = True,
+    options: ThresholdOptions = ThresholdOptions(),
 ) -> torch.Tensor:
     """Threshold attention, exact, in PyTorch.
 
@@ -48,10 +47,7 @@ def threshold_attention_reference(
         lam: TDA's λ (already clamped or otherwise transformed): a float, a 0-d tensor or one per head (H,).
         beta: threshold strength β: a float, a 0-d tensor or one per head (H,); gets a gradient if it
             requires one.
-        p: power of the rectified score, ≥ 1.
-        normalize: L2-normalise q and k before the dot product (TDA/TRA); False for ReLA.
-        scale: factor on the dot product before the threshold (1 for TDA/TRA, 1/√d for ReLA).
-        causal: mask keys after each query's position.
+        options: p (≥ 1), normalize, scale, causal (ThresholdOptions).
 
     Returns:
         (B, H, Tq, dv) in q1's dtype.
@@ -61,19 +57,20 @@ def threshold_attention_reference(
         raise ValueError("q2 and k2 must be given together (TDA) or both omitted (TRA/ReLA)")
     if two_views and lam is None:
         raise ValueError("lam is required with two views (TDA)")
-    if p < 1:
-        raise ValueError(f"p must be >= 1, got {p}")
+    if options.p < 1:
+        raise ValueError(f"p must be >= 1, got {options.p}")
     B, H, Tq, d = q1.shape
     Hkv, Tk = k1.shape[1], k1.shape[2]
     if H % Hkv:
         raise ValueError(f"query heads ({H}) must be a multiple of key/value heads ({Hkv})")
     if Tq > Tk:
         raise ValueError(f"more queries ({Tq}) than keys ({Tk})")
-    qs, ks, vv = _prepare(q1, k1, q2, k2, v, normalize)
+    qs, ks, vv = _prepare(q1, k1, q2, k2, v, options.normalize)
     compute, device = qs[0].dtype, qs[0].device
     beta_t = _per_head(beta, H, compute, device)
     lam_t = _per_head(lam if two_views else 0.0, H, compute, device)
-    out = _ThresholdAttention.apply(lam_t, beta_t, vv, float(p), float(scale), causal, *qs, *ks)
+    out = _ThresholdAttention.apply(lam_t, beta_t, vv, float(options.p), float(options.scale), options.causal,
+                                    *qs, *ks)
     return out.to(q1.dtype)
 
 
@@ -211,18 +208,14 @@ def _block_maps(qs, ks, lam, beta, p, scale, causal, start, stop, offset, n_keys
     return _BlockMaps(rectified, slope, combined, g)
 
 
-def threshold_attention_weights(
+def attention_weights(
     q1: torch.Tensor,
     k1: torch.Tensor,
-    q2: torch.Tensor | None = None,
-    k2: torch.Tensor | None = None,
-    *,
-    lam: float | torch.Tensor | None = None,
-    beta: float | torch.Tensor = 1.0,
-    p: float = 2.0,
-    normalize: bool = True,
-    scale: float = 1.0,
-    causal: bool = True,
+    q2: torch.Tensor | None,
+    k2: torch.Tensor | None,
+    lam: float | torch.Tensor | None,
+    beta: float | torch.Tensor,
+    options: ThresholdOptions,
     rows: tuple[int, int] | None = None,
 ) -> dict[str, torch.Tensor]:
     """The exact attention maps of a block of query rows, for analysis (no gradient).
@@ -236,13 +229,13 @@ def threshold_attention_weights(
     Tk = k1.shape[2]
     start, stop = rows if rows is not None else (0, Tq)
     offset = Tk - Tq
-    n_keys = stop + offset if causal else Tk
+    n_keys = stop + offset if options.causal else Tk
     with torch.no_grad():
-        qs, ks, _ = _prepare(q1, k1, q2, k2, None, normalize)
+        qs, ks, _ = _prepare(q1, k1, q2, k2, None, options.normalize)
         compute, device = qs[0].dtype, qs[0].device
         maps = _block_maps(qs, ks, _per_head(lam if two_views else 0.0, H, compute, device),
-                           _per_head(beta, H, compute, device), float(p), float(scale), causal,
-                           start, stop, offset, n_keys)
+                           _per_head(beta, H, compute, device), float(options.p), float(options.scale),
+                           options.causal, start, stop, offset, n_keys)
     out = {"view1": maps.rectified[0], "combined": maps.combined}
     if two_views:
         out["view2"] = maps.rectified[1]

@@ -1,14 +1,18 @@
-"""Tile sizes for the threshold-attention kernels, chosen per head dimensions and dtype.
+"""Tile sizes for the threshold-attention Triton kernels, chosen per head dimensions and dtype, and the backward's
+split of work (``BackwardPlan``).
 
-No autotuning: the choice is a fixed table, so a training run never pays autotuning and every run
-uses the same tiles. The bf16/fp16 entries for 64-wide heads (paired TDA, TRA) are the fastest of an
-H200 sweep (BENCHMARKS.md, `python -m kernels.bench --sweep`); the others were picked from the
-compiler's register and spill reports and have not been timed. A config that does not fit the GPU's
-shared memory is skipped for the next candidate at launch (see launch.py).
-Under Triton's interpreter small tiles keep the CPU tests quick while still crossing block borders.
+No autotuning: the choice is a fixed table, so a training run never pays autotuning and every run uses the same
+tiles. The bf16/fp16 entries for 64-wide heads (paired TDA, TRA) are the fastest of H200 sweeps
+(`python -m benchmarks.attention --sweep`; README.md in this folder says which, BENCHMARKS.md has the numbers); the
+others were picked from the compiler's register and spill reports (`python -m benchmarks.registers`) and have not
+been timed. A tile that does not fit the GPU's shared memory is skipped for the next candidate at launch
+(launch.py). Under Triton's interpreter small tiles keep the CPU tests quick while still crossing block borders.
 """
 
 from dataclasses import dataclass
+from typing import Optional
+
+from ..common import padded
 
 
 @dataclass(frozen=True)
@@ -37,22 +41,37 @@ class TileConfig:
 INTERPRETER_CONFIG = TileConfig(block_m=32, block_n=32, num_warps=4, num_stages=1)
 
 
-# fp32 with wide heads (views x d + dv above 256 after padding): every tile spills (16 x 16 too: 22-33 KB a
-# thread at d = dv = 256), and the larger ones also asked for more shared memory than an H200 has and took up
-# to minutes to compile for sm_90 (Triton 3.6), only to be refused at launch; 16 x 16 compiles in seconds and
-# fits (results/gpu_2026-11-29c/fp32_wide_compile.py). Not timed.
+@dataclass(frozen=True)
+class BackwardPlan:
+    """How launch.backward splits its work, and with which tiles; a field left None takes the default below.
+
+    fused: two views take the fused Gluon kernel where it fits (fused_paired_backward); then the Triton kernels'
+        fields do not apply.
+    atomic_dq: the Triton dK/dV kernel accumulates dQ with atomics (dq_atomic), rather than the dQ kernel computing it.
+    dv_apart: with dQ by atomics, dV is computed in a launch of its own (dv_pass_apart).
+    dkdv_tile, dq_tile, dv_tile: the tile of the dK/dV kernel, of the dQ kernel and of the dV launch, instead of
+        the first candidate that fits (backward_configs, dq_configs, dv_configs).
+    The deterministic mode overrides fused and atomic_dq: it takes the dQ kernel.
+    """
+
+    fused: Optional[bool] = None
+    atomic_dq: Optional[bool] = None
+    dv_apart: Optional[bool] = None
+    dkdv_tile: Optional[TileConfig] = None
+    dq_tile: Optional[TileConfig] = None
+    dv_tile: Optional[TileConfig] = None
+
+
+# fp32 with wide heads (views x d + dv above 256 after padding): every tile spills (16 x 16 too), and the larger
+# ones also asked for more shared memory than an H200 has and took minutes to compile for sm_90, only to be refused
+# at launch; 16 x 16 compiles in seconds and fits (BENCHMARKS.md, "Wide fp32 heads, host time, the table again").
+# Not timed.
 FP32_WIDE = [TileConfig(16, 16, 4, 1)]
 
 
 def _fp32(width: int, tiles: list[TileConfig]) -> list[TileConfig]:
     """fp32 candidates: ``tiles``, or FP32_WIDE when the padded width views x d + dv is above 256."""
     return FP32_WIDE if width > 256 else tiles
-
-
-def padded(dim: int) -> int:
-    """Head dimension rounded up to the power of two the tiles use (at least 16). Plain integer arithmetic:
-    it runs a dozen times per launch, and triton.next_power_of_2 costs microseconds a call on the host."""
-    return max(16, 1 << (int(dim) - 1).bit_length())
 
 
 def forward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
@@ -93,20 +112,20 @@ def dq_atomic(two_views: bool) -> bool:
 def dv_pass_apart(two_views: bool) -> bool:
     """Whether the backward with dQ by atomics computes dV in a launch of its own (q·k scores and W only,
     no dA), leaving the dK launch without the dV accumulator (half of the registers that the two-view
-    dK/dV kernel holds). Off until measured on a GPU faster than the default (BENCHMARKS.md)."""
+    dK/dV kernel holds). Off: it ran slower than the default (BENCHMARKS.md, "The staged variants timed")."""
     return False
 
 
 def fused_paired_backward(head_d: int, head_dv: int) -> bool:
     """Whether two views take the fused Gluon backward (gluon_backward.py) where it fits (launch.gluon_backward_fits):
-    on an H200 it ran the paired backward 23-26% faster than the Triton dK/dV + dQ kernels at T = 4096-16384
-    (BENCHMARKS.md)."""
+    it ran the paired backward faster than the Triton dK/dV + dQ kernels (BENCHMARKS.md, "The fused backward's
+    warpgroups as partitions")."""
     return True
 
 
 def dv_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int) -> list[TileConfig]:
     """Candidates for the dV-only launch of the key-block kernel (see dv_pass_apart), best first by
-    registers and spills as compiled for sm_90 (python -m kernels.registers); not yet timed."""
+    registers and spills as compiled for sm_90 (python -m benchmarks.registers); not timed on their own."""
     if elem_bytes == 4:
         return [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]
     return [TileConfig(64, 128, 8, 2), TileConfig(32, 128, 8, 3), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)]
@@ -120,15 +139,15 @@ def backward_configs(head_d: int, head_dv: int, two_views: bool, elem_bytes: int
     if elem_bytes == 4:
         return _fp32(width, [TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
     if width <= 192 and not two_views:
-        # one view of 64: (queries, keys) tiles, 0.850 ms against 1.105 key-major (H200 sweep, BENCHMARKS.md)
+        # one view of 64: (queries, keys) tiles, faster than key-major (BENCHMARKS.md, "Query-major dK/dV tiles")
         return [TileConfig(64, 64, 4, 3, query_major=True), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
     if width <= 192:
         return [TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
     if width <= 384:
-        # paired TDA: q/k/v/dO through tensor descriptors, 1.125 ms against 1.169 by pointers (backward with the
-        # dQ kernel apart, T = 4096; H200 sweep, BENCHMARKS.md); inputs a descriptor cannot take use pointers
+        # paired TDA: q/k/v/dO through tensor descriptors, faster than by pointers (BENCHMARKS.md, "The staged
+        # variants timed"); inputs a descriptor cannot take use pointers
         return [TileConfig(32, 128, 8, 3, tma=True), TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1),
                 TileConfig(32, 32, 4, 1)]
     return [TileConfig(32, 64, 8, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)]

@@ -13,10 +13,10 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
 * ``dkdv_kernel``: one program per key block (and key/value head), dK1, dK2, dV in registers over
   the query blocks of every query head of its group; block 0, the longest, is launched first. It
   writes per-program partial sums for dlam and dbeta. With one view it can also add dq' into an
-  fp32 buffer with atomics (DQ_ATOMIC: the fastest path there, measured on an H200).
+  fp32 buffer with atomics (DQ_ATOMIC: the faster path there, tiles.dq_atomic).
 * ``dq_kernel``: dQ with one program per query block and no atomics: the deterministic path, and
   the default for two views, where holding dK1, dK2 and dV already fills the registers and the
-  split ran faster than atomics (BENCHMARKS.md); on Hopper, the inputs gluon_backward.py takes
+  split ran faster than atomics (README.md in this folder); on Hopper, the inputs gluon_backward.py takes
   (paired q/k of 64, 16-bit) go to its fused kernel instead.
 * ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
 """

@@ -8,21 +8,18 @@ Triton, so ``triton_applies`` can be asked on machines without it.
 import functools
 import importlib.util
 import math
-import os
 from typing import Optional, Union
 
 import torch
+
+from ..common import interpreting
+from .options import ThresholdOptions
 
 SUPPORTED_DTYPES = (torch.bfloat16, torch.float16, torch.float32)
 TRITON_INSTALLED = importlib.util.find_spec("triton") is not None
 MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 
 Scalar = Union[float, torch.Tensor]
-
-
-def interpreting() -> bool:
-    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
-    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
 def triton_applies(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
@@ -60,8 +57,7 @@ def _check_head_param(x: Optional[Scalar], H: int, name: str) -> None:
 
 
 def check_inputs(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
-                 k2: Optional[torch.Tensor], lam: Optional[Scalar], beta: Scalar, p: float,
-                 normalize: bool, scale: float, causal: bool) -> None:
+                 k2: Optional[torch.Tensor], lam: Optional[Scalar], beta: Scalar, options: ThresholdOptions) -> None:
     """Raise TypeError/ValueError naming the argument if the inputs are not a supported case.
 
     Shapes: q1, q2 (B, H, Tq, d); k1, k2 (B, Hkv, Tk, d) with H % Hkv == 0 and Tq <= Tk;
@@ -114,10 +110,10 @@ def check_inputs(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Option
     if lam is not None:
         _check_head_param(lam, H, "lam")
     _check_head_param(beta, H, "beta")
-    if _check_number(p, "p") < 1.0:
-        raise ValueError(f"p must be >= 1, got {p}")
-    _check_number(scale, "scale")
-    for name, flag in (("normalize", normalize), ("causal", causal)):
+    if _check_number(options.p, "p") < 1.0:
+        raise ValueError(f"p must be >= 1, got {options.p}")
+    _check_number(options.scale, "scale")
+    for name, flag in (("normalize", options.normalize), ("causal", options.causal)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
 
