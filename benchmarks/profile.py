@@ -78,6 +78,18 @@ def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str
     return out.getvalue()
 
 
+def host_profile(call: Callable[[], object], calls: int) -> str:
+    """cprofile_table of ``calls`` calls of ``call`` after a warm-up (compilation, tile choice, kept launches), the GPU
+    held busy by a sleep kernel so that no call waits for it."""
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
+    report = cprofile_table(call, calls)
+    torch.cuda.synchronize()
+    return report
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
@@ -120,21 +132,13 @@ def main(argv: Optional[list[str]] = None) -> None:
                        x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                    ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
         if args.host:
-            call = step(methods[1][3])
-            for _ in range(3):  # compilation, tile choice, kept launches
-                call()
-            torch.cuda.synchronize()
-            torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
-            report = cprofile_table(call, args.calls)
-            torch.cuda.synchronize()
-            table = (f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
-                     f"```\n{report}```")
-            print(table + "\n", flush=True)
-            out.append(table)
-            continue
-        for name, heads, dv, forward in methods:
-            table = format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
-                                        profile_calls(step(forward), args.calls))
+            tables = [f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
+                      f"```\n{host_profile(step(methods[1][3]), args.calls)}```"]
+        else:
+            tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
+                                          profile_calls(step(forward), args.calls))
+                      for name, heads, dv, forward in methods)  # (printed as each is made)
+        for table in tables:
             print(table + "\n", flush=True)
             out.append(table)
     if args.out:
