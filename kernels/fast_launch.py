@@ -1,8 +1,9 @@
 """Launching a kernel again without Triton's per-call argument binding.
 
-``kernel[grid](*args, **kwargs)`` binds and specialises every argument on each call, then builds a cache key: tens of
-µs of CPU for the kernels here (30-60 arguments), where the launch itself costs a few. At small shapes that CPU time,
-not the GPU's, bounds an eager forward+backward. ``launch`` makes the first call of each specialisation through
+``kernel[grid](*args, **kwargs)`` binds and specialises every argument on each call, then builds a cache key: for
+kernels of 30-60 arguments that costs the CPU several times what the launch itself does, and at small shapes that CPU
+time, not the GPU's, bounds an eager forward+backward (BENCHMARKS.md, "Launches without Triton's binding, and the
+paired forward in Gluon"). ``launch`` makes the first call of each specialisation through
 Triton, keeps the compiled kernel, and afterwards calls it directly with the same arguments in the same order.
 
 The key it keeps them by is at least as fine as Triton's specialisation, so a kept kernel is always the one Triton
@@ -18,7 +19,7 @@ from typing import Callable, Optional, Sequence
 import torch
 from triton import knobs
 
-from .validation import interpreting
+from .common import interpreting
 
 MAX_KEPT = 1024  # kept compiled kernels (one per kernel, specialisation and device); the store starts over when full
 _kept: dict[tuple, tuple] = {}
@@ -62,7 +63,7 @@ def _hooked() -> bool:
 
 def launch(kernel, grid: tuple, args: Sequence, kwargs: dict) -> object:
     """``kernel[grid](*args, **kwargs)``, the same launch; returns the compiled kernel."""
-    params = getattr(kernel, "params", None)  # (a stand-in that only compiles, kernels.registers', has none)
+    params = getattr(kernel, "params", None)  # (a stand-in without a signature, as tests use, has none)
     if params is None or interpreting() or _hooked() or not torch.cuda.is_initialized():
         return kernel[grid](*args, **kwargs)
     device = torch.cuda.current_device()

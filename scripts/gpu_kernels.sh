@@ -17,12 +17,12 @@ for stage in $stages; do
     case $stage in
         # compiled kernels (not the interpreter the CPU suite uses)
         tests) TRITON_INTERPRET=0 python3 -m pytest -q -rA -n 8 -p no:cacheprovider \
-                   --timeout=900 tests/test_kernels_gpu.py 2>&1 | tee "$log_dir/tests.log" \
+                   --timeout=900 tests/test_threshold_gpu.py 2>&1 | tee "$log_dir/tests.log" \
                    || status=1 ;;
-        sweep) python3 -m kernels.bench --seq 4096 --head-dims 64 --sweep --no-reference --rep-ms 50 2>&1 \
+        sweep) python3 -m benchmarks.attention --seq 4096 --head-dims 64 --sweep --no-reference --rep-ms 50 2>&1 \
                    | tee "$log_dir/sweep.log" || status=1 ;;
-        bench) python3 -m kernels.bench 2>&1 | tee "$log_dir/bench.log" || status=1 ;;
-        profile) python3 -m kernels.profile --out "$log_dir/profile.md" 2>&1 | tee "$log_dir/profile.log" \
+        bench) python3 -m benchmarks.attention 2>&1 | tee "$log_dir/bench.log" || status=1 ;;
+        profile) python3 -m benchmarks.profile --out "$log_dir/profile.md" 2>&1 | tee "$log_dir/profile.log" \
                    || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac

@@ -6,7 +6,7 @@ import math
 
 import torch
 
-from tests.kernels_float64 import naive_maps
+from tests.threshold_float64 import naive_maps
 
 
 def causal_keep(Tq: int, Tk: int) -> torch.Tensor:

@@ -5,7 +5,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-import kernels.reference as reference
+import kernels.threshold.reference as reference
 from model.attention import ATTENTIONS, build_attention
 from tests import naive
 

@@ -7,7 +7,10 @@ import pytest
 import torch
 from triton.runtime.jit import JITFunction
 
-from kernels import fast_launch, launch
+from kernels import fast_launch
+from kernels.threshold import launch
+from kernels.threshold.options import ThresholdOptions
+from kernels.threshold.tiles import BackwardPlan
 
 
 class Param:
@@ -147,10 +150,10 @@ def test_the_launches_pass_every_parameter_in_triton_order(monkeypatch):
     q1, k1, q2, k2 = (torch.randn(1, 2, 40, 16, generator=g) for _ in range(4))
     v = torch.randn(1, 2, 40, 32, generator=g)
     lam, beta = torch.full((2,), 0.5), torch.ones(2)
-    out, *saved = launch.forward(q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
+    out, *saved = launch.forward(q1, k1, v, q2, k2, lam, beta, ThresholdOptions())
     for atomic_dq in (True, False):
-        launch.backward(torch.randn_like(out), q1, k1, v, q2, k2, *saved, lam, beta, 2.0, True, 1.0, True, True,
-                        False, False, atomic_dq=atomic_dq)
+        launch.backward(torch.randn_like(out), q1, k1, v, q2, k2, *saved, lam, beta, ThresholdOptions(), True,
+                        False, False, plan=BackwardPlan(atomic_dq=atomic_dq))
     assert {kernel.fn.__name__ for kernel, _, _ in seen} == {"inverse_norm_kernel", "threshold_attention_fwd_kernel",
                                                              "dkdv_kernel", "dq_finish_kernel", "dq_kernel"}
     for kernel, args, kwargs in seen:
@@ -167,7 +170,7 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
     pytest.importorskip("triton.experimental.gluon")
     if not launch.gluon_available():
         pytest.skip("this Triton has no Gluon the fused backward compiles with")
-    from kernels import gluon_backward as gb
+    from kernels.threshold import gluon_backward as gb
 
     seen = []
     monkeypatch.setattr(fast_launch, "launch", lambda kernel, grid, args, kwargs: seen.append((kernel, args, kwargs)))
@@ -176,7 +179,7 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
     r = [torch.ones(1, 2, 40) for _ in range(4)]
     grads = [torch.empty_like(t) for t in (k1, k2, v)]
     dq = torch.zeros(2, 1, 2, 40, 64)
-    launch._gluon_backward(do, q1, k1, v, q2, k2, *r, torch.full((2,), 0.5), torch.ones(2), 2.0, True, 1.0, True,
+    launch._gluon_backward(do, q1, k1, v, q2, k2, *r, torch.full((2,), 0.5), torch.ones(2), ThresholdOptions(),
                            True, False, *grads, dq[0], dq[1])
     (kernel, args, kwargs), = seen
     assert kernel is gb.paired_backward_kernel

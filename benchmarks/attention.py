@@ -1,0 +1,348 @@
+"""GPU benchmark: the fused threshold-attention kernels against torch's softmax attention.
+
+    python -m benchmarks.attention                     # the table (BENCHMARKS.md records runs of it)
+    python -m benchmarks.attention --seq 4096 --sweep  # also time every tile candidate of the kernels
+    python -m benchmarks.attention --seq 4096 --head-dims 64 --sweep --sweep-parts dv-apart --sweep-views 2 \
+        --no-reference
+
+For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
+  sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
+                          n_head heads of dimension d
+  tda (paired)            our TDA kernels, n_head/2 heads, q/k dimension d, v dimension 2d: the
+                          parameter-matched layout, exactly softmax's FLOPs (on Hopper with d = 64, the
+                          forward and the backward are Gluon kernels, gluon_forward.py, gluon_backward.py)
+  tra                     our one-view kernel, n_head heads of dimension d
+  reference               the exact PyTorch TDA (kernels/threshold/reference.py), same shapes as tda
+Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
+bf16 by default, q/k drawn so that a stated share of the causal weights survives at beta = 1 (printed),
+lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls.
+Times are medians of CUDA-event timings (triton.testing.do_bench). TFLOP/s counts matrix-product
+FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forward; threshold attention
+forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
+"ratio" is fwd+bwd time over the faster SDPA backend's fwd+bwd at the same T and d_model.
+"host µs" is the CPU time to issue one forward+backward (measured while a sleep kernel keeps the GPU
+busy): where it exceeds the GPU time, the call is host-bound (not measured for the reference).
+"""
+
+import argparse
+import datetime
+import math
+import platform
+import time
+from typing import Callable, Optional
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.functional import scaled_dot_product_attention
+
+from kernels.common import CompileTarget
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.options import ThresholdOptions
+from kernels.threshold.reference import threshold_attention_reference
+from kernels.threshold.tiles import BackwardPlan, TileConfig
+
+D_MODEL = 768
+
+
+def _projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
+                direction: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """(B, H, T, d) view of a (B, T, H, d) tensor: rows rho·u·sqrt(d) + N(0, 1) noise."""
+    x = torch.randn(B, T, H, d, device="cuda")
+    if direction is not None:
+        x += rho * math.sqrt(d) * direction
+    return x.to(dtype).transpose(1, 2).requires_grad_()
+
+
+def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, views: int,
+                rho: float) -> dict:
+    """q/k per view sharing a per-head unit direction with weight rho (sets the survivor share)."""
+    out = {}
+    for view in range(1, views + 1):
+        u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device="cuda"), dim=-1)
+        out[f"q{view}"] = _projection(B, T, H, d, dtype, rho, u)
+        out[f"k{view}"] = _projection(B, T, H, d, dtype, rho, u)
+    out["v"] = _projection(B, T, H, dv, dtype, 0.0)
+    if views == 2:
+        out["lam"] = torch.full((H,), 0.5, device="cuda", requires_grad=True)
+    return out
+
+
+def survivor_share(x: dict, rows: int = 512) -> float:
+    """Share of causal weights of the first head's last ``rows`` rows that are non-zero (view 1)."""
+    q, k = x["q1"][0, 0].float(), x["k1"][0, 0].float()
+    T, d = q.shape
+    rows = min(rows, T)
+    q, k = torch.nn.functional.normalize(q[-rows:], dim=-1), torch.nn.functional.normalize(k, dim=-1)
+    pos = torch.arange(T - rows, T, device=q.device)
+    tau = torch.sqrt(2 * torch.log1p(pos.float()) / d)
+    keep = torch.arange(T, device=q.device)[None, :] <= pos[:, None]
+    return ((q @ k.T > tau[:, None]) & keep).sum().item() / keep.sum().item()
+
+
+def _time(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
+    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
+                                   return_mode="median")
+
+
+def _peak_mib(fn: Callable[[], object]) -> float:
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def host_us(fn: Callable[[], object], calls: int = 20) -> float:
+    """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the
+    GPU is held busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows
+    up as a huge number). When this exceeds the GPU time, the kernels are host-bound."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU clock cycles, longer than the calls take to issue
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
+def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int, host: bool = True) -> dict:
+    out = forward()
+    do = torch.randn_like(out)
+
+    def fwd_bwd() -> None:
+        forward().backward(do)
+
+    return {"fwd": _time(forward, inputs, rep_ms), "fwd_bwd": _time(fwd_bwd, inputs, rep_ms),
+            "mem": _peak_mib(fwd_bwd), "host_us": host_us(fwd_bwd) if host else float("nan")}
+
+
+def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
+    half = B * H * T * T / 2
+    return 2 * half * (views * d + dv), 2 * half * (3 * views * d + 2 * dv)
+
+
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
+    """Causal softmax attention through torch SDPA, forced to ``backend``."""
+    with sdpa_kernel(backend):
+        return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
+    sm = {n: _projection(B, T, H, d, dtype, 0.0) for n in ("q", "k", "v")}
+    fl_fwd = 4 * B * H * T * T * d / 2
+    rows = []
+    for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+        def run(backend=backend):
+            return causal_sdpa(sm["q"], sm["k"], sm["v"], backend)
+        try:
+            r = _measure(run, list(sm.values()), rep_ms)
+        except RuntimeError as err:  # a backend that refuses the shape on this GPU
+            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
+            continue
+        rows.append(dict(method=name, H=H, d=d, dv=d, flops=(fl_fwd, 3.5 * fl_fwd), **r))
+    return rows
+
+
+def _tda_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
+              with_reference: bool, rep_ms: int) -> list[dict]:
+    """Paired TDA (H heads, q/k d, v 2d) on the kernels, and on the exact reference if asked."""
+    x = _tda_inputs(B, T, H, d, 2 * d, dtype, 2, rho)
+    share = survivor_share(x)
+    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
+    flops = _flops_threshold(B, H, T, d, 2 * d, 2)
+    impls = [("tda (paired)", threshold_attention_triton, rep_ms)]
+    if with_reference:
+        impls.append(("reference (tda)", threshold_attention_reference, max(50, rep_ms // 4)))
+    rows = []
+    for name, fn, rep in impls:
+        r = _measure(lambda: fn(*args, lam=x["lam"]), args + [x["lam"]], rep, host=fn is not threshold_attention_reference)
+        rows.append(dict(method=name, H=H, d=d, dv=2 * d, share=share, flops=flops, **r))
+    return rows
+
+
+def _tra_row(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float, rep_ms: int) -> dict:
+    y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
+    args = [y["q1"], y["k1"], y["v"]]
+    r = _measure(lambda: threshold_attention_triton(*args), args, rep_ms)
+    return dict(method="tra", H=H, d=d, dv=d, share=survivor_share(y),
+                flops=_flops_threshold(B, H, T, d, d, 1), **r)
+
+
+def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
+                rep_ms: int) -> list[dict]:
+    """Rows of the table for one (T, d): SDPA backends, paired TDA (+ reference), TRA."""
+    B = max(1, tokens // T)
+    H = D_MODEL // d
+    rows = (_sdpa_rows(B, T, H, d, dtype, rep_ms)
+            + _tda_rows(B, T, H // 2, d, dtype, rho, with_reference, rep_ms)
+            + [_tra_row(B, T, H, d, dtype, rho, rep_ms)])
+    best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
+    for r in rows:
+        r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    head = ("| T | B | method | heads×d (v) | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
+            "| ratio | peak MiB | host µs | survivors |")
+    lines = [head, "|" + "---|" * 12]
+    for r in rows:
+        fl_f, fl_b = r["flops"]
+        tf_f = fl_f / r["fwd"] / 1e9
+        tf_fb = (fl_f + fl_b) / r["fwd_bwd"] / 1e9
+        share = f"{100 * r['share']:.1f}%" if "share" in r else ""
+        lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['H']}×{r['d']} ({r['dv']}) "
+                     f"| {r['fwd']:.3f} | {tf_f:.0f} | {r['fwd_bwd']:.3f} | {tf_fb:.0f} "
+                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {r['host_us']:.0f} | {share} |")
+    return "\n".join(lines)
+
+
+SWEEP_PARTS = ("fwd", "dkdv", "dv-apart", "dq")
+
+
+def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: tuple = SWEEP_PARTS,
+          views_list: tuple = (2, 1)) -> None:
+    """Time tile candidates of the forward, dK/dV and dQ kernels (paired TDA and TRA at d), both dQ
+    paths (atomics in the dK/dV kernel, or the dQ kernel) and dV apart (dK and dV launched separately,
+    dQ by atomics), beside cuDNN's and FlashAttention-2's
+    softmax at the same shape; the backward rows time the whole backward with the other kernels at
+    their defaults."""
+    B = max(1, tokens // T)
+    H = D_MODEL // d
+    fwd = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 4, 3),
+                                             (128, 64, 4, 3), (64, 64, 4, 4), (128, 128, 8, 2)) for tma in (False, True)]
+    fwd += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((64, 64, 4, 3), (128, 64, 8, 2), (128, 32, 4, 3))
+            for tma in (False, True)]
+    bwd = [TileConfig(*c) for c in ((32, 128, 8, 3), (64, 128, 8, 2), (32, 64, 4, 2),
+                                    (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2), (32, 64, 8, 2),
+                                    (16, 128, 8, 3), (32, 128, 8, 2))]
+    bwd += [TileConfig(*c, tma=True) for c in ((32, 128, 8, 3), (32, 128, 8, 2), (64, 64, 4, 2), (64, 128, 8, 2))]
+    bwd += [TileConfig(*c, query_major=qm, tma=tma, skip_empty=True)
+            for c, qm in (((32, 128, 8, 3), False), ((64, 64, 4, 3), True)) for tma in (False, True)]
+    bwd += [TileConfig(*c, query_major=True) for c in (
+        (32, 128, 8, 3), (64, 128, 8, 2), (64, 64, 4, 2), (64, 64, 4, 3), (64, 64, 8, 2),
+        (128, 64, 8, 2), (128, 128, 8, 2), (64, 128, 4, 2), (128, 32, 8, 2))]
+    dv_tiles = [TileConfig(*c, query_major=qm, tma=tma) for c in ((64, 128, 8, 2), (32, 128, 8, 3), (64, 64, 4, 3),
+                                                                   (32, 128, 8, 2))
+                for qm in (False, True) for tma in (False, True)]
+    dv_tiles += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((64, 128, 8, 2), (32, 128, 8, 3))
+                 for tma in (False, True)]
+    dq = [TileConfig(*c, tma=tma) for c in ((128, 64, 8, 3), (64, 64, 4, 3), (128, 32, 8, 2),
+                                            (128, 64, 8, 2)) for tma in (False, True)]
+    dq += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((128, 64, 8, 3), (128, 32, 8, 2))
+           for tma in (False, True)]
+    for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
+        print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
+              f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)
+    for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
+        if views not in views_list:
+            continue
+        x = _tda_inputs(B, T, heads, d, dv, dtype, views, 0.3)
+        q1, k1, v = (x[n].detach() for n in ("q1", "k1", "v"))
+        q2, k2 = (x["q2"].detach(), x["k2"].detach()) if views == 2 else (None, None)
+        lam = x["lam"].detach() if views == 2 else None
+        beta = torch.ones(heads, device="cuda")
+        fl_f, fl_b = _flops_threshold(B, heads, T, d, dv, views)
+        options = ThresholdOptions()
+        out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
+        do = torch.randn_like(out)
+        label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
+
+        def forward(tile: Optional[TileConfig] = None) -> Callable[..., object]:
+            return lambda target=None: launch.forward(q1, k1, v, q2, k2, lam, beta, options, tile=tile, target=target)
+
+        def backward(**plan) -> Callable[..., object]:
+            plan.setdefault("fused", False)  # the Triton kernels' tiles, unless the fused Gluon kernel is asked for
+            return lambda target=None: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options,
+                                                       views == 2, False, False, plan=BackwardPlan(**plan),
+                                                       target=target)
+
+        if "fwd" in parts and launch.gluon_forward_fits(q1, k1, v, q2, k2):
+            from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
+            _report("fwd (Gluon)", label, FORWARD_TILE, fl_f, forward(), "fused_fwd", rep_ms)
+        for cfg in fwd if "fwd" in parts else []:
+            _report("fwd", label, cfg, fl_f, forward(cfg), "fwd", rep_ms)
+        if views == 2 and "dkdv" in parts and launch.gluon_backward_fits(do, q1, k1, v, q2, k2):
+            from kernels.threshold.gluon_backward import TILE
+            _report("bwd fused (Gluon)", label, TILE, fl_b, backward(fused=True), "fused", rep_ms)
+
+        for atomic in (False, True):
+            for cfg in bwd if "dkdv" in parts else []:
+                _report(f"bwd atomic_dq={atomic} (dK/dV tiles)", label, cfg, fl_b,
+                        backward(dkdv_tile=cfg, atomic_dq=atomic), "dkdv", rep_ms)
+        for cfg in bwd if "dv-apart" in parts else []:
+            _report("bwd dV apart (dK tiles)", label, cfg, fl_b,
+                    backward(dkdv_tile=cfg, atomic_dq=True, dv_apart=True), "dkdv", rep_ms)
+        for cfg in dv_tiles if "dv-apart" in parts else []:
+            _report("bwd dV apart (dV tiles)", label, cfg, fl_b,
+                    backward(atomic_dq=True, dv_apart=True, dv_tile=cfg), "dv", rep_ms)
+        for cfg in dq if "dq" in parts else []:
+            _report("bwd dQ kernel (dQ tiles)", label, cfg, fl_b, backward(dq_tile=cfg, atomic_dq=False), "dq",
+                    rep_ms)
+
+
+def compiled_kernel(run: Callable[..., object], part: str) -> object:
+    """The compiled kernel of ``part`` that ``run(target=...)`` launches, as Triton has it (after a launch, the
+    loaded one, with its registers and spills)."""
+    major, minor = torch.cuda.get_device_capability()
+    target = CompileTarget(10 * major + minor)
+    run(target=target)
+    return target.compiled.get(part)
+
+
+def _report(what: str, label: str, cfg: TileConfig, flops: float, run: Callable[..., object], part: str,
+            rep_ms: int) -> None:
+    try:
+        ms = _time(run, [], rep_ms)
+    except Exception as err:  # out of resources or a compile failure: report and go on
+        print(f"  {what:30s} {label} {cfg.describe()}: failed ({type(err).__name__}: {str(err)[:80]})")
+        return
+    c = compiled_kernel(run, part)
+    regs = f"regs={getattr(c, 'n_regs', '?')} spills={getattr(c, 'n_spills', '?')}"
+    print(f"  {what:30s} {label} {cfg.describe()}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}", flush=True)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    parser.add_argument("--rho", type=float, default=0.5,
+                        help="weight of the shared q/k direction (sets the survivor share)")
+    parser.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement")
+    parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--sweep", action="store_true", help="time every tile candidate first")
+    parser.add_argument("--sweep-parts", nargs="+", choices=SWEEP_PARTS, default=list(SWEEP_PARTS),
+                        help="which kernels the sweep times")
+    parser.add_argument("--sweep-views", type=int, nargs="+", choices=[1, 2], default=[2, 1],
+                        help="paired TDA (2) and/or the one-view kernel (1) in the sweep")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.attention needs a CUDA GPU")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    print(f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
+          f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN "
+          f"{torch.backends.cudnn.version()} · python {platform.python_version()} · {args.dtype}")
+    if args.sweep:
+        for d in args.head_dims:
+            for T in args.seq:
+                sweep(T, args.tokens, d, dtype, args.rep_ms, tuple(args.sweep_parts), tuple(args.sweep_views))
+    rows = []
+    for d in args.head_dims:
+        for T in args.seq:
+            shape_rows = bench_shape(T, args.tokens, d, dtype, args.rho, not args.no_reference,
+                                     args.rep_ms)
+            print(format_table(shape_rows), flush=True)
+            rows += shape_rows
+    print("\n" + format_table(rows))
+
+
+if __name__ == "__main__":
+    main()

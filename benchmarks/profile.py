@@ -1,0 +1,150 @@
+"""Where the time of one forward+backward goes: GPU time kernel by kernel, or (``--host``) the CPU time of issuing
+it, function by function (GPU only).
+
+    python -m benchmarks.profile                      # T = 4096 and 16384, d = 64, bf16
+    python -m benchmarks.profile --seq 8192 --out profile.md
+    python -m benchmarks.profile --seq 4096 --host    # cProfile of issuing paired TDA's forward+backward
+
+For the benchmark's parameter-matched shapes (benchmarks.attention: B·T = 16384 tokens), profiles cuDNN's
+softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
+each GPU kernel's time per call (µs), its launches per call and its share of the method's GPU time.
+Use it to see what the fused kernels cost beside the small ones (norms, zero fills, dQ conversion,
+reductions) that the benchmark's wall time also counts. With ``--host`` it runs paired TDA's forward+backward
+under cProfile while a sleep kernel keeps the GPU busy (so no call waits for it) and prints the functions with the
+most own and cumulative time: where the CPU time of an eager call goes (cProfile inflates every Python call, so
+read the shares, not the totals; benchmarks.attention's host µs column is the uninflated total).
+"""
+
+import argparse
+import cProfile
+import io
+import pstats
+from collections import defaultdict
+from typing import Callable, Iterable, Optional
+
+import torch
+
+
+def kernel_table(events: Iterable, calls: int) -> list[tuple[str, float, float]]:
+    """(kernel name, µs per call, launches per call) for the GPU kernels among profiler ``events``
+    (objects with ``name``, ``device_type`` and ``device_time_total`` in µs), slowest first."""
+    total: dict[str, float] = defaultdict(float)
+    count: dict[str, int] = defaultdict(int)
+    for e in events:
+        if e.device_type != torch.autograd.DeviceType.CUDA:
+            continue
+        total[e.name] += e.device_time_total
+        count[e.name] += 1
+    rows = [(name, total[name] / calls, count[name] / calls) for name in total]
+    return sorted(rows, key=lambda r: -r[1])
+
+
+def format_kernel_table(title: str, rows: list[tuple[str, float, float]], width: int = 70) -> str:
+    all_us = sum(us for _, us, _ in rows) or float("nan")
+    lines = [f"### {title}: {all_us:.0f} µs of GPU kernels per forward+backward", "",
+             "| kernel | µs per call | launches per call | share |", "|---|---|---|---|"]
+    for name, us, n in rows:
+        short = name if len(name) <= width else name[:width - 1] + "…"
+        lines.append(f"| `{short}` | {us:.1f} | {n:g} | {100 * us / all_us:.1f}% |")
+    return "\n".join(lines)
+
+
+def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float, float]]:
+    """Kernel table of ``calls`` calls of ``fn`` after a warm-up (compilation, tile choice)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    for _ in range(3):
+        fn()
+    torch.cuda.synchronize()
+    with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+        for _ in range(calls):
+            fn()
+        torch.cuda.synchronize()
+    return kernel_table(prof.events(), calls)
+
+
+def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str:
+    """cProfile's tables of ``calls`` calls of ``fn``: the ``limit`` functions with the most own time, then the most
+    cumulative time (time per call is the table's total over ``calls``)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
+def host_profile(call: Callable[[], object], calls: int) -> str:
+    """cprofile_table of ``calls`` calls of ``call`` after a warm-up (compilation, tile choice, kept launches), the GPU
+    held busy by a sleep kernel so that no call waits for it."""
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
+    report = cprofile_table(call, calls)
+    torch.cuda.synchronize()
+    return report
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
+    parser.add_argument("--head-dim", type=int, default=64)
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--host", action="store_true",
+                        help="cProfile the CPU time of issuing paired TDA's forward+backward instead")
+    parser.add_argument("--out", help="also write the tables to this markdown file")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.profile needs a CUDA GPU")
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import attention as bench
+    from kernels.threshold.autograd import threshold_attention_triton
+
+    dtype, d = torch.bfloat16, args.head_dim
+    H = bench.D_MODEL // d
+    out = []
+    for T in args.seq:
+        B = max(1, args.tokens // T)
+        sm = [bench._projection(B, T, H, d, dtype, 0.0) for _ in range(3)]
+        x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, 0.5)
+        y = bench._tda_inputs(B, T, H, d, d, dtype, 1, 0.5)
+
+        leaves = sm + [t for t in (*x.values(), *y.values()) if t.requires_grad]
+
+        def step(forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
+            do = torch.randn_like(forward())
+
+            def call() -> None:
+                for t in leaves:  # as the benchmark does: gradients replaced, not accumulated
+                    t.grad = None
+                forward().backward(do)
+            return call
+
+        methods = (("sdpa-cudnn", H, d, lambda: bench.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
+                   ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
+                       x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
+                   ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
+        if args.host:
+            tables = [f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
+                      f"```\n{host_profile(step(methods[1][3]), args.calls)}```"]
+        else:
+            tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
+                                          profile_calls(step(forward), args.calls))
+                      for name, heads, dv, forward in methods)  # (printed as each is made)
+        for table in tables:
+            print(table + "\n", flush=True)
+            out.append(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write("\n\n".join(out) + "\n")
+
+
+if __name__ == "__main__":
+    main()

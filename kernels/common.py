@@ -1,0 +1,94 @@
+"""What every op's launcher shares: the interpreter switch, head-dimension padding, output allocation in the inputs'
+memory layout, copy-engine (TMA) reads (when the tensors allow them, and the CUDA context they need), and compiling
+for a GPU instead of launching (CompileTarget).
+
+This module does not import Triton, so ``interpreting()`` can be asked on machines without it.
+"""
+
+import dataclasses
+import os
+import threading
+from typing import Optional
+
+import torch
+
+
+def interpreting() -> bool:
+    """True when Triton runs kernels in its CPU interpreter (TRITON_INTERPRET=1)."""
+    return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
+
+
+def padded(dim: int) -> int:
+    """Head dimension rounded up to the power of two the tiles use (at least 16). Plain integer arithmetic:
+    it runs a dozen times per launch, and triton.next_power_of_2 costs microseconds a call on the host."""
+    return max(16, 1 << (int(dim) - 1).bit_length())
+
+
+def new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device,
+               strides: Optional[tuple[int, ...]] = None) -> torch.Tensor:
+    """The one place kernel outputs are allocated, contiguous or with ``strides`` (tests fill it with NaN
+    to prove every element is written)."""
+    if strides is None:
+        return torch.empty(shape, dtype=dtype, device=device)
+    return torch.empty_strided(shape, strides, dtype=dtype, device=device)
+
+
+def _row_strides(shape: tuple[int, ...], strides: tuple[int, ...], width: int) -> tuple[int, ...]:
+    """Strides of a dense (B, H, T, width) tensor whose (B, H, T) dimensions lie in memory in the order of
+    a tensor with ``shape`` and ``strides`` (see new_rows_like)."""
+    order = sorted(range(3), key=lambda i: -strides[i])  # outermost first; ties keep B, H, T order
+    out = [0, 0, 0, 1]
+    step = width
+    for i in reversed(order):
+        out[i] = step
+        step *= shape[i]
+    return tuple(out)
+
+
+def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """An output of shape x.shape[:3] + (width,) whose (B, H, T) dimensions lie in memory in x's order,
+    its last dimension contiguous: a (B, T, H, d) projection viewed as (B, H, T, d) gets its output and
+    gradients in the (B, T, H, ·) layout, so the model's way back to (B, T, H·d) costs no copy. Fake
+    implementations of custom ops allocate the same way, so the strides they promise hold."""
+    shape = tuple(x.shape)
+    return new_output(shape[:3] + (width,), dtype or x.dtype, x.device, _row_strides(shape, x.stride(), width))
+
+
+def tma_ready(*tensors: torch.Tensor) -> bool:
+    """Whether the copy engine can read these (B, H, T, d) tensors: 16-byte aligned base and strides,
+    last dimension contiguous (what tensor descriptors require); else the kernels gather with pointers."""
+    return all(
+        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
+        for t in tensors)
+
+
+_bound_contexts = threading.local()
+
+
+def bind_cuda_context(device: torch.device) -> None:
+    """Make the device's CUDA context current in this thread, as building a tensor descriptor requires. The
+    autograd engine runs the backward in a thread of its own, where torch binds the context only at the
+    thread's first CUDA runtime call, which the launcher's allocations (cached) may not make: a stream query
+    is such a call. Once bound, a context stays current, so each thread queries once per device."""
+    devices = _bound_contexts.__dict__.setdefault("devices", set())
+    if device.index not in devices:
+        torch.cuda.current_stream(device).query()
+        devices.add(device.index)
+
+
+@dataclasses.dataclass
+class CompileTarget:
+    """Compile for an NVIDIA GPU of compute capability ``arch`` (90: sm_90, Hopper) instead of launching: a launcher
+    given one compiles every kernel the call would launch (Triton's ``warmup``), launches none, and keeps each compiled
+    kernel in ``compiled`` under the name of its part (the launcher's docstring lists them). Kernels are chosen for
+    ``arch`` whatever the inputs' device, so CPU tensors of the right dtypes, strides and alignment will do. Triton
+    compiles for its active driver's target: on a machine with that GPU, the real one; elsewhere, one that names it
+    (benchmarks.registers sets such a driver). The outputs the launcher returns are left unwritten."""
+
+    arch: int
+    compiled: dict = dataclasses.field(default_factory=dict)
+
+    def compile(self, part: str, kernel, grid: tuple, args: tuple, kwargs: dict) -> object:
+        """``kernel[grid](*args, **kwargs)`` compiled, not launched; kept as ``compiled[part]`` and returned."""
+        self.compiled[part] = kernel.warmup(*args, grid=grid, **kwargs)
+        return self.compiled[part]

@@ -1,0 +1,432 @@
+"""The paired (two-view) backward of threshold attention as one Gluon kernel for Hopper (sm_90).
+
+The Triton backward of two views splits into a dK/dV kernel and a dQ kernel that recomputes both
+views' scores and dA (14 tensor-core products of width 64 per tile pair instead of 10), because a fused
+Triton kernel holding dK1, dK2 and dV spills (README.md in this folder). Gluon, Triton's lower-level language,
+lets this kernel place every operand itself and split the work between partitions of warps:
+
+- one program per 128 keys: k1, k2, v stay in shared memory (loaded once by the copy engine);
+- a one-warp loader partition streams the query-side tiles q1, q2, dO (32 rows) through a two-stage ring;
+- each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dA, both
+  views' scores, its dK1, dK2, dV (registers) and its half of dS1, dS2 (into a shared buffer, two of them in
+  turn), then dq' of the previous tile for one view (warpgroup 0: view 1, warpgroup 1: view 2) over all 128
+  keys, dq'^T = k^T . dS^T, added with fp32 vector atomics into the dQ buffers of the Triton path.
+
+The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
+other's products; with both in one partition, in step, the kernel was slower (BENCHMARKS.md, "The fused backward's
+warpgroups as partitions"). Ten products per tile pair, nothing recomputed.
+
+Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
+dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the partial sums of dlam and dbeta (one per key block
+and warpgroup); dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query
+head, q/k head dimension 64, v's a power of two up to 128, rows readable by tensor descriptors; the launcher
+checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
+"""
+
+import functools
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+from .tiles import TileConfig
+from .triton_math import NORM_EPS
+
+BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran slower: "A fused backward in Gluon")
+BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
+NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
+STAGES = gl.constexpr(2)      # depth of the query-side ring
+MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
+PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
+# the kernel's tiling as a TileConfig, for tables and logs (copy-engine reads)
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)
+
+# A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
+if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
+    @gluon.jit
+    def _partition_barrier():
+        gl.thread_barrier()
+else:
+    @gluon.jit
+    def _partition_barrier():
+        gl.barrier()
+
+
+@gluon.jit
+def _power(up, p, P_MODE: gl.constexpr):
+    """up^p for up = max(u, 0) (triton_math.relu_power); P_MODE 1, 2: p = 1, 2, else any real p >= 1."""
+    if P_MODE == 1:
+        a = up
+    elif P_MODE == 2:
+        a = up * up
+    else:
+        a = gl.where(up > 0.0, gl.exp2(p * gl.log2(gl.where(up > 0.0, up, 1.0))), 0.0)
+    return a
+
+
+@gluon.jit
+def _slope(up, p, P_MODE: gl.constexpr):
+    """up^(p-1) with 0^0 taken as 0 (triton_math.relu_power_and_slope's slope, without the factor p)."""
+    if P_MODE == 1:
+        e = gl.where(up > 0.0, 1.0, 0.0)
+    elif P_MODE == 2:
+        e = up
+    else:
+        e = gl.where(up > 0.0, gl.exp2((p - 1.0) * gl.log2(gl.where(up > 0.0, up, 1.0))), 0.0)
+    return e
+
+
+@gluon.jit
+def _tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
+    """Rows m0 .. m0 + BM of a query tile. The added m0 >> 30 (0: rows < 2^30) makes the whole vector vary with the
+    tile, so the compiler cannot hoist the addresses built from it out of the loop and hold them (8 64-bit
+    addresses per thread per vector) in registers it lacks."""
+    return m0 + (gl.arange(0, BM, layout=Q_L) + (m0 >> 30))
+
+
+@gluon.jit
+def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
+    """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
+    the logarithm taken as ln 2 . lg2.approx: one hardware instruction, where gl.log and gl.log2 each compile to a
+    routine of about a dozen per value (BENCHMARKS.md, "A fused backward in Gluon", and the section after it)."""
+    pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
+    lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
+                                   is_pure=True, pack=1)
+    return gl.sqrt((2.0 * 0.6931471805599453) * lg * inv_d)
+
+
+@gluon.jit
+def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+    """The query rows' share of the score factor: scale / ||q|| (0 past Tq) when normalising, else scale."""
+    offs_m = _tile_rows(m0, BM, Q_L)
+    if NORMALIZE:
+        r = gl.load(RQh + offs_m, mask=offs_m < Tq, other=0.0) * scale
+    else:
+        r = gl.full([BM], scale, gl.float32, layout=Q_L)
+    return r
+
+
+@gluon.jit
+def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+               BM: gl.constexpr, Q_L: gl.constexpr):
+    """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
+    is past Tk, the query past Tq or (CAUSAL) the key after the query. Every tile takes the mask: interior
+    tiles without it, chosen by a branch in the loop, gave wrong gradients on Triton 3.6, and in loops of their
+    own spilled and ran slower (BENCHMARKS.md, "A fused backward in Gluon")."""
+    if NORMALIZE:
+        s = s * rk[:, None]
+    u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
+                                                                                             Q_L)[None, :]
+    # the last key each query row sees (-1 past Tq): one comparison per element
+    offs_m = _tile_rows(m0, BM, Q_L)
+    if CAUSAL:
+        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
+    else:
+        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
+    last = gl.where(offs_m < Tq, last, -1)
+    u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
+    return gl.maximum(u, 0.0)
+
+
+@gluon.jit
+def _rows(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
+    """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
+    under the 2-D layout of the same swizzle."""
+    return smem._reinterpret(smem.dtype, [ROWS, WIDTH], gl.NVMMASharedLayout.get_default_for([ROWS, WIDTH], smem.dtype))
+
+
+@gluon.jit
+def _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, bars, stage, b, h, m0):
+    """Start the copy of the query tile at row m0 (q1, q2, dO) into ring stage ``stage``, signalling bars[stage]."""
+    bar = bars.index(stage)
+    mbarrier.expect(bar, q1_desc.block_type.nbytes + q2_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q1_desc, [b, h, m0, 0], bar, q1_ring.index(stage))
+    tma.async_copy_global_to_shared(q2_desc, [b, h, m0, 0], bar, q2_ring.index(stage))
+    tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
+
+
+@gluon.jit
+def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s, ds1_s, ds2_s,
+              rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
+              NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
+              LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
+              DV_L: gl.constexpr, BN: gl.constexpr):
+    """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
+    dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. Products that follow one another are issued
+    together and waited for once (faster than a wait after each); issuing the next view's scores before this view's
+    elementwise work, so that the two overlap, held more registers and ran slower (BENCHMARKS.md, "The fused
+    backward's warpgroups as partitions", "A fused backward in Gluon")."""
+    BM: gl.constexpr = BLOCK_M
+    Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
+    zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
+    # Vectors over the query rows cost BM / 4 registers each in this layout: each is made where it is used.
+    # dA = v . dO^T and the scores, (keys, queries); one tile of each view is kept (max(u, 0), from which the
+    # weight and its slope follow) to hold as few tiles as possible.
+    da_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    da, s1 = warpgroup_mma_wait(0, deps=[da_t, s1_t])
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
+    g1 = _slope(up1, p, P_MODE) * da
+    if BETA_GRAD:
+        acc_beta += gl.sum(g1 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
+    if NORMALIZE:
+        g1 = g1 * rk1[:, None]
+    ds1 = (g1 * _query_factor(RQ1h, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :]).to(q1_s.dtype)
+    ds1_op = gl.convert_layout(ds1, gl.DotOperandLayout(0, DK_L, 2))
+    dk1_t = warpgroup_mma(ds1_op, q1_s, dk1, is_async=True)
+    ds1_s.store(ds1)
+    # view 2, its weights entering with -lam
+    s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dk1, s2, ds1_op = warpgroup_mma_wait(0, deps=[dk1_t, s2_t, ds1_op])
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
+    a2 = _power(up2, p, P_MODE)
+    if LAM_GRAD:
+        acc_lam += gl.sum(da * a2, axis=1)
+    w = (_power(up1, p, P_MODE) - lam * a2).to(do_s.dtype)
+    g2 = _slope(up2, p, P_MODE) * da
+    if BETA_GRAD:
+        acc_beta -= lam * gl.sum(g2 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
+    if NORMALIZE:
+        g2 = g2 * rk2[:, None]
+    ds2 = (g2 * (_query_factor(RQ2h, m0, Tq, scale, NORMALIZE, BM, Q_L) * -lam)[None, :]).to(q2_s.dtype)
+    ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
+    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+    dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
+    dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
+    ds2_s.store(ds2)
+    dk2, dv, ds2_op, w_op = warpgroup_mma_wait(0, deps=[dk2_t, dv_t, ds2_op, w_op])
+    return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@gluon.jit
+def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
+    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
+    thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
+    from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
+    addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
+    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
+    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
+    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
+    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
+                  gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
+
+
+@gluon.jit
+def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr,
+                 DK_L: gl.constexpr):
+    """dk = p (dk' - r'^2 (k . dk') k) (triton_math.normalize_backward; p dk' without it), stored."""
+    if NORMALIZE:
+        k = k_s.load(DK_L).to(gl.float32)
+        r = gl.convert_layout(rk, gl.SliceLayout(1, DK_L))
+        proj = gl.where(r * NORM_EPS < 1.0, r * r, 0.0) * gl.sum(k * dk, axis=1)
+        dk = dk - proj[:, None] * k
+    dk = dk * p
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
+    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
+    gl.store(DKh + rows[:, None] * s_t + cols[None, :], dk.to(DKh.dtype.element_ty), mask=(rows < Tk)[:, None])
+
+
+@functools.lru_cache(maxsize=None)
+def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a (1, 1, rows, width) 16-bit block (made once: 5 us a call on a CPU)."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
+
+
+def row_descriptors(*blocks: tuple) -> tuple:
+    """Copy-engine descriptors of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs, each in blocks of
+    ``rows`` rows of one head (the Gluon forward's too)."""
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
+                                  _row_block_layout(rows, t.shape[-1]))
+                 for t, rows in blocks)
+
+
+def descriptors(q1, k1, q2, k2, v, do) -> tuple:
+    """The six inputs' descriptors: BLOCK_M query rows, BLOCK_N keys."""
+    m, n = BLOCK_M.value, BLOCK_N.value
+    return row_descriptors((q1, m), (k1, n), (q2, m), (k2, n), (v, n), (do, m))
+
+
+def grid(Tk: int, B: int, H: int) -> int:
+    return triton.cdiv(Tk, BLOCK_N.value) * B * H
+
+
+@gluon.jit
+def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles):
+    """Fills the query-side ring: tile i into stage i % STAGES once the compute warps have released it."""
+    for i in range(n_tiles):
+        stage = i % STAGES
+        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, stage, b, h, m_lo + i * BLOCK_M)
+
+
+@gluon.jit
+def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
+                 DQ_L: gl.constexpr):
+    """dq'^T of view W + 1 for tile j (rows m_lo + j BM ..) over all BLOCK_N keys, once both warpgroups have stored
+    their dS of tile j; the dS buffer is released to both, then the result added with atomics."""
+    BM: gl.constexpr = BLOCK_M
+    mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
+    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
+    dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
+    mbarrier.arrive(ds_free.index(j % 2), count=1)
+    _add_dq(dq, DQh, m_lo + j * BM, Tq, HEAD_D, BM)
+
+
+@gluon.jit
+def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
+                         NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
+                         BETA_GRAD: gl.constexpr):
+    """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
+    tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
+    buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products."""
+    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
+        ds_free = smem
+    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
+        num_n_blocks, scale, p, inv_d = scalars
+    BM: gl.constexpr = BLOCK_M
+    KB: gl.constexpr = BLOCK_N // 2
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_D, 16])
+    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_DV, 16])
+    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    offs_n = n0 + W * KB + gl.arange(0, KB, layout=gl.SliceLayout(1, S_L))
+    key_ok = offs_n < Tk
+    bhk = b * H + h
+    if NORMALIZE:
+        rk1 = gl.load(RK1 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+        rk2 = gl.load(RK2 + bhk * Tk + offs_n, mask=key_ok, other=0.0)
+    else:
+        rk1 = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+        rk2 = rk1
+    lam = gl.load(LAM + h)
+    beta = gl.load(BETA + h)
+    acc_lam = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+    acc_beta = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+    dk1 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    dk2 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
+    RQ1h = RQ1 + bhk * Tq
+    RQ2h = RQ2 + bhk * Tq
+    if W == 0:
+        DQh = DQ1ACC + bhk * Tq * HEAD_D
+        ds_bufs = ds1_bufs
+    else:
+        DQh = DQ2ACC + bhk * Tq * HEAD_D
+        ds_bufs = ds2_bufs
+    m_end = m_lo + n_tiles * BM
+    mbarrier.wait(kv_bar, phase=0)
+    for m0 in range(m_lo, m_end, BM):
+        i = (m0 - m_lo) // BM
+        stage = i % STAGES
+        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+        z = m0 >> 30
+        k1_s = _rows(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        k2_s = _rows(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+        q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
+        q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
+        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+        # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
+        mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
+        dk1, dk2, dv, acc_lam, acc_beta = _key_side(
+            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
+            ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
+            RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
+            DV_L, KB)
+        fence_async_shared()
+        _partition_barrier()
+        mbarrier.arrive(ds_ready.index(i % 2), count=1)
+        mbarrier.arrive(empty.index(stage), count=1)
+        if i > 0:
+            k_view = _rows((k1_buf if W == 0 else k2_buf).index(z), BLOCK_N, HEAD_D)
+            _dq_previous(W, i - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+    if n_tiles > 0:
+        k_view = _rows((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
+        _dq_previous(W, n_tiles - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+    part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
+    if LAM_GRAD:
+        gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
+    if BETA_GRAD:
+        gl.store(BETA_PART + part, -p * gl.sum(acc_beta, axis=0))
+    k1_s = _rows(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k2_s = _rows(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
+    _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
+    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
+    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rows < Tk)[:, None])
+
+
+@gluon.jit
+def paired_backward_kernel(
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
+    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+):
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
+    4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
+    BLOCK_N for k1, k2, v (descriptors()). LAM_PART, BETA_PART hold (B, H, PARTIALS_PER_BLOCK * num_n_blocks)
+    partial sums. Three partitions: warpgroup 0 (the default, 4 warps), warpgroup 1 (4 warps) and the loader
+    (1 warp): launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
+    BM: gl.constexpr = BLOCK_M
+    BN: gl.constexpr = BLOCK_N
+    dtype: gl.constexpr = q1_desc.dtype
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    nblk = pid // num_bh
+    n0 = nblk * BN
+    b = bh // H
+    h = bh % H
+    k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
+    k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+    q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
+    q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
+    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+    for s in gl.static_range(2):
+        mbarrier.init(ds_ready.index(s), count=2)
+        mbarrier.init(ds_free.index(s), count=2)
+    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
+    tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+    m_end = gl.cdiv(Tq, BM) * BM
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
+    else:
+        m_lo = 0
+    n_tiles = (m_end - m_lo) // BM
+    smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
+            ds_free)
+    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
+    scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
+               n_tiles, num_n_blocks, scale, p, inv_d)
+    gl.warp_specialize([
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
+                                BETA_GRAD)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
+                                BETA_GRAD)),
+        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
+    ], [4, 1], [240, 24])

@@ -1,0 +1,221 @@
+"""The paired (two-view) forward of threshold attention as one Gluon kernel for Hopper (sm_90), in the form of the
+fused backward (gluon_backward.py). launch.forward takes it wherever gluon_forward_fits: it is faster than the Triton
+forward (BENCHMARKS.md, "Launches without Triton's binding, and the paired forward in Gluon").
+
+One program per 128 query rows of one head, three partitions:
+
+- a one-warp loader: the program's q1, q2 rows (two tiles of 64 per view) once, then k1, k2, v in blocks of
+  BLOCK_N keys through a ring of STAGES stages (copy engine, mbarriers);
+- two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together),
+  u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them, W = max(u1, 0)^p
+  - lam max(u2, 0)^p, O += W v (a third product, W from registers). The queries' norms are summed in another order
+  than the Triton forward's, so r_i could differ in its last bit; on every shape tried the outputs were the same bits.
+
+The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's
+elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the
+causal/edge mask (two loops, as the Triton forward). Same contract as triton_forward.threshold_attention_fwd_kernel
+with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse norms); RK1, RK2 are inputs. Only
+16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of two up to 128, rows readable
+by tensor descriptors (launch.gluon_forward_fits).
+"""
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
+
+from .gluon_backward import _power, _rows, row_descriptors
+from .tiles import TileConfig
+from .triton_math import NORM_EPS
+
+ROWS = gl.constexpr(64)        # query rows per warpgroup
+BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
+BLOCK_N = gl.constexpr(64)     # keys per ring stage
+STAGES = gl.constexpr(2)       # depth of the key-side ring
+NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
+MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables and logs
+
+
+@gluon.jit
+def _loader_partition(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
+                      q_bar, ready, empty, b, h, m0, n_blocks):
+    """The program's query rows once, then key block j into stage j % STAGES once both warpgroups released it."""
+    mbarrier.expect(q_bar, 2 * (q1_desc.block_type.nbytes + q2_desc.block_type.nbytes))
+    for w in gl.static_range(2):
+        tma.async_copy_global_to_shared(q1_desc, [b, h, m0 + w * ROWS, 0], q_bar, q1_buf.index(w))
+        tma.async_copy_global_to_shared(q2_desc, [b, h, m0 + w * ROWS, 0], q_bar, q2_buf.index(w))
+    for j in range(n_blocks):
+        stage = j % STAGES
+        mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)
+        bar = ready.index(stage)
+        mbarrier.expect(bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(k1_desc, [b, h, j * BLOCK_N, 0], bar, k1_ring.index(stage))
+        tma.async_copy_global_to_shared(k2_desc, [b, h, j * BLOCK_N, 0], bar, k2_ring.index(stage))
+        tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], bar, v_ring.index(stage))
+
+
+@gluon.jit
+def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl.constexpr,
+                ROW_L: gl.constexpr):
+    """scale / max(||q_i||, eps) for the warpgroup's rows (triton_math.inverse_row_norms), the inverse norm stored
+    for the backward; scale alone without normalisation."""
+    if NORMALIZE:
+        Q_REG: gl.constexpr = gl.BlockedLayout([1, 8], [4, 8], [4, 1], [1, 0])
+        q = q_s.load(Q_REG).to(gl.float32)
+        r = 1.0 / gl.maximum(gl.sqrt(gl.sum(q * q, axis=1)), NORM_EPS)
+        r = gl.convert_layout(r, ROW_L)
+        gl.store(RQh + offs_m, r, mask=offs_m < Tq)
+        f = r * scale
+    else:
+        f = gl.full([ROWS], scale, gl.float32, layout=ROW_L)
+    return f
+
+
+@gluon.jit
+def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
+    """One past the last key query row ``last_row`` sees: its position + 1 under the causal mask, else Tk."""
+    if CAUSAL:
+        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
+    else:
+        hi = Tk
+    return hi
+
+
+@gluon.jit
+def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
+               Tk, zero_s, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+               CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, S_L: gl.constexpr,
+               O_L: gl.constexpr):
+    """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
+    keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk)."""
+    stage = j % STAGES
+    mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+    k1_s = _rows(k1_ring.index(stage), BLOCK_N, HEAD_D)
+    k2_s = _rows(k2_ring.index(stage), BLOCK_N, HEAD_D)
+    v_s = _rows(v_ring.index(stage), BLOCK_N, HEAD_DV)
+    s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
+    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+    key_ok = cols < Tk
+    if NORMALIZE:
+        r1 = f1[:, None] * gl.load(RK1 + bh * Tk + cols, mask=key_ok, other=0.0)[None, :]
+        r2 = f2[:, None] * gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)[None, :]
+    else:
+        r1 = f1[:, None]
+        r2 = f2[:, None]
+    u1 = s1 * r1 - tau[:, None]
+    u2 = s2 * r2 - tau[:, None]
+    if MASKED:
+        if CAUSAL:
+            keep = key_ok[None, :] & (cols[None, :] <= pos[:, None])
+        else:
+            keep = key_ok[None, :] & (pos >= 0)[:, None]
+        u1 = gl.where(keep, u1, 0.0)
+        u2 = gl.where(keep, u2, 0.0)
+    w = (_power(gl.maximum(u1, 0.0), p, P_MODE) - lam * _power(gl.maximum(u2, 0.0), p, P_MODE)).to(v_s.dtype)
+    acc = warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, O_L, 2)), v_s, acc)
+    # every product reading this stage has completed (synchronous): release it
+    mbarrier.arrive(empty.index(stage), count=1)
+    return acc
+
+
+@gluon.jit
+def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
+                         NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr):
+    """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
+    other warpgroup's) are only released."""
+    q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
+    O, RQ1, RQ2, RK1, RK2, LAM, BETA = ptrs
+    so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d = scalars
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, BLOCK_N, 16])
+    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                  instr_shape=[16, HEAD_DV, 16])
+    ROW_L: gl.constexpr = gl.SliceLayout(1, S_L)
+    r0 = m0 + W * ROWS
+    offs_m = r0 + gl.arange(0, ROWS, layout=ROW_L)
+    pos = offs_m + (Tk - Tq)
+    bh = b * H + h
+    # the last key any of these rows sees, +1 (0 when every row is past Tq)
+    last_row = gl.minimum(r0 + ROWS, Tq) - 1
+    hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
+    my_blocks = gl.cdiv(hi, BLOCK_N)
+    lam = gl.load(LAM + h)
+    tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
+    mbarrier.wait(q_bar, phase=0)
+    q1_s = _rows(q1_buf.index(W), ROWS, HEAD_D)
+    q2_s = _rows(q2_buf.index(W), ROWS, HEAD_D)
+    f1 = _row_factor(q1_s, RQ1 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
+    f2 = _row_factor(q2_s, RQ2 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
+    acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
+    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
+    # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
+    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
+    for j in range(0, full):
+        acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
+                         RK1, RK2, Tk, zero_s, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, S_L, O_L)
+    for j in range(full, my_blocks):
+        acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
+                         RK1, RK2, Tk, zero_s, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, S_L, O_L)
+    # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
+    for j in range(my_blocks, n_blocks):
+        stage = j % STAGES
+        mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+        mbarrier.arrive(empty.index(stage), count=1)
+    rows = gl.convert_layout(offs_m, gl.SliceLayout(1, O_L))
+    cols_v = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, O_L))
+    gl.store(O + b * so_b + h * so_h + rows[:, None] * so_t + cols_v[None, :], acc.to(O.dtype.element_ty),
+             mask=(rows < Tq)[:, None])
+
+
+@gluon.jit
+def paired_forward_kernel(
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, so_b, so_h, so_t,
+    H, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
+    P_MODE: gl.constexpr,
+):
+    """Grid: (num_m_blocks * B * H,), the longest query blocks first (triton_math.query_block_program). The five
+    inputs are 4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q1, q2,
+    BLOCK_N for k1, k2, v (descriptors()). Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
+    dtype: gl.constexpr = q1_desc.dtype
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    b = bh // H
+    h = bh % H
+    q1_buf = gl.allocate_shared_memory(dtype, [2] + q1_desc.block_type.shape, q1_desc.layout)
+    q2_buf = gl.allocate_shared_memory(dtype, [2] + q2_desc.block_type.shape, q2_desc.layout)
+    k1_ring = gl.allocate_shared_memory(dtype, [STAGES] + k1_desc.block_type.shape, k1_desc.layout)
+    k2_ring = gl.allocate_shared_memory(dtype, [STAGES] + k2_desc.block_type.shape, k2_desc.layout)
+    v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
+    q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(q_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+    # the key blocks the program's last row sees (both warpgroups step through all of them)
+    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
+    smem = (q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty)
+    ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA)
+    scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d)
+    gl.warp_specialize([
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE)),
+        (_loader_partition, (q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
+                             q_bar, ready, empty, b, h, m0, n_blocks)),
+    ], [4, 1], [240, 24])
+
+
+def descriptors(q1, k1, q2, k2, v) -> tuple:
+    """The five inputs' descriptors: ROWS query rows, BLOCK_N keys."""
+    m, n = ROWS.value, BLOCK_N.value
+    return row_descriptors((q1, m), (k1, n), (q2, m), (k2, n), (v, n))
+
+
+def grid(Tq: int, B: int, H: int) -> int:
+    return triton.cdiv(Tq, BLOCK_M.value) * B * H

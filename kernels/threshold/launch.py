@@ -1,0 +1,397 @@
+"""Host-side launchers of the threshold-attention kernels (no autograd, no input checks).
+
+``forward`` and ``backward`` take validated tensors (validation.py) and return plain tensors; the autograd function
+and the custom ops (autograd.py, custom_ops.py) are built on them. Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d),
+v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device; ``options`` the plain-valued options.
+
+Which kernels run: the forward is the Gluon kernel (gluon_forward.py) where gluon_forward_fits, else the Triton kernel
+(triton_forward.py); the backward is the fused Gluon kernel (gluon_backward.py) where gluon_backward_fits and the
+call is not deterministic, else the Triton dK/dV kernel with dQ by atomics or the dQ kernel (triton_backward.py),
+as tiles.py's defaults or a ``BackwardPlan`` say. Every kernel is launched through kernels.fast_launch, or, given a
+``CompileTarget``, only compiled; its parts are named ``key_norms``, ``fwd``, ``fused_fwd`` (the Gluon forward),
+``dkdv``, ``dv`` (dV apart), ``dq``, ``fused`` (the Gluon backward) and ``dq_finish``.
+"""
+
+import dataclasses
+import functools
+import importlib
+from typing import Callable, Optional
+
+import torch
+import triton
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources
+
+from .. import common, fast_launch
+from ..common import CompileTarget, interpreting, padded
+from .options import ThresholdOptions
+from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, dq_atomic, dq_configs,
+                    dv_configs, dv_pass_apart, forward_configs, fused_paired_backward)
+from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
+from .triton_forward import threshold_attention_fwd_kernel
+from .triton_norms import inverse_norm_kernel
+
+_chosen: dict[tuple, TileConfig] = {}
+
+
+def _run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optional[CompileTarget]) -> object:
+    """``kernel[grid](*args, **kwargs)`` through fast_launch, or compiled for ``target`` only; the compiled kernel."""
+    if target is not None:
+        return target.compile(part, kernel, grid, args, kwargs)
+    return fast_launch.launch(kernel, grid, args, kwargs)
+
+
+def _p_mode(p: float) -> int:
+    return 1 if p == 1.0 else 2 if p == 2.0 else 0
+
+
+def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
+            args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
+            constexprs: dict, tile: Optional[TileConfig], target: Optional[CompileTarget], rows: tuple = (),
+            query_major: bool = False, skip_empty: bool = False) -> TileConfig:
+    """Launch ``kernel`` (the part ``key[0]``) with ``tile``, else the remembered or first candidate that fits the
+    GPU's shared memory (with a ``target``, the first, and nothing remembered). ``args_for`` builds the runtime
+    arguments, which depend on the tile. The kernel takes the tile's ``tma`` as USE_TMA (dropped for this launch when
+    the tensors ``rows`` are not tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the tile's
+    ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
+    remember = tile is None and target is None
+    if tile is not None:
+        candidates = [tile]
+    elif interpreting():
+        candidates = [INTERPRETER_CONFIG]
+    elif remember and key in _chosen:
+        candidates = [_chosen[key]]
+    for i, chosen in enumerate(candidates):
+        cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not common.tma_ready(*rows) else chosen
+        if cfg.tma and rows[0].is_cuda:
+            common.bind_cuda_context(rows[0].device)
+        try:
+            layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
+                          **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
+            _run(key[0], kernel, (grid(cfg),), args_for(cfg), dict(
+                constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages), target)
+        except OutOfResources:
+            if i + 1 == len(candidates):
+                raise
+            continue
+        if remember:
+            _chosen[key] = chosen
+        return cfg
+    raise AssertionError("unreachable: no tile candidates")
+
+
+def row_blocks(t: torch.Tensor, rows: int, width: int):
+    """A tensor descriptor of the (B, H, T, d) tensor ``t`` in blocks of ``rows`` rows of one head."""
+    from triton.tools.tensor_descriptor import TensorDescriptor
+
+    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, width])
+
+
+def _row_inputs(cfg: TileConfig, q1, k1, q2, k2, v, do=None) -> tuple:
+    """The kernels' q1, k1, q2, k2, v (and dO) arguments: the tensors, or with ``cfg.tma`` descriptors
+    of query-block (q, dO) and key-block (k, v) rows."""
+    rows = (q1, k1, q2, k2, v) + ((do,) if do is not None else ())
+    if not cfg.tma:
+        return rows
+    blocks = (cfg.block_m, cfg.block_n, cfg.block_m, cfg.block_n, cfg.block_n, cfg.block_m)
+    return tuple(row_blocks(t, n, padded(t.shape[-1])) for t, n in zip(rows, blocks))
+
+
+def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor],
+                      target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
+    """1 / max(||k_t||, 1e-12) per row of k1 (and k2) (B, H, T, d), as fp32 (B, H, T) contiguous."""
+    B, H, T, d = k1.shape
+    r1 = common.new_output((B, H, T), torch.float32, k1.device)
+    r2 = common.new_output((B, H, T), torch.float32, k1.device) if k2 is not None else r1
+    k2_ = k2 if k2 is not None else k1
+    block_t = 32 if interpreting() else 64
+    num_t = triton.cdiv(T, block_t)
+    _run("key_norms", inverse_norm_kernel, (B * H * num_t, 1 if k2 is None else 2),
+         (k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t),
+         dict(HEAD_D=d, BLOCK_T=block_t, BLOCK_D=padded(d)), target)
+    return (r1, r2) if k2 is not None else (r1,)
+
+
+def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, options: ThresholdOptions) -> dict:
+    cast_f32 = interpreting() or q1.dtype == torch.float32
+    return dict(HEAD_D=q1.shape[-1], HEAD_DV=v.shape[-1], BLOCK_D=padded(q1.shape[-1]),
+                BLOCK_DV=padded(v.shape[-1]), TWO_VIEWS=two_views, NORMALIZE=options.normalize,
+                CAUSAL=options.causal, P_MODE=_p_mode(options.p), CAST_F32=cast_f32,
+                DOT_PREC="ieee" if cast_f32 else "tf32")
+
+
+def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
+            k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, options: ThresholdOptions,
+            tile: Optional[TileConfig] = None, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
+    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (common.new_rows_like), and the inverse
+    norms the backward reuses.
+
+    Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
+    view) is an empty fp32 tensor. Where gluon_forward_fits the Gluon kernel runs, unless ``tile`` asks for a tile
+    of the Triton kernel. With a ``target`` the kernels are compiled, not launched.
+    """
+    B, H, Tq, d = q1.shape
+    Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
+    if options.normalize:
+        rks = key_inverse_norms(k1, k2, target)
+        rk1 = rks[0]
+        if two:
+            rk2 = rks[1]
+        # the forward kernel writes the queries' inverse norms
+        rq1 = common.new_output((B, H, Tq), torch.float32, q1.device)
+        rq2 = common.new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
+    out = common.new_rows_like(q1, dv)
+    if tile is None and gluon_forward_fits(q1, k1, v, q2, k2, target):
+        try:
+            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options, target)
+            return out, rq1, rk1, rq2, rk2
+        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
+            _gluon_failed(error)
+    consts = _common_constexprs(q1, v, two, options)
+    # With one view the second view's arguments repeat the first's; the kernel never reads them.
+    q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
+
+    def grid(cfg: TileConfig) -> int:
+        return triton.cdiv(Tq, cfg.block_m) * B * H
+
+    def args_for(cfg: TileConfig) -> tuple:
+        return (*_row_inputs(cfg, q1, k1, q2_, k2_, v), out, rq1, rk1, rq2_, rk2_, lam_, beta,
+                *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
+                *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
+                float(options.scale), float(options.p), 1.0 / d)
+
+    key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
+    candidates = forward_configs(d, dv, two, q1.element_size())
+    _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, tile, target,
+            rows=(q1, k1, q2_, k2_, v), skip_empty=True)
+    return out, rq1, rk1, rq2, rk2
+
+
+def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, elem_bytes, atomic, need_dlam,
+                        need_dbeta, apart, plan: BackwardPlan, target: Optional[CompileTarget]) -> None:
+    """The Triton dK/dV kernel (with dQ by atomics when ``atomic``), and the dV launch when ``apart``."""
+    key = ("dkdv", d, dv_dim, two, dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
+    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, elem_bytes), key,
+            dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
+                 WITH_DV=not apart), plan.dkdv_tile, target, rows=rows, query_major=True, skip_empty=True)
+    if apart:
+        _launch(dkdv_kernel, grid, lambda cfg: args_for(cfg, with_partials=False),
+                dv_configs(d, dv_dim, two, elem_bytes), ("dv", d, dv_dim, two, dtype, tuple(consts.items())),
+                dict(consts, DQ_ATOMIC=False, LAM_GRAD=False, BETA_GRAD=False, WITH_DK=False, WITH_DV=True),
+                plan.dv_tile, target, rows=rows, query_major=True, skip_empty=True)
+
+
+def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
+    """Whether the Gluon kernels (gluon_forward.py, gluon_backward.py) are built for this layout: 16-bit, one key/value
+    head per query head, q/k head dimension 64 (the M side of the backward's dQ^T product must be 64), v's a power of
+    two from 16 to 128."""
+    return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
+            and head_dv in (16, 32, 64, 128))
+
+
+GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
+_gluon_failure: list[str] = []  # why a Gluon kernel failed to compile or launch here, once one has
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = len(piece) - len(piece.lstrip("0123456789"))
+        parts.append(int(piece[:digits]) if digits else 0)
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def gluon_available() -> bool:
+    """Whether this Triton has the Gluon language the Gluon kernels are written in (3.6 and 3.7 compile them; with an
+    older one the Triton kernels run instead)."""
+    if _version(triton.__version__) < GLUON_MIN_TRITON:
+        return False
+    try:
+        importlib.import_module(".gluon_backward", __package__)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+def _gluon_failed(error: Exception) -> None:
+    """A Gluon kernel did not compile with this Triton, or its launch found too few resources (nothing ran either
+    way): say so once and take the Triton kernels, forward and backward, from now on."""
+    import warnings
+
+    _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
+    warnings.warn(f"the Gluon kernels cannot run with Triton {triton.__version__} on this GPU "
+                  f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)  # (else a device query on every backward call)
+
+
+def on_hopper(x: torch.Tensor) -> bool:
+    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted."""
+    return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
+
+
+def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+                q2: Optional[torch.Tensor], *rows: Optional[torch.Tensor]) -> bool:
+    """Two views on a Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take
+    (gluon_layout_takes), every one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no Gluon
+    kernel has failed here."""
+    hopper = target.arch == 90 if target is not None else on_hopper(q1)
+    return (q2 is not None and not _gluon_failure and hopper
+            and gluon_layout_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
+            and common.tma_ready(*rows) and gluon_available())
+
+
+def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+                        q2: Optional[torch.Tensor], k2: Optional[torch.Tensor],
+                        target: Optional[CompileTarget] = None) -> bool:
+    """Whether these inputs can take the fused Gluon backward (gluon_backward.py)."""
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
+
+
+def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
+                       k2: Optional[torch.Tensor], target: Optional[CompileTarget] = None) -> bool:
+    """Whether the forward takes the Gluon kernel (gluon_forward.py)."""
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v)
+
+
+def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options: ThresholdOptions,
+                   target: Optional[CompileTarget] = None) -> None:
+    from . import gluon_forward as gf
+
+    B, H, Tq, d = q1.shape
+    Tk = k1.shape[2]
+    if q1.is_cuda:
+        common.bind_cuda_context(q1.device)
+    _run("fused_fwd", gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
+        *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, *out.stride()[:3],
+        H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
+        HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
+        P_MODE=_p_mode(options.p), num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
+
+
+def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
+                    need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target: Optional[CompileTarget] = None) -> torch.Tensor:
+    """Launch the fused Gluon backward; returns dlam's and dbeta's partial sums, (2, B, H, partials per key block)."""
+    from . import gluon_backward as gb
+
+    B, H, Tq, d = q1.shape
+    Tk, dv_dim = k1.shape[2], v.shape[-1]
+    nb = triton.cdiv(Tk, gb.BLOCK_N.value)
+    partials = common.new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
+    if q1.is_cuda:
+        common.bind_cuda_context(q1.device)
+    _run("fused", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
+        *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
+        partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
+        H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d), dict(
+        HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
+        LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS),
+        target)
+    return partials
+
+
+def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
+             q2: Optional[torch.Tensor], k2: Optional[torch.Tensor], rq1: torch.Tensor,
+             rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, lam: Optional[torch.Tensor],
+             beta: torch.Tensor, options: ThresholdOptions, need_dlam: bool, need_dbeta: bool, deterministic: bool,
+             plan: Optional[BackwardPlan] = None, target: Optional[CompileTarget] = None,
+             ) -> tuple[Optional[torch.Tensor], ...]:
+    """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
+
+    dq*/dk*/dv are in the inputs' dtype, laid out like them (common.new_rows_like); dlam, dbeta are (H,) fp32.
+    Entries that do not apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
+    ``plan`` (default: tiles.py's choices, see BackwardPlan) says whether two views take the fused Gluon kernel where
+    gluon_backward_fits, whether the Triton dK/dV kernel accumulates dQ with atomics, whether dV is then computed in
+    a launch of its own, and which tiles the Triton kernels take. With a ``target`` the kernels are compiled, not
+    launched.
+    """
+    B, H, Tq, d = q1.shape
+    Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
+    two = q2 is not None
+    dev = q1.device
+    plan = plan if plan is not None else BackwardPlan()
+    need_dlam = need_dlam and two
+    dk1 = common.new_rows_like(k1, d)
+    dk2 = common.new_rows_like(k2, d) if two else None
+    dv = common.new_rows_like(v, dv_dim)
+    atomic_dq = dq_atomic(two) if plan.atomic_dq is None else plan.atomic_dq
+    atomic = atomic_dq and not deterministic
+    apart = (dv_pass_apart(two) if plan.dv_apart is None else plan.dv_apart) and atomic
+    fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
+    fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
+    atomic = atomic or fused
+    # the fp32 dq' buffers of the atomic paths, one zero fill for both views
+    dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
+               else q1.new_empty((1, 0), dtype=torch.float32))
+    dq_acc = dq_bufs[0]
+    dq2_acc = dq_bufs[1] if atomic and two else dq_acc
+    q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
+    # dlam's and dbeta's partial sums, (2, B, H, key blocks); their number depends on the tile, so the launch fills it
+    partials: list[Optional[torch.Tensor]] = [None]
+    need_partials = need_dlam or need_dbeta
+
+    def grid(cfg: TileConfig) -> int:
+        return triton.cdiv(Tk, cfg.block_n) * B * Hkv
+
+    def args_for(cfg: TileConfig, with_partials: bool = True) -> tuple:
+        nb = triton.cdiv(Tk, cfg.block_n)
+        if with_partials and need_partials:
+            partials[0] = common.new_output((2, B, H, nb), torch.float32, dev)
+        lam_part, beta_part = partials[0] if with_partials and need_partials else (dq_acc, dq_acc)
+        return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta,
+                dk1, dk2 if two else dk1, dv, dq_acc, dq2_acc,
+                lam_part, beta_part,
+                *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
+                *dk1.stride()[:3], *(dk2 if two else dk1).stride()[:3], *dv.stride()[:3],
+                H, H // Hkv, Tq, Tk, B * Hkv, nb, float(options.scale), float(options.p), 1.0 / d)
+
+    rows = (q1, k1, q2_, k2_, v, do)
+    if fused:
+        try:
+            partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options, need_dlam,
+                                          need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target)
+        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
+            _gluon_failed(error)
+            fused = False
+    consts = None  # the Triton kernels' constexprs, built only when they launch
+    if not fused:
+        consts = _common_constexprs(q1, v, two, options)
+        _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
+                            need_dlam, need_dbeta, apart, plan, target)
+
+    dq1 = common.new_rows_like(q1, d)
+    dq2 = common.new_rows_like(q2, d) if two else None
+    if atomic:
+        block = 32 if interpreting() else 64
+        nm = triton.cdiv(Tq, block)
+        dq2_ = dq2 if two else dq1
+        _run("dq_finish", dq_finish_kernel, (B * H * nm, 2 if two else 1), (
+            dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
+            B, H, Tq, nm, float(options.p)), dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d),
+                                                  NORMALIZE=options.normalize), target)
+    else:
+        def dq_grid(cfg: TileConfig) -> int:
+            return triton.cdiv(Tq, cfg.block_m) * B * H
+
+        def dq_args(cfg: TileConfig) -> tuple:
+            return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
+                    dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
+                    *v.stride(), *do.stride(), *dq1.stride()[:3], *(dq2 if two else dq1).stride()[:3],
+                    H, H // Hkv, Tq, Tk, B * H,
+                    triton.cdiv(Tq, cfg.block_m), float(options.scale), float(options.p), 1.0 / d)
+
+        _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
+                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, plan.dq_tile, target, rows=rows,
+                skip_empty=True)
+
+    sums = partials[0].sum(dim=(1, 3)) if need_partials else None  # one reduction; unused rows are never read
+    dlam = sums[0] if need_dlam else None
+    dbeta = sums[1] if need_dbeta else None
+    return dq1, dk1, dv, dq2, dk2, dlam, dbeta

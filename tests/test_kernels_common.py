@@ -1,0 +1,53 @@
+"""kernels.common, what the ops' launchers share: head-dimension padding, outputs in their inputs' layout, binding the
+CUDA context before descriptor launches."""
+import threading
+
+import pytest
+import torch
+import triton
+
+from kernels import common
+from kernels.common import padded
+
+
+def test_padded_head_dimension_is_the_next_power_of_two_from_16():
+    assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
+                                                                                256, 256]
+    assert all(padded(d) == max(16, triton.next_power_of_2(d)) for d in range(1, 513))
+
+
+def test_cuda_context_is_bound_once_per_thread_and_device(monkeypatch):
+    """Descriptor launches bind the CUDA context with a stream query: once per thread and device, not on
+    every launch (a new thread, like autograd's, queries again)."""
+    queried = []
+
+    class Stream:
+        def __init__(self, device):
+            self.device = device
+
+        def query(self):
+            queried.append((threading.get_ident(), self.device.index))
+            return True
+
+    monkeypatch.setattr(torch.cuda, "current_stream", Stream)
+    monkeypatch.setattr(common, "_bound_contexts", threading.local())
+    for _ in range(3):
+        common.bind_cuda_context(torch.device("cuda", 0))
+    common.bind_cuda_context(torch.device("cuda", 1))
+    thread = threading.Thread(target=common.bind_cuda_context, args=(torch.device("cuda", 0),))
+    thread.start()
+    thread.join()
+    assert [d for _, d in queried] == [0, 1, 0]
+    assert queried[0][0] == queried[1][0] != queried[2][0]
+
+
+@pytest.mark.parametrize("dims", [(0, 1, 2), (0, 2, 1), (2, 1, 0), (1, 0, 2)])
+def test_outputs_take_their_inputs_layout(dims):
+    """new_rows_like allocates (B, H, T, width) with B, H, T in the input's memory order and the last
+    dimension contiguous: the strides of a dense tensor laid out in that order, then viewed as (B, H, T, ·)."""
+    shape = (2, 3, 5)
+    x = torch.zeros(tuple(shape[i] for i in dims) + (8,)).permute(*[dims.index(i) for i in range(3)], 3)
+    assert x.shape[:3] == shape
+    y = common.new_rows_like(x, 16, torch.float16)
+    dense = torch.zeros(tuple(shape[i] for i in dims) + (16,)).permute(*[dims.index(i) for i in range(3)], 3)
+    assert y.shape == (*shape, 16) and y.dtype == torch.float16 and y.stride() == dense.stride()

@@ -1,0 +1,183 @@
+"""The Gluon kernels (kernels/threshold/gluon_forward.py, gluon_backward.py) without a GPU: which layouts and inputs they
+take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed Triton for
+several of their compile-time variants, within the register file and shared memory. Their results are checked on a GPU
+(test_threshold_gpu.py::test_fused_gluon_backward_on_gpu)."""
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from kernels import common
+from kernels.threshold import launch
+
+
+@pytest.mark.parametrize("dtype,heads,kv_heads,d,dv,takes", [
+    (torch.bfloat16, 6, 6, 64, 128, True), (torch.float16, 2, 2, 64, 32, True), (torch.bfloat16, 2, 2, 64, 16, True),
+    (torch.float32, 6, 6, 64, 128, False),   # 16-bit only
+    (torch.bfloat16, 4, 2, 64, 128, False),  # grouped key/value heads
+    (torch.bfloat16, 6, 6, 32, 64, False),   # q/k width other than 64
+    (torch.bfloat16, 6, 6, 128, 128, False),
+    (torch.bfloat16, 6, 6, 64, 96, False),   # v not a power of two
+    (torch.bfloat16, 6, 6, 64, 256, False),  # v wider than 128
+])
+def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
+    assert launch.gluon_layout_takes(dtype, heads, kv_heads, d, dv) is takes
+
+
+@pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
+                                          ("4.0", (4, 0))])
+def test_triton_versions_read(text, version):
+    assert launch._version(text) == version
+
+
+def _available_after(monkeypatch, change) -> bool:
+    """launch.gluon_available() once ``change(monkeypatch)`` is made, with its memo cleared before and after (and the
+    change undone)."""
+    launch.gluon_available.cache_clear()
+    try:
+        change(monkeypatch)
+        return launch.gluon_available()
+    finally:
+        monkeypatch.undo()
+        launch.gluon_available.cache_clear()
+
+
+def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
+    """Triton 3.5 has a Gluon whose warp_specialize the Gluon kernels cannot compile with."""
+    assert not _available_after(monkeypatch, lambda mp: mp.setattr(launch.triton, "__version__", "3.5.0"))
+    assert launch.gluon_available()
+
+
+@pytest.mark.parametrize("kernel", ["backward", "forward"])
+@pytest.mark.parametrize("failure", ["compile", "resources"])
+def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, kernel):
+    """Were a Triton to refuse a Gluon kernel, or a GPU to lack the shared memory for it, the call warns once, takes
+    the Triton kernels (results as exact as ever) and does not try either Gluon kernel again."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    from kernels.threshold.autograd import threshold_attention_triton
+    from threshold_float64 import Case, make_inputs, run_and_compare
+
+    tries = []
+
+    def refuse(*args, **kwargs):
+        tries.append(1)
+        if failure == "compile":
+            raise CompilationError("kernel source", None, "unsupported in this Triton")
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
+    monkeypatch.setattr(launch, "_gluon_" + kernel, refuse)
+    if kernel == "backward":
+        monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
+    else:
+        monkeypatch.setattr(launch, "_gluon_backward", lambda *a: pytest.fail("the backward tried Gluon after a failure"))
+    monkeypatch.setattr(launch, "_gluon_failure", [])
+    monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)  # the guard-banded rows count as readable
+    case = Case(T=40, d=64, dv=128, H=2, lam=(0.4, 1.1), dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="Gluon kernels cannot run with Triton"):
+        errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=4), seed=4)
+    assert all(v <= 1e-2 for v in errors.values()), errors
+    assert tries == [1] and launch._gluon_failure
+    run_and_compare(threshold_attention_triton, case, make_inputs(case, seed=5), seed=5)
+    assert tries == [1]
+
+
+def test_fits_nothing_off_hopper(monkeypatch):
+    """On CPU tensors (and under the interpreter) the Triton path is taken, whatever the layout; the same inputs on
+    Hopper would take both Gluon kernels."""
+    do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
+    assert not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "on_hopper", lambda x: True)
+    assert launch.gluon_backward_fits(do, q1, k1, v, q2, k2) and launch.gluon_forward_fits(q1, k1, v, q2, k2)
+    monkeypatch.setattr(common, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
+    assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+
+
+def _compile_in_subprocess(script: str, args: list) -> None:
+    """Run a script that compiles a kernel for sm_90 and prints ptxas' usage, in a process of its own (as
+    benchmarks.registers does), with the project importable and the caller's PYTHONPATH after it (a Triton put first
+    there is the one compiling); its registers, spill bytes and shared KiB must fit an H100/H200."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    run = subprocess.run([sys.executable, "-c", script, *args], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="0"), timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    registers, spills, shared = run.stdout.split()
+    assert int(registers) <= 255 and int(spills) < 1024 and float(shared) <= 227, run.stdout
+
+
+_COMPILE = """
+import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
+from kernels.threshold import launch
+from kernels.threshold.options import ThresholdOptions
+from kernels.threshold.tiles import BackwardPlan
+p, causal, normalize, grads, dv = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5]), int(sys.argv[5])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+q1, k1, v, q2, k2, do = mk(64), mk(64), mk(dv), mk(64), mk(64), mk(dv)
+norms = [torch.zeros(1, H, T) if normalize else torch.zeros(0) for _ in range(4)]
+with compiling_for(90) as target:
+    launch.backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H),
+                    ThresholdOptions(p=p, normalize=normalize, causal=causal), grads, grads, False,
+                    plan=BackwardPlan(fused=True), target=target)
+    u = ptxas_usage(target.compiled["fused"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("p,causal,normalize,grads,dv", [(2.0, True, True, True, 128), (1.0, False, False, False, 64),
+                                                          (3.0, True, False, True, 32)])
+def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
+    """The fused backward, compiled (not interpreted) through launch.backward."""
+    _compile_in_subprocess(_COMPILE, [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)])
+
+
+def test_gluon_is_available_here(monkeypatch):
+    """The Triton the requirements install has the Gluon language (else Hopper would silently lose the Gluon
+    kernels), and one without it is reported as such, so the Triton kernels run instead of failing."""
+    import builtins
+
+    assert launch.gluon_available()
+    real_import = builtins.__import__
+
+    def no_gluon(name, *args, **kwargs):
+        if "gluon" in name:
+            raise ImportError(name)
+        return real_import(name, *args, **kwargs)
+
+    def without_gluon(mp):
+        for module in [m for m in sys.modules if "gluon" in m]:
+            mp.delitem(sys.modules, module)
+        mp.setattr(builtins, "__import__", no_gluon)
+
+    assert not _available_after(monkeypatch, without_gluon)
+    assert launch.gluon_available()
+
+
+_COMPILE_FORWARD = """
+import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
+from kernels.threshold import launch
+from kernels.threshold.options import ThresholdOptions
+p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+with compiling_for(90) as target:
+    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H),
+                   ThresholdOptions(p=p, normalize=normalize, causal=causal), target=target)
+    u = ptxas_usage(target.compiled["fused_fwd"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
+def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
+    """The Gluon forward, compiled (not interpreted) through launch.forward."""
+    _compile_in_subprocess(_COMPILE_FORWARD, [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)])

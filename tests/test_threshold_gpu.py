@@ -1,0 +1,333 @@
+"""The Triton kernels on a CUDA GPU against the naive float64 implementation at long sequences:
+bf16/fp16 <= 1e-2 and fp32 <= 1e-4 relative error for the output and every gradient (SPEC §3), and
+the deterministic path bit-identical from run to run. Skipped without CUDA."""
+
+import math
+
+import pytest
+import torch
+
+from threshold_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
+                             survivor_shares)
+
+from kernels import common
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
+
+GLUON_FORWARD_FITS = launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
+
+pytestmark = pytest.mark.gpu
+
+
+@pytest.fixture(autouse=True)
+def triton_backward(monkeypatch):
+    """These tests check the Triton kernels' paths: the Gluon kernels, the default for two views on Hopper where the
+    inputs allow them, are kept out unless a test asks for them (test_fused_gluon_backward_on_gpu)."""
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: False)
+    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
+
+CASES = {
+    "tda_paired_bf16_T8192": Case(T=8192, d=64, dv=128, H=2, lam=(0.5, 0.1), dtype=torch.bfloat16),
+    "tda_paired_fp32_T4096": Case(T=4096, d=64, dv=128, H=2, lam=(0.8,), dtype=torch.float32),
+    "tda_d128_bf16_T4096_gqa": Case(T=4096, d=128, dv=128, H=4, Hkv=2, lam=(0.3, 1.2),
+                                    dtype=torch.bfloat16),
+    "tda_d100_dv200_bf16_T2000_p1": Case(T=2000, d=100, dv=200, H=2, p=1.0, beta=(0.5,),
+                                         dtype=torch.bfloat16),
+    "tda_d256_bf16_T1000_p3": Case(T=1000, d=256, dv=256, H=2, p=3.0, lam=(0.0, 1.0),
+                                   dtype=torch.bfloat16),
+    "tda_d48_fp32_T777_p1.5": Case(T=777, d=48, dv=96, H=2, p=1.5, beta=(1.0, 0.5),
+                                   dtype=torch.float32),
+    "tda_d256_fp32_T300": Case(T=300, d=256, dv=256, H=2, strength=(0.1, 1.0), dtype=torch.float32),
+    "tra_d128_bf16_T4096": Case(T=4096, d=128, dv=128, H=2, two_views=False, dtype=torch.bfloat16),
+    "tra_d64_fp16_T3000": Case(T=3000, d=64, dv=64, H=2, two_views=False, dtype=torch.float16),
+    "rela_d64_bf16_T2048": Case(T=2048, d=64, dv=64, H=2, two_views=False, beta=(0.0,), p=1.0,
+                                normalize=False, scale=1 / math.sqrt(64), strength=(0.0, 0.3),
+                                dtype=torch.bfloat16),
+    "tda_Tq100_Tk5000_bf16": Case(T=5000, Tq=100, d=64, dv=128, H=2, dtype=torch.bfloat16),
+    "tda_noncausal_bf16_T1500": Case(T=1500, d=64, dv=128, H=2, causal=False,
+                                     dtype=torch.bfloat16),
+}
+
+
+
+
+@pytest.mark.parametrize("name", list(CASES))
+def test_matches_float64_reference_on_gpu(name):
+    case = CASES[name]
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    shares = survivor_shares(inputs, case)
+    assert all(0.001 <= s <= 0.99 for s in shares), f"survivor shares {shares}"
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    print(name, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    bad = {k: v for k, v in errors.items() if not v <= tol}
+    assert not bad, f"errors above {tol}: {bad} (all: {errors})"
+
+
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tra_d64_fp16_T3000"])
+def test_other_dq_path_on_gpu(monkeypatch, name):
+    """The dQ path the default table does not pick for this case (atomics in the dK/dV kernel, or the
+    dQ kernel) is just as exact."""
+
+    case = CASES[name]
+    default = launch.dq_atomic(case.two_views)
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: not default)
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
+                                  "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
+def test_query_major_dkdv_layout_on_gpu(monkeypatch, name, atomic):
+    """The dK/dV kernel's (queries, keys) tile layout, compiled, with either dQ path, at its candidate tiles."""
+
+    case = CASES[name]
+    default = launch.backward_configs
+
+    def query_major(*args):
+        return [launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=True)
+                for c in default(*args)]
+    monkeypatch.setattr(launch, "backward_configs", query_major)
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
+    monkeypatch.setattr(launch, "_chosen", {})
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    assert launch._chosen and all(c.query_major for k, c in launch._chosen.items() if k[0] == "dkdv")
+
+
+@pytest.mark.parametrize("query_major", [False, True])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
+                                  "tda_Tq100_Tk5000_bf16", "tra_d64_fp16_T3000"])
+def test_dv_apart_on_gpu(monkeypatch, name, query_major):
+    """dV launched on its own and dK with dQ by atomics, compiled, in either tile layout."""
+
+    case = CASES[name]
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: True)
+    monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: True)
+    for table in ("backward_configs", "dv_configs"):
+        default = getattr(launch, table)
+        monkeypatch.setattr(launch, table, lambda *args, default=default: [
+            launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=query_major)
+            for c in default(*args)])
+    monkeypatch.setattr(launch, "_chosen", {})
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    assert {k[0] for k in launch._chosen} >= {"dkdv", "dv"}
+
+
+@pytest.mark.parametrize("path", ["split", "atomic", "dv_apart", "query_major"])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tda_d100_dv200_bf16_T2000_p1",
+                                  "tra_d64_fp16_T3000"])
+def test_tma_reads_on_gpu(monkeypatch, name, path):
+    """The kernels reading q, k, v, dO through tensor descriptors (inputs in NaN-guarded buffers with
+    16-byte strides), compiled, at their candidate tiles, on each backward path."""
+    import threshold_float64
+
+    case = CASES[name]
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
+    monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
+    for table in ("forward_configs", "backward_configs", "dv_configs", "dq_configs"):
+        default = getattr(launch, table)
+        monkeypatch.setattr(launch, table, lambda *args, default=default, table=table: [
+            launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages,
+                              query_major=path == "query_major" and table in ("backward_configs", "dv_configs"),
+                              tma=True) for c in default(*args)])
+    monkeypatch.setattr(launch, "_chosen", {})
+    counters = {name: threshold_float64.DescriptorCount(getattr(launch, name))
+                for name in ("threshold_attention_fwd_kernel", "dkdv_kernel", "dq_kernel")}
+    for kernel_name, counter in counters.items():
+        monkeypatch.setattr(launch, kernel_name, counter)
+    seed = sum(map(ord, name))
+    errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    # every launch read its rows through descriptors (the aligned buffers allow it)
+    assert all(c.with_descriptors == c.launches for c in counters.values())
+    assert counters["dkdv_kernel"].launches > 0
+
+
+@pytest.mark.parametrize("path", ["split", "atomic", "dv_apart"])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tda_paired_fp32_T4096", "tra_d64_fp16_T3000",
+                                  "tda_Tq100_Tk5000_bf16"])
+def test_skipping_empty_tiles_on_gpu(monkeypatch, name, path):
+    """Every kernel skipping tiles without a surviving weight, compiled, with pointer and descriptor reads,
+    on each backward path."""
+    import threshold_float64
+
+    case = CASES[name]
+    for tma in (False, True):
+        monkeypatch.setattr(threshold_float64, "guarded",
+                            threshold_float64.aligned_guarded if tma else threshold_float64.guarded)
+        for table in ("forward_configs", "dq_configs", "backward_configs", "dv_configs"):
+            default = getattr(launch, table)
+            monkeypatch.setattr(launch, table, lambda *args, default=default, tma=tma: [
+                launch.TileConfig(c.block_m, c.block_n, c.num_warps, c.num_stages, query_major=c.query_major,
+                                  tma=tma, skip_empty=True) for c in default(*args)])
+        monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path != "split")
+        monkeypatch.setattr(launch, "dv_pass_apart", lambda two_views: path == "dv_apart")
+        monkeypatch.setattr(launch, "_chosen", {})
+        seed = sum(map(ord, name))
+        errors = run_and_compare(threshold_attention_triton, case, make_inputs(case, seed, device="cuda"), seed)
+        tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+        assert all(v <= tol for v in errors.values()), (tma, errors)
+        expected = {"fwd", "dkdv"} | ({"dq"} if path == "split" else set()) | ({"dv"} if path == "dv_apart" else set())
+        assert {k[0] for k, c in launch._chosen.items() if c.skip_empty} == expected
+
+
+@pytest.mark.parametrize("dtype,two_views", [(torch.bfloat16, True), (torch.bfloat16, False),
+                                             (torch.float32, True)])
+def test_deterministic_path_is_bit_identical(dtype, two_views):
+    case = Case(T=4096, d=64, dv=128 if two_views else 64, H=4, Hkv=2, lam=(0.5, 0.2),
+                two_views=two_views, dtype=dtype)
+    inputs = make_inputs(case, seed=1, device="cuda")
+    names = ("q1", "k1", "v", "q2", "k2") if two_views else ("q1", "k1", "v")
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(True)
+    try:
+        errors = run_and_compare(threshold_attention_triton, case, inputs, seed=1)
+        first = [inputs[n].grad.clone() for n in names]
+        repeats_equal = []
+        for _ in range(2):
+            run_kernel(threshold_attention_triton, case, inputs, seed=1)
+            repeats_equal.append(all(torch.equal(inputs[n].grad, g) for n, g in zip(names, first)))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    tol = 1e-4 if dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    assert all(repeats_equal)
+
+
+@pytest.mark.parametrize("atomic", [True, False])
+@pytest.mark.parametrize("name", ["tda_paired_bf16_T8192", "tra_d64_fp16_T3000"])
+def test_projection_layout_on_gpu(monkeypatch, name, atomic):
+    """Inputs laid out (B, T, H, d) like the model's projections (dense and aligned, so tiles that read
+    through descriptors, the paired dK/dV default, use them): exact on both dQ paths, and the output comes
+    back in the inputs' layout."""
+
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: atomic)
+    case = CASES[name]
+    seed = sum(map(ord, name)) + 7
+    inputs = make_inputs(case, seed, device="cuda")
+    names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
+    for n in names:
+        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert common.tma_ready(*(inputs[n] for n in names))
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    assert all(v <= tol for v in errors.values()), errors
+    run = run_kernel(threshold_attention_triton, case, inputs, seed)
+    assert run["out"].transpose(1, 2).is_contiguous()
+
+
+_FRESH_AUTOGRAD_THREAD = """
+import torch
+from kernels.threshold import launch
+from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.options import ThresholdOptions
+from kernels.threshold.tiles import TileConfig
+import sys
+fused = sys.argv[1] == "fused"
+launch.backward_configs = lambda *a: [TileConfig(32, 128, 8, 3, tma=True)]
+launch.dq_atomic = lambda two_views: False
+launch.fused_paired_backward = lambda head_d, head_dv: fused
+fused_launches = []
+gluon_backward = launch._gluon_backward
+launch._gluon_backward = lambda *a: fused_launches.append(1) or gluon_backward(*a)
+x = [torch.randn(2, 700, 2, w, device="cuda", dtype=torch.bfloat16).transpose(1, 2).requires_grad_()
+     for w in (64, 64, 128, 64, 64)]
+lam = torch.full((2,), 0.5, device="cuda", requires_grad=True)
+out = threshold_attention_triton(*x, lam=lam)
+do = torch.randn_like(out)
+args = [t.detach() for t in x]
+o, *norms = launch.forward(*args[:3], *args[3:], lam.detach(), torch.ones(2, device="cuda"), ThresholdOptions())
+grads = launch.backward(do, *args[:3], *args[3:], *norms, lam.detach(), torch.ones(2, device="cuda"),
+                        ThresholdOptions(), True, False, False)
+want = [g.clone() for g in grads[:5]]
+del grads, o, norms
+out.backward(do)  # the autograd engine's CUDA thread starts here; its memory comes from torch's cache
+if fused:  # dQ by atomics: the same up to the order of the additions
+    assert fused_launches
+    assert all(torch.allclose(t.grad.float(), w.float(), rtol=1e-2, atol=1e-2 * w.float().abs().max().item())
+               for t, w in zip(x, want))
+else:
+    assert all(torch.equal(t.grad, w) for t, w in zip(x, want))
+print("ok")
+"""
+
+
+@pytest.mark.parametrize("path", ["triton", "fused"])
+def test_descriptor_tiles_launch_in_a_fresh_autograd_thread_on_gpu(path):
+    """The autograd engine runs the backward in a thread of its own. In a fresh process, with the memory
+    already in torch's cache, nothing has bound a CUDA context in that thread when the dK/dV tile that
+    reads through tensor descriptors (which need one to be built) launches, or the fused Gluon backward (Hopper
+    only): it must launch all the same."""
+    if path == "fused" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    import os
+    import subprocess
+    import sys
+
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    run = subprocess.run([sys.executable, "-c", _FRESH_AUTOGRAD_THREAD, path], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=root, TRITON_INTERPRET="0"), timeout=300)
+    assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
+
+
+# Inputs the fused Gluon backward takes (two views, 16-bit, q/k width 64, v a power of two up to 128),
+# at awkward lengths: one row, fewer rows than a tile, tails on both axes, more keys than queries, no
+# causal mask, p = 1 and p = 3, lam outside [0, 1], beta = 0, no normalisation.
+FUSED_CASES = {
+    "tda_paired_bf16_T8192": CASES["tda_paired_bf16_T8192"],
+    "tda_Tq100_Tk5000_bf16": CASES["tda_Tq100_Tk5000_bf16"],
+    "tda_noncausal_bf16_T1500": CASES["tda_noncausal_bf16_T1500"],
+    "tda_T1_bf16": Case(T=1, d=64, dv=128, H=2, dtype=torch.bfloat16),
+    "tda_T63_fp16_p1": Case(T=63, d=64, dv=128, H=2, p=1.0, dtype=torch.float16),
+    "tda_T200_dv64_p3": Case(T=200, d=64, dv=64, H=2, p=3.0, lam=(1.3, -0.2), dtype=torch.bfloat16),
+    "tda_T1111_dv32_beta0": Case(T=1111, d=64, dv=32, H=2, beta=(0.0, 0.7), dtype=torch.bfloat16),
+    "tda_T777_nonorm_B2": Case(T=777, d=64, dv=64, H=2, B=2, normalize=False, scale=0.125, strength=(0.0, 0.3),
+                               dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("layout,forward,backward", [("guarded", "triton", "fused"), ("projection", "gluon", "fused"),
+                                                     ("projection", "gluon", "triton")])
+@pytest.mark.parametrize("name", list(FUSED_CASES))
+def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backward):
+    """The fused Gluon backward (dK1, dK2, dV and dQ by atomics in one kernel) against float64, and it ran, on
+    inputs in NaN-guarded buffers (16-byte strides) after the Triton forward, and laid out as the model's projections
+    after the Gluon forward (gluon_forward.py); and the Gluon forward followed by the Triton backward (as under
+    deterministic algorithms, or with a dO the copy engine cannot read)."""
+    import threshold_float64
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    case = FUSED_CASES[name]
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: backward == "fused")
+    launches = []
+    real = launch._gluon_backward
+    monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
+    if forward == "gluon":
+        monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+        real_forward = launch._gluon_forward
+        monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    if layout == "projection":  # (B, T, H, d) made dense, viewed as (B, H, T, d), as the model's projections are
+        for n in ("q1", "k1", "v", "q2", "k2"):
+            inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    shares = survivor_shares(inputs, case)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, layout, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    assert ("backward" in launches) == (backward == "fused") and ("forward" in launches) == (forward == "gluon"), \
+        launches
+    assert all(v <= 1e-2 for v in errors.values()), errors
