@@ -1,7 +1,11 @@
 """The diagnostics while training (analysis.diagnostics): exact counts on a TDA model built so that its
 empty rows follow from the threshold alone, agreement with analysis.attention for every registered
 variant, and what the call leaves behind (mode, gradients, matmul precision)."""
+import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -14,7 +18,8 @@ from analysis.metrics import TILE, summarise
 from model.attention import ATTENTIONS
 from model.gpt import GPT
 
-CONF = Path(__file__).resolve().parents[1] / "conf" / "attention"
+ROOT = Path(__file__).resolve().parents[1]
+CONF = ROOT / "conf" / "attention"
 MEASURES = ("empty_rows", "nonzeros_per_row", "tile_occupancy")
 
 
@@ -113,3 +118,62 @@ def test_runs_in_eval_mode_without_gradients_and_restores_state():
     assert not model.training
     with pytest.raises(TypeError, match="bare GPT"):
         attention_diagnostics(torch.nn.ModuleDict({"module": model}), tokens)
+
+
+def fake_run(root: Path, name: str, diagnostics: bool) -> Path:
+    """A run directory with a config and a metrics.jsonl as training writes it: loss records every 50
+    steps, λ per layer, and (``diagnostics``) diag/* per layer and their mean every 100 steps."""
+    run = root / name
+    run.mkdir()
+    OmegaConf.save(OmegaConf.create({"name": name, "seed": 0, "attention": {"name": "tda"},
+                                     "model": {"name": "tiny", "seq_len": 64}}), run / "config.yaml")
+    records = []
+    for step in range(50, 1001, 50):
+        record = {"step": step, "loss": 5.0 - step / 500, **{f"lambda/{k}": 0.5 - k * step / 1e4 for k in range(3)}}
+        if diagnostics and step % 100 == 0:
+            for m in MEASURES:
+                values = [min(1.0, step / 1000 * (k + 1) / 3) for k in range(3)]
+                record.update({f"diag/{m}/{k}": v for k, v in enumerate(values)})
+                record[f"diag/{m}/mean"] = sum(values) / 3
+        records.append(record)
+    (run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\nnot json\n")
+    return run
+
+
+def test_training_diagnostics_figure_from_metrics_jsonl(tmp_path):
+    import matplotlib.image
+
+    from analysis.figures import _layer_series, make_figures
+    from analysis.results import load_results
+
+    logged, plain = fake_run(tmp_path, "tda-logged", True), fake_run(tmp_path, "tda-plain", False)
+    series = _layer_series(load_results(logged).metrics, "diag/tile_occupancy")
+    assert list(series) == ["0", "1", "2", "mean"]
+    steps, values = series["2"]                       # layer 2 logged min(1, step/1000 · 3/3) every 100 steps
+    assert steps == list(range(100, 1001, 100)) and values == pytest.approx([s / 1000 for s in steps])
+    assert list(_layer_series(load_results(plain).metrics, "lambda")) == ["0", "1", "2"]
+
+    out = tmp_path / "figures"
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "analysis.figures", f"runs=[{logged},{plain}]",
+                             "figures=[training_diagnostics,loss_curves]", f"out={out}"],
+                            cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        f"{stem}.{ext}" for stem in ("training_diagnostics_tda-logged", "loss_curves") for ext in ("png", "pdf"))
+    image = matplotlib.image.imread(out / "training_diagnostics_tda-logged.png")
+    assert image.ndim == 3 and image.shape[0] > 300 and image.shape[1] > 600
+    assert (out / "training_diagnostics_tda-logged.pdf").read_bytes()[:5] == b"%PDF-"
+
+    def figures_cfg(*overrides):
+        from hydra import compose, initialize_config_dir
+
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            return compose(config_name="analysis_figures", overrides=list(overrides))
+
+    with pytest.raises(ValueError, match="no run's metrics.jsonl holds diag"):
+        make_figures(figures_cfg(f"runs=[{plain}]", "figures=[training_diagnostics]", f"out={tmp_path / 'x'}"))
+    with pytest.raises(ValueError, match="unknown"):
+        make_figures(figures_cfg(f"runs=[{plain}]", "figures=[nonsense]", f"out={tmp_path / 'x'}"))
+    with pytest.raises(FileNotFoundError, match="analysis.attention"):      # summary figures need the analysis
+        make_figures(figures_cfg(f"runs=[{logged}]", "figures=[sink_by_layer]", f"out={tmp_path / 'x'}"))
