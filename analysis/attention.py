@@ -7,7 +7,8 @@ non-zeros per row and, for two-view variants, the views' correlation (of raw sco
 and consensus survivors (analysis.metrics). Gu et al.'s sink rate is measured on ``sink_sequences`` windows of 64 tokens.
 Writes under runs/<name>/analysis/:
 
-    summary.json          every number above, per length (and per layer), the sink rate, λ and β per layer
+    summary.json          every number above, per length (and per layer), the sink rate, λ and β per layer,
+                          and the ``metrics_version`` of the definitions (analysis.metrics.METRICS_VERSION)
     sparsity.csv          length, layer, head, view, sparsity
     dispersion.csv        length, layer, and the per-layer means
     rows.csv              length, layer, position, and the per-row-position means (curves against i)
@@ -27,7 +28,7 @@ import numpy as np
 import torch
 from omegaconf import DictConfig
 
-from analysis.metrics import SINK_PROBE_TOKENS, LayerStats, sink_summary, summarise
+from analysis.metrics import METRICS_VERSION, SINK_PROBE_TOKENS, LayerStats, sink_summary, summarise
 from analysis.probe import layers, row_blocks, view_scores
 from data.loader import ensure_prepared, validation_batches
 from model.checkpoint import load_run
@@ -146,14 +147,15 @@ def analyse(cfg: DictConfig) -> Path:
     sink_idx = held_out(run_cfg, sink_len, int(cfg.sink_sequences)).to(device)
     sink = sink_summary(measure(model, sink_idx, max_bytes))
     sink.update(length=sink_len, sequences=sink_idx.shape[0])
-    print(f"sink rate (ε={sink['epsilon']}, {sink['triples']} triples of {sink_len} tokens): {sink['sink_rate']:.4f} "
-          f"(without row 0: {sink['sink_rate_without_row0']:.4f})", flush=True)
+    print(f"sink rate (ε={sink['epsilon']}, {sink['triples']} triples of {sink_len} tokens): {sink['sink_rate']:.4f}; "
+          f"empty rows {sink['empty_row_share']:.4f}; over non-empty rows only (diagnostic): "
+          f"{sink['sink_rate_nonempty_rows']:.4f}", flush=True)
 
     map_len = min(int(cfg.map_tokens), model.max_seq_len)
     heads = cfg.map_heads if cfg.map_heads is not None else [[layer, 0] for layer in range(len(model.blocks))]
     np.savez_compressed(out_dir / MAPS, **saved_maps(model, held_out(run_cfg, map_len, 1)[:1].to(device), heads))
 
-    result = {"run": Path(cfg.run_dir).name, "step": step, "attention": run_cfg.attention.name,
+    result = {"metrics_version": METRICS_VERSION, "run": Path(cfg.run_dir).name, "step": step, "attention": run_cfg.attention.name,
               "seq_len": int(run_cfg.model.seq_len), "max_seq_len": model.max_seq_len, "lengths": summaries,
               "sink": sink, **model.attention_scalars()}
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=1, allow_nan=True))

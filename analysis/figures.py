@@ -1,8 +1,9 @@
 """The paper's figures across analysed runs: python -m analysis.figures runs=[runs/a,runs/b] out=results/figures
 
-Each run needs the output of ``python -m analysis.attention``; loss curves come from metrics.jsonl.
-Runs of one variant (configs equal up to the seed) share a colour and one legend entry. Every figure
-is written as PNG and PDF under ``out``:
+Each run needs the output of ``python -m analysis.attention`` (of this code's metrics version, see
+analysis.results) unless only figures drawn from metrics.jsonl are asked for (``figures=[...]``:
+loss_curves, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
+share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
@@ -13,6 +14,9 @@ is written as PNG and PDF under ``out``:
     attention_maps_<run>  the saved combined maps of chosen heads (first tokens of a held-out window)
     lambda_by_layer       λ of every layer (TDA, differential) at the analysed checkpoint
     loss_curves           training and validation loss against step
+    training_diagnostics_<run>  per layer against step, from the diag/* metrics logged while training
+                          (analysis.diagnostics): empty-row share, non-zeros per row, tile occupancy; and
+                          λ and β (lambda/<layer>, beta/<layer>); for each run that logged diag/* metrics
     theory_check          survivors per row of random unit vectors against the bound (i+1)^(1−β²)
 """
 from __future__ import annotations
@@ -26,8 +30,9 @@ import numpy as np
 from omegaconf import DictConfig
 
 from analysis.attention import MAPS, OUTPUT
-from analysis.metrics import random_survivors, survivor_bound
-from analysis.results import RunResults, group_runs, load_results, run_list
+from analysis.diagnostics import MEASURES, PREFIX
+from analysis.metrics import TILE, random_survivors, survivor_bound
+from analysis.results import RunResults, check_metrics_versions, group_runs, load_results, run_list
 
 
 def _pyplot():
@@ -253,6 +258,65 @@ def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
+def _layer_series(metrics: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
+    """The logged values of ``<prefix>/<layer>`` (and ``<prefix>/mean``) against step: {layer or "mean":
+    (steps, values)}, layers in numeric order, "mean" last."""
+    series: dict[str, tuple[list[int], list[float]]] = {}
+    for record in metrics:
+        step = record.get("step")
+        if not isinstance(step, (int, float)):
+            continue
+        for key, value in record.items():
+            head, _, tail = key.rpartition("/")
+            if head == prefix and (tail.isdigit() or tail == "mean") and isinstance(value, (int, float)):
+                steps, values = series.setdefault(tail, ([], []))
+                steps.append(int(step))
+                values.append(float(value))
+    return {k: series[k] for k in sorted(series, key=lambda k: (k == "mean", int(k) if k.isdigit() else 0))}
+
+
+def has_diagnostics(run: RunResults) -> bool:
+    """Whether the run's metrics.jsonl holds diagnostics logged while training (diag/* keys)."""
+    return any(key.startswith(PREFIX + "/") for record in run.metrics for key in record)
+
+
+def training_diagnostics(run: RunResults, stem: Path) -> list[Path]:
+    """Per layer against step: empty-row share, non-zeros per row, tile occupancy (diag/* of
+    analysis.diagnostics), λ and β (logged per layer); the mean over layers dashed."""
+    plt = _pyplot()
+    titles = {"empty_rows": "empty rows (share of rows)", "nonzeros_per_row": "non-zero weights per row",
+              "tile_occupancy": f"occupied {TILE} × {TILE} tiles (share)"}
+    panels = [(f"{PREFIX}/{m}", titles[m]) for m in MEASURES] + [("lambda", "λ"), ("beta", "β (learnable)")]
+    fig, axes = plt.subplots(2, 3, figsize=(13, 6.5))
+    for ax, (prefix, title) in zip(axes.flat, panels):
+        series = _layer_series(run.metrics, prefix)
+        for key, (steps, values) in series.items():
+            if key == "mean":
+                ax.plot(steps, values, "k--", lw=1, label="mean over layers")
+            else:
+                ax.plot(steps, values, color=f"C{int(key) % 10}", lw=1, marker="." if len(steps) < 30 else None,
+                        label=f"layer {key}")
+        if not series:
+            ax.text(0.5, 0.5, "not logged", ha="center", va="center", transform=ax.transAxes)
+        ax.set(xlabel="step", ylabel=title)
+        if prefix.endswith(("empty_rows", "tile_occupancy")):
+            ax.set_ylim(-0.03, 1.03)
+        elif prefix.endswith("nonzeros_per_row") and series:
+            ax.set_yscale("symlog", linthresh=1)
+            ax.set_ylim(bottom=0)
+        ax.grid(alpha=0.3)
+    legend_ax = axes.flat[-1]
+    legend_ax.axis("off")
+    entries: dict[str, object] = {}
+    for ax in list(axes.flat)[:-1]:
+        for handle, label in zip(*ax.get_legend_handles_labels()):
+            entries.setdefault(label, handle)
+    if entries:
+        legend_ax.legend(list(entries.values()), list(entries), fontsize=8, loc="center", frameon=False)
+    fig.suptitle(f"{_label(run)}: attention while training", fontsize=9)
+    return save(fig, stem)
+
+
 def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: int, trials: int,
                  seed: int) -> list[Path]:
     plt = _pyplot()
@@ -273,23 +337,53 @@ def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: in
     return save(fig, stem)
 
 
+# Figures drawn from analysis summaries; the others read only metrics.jsonl (or nothing).
+NEED_ANALYSIS = ("sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "attention_maps",
+                 "lambda_by_layer")
+FIGURES = NEED_ANALYSIS + ("loss_curves", "training_diagnostics", "theory_check")
+
+
 def make_figures(cfg: DictConfig) -> list[Path]:
-    """Every figure of the module docstring for the runs of ``cfg`` (conf/analysis_figures.yaml)."""
-    runs = [load_results(r, need_analysis=True) for r in run_list(cfg.runs)]
+    """The figures of the module docstring for the runs of ``cfg`` (conf/analysis_figures.yaml): all, or
+    those named in ``cfg.figures``."""
+    wanted = list(cfg.get("figures") or FIGURES)
+    unknown = [f for f in wanted if f not in FIGURES]
+    if unknown:
+        raise ValueError(f"figures: unknown {unknown}; choose from {', '.join(FIGURES)}")
+    need_analysis = any(f in NEED_ANALYSIS for f in wanted)
+    runs = [load_results(r, need_analysis=need_analysis) for r in run_list(cfg.runs)]
+    if need_analysis:
+        check_metrics_versions(runs)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     length = int(cfg.length) if cfg.length else None
-    paths = sparsity_by_layer(runs, out / "sparsity_by_layer", length)
-    paths += first_token_ratio(runs, out / "first_token_ratio")
-    paths += sink_by_layer(runs, out / "sink_by_layer", length)
-    paths += dispersion(runs, out / "dispersion")
-    for run in runs:
-        paths += attention_maps(run, out / f"attention_maps_{run.name}")
-    paths += lambda_by_layer(runs, out / "lambda_by_layer")
-    paths += loss_curves(runs, out / "loss_curves")
-    t = cfg.theory
-    paths += theory_check(out / "theory_check", int(t.head_dim), [float(b) for b in t.betas], int(t.max_position),
-                          int(t.trials), int(t.seed))
+    paths = []
+    if "sparsity_by_layer" in wanted:
+        paths += sparsity_by_layer(runs, out / "sparsity_by_layer", length)
+    if "first_token_ratio" in wanted:
+        paths += first_token_ratio(runs, out / "first_token_ratio")
+    if "sink_by_layer" in wanted:
+        paths += sink_by_layer(runs, out / "sink_by_layer", length)
+    if "dispersion" in wanted:
+        paths += dispersion(runs, out / "dispersion")
+    if "attention_maps" in wanted:
+        for run in runs:
+            paths += attention_maps(run, out / f"attention_maps_{run.name}")
+    if "lambda_by_layer" in wanted:
+        paths += lambda_by_layer(runs, out / "lambda_by_layer")
+    if "loss_curves" in wanted:
+        paths += loss_curves(runs, out / "loss_curves")
+    if "training_diagnostics" in wanted:
+        logged = [run for run in runs if has_diagnostics(run)]
+        if not logged and cfg.get("figures"):
+            raise ValueError(f"training_diagnostics: no run's metrics.jsonl holds {PREFIX}/* metrics "
+                             "(logged while training by analysis.diagnostics)")
+        for run in logged:
+            paths += training_diagnostics(run, out / f"training_diagnostics_{run.name}")
+    if "theory_check" in wanted:
+        t = cfg.theory
+        paths += theory_check(out / "theory_check", int(t.head_dim), [float(b) for b in t.betas],
+                              int(t.max_position), int(t.trials), int(t.seed))
     return paths
 
 

@@ -7,6 +7,7 @@ training length unless a claim is about length), validation loss from eval/val_l
 last val_loss in metrics.jsonl, passkey and length extrapolation from eval/passkey.json and
 eval/length_extrapolation.json when present ("not run" otherwise). A claim "holds" by the tolerances of
 conf/analysis_report.yaml, printed in the table. Writes one markdown table to ``out`` and prints it.
+Analysis summaries of another metrics version than this code's are refused (analysis.results).
 """
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ import hydra
 from omegaconf import DictConfig
 
 from analysis.metrics import TILE
-from analysis.results import Group, RunResults, group_runs, load_results, run_list
+from analysis.results import Group, RunResults, check_metrics_versions, group_runs, load_results, run_list
 
 NOT_RUN = "not run"
 
@@ -100,9 +101,16 @@ def sink_ratio_max(run: RunResults) -> float | None:
     return max(ratios) if ratios else None
 
 
-def sink_rate(run: RunResults) -> float | None:
-    value = (run.summary or {}).get("sink", {}).get("sink_rate")
-    return None if value is None else float(value)
+def _sink(key: str) -> Callable[[RunResults], float | None]:
+    """A number of the summary's sink probe (``sink`` of analysis.attention), None when absent."""
+    def measure(run: RunResults) -> float | None:
+        value = (run.summary or {}).get("sink", {}).get(key)
+        return None if value is None else float(value)
+    return measure
+
+
+sink_rate = _sink("sink_rate")
+sink_rate_nonempty_rows = _sink("sink_rate_nonempty_rows")
 
 
 def _at_longest(key: str) -> Callable[[RunResults], float | None]:
@@ -175,12 +183,15 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
                      f"{tol.sink_ratio_max}, softmax above TDA)", _cells(groups, sink_ratio_max),
                      _per_group(tda, no_sink)))
     out.append(Claim("no attention sink (Gu et al.'s sink rate)", "—", f"share of (sequence, layer, head) with "
-                     f"α_0 > 0.3 on 64 tokens (TDA ≤ {tol.sink_rate_max})", _cells(groups, sink_rate),
+                     f"α_0 > 0.3 on 64 tokens, α_0 the mean weight on token 0 over all rows, empty ones counting 0 "
+                     f"(TDA ≤ {tol.sink_rate_max})", _cells(groups, sink_rate),
                      _per_group(tda, lambda g: None if mean(g, sink_rate) is None
                                 else mean(g, sink_rate) <= tol.sink_rate_max)))
-    out.append(Claim("sink rate without row 0 (diagnostic)", "—", "as above, leaving out row 0 (its only key "
-                     "is token 0)", _cells(groups, lambda r: (r.summary or {}).get("sink", {}).get(
-                         "sink_rate_without_row0")), "—"))
+    out.append(Claim("sink rate over non-empty rows only (diagnostic)", "—", "as above, α_0 averaged over the "
+                     "non-empty rows only (empty rows dropped from the denominator; metrics version 1's rule)",
+                     _cells(groups, sink_rate_nonempty_rows), "—"))
+    out.append(Claim("empty rows on the sink probes (diagnostic)", "—", "share of the 64-token probes' rows with "
+                     "no non-zero weight", _cells(groups, _sink("empty_row_share")), "—"))
     out.append(Claim("non-zeros per row stay O(1) as length grows", "O(1)", f"slope of log non-zeros per row "
                      f"against log length (TDA ≤ {tol.nonzeros_slope_max}; dense = 1)",
                      _cells(groups, nonzeros_slope),
@@ -243,7 +254,7 @@ def _num(value: float | None, digits: int = 3, percent: bool = False) -> str:
 def per_run_rows(runs: list[RunResults]) -> list[str]:
     """One markdown row per run: the numbers behind the claims, unaveraged (— where not measured)."""
     lines = ["| run | attention | val loss | exact zeros (train length / longest) | empty rows | non-zeros per row "
-             "(train length / longest) | first-token ratio ÷ uniform (max) | sink rate | ppl longest ÷ train "
+             "(train length / longest) | first-token ratio ÷ uniform (max) | sink rate (over non-empty rows) | ppl longest ÷ train "
              "(plain / NTK) | passkey (exact / likelihood) | mean λ | occupied tiles (train length / longest) |",
              "|" + "---|" * 12]
     at_train, at_longest = _at_length("sparsity"), _at_longest("sparsity")
@@ -258,7 +269,8 @@ def per_run_rows(runs: list[RunResults]) -> list[str]:
             f"| {run.name}", run.attention, _num(run.final_val_loss(), 4),
             f"{_num(at_train(run), percent=True)} / {_num(at_longest(run), percent=True)}",
             _num(empty(run), percent=True),
-            f"{_num(nz_train(run), 4)} / {_num(nz_longest(run), 4)}", _num(sink_ratio_max(run)), _num(sink_rate(run)),
+            f"{_num(nz_train(run), 4)} / {_num(nz_longest(run), 4)}", _num(sink_ratio_max(run)),
+            f"{_num(sink_rate(run))} ({_num(sink_rate_nonempty_rows(run))})",
             f"{_num(extrapolation_ratio(run))} / {_num(extrapolation_ratio(run, 'ntk'))}",
             "—" if pk[0] is None else f"{_num(pk[0])} / {_num(pk[1])}", _num(lam),
             f"{_num(tiles_train(run), percent=True)} / {_num(tiles_longest(run), percent=True)}"]) + " |")
@@ -277,7 +289,9 @@ def render(groups: list[Group], table: list[Claim]) -> str:
     every = [r for g in groups for r in g.runs]
     return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
-            "length; passkey averaged over every evaluated length, depth and key count; mean λ over layers "
+            "length; sink rate: Gu et al.'s (α_0 over all rows of the 64-token probes, empty rows counting 0), in "
+            "brackets the diagnostic with α_0 over non-empty rows only; "
+            "passkey averaged over every evaluated length, depth and key count; mean λ over layers "
             f"(TDA); occupied tiles: share of the causal map's {TILE} × {TILE} tiles holding any non-zero weight (what "
             "a kernel skipping empty tiles would still compute; — where the analysis predates the measure).\n\n" + "\n".join(per_run_rows(every)) + "\n")
 
@@ -285,6 +299,7 @@ def render(groups: list[Group], table: list[Claim]) -> str:
 def make_report(cfg: DictConfig) -> str:
     """The claims table for ``cfg.runs``, written to ``cfg.out``; returns the markdown."""
     runs = [load_results(r) for r in run_list(cfg.runs)]
+    check_metrics_versions(runs)
     groups = group_runs(runs)
     text = render(groups, claims(groups, cfg.tolerance))
     out = Path(cfg.out)

@@ -1,5 +1,10 @@
 """Reading what a run directory holds for figures and reports: its config, metrics.jsonl, the output of
-analysis.attention, and eval.py's eval/<task>.json (read defensively: absent or unreadable -> None)."""
+analysis.attention, and eval.py's eval/<task>.json (read defensively: absent or unreadable -> None).
+
+Analysis summaries hold aggregates only, so a summary written under older metric definitions cannot be
+converted: ``check_metrics_versions`` refuses summaries of another metrics version than this code's
+(analysis.metrics.METRICS_VERSION; a summary without the field is version 1), and says which runs to
+analyse again."""
 from __future__ import annotations
 
 import csv
@@ -10,6 +15,7 @@ from pathlib import Path
 from omegaconf import DictConfig, OmegaConf
 
 from analysis.attention import OUTPUT, SUMMARY
+from analysis.metrics import METRICS_VERSION
 from model.checkpoint import METRICS, load_config
 
 
@@ -154,6 +160,24 @@ def load_results(run_dir: str | Path, need_analysis: bool = False) -> RunResults
     if need_analysis and summary is None:
         raise FileNotFoundError(f"{path} has no {OUTPUT}/{SUMMARY}: run python -m analysis.attention run_dir={path}")
     return RunResults(path.name, path, config, read_metrics(path / METRICS), summary)
+
+
+def metrics_version(summary: dict) -> int:
+    """The metrics version of an analysis summary; a summary written before versions were recorded is 1."""
+    return int(summary.get("metrics_version", 1))
+
+
+def check_metrics_versions(runs: list[RunResults]) -> None:
+    """Raise ValueError (one line) when a run's analysis summary is of another metrics version than this
+    code's, naming every summary file with its version and the command that rewrites the stale ones.
+    Runs without a summary are not checked."""
+    versions = [(run, metrics_version(run.summary)) for run in runs if run.summary is not None]
+    stale = [run for run, version in versions if version != METRICS_VERSION]
+    if stale:
+        listed = ", ".join(f"{run.path / OUTPUT / SUMMARY} (version {version})" for run, version in versions)
+        raise ValueError(f"analysis summaries of different metrics versions cannot be compared: {listed}; this code "
+                         f"reads version {METRICS_VERSION}: re-run python -m analysis.attention run_dir=<run> for "
+                         + ", ".join(str(run.path) for run in stale))
 
 
 def run_list(runs) -> list[str]:

@@ -12,6 +12,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.attention import analyse
+from analysis.metrics import METRICS_VERSION
 from analysis.figures import make_figures, run_styles
 from analysis.report import make_report
 from analysis.results import load_results
@@ -44,11 +45,18 @@ def runs(train_run):
 
 
 def test_attention_writes_every_file(runs):
+    heads_of = {"tda": 2, "softmax": 4}     # paired TDA: n_head / 2 differential heads
     for name, run in runs.items():
         out = run / "analysis"
         summary = json.loads((out / "summary.json").read_text())
         assert [s["length"] for s in summary["lengths"]] == LENGTHS
         assert summary["attention"] == name and summary["sink"]["length"] == 64
+        assert summary["metrics_version"] == METRICS_VERSION
+        sink = summary["sink"]
+        assert 0.0 <= sink["sink_rate"] <= 1.0 and 0.0 <= sink["empty_row_share"] <= 1.0
+        assert sink["triples"] == 4 * 2 * heads_of[name]                  # sequences × layers × heads
+        if name == "softmax":   # no empty rows: both denominators agree
+            assert sink["empty_row_share"] == 0.0 and sink["sink_rate_nonempty_rows"] == sink["sink_rate"]
         for s in summary["lengths"]:
             assert 0.0 <= s["sparsity"] <= 1.0 and len(s["sparsity_per_layer"]) == 2
             assert ("view_correlation" in s) == (name == "tda")
@@ -108,7 +116,7 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     claims_part, per_run_part = text.split("## Per run")
     lines = [line for line in claims_part.splitlines() if line.startswith("|")]
     assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
-    assert len(lines) == 2 + 13
+    assert len(lines) == 2 + 14
     per_run = {line.split("|")[1].strip(): [c.strip() for c in line.split("|")[2:-1]]
                for line in [row for row in per_run_part.splitlines() if row.startswith("|")][2:]}
     assert sorted(per_run) == sorted(["analysis_tda", "analysis_tda_seed1", "analysis_softmax"])
@@ -133,6 +141,40 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
     assert styles["analysis_tda"]["color"] == styles["analysis_tda_seed1"]["color"] != styles["analysis_softmax"]["color"]
     assert [styles[n]["label"] for n in ("analysis_tda", "analysis_tda_seed1", "analysis_softmax")] == [
         "tda (2 seeds)", "_nolegend_", "softmax"]
+
+
+def test_report_and_figures_refuse_mixed_metrics_versions(runs, tmp_path):
+    """A summary without metrics_version is version 1 (α_0 over non-empty rows): beside a current one the
+    report and the figures refuse with one line naming both files, their versions and the command."""
+    copies = {}
+    for name, run in runs.items():
+        copies[name] = tmp_path / run.name
+        shutil.copytree(run, copies[name], ignore=shutil.ignore_patterns("checkpoints"))
+    old = copies["tda"] / "analysis" / "summary.json"
+    summary = json.loads(old.read_text())
+    del summary["metrics_version"]
+    old.write_text(json.dumps(summary))
+    current = copies["softmax"] / "analysis" / "summary.json"
+    report = compose("analysis_report", [f"runs=[{copies['tda']},{copies['softmax']}]", f"out={tmp_path / 'c.md'}"])
+    with pytest.raises(ValueError) as err:
+        make_report(report)
+    message = str(err.value)
+    assert "\n" not in message
+    assert f"{old} (version 1)" in message and f"{current} (version {METRICS_VERSION})" in message
+    assert message.endswith(f"python -m analysis.attention run_dir=<run> for {copies['tda']}")
+    assert not (tmp_path / "c.md").exists()
+    with pytest.raises(ValueError, match="different metrics versions"):
+        make_figures(compose("analysis_figures", [f"runs=[{copies['tda']},{copies['softmax']}]",
+                                                  f"out={tmp_path / 'figures'}", "figures=[sink_by_layer]"]))
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    result = subprocess.run([sys.executable, "-m", "analysis.report", f"runs=[{copies['tda']},{copies['softmax']}]",
+                             f"out={tmp_path / 'c.md'}"], cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1 and "(version 1)" in result.stderr
+    with pytest.raises(ValueError, match="version 1"):     # old summaries alone are refused too
+        make_report(compose("analysis_report", [f"runs=[{copies['tda']}]", f"out={tmp_path / 'c.md'}"]))
+    summary["metrics_version"] = METRICS_VERSION           # once re-analysed, the two are reported together
+    old.write_text(json.dumps(summary))
+    assert "| softmax |" in make_report(report)
 
 
 def test_bad_input_gets_one_line_errors(runs, tmp_path):

@@ -54,7 +54,7 @@ def test_uniform_attention_first_token_ratio_and_no_sink():
     assert summary["first_token_ratio_uniform"] == pytest.approx(harmonic(T) / T)
     assert summary["sparsity"] == 0.0 and summary["empty_row_share"] == 0.0
     sink = sink_summary([stats])
-    assert sink["sink_rate"] == 0.0 and sink["triples"] == 6
+    assert sink["sink_rate"] == 0.0 and sink["triples"] == 6 and sink["empty_row_share"] == 0.0
     assert sink["alpha0_per_layer"][0] == pytest.approx(harmonic(T) / T)
 
 
@@ -93,12 +93,17 @@ def test_all_zero_rows_are_excluded_and_reported():
     assert summary["first_token_ratio"] == pytest.approx(sum(1 / (r + 1) for r in full_rows) / len(full_rows))
     assert summary["nonzeros_per_row"] == pytest.approx(sum(r + 1 for r in full_rows) / 16)
     assert summary["nonzeros_per_nonempty_row"] == pytest.approx(sum(r + 1 for r in full_rows) / 6)
-    alpha = stats.alpha0()
-    assert alpha[0, 0] == pytest.approx(sum(1 / (r + 1) for r in full_rows) / len(full_rows))
-    assert math.isnan(alpha[0, 1])
+    on_key0 = sum(1 / (r + 1) for r in full_rows)     # normalised weight on key 0, summed over rows
+    alpha = stats.alpha0()                             # Gu: over all T rows, empty rows counting 0
+    assert alpha[0, 0] == pytest.approx(on_key0 / T) and alpha[0, 1] == 0.0
+    old_rule = stats.alpha0(nonempty_rows=True)        # over non-empty rows only
+    assert old_rule[0, 0] == pytest.approx(on_key0 / len(full_rows)) and math.isnan(old_rule[0, 1])
+    assert on_key0 / T < 0.3 < on_key0 / len(full_rows)
     sink = sink_summary([stats])
-    assert sink["triples_without_alpha0"] == 1
-    assert sink["sink_rate"] == 1.0   # head 0's α_0 ≈ 0.37 > 0.3 (short rows); head 1 is left out
+    assert sink["sink_rate"] == 0.0 and sink["triples"] == 2
+    assert sink["empty_row_share"] == pytest.approx(10 / 16)
+    assert sink["sink_rate_nonempty_rows"] == 1.0      # head 0 only: head 1 has no non-empty row
+    assert sink["triples_without_nonempty_row"] == 1
     assert math.isnan(sink_rate(torch.tensor([float("nan")])))
 
 
@@ -172,11 +177,16 @@ def test_sink_rate_without_row_zero_and_score_correlation():
     w[0, 1, 0, 0] = 1.0                      # head 1: only row 0 is non-empty
     stats = stats_of(single(w))
     alpha = stats.alpha0()
-    assert alpha[0, 0] == pytest.approx((1 + 0.9 * (T - 1)) / T) and alpha[0, 1] == 1.0
-    without = stats.alpha0(skip_first_row=True)
+    assert alpha[0, 0] == pytest.approx((1 + 0.9 * (T - 1)) / T) and alpha[0, 1] == pytest.approx(1 / T)
+    torch.testing.assert_close(stats.alpha0(skip_first_row=True)[0],
+                               torch.tensor([0.9, 0.0], dtype=torch.float64))   # rows 1 … T−1 over T − 1
+    old_rule = stats.alpha0(nonempty_rows=True)
+    assert old_rule[0, 0] == pytest.approx((1 + 0.9 * (T - 1)) / T) and old_rule[0, 1] == 1.0
+    without = stats.alpha0(nonempty_rows=True, skip_first_row=True)
     assert without[0, 0] == pytest.approx(0.9) and math.isnan(without[0, 1])
     sink = sink_summary([stats])
-    assert sink["sink_rate"] == 1.0 and sink["sink_rate_without_row0"] == 1.0
+    assert sink["sink_rate"] == 0.5                    # head 1: α_0 = 1/16 under Gu's denominator
+    assert sink["sink_rate_nonempty_rows"] == 1.0 and sink["sink_rate_nonempty_rows_without_row0"] == 1.0
     torch.manual_seed(2)
     scores = torch.randn(1, 2, T, T)
     two = LayerStats(T, 2, 2)
@@ -202,3 +212,40 @@ def test_tile_occupancy_counts_causal_tiles_with_any_weight():
         assert out["tile_occupancy_per_layer"] == [pytest.approx(3 / 12)]
     dense = summarise([stats_of(single(uniform_map(1, 2, T)))])
     assert dense["tile_occupancy"] == 1.0
+
+
+def test_gu_sink_rate_counts_empty_rows_in_the_denominator():
+    """SPEC §4a: α_0 = (1/T) Σ_i w̃_i0 over all T rows, an empty row adding 0. Hand-built heads on T = 64
+    tokens (expected values from that formula, not from the code):
+    A: only row 0 is non-empty (w̃_00 = 1): α_0 = 1/64, no sink; over non-empty rows it would be 1, a sink.
+    B: row 0, then rows 1 … 39 put 0.5 on key 0 and 0.5 on key i; rows 40 … 63 empty:
+       α_0 = (1 + 39 · 0.5)/64 = 20.5/64 ≈ 0.32 > 0.3, a sink (non-empty rows: 20.5/40).
+    C: as B with rows 30 … 63 empty: α_0 = (1 + 29 · 0.5)/64 = 15.5/64 ≈ 0.24, no sink (non-empty: 15.5/30).
+    D: causal uniform, no empty row: α_0 = H_64/64 under both rules."""
+    T = 64
+    w = torch.zeros(1, 4, T, T)
+    w[0, 0, 0, 0] = 1.0
+    for head, last in ((1, 40), (2, 30)):
+        w[0, head, 0, 0] = 1.0
+        for i in range(1, last):
+            w[0, head, i, 0] = w[0, head, i, i] = 0.5
+    w[0, 3] = uniform_map(1, 1, T)[0, 0]
+    expected_gu = [1 / T, 20.5 / T, 15.5 / T, harmonic(T) / T]
+    expected_nonempty = [1.0, 20.5 / 40, 15.5 / 30, harmonic(T) / T]
+    for block in (None, 7):
+        stats = stats_of(single(w), block)
+        torch.testing.assert_close(stats.alpha0()[0], torch.tensor(expected_gu, dtype=torch.float64))
+        torch.testing.assert_close(stats.alpha0(nonempty_rows=True)[0],
+                                   torch.tensor(expected_nonempty, dtype=torch.float64))
+        sink = sink_summary([stats])
+        assert sink["sink_rate"] == pytest.approx(1 / 4)             # B only
+        assert sink["sink_rate_per_layer"] == [pytest.approx(1 / 4)]
+        assert sink["alpha0_per_layer"] == [pytest.approx(sum(expected_gu) / 4)]
+        assert sink["sink_rate_nonempty_rows"] == pytest.approx(3 / 4)   # A, B and C
+        assert sink["empty_row_share"] == pytest.approx((63 + 24 + 34 + 0) / (4 * T))
+        assert sink["empty_row_share_per_layer"] == [pytest.approx((63 + 24 + 34) / (4 * T))]
+        assert sink["triples"] == 4 and sink["triples_without_nonempty_row"] == 0
+    # the rate is per (sequence, layer, head): a second layer of four uniform heads halves it
+    two_layers = sink_summary([stats_of(single(w)), stats_of(single(uniform_map(1, 4, T)))])
+    assert two_layers["sink_rate"] == pytest.approx(1 / 8) and two_layers["triples"] == 8
+    assert two_layers["sink_rate_per_layer"] == [pytest.approx(1 / 4), 0.0]

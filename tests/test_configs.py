@@ -62,3 +62,28 @@ def test_paper_presets_say_what_the_paper_says():
     assert cfg.trainer.batch_size * cfg.model.seq_len * cfg.trainer.max_steps >= 0.999e10  # 10B tokens
     small = compose_train(["+experiment=paper_small"])
     assert small.data.bos_aligned and small.model.name == "small"
+
+
+def test_one_pass_preset_is_paper_small_for_at_most_one_pass():
+    """paper_small_1ep differs from paper_small only in its length (and when it validates and saves), and
+    trains on at most the english_corpus training split's ~19.9M tokens (at most 39,375 windows of 512)."""
+    def flat(cfg):
+        out = {}
+
+        def walk(node, prefix):
+            for key, value in node.items():
+                if isinstance(value, dict):
+                    walk(value, f"{prefix}{key}.")
+                else:
+                    out[f"{prefix}{key}"] = value
+        walk(OmegaConf.to_container(cfg, resolve=True), "")
+        return out
+
+    small, one = compose_train(["+experiment=paper_small"]), compose_train(["+experiment=paper_small_1ep"])
+    a, b = flat(small), flat(one)
+    assert {k for k in a.keys() | b.keys() if a.get(k) != b.get(k)} == {
+        "trainer.max_steps", "trainer.eval_every", "trainer.checkpoint_every"}
+    t = one.trainer
+    assert t.max_steps * t.batch_size * one.model.seq_len <= 19.9e6 and t.max_steps * t.batch_size <= 39_375
+    assert t.max_steps < small.trainer.max_steps and t.max_steps % t.eval_every == 0
+    assert (one.optim.schedule, one.optim.warmup_steps) == ("cosine", small.optim.warmup_steps)
