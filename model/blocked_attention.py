@@ -38,8 +38,8 @@ def _sigmoid_score_grad(dw: torch.Tensor, w: torch.Tensor, saved: torch.Tensor) 
 def _softpick_weights(x: torch.Tensor, keep: torch.Tensor, bias: None, eps: float):
     """relu(e^x − 1) / (Σ_j |e^x_j − 1| + ε) over causal entries, in the overflow-safe form
     relu(e^{x−m} − e^{−m}) / (Σ_j |e^{x_j−m} − e^{−m}| + ε e^{−m}). Any shift m is exact;
-    m = max(row max, 0) keeps both e^{x−m} and e^{−m} at most 1 (the row maximum alone overflows e^{−m}
-    when every score of a row is very negative). Saved: e^x / D, as e^{x−m} / (D e^{−m}), and u = e^{x−m} − e^{−m}."""
+    m = max(row max, 0) keeps both e^{x−m} and e^{−m} at most 1, so no intermediate is infinite (with the
+    row maximum alone, e^{−m} is for a row of very negative scores). Saved: e^x / D, as e^{x−m} / (D e^{−m}), and u = e^{x−m} − e^{−m}."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = x.masked_fill(~keep, float("-inf"))
     m = x.amax(dim=-1, keepdim=True).clamp_min(0.0)   # every row sees key 0, so the max is finite
