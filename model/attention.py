@@ -175,8 +175,8 @@ def _softmax_maps(proj: Projections, head_dim: int, rows, sink: torch.Tensor | N
         if sink is None:
             out[f"view{i}"] = scores.softmax(dim=-1)
         else:
-            total = torch.logaddexp(scores.logsumexp(dim=-1, keepdim=True), sink.to(scores.dtype)[:, None, None])
-            out[f"view{i}"] = (scores - total).exp()
+            sink_h = sink.to(scores.dtype)[:, None, None]
+            out[f"view{i}"] = (scores - torch.logaddexp(scores.logsumexp(dim=-1, keepdim=True), sink_h)).exp()
     return out
 
 
@@ -480,10 +480,11 @@ def _sdpa_with_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: tor
 
 @register("sink_softmax")
 class SinkSoftmaxAttention(_Attention):
-    """Softmax with a learnable attention sink (as in gpt-oss): w_ij = e^{x_ij} / (e^{s_h} + Σ_{j'≤i} e^{x_ij'}),
-    x_ij = q_i·k_j/√d, one learnable logit s_h per head initialised at 0 (where it is the "off-by-one"
-    softmax), so a row's weights sum to less than one. Runs as one fused SDPA call with an extra sink key
-    (``_sdpa_with_sink``) on every device: exact, with no T×T mask."""
+    """Softmax with a learnable attention sink (as in gpt-oss):
+    w_ij = e^{x_ij} / (e^{s_h} + Σ_{j'≤i} e^{x_ij'}), x_ij = q_i·k_j/√d, one learnable logit s_h per head,
+    initialised at 0 (where it is the "off-by-one" softmax), so a row's weights sum to less than one.
+    Runs as one fused SDPA call with an extra sink key (``_sdpa_with_sink``) on every device: exact, with
+    no T×T mask."""
 
     def __init__(self, model_cfg, attn_cfg, layer):
         super().__init__(model_cfg, attn_cfg, layer)

@@ -39,7 +39,8 @@ def _softpick_weights(x: torch.Tensor, keep: torch.Tensor, bias: None, eps: floa
     """relu(e^x − 1) / (Σ_j |e^x_j − 1| + ε) over causal entries, in the overflow-safe form
     relu(e^{x−m} − e^{−m}) / (Σ_j |e^{x_j−m} − e^{−m}| + ε e^{−m}). Any shift m is exact;
     m = max(row max, 0) keeps both e^{x−m} and e^{−m} at most 1, so no intermediate is infinite (with the
-    row maximum alone, e^{−m} is for a row of very negative scores). Saved: e^x / D, as e^{x−m} / (D e^{−m}), and u = e^{x−m} − e^{−m}."""
+    row maximum alone, e^{−m} overflows for a row of very negative scores). Saved for the gradient:
+    e^{x−m}, D e^{−m} (their ratio is e^x / D) and u = e^{x−m} − e^{−m}, whose sign is that of x."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = x.masked_fill(~keep, float("-inf"))
     m = x.amax(dim=-1, keepdim=True).clamp_min(0.0)   # every row sees key 0, so the max is finite
@@ -47,13 +48,13 @@ def _softpick_weights(x: torch.Tensor, keep: torch.Tensor, bias: None, eps: floa
     e = torch.exp(x - m)                               # 0 on masked entries
     u = torch.where(keep, e - e_m, zero)
     denominator = u.abs().sum(dim=-1, keepdim=True) + eps * e_m
-    return u.clamp_min(0.0) / denominator, (e / denominator, u)
+    return u.clamp_min(0.0) / denominator, (e, denominator, u)
 
 
 def _softpick_score_grad(dw: torch.Tensor, w: torch.Tensor, saved) -> torch.Tensor:
-    factor, u = saved
+    e, denominator, u = saved
     delta = (dw * w).sum(dim=-1, keepdim=True)
-    return factor * (dw * (u > 0) - torch.sign(u) * delta)
+    return e / denominator * (dw * (u > 0) - torch.sign(u) * delta)
 
 
 # name -> (weights(x, keep, bias, eps) -> (w, saved), score_grad(dW, w, saved) -> dX, has a per-head bias)
