@@ -31,9 +31,9 @@ def make(name, layer=1, **kw):
         for qn, kn in (("q_proj", "k_proj"), ("q2_proj", "k2_proj")):
             if hasattr(attn, kn):
                 getattr(attn, kn).weight.copy_(getattr(attn, qn).weight + 0.05 * torch.randn(C, C))
-        for name in SCALARS:  # heads with different values, away from the initial ones
-            if isinstance(getattr(attn, name, None), torch.nn.Parameter):
-                getattr(attn, name).add_(0.3 * torch.randn(H, dtype=torch.float64))
+        for scalar in SCALARS:  # heads with different values, away from the initial ones
+            if isinstance(getattr(attn, scalar, None), torch.nn.Parameter):
+                getattr(attn, scalar).add_(0.3 * torch.randn(H, dtype=torch.float64))
     return attn
 
 
@@ -230,8 +230,8 @@ def test_length_dependent_scalars_start_where_spec_says():
 
 
 def test_ssmax_at_initialisation_is_softmax_at_the_training_length():
-    """s_h · ln(seq_len) = 1: the row at position seq_len − 1 has softmax's weights, earlier rows are
-    flatter (a smaller factor) and none is softmax's where the factor differs from 1."""
+    """s_h · ln(seq_len) = 1: the row at position seq_len − 1 has softmax's weights; a row halfway, whose
+    factor ln(i+1)/ln(seq_len) is below 1, does not (same projections: same seed)."""
     torch.manual_seed(0)
     ssmax = build_attention(model_cfg(seq_len=T), attn_cfg("ssmax"), 1).double()
     torch.manual_seed(0)
