@@ -8,8 +8,9 @@ Every variant has the same interface:
 
 ``project`` and ``maps`` are what the analysis probe uses to recompute attention exactly; ``cache`` is a
 ``KVCache`` that keeps each layer's keys and values for decoding (queries are then aligned to the end
-of the cached keys). Variants register themselves with ``@register("name")``; ``build_attention`` makes
-one from the Hydra ``attention`` config.
+of the cached keys). A variant with learnable scalars of its own names them in ``scalars()`` (reported
+with λ and β by ``GPT.attention_scalars``). Variants register themselves with ``@register("name")``;
+``build_attention`` makes one from the Hydra ``attention`` config.
 """
 from __future__ import annotations
 
@@ -22,6 +23,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from kernels import threshold_attention, threshold_attention_weights
+from model.blocked_attention import blocked_attention, blocked_attention_weights
 from model.norms import GatedRMSNorm, RMSNorm, at_least_fp32
 from model.rope import apply_rope
 
@@ -147,18 +149,21 @@ class _Attention(nn.Module):
         raise NotImplementedError
 
 
-def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys)."""
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
+    """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys);
+    ``scale`` on the scores, 1/√(q's head dimension) by default."""
     Tq, Tk = q.shape[2], k.shape[2]
     if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if Tq == 1:
-        return F.scaled_dot_product_attention(q, k, v)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device))
+        return F.scaled_dot_product_attention(q, k, v, scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale)
 
 
-def _softmax_maps(proj: Projections, head_dim: int, rows) -> dict[str, torch.Tensor]:
-    """Per-view softmax maps of rows [start, stop), over the keys up to the last row's position."""
+def _softmax_maps(proj: Projections, head_dim: int, rows, sink: torch.Tensor | None = None
+                  ) -> dict[str, torch.Tensor]:
+    """Per-view softmax maps of rows [start, stop), over the keys up to the last row's position; with
+    ``sink`` (H,), each head's denominator also holds e^{sink_h} (a key of that score and value 0)."""
     Tq, Tk = proj.q[0].shape[2], proj.k[0].shape[2]
     start, stop = rows if rows is not None else (0, Tq)
     n_keys = stop + Tk - Tq
@@ -166,8 +171,12 @@ def _softmax_maps(proj: Projections, head_dim: int, rows) -> dict[str, torch.Ten
     out = {}
     for i, (q, k) in enumerate(zip(proj.q, proj.k), start=1):
         scores = at_least_fp32(q[:, :, start:stop]) @ at_least_fp32(k[:, :, :n_keys]).transpose(-1, -2)
-        scores = scores / math.sqrt(head_dim)
-        out[f"view{i}"] = scores.masked_fill(~keep, float("-inf")).softmax(dim=-1)
+        scores = (scores / math.sqrt(head_dim)).masked_fill(~keep, float("-inf"))
+        if sink is None:
+            out[f"view{i}"] = scores.softmax(dim=-1)
+        else:
+            sink_h = sink.to(scores.dtype)[:, None, None]
+            out[f"view{i}"] = (scores - torch.logaddexp(scores.logsumexp(dim=-1, keepdim=True), sink_h)).exp()
     return out
 
 
@@ -392,3 +401,136 @@ class RectifiedLinearAttention(_Attention):
 
     def maps(self, proj, rows=None):
         return threshold_attention_weights(proj.q[0], proj.k[0], rows=rows, **self.options)
+
+
+def _train_length(model_cfg, name: str) -> int:
+    """model.seq_len, which sets the initial value of a length-dependent parameter (sigmoid, ssmax)."""
+    length = int(model_cfg.seq_len)
+    if length < 2:
+        raise ValueError(f"attention '{name}' initialises from ln(model.seq_len): it needs model.seq_len >= 2, "
+                         f"got {length}")
+    return length
+
+
+@register("sigmoid")
+class SigmoidAttention(_Attention):
+    """Sigmoid attention (Ramapuram et al. 2024): w_ij = σ(q_i·k_j/√d + b_h), no row normalisation and no
+    output norm (SPEC §2). One learnable bias per head, initialised at −ln(model.seq_len) as the paper
+    advises, so that a row of seq_len keys starts with weights summing to about one. Runs on the blocked
+    PyTorch implementation (model.blocked_attention) on every device."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        bias = -math.log(_train_length(model_cfg, attn_cfg.name))
+        self.bias = nn.Parameter(torch.full((self.n_head,), bias))
+        self.score_scale = 1.0 / math.sqrt(self.head_dim)
+
+    def mix(self, proj):
+        return blocked_attention("sigmoid", proj.q[0], proj.k[0], proj.v, scale=self.score_scale, bias=self.bias)
+
+    def maps(self, proj, rows=None):
+        w = blocked_attention_weights("sigmoid", proj.q[0], proj.k[0], scale=self.score_scale, bias=self.bias,
+                                      rows=rows)
+        return {"combined": w, "view1": w}
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {"sigmoid_bias": self.bias}
+
+
+@register("softpick")
+class SoftpickAttention(_Attention):
+    """Softpick (Zuhri et al. 2025): w_ij = relu(e^{x_ij} − 1) / (Σ_{j'≤i} |e^{x_ij'} − 1| + ε),
+    x_ij = q_i·k_j/√d, in SPEC §2's overflow-safe form; no parameter of its own. ε (``attention.eps``)
+    defaults to 1e-6, the value of the authors' training kernel (which adds it after the shift by the row
+    maximum; SPEC adds ε in the unshifted formula, as here). Runs on the blocked PyTorch implementation
+    (model.blocked_attention) on every device."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        self.eps = float(attn_cfg.get("eps", 1e-6))
+        if self.eps < 0:
+            raise ValueError(f"attention.eps must be >= 0, got {self.eps}")
+        self.score_scale = 1.0 / math.sqrt(self.head_dim)
+
+    def mix(self, proj):
+        return blocked_attention("softpick", proj.q[0], proj.k[0], proj.v, scale=self.score_scale, eps=self.eps)
+
+    def maps(self, proj, rows=None):
+        w = blocked_attention_weights("softpick", proj.q[0], proj.k[0], scale=self.score_scale, eps=self.eps,
+                                      rows=rows)
+        return {"combined": w, "view1": w}
+
+
+def _sdpa_with_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
+    """Causal softmax attention whose denominator also holds e^{sink_h}: one fused SDPA call over the keys
+    with a sink key in front, of value 0 and score sink_h for every query. The head dimension grows by a
+    few channels (to a multiple of 8, which the flash and cuDNN kernels want): q carries 1 in them, the sink
+    key sink_h·√d in the first and 0 elsewhere, real keys 0, so that with scale 1/√d a real key scores
+    q·k/√d and the sink sink_h, exactly; sink_h gets its gradient through SDPA's dK. For a square map a
+    throw-away first query row keeps SDPA's causal mask aligned (query i then sees the sink and keys ≤ i)."""
+    B, H, Tq, d = q.shape
+    width = -(d + 1) % 8 + 1
+    square = Tq == k.shape[2]
+    q = F.pad(q, (0, width, int(square), 0), value=1.0)
+    sink_key = (sink * math.sqrt(d)).to(k.dtype).view(1, H, 1, 1).expand(B, H, 1, 1)
+    k = torch.cat((F.pad(sink_key, (d, width - 1)), F.pad(k, (0, width))), dim=2)
+    out = _sdpa(q, k, F.pad(v, (0, 0, 1, 0)), scale=1.0 / math.sqrt(d))
+    return out[:, :, 1:] if square else out
+
+
+@register("sink_softmax")
+class SinkSoftmaxAttention(_Attention):
+    """Softmax with a learnable attention sink (as in gpt-oss):
+    w_ij = e^{x_ij} / (e^{s_h} + Σ_{j'≤i} e^{x_ij'}), x_ij = q_i·k_j/√d, one learnable logit s_h per head,
+    initialised at 0 (where it is the "off-by-one" softmax), so a row's weights sum to less than one.
+    Runs as one fused SDPA call with an extra sink key (``_sdpa_with_sink``) on every device: exact, with
+    no T×T mask."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        self.sink = nn.Parameter(torch.zeros(self.n_head))
+
+    def mix(self, proj):
+        return _sdpa_with_sink(proj.q[0], proj.k[0], proj.v, self.sink)
+
+    def maps(self, proj, rows=None):
+        out = _softmax_maps(proj, self.head_dim, rows, sink=self.sink)
+        out["combined"] = out["view1"]
+        return out
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {"sink_logit": self.sink}
+
+
+@register("ssmax")
+class ScalableSoftmaxAttention(_Attention):
+    """Scalable-Softmax (Nakanishi 2025): w_ij = softmax_j(s_h · ln(i+1) · x_ij), x_ij = q_i·k_j/√d, i the
+    query's absolute position (so i + 1 keys are visible; row 0 has one key and weight 1). One learnable
+    s_h per head, initialised so that s_h · ln(model.seq_len) = 1 (plain softmax at the training length).
+    Runs through torch's SDPA with each query row scaled by s_h · ln(i+1), the gradient reaching s_h
+    through that product."""
+
+    def __init__(self, model_cfg, attn_cfg, layer):
+        super().__init__(model_cfg, attn_cfg, layer)
+        length = _train_length(model_cfg, attn_cfg.name)
+        self.scale = nn.Parameter(torch.full((self.n_head,), 1.0 / math.log(length)))
+
+    def scaled_queries(self, proj: Projections) -> torch.Tensor:
+        """q_i · s_h ln(i+1), (B, H, Tq, d), in float32 (float64 for float64 inputs); queries aligned to
+        the end of the keys, so a decoding step uses its absolute position."""
+        q = at_least_fp32(proj.q[0])
+        Tq, Tk = q.shape[2], proj.k[0].shape[2]
+        positions = torch.arange(Tk - Tq, Tk, device=q.device, dtype=q.dtype)
+        factor = self.scale.to(q.dtype)[:, None] * torch.log1p(positions)   # (H, Tq)
+        return q * factor[:, :, None]
+
+    def mix(self, proj):
+        return _sdpa(self.scaled_queries(proj).to(proj.q[0].dtype), proj.k[0], proj.v)
+
+    def maps(self, proj, rows=None):
+        out = _softmax_maps(Projections([self.scaled_queries(proj)], proj.k, proj.v), self.head_dim, rows)
+        out["combined"] = out["view1"]
+        return out
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        return {"ssmax_scale": self.scale}

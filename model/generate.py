@@ -2,9 +2,9 @@
 
 The prompt is run once through the model with fresh caches (one ``KVCache`` per layer); every new
 token is then fed alone, its position being the cache's length, so each step costs one token's
-projections plus attention over the cached keys. The threshold variants (TDA, TRA) compute τ from the
-absolute position of the query, which the cache supplies, so cached decoding equals recomputing the
-whole prefix (tested for every variant).
+projections plus attention over the cached keys. The threshold variants (TDA, TRA) compute τ, and SSMax
+its factor ln(i+1), from the absolute position of the query, which the cache supplies, so cached decoding
+equals recomputing the whole prefix (tested for every variant).
 """
 from __future__ import annotations
 

@@ -15,6 +15,16 @@ from model.attention import KVCache, build_attention
 from model.norms import RMSNorm
 
 
+def _plain(value: float | torch.Tensor) -> float | list[float]:
+    """A scalar parameter's value as a float, or per-head values as a list of floats."""
+    if not isinstance(value, torch.Tensor):
+        return float(value)
+    if hasattr(value, "full_tensor"):  # sharded by FSDP2: gathered on every rank
+        value = value.full_tensor()
+    value = value.detach().float().cpu()
+    return float(value) if value.numel() == 1 else value.tolist()
+
+
 class MLP(nn.Module):
     def __init__(self, n_embd: int, hidden: int):
         super().__init__()
@@ -110,20 +120,21 @@ class GPT(nn.Module):
 
     def attention_scalars(self) -> dict[str, list]:
         """λ (TDA, differential) and β (TDA, TRA) of every layer: {"lambda_per_layer": [...],
-        "beta_per_layer": [...]}, each entry a float or a list of per-head floats; a key is absent when
-        the attention has no such parameter."""
+        "beta_per_layer": [...]}, and "<name>_per_layer" for each scalar an attention's ``scalars()`` names
+        (sigmoid's bias, the sink logit, SSMax's s); each entry a float or a list of per-head floats; a key
+        is absent when the attention has no such parameter."""
         out: dict[str, list] = {}
         for block in self.blocks:
+            values = {}
             for key, name in (("lambda_per_layer", "lam"), ("beta_per_layer", "beta")):
                 fn = getattr(block.attn, name, None)
                 if callable(fn):
-                    value = fn()
-                    if isinstance(value, torch.Tensor):
-                        if hasattr(value, "full_tensor"):  # sharded by FSDP2: gathered on every rank
-                            value = value.full_tensor()
-                        value = value.detach().float().cpu()
-                        value = float(value) if value.numel() == 1 else value.tolist()
-                    out.setdefault(key, []).append(float(value) if isinstance(value, (int, float)) else value)
+                    values[key] = fn()
+            named = getattr(block.attn, "scalars", None)
+            if callable(named):
+                values.update((f"{key}_per_layer", value) for key, value in named().items())
+            for key, value in values.items():
+                out.setdefault(key, []).append(_plain(value))
         return out
 
     def num_parameters(self) -> int:

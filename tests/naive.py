@@ -30,3 +30,41 @@ def softmax_map(q, k):
 
 def rms_norm(x, gain, eps):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * gain
+
+
+def scores(q, k):
+    """x_ij = q_i·k_j/√d in float64, (B, H, Tq, Tk), and the causal mask (Tq, Tk)."""
+    q, k = q.double(), k.double()
+    return q @ k.transpose(-1, -2) / math.sqrt(q.shape[-1]), causal_keep(q.shape[2], k.shape[2])
+
+
+def per_head(values):
+    """(H,) values shaped to broadcast over (B, H, Tq, Tk)."""
+    return values.double()[:, None, None]
+
+
+def sigmoid_map(q, k, bias):
+    """σ(x_ij + b_h) on causal entries, 0 elsewhere."""
+    x, keep = scores(q, k)
+    return torch.sigmoid(x + per_head(bias)) * keep
+
+
+def softpick_map(q, k, eps):
+    """relu(e^x − 1) / (Σ_{j ≤ i} |e^x − 1| + ε), written as the formula (no shift)."""
+    x, keep = scores(q, k)
+    u = (torch.exp(x) - 1) * keep
+    return torch.relu(u) / (u.abs().sum(-1, keepdim=True) + eps)
+
+
+def sink_softmax_map(q, k, sink):
+    """e^x_ij / (e^s_h + Σ_{j ≤ i} e^x_ij'), written as the formula (no shift)."""
+    x, keep = scores(q, k)
+    e = torch.exp(x) * keep
+    return e / (torch.exp(per_head(sink)) + e.sum(-1, keepdim=True))
+
+
+def ssmax_map(q, k, scale):
+    """softmax_j(s_h ln(i+1) x_ij) over j ≤ i, i the absolute position (queries aligned to the end)."""
+    x, keep = scores(q, k)
+    positions = torch.arange(q.shape[2], dtype=torch.float64) + k.shape[2] - q.shape[2]
+    return (per_head(scale) * torch.log(positions + 1)[:, None] * x).masked_fill(~keep, float("-inf")).softmax(-1)

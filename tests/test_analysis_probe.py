@@ -7,11 +7,13 @@ import torch
 from omegaconf import OmegaConf
 
 from analysis.probe import attention_maps, layers, row_blocks, rows_per_block, view_scores
+from model.attention import ATTENTIONS
 from model.gpt import GPT
 
 CONF = Path(__file__).resolve().parents[1] / "conf" / "attention"
-VARIANTS = [("softmax", {}), ("gated_softmax", {}), ("differential", {}), ("tda", {"beta": 0.5}),
-            ("tda", {"beta": 0.5, "layout": "extra_proj", "power": 1.0}), ("tra", {"beta": 0.5}), ("rela", {})]
+# Every registered variant (the threshold ones at β = 0.5, so that entries survive), then TDA's other layout.
+VARIANTS = [(name, {"beta": 0.5} if name in ("tda", "tra") else {}) for name in ATTENTIONS] + [
+    ("tda", {"beta": 0.5, "layout": "extra_proj", "power": 1.0})]
 
 
 def tiny_model(name: str, overrides: dict) -> GPT:

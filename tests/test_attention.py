@@ -6,14 +6,17 @@ import torch
 from omegaconf import OmegaConf
 
 import kernels.threshold.reference as reference
+import model.blocked_attention as blocked
 from model.attention import ATTENTIONS, build_attention
 from tests import naive
 
 C, H, T = 32, 4, 37  # T is no multiple of any block size
+SEQ_LEN = 64
+SCALARS = ("bias", "sink", "scale")  # the per-head parameters of sigmoid, sink_softmax, ssmax
 
 
 def model_cfg(**kw):
-    base = dict(n_embd=C, n_head=H, rope_base=10000.0, rope_ntk_factor=1.0)
+    base = dict(n_embd=C, n_head=H, rope_base=10000.0, rope_ntk_factor=1.0, seq_len=SEQ_LEN)
     return OmegaConf.create({**base, **kw})
 
 
@@ -28,13 +31,16 @@ def make(name, layer=1, **kw):
         for qn, kn in (("q_proj", "k_proj"), ("q2_proj", "k2_proj")):
             if hasattr(attn, kn):
                 getattr(attn, kn).weight.copy_(getattr(attn, qn).weight + 0.05 * torch.randn(C, C))
+        for scalar in SCALARS:  # heads with different values, away from the initial ones
+            if isinstance(getattr(attn, scalar, None), torch.nn.Parameter):
+                getattr(attn, scalar).add_(0.3 * torch.randn(H, dtype=torch.float64))
     return attn
 
 
-def inputs(batch=2):
+def inputs(batch=2, length=T):
     torch.manual_seed(1)
     common = torch.randn(batch, 1, C, dtype=torch.float64)
-    return (common + 0.4 * torch.randn(batch, T, C, dtype=torch.float64)).requires_grad_()
+    return (common + 0.4 * torch.randn(batch, length, C, dtype=torch.float64)).requires_grad_()
 
 
 def heads(x, n):
@@ -85,22 +91,24 @@ def naive_forward(attn, x):
         a = naive.threshold_map(q, k, 0.0, 1.0, normalize=False, scale=1 / math.sqrt(d))
         o = merge(a @ heads(x @ attn.v_proj.weight.T, H))
         o = naive.rms_norm(o, attn.out_norm.norm.weight, 1e-5) * torch.sigmoid(attn.out_norm.gate * o)
+    elif name in ("sigmoid", "softpick", "sink_softmax", "ssmax"):
+        weights = {"sigmoid": lambda: naive.sigmoid_map(q, k, attn.bias),
+                   "softpick": lambda: naive.softpick_map(q, k, attn.eps),
+                   "sink_softmax": lambda: naive.sink_softmax_map(q, k, attn.sink),
+                   "ssmax": lambda: naive.ssmax_map(q, k, attn.scale)}[name]()
+        o = merge(weights @ heads(x @ attn.v_proj.weight.T, H))
     else:
         raise AssertionError(f"no naive implementation for {name}")
     return o @ attn.out_proj.weight.T
 
 
-VARIANTS = [
-    ("softmax", {}),
-    ("gated_softmax", {}),
-    ("differential", {}),
-    ("tda", {}),
+# Every registered variant with its defaults, then options that change the computation.
+VARIANTS = [(name, {}) for name in ATTENTIONS] + [
     ("tda", {"layout": "extra_proj"}),
     ("tda", {"power": 1.0, "beta": 0.5, "lambda_mode": "sigmoid", "lambda_per_head": True}),
     ("tda", {"power": 3.0, "beta_learnable": True, "beta": 0.7, "lambda_mode": "reparam"}),
-    ("tra", {}),
     ("tra", {"power": 1.0, "beta": 0.5}),
-    ("rela", {}),
+    ("softpick", {"eps": 0.5}),
 ]
 
 
@@ -108,14 +116,16 @@ def rel_err(a, b):
     return float((a - b).detach().norm() / b.detach().norm().clamp_min(1e-300))
 
 
-@pytest.mark.parametrize("slab", [None, 5 * 2 * 2 * T])  # default slab; and blocks of 5 rows
+# (slab elements per key, sequence length): the default slab on odd lengths; blocks of a few rows
+@pytest.mark.parametrize("slab,length", [(None, 1), (None, T), (None, 111), (5 * 2 * 2, 63)])
 @pytest.mark.parametrize("name,options", VARIANTS, ids=[f"{n}-{i}" for i, (n, _) in enumerate(VARIANTS)])
-def test_matches_naive_float64(name, options, slab, monkeypatch):
+def test_matches_naive_float64(name, options, slab, length, monkeypatch):
     if slab is not None:
-        monkeypatch.setattr(reference, "SLAB_ELEMENTS", slab)
+        monkeypatch.setattr(reference, "SLAB_ELEMENTS", slab * length)
+        monkeypatch.setattr(blocked, "SLAB_ELEMENTS", slab * length)
     attn = make(name, **options)
-    x = inputs()
-    out = attn(x, torch.arange(T))
+    x = inputs(length=length)
+    out = attn(x, torch.arange(length))
     ref = naive_forward(attn, x)
     assert rel_err(out, ref) < 1e-10
     probe = torch.randn_like(ref)
@@ -128,15 +138,15 @@ def test_matches_naive_float64(name, options, slab, monkeypatch):
             assert rel_err(g, w) < 1e-9 if w.norm() > 0 else float(g.norm()) == 0.0, pname
 
 
-@pytest.mark.parametrize("name", ["tda", "tra"])
-def test_threshold_inputs_have_a_real_share_of_survivors(name):
+@pytest.mark.parametrize("name", ["tda", "tra", "softpick"])
+def test_sparse_inputs_have_a_real_share_of_survivors(name):
     attn = make(name)
     proj = attn.project(inputs(), torch.arange(T))
     maps = attn.maps(proj)
     causal = naive.causal_keep(T, T)
     for view in [k for k in maps if k.startswith("view")]:
         share = float((maps[view] != 0)[..., causal].double().mean())
-        assert 0.1 < share < 0.9, (view, share)
+        assert 0.05 < share < 0.95, (view, share)  # both branches of the rectifier are exercised
 
 
 def test_tda_with_lambda_zero_is_tra_on_view_one():
@@ -203,4 +213,62 @@ def test_paired_layout_needs_even_heads(name):
 
 
 def test_registry_has_every_variant():
-    assert {"softmax", "gated_softmax", "differential", "tda", "tra", "rela"} <= set(ATTENTIONS)
+    assert set(ATTENTIONS) >= {"softmax", "gated_softmax", "differential", "tda", "tra", "rela", "sigmoid",
+                               "softpick", "sink_softmax", "ssmax"}
+
+
+def test_length_dependent_scalars_start_where_spec_says():
+    cfg = model_cfg(seq_len=200)
+    sigmoid = build_attention(cfg, attn_cfg("sigmoid"), 0)
+    assert torch.allclose(sigmoid.bias.double(), torch.full((H,), -math.log(200), dtype=torch.float64))
+    ssmax = build_attention(cfg, attn_cfg("ssmax"), 0)
+    assert torch.allclose(ssmax.scale.double() * math.log(200), torch.ones(H, dtype=torch.float64))
+    assert torch.equal(build_attention(cfg, attn_cfg("sink_softmax"), 0).sink, torch.zeros(H))
+    for name in ("sigmoid", "ssmax"):
+        with pytest.raises(ValueError, match="model.seq_len >= 2"):
+            build_attention(model_cfg(seq_len=1), attn_cfg(name), 0)
+
+
+def test_ssmax_at_initialisation_is_softmax_at_the_training_length():
+    """s_h · ln(seq_len) = 1: the row at position seq_len − 1 has softmax's weights; a row halfway, whose
+    factor ln(i+1)/ln(seq_len) is below 1, does not (same projections: same seed)."""
+    torch.manual_seed(0)
+    ssmax = build_attention(model_cfg(seq_len=T), attn_cfg("ssmax"), 1).double()
+    torch.manual_seed(0)
+    softmax = build_attention(model_cfg(seq_len=T), attn_cfg("softmax"), 1).double()
+    proj = softmax.project(inputs(), torch.arange(T))
+    ours, theirs = ssmax.maps(proj)["combined"], softmax.maps(proj)["combined"]
+    assert rel_err(ours[:, :, T - 1], theirs[:, :, T - 1]) < 1e-6
+    assert rel_err(ours[:, :, T // 2], theirs[:, :, T // 2]) > 1e-3
+
+
+def test_sink_softmax_with_a_vanishing_sink_is_softmax():
+    """The extra sink key and channels change nothing but the denominator: with e^{s_h} = 0 the output
+    and maps are softmax's (same projections: same seed)."""
+    sink, softmax = make("sink_softmax"), make("softmax")
+    with torch.no_grad():
+        sink.sink.fill_(-1e4)
+    x = inputs()
+    assert rel_err(sink(x, torch.arange(T)), softmax(x, torch.arange(T))) < 1e-12
+    proj = softmax.project(x, torch.arange(T))
+    assert rel_err(sink.maps(proj)["combined"], softmax.maps(proj)["combined"]) < 1e-12
+
+
+@pytest.mark.parametrize("head_dim", [7, 8, 60])
+@pytest.mark.parametrize("queries", [63, 5, 1])  # the whole sequence; the last rows, as with a cache
+def test_sdpa_with_sink_matches_the_formula(head_dim, queries):
+    from model.attention import _sdpa_with_sink
+
+    gen = torch.Generator().manual_seed(head_dim)
+    q, k, v = (torch.randn(2, 3, 63, head_dim, dtype=torch.float64, generator=gen) for _ in range(3))
+    q = q[:, :, -queries:].clone().requires_grad_()
+    k.requires_grad_()
+    v.requires_grad_()
+    sink = torch.randn(3, dtype=torch.float64, generator=gen).requires_grad_()
+    out = _sdpa_with_sink(q, k, v, sink)
+    ref = naive.sink_softmax_map(q, k, sink) @ v
+    assert rel_err(out, ref) < 1e-12
+    probe = torch.randn_like(ref)
+    for g, w in zip(torch.autograd.grad((out * probe).sum(), (q, k, v, sink)),
+                    torch.autograd.grad((ref * probe).sum(), (q, k, v, sink))):
+        assert rel_err(g, w) < 1e-10

@@ -4,17 +4,14 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from model.attention import ATTENTIONS
 from model.gpt import GPT
 
 V = 53
-VARIANTS = [
-    ("softmax", {}),
-    ("gated_softmax", {}),
-    ("differential", {}),
-    ("tda", {"beta": 0.4}),  # a low threshold, so that entries survive in an untrained model
-    ("tda", {"beta": 0.4, "layout": "extra_proj", "power": 1.0}),
-    ("tra", {"beta": 0.4}),
-    ("rela", {}),
+LOW_THRESHOLD = {"beta": 0.4}  # so that entries survive the threshold in an untrained model
+# Every registered variant, then an option that changes the cached computation.
+VARIANTS = [(name, LOW_THRESHOLD if name in ("tda", "tra") else {}) for name in ATTENTIONS] + [
+    ("tda", {**LOW_THRESHOLD, "layout": "extra_proj", "power": 1.0}),
 ]
 
 

@@ -3,11 +3,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from model.attention import ATTENTIONS
 from model.gpt import GPT
 
 C, H, L, V = 32, 4, 2, 61
 d = C // H
-VARIANTS = ["softmax", "gated_softmax", "differential", "tda", "tra", "rela"]
+VARIANTS = sorted(ATTENTIONS)
 
 
 def model_cfg(**kw):
@@ -29,7 +30,15 @@ EXTRA_PER_LAYER = {
     "tda": 1 + 2 * d,                    # λ_raw, RMSNorm gain over 2d (paired layout)
     "tra": d,                            # RMSNorm gain over d
     "rela": 2 * C,                       # gated RMSNorm: gain and gate over d_model
+    "sigmoid": H,                        # one bias per head
+    "softpick": 0,
+    "sink_softmax": H,                   # one sink logit per head
+    "ssmax": H,                          # one s per head
 }
+
+
+def test_every_registered_variant_has_a_budget():
+    assert set(EXTRA_PER_LAYER) == set(ATTENTIONS)
 
 
 def test_softmax_parameter_count_is_gpt_with_untied_head():
@@ -61,6 +70,23 @@ def test_weight_decay_only_on_linear_matrices():
     assert decay["weight_decay"] == 0.1 and no_decay["weight_decay"] == 0.0
     names = {n for n, p in model.named_parameters() if id(p) not in linear}
     assert any("lam" in n for n in names) and any("beta" in n for n in names) and "embed.weight" in names
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_attention_scalars_are_never_decayed_and_are_reported(name):
+    """A variant's own scalars (``scalars()``: sigmoid's bias, the sink logit, SSMax's s) sit in the group
+    without weight decay, and attention_scalars reports each per layer and head."""
+    model = gpt(name)
+    decay, no_decay = model.parameter_groups(0.1)
+    linear = {id(m.weight) for m in model.modules() if isinstance(m, torch.nn.Linear)}
+    assert {id(p) for p in decay["params"]} == linear
+    reported = model.attention_scalars()
+    for block in model.blocks:
+        own = block.attn.scalars() if hasattr(block.attn, "scalars") else {}
+        for key, param in own.items():
+            assert any(param is p for p in no_decay["params"]), key
+            assert len(reported[f"{key}_per_layer"]) == L
+            assert reported[f"{key}_per_layer"][block.attn.layer] == param.tolist()
 
 
 @pytest.mark.parametrize("name", VARIANTS)

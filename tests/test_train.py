@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 
 import train
+from model.attention import ATTENTIONS
 from model.checkpoint import latest_checkpoint, list_checkpoints, load_run
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -44,7 +45,7 @@ def test_resume_continues_with_exactly_the_losses_of_an_uninterrupted_run(train_
     assert resumed == full  # bit-identical losses: data order, RNG and optimiser state restored
 
 
-@pytest.mark.parametrize("attention", ["softmax", "gated_softmax", "differential", "tda", "tra", "rela"])
+@pytest.mark.parametrize("attention", sorted(ATTENTIONS))
 def test_every_variant_trains(train_run, attention):
     run = train_run(f"attention={attention}", f"name=variant-{attention}", "trainer.max_steps=6",
                     "trainer.eval_every=3")
