@@ -6,7 +6,7 @@ Scores are x_ij = scale · q_i·k_j over the causal keys j ≤ pos_i, queries al
 weights of a block of query rows come from one function per map (``RULES``), shared by the forward and by
 ``blocked_attention_weights`` (the analysis maps), so the maps times v are the forward's output. The forward
 works on blocks of query rows and the backward recomputes each block, so no tensor larger than one
-(query block × keys) slab is held, forward or backward, as kernels/reference.py does for threshold
+(query block × keys) slab is held, forward or backward, as kernels/threshold/reference.py does for threshold
 attention. Arithmetic is float32 (float64 for float64 inputs) with autocast off; the output has q's dtype.
 
 Gradients, with w the weights, dW = dO·vᵀ and dX = ∂L/∂x (then dq = scale·dX·k, dk = scale·dXᵀ·q,
