@@ -46,7 +46,9 @@ NAMES = ["sigmoid", "softpick", "sink_softmax"]
 
 
 def param_for(name, H=3):
-    return 1e-6 if name == "softpick" else torch.randn(H, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    if name == "softpick":
+        return 1e-6
+    return torch.randn(H, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
 
 
 def test_softpick_is_exact_where_the_plain_formula_overflows_float32():

@@ -16,7 +16,8 @@ def forward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConf
         head_d, head_dv, elem_bytes,
         fp32=[TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
         narrow=[TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)],
-        middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 32, 4, 1)],
+        middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
+                TileConfig(32, 32, 4, 1)],
         wide=[TileConfig(128, 32, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
 
 
@@ -25,7 +26,8 @@ def backward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileCon
     return tiles_by_width(
         head_d, head_dv, elem_bytes,
         fp32=[TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
-        narrow=[TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)],
+        narrow=[TileConfig(64, 64, 4, 3), TileConfig(64, 64, 4, 2), TileConfig(32, 64, 4, 1),
+                TileConfig(32, 32, 4, 1)],
         middle=[TileConfig(32, 64, 8, 2), TileConfig(32, 64, 4, 1), TileConfig(32, 32, 4, 1)],
         wide=[TileConfig(32, 64, 8, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
 
@@ -35,8 +37,10 @@ def dq_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConfig]:
     return tiles_by_width(
         head_d, head_dv, elem_bytes,
         fp32=[TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
-        narrow=[TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1)],
-        middle=[TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1)],
+        narrow=[TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2),
+                TileConfig(32, 32, 4, 1)],
+        middle=[TileConfig(128, 64, 8, 3), TileConfig(64, 64, 4, 3), TileConfig(64, 32, 4, 2),
+                TileConfig(32, 32, 4, 1)],
         wide=[TileConfig(64, 64, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
 
 

@@ -19,5 +19,6 @@ def forward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConf
         fp32=[TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
         narrow=[TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3),
                 TileConfig(32, 32, 4, 1)],
-        middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2), TileConfig(32, 32, 4, 1)],
+        middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
+                TileConfig(32, 32, 4, 1)],
         wide=[TileConfig(128, 32, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])
