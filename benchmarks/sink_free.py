@@ -194,7 +194,8 @@ DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(64, 128, 8, 2), TileConfig(32
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
           device: str = "cuda") -> None:
     """Time tile candidates of the forward and of the dK/dV kernel, σ's evaluations (division; two Newton steps; the
-    bias folded into the scores) and the atomic-free dQ kernel, each launcher alone, at one shape. Each line is one
+    bias folded into the scores), db's sum over queries (a product with ones; a reduction) and the atomic-free dQ
+    kernel, each launcher alone, at one shape. Each line is one
     launcher call: a forward, or a whole backward (Δ pre-pass, dK/dV, dQ) with the other kernels at their defaults."""
     B = max(1, tokens // T)
     H = d_model // d
@@ -226,6 +227,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
                lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, dkdv_tile=tile), 2.5 * fl)
     report("sigmoid bwd σ by division",
            lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, mode=0), 2.5 * fl)
+    report("sigmoid bwd db by a reduction across warps",
+           lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, db_by_dot=False), 2.5 * fl)
     report("sigmoid bwd dQ kernel (no atomics)",
            lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, atomic_dq=False), 2.5 * fl)
     for label, s, o, l_ in (("softpick", None, out, lse), ("sink", sink, out_s, lse_s)):

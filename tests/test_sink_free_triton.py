@@ -100,11 +100,12 @@ def test_deterministic_path_is_exact_and_bit_identical(op, monkeypatch):
             assert torch.equal(got, second["got"][name]), name
 
 
-@pytest.mark.parametrize("mode,fold", [(0, False), (3, True), (1, False)])
-def test_sigmoid_other_evaluations(mode, fold):
-    """σ by division (mode 0), with the bias folded into the scores' accumulator, and with a single Newton step, each
-    against float64 in fp32, forward and backward: within 1e-4, except that one Newton step leaves a relative error
-    of up to 3.5e-3 on each weight (7e-3 on its slope), visibly above 1e-4 and below 1e-2."""
+@pytest.mark.parametrize("mode,fold,db_by_dot", [(0, False, False), (3, True, True), (1, False, True)])
+def test_sigmoid_other_evaluations(mode, fold, db_by_dot):
+    """σ by division (mode 0), with the bias folded into the scores' accumulator, and with a single Newton step; db
+    by a reduction across the tile's rows or by a product with ones: each against float64 in fp32, forward and
+    backward, within 1e-4, except that one Newton step leaves a relative error of up to 3.5e-3 on each weight
+    (7e-3 on its slope), visibly above 1e-4 and below 1e-2."""
     case = Case(T=70, d=32, dv=32)
     inputs = make_inputs(case, "sigmoid", seed=4)
     q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
@@ -116,7 +117,8 @@ def test_sigmoid_other_evaluations(mode, fold):
     if mode == 1:
         assert rel_err(out, w @ v.double()) > 1e-4
     do = torch.randn_like(out)
-    dq, dk, dv, dbias = sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, mode=mode)
+    dq, dk, dv, dbias = sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, mode=mode,
+                                                db_by_dot=db_by_dot)
     leaves = [t.double().requires_grad_() for t in (q, k, v, bias)]
     ref = naive_map("sigmoid", leaves[0], leaves[1], leaves[3], scale) @ leaves[2]
     want = torch.autograd.grad((ref * do.double()).sum(), leaves)

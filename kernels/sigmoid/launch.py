@@ -55,11 +55,12 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
              causal: bool, need_dbias: bool, deterministic: bool, *, atomic_dq: bool = True,
              dkdv_tile: Optional[TileConfig] = None, dq_tile: Optional[TileConfig] = None, mode: Optional[int] = None,
-             target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+             db_by_dot: bool = True, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                               Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dbias) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dbias
     (H,) fp32 (None unless ``need_dbias``). dQ is added by atomics inside the dK/dV kernel unless ``deterministic``
-    (or not ``atomic_dq``), when the atomic-free dQ kernel computes it."""
+    (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. ``db_by_dot``: db's sum over each tile's
+    queries as a small product on the tensor cores rather than a reduction across warps (triton_backward.py)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
     dev = q.device
@@ -81,7 +82,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         return (q, k, v, do, bias, dk, dv, dq_acc, partials[0], *q.stride(), *k.stride(), *v.stride(), *do.stride(),
                 *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv, Tq, Tk, B * Hkv, nb, qk_scale2, float(scale))
 
-    dkdv_consts = dict(consts, DQ_ATOMIC=atomic, BIAS_GRAD=need_dbias)
+    dkdv_consts = dict(consts, DQ_ATOMIC=atomic, BIAS_GRAD=need_dbias, DB_BY_DOT=db_by_dot)
     launch_tiled("dkdv", sigmoid_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
                  dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
     if atomic:

@@ -9,7 +9,10 @@ No row statistic enters (no Δ_i = rowsum(dO ⊙ O) pre-pass): five products per
 * ``sigmoid_dkdv_kernel``: one program per key block and key/value head holds k, v, dK, dV over the query blocks of
   every query head of its group (key block 0, seen by every query, first); tiles are laid out (queries, keys). It
   writes per-program partial sums of db_h (reduced on the host in a fixed order) and, with DQ_ATOMIC, adds dQ/scale
-  into an fp32 buffer with atomics (finished by score_tiles.dq_finish_kernel).
+  into an fp32 buffer with atomics (finished by score_tiles.dq_finish_kernel). The sum of dZ over a tile's queries,
+  which db needs, is a reduction across the warps that hold the tile's rows (through shared memory, with a barrier,
+  every tile); with DB_BY_DOT it is instead a small product dZᵀ·1 (BLOCK_M × 16 ones) on the tensor cores beside
+  dK's, accumulated per key in 16 identical columns, and reduced across warps once per program.
 * ``sigmoid_dq_kernel``: dQ with one program per query block and no atomics (the deterministic path): scores, dW
   and dZ recomputed, three products per tile pair.
 """
@@ -28,7 +31,8 @@ def _dkdv_query_block(
     dk, dv, db, k, v, bias2, qk_scale2, Qh, DOh, DQh, sq_t, sq_d, sdo_t, sdo_d, m0, Tq, Tk, offs_n, key_ok, offs_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr,
-    SIGMOID_MODE: tl.constexpr, DQ_ATOMIC: tl.constexpr, MASKED: tl.constexpr,
+    SIGMOID_MODE: tl.constexpr, DQ_ATOMIC: tl.constexpr, BIAS_GRAD: tl.constexpr, DB_BY_DOT: tl.constexpr,
+    MASKED: tl.constexpr,
 ):
     """One query block's share of a key block's dK, dV and db (and its dQ by atomics). Rows past Tq load dO = 0
     and so add nothing; keys past Tk load k = v = 0, so their dW (and dZ) are 0 and their rows are never stored."""
@@ -46,8 +50,12 @@ def _dkdv_query_block(
         slope = tl.where(keep, slope, 0.0)
     dv = tl.dot(tl.trans(w.to(do.dtype)), do, dv, input_precision=DOT_PREC)
     dz = tl.dot(do, tl.trans(v), input_precision=DOT_PREC) * slope
-    db += tl.sum(dz, axis=0)
     dz16 = dz.to(q.dtype)
+    if BIAS_GRAD:
+        if DB_BY_DOT:
+            db = tl.dot(tl.trans(dz16), tl.full([BLOCK_M, 16], 1.0, dz16.dtype), db, input_precision=DOT_PREC)
+        else:
+            db += tl.sum(dz, axis=0)
     dk = tl.dot(tl.trans(dz16), q, dk, input_precision=DOT_PREC)
     if DQ_ATOMIC:
         dq = tl.dot(dz16, k, input_precision=DOT_PREC)
@@ -65,6 +73,7 @@ def sigmoid_dkdv_kernel(
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, CAST_F32: tl.constexpr,
     DOT_PREC: tl.constexpr, SIGMOID_MODE: tl.constexpr, DQ_ATOMIC: tl.constexpr, BIAS_GRAD: tl.constexpr,
+    DB_BY_DOT: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). DK, DV shaped like K, V (strides sdk_*, sdv_*, last dimension contiguous);
     DQACC fp32 zero-filled contiguous (B, H, Tq, HEAD_D), used with DQ_ATOMIC; DB_PART (B, H, num_n_blocks) fp32,
@@ -86,19 +95,26 @@ def sigmoid_dkdv_kernel(
         h = hk * GROUP + g
         bh = b * H + h
         bias2 = tl.load(BIAS + h) * LOG2E
-        db = tl.zeros([BLOCK_N], dtype=tl.float32)
+        if DB_BY_DOT:
+            db = tl.zeros([BLOCK_N, 16], dtype=tl.float32)
+        else:
+            db = tl.zeros([BLOCK_N], dtype=tl.float32)
         Qh = Q + b * sq_b + h * sq_h
         DOh = DO + b * sdo_b + h * sdo_h
         DQh = DQACC + bh * Tq * HEAD_D
         for m0 in range(m_lo, m_mid, BLOCK_M):
             dk, dv, db = _dkdv_query_block(dk, dv, db, k, v, bias2, qk_scale2, Qh, DOh, DQh, sq_t, sq_d, sdo_t, sdo_d,
                                            m0, Tq, Tk, offs_n, key_ok, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D,
-                                           BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, SIGMOID_MODE, DQ_ATOMIC, True)
+                                           BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, SIGMOID_MODE, DQ_ATOMIC, BIAS_GRAD,
+                                           DB_BY_DOT, True)
         for m0 in range(m_mid, m_end, BLOCK_M):
             dk, dv, db = _dkdv_query_block(dk, dv, db, k, v, bias2, qk_scale2, Qh, DOh, DQh, sq_t, sq_d, sdo_t, sdo_d,
                                            m0, Tq, Tk, offs_n, key_ok, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D,
-                                           BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, SIGMOID_MODE, DQ_ATOMIC, False)
+                                           BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, SIGMOID_MODE, DQ_ATOMIC, BIAS_GRAD,
+                                           DB_BY_DOT, False)
         if BIAS_GRAD:
+            if DB_BY_DOT:  # 16 equal columns: keep the first
+                db = tl.sum(tl.where(tl.arange(0, 16)[None, :] == 0, db, 0.0), axis=1)
             tl.store(DB_PART + bh * num_n_blocks + nblk, tl.sum(db, axis=0))
     tl.store(DK + b * sdk_b + hk * sdk_h + offs_n[:, None] * sdk_t + offs_d[None, :],
              (dk * scale).to(DK.dtype.element_ty), mask=key_ok[:, None] & (offs_d < HEAD_D)[None, :])
