@@ -57,7 +57,7 @@ def _key_block(acc, q, bias2, qk_scale2, pos, n0, Tk, Kh, Vh, sk_t, sk_d, sv_t, 
     key_ok = cols < Tk
     k = load_tile(Kh, cols, offs_d, sk_t, sk_d, key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D, CAST_F32)
     if FOLD_BIAS:
-        z = tl.dot(q, tl.trans(k), tl.full([BLOCK_M, BLOCK_N], bias2, tl.float32), input_precision=DOT_PREC)
+        z = tl.dot(q, tl.trans(k), tl.zeros([BLOCK_M, BLOCK_N], tl.float32) + bias2, input_precision=DOT_PREC)
     else:
         z = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2 + bias2
     w, _ = sigmoid_exp2(z, SIGMOID_MODE)
