@@ -186,7 +186,7 @@ def targets(rows: list[dict]) -> list[str]:
 
 SIGMOID_FWD_TILES = [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(128, 64, 4, 3),
                      TileConfig(128, 64, 8, 3)]
-NORMALIZED_FWD_TILES = [TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3), TileConfig(128, 64, 8, 3),
+NORMALIZED_FWD_TILES = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3),
                         TileConfig(128, 128, 8, 2)]
 DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(64, 128, 8, 2), TileConfig(32, 128, 8, 3), TileConfig(128, 64, 8, 2)]
 

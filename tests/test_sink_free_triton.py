@@ -3,6 +3,9 @@ maps of SPEC §2: output and every gradient (q, k, v, the bias / sink logit) on 
 inputs and NaN-poisoned outputs; the deterministic path; σ's other evaluations; torch.compile and the custom ops; the
 dispatchers; bad input."""
 
+import os
+import subprocess
+import sys
 import zlib
 
 import pytest
@@ -271,3 +274,47 @@ def test_cpu_tensors_need_the_interpreter(no_launch, monkeypatch):
     for op in OPS:
         with pytest.raises(ValueError, match="q is on cpu: the Triton kernels need CUDA tensors"):
             _call(op)
+
+
+_COMPILE = """
+import torch
+from benchmarks.registers import compiling_for, ptxas_usage
+from kernels.sigmoid import launch as sigmoid_launch
+from kernels.softpick import launch as normalized_launch
+T, H = 4096, 12
+mk = lambda: torch.zeros(1, T, H, 64, dtype=torch.bfloat16).transpose(1, 2)
+q, k, v, out, do = mk(), mk(), mk(), mk(), mk()
+bias, lse = torch.zeros(H), torch.zeros(1, H, T)
+calls = {
+    "sigmoid": (lambda t: sigmoid_launch.forward(q, k, v, bias, 0.125, True, target=t),
+                lambda t: sigmoid_launch.backward(do, q, k, v, bias, 0.125, True, True, False, target=t)),
+    "softpick": (lambda t: normalized_launch.forward(q, k, v, None, 0.125, 1e-6, True, target=t),
+                 lambda t: normalized_launch.backward(do, q, k, v, out, lse, None, 0.125, True, False, False,
+                                                      target=t)),
+    "sink": (lambda t: normalized_launch.forward(q, k, v, bias, 0.125, 0.0, True, target=t),
+             lambda t: normalized_launch.backward(do, q, k, v, out, lse, bias, 0.125, True, True, False, target=t)),
+}
+for op, (fwd, bwd) in calls.items():
+    for direction, call, part in (("fwd", fwd, "fwd"), ("bwd", bwd, "dkdv")):
+        with compiling_for(90) as target:
+            call(target)
+            u = ptxas_usage(target.compiled[part], 90)
+        print(op, direction, u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+def test_default_kernels_compile_for_hopper_without_spills():
+    """The forward and dK/dV kernels of the three ops, bf16 with heads of 64 at their default tiles, compiled (not
+    interpreted) for sm_90 by the installed Triton through the launchers, in a process of their own (as
+    benchmarks.registers does): each fits an H100/H200 (at most 255 registers, 227 KiB of shared memory) and spills
+    nothing."""
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    path = os.pathsep.join(p for p in (root, os.environ.get("PYTHONPATH", "")) if p)
+    run = subprocess.run([sys.executable, "-c", _COMPILE], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, PYTHONPATH=path, TRITON_INTERPRET="0"), timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    lines = run.stdout.split("\n")
+    usage = [line.split() for line in lines if line]
+    assert len(usage) == 6, run.stdout
+    for op, direction, registers, spills, shared in usage:
+        assert int(registers) <= 255 and int(spills) == 0 and float(shared) <= 227, (op, direction, run.stdout)
