@@ -193,8 +193,8 @@ DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(64, 128, 8, 2), TileConfig(32
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
           device: str = "cuda") -> None:
-    """Time tile candidates of the forward and of the dK/dV kernel, σ's evaluations (division; two Newton steps; the
-    bias folded into the scores), db's sum over queries (a product with ones; a reduction) and the atomic-free dQ
+    """Time tile candidates of the forward and of the dK/dV kernel, σ's evaluations (division, or the default
+    polynomial; the bias folded into the scores), db's sum over queries (a product with ones; a reduction) and the atomic-free dQ
     kernel, each launcher alone, at one shape. Each line is one launcher call: a forward, or a whole backward (Δ
     pre-pass, dK/dV, dQ) with the other kernels at their defaults."""
     B = max(1, tokens // T)

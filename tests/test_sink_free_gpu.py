@@ -66,8 +66,9 @@ def test_deterministic_path_on_gpu(op):
 
 @pytest.mark.parametrize("mode,fold", [(0, False), (2, True), (2, False)])
 def test_sigmoid_evaluations_on_gpu(mode, fold):
-    """σ by division, by ex2 and two Newton steps, and with the bias folded into the scores (q rounded after scaling):
-    all within the bf16 bound at T = 8192, forward and backward (the benchmark times them against each other)."""
+    """σ by division, by ex2, the polynomial and a Newton step, and with the bias folded into the scores (q rounded
+    after scaling): all within the bf16 bound at T = 8192, forward and backward (the benchmark times them against
+    each other)."""
     case = Case(T=8192, d=64, dv=64, dtype=torch.bfloat16)
     x = make_inputs(case, "sigmoid", seed=3, device="cuda")
     q, k, v = (x[n].detach() for n in ("q", "k", "v"))
