@@ -184,11 +184,9 @@ def targets(rows: list[dict]) -> list[str]:
     return lines
 
 
-SIGMOID_FWD_TILES = [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(128, 64, 4, 3),
-                     TileConfig(128, 64, 8, 3)]
-NORMALIZED_FWD_TILES = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3),
-                        TileConfig(128, 128, 8, 2)]
-DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(64, 128, 8, 2), TileConfig(32, 128, 8, 3), TileConfig(128, 64, 8, 2)]
+SIGMOID_FWD_TILES = [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 3)]
+NORMALIZED_FWD_TILES = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3)]
+DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(32, 128, 8, 3), TileConfig(128, 64, 8, 2)]
 
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
@@ -231,16 +229,18 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
            lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, db_by_dot=False), 2.5 * fl)
     report("sigmoid bwd dQ kernel (no atomics)",
            lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, atomic_dq=False), 2.5 * fl)
-    for label, s, o, l_ in (("softpick", None, out, lse), ("sink", sink, out_s, lse_s)):
-        for tile in NORMALIZED_FWD_TILES if label == "softpick" else NORMALIZED_FWD_TILES[:2]:
-            report(f"{label} fwd {tile.describe()}",
-                   lambda: normalized_launch.forward(q, k, v, s, scale, 1e-6, True, tile=tile), fl)
-        for tile in DKDV_TILES if label == "softpick" else DKDV_TILES[:2]:
-            report(f"{label} bwd dK/dV {tile.describe()}",
-                   lambda: normalized_launch.backward(do, q, k, v, o, l_, s, scale, True, s is not None, False,
-                                                      dkdv_tile=tile), 2.5 * fl)
+    for tile in NORMALIZED_FWD_TILES:
+        report(f"softpick fwd {tile.describe()}",
+               lambda: normalized_launch.forward(q, k, v, None, scale, 1e-6, True, tile=tile), fl)
+    for tile in DKDV_TILES:
+        report(f"softpick bwd dK/dV {tile.describe()}",
+               lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False,
+                                                  dkdv_tile=tile), 2.5 * fl)
     report("softpick bwd dQ kernel (no atomics)",
            lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, atomic_dq=False),
+           2.5 * fl)
+    report("sink fwd", lambda: normalized_launch.forward(q, k, v, sink, scale, 0.0, True), fl)
+    report("sink bwd", lambda: normalized_launch.backward(do, q, k, v, out_s, lse_s, sink, scale, True, True, False),
            2.5 * fl)
 
 
