@@ -22,8 +22,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import threshold_attention, threshold_attention_weights
-from model.blocked_attention import blocked_attention, blocked_attention_weights
+from kernels import (sigmoid_attention, sigmoid_attention_weights, sink_softmax_attention, softpick_attention,
+                     softpick_attention_weights, threshold_attention, threshold_attention_weights)
 from model.norms import GatedRMSNorm, RMSNorm, at_least_fp32
 from model.rope import apply_rope
 
@@ -416,8 +416,8 @@ def _train_length(model_cfg, name: str) -> int:
 class SigmoidAttention(_Attention):
     """Sigmoid attention (Ramapuram et al. 2024): w_ij = σ(q_i·k_j/√d + b_h), no row normalisation and no
     output norm (SPEC §2). One learnable bias per head, initialised at −ln(model.seq_len) as the paper
-    advises, so that a row of seq_len keys starts with weights summing to about one. Runs on the blocked
-    PyTorch implementation (model.blocked_attention) on every device."""
+    advises, so that a row of seq_len keys starts with weights summing to about one. Runs on the fused kernels
+    (kernels/sigmoid/) for CUDA tensors, else on their exact blocked PyTorch reference."""
 
     def __init__(self, model_cfg, attn_cfg, layer):
         super().__init__(model_cfg, attn_cfg, layer)
@@ -426,11 +426,10 @@ class SigmoidAttention(_Attention):
         self.score_scale = 1.0 / math.sqrt(self.head_dim)
 
     def mix(self, proj):
-        return blocked_attention("sigmoid", proj.q[0], proj.k[0], proj.v, scale=self.score_scale, bias=self.bias)
+        return sigmoid_attention(proj.q[0], proj.k[0], proj.v, self.bias, scale=self.score_scale)
 
     def maps(self, proj, rows=None):
-        w = blocked_attention_weights("sigmoid", proj.q[0], proj.k[0], scale=self.score_scale, bias=self.bias,
-                                      rows=rows)
+        w = sigmoid_attention_weights(proj.q[0], proj.k[0], self.bias, scale=self.score_scale, rows=rows)
         return {"combined": w, "view1": w}
 
     def scalars(self) -> dict[str, torch.Tensor]:
@@ -442,8 +441,8 @@ class SoftpickAttention(_Attention):
     """Softpick (Zuhri et al. 2025): w_ij = relu(e^{x_ij} − 1) / (Σ_{j'≤i} |e^{x_ij'} − 1| + ε),
     x_ij = q_i·k_j/√d, in SPEC §2's overflow-safe form; no parameter of its own. ε (``attention.eps``)
     defaults to 1e-6, the value of the authors' training kernel (which adds it after the shift by the row
-    maximum; SPEC adds ε in the unshifted formula, as here). Runs on the blocked PyTorch implementation
-    (model.blocked_attention) on every device."""
+    maximum; SPEC adds ε in the unshifted formula, as here). Runs on the fused kernels (kernels/softpick/) for CUDA
+    tensors, else on their exact blocked PyTorch reference."""
 
     def __init__(self, model_cfg, attn_cfg, layer):
         super().__init__(model_cfg, attn_cfg, layer)
@@ -453,29 +452,11 @@ class SoftpickAttention(_Attention):
         self.score_scale = 1.0 / math.sqrt(self.head_dim)
 
     def mix(self, proj):
-        return blocked_attention("softpick", proj.q[0], proj.k[0], proj.v, scale=self.score_scale, eps=self.eps)
+        return softpick_attention(proj.q[0], proj.k[0], proj.v, scale=self.score_scale, eps=self.eps)
 
     def maps(self, proj, rows=None):
-        w = blocked_attention_weights("softpick", proj.q[0], proj.k[0], scale=self.score_scale, eps=self.eps,
-                                      rows=rows)
+        w = softpick_attention_weights(proj.q[0], proj.k[0], scale=self.score_scale, eps=self.eps, rows=rows)
         return {"combined": w, "view1": w}
-
-
-def _sdpa_with_sink(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: torch.Tensor) -> torch.Tensor:
-    """Causal softmax attention whose denominator also holds e^{sink_h}: one fused SDPA call over the keys
-    with a sink key in front, of value 0 and score sink_h for every query. The head dimension grows by a
-    few channels (to a multiple of 8, which the flash and cuDNN kernels want): q carries 1 in them, the sink
-    key sink_h·√d in the first and 0 elsewhere, real keys 0, so that with scale 1/√d a real key scores
-    q·k/√d and the sink sink_h, exactly; sink_h gets its gradient through SDPA's dK. For a square map a
-    throw-away first query row keeps SDPA's causal mask aligned (query i then sees the sink and keys ≤ i)."""
-    B, H, Tq, d = q.shape
-    width = -(d + 1) % 8 + 1
-    square = Tq == k.shape[2]
-    q = F.pad(q, (0, width, int(square), 0), value=1.0)
-    sink_key = (sink * math.sqrt(d)).to(k.dtype).view(1, H, 1, 1).expand(B, H, 1, 1)
-    k = torch.cat((F.pad(sink_key, (d, width - 1)), F.pad(k, (0, width))), dim=2)
-    out = _sdpa(q, k, F.pad(v, (0, 0, 1, 0)), scale=1.0 / math.sqrt(d))
-    return out[:, :, 1:] if square else out
 
 
 @register("sink_softmax")
@@ -483,15 +464,15 @@ class SinkSoftmaxAttention(_Attention):
     """Softmax with a learnable attention sink (as in gpt-oss):
     w_ij = e^{x_ij} / (e^{s_h} + Σ_{j'≤i} e^{x_ij'}), x_ij = q_i·k_j/√d, one learnable logit s_h per head,
     initialised at 0 (where it is the "off-by-one" softmax), so a row's weights sum to less than one.
-    Runs as one fused SDPA call with an extra sink key (``_sdpa_with_sink``) on every device: exact, with
-    no T×T mask."""
+    Runs on the fused kernels (kernels/sink_softmax/) for CUDA tensors, else as one fused SDPA call with an extra
+    sink key (kernels.sink_softmax_attention_reference): exact, with no T×T mask."""
 
     def __init__(self, model_cfg, attn_cfg, layer):
         super().__init__(model_cfg, attn_cfg, layer)
         self.sink = nn.Parameter(torch.zeros(self.n_head))
 
     def mix(self, proj):
-        return _sdpa_with_sink(proj.q[0], proj.k[0], proj.v, self.sink)
+        return sink_softmax_attention(proj.q[0], proj.k[0], proj.v, self.sink, scale=1.0 / math.sqrt(self.head_dim))
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(proj, self.head_dim, rows, sink=self.sink)

@@ -24,6 +24,13 @@ for stage in $stages; do
         bench) python3 -m benchmarks.attention 2>&1 | tee "$log_dir/bench.log" || status=1 ;;
         profile) python3 -m benchmarks.profile --out "$log_dir/profile.md" 2>&1 | tee "$log_dir/profile.log" \
                    || status=1 ;;
+        # the sink-free baselines' kernels (kernels/sigmoid, kernels/softpick, kernels/sink_softmax): their GPU tests,
+        # then their benchmark beside cuDNN softmax and TRA (the table ends the log); sinkfree-sweep: tile candidates
+        sinkfree) TRITON_INTERPRET=0 python3 -m pytest -q -rA -n 8 -p no:cacheprovider --timeout=600 \
+                      tests/test_sink_free_gpu.py 2>&1 | tee "$log_dir/sinkfree_tests.log" || status=1
+                  python3 -m benchmarks.sink_free 2>&1 | tee "$log_dir/sinkfree_bench.log" || status=1 ;;
+        sinkfree-sweep) python3 -m benchmarks.sink_free --seq 8192 --sweep 2>&1 | tee "$log_dir/sinkfree_sweep.log" \
+                            || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done

@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 import kernels.threshold.reference as reference
-import model.blocked_attention as blocked
+import kernels.blocked as blocked
 from model.attention import ATTENTIONS, build_attention
 from tests import naive
 
@@ -257,7 +257,7 @@ def test_sink_softmax_with_a_vanishing_sink_is_softmax():
 @pytest.mark.parametrize("head_dim", [7, 8, 60])
 @pytest.mark.parametrize("queries", [63, 5, 1])  # the whole sequence; the last rows, as with a cache
 def test_sdpa_with_sink_matches_the_formula(head_dim, queries):
-    from model.attention import _sdpa_with_sink
+    from kernels.sink_softmax.reference import sink_softmax_attention_reference
 
     gen = torch.Generator().manual_seed(head_dim)
     q, k, v = (torch.randn(2, 3, 63, head_dim, dtype=torch.float64, generator=gen) for _ in range(3))
@@ -265,7 +265,7 @@ def test_sdpa_with_sink_matches_the_formula(head_dim, queries):
     k.requires_grad_()
     v.requires_grad_()
     sink = torch.randn(3, dtype=torch.float64, generator=gen).requires_grad_()
-    out = _sdpa_with_sink(q, k, v, sink)
+    out = sink_softmax_attention_reference(q, k, v, sink)
     ref = naive.sink_softmax_map(q, k, sink) @ v
     assert rel_err(out, ref) < 1e-12
     probe = torch.randn_like(ref)

@@ -1,0 +1,279 @@
+"""GPU benchmark of the sink-free baselines' attention beside cuDNN's softmax and our TRA kernel, on the same shapes.
+
+    python -m benchmarks.sink_free                          # T = 4096, 8192, 16384; d = 64; B·T = 16384; bf16
+    python -m benchmarks.sink_free --sweep                  # also time tile candidates and σ's evaluations at 8192
+
+For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forward and forward+backward of
+  sdpa-cudnn          causal softmax, torch SDPA forced to the cuDNN backend (the baseline: "×cuDNN")
+  tra                 our one-view threshold kernel (kernels.threshold; "×TRA"), q/k sharing a direction so that a
+                      real share of weights survives (as benchmarks.attention draws them)
+  sigmoid             kernels/sigmoid (the bias −ln T per head, learnable)
+  softpick            kernels/softpick
+  sink_softmax        kernels/sink_softmax (the row-normalised kernels in their sink mode; sink logits learnable)
+  sink (sdpa+key)     the sink as an extra key of SDPA (kernels.sink_softmax_attention_reference), default backends
+  ssmax (sdpa)        SDPA on queries scaled per row by s_h·ln(i+1), default backends, as the model runs it
+Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
+medians of CUDA-event timings (triton.testing.do_bench); TFLOP/s counts softmax's products for every row (forward
+4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
+busy. Before the table, which SDPA backends accept the sink-key call (head dimension d + 8) and the ssmax call.
+
+This module stands apart from benchmarks.attention (the threshold kernels' benchmark), sharing only the kernels'
+public entry points, so that either can change without the other.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import math
+import platform
+import time
+from typing import Callable, Optional
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.functional import scaled_dot_product_attention
+
+from kernels.score_ops import TileConfig
+from kernels.sigmoid import launch as sigmoid_launch
+from kernels.sigmoid.autograd import sigmoid_attention_triton
+from kernels.sink_softmax.autograd import sink_softmax_attention_triton
+from kernels.sink_softmax.reference import sink_softmax_attention_reference
+from kernels.softpick import launch as normalized_launch
+from kernels.softpick.autograd import softpick_attention_triton
+from kernels.threshold.autograd import threshold_attention_triton
+
+D_MODEL = 768
+
+
+def projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, direction: Optional[torch.Tensor] = None,
+               rho: float = 0.0, device: str = "cuda") -> torch.Tensor:
+    """(B, H, T, d) view of a (B, T, H, d) leaf: N(0, 1) rows, plus rho·√d·direction when given."""
+    x = torch.randn(B, T, H, d, device=device)
+    if direction is not None:
+        x += rho * math.sqrt(d) * direction
+    return x.to(dtype).transpose(1, 2).requires_grad_()
+
+
+def time_ms(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
+    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
+                                   return_mode="median")
+
+
+def host_us(fn: Callable[[], object], calls: int = 10) -> float:
+    """CPU time to issue ``fn`` while a sleep kernel holds the GPU (so no call waits for it), in µs."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(500_000_000)
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
+def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int) -> dict:
+    """Forward and forward+backward times (ms) and the host time of a forward+backward (µs)."""
+    do = torch.randn_like(forward())
+
+    def fwd_bwd() -> None:
+        forward().backward(do)
+
+    return {"fwd": time_ms(forward, leaves, rep_ms), "fwd_bwd": time_ms(fwd_bwd, leaves, rep_ms),
+            "host_us": host_us(fwd_bwd)}
+
+
+def _ssmax_queries(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
+    """q_i · s_h ln(i + 1) in fp32, back in q's dtype (model.attention.ScalableSoftmaxAttention.scaled_queries)."""
+    T = q.shape[2]
+    factor = scale[:, None] * torch.log1p(torch.arange(T, device=q.device, dtype=torch.float32))
+    return (q.float() * factor[:, :, None]).to(q.dtype)
+
+
+def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
+            device: str = "cuda") -> dict[str, tuple[Callable, list]]:
+    """name -> (forward, leaves that get gradients) for every row of the table, on fresh inputs."""
+    q, k, v = (projection(B, T, H, d, dtype, device=device) for _ in range(3))
+    bias = torch.full((H,), -math.log(T), device=device, requires_grad=True)
+    sink = torch.zeros(H, device=device, requires_grad=True)
+    ss = torch.full((H,), 1.0 / math.log(T), device=device, requires_grad=True)
+    u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device=device), dim=-1)
+    tq, tk = (projection(B, T, H, d, dtype, u, 0.5, device=device) for _ in range(2))
+    qkv = [q, k, v]
+
+    def cudnn():
+        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
+            return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+    return {
+        "sdpa-cudnn": (cudnn, qkv),
+        "tra": (lambda: threshold_attention_triton(tq, tk, v), [tq, tk, v]),
+        "sigmoid": (lambda: sigmoid_attention_triton(q, k, v, bias), qkv + [bias]),
+        "softpick": (lambda: softpick_attention_triton(q, k, v), qkv),
+        "sink_softmax": (lambda: sink_softmax_attention_triton(q, k, v, sink), qkv + [sink]),
+        "sink (sdpa+key)": (lambda: sink_softmax_attention_reference(q, k, v, sink), qkv + [sink]),
+        "ssmax (sdpa)": (lambda: scaled_dot_product_attention(_ssmax_queries(q, ss), k, v, is_causal=True),
+                         qkv + [ss]),
+    }
+
+
+def sdpa_backends(T: int, d: int, dtype: torch.dtype) -> list[str]:
+    """Which SDPA backends accept the sink-key call (q, k, v widened to the next multiple of 8 above d, one more key;
+    a throw-away query row for the square map) and the ssmax call (plain causal at d), forward and backward."""
+    B, H = 1, 2
+    width = d + (-(d + 1) % 8 + 1)
+    lines = []
+    for label, shape_q, shape_k in (("sink (sdpa+key)", (B, H, T + 1, width), (B, H, T + 1, width)),
+                                    ("ssmax (sdpa)", (B, H, T, d), (B, H, T, d))):
+        verdicts = []
+        for backend in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION):
+            q = torch.randn(*shape_q, device="cuda", dtype=dtype, requires_grad=True)
+            k, v = (torch.randn(*shape_k, device="cuda", dtype=dtype, requires_grad=True) for _ in range(2))
+            try:
+                with sdpa_kernel(backend):
+                    scaled_dot_product_attention(q, k, v, is_causal=True).sum().backward()
+                verdicts.append(f"{backend.name.lower()}: yes")
+            except RuntimeError as err:
+                verdicts.append(f"{backend.name.lower()}: no ({str(err).splitlines()[0][:60]})")
+        lines.append(f"  {label} at head dimension {shape_q[-1]}: " + "; ".join(verdicts))
+    return lines
+
+
+def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
+                device: str = "cuda") -> list[dict]:
+    """The table's rows at one (T, d), with the ratios of each forward+backward to cuDNN's and to TRA's."""
+    B = max(1, tokens // T)
+    H = d_model // d
+    flops = 4 * B * H * T * T * d / 2
+    rows = []
+    for name, (forward, leaves) in methods(B, T, H, d, dtype, device).items():
+        try:
+            r = measure(forward, leaves, rep_ms)
+        except RuntimeError as err:  # a backend that refuses the shape on this GPU
+            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
+            continue
+        rows.append(dict(T=T, B=B, H=H, d=d, method=name, flops=flops, **r))
+    base = {r["method"]: r["fwd_bwd"] for r in rows}
+    for r in rows:
+        r["x_cudnn"] = r["fwd_bwd"] / base.get("sdpa-cudnn", float("nan"))
+        r["x_tra"] = r["fwd_bwd"] / base.get("tra", float("nan"))
+    return rows
+
+
+def format_table(rows: list[dict]) -> str:
+    lines = ["| T | B | method | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s | ×cuDNN | ×TRA | host µs |",
+             "|" + "---|" * 10]
+    for r in rows:
+        lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['fwd']:.3f} | {r['flops'] / r['fwd'] / 1e9:.0f} "
+                     f"| {r['fwd_bwd']:.3f} | {3.5 * r['flops'] / r['fwd_bwd'] / 1e9:.0f} | {r['x_cudnn']:.2f} "
+                     f"| {r['x_tra']:.2f} | {r['host_us']:.0f} |")
+    return "\n".join(lines)
+
+
+def targets(rows: list[dict]) -> list[str]:
+    """The issue's targets, read off the table: sigmoid fwd+bwd ≤ 1.1× cuDNN at T ≥ 8192 and ≤ 1.05× TRA; softpick
+    ≤ 1.25× cuDNN."""
+    lines = []
+    for r in rows:
+        if r["method"] == "sigmoid":
+            lines.append(f"  T={r['T']}: sigmoid {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.10 at T ≥ 8192), "
+                         f"{r['x_tra']:.2f}× TRA (target ≤ 1.05)")
+        if r["method"] == "softpick":
+            lines.append(f"  T={r['T']}: softpick {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.25)")
+    return lines
+
+
+SIGMOID_FWD_TILES = [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 3)]
+NORMALIZED_FWD_TILES = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3)]
+DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(32, 128, 8, 3), TileConfig(128, 64, 8, 2)]
+
+
+def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
+          device: str = "cuda") -> None:
+    """Time tile candidates of the forward and of the dK/dV kernel, σ's evaluations (division, or the default
+    polynomial; the bias folded into the scores), db's sum over queries (a product with ones; a reduction) and the atomic-free dQ
+    kernel, each launcher alone, at one shape. Each line is one launcher call: a forward, or a whole backward (Δ
+    pre-pass, dK/dV, dQ) with the other kernels at their defaults."""
+    B = max(1, tokens // T)
+    H = d_model // d
+    q, k, v = (projection(B, T, H, d, dtype, device=device).detach() for _ in range(3))
+    bias = torch.full((H,), -math.log(T), device=device)
+    sink = torch.zeros(H, device=device)
+    scale = d ** -0.5
+    fl = 4 * B * H * T * T * d / 2
+    do = torch.randn_like(q)
+    out, lse = normalized_launch.forward(q, k, v, None, scale, 1e-6, True)
+    out_s, lse_s = normalized_launch.forward(q, k, v, sink, scale, 0.0, True)
+
+    def report(what: str, fn: Callable[[], object], flops: float) -> None:
+        try:
+            ms = time_ms(fn, [], rep_ms)
+        except Exception as err:  # out of resources or a compile failure: report and go on
+            print(f"  {what}: failed ({type(err).__name__}: {str(err)[:80]})", flush=True)
+            return
+        print(f"  {what}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s", flush=True)
+
+    print(f"sweep at T={T} B={B} H={H} d={d}")
+    for tile in SIGMOID_FWD_TILES:
+        report(f"sigmoid fwd {tile.describe()}",
+               lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, tile=tile), fl)
+    report("sigmoid fwd σ by division", lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, mode=0), fl)
+    report("sigmoid fwd bias folded", lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, fold_bias=True), fl)
+    for tile in DKDV_TILES:
+        report(f"sigmoid bwd dK/dV {tile.describe()}",
+               lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, dkdv_tile=tile), 2.5 * fl)
+    report("sigmoid bwd σ by division",
+           lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, mode=0), 2.5 * fl)
+    report("sigmoid bwd db by a reduction across warps",
+           lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, db_by_dot=False), 2.5 * fl)
+    report("sigmoid bwd dQ kernel (no atomics)",
+           lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, atomic_dq=False), 2.5 * fl)
+    for tile in NORMALIZED_FWD_TILES:
+        report(f"softpick fwd {tile.describe()}",
+               lambda: normalized_launch.forward(q, k, v, None, scale, 1e-6, True, tile=tile), fl)
+    for tile in DKDV_TILES:
+        report(f"softpick bwd dK/dV {tile.describe()}",
+               lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False,
+                                                  dkdv_tile=tile), 2.5 * fl)
+    report("softpick bwd dQ kernel (no atomics)",
+           lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, atomic_dq=False),
+           2.5 * fl)
+    report("sink fwd", lambda: normalized_launch.forward(q, k, v, sink, scale, 0.0, True), fl)
+    report("sink bwd", lambda: normalized_launch.backward(do, q, k, v, out_s, lse_s, sink, scale, True, True, False),
+           2.5 * fl)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64])
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
+    parser.add_argument("--rep-ms", type=int, default=100, help="timing window per measurement")
+    parser.add_argument("--sweep", action="store_true", help="then time tile candidates and variants")
+    parser.add_argument("--sweep-seq", type=int, default=8192)
+    parser.add_argument("--sweep-rep-ms", type=int, default=50)
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.sink_free needs a CUDA GPU")
+    dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
+    header = (f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
+              f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN {torch.backends.cudnn.version()} · "
+              f"python {platform.python_version()} · {args.dtype}")
+    print(header)
+    rows = []
+    for d in args.head_dims:
+        print("\n".join(sdpa_backends(4096, d, dtype)), flush=True)
+        for T in args.seq:
+            shape_rows = bench_shape(T, args.tokens, d, dtype, args.rep_ms)
+            print(format_table(shape_rows), flush=True)
+            rows += shape_rows
+    if args.sweep:
+        for d in args.head_dims:
+            sweep(args.sweep_seq, args.tokens, d, dtype, args.sweep_rep_ms)
+    print("\n" + header + "\n" + format_table(rows) + "\n" + "\n".join(targets(rows)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,112 @@
+"""Device helpers shared by the one-view score kernels (kernels/sigmoid/, kernels/softpick/): tile loads, the order in
+which programs take query and key blocks, which blocks a causal map visits (and which of them need the mask), and the
+kernel that turns dQ accumulated in fp32 into the gradient.
+
+Layout conventions: a program of a query-parallel kernel owns BLOCK_M query rows of one head, the longest blocks
+(those that see the most keys) launched first and the heads of one block adjacent, so programs running together share
+keys and values in L2. A program of a key-parallel kernel owns BLOCK_N keys of one key/value head, key block 0 (seen
+by every query) first. Query row i sits at absolute position i + Tk − Tq.
+"""
+
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def load_tile(base, rows, cols, s_row, s_col, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr,
+              CAST_F32: tl.constexpr):
+    """base[rows, cols] (strides s_row, s_col); rows / columns failing their check read as 0; fp32 if CAST_F32."""
+    ptrs = base + rows[:, None] * s_row + cols[None, :] * s_col
+    if CHECK_ROWS:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
+    else:
+        if CHECK_COLS:
+            x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
+        else:
+            x = tl.load(ptrs)
+    if CAST_F32:
+        x = x.to(tl.float32)
+    return x
+
+
+@triton.jit
+def query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M: tl.constexpr):
+    """This program's query block in a (num_m_blocks * B * H,) grid, longest first: (b, h, hk, m0), batch, query
+    head, its key/value head h // GROUP (int64, for offsets) and the block's first row."""
+    pid = tl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    b = (bh // H).to(tl.int64)
+    h = bh % H
+    hk = (h // GROUP).to(tl.int64)
+    return b, h.to(tl.int64), hk, m0
+
+
+@triton.jit
+def key_block_program(num_bhk, Hkv, BLOCK_N: tl.constexpr):
+    """This program's key block in a (num_n_blocks * B * Hkv,) grid, block 0 first: (b, hk, nblk, n0)."""
+    pid = tl.program_id(0)
+    bhk = pid % num_bhk
+    nblk = pid // num_bhk
+    b = (bhk // Hkv).to(tl.int64)
+    hk = (bhk % Hkv).to(tl.int64)
+    return b, hk, nblk, nblk * BLOCK_N
+
+
+@triton.jit
+def visible_keys(m0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """For the query block starting at row m0: (full_end, hi). Key blocks before full_end lie whole inside the keys
+    and are seen whole by every row of the block (no mask); those in [full_end, hi) need the mask; keys from hi on
+    are seen by no row."""
+    if CAUSAL:
+        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
+        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
+    else:
+        hi = Tk
+        full_end = (Tk // BLOCK_N) * BLOCK_N
+    return full_end, hi
+
+
+@triton.jit
+def visible_queries(n0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
+    """For the key block starting at key n0: (m_lo, m_mid, m_end). Query blocks in [m_lo, m_mid) see part of the
+    block (mask); those in [m_mid, m_end) see all of it (rows past Tq are masked by their loads); rows before m_lo
+    see none of it."""
+    m_end = tl.cdiv(Tq, BLOCK_M) * BLOCK_M
+    if CAUSAL:
+        m_lo = (tl.maximum(n0 - (Tk - Tq), 0) // BLOCK_M) * BLOCK_M
+        m_mid = tl.cdiv(n0 + BLOCK_N - 1 - (Tk - Tq), BLOCK_M) * BLOCK_M
+        m_mid = tl.minimum(tl.maximum(m_mid, m_lo), m_end)
+    else:
+        m_lo = 0
+        m_mid = 0
+    return m_lo, m_mid, m_end
+
+
+@triton.jit
+def visible(pos, cols, key_ok, CAUSAL: tl.constexpr):
+    """(rows, keys) mask of the entries a row at absolute position ``pos`` sees among keys ``cols``."""
+    keep = key_ok[None, :]
+    if CAUSAL:
+        keep = keep & (cols[None, :] <= pos[:, None])
+    return keep
+
+
+@triton.jit
+def dq_finish_kernel(ACC, DQ, sdq_b, sdq_h, sdq_t, H, Tq, num_m_blocks, factor,
+                     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """DQ = factor · ACC, cast to DQ's dtype. ACC fp32 contiguous (B, H, Tq, HEAD_D); DQ of that shape with strides
+    sdq_* (the last dimension contiguous). Grid: (B * H * num_m_blocks,)."""
+    pid = tl.program_id(0)
+    bh = (pid // num_m_blocks).to(tl.int64)
+    offs_m = (pid % num_m_blocks) * BLOCK_M + tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    ok = (offs_m < Tq)[:, None] & (offs_d < HEAD_D)[None, :]
+    acc = tl.load(ACC + bh * Tq * HEAD_D + offs_m[:, None] * HEAD_D + offs_d[None, :], mask=ok, other=0.0)
+    b = bh // H
+    h = bh % H
+    tl.store(DQ + b * sdq_b + h * sdq_h + offs_m[:, None] * sdq_t + offs_d[None, :],
+             (acc * factor).to(DQ.dtype.element_ty), mask=ok)

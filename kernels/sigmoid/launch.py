@@ -1,0 +1,104 @@
+"""Host-side launchers of the sigmoid-attention kernels (no autograd, no input checks: autograd.py and validation in
+kernels/score_ops.py come first).
+
+Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; bias (H,) fp32 on the inputs' device.
+Outputs and gradients are allocated in their inputs' memory layout (kernels.common.new_rows_like). Every kernel is
+launched through kernels.fast_launch, or, given a ``CompileTarget``, only compiled; the parts are named ``fwd``,
+``dkdv``, ``dq`` and ``dq_finish``. The keyword options (tiles, σ's evaluation, the bias folded into the scores, the
+dQ path) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+
+from .. import common
+from ..common import CompileTarget, interpreting, padded
+from ..score_ops import LOG2E, TileConfig, compute_constexprs, launch_tiled, run
+from ..score_tiles import dq_finish_kernel
+from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
+from .triton_backward import sigmoid_dkdv_kernel, sigmoid_dq_kernel
+from .triton_forward import sigmoid_fwd_kernel
+
+_chosen: dict[tuple, TileConfig] = {}
+
+
+def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, mode: Optional[int]) -> dict:
+    d, dv = q.shape[-1], v.shape[-1]
+    return dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), CAUSAL=causal,
+                SIGMOID_MODE=sigmoid_mode(q.element_size()) if mode is None else mode, **compute_constexprs(q.dtype))
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float, causal: bool, *,
+            tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
+            target: Optional[CompileTarget] = None) -> torch.Tensor:
+    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q."""
+    B, H, Tq, d = q.shape
+    Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    out = common.new_rows_like(q, dv)
+    consts = dict(_constexprs(q, v, causal, mode), FOLD_BIAS=fold_bias)
+
+    def grid(cfg: TileConfig) -> tuple:
+        return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+
+    def args_for(cfg: TileConfig) -> tuple:
+        return (q, k, v, out, bias, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, H // Hkv, Tq, Tk, B * H,
+                triton.cdiv(Tq, cfg.block_m), float(scale) * LOG2E)
+
+    launch_tiled("fwd", sigmoid_fwd_kernel, grid, args_for, forward_configs(d, dv, q.element_size()), consts, tile,
+                 target, _chosen, ("fwd", q.dtype, tuple(consts.items())))
+    return out
+
+
+def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
+             causal: bool, need_dbias: bool, deterministic: bool, *, atomic_dq: bool = True,
+             dkdv_tile: Optional[TileConfig] = None, dq_tile: Optional[TileConfig] = None, mode: Optional[int] = None,
+             db_by_dot: bool = True, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+                                                              Optional[torch.Tensor]]:
+    """Gradients (dq, dk, dv, dbias) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dbias
+    (H,) fp32 (None unless ``need_dbias``). dQ is added by atomics inside the dK/dV kernel unless ``deterministic``
+    (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. ``db_by_dot``: db's sum over each tile's
+    queries as a small product on the tensor cores rather than a reduction across warps (triton_backward.py)."""
+    B, H, Tq, d = q.shape
+    Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
+    dev = q.device
+    atomic = atomic_dq and not deterministic
+    consts = _constexprs(q, v, causal, mode)
+    dk = common.new_rows_like(k, d)
+    dv = common.new_rows_like(v, dv_dim)
+    dq = common.new_rows_like(q, d)
+    dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
+    partials: list[Optional[torch.Tensor]] = [None]
+    qk_scale2 = float(scale) * LOG2E
+
+    def grid(cfg: TileConfig) -> tuple:
+        return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
+
+    def args_for(cfg: TileConfig) -> tuple:
+        nb = triton.cdiv(Tk, cfg.block_n)
+        partials[0] = common.new_output((B, H, nb), torch.float32, dev) if need_dbias else dq_acc
+        return (q, k, v, do, bias, dk, dv, dq_acc, partials[0], *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+                *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv, Tq, Tk, B * Hkv, nb, qk_scale2, float(scale))
+
+    dkdv_consts = dict(consts, DQ_ATOMIC=atomic, BIAS_GRAD=need_dbias, DB_BY_DOT=db_by_dot)
+    launch_tiled("dkdv", sigmoid_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
+                 dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
+    if atomic:
+        block = 32 if interpreting() else 64
+        nm = triton.cdiv(Tq, block)
+        run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
+            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
+    else:
+        def dq_grid(cfg: TileConfig) -> tuple:
+            return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+
+        def dq_args(cfg: TileConfig) -> tuple:
+            return (q, k, v, do, bias, dq, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride()[:3],
+                    H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m), qk_scale2, float(scale))
+
+        launch_tiled("dq", sigmoid_dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, q.element_size()), consts,
+                     dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))
+    dbias = partials[0].sum(dim=(0, 2)) if need_dbias else None
+    return dq, dk, dv, dbias

@@ -1,0 +1,111 @@
+"""Host-side launchers of the row-normalised kernels: softpick and softmax with a sink logit (no autograd, no input
+checks: the ops' autograd.py and kernels/score_ops.py come first).
+
+Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; ``sink`` (H,) fp32 (the sink logits)
+or None for softpick. Outputs and gradients are allocated in their inputs' layouts (kernels.common.new_rows_like).
+Every kernel is launched through kernels.fast_launch, or, given a ``CompileTarget``, only compiled; the parts are
+named ``fwd``, ``delta``, ``dkdv``, ``dq`` and ``dq_finish``.
+"""
+from __future__ import annotations
+
+from typing import Optional
+
+import torch
+import triton
+
+from .. import common
+from ..common import CompileTarget, interpreting, padded
+from ..score_ops import LOG2E, TileConfig, compute_constexprs, launch_tiled, run
+from ..score_tiles import dq_finish_kernel
+from .tiles import backward_configs, dq_configs, forward_configs
+from .triton_backward import normalized_dkdv_kernel, normalized_dq_kernel, row_delta_kernel
+from .triton_forward import normalized_fwd_kernel
+
+_chosen: dict[tuple, TileConfig] = {}
+
+
+def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, sink: Optional[torch.Tensor]) -> dict:
+    d, dv = q.shape[-1], v.shape[-1]
+    return dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), CAUSAL=causal,
+                MODE=0 if sink is None else 1, **compute_constexprs(q.dtype))
+
+
+def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[torch.Tensor], scale: float, eps: float,
+            causal: bool, *, tile: Optional[TileConfig] = None,
+            target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """(out, lse): the output (B, H, Tq, dv) in q's dtype laid out like q, and L (B, H, Tq) fp32, each row's log2
+    of its unshifted denominator (what the backward rebuilds the weights from)."""
+    B, H, Tq, d = q.shape
+    Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
+    out = common.new_rows_like(q, dv)
+    lse = common.new_output((B, H, Tq), torch.float32, q.device)
+    consts = _constexprs(q, v, causal, sink)
+    sink_ = sink if sink is not None else lse
+
+    def grid(cfg: TileConfig) -> tuple:
+        return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+
+    def args_for(cfg: TileConfig) -> tuple:
+        return (q, k, v, out, lse, sink_, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, H // Hkv, Tq, Tk,
+                B * H, triton.cdiv(Tq, cfg.block_m), float(scale) * LOG2E, float(eps))
+
+    launch_tiled("fwd", normalized_fwd_kernel, grid, args_for, forward_configs(d, dv, q.element_size()), consts,
+                 tile, target, _chosen, ("fwd", q.dtype, tuple(consts.items())))
+    return out, lse
+
+
+def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
+             lse: torch.Tensor, sink: Optional[torch.Tensor], scale: float, causal: bool, need_dsink: bool,
+             deterministic: bool, *, atomic_dq: bool = True, dkdv_tile: Optional[TileConfig] = None,
+             dq_tile: Optional[TileConfig] = None, target: Optional[CompileTarget] = None,
+             ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
+    """Gradients (dq, dk, dv, dsink) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dsink
+    (H,) fp32 (None unless ``need_dsink``, which needs ``sink``). dQ is added by atomics inside the dK/dV kernel
+    unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it."""
+    B, H, Tq, d = q.shape
+    Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
+    dev = q.device
+    need_dsink = need_dsink and sink is not None
+    atomic = atomic_dq and not deterministic
+    consts = _constexprs(q, v, causal, sink)
+    qk_scale2 = float(scale) * LOG2E
+
+    block = 32 if interpreting() else 64
+    nm = triton.cdiv(Tq, block)
+    delta = common.new_output((B, H, Tq), torch.float32, dev)
+    sink_part = common.new_output((B, H, nm), torch.float32, dev) if need_dsink else delta
+    run("delta", row_delta_kernel, (B * H * nm,), (
+        out, do, lse, sink if sink is not None else lse, delta, sink_part, *out.stride(), *do.stride(), H, Tq, nm),
+        dict(HEAD_DV=dv_dim, BLOCK_M=block, BLOCK_DV=padded(dv_dim), SINK_GRAD=need_dsink), target)
+
+    dk = common.new_rows_like(k, d)
+    dv = common.new_rows_like(v, dv_dim)
+    dq = common.new_rows_like(q, d)
+    dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
+
+    def grid(cfg: TileConfig) -> tuple:
+        return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
+
+    def args_for(cfg: TileConfig) -> tuple:
+        return (q, k, v, do, lse, delta, dk, dv, dq_acc, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+                *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv, Tq, Tk, B * Hkv, qk_scale2, float(scale))
+
+    dkdv_consts = dict(consts, DQ_ATOMIC=atomic)
+    launch_tiled("dkdv", normalized_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
+                 dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
+    if atomic:
+        run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
+            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
+    else:
+        def dq_grid(cfg: TileConfig) -> tuple:
+            return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+
+        def dq_args(cfg: TileConfig) -> tuple:
+            return (q, k, v, do, lse, delta, dq, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
+                    *dq.stride()[:3], H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m), qk_scale2,
+                    float(scale))
+
+        launch_tiled("dq", normalized_dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, q.element_size()), consts,
+                     dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))
+    dsink = sink_part.sum(dim=(0, 2)) if need_dsink else None
+    return dq, dk, dv, dsink

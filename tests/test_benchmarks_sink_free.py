@@ -1,0 +1,57 @@
+"""benchmarks.sink_free without a GPU: every row and every sweep line runs (kernels under the interpreter, timings
+replaced by a stand-in), the table and the targets read what the rows hold, and the module refuses to run its main
+without a GPU."""
+import pytest
+import torch
+
+import benchmarks.sink_free as bench
+
+
+@pytest.fixture
+def untimed(monkeypatch):
+    """Timings that only call the function once (no CUDA events, no sleep kernel)."""
+    calls = []
+
+    def once(fn, grads=None, rep_ms=0):
+        fn()
+        calls.append(fn)
+        return 1.0
+
+    monkeypatch.setattr(bench, "time_ms", once)
+    monkeypatch.setattr(bench, "host_us", lambda fn, calls=10: once(fn) * 1000)
+    return calls
+
+
+def test_every_row_runs_and_ratios_divide_by_cudnn_and_tra(untimed, monkeypatch, capsys):
+    """On CPU, cuDNN's row is refused (and said so); every other method runs forward and forward+backward."""
+    rows = bench.bench_shape(32, 32, 16, torch.float32, 1, d_model=32, device="cpu")
+    methods = [r["method"] for r in rows]
+    assert set(methods) >= {"tra", "sigmoid", "softpick", "sink_softmax", "sink (sdpa+key)", "ssmax (sdpa)"}
+    assert all(r["x_tra"] == 1.0 for r in rows)  # the stand-in times every call 1 ms
+    if "sdpa-cudnn" not in methods:
+        assert "sdpa-cudnn: unavailable" in capsys.readouterr().out
+
+
+def test_sweep_lines_all_run(untimed, capsys):
+    bench.sweep(32, 32, 16, torch.float32, 1, d_model=32, device="cpu")
+    out = capsys.readouterr().out
+    assert "failed" not in out
+    assert out.count("sigmoid fwd") == len(bench.SIGMOID_FWD_TILES) + 2
+    assert "softpick bwd dQ kernel" in out and "sink bwd" in out
+
+
+def test_table_and_targets():
+    row = dict(T=8192, B=2, method="sigmoid", H=12, d=64, fwd=0.5, fwd_bwd=2.0, flops=1e11, host_us=300.0,
+               x_cudnn=1.08, x_tra=1.02)
+    header, rule, line = bench.format_table([row]).splitlines()
+    assert header.count("|") == rule.count("|") == line.count("|") == 11
+    assert line == "| 8192 | 2 | sigmoid | 0.500 | 200 | 2.000 | 175 | 1.08 | 1.02 | 300 |"
+    assert bench.targets([row, dict(row, method="softpick", x_cudnn=1.3)]) == [
+        "  T=8192: sigmoid 1.08× cuDNN (target ≤ 1.10 at T ≥ 8192), 1.02× TRA (target ≤ 1.05)",
+        "  T=8192: softpick 1.30× cuDNN (target ≤ 1.25)"]
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
+def test_without_a_gpu_it_says_so():
+    with pytest.raises(SystemExit, match="needs a CUDA GPU"):
+        bench.main(["--seq", "128"])
