@@ -100,3 +100,10 @@ class DataConfig:
         keys += {"builtin": [], "local": ["paths", "text_field"],
                  "hub": ["hub_path", "hub_config", "hub_split", "hub_data_files", "text_field"]}[self.source]
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v for key in keys}
+
+    def source_settings(self) -> dict[str, Any]:
+        """The settings that say which text a prepared folder holds and how it was tokenised: those a
+        reader of the folder must agree with. How the text was split (val_fraction) and stored
+        (shard_tokens, dtype) is the folder's own business: readers take it from the folder."""
+        return {key: value for key, value in self.settings().items()
+                if key not in ("shard_tokens", "val_fraction", "dtype")}
