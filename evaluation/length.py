@@ -77,7 +77,8 @@ def run(ctx: EvalContext) -> dict:
                 entry["ntk"] = entry["plain"]  # a factor of 1 is the plain model
                 continue
             with rope_ntk_scaling(ctx.model, m if mode == "ntk" else 1):
-                per_position, count = loss_by_position(ctx, length, batch_size, max(1, sequences // batch_size))
+                per_position, count = loss_by_position(ctx, length, batch_size, max(1, sequences // batch_size),
+                                                       note=mode == "plain")
             loss = float(per_position.mean())
             entry[mode] = {"loss": loss, "perplexity": math.exp(loss), "sequences": count,
                            "loss_by_position": per_position.tolist()}

@@ -27,14 +27,15 @@ def no_window(ctx: EvalContext, seq_len: int) -> str:
 
 
 @torch.no_grad()
-def loss_by_position(ctx: EvalContext, seq_len: int, batch_size: int, max_batches: int) -> tuple[torch.Tensor, int]:
+def loss_by_position(ctx: EvalContext, seq_len: int, batch_size: int, max_batches: int,
+                     note: bool = True) -> tuple[torch.Tensor, int]:
     """Mean loss (nats) at each position of the fixed validation windows of ``seq_len`` tokens, laid out as
     in training (BOS-aligned or not): ((seq_len,) float64, number of sequences used). A split smaller than
-    one batch gives one batch of every window it has."""
+    one batch gives one batch of every window it has (printed as a note when ``note``)."""
     with warnings.catch_warnings():  # a split smaller than one batch: said once below, not as a warning
         warnings.simplefilter("ignore", UserWarning)
         batches = validation_batches(ctx.shard_dir, batch_size, seq_len, max_batches, bos_aligned=ctx.bos_aligned)
-    if batches.note:
+    if note and batches.note:
         print(f"note: {batches.note}", flush=True)
     total = torch.zeros(seq_len, dtype=torch.float64)
     count = 0
