@@ -189,8 +189,6 @@ def test_unknown_options_and_unreadable_overrides_are_one_error_line(override, m
     (["tasks=[passkey]", "passkey.trials=abc"], "passkey.trials must be an int >= 1"),
     (["tasks=[passkey]", "passkey=3"], "passkey must be a group of options"),
     (["tasks=[val_loss]", "seq_len=abc"], "seq_len must be an int >= 1 or null"),
-    (["tasks=[val_loss]", "batch_size=0"], "batch_size must be an int >= 1"),
-    (["tasks=[length_extrapolation]", "length.multiples=abc"], "length.multiples must be a list of ints >= 1"),
     (["tasks=[length_extrapolation]", "length.tokens=abc"], "length.tokens must be an int >= 1"),
     (["tasks=[sample]", "sample.max_new_tokens=abc"], "sample.max_new_tokens must be an int >= 1"),
     (["tasks=[sample]", "sample.top_k=abc"], "sample.top_k must be an int >= 1 or null"),
