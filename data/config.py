@@ -7,7 +7,8 @@ Keys (flat mapping; see conf/data/*.yaml):
     dir           str    folder of the shards; relative paths are resolved against the project root
     bos_aligned   bool   training windows start at a document start (read by the loader)
     shard_tokens  int    tokens per shard (the last shard of a split is shorter)
-    val_fraction  float  share of documents held out for validation, spread evenly over the stream
+    val_fraction  float  share of documents held out for validation, spread evenly over the stream (a
+                         source too small for any at that rate gives its last one; data.prepare)
     dtype         str    auto | uint16 | uint32 (token storage; auto picks the smallest that fits)
     workers       int    tokeniser processes; 0 = one per CPU core
     chunk_docs    int    documents per tokenisation task
