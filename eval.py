@@ -128,14 +128,15 @@ def check_command_line(argv: list[str]) -> str | None:
     Hydra cannot parse), in one line; None when they do, or when Hydra's own options (--multirun, another
     config, --help, ...) are in play, which Hydra then handles itself."""
     from hydra import compose, initialize_config_dir
-    from hydra._internal.utils import get_args_parser
     from hydra.errors import HydraException
     from omegaconf.errors import OmegaConfBaseException
 
     try:
+        from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser (not public API)
+
         args = get_args_parser().parse_args(argv)
-    except SystemExit:
-        return None  # Hydra prints its own usage
+    except (ImportError, AttributeError, SystemExit):
+        return None  # another Hydra version, or arguments Hydra answers itself (usage, --version)
     if any(getattr(args, name, None) for name in ("multirun", "config_path", "config_name", "config_dir", "help",
                                                    "hydra_help", "shell_completion", "info", "experimental_rerun")):
         return None

@@ -231,6 +231,42 @@ def test_a_source_too_small_for_val_fraction_gives_its_last_document_to_validati
     assert read_meta(shard_dir)["splits"]["val"]["documents"] == 0
 
 
+def test_a_crash_after_the_last_document_moved_resumes_to_identical_shards(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    write_jsonl(tmp_path / "src" / "a.jsonl", make_documents(6))
+    clean = prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "clean"), val_fraction=0.01,
+                                        shard_tokens=100_000), progress=False)
+    cfg = config(tmp_path, val_fraction=0.01, shard_tokens=100_000)
+    with monkeypatch.context() as patch:
+        def crash(self):
+            raise Crash("killed before the shards were sealed")
+
+        patch.setattr(prep.ShardWriter, "finish", crash)
+        with pytest.raises(Crash):
+            prep.prepare_dataset(cfg, progress=False)
+    record = json.loads((prep.work_dir(cfg.shard_dir) / prep.PROGRESS_NAME).read_text())
+    assert record["splits"]["val"]["documents"] == 1  # the move was recorded before the crash
+    prep.prepare_dataset(cfg, progress=False)
+    assert shard_bytes(cfg.shard_dir) == shard_bytes(clean) and read_meta(cfg.shard_dir)["splits"] == read_meta(clean)["splits"]
+
+
+def test_an_interrupted_folder_of_the_in_place_layout_is_resumed(tmp_path, jsonl_docs, monkeypatch):
+    clean = prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "clean")), progress=False)
+    cfg = config(tmp_path)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 37)
+        with pytest.raises(Crash):
+            prep.prepare_dataset(cfg, progress=False)
+    os.replace(prep.work_dir(cfg.shard_dir), cfg.shard_dir)  # where earlier versions wrote unfinished shards
+    prep.prepare_dataset(cfg, progress=False)
+    assert shard_bytes(cfg.shard_dir) == shard_bytes(clean) and not prep.work_dir(cfg.shard_dir).exists()
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "notes.txt").write_text("not shards")
+    with pytest.raises(ValueError, match="holds no finished preparation"):
+        prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "stray")), progress=False)
+    assert (tmp_path / "stray" / "notes.txt").exists()
+
+
 def test_a_single_document_cannot_be_split_and_the_error_says_what_to_do(tmp_path):
     (tmp_path / "src").mkdir()
     write_jsonl(tmp_path / "src" / "a.jsonl", make_documents(1))
