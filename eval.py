@@ -9,7 +9,10 @@ Tasks (evaluation/<module>.py, options in conf/eval.yaml):
     passkey               passkey retrieval with 1, 2, 4 keys over lengths × depths (exact match and likelihood)
     zero_shot             HellaSwag, ARC-Easy/Challenge, OpenBookQA, PIQA, Winogrande via lm-evaluation-harness
     sample                text generated from a prompt (printed)
-Bad input (no checkpoint, unknown task, a length the model cannot take) is one line `error: ...`, exit 2.
+Bad input (no run_dir=, no checkpoint, an unknown task or option, a value of the wrong kind, a length
+nothing can run at) is one line `error: ...` naming the option, exit 2. Lengths that only some of a task's
+settings cannot run at (a passkey prompt that does not fit, a multiple beyond the model's max_seq_len) are
+skipped and named in the result's `skipped` instead.
 """
 from __future__ import annotations
 
@@ -18,11 +21,13 @@ import sys
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig, ListConfig
+from omegaconf import DictConfig, OmegaConf
 
-from evaluation import length, passkey, sample, val_loss, zero_shot
+from evaluation import length, options, passkey, sample, val_loss, zero_shot
 from evaluation.context import EvalContext, device_and_autocast
-from model.checkpoint import load_run
+from model.checkpoint import checkpoint_problem, load_run
+
+CONF_DIR = Path(__file__).resolve().parent / "conf"
 
 TASKS = {"val_loss": val_loss, "length_extrapolation": length, "passkey": passkey, "zero_shot": zero_shot,
          "sample": sample}
@@ -57,15 +62,43 @@ def write_table(out_dir: Path, run_name: str) -> Path:
     return table
 
 
-def evaluate(cfg: DictConfig) -> Path:
-    tasks = list(cfg.tasks) if isinstance(cfg.tasks, (list, ListConfig)) else [cfg.tasks]
+def _tasks(cfg: DictConfig) -> list[str]:
+    tasks = options.value(cfg, "tasks")
+    tasks = tasks if isinstance(tasks, list) else [tasks]
     unknown = [t for t in tasks if t not in TASKS]
     if unknown or not tasks:
         raise ValueError(f"unknown task(s) {', '.join(map(str, unknown)) or '(none given)'}; "
-                         f"choose from: {', '.join(TASKS)}")
-    device, autocast = device_and_autocast(str(cfg.device), str(cfg.precision))
-    model, run_cfg, step = load_run(cfg.run_dir, device, cfg.checkpoint)
-    out_dir = Path(cfg.run_dir) / "eval"
+                         f"choose from: {', '.join(TASKS)} (e.g. tasks=[val_loss,passkey])")
+    return tasks
+
+
+def _run_dir(cfg: DictConfig) -> str:
+    if OmegaConf.is_missing(cfg, "run_dir") or cfg.run_dir is None:
+        raise ValueError("run_dir= is required: pass the folder of a trained run, e.g. python eval.py "
+                         "run_dir=runs/<name> (train.py writes runs/<name>/)")
+    return options.text(cfg, "run_dir")
+
+
+def _checkpoint(cfg: DictConfig) -> str | None:
+    path = options.text(cfg, "checkpoint", optional=True)
+    if path is not None:
+        if not Path(path).is_dir():
+            raise ValueError(f"checkpoint={path}: no such folder (pass a checkpoint folder, e.g. "
+                             f"checkpoint=runs/<name>/checkpoints/step_<N>, or leave it out for the newest)")
+        problem = checkpoint_problem(Path(path))
+        if problem is not None:
+            raise ValueError(f"checkpoint={path}: not a usable checkpoint ({problem})")
+    return path
+
+
+def evaluate(cfg: DictConfig) -> Path:
+    run_dir = _run_dir(cfg)
+    tasks = _tasks(cfg)
+    device, autocast = device_and_autocast(options.text(cfg, "device"), options.text(cfg, "precision"))
+    options.integer(cfg, "batch_size", low=1)
+    options.integer(cfg, "max_batches", low=1)
+    model, run_cfg, step = load_run(run_dir, device, _checkpoint(cfg))
+    out_dir = Path(run_dir) / "eval"
     ctx = EvalContext(model, run_cfg, cfg, device, autocast, out_dir)
     for task in tasks:
         TASKS[task].check(ctx)
@@ -76,7 +109,7 @@ def evaluate(cfg: DictConfig) -> Path:
         summary = [f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in flatten(result)
                    if isinstance(v, float) or k.endswith("status")][:8]
         print(f"{task}: " + ", ".join(summary), flush=True)
-    write_table(out_dir, Path(cfg.run_dir).name)
+    write_table(out_dir, Path(run_dir).name)
     return out_dir
 
 
@@ -90,5 +123,50 @@ def main(cfg: DictConfig) -> None:
     print(f"results in {out_dir}")
 
 
+def check_command_line(argv: list[str]) -> str | None:
+    """Why the command line's overrides do not compose with conf/eval.yaml (an unknown option, an override
+    Hydra cannot parse), in one line; None when they do, or when Hydra's own options (--multirun, another
+    config, --help, ...) are in play, which Hydra then handles itself."""
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        from hydra._internal.utils import get_args_parser  # Hydra's own command-line parser (not public API)
+
+        args = get_args_parser().parse_args(argv)
+    except (ImportError, AttributeError, SystemExit):
+        return None  # another Hydra version, or arguments Hydra answers itself (usage, --version)
+    if any(getattr(args, name, None) for name in ("multirun", "config_path", "config_name", "config_dir", "help",
+                                                   "hydra_help", "shell_completion", "info", "experimental_rerun")):
+        return None
+    overrides = [o for o in args.overrides if not o.lstrip("+~").startswith("hydra")]
+    try:
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+            compose(config_name="eval", overrides=overrides)
+    except (HydraException, OmegaConfBaseException) as exc:
+        key = getattr(exc.__cause__, "full_key", None)
+        if key and "not in struct" in str(exc.__cause__):
+            return f"eval.py has no option {key}: {option_names(key)} (conf/eval.yaml)"
+        return " ".join(line.strip() for line in str(exc).splitlines() if line.strip())
+    return None
+
+
+def option_names(key: str) -> str:
+    """The options next to ``key``: those of its group (``passkey.foo``: passkey's), else the top level's."""
+    cfg = OmegaConf.load(CONF_DIR / "eval.yaml")
+    group = key.rsplit(".", 1)[0] if "." in key else ""
+    node = OmegaConf.select(cfg, group) if group else cfg
+    if not isinstance(node, DictConfig):
+        node, group = cfg, ""
+    names = [f"{group}.{k}" if group else k for k in node if k not in ("hydra", "defaults")]
+    names = [f"{n}.*" if isinstance(OmegaConf.select(cfg, n), DictConfig) else n for n in names]
+    return f"the {group + ' ' if group else ''}options are {', '.join(names)}"
+
+
 if __name__ == "__main__":
+    problem = check_command_line(sys.argv[1:])
+    if problem is not None:
+        print(f"error: {problem}", file=sys.stderr, flush=True)
+        sys.exit(2)
     main()

@@ -47,15 +47,17 @@ def fmt(values: list[float], digits: int = 4) -> str:
 def passkey_accuracy(run: RunResults, target: int | None, metric: str = "exact") -> float | None:
     """Passkey accuracy (``exact`` match of the generated key, or ``likelihood`` ranking) at the
     evaluated length nearest ``target`` (None: every evaluated length), averaged over depths and key counts,
-    from eval/passkey.json ({"lengths": [...], "grid": {"<n>_keys": {metric: [length][depth]}}}); None when
-    absent or unreadable."""
+    from eval/passkey.json ({"lengths": [...], "grid": {"<n>_keys": {metric: [length][depth]}}}, a null
+    row for a (length, keys) pair eval.py skipped: left out, as is a key count with no row at the chosen
+    lengths); None when absent or unreadable, or when nothing ran there."""
     data = run.eval_result("passkey")
     try:
         lengths = [int(t) for t in data["lengths"]]
         chosen = range(len(lengths)) if target is None else \
             [min(range(len(lengths)), key=lambda b: (abs(lengths[b] - target), lengths[b]))]
-        per_keys = [statistics.fmean(float(a) for b in chosen for a in grid[metric][b])
-                    for grid in data["grid"].values()]
+        per_keys = [statistics.fmean(float(a) for b in ran for a in grid[metric][b])
+                    for grid in data["grid"].values()
+                    if (ran := [b for b in chosen if grid[metric][b] is not None])]
         return statistics.fmean(per_keys)
     except (TypeError, KeyError, ValueError, IndexError, statistics.StatisticsError):
         return None

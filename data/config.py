@@ -7,7 +7,8 @@ Keys (flat mapping; see conf/data/*.yaml):
     dir           str    folder of the shards; relative paths are resolved against the project root
     bos_aligned   bool   training windows start at a document start (read by the loader)
     shard_tokens  int    tokens per shard (the last shard of a split is shorter)
-    val_fraction  float  share of documents held out for validation, spread evenly over the stream
+    val_fraction  float  share of documents held out for validation, spread evenly over the stream (a
+                         source too small for any at that rate gives its last one; data.prepare)
     dtype         str    auto | uint16 | uint32 (token storage; auto picks the smallest that fits)
     workers       int    tokeniser processes; 0 = one per CPU core
     chunk_docs    int    documents per tokenisation task
@@ -100,3 +101,10 @@ class DataConfig:
         keys += {"builtin": [], "local": ["paths", "text_field"],
                  "hub": ["hub_path", "hub_config", "hub_split", "hub_data_files", "text_field"]}[self.source]
         return {key: list(v) if isinstance(v := getattr(self, key), tuple) else v for key in keys}
+
+    def source_settings(self) -> dict[str, Any]:
+        """The settings that say which text a prepared folder holds and how it was tokenised: those a
+        reader of the folder must agree with. How the text was split (val_fraction) and stored
+        (shard_tokens, dtype) is the folder's own business: readers take it from the folder."""
+        return {key: value for key, value in self.settings().items()
+                if key not in ("shard_tokens", "val_fraction", "dtype")}

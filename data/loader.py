@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import queue
 import threading
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -177,16 +178,29 @@ class TokenLoader:
 class ValidationBatches(Sequence):
     """A fixed list of validation batches, read lazily. The count·N·b windows used are spread evenly over
     the split (window k of them is the split's window round(k·(W−1)/(count·N·b−1)) of W); item i is
-    (x, y) of this rank for global batch i: those windows' [i·N·b + r·b, i·N·b + (r+1)·b)."""
+    (x, y) of this rank for global batch i: those windows' [i·N·b + r·b, i·N·b + (r+1)·b).
+
+    A split of fewer than N·b windows gives one smaller batch: b = W // N rows per rank (all W windows
+    on one process), with a warning; `note` says so (None otherwise). Fewer windows than ranks is a
+    ValueError."""
 
     def __init__(self, windows: Windows, batch_size: int, rank: int, world_size: int,
                  max_batches: int | None) -> None:
+        self.note: str | None = None
+        if len(windows) < batch_size * world_size:
+            if len(windows) < world_size:
+                raise ValueError(f"the validation split has {len(windows)} window(s) of seq_len + 1 = "
+                                 f"{windows.seq_len + 1} tokens, fewer than the {world_size} processes: "
+                                 f"hold out more text for validation (data.val_fraction when preparing) or "
+                                 f"use a shorter model.seq_len")
+            small = len(windows) // world_size
+            self.note = (f"the validation split has only {len(windows)} window(s) of seq_len + 1 = "
+                         f"{windows.seq_len + 1} tokens, fewer than one batch of {batch_size * world_size}: "
+                         f"validating on one batch of {small * world_size}")
+            warnings.warn(self.note, stacklevel=3)
+            batch_size = small
         self.windows, self.batch_size, self.rank, self.world_size = windows, batch_size, rank, world_size
         available = len(windows) // (batch_size * world_size)
-        if available == 0:
-            raise ValueError(f"the validation split has {len(windows)} windows of seq_len + 1 = "
-                             f"{windows.seq_len + 1} tokens, fewer than one batch of "
-                             f"world_size · batch_size = {batch_size * world_size}")
         self.count = available if max_batches is None else min(available, max_batches)
         used = self.count * batch_size * world_size
         self.indices = np.round(np.linspace(0, len(windows) - 1, used)).astype(np.int64)
@@ -207,7 +221,8 @@ def validation_batches(shard_dir: str | Path, batch_size: int, seq_len: int, max
                        split: str = "val") -> ValidationBatches:
     """The fixed validation set: up to `max_batches` batches (None: all) of (x, y), int64 tensors
     (batch_size, seq_len), the same on every call; ranks get disjoint rows of the same global
-    batches."""
+    batches. A split too small for one batch gives one batch of every window it has (fewer rows;
+    see ValidationBatches)."""
     _check_rank(batch_size, rank, world_size)
     if max_batches is not None and (not isinstance(max_batches, int) or max_batches < 1):
         raise ValueError(f"max_batches must be None or an int >= 1, got {max_batches!r}")

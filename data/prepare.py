@@ -7,10 +7,16 @@ CONFIG names a file of conf/data/ (builtin, local, fineweb_edu) or is a path to 
     python -m data.prepare local paths='[corpus/*.jsonl]' dir=data/cache/shards/mine
 
 Documents are tokenised in worker processes, each followed by the end-of-text token, and go to the
-validation split when data.sources.is_validation says so (whole documents). Shards fill up to
-`shard_tokens` tokens (data.writer). The run records its progress after every shard it finishes;
-run the same command again after an interruption and it resumes where the record ends, leaving
-finished shards untouched. meta.json is written last.
+validation split when data.sources.is_validation says so (whole documents); a source too small for
+that rule to hold out any document (with val_fraction > 0 and at least two documents) gives its last
+document to validation instead. Shards fill up to `shard_tokens` tokens (data.writer).
+
+The shards are written into `<dir>.partial/`, which is renamed to `<dir>` once complete (meta.json is
+written last, before the rename), so `<dir>` never holds an unfinished preparation. The run records its
+progress after every shard it finishes; run the same command again after an interruption (Ctrl-C, a lost
+stream) and it resumes where the record ends, leaving finished shards untouched. A run that fails on bad
+input (or before any progress was recorded) removes the folder it made. Errors are one line
+`error: ...` with exit code 2.
 """
 
 from __future__ import annotations
@@ -23,6 +29,8 @@ import itertools
 import json
 import multiprocessing
 import os
+import shlex
+import shutil
 import sys
 import time
 from collections import deque
@@ -31,10 +39,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+from omegaconf.errors import OmegaConfBaseException
 from tqdm import tqdm
 
 from data.config import DataConfig
-from data.files import atomic_write_json
+from data.files import atomic_write_json, fsync_dir
 from data.meta import META_NAME, read_meta
 from data.paths import CACHE_DIR, PROJECT_ROOT
 from data.shards import dtype_for_vocab, version_for_dtype
@@ -112,13 +121,26 @@ def _locked(directory: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def _check_settings(recorded: Mapping[str, Any], cfg: DataConfig, where: Path) -> None:
-    wanted = cfg.settings()
-    differ = [f"{key}={recorded.get(key)!r} (config: {wanted[key]!r})"
-              for key in wanted if recorded.get(key) != wanted[key]]
+def _override(key: str, value: Any) -> str:
+    """`data.<key>=<value>` as a command-line override (shell-quoted when it needs to be)."""
+    if isinstance(value, (list, tuple)):
+        text = "[" + ",".join(str(v) for v in value) + "]"
+    else:
+        text = "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
+    return shlex.quote(f"data.{key}={text}")
+
+
+def _check_settings(recorded: Mapping[str, Any], wanted: Mapping[str, Any], where: Path, reading: bool) -> None:
+    """ValueError naming every key of `wanted` whose value differs from the folder's `recorded` one, and
+    the overrides that would use the folder as it is. `reading`: the folder is only read (training,
+    evaluation), else it is being prepared (data.prepare)."""
+    differ = [key for key in wanted if recorded.get(key) != wanted[key]]
     if differ:
-        raise ValueError(f"{where} was prepared with {', '.join(differ)}: point data.dir elsewhere or "
-                         f"delete the folder")
+        found = ", ".join(f"{key}={recorded.get(key)!r} (config: {wanted[key]!r})" for key in differ)
+        use = " ".join(_override(key, recorded.get(key)) for key in differ)
+        other = "point data.dir elsewhere" if reading else "delete the folder (or choose another dir) to prepare it again"
+        raise ValueError(f"{where} was prepared with {found}: pass {use} to {'read' if reading else 'use'} it "
+                         f"as it is, or {other}")
 
 
 def _fresh_record(cfg: DataConfig, source: Source) -> dict[str, Any]:
@@ -137,29 +159,73 @@ def _load_record(shard_dir: Path, cfg: DataConfig, source: Source) -> dict[str, 
                              f"delete the folder or choose another data.dir")
         return _fresh_record(cfg, source)
     record = json.loads(path.read_text())
-    _check_settings(record["settings"], cfg, shard_dir)
+    _check_settings(record["settings"], cfg.settings(), shard_dir, reading=False)
     if record["source"] != source.describe():
         raise ValueError(f"the source changed since the interrupted run in {shard_dir} (files or "
                          f"sizes differ): restore it, or delete the folder to start again")
     return record
 
 
+def work_dir(shard_dir: Path) -> Path:
+    """The folder an unfinished preparation of `shard_dir` writes to (renamed to `shard_dir` when done)."""
+    return shard_dir.with_name(shard_dir.name + ".partial")
+
+
+def _adopt_unfinished(shard_dir: Path, work: Path) -> None:
+    """`shard_dir` exists without meta.json: an empty folder is removed, an interrupted preparation
+    of an earlier version (shards written in place, with a progress record) becomes the work folder;
+    anything else is a ValueError."""
+    if not shard_dir.is_dir():
+        raise ValueError(f"{shard_dir} exists and is not a folder: choose another data.dir")
+    entries = sorted(p.name for p in shard_dir.iterdir() if p.name != ".lock")
+    if not entries:
+        shutil.rmtree(shard_dir)
+    elif (shard_dir / PROGRESS_NAME).exists() and not work.exists():
+        os.replace(shard_dir, work)
+    else:
+        raise ValueError(f"{shard_dir} holds no finished preparation (no {META_NAME}; found {entries[0]}, ...): "
+                         f"delete the folder or choose another data.dir")
+
+
+def _only_lock(folder: Path) -> bool:
+    return folder.is_dir() and all(p.name == ".lock" for p in folder.iterdir())
+
+
 def prepare_dataset(data_cfg: DataConfig | Mapping[str, Any], progress: bool = True,
                     cache_dir: Path = CACHE_DIR) -> Path:
     """Tokenise the source that `data_cfg` describes into shards in its `dir`; return that folder.
 
-    Resumes an interrupted run; returns at once when the folder is already complete (after
-    checking that it was made with the same settings). `progress` shows a bar with tokens/s.
+    The shards are written in `work_dir(dir)`, renamed to `dir` when complete. Resumes an interrupted
+    run; returns at once when the folder is already complete (after checking that it was made with the
+    same settings). A failure on bad input (ValueError, TypeError, FileNotFoundError), or any failure
+    before progress was recorded, removes the work folder when this call made it; otherwise it stays
+    for the next call to resume. `progress` shows a bar with tokens/s.
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     shard_dir = cfg.shard_dir
     if not (shard_dir / META_NAME).exists():
         source = make_source(cfg, cache_dir)  # bad paths fail here, before any folder is made
-        shard_dir.mkdir(parents=True, exist_ok=True)
-        with _locked(shard_dir):
-            if not (shard_dir / META_NAME).exists():  # another process may have finished meanwhile
-                _prepare_locked(cfg, source, shard_dir, progress, Path(cache_dir))
-    _check_settings(read_meta(shard_dir)["settings"], cfg, shard_dir)
+        work = work_dir(shard_dir)
+        if shard_dir.exists():
+            _adopt_unfinished(shard_dir, work)
+        made = not work.exists()
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            with _locked(work):
+                if not (shard_dir / META_NAME).exists():  # another process may have finished meanwhile
+                    _prepare_locked(cfg, source, work, progress, Path(cache_dir))
+                    os.replace(work, shard_dir)
+                    fsync_dir(shard_dir.parent)
+        except BaseException as err:
+            bad_input = isinstance(err, (ValueError, TypeError, FileNotFoundError))
+            if made and work.is_dir() and (bad_input or not (work / PROGRESS_NAME).exists()):
+                shutil.rmtree(work, ignore_errors=True)
+            raise
+        finally:
+            if _only_lock(work):  # another process finished while this one waited
+                shutil.rmtree(work, ignore_errors=True)
+        (shard_dir / ".lock").unlink(missing_ok=True)
+    _check_settings(read_meta(shard_dir)["settings"], cfg.settings(), shard_dir, reading=False)
     return shard_dir
 
 
@@ -197,12 +263,16 @@ def _prepare_locked(cfg: DataConfig, source: Source, shard_dir: Path, progress: 
         for split, mask in (("val", is_val), ("train", ~is_val)):
             record["splits"][split]["documents"] += int(np.count_nonzero(mask & (lengths > 0)))
         record["empty_documents"] += int(np.count_nonzero(lengths == 0))
+        if np.any(lengths > 0):
+            record["last_document_tokens"] = int(lengths[lengths > 0][-1])
         record["documents"] = chunk.first + lengths.size
         record["source_state"] = chunk.state
         bar.update(tokens.size)
         if any(w.has_unpublished for w in writers.values()):
             checkpoint()
     bar.close()
+    if _last_document_to_validation(record, writers, cfg):
+        checkpoint()
     for writer in writers.values():
         writer.finish()
     checkpoint()
@@ -224,14 +294,37 @@ def _describe(cfg: DataConfig) -> str:
     return "the built-in corpus"
 
 
+def _last_document_to_validation(record: dict[str, Any], writers: dict[str, ShardWriter], cfg: DataConfig) -> bool:
+    """When val_fraction > 0 held out no document (a source of fewer than about 1/(2·val_fraction)
+    documents) and at least two documents went to training, move the last one (the end of the training
+    split) to validation; whether it did. Not possible when that document reaches back into a finished
+    shard (then _check_splits says what to do)."""
+    splits = record["splits"]
+    if cfg.val_fraction <= 0 or splits["val"]["documents"] or splits["train"]["documents"] < 2:
+        return False
+    tail = writers["train"].take_tail(int(record.get("last_document_tokens", 0)))
+    if tail is None:
+        return False
+    writers["val"].append(tail)
+    splits["train"]["documents"] -= 1
+    splits["val"]["documents"] += 1
+    record["last_document_to_validation"] = True
+    return True
+
+
 def _check_splits(record: dict[str, Any], cfg: DataConfig) -> None:
     splits = record["splits"]
     if sum(splits["train"]["sealed"]) == 0:
         raise ValueError(f"the source holds no text for the training split ({_describe(cfg)})")
     if cfg.val_fraction > 0 and splits["val"]["documents"] == 0:
-        raise ValueError(f"no document went to validation: {record['documents']} documents with "
-                         f"val_fraction={cfg.val_fraction}; raise val_fraction to at least "
-                         f"1/{record['documents']} (delete {cfg.shard_dir} first)")
+        documents = splits["train"]["documents"]
+        if documents < 2:
+            raise ValueError(f"no document went to validation: the source holds {documents} document(s) with "
+                             f"text ({_describe(cfg)}); add documents, or pass val_fraction=0 to prepare "
+                             f"without a validation split")
+        raise ValueError(f"no document went to validation: {documents} documents with "
+                         f"val_fraction={cfg.val_fraction}, and the last one does not fit in the last shard "
+                         f"(shard_tokens={cfg.shard_tokens}); pass val_fraction=1/{documents} or more")
 
 
 def _write_meta(shard_dir: Path, cfg: DataConfig, enc: Any, dtype: np.dtype, record: dict[str, Any],
@@ -270,11 +363,13 @@ def ensure_prepared(data_cfg: DataConfig | Mapping[str, Any]) -> Path:
     """The shard folder of `data_cfg` (the `data` node of the training config), ready to read.
 
     The built-in corpus is fetched and tokenised here when its shards are missing; for other
-    sources missing shards are a FileNotFoundError naming the command that prepares them.
+    sources missing shards are a FileNotFoundError naming the command that prepares them. A prepared
+    folder must hold the source and tokenizer `data_cfg` names (else a ValueError naming the
+    overrides); how it was split and stored (val_fraction, shard_tokens, dtype) is taken from it.
     """
     cfg = data_cfg if isinstance(data_cfg, DataConfig) else DataConfig.from_mapping(data_cfg)
     if (cfg.shard_dir / META_NAME).exists():
-        _check_settings(read_meta(cfg.shard_dir)["settings"], cfg, cfg.shard_dir)
+        _check_settings(read_meta(cfg.shard_dir)["settings"], cfg.source_settings(), cfg.shard_dir, reading=True)
         return cfg.shard_dir
     if cfg.source == "builtin":
         return prepare_dataset(cfg)
@@ -293,9 +388,14 @@ def load_config(name_or_path: str, overrides: list[str]) -> DataConfig:
     bad = [o for o in overrides if "=" not in o]
     if bad:
         raise ValueError(f"overrides must look like key=value, got {bad}")
-    cfg = OmegaConf.merge(OmegaConf.load(path),
-                          OmegaConf.from_dotlist([o.removeprefix("data.") for o in overrides]))
-    return DataConfig.from_mapping(cfg)
+    parsed = []
+    for override in overrides:
+        try:
+            parsed.append(OmegaConf.from_dotlist([override.removeprefix("data.")]))
+        except Exception as err:  # yaml and omegaconf raise parser errors of their own types
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            raise ValueError(f"cannot read the override {override!r}: {reason}") from err
+    return DataConfig.from_mapping(OmegaConf.merge(OmegaConf.load(path), *parsed))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -310,8 +410,10 @@ def main(argv: list[str] | None = None) -> None:
         shard_dir = prepare_dataset(cfg)
     except KeyboardInterrupt:
         raise SystemExit("interrupted: run the same command again to resume") from None
-    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError) as err:
-        raise SystemExit(f"error: {err}") from err
+    except (ValueError, TypeError, FileNotFoundError, RuntimeError, ImportError, OmegaConfBaseException) as err:
+        print("error: " + " ".join(line.strip() for line in str(err).splitlines() if line.strip()),
+              file=sys.stderr, flush=True)
+        raise SystemExit(2) from None
     meta = read_meta(shard_dir)
     print(f"{shard_dir}: " + ", ".join(f"{s} {v['tokens']:,} tokens" for s, v in meta["splits"].items())
           + f"; tokenizer {meta['tokenizer']} (vocabulary {meta['vocab_size']})")

@@ -96,6 +96,7 @@ class ShardWriter:
 
     def _seal(self) -> None:
         assert self._file is not None
+        self._file.truncate(HEADER_BYTES + self._count * self.dtype.itemsize)  # bytes `take_tail` gave back
         self._file.seek(0)
         self._file.write(make_header(self.version, self._count))
         self._file.flush()
@@ -120,6 +121,23 @@ class ShardWriter:
             tokens = tokens[take:]
             if self._count == self.shard_tokens:
                 self._seal()
+
+    def take_tail(self, n: int) -> np.ndarray | None:
+        """Remove the last `n` tokens written and return them, when all of them lie in the shard being
+        filled; else None, and nothing changes. The file keeps their bytes until the shard is sealed
+        (or a restarted writer truncates it to its recorded length), so a crash before the caller has
+        recorded `state()` loses nothing."""
+        if self._file is None or not 0 < n <= self._count:
+            return None
+        self._file.flush()
+        end = HEADER_BYTES + self._count * self.dtype.itemsize
+        start = end - n * self.dtype.itemsize
+        with open(self._path(len(self.sealed), partial=True), "rb") as f:
+            f.seek(start)
+            tail = np.frombuffer(f.read(end - start), dtype=self.dtype).copy()
+        self._count -= n
+        self._file.seek(start)
+        return tail
 
     @property
     def tokens(self) -> int:

@@ -12,7 +12,9 @@ import tiktoken
 import torch
 from omegaconf import DictConfig
 
+from data.prepare import ensure_prepared
 from data.tokenizer import get_tokenizer
+from data.windows import SplitTokens, Windows
 from model.gpt import GPT
 
 
@@ -24,7 +26,14 @@ def device_and_autocast(device: str, precision: str) -> tuple[torch.device, Call
     if device == "auto":
         dev = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     else:
-        dev = torch.device(device)
+        try:
+            dev = torch.device(device)
+        except (RuntimeError, ValueError, TypeError):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}") from None
+        if dev.type not in ("cpu", "cuda"):
+            raise ValueError(f"device must be auto, cpu, cuda or cuda:<index>, got {device!r}")
+        if dev.type == "cuda" and not torch.cuda.is_available():
+            raise ValueError(f"device={device} but torch finds no CUDA device: pass device=cpu (or auto)")
     if precision == "auto":
         precision = "bf16" if dev.type == "cuda" else "fp32"
     if precision == "bf16":
@@ -64,3 +73,20 @@ class EvalContext:
     def tokenizer(self) -> tiktoken.Encoding:
         """The tokenizer the run's data was prepared with."""
         return get_tokenizer(str(self.run_cfg.data.tokenizer))
+
+    @functools.cached_property
+    def shard_dir(self) -> Path:
+        """The run's prepared data folder (the built-in corpus is prepared here when missing)."""
+        return ensure_prepared(self.run_cfg.data)
+
+    @functools.cached_property
+    def val_tokens(self) -> SplitTokens:
+        """The validation split of the run's data."""
+        return SplitTokens(self.shard_dir, "val")
+
+    def validation_windows(self, seq_len: int) -> int:
+        """How many validation windows of ``seq_len`` tokens (in the training layout) the split holds."""
+        try:
+            return len(Windows(self.val_tokens, seq_len, self.bos_aligned))
+        except ValueError:  # no window fits
+            return 0

@@ -7,20 +7,24 @@
   the continuation of the prompt.
 
 Each cell of the grid runs ``passkey.trials`` prompts with fresh random keys (seeded by passkey.seed).
+A (length, number of keys) pair whose prompt does not fit in the length, or a length beyond the model's
+max_seq_len, is skipped: its grid row is null and ``skipped`` names it with the reason. Nothing to run
+at all is a ValueError.
 """
 from __future__ import annotations
 
 import random
 import re
+from dataclasses import dataclass
+from typing import Iterator
 
 import numpy as np
 import torch
 
-from evaluation import plots
+from evaluation import options, plots
 from evaluation.context import EvalContext
 from evaluation.likelihood import score_continuations
 from evaluation.passkey_prompt import PasskeyPrompt, make_prompt, random_key
-from evaluation.val_loss import check_length
 from model.gpt import GPT
 
 _NUMBER = re.compile(r"\d+")
@@ -53,69 +57,114 @@ def likelihood_correct(model: GPT, prompt: PasskeyPrompt, candidates: list[str],
     return all(scores[0] > s for s in scores[1:])
 
 
-def _grid(ctx: EvalContext) -> tuple[list[int], list[float], list[int]]:
-    cfg = ctx.cfg.passkey
-    if cfg.lengths is None:
+@dataclass
+class Grid:
+    """The options: lengths (tokens), depths, key counts, trials per cell, candidates, seed."""
+
+    lengths: list[int]
+    depths: list[float]
+    key_counts: list[int]
+    trials: int
+    candidates: int
+    seed: int
+
+
+def _grid(ctx: EvalContext) -> Grid:
+    lengths = options.integers(ctx.cfg, "passkey.lengths", low=1, optional=True)
+    if lengths is None:
         lengths = [m * ctx.train_len for m in (1, 2, 4, 8) if m * ctx.train_len <= ctx.model.max_seq_len]
-    else:
-        lengths = [int(x) for x in cfg.lengths]
-    depths = [float(d) for d in cfg.depths]
-    keys = [int(k) for k in cfg.num_keys]
-    if not lengths or not depths or not keys:
-        raise ValueError("passkey.lengths, passkey.depths and passkey.num_keys must not be empty")
-    if any(not 0 <= d <= 1 for d in depths):
-        raise ValueError(f"passkey.depths must lie in [0, 1], got {depths}")
-    if any(k < 1 for k in keys):
-        raise ValueError(f"passkey.num_keys must be >= 1, got {keys}")
-    return lengths, depths, keys
+    return Grid(lengths, options.numbers(ctx.cfg, "passkey.depths", 0.0, 1.0),
+                options.integers(ctx.cfg, "passkey.num_keys", low=1), options.integer(ctx.cfg, "passkey.trials", low=1),
+                options.integer(ctx.cfg, "passkey.candidates", low=2), options.integer(ctx.cfg, "passkey.seed"))
+
+
+Trial = tuple[int, PasskeyPrompt, list[str]]  # (depth index, prompt, candidate keys)
+
+
+def _cells(ctx: EvalContext, grid: Grid) -> Iterator[tuple[int, int, list[Trial] | str]]:
+    """For every (key count a, length b), in order: its trials, or why it is skipped. The prompts and
+    candidates come from one generator seeded by passkey.seed, drawn in this fixed order, so the check
+    before anything runs and the run itself see the same prompts."""
+    rng = random.Random(grid.seed)
+    for a, n_keys in enumerate(grid.key_counts):
+        for b, length in enumerate(grid.lengths):
+            if length > ctx.model.max_seq_len:
+                yield a, b, f"length {length} exceeds the model's max_seq_len={ctx.model.max_seq_len}"
+                continue
+            trials: list[Trial] = []
+            try:
+                for c, depth in enumerate(grid.depths):
+                    for _ in range(grid.trials):
+                        prompt = make_prompt(ctx.tokenizer, length, depth, n_keys, rng, ctx.bos_prefix)
+                        trials.append((c, prompt, candidate_keys(prompt, grid.candidates, rng)))
+            except ValueError as exc:  # the prompt does not fit in the length
+                yield a, b, str(exc)
+                continue
+            yield a, b, trials
+
+
+def _skipped(ctx: EvalContext, grid: Grid) -> dict[str, dict[str, str]]:
+    """{"<n>_keys": {"<length>": why}} for every pair that cannot run; a ValueError when none can."""
+    skipped: dict[str, dict[str, str]] = {}
+    cells = 0
+    for a, b, trials in _cells(ctx, grid):
+        cells += 1
+        if isinstance(trials, str):
+            skipped.setdefault(f"{grid.key_counts[a]}_keys", {})[str(grid.lengths[b])] = trials
+    if sum(len(v) for v in skipped.values()) == cells:
+        reasons = sorted({why for v in skipped.values() for why in v.values()})
+        raise ValueError(f"passkey.lengths={grid.lengths}, passkey.num_keys={grid.key_counts}: no prompt can "
+                         f"run: {'; '.join(reasons)}")
+    return skipped
 
 
 def check(ctx: EvalContext) -> None:
-    lengths, _, keys = _grid(ctx)
-    for length in lengths:
-        check_length(ctx, length, "passkey length")
-        try:
-            make_prompt(ctx.tokenizer, length, 0.5, max(keys), random.Random(0), ctx.bos_prefix)
-        except ValueError as exc:
-            raise ValueError(f"passkey.lengths: {exc}") from None
-    if int(ctx.cfg.passkey.trials) < 1:
-        raise ValueError(f"passkey.trials must be >= 1, got {ctx.cfg.passkey.trials}")
-    if int(ctx.cfg.passkey.candidates) < 2:
-        raise ValueError(f"passkey.candidates must be >= 2, got {ctx.cfg.passkey.candidates}")
+    _skipped(ctx, _grid(ctx))
 
 
 @torch.no_grad()
 def run(ctx: EvalContext) -> dict:
-    cfg = ctx.cfg.passkey
-    lengths, depths, key_counts = _grid(ctx)
-    enc, rng = ctx.tokenizer, random.Random(int(cfg.seed))
-    exact = np.zeros((len(key_counts), len(lengths), len(depths)))
-    likely = np.zeros_like(exact)
-    for a, n_keys in enumerate(key_counts):
-        for b, length in enumerate(lengths):
-            for c, depth in enumerate(depths):
-                for _ in range(int(cfg.trials)):
-                    prompt = make_prompt(enc, length, depth, n_keys, rng, ctx.bos_prefix)
-                    idx = torch.tensor([prompt.tokens], device=ctx.device)
-                    with ctx.autocast():
-                        out = ctx.model.generate(idx, len(prompt.answer) + 1)
-                    text = enc.decode(out[0, len(prompt.tokens):].tolist(), errors="replace")
-                    exact[a, b, c] += greedy_answer_correct(text, prompt.keys[prompt.target])
-                    candidates = candidate_keys(prompt, int(cfg.candidates), rng)
-                    likely[a, b, c] += likelihood_correct(ctx.model, prompt, candidates, enc.encode_ordinary,
-                                                          ctx.autocast)
-            print(f"passkey {n_keys} key(s), length {length}: exact {exact[a, b].mean() / cfg.trials:.2f}, "
-                  f"likelihood {likely[a, b].mean() / cfg.trials:.2f}", flush=True)
-    exact /= int(cfg.trials)
-    likely /= int(cfg.trials)
+    grid = _grid(ctx)
+    skipped: dict[str, dict[str, str]] = {}
+    enc = ctx.tokenizer
+    shape = (len(grid.key_counts), len(grid.lengths), len(grid.depths))
+    exact, likely = np.full(shape, np.nan), np.full(shape, np.nan)
+    for a, b, trials in _cells(ctx, grid):
+        n_keys, length = grid.key_counts[a], grid.lengths[b]
+        if isinstance(trials, str):
+            skipped.setdefault(f"{n_keys}_keys", {})[str(length)] = trials
+            print(f"passkey {n_keys} key(s), length {length}: skipped: {trials}", flush=True)
+            continue
+        exact[a, b], likely[a, b] = 0.0, 0.0
+        for c, prompt, candidates in trials:
+            idx = torch.tensor([prompt.tokens], device=ctx.device)
+            with ctx.autocast():
+                out = ctx.model.generate(idx, len(prompt.answer) + 1)
+            text = enc.decode(out[0, len(prompt.tokens):].tolist(), errors="replace")
+            exact[a, b, c] += greedy_answer_correct(text, prompt.keys[prompt.target])
+            likely[a, b, c] += likelihood_correct(ctx.model, prompt, candidates, enc.encode_ordinary, ctx.autocast)
+        exact[a, b] /= grid.trials
+        likely[a, b] /= grid.trials
+        print(f"passkey {n_keys} key(s), length {length}: exact {exact[a, b].mean():.2f}, "
+              f"likelihood {likely[a, b].mean():.2f}", flush=True)
     grids = {f"{n} key(s), {scorer}": scores[a] for scorer, scores in (("exact match", exact), ("likelihood", likely))
-             for a, n in enumerate(key_counts)}
-    plots.accuracy_heatmaps(grids, lengths, depths, ctx.out_dir / "passkey_heatmap", cols=len(key_counts))
+             for a, n in enumerate(grid.key_counts)}
+    plots.accuracy_heatmaps(grids, grid.lengths, grid.depths, ctx.out_dir / "passkey_heatmap",
+                            cols=len(grid.key_counts))
+
+    def mean(scores: np.ndarray) -> float | None:
+        ran = scores[~np.isnan(scores)]
+        return float(ran.mean()) if ran.size else None
+
+    def rows(scores: np.ndarray) -> list[list[float] | None]:
+        return [None if np.isnan(row).any() else row.tolist() for row in scores]
+
     return {
-        "lengths": lengths, "depths": depths, "trials": int(cfg.trials), "candidates": int(cfg.candidates),
-        "chance_likelihood": 1.0 / int(cfg.candidates),
-        "accuracy": {f"{n}_keys": {"exact": float(exact[a].mean()), "likelihood": float(likely[a].mean())}
-                     for a, n in enumerate(key_counts)},
-        "grid": {f"{n}_keys": {"exact": exact[a].tolist(), "likelihood": likely[a].tolist()}
-                 for a, n in enumerate(key_counts)},
+        "lengths": grid.lengths, "depths": grid.depths, "num_keys": grid.key_counts, "trials": grid.trials,
+        "candidates": grid.candidates, "chance_likelihood": 1.0 / grid.candidates,
+        "accuracy": {f"{n}_keys": {"exact": mean(exact[a]), "likelihood": mean(likely[a])}
+                     for a, n in enumerate(grid.key_counts)},
+        "grid": {f"{n}_keys": {"exact": rows(exact[a]), "likelihood": rows(likely[a])}
+                 for a, n in enumerate(grid.key_counts)},
+        "skipped": skipped,
     }

@@ -69,18 +69,20 @@ def perplexity_by_length(lengths: list[int], series: dict[str, list[float]], ste
 def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: list[float], stem: Path,
                       cols: int) -> list[Path]:
     """Heatmaps of accuracy in [0, 1] (rows = depth, columns = length, each cell annotated), ``cols`` per
-    figure row, in the order of ``grids`` (title -> (lengths, depths) array)."""
+    figure row, in the order of ``grids`` (title -> (lengths, depths) array); NaN cells (not run) are grey,
+    marked "skip"."""
     plt = _pyplot()
     rows = (len(grids) + cols - 1) // cols
     size = (cols * (0.5 * len(lengths) + 2.4) + 1.2, rows * (0.3 * len(depths) + 1.4))
     fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
     image = None
     for ax, (title, grid) in zip(axes.flat, grids.items()):
-        grid = np.asarray(grid).T
-        image = ax.imshow(grid, vmin=0, vmax=1, cmap="viridis", aspect="auto")
+        grid = np.asarray(grid, dtype=float).T
+        cmap = plt.get_cmap("viridis").with_extremes(bad="lightgrey")
+        image = ax.imshow(np.ma.masked_invalid(grid), vmin=0, vmax=1, cmap=cmap, aspect="auto")
         for (i, j), value in np.ndenumerate(grid):
-            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=6,
-                    color="black" if value > 0.6 else "white")
+            ax.text(j, i, "skip" if np.isnan(value) else f"{value:.2f}", ha="center", va="center", fontsize=6,
+                    color="black" if np.isnan(value) or value > 0.6 else "white")
         ax.set_xticks(range(len(lengths)), [str(x) for x in lengths], fontsize=7)
         ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths], fontsize=7)
         ax.set_xlabel("length (tokens)", fontsize=8)

@@ -3,14 +3,17 @@ from __future__ import annotations
 
 import torch
 
+from evaluation import options
 from evaluation.context import EvalContext
 
 
 def check(ctx: EvalContext) -> None:
     cfg = ctx.cfg.sample
-    prompt = len(ctx.bos_prefix + ctx.tokenizer.encode_ordinary(str(cfg.prompt))) or 1
-    if int(cfg.num_samples) < 1:
-        raise ValueError(f"sample.num_samples must be >= 1, got {cfg.num_samples}")
+    for key, low in (("sample.max_new_tokens", 1), ("sample.num_samples", 1), ("sample.seed", None)):
+        options.integer(ctx.cfg, key, low=low)
+    options.number(ctx.cfg, "sample.temperature", low=0.0)
+    options.integer(ctx.cfg, "sample.top_k", low=1, optional=True)
+    prompt = len(ctx.bos_prefix + ctx.tokenizer.encode_ordinary(options.text(ctx.cfg, "sample.prompt"))) or 1
     if prompt + int(cfg.max_new_tokens) > ctx.model.max_seq_len:
         raise ValueError(f"sample.prompt ({prompt} tokens) + sample.max_new_tokens={cfg.max_new_tokens} exceeds "
                          f"the model's max_seq_len={ctx.model.max_seq_len}")

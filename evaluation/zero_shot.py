@@ -7,6 +7,7 @@ configs (YAML) can be added with ``zero_shot.include_path``.
 """
 from __future__ import annotations
 
+from evaluation import options
 from evaluation.context import EvalContext
 
 
@@ -16,17 +17,18 @@ def _reason(exc: BaseException) -> str:
 
 
 def check(ctx: EvalContext) -> None:
-    tasks = ctx.cfg.zero_shot.tasks
-    if not tasks or any(not isinstance(t, str) for t in tasks):
-        raise ValueError(f"zero_shot.tasks must be a non-empty list of harness task names, got {tasks}")
-    max_length = ctx.cfg.zero_shot.max_length
-    if max_length is not None and not 1 < int(max_length) <= ctx.model.max_seq_len:
-        raise ValueError(f"zero_shot.max_length={max_length} must be in [2, model.max_seq_len="
-                         f"{ctx.model.max_seq_len}]")
+    options.texts(ctx.cfg, "zero_shot.tasks")
+    options.integer(ctx.cfg, "zero_shot.limit", low=1, optional=True)
+    options.integer(ctx.cfg, "zero_shot.max_length", low=2, high=ctx.model.max_seq_len, optional=True)
+    options.integer(ctx.cfg, "zero_shot.batch_size", low=1)
+    options.integer(ctx.cfg, "zero_shot.bootstrap_iters", low=0)
+    options.integer(ctx.cfg, "zero_shot.seed")
+    options.text(ctx.cfg, "zero_shot.include_path", optional=True)
 
 
 def run(ctx: EvalContext) -> dict:
     cfg = ctx.cfg.zero_shot
+    tasks = options.texts(ctx.cfg, "zero_shot.tasks")
     try:
         from lm_eval import simple_evaluate
         from lm_eval.tasks import TaskManager
@@ -34,12 +36,12 @@ def run(ctx: EvalContext) -> dict:
         from evaluation.harness import HarnessLM
     except ImportError as exc:
         reason = f"lm-evaluation-harness is not installed (pip install lm_eval): {_reason(exc)}"
-        return {task: {"status": "not run", "reason": reason} for task in cfg.tasks}
+        return {task: {"status": "not run", "reason": reason} for task in tasks}
     lm = HarnessLM(ctx.model, ctx.tokenizer, max_length=cfg.max_length or ctx.train_len,
                    batch_size=int(cfg.batch_size), autocast=ctx.autocast, bos=ctx.bos_aligned)
     manager = TaskManager(include_path=cfg.include_path)
     results: dict[str, dict] = {}
-    for task in cfg.tasks:
+    for task in tasks:
         try:
             out = simple_evaluate(model=lm, tasks=[task], task_manager=manager, limit=cfg.limit,
                                   num_fewshot=0, log_samples=False, bootstrap_iters=int(cfg.bootstrap_iters),

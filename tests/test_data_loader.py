@@ -165,8 +165,22 @@ def test_validation_batches_are_fixed_and_split_over_ranks(shards):
         assert torch.equal(torch.cat([halves[0][i][0], halves[1][i][0]]), one[i][0])
     everything = validation_batches(shards, 4, SEQ, max_batches=None)
     assert len(everything) == ((tokens.n_tokens - 1) // SEQ) // 4
-    with pytest.raises(ValueError, match="fewer than one batch"):
-        validation_batches(shards, 1000, SEQ, max_batches=1)
+
+
+def test_a_split_smaller_than_one_batch_gives_one_batch_of_every_window(shards):
+    windows = (SplitTokens(shards, "val").n_tokens - 1) // SEQ
+    assert windows < 1000
+    with pytest.warns(UserWarning, match=f"only {windows} window.*one batch of {windows}"):
+        small = validation_batches(shards, 1000, SEQ, max_batches=4)
+    assert len(small) == 1 and small.note is not None
+    x, _ = small[0]
+    every = validation_batches(shards, 1, SEQ, max_batches=None)
+    assert x.shape == (windows, SEQ) and torch.equal(x, torch.cat([b[0] for b in every]))
+    with pytest.warns(UserWarning, match="fewer than one batch of 2000"):
+        halves = [validation_batches(shards, 1000, SEQ, max_batches=4, rank=r, world_size=2) for r in range(2)]
+    assert [len(h) for h in halves] == [1, 1] and all(h[0][0].shape == (windows // 2, SEQ) for h in halves)
+    with pytest.raises(ValueError, match=f"has {windows} window.*fewer than the {windows + 1} processes"):
+        validation_batches(shards, 1, SEQ, max_batches=1, world_size=windows + 1)
 
 
 def test_document_boundaries_inside_packed_windows():

@@ -135,9 +135,10 @@ def test_interrupted_run_resumes_to_identical_shards(tmp_path, jsonl_docs, monke
         crash_after(patch, 37)
         with pytest.raises(Crash):
             prep.prepare_dataset(cfg, progress=False)
-    finished = {p.name: p.stat() for p in cfg.shard_dir.glob("*.bin")}
+    work = prep.work_dir(cfg.shard_dir)
+    finished = {p.name: p.stat() for p in work.glob("*.bin")}
     assert finished, "the interrupted run should have finished some shards"
-    assert not (cfg.shard_dir / "meta.json").exists()
+    assert not cfg.shard_dir.exists() and not (work / "meta.json").exists()
     with pytest.raises(FileNotFoundError, match="no finished preparation"):
         TokenLoader(cfg.shard_dir, "train", 2, 8)
     prep.prepare_dataset(cfg, progress=False)
@@ -154,9 +155,10 @@ def test_resume_after_a_crash_between_checkpoint_and_rename(tmp_path, jsonl_docs
         crash_after(patch, 45)
         with pytest.raises(Crash):
             prep.prepare_dataset(cfg, progress=False)
-    last = sorted(cfg.shard_dir.glob("train_*.bin"))[-1]
+    work = prep.work_dir(cfg.shard_dir)
+    last = sorted(work.glob("train_*.bin"))[-1]
     os.replace(last, str(last) + ".partial")  # as if the process died right before the rename
-    with open(sorted(cfg.shard_dir.glob("*.partial"))[-1], "ab") as f:
+    with open(sorted(work.glob("*.partial"))[-1], "ab") as f:
         f.write(b"\x07" * 10)  # and wrote tokens after its last checkpoint
     prep.prepare_dataset(cfg, progress=False)
     assert shard_bytes(cfg.shard_dir) == shard_bytes(clean)
@@ -170,7 +172,7 @@ def test_hub_code_path_through_datasets_resumes_like_local_files(tmp_path, jsonl
         crash_after(patch, 41)
         with pytest.raises(Crash):
             prep.prepare_dataset(cfg, progress=False)
-    progress = json.loads((cfg.shard_dir / prep.PROGRESS_NAME).read_text())
+    progress = json.loads((prep.work_dir(cfg.shard_dir) / prep.PROGRESS_NAME).read_text())
     assert progress["source_state"] is not None and progress["documents"] > 0
     prep.prepare_dataset(cfg, progress=False)
     assert shard_bytes(cfg.shard_dir) == shard_bytes(local)
@@ -210,11 +212,67 @@ def test_empty_sources_are_refused(tmp_path):
     assert not (tmp_path / "b" / "meta.json").exists()
 
 
-def test_too_few_documents_for_validation_is_an_error(tmp_path):
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_source_too_small_for_val_fraction_gives_its_last_document_to_validation(tmp_path, workers):
+    docs = make_documents(6)
     (tmp_path / "src").mkdir()
-    write_jsonl(tmp_path / "src" / "a.jsonl", make_documents(3))
-    with pytest.raises(ValueError, match="raise val_fraction to at least 1/3"):
+    write_jsonl(tmp_path / "src" / "a.jsonl", docs)
+    assert not any(is_validation(i, 0.01) for i in range(len(docs)))  # the rule alone holds out nothing
+    shard_dir = prep.prepare_dataset(config(tmp_path, val_fraction=0.01, shard_tokens=100_000, workers=workers),
+                                     progress=False)
+    enc = get_tokenizer("bytes")
+    tokens = [enc.encode_ordinary(d) + [enc.eot_token] for d in docs]
+    assert split_tokens(shard_dir, "val").tolist() == tokens[-1]
+    assert split_tokens(shard_dir, "train").tolist() == sum(tokens[:-1], [])
+    splits = read_meta(shard_dir)["splits"]
+    assert (splits["train"]["documents"], splits["val"]["documents"]) == (5, 1)
+    # val_fraction=0 still means no validation split
+    shard_dir = prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "none"), val_fraction=0.0), progress=False)
+    assert read_meta(shard_dir)["splits"]["val"]["documents"] == 0
+
+
+def test_a_crash_after_the_last_document_moved_resumes_to_identical_shards(tmp_path, monkeypatch):
+    (tmp_path / "src").mkdir()
+    write_jsonl(tmp_path / "src" / "a.jsonl", make_documents(6))
+    clean = prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "clean"), val_fraction=0.01,
+                                        shard_tokens=100_000), progress=False)
+    cfg = config(tmp_path, val_fraction=0.01, shard_tokens=100_000)
+    with monkeypatch.context() as patch:
+        def crash(self):
+            raise Crash("killed before the shards were sealed")
+
+        patch.setattr(prep.ShardWriter, "finish", crash)
+        with pytest.raises(Crash):
+            prep.prepare_dataset(cfg, progress=False)
+    record = json.loads((prep.work_dir(cfg.shard_dir) / prep.PROGRESS_NAME).read_text())
+    assert record["splits"]["val"]["documents"] == 1  # the move was recorded before the crash
+    prep.prepare_dataset(cfg, progress=False)
+    assert shard_bytes(cfg.shard_dir) == shard_bytes(clean) and read_meta(cfg.shard_dir)["splits"] == read_meta(clean)["splits"]
+
+
+def test_an_interrupted_folder_of_the_in_place_layout_is_resumed(tmp_path, jsonl_docs, monkeypatch):
+    clean = prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "clean")), progress=False)
+    cfg = config(tmp_path)
+    with monkeypatch.context() as patch:
+        crash_after(patch, 37)
+        with pytest.raises(Crash):
+            prep.prepare_dataset(cfg, progress=False)
+    os.replace(prep.work_dir(cfg.shard_dir), cfg.shard_dir)  # where earlier versions wrote unfinished shards
+    prep.prepare_dataset(cfg, progress=False)
+    assert shard_bytes(cfg.shard_dir) == shard_bytes(clean) and not prep.work_dir(cfg.shard_dir).exists()
+    (tmp_path / "stray").mkdir()
+    (tmp_path / "stray" / "notes.txt").write_text("not shards")
+    with pytest.raises(ValueError, match="holds no finished preparation"):
+        prep.prepare_dataset(config(tmp_path, dir=str(tmp_path / "stray")), progress=False)
+    assert (tmp_path / "stray" / "notes.txt").exists()
+
+
+def test_a_single_document_cannot_be_split_and_the_error_says_what_to_do(tmp_path):
+    (tmp_path / "src").mkdir()
+    write_jsonl(tmp_path / "src" / "a.jsonl", make_documents(1))
+    with pytest.raises(ValueError, match="holds 1 document.*pass val_fraction=0"):
         prep.prepare_dataset(config(tmp_path, val_fraction=0.1), progress=False)
+    assert not (tmp_path / "shards").exists() and not prep.work_dir(tmp_path / "shards").exists()
 
 
 def test_uint32_shards_when_asked_and_vocabulary_checks(tmp_path, jsonl_docs):
@@ -233,10 +291,20 @@ def test_uint32_shards_when_asked_and_vocabulary_checks(tmp_path, jsonl_docs):
 
 def test_a_folder_made_with_other_settings_is_refused(tmp_path, jsonl_docs):
     prep.prepare_dataset(config(tmp_path), progress=False)
-    with pytest.raises(ValueError, match=r"prepared with shard_tokens=500 \(config: 1000\)"):
+    with pytest.raises(ValueError, match=r"prepared with shard_tokens=500 \(config: 1000\): pass data.shard_tokens=500"):
         prep.prepare_dataset(config(tmp_path, shard_tokens=1000), progress=False)
-    with pytest.raises(ValueError, match="tokenizer='bytes'"):
+    with pytest.raises(ValueError, match="tokenizer='bytes'.*pass data.tokenizer=bytes to read it"):
         prep.ensure_prepared(config(tmp_path, tokenizer="gpt2"))
+
+
+def test_readers_take_the_split_and_storage_settings_from_the_folder(tmp_path, jsonl_docs):
+    shard_dir = prep.prepare_dataset(config(tmp_path), progress=False)  # val_fraction=0.2, shard_tokens=500
+    assert prep.ensure_prepared(config(tmp_path, val_fraction=0.01, shard_tokens=1000, dtype="uint32")) == shard_dir
+    other = str(tmp_path / "other" / "*.jsonl")
+    with pytest.raises(ValueError) as err:
+        prep.ensure_prepared(config(tmp_path, paths=[other], val_fraction=0.01))
+    message = str(err.value)
+    assert "pass 'data.paths=[" in message and "val_fraction" not in message
 
 
 def test_ensure_prepared_names_the_command_for_missing_shards(tmp_path):
@@ -252,5 +320,45 @@ def test_cli(tmp_path, jsonl_docs, capsys):
                "shard_tokens=700", "workers=1", "val_fraction=0.2"])
     assert "train" in capsys.readouterr().out
     assert [s["tokens"] for s in read_meta(tmp_path / "cli")["splits"]["train"]["shards"]][0] == 700
-    with pytest.raises(SystemExit, match="error: unknown data config keys"):
-        prep.main(["local", "no_such_key=1"])
+
+
+
+@pytest.mark.parametrize("args,message", [
+    (["local", "no_such_key=1"], "error: unknown data config keys ['no_such_key']"),
+    (["local", "paths=[nowhere/*.txt]"], "error: data.paths: 'nowhere/*.txt' matches no file"),
+    (["no_such_config"], "error: no data config 'no_such_config'"),
+    (["local", "paths=[a"], "error: cannot read the override 'paths=[a'"),
+])
+def test_cli_errors_are_one_line_with_exit_code_2(args, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        prep.main(args)
+    assert exit_info.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(message)
+
+
+def test_a_failed_preparation_leaves_nothing_behind(tmp_path, jsonl_docs):
+    write_jsonl(tmp_path / "src" / "c.jsonl", ["fine"] * 3)
+    with open(tmp_path / "src" / "c.jsonl", "a") as f:
+        f.write('{"content": "no text field"}\n')
+    cfg = config(tmp_path, shard_tokens=200)  # shards are finished before the bad line is read
+    with pytest.raises(ValueError, match=r"c.jsonl:4: no text field"):
+        prep.prepare_dataset(cfg, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["src"]
+
+
+def test_shards_appear_under_dir_only_once_complete(tmp_path, jsonl_docs, monkeypatch):
+    cfg = config(tmp_path)
+    seen = []
+    real = prep._write_meta
+
+    def write_meta(shard_dir, *args):
+        seen.append((shard_dir, cfg.shard_dir.exists(), sorted(p.name for p in shard_dir.glob("*.bin"))))
+        real(shard_dir, *args)
+
+    monkeypatch.setattr(prep, "_write_meta", write_meta)
+    assert prep.prepare_dataset(cfg, progress=False) == cfg.shard_dir
+    [(written_in, final_existed, shards)] = seen
+    assert written_in == prep.work_dir(cfg.shard_dir) and not final_existed and shards
+    assert sorted(p.name for p in cfg.shard_dir.iterdir()) == sorted(shards + ["meta.json"])
+    assert not prep.work_dir(cfg.shard_dir).exists()

@@ -1,6 +1,7 @@
 """eval.py end to end on a tiny trained run: every promised file, and one-line errors for bad input."""
 import json
 import os
+import random
 import shutil
 import subprocess
 import sys
@@ -9,6 +10,9 @@ from pathlib import Path
 import pytest
 
 import eval as evaluation_entry
+from analysis.report import passkey_accuracy
+from data.tokenizer import get_tokenizer
+from evaluation.passkey_prompt import make_prompt
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,11 +66,11 @@ def test_eval_writes_every_file_it_promises(run_dir, capsys):
 
 @pytest.mark.parametrize("overrides,match", [
     (["tasks=[val_loss,bogus]"], "unknown task(s) bogus"),
-    (["tasks=[length_extrapolation]", "length.multiples=[1,16]"], "exceeds the model's max_seq_len=512"),
+    (["tasks=[length_extrapolation]", "length.multiples=[16]"], "exceeds the model's max_seq_len=512"),
     (["tasks=[val_loss]", "seq_len=1024"], "seq_len=1024 exceeds"),
     (["tasks=[passkey]", "passkey.lengths=[100]"], "too short"),
     (["tasks=[passkey]", "passkey.lengths=[4096]"], "exceeds the model's max_seq_len"),
-    (["tasks=[passkey]", "passkey.lengths=[400]", "passkey.num_keys=[1]", "passkey.candidates=1"], "passkey.candidates must be >= 2"),
+    (["tasks=[passkey]", "passkey.lengths=[400]", "passkey.num_keys=[1]", "passkey.candidates=1"], "passkey.candidates must be an int >= 2"),
 ])
 def test_bad_options_are_one_line_value_errors(run_dir, overrides, match):
     with pytest.raises(ValueError) as err:
@@ -93,3 +97,114 @@ def test_zero_shot_without_the_harness_reports_each_task_not_run(run_dir, monkey
     assert set(result) == {"step", "piqa", "winogrande"}
     assert all(result[t]["status"] == "not run" and "pip install lm_eval" in result[t]["reason"]
                for t in ("piqa", "winogrande"))
+
+
+def run_eval_cli(*args, cwd=ROOT):
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run([sys.executable, str(ROOT / "eval.py"), *args], capture_output=True, text=True, env=env,
+                          cwd=cwd, timeout=120)
+
+
+def test_default_tasks_of_a_study_skip_and_name_the_prompts_that_cannot_fit(run_dir):
+    # run_study's default tasks with eval.yaml's default lengths (1, 2, 4, 8 x 64 tokens, the model's
+    # max_seq_len=512): the longest prompts need more than some of these lengths
+    enc = get_tokenizer("bytes")
+    lengths, keys = [64, 128, 256, 512], [1, 2, 4]
+
+    def fits(length, n):
+        try:
+            make_prompt(enc, length, 0.5, n, random.Random(0))
+            return True
+        except ValueError:
+            return False
+
+    cannot = {(n, length) for n in keys for length in lengths if not fits(length, n)}
+    assert cannot and len(cannot) < len(keys) * len(lengths) and (4, 512) in cannot
+    out = evaluation_entry.evaluate(compose_eval([
+        f"run_dir={run_dir}", "tasks=[val_loss,length_extrapolation,passkey]", "max_batches=1", "length.tokens=512",
+        "passkey.depths=[0.5]", "passkey.trials=1", "passkey.candidates=2"]))
+    passkey = json.loads((out / "passkey.json").read_text())
+    assert passkey["lengths"] == lengths
+    skipped = {(int(k.split("_")[0]), int(length)): why for k, cells in passkey["skipped"].items()
+               for length, why in cells.items()}
+    assert set(skipped) == cannot
+    assert all(f"length={length} is too short for a passkey prompt with {n} key(s)" in why
+               for (n, length), why in skipped.items())
+    for n in keys:
+        rows = passkey["grid"][f"{n}_keys"]["exact"]
+        assert [row is None for row in rows] == [(n, length) in cannot for length in lengths]
+        ran = [v for row in rows if row is not None for v in row]
+        assert passkey["accuracy"][f"{n}_keys"]["exact"] == (pytest.approx(sum(ran) / len(ran)) if ran else None)
+    table = (out / "results.md").read_text()
+    for n, length in cannot:
+        assert f"| passkey | 20 | skipped/{n}_keys/{length} | length={length} is too short" in table
+    # analysis.report reads such a file: skipped rows are left out of the averages
+    run = type("Run", (), {"eval_result": lambda self, task: passkey})()
+    ran_512 = [v for n in keys if (n, 512) not in cannot for v in passkey["grid"][f"{n}_keys"]["exact"][-1]]
+    assert passkey_accuracy(run, 512) == pytest.approx(sum(ran_512) / len(ran_512))
+    assert passkey_accuracy(run, None) is not None
+    length = json.loads((out / "length_extrapolation.json").read_text())
+    assert [e["seq_len"] for e in length["lengths"].values()] == lengths and length["skipped"] == {}
+
+
+def test_lengths_beyond_max_seq_len_are_skipped_and_named(run_dir):
+    out = evaluation_entry.evaluate(compose_eval([
+        f"run_dir={run_dir}", "tasks=[length_extrapolation,passkey]", "length.multiples=[1,16]", "length.tokens=128",
+        "passkey.lengths=[400,1024]", "passkey.num_keys=[1]", "passkey.depths=[0.5]", "passkey.trials=1",
+        "passkey.candidates=2"]))
+    length = json.loads((out / "length_extrapolation.json").read_text())
+    assert list(length["lengths"]) == ["1x"]
+    assert length["skipped"] == {"16x": "16 x the training length 64 = 1024 tokens exceeds the model's "
+                                        "max_seq_len=512"}
+    passkey = json.loads((out / "passkey.json").read_text())
+    assert passkey["skipped"] == {"1_keys": {"1024": "length 1024 exceeds the model's max_seq_len=512"}}
+    assert passkey["grid"]["1_keys"]["exact"][1] is None and len(passkey["grid"]["1_keys"]["exact"][0]) == 1
+    assert "| length_extrapolation | 20 | skipped/16x | 16 x the training length" in (out / "results.md").read_text()
+
+
+def test_without_run_dir_one_error_line_names_run_dir():
+    proc = run_eval_cli()
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: run_dir= is required") and "runs/<name>" in lines[0]
+
+
+@pytest.mark.parametrize("override,match", [
+    ("foo=1", "error: eval.py has no option foo: the options are run_dir, tasks,"),
+    ("passkey.foo=1", "error: eval.py has no option passkey.foo: the passkey options are passkey.lengths,"),
+    ("tasks=[val_loss,", "error: no viable alternative at input"),
+])
+def test_unknown_options_and_unreadable_overrides_are_one_error_line(override, match, tmp_path):
+    proc = run_eval_cli(f"run_dir={tmp_path}", override)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith(match)
+
+
+@pytest.mark.parametrize("overrides,match", [
+    (["tasks=[passkey]", "passkey.lengths=abc"], "passkey.lengths must be a list of ints >= 1 or null"),
+    (["tasks=[passkey]", "passkey.lengths=[400,abc]"], "passkey.lengths must be a list of ints"),
+    (["tasks=[passkey]", "passkey.depths=abc"], "passkey.depths must be a list of numbers in [0.0, 1.0]"),
+    (["tasks=[passkey]", "passkey.num_keys=abc"], "passkey.num_keys must be a list of ints >= 1"),
+    (["tasks=[passkey]", "passkey.trials=abc"], "passkey.trials must be an int >= 1"),
+    (["tasks=[passkey]", "passkey=3"], "passkey must be a group of options"),
+    (["tasks=[val_loss]", "seq_len=abc"], "seq_len must be an int >= 1 or null"),
+    (["tasks=[length_extrapolation]", "length.tokens=abc"], "length.tokens must be an int >= 1"),
+    (["tasks=[sample]", "sample.max_new_tokens=abc"], "sample.max_new_tokens must be an int >= 1"),
+    (["tasks=[sample]", "sample.top_k=abc"], "sample.top_k must be an int >= 1 or null"),
+    (["tasks=[zero_shot]", "zero_shot.tasks=3"], "zero_shot.tasks must be a non-empty list of names"),
+    (["tasks=[zero_shot]", "zero_shot.limit=abc"], "zero_shot.limit must be an int >= 1 or null"),
+    (["device=foo"], "device must be auto, cpu, cuda or cuda:<index>, got 'foo'"),
+    (["checkpoint=no/such/folder"], "checkpoint=no/such/folder: no such folder"),
+])
+def test_bad_values_are_one_line_errors_naming_the_key(run_dir, overrides, match):
+    with pytest.raises(ValueError) as err:
+        evaluation_entry.evaluate(compose_eval([f"run_dir={run_dir}", *overrides]))
+    assert match in str(err.value) and "\n" not in str(err.value)
+
+
+def test_a_bad_value_on_the_command_line_exits_2_with_the_key_named(run_dir):
+    proc = run_eval_cli(f"run_dir={run_dir}", "tasks=[passkey]", "passkey.lengths=abc")
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: passkey.lengths must be a list of ints >= 1 or null, e.g. passkey.lengths=[1,2], got 'abc'"]
