@@ -3,8 +3,8 @@ do not run (CPU tensors, head dimensions outside 16…256, float64).
 
 One query row per (sequence, head): q (B, H, d); the cache k (B, Hkv, L, d), v (B, Hkv, L, dv) with Hkv dividing H;
 ``positions`` (B,) the absolute position of each row's query, whose keys are cache positions 0 … position (the
-cache's later positions are ignored, whatever they hold). Arithmetic in float32 (float64 for float64 inputs); the
-result (B, H, dv) has q's dtype.
+cache's later positions are ignored, whatever finite values they hold; the kernels never read them at all).
+Arithmetic in float32 (float64 for float64 inputs); the result (B, H, dv) has q's dtype.
 
     threshold:  s_j = scale·q̂·k̂_j (q, k L2-normalised when ``normalize``),  τ = β_h·sqrt(2 ln(position + 1) / d),
                 a_j = max(s_j − τ, 0)^p,  o = Σ_j (a¹_j − λ_h a²_j) v_j   (one view: o = Σ_j a_j v_j)
