@@ -280,6 +280,7 @@ class Point:
     batch: int
     context: int
     prompts: str = ""
+    weights: str = "random"
     ms_per_token: float | None = None
     host_us_per_token: float | None = None
     attention_us_per_layer: float | None = None
@@ -384,7 +385,7 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
     points = []
     if run_dir is not None:
         trained, cfg = load_run(run_dir, args.max_seq_len, device, dtype)
-        label = f"{run_dir.name} (trained)"
+        label = run_dir.name
         models = [(cfg.attention.name, lambda: trained, cfg)]
         if cfg.attention.name != "softmax":
             soft_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
@@ -409,7 +410,8 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
         model = build()
         for batch in args.batches:
             for context in args.contexts:
-                point = Point(label, name, batch, context)
+                point = Point(label, name, batch, context, weights="trained" if build_is_trained(run_cfg, name)
+                              else "random")
                 prompt, point.prompts = text_prompts(run_cfg, batch, context - args.steps - args.warmup - 1, vocab,
                                                      generator)
                 try:
@@ -424,6 +426,11 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
     return points
 
 
+def build_is_trained(run_cfg, name: str) -> bool:
+    """Whether the model benchmarked as ``name`` has a run's weights (a run's own attention), not random ones."""
+    return run_cfg is not None and run_cfg.attention.name == name
+
+
 def point_line(p: Point) -> str:
     if p.error:
         return f"{p.attention} batch {p.batch} context {p.context}: {p.error}"
@@ -436,18 +443,20 @@ def point_line(p: Point) -> str:
 def e2e_table(points: list[Point]) -> str:
     """Markdown: one row per point, with the ratios to softmax at the same model, batch and context."""
     soft = {(p.model, p.batch, p.context): p for p in points if p.attention == "softmax" and not p.error}
-    lines = ["| model | attention | batch | context | prompts | ms/token | host µs/token | attention µs/layer | "
-             "cache MB/token | value pages read | ms vs softmax | attention vs softmax | bytes vs softmax |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| model | attention | weights | batch | context | prompts | ms/token | host µs/token | "
+             "attention µs/layer | cache MB/token | value pages read | ms vs softmax | attention vs softmax | "
+             "bytes vs softmax |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for p in points:
         if p.error:
-            lines.append(f"| {p.model} | {p.attention} | {p.batch} | {p.context} | {p.prompts} | {p.error} "
-                         "| | | | | | | |")
+            lines.append(f"| {p.model} | {p.attention} | {p.weights} | {p.batch} | {p.context} | {p.prompts} | "
+                         f"{p.error} | | | | | | | |")
             continue
         ref = soft.get((p.model, p.batch, p.context))
         pages = f"{p.value_pages_read:.1%}" if p.value_pages_read is not None else ""
         lines.append(
-            f"| {p.model} | {p.attention} | {p.batch} | {p.context} | {p.prompts} | {p.ms_per_token:.3f} | "
+            f"| {p.model} | {p.attention} | {p.weights} | {p.batch} | {p.context} | {p.prompts} | "
+            f"{p.ms_per_token:.3f} | "
             f"{p.host_us_per_token:.0f} | {p.attention_us_per_layer:.1f} | {p.cache_mb_per_token:.1f} | {pages} | "
             f"{ratio(p.ms_per_token, ref and ref.ms_per_token)} | "
             f"{ratio(p.attention_us_per_layer, ref and ref.attention_us_per_layer)} | "

@@ -37,12 +37,15 @@ def test_threshold_bytes_count_every_key_and_the_values_of_pages_read():
 
 
 def test_end_to_end_table_gives_ratios_to_softmax_at_the_same_point():
-    soft = bench.Point("m", "softmax", 1, 1024, "random tokens", 2.0, 30.0, 10.0, 100.0)
-    tda = bench.Point("m", "tda", 1, 1024, "random tokens", 1.5, 30.0, 6.0, 51.0, value_pages_read=0.02)
+    timing = dict(prompts="text", host_us_per_token=30.0)
+    soft = bench.Point("m", "softmax", 1, 1024, ms_per_token=2.0, attention_us_per_layer=10.0,
+                       cache_mb_per_token=100.0, **timing)
+    tda = bench.Point("m", "tda", 1, 1024, weights="trained", ms_per_token=1.5, attention_us_per_layer=6.0,
+                      cache_mb_per_token=51.0, value_pages_read=0.02, **timing)
     other = bench.Point("m", "tda", 16, 1024, error="out of memory")
     lines = bench.e2e_table([soft, tda, other]).splitlines()
     assert len(lines) == 5
-    assert lines[3].endswith("| 1.500 | 30 | 6.0 | 51.0 | 2.0% | 0.75 | 0.60 | 0.51 |")
+    assert lines[3] == "| m | tda | trained | 1 | 1024 | text | 1.500 | 30 | 6.0 | 51.0 | 2.0% | 0.75 | 0.60 | 0.51 |"
     assert "out of memory" in lines[4]
 
 
