@@ -20,14 +20,28 @@ def rope_frequencies(head_dim: int, base: float, ntk_factor: float = 1.0, device
     return base ** (-exponents)
 
 
+_last_rotation: list = []  # [(positions, head_dim, base, ntk_factor, dtype), (cos, sin)] of the latest call
+
+
 def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_factor: float = 1.0,
                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
     """(cos, sin) of the rotation at ``positions`` in ``dtype``: (T, d/2) for positions (T,), (B, 1, T, d/2) for
-    positions (B, T), so that they broadcast over (B, H, T, d/2). Computed once, they rotate q and k alike."""
+    positions (B, T), so that they broadcast over (B, H, T, d/2); they rotate q and k alike.
+
+    The latest result is kept and given again for the same ``positions`` tensor (the very object, which a model's
+    forward hands every layer) and the same settings: every layer after the first reuses it, which matters when
+    decoding one token, where these small kernels are a good part of a step (not while torch.compile traces)."""
+    key = (positions, head_dim, float(base), float(ntk_factor), dtype)
+    tracing = torch.compiler.is_compiling()
+    if not tracing and _last_rotation and _last_rotation[0][0] is positions and _last_rotation[0][1:] == key[1:]:
+        return _last_rotation[1]
     angles = positions.to(torch.float32)[..., None] * rope_frequencies(head_dim, base, ntk_factor, positions.device)
     if angles.dim() == 3:
         angles = angles[:, None]
-    return angles.cos().to(dtype), angles.sin().to(dtype)
+    rotation = angles.cos().to(dtype), angles.sin().to(dtype)
+    if not tracing:
+        _last_rotation[:] = [key, rotation]
+    return rotation
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:

@@ -15,8 +15,9 @@ from ..common import CompileTarget, interpreting, padded
 from . import PAGE  # keys per page: the unit the kernels read, score and skip
 from .triton_decode import combine_kernel, softmax_partial_kernel, threshold_partial_kernel
 
-SPLIT_BLOCK = 16      # splits the combine reads at a time
-PROGRAMS_PER_SM = 4   # the grid aims at this many programs per streaming multiprocessor
+COMBINE_TILE = 8192   # fp32 partials the combine reads at a time (splits × value width), over 8 warps
+PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streaming multiprocessor
+MAX_PAGES_PER_SPLIT = 8  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
 INTERPRETER_PROGRAMS = 8
 
 
@@ -27,11 +28,11 @@ def _target_programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_plan(rows: int, n_pages: int, programs: int) -> tuple[int, int]:
+def split_plan(rows: int, n_pages: int, programs: int, max_pages: int = MAX_PAGES_PER_SPLIT) -> tuple[int, int]:
     """(splits, pages per split) for ``rows`` (batch·heads) rows over ``n_pages`` pages: enough splits that the grid
-    has about ``programs`` programs, each of at least one page, the pages spread evenly."""
+    has about ``programs`` programs, each of at least one page and at most ``max_pages``, the pages spread evenly."""
     splits = min(n_pages, max(1, -(-programs // max(1, rows))))
-    per = -(-n_pages // splits)
+    per = min(-(-n_pages // splits), max_pages)
     return -(-n_pages // per), per
 
 
@@ -59,10 +60,11 @@ def _plan(q: torch.Tensor, k: torch.Tensor, page: int, pages_per_split: Optional
 
 def _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, softmax, target) -> None:
     B = out.shape[0]
+    split_block = max(16, min(64, COMBINE_TILE // padded(dv)))
     _run("combine", combine_kernel, (B * H,), (
         part, stats, sink if sink is not None else stats, positions, out, *out.stride(), H, L, splits, per),
-        dict(HEAD_DV=dv, BLOCK_DV=padded(dv), PAGE=page, SPLIT_BLOCK=SPLIT_BLOCK, SOFTMAX=softmax,
-             HAS_SINK=sink is not None, num_warps=4), target)
+        dict(HEAD_DV=dv, BLOCK_DV=padded(dv), PAGE=page, SPLIT_BLOCK=split_block, SOFTMAX=softmax,
+             HAS_SINK=sink is not None, num_warps=8), target)
 
 
 def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
