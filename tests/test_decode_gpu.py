@@ -114,18 +114,21 @@ def test_threshold_kernel_at_long_contexts_against_float64(views, dtype):
                            lam=lam.double() if lam is not None else None, beta=1.0)
     err = float((out.double() - ref).norm() / ref.norm())
     assert err < (1e-2 if dtype == torch.bfloat16 else 1e-4)
-    # the pages with a survivor, in float64
-    live = torch.zeros(B, H, L, dtype=torch.bool, device="cuda")
+    # the pages with a survivor, in float64: s − τ > 0 for some visible key of some view; a page whose best key
+    # sits within 1e-5 of τ may fall either way in the kernel's fp32 and is left out of the comparison
+    margin = torch.full((B, H, L), float("-inf"), dtype=torch.float64, device="cuda")
     tau = (2 * torch.log1p(positions.double()) / d).sqrt()[:, None, None]
     for q, k in zip(qs, ks):
         qn = q.double() / q.double().norm(dim=-1, keepdim=True)
         kn = k.double() / k.double().norm(dim=-1, keepdim=True)
-        live |= torch.einsum("bhd,bhld->bhl", qn, kn) > tau
-    live &= torch.arange(L, device="cuda") <= positions[:, None, None]
-    pages = live.view(B, H, -1, 64).any(dim=-1)
+        margin = torch.maximum(margin, torch.einsum("bhd,bhld->bhl", qn, kn) - tau)
+    margin = margin.masked_fill(torch.arange(L, device="cuda") > positions[:, None, None], float("-inf"))
+    best = margin.view(B, H, -1, 64).amax(dim=-1)
     visited = torch.arange(L // 64, device="cuda") * 64 <= positions[:, None, None]
-    want = torch.where(visited, 1 + pages.to(torch.int8), torch.zeros((), dtype=torch.int8, device="cuda"))
-    assert torch.equal(flags, want)
+    want = torch.where(visited, 1 + (best > 0).to(torch.int8), torch.zeros((), dtype=torch.int8, device="cuda"))
+    clear = best.abs() > 1e-5
+    assert float(clear.double().mean()) > 0.99
+    assert torch.equal(flags[clear], want[clear])
     assert 0.0 < float((flags == 2).sum()) / float((flags > 0).sum()) < 0.5  # pages are skipped, and not all
 
 
