@@ -314,6 +314,11 @@ class _ThresholdLambda(nn.Module):
             std = float(attn_cfg.get("lambda_std", 0.1))
             self.vectors = nn.Parameter(torch.randn(4, *shape, head_dim) * std)
 
+    def raw_form(self) -> tuple[torch.Tensor, str | None]:
+        """(λ before its transform, the transform's name) for the decoding kernel, which applies clamp and sigmoid
+        itself; (λ, None) for the re-parameterisation."""
+        return (self.raw, self.mode) if self.mode in ("clamp", "sigmoid") else (self(), None)
+
     def forward(self) -> torch.Tensor:
         if self.mode == "clamp":
             return at_least_fp32(self.raw).clamp(0.0, 1.0)
@@ -365,8 +370,10 @@ class ThresholdDifferentialAttention(_PairedHeads):
                                    beta=self.beta(), normalize=True, **self.options)
 
     def decode_mix(self, q, cache, positions):
+        lam, transform = self.lam.raw_form()
         return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, q[1][:, :, 0], cache.k[1], positions=positions,
-                                lam=self.lam(), beta=self.beta(), normalize=True, **self.options)[:, :, None]
+                                lam=lam, lam_transform=transform, beta=self.beta(), normalize=True,
+                                **self.options)[:, :, None]
 
     def head_output(self, mixed):
         return self.head_norm(mixed)

@@ -139,13 +139,16 @@ def test_a_wrong_skip_decision_is_caught():
 
 
 @pytest.mark.parametrize("case", [
-    dict(views=2, p=3.0, d=16, dv=16, heads=2, kv_heads=1, dtype=torch.float32),
+    dict(views=2, p=3.0, d=16, dv=16, heads=2, kv_heads=1, dtype=torch.float32, raw_lam=[-0.4, 0.9],
+         transform="sigmoid"),
+    dict(views=2, p=2.0, d=32, dv=64, heads=2, kv_heads=2, dtype=torch.bfloat16, raw_lam=[1.3], transform="clamp"),
     dict(views=1, p=1.0, d=24, dv=48, heads=4, kv_heads=2, dtype=torch.bfloat16),
     dict(views=1, p=1.0, d=16, dv=32, heads=2, kv_heads=2, dtype=torch.float32, rela=True),
-], ids=["tda-p3-gqa", "tra-p1-odd-dims-bf16", "rela"])
+], ids=["tda-p3-gqa-sigmoid-lambda", "tda-one-clamped-lambda-bf16", "tra-p1-odd-dims-bf16", "rela"])
 def test_random_caches_against_float64(case):
     """Correlated random queries and keys (a real share of survivors), odd head dimensions, any p, ReLA's
-    unnormalised scores (β = 0, scale 1/√d), ragged positions."""
+    unnormalised scores (β = 0, scale 1/√d), ragged positions; λ raw, per head or one for all, with the transform
+    (sigmoid, clamp) the kernel applies."""
     g = torch.Generator().manual_seed(1)
     B, H, Hkv, d, T = 2, case["heads"], case["kv_heads"], case["d"], 40
     rela = case.get("rela", False)
@@ -158,10 +161,14 @@ def test_random_caches_against_float64(case):
                          ).to(case["dtype"])
     x["v"] = torch.randn(B, Hkv, T, case["dv"], generator=g, dtype=torch.float64).to(case["dtype"])
     x["beta"] = torch.zeros(H) if rela else torch.linspace(0.6, 1.0, H)
-    x["lam"] = torch.linspace(0.3, 0.7, H) if case["views"] == 2 else None
+    raw = torch.tensor(case["raw_lam"]) if case["views"] == 2 else None
     options = dict(p=case["p"], normalize=not rela, scale=1 / math.sqrt(d) if rela else 1.0)
     out = threshold_decode(x["q1"], x["k1"], x["v"], x.get("q2"), x.get("k2"), positions=x["positions"],
-                           lam=x["lam"], beta=x["beta"], kernel=True, page=PAGE, **options)
+                           lam=raw, lam_transform=case.get("transform"), beta=x["beta"], kernel=True, page=PAGE,
+                           **options)
+    if raw is not None:
+        lam = raw.double().clamp(0, 1) if case["transform"] == "clamp" else torch.sigmoid(raw.double())
+        x["lam"] = lam.expand(H)
     ref = float64_rows(x, **options)
     a, _ = naive_maps(x["q1"][:1, :, None].double(), x["k1"][:1].double(), x["beta"].double(), case["p"],
                       not rela, options["scale"], True)

@@ -11,9 +11,12 @@ from model.gpt import GPT
 
 V = 53
 LOW_THRESHOLD = {"beta": 0.4}  # so that entries survive the threshold in an untrained model
-# Every registered variant, then an option that changes the cached computation.
+# Every registered variant, then options that change the cached computation (λ's forms reach the decoding kernel
+# raw with their transform, or transformed).
 VARIANTS = [(name, LOW_THRESHOLD if name in ("tda", "tra") else {}) for name in ATTENTIONS] + [
-    ("tda", {**LOW_THRESHOLD, "layout": "extra_proj", "power": 1.0}),
+    ("tda", {**LOW_THRESHOLD, "layout": "extra_proj", "power": 1.0, "lambda_mode": "sigmoid",
+             "lambda_per_head": True}),
+    ("tda", {**LOW_THRESHOLD, "lambda_mode": "reparam", "beta_learnable": True}),
 ]
 
 

@@ -76,11 +76,14 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
                      lam: float | torch.Tensor | None = None, beta: float | torch.Tensor = 1.0, p: float = 2.0,
                      normalize: bool = True, scale: float = 1.0, kernel: bool | None = None,
                      read_flags: torch.Tensor | None = None, drop_page: int | None = None,
-                     pages_per_split: int | None = None, page: int = PAGE) -> torch.Tensor:
+                     pages_per_split: int | None = None, page: int = PAGE,
+                     lam_transform: str | None = None) -> torch.Tensor:
     """Threshold attention of one query row per sequence and head against the cache (reference.py has the
     formula): q1, q2 (B, H, d); k1, k2 (B, Hkv, L, d); v (B, Hkv, L, dv); positions (B,); lam (with two views) and
-    beta floats, 0-d or (H,) tensors; p ≥ 1, normalize, scale as ``kernels.threshold_attention``'s. Returns
-    (B, H, dv) in q1's dtype, before any per-head normalisation.
+    beta floats, 0-d, (1,) or (H,) tensors; p ≥ 1, normalize, scale as ``kernels.threshold_attention``'s. Returns
+    (B, H, dv) in q1's dtype, before any per-head normalisation. ``lam_transform`` "clamp" or "sigmoid" takes lam
+    raw and uses clamp(lam, 0, 1) or sigmoid(lam) (TDA's λ modes), inside the kernel: a decoding step then spends no
+    launch on it.
 
     ``kernel``: None (the kernel for CUDA tensors it supports when no gradient is needed, else the reference),
     True (the kernel, also for CPU tensors under the interpreter) or False (the reference). Kernel-only options:
@@ -93,22 +96,36 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
         raise ValueError("lam is required with two views (q2, k2)")
     if p < 1:
         raise ValueError(f"p must be >= 1, got {p}")
+    if lam_transform not in (None, "clamp", "sigmoid"):
+        raise ValueError(f"lam_transform must be None, 'clamp' or 'sigmoid', got {lam_transform!r}")
+    H = q1.shape[1]
+    if isinstance(lam, torch.Tensor) and lam.numel() not in (1, H):
+        raise ValueError(f"lam must be a float or hold 1 or {H} (one per head) values, got shape {tuple(lam.shape)}")
     if not _use_kernel(kernel, (q1, k1, v, q2, k2), (lam, beta)):
         if read_flags is not None or drop_page is not None:
             raise ValueError("read_flags and drop_page need the kernel (kernel=True)")
+        if q2 is not None and lam_transform is not None:
+            lam = torch.as_tensor(lam, dtype=torch.float32) if not isinstance(lam, torch.Tensor) else lam
+            lam = lam if lam.dtype == torch.float64 else lam.float()
+            lam = lam.clamp(0.0, 1.0) if lam_transform == "clamp" else torch.sigmoid(lam)
         return threshold_decode_reference(q1, k1, v, q2, k2, positions=positions, lam=lam, beta=beta, p=p,
                                           normalize=normalize, scale=scale)
     from .launch import threshold_decode as launch_threshold
 
-    B, H = q1.shape[:2]
+    B = q1.shape[0]
     n_pages = -(-k1.shape[2] // page)
     if read_flags is not None and (read_flags.shape != (B, H, n_pages) or read_flags.dtype != torch.int8
                                    or read_flags.device != q1.device or not read_flags.is_contiguous()):
         raise ValueError(f"read_flags must be a contiguous int8 tensor ({B}, {H}, {n_pages}) on {q1.device}")
-    lam_h = as_head_vector(lam, H, q1.device) if q2 is not None else None
+    if q2 is None:
+        lam_h = None
+    elif isinstance(lam, torch.Tensor):  # one value or one per head, read by the kernel as it is
+        lam_h = lam.detach().to(q1.device).reshape(-1).contiguous()
+    else:
+        lam_h = as_head_vector(lam, H, q1.device)
     return launch_threshold(q1, k1, v, q2, k2, positions.contiguous(), lam_h, as_head_vector(beta, H, q1.device),
                             float(p), bool(normalize), float(scale), page, pages_per_split, read_flags,
-                            -1 if drop_page is None else int(drop_page))
+                            -1 if drop_page is None else int(drop_page), lam_transform)
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, positions: torch.Tensor,

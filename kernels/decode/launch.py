@@ -67,13 +67,18 @@ def _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, sof
              HAS_SINK=sink is not None, num_warps=8), target)
 
 
+LAM_MODES = {None: 0, "clamp": 1, "sigmoid": 2}
+
+
 def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
                      k2: Optional[torch.Tensor], positions: torch.Tensor, lam: Optional[torch.Tensor],
                      beta: torch.Tensor, p: float, normalize: bool, scale: float, page: int = PAGE,
                      pages_per_split: Optional[int] = None, read_flags: Optional[torch.Tensor] = None,
-                     drop_page: int = -1, target: Optional[CompileTarget] = None) -> torch.Tensor:
+                     drop_page: int = -1, lam_transform: Optional[str] = None,
+                     target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Threshold attention of one query row per (sequence, head): q (B, H, d), k (B, Hkv, L, d), v (B, Hkv, L, dv),
-    positions (B,) contiguous integers, lam (H,) fp32 or None, beta (H,) fp32. Returns (B, H, dv) in q1's dtype."""
+    positions (B,) contiguous integers, lam a contiguous tensor of 1 or H values (any float dtype; the kernel applies
+    ``lam_transform``: None, "clamp" or "sigmoid") or None, beta (H,) fp32. Returns (B, H, dv) in q1's dtype."""
     B, H, d = q1.shape
     Hkv, L, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -86,9 +91,11 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
         q1, q2_, k1, k2_, v, positions, lam if two else beta, beta, part,
         read_flags if read_flags is not None else part,
         *q1.stride(), *q2_.stride(), *k1.stride(), *k2_.stride(), *v.stride(),
-        H, H // Hkv, L, splits, per, n_pages, float(scale), float(p), 1.0 / d, int(drop_page)),
+        H, H // Hkv, L, splits, per, n_pages, float(scale), float(p), 1.0 / d, int(drop_page),
+        int(two and lam.numel() > 1)),
         dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page, TWO_VIEWS=two,
-             NORMALIZE=bool(normalize), P_MODE=p_mode, RECORD=read_flags is not None,
+             NORMALIZE=bool(normalize), P_MODE=p_mode, LAM_MODE=LAM_MODES[lam_transform],
+             RECORD=read_flags is not None,
              num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, part, None, positions, out, H, L, splits, per, dv, page, False, target)
     return out

@@ -68,15 +68,16 @@ def threshold_partial_kernel(
         Q1, Q2, K1, K2, V, POS, LAM, BETA, PART, FLAGS,
         s_q1b, s_q1h, s_q1d, s_q2b, s_q2h, s_q2d,
         s_k1b, s_k1h, s_k1t, s_k1d, s_k2b, s_k2h, s_k2t, s_k2d, s_vb, s_vh, s_vt, s_vd,
-        H, GROUP, L, n_splits, pages_per_split, n_pages, scale, p, inv_d, drop_page,
+        H, GROUP, L, n_splits, pages_per_split, n_pages, scale, p, inv_d, drop_page, lam_stride,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         PAGE: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, P_MODE: tl.constexpr,
-        RECORD: tl.constexpr):
+        LAM_MODE: tl.constexpr, RECORD: tl.constexpr):
     """Partial sum Σ_j (a¹_j − λ a²_j) v_j over this program's pages (a = max(s − τ, 0)^p, s = scale·q̂·k̂_j),
-    written to PART[b, h, split, :BLOCK_DV] in fp32. A page's values are read only when some key of the page
-    survives in some view; ``drop_page`` (a test hook, −1 in use) names one page treated as if none survived.
-    With RECORD, FLAGS[b, h, page] (int8) gets 1 for a page whose keys were scored and 2 for one whose values
-    were read as well."""
+    written to PART[b, h, split, :BLOCK_DV] in fp32. λ is LAM[h · lam_stride] (stride 0: one for every head), taken
+    as it is (LAM_MODE 0), clamped to [0, 1] (1) or through a sigmoid (2). A page's values are read only when some
+    key of the page survives in some view; ``drop_page`` (a test hook, −1 in use) names one page treated as if none
+    survived. With RECORD, FLAGS[b, h, page] (int8) gets 1 for a page whose keys were scored and 2 for one whose
+    values were read as well."""
     b, h, hk, pos, n_keys = _program(H, GROUP, POS, L)
     split = tl.program_id(1)
     first = split * pages_per_split
@@ -87,7 +88,11 @@ def threshold_partial_kernel(
     q1 = _query(Q1, b, h, s_q1b, s_q1h, s_q1d, offs_d, scale, HEAD_D, NORMALIZE)
     if TWO_VIEWS:
         q2 = _query(Q2, b, h, s_q2b, s_q2h, s_q2d, offs_d, scale, HEAD_D, NORMALIZE)
-        lam = tl.load(LAM + h)
+        lam = tl.load(LAM + h * lam_stride).to(tl.float32)
+        if LAM_MODE == 1:
+            lam = tl.minimum(tl.maximum(lam, 0.0), 1.0)
+        elif LAM_MODE == 2:
+            lam = tl.sigmoid(lam)
     acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
     for page in range(first, last):
         keys = page * PAGE + tl.arange(0, PAGE)
