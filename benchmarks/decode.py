@@ -388,10 +388,8 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
         label = run_dir.name
         models = [(cfg.attention.name, lambda: trained, cfg)]
         if cfg.attention.name != "softmax":
-            soft_cfg = OmegaConf.create(OmegaConf.to_container(cfg, resolve=True))
-            with open_dict(soft_cfg):
-                soft_cfg.attention = {"name": "softmax"}
-            models.insert(0, ("softmax", lambda: random_model(soft_cfg.model, soft_cfg.attention,
+            soft_model = OmegaConf.create(OmegaConf.to_container(cfg.model, resolve=True))
+            models.insert(0, ("softmax", lambda: random_model(soft_model, OmegaConf.create({"name": "softmax"}),
                                                              int(cfg.model.vocab_size), device, dtype, args.seed),
                               cfg))
         vocab = int(cfg.model.vocab_size)

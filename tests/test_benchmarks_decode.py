@@ -68,3 +68,17 @@ def test_a_tiny_run_on_the_cpu(tmp_path):
     assert row["tda_us"] > 0 and row["softmax_us"] > 0 and 0.0 <= row["tda_value_pages_read"] <= 1.0
     text = out.read_text()
     assert "Decoding attention alone" in text and text.rstrip().endswith("|")
+
+
+def test_a_trained_run_decodes_its_own_text_beside_softmax(train_run):
+    """--from-run: the run's weights at a longer model.max_seq_len, prompts from its validation text, and softmax of
+    the same configuration with random weights in the same table."""
+    run = train_run("name=decode_bench_tda", "attention=tda", "trainer.max_steps=2")
+    results = bench.main(["--device", "cpu", "--from-run", str(run), "--max-seq-len", "600", "--contexts", "560",
+                          "--batches", "1", "--steps", "2", "--warmup", "1", "--reps", "1", "--stages", "e2e",
+                          "--dtype", "fp32"])
+    softmax, tda = results["e2e"]
+    assert (softmax["attention"], softmax["weights"]) == ("softmax", "random")
+    assert (tda["attention"], tda["weights"]) == ("tda", "trained")
+    assert softmax["prompts"] == tda["prompts"] == "val text" and softmax["model"] == "decode_bench_tda"
+    assert tda["error"] is None and tda["ms_per_token"] > 0

@@ -105,7 +105,8 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
         if read_flags is not None or drop_page is not None:
             raise ValueError("read_flags and drop_page need the kernel (kernel=True)")
         if q2 is not None and lam_transform is not None:
-            lam = torch.as_tensor(lam, dtype=torch.float32) if not isinstance(lam, torch.Tensor) else lam
+            if not isinstance(lam, torch.Tensor):
+                lam = torch.full((), float(lam), device=q1.device)
             lam = lam if lam.dtype == torch.float64 else lam.float()
             lam = lam.clamp(0.0, 1.0) if lam_transform == "clamp" else torch.sigmoid(lam)
         return threshold_decode_reference(q1, k1, v, q2, k2, positions=positions, lam=lam, beta=beta, p=p,
