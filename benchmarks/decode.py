@@ -41,6 +41,7 @@ import shlex
 import subprocess
 import sys
 import time
+import traceback
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -414,14 +415,21 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
                                                      generator)
                 try:
                     measure_point(model, name, point, prompt, args, device)
-                except torch.OutOfMemoryError as exc:
-                    point.error = f"out of memory: {str(exc).splitlines()[0][:120]}"
+                except Exception as exc:  # a failed point is a row of the table; the others still run
+                    point.error = failure(exc)
                 if device.type == "cuda":
                     torch.cuda.empty_cache()
                 points.append(point)
                 print(point_line(point), flush=True)
         del model
     return points
+
+
+def failure(exc: Exception) -> str:
+    """A failed point's one-line reason (the traceback goes to stderr)."""
+    traceback.print_exc()
+    lines = str(exc).strip().splitlines()
+    return f"{type(exc).__name__}: {lines[0][:120] if lines else ''}"
 
 
 def build_is_trained(run_cfg, name: str) -> bool:
@@ -527,8 +535,8 @@ def kernels_alone(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
         for context in args.kernel_contexts:
             try:
                 row = kernel_point(batch, context, device, dtype, args.reps, generator)
-            except torch.OutOfMemoryError as exc:
-                row = {"batch": batch, "context": context, "error": f"out of memory: {str(exc).splitlines()[0][:80]}"}
+            except Exception as exc:  # a failed point is a row of the table; the others still run
+                row = {"batch": batch, "context": context, "error": failure(exc)}
             if device.type == "cuda":
                 torch.cuda.empty_cache()
             rows.append(row)
