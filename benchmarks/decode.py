@@ -42,7 +42,7 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -288,7 +288,6 @@ class Point:
     cache_mb_per_token: float | None = None
     value_pages_read: float | None = None
     error: str | None = None
-    extra: dict = field(default_factory=dict)
 
 
 @contextlib.contextmanager

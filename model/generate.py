@@ -44,11 +44,13 @@ class Decoder:
         self.tokens: torch.Tensor | None = None
         self.logits: torch.Tensor | None = None
 
+    @torch.no_grad()
     def prefill(self, idx: torch.Tensor, lengths: list[int] | None = None) -> torch.Tensor:
         """The prompts idx (B, T), right-padded, row b's prompt its first lengths[b] tokens -> logits (B, vocab)
         after each row's last prompt token."""
         return self.model.prefill(idx, self.cache, lengths)
 
+    @torch.no_grad()
     def step(self, tokens: torch.Tensor) -> torch.Tensor:
         """One new token per row, tokens (B,) -> logits (B, vocab) of the token after it."""
         if not self.graphs:
