@@ -38,6 +38,7 @@ import contextlib
 import json
 import os
 import shlex
+import signal
 import subprocess
 import sys
 import time
@@ -377,12 +378,12 @@ def cache_bytes(cache, positions: list[int], flags: list[torch.Tensor], name: st
     return total
 
 
-def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
+def end_to_end(args, device: torch.device, dtype: torch.dtype, points: list[Point]) -> None:
+    """Measure every end-to-end point, appending each to ``points`` as it is done."""
     from omegaconf import OmegaConf, open_dict
 
     run_dir = train_first(args.train_first, args.runs_root) if args.train_first else args.from_run
     generator = torch.Generator().manual_seed(args.seed)
-    points = []
     if run_dir is not None:
         trained, cfg = load_run(run_dir, args.max_seq_len, device, dtype)
         label = run_dir.name
@@ -421,7 +422,6 @@ def end_to_end(args, device: torch.device, dtype: torch.dtype) -> list[Point]:
                 points.append(point)
                 print(point_line(point), flush=True)
         del model
-    return points
 
 
 def failure(exc: Exception) -> str:
@@ -527,9 +527,9 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
     return row
 
 
-def kernels_alone(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
+def kernels_alone(args, device: torch.device, dtype: torch.dtype, rows: list[dict]) -> None:
+    """Measure the kernels alone at every batch and context, appending each row to ``rows`` as it is done."""
     generator = torch.Generator(device=device).manual_seed(args.seed)
-    rows = []
     for batch in args.kernel_batches:
         for context in args.kernel_contexts:
             try:
@@ -540,7 +540,6 @@ def kernels_alone(args, device: torch.device, dtype: torch.dtype) -> list[dict]:
                 torch.cuda.empty_cache()
             rows.append(row)
             print(json.dumps(row), flush=True)
-    return rows
 
 
 def kernel_table(rows: list[dict]) -> str:
@@ -570,15 +569,26 @@ def main(argv: list[str] | None = None) -> dict:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise SystemExit("benchmarks.decode needs a CUDA GPU (or --device cpu for a try on a tiny model)")
     dtype = DTYPES[args.dtype]
-    sections, results = [], {"args": {k: str(v) for k, v in vars(args).items()}}
+    results = {"args": {k: str(v) for k, v in vars(args).items()}}
     if device.type == "cuda":
         print(f"{torch.cuda.get_device_name(device)}, torch {torch.__version__}", flush=True)
+    rows, points = [], []
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # a time limit's SIGTERM still prints what was measured
+    try:
+        if "e2e" in args.stages:
+            end_to_end(args, device, dtype, points)
+        if "kernel" in args.stages:
+            kernels_alone(args, device, dtype, rows)
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        print("interrupted: the tables hold the points measured so far", flush=True)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    sections = []
     if "kernel" in args.stages:
-        rows = kernels_alone(args, device, dtype)
         results["kernel"] = rows
         sections.append("## Decoding attention alone (one layer, random inputs)\n\n" + kernel_table(rows))
     if "e2e" in args.stages:
-        points = end_to_end(args, device, dtype)
         results["e2e"] = [vars(p) for p in points]
         mode = "CUDA graphs" if device.type == "cuda" and not args.no_graphs else "eager"
         sections.append(f"## Decoding end to end ({mode}, {args.dtype})\n\n" + e2e_table(points))
@@ -591,6 +601,10 @@ def main(argv: list[str] | None = None) -> dict:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(results, indent=1, default=str) + "\n")
     return results
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
