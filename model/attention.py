@@ -2,20 +2,26 @@
 
 Every variant has the same interface:
 
-    forward(x, positions, cache=None) -> y          x, y: (B, T, d_model); positions: (T,) absolute
+    forward(x, positions, cache=None) -> y          x, y: (B, T, d_model); positions: (T,) or (B, T) absolute
     project(x, positions) -> Projections            the module's own q, k (after RoPE) and v
     maps(proj, rows) -> {"combined", "view1"[, "view2"]}   exact attention weights of a block of rows
+    decode_mix(q, cache, positions) -> (B, H, 1, dv)       one decoding step against the cache (before head_output)
 
-``project`` and ``maps`` are what the analysis probe uses to recompute attention exactly; ``cache`` is a
-``KVCache`` that keeps each layer's keys and values for decoding (queries are then aligned to the end
-of the cached keys). A variant with learnable scalars of its own names them in ``scalars()`` (reported
-with λ and β by ``GPT.attention_scalars``). Variants register themselves with ``@register("name")``;
-``build_attention`` makes one from the Hydra ``attention`` config.
+``project`` and ``maps`` are what the analysis probe uses to recompute attention exactly. ``cache`` is the layer's
+part of a ``model.cache.StaticCache``: a forward of several tokens (the prefill of right-padded prompts, into an
+empty cache) stores its keys and values at positions 0 … T − 1 and runs the training kernels; a forward of one
+token per row stores it at the row's own position (positions (B, 1)) and runs ``decode_mix`` over the cache, in
+which each row's query sees cache positions 0 … its position, and τ (threshold variants) and ln(i + 1) (SSMax) use
+that position. The decoding paths are the kernels of ``kernels.decode`` (threshold and softmax families) or exact
+PyTorch (sigmoid, softpick; every variant where the kernels do not run), and none of them synchronises with the
+host, so the step can be captured in a CUDA graph. A variant with learnable scalars of its own names them in
+``scalars()`` (reported with λ and β by ``GPT.attention_scalars``). Variants register themselves with
+``@register("name")``; ``build_attention`` makes one from the Hydra ``attention`` config.
 """
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Callable
 
 import torch
@@ -24,8 +30,12 @@ from torch import nn
 
 from kernels import (sigmoid_attention, sigmoid_attention_weights, sink_softmax_attention, softpick_attention,
                      softpick_attention_weights, threshold_attention, threshold_attention_weights)
+from kernels.decode import softmax_decode, threshold_decode
+from kernels.sigmoid.reference import RULE as SIGMOID_RULE
+from kernels.softpick.reference import RULE as SOFTPICK_RULE
+from model.cache import LayerCache
 from model.norms import GatedRMSNorm, RMSNorm, at_least_fp32
-from model.rope import apply_rope
+from model.rope import apply_rope, rope_rotation, rotate
 
 ATTENTIONS: dict[str, type[nn.Module]] = {}
 
@@ -46,26 +56,6 @@ class Projections:
     q: list[torch.Tensor]
     k: list[torch.Tensor]
     v: torch.Tensor
-
-
-@dataclass
-class KVCache:
-    """Keys (one tensor per view) and values of one layer for decoding, appended along the sequence."""
-
-    k: list[torch.Tensor] = field(default_factory=list)
-    v: torch.Tensor | None = None
-
-    def extend(self, proj: Projections) -> Projections:
-        if self.v is None:
-            self.k, self.v = list(proj.k), proj.v
-        else:
-            self.k = [torch.cat((old, new), dim=2) for old, new in zip(self.k, proj.k)]
-            self.v = torch.cat((self.v, proj.v), dim=2)
-        return Projections(proj.q, self.k, self.v)
-
-    @property
-    def length(self) -> int:
-        return 0 if self.v is None else self.v.shape[2]
 
 
 def build_attention(model_cfg, attn_cfg, layer: int) -> nn.Module:
@@ -116,16 +106,27 @@ class _Attention(nn.Module):
     def rope(self, x: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
         return apply_rope(x, positions, self.rope_base, self.rope_ntk_factor)
 
+    def rotated(self, q: torch.Tensor, k: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """q and k (B, H, T, d) rotated by RoPE at ``positions``, the rotation computed once for both."""
+        rotation = rope_rotation(positions, q.shape[-1], self.rope_base, self.rope_ntk_factor, q.dtype)
+        return rotate(q, *rotation), rotate(k, *rotation)
+
     def project(self, x: torch.Tensor, positions: torch.Tensor) -> Projections:
-        q = self.rope(_split_heads(self.q_proj(x), self.n_head), positions)
-        k = self.rope(_split_heads(self.k_proj(x), self.n_head), positions)
+        q, k = self.rotated(_split_heads(self.q_proj(x), self.n_head), _split_heads(self.k_proj(x), self.n_head),
+                            positions)
         return Projections([q], [k], _split_heads(self.v_proj(x), self.n_head))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         proj = self.project(x, positions)
-        if cache is not None:
-            proj = cache.extend(proj)
-        return self.out_proj(self.output(self.attend(proj), x))
+        if cache is None:
+            heads = self.attend(proj)
+        else:
+            cache.write(proj.k, proj.v, positions)
+            if x.shape[1] == 1:
+                heads = self.head_output(self.decode_mix(proj.q, cache, positions.reshape(-1).expand(x.shape[0])))
+            else:
+                heads = self.attend(proj)
+        return self.out_proj(self.output(heads, x))
 
     def attend(self, proj: Projections) -> torch.Tensor:
         """Per-head attention output (B, H, Tq, dv), after any per-head normalisation."""
@@ -133,6 +134,11 @@ class _Attention(nn.Module):
 
     def mix(self, proj: Projections) -> torch.Tensor:
         """The attention weights applied to v, (B, H, Tq, dv): exactly ``maps(proj)["combined"] @ v``."""
+        raise NotImplementedError
+
+    def decode_mix(self, q: list[torch.Tensor], cache: LayerCache, positions: torch.Tensor) -> torch.Tensor:
+        """``mix`` for one query per row against the cache: q the views' queries (B, H, 1, d), positions (B,) the
+        queries' absolute positions (each sees cache positions 0 … its own) -> (B, H, 1, dv)."""
         raise NotImplementedError
 
     def head_output(self, mixed: torch.Tensor) -> torch.Tensor:
@@ -187,6 +193,9 @@ class SoftmaxAttention(_Attention):
     def mix(self, proj: Projections) -> torch.Tensor:
         return _sdpa(proj.q[0], proj.k[0], proj.v)
 
+    def decode_mix(self, q, cache, positions):
+        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions)[:, :, None]
+
     def maps(self, proj, rows=None):
         out = _softmax_maps(proj, self.head_dim, rows)
         out["combined"] = out["view1"]
@@ -219,8 +228,8 @@ class _PairedHeads(_Attention):
         self.pairs = self.n_head // 2
 
     def project(self, x, positions):
-        q = self.rope(_split_heads(self.q_proj(x), self.n_head), positions)
-        k = self.rope(_split_heads(self.k_proj(x), self.n_head), positions)
+        q, k = self.rotated(_split_heads(self.q_proj(x), self.n_head), _split_heads(self.k_proj(x), self.n_head),
+                            positions)
         v = _split_heads(self.v_proj(x), self.pairs)
         return Projections([q[:, 0::2], q[:, 1::2]], [k[:, 0::2], k[:, 1::2]], v)
 
@@ -249,6 +258,11 @@ class DifferentialAttention(_PairedHeads):
     def mix(self, proj):
         lam = self.lam().to(proj.v.dtype)
         return _sdpa(proj.q[0], proj.k[0], proj.v) - lam * _sdpa(proj.q[1], proj.k[1], proj.v)
+
+    def decode_mix(self, q, cache, positions):
+        lam = self.lam().to(cache.v.dtype)
+        views = [softmax_decode(qv[:, :, 0], kv, cache.v, positions=positions) for qv, kv in zip(q, cache.k)]
+        return (views[0] - lam * views[1])[:, :, None]
 
     def head_output(self, mixed):
         return self.head_norm(mixed) * (1.0 - self.lambda_init)
@@ -302,6 +316,11 @@ class _ThresholdLambda(nn.Module):
             std = float(attn_cfg.get("lambda_std", 0.1))
             self.vectors = nn.Parameter(torch.randn(4, *shape, head_dim) * std)
 
+    def raw_form(self) -> tuple[torch.Tensor, str | None]:
+        """(λ before its transform, the transform's name) for the decoding kernel, which applies clamp and sigmoid
+        itself; (λ, None) for the re-parameterisation."""
+        return (self.raw, self.mode) if self.mode in ("clamp", "sigmoid") else (self(), None)
+
     def forward(self) -> torch.Tensor:
         if self.mode == "clamp":
             return at_least_fp32(self.raw).clamp(0.0, 1.0)
@@ -342,13 +361,21 @@ class ThresholdDifferentialAttention(_PairedHeads):
         if self.layout == "paired":
             return super().project(x, positions)
         proj = _Attention.project(self, x, positions)
-        proj.q.append(self.rope(_split_heads(self.q2_proj(x), self.n_head), positions))
-        proj.k.append(self.rope(_split_heads(self.k2_proj(x), self.n_head), positions))
+        q2, k2 = self.rotated(_split_heads(self.q2_proj(x), self.n_head), _split_heads(self.k2_proj(x), self.n_head),
+                              positions)
+        proj.q.append(q2)
+        proj.k.append(k2)
         return proj
 
     def mix(self, proj):
         return threshold_attention(proj.q[0], proj.k[0], proj.v, proj.q[1], proj.k[1], lam=self.lam(),
                                    beta=self.beta(), normalize=True, **self.options)
+
+    def decode_mix(self, q, cache, positions):
+        lam, transform = self.lam.raw_form()
+        return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, q[1][:, :, 0], cache.k[1], positions=positions,
+                                lam=lam, lam_transform=transform, beta=self.beta(), normalize=True,
+                                **self.options)[:, :, None]
 
     def head_output(self, mixed):
         return self.head_norm(mixed)
@@ -374,6 +401,10 @@ class ThresholdRectifiedAttention(_Attention):
         return threshold_attention(proj.q[0], proj.k[0], proj.v, beta=self.beta(), normalize=True,
                                    **self.options)
 
+    def decode_mix(self, q, cache, positions):
+        return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, beta=self.beta(),
+                                normalize=True, **self.options)[:, :, None]
+
     def head_output(self, mixed):
         return self.head_norm(mixed)
 
@@ -396,11 +427,31 @@ class RectifiedLinearAttention(_Attention):
     def mix(self, proj):
         return threshold_attention(proj.q[0], proj.k[0], proj.v, **self.options)
 
+    def decode_mix(self, q, cache, positions):
+        return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, **self.options)[:, :, None]
+
     def output(self, heads, x):
         return self.out_norm(_merge_heads(heads))
 
     def maps(self, proj, rows=None):
         return threshold_attention_weights(proj.q[0], proj.k[0], rows=rows, **self.options)
+
+
+_RULES = {"sigmoid": SIGMOID_RULE, "softpick": SOFTPICK_RULE}
+
+
+def _rule_decode(rule: str, q: torch.Tensor, cache: LayerCache, positions: torch.Tensor, scale: float,
+                 bias: torch.Tensor | None = None, eps: float = 0.0) -> torch.Tensor:
+    """One decoding step of a blocked-attention map (sigmoid, softpick), exact, in PyTorch: the map's weights
+    (the op's reference Rule, the forward's own formulas) over the whole cache, each row's positions after
+    its query masked; float32 (float64 for float64 inputs) with autocast off. q (B, H, 1, d) -> (B, H, 1, dv)."""
+    compute = torch.float64 if q.dtype == torch.float64 else torch.float32
+    k, v = cache.k[0], cache.v
+    with torch.autocast(q.device.type, enabled=False):
+        x = (q.to(compute) @ k.to(compute).transpose(-1, -2)) * scale                     # (B, H, 1, L)
+        keep = (torch.arange(k.shape[2], device=q.device)[None, :] <= positions[:, None])[:, None, None]
+        w, _ = _RULES[rule].weights(x, keep, None if bias is None else bias.to(compute), eps)
+        return (w @ v.to(compute)).to(q.dtype)
 
 
 def _train_length(model_cfg, name: str) -> int:
@@ -428,6 +479,9 @@ class SigmoidAttention(_Attention):
     def mix(self, proj):
         return sigmoid_attention(proj.q[0], proj.k[0], proj.v, self.bias, scale=self.score_scale)
 
+    def decode_mix(self, q, cache, positions):
+        return _rule_decode("sigmoid", q[0], cache, positions, self.score_scale, bias=self.bias)
+
     def maps(self, proj, rows=None):
         w = sigmoid_attention_weights(proj.q[0], proj.k[0], self.bias, scale=self.score_scale, rows=rows)
         return {"combined": w, "view1": w}
@@ -454,6 +508,9 @@ class SoftpickAttention(_Attention):
     def mix(self, proj):
         return softpick_attention(proj.q[0], proj.k[0], proj.v, scale=self.score_scale, eps=self.eps)
 
+    def decode_mix(self, q, cache, positions):
+        return _rule_decode("softpick", q[0], cache, positions, self.score_scale, eps=self.eps)
+
     def maps(self, proj, rows=None):
         w = softpick_attention_weights(proj.q[0], proj.k[0], scale=self.score_scale, eps=self.eps, rows=rows)
         return {"combined": w, "view1": w}
@@ -473,6 +530,9 @@ class SinkSoftmaxAttention(_Attention):
 
     def mix(self, proj):
         return sink_softmax_attention(proj.q[0], proj.k[0], proj.v, self.sink, scale=1.0 / math.sqrt(self.head_dim))
+
+    def decode_mix(self, q, cache, positions):
+        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, sink=self.sink)[:, :, None]
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(proj, self.head_dim, rows, sink=self.sink)
@@ -498,7 +558,7 @@ class ScalableSoftmaxAttention(_Attention):
 
     def scaled_queries(self, proj: Projections) -> torch.Tensor:
         """q_i · s_h ln(i+1), (B, H, Tq, d), in float32 (float64 for float64 inputs); queries aligned to
-        the end of the keys, so a decoding step uses its absolute position."""
+        the end of the keys."""
         q = at_least_fp32(proj.q[0])
         Tq, Tk = q.shape[2], proj.k[0].shape[2]
         positions = torch.arange(Tk - Tq, Tk, device=q.device, dtype=q.dtype)
@@ -507,6 +567,13 @@ class ScalableSoftmaxAttention(_Attention):
 
     def mix(self, proj):
         return _sdpa(self.scaled_queries(proj).to(proj.q[0].dtype), proj.k[0], proj.v)
+
+    def decode_mix(self, q, cache, positions):
+        """The queries scaled by s_h ln(i + 1) at each row's own position i, as ``scaled_queries`` does."""
+        row = at_least_fp32(q[0][:, :, 0])                                                  # (B, H, d)
+        factor = self.scale.to(row.dtype)[None, :] * torch.log1p(positions.to(row.dtype))[:, None]  # (B, H)
+        scaled = (row * factor[:, :, None]).to(q[0].dtype)
+        return softmax_decode(scaled, cache.k[0], cache.v, positions=positions)[:, :, None]
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(Projections([self.scaled_queries(proj)], proj.k, proj.v), self.head_dim, rows)

@@ -11,7 +11,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.attention import KVCache, build_attention
+from model.attention import build_attention
+from model.cache import LayerCache, StaticCache
 from model.norms import RMSNorm
 
 
@@ -45,7 +46,7 @@ class Block(nn.Module):
         self.mlp_norm = RMSNorm(model_cfg.n_embd, eps)
         self.mlp = MLP(model_cfg.n_embd, int(model_cfg.mlp_ratio * model_cfg.n_embd))
 
-    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, positions: torch.Tensor, cache: LayerCache | None = None) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), positions, cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -77,33 +78,67 @@ class GPT(nn.Module):
         self,
         idx: torch.Tensor,
         targets: torch.Tensor | None = None,
-        caches: list[KVCache] | None = None,
+        cache: StaticCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """idx (B, T) token ids -> (logits (B, T, vocab) in float32, mean cross-entropy or None).
 
-        With ``caches`` (one ``KVCache`` per layer, see ``new_caches``), idx continues the cached tokens:
-        its positions start at the cache's length."""
-        T = idx.shape[1]
-        start = caches[0].length if caches else 0
-        if start + T > self.max_seq_len:
-            raise ValueError(f"sequence of {start + T} tokens exceeds model.max_seq_len={self.max_seq_len}")
-        positions = torch.arange(start, start + T, device=idx.device)
-        x = self.embed(idx)
-        for i, block in enumerate(self.blocks):
-            x = block(x, positions, caches[i] if caches else None)
-        logits = self.lm_head(self.final_norm(x)).float()
+        With ``cache`` (``new_cache``), idx continues each row's cached tokens at the row's own positions and its
+        keys and values are stored: several tokens only into an empty cache (a prefill), then one per row at a
+        time; every row grows by T (``prefill`` takes right-padded prompts of different lengths)."""
+        positions = self._positions(idx, cache)
+        logits = self.lm_head(self._trunk(idx, positions, cache)).float()
+        if cache is not None:
+            cache.advance(idx.shape[1])
         loss = None
         if targets is not None:
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
 
-    def new_caches(self) -> list[KVCache]:
-        """Empty key/value caches, one per layer, for incremental decoding."""
-        return [KVCache() for _ in self.blocks]
+    def _positions(self, idx: torch.Tensor, cache: StaticCache | None) -> torch.Tensor:
+        """Absolute positions of idx's tokens: (T,) without a cache, (B, T) at each row's length with one."""
+        B, T = idx.shape
+        if cache is None:
+            if T > self.max_seq_len:
+                raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.max_seq_len}")
+            return torch.arange(T, device=idx.device)
+        cache.check(T, B)
+        return cache.positions(T)
+
+    def _trunk(self, idx: torch.Tensor, positions: torch.Tensor, cache: StaticCache | None) -> torch.Tensor:
+        """The final-normed hidden states (B, T, d_model)."""
+        x = self.embed(idx)
+        for i, block in enumerate(self.blocks):
+            x = block(x, positions, cache[i] if cache is not None else None)
+        return self.final_norm(x)
+
+    def new_cache(self, batch: int, length: int) -> StaticCache:
+        """An empty static key/value cache for ``batch`` rows of up to ``length`` tokens each (prompt and new tokens),
+        on the model's device; its buffers are allocated by the first forward that uses it."""
+        if length > self.max_seq_len:
+            raise ValueError(f"a cache of {length} positions exceeds model.max_seq_len={self.max_seq_len}")
+        return StaticCache(len(self.blocks), batch, length, self.embed.weight.device, self.max_seq_len)
+
+    def prefill(self, idx: torch.Tensor, cache: StaticCache, lengths: list[int] | None = None) -> torch.Tensor:
+        """Run right-padded prompts idx (B, T) into the empty ``cache``; row b's prompt is its first lengths[b] tokens
+        (default: all T). Returns the logits (B, vocab) in float32 after each row's last prompt token."""
+        B, T = idx.shape
+        lengths = [T] * B if lengths is None else [int(n) for n in lengths]
+        if len(lengths) != B or not all(1 <= n <= T for n in lengths):
+            raise ValueError(f"lengths must give {B} prompt lengths from 1 to {T}, got {lengths}")
+        hidden = self._trunk(idx, self._positions(idx, cache), cache)
+        cache.advance(T, lengths)
+        last = (cache.lengths - 1).view(B, 1, 1).expand(B, 1, hidden.shape[-1])
+        return self.lm_head(hidden.gather(1, last)[:, 0]).float()
+
+    def decode_step(self, tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
+        """One token per row, tokens (B,), after each row's cached tokens -> logits (B, vocab) in float32. Reads
+        nothing back to the host (a CUDA graph can capture it: model.generate)."""
+        return self(tokens[:, None], cache=cache)[0][:, 0]
 
     def generate(self, idx: torch.Tensor, max_new_tokens: int, **options) -> torch.Tensor:
-        """Continue idx (B, T) by up to ``max_new_tokens`` tokens with a key/value cache -> (B, T + n);
-        ``options``: temperature (0 = greedy), top_k, stop_token, generator (see model.generate)."""
+        """Continue idx (B, T) by up to ``max_new_tokens`` tokens with a static key/value cache -> (B, T + n);
+        ``options``: temperature (0 = greedy), top_k, stop_token, generator, lengths (right-padded prompts of
+        different lengths), graphs (CUDA graphs on CUDA, default on); see model.generate."""
         from model.generate import generate
 
         return generate(self, idx, max_new_tokens, **options)

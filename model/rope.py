@@ -1,6 +1,7 @@
 """Rotary position embeddings (RoPE), computed on the fly from absolute positions.
 
-NTK-aware scaling (for evaluation beyond the training length) raises the base:
+Positions are (T,), shared by every row of a batch, or (B, T), one set per row (decoding a batch of sequences of
+different lengths). NTK-aware scaling (for evaluation beyond the training length) raises the base:
 base' = base · factor^(d / (d − 2)), which stretches the low frequencies by about ``factor`` and leaves
 the highest ones nearly unchanged.
 """
@@ -19,10 +20,37 @@ def rope_frequencies(head_dim: int, base: float, ntk_factor: float = 1.0, device
     return base ** (-exponents)
 
 
-def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float, ntk_factor: float = 1.0) -> torch.Tensor:
-    """Rotate x (B, H, T, d) by its positions (T,), pairing channel c with c + d/2 (GPT-NeoX layout)."""
+_last_rotation: list = []  # [(positions, head_dim, base, ntk_factor, dtype), (cos, sin)] of the latest call
+
+
+def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_factor: float = 1.0,
+                  dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
+    """(cos, sin) of the rotation at ``positions`` in ``dtype``: (T, d/2) for positions (T,), (B, 1, T, d/2) for
+    positions (B, T), so that they broadcast over (B, H, T, d/2); they rotate q and k alike.
+
+    The latest result is kept and given again for the same ``positions`` tensor (the very object, which a model's
+    forward hands every layer) and the same settings: every layer after the first reuses it, which matters when
+    decoding one token, where these small kernels are a good part of a step (not while torch.compile traces)."""
+    key = (positions, head_dim, float(base), float(ntk_factor), dtype)
+    tracing = torch.compiler.is_compiling()
+    if not tracing and _last_rotation and _last_rotation[0][0] is positions and _last_rotation[0][1:] == key[1:]:
+        return _last_rotation[1]
+    angles = positions.to(torch.float32)[..., None] * rope_frequencies(head_dim, base, ntk_factor, positions.device)
+    if angles.dim() == 3:
+        angles = angles[:, None]
+    rotation = angles.cos().to(dtype), angles.sin().to(dtype)
+    if not tracing:
+        _last_rotation[:] = [key, rotation]
+    return rotation
+
+
+def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, H, T, d) rotated by ``rope_rotation``'s (cos, sin), pairing channel c with c + d/2 (GPT-NeoX layout)."""
     d = x.shape[-1]
-    angles = positions.to(torch.float32)[:, None] * rope_frequencies(d, base, ntk_factor, x.device)[None, :]
-    cos, sin = angles.cos().to(x.dtype), angles.sin().to(x.dtype)
     x1, x2 = x[..., : d // 2], x[..., d // 2 :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+
+
+def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float, ntk_factor: float = 1.0) -> torch.Tensor:
+    """Rotate x (B, H, T, d) by its positions, (T,) or (B, T)."""
+    return rotate(x, *rope_rotation(positions, x.shape[-1], base, ntk_factor, x.dtype))

@@ -106,10 +106,10 @@ def test_decoding_with_cache_matches_full_forward(name):
     model = gpt(name).double()
     idx = torch.randint(0, V, (2, 29))
     full, _ = model(idx)
-    caches = model.new_caches()
-    pieces = [model(idx[:, :17], caches=caches)[0]]  # a prompt, then one token at a time
+    cache = model.new_cache(batch=2, length=29)
+    pieces = [model(idx[:, :17], cache=cache)[0]]  # a prompt, then one token at a time
     for t in range(17, 29):
-        pieces.append(model(idx[:, t:t + 1], caches=caches)[0])
+        pieces.append(model(idx[:, t:t + 1], cache=cache)[0])
     assert torch.allclose(torch.cat(pieces, dim=1), full, rtol=1e-10, atol=1e-12)
 
 

@@ -1,0 +1,44 @@
+#!/usr/bin/env bash
+# Decoding's GPU checks and benchmark in one go, on one CUDA GPU (about 7 minutes on an H200):
+#   bash scripts/gpu_decode.sh [STAGES...]      STAGES: tests bench trained (default: all three, in that order)
+#   tests    tests/test_decode_gpu.py, compiled kernels: CUDA-graph decoding against full recomputation for every
+#            variant, ragged batches, autocast, the decoding kernels against float64 at 33k-41k positions
+#   bench    python -m benchmarks.decode: 162M (model=gpt2_162m), random weights, softmax and TDA, batch 1 and 16,
+#            caches of 1k ... 32k tokens; and the kernels alone up to 128k
+#   trained  trains paper_small with TDA for 1,500 steps (python train.py, into runs/), then decodes with its
+#            weights at 32k (model.max_seq_len=32768) beside softmax
+# Logs and Markdown tables go to $OUT/decode (default gpu_logs/decode); the tables are printed again at the end.
+set -o pipefail
+log_dir=${OUT:-gpu_logs}/decode
+mkdir -p "$log_dir"
+export PYTHONUNBUFFERED=1 TRITON_INTERPRET=0
+stages=${*:-tests bench trained}
+status=0
+nvidia-smi --query-gpu=name,driver_version,clocks.sm,clocks.mem,temperature.gpu --format=csv | tee "$log_dir/gpu.log"
+python3 -c "import torch, triton; print('torch', torch.__version__, 'triton', triton.__version__)" \
+    | tee -a "$log_dir/gpu.log"
+for stage in $stages; do
+    start=$SECONDS
+    case $stage in
+        tests) timeout 110 python3 -m pytest -q -rfE -n 4 -p no:cacheprovider --timeout=100 \
+                   tests/test_decode_gpu.py 2>&1 | tee "$log_dir/tests.log" || status=1 ;;
+        bench) timeout 150 python3 -m benchmarks.decode --steps 32 --warmup 4 \
+                   --kernel-contexts 1024 4096 16384 32768 131072 \
+                   --out "$log_dir/bench_162m.md" --json "$log_dir/bench_162m.json" 2>&1 \
+                   | tee "$log_dir/bench_162m.log" || status=1 ;;
+        trained) timeout 210 python3 -m benchmarks.decode --stages e2e --contexts 32768 --steps 32 --warmup 4 \
+                   --train-first "+experiment=paper_small attention=tda trainer.max_steps=1500 \
+trainer.eval_every=1500 trainer.checkpoint_every=1500" \
+                   --out "$log_dir/bench_trained.md" --json "$log_dir/bench_trained.json" 2>&1 \
+                   | tee "$log_dir/bench_trained.log" || status=1 ;;
+        *) echo "unknown stage $stage"; exit 2 ;;
+    esac
+    echo "stage $stage: $((SECONDS - start)) s" | tee -a "$log_dir/gpu.log"
+done
+echo
+echo "=================== decoding: summary ==================="
+grep -E "passed|failed|error" "$log_dir/tests.log" 2>/dev/null | tail -3
+for table in "$log_dir/bench_162m.md" "$log_dir/bench_trained.md"; do
+    [ -f "$table" ] && { echo; cat "$table"; }
+done
+exit $status
