@@ -371,8 +371,10 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     mbarrier.wait(kv_bar, phase=0)
     m_prev = m_lo  # the rows of the last tile seen
     if USE_LIST:
+        m0 = _tile_row(tiles, 0, m_lo, USE_LIST)
         for i in range(n_tiles):
-            m0 = _tile_row(tiles, i, m_lo, USE_LIST)
+            # the next tile's rows, loaded a tile ahead so that no step waits for its index
+            m_next = _tile_row(tiles, gl.minimum(i + 1, n_tiles - 1), m_lo, USE_LIST)
             dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
                 W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
                 inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
@@ -380,6 +382,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                 k_view = _rows((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
                 _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
             m_prev = m0
+            m0 = m_next
     else:
         for m0 in range(m_lo, m_end, BM):
             i = (m0 - m_lo) // BM

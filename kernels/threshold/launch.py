@@ -28,9 +28,9 @@ from triton.runtime.errors import OutOfResources
 from .. import common, fast_launch
 from ..common import CompileTarget, interpreting, padded
 from .options import ThresholdOptions
-from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, dq_atomic, dq_configs,
-                    dv_configs, dv_pass_apart, forward_configs, forward_skips_products, fused_paired_backward,
-                    skip_empty_tiles)
+from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
+                    dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
+                    fused_paired_backward, skip_empty_tiles)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_lists import CELL, record_shape, tile_lists_kernel
@@ -424,9 +424,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
     atomic = atomic or fused
-    skip = rec.numel() > 0 and plan.skip is not False
+    skip = rec.numel() > 0 and (backward_skips(fused) if plan.skip is None else plan.skip)
     lists = TileLists(rec, Tq, Tk, options.causal, target) if skip else None
-    no_list = q1.new_empty(0, dtype=torch.int32)
+    no_list = q1.new_empty(0, dtype=torch.int32) if lists is None else None  # (the kernels read no list then)
     # the fp32 dq' buffers of the atomic paths, one zero fill for both views
     dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
                else q1.new_empty((1, 0), dtype=torch.float32))

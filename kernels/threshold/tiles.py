@@ -51,7 +51,7 @@ class BackwardPlan:
     dv_apart: with dQ by atomics, dV is computed in a launch of its own (dv_pass_apart).
     dkdv_tile, dq_tile, dv_tile: the tile of the dK/dV kernel, of the dQ kernel and of the dV launch, instead of
         the first candidate that fits (backward_configs, dq_configs, dv_configs).
-    skip: with the forward's record given, visit only the tiles it marks (skip_empty_tiles: every path); False visits
+    skip: with the forward's record given, visit only the tiles it marks (default: backward_skips); False visits
         every tile of the causal range.
     The deterministic mode overrides fused and atomic_dq: it takes the dQ kernel.
     """
@@ -71,6 +71,14 @@ def skip_empty_tiles() -> bool:
     a skipped tile's weights and slopes are all zero (README.md in this folder, "Exact skipping"). Off only for A/B
     timing: ``threshold_attention_triton(..., skip_empty=False)``, ``launch.forward(record=False)``,
     ``BackwardPlan(skip=False)``."""
+    return True
+
+
+def backward_skips(fused: bool) -> bool:
+    """Whether the backward, given the forward's record, visits only the tiles it marks: the fused Gluon kernel
+    (whose loader and warpgroups read the list one tile ahead) and the Triton kernels (an index loaded per step of
+    their loops, which Triton pipelines less deep than a loop over a range: with every tile occupied that is the
+    whole difference, which ``python -m benchmarks.attention --dense`` times)."""
     return True
 
 
