@@ -43,7 +43,7 @@ def test_custom_ops_pass_opcheck(skip):
     x = _tda_inputs(T=70)
     q1, k1, v, q2, k2 = (x[n].detach() for n in ("q1", "k1", "v", "q2", "k2"))
     lam, beta = x["lam"], x["beta"]
-    fwd_args = (q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, skip)
+    fwd_args = (q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, skip, skip)
     torch.library.opcheck(ops.threshold_attention_fwd, fwd_args)
     out, rq1, rk1, rq2, rk2, rec = ops.threshold_attention_fwd(*fwd_args)
     assert rec.dtype == torch.uint8 and rec.shape == ((1, 2, 2, 2) if skip else (0,))
@@ -59,7 +59,7 @@ def test_custom_ops_pass_opcheck_in_the_projection_layout():
     x = _tda_inputs(T=40)
     q1, k1, v, q2, k2 = (x[n].detach().transpose(1, 2).contiguous().transpose(1, 2)
                          for n in ("q1", "k1", "v", "q2", "k2"))
-    fwd_args = (q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True, True)
+    fwd_args = (q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True, True, True)
     torch.library.opcheck(ops.threshold_attention_fwd, fwd_args)
     out, rq1, rk1, rq2, rk2, rec = ops.threshold_attention_fwd(*fwd_args)
     assert not out.is_contiguous() and out.transpose(1, 2).is_contiguous()

@@ -200,7 +200,8 @@ def test_deterministic_path_is_bit_identical_with_skipping():
 
 def test_the_switch_turns_skipping_off(monkeypatch):
     """skip_empty=False: no record, no lists, every tile visited (BackwardPlan(skip=False) likewise for the
-    backward alone); the default follows tiles.skip_empty_tiles."""
+    backward alone); no record either where no gradient will be asked for; the default follows
+    tiles.skip_empty_tiles."""
     case = Case(T=40, d=32, dv=32, H=1, Hkv=1, two_views=False)
     inputs = make_inputs(case, seed=5)
     built = _use_path(monkeypatch, True, False, None)
@@ -215,5 +216,14 @@ def test_the_switch_turns_skipping_off(monkeypatch):
     assert not built
     launch.backward(torch.ones_like(out), *x[:5], *saved, *x[5:], ThresholdOptions(), False, False, False)
     assert set(built) == {("keys", 32, 32)}
+    made = []
+    new_record = launch.new_record
+    monkeypatch.setattr(launch, "new_record", lambda *a: made.append(1) or new_record(*a))
+    with torch.no_grad():  # no gradient will be asked for: no record
+        threshold_attention_triton(*x[:3], beta=x[-1])
+    threshold_attention_triton(*x[:3], beta=x[-1])  # (x are plain tensors: nothing requires a gradient either)
+    assert not made
+    threshold_attention_triton(x[0].requires_grad_(), *x[1:3], beta=x[-1])
+    assert made == [1]
     monkeypatch.setattr(launch, "skip_empty_tiles", lambda: False)
     assert launch.forward(*x, ThresholdOptions())[-1].numel() == 0

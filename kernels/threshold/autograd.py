@@ -11,12 +11,13 @@ from .tiles import skip_empty_tiles
 from .validation import as_head_vector, check_inputs
 
 
-def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip: bool) -> tuple:
+def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
     """The custom op while torch.compile traces; the launcher directly in eager mode, where the custom op's dispatch
     would only add host overhead."""
     if torch.compiler.is_compiling():
-        return torch.ops.tda_kernels.threshold_attention_fwd(q1, k1, v, q2, k2, lam, beta, *options.flat(), skip)
-    return launch.forward(q1, k1, v, q2, k2, lam, beta, options, record=skip, skip_products=skip)
+        return torch.ops.tda_kernels.threshold_attention_fwd(q1, k1, v, q2, k2, lam, beta, *options.flat(), record,
+                                                             skip)
+    return launch.forward(q1, k1, v, q2, k2, lam, beta, options, record=record, skip_products=skip)
 
 
 def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options: ThresholdOptions,
@@ -30,12 +31,13 @@ def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options
 
 
 class ThresholdAttentionFunction(torch.autograd.Function):
-    """Autograd over the kernels. lam, beta arrive as (H,) fp32 tensors (lam None for one view). With ``skip`` the
-    forward's record of occupied tiles is saved for the backward, which then visits only those tiles."""
+    """Autograd over the kernels. lam, beta arrive as (H,) fp32 tensors (lam None for one view). With ``record`` the
+    forward's record of occupied tiles is saved for the backward, which then visits only those tiles; ``skip`` lets
+    the forward leave out the products of empty tiles (tiles.forward_skips_products)."""
 
     @staticmethod
-    def forward(ctx, q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip: bool):
-        out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, skip)
+    def forward(ctx, q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool):
+        out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
         ctx.save_for_backward(q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec)
         ctx.options = options
         return out
@@ -50,7 +52,7 @@ class ThresholdAttentionFunction(torch.autograd.Function):
             do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, ctx.options, need_dlam, need_dbeta,
             torch.are_deterministic_algorithms_enabled())
         return (dq1, dk1, dv, dq2 if two else None, dk2 if two else None,
-                dlam if need_dlam else None, dbeta if need_dbeta else None, None, None)
+                dlam if need_dlam else None, dbeta if need_dbeta else None, None, None, None)
 
 
 def threshold_attention_triton(
@@ -80,8 +82,9 @@ def threshold_attention_triton(
             inside, scaling fp32 scores rather than rounding normalised vectors.
 
         skip_empty: exact tile skipping (README.md in this folder, "Exact skipping"): the forward records which tiles
-            hold a surviving weight and the backward visits only those; None takes tiles.skip_empty_tiles() (on),
-            False computes every tile (for A/B timing). The results are the same either way.
+            hold a surviving weight (when a gradient will be asked for) and the backward visits only those; None takes
+            tiles.skip_empty_tiles() (on), False computes every tile (for A/B timing). The results are the same either
+            way.
 
     Any strides are accepted without copies; bf16, fp16 and fp32 (fp32 uses exact fp32 products).
     Under ``torch.use_deterministic_algorithms(True)`` the backward runs without atomics and is
@@ -92,4 +95,7 @@ def threshold_attention_triton(
     lam_h = as_head_vector(lam, H, q1.device) if q2 is not None else None
     beta_h = as_head_vector(beta, H, q1.device)
     skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
-    return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, skip)
+    # the record serves the backward only: none is made where no gradient will be asked for (evaluation, no_grad)
+    record = skip and torch.is_grad_enabled() and any(
+        t is not None and t.requires_grad for t in (q1, k1, v, q2, k2, lam_h, beta_h))
+    return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, record, skip)

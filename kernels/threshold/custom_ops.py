@@ -4,9 +4,10 @@ each as one opaque call (with a shape-only fake implementation) instead of break
 Custom ops take plain values, so the schemas list ThresholdOptions' fields where the launchers take the object; both
 are built from ThresholdOptions (OPTIONS below), and ``ThresholdOptions(*values)`` turns the values back.
 ``tda_kernels::threshold_attention_fwd`` returns (out, rq1, rk1, rq2, rk2, rec): the inverse norms that the backward
-reuses (empty tensors where they do not apply) and, with ``skip``, the record of the tiles holding a surviving weight
+reuses (empty tensors where they do not apply) and, with ``record``, the record of the tiles holding a surviving weight
 (triton_lists.py; an empty uint8 tensor without), which the backward takes and visits only those tiles of; it is an
-output, not state, so it survives torch.compile and CUDA graphs (nothing on the host reads it).
+output, not state, so it survives torch.compile and CUDA graphs (nothing on the host reads it). ``skip`` lets the
+forward leave out the products of empty tiles (tiles.forward_skips_products).
 ``tda_kernels::threshold_attention_bwd`` returns (dq1, dk1, dv, dq2, dk2, dlam, dbeta) with empty tensors for
 gradients not asked for.
 """
@@ -26,7 +27,7 @@ _SCHEMA_TYPES = {float: "float", bool: "bool", int: "int"}
 OPTIONS = ", ".join(f"{_SCHEMA_TYPES[f.type]} {f.name}" for f in dataclasses.fields(ThresholdOptions))
 _N_OPTIONS = len(dataclasses.fields(ThresholdOptions))
 _FWD_SCHEMA = (f"(Tensor q1, Tensor k1, Tensor v, Tensor? q2, Tensor? k2, Tensor? lam, Tensor beta, {OPTIONS}, "
-               "bool skip) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
+               "bool record, bool skip) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
 _BWD_SCHEMA = (f"(Tensor do, Tensor q1, Tensor k1, Tensor v, Tensor? q2, Tensor? k2, Tensor rq1, Tensor rk1, "
                f"Tensor rq2, Tensor rk2, Tensor rec, Tensor? lam, Tensor beta, {OPTIONS}, bool need_dlam, "
                "bool need_dbeta, bool deterministic) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)")
@@ -39,10 +40,10 @@ def _empty(like: Tensor) -> Tensor:
 @torch.library.custom_op("tda_kernels::threshold_attention_fwd", mutates_args=(), schema=_FWD_SCHEMA)
 def threshold_attention_fwd(q1: Tensor, k1: Tensor, v: Tensor, q2: Optional[Tensor], k2: Optional[Tensor],
                             lam: Optional[Tensor], beta: Tensor, *rest) -> tuple[Tensor, ...]:
-    """Fused forward; ``rest``: ThresholdOptions' values, then skip (record the occupied tiles, and skip products
-    where tiles.forward_skips_products says so). Shapes as in ``autograd.threshold_attention_triton``."""
-    skip = rest[_N_OPTIONS]
-    return launch.forward(q1, k1, v, q2, k2, lam, beta, ThresholdOptions(*rest[:_N_OPTIONS]), record=skip,
+    """Fused forward; ``rest``: ThresholdOptions' values, then record (the occupied tiles) and skip (the products of
+    empty ones, where tiles.forward_skips_products says so). Shapes as in ``autograd.threshold_attention_triton``."""
+    record, skip = rest[_N_OPTIONS:]
+    return launch.forward(q1, k1, v, q2, k2, lam, beta, ThresholdOptions(*rest[:_N_OPTIONS]), record=record,
                           skip_products=skip)
 
 
@@ -56,7 +57,8 @@ def _(q1, k1, v, q2, k2, lam, beta, *rest):
         return _empty(q1)
 
     B, H, Tq, _ = q1.shape
-    rec = (q1.new_empty(record_shape(B, H, Tq, k1.shape[2]), dtype=torch.uint8) if rest[_N_OPTIONS]
+    record = rest[_N_OPTIONS]
+    rec = (q1.new_empty(record_shape(B, H, Tq, k1.shape[2]), dtype=torch.uint8) if record
            else q1.new_empty(0, dtype=torch.uint8))
     return (common.new_rows_like(q1, v.shape[-1]), norms(q1), norms(k1), norms(q2), norms(k2), rec)
 
