@@ -143,8 +143,8 @@ def occupancy(c: Captured) -> float:
 def format_rows(rows: list[dict]) -> str:
     """The table: one row per (T, layer) and per T their sum (Σ), TDA with skipping and without beside cuDNN's and
     FlashAttention-2's softmax (per layer; Σ: times the layers)."""
-    lines = ["| T | B | layer | tiles | fwd ms | fwd ms, no skip | fwd+bwd ms | fwd+bwd ms, no skip | cuDNN fwd / fwd+bwd "
-             "| FA2 fwd / fwd+bwd | fwd+bwd ÷ cuDNN | no skip ÷ cuDNN |", "|" + "---|" * 12]
+    lines = ["| T | B | layer | tiles | fwd ms | fwd ms, no skip | fwd+bwd ms | fwd+bwd ms, no skip "
+             "| cuDNN fwd / fwd+bwd | FA2 fwd / fwd+bwd | fwd+bwd ÷ cuDNN | no skip ÷ cuDNN |", "|" + "---|" * 12]
     for r in rows:
         cudnn, flash = r.get("cudnn"), r.get("flash")
         sm = [f"{s['fwd']:.3f} / {s['fwd_bwd']:.3f}" if s else "–" for s in (cudnn, flash)]

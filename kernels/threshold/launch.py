@@ -203,9 +203,9 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
 
 class TileLists:
     """The backward's lists of occupied tiles (triton_lists.py) for one call, built from the forward's record ``rec``
-    (B, H, ·, ·) for queries (B, H, Tq, ·) against Tk keys: ``prepare`` builds every list it is given in one compaction
-    launch (a list "keys" and a list "queries" at most per launch), ``args`` a list not prepared when first asked for
-    (a kernel that fell back to another tile)."""
+    (B, H, ·, ·) for queries (B, H, Tq, ·) against Tk keys: ``prepare`` builds every list it is given in one
+    compaction launch (a list "keys" and a list "queries" at most per launch), ``args`` a list not prepared when first
+    asked for (a kernel that fell back to another tile)."""
 
     def __init__(self, rec: torch.Tensor, Tq: int, Tk: int, causal: bool, target: Optional[CompileTarget]):
         self.rec, self.Tq, self.Tk, self.causal, self.target = rec, Tq, Tk, causal, target
@@ -236,8 +236,9 @@ class TileLists:
             by_key = kind == "keys"
             blocks = triton.cdiv(Tk, block_n) if by_key else triton.cdiv(Tq, block_m)
             cap = triton.cdiv(Tq, block_m) if by_key else triton.cdiv(Tk, block_n)
-            parts.append((torch.empty(B * H * blocks * cap, dtype=torch.int32, device=dev),
-                          torch.empty(2 * B * H * blocks, dtype=torch.int32, device=dev), cap, blocks, block_m, block_n))
+            entries = torch.empty(B * H * blocks * cap, dtype=torch.int32, device=dev)
+            counts = torch.empty(2 * B * H * blocks, dtype=torch.int32, device=dev)
+            parts.append((entries, counts, cap, blocks, block_m, block_n))
         some = next(part for part in parts if part is not None)
         absent = (some[0], some[1], 0, 0, CELL.value, CELL.value)  # a kind not asked for: no programs, never read
         (list_k, counts_k, cap_k, blocks_k, bm_k, bn_k), (list_q, counts_q, cap_q, blocks_q, bm_q, bn_q) = (

@@ -1,5 +1,5 @@
-"""Exact tile skipping: the forward's record of occupied cells, and the compaction kernel that turns it into the lists of
-tiles the backward kernels visit (README.md in this folder, "Exact skipping").
+"""Exact tile skipping: the forward's record of occupied cells, and the compaction kernel that turns it into the lists
+of tiles the backward kernels visit (README.md in this folder, "Exact skipping").
 
 The record: uint8 (B, H, ceil(Tq / CELL), ceil(Tk / CELL)), zero-filled by the launcher; the forward sets cell (i, j)
 to 1 when some weight of query rows [i·CELL, i·CELL + CELL) against keys [j·CELL, j·CELL + CELL) survives in either
@@ -8,7 +8,8 @@ along the key axis (``mark_cells``), so no tile shape has to match a cell and no
 write 1. A cell no weight survives in is never written and stays 0; so is every cell above the diagonal.
 
 A tile of a backward kernel is occupied when any cell it overlaps is marked; every weight of an unoccupied tile is 0
-in both views, so are its slopes, and the tile adds nothing to any gradient (dλ and dβ included): skipping it is exact.
+in both views, so are its slopes, and the tile adds nothing to any gradient (dλ and dβ included): skipping it is
+exact.
 ``tile_lists_kernel`` builds, in one launch, for each (batch, query head):
 
 * by key block (``KEYS``, for the key-block-parallel kernels: triton_backward.dkdv_kernel, gluon_backward.py): for
@@ -95,9 +96,9 @@ def tile_lists_kernel(
     REC, LIST_K, COUNTS_K, LIST_Q, COUNTS_Q, Tq, Tk, nM, nN, programs_k, blocks_k, cap_k, blocks_q, cap_q,
     BM_K: tl.constexpr, BN_K: tl.constexpr, BM_Q: tl.constexpr, BN_Q: tl.constexpr, CAUSAL: tl.constexpr,
 ):
-    """Grid: (programs_k + B·H·blocks_q,): program p < programs_k (= B·H·blocks_k) lists the query tiles of key block
-    p % blocks_k of head p // blocks_k into LIST_K (cap_k entries each) and COUNTS_K (2 each); the others list the
-    key blocks of each query block into LIST_Q, COUNTS_Q likewise. The visited ranges and the causal split are the
+    """Grid: (programs_k + B·H·blocks_q,): program p < programs_k (= B·H·blocks_k) lists the query tiles of key
+    block p % blocks_k of head p // blocks_k into LIST_K (cap_k entries each) and COUNTS_K (2 each); the others list
+    the key blocks of each query block into LIST_Q, COUNTS_Q likewise. The visited ranges and the causal split are the
     kernels' (dkdv_kernel's m_lo, m_mid, m_end; visible_keys)."""
     pid = tl.program_id(0)
     if pid < programs_k:
