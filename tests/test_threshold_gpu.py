@@ -383,6 +383,8 @@ def test_skipping_on_gpu(monkeypatch, name, path):
     skipped; the deterministic path gives the same bits twice."""
     from threshold_float64 import cell_support, planted_inputs
 
+    from benchmarks.attention import tile_occupancy
+
     case = SPARSE_CASES[name]
     seed = sum(map(ord, name))
     monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path == "atomic")
@@ -390,9 +392,7 @@ def test_skipping_on_gpu(monkeypatch, name, path):
     support = cell_support(inputs, case)
     rec = _record_of(case, inputs)
     assert torch.equal(rec.bool(), support), (rec.sum().item(), support.sum().item())
-    causal_cells = torch.tril(torch.ones(support.shape[-2:], dtype=torch.bool, device="cuda"),
-                              support.shape[-1] - support.shape[-2])
-    occupancy = support.sum().item() / (causal_cells.sum().item() * support.shape[0] * support.shape[1])
+    occupancy = tile_occupancy(support.to(torch.uint8), case.Tq or case.T, case.T)
     previous = torch.are_deterministic_algorithms_enabled()
     torch.use_deterministic_algorithms(path == "deterministic")
     try:
