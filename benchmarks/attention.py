@@ -4,6 +4,9 @@
     python -m benchmarks.attention --seq 4096 --sweep  # also time every tile candidate of the kernels
     python -m benchmarks.attention --seq 4096 --head-dims 64 --sweep --sweep-parts dv-apart --sweep-views 2 \
         --no-reference
+    python -m benchmarks.attention --dense --skip-ab   # inputs whose every tile holds a survivor; skipping on/off
+    python -m benchmarks.attention --from-run runs/<name> [--train-first "+experiment=paper_small ..."]
+                                                       # a trained run's own q, k, v (benchmarks.captured)
 
 For each sequence length T (batch B = tokens / T) and head size, forward and forward+backward of
   sdpa-cudnn, sdpa-flash  causal softmax, torch SDPA forced to the cuDNN / FlashAttention-2 backend,
@@ -15,7 +18,12 @@ For each sequence length T (batch B = tokens / T) and head size, forward and for
   reference               the exact PyTorch TDA (kernels/threshold/reference.py), same shapes as tda
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
 bf16 by default, q/k drawn so that a stated share of the causal weights survives at beta = 1 (printed),
-lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls.
+lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls. "tiles" is the share of the
+64 × 64 causal tiles holding a surviving weight (the forward's own record; softmax's are all occupied): random rows
+(--rho 0.5) leave some tiles empty, ``--dense`` draws q and k with a shared direction strong enough that every tile
+holds survivors (the cost of skipping where nothing can be skipped). Exact skipping is on in the tda/tra rows;
+``--skip-ab`` adds the same calls with it off ("no skip") and a table of the forward alone without the record,
+with it, and with it and the products of empty tiles left out.
 Times are medians of CUDA-event timings (triton.testing.do_bench). TFLOP/s counts matrix-product
 FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forward; threshold attention
 forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
@@ -25,6 +33,7 @@ busy): where it exceeds the GPU time, the call is host-bound (not measured for t
 """
 
 import argparse
+import dataclasses
 import datetime
 import math
 import platform
@@ -41,32 +50,57 @@ from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.reference import threshold_attention_reference
-from kernels.threshold.tiles import BackwardPlan, TileConfig
+from kernels.threshold.tiles import BackwardPlan, TileConfig, forward_configs
+from kernels.threshold.triton_lists import CELL
 
 D_MODEL = 768
+DENSE_RHO = 1.0  # mean cosine 0.5 against thresholds of at most 0.55 (d = 64, T <= 16384): every tile holds survivors
 
 
 def _projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
-                direction: Optional[torch.Tensor] = None) -> torch.Tensor:
+                direction: Optional[torch.Tensor] = None, device: str = "cuda") -> torch.Tensor:
     """(B, H, T, d) view of a (B, T, H, d) tensor: rows rho·u·sqrt(d) + N(0, 1) noise."""
-    x = torch.randn(B, T, H, d, device="cuda")
+    x = torch.randn(B, T, H, d, device=device)
     if direction is not None:
         x += rho * math.sqrt(d) * direction
     return x.to(dtype).transpose(1, 2).requires_grad_()
 
 
 def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, views: int,
-                rho: float) -> dict:
-    """q/k per view sharing a per-head unit direction with weight rho (sets the survivor share)."""
+                rho: float, device: str = "cuda") -> dict:
+    """q/k per view sharing a per-head unit direction with weight rho (sets the survivor share; DENSE_RHO: every
+    tile occupied)."""
     out = {}
     for view in range(1, views + 1):
-        u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device="cuda"), dim=-1)
-        out[f"q{view}"] = _projection(B, T, H, d, dtype, rho, u)
-        out[f"k{view}"] = _projection(B, T, H, d, dtype, rho, u)
-    out["v"] = _projection(B, T, H, dv, dtype, 0.0)
+        u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device=device), dim=-1)
+        out[f"q{view}"] = _projection(B, T, H, d, dtype, rho, u, device)
+        out[f"k{view}"] = _projection(B, T, H, d, dtype, rho, u, device)
+    out["v"] = _projection(B, T, H, dv, dtype, 0.0, device=device)
     if views == 2:
-        out["lam"] = torch.full((H,), 0.5, device="cuda", requires_grad=True)
+        out["lam"] = torch.full((H,), 0.5, device=device, requires_grad=True)
     return out
+
+
+def tile_occupancy(rec: torch.Tensor, Tq: int, Tk: int, causal: bool = True) -> float:
+    """Share of the causal CELL × CELL tiles (those holding a visible query-key pair) that the forward's record
+    ``rec`` (B, H, cells, cells; kernels/threshold/triton_lists.py) marks as holding a surviving weight."""
+    nM, nN = rec.shape[-2:]
+    rows = torch.arange(nM, device=rec.device)[:, None]
+    cols = torch.arange(nN, device=rec.device)[None, :]
+    cell = CELL.value
+    last = torch.clamp(rows * cell + cell - 1, max=Tq - 1) + (Tk - Tq)  # each cell row's last position
+    visible = cols * cell <= last if causal else torch.ones(nM, nN, dtype=torch.bool, device=rec.device)
+    return ((rec != 0) & visible).sum().item() / (visible.sum().item() * rec.shape[0] * rec.shape[1])
+
+
+def occupancy_of(x: dict, beta: float = 1.0, p: float = 2.0) -> float:
+    """tile_occupancy of inputs ``x`` (q1, k1, v[, q2, k2, lam]), from the record of one forward."""
+    args = [x[n].detach() if x.get(n) is not None else None for n in ("q1", "k1", "v", "q2", "k2")]
+    H = args[0].shape[1]
+    lam = x["lam"].detach() if x.get("lam") is not None else None
+    *_, rec = launch.forward(*args, lam, torch.full((H,), beta, device=args[0].device), ThresholdOptions(p=p),
+                             record=True)
+    return tile_occupancy(rec, args[0].shape[2], args[1].shape[2])
 
 
 def survivor_share(x: dict, rows: int = 512) -> float:
@@ -149,39 +183,66 @@ def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) 
     return rows
 
 
-def _tda_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
-              with_reference: bool, rep_ms: int) -> list[dict]:
-    """Paired TDA (H heads, q/k d, v 2d) on the kernels, and on the exact reference if asked."""
-    x = _tda_inputs(B, T, H, d, 2 * d, dtype, 2, rho)
-    share = survivor_share(x)
-    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
-    flops = _flops_threshold(B, H, T, d, 2 * d, 2)
-    impls = [("tda (paired)", threshold_attention_triton, rep_ms)]
+def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int, skip_ab: bool,
+                    with_reference: bool = False) -> list[dict]:
+    """Rows of the kernels on inputs ``x`` (views 2: paired TDA; 1: TRA) with exact skipping on (the default), and
+    off with ``skip_ab``; of the exact reference if asked."""
+    B, H, T, _ = x["q1"].shape
+    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")] if views == 2 else [x["q1"], x["k1"], x["v"]]
+    lam = dict(lam=x["lam"]) if views == 2 else {}
+    grads = args + ([x["lam"]] if views == 2 else [])
+    common_ = dict(H=H, d=d, dv=dv, share=survivor_share(x), occupancy=occupancy_of(x),
+                   flops=_flops_threshold(B, H, T, d, dv, views))
+    rows = [dict(method=name, **common_, **_measure(lambda: threshold_attention_triton(*args, **lam), grads, rep_ms))]
+    if skip_ab:
+        r = _measure(lambda: threshold_attention_triton(*args, **lam, skip_empty=False), grads, rep_ms)
+        rows.append(dict(method=f"{name}, no skip", **common_, **r))
     if with_reference:
-        impls.append(("reference (tda)", threshold_attention_reference, max(50, rep_ms // 4)))
-    rows = []
-    for name, fn, rep in impls:
-        r = _measure(lambda: fn(*args, lam=x["lam"]), args + [x["lam"]], rep, host=fn is not threshold_attention_reference)
-        rows.append(dict(method=name, H=H, d=d, dv=2 * d, share=share, flops=flops, **r))
+        r = _measure(lambda: threshold_attention_reference(*args, **lam), grads, max(50, rep_ms // 4), host=False)
+        rows.append(dict(method=f"reference ({name.split()[0]})", **common_, **r))
     return rows
 
 
-def _tra_row(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float, rep_ms: int) -> dict:
-    y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
-    args = [y["q1"], y["k1"], y["v"]]
-    r = _measure(lambda: threshold_attention_triton(*args), args, rep_ms)
-    return dict(method="tra", H=H, d=d, dv=d, share=survivor_share(y),
-                flops=_flops_threshold(B, H, T, d, d, 1), **r)
+def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
+    """Table lines timing the forward alone (launch.forward) on inputs ``x``: without the record, with it, and with
+    it and the products of tiles without a survivor left out (the Triton kernel: by its tile's skip_empty); for the
+    Gluon forward where it fits (the default there) and for the Triton kernel at its first tile."""
+    args = [x[n].detach() if x.get(n) is not None else None for n in ("q1", "k1", "v", "q2", "k2")]
+    B, H, T, d = args[0].shape
+    lam = x["lam"].detach() if views == 2 else None
+    beta = torch.ones(H, device=args[0].device)
+    first = forward_configs(d, args[2].shape[-1], views == 2, args[0].element_size())[0]
+    kernels = [("Gluon", None)] if launch.gluon_forward_fits(*args) else []
+    kernels.append((f"Triton {first.describe()}", first))
+    lines = []
+    for label, tile in kernels:
+        times = []
+        for record, skip in ((False, False), (True, False), (True, True)):
+            tile_ = dataclasses.replace(tile, skip_empty=skip) if tile is not None else None
+            times.append(_time(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
+                                                      skip_products=skip, tile=tile_), [], rep_ms))
+        lines.append(f"| {T} | {B} | {'tda (paired)' if views == 2 else 'tra'} {H}×{d} | {label} | "
+                     + " | ".join(f"{t:.3f}" for t in times) + " |")
+    return lines
+
+
+FORWARD_HEAD = ("| T | B | layout | forward kernel | ms, no record | ms, record | ms, record + products of empty tiles "
+                "skipped |\n|---|---|---|---|---|---|---|")
 
 
 def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
-                rep_ms: int) -> list[dict]:
-    """Rows of the table for one (T, d): SDPA backends, paired TDA (+ reference), TRA."""
+                rep_ms: int, skip_ab: bool = False, forward_lines: Optional[list] = None) -> list[dict]:
+    """Rows of the table for one (T, d): SDPA backends, paired TDA (+ reference), TRA, each threshold row also
+    without skipping with ``skip_ab`` (and then the forward alone's variants added to ``forward_lines``)."""
     B = max(1, tokens // T)
     H = D_MODEL // d
+    x = _tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
+    y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
     rows = (_sdpa_rows(B, T, H, d, dtype, rep_ms)
-            + _tda_rows(B, T, H // 2, d, dtype, rho, with_reference, rep_ms)
-            + [_tra_row(B, T, H, d, dtype, rho, rep_ms)])
+            + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference)
+            + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab))
+    if skip_ab and forward_lines is not None:
+        forward_lines += forward_variants(x, 2, rep_ms) + forward_variants(y, 1, rep_ms)
     best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
     for r in rows:
         r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
@@ -190,16 +251,17 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
 
 def format_table(rows: list[dict]) -> str:
     head = ("| T | B | method | heads×d (v) | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
-            "| ratio | peak MiB | host µs | survivors |")
-    lines = [head, "|" + "---|" * 12]
+            "| ratio | peak MiB | host µs | survivors | tiles |")
+    lines = [head, "|" + "---|" * 13]
     for r in rows:
         fl_f, fl_b = r["flops"]
         tf_f = fl_f / r["fwd"] / 1e9
         tf_fb = (fl_f + fl_b) / r["fwd_bwd"] / 1e9
         share = f"{100 * r['share']:.1f}%" if "share" in r else ""
+        tiles = f"{100 * r['occupancy']:.1f}%" if "occupancy" in r else "100%"
         lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['H']}×{r['d']} ({r['dv']}) "
                      f"| {r['fwd']:.3f} | {tf_f:.0f} | {r['fwd_bwd']:.3f} | {tf_fb:.0f} "
-                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {r['host_us']:.0f} | {share} |")
+                     f"| {r['ratio']:.2f} | {r['mem']:.0f} | {r['host_us']:.0f} | {share} | {tiles} |")
     return "\n".join(lines)
 
 
@@ -250,7 +312,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
         beta = torch.ones(heads, device="cuda")
         fl_f, fl_b = _flops_threshold(B, heads, T, d, dv, views)
         options = ThresholdOptions()
-        out, rq1, rk1, rq2, rk2 = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
+        out, *saved = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
         do = torch.randn_like(out)
         label = f"views={views} H={heads} d={d} dv={dv} T={T} B={B}"
 
@@ -259,7 +321,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
 
         def backward(**plan) -> Callable[..., object]:
             plan.setdefault("fused", False)  # the Triton kernels' tiles, unless the fused Gluon kernel is asked for
-            return lambda target=None: launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options,
+            return lambda target=None: launch.backward(do, q1, k1, v, q2, k2, *saved, lam, beta, options,
                                                        views == 2, False, False, plan=BackwardPlan(**plan),
                                                        target=target)
 
@@ -308,14 +370,20 @@ def _report(what: str, label: str, cfg: TileConfig, flops: float, run: Callable[
     print(f"  {what:30s} {label} {cfg.describe()}: {ms:.3f} ms {flops / ms / 1e9:.0f} TFLOP/s {regs}", flush=True)
 
 
-def main(argv: Optional[list[str]] = None) -> None:
+def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--seq", type=int, nargs="+", default=[1024, 2048, 4096, 8192, 16384])
+    parser.add_argument("--seq", type=int, nargs="+", default=None,
+                        help="sequence lengths (default 1024 … 16384; with --from-run 2048 … 16384)")
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
-    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--tokens", type=int, default=None,
+                        help="B·T per shape (default 16384; with --from-run 65536, so that the GPU is timed)")
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--rho", type=float, default=0.5,
                         help="weight of the shared q/k direction (sets the survivor share)")
+    parser.add_argument("--dense", action="store_true",
+                        help=f"q/k with a shared direction of weight {DENSE_RHO} (every tile holds survivors)")
+    parser.add_argument("--skip-ab", action="store_true",
+                        help="also time every threshold row with exact skipping off, and the forward's variants")
     parser.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
     parser.add_argument("--sweep", action="store_true", help="time every tile candidate first")
@@ -323,24 +391,51 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="which kernels the sweep times")
     parser.add_argument("--sweep-views", type=int, nargs="+", choices=[1, 2], default=[2, 1],
                         help="paired TDA (2) and/or the one-view kernel (1) in the sweep")
+    parser.add_argument("--from-run", metavar="RUN_DIR",
+                        help="time each layer of this trained TDA/TRA run on its own q, k, v of held-out text "
+                             "(benchmarks.captured) instead of random inputs")
+    parser.add_argument("--train-first", metavar="OVERRIDES",
+                        help="train the --from-run run first: `python train.py OVERRIDES` into RUN_DIR (skipped if "
+                             "RUN_DIR exists), e.g. \"+experiment=paper_small trainer.max_steps=3000\"")
     args = parser.parse_args(argv)
+    if args.train_first and not args.from_run:
+        parser.error("--train-first needs --from-run RUN_DIR (where the run goes)")
+    if args.dense and args.from_run:
+        parser.error("--dense draws random inputs; --from-run times a run's own")
+    args.seq = args.seq or ([2048, 4096, 8192, 16384] if args.from_run else [1024, 2048, 4096, 8192, 16384])
+    args.tokens = args.tokens or (65536 if args.from_run else 16384)
+    if args.dense:
+        args.rho = DENSE_RHO
+    return args
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    args = parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.attention needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
     print(f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
           f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN "
-          f"{torch.backends.cudnn.version()} · python {platform.python_version()} · {args.dtype}")
+          f"{torch.backends.cudnn.version()} · python {platform.python_version()} · {args.dtype}"
+          + (f" · rho {args.rho}" + (" (dense)" if args.dense else "") if not args.from_run else ""))
+    if args.from_run:
+        from benchmarks import captured
+
+        captured.main(args, dtype)
+        return
     if args.sweep:
         for d in args.head_dims:
             for T in args.seq:
                 sweep(T, args.tokens, d, dtype, args.rep_ms, tuple(args.sweep_parts), tuple(args.sweep_views))
-    rows = []
+    rows, forward_lines = [], []
     for d in args.head_dims:
         for T in args.seq:
             shape_rows = bench_shape(T, args.tokens, d, dtype, args.rho, not args.no_reference,
-                                     args.rep_ms)
+                                     args.rep_ms, args.skip_ab, forward_lines)
             print(format_table(shape_rows), flush=True)
             rows += shape_rows
+    if forward_lines:
+        print("\n" + FORWARD_HEAD + "\n" + "\n".join(forward_lines))
     print("\n" + format_table(rows))
 
 

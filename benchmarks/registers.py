@@ -112,9 +112,10 @@ def _inputs(views: int, d: int, dv: int, heads: int, dtype: torch.dtype, T: int)
 
 
 def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: bool, T: int = 4096,
-             tma: bool = False) -> list[dict]:
+             tma: bool = False, skip: bool = True) -> list[dict]:
     """One row per (kernel, path, tile): the layout benchmarks.attention times (paired TDA: d_model/(2d) heads,
-    v of 2d; one view: d_model/d heads of d). No rows for a paired layout whose v of 2d is wider than the
+    v of 2d; one view: d_model/d heads of d), with exact skipping (the forward recording occupied tiles, the backward
+    visiting its lists) unless ``skip`` is False. No rows for a paired layout whose v of 2d is wider than the
     kernels take (MAX_HEAD_DIM): no input has it."""
     dv, heads = (2 * d, D_MODEL // (2 * d)) if views == 2 else (d, D_MODEL // d)
     if dv > MAX_HEAD_DIM:
@@ -134,7 +135,8 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
             usage = ptxas_usage(target.compiled[part], arch)
             rows.append(dict(layout=label, kernel=part, path=path, cfg=cfg, default=default, usage=usage))
 
-        out, rq1, rk1, rq2, rk2 = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, target=target)
+        out, *saved = launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, record=skip,
+                                     skip_products=skip, target=target)
         do = torch.zeros_like(out)
         gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target)
         if gluon_fwd:
@@ -142,9 +144,10 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
 
             record("fused_fwd", "forward (Gluon)", FORWARD_TILE, not tma)
         for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
-            launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, tile=cfg, target=target)
+            launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, record=skip, skip_products=skip,
+                           tile=cfg, target=target)
             record("fwd", "forward", cfg, i == 0 and not tma and not gluon_fwd)
-        grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], rq1, rk1, rq2, rk2, *fixed, two, False, False)
+        grads = (do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *saved, *fixed, two, False, False)
 
         def backward(plan: BackwardPlan) -> None:
             launch.backward(*grads, plan=plan, target=target)
@@ -193,17 +196,20 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
     parser.add_argument("--defaults-only", action="store_true", help="only the first (default) tile of each table")
     parser.add_argument("--tma", action="store_true", help="the kernels read q, k, v, dO through tensor descriptors")
+    parser.add_argument("--no-skip", action="store_true",
+                        help="the kernels without exact skipping (no record in the forward, no lists in the backward)")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args(argv)
     dtype = {"bf16": torch.bfloat16, "fp16": torch.float16, "fp32": torch.float32}[args.dtype]
     rows = []
     for d in args.head_dims:
         for views in args.views:
-            found = rows_for(views, d, dtype, args.arch, args.defaults_only, tma=args.tma)
+            found = rows_for(views, d, dtype, args.arch, args.defaults_only, tma=args.tma, skip=not args.no_skip)
             rows += found
             print(f"compiled: {views} view(s), d = {d}" if found else
                   f"skipped: {views} view(s), d = {d} (paired v of {2 * d} > {MAX_HEAD_DIM})", file=sys.stderr, flush=True)
-    table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}; registers and spill stores from ptxas -v\n\n"
+    table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}, "
+             f"{'without' if args.no_skip else 'with'} exact skipping; registers and spill stores from ptxas -v\n\n"
              + format_table(rows))
     print(table)
     if args.out:

@@ -1,9 +1,12 @@
-"""benchmarks.attention without a GPU: the FLOP count it divides by, the survivor share it reports, its table, and
-its refusal to run on a machine without a GPU."""
+"""benchmarks.attention without a GPU: the FLOP count it divides by, the survivor share and tile occupancy it reports,
+its dense inputs (under Triton's interpreter), its arguments, its tables, the capture of a trained run's q, k, v
+(benchmarks.captured, from a tiny run on CPU), and its refusal to run on a machine without a GPU."""
 import pytest
 import torch
 
-from benchmarks.attention import _flops_threshold, format_table, main, survivor_share
+from benchmarks import captured
+from benchmarks.attention import (DENSE_RHO, _flops_threshold, _tda_inputs, format_table, main, occupancy_of,
+                                  parse_args, survivor_share, tile_occupancy)
 
 
 def test_paired_tda_counts_softmax_forward_flops_and_backward_two_and_a_half_times():
@@ -38,13 +41,102 @@ def test_survivor_share_counts_only_visible_keys():
     assert survivor_share(x, rows=2) == pytest.approx(8 / 15)
 
 
-def test_table_rows_carry_tflops_ratio_and_survivors():
+def test_table_rows_carry_tflops_ratio_survivors_and_tiles():
     row = dict(T=4096, B=4, method="tda (paired)", H=6, d=64, dv=128, fwd=0.5, fwd_bwd=2.0, flops=(1e11, 2.5e11),
-               ratio=1.25, mem=146.0, host_us=1200.0, share=0.002)
-    text = format_table([row])
-    header, rule, line = text.splitlines()
-    assert header.count("|") == rule.count("|") == line.count("|") == 13
-    assert "| 4096 | 4 | tda (paired) | 6×64 (128) | 0.500 | 200 | 2.000 | 175 | 1.25 | 146 | 1200 | 0.2% |" == line
+               ratio=1.25, mem=146.0, host_us=1200.0, share=0.002, occupancy=0.0912)
+    softmax = dict(row, method="sdpa-cudnn")
+    del softmax["share"], softmax["occupancy"]
+    header, rule, line, sm = format_table([row, softmax]).splitlines()
+    assert header.count("|") == rule.count("|") == line.count("|") == 14
+    assert line == ("| 4096 | 4 | tda (paired) | 6×64 (128) | 0.500 | 200 | 2.000 | 175 | 1.25 | 146 | 1200 | 0.2% "
+                    "| 9.1% |")
+    assert sm.endswith("| 1200 |  | 100% |")  # every softmax tile is occupied
+
+
+def test_tile_occupancy_counts_the_causal_cells_only():
+    """Cells holding no visible pair (above the diagonal, with queries aligned to the end of the keys) count for
+    nothing; Tq = 100 against Tk = 200: cell rows 0 (positions 100-163) and 1 (164-199) see key cells 0-2 and 0-3."""
+    rec = torch.zeros(1, 2, 2, 4, dtype=torch.uint8)
+    rec[0, 0, 0, 0] = rec[0, 1, 1, 3] = 1
+    rec[0, 0, 0, 3] = 1  # above the diagonal: never marked by a forward, and not counted
+    assert tile_occupancy(rec, 100, 200) == pytest.approx(2 / (2 * 7))
+    assert tile_occupancy(rec, 100, 200, causal=False) == pytest.approx(3 / 16)
+
+
+def test_dense_inputs_fill_every_tile():
+    """--dense draws q and k sharing a direction strongly enough that every 64 x 64 tile holds a survivor in both
+    views (the forward's own record, interpreted), where rows without a shared direction leave tiles empty."""
+    torch.manual_seed(0)
+    dense = _tda_inputs(1, 256, 2, 64, 128, torch.float32, 2, DENSE_RHO, device="cpu")
+    assert occupancy_of(dense) == 1.0
+    for view in ("1", "2"):
+        assert occupancy_of({"q1": dense["q" + view], "k1": dense["k" + view], "v": dense["v"]}) == 1.0
+    sparse = _tda_inputs(1, 256, 2, 64, 128, torch.float32, 1, 0.0, device="cpu")
+    assert occupancy_of(sparse, beta=1.5) < 1.0
+
+
+def test_arguments():
+    assert parse_args(["--dense"]).rho == DENSE_RHO and parse_args([]).rho == 0.5
+    run = parse_args(["--from-run", "runs/x", "--train-first", "+experiment=paper_small trainer.max_steps=3000"])
+    assert run.seq == [2048, 4096, 8192, 16384] and run.tokens == 65536 and run.train_first.endswith("3000")
+    assert parse_args([]).seq[0] == 1024 and parse_args([]).tokens == 16384
+    assert parse_args(["--from-run", "r", "--seq", "512", "--tokens", "4096"]).seq == [512]
+    for bad in (["--train-first", "x=1"], ["--dense", "--from-run", "r"]):
+        with pytest.raises(SystemExit):
+            parse_args(bad)
+
+
+def test_capture_of_a_trained_run(train_run):
+    """Each layer's q, k of both views (after RoPE) and v from a tiny TDA run's held-out text, windows stacked to at
+    least the tokens asked for (repeated where the held-out split is short), with the layer's lambda, beta and p: the
+    module's own attention output comes from them, and their tile occupancy (from the interpreted forward's record) is
+    the float64 one."""
+    from threshold_float64 import Case, cell_support
+
+    from model.attention import Projections
+    from benchmarks.attention import tile_occupancy
+
+    run = train_run("name=bench_capture", "attention=tda", "model.n_embd=64", "trainer.max_steps=2")
+    model, cfg = captured.load(run, 1024, torch.device("cpu"))
+    assert model.max_seq_len == 1024  # raised from the run's 512: RoPE extrapolates
+    idx = captured.held_out_tokens(cfg, 128, 1000)
+    assert idx.shape == (8, 128)
+    many = captured.held_out_tokens(cfg, 512, 200_000)  # more windows than the held-out split has: they repeat
+    assert many.shape == (391, 512) and any(torch.equal(many[0], many[i]) for i in range(1, 391))
+    layers = captured.capture(model, idx[:2], torch.float32)
+    assert [c.layer for c in layers] == [0, 1] and len(layers[0].q) == len(layers[0].k) == 2
+    c = layers[1]
+    assert c.q[0].shape == c.k[1].shape == (2, 2, 128, 16) and c.v.shape == (2, 2, 128, 32)
+    assert c.lam.shape == (1,) and c.beta == 1.0 and c.p == 2.0
+    block = model.blocks[1]  # the captured inputs are block 1's: its attention from its own input gives the same
+    own = block.attn.project(block.attn_norm(_residual_before(model, idx[:2], 1)), torch.arange(128))
+    torch.testing.assert_close(block.attn.mix(Projections(c.q, c.k, c.v)), block.attn.mix(own))
+    inputs = dict(q1=c.q[0], k1=c.k[0], q2=c.q[1], k2=c.k[1], beta=torch.full((2,), c.beta))
+    support = cell_support(inputs, Case(T=128, d=16, dv=32, H=2, Hkv=2, B=2))
+    assert captured.occupancy(c) == pytest.approx(support.double().mean().item() * 4 / 3)  # 3 of 4 cells causal
+    assert tile_occupancy(support.to(torch.uint8), 128, 128) == captured.occupancy(c)
+    with pytest.raises(ValueError, match="softmax"):
+        captured.load(train_run("name=bench_capture_softmax", "attention=softmax", "trainer.max_steps=2"), 1024,
+                      torch.device("cpu"))
+
+
+def _residual_before(model, idx, layer: int) -> torch.Tensor:
+    """The residual stream entering block ``layer`` for tokens idx."""
+    positions = torch.arange(idx.shape[1])
+    x = model.embed(idx)
+    for block in model.blocks[:layer]:
+        x = block(x, positions)
+    return x
+
+
+def test_capture_table_sums_the_layers():
+    rows = [dict(T=2048, B=32, layer=i, occupancy=o, fwd=1.0, fwd_off=2.0, fwd_bwd=3.0, fwd_bwd_off=6.0,
+                 cudnn=dict(fwd=0.5, fwd_bwd=2.0), flash=None) for i, o in enumerate((0.1, 0.3))]
+    total = captured._summed(rows)
+    assert total["fwd_bwd"] == 6.0 and total["occupancy"] == pytest.approx(0.2) and total["cudnn"]["fwd_bwd"] == 4.0
+    lines = captured.format_rows(rows + [total]).splitlines()
+    assert lines[-1] == ("| 2048 | 32 | Σ | 20.0% | 2.000 | 4.000 | 6.000 | 12.000 | 1.000 / 4.000 | – | 1.50 "
+                         "| 3.00 |")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")

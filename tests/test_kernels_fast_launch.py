@@ -155,7 +155,8 @@ def test_the_launches_pass_every_parameter_in_triton_order(monkeypatch):
         launch.backward(torch.randn_like(out), q1, k1, v, q2, k2, *saved, lam, beta, ThresholdOptions(), True,
                         False, False, plan=BackwardPlan(atomic_dq=atomic_dq))
     assert {kernel.fn.__name__ for kernel, _, _ in seen} == {"inverse_norm_kernel", "threshold_attention_fwd_kernel",
-                                                             "dkdv_kernel", "dq_finish_kernel", "dq_kernel"}
+                                                             "tile_lists_kernel", "dkdv_kernel", "dq_finish_kernel",
+                                                             "dq_kernel"}
     for kernel, args, kwargs in seen:
         params = JITFunction(kernel.fn).params  # the compiled kernel's parameters (the interpreter's has none)
         names = [p.name for p in params]
@@ -165,8 +166,10 @@ def test_the_launches_pass_every_parameter_in_triton_order(monkeypatch):
         assert tuple(bound.arguments.values()) == (*args, *fast_launch.trailing_arguments(params, len(args), kwargs))
 
 
-def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
-    """The same for the fused Gluon backward's launch (recorded, not run: it needs a Hopper GPU)."""
+@pytest.mark.parametrize("lists", [False, True])
+def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch, lists):
+    """The same for the fused Gluon backward's launch (recorded, not run: it needs a Hopper GPU), over every query tile
+    or those of the lists of occupied tiles (whose compaction launch is recorded first)."""
     pytest.importorskip("triton.experimental.gluon")
     if not launch.gluon_available():
         pytest.skip("this Triton has no Gluon the fused backward compiles with")
@@ -179,10 +182,12 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch):
     r = [torch.ones(1, 2, 40) for _ in range(4)]
     grads = [torch.empty_like(t) for t in (k1, k2, v)]
     dq = torch.zeros(2, 1, 2, 40, 64)
+    tiles = launch.TileLists(torch.ones(1, 2, 1, 1, dtype=torch.uint8), 40, 40, True, None) if lists else None
     launch._gluon_backward(do, q1, k1, v, q2, k2, *r, torch.full((2,), 0.5), torch.ones(2), ThresholdOptions(),
-                           True, False, *grads, dq[0], dq[1])
-    (kernel, args, kwargs), = seen
-    assert kernel is gb.paired_backward_kernel
+                           True, False, *grads, dq[0], dq[1], tiles)
+    assert [k.fn.__name__ for k, _, _ in seen[:-1]] == (["tile_lists_kernel"] if lists else [])
+    (kernel, args, kwargs) = seen[-1]
+    assert kernel is gb.paired_backward_kernel and kwargs["USE_LIST"] is lists
     names = [p.name for p in kernel.params]
     bound = inspect.signature(kernel.fn).bind(*args, **{n: v for n, v in kwargs.items() if n in names})
     bound.apply_defaults()

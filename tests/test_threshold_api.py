@@ -36,16 +36,20 @@ def test_torch_compile_traces_the_kernels_without_graph_breaks():
         torch.testing.assert_close(got, want)
 
 
-def test_custom_ops_pass_opcheck():
-    x = _tda_inputs(T=40)
+@pytest.mark.parametrize("skip", [True, False])
+def test_custom_ops_pass_opcheck(skip):
+    """With skipping the forward also returns the record (uint8, one cell per 64 x 64 tile), which the backward takes;
+    without it an empty record."""
+    x = _tda_inputs(T=70)
     q1, k1, v, q2, k2 = (x[n].detach() for n in ("q1", "k1", "v", "q2", "k2"))
     lam, beta = x["lam"], x["beta"]
-    fwd_args = (q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True)
+    fwd_args = (q1, k1, v, q2, k2, lam, beta, 2.0, True, 1.0, True, skip, skip)
     torch.library.opcheck(ops.threshold_attention_fwd, fwd_args)
-    out, rq1, rk1, rq2, rk2 = ops.threshold_attention_fwd(*fwd_args)
+    out, rq1, rk1, rq2, rk2, rec = ops.threshold_attention_fwd(*fwd_args)
+    assert rec.dtype == torch.uint8 and rec.shape == ((1, 2, 2, 2) if skip else (0,))
     do = torch.randn_like(out)
     torch.library.opcheck(ops.threshold_attention_bwd,
-                          (do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, 2.0, True, 1.0, True,
+                          (do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, 2.0, True, 1.0, True,
                            True, False, False))
 
 
@@ -55,12 +59,12 @@ def test_custom_ops_pass_opcheck_in_the_projection_layout():
     x = _tda_inputs(T=40)
     q1, k1, v, q2, k2 = (x[n].detach().transpose(1, 2).contiguous().transpose(1, 2)
                          for n in ("q1", "k1", "v", "q2", "k2"))
-    fwd_args = (q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True)
+    fwd_args = (q1, k1, v, q2, k2, x["lam"], x["beta"], 2.0, True, 1.0, True, True, True)
     torch.library.opcheck(ops.threshold_attention_fwd, fwd_args)
-    out, rq1, rk1, rq2, rk2 = ops.threshold_attention_fwd(*fwd_args)
+    out, rq1, rk1, rq2, rk2, rec = ops.threshold_attention_fwd(*fwd_args)
     assert not out.is_contiguous() and out.transpose(1, 2).is_contiguous()
     torch.library.opcheck(ops.threshold_attention_bwd,
-                          (torch.randn_like(out), q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, x["lam"], x["beta"],
+                          (torch.randn_like(out), q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, x["lam"], x["beta"],
                            2.0, True, 1.0, True, True, False, False))
 
 

@@ -118,25 +118,32 @@ from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.tiles import BackwardPlan
-p, causal, normalize, grads, dv = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5]), int(sys.argv[5])
+p, causal, normalize, grads, skip = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:6])
+dv = int(sys.argv[6])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 q1, k1, v, q2, k2, do = mk(64), mk(64), mk(dv), mk(64), mk(64), mk(dv)
 norms = [torch.zeros(1, H, T) if normalize else torch.zeros(0) for _ in range(4)]
+rec = launch.new_record(q1, T) if skip else torch.zeros(0, dtype=torch.uint8)
 with compiling_for(90) as target:
-    launch.backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H),
+    launch.backward(do, q1, k1, v, q2, k2, *norms, rec, torch.full((H,), 0.5), torch.ones(H),
                     ThresholdOptions(p=p, normalize=normalize, causal=causal), grads, grads, False,
                     plan=BackwardPlan(fused=True), target=target)
+    assert ("lists" in target.compiled) == skip
     u = ptxas_usage(target.compiled["fused"], 90)
 print(u.registers, u.spill_bytes, u.shared_kib)
 """
 
 
-@pytest.mark.parametrize("p,causal,normalize,grads,dv", [(2.0, True, True, True, 128), (1.0, False, False, False, 64),
-                                                          (3.0, True, False, True, 32)])
-def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, dv):
-    """The fused backward, compiled (not interpreted) through launch.backward."""
-    _compile_in_subprocess(_COMPILE, [str(p), *("1" if f else "0" for f in (causal, normalize, grads)), str(dv)])
+@pytest.mark.parametrize("p,causal,normalize,grads,skip,dv", [(2.0, True, True, True, True, 128),
+                                                               (2.0, True, True, True, False, 128),
+                                                               (1.0, False, False, False, True, 64),
+                                                               (3.0, True, False, True, True, 32)])
+def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, skip, dv):
+    """The fused backward, compiled (not interpreted) through launch.backward, over the lists of occupied tiles (the
+    default) and over every tile."""
+    _compile_in_subprocess(_COMPILE, [str(p), *("1" if f else "0" for f in (causal, normalize, grads, skip)),
+                                      str(dv)])
 
 
 def test_gluon_is_available_here(monkeypatch):
@@ -166,18 +173,23 @@ import sys, torch
 from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
-p, causal, normalize, dv = float(sys.argv[1]), sys.argv[2] == "1", sys.argv[3] == "1", int(sys.argv[4])
+p, causal, normalize, skip = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5])
+dv = int(sys.argv[5])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 with compiling_for(90) as target:
     launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H),
-                   ThresholdOptions(p=p, normalize=normalize, causal=causal), target=target)
+                   ThresholdOptions(p=p, normalize=normalize, causal=causal), record=skip, skip_products=skip,
+                   target=target)
     u = ptxas_usage(target.compiled["fused_fwd"], 90)
 print(u.registers, u.spill_bytes, u.shared_kib)
 """
 
 
-@pytest.mark.parametrize("p,causal,normalize,dv", [(2.0, True, True, 128), (1.0, False, False, 64), (3.0, True, False, 32)])
-def test_gluon_forward_compiles_for_hopper(p, causal, normalize, dv):
-    """The Gluon forward, compiled (not interpreted) through launch.forward."""
-    _compile_in_subprocess(_COMPILE_FORWARD, [str(p), "1" if causal else "0", "1" if normalize else "0", str(dv)])
+@pytest.mark.parametrize("p,causal,normalize,skip,dv", [(2.0, True, True, True, 128), (2.0, True, True, False, 128),
+                                                         (1.0, False, False, True, 64), (3.0, True, False, True, 32)])
+def test_gluon_forward_compiles_for_hopper(p, causal, normalize, skip, dv):
+    """The Gluon forward, compiled (not interpreted) through launch.forward, recording the occupied tiles and skipping
+    the products of empty ones (the default), and without."""
+    _compile_in_subprocess(_COMPILE_FORWARD, [str(p), *("1" if f else "0" for f in (causal, normalize, skip)),
+                                              str(dv)])

@@ -13,6 +13,7 @@ from threshold_float64 import (Case, make_inputs, poisoned_outputs, run_and_comp
 from kernels import common
 from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
+from kernels.threshold.options import ThresholdOptions
 
 GLUON_FORWARD_FITS = launch.gluon_forward_fits  # (the fixture below replaces it for most tests)
 
@@ -331,3 +332,150 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backwar
     assert ("backward" in launches) == (backward == "fused") and ("forward" in launches) == (forward == "gluon"), \
         launches
     assert all(v <= 1e-2 for v in errors.values()), errors
+
+
+# Exact tile skipping on long sequences: inputs in which whole tiles are empty (threshold_float64.planted_inputs),
+# survivors in blocks and alone (at a cell's corner, on the diagonal, in the last row), grouped heads and Tq != Tk.
+SPARSE_CASES = {
+    "tda_paired_bf16_T8192": Case(T=8192, d=64, dv=128, H=2, lam=(0.5, 0.1), dtype=torch.bfloat16),
+    "tda_paired_fp32_T4096": Case(T=4096, d=64, dv=128, H=2, lam=(0.8,), dtype=torch.float32),
+    "tda_gqa_bf16_Tq1000_Tk5000": Case(T=5000, Tq=1000, d=64, dv=64, H=4, Hkv=2, lam=(0.3, 0.9),
+                                       dtype=torch.bfloat16),
+    "tra_fp16_T3000": Case(T=3000, d=64, dv=64, H=2, two_views=False, dtype=torch.float16),
+}
+
+
+def _sparse_plants(case: Case, seed: int, count: int = 40) -> list:
+    """``count`` plants per view at random places (blocks of 1 to 40 rows and keys, the keys at or before the first
+    row's position), and three single survivors: at the corner of a 64 x 64 cell, on the diagonal, in the last row."""
+    from threshold_float64 import Plant
+
+    g = torch.Generator().manual_seed(seed)
+    Tk, Tq = case.T, case.Tq or case.T
+    shift = Tk - Tq
+    plants = []
+    for view in (1, 2) if case.two_views else (1,):
+        for _ in range(count):
+            r = int(torch.randint(Tq, (1,), generator=g))
+            rows = int(torch.randint(1, 41, (1,), generator=g))
+            k = int(torch.randint(r + shift + 1, (1,), generator=g))
+            keys = int(torch.randint(1, 41, (1,), generator=g))
+            plants.append(Plant(view, range(r, min(Tq, r + rows)), range(k, min(Tk, k + keys))))
+    corner = min(Tq - 1, 127)
+    plants += [Plant(1, range(corner, corner + 1), range(64, 65)) if corner + shift >= 64 else
+               Plant(1, range(corner, corner + 1), range(0, 1)),
+               Plant(case.two_views + 1, range(Tq // 2, Tq // 2 + 1), range(Tq // 2 + shift, Tq // 2 + shift + 1)),
+               Plant(1, range(Tq - 1, Tq), range(Tk - 1, Tk))]
+    return plants
+
+
+def _record_of(case: Case, inputs: dict) -> torch.Tensor:
+    x = [inputs[n].detach() if inputs.get(n) is not None else None for n in ("q1", "k1", "v", "q2", "k2")]
+    *_, rec = launch.forward(*x, inputs.get("lam"), inputs["beta"], ThresholdOptions())
+    return rec
+
+
+@pytest.mark.parametrize("path", ["split", "atomic", "deterministic"])
+@pytest.mark.parametrize("name", list(SPARSE_CASES))
+def test_skipping_on_gpu(monkeypatch, name, path):
+    """The Triton kernels with exact skipping (the default), compiled, on each backward path: the forward's record is
+    the float64 support of every 64 x 64 cell, and the output and every gradient match float64 although most tiles are
+    skipped; the deterministic path gives the same bits twice."""
+    from threshold_float64 import cell_support, planted_inputs
+
+    from benchmarks.attention import tile_occupancy
+
+    case = SPARSE_CASES[name]
+    seed = sum(map(ord, name))
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: path == "atomic")
+    inputs = planted_inputs(case, _sparse_plants(case, seed), seed, device="cuda")
+    support = cell_support(inputs, case)
+    rec = _record_of(case, inputs)
+    assert torch.equal(rec.bool(), support), (rec.sum().item(), support.sum().item())
+    occupancy = tile_occupancy(support.to(torch.uint8), case.Tq or case.T, case.T)
+    previous = torch.are_deterministic_algorithms_enabled()
+    torch.use_deterministic_algorithms(path == "deterministic")
+    try:
+        errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+        if path == "deterministic":
+            names = ("q1", "k1", "v", "q2", "k2") if case.two_views else ("q1", "k1", "v")
+            first = [inputs[n].grad.clone() for n in names]
+            run_kernel(threshold_attention_triton, case, inputs, seed)
+            assert all(torch.equal(inputs[n].grad, g) for n, g in zip(names, first))
+    finally:
+        torch.use_deterministic_algorithms(previous)
+    tol = 1e-4 if case.dtype == torch.float32 else 1e-2
+    print(name, path, f"occupancy {occupancy:.4f}", {k: f"{v:.2e}" for k, v in errors.items()})
+    assert 0 < occupancy < 0.5  # most tiles empty: the backward skips them
+    assert all(v <= tol for v in errors.values()), errors
+
+
+FUSED_SPARSE_CASES = {
+    "tda_paired_bf16_T8192": SPARSE_CASES["tda_paired_bf16_T8192"],
+    "tda_paired_fp16_T10000": Case(T=10000, d=64, dv=128, H=1, lam=(0.4,), dtype=torch.float16),
+    "tda_Tq1000_Tk5000_dv64_p1": Case(T=5000, Tq=1000, d=64, dv=64, H=2, p=1.0, lam=(0.3, 1.2),
+                                      dtype=torch.bfloat16),
+}
+
+
+@pytest.mark.parametrize("forward", ["gluon", "triton"])
+@pytest.mark.parametrize("name", list(FUSED_SPARSE_CASES))
+def test_fused_gluon_backward_skips_on_gpu(monkeypatch, name, forward):
+    """The fused Gluon backward over the lists of occupied tiles (and the Gluon forward recording them and leaving out
+    the products of empty ones, or the Triton forward recording them), on long sparse inputs in the projections'
+    layout: the record is the float64 support, the output and every gradient match float64."""
+    import threshold_float64
+    from threshold_float64 import cell_support, planted_inputs
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    case = FUSED_SPARSE_CASES[name]
+    seed = sum(map(ord, name))
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: True)
+    if forward == "gluon":
+        monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+    launches = []
+    for part in ("_gluon_forward", "_gluon_backward"):
+        real = getattr(launch, part)
+        monkeypatch.setattr(launch, part, lambda *a, real=real, part=part: launches.append(part) or real(*a))
+    inputs = planted_inputs(case, _sparse_plants(case, seed), seed, device="cuda")
+    for n in ("q1", "k1", "v", "q2", "k2"):
+        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    assert torch.equal(_record_of(case, inputs).bool(), cell_support(inputs, case))
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, forward, {k: f"{v:.2e}" for k, v in errors.items()})
+    assert ("_gluon_forward" in launches) == (forward == "gluon") and "_gluon_backward" in launches, launches
+    assert all(v <= 1e-2 for v in errors.values()), errors
+
+
+@pytest.mark.parametrize("backward", ["fused", "triton"])
+def test_a_corrupted_record_gives_wrong_gradients_on_gpu(monkeypatch, backward):
+    """The compiled backward visits what the record lists: with the record's fullest cell cleared after the forward,
+    the gradients of its keys, values and queries go wrong (the output, computed before, stays right)."""
+    import threshold_float64
+    from threshold_float64 import Plant, cell_support, planted_inputs
+
+    if backward == "fused" and torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    case = Case(T=4096, d=64, dv=128, H=2, lam=(0.5,), dtype=torch.bfloat16)
+    plants = [Plant(1, range(1000, 1040), range(600, 640)), Plant(1, range(3000, 3001), range(3000, 3001)),
+              Plant(2, range(2000, 2010), range(100, 110))]
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: backward == "fused")
+    monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+    inputs = planted_inputs(case, plants, seed=9, device="cuda")
+    cell = (0, 0, 1000 // 64, 600 // 64)
+    assert cell_support(inputs, case)[cell]
+    forward = launch.forward
+
+    def corrupted(*args, **kwargs):
+        out, *saved, rec = forward(*args, **kwargs)
+        rec[cell] = 0
+        return (out, *saved, rec)
+
+    monkeypatch.setattr(launch, "forward", corrupted)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed=9)
+    print(backward, {k: f"{v:.2e}" for k, v in errors.items()})
+    assert errors["out"] <= 1e-2 and errors["dk2"] <= 1e-2
+    assert errors["dk1"] > 0.1 and errors["dv"] > 0.1 and errors["dq1"] > 0.1, errors

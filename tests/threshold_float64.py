@@ -119,6 +119,64 @@ def make_inputs(case: Case, seed: int, device: str = "cpu") -> dict:
     return out
 
 
+@dataclass(frozen=True)
+class Plant:
+    """Weights that survive in planted inputs: every causal pair of query ``rows`` and ``keys`` (ranges of indices) of
+    view ``view`` in query heads ``heads`` (None: all)."""
+
+    view: int
+    rows: range
+    keys: range
+    heads: tuple | None = None
+
+
+def planted_inputs(case: Case, plants: list[Plant], seed: int, device: str = "cpu") -> dict:
+    """Inputs (as make_inputs) for TDA/TRA with normalisation, 0 <= beta <= 1, d >= 32 and positions below 1024, in
+    which a weight survives exactly at the causal pairs of ``plants`` (distinct rows and keys per view and head), every
+    other score lying far below the threshold: per (batch, key/value head, view), with e and f_1, f_2, ... orthonormal,
+    background keys are e and queries -e (cosine -1), a plant's keys f_p + 0.5 e and its queries f_p - 0.3 e (cosine
+    0.73 with each other, above every tau_i = sqrt(2 ln(i + 1) / d), at most 0.66 there; -0.29, -0.45, -0.13 against
+    the background keys, background queries and other plants' keys), each row scaled by a random norm. Whole tiles are
+    empty."""
+    g = torch.Generator().manual_seed(seed)
+    Tk, Tq = case.T, case.Tq or case.T
+    group = case.H // case.Hkv
+    out = {}
+    for view in (1, 2) if case.two_views else (1,):
+        mine = [p for p in plants if p.view == view]
+        basis = torch.linalg.qr(torch.randn(case.B, case.Hkv, case.d, case.d, generator=g, dtype=torch.float64))[0]
+        e = basis[..., 0]  # (B, Hkv, d)
+        k = e[:, :, None, :].expand(case.B, case.Hkv, Tk, case.d).clone()
+        q = -e.repeat_interleave(group, dim=1)[:, :, None, :].expand(case.B, case.H, Tq, case.d).clone()
+        for i, plant in enumerate(mine, start=1):
+            for h in plant.heads if plant.heads is not None else range(case.H):
+                f = basis[:, h // group, :, i]
+                k[:, h // group, plant.keys] = (f + 0.5 * e[:, h // group])[:, None, :]
+                q[:, h, plant.rows] = (f - 0.3 * e[:, h // group])[:, None, :]
+        for name, x in (("q", q), ("k", k)):
+            x = x * (0.5 + 1.5 * torch.rand(x.shape[:3] + (1,), generator=g, dtype=torch.float64))
+            out[f"{name}{view}"] = guarded(x.shape, x.to(device, case.dtype))
+    v = torch.randn(case.B, case.Hkv, Tk, case.dv, generator=g, dtype=torch.float64)
+    out["v"] = guarded(v.shape, v.to(device, case.dtype))
+    out["beta"] = torch.tensor(_per_head(case.beta, case.H), dtype=torch.float32, device=device)
+    if case.two_views:
+        out["lam"] = torch.tensor(_per_head(case.lam, case.H), dtype=torch.float32, device=device)
+    return out
+
+
+def cell_support(inputs: dict, case: Case, rows: int = 64, keys: int = 64) -> torch.Tensor:
+    """Per (batch, query head, tile of ``rows`` x ``keys``): whether any weight survives in either view (float64
+    naive maps), bool (B, H, ceil(Tq / rows), ceil(Tk / keys))."""
+    support = 0
+    for view in ("1", "2") if case.two_views else ("1",):
+        a, _ = naive_maps(inputs["q" + view].detach().double(), inputs["k" + view].detach().double(),
+                          inputs["beta"].double(), case.p, case.normalize, case.scale, case.causal)
+        support = (a != 0) | support
+    Tq, Tk = support.shape[-2:]
+    padded = torch.nn.functional.pad(support.double(), (0, -Tk % keys, 0, -Tq % rows))
+    return padded.unfold(-2, rows, rows).unfold(-2, keys, keys).sum((-1, -2)) > 0
+
+
 def _per_head(values: tuple, H: int) -> list[float]:
     return [values[h % len(values)] for h in range(H)]
 

@@ -254,37 +254,85 @@ def grid(Tk: int, B: int, H: int) -> int:
 
 
 @gluon.jit
-def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles):
+def _tile_row(tiles, i, m_lo, USE_LIST: gl.constexpr):
+    """The first row of the program's i-th query tile: the i-th entry of its list of occupied tiles (an index loaded
+    in the loop, no data-dependent branch), or m_lo + i BM (every tile of the causal range)."""
+    if USE_LIST:
+        m0 = gl.load(tiles + i) * BLOCK_M
+    else:
+        m0 = m_lo + i * BLOCK_M
+    return m0
+
+
+@gluon.jit
+def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, tiles,
+                      USE_LIST: gl.constexpr):
     """Fills the query-side ring: tile i into stage i % STAGES once the compute warps have released it."""
     for i in range(n_tiles):
         stage = i % STAGES
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
-        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, stage, b, h, m_lo + i * BLOCK_M)
+        _load_query_tile(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, stage, b, h,
+                         _tile_row(tiles, i, m_lo, USE_LIST))
 
 
 @gluon.jit
-def _dq_previous(W: gl.constexpr, j, m_lo, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
+def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
                  DQ_L: gl.constexpr):
-    """dq'^T of view W + 1 for tile j (rows m_lo + j BM ..) over all BLOCK_N keys, once both warpgroups have stored
+    """dq'^T of view W + 1 for tile j (rows m_prev ..) over all BLOCK_N keys, once both warpgroups have stored
     their dS of tile j; the dS buffer is released to both, then the result added with atomics."""
     BM: gl.constexpr = BLOCK_M
     mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
     mbarrier.arrive(ds_free.index(j % 2), count=1)
-    _add_dq(dq, DQh, m_lo + j * BM, Tq, HEAD_D, BM)
+    _add_dq(dq, DQh, m_prev, Tq, HEAD_D, BM)
+
+
+@gluon.jit
+def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_rows, rk1, rk2, offs_n, RQ1h, RQ2h,
+               lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr,
+               CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr,
+               DK_L: gl.constexpr, DV_L: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr):
+    """The warpgroup's share of the program's i-th query tile (rows m0 ..): wait for it in the ring, _key_side into
+    the tile's dS buffers, then hand them on (ds_ready) and the ring stage back (empty)."""
+    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
+        ds_free = smem
+    BM: gl.constexpr = BLOCK_M
+    KB: gl.constexpr = BLOCK_N // 2
+    stage = i % STAGES
+    mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+    z = k_rows >> 30
+    k1_s = _rows(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k2_s = _rows(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+    q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
+    q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
+    do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+    # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
+    mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
+    dk1, dk2, dv, acc_lam, acc_beta = _key_side(
+        dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
+        ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
+        RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
+        DV_L, KB)
+    fence_async_shared()
+    _partition_barrier()
+    mbarrier.arrive(ds_ready.index(i % 2), count=1)
+    mbarrier.arrive(empty.index(stage), count=1)
+    return dk1, dk2, dv, acc_lam, acc_beta
 
 
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
-                         BETA_GRAD: gl.constexpr):
+                         BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr):
     """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
     tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
-    buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products."""
+    buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products. With USE_LIST
+    the query tiles are those of the key block's list of occupied tiles, in the loader's order."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
         ds_free = smem
-    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART = ptrs
+    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles = ptrs
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
         num_n_blocks, scale, p, inv_d = scalars
     BM: gl.constexpr = BLOCK_M
@@ -321,34 +369,33 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         ds_bufs = ds2_bufs
     m_end = m_lo + n_tiles * BM
     mbarrier.wait(kv_bar, phase=0)
-    for m0 in range(m_lo, m_end, BM):
-        i = (m0 - m_lo) // BM
-        stage = i % STAGES
-        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-        z = m0 >> 30
-        k1_s = _rows(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-        k2_s = _rows(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-        v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
-        q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
-        q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
-        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
-        # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
-        mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
-        dk1, dk2, dv, acc_lam, acc_beta = _key_side(
-            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
-            ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
-            RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
-            DV_L, KB)
-        fence_async_shared()
-        _partition_barrier()
-        mbarrier.arrive(ds_ready.index(i % 2), count=1)
-        mbarrier.arrive(empty.index(stage), count=1)
-        if i > 0:
-            k_view = _rows((k1_buf if W == 0 else k2_buf).index(z), BLOCK_N, HEAD_D)
-            _dq_previous(W, i - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+    m_prev = m_lo  # the rows of the last tile seen
+    if USE_LIST:
+        m0 = _tile_row(tiles, 0, m_lo, USE_LIST)
+        for i in range(n_tiles):
+            # the next tile's rows, loaded a tile ahead so that no step waits for its index
+            m_next = _tile_row(tiles, gl.minimum(i + 1, n_tiles - 1), m_lo, USE_LIST)
+            dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
+                W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
+            if i > 0:
+                k_view = _rows((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+            m_prev = m0
+            m0 = m_next
+    else:
+        for m0 in range(m_lo, m_end, BM):
+            i = (m0 - m_lo) // BM
+            dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
+                W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
+            if i > 0:
+                k_view = _rows((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+        m_prev = m_end - BM
     if n_tiles > 0:
         k_view = _rows((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
-        _dq_previous(W, n_tiles - 1, m_lo, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+        _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
     part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
     if LAM_GRAD:
         gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
@@ -368,16 +415,19 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 def paired_backward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
     DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
-    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, LIST, COUNTS, list_cap,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr,
+    P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
     4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
     BLOCK_N for k1, k2, v (descriptors()). LAM_PART, BETA_PART hold (B, H, PARTIALS_PER_BLOCK * num_n_blocks)
-    partial sums. Three partitions: warpgroup 0 (the default, 4 warps), warpgroup 1 (4 warps) and the loader
-    (1 warp): launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
+    partial sums. With USE_LIST the loader and both warpgroups visit only the query tiles of the key block's list
+    (triton_lists.py, by key block for BLOCK_M x BLOCK_N tiles: list_cap int32 entries and two counts per (b, h,
+    key block)); every visited tile takes the mask anyway. Three partitions: warpgroup 0 (the default, 4 warps),
+    warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
+    maxnreg=MAX_REGISTERS."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q1_desc.dtype
@@ -417,16 +467,22 @@ def paired_backward_kernel(
         m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
     else:
         m_lo = 0
-    n_tiles = (m_end - m_lo) // BM
+    entry = bh * num_n_blocks + nblk
+    tiles = LIST + entry.to(gl.int64) * list_cap
+    if USE_LIST:
+        n_tiles = gl.load(COUNTS + 2 * entry + 1)
+    else:
+        n_tiles = (m_end - m_lo) // BM
     smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
             ds_free)
-    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART)
+    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles)
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD)),
+                                BETA_GRAD, USE_LIST)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD)),
-        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles)),
+                                BETA_GRAD, USE_LIST)),
+        (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles,
+                             tiles, USE_LIST)),
     ], [4, 1], [240, 24])

@@ -17,6 +17,11 @@ causal/edge mask (two loops, as the Triton forward). Same contract as triton_for
 with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse norms); RK1, RK2 are inputs. Only
 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of two up to 128, rows readable
 by tensor descriptors (launch.gluon_forward_fits).
+
+Exact skipping: a warpgroup's tile of 64 rows x 64 keys is one cell of the record (triton_lists.py), which RECORD
+marks from the rows' largest u over the tile's keys; with SKIP_PRODUCTS a warpgroup whose tile has no survivor in
+either view leaves out the weights and the product with v (a branch on a value the warpgroup's four warps agree on;
+there is no software pipeline here for it to break).
 """
 
 import triton
@@ -26,6 +31,7 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 
 from .gluon_backward import _power, _rows, row_descriptors
 from .tiles import TileConfig
+from .triton_lists import CELL
 from .triton_math import NORM_EPS
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
@@ -35,6 +41,7 @@ STAGES = gl.constexpr(2)       # depth of the key-side ring
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
 TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables and logs
+assert ROWS.value == BLOCK_N.value == CELL.value  # a warpgroup's tile is one cell of the record
 
 
 @gluon.jit
@@ -84,11 +91,13 @@ def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
 
 @gluon.jit
 def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
-               Tk, zero_s, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
-               CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, S_L: gl.constexpr,
-               O_L: gl.constexpr):
+               Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+               CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
+               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr):
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
-    keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk)."""
+    keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
+    of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
+    are left out when none did."""
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k1_s = _rows(k1_ring.index(stage), BLOCK_N, HEAD_D)
@@ -114,21 +123,38 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
             keep = key_ok[None, :] & (pos >= 0)[:, None]
         u1 = gl.where(keep, u1, 0.0)
         u2 = gl.where(keep, u2, 0.0)
-    w = (_power(gl.maximum(u1, 0.0), p, P_MODE) - lam * _power(gl.maximum(u2, 0.0), p, P_MODE)).to(v_s.dtype)
-    acc = warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, O_L, 2)), v_s, acc)
+    if RECORD or SKIP_PRODUCTS:
+        # each row's largest u over the tile's keys (within the threads holding the row); rows past Tq count none
+        top = gl.where(pos < Tk, gl.max(gl.maximum(u1, u2), axis=1), 0.0)
+        if RECORD:
+            gl.store(REC_row + j + gl.zeros_like(pos), gl.full(top.shape, 1, gl.uint8, layout=top.type.layout),
+                     mask=top > 0.0)
+    if SKIP_PRODUCTS:
+        if gl.max(top, axis=0) > 0.0:
+            acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
+    else:
+        acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
     # every product reading this stage has completed (synchronous): release it
     mbarrier.arrive(empty.index(stage), count=1)
     return acc
 
 
 @gluon.jit
+def _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE: gl.constexpr, O_L: gl.constexpr):
+    """acc + W v with W = max(u1, 0)^p - lam max(u2, 0)^p rounded to v's dtype (a synchronous product)."""
+    w = (_power(gl.maximum(u1, 0.0), p, P_MODE) - lam * _power(gl.maximum(u2, 0.0), p, P_MODE)).to(v_s.dtype)
+    return warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, O_L, 2)), v_s, acc)
+
+
+@gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
-                         NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr):
+                         NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, RECORD: gl.constexpr,
+                         SKIP_PRODUCTS: gl.constexpr):
     """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
     other warpgroup's) are only released."""
     q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
-    O, RQ1, RQ2, RK1, RK2, LAM, BETA = ptrs
-    so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d = scalars
+    O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC = ptrs
+    so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN = scalars
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -151,14 +177,17 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     f2 = _row_factor(q2_s, RQ2 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
+    REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
     full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
-                         RK1, RK2, Tk, zero_s, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, S_L, O_L)
+                         RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
+                         SKIP_PRODUCTS, S_L, O_L)
     for j in range(full, my_blocks):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
-                         RK1, RK2, Tk, zero_s, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, S_L, O_L)
+                         RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
+                         SKIP_PRODUCTS, S_L, O_L)
     # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
     for j in range(my_blocks, n_blocks):
         stage = j % STAGES
@@ -172,14 +201,15 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 @gluon.jit
 def paired_forward_kernel(
-    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, so_b, so_h, so_t,
+    q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC, nM, nN, so_b, so_h, so_t,
     H, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr,
+    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), the longest query blocks first (triton_math.query_block_program). The five
     inputs are 4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q1, q2,
-    BLOCK_N for k1, k2, v (descriptors()). Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
+    BLOCK_N for k1, k2, v (descriptors()). With RECORD, REC is the zero-filled uint8 record (B, H, nM, nN) of
+    triton_lists.py, whose cells the kernel marks. Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     dtype: gl.constexpr = q1_desc.dtype
     pid = gl.program_id(0)
     bh = pid % num_bh
@@ -201,11 +231,13 @@ def paired_forward_kernel(
     # the key blocks the program's last row sees (both warpgroups step through all of them)
     n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
     smem = (q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty)
-    ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA)
-    scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d)
+    ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC)
+    scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN)
     gl.warp_specialize([
-        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE)),
-        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE)),
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
+                                SKIP_PRODUCTS)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
+                                SKIP_PRODUCTS)),
         (_loader_partition, (q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
                              q_bar, ready, empty, b, h, m0, n_blocks)),
     ], [4, 1], [240, 24])

@@ -7,9 +7,12 @@ v (B, Hkv, Tk, dv), any strides; lam, beta (H,) fp32 on the inputs' device; ``op
 Which kernels run: the forward is the Gluon kernel (gluon_forward.py) where gluon_forward_fits, else the Triton kernel
 (triton_forward.py); the backward is the fused Gluon kernel (gluon_backward.py) where gluon_backward_fits and the
 call is not deterministic, else the Triton dK/dV kernel with dQ by atomics or the dQ kernel (triton_backward.py),
-as tiles.py's defaults or a ``BackwardPlan`` say. Every kernel is launched through kernels.fast_launch, or, given a
-``CompileTarget``, only compiled; its parts are named ``key_norms``, ``fwd``, ``fused_fwd`` (the Gluon forward),
-``dkdv``, ``dv`` (dV apart), ``dq``, ``fused`` (the Gluon backward) and ``dq_finish``.
+as tiles.py's defaults or a ``BackwardPlan`` say. Exact skipping (tiles.skip_empty_tiles): the forward returns its
+record of the cells holding a surviving weight (triton_lists.py), and the backward turns it into lists of occupied
+tiles for its kernels (one compaction launch) and visits only those. Every kernel is launched through
+kernels.fast_launch, or, given a ``CompileTarget``, only compiled; its parts are named ``key_norms``, ``fwd``,
+``fused_fwd`` (the Gluon forward), ``lists`` (the compaction), ``dkdv``, ``dv`` (dV apart), ``dq``, ``fused`` (the
+Gluon backward) and ``dq_finish``.
 """
 
 import dataclasses
@@ -25,10 +28,12 @@ from triton.runtime.errors import OutOfResources
 from .. import common, fast_launch
 from ..common import CompileTarget, interpreting, padded
 from .options import ThresholdOptions
-from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, dq_atomic, dq_configs,
-                    dv_configs, dv_pass_apart, forward_configs, fused_paired_backward)
+from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
+                    dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
+                    fused_paired_backward, skip_empty_tiles)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
+from .triton_lists import CELL, record_shape, tile_lists_kernel
 from .triton_norms import inverse_norm_kernel
 
 _chosen: dict[tuple, TileConfig] = {}
@@ -45,6 +50,19 @@ def _p_mode(p: float) -> int:
     return 1 if p == 1.0 else 2 if p == 2.0 else 0
 
 
+def _candidates(key: tuple, candidates: list[TileConfig], tile: Optional[TileConfig],
+                target: Optional[CompileTarget]) -> list[TileConfig]:
+    """The tiles _launch tries, in order: ``tile``, else the interpreter's, else the one remembered for ``key``, else
+    ``candidates`` (with a ``target``, nothing remembered counts)."""
+    if tile is not None:
+        return [tile]
+    if interpreting():
+        return [INTERPRETER_CONFIG]
+    if target is None and key in _chosen:
+        return [_chosen[key]]
+    return candidates
+
+
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             args_for: Callable[[TileConfig], tuple], candidates: list[TileConfig], key: tuple,
             constexprs: dict, tile: Optional[TileConfig], target: Optional[CompileTarget], rows: tuple = (),
@@ -53,21 +71,17 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     GPU's shared memory (with a ``target``, the first, and nothing remembered). ``args_for`` builds the runtime
     arguments, which depend on the tile. The kernel takes the tile's ``tma`` as USE_TMA (dropped for this launch when
     the tensors ``rows`` are not tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the tile's
-    ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY."""
+    ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY (or'ed with ``constexprs``' SKIP_EMPTY if given)."""
     remember = tile is None and target is None
-    if tile is not None:
-        candidates = [tile]
-    elif interpreting():
-        candidates = [INTERPRETER_CONFIG]
-    elif remember and key in _chosen:
-        candidates = [_chosen[key]]
+    candidates = _candidates(key, candidates, tile, target)
     for i, chosen in enumerate(candidates):
         cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not common.tma_ready(*rows) else chosen
         if cfg.tma and rows[0].is_cuda:
             common.bind_cuda_context(rows[0].device)
         try:
             layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
-                          **(dict(SKIP_EMPTY=cfg.skip_empty) if skip_empty else {}))
+                          **(dict(SKIP_EMPTY=cfg.skip_empty or constexprs.get("SKIP_EMPTY", False))
+                             if skip_empty else {}))
             _run(key[0], kernel, (grid(cfg),), args_for(cfg), dict(
                 constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages), target)
@@ -121,19 +135,32 @@ def _common_constexprs(q1: torch.Tensor, v: torch.Tensor, two_views: bool, optio
                 DOT_PREC="ieee" if cast_f32 else "tf32")
 
 
+def new_record(q1: torch.Tensor, Tk: int) -> torch.Tensor:
+    """A zero-filled record (triton_lists.py) for queries q1 (B, H, Tq, d) against Tk keys."""
+    B, H, Tq, _ = q1.shape
+    return torch.zeros(record_shape(B, H, Tq, Tk), dtype=torch.uint8, device=q1.device)
+
+
 def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
             k2: Optional[torch.Tensor], lam: Optional[torch.Tensor], beta: torch.Tensor, options: ThresholdOptions,
-            tile: Optional[TileConfig] = None, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
-    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (common.new_rows_like), and the inverse
-    norms the backward reuses.
+            record: Optional[bool] = None, skip_products: Optional[bool] = None, tile: Optional[TileConfig] = None,
+            target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, ...]:
+    """Attention output (B, H, Tq, dv) in q's dtype, laid out like q1 (common.new_rows_like), and what the backward
+    reuses: the inverse norms and the record of occupied cells.
 
-    Returns (out, rq1, rk1, rq2, rk2); an inverse norm that does not apply (no normalisation, or one
-    view) is an empty fp32 tensor. Where gluon_forward_fits the Gluon kernel runs, unless ``tile`` asks for a tile
-    of the Triton kernel. With a ``target`` the kernels are compiled, not launched.
+    Returns (out, rq1, rk1, rq2, rk2, rec); an inverse norm that does not apply (no normalisation, or one
+    view) is an empty fp32 tensor; ``rec`` is the uint8 record of triton_lists.py when ``record`` (default:
+    tiles.skip_empty_tiles()), else an empty uint8 tensor. ``skip_products`` (default: the same) lets the kernel
+    leave out the product with v of tiles without a survivor where tiles.forward_skips_products says it pays (and the
+    Triton kernel wherever its tile's skip_empty asks). Where gluon_forward_fits the Gluon kernel runs, unless
+    ``tile`` asks for a tile of the Triton kernel. With a ``target`` the kernels are compiled, not launched.
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
+    record = skip_empty_tiles() if record is None else record
+    skip_products = skip_empty_tiles() if skip_products is None else skip_products
+    rec = new_record(q1, Tk) if record else q1.new_empty(0, dtype=torch.uint8)
     rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
     if options.normalize:
         rks = key_inverse_norms(k1, k2, target)
@@ -146,11 +173,15 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     out = common.new_rows_like(q1, dv)
     if tile is None and gluon_forward_fits(q1, k1, v, q2, k2, target):
         try:
-            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options, target)
-            return out, rq1, rk1, rq2, rk2
+            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, options,
+                           skip_products and forward_skips_products(True), target)
+            return out, rq1, rk1, rq2, rk2, rec
         except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
             _gluon_failed(error)
-    consts = _common_constexprs(q1, v, two, options)
+    consts = dict(_common_constexprs(q1, v, two, options), RECORD=record,
+                  SKIP_EMPTY=skip_products and forward_skips_products(False))
+    nM, nN = (rec.shape[2], rec.shape[3]) if record else (0, 0)
+    rec_ = rec if record else out  # (never read without RECORD)
     # With one view the second view's arguments repeat the first's; the kernel never reads them.
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
 
@@ -160,21 +191,77 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     def args_for(cfg: TileConfig) -> tuple:
         return (*_row_inputs(cfg, q1, k1, q2_, k2_, v), out, rq1, rk1, rq2_, rk2_, lam_, beta,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
-                *out.stride(), H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
+                *out.stride(), rec_, nM, nN, H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
                 float(options.scale), float(options.p), 1.0 / d)
 
     key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
     candidates = forward_configs(d, dv, two, q1.element_size())
     _launch(threshold_attention_fwd_kernel, grid, args_for, candidates, key, consts, tile, target,
             rows=(q1, k1, q2_, k2_, v), skip_empty=True)
-    return out, rq1, rk1, rq2, rk2
+    return out, rq1, rk1, rq2, rk2, rec
 
 
-def _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, dtype, elem_bytes, atomic, need_dlam,
+class TileLists:
+    """The backward's lists of occupied tiles (triton_lists.py) for one call, built from the forward's record ``rec``
+    (B, H, ·, ·) for queries (B, H, Tq, ·) against Tk keys: ``prepare`` builds every list it is given in one
+    compaction launch (a list "keys" and a list "queries" at most per launch), ``args`` a list not prepared when first
+    asked for (a kernel that fell back to another tile)."""
+
+    def __init__(self, rec: torch.Tensor, Tq: int, Tk: int, causal: bool, target: Optional[CompileTarget]):
+        self.rec, self.Tq, self.Tk, self.causal, self.target = rec, Tq, Tk, causal, target
+        self.built: dict[tuple[str, int, int], tuple[torch.Tensor, torch.Tensor, int]] = {}
+
+    def prepare(self, *wanted: tuple[str, int, int]) -> None:
+        """Build the lists ("keys" or "queries", rows per tile, keys per tile) not built yet."""
+        todo = {kind: [w for w in dict.fromkeys(wanted) if w[0] == kind and w not in self.built]
+                for kind in ("keys", "queries")}
+        while todo["keys"] or todo["queries"]:
+            self._build(todo["keys"].pop(0) if todo["keys"] else None,
+                        todo["queries"].pop(0) if todo["queries"] else None)
+
+    def args(self, kind: str, block_m: int, block_n: int) -> tuple[torch.Tensor, torch.Tensor, int]:
+        """(entries, counts, entries per list) of the list for a kernel tile of block_m rows x block_n keys."""
+        self.prepare((kind, block_m, block_n))
+        return self.built[(kind, block_m, block_n)]
+
+    def _build(self, keys: Optional[tuple[str, int, int]], queries: Optional[tuple[str, int, int]]) -> None:
+        B, H, nM, nN = self.rec.shape
+        Tq, Tk, dev = self.Tq, self.Tk, self.rec.device
+        parts = []  # per kind: (entries, counts, entries per list, blocks per head, block_m, block_n)
+        for want in (keys, queries):
+            if want is None:
+                parts.append(None)
+                continue
+            kind, block_m, block_n = want
+            by_key = kind == "keys"
+            blocks = triton.cdiv(Tk, block_n) if by_key else triton.cdiv(Tq, block_m)
+            cap = triton.cdiv(Tq, block_m) if by_key else triton.cdiv(Tk, block_n)
+            entries = torch.empty(B * H * blocks * cap, dtype=torch.int32, device=dev)
+            counts = torch.empty(2 * B * H * blocks, dtype=torch.int32, device=dev)
+            parts.append((entries, counts, cap, blocks, block_m, block_n))
+        some = next(part for part in parts if part is not None)
+        absent = (some[0], some[1], 0, 0, CELL.value, CELL.value)  # a kind not asked for: no programs, never read
+        (list_k, counts_k, cap_k, blocks_k, bm_k, bn_k), (list_q, counts_q, cap_q, blocks_q, bm_q, bn_q) = (
+            part or absent for part in parts)
+        programs_k = B * H * blocks_k
+        _run("lists", tile_lists_kernel, (programs_k + B * H * blocks_q,),
+             (self.rec, list_k, counts_k, list_q, counts_q, Tq, Tk, nM, nN, programs_k, max(blocks_k, 1), cap_k,
+              max(blocks_q, 1), cap_q), dict(BM_K=bm_k, BN_K=bn_k, BM_Q=bm_q, BN_Q=bn_q, CAUSAL=self.causal,
+                                            num_warps=4), self.target)
+        for want, part in zip((keys, queries), parts):
+            if part is not None:
+                self.built[want] = part[:3]
+
+
+def _list_args(lists: Optional[TileLists], kind: str, cfg: TileConfig, none: torch.Tensor) -> tuple:
+    """A kernel's LIST, COUNTS, list_cap arguments: the list for its tile, or ``none`` (not read) without lists."""
+    return lists.args(kind, cfg.block_m, cfg.block_n) if lists is not None else (none, none, 0)
+
+
+def _key_block_launches(grid, args_for, rows, consts, dkdv_key, d, dv_dim, two, dtype, elem_bytes, atomic, need_dlam,
                         need_dbeta, apart, plan: BackwardPlan, target: Optional[CompileTarget]) -> None:
     """The Triton dK/dV kernel (with dQ by atomics when ``atomic``), and the dV launch when ``apart``."""
-    key = ("dkdv", d, dv_dim, two, dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
-    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, elem_bytes), key,
+    _launch(dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, two, elem_bytes), dkdv_key,
             dict(consts, DQ_ATOMIC=atomic, LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, WITH_DK=True,
                  WITH_DV=not apart), plan.dkdv_tile, target, rows=rows, query_major=True, skip_empty=True)
     if apart:
@@ -261,53 +348,64 @@ def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: 
     return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v)
 
 
-def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, options: ThresholdOptions,
-                   target: Optional[CompileTarget] = None) -> None:
+def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, options: ThresholdOptions,
+                   skip_products: bool = False, target: Optional[CompileTarget] = None) -> None:
+    """Launch the Gluon forward; it marks ``rec`` unless that is empty, and leaves out the product with v of a
+    warpgroup's empty tiles with ``skip_products``."""
     from . import gluon_forward as gf
 
     B, H, Tq, d = q1.shape
     Tk = k1.shape[2]
+    record = rec.numel() > 0
     if q1.is_cuda:
         common.bind_cuda_context(q1.device)
     _run("fused_fwd", gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
-        *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, *out.stride()[:3],
+        *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, rec if record else out,
+        *(rec.shape[2:] if record else (0, 0)), *out.stride()[:3],
         H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
-        P_MODE=_p_mode(options.p), num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
+        P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products, num_warps=gf.NUM_WARPS.value // 2,
+        maxnreg=gf.MAX_REGISTERS), target)
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
-                    need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target: Optional[CompileTarget] = None) -> torch.Tensor:
-    """Launch the fused Gluon backward; returns dlam's and dbeta's partial sums, (2, B, H, partials per key block)."""
+                    need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, lists: Optional[TileLists] = None,
+                    target: Optional[CompileTarget] = None) -> torch.Tensor:
+    """Launch the fused Gluon backward (over the query tiles of ``lists`` only, when given); returns dlam's and dbeta's
+    partial sums, (2, B, H, partials per key block)."""
     from . import gluon_backward as gb
 
     B, H, Tq, d = q1.shape
     Tk, dv_dim = k1.shape[2], v.shape[-1]
     nb = triton.cdiv(Tk, gb.BLOCK_N.value)
     partials = common.new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
+    entries, counts, cap = (lists.args("keys", gb.BLOCK_M.value, gb.BLOCK_N.value) if lists is not None
+                            else (partials, partials, 0))
     if q1.is_cuda:
         common.bind_cuda_context(q1.device)
     _run("fused", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
         *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
-        partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3],
+        partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3], entries, counts, cap,
         H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
-        LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, num_warps=gb.NUM_WARPS.value // 2, maxnreg=gb.MAX_REGISTERS),
-        target)
+        LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, USE_LIST=lists is not None, num_warps=gb.NUM_WARPS.value // 2,
+        maxnreg=gb.MAX_REGISTERS), target)
     return partials
 
 
 def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
              q2: Optional[torch.Tensor], k2: Optional[torch.Tensor], rq1: torch.Tensor,
-             rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, lam: Optional[torch.Tensor],
+             rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, rec: torch.Tensor, lam: Optional[torch.Tensor],
              beta: torch.Tensor, options: ThresholdOptions, need_dlam: bool, need_dbeta: bool, deterministic: bool,
              plan: Optional[BackwardPlan] = None, target: Optional[CompileTarget] = None,
              ) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
-    dq*/dk*/dv are in the inputs' dtype, laid out like them (common.new_rows_like); dlam, dbeta are (H,) fp32.
-    Entries that do not apply are None. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise
-    ``plan`` (default: tiles.py's choices, see BackwardPlan) says whether two views take the fused Gluon kernel where
+    rq*, rk*, rec: what the forward returned beside its output. dq*/dk*/dv are in the inputs' dtype, laid out like them
+    (common.new_rows_like); dlam, dbeta are (H,) fp32. Entries that do not apply are None. With a record (``rec`` not
+    empty) every kernel visits only the tiles it marks (one compaction launch builds their lists), unless
+    ``plan.skip`` is False. dQ comes from its own atomic-free kernel when ``deterministic``; otherwise ``plan``
+    (default: tiles.py's choices, see BackwardPlan) says whether two views take the fused Gluon kernel where
     gluon_backward_fits, whether the Triton dK/dV kernel accumulates dQ with atomics, whether dV is then computed in
     a launch of its own, and which tiles the Triton kernels take. With a ``target`` the kernels are compiled, not
     launched.
@@ -327,6 +425,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
     atomic = atomic or fused
+    skip = rec.numel() > 0 and (backward_skips(fused) if plan.skip is None else plan.skip)
+    lists = TileLists(rec, Tq, Tk, options.causal, target) if skip else None
+    no_list = q1.new_empty(0, dtype=torch.int32) if lists is None else None  # (the kernels read no list then)
     # the fp32 dq' buffers of the atomic paths, one zero fill for both views
     dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
                else q1.new_empty((1, 0), dtype=torch.float32))
@@ -350,21 +451,32 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                 lam_part, beta_part,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(), *do.stride(),
                 *dk1.stride()[:3], *(dk2 if two else dk1).stride()[:3], *dv.stride()[:3],
+                *_list_args(lists, "keys", cfg, no_list),
                 H, H // Hkv, Tq, Tk, B * Hkv, nb, float(options.scale), float(options.p), 1.0 / d)
 
     rows = (q1, k1, q2_, k2_, v, do)
     if fused:
         try:
             partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options, need_dlam,
-                                          need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, target)
+                                          need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, lists, target)
         except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
             _gluon_failed(error)
             fused = False
-    consts = None  # the Triton kernels' constexprs, built only when they launch
+    consts = dq_key = None  # the Triton kernels' constexprs, built only when they launch
     if not fused:
-        consts = _common_constexprs(q1, v, two, options)
-        _key_block_launches(grid, args_for, rows, consts, d, dv_dim, two, q1.dtype, q1.element_size(), atomic,
-                            need_dlam, need_dbeta, apart, plan, target)
+        consts = dict(_common_constexprs(q1, v, two, options), USE_LIST=skip)
+        dkdv_key = ("dkdv", d, dv_dim, two, q1.dtype, tuple(consts.items()), atomic, need_dlam, need_dbeta, apart)
+        dq_key = ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items()))
+        if lists is not None:  # the lists of the tiles the kernels will most likely take, in one launch
+            first = _candidates(dkdv_key, backward_configs(d, dv_dim, two, q1.element_size()), plan.dkdv_tile,
+                                target)[0]
+            wanted = [("keys", first.block_m, first.block_n)]
+            if not atomic:
+                first = _candidates(dq_key, dq_configs(d, dv_dim, two, q1.element_size()), plan.dq_tile, target)[0]
+                wanted.append(("queries", first.block_m, first.block_n))
+            lists.prepare(*wanted)
+        _key_block_launches(grid, args_for, rows, consts, dkdv_key, d, dv_dim, two, q1.dtype, q1.element_size(),
+                            atomic, need_dlam, need_dbeta, apart, plan, target)
 
     dq1 = common.new_rows_like(q1, d)
     dq2 = common.new_rows_like(q2, d) if two else None
@@ -384,12 +496,11 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
             return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
                     *v.stride(), *do.stride(), *dq1.stride()[:3], *(dq2 if two else dq1).stride()[:3],
-                    H, H // Hkv, Tq, Tk, B * H,
+                    *_list_args(lists, "queries", cfg, no_list), H, H // Hkv, Tq, Tk, B * H,
                     triton.cdiv(Tq, cfg.block_m), float(options.scale), float(options.p), 1.0 / d)
 
-        _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()),
-                ("dq", d, dv_dim, two, q1.dtype, tuple(consts.items())), consts, plan.dq_tile, target, rows=rows,
-                skip_empty=True)
+        _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()), dq_key, consts,
+                plan.dq_tile, target, rows=rows, skip_empty=True)
 
     sums = partials[0].sum(dim=(1, 3)) if need_partials else None  # one reduction; unused rows are never read
     dlam = sums[0] if need_dlam else None

@@ -51,6 +51,8 @@ class BackwardPlan:
     dv_apart: with dQ by atomics, dV is computed in a launch of its own (dv_pass_apart).
     dkdv_tile, dq_tile, dv_tile: the tile of the dK/dV kernel, of the dQ kernel and of the dV launch, instead of
         the first candidate that fits (backward_configs, dq_configs, dv_configs).
+    skip: with the forward's record given, visit only the tiles it marks (default: backward_skips); False visits
+        every tile of the causal range.
     The deterministic mode overrides fused and atomic_dq: it takes the dQ kernel.
     """
 
@@ -60,6 +62,32 @@ class BackwardPlan:
     dkdv_tile: Optional[TileConfig] = None
     dq_tile: Optional[TileConfig] = None
     dv_tile: Optional[TileConfig] = None
+    skip: Optional[bool] = None
+
+
+def skip_empty_tiles() -> bool:
+    """Whether the forward records which 64 x 64 cells hold a surviving weight (triton_lists.py) and the backward, on
+    every path, visits only the tiles that overlap one, skipping the others whole (scores, products, atomics). Exact:
+    a skipped tile's weights and slopes are all zero (README.md in this folder, "Exact skipping"). Off only for A/B
+    timing: ``threshold_attention_triton(..., skip_empty=False)``, ``launch.forward(record=False)``,
+    ``BackwardPlan(skip=False)``."""
+    return True
+
+
+def backward_skips(fused: bool) -> bool:
+    """Whether the backward, given the forward's record, visits only the tiles it marks: the fused Gluon kernel
+    (whose loader and warpgroups read the list one tile ahead) and the Triton kernels (an index loaded per step of
+    their loops, which Triton pipelines less deep than a loop over a range: with every tile occupied that is the
+    whole difference, which ``python -m benchmarks.attention --dense`` times)."""
+    return True
+
+
+def forward_skips_products(gluon: bool) -> bool:
+    """Whether the forward, with skipping on, also leaves out the product with v (and the weights) of tiles without a
+    survivor: the Gluon forward per warpgroup of 64 rows, by a branch outside any software pipeline; not the Triton
+    forward, where that branch in the key loop keeps Triton from pipelining it and cost 32% on inputs whose tiles are
+    nearly all occupied (BENCHMARKS.md, "The staged variants timed"; ``TileConfig.skip_empty`` still asks for it)."""
+    return gluon
 
 
 # fp32 with wide heads (views x d + dv above 256 after padding): every tile spills (16 x 16 too), and the larger

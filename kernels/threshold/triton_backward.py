@@ -19,6 +19,10 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
   split ran faster than atomics (README.md in this folder); on Hopper, the inputs gluon_backward.py takes
   (paired q/k of 64, 16-bit) go to its fused kernel instead.
 * ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
+
+With USE_LIST (exact skipping, the default) the dK/dV and dQ kernels loop over the lists of occupied tiles that
+triton_lists.tile_lists_kernel built from the forward's record, an index loaded per step instead of a branch in the
+loop: a tile without a surviving weight costs them nothing (no scores, products or atomics).
 """
 
 import triton
@@ -237,7 +241,7 @@ def dkdv_kernel(
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
-    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t,
+    sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, LIST, COUNTS, list_cap,
     H, GROUP, Tq, Tk, num_bhk, num_n_blocks, scale, p, inv_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
@@ -245,13 +249,17 @@ def dkdv_kernel(
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, DQ_ATOMIC: tl.constexpr,
     LAM_GRAD: tl.constexpr, BETA_GRAD: tl.constexpr, QUERY_MAJOR: tl.constexpr,
     WITH_DK: tl.constexpr, WITH_DV: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
+    USE_LIST: tl.constexpr,
 ):
     """Grid: (num_n_blocks * B * Hkv,). With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors
     (blocks of one head's rows) instead of pointers. DK*, DV shaped like K*, V with strides sdk*_*, sdv_* (the last
     dimension contiguous); DQ1ACC, DQ2ACC (B, H, Tq,
     HEAD_D) fp32 zero-filled, used with DQ_ATOMIC (DQ2ACC with two views); LAM_PART, BETA_PART (B, H,
     num_n_blocks) fp32 partial sums (fully written). WITH_DK / WITH_DV: which of DK* (with dQ, dlam,
-    dbeta) and DV this launch computes and writes (dV apart needs neither dA nor v)."""
+    dbeta) and DV this launch computes and writes (dV apart needs neither dA nor v). With USE_LIST the query
+    tiles visited are those of the key block's list (triton_lists.py, by key block, for this tile: list_cap int32
+    entries and two counts per (b, h, key block)) instead of every tile of the causal range: the first counts[0]
+    entries with the causal mask, the rest without."""
     pid = tl.program_id(0)
     bhk = pid % num_bhk
     nblk = pid // num_bhk
@@ -313,20 +321,43 @@ def dkdv_kernel(
         RQ2h = RQ2 + bh * Tq
         DQ1h = DQ1ACC + bh * Tq * HEAD_D
         DQ2h = DQ2ACC + bh * Tq * HEAD_D
-        for m0 in range(m_lo, m_mid, BLOCK_M):
-            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
-                dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-                b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
-                TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
-        for m0 in range(m_mid, m_end, BLOCK_M):
-            dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
-                dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
-                Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
-                b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
-                TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
-                False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
+        if USE_LIST:
+            # the occupied tiles only, each a row index loaded in the loop (no data-dependent branch)
+            entry = bh * num_n_blocks + nblk
+            tiles = LIST + entry * list_cap
+            n_masked = tl.load(COUNTS + 2 * entry)
+            n_tiles = tl.load(COUNTS + 2 * entry + 1)
+            for i in range(0, n_masked):
+                m0 = tl.load(tiles + i) * BLOCK_M
+                dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                    b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                    TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                    True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
+            for i in range(n_masked, n_tiles):
+                m0 = tl.load(tiles + i) * BLOCK_M
+                dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                    b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                    TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                    False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
+        else:
+            for m0 in range(m_lo, m_mid, BLOCK_M):
+                dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                    b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                    TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                    True, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
+            for m0 in range(m_mid, m_end, BLOCK_M):
+                dk1, dk2, dv, acc_lam, acc_beta = _dkdv_query_block(
+                    dk1, dk2, dv, acc_lam, acc_beta, k1, k2, v, rk1, rk2, lam, beta, p, inv_d, scale,
+                    Q1h, Q2h, DOh, RQ1h, RQ2h, DQ1h, DQ2h, sq1_t, sq1_d, sq2_t, sq2_d, sdo_t, sdo_d,
+                    b, h, m0, Tq, Tk, offs_n, offs_d, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_D, BLOCK_DV,
+                    TWO_VIEWS, NORMALIZE, P_MODE, CAST_F32, DOT_PREC, DQ_ATOMIC, LAM_GRAD, BETA_GRAD,
+                    False, QUERY_MAJOR, WITH_DK, WITH_DV, USE_TMA, SKIP_EMPTY)
         if LAM_GRAD:
             tl.store(LAM_PART + bh * num_n_blocks + nblk, -tl.sum(acc_lam, axis=0))
         if BETA_GRAD:
@@ -402,17 +433,20 @@ def dq_kernel(
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
     sv_b, sv_h, sv_t, sv_d, sdo_b, sdo_h, sdo_t, sdo_d,
-    sdq1_b, sdq1_h, sdq1_t, sdq2_b, sdq2_h, sdq2_t,
+    sdq1_b, sdq1_h, sdq1_t, sdq2_b, sdq2_h, sdq2_t, LIST, COUNTS, list_cap,
     H, GROUP, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
+    USE_LIST: tl.constexpr,
 ):
     """Deterministic dQ. Grid: (num_m_blocks * B * H,), longest first. DQ* (B, H, Tq, HEAD_D) with strides
     sdq*_* (the last dimension contiguous).
     With USE_TMA, Q1, K1, Q2, K2, V, DO are 4-D tensor descriptors (blocks of one head's rows); with
-    SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products."""
+    SKIP_EMPTY, key blocks without a surviving weight skip dA and the dQ products. With USE_LIST the key blocks
+    visited are those of the query block's list (triton_lists.py, by query block, for this tile: list_cap int32
+    entries and two counts per (b, h, query block)): the first counts[0] entries without the mask, the rest with it."""
     b, h, hk, m0 = query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M)
     Hkv = H // GROUP
     offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -450,17 +484,40 @@ def dq_kernel(
 
     RK1h = RK1 + (b * Hkv + hk) * Tk
     RK2h = RK2 + (b * Hkv + hk) * Tk
-    full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
-    for n0 in range(0, full_end, BLOCK_N):
-        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
-                                 K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY)
-    for n0 in range(full_end, hi, BLOCK_N):
-        dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
-                                 K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                                 offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
-                                 TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY)
+    if USE_LIST:
+        # the occupied key blocks only, each an index loaded in the loop (no data-dependent branch)
+        entry = (b * H + h) * num_m_blocks + m0 // BLOCK_M
+        blocks = LIST + entry * list_cap
+        n_full = tl.load(COUNTS + 2 * entry)
+        n_blocks = tl.load(COUNTS + 2 * entry + 1)
+        for i in range(0, n_full):
+            n0 = tl.load(blocks + i) * BLOCK_N
+            dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
+                                     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
+                                     offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                     TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA,
+                                     SKIP_EMPTY)
+        for i in range(n_full, n_blocks):
+            n0 = tl.load(blocks + i) * BLOCK_N
+            dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
+                                     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
+                                     offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                     TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA,
+                                     SKIP_EMPTY)
+    else:
+        full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
+        for n0 in range(0, full_end, BLOCK_N):
+            dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
+                                     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
+                                     offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                     TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA,
+                                     SKIP_EMPTY)
+        for n0 in range(full_end, hi, BLOCK_N):
+            dq1, dq2 = _dq_key_block(dq1, dq2, q1, q2, do, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
+                                     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
+                                     offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV,
+                                     TWO_VIEWS, NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA,
+                                     SKIP_EMPTY)
 
     dq1_off = b * sdq1_b + h * sdq1_h + offs_m[:, None] * sdq1_t + offs_d[None, :]
     store_mask = row_ok[:, None] & d_ok[None, :]

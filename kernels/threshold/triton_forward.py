@@ -10,11 +10,16 @@ There is no softmax state (no row max, no row sum, no rescale). Causal: key bloc
 the diagonal run without masks, the blocks that cross it with the mask, blocks right of it are never
 visited; the longest query blocks are launched first. Query row i has absolute position
 i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
+
+With RECORD the kernel also marks, in the record of triton_lists.py, the 64 x 64 cells in which a weight survived
+(from each row's largest u over the tile's keys), for the backward's lists. With SKIP_EMPTY a tile without a survivor
+skips its product with v, by a branch in the loop (which costs Triton's software pipelining: README.md in this folder).
 """
 
 import triton
 import triton.language as tl
 
+from .triton_lists import mark_cells, row_tops
 from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, query_block_program, relu_power,
                           threshold_gain, visible_keys)
 
@@ -23,13 +28,15 @@ from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, q
 def _key_block(
     acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
-    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
+    REC_bh, rows, row_ok, nN,
+    HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
-    USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
+    USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr, RECORD: tl.constexpr,
 ):
-    """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32); with SKIP_EMPTY the
-    product is skipped when no weight of the tile survives in either view (exact: it would add zeros)."""
+    """Add one key block's contribution P @ v to ``acc`` (BLOCK_M x BLOCK_DV, fp32); with RECORD mark the record's
+    cells where a weight survived; with SKIP_EMPTY the product is skipped when no weight of the tile survives in
+    either view (exact: it would add zeros)."""
     cols = n0 + offs_n
     key_ok = cols < Tk
     _, _, u1 = key_scores(q1, K1h, RK1h, cols, key_ok, offs_d, sk1_t, sk1_d, rq1, tau, pos, b, hk, n0,
@@ -41,11 +48,14 @@ def _key_block(
         w = w - lam * relu_power(u2, p, P_MODE)
     v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
-    if SKIP_EMPTY:
-        top = tl.max(u1)
+    if RECORD or SKIP_EMPTY:
         if TWO_VIEWS:
-            top = tl.maximum(top, tl.max(u2))
-        if top > 0.0:  # a weight survives iff its u > 0
+            u1 = tl.maximum(u1, u2)
+        top = row_tops(u1, BLOCK_M, BLOCK_N)
+        if RECORD:
+            mark_cells(REC_bh, rows, row_ok, n0, top, nN, BLOCK_M, BLOCK_N)
+    if SKIP_EMPTY:
+        if tl.max(top) > 0.0:  # a weight survives iff its u > 0
             acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
     else:
         acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -69,16 +79,18 @@ def threshold_attention_fwd_kernel(
     Q1, K1, Q2, K2, V, O, RQ1, RK1, RQ2, RK2, LAM, BETA,
     sq1_b, sq1_h, sq1_t, sq1_d, sk1_b, sk1_h, sk1_t, sk1_d,
     sq2_b, sq2_h, sq2_t, sq2_d, sk2_b, sk2_h, sk2_t, sk2_d,
-    sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d,
+    sv_b, sv_h, sv_t, sv_d, so_b, so_h, so_t, so_d, REC, nM, nN,
     H, GROUP, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
     TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr, P_MODE: tl.constexpr,
     CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, USE_TMA: tl.constexpr, SKIP_EMPTY: tl.constexpr,
+    RECORD: tl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), longest query blocks first, heads adjacent within a wave. With
     USE_TMA, Q1, K1, Q2, K2, V are 4-D tensor descriptors (blocks of one head's rows); with SKIP_EMPTY,
-    key blocks without a surviving weight skip the product with v.
+    key blocks without a surviving weight skip the product with v; with RECORD, REC is the zero-filled uint8
+    record (B, H, nM, nN) of triton_lists.py, whose cells the kernel marks.
 
     Shapes: Q* (B, H, Tq, HEAD_D), K* (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk, HEAD_DV),
     O (B, H, Tq, HEAD_DV); RK* (B, Hkv, Tk) fp32 inverse key norms (input); RQ* (B, H, Tq) fp32
@@ -117,18 +129,21 @@ def threshold_attention_fwd_kernel(
     RK2h = RK2 + (b * Hkv + hk) * Tk
 
     full_end, hi = visible_keys(m0, Tq, Tk, BLOCK_M, BLOCK_N, CAUSAL)
+    REC_bh = REC + (b * H + h) * nM * nN
 
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for n0 in range(0, full_end, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY)
+                         offs_n, offs_d, offs_dv, REC_bh, offs_m, row_ok, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                         BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY, RECORD)
     for n0 in range(full_end, hi, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, HEAD_D, HEAD_DV, BLOCK_N, BLOCK_D, BLOCK_DV, TWO_VIEWS,
-                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY)
+                         offs_n, offs_d, offs_dv, REC_bh, offs_m, row_ok, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                         BLOCK_D, BLOCK_DV, TWO_VIEWS,
+                         NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY, RECORD)
 
     o_ptrs = O + b * so_b + h * so_h + offs_m[:, None] * so_t + offs_dv[None, :] * so_d
     tl.store(o_ptrs, acc.to(O.dtype.element_ty), mask=row_ok[:, None] & (offs_dv < HEAD_DV)[None, :])
