@@ -35,7 +35,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # train.py, for its run names
+sys.path.insert(0, str(ROOT))  # model.checkpoint, for train.py's run names
 COPIED = ("config.yaml", "metrics.jsonl", "eval", "analysis")
 
 
@@ -49,11 +49,11 @@ def compose_name(overrides: list[str]) -> str:
     """train.py's run name for these overrides (composing the config checks them too)."""
     from hydra import compose, initialize_config_dir
 
-    import train
+    from model.checkpoint import run_name
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    return train.run_name(cfg)
+    return run_name(cfg)
 
 
 def grid_overrides(grid: list[str]) -> list[list[str]]:

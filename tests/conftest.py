@@ -60,13 +60,13 @@ def compose_train(overrides):
 @pytest.fixture(scope="session")
 def train_run(tiny_corpus, tmp_path_factory):
     """train_run(*overrides) trains a tiny model in-process on the tiny corpus and returns its run dir."""
-    import train
+    from training.loop import train
 
     runs_root = tmp_path_factory.mktemp("runs")
 
     def run(*overrides):
         base = [*tiny_corpus, *TINY_MODEL, f"runs_root={runs_root}", "logger.progress=false",
                 "trainer.batch_size=8", "trainer.eval_batches=2", "trainer.threads=1"]
-        return train.train(compose_train(base + list(overrides)))
+        return train(compose_train(base + list(overrides)))
 
     return run
