@@ -22,7 +22,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -35,12 +35,13 @@ METRICS = "metrics.jsonl"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
-def run_name(cfg: DictConfig, job: int | None = None) -> str:
+def run_name(cfg: DictConfig, job: int | None = None, tags: Sequence[str] = ()) -> str:
     """The name of the run ``cfg`` describes: ``cfg.name`` when set, else <attention>-<model>-<data>-s<seed>,
-    plus -j<job> for job number ``job`` of a sweep (Hydra's -m), so that a sweep's jobs never share a name."""
+    with ``tags`` after the attention (a study's settings, e.g. tda-beta0.5-small-english_corpus-s0) and
+    -j<job> for job number ``job`` of a sweep (Hydra's -m), so that no two jobs of a sweep share a name."""
     if cfg.name:
         return str(cfg.name)
-    name = f"{cfg.attention.name}-{cfg.model.name}-{cfg.data.name}-s{cfg.seed}"
+    name = "-".join([str(cfg.attention.name), *tags, str(cfg.model.name), str(cfg.data.name), f"s{cfg.seed}"])
     return name if job is None else f"{name}-j{job}"
 
 

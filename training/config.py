@@ -19,6 +19,8 @@ from model.gpt import GPT
 
 # Sections of the config that define the run: a resumed run must keep them.
 RUN_DEFINING = ("model", "attention", "data", "optim", "seed")
+# Set by the trainer from the data (a resumed run's data settings are compared instead).
+DERIVED = ("model.vocab_size",)
 SCHEDULES = ("cosine", "wsd", "constant")
 
 
@@ -123,7 +125,9 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
 
     Both configs are compared as they resolve: the saved config.yaml holds resolved values, the fresh one
     may hold interpolations (data.dir is built from data.name and data.tokenizer), so only a real change
-    is refused, and the message names each changed key with both values."""
+    is refused, and the message names each changed key with both values. model.vocab_size is left out:
+    it is read from the data's shards, whose settings are compared, so the check runs before the data
+    is prepared (a refused resume tokenises nothing)."""
     if not cfg.resume:
         return
     saved_all = OmegaConf.to_container(load_config(run_dir), resolve=True)
@@ -134,6 +138,8 @@ def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
         saved = _leaves(saved_all.get(section, absent), section)
         given = _leaves(given_all.get(section, absent), section)
         for key in [*given, *(k for k in saved if k not in given)]:
+            if key in DERIVED:
+                continue
             old, new = saved.get(key, absent), given.get(key, absent)
             if old != new:
                 changes.append(f"{key} (saved {'nothing' if old is absent else repr(old)}, "

@@ -78,6 +78,7 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
     with open_dict(cfg):
         cfg.resume = bool(cfg.resume) or (restarted() and (run_dir / CONFIG).is_file())
     check_run_dir(cfg, run_dir)
+    check_resumed_config(cfg, run_dir)
     if d.is_main:
         import_wandb(cfg)  # a missing package or a bad mode stops the run here
     check_settings(cfg)
@@ -89,7 +90,6 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
     with open_dict(cfg):
         cfg.name = name
         cfg.model.vocab_size = int(read_meta(shard_dir)["vocab_size"])
-    check_resumed_config(cfg, run_dir)
     seed_everything(int(cfg.seed))
     model = build_checked_model(cfg).to(d.device)
     if cfg.init_from:
