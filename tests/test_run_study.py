@@ -1,5 +1,6 @@
 """scripts/run_study.py: runs trained, evaluated and analysed, results collected, figures and claims drawn,
-finished runs skipped on a second call, bad overrides refused before anything runs."""
+finished runs skipped and unfinished ones resumed on a second call, runs named by their overrides, bad
+overrides and runs made by hand refused before anything runs, the latest attempt's error reported."""
 import json
 import subprocess
 import sys

@@ -1,4 +1,5 @@
-"""train.py end to end on CPU: loss goes down, exact resume, every variant runs, bad input is one line."""
+"""train.py end to end on CPU: loss goes down, exact resume (also of the shipped data config), every variant
+runs, bad input is one line naming the setting and writes nothing, wandb offline keeps the run."""
 import json
 import os
 import subprocess
@@ -192,7 +193,7 @@ def test_a_run_of_the_shipped_builtin_data_resumes_and_a_changed_tokenizer_is_re
 @pytest.mark.parametrize("mistake,message", [
     (["optim.lr=-1e-3"], r"optim.lr must be a number >= 0, got -0.001"),
     (["init_from=no-such-run"], r"init_from=no-such-run: no complete checkpoint"),
-    (["model.seq_len=2048", "model.max_seq_len=2048"], r"too little validation data .* model.seq_len=2048"),
+    (["model.seq_len=2048", "model.max_seq_len=2048"], r"validation batches .* model.seq_len=2048 .*fewer than one batch"),
     (["attention.beta=abc"], r"attention.beta: 'abc' is not a value it can take"),
 ], ids=["lr", "init_from", "validation", "beta"])
 def test_a_failed_check_writes_nothing_so_the_corrected_command_runs(train_run, mistake, message):
@@ -247,7 +248,7 @@ def test_wandb_offline_run_keeps_metrics_config_and_run_id_and_a_resume_continue
     from model.checkpoint import load_checkpoint
 
     monkeypatch.setenv("WANDB_MODE", "offline")  # tests/conftest.py disables wandb for every other test
-    common = ["name=wandb-offline", "logger.wandb.mode=offline", "logger.log_every=1", "trainer.checkpoint_every=2",
+    common = ["name=wandb-offline-run", "logger.wandb.mode=offline", "logger.log_every=1", "trainer.checkpoint_every=2",
               "trainer.eval_every=2"]
     run = train_run(*common, "trainer.max_steps=2")
     run_id = load_checkpoint(latest_checkpoint(run))[1]["wandb_id"]

@@ -105,8 +105,8 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
         val_batches = list(validation_batches(shard_dir, layout.micro, seq_len, cfg.trainer.eval_batches,
                                               bos_aligned=bos_aligned))
     except ValueError as exc:
-        raise ConfigError(f"too little validation data in {shard_dir} for model.seq_len={seq_len} and "
-                          f"micro-batches of {layout.micro}: {exc}") from exc
+        raise ConfigError(f"validation batches from {shard_dir} with model.seq_len={seq_len} and micro-batches "
+                          f"of {layout.micro} sequences: {exc}") from exc
     run = Run(cfg, d, run_dir, restarted(), precision, layout, model, train_model, autocast, optimizer, loader,
               val_batches)
     if cfg.resume:
