@@ -204,6 +204,17 @@ def test_a_failed_check_writes_nothing_so_the_corrected_command_runs(train_run, 
     assert sorted(losses(run)) == [1]
 
 
+@pytest.mark.parametrize("override", ["attention.beta=abc", "attention.power=x", "model.n_head=abc",
+                                      "model.n_layer=2.5"])
+def test_a_value_the_model_cannot_take_is_named(override):
+    from conftest import compose_train
+    from training.config import build_checked_model
+
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}: '?{value}'? is not a value it can take \("):
+        build_checked_model(compose_train(["model=tiny", "+model.vocab_size=257", override]))
+
+
 def read_wandb_records(path: Path) -> list:
     """The records of a wandb run file (run-<id>.wandb): LevelDB's log format (32 KiB blocks of chunks with
     a 7-byte header: crc32, length, type; 1 = a whole record, 2/3/4 = first/middle/last piece) after

@@ -59,6 +59,10 @@ def check_settings(cfg: DictConfig) -> None:
     _require("trainer.max_steps", t.max_steps, _is_int(t.max_steps, 0), "an int >= 0")
     for key in ("batch_size", "eval_every", "eval_batches", "checkpoint_every"):
         _require(f"trainer.{key}", t[key], _is_int(t[key], 1), "an int >= 1")
+    for key, low in (("threads", 1), ("keep_last", 0), ("stop_after_step", 0)):
+        _require(f"trainer.{key}", t[key], t[key] is None or _is_int(t[key], low), f"null or an int >= {low}")
+    peak = t.get("peak_tflops")
+    _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
     _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")
     seq_len, longest = cfg.model.seq_len, cfg.model.max_seq_len
     _require("model.seq_len", seq_len, _is_int(seq_len, 1), "an int >= 1")
@@ -176,8 +180,9 @@ def build_checked_model(cfg: DictConfig) -> GPT:
     """The run's GPT; a setting the model cannot take is a ConfigError that names it.
 
     The model's own errors name their setting; a failed conversion (``attention.beta=abc``: "could not
-    convert string to float") does not. Then the model is built again reading the config through
-    ``_Reads``, and the error names the last value read that is not a number: the one being converted."""
+    convert string to float: 'abc'") does not. Then the model is built again reading the config through
+    ``_Reads``, and the error names the setting whose value the message quotes, else the last one read
+    before the failure (``model.n_layer=2.5``: "'float' object cannot be interpreted as an integer")."""
     try:
         return build_model(cfg)
     except (ValueError, TypeError) as exc:
@@ -189,8 +194,8 @@ def build_checked_model(cfg: DictConfig) -> GPT:
             pass
         if any(key in str(exc) for key, _ in reads):
             raise ConfigError(str(exc)) from exc
-        suspects = [(key, value) for key, value in reads if not _is_number(value)]
-        if not suspects:
+        quoted = [(key, value) for key, value in reads if isinstance(value, str) and repr(value) in str(exc)]
+        if not reads:
             raise
-        key, value = suspects[-1]
+        key, value = (quoted or reads)[-1]
         raise ConfigError(f"{key}: {value!r} is not a value it can take ({exc})") from exc
