@@ -8,9 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import compose_train
 
-from model.checkpoint import latest_checkpoint, list_checkpoints, load_run
-from training.config import RUN_DEFINING, ConfigError
+from model.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_run
+from training.config import RUN_DEFINING, ConfigError, build_checked_model
+from training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -179,9 +182,6 @@ def test_a_run_of_the_shipped_builtin_data_resumes_and_a_changed_tokenizer_is_re
     """The issue's reproduction: train on data=builtin, then resume=true. The saved config holds data.dir
     resolved, the command line's the interpolation; only a real change (the tokenizer, which moves
     data.dir) is refused, naming the key and both values."""
-    from conftest import compose_train
-    from training.loop import train
-
     common = [*SHIPPED, f"runs_root={tmp_path}"]
     train(compose_train([*common, "trainer.max_steps=2"]))
     run = train(compose_train([*common, "trainer.max_steps=3", "resume=true"]))
@@ -207,9 +207,6 @@ def test_a_failed_check_writes_nothing_so_the_corrected_command_runs(train_run, 
 @pytest.mark.parametrize("override", ["attention.beta=abc", "attention.power=x", "model.n_head=abc",
                                       "model.n_layer=2.5"])
 def test_a_value_the_model_cannot_take_is_named(override):
-    from conftest import compose_train
-    from training.config import build_checked_model
-
     key, value = override.split("=")
     with pytest.raises(ConfigError, match=rf"^{key}: '?{value}'? is not a value it can take \("):
         build_checked_model(compose_train(["model=tiny", "+model.vocab_size=257", override]))
@@ -254,10 +251,6 @@ def finished_wandb_records(path: Path, timeout: float = 60) -> list:
 
 def test_wandb_offline_run_keeps_metrics_config_and_run_id_and_a_resume_continues_it(train_run, monkeypatch):
     pytest.importorskip("wandb")
-    import yaml
-
-    from model.checkpoint import load_checkpoint
-
     monkeypatch.setenv("WANDB_MODE", "offline")  # tests/conftest.py disables wandb for every other test
     common = ["name=wandb-offline-run", "logger.wandb.mode=offline", "logger.log_every=1", "trainer.checkpoint_every=2",
               "trainer.eval_every=2"]
