@@ -1,13 +1,14 @@
-"""The run directory and its checkpoints; loading a trained model for evaluation and analysis.
+"""The run directory (its name, layout and checkpoints); loading a trained model for evaluation and analysis.
 
 Layout of a run directory::
 
-    runs/<name>/
+    runs/<name>/                    <name>: ``run_name``
         config.yaml                 the resolved Hydra config (model.vocab_size filled in)
         metrics.jsonl               one JSON object per logged step / evaluation
         checkpoints/step_<N>/       model.pt (state dict), train_state.pt (optimiser, step, RNG, data
-                                    loader, ...: whatever the trainer hands over), meta.json (step and
-                                    the size of every file, written last)
+                                    loader, wandb run id, ...: whatever the trainer hands over), meta.json
+                                    (step and the size of every file, written last)
+        wandb/                      wandb's own files, when logger.wandb.mode is online or offline
 
 A checkpoint is written under a temporary name and renamed into place, so a directory named step_<N>
 is complete unless its files were damaged later; ``latest_checkpoint`` checks the sizes in meta.json and
@@ -21,6 +22,7 @@ import re
 import shutil
 import warnings
 from pathlib import Path
+from typing import Callable, Sequence
 
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -33,13 +35,26 @@ METRICS = "metrics.jsonl"
 _STEP_DIR = re.compile(r"^step_(\d+)$")
 
 
+def run_name(cfg: DictConfig, job: int | None = None, tags: Sequence[str] = ()) -> str:
+    """The name of the run ``cfg`` describes: ``cfg.name`` when set, else <attention>-<model>-<data>-s<seed>,
+    with ``tags`` after the attention (a study's settings, e.g. tda-beta0.5-small-english_corpus-s0) and
+    -j<job> for job number ``job`` of a sweep (Hydra's -m), so that no two jobs of a sweep share a name."""
+    if cfg.name:
+        return str(cfg.name)
+    name = "-".join([str(cfg.attention.name), *tags, str(cfg.model.name), str(cfg.data.name), f"s{cfg.seed}"])
+    return name if job is None else f"{name}-j{job}"
+
+
 def checkpoint_dir(run_dir: str | Path, step: int) -> Path:
     return Path(run_dir) / CHECKPOINTS / f"step_{step:07d}"
 
 
 def save_checkpoint(run_dir: str | Path, step: int, model_state: dict, train_state: dict,
-                    keep_last: int | None = None) -> Path:
-    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep_last`` checkpoints."""
+                    keep_last: int | None = None, before_publish: Callable[[Path], None] | None = None) -> Path:
+    """Write checkpoint ``step`` atomically, then delete all but the newest ``keep_last`` checkpoints.
+
+    ``before_publish`` is called with the temporary directory once its files are written, before it is
+    renamed into place: the trainer's fault-injection hook interrupts a checkpoint there."""
     final = checkpoint_dir(run_dir, step)
     tmp = final.parent / f".tmp-{final.name}"
     if tmp.exists():
@@ -57,6 +72,8 @@ def save_checkpoint(run_dir: str | Path, step: int, model_state: dict, train_sta
         json.dump({"step": step, "sizes": sizes}, f)
         f.flush()
         os.fsync(f.fileno())
+    if before_publish is not None:
+        before_publish(tmp)
     if final.exists():
         shutil.rmtree(final)
     os.replace(tmp, final)

@@ -14,18 +14,24 @@ front) goes through
     python -m analysis.attention run_dir=runs/<run> <--analysis-args>
 
 on one GPU of --gpus (CUDA_VISIBLE_DEVICES), runs queued until a GPU is free; its output goes to
-<out>/logs/<run>.log. A run's name is train.py's default (<attention>-<model>-<data>-s<seed>) unless an
-override sets name=. A run whose results are already under --out is skipped. Then --out gets, for each
+<out>/logs/<run>.log. A run's name is train.py's default (<attention>-<model>-<data>-s<seed>) with the run's
+own overrides that the default does not show after the attention (--grid attention.beta=0.5,1.0 gives
+tda-beta0.5-... and tda-beta1.0-...), unless an override sets name=. A run whose results are already under
+--out is skipped. The study marks each run directory it starts (a file named .run_study) and resumes only
+those: an existing run directory without the mark, a run made by hand, stops the study before anything
+starts. Then --out gets, for each
 finished run, runs/<run>/ with config.yaml, metrics.jsonl, eval/*.json and plots, analysis/ (all small),
 and over all of them figures/ (python -m analysis.figures) and claims.md (python -m analysis.report).
 Every config is composed before anything starts, so a bad override stops the study at once.
-A failed step is reported, its log tail printed, and the other runs go on; the exit code is 1 if any failed.
+A failed step is reported with the end of this attempt's log, and the other runs go on; the exit code is 1
+if any failed.
 """
 from __future__ import annotations
 
 import argparse
 import itertools
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -35,25 +41,41 @@ from dataclasses import dataclass
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # train.py, for its run names
+sys.path.insert(0, str(ROOT))  # model.checkpoint, for train.py's run names
 COPIED = ("config.yaml", "metrics.jsonl", "eval", "analysis")
+MARKER = ".run_study"  # in a run directory: a study started it, so a later study may resume it
+NAMED = ("attention", "model", "data", "seed", "name", "attention.name", "model.name", "data.name")
 
 
 @dataclass
 class Run:
     name: str
+    run_dir: Path
     steps: list[list[str]]
 
 
-def compose_name(overrides: list[str]) -> str:
-    """train.py's run name for these overrides (composing the config checks them too)."""
+def setting_tags(spec: list[str]) -> list[str]:
+    """Name parts for a run's own overrides that train.py's default name does not show: attention.beta=0.5
+    gives beta0.5, optim.lr=1e-3 lr1e-3, a config group's choice (+experiment=paper_small) its value."""
+    tags = []
+    for override in spec:
+        key, _, value = override.partition("=")
+        key = key.lstrip("+~")
+        if key not in NAMED:
+            tag = f"{key.rsplit('.', 1)[-1]}{value}" if "." in key else value
+            tags.append(re.sub(r"[^A-Za-z0-9._-]+", "_", tag))
+    return tags
+
+
+def compose_name(overrides: list[str], spec: list[str]) -> str:
+    """The run's name for these overrides, of which ``spec`` are the run's own (composing checks them too)."""
     from hydra import compose, initialize_config_dir
 
-    import train
+    from model.checkpoint import run_name
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
-    return train.run_name(cfg)
+    return run_name(cfg, tags=setting_tags(spec))
 
 
 def grid_overrides(grid: list[str]) -> list[list[str]]:
@@ -77,7 +99,7 @@ def plan(args) -> list[Run]:
     for spec in specs:
         overrides = list(args.common) + spec
         try:
-            name = compose_name(overrides)
+            name = compose_name(overrides, spec)
         except Exception as err:  # hydra's errors name the bad override
             raise SystemExit(f"error: overrides {' '.join(spec)!r}: {err}") from None
         if name in seen:
@@ -87,13 +109,23 @@ def plan(args) -> list[Run]:
         train_cmd = [sys.executable, "train.py", *overrides, f"name={name}", f"runs_root={args.runs_root}",
                      "logger.progress=false"]
         if run_dir.exists():
+            if not (run_dir / MARKER).is_file():
+                raise SystemExit(f"error: {run_dir} exists but no study started it (it has no {MARKER}): a study "
+                                 f"does not take over a run made by hand; give --runs-root another folder, or "
+                                 f"name= in the run's overrides")
             train_cmd.append("resume=true")
-        runs.append(Run(name, [
+        runs.append(Run(name, run_dir, [
             train_cmd,
             [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]", *shlex.split(args.eval_args)],
             [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}", *shlex.split(args.analysis_args)],
         ]))
     return runs
+
+
+def mark(run: Run) -> None:
+    """Mark the run's directory as this study's once train.py has made it (after all its checks)."""
+    if run.run_dir.is_dir() and not (run.run_dir / MARKER).is_file():
+        (run.run_dir / MARKER).write_text("started by scripts/run_study.py\n")
 
 
 def finished(out: Path, name: str) -> bool:
@@ -121,10 +153,12 @@ class Lane:
         self.log = None
         self.step = 0
         self.started = 0.0
+        self.log_start = 0  # where this attempt's output starts in the run's log (earlier attempts' before it)
 
     def start(self, run: Run, log_path: Path) -> None:
         self.run, self.step, self.started = run, 0, time.time()
         log_path.parent.mkdir(parents=True, exist_ok=True)
+        self.log_start = log_path.stat().st_size if log_path.exists() else 0
         self.log = open(log_path, "a")
         self._launch()
 
@@ -139,7 +173,11 @@ class Lane:
 
     def poll(self) -> tuple[str, Run] | None:
         """None while busy; ('done' | 'failed', run) when the run ends."""
-        if self.proc is None or self.proc.poll() is None:
+        if self.proc is None:
+            return None
+        if self.step == 0:  # training
+            mark(self.run)
+        if self.proc.poll() is None:
             return None
         code, run = self.proc.returncode, self.run
         if code == 0 and self.step + 1 < len(run.steps):
@@ -151,11 +189,15 @@ class Lane:
         return ("done" if code == 0 else "failed"), run
 
 
-def tail(path: Path, lines: int = 15) -> str:
+def tail(path: Path, start: int = 0, lines: int = 15) -> str:
+    """The last ``lines`` lines of a log from byte ``start`` on (one attempt's output)."""
     try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+        with open(path, "rb") as f:
+            f.seek(start)
+            text = f.read().decode(errors="replace")
     except OSError:
         return ""
+    return "\n".join(text.splitlines()[-lines:])
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -210,7 +252,7 @@ def main(argv: list[str] | None = None) -> int:
                 collect(runs_root / run.name, out / "runs" / run.name)
             else:
                 failed.append(run.name)
-                print(tail(out / "logs" / f"{run.name}.log"), flush=True)
+                print(tail(out / "logs" / f"{run.name}.log", lane.log_start), flush=True)
         time.sleep(2)
 
     names = sorted(p for p in (out / "runs").glob("*") if finished(out, p.name))

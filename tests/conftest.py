@@ -58,15 +58,20 @@ def compose_train(overrides):
 
 
 @pytest.fixture(scope="session")
-def train_run(tiny_corpus, tmp_path_factory):
-    """train_run(*overrides) trains a tiny model in-process on the tiny corpus and returns its run dir."""
-    import train
-
+def train_base(tiny_corpus, tmp_path_factory):
+    """The overrides train_run puts before a test's own: the tiny corpus and model, a batch of 8, one thread,
+    no progress bar, and one runs_root for the session (a subprocess given them trains the same run)."""
     runs_root = tmp_path_factory.mktemp("runs")
+    return [*tiny_corpus, *TINY_MODEL, f"runs_root={runs_root}", "logger.progress=false",
+            "trainer.batch_size=8", "trainer.eval_batches=2", "trainer.threads=1"]
+
+
+@pytest.fixture(scope="session")
+def train_run(train_base):
+    """train_run(*overrides) trains a tiny model in-process on the tiny corpus and returns its run dir."""
+    from training.loop import train
 
     def run(*overrides):
-        base = [*tiny_corpus, *TINY_MODEL, f"runs_root={runs_root}", "logger.progress=false",
-                "trainer.batch_size=8", "trainer.eval_batches=2", "trainer.threads=1"]
-        return train.train(compose_train(base + list(overrides)))
+        return train(compose_train(train_base + list(overrides)))
 
     return run

@@ -128,6 +128,17 @@ def test_torchrun_restart_resumes_by_itself(tiny_corpus, ddp_run, tmp_path):
     assert losses(tmp_path / "restarted") == losses(ddp_run)  # bit-identical
 
 
+def test_torchrun_restart_resumes_a_run_of_the_shipped_builtin_data(tmp_path):
+    """data=builtin as shipped: its data.dir is an interpolation in the config and resolved in the saved
+    config.yaml; the restarted job's resume must take them for the same setting."""
+    args = [*TINY_MODEL, *COMMON, "trainer.strategy=ddp", "name=restarted-builtin", "trainer.max_steps=4",
+            "trainer.checkpoint_every=2", "trainer.stop_after_step=3"]  # crashes after step 3, first attempt only
+    out = run(args, 2, tmp_path, extra_torchrun=["--max-restarts=1"])
+    assert "resuming at step 2" in out
+    lines = [json.loads(x) for x in (tmp_path / "restarted-builtin" / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in lines] == [1, 2, 3, 4]  # step 3 logged once, by the restarted job
+
+
 @pytest.mark.parametrize("processes", [0, 2])
 def test_sigterm_saves_a_complete_checkpoint_and_exits_zero(processes, tiny_corpus, tmp_path):
     strategy = "ddp" if processes else "single"

@@ -1,15 +1,20 @@
-"""train.py end to end on CPU: loss goes down, exact resume, every variant runs, bad input is one line."""
+"""train.py end to end on CPU: loss goes down, exact resume (also of the shipped data config), every variant
+runs, bad input is one line naming the setting and writes nothing, wandb offline keeps the run."""
 import json
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
+import yaml
+from conftest import compose_train
 
-import train
 from model.attention import ATTENTIONS
-from model.checkpoint import latest_checkpoint, list_checkpoints, load_run
+from model.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_run
+from training.config import RUN_DEFINING, ConfigError, build_checked_model
+from training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -62,18 +67,18 @@ def test_init_from_starts_from_another_runs_weights(train_run):
 
 def test_existing_run_directory_is_refused_without_resume(train_run):
     train_run("name=taken", "trainer.max_steps=1")
-    with pytest.raises(train.ConfigError, match="already exists: pass resume=true"):
+    with pytest.raises(ConfigError, match="already exists: pass resume=true"):
         train_run("name=taken", "trainer.max_steps=1")
 
 
 def test_resume_of_a_missing_run_is_refused(train_run):
-    with pytest.raises(train.ConfigError, match="not a run directory"):
+    with pytest.raises(ConfigError, match="not a run directory"):
         train_run("name=never-ran", "resume=true")
 
 
 def test_resume_with_changed_model_is_refused(train_run):
     train_run("name=fixed", "trainer.max_steps=2")
-    with pytest.raises(train.ConfigError, match="optim differ"):
+    with pytest.raises(ConfigError, match=r"optim.lr differs from .*config.yaml \(saved 0.003, given 1\)"):
         train_run("name=fixed", "resume=true", "optim.lr=1")
 
 
@@ -88,12 +93,17 @@ def run_cli(*args, cwd):
     (["model.n_head=3", "model.n_embd=48"], "error: attention 'tda' with the paired head layout needs an even"),
     (["model.seq_len=8192"], "error: model.seq_len (8192) exceeds model.max_seq_len"),
     (["name=nothing-here", "resume=true"], "error: resume=true but"),
+    (["optim.lr=-1e-3"], "error: optim.lr must be a number >= 0, got -0.001"),
+    (["attention.beta=abc"], "error: attention.beta: 'abc' is not a value it can take"),
 ])
 def test_bad_command_lines_give_one_line_errors(tmp_path, tiny_corpus, args, message):
     result = run_cli(*tiny_corpus, "model=tiny", f"runs_root={tmp_path}", *args, cwd=tmp_path)
     assert result.returncode != 0
     assert message in result.stderr
     assert "Traceback" not in result.stderr
+    if message.startswith("error: "):  # train.py's own checks (the others are Hydra's): exit 2, one line
+        assert result.returncode == 2 and result.stderr.strip().startswith(message)
+        assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.glob("*/config.yaml"))  # nothing written that a corrected rerun would trip on
 
 
@@ -122,12 +132,12 @@ def test_wandb_is_imported_only_when_asked_for_and_missing_it_is_one_line(train_
 
     monkeypatch.setitem(_sys.modules, "wandb", None)  # as if not installed: `import wandb` fails
     train_run("name=no-wandb", "trainer.max_steps=1")  # disabled (the default): never imported
-    with pytest.raises(train.ConfigError, match="needs the wandb package"):
+    with pytest.raises(ConfigError, match="needs the wandb package"):
         train_run("name=wandb-offline", "trainer.max_steps=1", "logger.wandb.mode=offline")
-    with pytest.raises(train.ConfigError, match="already exists"):  # the failed run left nothing behind...
+    with pytest.raises(ConfigError, match="already exists"):  # the failed run left nothing behind...
         train_run("name=no-wandb", "trainer.max_steps=1")
     train_run("name=wandb-offline", "trainer.max_steps=1")  # ...so its name is still free
-    with pytest.raises(train.ConfigError, match="online, offline or disabled"):
+    with pytest.raises(ConfigError, match="online, offline or disabled"):
         train_run("name=wandb-bad", "trainer.max_steps=1", "logger.wandb.mode=sometimes")
 
 
@@ -159,3 +169,109 @@ def test_wandb_gets_the_config_every_logged_record_and_keeps_its_run_id_across_r
     assert calls["init"][1]["id"] == "run-123"  # the resumed run continues the same wandb run
     assert [step for step, _ in calls["log"]] == [1, 2, 3]
     assert "lambda/0" in calls["log"][0][1] and "val_loss" in calls["log"][1][1] and calls.get("finish")
+
+
+# ---- the shipped configs as written, checks before anything is written, wandb offline ----
+
+# model=tiny made smaller, on the shipped data=builtin (whose data.dir is an interpolation)
+SHIPPED = ["model=tiny", "model.n_layer=1", "model.n_embd=32", "model.n_head=4", "model.seq_len=64",
+           "trainer.batch_size=4", "trainer.eval_batches=1", "trainer.threads=1", "logger.progress=false",
+           "logger.log_every=1", "trainer.checkpoint_every=2", "name=a"]
+
+
+def test_a_run_of_the_shipped_builtin_data_resumes_and_a_changed_tokenizer_is_refused_by_name(tmp_path):
+    """The issue's reproduction: train on data=builtin, then resume=true. The saved config holds data.dir
+    resolved, the command line's the interpolation; only a real change (the tokenizer, which moves
+    data.dir) is refused, naming the key and both values."""
+    common = [*SHIPPED, f"runs_root={tmp_path}"]
+    train(compose_train([*common, "trainer.max_steps=2"]))
+    run = train(compose_train([*common, "trainer.max_steps=3", "resume=true"]))
+    assert sorted(losses(run)) == [1, 2, 3]
+    with pytest.raises(ConfigError, match=r"data.tokenizer differs from .*config.yaml \(saved 'bytes', given 'gpt2'\)"):
+        train(compose_train([*common, "trainer.max_steps=4", "resume=true", "data.tokenizer=gpt2"]))
+
+
+@pytest.mark.parametrize("mistake,message", [
+    (["optim.lr=-1e-3"], r"optim.lr must be a number >= 0, got -0.001"),
+    (["init_from=no-such-run"], r"init_from=no-such-run: no complete checkpoint"),
+    (["model.seq_len=2048", "model.max_seq_len=2048"], r"validation batches .* model.seq_len=2048 .*fewer than one batch"),
+    (["attention.beta=abc"], r"attention.beta: 'abc' is not a value it can take"),
+], ids=["lr", "init_from", "validation", "beta"])
+def test_a_failed_check_writes_nothing_so_the_corrected_command_runs(train_run, mistake, message):
+    name = f"corrected-{mistake[0].split('=')[0]}"
+    with pytest.raises(ConfigError, match=message):
+        train_run(f"name={name}", "trainer.max_steps=1", *mistake)
+    run = train_run(f"name={name}", "trainer.max_steps=1")  # the same command without the mistake
+    assert sorted(losses(run)) == [1]
+
+
+@pytest.mark.parametrize("override", ["attention.beta=abc", "attention.power=x", "model.n_head=abc",
+                                      "model.n_layer=2.5"])
+def test_a_value_the_model_cannot_take_is_named(override):
+    key, value = override.split("=")
+    with pytest.raises(ConfigError, match=rf"^{key}: '?{value}'? is not a value it can take \("):
+        build_checked_model(compose_train(["model=tiny", "+model.vocab_size=257", override]))
+
+
+def read_wandb_records(path: Path) -> list:
+    """The records of a wandb run file (run-<id>.wandb): LevelDB's log format (32 KiB blocks of chunks with
+    a 7-byte header: crc32, length, type; 1 = a whole record, 2/3/4 = first/middle/last piece) after
+    wandb's 7-byte file header, each record a wandb_internal_pb2.Record."""
+    import struct
+
+    from wandb.proto import wandb_internal_pb2
+
+    data, records, pieces, pos = path.read_bytes(), [], b"", 7
+    while pos + 7 <= len(data):
+        left = 32768 - pos % 32768
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if left < 7 or (length, kind) == (0, 0):  # the rest of a block is padding
+            pos += left
+            continue
+        if pos + 7 + length > len(data):  # still being written
+            break
+        pieces += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(wandb_internal_pb2.Record.FromString(pieces))
+            pieces = b""
+    return records
+
+
+def finished_wandb_records(path: Path, timeout: float = 60) -> list:
+    """The records of a finished wandb run file. wandb's service process writes the file and may still be
+    writing it when wandb.finish() has returned: wait for the run's exit record."""
+    start = time.monotonic()
+    while True:
+        records = read_wandb_records(path)
+        if any(r.HasField("exit") for r in records):
+            return records
+        assert time.monotonic() - start < timeout, f"{path} has no exit record"
+        time.sleep(0.2)
+
+
+def test_wandb_offline_run_keeps_metrics_config_and_run_id_and_a_resume_continues_it(train_run, monkeypatch):
+    pytest.importorskip("wandb")
+    monkeypatch.setenv("WANDB_MODE", "offline")  # tests/conftest.py disables wandb for every other test
+    common = ["name=wandb-offline-run", "logger.wandb.mode=offline", "logger.log_every=1", "trainer.checkpoint_every=2",
+              "trainer.eval_every=2"]
+    run = train_run(*common, "trainer.max_steps=2")
+    run_id = load_checkpoint(latest_checkpoint(run))[1]["wandb_id"]
+    train_run(*common, "trainer.max_steps=3", "resume=true")
+    saved = yaml.safe_load((run / "config.yaml").read_text())
+    attempts = sorted((run / "wandb").glob("offline-run-*"))
+    assert len(attempts) == 2 and all(p.name.endswith(f"-{run_id}") for p in attempts)  # one run, two attempts
+    logged = {}
+    for attempt in attempts:
+        records = finished_wandb_records(attempt / f"run-{run_id}.wandb")
+        assert {r.run.run_id for r in records if r.HasField("run")} == {run_id}
+        config = {u.key: json.loads(u.value_json) for r in records if r.HasField("run") for u in r.run.config.update}
+        assert {k: config[k] for k in RUN_DEFINING} == {k: saved[k] for k in RUN_DEFINING}
+        for r in records:
+            if r.HasField("history"):
+                items = {i.key or "/".join(i.nested_key): json.loads(i.value_json) for i in r.history.item}
+                logged[items["step"]] = items
+    metrics = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+    assert sorted(logged) == [1, 2, 3]
+    for record in metrics:
+        assert {k: logged[record["step"]][k] for k in record} == record

@@ -1,0 +1,201 @@
+"""Checks of a training config and of its run directory.
+
+Every check runs before the run directory is written, so a failed command leaves nothing behind that
+the corrected command would trip on. Each error names the setting (``optim.lr``, ``attention.beta``, ...)
+and is a ``ConfigError``, which train.py prints as one line ``error: ...`` with exit code 2.
+"""
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, ListConfig, OmegaConf
+
+from model.checkpoint import CONFIG, build_model, load_config
+from model.gpt import GPT
+
+# Sections of the config that define the run: a resumed run must keep them.
+RUN_DEFINING = ("model", "attention", "data", "optim", "seed")
+# Set by the trainer from the data (a resumed run's data settings are compared instead).
+DERIVED = ("model.vocab_size",)
+SCHEDULES = ("cosine", "wsd", "constant")
+
+
+class ConfigError(Exception):
+    """A problem with the command line or the run directory, reported in one line."""
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_int(value: Any, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def _require(key: str, value: Any, ok: bool, wanted: str) -> None:
+    if not ok:
+        shown = list(value) if isinstance(value, ListConfig) else value
+        raise ConfigError(f"{key} must be {wanted}, got {shown!r}")
+
+
+def check_settings(cfg: DictConfig) -> None:
+    """The optimiser's, schedule's, trainer's and logger's numbers (torch's own messages name no setting)."""
+    o, t = cfg.optim, cfg.trainer
+    for key in ("lr", "min_lr", "weight_decay", "eps"):
+        _require(f"optim.{key}", o[key], _is_number(o[key]) and o[key] >= 0, "a number >= 0")
+    _require("optim.grad_clip", o.grad_clip, _is_number(o.grad_clip) and o.grad_clip > 0, "a number > 0")
+    betas_ok = isinstance(o.betas, Sequence) and not isinstance(o.betas, str) and len(o.betas) == 2 and \
+        all(_is_number(b) and 0 <= b < 1 for b in o.betas)
+    _require("optim.betas", o.betas, betas_ok, "two numbers in [0, 1), e.g. [0.9,0.95]")
+    _require("optim.warmup_steps", o.warmup_steps, _is_int(o.warmup_steps, 0), "an int >= 0")
+    _require("optim.schedule", o.schedule, o.schedule in SCHEDULES, " or ".join(SCHEDULES))
+    _require("optim.decay_fraction", o.decay_fraction,
+             _is_number(o.decay_fraction) and 0 <= o.decay_fraction <= 1, "a number in [0, 1]")
+    _require("seed", cfg.seed, _is_int(cfg.seed, 0), "an int >= 0")
+    _require("trainer.max_steps", t.max_steps, _is_int(t.max_steps, 0), "an int >= 0")
+    for key in ("batch_size", "eval_every", "eval_batches", "checkpoint_every"):
+        _require(f"trainer.{key}", t[key], _is_int(t[key], 1), "an int >= 1")
+    for key, low in (("threads", 1), ("keep_last", 0), ("stop_after_step", 0)):
+        _require(f"trainer.{key}", t[key], t[key] is None or _is_int(t[key], low), f"null or an int >= {low}")
+    peak = t.get("peak_tflops")
+    _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
+    _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")
+    seq_len, longest = cfg.model.seq_len, cfg.model.max_seq_len
+    _require("model.seq_len", seq_len, _is_int(seq_len, 1), "an int >= 1")
+    _require("model.max_seq_len", longest, _is_int(longest, 1), "an int >= 1")
+    if seq_len > longest:
+        raise ConfigError(f"model.seq_len ({seq_len}) exceeds model.max_seq_len ({longest})")
+
+
+@dataclass(frozen=True)
+class Batching:
+    """The global batch of trainer.batch_size sequences split over the processes, then into micro-batches."""
+
+    per_rank: int  # sequences each process reads per optimiser step
+    micro: int  # sequences per forward/backward
+
+    @property
+    def accumulation(self) -> int:
+        """Micro-batches per optimiser step."""
+        return self.per_rank // self.micro
+
+
+def batching(cfg: DictConfig, world: int) -> Batching:
+    t = cfg.trainer
+    if t.batch_size % world:
+        raise ConfigError(f"trainer.batch_size ({t.batch_size}) must be divisible by the number of processes "
+                          f"({world})")
+    per_rank = t.batch_size // world
+    micro = t.micro_batch_size or per_rank
+    _require("trainer.micro_batch_size", micro, _is_int(micro, 1), "null or an int >= 1")
+    if per_rank % micro:
+        raise ConfigError(f"each of {world} processes reads {per_rank} sequences per step, which "
+                          f"trainer.micro_batch_size ({micro}) must divide")
+    return Batching(per_rank, micro)
+
+
+def resolve_precision(cfg: DictConfig, device: torch.device) -> str:
+    """trainer.precision with auto resolved: bf16 (autocast) on CUDA, fp32 elsewhere."""
+    precision = cfg.trainer.precision
+    if precision == "auto":
+        precision = "bf16" if device.type == "cuda" else "fp32"
+    if precision not in ("bf16", "fp32"):
+        raise ConfigError(f"trainer.precision must be auto, bf16 or fp32, got '{precision}'")
+    return precision
+
+
+def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
+    """Refuse to overwrite a run, and to resume one that does not exist."""
+    if cfg.resume and not (run_dir / CONFIG).is_file():
+        raise ConfigError(f"resume=true but {run_dir} is not a run directory (no {CONFIG})")
+    if not cfg.resume and run_dir.exists():
+        raise ConfigError(f"run directory {run_dir} already exists: pass resume=true to continue it, or "
+                          f"choose another name=")
+
+
+def _leaves(value: Any, key: str) -> dict[str, Any]:
+    """{dotted key: value} of every leaf of a resolved config section (lists are leaves)."""
+    if not isinstance(value, dict):
+        return {key: value}
+    return {k: v for name, child in value.items() for k, v in _leaves(child, f"{key}.{name}").items()}
+
+
+def check_resumed_config(cfg: DictConfig, run_dir: Path) -> None:
+    """A resumed run keeps the settings that define it (model, attention, data, optimiser, seed).
+
+    Both configs are compared as they resolve: the saved config.yaml holds resolved values, the fresh one
+    may hold interpolations (data.dir is built from data.name and data.tokenizer), so only a real change
+    is refused, and the message names each changed key with both values. model.vocab_size is left out:
+    it is read from the data's shards, whose settings are compared, so the check runs before the data
+    is prepared (a refused resume tokenises nothing)."""
+    if not cfg.resume:
+        return
+    saved_all = OmegaConf.to_container(load_config(run_dir), resolve=True)
+    given_all = OmegaConf.to_container(cfg, resolve=True)
+    absent = object()
+    changes = []
+    for section in RUN_DEFINING:
+        saved = _leaves(saved_all.get(section, absent), section)
+        given = _leaves(given_all.get(section, absent), section)
+        for key in [*given, *(k for k in saved if k not in given)]:
+            if key in DERIVED:
+                continue
+            old, new = saved.get(key, absent), given.get(key, absent)
+            if old != new:
+                changes.append(f"{key} (saved {'nothing' if old is absent else repr(old)}, "
+                               f"given {'nothing' if new is absent else repr(new)})")
+    if changes:
+        first, *rest = changes
+        key, values = first.split(" ", 1)
+        also = f"; also {', '.join(rest)}" if rest else ""
+        raise ConfigError(f"resume=true: {key} differs from {run_dir / CONFIG} {values}{also}; resume with the "
+                          f"run's own settings (only trainer.* and logger.* may change)")
+
+
+class _Reads:
+    """A config node that records every value read from it, as (dotted key, value)."""
+
+    def __init__(self, node: DictConfig, path: str, log: list):
+        self._node, self._path, self._log = node, path, log
+
+    def __getattr__(self, key: str) -> Any:
+        return self._read(key, getattr(self._node, key))
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return self._read(key, self._node.get(key, default))
+
+    def _read(self, key: str, value: Any) -> Any:
+        path = f"{self._path}.{key}"
+        if isinstance(value, DictConfig):
+            return _Reads(value, path, self._log)
+        self._log.append((path, value))
+        return value
+
+
+def build_checked_model(cfg: DictConfig) -> GPT:
+    """The run's GPT; a setting the model cannot take is a ConfigError that names it.
+
+    The model's own errors name their setting; a failed conversion (``attention.beta=abc``: "could not
+    convert string to float: 'abc'") does not. Then the model is built again reading the config through
+    ``_Reads``, and the error names the setting whose value the message quotes, else the last one read
+    before the failure (``model.n_layer=2.5``: "'float' object cannot be interpreted as an integer")."""
+    try:
+        return build_model(cfg)
+    except (ValueError, TypeError) as exc:
+        reads: list[tuple[str, Any]] = []
+        try:
+            GPT(_Reads(cfg.model, "model", reads), _Reads(cfg.attention, "attention", reads),
+                int(cfg.model.vocab_size))
+        except (ValueError, TypeError):
+            pass
+        if any(key in str(exc) for key, _ in reads):
+            raise ConfigError(str(exc)) from exc
+        quoted = [(key, value) for key, value in reads if isinstance(value, str) and repr(value) in str(exc)]
+        if not reads:
+            raise
+        key, value = (quoted or reads)[-1]
+        raise ConfigError(f"{key}: {value!r} is not a value it can take ({exc})") from exc

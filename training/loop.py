@@ -1,0 +1,214 @@
+"""The training loop: ``train(cfg)`` prepares a run (every check, nothing written), then opens its directory
+and steps: forward/backward over micro-batches, clip, AdamW, log, evaluate, checkpoint."""
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
+from omegaconf import DictConfig, OmegaConf, open_dict
+
+from data.loader import TokenLoader, ensure_prepared, read_meta, validation_batches
+from model.checkpoint import CONFIG, latest_checkpoint, run_name
+from model.gpt import GPT
+from training.checkpointing import load_initial_weights, restore, save
+from training.config import (Batching, ConfigError, batching, build_checked_model, check_resumed_config,
+                             check_run_dir, check_settings, resolve_precision)
+from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
+from training.faults import pause_point, stop_after_step
+from training.metrics import Reporter, import_wandb
+from training.rng import seed_everything
+from training.schedule import learning_rate
+from training.signals import StopSignal
+
+
+@dataclass
+class Run:
+    """A run made ready by ``prepare``: its place, settings, model, optimiser and data, at ``step``."""
+
+    cfg: DictConfig
+    d: Distributed
+    dir: Path
+    restarted: bool  # by torchrun after a failure: resumes by itself
+    precision: str
+    batching: Batching
+    model: GPT  # unwrapped: parameters, λ and β, FLOPs
+    train_model: torch.nn.Module  # wrapped for the strategy
+    autocast: Callable
+    optimizer: torch.optim.Optimizer
+    loader: TokenLoader
+    val_batches: list
+    resumed_from: Path | None = None
+    step: int = 0
+    tokens: int = 0
+    wandb_id: str | None = None
+
+
+def train(cfg: DictConfig) -> Path:
+    """Train as ``cfg`` says; returns the run directory."""
+    d = setup_distributed(cfg)
+    try:
+        with StopSignal() as stop:
+            run = prepare(cfg, d)
+            reporter = open_run_dir(run)
+            try:
+                steps(run, reporter, stop)
+            finally:
+                reporter.close()
+            return run.dir
+    finally:
+        teardown(d)
+
+
+def sweep_job() -> int | None:
+    """This job's number in a Hydra sweep (-m), else None."""
+    if HydraConfig.initialized() and HydraConfig.get().mode == RunMode.MULTIRUN:
+        return HydraConfig.get().job.num
+    return None
+
+
+def prepare(cfg: DictConfig, d: Distributed) -> Run:
+    """Check everything and build the model, optimiser and data (restored on resume); writes no run file."""
+    name = run_name(cfg, sweep_job())
+    run_dir = Path(cfg.runs_root) / name
+    with open_dict(cfg):
+        cfg.resume = bool(cfg.resume) or (restarted() and (run_dir / CONFIG).is_file())
+    check_run_dir(cfg, run_dir)
+    check_resumed_config(cfg, run_dir)
+    if d.is_main:
+        import_wandb(cfg)  # a missing package or a bad mode stops the run here
+    check_settings(cfg)
+    precision = resolve_precision(cfg, d.device)
+    if cfg.trainer.threads:
+        torch.set_num_threads(int(cfg.trainer.threads))
+    layout = batching(cfg, d.world)
+    shard_dir = prepared_shards(cfg, d)
+    with open_dict(cfg):
+        cfg.name = name
+        cfg.model.vocab_size = int(read_meta(shard_dir)["vocab_size"])
+    seed_everything(int(cfg.seed))
+    model = build_checked_model(cfg).to(d.device)
+    if cfg.init_from:
+        load_initial_weights(model, cfg.init_from)
+    train_model, autocast = wrap_model(model, cfg, d, precision)
+    o = cfg.optim
+    optimizer = torch.optim.AdamW(model.parameter_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
+                                  fused=d.device.type == "cuda" and d.strategy != "fsdp2")
+    seq_len, bos_aligned = int(cfg.model.seq_len), bool(cfg.data.bos_aligned)
+    loader = TokenLoader(shard_dir, "train", layout.per_rank, seq_len, rank=d.rank, world_size=d.world,
+                         seed=int(cfg.seed), bos_aligned=bos_aligned)
+    try:
+        val_batches = list(validation_batches(shard_dir, layout.micro, seq_len, cfg.trainer.eval_batches,
+                                              bos_aligned=bos_aligned))
+    except ValueError as exc:
+        raise ConfigError(f"validation batches from {shard_dir} with model.seq_len={seq_len} and micro-batches "
+                          f"of {layout.micro} sequences: {exc}") from exc
+    run = Run(cfg, d, run_dir, restarted(), precision, layout, model, train_model, autocast, optimizer, loader,
+              val_batches)
+    if cfg.resume:
+        resume(run)
+    return run
+
+
+def prepared_shards(cfg: DictConfig, d: Distributed) -> Path:
+    """The shard folder of cfg.data; rank 0 makes the built-in corpus's on first use while the others wait."""
+    shard_dir = ensure_prepared(cfg.data) if d.is_main else None
+    d.barrier()
+    return shard_dir if shard_dir is not None else ensure_prepared(cfg.data)
+
+
+def resume(run: Run) -> None:
+    """Restore the newest complete checkpoint (a torchrun restart before the first one starts afresh)."""
+    path = latest_checkpoint(run.dir)
+    if path is None and not run.restarted:
+        raise ConfigError(f"resume=true but {run.dir} has no complete checkpoint")
+    if path is not None:
+        state = restore(path, run.d, run.train_model, run.optimizer, run.loader)
+        run.resumed_from, run.step, run.tokens, run.wandb_id = path, state["step"], state["tokens"], state["wandb_id"]
+
+
+def open_run_dir(run: Run) -> Reporter:
+    """Write the run directory (rank 0): config.yaml, then metrics.jsonl and wandb's files; announce the run."""
+    cfg, d = run.cfg, run.d
+    if d.is_main:
+        run.dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(cfg, run.dir / CONFIG, resolve=True)
+    reporter = Reporter(cfg, d, run.dir, run.model, run.step, bool(cfg.resume), run.wandb_id)
+    start = (f"resuming at step {run.step}" if run.resumed_from else
+             f"starting from the weights of {cfg.init_from}" if cfg.init_from else "from scratch")
+    if d.is_main:
+        print(f"run {run.dir}: {cfg.attention.name} attention, {run.model.num_parameters() / 1e6:.2f}M parameters, "
+              f"{d.world} x {d.device.type} ({d.strategy}, {run.precision}), {start}", flush=True)
+    return reporter
+
+
+def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
+    """Train from ``run.step`` to trainer.max_steps, or until a stop signal or the test's stop_after_step."""
+    cfg, d, t = run.cfg, run.d, run.cfg.trainer
+    step_tokens = t.batch_size * int(cfg.model.seq_len)
+    reporter.start(run.step, run.dir.name)
+    run.train_model.train()
+    while run.step < t.max_steps:
+        run.step += 1
+        loss, grad_norm, lr = train_step(run)
+        run.tokens += step_tokens
+        record = reporter.measure(run.step, run.tokens, step_tokens, loss, lr, grad_norm)
+        if run.step % t.eval_every == 0 or run.step == t.max_steps:
+            record = record or {"step": run.step, "tokens": run.tokens}
+            record["val_loss"] = evaluate(run)
+        reporter.write(record, loss)
+        if stop_after_step(cfg, d, run.step, run.restarted):
+            return
+        signalled = d.any(stop.received is not None)
+        if run.step % t.checkpoint_every == 0 or run.step == t.max_steps or signalled:
+            save(run.dir, d, run.train_model, run.optimizer, run.loader,
+                 {"step": run.step, "tokens": run.tokens, "wandb_id": reporter.wandb_id}, t.keep_last)
+            pause_point("saved", run.step)
+        if signalled:
+            if d.is_main:
+                print(f"received {stop.received or 'a stop signal'}: saved step {run.step}, exiting", flush=True)
+            return
+
+
+def train_step(run: Run) -> tuple[float, float, float]:
+    """One optimiser step over the global batch (gradients accumulated over micro-batches, reduced on the
+    last): returns (mean loss over all processes, gradient norm before clipping, learning rate)."""
+    d, b = run.d, run.batching
+    lr = learning_rate(run.step, run.cfg, run.cfg.trainer.max_steps)
+    for group in run.optimizer.param_groups:
+        group["lr"] = lr
+    x, y = run.loader.next_batch()
+    loss_sum = 0.0
+    for i, (xm, ym) in enumerate(zip(x.split(b.micro), y.split(b.micro))):
+        with gradient_sync(run.train_model, d, enabled=i == b.accumulation - 1):
+            with run.autocast():
+                _, loss = run.train_model(xm.to(d.device, non_blocking=True), ym.to(d.device, non_blocking=True))
+            (loss / b.accumulation).backward()
+        loss_sum += float(loss.detach())
+    train_loss = d.mean(loss_sum / b.accumulation)
+    if not math.isfinite(train_loss):
+        raise FloatingPointError(f"loss is {train_loss} at step {run.step}; stopping, the last good checkpoint "
+                                 f"is kept")
+    grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)
+    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
+    pause_point("step", run.step)
+    run.optimizer.step()
+    run.optimizer.zero_grad(set_to_none=True)
+    return train_loss, grad_norm, lr
+
+
+@torch.no_grad()
+def evaluate(run: Run) -> float:
+    """Mean loss over the fixed validation batches (the same on every process)."""
+    run.train_model.eval()
+    total = 0.0
+    for x, y in run.val_batches:
+        with run.autocast():
+            _, loss = run.train_model(x.to(run.d.device), y.to(run.d.device))
+        total += float(loss)
+    run.train_model.train()
+    return total / len(run.val_batches)

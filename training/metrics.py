@@ -1,0 +1,158 @@
+"""What a run reports: metrics.jsonl (always), wandb (logger.wandb.mode online or offline) and a progress bar.
+
+Every process measures (FSDP2 gathers λ and β from every rank); rank 0 writes. A record holds step, tokens,
+loss, lr, grad_norm, tokens_per_s (over the steps since the last record), λ and learnable β per layer,
+mfu (known GPUs, or trainer.peak_tflops), peak_memory_gb (CUDA), and val_loss at evaluation steps.
+"""
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from model.checkpoint import METRICS
+from training.config import ConfigError
+from training.distributed import Distributed
+from training.mfu import flops_per_token, peak_flops
+
+
+class MetricsLog:
+    """Appends JSON lines to runs/<name>/metrics.jsonl; on resume, drops lines past the checkpoint."""
+
+    def __init__(self, path: Path, resume_step: int | None):
+        self.path = path
+        if resume_step is not None and path.exists():
+            kept = [line for line in path.read_text().splitlines()
+                    if line.strip() and json.loads(line).get("step", 0) <= resume_step]
+            path.write_text("".join(line + "\n" for line in kept))
+        self.file = open(path, "a")
+
+    def write(self, record: dict) -> None:
+        self.file.write(json.dumps(record) + "\n")
+        self.file.flush()
+
+    def close(self) -> None:
+        self.file.close()
+
+
+def import_wandb(cfg: DictConfig):
+    """The wandb module when ``logger.wandb.mode`` asks for it (online, offline), else None."""
+    mode = cfg.logger.wandb.mode
+    if mode not in ("online", "offline", "disabled"):
+        raise ConfigError(f"logger.wandb.mode must be online, offline or disabled, got '{mode}'")
+    if mode == "disabled":
+        return None
+    try:
+        import wandb
+    except ImportError as exc:
+        raise ConfigError(f"logger.wandb.mode={mode} needs the wandb package: pip install wandb") from exc
+    return wandb
+
+
+class WandbLogger:
+    """A wandb run in runs/<name>/wandb/ (offline: nothing leaves the machine; `wandb sync` uploads it later),
+    with the resolved config; a resumed run continues the wandb run whose id its checkpoint holds."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, run_id: str | None):
+        self.run = None
+        wandb = import_wandb(cfg)
+        if wandb is None:
+            return
+        self.run = wandb.init(project=cfg.logger.wandb.project, entity=cfg.logger.wandb.entity,
+                              mode=cfg.logger.wandb.mode,
+                              name=run_dir.name, dir=str(run_dir), id=run_id, resume="allow",
+                              tags=list(cfg.logger.wandb.tags), config=OmegaConf.to_container(cfg, resolve=True))
+
+    @property
+    def run_id(self) -> str | None:
+        return None if self.run is None else self.run.id
+
+    def log(self, record: dict) -> None:
+        if self.run is not None:
+            self.run.log(record, step=record["step"])
+
+    def finish(self) -> None:
+        if self.run is not None:
+            self.run.finish()
+
+
+def logged_scalars(model) -> dict:
+    """Per-layer λ and learnable β (means over heads), as flat metrics: lambda/<layer>, beta/<layer>."""
+    scalars = model.attention_scalars()
+    learnable_beta = any(getattr(getattr(b.attn, "beta", None), "raw", None) is not None for b in model.blocks)
+    out = {}
+    for key, prefix in (("lambda_per_layer", "lambda"), ("beta_per_layer", "beta")):
+        if prefix == "lambda" or learnable_beta:
+            for layer, value in enumerate(scalars.get(key, [])):
+                out[f"{prefix}/{layer}"] = sum(value) / len(value) if isinstance(value, list) else value
+    return out
+
+
+class Reporter:
+    """A run's records: measured on every process at logged steps, written by rank 0 to metrics.jsonl and
+    wandb, and shown on its progress bar. Opening one writes into the run directory."""
+
+    def __init__(self, cfg: DictConfig, d: Distributed, run_dir: Path, model, step: int, resumed: bool,
+                 wandb_id: str | None):
+        self.cfg, self.d, self.model = cfg, d, model
+        self.metrics = MetricsLog(run_dir / METRICS, step if resumed else None) if d.is_main else None
+        self.wandb = WandbLogger(cfg, run_dir, wandb_id) if d.is_main else None
+        self.peak = peak_flops(cfg, d.device)
+        self.token_flops = flops_per_token(model, int(cfg.model.seq_len))
+        self.progress = None
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    @property
+    def wandb_id(self) -> str | None:
+        return None if self.wandb is None else self.wandb.run_id
+
+    def start(self, step: int, name: str) -> None:
+        """Show the progress bar (logger.progress) and start timing at optimiser step ``step``."""
+        if self.cfg.logger.progress and self.d.is_main:
+            from tqdm import tqdm
+            self.progress = tqdm(total=self.cfg.trainer.max_steps, initial=step, desc=name, unit="step",
+                                 dynamic_ncols=True)
+        if self.d.device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats(self.d.device)
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+
+    def measure(self, step: int, tokens: int, step_tokens: int, loss: float, lr: float,
+                grad_norm: float) -> dict | None:
+        """The record of a step that logger.log_every (or the last step) logs, else None."""
+        self.window_tokens += step_tokens
+        if step % self.cfg.logger.log_every and step != self.cfg.trainer.max_steps:
+            return None
+        elapsed = max(time.perf_counter() - self.window_start, 1e-9)
+        record = {"step": step, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
+                  "tokens_per_s": self.window_tokens / elapsed, **logged_scalars(self.model)}
+        if self.peak is not None:
+            record["mfu"] = record["tokens_per_s"] * self.token_flops / (self.peak * self.d.world)
+        if self.d.device.type == "cuda":
+            record["peak_memory_gb"] = torch.cuda.max_memory_allocated(self.d.device) / 1e9
+        self.window_start, self.window_tokens = time.perf_counter(), 0
+        return record
+
+    def write(self, record: dict | None, loss: float) -> None:
+        """Keep a record (rank 0) and advance the progress bar by one step."""
+        if record is not None and self.d.is_main:
+            self.metrics.write(record)
+            self.wandb.log(record)
+        if self.progress is None:
+            return
+        self.progress.update(1)
+        if record is not None:
+            shown = {"loss": f"{loss:.3f}"}
+            for key, label, fmt in (("tokens_per_s", "tok/s", ".0f"), ("mfu", "mfu", ".1%"), ("val_loss", "val", ".3f")):
+                if key in record:
+                    shown[label] = format(record[key], fmt)
+            self.progress.set_postfix(shown)
+
+    def close(self) -> None:
+        if self.progress is not None:
+            self.progress.close()
+        if self.d.is_main:
+            self.metrics.close()
+            self.wandb.finish()
