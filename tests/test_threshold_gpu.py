@@ -412,7 +412,7 @@ def test_skipping_on_gpu(monkeypatch, name, path):
 
 FUSED_SPARSE_CASES = {
     "tda_paired_bf16_T8192": SPARSE_CASES["tda_paired_bf16_T8192"],
-    "tda_paired_fp16_T10000": Case(T=10000, d=64, dv=128, H=1, lam=(0.4,), dtype=torch.float16),
+    "tda_paired_fp16_T10000": Case(T=10000, d=64, dv=128, H=1, Hkv=1, lam=(0.4,), dtype=torch.float16),
     "tda_Tq1000_Tk5000_dv64_p1": Case(T=5000, Tq=1000, d=64, dv=64, H=2, p=1.0, lam=(0.3, 1.2),
                                       dtype=torch.bfloat16),
 }
