@@ -6,7 +6,9 @@ several. Attention metrics come from ``python -m analysis.attention`` (at the pr
 training length unless a claim is about length), validation loss from eval/val_loss.json or else the
 last val_loss in metrics.jsonl, passkey and length extrapolation from eval/passkey.json and
 eval/length_extrapolation.json when present ("not run" otherwise). A claim "holds" by the tolerances of
-conf/analysis_report.yaml, printed in the table. Writes one markdown table to ``out`` and prints it.
+conf/analysis_report.yaml, printed in the table. A second table compares every configuration's validation
+loss over seeds with softmax's (Welch's t-test, Holm-corrected: ``loss_table``), beside its exact zeros, empty
+rows and sink rate; a third lists every run. Writes the markdown to ``out`` and prints it.
 Analysis summaries of another metrics version than this code's are refused (analysis.results).
 """
 from __future__ import annotations
@@ -21,8 +23,12 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
+from omegaconf import OmegaConf
+
 from analysis.metrics import TILE
-from analysis.results import Group, RunResults, check_metrics_versions, group_runs, load_results, run_list
+from analysis.results import (Group, RunResults, _flat, check_metrics_versions, group_runs, load_results,
+                              run_list)
+from analysis.stats import holm, welch
 
 NOT_RUN = "not run"
 
@@ -279,6 +285,73 @@ def per_run_rows(runs: list[RunResults]) -> list[str]:
     return lines
 
 
+ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
+
+
+def config_label(group: Group, groups: list[Group]) -> str:
+    """The attention, then what sets the group apart: its attention settings that differ from the shipped
+    defaults (conf/attention/<name>.yaml; a setting a run's config lacks counts as the default), and any other
+    setting that differs among the groups (e.g. trainer.max_steps when two studies are compared)."""
+    flats = [_flat(g.runs[0].config) for g in groups]
+    own = flats[groups.index(group)]
+    defaults_file = ATTENTION_DEFAULTS / f"{group.attention}.yaml"
+    defaults = _flat(OmegaConf.create({"attention": OmegaConf.load(defaults_file)})) if defaults_file.is_file() else {}
+    parts = [f"{k.split('.', 1)[1]}={own[k].strip(chr(39))}" for k in sorted(own)
+             if k.startswith("attention.") and k != "attention.name" and defaults.get(k, own[k]) != own[k]]
+    parts += [f"{k}={own[k].strip(chr(39))}" for k in sorted(own) if not k.startswith("attention.")
+              and len({f.get(k) for f in flats}) > 1]
+    return group.attention + (f" ({', '.join(parts)})" if parts else "")
+
+
+def _mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    if len(values) == 1:
+        return f"{values[0]:.4f}"
+    return f"{statistics.fmean(values):.4f} ± {statistics.stdev(values):.4f}"
+
+
+def _p(value: float | None) -> str:
+    return "—" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
+
+
+def loss_table(groups: list[Group]) -> list[str]:
+    """Markdown lines: per configuration (runs equal up to the seed) the validation loss over seeds, mean ± sample
+    standard deviation, its difference from softmax's mean in percent, Welch's two-sided p-value against
+    softmax's seeds (analysis.stats.welch; both need two or more seeds) and Holm's adjustment over every
+    configuration compared, then the attention measures at the training length (mean over seeds): exact-zero
+    share, empty-row share, Gu et al.'s sink rate. The reference is the first group of softmax attention with
+    no setting of its own (else the first softmax group); none: Δ and p are —."""
+    labels = [config_label(g, groups) for g in groups]
+    softmax = [g for g in groups if g.attention == "softmax"]
+    ref = next((g for g, label in zip(groups, labels) if g.attention == "softmax" and label == "softmax"),
+               softmax[0] if softmax else None)
+    loss = RunResults.final_val_loss
+    ref_values = _values(ref, loss) if ref else []
+    tests = []
+    for g in groups:
+        values = _values(g, loss)
+        tests.append(welch(values, ref_values).p if g is not ref and len(values) > 1 and len(ref_values) > 1
+                     else None)
+    adjusted = holm(tests)
+    lines = ["| configuration | seeds | val loss mean ± std | Δ vs softmax (%) | p (Welch) | p (Holm) | exact zeros "
+             "| empty rows | sink rate |", "|" + "---|" * 9]
+    sparsity, empty = _at_length("sparsity"), _at_length("empty_row_share")
+    for g, label, p, p_holm in zip(groups, labels, tests, adjusted):
+        values = _values(g, loss)
+        if g is ref:
+            delta = "reference"
+        elif values and ref_values:
+            delta = f"{100 * (statistics.fmean(values) / statistics.fmean(ref_values) - 1):+.2f}"
+        else:
+            delta = "—"
+        lines.append(" | ".join([f"| {label}", str(len(g.runs)), _mean_std(values), delta, _p(p), _p(p_holm),
+                                 _num(_mean(_values(g, sparsity)), percent=True),
+                                 _num(_mean(_values(g, empty)), percent=True),
+                                 _num(_mean(_values(g, sink_rate)))]) + " |")
+    return lines
+
+
 def render(groups: list[Group], table: list[Claim]) -> str:
     """The claims as one markdown table: claim, paper, measure, one column per group, holds."""
     labels = [g.label for g in groups]
@@ -289,7 +362,12 @@ def render(groups: list[Group], table: list[Claim]) -> str:
                      + " | ".join(c.cells.get(label, "—") for label in labels) + f" | {c.holds} |")
     runs = "; ".join(f"{g.label}: {', '.join(r.name for r in g.runs)}" for g in groups)
     every = [r for g in groups for r in g.runs]
-    return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Per run\n\n"
+    return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Validation loss against softmax, over seeds\n\n"
+            "Configurations are runs equal up to the seed, named by their settings that differ from the attention's "
+            "defaults. Δ: the mean's difference from softmax's mean; p (Welch): Welch's two-sided t-test against "
+            "softmax's seeds (two or more seeds each); p (Holm): adjusted over the configurations compared. Exact "
+            "zeros and empty rows at the probe length nearest the training length, sink rate Gu et al.'s "
+            "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + "\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
             "length; sink rate: Gu et al.'s (α_0 over all rows of the 64-token probes, empty rows counting 0), in "
             "brackets the diagnostic with α_0 over non-empty rows only; "

@@ -275,29 +275,89 @@ class DifferentialAttention(_PairedHeads):
 
 class _ThresholdBeta(nn.Module):
     """β of the threshold τ_i = β·sqrt(2 ln(i+1)/d): a fixed float, or learnable per head and kept
-    positive as softplus(β_raw)."""
+    positive as softplus(β_raw).
+
+    Options (each off by default, which is SPEC's β):
+    - ``beta_learnable``: β per head, starting at ``beta``, or with ``beta_init_range=[lo, hi]`` at values
+      spread evenly over the heads (head h of H: lo + (hi − lo)·h/(H − 1)), so that a layer starts with
+      heads of a low threshold (dense, trainable) beside heads of a high one (sparse).
+    - ``beta_warmup_steps`` N > 0: τ is scaled by min(1, s/N) after s optimiser steps, so training starts
+      with no threshold (β = 0: half of the scores survive) and reaches the full β at step N. Why: rows
+      that no score survives give no gradient to q, k or β (dS = 0 wherever the ReLU is 0), so rows empty
+      from initialisation can stay empty; a layer trained dense first can align its queries and keys
+      before the threshold bites. The factor is a 0-d buffer set by ``set_step`` (GPT.set_step, called by
+      the training loop before every step): a tensor, so a compiled model reads the new value without a
+      recompile. The buffer is not saved (persistent=False): a resumed run derives it from its step, and a
+      model built or loaded for evaluation and analysis keeps the initial 1, the full β.
+    """
 
     def __init__(self, attn_cfg, heads: int):
         super().__init__()
         self.value = float(attn_cfg.get("beta", 1.0))
-        if attn_cfg.get("beta_learnable", False):
-            if self.value <= 0:
-                raise ValueError("attention.beta must be > 0 when attention.beta_learnable is true")
-            raw = math.log(math.expm1(self.value))
-            self.raw = nn.Parameter(torch.full((heads,), raw))
+        learnable = bool(attn_cfg.get("beta_learnable", False))
+        spread = attn_cfg.get("beta_init_range", None)
+        if spread is not None:
+            if not learnable:
+                raise ValueError("attention.beta_init_range sets the initial values of a learnable β: it needs "
+                                 "attention.beta_learnable=true (a fixed β is attention.beta)")
+            spread = [float(b) for b in spread]
+            if len(spread) != 2 or not 0 < spread[0] <= spread[1]:
+                raise ValueError(f"attention.beta_init_range must be [low, high] with 0 < low <= high, got {spread}")
+        if learnable:
+            if spread is None:
+                if self.value <= 0:
+                    raise ValueError("attention.beta must be > 0 when attention.beta_learnable is true")
+                initial = torch.full((heads,), self.value, dtype=torch.float64)
+            else:
+                initial = torch.linspace(spread[0], spread[1], heads, dtype=torch.float64)
+            self.raw = nn.Parameter(torch.log(torch.expm1(initial)).float())
         else:
             self.raw = None
+        self.warmup_steps = attn_cfg.get("beta_warmup_steps", 0)
+        if isinstance(self.warmup_steps, bool) or not isinstance(self.warmup_steps, int) or self.warmup_steps < 0:
+            raise ValueError(f"attention.beta_warmup_steps must be an int >= 0, got {self.warmup_steps!r}")
+        if self.warmup_steps:
+            self.register_buffer("scale", torch.ones(()), persistent=False)
+            self._scale = 1.0  # the buffer's value, kept on the host to skip writes that change nothing
+        else:
+            self.scale = None
+
+    def set_step(self, step: int) -> None:
+        """Optimiser steps taken so far (0 before the first): the warm-up factor min(1, step/N)."""
+        if self.scale is None:
+            return
+        factor = min(1.0, max(0, int(step)) / self.warmup_steps)
+        if factor != self._scale:
+            self.scale.fill_(factor)
+            self._scale = factor
 
     def forward(self) -> float | torch.Tensor:
-        return self.value if self.raw is None else F.softplus(at_least_fp32(self.raw))
+        beta = self.value if self.raw is None else F.softplus(at_least_fp32(self.raw))
+        return beta if self.scale is None else beta * self.scale
+
+
+class _ClampStraightThrough(torch.autograd.Function):
+    """clamp(x, 0, 1) forward; the gradient passes unchanged at every x (a straight-through estimator)."""
+
+    @staticmethod
+    def forward(ctx, x):
+        return x.clamp(0.0, 1.0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        return grad
 
 
 class _ThresholdLambda(nn.Module):
-    """TDA's λ: ``clamp`` (λ = clamp(λ_raw, 0, 1), SPEC default), ``sigmoid`` (λ = sigmoid(θ)) or
-    ``reparam`` (the Differential Transformer's exp(λq1·λk1) − exp(λq2·λk2) + λ_init), one per layer
-    or one per head."""
+    """TDA's λ: ``clamp`` (λ = clamp(λ_raw, 0, 1), SPEC default), ``clamp_st`` (the same λ, with the gradient
+    passed straight through the clamp), ``sigmoid`` (λ = sigmoid(θ)) or ``reparam`` (the Differential
+    Transformer's exp(λq1·λk1) − exp(λq2·λk2) + λ_init), one per layer or one per head.
 
-    MODES = ("clamp", "sigmoid", "reparam")
+    Why ``clamp_st``: under ``clamp`` a λ_raw pushed below 0 gets no gradient (torch.clamp's rule), so the
+    inhibitory view is off for good; with the straight-through gradient λ_raw keeps the gradient λ would
+    have, and a gradient that asks for a larger λ brings it back into [0, 1]. The forward is clamp's."""
+
+    MODES = ("clamp", "clamp_st", "sigmoid", "reparam")
 
     def __init__(self, attn_cfg, heads: int, head_dim: int):
         super().__init__()
@@ -306,7 +366,7 @@ class _ThresholdLambda(nn.Module):
             raise ValueError(f"attention.lambda_mode must be one of {self.MODES}, got '{self.mode}'")
         self.init = float(attn_cfg.get("lambda_init", 0.5))
         shape = (heads,) if attn_cfg.get("lambda_per_head", False) else (1,)  # 1-D: FSDP2 shards no scalars
-        if self.mode == "clamp":
+        if self.mode in ("clamp", "clamp_st"):
             self.raw = nn.Parameter(torch.full(shape, self.init))
         elif self.mode == "sigmoid":
             if not 0 < self.init < 1:
@@ -318,12 +378,16 @@ class _ThresholdLambda(nn.Module):
 
     def raw_form(self) -> tuple[torch.Tensor, str | None]:
         """(λ before its transform, the transform's name) for the decoding kernel, which applies clamp and sigmoid
-        itself; (λ, None) for the re-parameterisation."""
-        return (self.raw, self.mode) if self.mode in ("clamp", "sigmoid") else (self(), None)
+        itself (clamp_st's forward is clamp's); (λ, None) for the re-parameterisation."""
+        if self.mode in ("clamp", "clamp_st"):
+            return self.raw, "clamp"
+        return (self.raw, self.mode) if self.mode == "sigmoid" else (self(), None)
 
     def forward(self) -> torch.Tensor:
         if self.mode == "clamp":
             return at_least_fp32(self.raw).clamp(0.0, 1.0)
+        if self.mode == "clamp_st":
+            return _ClampStraightThrough.apply(at_least_fp32(self.raw))
         if self.mode == "sigmoid":
             return torch.sigmoid(at_least_fp32(self.raw))
         q1, k1, q2, k2 = at_least_fp32(self.vectors)
@@ -383,6 +447,10 @@ class ThresholdDifferentialAttention(_PairedHeads):
     def maps(self, proj, rows=None):
         return threshold_attention_weights(proj.q[0], proj.k[0], proj.q[1], proj.k[1], lam=self.lam(),
                                            beta=self.beta(), normalize=True, rows=rows, **self.options)
+
+    def scalars(self) -> dict[str, torch.Tensor]:
+        """λ_raw under the clamp modes: λ (reported as lambda) hides how far outside [0, 1] λ_raw went."""
+        return {"lambda_raw": self.lam.raw} if self.lam.mode in ("clamp", "clamp_st") else {}
 
 
 @register("tra")

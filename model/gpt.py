@@ -172,5 +172,14 @@ class GPT(nn.Module):
                 out.setdefault(key, []).append(_plain(value))
         return out
 
+    def set_step(self, step: int) -> None:
+        """Tell the parts that follow a training schedule (the threshold variants' β warm-up,
+        ``attention.beta_warmup_steps``) how many optimiser steps have been taken (0 before the first). The
+        training loop calls it before every step, and on resume with the restored step; a model that is
+        never told (evaluation, analysis) runs at the end of every schedule."""
+        for module in self.modules():
+            if module is not self and hasattr(module, "set_step"):
+                module.set_step(step)
+
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())

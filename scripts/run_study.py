@@ -22,7 +22,9 @@ those: an existing run directory without the mark, a run made by hand, stops the
 starts. Then --out gets, for each
 finished run, runs/<run>/ with config.yaml, metrics.jsonl, eval/*.json and plots, analysis/ (all small),
 and over all of them figures/ (python -m analysis.figures) and claims.md (python -m analysis.report).
-Every config is composed before anything starts, so a bad override stops the study at once.
+Every config is composed, and its model built without weights, before anything starts, so a bad override stops
+the study at once (--dry-run stops there, printing each run's commands). --chunk K/N runs the K-th of N
+consecutive parts of the planned runs: a study too long for one sitting is the same command N times.
 A failed step is reported with the end of this attempt's log, and the other runs go on; the exit code is 1
 if any failed.
 """
@@ -68,13 +70,21 @@ def setting_tags(spec: list[str]) -> list[str]:
 
 
 def compose_name(overrides: list[str], spec: list[str]) -> str:
-    """The run's name for these overrides, of which ``spec`` are the run's own (composing checks them too)."""
+    """The run's name for these overrides, of which ``spec`` are the run's own. Composing checks the overrides,
+    and the run's model is built without weights (on the meta device, with a stand-in vocabulary), so that a
+    value the model refuses (attention.lambda_mode=clmap) stops the study before anything runs."""
+    import torch
     from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
 
     from model.checkpoint import run_name
+    from training.config import build_checked_model
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides)
+    with open_dict(cfg), torch.device("meta"):
+        cfg.model.vocab_size = 256  # the data's vocabulary is read when training starts; any size checks the rest
+        build_checked_model(cfg)
     return run_name(cfg, tags=setting_tags(spec))
 
 
@@ -120,6 +130,18 @@ def plan(args) -> list[Run]:
             [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}", *shlex.split(args.analysis_args)],
         ]))
     return runs
+
+
+def chunk(runs: list[Run], spec: str | None) -> list[Run]:
+    """The K-th of N consecutive, nearly equal parts of ``runs`` for --chunk K/N (all runs for None), so that a
+    study too long for one sitting runs as N calls of the same command, each adding its runs to --out."""
+    if spec is None:
+        return runs
+    k, sep, n = spec.partition("/")
+    if not (sep and k.isdigit() and n.isdigit() and 1 <= int(k) <= int(n)):
+        raise SystemExit(f"error: --chunk takes K/N with 1 <= K <= N, e.g. 1/2, got {spec!r}")
+    k, n = int(k), int(n)
+    return runs[len(runs) * (k - 1) // n:len(runs) * k // n]
 
 
 def mark(run: Run) -> None:
@@ -215,6 +237,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--eval-args", default="", help='more eval.py overrides, e.g. "length.tokens=16384"')
     parser.add_argument("--analysis-args", default="", help='more analysis.attention overrides, e.g. "max_length=1024"')
     parser.add_argument("--runs-root", default="runs")
+    parser.add_argument("--chunk", default=None, metavar="K/N",
+                        help="run only the K-th of N consecutive parts of the planned runs (e.g. 1/2, then 2/2); the "
+                             "figures and claims at the end cover every finished run in --out")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="plan every run (configs composed, models built without weights), print the runs and "
+                             "their commands, run nothing")
     args = parser.parse_args(argv)
     args.common = common
     # train.py and eval.py run in the project root: a relative runs root is taken from there (as train.py
@@ -223,7 +251,14 @@ def main(argv: list[str] | None = None) -> int:
     args.runs_root = str(runs_root)
     out = Path(args.out).resolve()
 
-    runs = plan(args)
+    runs = chunk(plan(args), args.chunk)
+    if args.dry_run:
+        for r in runs:
+            print(f"[study] {r.name}" + ("" if not finished(out, r.name) else f" (already in {out})"))
+            for step in r.steps:
+                print(f"    {shlex.join(step)}")
+        print(f"[study] dry run: {len(runs)} runs planned, nothing started", flush=True)
+        return 0
     todo = [r for r in runs if not finished(out, r.name)]
     for r in runs:
         if r not in todo:

@@ -80,7 +80,8 @@ def test_figures_open_as_images(runs, tmp_path):
     cfg = compose("analysis_figures", [f"runs=[{runs['tda']},{runs['softmax']}]", f"out={tmp_path}",
                                        "theory.max_position=128", "theory.trials=4"])
     paths = make_figures(cfg)
-    stems = FIGURES + [f"attention_maps_{run.name}" for run in runs.values()]
+    stems = FIGURES + [f"{kind}_{run.name}" for run in runs.values()      # diagnostics: logged while training
+                       for kind in ("attention_maps", "training_diagnostics")]
     assert sorted(p.name for p in paths) == sorted(f"{s}.{e}" for s in stems for e in ("png", "pdf"))
     for path in paths:
         if path.suffix == ".png":
@@ -114,6 +115,8 @@ def test_report_groups_seeds_and_reads_eval_results(runs, tmp_path):
                                                     f"out={out}"]))
     assert out.read_text() == text
     claims_part, per_run_part = text.split("## Per run")
+    claims_part, loss_part = claims_part.split("## Validation loss against softmax")
+    assert "| tda | 2 |" in loss_part and "| softmax | 1 | " in loss_part
     lines = [line for line in claims_part.splitlines() if line.startswith("|")]
     assert lines[0].split("|")[4:6] == [" tda ", " softmax "]
     assert len(lines) == 2 + 14

@@ -74,7 +74,7 @@ def test_weight_decay_only_on_linear_matrices():
 
 @pytest.mark.parametrize("name", VARIANTS)
 def test_attention_scalars_are_never_decayed_and_are_reported(name):
-    """A variant's own scalars (``scalars()``: sigmoid's bias, the sink logit, SSMax's s) sit in the group
+    """A variant's own scalars (``scalars()``: sigmoid's bias, the sink logit, SSMax's s, TDA's λ_raw) sit in the group
     without weight decay, and attention_scalars reports each per layer and head."""
     model = gpt(name)
     decay, no_decay = model.parameter_groups(0.1)
@@ -86,7 +86,8 @@ def test_attention_scalars_are_never_decayed_and_are_reported(name):
         for key, param in own.items():
             assert any(param is p for p in no_decay["params"]), key
             assert len(reported[f"{key}_per_layer"]) == L
-            assert reported[f"{key}_per_layer"][block.attn.layer] == param.tolist()
+            values = param.tolist()  # one value (λ_raw of one λ per layer) is reported as a float
+            assert reported[f"{key}_per_layer"][block.attn.layer] == (values[0] if len(values) == 1 else values)
 
 
 @pytest.mark.parametrize("name", VARIANTS)

@@ -142,3 +142,32 @@ class _FirstRunOnly:
 
     def start(self, run, log_path):
         raise _Started(run, log_path)
+
+
+def test_chunks_split_the_planned_runs_into_consecutive_parts_that_cover_each_run_once(tmp_path, monkeypatch, capsys):
+    """--chunk K/N runs the K-th of N consecutive parts; the N parts together are the plan, each run once.
+    --dry-run prints the chunk's runs and their commands and starts nothing."""
+    run_study = load_run_study(monkeypatch)
+    base = ["--out", str(tmp_path / "out"), "--runs-root", str(tmp_path / "runs"), "--gpus", "--grid",
+            "attention.beta=0.25,0.5,0.75,1.0,1.25", "--dry-run"]
+    parts = []
+    for k in (1, 2, 3):
+        assert run_study.main([*base, "--chunk", f"{k}/3", "--", "model=tiny"]) == 0
+        printed = capsys.readouterr().out
+        parts.append([line.split()[1] for line in printed.splitlines() if line.startswith("[study] tda-")])
+        assert "train.py" in printed and f"{len(parts[-1])} runs planned, nothing started" in printed
+    assert [len(p) for p in parts] == [1, 2, 2]
+    assert sum(parts, []) == [f"tda-beta{b}-tiny-builtin-s0" for b in ("0.25", "0.5", "0.75", "1.0", "1.25")]
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()
+    for bad in ("0/3", "4/3", "2", "a/b"):
+        with pytest.raises(SystemExit, match=f"--chunk takes K/N with 1 <= K <= N, e.g. 1/2, got '{bad}'"):
+            run_study.main([*base, "--chunk", bad, "--", "model=tiny"])
+
+
+def test_a_value_the_model_refuses_stops_the_study_before_anything_runs(tmp_path, monkeypatch):
+    """Planning builds each run's model without weights, so a value only the model checks stops the study."""
+    run_study = load_run_study(monkeypatch)
+    with pytest.raises(SystemExit, match="attention.lambda_mode must be one of .* got 'clmap'"):
+        run_study.main(["--out", str(tmp_path / "out"), "--runs-root", str(tmp_path / "runs"), "--gpus", "--grid",
+                        "attention=tda", "attention.lambda_mode=clmap", "--", "model=tiny"])
+    assert not (tmp_path / "runs").exists() and not (tmp_path / "out").exists()

@@ -64,6 +64,8 @@ def check_settings(cfg: DictConfig) -> None:
     peak = t.get("peak_tflops")
     _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
     _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")
+    every = cfg.logger.get("diagnostics_every", 0)
+    _require("logger.diagnostics_every", every, _is_int(every, 0), "an int >= 0 (0 = off)")
     seq_len, longest = cfg.model.seq_len, cfg.model.max_seq_len
     _require("model.seq_len", seq_len, _is_int(seq_len, 1), "an int >= 1")
     _require("model.max_seq_len", longest, _is_int(longest, 1), "an int >= 1")

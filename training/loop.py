@@ -20,7 +20,7 @@ from training.config import (Batching, ConfigError, batching, build_checked_mode
                              check_run_dir, check_settings, resolve_precision)
 from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
 from training.faults import pause_point, stop_after_step
-from training.metrics import Reporter, import_wandb
+from training.metrics import Diagnostics, Reporter, import_wandb
 from training.rng import seed_everything
 from training.schedule import learning_rate
 from training.signals import StopSignal
@@ -150,9 +150,11 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
     """Train from ``run.step`` to trainer.max_steps, or until a stop signal or the test's stop_after_step."""
     cfg, d, t = run.cfg, run.d, run.cfg.trainer
     step_tokens = t.batch_size * int(cfg.model.seq_len)
+    diagnostics = Diagnostics(cfg, d, run.val_batches)
     reporter.start(run.step, run.dir.name)
     run.train_model.train()
     while run.step < t.max_steps:
+        run.model.set_step(run.step)  # steps taken so far (the restored step on resume): β warm-up
         run.step += 1
         loss, grad_norm, lr = train_step(run)
         run.tokens += step_tokens
@@ -160,6 +162,9 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
         if run.step % t.eval_every == 0 or run.step == t.max_steps:
             record = record or {"step": run.step, "tokens": run.tokens}
             record["val_loss"] = evaluate(run)
+        if diagnostics.due(run.step):
+            record = record or {"step": run.step, "tokens": run.tokens}
+            record.update(diagnostics.measure(run.model))
         reporter.write(record, loss)
         if stop_after_step(cfg, d, run.step, run.restarted):
             return

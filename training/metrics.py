@@ -1,8 +1,9 @@
 """What a run reports: metrics.jsonl (always), wandb (logger.wandb.mode online or offline) and a progress bar.
 
 Every process measures (FSDP2 gathers λ and β from every rank); rank 0 writes. A record holds step, tokens,
-loss, lr, grad_norm, tokens_per_s (over the steps since the last record), λ and learnable β per layer,
-mfu (known GPUs, or trainer.peak_tflops), peak_memory_gb (CUDA), and val_loss at evaluation steps.
+loss, lr, grad_norm, tokens_per_s (over the steps since the last record), every per-layer scalar of the
+attention (λ, learnable or warming-up β, ...), mfu (known GPUs, or trainer.peak_tflops), peak_memory_gb (CUDA),
+val_loss at evaluation steps, and the attention diagnostics (``Diagnostics``) at their steps.
 """
 from __future__ import annotations
 
@@ -80,15 +81,60 @@ class WandbLogger:
 
 
 def logged_scalars(model) -> dict:
-    """Per-layer λ and learnable β (means over heads), as flat metrics: lambda/<layer>, beta/<layer>."""
+    """Every per-layer scalar the model reports (``GPT.attention_scalars``: λ, β, λ_raw, sigmoid's bias, the
+    sink logit, SSMax's s, ...), as flat metrics <name>/<layer> (the mean over heads); β only where it
+    changes while training (learnable, or during its warm-up), since a fixed β is in the config."""
     scalars = model.attention_scalars()
-    learnable_beta = any(getattr(getattr(b.attn, "beta", None), "raw", None) is not None for b in model.blocks)
+    moving_beta = any(getattr(getattr(b.attn, "beta", None), attr, None) is not None
+                      for b in model.blocks for attr in ("raw", "scale"))
     out = {}
-    for key, prefix in (("lambda_per_layer", "lambda"), ("beta_per_layer", "beta")):
-        if prefix == "lambda" or learnable_beta:
-            for layer, value in enumerate(scalars.get(key, [])):
-                out[f"{prefix}/{layer}"] = sum(value) / len(value) if isinstance(value, list) else value
+    for key, values in scalars.items():
+        prefix = key.removesuffix("_per_layer")
+        if prefix == "beta" and not moving_beta:
+            continue
+        for layer, value in enumerate(values):
+            out[f"{prefix}/{layer}"] = sum(value) / len(value) if isinstance(value, list) else value
     return out
+
+
+class Diagnostics:
+    """Attention diagnostics while training (``logger.diagnostics_every`` steps, and the last step; 0 = off):
+    ``analysis.diagnostics.attention_diagnostics`` on a probe batch fixed at the start, the first two
+    validation windows, giving diag/<measure>/<layer> and diag/<measure>/mean, and diag_seconds (the
+    call's time, so that its cost shows beside tokens_per_s).
+
+    Rank 0 measures the bare model alone (under DDP the other processes wait at the next step's collective).
+    Under FSDP2 every process holds only a shard of each block, and the probe calls the blocks' parts
+    outside their forward (no all-gather runs there): the diagnostics are skipped, with one note at the
+    start. A compiled model (trainer.compile) is probed eagerly (torch.compiler.set_stance), so the probe's
+    batch of two and its eval mode add no compiled graphs. The probe sees the model as it trains at that
+    step (β during its warm-up included), like the validation loss logged beside it."""
+
+    def __init__(self, cfg: DictConfig, d: Distributed, val_batches: list):
+        self.every = int(cfg.logger.get("diagnostics_every", 0))
+        self.last = int(cfg.trainer.max_steps)
+        self.compiled = bool(cfg.trainer.compile)
+        self.enabled = self.every > 0 and d.is_main and d.strategy != "fsdp2"
+        if self.every > 0 and d.is_main and d.strategy == "fsdp2":
+            print("logger.diagnostics_every: skipped under trainer.strategy=fsdp2 (each process holds a shard of "
+                  "every block; run analysis.attention on a checkpoint instead)", flush=True)
+        self.tokens = torch.cat([x for x, _ in val_batches])[:2] if self.enabled and val_batches else None
+        self.enabled = self.enabled and self.tokens is not None
+
+    def due(self, step: int) -> bool:
+        return self.enabled and (step % self.every == 0 or step == self.last)
+
+    def measure(self, model) -> dict:
+        """The diag/* metrics of ``model`` (the bare GPT) on the probe batch, and diag_seconds."""
+        from contextlib import nullcontext
+
+        from analysis.diagnostics import attention_diagnostics
+
+        start = time.perf_counter()
+        with torch.compiler.set_stance("force_eager") if self.compiled else nullcontext():
+            out = attention_diagnostics(model, self.tokens)
+        out["diag_seconds"] = time.perf_counter() - start
+        return out
 
 
 class Reporter:

@@ -1,0 +1,77 @@
+"""analysis.report's table of validation loss over seeds against softmax: configurations grouped up to the
+seed and named by their settings off the attention's defaults, mean ± std, Δ, Welch's p and Holm's
+adjustment (worked out here from the seeds' losses), attention measures averaged over seeds."""
+import json
+import statistics
+from pathlib import Path
+
+import pytest
+from omegaconf import OmegaConf
+
+from analysis.metrics import METRICS_VERSION
+from analysis.report import loss_table, make_report
+from analysis.results import group_runs, load_results
+from analysis.stats import welch
+
+TDA = OmegaConf.to_container(OmegaConf.load("conf/attention/tda.yaml"))
+LOSSES = {"softmax": [3.98, 3.99, 3.97], "tda": [4.13, 4.16, 4.12], "tda-beta0.5": [4.25, 4.20, 4.22],
+          "tda-clamp_st": [4.10]}
+SETTINGS = {"softmax": {"name": "softmax"}, "tda": TDA, "tda-beta0.5": {**TDA, "beta": 0.5},
+            "tda-clamp_st": {**TDA, "lambda_mode": "clamp_st"}}
+
+
+def fake_run(root, config, seed, loss, sparsity):
+    name = f"{config}-s{seed}"
+    run = root / name
+    (run / "analysis").mkdir(parents=True)
+    OmegaConf.save(OmegaConf.create({"name": name, "seed": seed, "attention": SETTINGS[config],
+                                     "model": {"name": "small", "seq_len": 512}, "trainer": {"max_steps": 1200}}),
+                   run / "config.yaml")
+    (run / "metrics.jsonl").write_text(json.dumps({"step": 1200, "loss": 3.0, "val_loss": loss + 0.5}) + "\n")
+    (run / "eval").mkdir()
+    (run / "eval" / "val_loss.json").write_text(json.dumps({"loss": loss}))     # preferred over metrics.jsonl
+    summary = {"metrics_version": METRICS_VERSION, "sink": {"sink_rate": 0.1 * seed},
+               "lengths": [{"length": 512, "sparsity": sparsity, "empty_row_share": sparsity / 2,
+                            "first_token_ratio": 0.01, "first_token_ratio_uniform": 0.0133,
+                            "nonzeros_per_row": 5.0}]}
+    (run / "analysis" / "summary.json").write_text(json.dumps(summary))
+    return run
+
+
+def test_loss_table_against_softmax(tmp_path):
+    runs = [fake_run(tmp_path, config, seed, loss, 0.0 if config == "softmax" else 0.9 + 0.01 * seed)
+            for config, losses in LOSSES.items() for seed, loss in enumerate(losses)]
+    groups = group_runs([load_results(r) for r in runs])
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in loss_table(groups)[2:]}
+    assert list(rows) == ["softmax", "tda", "tda (beta=0.5)", "tda (lambda_mode=clamp_st)"]
+
+    soft = LOSSES["softmax"]
+    assert rows["softmax"][1:4] == ["3", f"{statistics.fmean(soft):.4f} ± {statistics.stdev(soft):.4f}", "reference"]
+    assert rows["softmax"][4:] == ["—", "—", "0.0%", "0.0%", "0.1"]   # sink rates 0, 0.1, 0.2 over the seeds
+
+    p_tda, p_beta = welch(LOSSES["tda"], soft).p, welch(LOSSES["tda-beta0.5"], soft).p
+    low, high = sorted((p_tda, p_beta))
+    holm_of = {low: min(1, 2 * low), high: max(min(1, 2 * low), high)}   # m = 2: 2·p_(1), then max(·, p_(2))
+    for config, p in (("tda", p_tda), ("tda (beta=0.5)", p_beta)):
+        key = config.replace(" (beta=0.5)", "-beta0.5")
+        row = rows[config]
+        delta = 100 * (statistics.fmean(LOSSES[key]) / statistics.fmean(soft) - 1)
+        assert float(row[3]) == pytest.approx(delta, abs=0.005) and row[3].startswith("+")
+        assert float(row[4]) == pytest.approx(p, rel=0.05) and float(row[5]) == pytest.approx(holm_of[p], rel=0.05)
+        assert row[6] == "91.0%" and row[7] == "45.5%"                   # sparsity 0.90, 0.91, 0.92 over seeds
+    assert 0 < p_tda < 0.05 and rows["tda"][4] != rows["tda"][5]       # the adjustment changes something
+    one_seed = rows["tda (lambda_mode=clamp_st)"]
+    assert one_seed[1:6] == ["1", "4.1000", f"{100 * (4.10 / statistics.fmean(soft) - 1):+.2f}", "—", "—"]
+
+
+def test_report_writes_the_table(tmp_path):
+    runs = [fake_run(tmp_path, config, seed, loss, 0.5) for config in ("softmax", "tda")
+            for seed, loss in enumerate(LOSSES[config])]
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(Path(__file__).resolve().parents[1] / "conf"), version_base="1.3"):
+        cfg = compose(config_name="analysis_report",
+                      overrides=[f"runs=[{','.join(map(str, runs))}]", f"out={tmp_path / 'claims.md'}"])
+    text = make_report(cfg)
+    assert "## Validation loss against softmax, over seeds" in text and (tmp_path / "claims.md").read_text() == text
+    assert "| configuration | seeds | val loss mean ± std | Δ vs softmax (%) | p (Welch) | p (Holm) |" in text
