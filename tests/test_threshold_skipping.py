@@ -94,8 +94,8 @@ def test_lists_follow_the_record(Tq, Tk, causal):
     assert any(e for _, e in want.values()) and any(not e for _, e in want.values())
 
 
-@pytest.mark.parametrize("tile", [None, TileConfig(128, 32, 4, 1), TileConfig(32, 128, 4, 1)],
-                         ids=["interpreter", "128x32", "32x128"])
+@pytest.mark.parametrize("tile", [None, TileConfig(128, 32, 4, 1), TileConfig(32, 128, 4, 1), TileConfig(16, 16, 4, 1)],
+                         ids=["interpreter", "128x32", "32x128", "16x16"])
 @pytest.mark.parametrize("planted", [TWO_VIEWS, ONE_VIEW], ids=["two_views", "one_view"])
 def test_forward_records_exactly_the_occupied_cells(tile, planted):
     """Whatever the forward's tile (several per cell, several cells per tile, along either axis), the record marks

@@ -11,15 +11,17 @@ the diagonal run without masks, the blocks that cross it with the mask, blocks r
 visited; the longest query blocks are launched first. Query row i has absolute position
 i + Tk - Tq (bottom-right alignment) and tau_i uses that position.
 
-With RECORD the kernel also marks, in the record of triton_lists.py, the 64 x 64 cells in which a weight survived
-(from each row's largest u over the tile's keys), for the backward's lists. With SKIP_EMPTY a tile without a survivor
-skips its product with v, by a branch in the loop (which costs Triton's software pipelining: README.md in this folder).
+With RECORD the kernel also marks, in the record of triton_lists.py, the 64 x 64 cells in which a weight survived,
+for the backward's lists: each thread folds the rectified scores it holds into flags of whole cells and stores a byte
+for each that is set (triton_lists.tile_flags), so the record adds no barrier and no exchange between threads to the
+key loop. With SKIP_EMPTY a tile without a survivor skips its product with v, by a branch in the loop (which costs
+Triton's software pipelining: README.md in this folder).
 """
 
 import triton
 import triton.language as tl
 
-from .triton_lists import mark_cells, row_tops
+from .triton_lists import mark_cells, tile_flags
 from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, query_block_program, relu_power,
                           threshold_gain, visible_keys)
 
@@ -28,7 +30,7 @@ from .triton_math import (head_base, inverse_row_norms, key_scores, load_rows, q
 def _key_block(
     acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
     K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
-    REC_bh, rows, row_ok, nN,
+    REC_bh, m0, Tq, nN,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_DV: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, CAUSAL: tl.constexpr,
     P_MODE: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MASKED: tl.constexpr,
@@ -46,16 +48,16 @@ def _key_block(
         _, _, u2 = key_scores(q2, K2h, RK2h, cols, key_ok, offs_d, sk2_t, sk2_d, rq2, tau, pos, b, hk, n0,
                               HEAD_D, BLOCK_D, BLOCK_N, NORMALIZE, CAUSAL, CAST_F32, DOT_PREC, MASKED, USE_TMA)
         w = w - lam * relu_power(u2, p, P_MODE)
+    else:
+        u2 = u1  # (tile_flags reads it only with TWO_VIEWS)
     v = load_rows(Vh, b, hk, n0, cols, offs_dv, sv_t, sv_d, key_ok, offs_dv < HEAD_DV, MASKED, BLOCK_DV != HEAD_DV,
                   CAST_F32, BLOCK_N, BLOCK_DV, USE_TMA)
     if RECORD or SKIP_EMPTY:
-        if TWO_VIEWS:
-            u1 = tl.maximum(u1, u2)
-        top = row_tops(u1, BLOCK_M, BLOCK_N)
+        flag = tile_flags(u1, u2, TWO_VIEWS, BLOCK_M, BLOCK_N)
         if RECORD:
-            mark_cells(REC_bh, rows, row_ok, n0, top, nN, BLOCK_M, BLOCK_N)
+            mark_cells(REC_bh, m0, Tq, n0, flag, nN, BLOCK_M, BLOCK_N)
     if SKIP_EMPTY:
-        if tl.max(top) > 0.0:  # a weight survives iff its u > 0
+        if tl.max(flag.to(tl.int32)) != 0:  # a weight survives iff its u > 0
             acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
     else:
         acc = tl.dot(w.to(v.dtype), v, acc, input_precision=DOT_PREC)
@@ -135,13 +137,13 @@ def threshold_attention_fwd_kernel(
     for n0 in range(0, full_end, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, REC_bh, offs_m, row_ok, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                         offs_n, offs_d, offs_dv, REC_bh, m0, Tq, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                          BLOCK_D, BLOCK_DV, TWO_VIEWS,
                          NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, False, USE_TMA, SKIP_EMPTY, RECORD)
     for n0 in range(full_end, hi, BLOCK_N):
         acc = _key_block(acc, q1, q2, rq1, rq2, tau, lam, p, pos, n0, Tk, b, hk,
                          K1h, K2h, Vh, RK1h, RK2h, sk1_t, sk1_d, sk2_t, sk2_d, sv_t, sv_d,
-                         offs_n, offs_d, offs_dv, REC_bh, offs_m, row_ok, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
+                         offs_n, offs_d, offs_dv, REC_bh, m0, Tq, nN, HEAD_D, HEAD_DV, BLOCK_M, BLOCK_N,
                          BLOCK_D, BLOCK_DV, TWO_VIEWS,
                          NORMALIZE, CAUSAL, P_MODE, CAST_F32, DOT_PREC, True, USE_TMA, SKIP_EMPTY, RECORD)
 

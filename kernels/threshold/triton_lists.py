@@ -3,9 +3,11 @@ of tiles the backward kernels visit (README.md in this folder, "Exact skipping")
 
 The record: uint8 (B, H, ceil(Tq / CELL), ceil(Tk / CELL)), zero-filled by the launcher; the forward sets cell (i, j)
 to 1 when some weight of query rows [i·CELL, i·CELL + CELL) against keys [j·CELL, j·CELL + CELL) survives in either
-view (u > 0 after the causal and bounds masks). Each forward tile marks the cells of its rows from its per-row maxima
-along the key axis (``mark_cells``), so no tile shape has to match a cell and no marking races with another: they all
-write 1. A cell no weight survives in is never written and stays 0; so is every cell above the diagonal.
+view (u > 0 after the causal and bounds masks). Each forward tile folds its rectified scores, inside each thread, into
+partial flags that each lie within one cell (``tile_flags``), and each thread stores 1 to the cell of each flag it
+holds that is set (``mark_cells``): no tile shape has to match a cell, no thread waits for another, and no marking
+races with another: they all write 1. A cell no weight survives in is never written and stays 0; so is every cell
+above the diagonal.
 
 A tile of a backward kernel is occupied when any cell it overlaps is marked; every weight of an unoccupied tile is 0
 in both views, so are its slopes, and the tile adds nothing to any gradient (dλ and dβ included): skipping it is
@@ -34,27 +36,48 @@ CHUNK = tl.constexpr(128)   # tiles examined at once by the compaction
 
 
 @triton.jit
-def mark_cells(REC_bh, rows, row_ok, n0, top, nN, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Mark the record cells of one forward tile (rows ``rows``, keys n0 .. n0 + BLOCK_N) where a weight survived.
-    ``top``: each row's largest u over the tile's keys, both views ([BLOCK_M]); with BLOCK_N above CELL, per cell of
-    keys ([BLOCK_M, BLOCK_N // CELL]). REC_bh points at the head's (rows / CELL, nN) cells."""
-    ones = tl.full(top.shape, 1, tl.uint8)
-    cells = REC_bh + (rows // CELL) * nN + n0 // CELL
-    if BLOCK_N > CELL:
-        tl.store(cells[:, None] + tl.arange(0, BLOCK_N // CELL)[None, :], ones, mask=(top > 0.0) & row_ok[:, None])
-    else:
-        tl.store(cells, ones, mask=(top > 0.0) & row_ok)
+def _or(a, b):
+    return a | b
 
 
 @triton.jit
-def row_tops(u, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
-    """Each row's largest u over the tile's keys (a reduction within the threads that hold a row), or, with BLOCK_N
-    above CELL, over each CELL keys of it: what mark_cells takes."""
-    if BLOCK_N > CELL:
-        top = tl.max(tl.reshape(u, [BLOCK_M, BLOCK_N // CELL, CELL]), axis=2)
-    else:
-        top = tl.max(u, axis=1)
-    return top
+def tile_flags(u1, u2, TWO_VIEWS: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Partial survivor flags of one forward tile (u1, u2: BLOCK_M x BLOCK_N, after the masks), shaped
+    [BLOCK_M // 16, 8, KC, 4] with KC = max(BLOCK_N // CELL, 1): element (i, g, c, q) is True when some weight of rows
+    i·16 + g and i·16 + 8 + g, against keys c·(BLOCK_N / KC) + 8·j + 2·q + e (every j, e = 0, 1), survives (u > 0)
+    in either view. Each element's rows and keys lie inside one record cell and together the elements cover the tile,
+    so marking the cells of the True elements (mark_cells) marks exactly the cells where a weight survived.
+
+    Why this grouping: it is the one of Hopper's tensor-core accumulator (a thread holds rows g and g + 8 of a band of
+    16 rows, and keys 2q, 2q + 1 of every 8), so with the scores in that layout every element is folded inside the
+    thread that holds it: no shuffles, no shared memory, no barrier in the key loop. Any other layout gives the same
+    flags (the grouping is a reshape, exact whatever the layout), only with data moved between threads. The fold ORs
+    the bit patterns of max(u, 0), which the weights are made from anyway: a bitwise OR folds three values per
+    instruction where a maximum folds two; a nonzero magnitude is a survivor (max(u, 0) may be -0.0)."""
+    x = tl.maximum(u1, 0.0).to(tl.int32, bitcast=True)
+    if TWO_VIEWS:
+        x = x | tl.maximum(u2, 0.0).to(tl.int32, bitcast=True)
+    KC: tl.constexpr = BLOCK_N // CELL if BLOCK_N > CELL else 1
+    x = tl.reshape(x, [BLOCK_M // 16, 2, 8, KC, BLOCK_N // KC // 8, 4, 2])
+    x = tl.reduce(x, 6, _or)
+    x = tl.reduce(x, 4, _or)
+    x = tl.reduce(x, 1, _or)
+    return (x & 0x7FFFFFFF) != 0
+
+
+@triton.jit
+def mark_cells(REC_bh, m0, Tq, n0, flag, nN, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr):
+    """Mark the record cells of one forward tile (rows m0 .. m0 + BLOCK_M, keys n0 .. n0 + BLOCK_N) that ``flag``
+    (tile_flags) says hold a survivor: one predicated byte store per element of ``flag``, each in the thread that
+    folded it (the store's layout is the flags' own: nothing converts). REC_bh points at the head's (rows / CELL, nN)
+    cells. Every marking writes 1, so tiles of any shape (several per cell, several cells per tile) mark the same
+    record without races. Bands of rows starting at or past Tq write nothing (their cells are outside the record)."""
+    KC: tl.constexpr = BLOCK_N // CELL if BLOCK_N > CELL else 1
+    band = m0 + 16 * tl.arange(0, BLOCK_M // 16)
+    cells = (REC_bh + (band // CELL)[:, None, None, None] * nN + n0 // CELL
+             + tl.arange(0, KC)[None, None, :, None])
+    cells = cells + tl.zeros([BLOCK_M // 16, 8, KC, 4], tl.int32)
+    tl.store(cells, tl.full([BLOCK_M // 16, 8, KC, 4], 1, tl.uint8), mask=flag & (band < Tq)[:, None, None, None])
 
 
 @triton.jit
