@@ -194,7 +194,7 @@ def test_a_run_of_the_shipped_builtin_data_resumes_and_a_changed_tokenizer_is_re
 @pytest.mark.parametrize("mistake,message", [
     (["optim.lr=-1e-3"], r"optim.lr must be a number >= 0, got -0.001"),
     (["init_from=no-such-run"], r"init_from=no-such-run: no complete checkpoint"),
-    (["model.seq_len=2048", "model.max_seq_len=2048"], r"validation batches .* model.seq_len=2048 .*fewer than one batch"),
+    (["model.seq_len=16384", "model.max_seq_len=16384"], r"validation batches .* model.seq_len=16384 .*no window of seq_len \+ 1 = 16385 tokens fits"),
     (["attention.beta=abc"], r"attention.beta: 'abc' is not a value it can take"),
 ], ids=["lr", "init_from", "validation", "beta"])
 def test_a_failed_check_writes_nothing_so_the_corrected_command_runs(train_run, mistake, message):
