@@ -78,7 +78,7 @@ def check_settings(cfg: DictConfig) -> None:
     _require("model.max_seq_len", longest, _is_int(longest, 1), "an int >= 1")
     if seq_len > longest:
         raise ConfigError(f"model.seq_len ({seq_len}) exceeds model.max_seq_len ({longest})")
-    if seq_len % (2 * t.context_parallel):
+    if t.context_parallel > 1 and seq_len % (2 * t.context_parallel):
         raise ConfigError(f"model.seq_len ({seq_len}) must be divisible by 2 x trainer.context_parallel = "
                           f"{2 * t.context_parallel}: each of the {t.context_parallel} processes of a context group "
                           f"holds two equal chunks of every sequence")

@@ -80,9 +80,12 @@ def setup_distributed(cfg: DictConfig) -> Distributed:
     if world > 1 and strategy == "single":
         raise ConfigError(f"launched as {world} processes: set trainer.strategy=ddp or trainer.strategy=fsdp2")
     context = cfg.trainer.context_parallel
-    if isinstance(context, bool) or not isinstance(context, int) or context < 1 or world % context:
-        raise ConfigError(f"trainer.context_parallel must be an int >= 1 that divides the number of processes "
-                          f"({world}), got {context!r}")
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ConfigError(f"trainer.context_parallel must be an int >= 1, got {context!r}")
+    if world % context:
+        raise ConfigError(f"trainer.context_parallel={context} splits each sequence over {context} processes, but "
+                          f"{world} {'was' if world == 1 else 'were'} launched: start a multiple of {context} "
+                          f"(torchrun --nproc_per_node=...) with trainer.strategy=ddp or fsdp2")
     wanted = cfg.trainer.device
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available")
