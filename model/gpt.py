@@ -140,7 +140,7 @@ class GPT(nn.Module):
 
     def prefill(self, idx: torch.Tensor, cache: StaticCache, lengths: list[int] | None = None) -> torch.Tensor:
         """Run right-padded prompts idx (B, T) into the empty ``cache``; row b's prompt is its first lengths[b] tokens
-        (default: all T). Returns the logits (B, vocab) in float32 after each row's last prompt token."""
+        (default: all T). Returns the logits (B, vocab) in float32 (float64 for a float64 model) after each row's last prompt token."""
         B, T = idx.shape
         lengths = [T] * B if lengths is None else [int(n) for n in lengths]
         if len(lengths) != B or not all(1 <= n <= T for n in lengths):
@@ -148,7 +148,7 @@ class GPT(nn.Module):
         hidden = self._trunk(idx, self._positions(idx, cache), cache)
         cache.advance(T, lengths)
         last = (cache.lengths - 1).view(B, 1, 1).expand(B, 1, hidden.shape[-1])
-        return self.lm_head(hidden.gather(1, last)[:, 0]).float()
+        return at_least_fp32(self.lm_head(hidden.gather(1, last)[:, 0]))
 
     def decode_step(self, tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """One token per row, tokens (B,), after each row's cached tokens -> logits (B, vocab) in float32. Reads
