@@ -140,7 +140,8 @@ class GPT(nn.Module):
 
     def prefill(self, idx: torch.Tensor, cache: StaticCache, lengths: list[int] | None = None) -> torch.Tensor:
         """Run right-padded prompts idx (B, T) into the empty ``cache``; row b's prompt is its first lengths[b] tokens
-        (default: all T). Returns the logits (B, vocab) in float32 (float64 for a float64 model) after each row's last prompt token."""
+        (default: all T). Returns the logits (B, vocab) in float32 (float64 for a float64 model) after each row's last
+        prompt token."""
         B, T = idx.shape
         lengths = [T] * B if lengths is None else [int(n) for n in lengths]
         if len(lengths) != B or not all(1 <= n <= T for n in lengths):
