@@ -77,7 +77,8 @@ class RunResults:
 
 # Config keys that do not make runs different variants (seeds, names, machine settings).
 IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
-                "trainer.threads", "trainer.compile", "data.dir", "data.workers")
+                "trainer.threads", "trainer.compile", "trainer.context_parallel", "trainer.loss_chunk", "data.dir",
+                "data.workers")
 
 
 @dataclass

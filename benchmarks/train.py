@@ -1,24 +1,37 @@
-"""Training throughput: tokens/s, MFU and peak memory of train.py for attentions × GPU counts × strategies.
+"""Training throughput: tokens/s, MFU and peak memory of train.py over attentions × settings × strategies × GPU
+counts × context-parallel sizes.
 
-    python -m benchmarks.train --attentions softmax tda --gpus 1 2 --strategies ddp --steps 200 \
-        --out bench_train.md -- model=gpt2_162m data.tokenizer=gpt2
+    python -m benchmarks.train --attentions softmax tda --strategies single --steps 200 --micro-batch 32 \
+        --settings "" "trainer.compile=model" "trainer.compile=model trainer.loss_chunk=8192" \
+        --out bench_train.md -- +experiment=paper_small
 
-Each point is one `torchrun --standalone --nproc_per_node=<gpus> train.py ...` with a fixed micro-batch per
-GPU (weak scaling: the global batch grows with the GPU count); arguments after `--` go to every run.
-Throughput is the median of the logged windows after the first `--skip` (warm-up, compilation). Scaling
-efficiency is tokens/s on N GPUs over N × tokens/s on one GPU, for the same attention and strategy.
-Prints a markdown table and writes it to --out.
+Each point is one `torchrun --standalone --nproc_per_node=<gpus> train.py ...`, with the overrides after `--`, then
+the point's own setting (`--settings`: each a space-separated list of train.py overrides, "" for none; the table names
+a point by it), then what the harness fixes: the attention, strategy, `trainer.context_parallel`, a micro-batch of
+`--micro-batch` sequences per data-parallel rank, `--accumulation` micro-batches per step, the step count and
+logging. The global batch is micro-batch × accumulation × GPUs / context-parallel size: weak scaling over data
+parallelism, while a context-parallel group shares its sequences. A point is skipped where it cannot run: strategy
+single on more than one GPU, or a context-parallel size that does not divide the GPU count or is above 1 on one GPU.
+
+tokens/s is the median of the logged windows after the first `--skip` (warm-up, compilation); MFU is train.py's
+(training/mfu.py: the same FLOP count for every attention, so softmax and TDA compare by it). Scaling efficiency is
+tokens/s on N GPUs over N × tokens/s on one GPU, for the same attention and setting (and strategy, where one GPU
+ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU count and context-parallel size. On
+a machine without a GPU pass `trainer.device=cpu` (and a tiny model): the processes then run on gloo, and MFU and
+memory stay blank. Prints one JSON line per point as it finishes, then a markdown table, also written to --out.
 """
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import shlex
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -26,78 +39,128 @@ from omegaconf import OmegaConf
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def run_point(attention: str, gpus: int, strategy: str, args, runs_root: Path) -> dict:
-    name = f"{attention}-{strategy}-{gpus}gpu"
-    batch = args.micro_batch * args.accumulation * gpus
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={gpus}",
-           str(ROOT / "train.py"), f"attention={attention}", f"trainer.strategy={strategy}", f"name={name}",
+@dataclass(frozen=True)
+class Point:
+    """One measurement: an attention under a setting (train.py overrides), strategy, GPU count and context size."""
+
+    attention: str
+    setting: str
+    strategy: str
+    gpus: int
+    context: int
+
+    @property
+    def runnable(self) -> bool:
+        if self.strategy == "single" and self.gpus != 1:
+            return False
+        return self.gpus % self.context == 0 and (self.context == 1 or self.gpus > 1)
+
+    def label(self) -> dict:
+        return {"attention": self.attention, "setting": self.setting or "-", "strategy": self.strategy,
+                "gpus": self.gpus, "context_parallel": self.context}
+
+
+def points(args) -> list[Point]:
+    """Every runnable point of the grid, the attentions innermost so that each ratio to softmax comes from
+    neighbouring runs."""
+    grid = [Point(a, s, strategy, g, c) for s in args.settings for strategy in args.strategies for g in args.gpus
+            for c in args.context_parallel for a in args.attentions]
+    return [p for p in grid if p.runnable]
+
+
+def command(point: Point, index: int, args, runs_root: Path) -> tuple[list[str], str]:
+    """(torchrun command line, run name) of a point."""
+    name = f"{point.attention}-{point.strategy}-{point.gpus}gpu-cp{point.context}-s{index}"
+    batch = args.micro_batch * args.accumulation * point.gpus // point.context
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={point.gpus}",
+           str(ROOT / "train.py"), *args.overrides, *shlex.split(point.setting), f"attention={point.attention}",
+           f"trainer.strategy={point.strategy}", f"trainer.context_parallel={point.context}", f"name={name}",
            f"runs_root={runs_root}", f"trainer.batch_size={batch}", f"trainer.micro_batch_size={args.micro_batch}",
            f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}", "trainer.eval_batches=2",
            f"trainer.checkpoint_every={10 * args.steps}", "trainer.keep_last=1", f"logger.log_every={args.log_every}",
-           "logger.progress=false", *args.overrides]
+           "logger.progress=false", "logger.wandb.mode=disabled"]
+    return cmd, name
+
+
+def run_point(point: Point, index: int, args, runs_root: Path) -> dict:
+    """Train one point to the end and summarise its logged windows."""
+    cmd, name = command(point, index, args, runs_root)
     start = time.perf_counter()
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                            env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
-        return {"attention": attention, "gpus": gpus, "strategy": strategy, "error": result.returncode}
+        return {**point.label(), "error": result.returncode}
     records = [json.loads(line) for line in (runs_root / name / "metrics.jsonl").read_text().splitlines()]
-    windows = [r for r in records if "tokens_per_s" in r][args.skip:]
-    seq_len = OmegaConf.load(runs_root / name / "config.yaml").model.seq_len
-    point = {"attention": attention, "gpus": gpus, "strategy": strategy, "global_batch": f"{batch} x {seq_len}",
-             "tokens_per_s": statistics.median(r["tokens_per_s"] for r in windows),
-             "final_loss": records[-1].get("loss"), "wall_s": wall}
-    if windows and "mfu" in windows[-1]:
-        point["mfu"] = statistics.median(r["mfu"] for r in windows)
-    if windows and "peak_memory_gb" in windows[-1]:
-        point["peak_memory_gb"] = max(r["peak_memory_gb"] for r in windows)
-    return point
+    logged = [r for r in records if "tokens_per_s" in r]
+    windows = logged[args.skip:] or logged[-1:]  # a run too short to skip its warm-up reports its last window
+    config = OmegaConf.load(runs_root / name / "config.yaml")
+    out = {**point.label(), "global_batch": f"{config.trainer.batch_size} x {config.model.seq_len}",
+           "tokens_per_s": statistics.median(r["tokens_per_s"] for r in windows),
+           "final_loss": records[-1].get("loss"), "wall_s": wall}
+    if "mfu" in windows[-1]:
+        out["mfu"] = statistics.median(r["mfu"] for r in windows)
+    if "peak_memory_gb" in windows[-1]:
+        out["peak_memory_gb"] = max(r["peak_memory_gb"] for r in windows)
+    return out
 
 
-def table(points: list[dict]) -> str:
-    single = {(p["attention"], p["strategy"]): p["tokens_per_s"] for p in points if p["gpus"] == 1 and "error" not in p}
-    softmax = {(p["gpus"], p["strategy"]): p["tokens_per_s"] for p in points
-               if p["attention"] == "softmax" and "error" not in p}
-    lines = ["| attention | strategy | GPUs | global batch | tokens/s | MFU | peak memory (GB) | scaling eff. | vs softmax |",
-             "|---|---|---|---|---|---|---|---|---|"]
-    for p in points:
-        if "error" in p:
-            lines.append(f"| {p['attention']} | {p['strategy']} | {p['gpus']} | failed (exit {p['error']}) | | | | | |")
+def table(results: list[dict]) -> str:
+    """The markdown table of measured points (a failed point is a row of its own and no reference)."""
+    done = [r for r in results if "error" not in r]
+    one_gpu = {}  # by (attention, setting, strategy), and by (attention, setting) for strategies without one
+    for r in done:
+        if r["gpus"] == 1:
+            one_gpu.setdefault((r["attention"], r["setting"], r["strategy"]), r["tokens_per_s"])
+            one_gpu.setdefault((r["attention"], r["setting"]), r["tokens_per_s"])
+    softmax = {(r["setting"], r["strategy"], r["gpus"], r["context_parallel"]): r["tokens_per_s"]
+               for r in done if r["attention"] == "softmax"}
+    lines = ["| attention | setting | strategy | GPUs | CP | global batch | tokens/s | MFU | peak memory (GB) | "
+             "scaling eff. | vs softmax |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in results:
+        head = f"| {r['attention']} | {r['setting']} | {r['strategy']} | {r['gpus']} | {r['context_parallel']} |"
+        if "error" in r:
+            lines.append(f"{head} failed (exit {r['error']}) | | | | | |")
             continue
-        base = single.get((p["attention"], p["strategy"]))
-        eff = f"{p['tokens_per_s'] / (p['gpus'] * base):.1%}" if base else ""
-        ref = softmax.get((p["gpus"], p["strategy"]))
-        ratio = f"{p['tokens_per_s'] / ref:.3f}" if ref else ""
-        mfu = f"{p['mfu']:.1%}" if "mfu" in p else ""
-        mem = f"{p['peak_memory_gb']:.1f}" if "peak_memory_gb" in p else ""
-        lines.append(f"| {p['attention']} | {p['strategy']} | {p['gpus']} | {p['global_batch']} | "
-                     f"{p['tokens_per_s']:,.0f} | {mfu} | {mem} | {eff} | {ratio} |")
+        base = one_gpu.get((r["attention"], r["setting"], r["strategy"]), one_gpu.get((r["attention"], r["setting"])))
+        eff = f"{r['tokens_per_s'] / (r['gpus'] * base):.1%}" if base else ""
+        ref = softmax.get((r["setting"], r["strategy"], r["gpus"], r["context_parallel"]))
+        ratio = f"{r['tokens_per_s'] / ref:.3f}" if ref else ""
+        mfu = f"{r['mfu']:.1%}" if "mfu" in r else ""
+        memory = f"{r['peak_memory_gb']:.1f}" if "peak_memory_gb" in r else ""
+        lines.append(f"{head} {r['global_batch']} | {r['tokens_per_s']:,.0f} | {mfu} | {memory} | {eff} | {ratio} |")
     return "\n".join(lines)
 
 
-def main() -> None:
+def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", nargs="+", default=["softmax", "tda"])
-    parser.add_argument("--gpus", nargs="+", type=int, default=[1])
-    parser.add_argument("--strategies", nargs="+", default=["ddp"])
+    parser.add_argument("--settings", nargs="+", default=[""],
+                        help='each a space-separated list of train.py overrides, e.g. "trainer.compile=model"; '
+                             '"" for none')
+    parser.add_argument("--strategies", nargs="+", default=["single"], choices=["single", "ddp", "fsdp2"])
+    parser.add_argument("--gpus", nargs="+", type=int, default=[1], help="processes per point (GPUs)")
+    parser.add_argument("--context-parallel", nargs="+", type=int, default=[1],
+                        help="trainer.context_parallel sizes (each dividing the GPU count)")
     parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per GPU per forward")
+    parser.add_argument("--micro-batch", type=int, default=16, help="sequences per forward on each data-parallel rank")
     parser.add_argument("--accumulation", type=int, default=1, help="micro-batches per step on each GPU")
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--skip", type=int, default=2, help="logged windows to drop (warm-up)")
     parser.add_argument("--out", type=Path, default=Path("bench_train.md"))
-    parser.add_argument("overrides", nargs="*", help="train.py overrides (after --)")
-    args = parser.parse_args()
-    points = []
+    parser.add_argument("overrides", nargs="*", help="train.py overrides for every point (after --)")
+    args = parser.parse_args(argv)
+    grid = points(args)
+    if not grid:
+        parser.error("no point of the grid can run (strategy single takes one GPU; each context-parallel size above "
+                     "1 must divide a GPU count above 1)")
+    results = []
     with tempfile.TemporaryDirectory() as tmp:
-        for strategy in args.strategies:
-            for gpus in args.gpus:
-                for attention in args.attentions:
-                    point = run_point(attention, gpus, strategy, args, Path(tmp))
-                    points.append(point)
-                    print(json.dumps(point), flush=True)
-    text = table(points)
+        for point in grid:
+            result = run_point(point, args.settings.index(point.setting), args, Path(tmp))
+            results.append(result)
+            print(json.dumps(result), flush=True)
+    text = table(results)
     print(text)
     args.out.write_text(text + "\n")
 

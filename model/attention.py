@@ -14,7 +14,9 @@ token per row stores it at the row's own position (positions (B, 1)) and runs ``
 which each row's query sees cache positions 0 … its position, and τ (threshold variants) and ln(i + 1) (SSMax) use
 that position. The decoding paths are the kernels of ``kernels.decode`` (threshold and softmax families) or exact
 PyTorch (sigmoid, softpick; every variant where the kernels do not run), and none of them synchronises with the
-host, so the step can be captured in a CUDA graph. A variant with learnable scalars of its own names them in
+host, so the step can be captured in a CUDA graph. Under context parallelism (training/context_parallel.py) the
+module's ``context`` is set and a forward sees this process's chunks of each sequence at their absolute positions;
+``attend`` gathers the keys and values of the rest. A variant with learnable scalars of its own names them in
 ``scalars()`` (reported with λ and β by ``GPT.attention_scalars``). Variants register themselves with
 ``@register("name")``; ``build_attention`` makes one from the Hydra ``attention`` config.
 """
@@ -27,6 +29,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from kernels import (sigmoid_attention, sigmoid_attention_weights, sink_softmax_attention, softpick_attention,
                      softpick_attention_weights, threshold_attention, threshold_attention_weights)
@@ -88,6 +91,7 @@ class _Attention(nn.Module):
     """Shared parts: q/k/v/output projections, RoPE, the cache, and the softmax map."""
 
     variant = ""
+    context = None  # a training.context_parallel.ContextParallel while sequences are split over processes
 
     def __init__(self, model_cfg, attn_cfg, layer: int):
         super().__init__()
@@ -129,8 +133,19 @@ class _Attention(nn.Module):
         return self.out_proj(self.output(heads, x))
 
     def attend(self, proj: Projections) -> torch.Tensor:
-        """Per-head attention output (B, H, Tq, dv), after any per-head normalisation."""
-        return self.head_output(self.mix(proj))
+        """Per-head attention output (B, H, Tq, dv), after any per-head normalisation.
+
+        Under context parallelism (``context``, set by ``GPT.split_context``) ``proj`` holds this process's chunks of
+        each sequence: the keys and values of the whole sequence are gathered from the group, and each chunk's queries
+        attend to the keys up to the chunk's end. ``mix`` aligns queries to the end of the keys, so every query then
+        sits at its absolute position and the rows are exactly those of the whole sequence's attention."""
+        if self.context is None:
+            return self.head_output(self.mix(proj))
+        *keys, values = self.context.gather([*proj.k, proj.v])
+        mixed = [self.mix(Projections([q[:, :, start:stop] for q in proj.q], [k[:, :, :end] for k in keys],
+                                      values[:, :, :end]))
+                 for start, stop, end in self.context.chunks(proj.v.shape[2])]
+        return self.head_output(torch.cat(mixed, dim=2))
 
     def mix(self, proj: Projections) -> torch.Tensor:
         """The attention weights applied to v, (B, H, Tq, dv): exactly ``maps(proj)["combined"] @ v``."""
@@ -155,15 +170,21 @@ class _Attention(nn.Module):
         raise NotImplementedError
 
 
+@torch.compiler.disable  # torch.compile cannot build the mask object inside a graph (it can take one in)
+def _lower_right(n_queries: int, n_keys: int) -> CausalBias:
+    return causal_lower_right(n_queries, n_keys)
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
-    """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys);
-    ``scale`` on the scores, 1/√(q's head dimension) by default."""
+    """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys, a context-
+    parallel chunk the keys up to its own); ``scale`` on the scores, 1/√(q's head dimension) by default. Fewer
+    queries than keys take torch's lower-right causal mask, which the fused kernels apply without a Tq×Tk mask."""
     Tq, Tk = q.shape[2], k.shape[2]
     if Tq == Tk:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
     if Tq == 1:
         return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=causal_mask(Tq, Tk, q.device), scale=scale)
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=_lower_right(Tq, Tk), scale=scale)
 
 
 def _softmax_maps(proj: Projections, head_dim: int, rows, sink: torch.Tensor | None = None

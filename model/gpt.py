@@ -13,7 +13,8 @@ from torch import nn
 
 from model.attention import build_attention
 from model.cache import LayerCache, StaticCache
-from model.norms import RMSNorm
+from model.loss import cross_entropy
+from model.norms import RMSNorm, at_least_fp32
 
 
 def _plain(value: float | torch.Tensor) -> float | list[float]:
@@ -65,6 +66,8 @@ class GPT(nn.Module):
         self.final_norm = RMSNorm(model_cfg.n_embd, float(model_cfg.norm_eps))
         self.lm_head = nn.Linear(model_cfg.n_embd, vocab_size, bias=False)
         self._init_weights(model_cfg.n_layer)
+        self.context = None  # see split_context
+        self.loss_chunk: int | None = None  # tokens per chunk of the training loss (model.loss); None: all at once
 
     def _init_weights(self, n_layer: int) -> None:
         for module in self.modules():
@@ -80,13 +83,20 @@ class GPT(nn.Module):
         targets: torch.Tensor | None = None,
         cache: StaticCache | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
-        """idx (B, T) token ids -> (logits (B, T, vocab) in float32, mean cross-entropy or None).
+        """idx (B, T) token ids -> (logits (B, T, vocab) in float32 (float64 for a float64 model), mean cross-entropy
+        or None). With ``loss_chunk`` set and targets given, the loss is computed chunk by chunk (model.loss) and the
+        logits, never whole, are None.
 
         With ``cache`` (``new_cache``), idx continues each row's cached tokens at the row's own positions and its
         keys and values are stored: several tokens only into an empty cache (a prefill), then one per row at a
-        time; every row grows by T (``prefill`` takes right-padded prompts of different lengths)."""
+        time; every row grows by T (``prefill`` takes right-padded prompts of different lengths). Under context
+        parallelism (``split_context``) idx holds this process's chunks of each sequence, and the loss is the mean
+        over its own tokens."""
         positions = self._positions(idx, cache)
-        logits = self.lm_head(self._trunk(idx, positions, cache)).float()
+        hidden = self._trunk(idx, positions, cache)
+        if targets is not None and self.loss_chunk is not None and cache is None:
+            return None, cross_entropy(hidden, self.lm_head.weight, targets, self.loss_chunk)
+        logits = at_least_fp32(self.lm_head(hidden))
         if cache is not None:
             cache.advance(idx.shape[1])
         loss = None
@@ -94,12 +104,22 @@ class GPT(nn.Module):
             loss = F.cross_entropy(logits.view(-1, logits.shape[-1]), targets.reshape(-1))
         return logits, loss
 
+    def split_context(self, context) -> None:
+        """Split every forward's sequences over a context-parallel group (a training.context_parallel.ContextParallel:
+        idx then holds this process's chunks, at their absolute positions), or, with None, take whole sequences."""
+        self.context = context
+        for block in self.blocks:
+            block.attn.context = context
+
     def _positions(self, idx: torch.Tensor, cache: StaticCache | None) -> torch.Tensor:
         """Absolute positions of idx's tokens: (T,) without a cache, (B, T) at each row's length with one."""
         B, T = idx.shape
         if cache is None:
-            if T > self.max_seq_len:
-                raise ValueError(f"sequence of {T} tokens exceeds model.max_seq_len={self.max_seq_len}")
+            length = T if self.context is None else self.context.sequence_length(T)
+            if length > self.max_seq_len:
+                raise ValueError(f"sequence of {length} tokens exceeds model.max_seq_len={self.max_seq_len}")
+            if self.context is not None:
+                return self.context.positions(T, idx.device)
             return torch.arange(T, device=idx.device)
         cache.check(T, B)
         return cache.positions(T)
@@ -120,7 +140,8 @@ class GPT(nn.Module):
 
     def prefill(self, idx: torch.Tensor, cache: StaticCache, lengths: list[int] | None = None) -> torch.Tensor:
         """Run right-padded prompts idx (B, T) into the empty ``cache``; row b's prompt is its first lengths[b] tokens
-        (default: all T). Returns the logits (B, vocab) in float32 after each row's last prompt token."""
+        (default: all T). Returns the logits (B, vocab) in float32 (float64 for a float64 model) after each row's last
+        prompt token."""
         B, T = idx.shape
         lengths = [T] * B if lengths is None else [int(n) for n in lengths]
         if len(lengths) != B or not all(1 <= n <= T for n in lengths):
@@ -128,7 +149,7 @@ class GPT(nn.Module):
         hidden = self._trunk(idx, self._positions(idx, cache), cache)
         cache.advance(T, lengths)
         last = (cache.lengths - 1).view(B, 1, 1).expand(B, 1, hidden.shape[-1])
-        return self.lm_head(hidden.gather(1, last)[:, 0]).float()
+        return at_least_fp32(self.lm_head(hidden.gather(1, last)[:, 0]))
 
     def decode_step(self, tokens: torch.Tensor, cache: StaticCache) -> torch.Tensor:
         """One token per row, tokens (B,), after each row's cached tokens -> logits (B, vocab) in float32. Reads

@@ -1,26 +1,67 @@
-"""benchmarks.train's table without running training: scaling efficiency against one GPU of the same attention and
-strategy, the ratio to softmax at the same GPU count, and failed points."""
+"""benchmarks.train: its table (scaling efficiency against one GPU of the same attention, setting and strategy, the
+ratio to softmax at the same point, failed points) without training, and one quick run of the command on CPU over
+the grid's axes (a setting, strategies, GPU counts, context parallelism) with a tiny model."""
+import os
+import subprocess
+import sys
+from pathlib import Path
+
 from benchmarks.train import table
+from tests.conftest import TINY_MODEL
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
-def _point(attention, gpus, tokens_per_s, strategy="ddp", **extra):
-    return dict(attention=attention, gpus=gpus, strategy=strategy, global_batch=f"{16 * gpus} x 1024",
-                tokens_per_s=tokens_per_s, **extra)
+def _point(attention, gpus, tokens_per_s, strategy="ddp", setting="-", context_parallel=1, **extra):
+    return dict(attention=attention, setting=setting, strategy=strategy, gpus=gpus, context_parallel=context_parallel,
+                global_batch=f"{16 * gpus // context_parallel} x 1024", tokens_per_s=tokens_per_s, **extra)
 
 
 def test_scaling_efficiency_and_ratio_to_softmax():
     points = [_point("softmax", 1, 200_000.0, mfu=0.15, peak_memory_gb=22.5), _point("tda", 1, 170_000.0),
-              _point("softmax", 2, 380_000.0), _point("tda", 2, 340_000.0)]
+              _point("softmax", 2, 380_000.0), _point("tda", 2, 340_000.0),
+              _point("softmax", 2, 300_000.0, context_parallel=2), _point("tda", 2, 330_000.0, context_parallel=2)]
     lines = table(points).splitlines()
     assert len(lines) == 2 + len(points)
-    assert lines[2] == "| softmax | ddp | 1 | 16 x 1024 | 200,000 | 15.0% | 22.5 | 100.0% | 1.000 |"
+    assert lines[2] == "| softmax | - | ddp | 1 | 1 | 16 x 1024 | 200,000 | 15.0% | 22.5 | 100.0% | 1.000 |"
     assert lines[3].endswith("| 170,000 |  |  | 100.0% | 0.850 |")
     assert lines[4].endswith("| 380,000 |  |  | 95.0% | 1.000 |")
     assert lines[5].endswith("| 340,000 |  |  | 100.0% | 0.895 |")
+    assert lines[6].startswith("| softmax | - | ddp | 2 | 2 | 16 x 1024 |") and lines[6].endswith("| 75.0% | 1.000 |")
+    assert lines[7].endswith("| 330,000 |  |  | 97.1% | 1.100 |")
+
+
+def test_settings_and_strategies_have_their_own_references():
+    points = [_point("softmax", 1, 200_000.0, strategy="single"), _point("softmax", 1, 180_000.0),
+              _point("softmax", 1, 300_000.0, strategy="single", setting="trainer.compile=model"),
+              _point("tda", 1, 330_000.0, strategy="single", setting="trainer.compile=model"),
+              _point("softmax", 2, 360_000.0)]
+    lines = table(points).splitlines()
+    assert lines[3].endswith("| 180,000 |  |  | 100.0% | 1.000 |")  # ddp on one GPU is its own reference
+    assert lines[5].startswith("| tda | trainer.compile=model | single |") and lines[5].endswith("| 1.100 |")
+    assert lines[6].endswith("| 360,000 |  |  | 100.0% | 1.000 |")  # against ddp's one GPU, not single's
 
 
 def test_a_failed_point_is_a_row_of_its_own_and_no_reference():
-    points = [dict(attention="softmax", gpus=1, strategy="ddp", error=1), _point("tda", 1, 170_000.0)]
+    points = [dict(attention="softmax", setting="-", strategy="ddp", gpus=1, context_parallel=1, error=1),
+              _point("tda", 1, 170_000.0)]
     lines = table(points).splitlines()
-    assert lines[2] == "| softmax | ddp | 1 | failed (exit 1) | | | | | |"
+    assert lines[2] == "| softmax | - | ddp | 1 | 1 | failed (exit 1) | | | | | |"
     assert lines[3].endswith("| 170,000 |  |  | 100.0% |  |")
+
+
+def test_the_command_runs_on_cpu_over_every_axis_of_its_grid(tiny_corpus, tmp_path):
+    out = tmp_path / "table.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.train", "--attentions", "softmax", "--settings", "trainer.loss_chunk=50",
+           "--strategies", "single", "ddp", "--gpus", "1", "2", "--context-parallel", "1", "2", "--steps", "2",
+           "--log-every", "1", "--skip", "1", "--micro-batch", "2", "--out", str(out), "--",
+           *tiny_corpus, *TINY_MODEL, "trainer.device=cpu", "trainer.threads=1"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    rows = out.read_text().splitlines()[2:]
+    # single on one GPU; ddp on one and two; two GPUs splitting each sequence (single on 2 and CP 2 on 1 skipped)
+    assert [row.split(" | ")[2:5] for row in rows] == [["single", "1", "1"], ["ddp", "1", "1"], ["ddp", "2", "1"],
+                                                       ["ddp", "2", "2"]]
+    assert all(row.startswith("| softmax | trainer.loss_chunk=50 |") and "failed" not in row for row in rows)
+    assert [row.split(" | ")[5] for row in rows] == ["2 x 64", "2 x 64", "4 x 64", "2 x 64"]

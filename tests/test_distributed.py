@@ -1,5 +1,6 @@
-"""Distributed training on CPU with torchrun and gloo: DDP and FSDP2 equal one process for the same global
-batch; SIGKILL, SIGTERM, torchrun restarts and damaged checkpoints all end in exact continuations."""
+"""Distributed training on CPU with torchrun and gloo: DDP and FSDP2, with and without context parallelism, equal one
+process for the same global batch; SIGKILL, SIGTERM, torchrun restarts and damaged checkpoints all end in exact
+continuations."""
 import json
 import os
 import signal
@@ -21,6 +22,11 @@ COMMON = ["trainer.batch_size=8", "trainer.micro_batch_size=2", "trainer.eval_ba
 def losses(run_dir):
     lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
     return {r["step"]: r["loss"] for r in lines if "loss" in r}
+
+
+def final_val_loss(run_dir):
+    lines = [json.loads(x) for x in (Path(run_dir) / "metrics.jsonl").read_text().splitlines()]
+    return [r["val_loss"] for r in lines if "val_loss" in r][-1]
 
 
 def launch(args, processes, runs_root, extra_torchrun=()):
@@ -74,10 +80,11 @@ def reference_run(reference_runs):
     return reference_runs("tda")
 
 
-def distributed_run(strategy, tiny_corpus, runs_root, processes=2, attention="tda", name="two"):
+def distributed_run(strategy, tiny_corpus, runs_root, processes=2, attention="tda", name="two", context=1):
     micro = ["trainer.micro_batch_size=1"] if processes == 8 else []
     run([*tiny_corpus, *TINY_MODEL, *COMMON, f"trainer.strategy={strategy}", f"name={name}", f"attention={attention}",
-         "trainer.max_steps=8", "trainer.checkpoint_every=4", *micro], processes, runs_root)
+         "trainer.max_steps=8", "trainer.checkpoint_every=4", f"trainer.context_parallel={context}", *micro],
+        processes, runs_root)
     return runs_root / name
 
 
@@ -179,3 +186,41 @@ def test_a_changed_world_size_resumes_with_the_same_global_batch(tiny_corpus, re
     assert sorted(got) == list(range(1, 9))
     assert all(abs(got[s] - want[s]) < 1e-4 for s in want)  # same data and model; float sums in another order
 
+
+
+@pytest.fixture(scope="module")
+def context_run(tiny_corpus, tmp_path_factory):
+    """Two DDP processes splitting every sequence (trainer.context_parallel=2), uninterrupted."""
+    return distributed_run("ddp", tiny_corpus, tmp_path_factory.mktemp("context"), attention="softmax",
+                           name="context", context=2)
+
+
+# (attention, strategy, processes, context-parallel size, steps compared, tolerance), as EQUIVALENCE; 4 processes in
+# context groups of 2 are two data-parallel ranks. tests/test_context_parallel.py compares every variant's gradients.
+CONTEXT_EQUIVALENCE = [("softmax", "ddp", 2, 2, 8, 2e-6), ("softmax", "fsdp2", 4, 2, 8, 2e-6),
+                       ("tda", "ddp", 2, 2, 4, 1e-5)]
+
+
+@pytest.mark.parametrize("attention,strategy,processes,context,steps,tolerance", CONTEXT_EQUIVALENCE,
+                         ids=[f"{a}-{s}-{p}-cp{c}" for a, s, p, c, _, _ in CONTEXT_EQUIVALENCE])
+def test_sequences_split_over_processes_equal_one_process(attention, strategy, processes, context, steps, tolerance,
+                                                          tiny_corpus, reference_runs, context_run, tmp_path):
+    if (attention, strategy, processes) == ("softmax", "ddp", 2):
+        run_dir = context_run
+    else:
+        run_dir = distributed_run(strategy, tiny_corpus, tmp_path, processes, attention, context=context)
+    got, want = losses(run_dir), losses(reference_runs(attention))
+    assert sorted(got) == sorted(want) == list(range(1, 9))
+    for step in range(1, steps + 1):
+        assert abs(got[step] - want[step]) < tolerance, (step, got[step], want[step])
+    if steps == 8:  # the validation loss at the end, each validation sequence split like the training ones
+        assert abs(final_val_loss(run_dir) - final_val_loss(reference_runs(attention))) < tolerance
+
+
+def test_a_killed_context_parallel_run_resumes_exactly(tiny_corpus, context_run, tmp_path):
+    args = [*tiny_corpus, *TINY_MODEL, *COMMON, "trainer.strategy=ddp", "trainer.context_parallel=2",
+            "attention=softmax", "name=context", "trainer.max_steps=8", "trainer.checkpoint_every=4"]
+    code, out = finish(launch(args + ["trainer.stop_after_step=6"], 2, tmp_path))  # both workers SIGKILLed
+    assert code != 0 and latest_checkpoint(tmp_path / "context").name == "step_0000004", out[-3000:]
+    run(args + ["resume=true"], 2, tmp_path)
+    assert losses(tmp_path / "context") == losses(context_run)  # bit-identical

@@ -22,6 +22,7 @@ RUN_DEFINING = ("model", "attention", "data", "optim", "seed")
 # Set by the trainer from the data (a resumed run's data settings are compared instead).
 DERIVED = ("model.vocab_size",)
 SCHEDULES = ("cosine", "wsd", "constant")
+COMPILE_MODES = ("blocks", "model")
 
 
 class ConfigError(Exception):
@@ -61,6 +62,14 @@ def check_settings(cfg: DictConfig) -> None:
         _require(f"trainer.{key}", t[key], _is_int(t[key], 1), "an int >= 1")
     for key, low in (("threads", 1), ("keep_last", 0), ("stop_after_step", 0)):
         _require(f"trainer.{key}", t[key], t[key] is None or _is_int(t[key], low), f"null or an int >= {low}")
+    _require("trainer.compile", t.compile, t.compile is None or isinstance(t.compile, bool) or t.compile in COMPILE_MODES,
+             "false, blocks or model (true = blocks)")
+    if compile_mode(cfg) == "model" and t.strategy == "fsdp2":
+        raise ConfigError("trainer.compile=model takes strategy single or ddp; with fsdp2 use trainer.compile=blocks "
+                          "(each block compiled inside its FSDP2 unit, so that its gathers stay overlapped)")
+    _require("trainer.context_parallel", t.context_parallel, _is_int(t.context_parallel, 1), "an int >= 1")
+    _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
+             "null or an int >= 1 (tokens)")
     peak = t.get("peak_tflops")
     _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
     _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")
@@ -71,11 +80,22 @@ def check_settings(cfg: DictConfig) -> None:
     _require("model.max_seq_len", longest, _is_int(longest, 1), "an int >= 1")
     if seq_len > longest:
         raise ConfigError(f"model.seq_len ({seq_len}) exceeds model.max_seq_len ({longest})")
+    if t.context_parallel > 1 and seq_len % (2 * t.context_parallel):
+        raise ConfigError(f"model.seq_len ({seq_len}) must be divisible by 2 x trainer.context_parallel = "
+                          f"{2 * t.context_parallel}: each of the {t.context_parallel} processes of a context group "
+                          f"holds two equal chunks of every sequence")
+
+
+def compile_mode(cfg: DictConfig) -> str | None:
+    """What trainer.compile compiles: None, "blocks" (each block; true means this) or "model" (the whole model)."""
+    mode = cfg.trainer.compile
+    return "blocks" if mode is True else (mode or None)
 
 
 @dataclass(frozen=True)
 class Batching:
-    """The global batch of trainer.batch_size sequences split over the processes, then into micro-batches."""
+    """The global batch of trainer.batch_size sequences split over the data-parallel ranks, then into
+    micro-batches (the processes of a context group read the same rows and keep their chunks of them)."""
 
     per_rank: int  # sequences each process reads per optimiser step
     micro: int  # sequences per forward/backward
@@ -86,16 +106,18 @@ class Batching:
         return self.per_rank // self.micro
 
 
-def batching(cfg: DictConfig, world: int) -> Batching:
+def batching(cfg: DictConfig, world: int, context: int = 1) -> Batching:
+    """How ``world`` processes, in context groups of ``context`` (which divides it), share the global batch."""
     t = cfg.trainer
-    if t.batch_size % world:
-        raise ConfigError(f"trainer.batch_size ({t.batch_size}) must be divisible by the number of processes "
-                          f"({world})")
-    per_rank = t.batch_size // world
+    readers = world // context
+    who = "processes" if context == 1 else "data-parallel groups (processes / trainer.context_parallel)"
+    if t.batch_size % readers:
+        raise ConfigError(f"trainer.batch_size ({t.batch_size}) must be divisible by the number of {who} ({readers})")
+    per_rank = t.batch_size // readers
     micro = t.micro_batch_size or per_rank
     _require("trainer.micro_batch_size", micro, _is_int(micro, 1), "null or an int >= 1")
     if per_rank % micro:
-        raise ConfigError(f"each of {world} processes reads {per_rank} sequences per step, which "
+        raise ConfigError(f"each of {readers} {who.split(' (')[0]} reads {per_rank} sequences per step, which "
                           f"trainer.micro_batch_size ({micro}) must divide")
     return Batching(per_rank, micro)
 

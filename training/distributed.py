@@ -10,22 +10,39 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from training.config import ConfigError
+from training.config import ConfigError, compile_mode
+from training.context_parallel import ContextParallel, context_group
 
 
 @dataclass
 class Distributed:
-    """Where this process stands: rank and world size (torchrun's environment), strategy, device."""
+    """Where this process stands: rank and world size (torchrun's environment), strategy, device, and its context
+    group (trainer.context_parallel > 1), whose processes split each sequence and read the same rows."""
 
     rank: int
     world: int
     local_rank: int
     strategy: str
     device: torch.device
+    context: ContextParallel | None = None
 
     @property
     def is_main(self) -> bool:
         return self.rank == 0
+
+    @property
+    def context_size(self) -> int:
+        return 1 if self.context is None else self.context.size
+
+    @property
+    def data_rank(self) -> int:
+        """Rank among the data-parallel readers (one per context group)."""
+        return self.rank // self.context_size
+
+    @property
+    def data_world(self) -> int:
+        """Number of data-parallel readers."""
+        return self.world // self.context_size
 
     @property
     def active(self) -> bool:
@@ -62,6 +79,13 @@ def setup_distributed(cfg: DictConfig) -> Distributed:
         raise ConfigError(f"trainer.strategy must be single, ddp or fsdp2, got '{strategy}'")
     if world > 1 and strategy == "single":
         raise ConfigError(f"launched as {world} processes: set trainer.strategy=ddp or trainer.strategy=fsdp2")
+    context = cfg.trainer.context_parallel
+    if isinstance(context, bool) or not isinstance(context, int) or context < 1:
+        raise ConfigError(f"trainer.context_parallel must be an int >= 1, got {context!r}")
+    if world % context:
+        raise ConfigError(f"trainer.context_parallel={context} splits each sequence over {context} processes, but "
+                          f"{world} {'was' if world == 1 else 'were'} launched: start a multiple of {context} "
+                          f"(torchrun --nproc_per_node=...) with trainer.strategy=ddp or fsdp2")
     wanted = cfg.trainer.device
     if wanted == "cuda" and not torch.cuda.is_available():
         raise ConfigError("trainer.device=cuda but no CUDA device is available")
@@ -77,7 +101,7 @@ def setup_distributed(cfg: DictConfig) -> Distributed:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
         dist.init_process_group(backend="nccl" if device.type == "cuda" else "gloo", rank=rank, world_size=world,
                                 store=dist.PrefixStore(f"attempt_{attempt}", store))
-    return Distributed(rank, world, local_rank, strategy, device)
+    return Distributed(rank, world, local_rank, strategy, device, context_group(context, rank, device))
 
 
 def teardown(d: Distributed) -> None:
@@ -86,13 +110,20 @@ def teardown(d: Distributed) -> None:
 
 
 def wrap_model(model: torch.nn.Module, cfg: DictConfig, d: Distributed, precision: str):
-    """Compile blocks (trainer.compile), then wrap for DDP or FSDP2 (each block sharded, then the root).
+    """Compile (trainer.compile: each block, or the whole model), then wrap for DDP or FSDP2 (each block sharded,
+    then the root).
 
     Returns (the module to train, an autocast context factory). FSDP2 with bf16 casts parameters through
-    its mixed-precision policy (reductions in float32) instead of autocast."""
-    if cfg.trainer.compile:
+    its mixed-precision policy (reductions in float32) instead of autocast. Compiling the whole model lets the
+    compiler fuse what lies outside the blocks (embedding, final norm, output head and loss) and run the model as
+    fewer, larger graphs; under DDP its backward is then one graph, so the gradients' all-reduce starts after it
+    (per-block compilation overlaps them)."""
+    mode = compile_mode(cfg)
+    if mode == "blocks":
         for block in model.blocks:
             block.compile()
+    elif mode == "model":
+        model.compile()
     bf16 = precision == "bf16"
     autocast = (lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     if d.strategy == "ddp":

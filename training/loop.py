@@ -85,7 +85,7 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
     precision = resolve_precision(cfg, d.device)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
-    layout = batching(cfg, d.world)
+    layout = batching(cfg, d.world, d.context_size)
     shard_dir = prepared_shards(cfg, d)
     with open_dict(cfg):
         cfg.name = name
@@ -94,12 +94,14 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
     model = build_checked_model(cfg).to(d.device)
     if cfg.init_from:
         load_initial_weights(model, cfg.init_from)
+    model.split_context(d.context)
+    model.loss_chunk = cfg.trainer.loss_chunk
     train_model, autocast = wrap_model(model, cfg, d, precision)
     o = cfg.optim
     optimizer = torch.optim.AdamW(model.parameter_groups(o.weight_decay), lr=o.lr, betas=tuple(o.betas), eps=o.eps,
                                   fused=d.device.type == "cuda" and d.strategy != "fsdp2")
     seq_len, bos_aligned = int(cfg.model.seq_len), bool(cfg.data.bos_aligned)
-    loader = TokenLoader(shard_dir, "train", layout.per_rank, seq_len, rank=d.rank, world_size=d.world,
+    loader = TokenLoader(shard_dir, "train", layout.per_rank, seq_len, rank=d.data_rank, world_size=d.data_world,
                          seed=int(cfg.seed), bos_aligned=bos_aligned)
     try:
         val_batches = list(validation_batches(shard_dir, layout.micro, seq_len, cfg.trainer.eval_batches,
@@ -140,9 +142,10 @@ def open_run_dir(run: Run) -> Reporter:
     reporter = Reporter(cfg, d, run.dir, run.model, run.step, bool(cfg.resume), run.wandb_id)
     start = (f"resuming at step {run.step}" if run.resumed_from else
              f"starting from the weights of {cfg.init_from}" if cfg.init_from else "from scratch")
+    context = f", sequences split over {d.context_size} processes" if d.context else ""
     if d.is_main:
         print(f"run {run.dir}: {cfg.attention.name} attention, {run.model.num_parameters() / 1e6:.2f}M parameters, "
-              f"{d.world} x {d.device.type} ({d.strategy}, {run.precision}), {start}", flush=True)
+              f"{d.world} x {d.device.type} ({d.strategy}, {run.precision}{context}), {start}", flush=True)
     return reporter
 
 
@@ -186,15 +189,15 @@ def train_step(run: Run) -> tuple[float, float, float]:
     lr = learning_rate(run.step, run.cfg, run.cfg.trainer.max_steps)
     for group in run.optimizer.param_groups:
         group["lr"] = lr
-    x, y = run.loader.next_batch()
-    loss_sum = 0.0
+    x, y = own_tokens(run.loader.next_batch(), d)
+    loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
     for i, (xm, ym) in enumerate(zip(x.split(b.micro), y.split(b.micro))):
         with gradient_sync(run.train_model, d, enabled=i == b.accumulation - 1):
             with run.autocast():
                 _, loss = run.train_model(xm.to(d.device, non_blocking=True), ym.to(d.device, non_blocking=True))
             (loss / b.accumulation).backward()
-        loss_sum += float(loss.detach())
-    train_loss = d.mean(loss_sum / b.accumulation)
+        loss_sum += loss.detach()  # on the device: no wait for the GPU between micro-batches
+    train_loss = d.mean(float(loss_sum) / b.accumulation)
     if not math.isfinite(train_loss):
         raise FloatingPointError(f"loss is {train_loss} at step {run.step}; stopping, the last good checkpoint "
                                  f"is kept")
@@ -206,14 +209,22 @@ def train_step(run: Run) -> tuple[float, float, float]:
     return train_loss, grad_norm, lr
 
 
+def own_tokens(batch: tuple[torch.Tensor, torch.Tensor], d: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
+    """This process's tokens of whole-sequence batches (x, y): its chunks under context parallelism."""
+    return batch if d.context is None else (d.context.shard(batch[0]), d.context.shard(batch[1]))
+
+
 @torch.no_grad()
 def evaluate(run: Run) -> float:
-    """Mean loss over the fixed validation batches (the same on every process)."""
+    """Mean loss over the fixed validation batches (the same on every process; split like the training batches
+    within a context group)."""
     run.train_model.eval()
     total = 0.0
-    for x, y in run.val_batches:
+    for batch in run.val_batches:
+        x, y = own_tokens(batch, run.d)
         with run.autocast():
             _, loss = run.train_model(x.to(run.d.device), y.to(run.d.device))
         total += float(loss)
     run.train_model.train()
-    return total / len(run.val_batches)
+    mean = total / len(run.val_batches)
+    return mean if run.d.context is None else run.d.context.mean(mean)

@@ -1,0 +1,71 @@
+"""The language-model loss over the output head, whole or in chunks of tokens.
+
+The plain loss computes the logits of every token, (tokens, vocab) in float32 (a GPT-2 vocabulary makes them the
+largest tensor of a step), then their cross-entropy, and keeps them for the backward. ``chunked_cross_entropy`` holds
+the logits of at most ``chunk`` tokens at a time: for each chunk it computes the logits, their loss and, in training,
+the gradients of the mean loss with respect to the chunk's hidden states and the head's weight (softmax − one-hot,
+times the weight and times the hidden states), keeping only those. The backward then scales them by the incoming
+gradient. The FLOPs are the plain path's (the backward's two products move into the forward); the memory for the
+logits falls from O(tokens × vocab) to O(chunk × vocab). Roundings follow the plain path's: logits in the head's
+compute dtype (bf16 under autocast), softmax in float32, its gradient cast back to the logits' dtype for the products.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from model.norms import at_least_fp32
+
+
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+                ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
+    """(summed cross-entropy, logits in float32, their log-sum-exp, the logits' own dtype) of one chunk of rows."""
+    logits = F.linear(hidden, weight)
+    wide = at_least_fp32(logits)
+    lse = wide.logsumexp(dim=-1)
+    return (lse - wide.gather(1, targets[:, None])[:, 0]).sum(), wide, lse, logits.dtype
+
+
+class _ChunkedCrossEntropy(torch.autograd.Function):
+    """Mean cross-entropy of F.linear(hidden, weight) against targets, the gradients computed chunk by chunk in the
+    forward."""
+
+    @staticmethod
+    def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
+        n = hidden.shape[0]
+        total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
+        grad_hidden = torch.empty_like(hidden)
+        grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+        for start in range(0, n, chunk):
+            h, t = hidden[start:start + chunk], targets[start:start + chunk]
+            loss, wide, lse, dtype = _chunk_loss(h, weight, t)
+            total += loss
+            grad = (wide - lse[:, None]).exp_()  # softmax
+            grad.scatter_add_(1, t[:, None], grad.new_full((t.shape[0], 1), -1.0))
+            grad = (grad / n).to(dtype)  # as the plain backward casts the float32 gradient to the logits' dtype
+            grad_hidden[start:start + chunk] = grad @ weight
+            grad_weight += grad.t() @ h
+        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        return total / n
+
+    @staticmethod
+    def backward(ctx, grad_loss: torch.Tensor):
+        grad_hidden, grad_weight = ctx.saved_tensors
+        return grad_hidden * grad_loss.to(grad_hidden.dtype), grad_weight * grad_loss.to(grad_weight.dtype), None, None
+
+
+def cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor,
+                  chunk: int | None = None) -> torch.Tensor:
+    """Mean cross-entropy of the logits F.linear(hidden, weight) against ``targets`` (every target a class index).
+    hidden (..., d), weight (vocab, d), targets (...) -> a 0-d tensor in float32 (float64 for float64 inputs).
+
+    ``chunk``: tokens per chunk (the module docstring says what it saves); None computes all logits at once."""
+    hidden, targets = hidden.reshape(-1, hidden.shape[-1]), targets.reshape(-1)
+    if chunk is None:
+        return F.cross_entropy(at_least_fp32(F.linear(hidden, weight)), targets)
+    if chunk < 1:
+        raise ValueError(f"chunk must be a number of tokens >= 1, got {chunk}")
+    if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
+        return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk)
+    n = hidden.shape[0]
+    return sum(_chunk_loss(hidden[s:s + chunk], weight, targets[s:s + chunk])[0] for s in range(0, n, chunk)) / n
