@@ -61,7 +61,9 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dsink) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dsink
     (H,) fp32 (None unless ``need_dsink``, which needs ``sink``). dQ is added by atomics inside the dK/dV kernel
-    unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it."""
+    unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. dsink is the sum, in
+    a fixed order, of the dK/dV kernel's per-key-block shares, which it takes from the fp32 weights rather than from
+    the rounded output (triton_backward.py says why)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
     dev = q.device
@@ -73,24 +75,27 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     block = 32 if interpreting() else 64
     nm = triton.cdiv(Tq, block)
     delta = common.new_output((B, H, Tq), torch.float32, dev)
-    sink_part = common.new_output((B, H, nm), torch.float32, dev) if need_dsink else delta
-    run("delta", row_delta_kernel, (B * H * nm,), (
-        out, do, lse, sink if sink is not None else lse, delta, sink_part, *out.stride(), *do.stride(), H, Tq, nm),
-        dict(HEAD_DV=dv_dim, BLOCK_M=block, BLOCK_DV=padded(dv_dim), SINK_GRAD=need_dsink), target)
+    run("delta", row_delta_kernel, (B * H * nm,), (out, do, delta, *out.stride(), *do.stride(), H, Tq, nm),
+        dict(HEAD_DV=dv_dim, BLOCK_M=block, BLOCK_DV=padded(dv_dim)), target)
 
     dk = common.new_rows_like(k, d)
     dv = common.new_rows_like(v, dv_dim)
     dq = common.new_rows_like(q, d)
     dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
 
+    sink_part = {}  # the (B, H, key blocks) shares of ds_h, sized by the tile launched
+
     def grid(cfg: TileConfig) -> tuple:
         return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
 
     def args_for(cfg: TileConfig) -> tuple:
-        return (q, k, v, do, lse, delta, dk, dv, dq_acc, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-                *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv, Tq, Tk, B * Hkv, qk_scale2, float(scale))
+        if need_dsink:
+            sink_part["ds"] = common.new_output((B, H, triton.cdiv(Tk, cfg.block_n)), torch.float32, dev)
+        return (q, k, v, do, lse, delta, dk, dv, dq_acc, sink if need_dsink else lse, sink_part.get("ds", lse),
+                *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv,
+                Tq, Tk, B * Hkv, qk_scale2, float(scale))
 
-    dkdv_consts = dict(consts, DQ_ATOMIC=atomic)
+    dkdv_consts = dict(consts, DQ_ATOMIC=atomic, SINK_GRAD=need_dsink)
     launch_tiled("dkdv", normalized_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
                  dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
     if atomic:
@@ -107,5 +112,5 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
         launch_tiled("dq", normalized_dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, q.element_size()), consts,
                      dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))
-    dsink = sink_part.sum(dim=(0, 2)) if need_dsink else None
+    dsink = sink_part["ds"].sum(dim=(0, 2)) if need_dsink else None
     return dq, dk, dv, dsink
