@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from omegaconf import OmegaConf
 from conftest import compose_train
 
 from model.attention import ATTENTIONS
@@ -105,6 +106,45 @@ def test_bad_command_lines_give_one_line_errors(tmp_path, tiny_corpus, args, mes
         assert result.returncode == 2 and result.stderr.strip().startswith(message)
         assert len(result.stderr.strip().splitlines()) == 1, result.stderr
     assert not list(tmp_path.glob("*/config.yaml"))  # nothing written that a corrected rerun would trip on
+
+
+def test_resuming_a_run_stopped_before_its_first_checkpoint_says_how_to_start_again(tmp_path, tiny_corpus):
+    """The README's kill-then-resume, killed before the first checkpoint: the run directory exists (a fresh start
+    is refused) but holds nothing to continue from, so the error names the way out instead of going in a circle."""
+    common = [*tiny_corpus, "model=tiny", f"runs_root={tmp_path}", "name=early", "trainer.max_steps=4",
+              "trainer.checkpoint_every=4", "trainer.threads=1", "trainer.batch_size=2", "logger.progress=false"]
+    run_cli(*common, "trainer.stop_after_step=1", cwd=tmp_path)  # stops after step 1 without saving
+    run_dir = tmp_path / "early"
+    assert (run_dir / "config.yaml").is_file() and not list(run_dir.glob("checkpoints/*"))
+    again = run_cli(*common, cwd=tmp_path)
+    assert "already exists: pass resume=true" in again.stderr
+    result = run_cli(*common, "resume=true", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    assert result.stderr.strip() == (
+        f"error: resume=true but {run_dir} has no complete checkpoint: the run stopped before its first (every "
+        f"trainer.checkpoint_every=4 steps), so there is nothing to continue; remove {run_dir} to start it again, "
+        "or choose another name=")
+
+
+def test_a_plain_resume_continues_with_the_runs_own_schedule(tmp_path, tiny_corpus):
+    """`train.py name=<run> resume=true` keeps the trainer.* and logger.* values the run was started with (here
+    max_steps=4, not the default 900) unless the command line sets them; the fault injection of the first
+    attempt (stop_after_step) is not carried over."""
+    common = [*tiny_corpus, "model=tiny", f"runs_root={tmp_path}", "name=plain", "trainer.threads=1",
+              "logger.progress=false"]
+    first = run_cli(*common, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.batch_size=2",
+                    "logger.log_every=1", "trainer.stop_after_step=3", cwd=tmp_path)
+    assert first.returncode == 0, first.stderr
+    resumed = run_cli(*common, "resume=true", cwd=tmp_path)
+    assert resumed.returncode == 0, resumed.stderr
+    steps = [json.loads(line)["step"] for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
+    assert steps[-1] == 4 and 3 in steps
+    saved = OmegaConf.load(tmp_path / "plain" / "config.yaml")
+    assert saved.trainer.max_steps == 4 and saved.trainer.batch_size == 2 and saved.logger.log_every == 1
+    longer = run_cli(*common, "resume=true", "trainer.max_steps=5", cwd=tmp_path)
+    assert longer.returncode == 0, longer.stderr
+    last = json.loads((tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()[-1])
+    assert last["step"] == 5
 
 
 def test_paper_small_preset_runs_on_cpu_with_the_tiny_model(train_run):

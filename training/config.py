@@ -141,6 +141,33 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
                           f"choose another name=")
 
 
+# Sections a resumed run may change on its command line; what the command line leaves unset keeps the run's value.
+ADOPTED = ("trainer", "logger")
+NOT_ADOPTED = ("trainer.stop_after_step",)  # fault injection belongs to the attempt that asked for it
+
+
+def adopt_saved_settings(cfg: DictConfig, run_dir: Path, given: Sequence[str]) -> list[str]:
+    """On resume, every trainer.* and logger.* value the command line (``given``: Hydra's override strings) does
+    not set is taken from the run's config.yaml, so `python train.py name=<run> resume=true` continues the run
+    as it was started (its max_steps, batch, intervals) rather than with the defaults; a value given now wins.
+    A group choice (trainer=<file>) counts as setting the whole section. Returns the keys taken."""
+    if not (run_dir / CONFIG).is_file():
+        return []
+    keys = [o.lstrip("+~").split("=", 1)[0] for o in given]
+    saved = OmegaConf.to_container(load_config(run_dir), resolve=True)
+    taken = []
+    for section in ADOPTED:
+        if section in keys or section not in saved:
+            continue
+        for key, value in _leaves(saved[section], section).items():
+            if key in NOT_ADOPTED or any(key == k or key.startswith(k + ".") for k in keys):
+                continue
+            if OmegaConf.select(cfg, key, default=object()) != value:
+                OmegaConf.update(cfg, key, value, force_add=True)
+                taken.append(key)
+    return taken
+
+
 def _leaves(value: Any, key: str) -> dict[str, Any]:
     """{dotted key: value} of every leaf of a resolved config section (lists are leaves)."""
     if not isinstance(value, dict):

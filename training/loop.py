@@ -16,8 +16,8 @@ from data.loader import TokenLoader, ensure_prepared, read_meta, validation_batc
 from model.checkpoint import CONFIG, latest_checkpoint, run_name
 from model.gpt import GPT
 from training.checkpointing import load_initial_weights, restore, save
-from training.config import (Batching, ConfigError, batching, build_checked_model, check_resumed_config,
-                             check_run_dir, check_settings, resolve_precision)
+from training.config import (Batching, ConfigError, adopt_saved_settings, batching, build_checked_model,
+                             check_resumed_config, check_run_dir, check_settings, resolve_precision)
 from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
 from training.faults import pause_point, stop_after_step
 from training.metrics import Diagnostics, Reporter, import_wandb
@@ -78,6 +78,9 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
     with open_dict(cfg):
         cfg.resume = bool(cfg.resume) or (restarted() and (run_dir / CONFIG).is_file())
     check_run_dir(cfg, run_dir)
+    if cfg.resume and HydraConfig.initialized():  # the command line is known: keep what it leaves unset
+        with open_dict(cfg):
+            adopt_saved_settings(cfg, run_dir, HydraConfig.get().overrides.task)
     check_resumed_config(cfg, run_dir)
     if d.is_main:
         import_wandb(cfg)  # a missing package or a bad mode stops the run here
@@ -127,7 +130,10 @@ def resume(run: Run) -> None:
     """Restore the newest complete checkpoint (a torchrun restart before the first one starts afresh)."""
     path = latest_checkpoint(run.dir)
     if path is None and not run.restarted:
-        raise ConfigError(f"resume=true but {run.dir} has no complete checkpoint")
+        every = run.cfg.trainer.checkpoint_every
+        raise ConfigError(f"resume=true but {run.dir} has no complete checkpoint: the run stopped before its first "
+                          f"(every trainer.checkpoint_every={every} steps), so there is nothing to continue; remove "
+                          f"{run.dir} to start it again, or choose another name=")
     if path is not None:
         state = restore(path, run.d, run.train_model, run.optimizer, run.loader)
         run.resumed_from, run.step, run.tokens, run.wandb_id = path, state["step"], state["tokens"], state["wandb_id"]
