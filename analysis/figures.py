@@ -2,7 +2,7 @@
 
 Each run needs the output of ``python -m analysis.attention`` (of this code's metrics version, see
 analysis.results) unless only figures drawn from metrics.jsonl are asked for (``figures=[...]``:
-loss_curves, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
+loss_curves, loss_by_configuration, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
 share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
@@ -14,6 +14,8 @@ share a colour and one legend entry. Every figure is written as PNG and PDF unde
     attention_maps_<run>  the saved combined maps of chosen heads (first tokens of a held-out window)
     lambda_by_layer       λ of every layer (TDA, differential) at the analysed checkpoint
     loss_curves           training and validation loss against step
+    loss_by_configuration final validation loss per configuration (runs equal up to the seed): seeds as dots,
+                          the mean as a bar, softmax's mean as a line, the difference from it in percent
     training_diagnostics_<run>  per layer against step, from the diag/* metrics logged while training
                           (analysis.diagnostics): empty-row share, non-zeros per row, tile occupancy; and
                           λ and β (lambda/<layer>, beta/<layer>); for each run that logged diag/* metrics
@@ -258,6 +260,55 @@ def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
+def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[float], str]], list[float]]:
+    """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention)
+    with the highest mean first, so the best is drawn at the top; reference: [softmax's mean] (the softmax group
+    with no setting of its own, else the first softmax group) or [] without softmax."""
+    from analysis.report import config_label
+
+    groups = group_runs(runs)
+    rows = []
+    for g in groups:
+        values = [v for v in (r.final_val_loss() for r in g.runs) if v is not None]
+        if values:
+            rows.append((config_label(g, groups), values, g.attention))
+    if not rows:
+        raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
+                         "in metrics.jsonl)")
+    rows.sort(key=lambda row: -float(np.mean(row[1])))
+    softmax = [float(np.mean(v)) for label, v, attention in rows if attention == "softmax" and label == "softmax"]
+    return rows, softmax[:1] or [float(np.mean(v)) for _, v, attention in rows if attention == "softmax"][:1]
+
+
+def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
+    """Final validation loss per configuration (runs equal up to the seed, labelled as analysis.report's loss
+    table labels them): each seed a dot, the mean a bar end, softmax's mean a dashed line, and the mean's
+    difference from it in percent, best configuration at the top."""
+    plt = _pyplot()
+    rows, softmax = configuration_losses(runs)
+    fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.3))
+    lowest = min(min(v) for _, v, _ in rows)
+    highest = max(max(v) for _, v, _ in rows)
+    pad = 0.08 * (highest - lowest or 1.0)
+    for y, (label, values, attention) in enumerate(rows):
+        mean = float(np.mean(values))
+        ax.barh(y, mean - (lowest - pad), left=lowest - pad, height=0.5, alpha=0.35,
+                color="0.5" if attention == "softmax" else "C0")
+        ax.plot(values, [y] * len(values), "o", ms=4, color="k")
+        note = f"n={len(values)}"
+        if softmax and not (attention == "softmax" and abs(mean - softmax[0]) < 1e-12):
+            note += f", {100 * (mean / softmax[0] - 1):+.2f}%"
+        ax.annotate(note, (max(values), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
+    if softmax:
+        ax.axvline(softmax[0], ls="--", color="0.3", lw=0.8, label="softmax (mean)")
+        ax.legend(fontsize=7, loc="upper right")
+    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
+    ax.set_xlim(lowest - pad, highest + 3 * pad)
+    ax.set(xlabel="validation loss (nats); dots: seeds, bar: mean", title="validation loss by configuration")
+    ax.grid(axis="x", alpha=0.3)
+    return save(fig, stem)
+
+
 def _layer_series(metrics: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
     """The logged values of ``<prefix>/<layer>`` (and ``<prefix>/mean``) against step: {layer or "mean":
     (steps, values)}, layers in numeric order, "mean" last."""
@@ -340,7 +391,7 @@ def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: in
 # Figures drawn from analysis summaries; the others read only metrics.jsonl (or nothing).
 NEED_ANALYSIS = ("sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "attention_maps",
                  "lambda_by_layer")
-FIGURES = NEED_ANALYSIS + ("loss_curves", "training_diagnostics", "theory_check")
+FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "training_diagnostics", "theory_check")
 
 
 def make_figures(cfg: DictConfig) -> list[Path]:
@@ -373,6 +424,8 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         paths += lambda_by_layer(runs, out / "lambda_by_layer")
     if "loss_curves" in wanted:
         paths += loss_curves(runs, out / "loss_curves")
+    if "loss_by_configuration" in wanted:
+        paths += loss_by_configuration(runs, out / "loss_by_configuration")
     if "training_diagnostics" in wanted:
         logged = [run for run in runs if has_diagnostics(run)]
         if not logged and cfg.get("figures"):

@@ -177,3 +177,39 @@ def test_training_diagnostics_figure_from_metrics_jsonl(tmp_path):
         make_figures(figures_cfg(f"runs=[{plain}]", "figures=[nonsense]", f"out={tmp_path / 'x'}"))
     with pytest.raises(FileNotFoundError, match="analysis.attention"):      # summary figures need the analysis
         make_figures(figures_cfg(f"runs=[{logged}]", "figures=[sink_by_layer]", f"out={tmp_path / 'x'}"))
+
+
+def test_loss_by_configuration_groups_seeds_orders_by_mean_and_takes_softmax_as_reference(tmp_path):
+    """Runs equal up to the seed form one row holding every seed's final validation loss (eval/val_loss.json over
+    the logged val_loss), the best mean drawn at the top (last), softmax's mean the reference; no loss: an error."""
+    from analysis.figures import configuration_losses, loss_by_configuration
+    from analysis.results import load_results
+
+    def run(name, attention, seed, loss, beta=None, evaluated=None):
+        path = tmp_path / name
+        path.mkdir()
+        settings = {"name": attention, **({"beta": beta} if beta is not None else {})}
+        OmegaConf.save(OmegaConf.create({"name": name, "seed": seed, "attention": settings,
+                                         "model": {"name": "tiny", "seq_len": 64}}), path / "config.yaml")
+        (path / "metrics.jsonl").write_text(json.dumps({"step": 10, "loss": 5.0, "val_loss": loss}) + "\n")
+        if evaluated is not None:
+            (path / "eval").mkdir()
+            (path / "eval" / "val_loss.json").write_text(json.dumps({"loss": evaluated}))
+        return load_results(path)
+
+    runs = [run("sm0", "softmax", 0, 3.0), run("sm1", "softmax", 1, 3.2),
+            run("tda0", "tda", 0, 9.0, evaluated=3.5), run("tda1", "tda", 1, 3.3),
+            run("tdab0", "tda", 0, 3.1, beta=0.5)]
+    rows, reference = configuration_losses(runs)
+    assert [(label, values) for label, values, _ in rows] == [
+        ("tda", [3.5, 3.3]), ("softmax", [3.0, 3.2]), ("tda (beta=0.5)", [3.1])]
+    assert reference == [pytest.approx(3.1)]
+    paths = loss_by_configuration(runs, tmp_path / "figure")
+    assert sorted(p.name for p in paths) == ["figure.pdf", "figure.png"]
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    OmegaConf.save(OmegaConf.create({"name": "empty", "seed": 0, "attention": {"name": "tda"},
+                                     "model": {"name": "tiny", "seq_len": 64}}), empty / "config.yaml")
+    (empty / "metrics.jsonl").write_text(json.dumps({"step": 1, "loss": 5.0}) + "\n")
+    with pytest.raises(ValueError, match="no run has a validation loss"):
+        configuration_losses([load_results(empty)])
