@@ -107,7 +107,8 @@ class Diagnostics:
     Under FSDP2 every process holds only a shard of each block, and the probe calls the blocks' parts
     outside their forward (no all-gather runs there): the diagnostics are skipped, with one note at the
     start. A compiled model (trainer.compile) is probed eagerly (torch.compiler.set_stance), so the probe's
-    batch of two and its eval mode add no compiled graphs. The probe sees the model as it trains at that
+    batch of two and its eval mode add no compiled graphs. Under context parallelism the probe runs with the
+    split turned off (whole windows on rank 0, no collective). The probe sees the model as it trains at that
     step (β during its warm-up included), like the validation loss logged beside it."""
 
     def __init__(self, cfg: DictConfig, d: Distributed, val_batches: list):
@@ -131,8 +132,13 @@ class Diagnostics:
         from analysis.diagnostics import attention_diagnostics
 
         start = time.perf_counter()
-        with torch.compiler.set_stance("force_eager") if self.compiled else nullcontext():
-            out = attention_diagnostics(model, self.tokens)
+        context = model.context  # context parallelism gathers keys across processes; the probe runs here alone
+        model.split_context(None)
+        try:
+            with torch.compiler.set_stance("force_eager") if self.compiled else nullcontext():
+                out = attention_diagnostics(model, self.tokens)
+        finally:
+            model.split_context(context)
         out["diag_seconds"] = time.perf_counter() - start
         return out
 
