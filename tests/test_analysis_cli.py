@@ -19,7 +19,8 @@ from analysis.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [64, 128]
-FIGURES = ["sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "lambda_by_layer", "loss_curves", "theory_check"]
+FIGURES = ["sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "lambda_by_layer", "loss_curves", "loss_by_configuration",
+           "theory_check"]
 
 
 def compose(config: str, overrides: list[str]):
