@@ -104,8 +104,12 @@ def setup_distributed(cfg: DictConfig) -> Distributed:
     return Distributed(rank, world, local_rank, strategy, device, context_group(context, rank, device))
 
 
-def teardown(d: Distributed) -> None:
+def teardown(d: Distributed, finished: bool = False) -> None:
+    """End the process group. A run that finished waits for every process first (a barrier), so that none
+    destroys the group while another still has a collective in flight with it."""
     if d.active and dist.is_initialized():
+        if finished:
+            d.barrier()
         dist.destroy_process_group()
 
 

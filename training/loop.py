@@ -51,6 +51,7 @@ class Run:
 def train(cfg: DictConfig) -> Path:
     """Train as ``cfg`` says; returns the run directory."""
     d = setup_distributed(cfg)
+    finished = False
     try:
         with StopSignal() as stop:
             run = prepare(cfg, d)
@@ -59,9 +60,10 @@ def train(cfg: DictConfig) -> Path:
                 steps(run, reporter, stop)
             finally:
                 reporter.close()
+            finished = True
             return run.dir
     finally:
-        teardown(d)
+        teardown(d, finished)
 
 
 def sweep_job() -> int | None:
