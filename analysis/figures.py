@@ -264,20 +264,18 @@ def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[f
     """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention)
     with the highest mean first, so the best is drawn at the top; reference: [softmax's mean] (the softmax group
     with no setting of its own, else the first softmax group) or [] without softmax."""
-    from analysis.report import config_label
+    from analysis.report import config_label, reference_group
 
     groups = group_runs(runs)
-    rows = []
-    for g in groups:
-        values = [v for v in (r.final_val_loss() for r in g.runs) if v is not None]
-        if values:
-            rows.append((config_label(g, groups), values, g.attention))
+    labels = [config_label(g, groups) for g in groups]
+    losses = [[v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups]
+    rows = [(label, values, g.attention) for g, label, values in zip(groups, labels, losses) if values]
     if not rows:
         raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
                          "in metrics.jsonl)")
     rows.sort(key=lambda row: -float(np.mean(row[1])))
-    softmax = [float(np.mean(v)) for label, v, attention in rows if attention == "softmax" and label == "softmax"]
-    return rows, softmax[:1] or [float(np.mean(v)) for _, v, attention in rows if attention == "softmax"][:1]
+    ref = reference_group([g for g, v in zip(groups, losses) if v], [label for label, v in zip(labels, losses) if v])
+    return rows, [float(np.mean(losses[groups.index(ref)]))] if ref is not None else []
 
 
 def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:

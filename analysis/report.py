@@ -315,6 +315,14 @@ def _p(value: float | None) -> str:
     return "—" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
 
 
+def reference_group(groups: list[Group], labels: list[str]) -> Group | None:
+    """The softmax configuration the others are compared with: the first softmax group with no setting of its
+    own (its config_label is plain "softmax"), else the first softmax group, else None."""
+    softmax = [g for g in groups if g.attention == "softmax"]
+    return next((g for g, label in zip(groups, labels) if g.attention == "softmax" and label == "softmax"),
+                softmax[0] if softmax else None)
+
+
 def loss_table(groups: list[Group]) -> list[str]:
     """Markdown lines: per configuration (runs equal up to the seed) the validation loss over seeds, mean ± sample
     standard deviation, its difference from softmax's mean in percent, Welch's two-sided p-value against
@@ -323,9 +331,7 @@ def loss_table(groups: list[Group]) -> list[str]:
     share, empty-row share, Gu et al.'s sink rate. The reference is the first group of softmax attention with
     no setting of its own (else the first softmax group); none: Δ and p are —."""
     labels = [config_label(g, groups) for g in groups]
-    softmax = [g for g in groups if g.attention == "softmax"]
-    ref = next((g for g, label in zip(groups, labels) if g.attention == "softmax" and label == "softmax"),
-               softmax[0] if softmax else None)
+    ref = reference_group(groups, labels)
     loss = RunResults.final_val_loss
     ref_values = _values(ref, loss) if ref else []
     tests = []
