@@ -146,16 +146,15 @@ ADOPTED = ("trainer", "logger")
 NOT_ADOPTED = ("trainer.stop_after_step",)  # fault injection belongs to the attempt that asked for it
 
 
-def adopt_saved_settings(cfg: DictConfig, run_dir: Path, given: Sequence[str]) -> list[str]:
+def adopt_saved_settings(cfg: DictConfig, run_dir: Path, given: Sequence[str]) -> None:
     """On resume, every trainer.* and logger.* value the command line (``given``: Hydra's override strings) does
     not set is taken from the run's config.yaml, so `python train.py name=<run> resume=true` continues the run
     as it was started (its max_steps, batch, intervals) rather than with the defaults; a value given now wins.
-    A group choice (trainer=<file>) counts as setting the whole section. Returns the keys taken."""
+    A group choice (trainer=<file>) counts as setting the whole section."""
     if not (run_dir / CONFIG).is_file():
-        return []
+        return
     keys = [o.lstrip("+~").split("=", 1)[0] for o in given]
     saved = OmegaConf.to_container(load_config(run_dir), resolve=True)
-    taken = []
     for section in ADOPTED:
         if section in keys or section not in saved:
             continue
@@ -164,8 +163,6 @@ def adopt_saved_settings(cfg: DictConfig, run_dir: Path, given: Sequence[str]) -
                 continue
             if OmegaConf.select(cfg, key, default=object()) != value:
                 OmegaConf.update(cfg, key, value, force_add=True)
-                taken.append(key)
-    return taken
 
 
 def _leaves(value: Any, key: str) -> dict[str, Any]:
