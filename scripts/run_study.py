@@ -116,7 +116,8 @@ def plan(args) -> list[Run]:
             raise SystemExit(f"error: two runs would both be named {name}: add seed= or name= to tell them apart")
         seen.add(name)
         run_dir = Path(args.runs_root) / name
-        train_cmd = [sys.executable, "train.py", *overrides, f"name={name}", f"runs_root={args.runs_root}",
+        run_arg = in_root(run_dir)
+        train_cmd = [sys.executable, "train.py", *overrides, f"name={name}", f"runs_root={in_root(args.runs_root)}",
                      "logger.progress=false"]
         if run_dir.exists():
             if not (run_dir / MARKER).is_file():
@@ -126,10 +127,25 @@ def plan(args) -> list[Run]:
             train_cmd.append("resume=true")
         runs.append(Run(name, run_dir, [
             train_cmd,
-            [sys.executable, "eval.py", f"run_dir={run_dir}", f"tasks=[{args.tasks}]", *shlex.split(args.eval_args)],
-            [sys.executable, "-m", "analysis.attention", f"run_dir={run_dir}", *shlex.split(args.analysis_args)],
+            [sys.executable, "eval.py", f"run_dir={run_arg}", f"tasks=[{args.tasks}]", *shlex.split(args.eval_args)],
+            [sys.executable, "-m", "analysis.attention", f"run_dir={run_arg}", *shlex.split(args.analysis_args)],
         ]))
     return runs
+
+
+def in_root(path) -> str:
+    """``path`` relative to the project root where it lies inside it (every command runs there), so that the saved
+    configs, logs and claims name no folder of the machine that ran the study."""
+    path = Path(path)
+    try:
+        return str(path.relative_to(ROOT))
+    except ValueError:
+        return str(path)
+
+
+def shown(cmd: list[str]) -> str:
+    """A command as the logs show it: this interpreter as ``python``."""
+    return shlex.join(["python" if cmd[0] == sys.executable else cmd[0], *cmd[1:]])
 
 
 def chunk(runs: list[Run], spec: str | None) -> list[Run]:
@@ -189,7 +205,7 @@ class Lane:
         if self.device is not None:
             env["CUDA_VISIBLE_DEVICES"] = self.device
         cmd = self.run.steps[self.step]
-        self.log.write(f"$ {shlex.join(cmd)}\n")
+        self.log.write(f"$ {shown(cmd)}\n")
         self.log.flush()
         self.proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=self.log, stderr=subprocess.STDOUT)
 
@@ -254,15 +270,15 @@ def main(argv: list[str] | None = None) -> int:
     runs = chunk(plan(args), args.chunk)
     if args.dry_run:
         for r in runs:
-            print(f"[study] {r.name}" + ("" if not finished(out, r.name) else f" (already in {out})"))
+            print(f"[study] {r.name}" + ("" if not finished(out, r.name) else f" (already in {in_root(out)})"))
             for step in r.steps:
-                print(f"    {shlex.join(step)}")
+                print(f"    {shown(step)}")
         print(f"[study] dry run: {len(runs)} runs planned, nothing started", flush=True)
         return 0
     todo = [r for r in runs if not finished(out, r.name)]
     for r in runs:
         if r not in todo:
-            print(f"[study] {r.name}: already in {out}, skipped")
+            print(f"[study] {r.name}: already in {in_root(out)}, skipped")
     if args.gpus is None:
         import torch
 
@@ -292,9 +308,9 @@ def main(argv: list[str] | None = None) -> int:
 
     names = sorted(p for p in (out / "runs").glob("*") if finished(out, p.name))
     if names:
-        listed = "[" + ",".join(str(p) for p in names) + "]"
-        for cmd in ([sys.executable, "-m", "analysis.figures", f"runs={listed}", f"out={out / 'figures'}"],
-                    [sys.executable, "-m", "analysis.report", f"runs={listed}", f"out={out / 'claims.md'}"]):
+        listed = "[" + ",".join(in_root(p) for p in names) + "]"
+        for cmd in ([sys.executable, "-m", "analysis.figures", f"runs={listed}", f"out={in_root(out / 'figures')}"],
+                    [sys.executable, "-m", "analysis.report", f"runs={listed}", f"out={in_root(out / 'claims.md')}"]):
             if subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 failed.append(cmd[2])
     print(f"[study] finished in {time.time() - t0:.0f}s; failed: {', '.join(failed) or 'none'}", flush=True)

@@ -58,7 +58,8 @@ def load_run_study(monkeypatch):
 
 def test_relative_runs_root_is_the_project_roots_from_any_directory(tmp_path, monkeypatch):
     """An existing run of a study under a relative runs root (which train.py reads from the project root)
-    is resumed, and a relative --out is the caller's, wherever the study is launched from."""
+    is resumed, and a relative --out is the caller's, wherever the study is launched from; the commands name
+    the run relative to the project root (where they run), so no saved config or log names the machine's folders."""
     import shutil
 
     run_study = load_run_study(monkeypatch)
@@ -71,7 +72,9 @@ def test_relative_runs_root_is_the_project_roots_from_any_directory(tmp_path, mo
                         "attention=softmax", "--", "model=tiny"])
         raise AssertionError("no run was started")
     except _Started as started:
-        assert f"runs_root={runs_root}" in started.run.steps[0] and "resume=true" in started.run.steps[0]
+        assert "runs_root=runs/.test-run-study" in started.run.steps[0] and "resume=true" in started.run.steps[0]
+        assert "run_dir=runs/.test-run-study/softmax-tiny-builtin-s0" in started.run.steps[1]
+        assert run_study.shown(started.run.steps[1]).startswith("python eval.py run_dir=runs/")
         assert started.log == tmp_path / "out" / "logs" / "softmax-tiny-builtin-s0.log"
     finally:
         shutil.rmtree(runs_root)
