@@ -11,12 +11,15 @@ Writes under runs/<name>/analysis/:
                           and the ``metrics_version`` of the definitions (analysis.metrics.METRICS_VERSION)
     sparsity.csv          length, layer, head, view, sparsity
     dispersion.csv        length, layer, and the per-layer means
-    rows.csv              length, layer, position, and the per-row-position means (curves against i)
+    rows.csv.gz           length, layer, position, and the per-row-position means (curves against i); gzip'd, as
+                          it is the one large output (one line per query position and layer) and studies keep it
     attention_maps.npz    the combined maps of chosen heads on the first ``map_tokens`` tokens
 """
 from __future__ import annotations
 
 import csv
+import gzip
+import io
 import json
 import math
 import sys
@@ -36,6 +39,7 @@ from model.checkpoint import load_run
 OUTPUT = "analysis"
 SUMMARY = "summary.json"
 MAPS = "attention_maps.npz"
+ROWS = "rows.csv.gz"  # older analyses wrote it uncompressed as rows.csv (analysis.results reads either)
 ROW_CURVES = ("empty_share", "first_token_ratio", "entropy", "top_weight", "nonzeros", "consensus")
 LAYER_COLUMNS = ("sparsity", "empty_row_share", "first_token_ratio", "entropy", "top_weight",
                  "nonzeros_per_row", "consensus_per_row", "view_correlation", "score_correlation")
@@ -87,10 +91,13 @@ def saved_maps(model: torch.nn.Module, idx: torch.Tensor, heads: list[tuple[int,
 
 
 def _write_csv(path: Path, header: list[str], rows: list[list]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.writer(f)
-        writer.writerow(header)
-        writer.writerows(rows)
+    """A CSV file; gzip'd (with no timestamp in the header, so equal rows give equal bytes) when path ends .gz."""
+    with open(path, "wb") as raw:
+        binary = gzip.GzipFile(filename="", mode="wb", fileobj=raw, mtime=0) if path.suffix == ".gz" else raw
+        with io.TextIOWrapper(binary, encoding="utf-8", newline="") as f:
+            writer = csv.writer(f)
+            writer.writerow(header)
+            writer.writerows(rows)
 
 
 def _device(name: str) -> torch.device:
@@ -161,7 +168,7 @@ def analyse(cfg: DictConfig) -> Path:
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=1, allow_nan=True))
     _write_csv(out_dir / "sparsity.csv", ["length", "layer", "head", "view", "sparsity"], sparsity_rows)
     _write_csv(out_dir / "dispersion.csv", ["length", "layer", *LAYER_COLUMNS], layer_rows)
-    _write_csv(out_dir / "rows.csv", ["length", "layer", "position", *ROW_CURVES], curve_rows)
+    _write_csv(out_dir / ROWS, ["length", "layer", "position", *ROW_CURVES], curve_rows)
     return out_dir
 
 

@@ -47,11 +47,13 @@ def _pyplot():
 
 
 def save(fig, stem: Path) -> list[Path]:
-    """Write ``fig`` as stem.png and stem.pdf, close it, return both paths."""
+    """Write ``fig`` as stem.png and stem.pdf, close it, return both paths. The PDF carries no creation date, so
+    a figure drawn again from the same results is the same file (kept figures change only when their data does)."""
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]  # run names may hold dots
     fig.tight_layout()
     for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight")  # legends sit outside the axes
+        fig.savefig(path, dpi=150, bbox_inches="tight",  # legends sit outside the axes
+                    metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     _pyplot().close(fig)
     return paths
 
@@ -129,7 +131,7 @@ def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
         try:
             ratio = _mean_over_layers(run.row_curves(length)["first_token_ratio"])
             by_row.plot(np.arange(1, length + 1), ratio, lw=0.6, alpha=0.8, **styles[run.name])
-        except FileNotFoundError:  # rows.csv not kept (results copied without it)
+        except FileNotFoundError:  # rows.csv.gz not kept (results copied without it)
             missing.append(run.name)
         lengths = [s["length"] for s in run.summary["lengths"]]
         by_length.plot(lengths, [s["first_token_ratio"] for s in run.summary["lengths"]], marker="o",
@@ -144,7 +146,7 @@ def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
     _length_axis(by_length, all_lengths)
     by_length.set(yscale="log", xlabel="context length T", ylabel="mean first-token ratio")
     if missing:
-        by_row.text(0.02, 0.02, f"no {OUTPUT}/rows.csv: {len(missing)} run(s) not drawn", fontsize=7,
+        by_row.text(0.02, 0.02, f"no {OUTPUT}/rows.csv.gz: {len(missing)} run(s) not drawn", fontsize=7,
                     transform=by_row.transAxes)
     for ax in (by_row, by_length):
         ax.grid(alpha=0.3, which="both")

@@ -8,13 +8,14 @@ analyse again."""
 from __future__ import annotations
 
 import csv
+import gzip
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from analysis.attention import OUTPUT, SUMMARY
+from analysis.attention import OUTPUT, ROWS, SUMMARY
 from analysis.metrics import METRICS_VERSION
 from model.checkpoint import METRICS, load_config
 
@@ -43,9 +44,13 @@ class RunResults:
         return data if isinstance(data, dict) else None
 
     def row_curves(self, length: int) -> dict[str, list[list[float]]]:
-        """rows.csv at one length: {column: [per layer: values by position]} (NaN for empty cells)."""
+        """rows.csv.gz (or an older analysis's rows.csv) at one length: {column: [per layer: values by position]}
+        (NaN for empty cells). FileNotFoundError when neither was kept."""
         out: dict[str, list[list[float]]] = {}
-        with open(self.path / OUTPUT / "rows.csv", newline="") as f:
+        path = self.path / OUTPUT / ROWS
+        if not path.is_file() and (self.path / OUTPUT / "rows.csv").is_file():
+            path = self.path / OUTPUT / "rows.csv"
+        with (gzip.open(path, "rt", newline="") if path.suffix == ".gz" else open(path, newline="")) as f:
             for row in csv.DictReader(f):
                 if int(row["length"]) != length:
                     continue

@@ -17,7 +17,7 @@ from typing import Iterator
 
 from evaluation import options, plots
 from evaluation.context import EvalContext
-from evaluation.val_loss import loss_by_position, no_window
+from evaluation.val_loss import loss_by_position, no_window, stored_curve
 from model.gpt import GPT
 
 
@@ -81,7 +81,7 @@ def run(ctx: EvalContext) -> dict:
                                                        note=mode == "plain")
             loss = float(per_position.mean())
             entry[mode] = {"loss": loss, "perplexity": math.exp(loss), "sequences": count,
-                           "loss_by_position": per_position.tolist()}
+                           "loss_by_position": stored_curve(per_position)}
             curves[f"{m}x {mode}"] = per_position.tolist()
         results[f"{m}x"] = entry
         print(f"length {length}: perplexity {entry['plain']['perplexity']:.3f} plain, "

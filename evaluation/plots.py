@@ -15,11 +15,14 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path) -> list[Path]:
+def _save(fig, stem: Path, tight: bool = True) -> list[Path]:
+    """Write ``fig`` as stem.png and stem.pdf (no creation date in the PDF, so equal data give equal files), close
+    it, return both paths."""
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
-    fig.tight_layout()
+    if tight:
+        fig.tight_layout()
     for path in paths:
-        fig.savefig(path, dpi=150)
+        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
     _pyplot().close(fig)
     return paths
 
@@ -91,8 +94,4 @@ def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: 
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
-    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
-    for path in paths:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return paths
+    return _save(fig, stem, tight=False)  # the colour bar spans the axes: no tight layout

@@ -1,5 +1,6 @@
 """End to end on tiny trained runs: analysis.attention, analysis.figures and analysis.report write every
 file they promise; bad input gets a one-line error."""
+import gzip
 import json
 import os
 import shutil
@@ -65,7 +66,8 @@ def test_attention_writes_every_file(runs):
         if name == "softmax":   # dense: no exact zeros, every causal entry non-zero
             assert summary["lengths"][0]["sparsity"] == 0.0
             assert summary["lengths"][0]["nonzeros_per_row"] == pytest.approx((64 + 1) / 2)
-        rows = (out / "rows.csv").read_text().splitlines()
+        with gzip.open(out / "rows.csv.gz", "rt") as f:
+            rows = f.read().splitlines()
         assert len(rows) == 1 + 2 * sum(LENGTHS)
         assert len((out / "dispersion.csv").read_text().splitlines()) == 1 + 2 * len(LENGTHS)
         views = 3 if name == "tda" else 2
@@ -209,3 +211,46 @@ def test_figure_names_keep_dots_of_run_names(tmp_path):
     paths = save(fig, tmp_path / "attention_maps_tda-beta0.5")
     assert [p.name for p in paths] == ["attention_maps_tda-beta0.5.png", "attention_maps_tda-beta0.5.pdf"]
     assert all(p.is_file() for p in paths)
+
+
+def test_row_curves_read_from_the_gzipped_file_and_from_an_older_plain_one(tmp_path):
+    """rows.csv.gz (written now) and rows.csv (written by older analyses, kept in results/) give the same curves;
+    a run with neither raises FileNotFoundError, which the figures report as 'not kept'."""
+    import math
+
+    from analysis.attention import _write_csv
+    from analysis.results import RunResults
+
+    header = ["length", "layer", "position", "first_token_ratio", "consensus"]
+    rows = [[64, layer, i, 1.0 / (i + 1) + layer, "" if i == 0 else 0.5 * i] for layer in range(2) for i in range(3)]
+    rows.append([128, 0, 0, 9.0, 9.0])
+    curves = {}
+    for name in ("rows.csv.gz", "rows.csv"):
+        run_dir = tmp_path / name / "analysis"
+        run_dir.mkdir(parents=True)
+        _write_csv(run_dir / name, header, rows)
+        curves[name] = RunResults(name, run_dir.parent, OmegaConf.create({}), [], None).row_curves(64)
+    assert (tmp_path / "rows.csv.gz" / "analysis" / "rows.csv.gz").read_bytes()[:2] == b"\x1f\x8b"  # gzip magic
+    new, old = curves["rows.csv.gz"], curves["rows.csv"]
+    assert new["first_token_ratio"] == old["first_token_ratio"] == [[1.0, 0.5, 1 / 3], [2.0, 1.5, 1 + 1 / 3]]
+    assert math.isnan(new["consensus"][1][0]) and new["consensus"][1][1:] == old["consensus"][1][1:] == [0.5, 1.0]
+    with pytest.raises(FileNotFoundError):
+        RunResults("none", tmp_path / "none", OmegaConf.create({}), [], None).row_curves(64)
+
+
+@pytest.mark.parametrize("module", ["analysis.figures", "evaluation.plots"])
+def test_a_figure_drawn_twice_from_the_same_data_is_the_same_file(tmp_path, module):
+    """Kept figures (results/) change only when their data do: no creation date in the PDF, none in the PNG."""
+    import importlib
+    import time
+
+    mod = importlib.import_module(module)
+    save = mod.save if module == "analysis.figures" else mod._save
+    files = []
+    for i in range(2):
+        fig, ax = mod._pyplot().subplots()
+        ax.plot([0, 1, 2], [1, 3, 2])
+        files.append(save(fig, tmp_path / f"figure{i}"))
+        time.sleep(1.1)  # a creation date written to the second would differ
+    for first, second in zip(*files):
+        assert first.suffix == second.suffix and first.read_bytes() == second.read_bytes(), first.name
