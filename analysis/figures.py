@@ -266,17 +266,17 @@ def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[f
     """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention)
     with the highest mean first, so the best is drawn at the top; reference: [softmax's mean] (the softmax group
     with no setting of its own, else the first softmax group) or [] without softmax."""
-    from analysis.report import config_label, reference_group
+    from analysis.report import reference_group
 
     groups = group_runs(runs)
-    labels = [config_label(g, groups) for g in groups]
+    labels = [g.label for g in groups]
     losses = [[v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups]
     rows = [(label, values, g.attention) for g, label, values in zip(groups, labels, losses) if values]
     if not rows:
         raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
                          "in metrics.jsonl)")
     rows.sort(key=lambda row: -float(np.mean(row[1])))
-    ref = reference_group([g for g, v in zip(groups, losses) if v], [label for label, v in zip(labels, losses) if v])
+    ref = reference_group([g for g, v in zip(groups, losses) if v])
     return rows, [float(np.mean(losses[groups.index(ref)]))] if ref is not None else []
 
 

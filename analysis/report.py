@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 from omegaconf import OmegaConf
 
 from analysis.metrics import TILE
-from analysis.results import (Group, RunResults, _flat, check_metrics_versions, group_runs, load_results,
+from analysis.results import (Group, RunResults, check_metrics_versions, group_runs, load_results,
                               run_list)
 from analysis.stats import holm, welch
 
@@ -285,24 +285,6 @@ def per_run_rows(runs: list[RunResults]) -> list[str]:
     return lines
 
 
-ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
-
-
-def config_label(group: Group, groups: list[Group]) -> str:
-    """The attention, then what sets the group apart: its attention settings that differ from the shipped
-    defaults (conf/attention/<name>.yaml; a setting a run's config lacks counts as the default), and any other
-    setting that differs among the groups (e.g. trainer.max_steps when two studies are compared)."""
-    flats = [_flat(g.runs[0].config) for g in groups]
-    own = flats[groups.index(group)]
-    defaults_file = ATTENTION_DEFAULTS / f"{group.attention}.yaml"
-    defaults = _flat(OmegaConf.create({"attention": OmegaConf.load(defaults_file)})) if defaults_file.is_file() else {}
-    parts = [f"{k.split('.', 1)[1]}={own[k].strip(chr(39))}" for k in sorted(own)
-             if k.startswith("attention.") and k != "attention.name" and defaults.get(k, own[k]) != own[k]]
-    parts += [f"{k}={own[k].strip(chr(39))}" for k in sorted(own) if not k.startswith("attention.")
-              and len({f.get(k) for f in flats}) > 1]
-    return group.attention + (f" ({', '.join(parts)})" if parts else "")
-
-
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
@@ -315,12 +297,11 @@ def _p(value: float | None) -> str:
     return "—" if value is None else (f"{value:.2g}" if value >= 1e-4 else f"{value:.1e}")
 
 
-def reference_group(groups: list[Group], labels: list[str]) -> Group | None:
+def reference_group(groups: list[Group]) -> Group | None:
     """The softmax configuration the others are compared with: the first softmax group with no setting of its
-    own (its config_label is plain "softmax"), else the first softmax group, else None."""
+    own (labelled plain "softmax"), else the first softmax group, else None."""
     softmax = [g for g in groups if g.attention == "softmax"]
-    return next((g for g, label in zip(groups, labels) if g.attention == "softmax" and label == "softmax"),
-                softmax[0] if softmax else None)
+    return next((g for g in softmax if g.label == "softmax"), softmax[0] if softmax else None)
 
 
 def loss_table(groups: list[Group]) -> list[str]:
@@ -330,8 +311,8 @@ def loss_table(groups: list[Group]) -> list[str]:
     configuration compared, then the attention measures at the training length (mean over seeds): exact-zero
     share, empty-row share, Gu et al.'s sink rate. The reference is the first group of softmax attention with
     no setting of its own (else the first softmax group); none: Δ and p are —."""
-    labels = [config_label(g, groups) for g in groups]
-    ref = reference_group(groups, labels)
+    labels = [g.label for g in groups]
+    ref = reference_group(groups)
     loss = RunResults.final_val_loss
     ref_values = _values(ref, loss) if ref else []
     tests = []

@@ -118,9 +118,30 @@ def _flat(cfg: DictConfig) -> dict[str, str]:
     return out
 
 
+ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
+
+
+def _off_defaults(flat: dict[str, str], flats: list[dict[str, str]]) -> list[str]:
+    """What sets a configuration apart, as key=value: its attention settings that differ from the shipped
+    defaults (conf/attention/<name>.yaml; a setting the run's config lacks counts as the default), then any other
+    setting that differs among the configurations (e.g. trainer.max_steps when two studies are compared)."""
+    defaults_file = ATTENTION_DEFAULTS / f"{flat['attention.name'].strip(chr(39))}.yaml"
+    defaults = _flat(OmegaConf.create({"attention": OmegaConf.load(defaults_file)})) if defaults_file.is_file() else {}
+    parts = [f"{k.split('.', 1)[1]}={flat[k].strip(chr(39))}" for k in sorted(flat)
+             if k.startswith("attention.") and k != "attention.name" and defaults.get(k, flat[k]) != flat[k]]
+    return parts + [f"{k}={flat[k].strip(chr(39))}" for k in sorted(flat) if not k.startswith("attention.")
+                    and len({f.get(k) for f in flats}) > 1]
+
+
+def _label(attention: str, parts: list[str]) -> str:
+    return attention + (f" ({', '.join(parts)})" if parts else "")
+
+
 def group_runs(runs: list[RunResults]) -> list[Group]:
-    """Runs grouped by config (seeds together), labelled by attention and what sets the group apart
-    from the other groups of the same attention, in order of first appearance."""
+    """Runs grouped by config (seeds together), in order of first appearance, each labelled by its attention and
+    its settings off the attention's defaults (``_off_defaults``): "softmax", "tda (layout=extra_proj)". Where
+    labels would coincide (settings that no defaults file names), each of those configurations is labelled
+    instead by the settings it has in which they differ."""
     keyed: dict[tuple, list[RunResults]] = {}
     flats = {}
     for run in runs:
@@ -128,15 +149,16 @@ def group_runs(runs: list[RunResults]) -> list[Group]:
         key = tuple(sorted(flat.items()))
         keyed.setdefault(key, []).append(run)
         flats[key] = flat
-    groups = []
+    every = list(flats.values())
+    first = {key: _label(members[0].attention, _off_defaults(flats[key], every)) for key, members in keyed.items()}
+    labels = dict(first)
     for key, members in keyed.items():
-        same_attention = [flats[k] for k in keyed if flats[k]["attention.name"] == flats[key]["attention.name"]]
-        differing = sorted(k for k in flats[key] if len({f.get(k) for f in same_attention}) > 1)
-        label = members[0].attention
-        if differing:
-            label += " (" + ", ".join(f"{k.split('.', 1)[-1]}={flats[key][k].strip(chr(39))}" for k in differing) + ")"
-        groups.append(Group(label, members))
-    return groups
+        clash = [flats[k] for k in keyed if first[k] == first[key]]
+        if len(clash) > 1:
+            differing = sorted(k for k in flats[key] if len({f.get(k) for f in clash}) > 1)
+            labels[key] = _label(members[0].attention,
+                                 [f"{k.split('.', 1)[-1]}={flats[key][k].strip(chr(39))}" for k in differing])
+    return [Group(labels[key], members) for key, members in keyed.items()]
 
 
 def read_metrics(path: Path) -> list[dict]:

@@ -75,3 +75,25 @@ def test_report_writes_the_table(tmp_path):
     text = make_report(cfg)
     assert "## Validation loss against softmax, over seeds" in text and (tmp_path / "claims.md").read_text() == text
     assert "| configuration | seeds | val loss mean ± std | Δ vs softmax (%) | p (Welch) | p (Holm) |" in text
+
+
+def test_claims_columns_and_loss_rows_share_one_label_per_configuration(tmp_path):
+    """The claims table's columns, its loss table's rows and group_runs name a configuration the same way, by its
+    settings off the attention's defaults; two configurations that would share a label (a setting no defaults
+    file names) are told apart by what differs among them."""
+    runs = [fake_run(tmp_path, config, 0, LOSSES[config][0], 0.9) for config in ("softmax", "tda", "tda-beta0.5")]
+    SETTINGS["tda-unnamed"] = {**TDA, "not_a_default": 7}
+    SETTINGS["tda-unnamed2"] = {**TDA, "not_a_default": 8}
+    try:
+        runs += [fake_run(tmp_path, c, 0, 4.2, 0.9) for c in ("tda-unnamed", "tda-unnamed2")]
+        groups = group_runs([load_results(r) for r in runs])
+        assert [g.label for g in groups] == ["softmax", "tda", "tda (beta=0.5)", "tda (not_a_default=7)",
+                                             "tda (not_a_default=8)"]
+        text = make_report(OmegaConf.merge(OmegaConf.load("conf/analysis_report.yaml"), {
+            "runs": [str(r) for r in runs], "out": str(tmp_path / "claims.md")}))
+        header = text.splitlines()[0].split(" | ")
+        assert header[3:-1] == [g.label for g in groups]
+        rows = [line.split(" | ")[0][2:] for line in loss_table(groups)[2:]]
+        assert rows == [g.label for g in groups]
+    finally:
+        del SETTINGS["tda-unnamed"], SETTINGS["tda-unnamed2"]
