@@ -129,7 +129,7 @@ def occupancy(c: Captured) -> float:
     from benchmarks.attention import tile_occupancy
     from kernels.threshold import launch
     from kernels.threshold.options import ThresholdOptions
-    from kernels.threshold.validation import as_head_vector
+    from kernels.inputs import as_head_vector
 
     q1, k1 = c.q[0], c.k[0]
     H, device = q1.shape[1], q1.device

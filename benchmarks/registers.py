@@ -39,7 +39,7 @@ from kernels.threshold import launch  # noqa: E402
 from kernels.threshold.options import ThresholdOptions  # noqa: E402
 from kernels.threshold.tiles import (BackwardPlan, TileConfig, backward_configs, dq_configs, dv_configs,  # noqa: E402
                                      forward_configs)
-from kernels.threshold.validation import MAX_HEAD_DIM  # noqa: E402
+from kernels.inputs import MAX_HEAD_DIM  # noqa: E402
 
 D_MODEL = 768
 

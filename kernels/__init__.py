@@ -2,9 +2,10 @@
 
 Ops: kernels/threshold/ (TDA, TRA, ReLA), kernels/sigmoid/ (sigmoid attention), kernels/softpick/ (softpick, with the
 row-normalised kernels that also serve kernels/sink_softmax/, softmax with a sink logit). Shared: common.py (the
-interpreter switch, output layout, copy-engine conditions, compile-only targets), fast_launch.py (launches without
-Triton's per-call binding), and for the one-view score ops blocked.py (the blocked PyTorch references' machinery),
-score_ops.py (input checks, tiles, launches) and score_tiles.py (device helpers).
+interpreter switch, output layout, copy-engine conditions, compile-only targets), inputs.py (the input checks every
+op makes, whether the kernels apply, per-head parameters), fast_launch.py (launches without Triton's per-call binding),
+and for the one-view score ops blocked.py (the blocked PyTorch references' machinery), score_ops.py (their input
+check, tiles, launches) and score_tiles.py (device helpers).
 
 The model imports its entry points from here: each runs the fused kernels on CUDA tensors they support and an exact
 PyTorch implementation otherwise. This package imports nothing from the rest of the project, and imports Triton only

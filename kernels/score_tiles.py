@@ -11,25 +11,17 @@ by every query) first. Query row i sits at absolute position i + Tk − Tq.
 import triton
 import triton.language as tl
 
+from kernels.threshold.triton_math import load_tile as load_pointer_tile
+from kernels.threshold.triton_math import tile_ptrs
+
 
 @triton.jit
 def load_tile(base, rows, cols, s_row, s_col, row_ok, col_ok, CHECK_ROWS: tl.constexpr, CHECK_COLS: tl.constexpr,
               CAST_F32: tl.constexpr):
-    """base[rows, cols] (strides s_row, s_col); rows / columns failing their check read as 0; fp32 if CAST_F32."""
-    ptrs = base + rows[:, None] * s_row + cols[None, :] * s_col
-    if CHECK_ROWS:
-        if CHECK_COLS:
-            x = tl.load(ptrs, mask=row_ok[:, None] & col_ok[None, :], other=0.0)
-        else:
-            x = tl.load(ptrs, mask=row_ok[:, None], other=0.0)
-    else:
-        if CHECK_COLS:
-            x = tl.load(ptrs, mask=col_ok[None, :], other=0.0)
-        else:
-            x = tl.load(ptrs)
-    if CAST_F32:
-        x = x.to(tl.float32)
-    return x
+    """base[rows, cols] (strides s_row, s_col); rows / columns failing their check read as 0; fp32 if CAST_F32.
+    The threshold kernels' pointer-tile load, with the pointers built here."""
+    return load_pointer_tile(tile_ptrs(base, rows, cols, s_row, s_col), row_ok, col_ok, CHECK_ROWS, CHECK_COLS,
+                             CAST_F32)
 
 
 @triton.jit

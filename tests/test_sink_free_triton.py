@@ -15,7 +15,7 @@ from sink_free_float64 import (OPS, Case, call, make_inputs, naive_map, poisoned
                                run_and_compare, weight_shares, within)
 
 import kernels
-from kernels.score_ops import triton_applies
+from kernels.inputs import triton_applies
 from kernels.sigmoid import launch as sigmoid_launch
 from kernels.sigmoid.autograd import sigmoid_attention_triton
 from kernels.sink_softmax.autograd import sink_softmax_attention_triton

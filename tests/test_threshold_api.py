@@ -10,7 +10,7 @@ import kernels
 from kernels.threshold import custom_ops as ops
 from kernels.threshold.autograd import threshold_attention_triton
 from kernels.threshold.public import differential_threshold_rela_triton, threshold_rela_triton
-from kernels.threshold.validation import triton_applies
+from kernels.inputs import triton_applies
 
 
 def _tda_inputs(seed=3, T=48, d=32, dv=64):

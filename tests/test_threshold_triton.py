@@ -284,7 +284,7 @@ def test_skipping_empty_tiles_matches_reference(monkeypatch, path, query_major):
 
 
 def test_a_float_parameter_becomes_one_reused_head_vector():
-    from kernels.threshold.validation import as_head_vector
+    from kernels.inputs import as_head_vector
 
     a, b = as_head_vector(0.5, 4, torch.device("cpu")), as_head_vector(0.5, 4, torch.device("cpu"))
     assert a is b and torch.equal(a, torch.full((4,), 0.5))
@@ -293,7 +293,7 @@ def test_a_float_parameter_becomes_one_reused_head_vector():
 
 
 def test_a_head_vector_parameter_passes_as_it_is_and_others_keep_their_gradient():
-    from kernels.threshold.validation import as_head_vector
+    from kernels.inputs import as_head_vector
 
     cpu = torch.device("cpu")
     lam = torch.rand(4, requires_grad=True)

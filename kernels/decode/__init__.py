@@ -13,7 +13,7 @@ from __future__ import annotations
 import torch
 
 from ..common import interpreting
-from ..threshold.validation import MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES, TRITON_INSTALLED, as_head_vector
+from ..inputs import MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES, TRITON_INSTALLED, as_head_vector
 from .reference import softmax_decode_reference, threshold_decode_reference
 
 PAGE = 64  # keys per page (launch.PAGE, named here without importing Triton)

@@ -11,7 +11,7 @@ from typing import Optional
 
 import torch
 
-from ..score_ops import triton_applies
+from ..inputs import triton_applies
 from .reference import sigmoid_attention_reference, sigmoid_attention_weights
 
 

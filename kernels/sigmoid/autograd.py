@@ -6,7 +6,8 @@ from typing import Optional, Union
 
 import torch
 
-from ..score_ops import as_head_vector, check_head_param, check_inputs
+from ..inputs import as_head_vector, check_head_param
+from ..score_ops import check_inputs
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.sink_free_kernels.sigmoid_*)
 
 

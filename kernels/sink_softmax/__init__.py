@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..score_ops import triton_applies
+from ..inputs import triton_applies
 from .reference import sink_softmax_attention_reference
 
 

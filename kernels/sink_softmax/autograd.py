@@ -7,7 +7,8 @@ from typing import Optional, Union
 
 import torch
 
-from ..score_ops import as_head_vector, check_head_param, check_inputs
+from ..inputs import as_head_vector, check_head_param
+from ..score_ops import check_inputs
 from ..softpick import launch
 from . import custom_ops  # noqa: F401  (registers torch.ops.sink_free_kernels.sink_softmax_*)
 

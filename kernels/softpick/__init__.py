@@ -12,7 +12,7 @@ from typing import Optional
 
 import torch
 
-from ..score_ops import triton_applies
+from ..inputs import triton_applies
 from .reference import softpick_attention_reference, softpick_attention_weights
 
 

@@ -6,7 +6,8 @@ from typing import Optional
 
 import torch
 
-from ..score_ops import check_inputs, check_number
+from ..inputs import check_number
+from ..score_ops import check_inputs
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.sink_free_kernels.softpick_*)
 
 

@@ -12,7 +12,7 @@ import torch
 
 from .options import ThresholdOptions
 from .reference import attention_weights, threshold_attention_reference
-from .validation import triton_applies
+from ..inputs import triton_applies
 
 
 def threshold_attention(

@@ -8,7 +8,8 @@ import torch
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .options import ThresholdOptions
 from .tiles import skip_empty_tiles
-from .validation import as_head_vector, check_inputs
+from ..inputs import as_head_vector
+from .validation import check_inputs
 
 
 def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
