@@ -1,6 +1,7 @@
 """Device helpers shared by the one-view score kernels (kernels/sigmoid/, kernels/softpick/): tile loads, the order in
 which programs take query and key blocks, which blocks a causal map visits (and which of them need the mask), and the
-kernel that turns dQ accumulated in fp32 into the gradient.
+kernel that turns dQ accumulated in fp32 into the gradient. The query-block order and the visible key blocks are the
+threshold kernels' own (kernels/threshold/triton_math.py), taken from there.
 
 Layout conventions: a program of a query-parallel kernel owns BLOCK_M query rows of one head, the longest blocks
 (those that see the most keys) launched first and the heads of one block adjacent, so programs running together share
@@ -12,7 +13,7 @@ import triton
 import triton.language as tl
 
 from kernels.threshold.triton_math import load_tile as load_pointer_tile
-from kernels.threshold.triton_math import tile_ptrs
+from kernels.threshold.triton_math import query_block_program, tile_ptrs, visible_keys  # noqa: F401 (shared here)
 
 
 @triton.jit
@@ -25,19 +26,6 @@ def load_tile(base, rows, cols, s_row, s_col, row_ok, col_ok, CHECK_ROWS: tl.con
 
 
 @triton.jit
-def query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M: tl.constexpr):
-    """This program's query block in a (num_m_blocks * B * H,) grid, longest first: (b, h, hk, m0), batch, query
-    head, its key/value head h // GROUP (int64, for offsets) and the block's first row."""
-    pid = tl.program_id(0)
-    bh = pid % num_bh
-    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
-    b = (bh // H).to(tl.int64)
-    h = bh % H
-    hk = (h // GROUP).to(tl.int64)
-    return b, h.to(tl.int64), hk, m0
-
-
-@triton.jit
 def key_block_program(num_bhk, Hkv, BLOCK_N: tl.constexpr):
     """This program's key block in a (num_n_blocks * B * Hkv,) grid, block 0 first: (b, hk, nblk, n0)."""
     pid = tl.program_id(0)
@@ -46,20 +34,6 @@ def key_block_program(num_bhk, Hkv, BLOCK_N: tl.constexpr):
     b = (bhk // Hkv).to(tl.int64)
     hk = (bhk % Hkv).to(tl.int64)
     return b, hk, nblk, nblk * BLOCK_N
-
-
-@triton.jit
-def visible_keys(m0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """For the query block starting at row m0: (full_end, hi). Key blocks before full_end lie whole inside the keys
-    and are seen whole by every row of the block (no mask); those in [full_end, hi) need the mask; keys from hi on
-    are seen by no row."""
-    if CAUSAL:
-        hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
-        full_end = tl.minimum(((m0 + Tk - Tq + 1) // BLOCK_N) * BLOCK_N, hi)
-    else:
-        hi = Tk
-        full_end = (Tk // BLOCK_N) * BLOCK_N
-    return full_end, hi
 
 
 @triton.jit

@@ -122,8 +122,9 @@ def query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M: tl.constexpr):
 
 @triton.jit
 def visible_keys(m0, Tq, Tk, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr):
-    """For the query block starting at row m0 (rows aligned to the end of the keys): (full_end, hi),
-    the key blocks before full_end are seen whole by every row, those in [full_end, hi) need the mask."""
+    """For the query block starting at row m0 (rows aligned to the end of the keys): (full_end, hi).
+    Key blocks before full_end lie whole inside the keys and are seen whole by every row of the block (no mask);
+    those in [full_end, hi) need the mask; keys from hi on are seen by no row."""
     if CAUSAL:
         # keys the block sees: j <= pos of its last row (and j < Tk)
         hi = tl.minimum(m0 + BLOCK_M + Tk - Tq, Tk)
