@@ -27,6 +27,8 @@ heads of 64), random bf16 queries and keys (at β = 1 random unit vectors leave 
 to ``--kernel-contexts`` (128k by default): the TDA kernel, our softmax kernel, and torch's SDPA for one query with
 the flash, cuDNN (both on the cache sliced to the exact length, as all rows are equally long here) and
 memory-efficient (a (B, 1, 1, L) length mask over the whole cache) backends; "best softmax" is the fastest.
+``--sweep`` also times both of our kernels at every page size (``--sweep-pages``) and pages per program
+(``--sweep-splits``) beside the launcher's own plan, the table that chooses ``kernels/decode/launch.py``'s split plan.
 
 Tables go to stdout (and ``--out`` as Markdown; ``--json`` the raw points), the end-to-end summary last. Runs on a
 CUDA GPU; ``--device cpu`` runs the same steps with wall-clock timing (for trying the tool on a tiny model).
@@ -79,6 +81,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--kernel-contexts", nargs="+", type=int, default=DEFAULT_KERNEL_CONTEXTS)
     parser.add_argument("--kernel-batches", nargs="+", type=int, default=[1, 16])
     parser.add_argument("--reps", type=int, default=20, help="graph replays timed per kernel measurement")
+    parser.add_argument("--sweep", action="store_true",
+                        help="kernel stage: also time both decoding kernels at every pages-per-split of "
+                             "--sweep-splits and page of --sweep-pages (the launcher's own choice is the default "
+                             "column), to choose the split plan")
+    parser.add_argument("--sweep-splits", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
+    parser.add_argument("--sweep-pages", nargs="+", type=int, default=[32, 64, 128])
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here (Markdown)")
@@ -480,7 +488,7 @@ def _sdpa_backends() -> dict:
 
 
 def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dtype, reps: int,
-                 generator: torch.Generator) -> dict:
+                 generator: torch.Generator, sweep: tuple[list[int], list[int]] | None = None) -> dict:
     """µs per call of one layer's decoding attention, 162M layout, every row's query at position context − 1."""
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
@@ -501,12 +509,18 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
                                                                   kernel=True), device, reps)
     tda_mb = batch * 6 * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
     row["tda_gb_per_s"] = tda_mb / 1e3 / (row["tda_us"] / 1e6)
+    if sweep is not None:
+        row["tda_sweep"] = sweep_plans(lambda **plan: threshold_decode(
+            q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, **plan), device, reps, *sweep)
     del q1, q2, k1, k2, v
     q = randn(batch, 12, 64)
     k, v = randn(batch, 12, context, 64), randn(batch, 12, context, 64)
     softmax_mb = batch * 12 * context * 128 * q.element_size() / 1e6
     row["softmax_us"] = 1e3 * time_replays(lambda: softmax_decode(q, k, v, positions=positions, kernel=True),
                                            device, reps)
+    if sweep is not None:
+        row["softmax_sweep"] = sweep_plans(lambda **plan: softmax_decode(
+            q, k, v, positions=positions, kernel=True, **plan), device, reps, *sweep)
     q4 = q[:, :, None]
     mask = (torch.arange(context, device=device) <= positions[:, None])[:, None, None]
     for backend_name, backend in _sdpa_backends().items():
@@ -527,13 +541,46 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
     return row
 
 
+def sweep_plans(call: Callable[..., object], device: torch.device, reps: int, splits: list[int],
+                pages: list[int]) -> dict[str, float | None]:
+    """µs per call of ``call(page=..., pages_per_split=...)`` for every page size and pages per split, keyed
+    "page×pages" (None where the launch fails, e.g. a page too large for the GPU's registers)."""
+    out: dict[str, float | None] = {}
+    for page in pages:
+        for per in splits:
+            try:
+                out[f"{page}x{per}"] = 1e3 * time_replays(lambda: call(page=page, pages_per_split=per), device, reps)
+            except Exception:  # noqa: BLE001 (a plan the GPU cannot run is a blank cell)
+                out[f"{page}x{per}"] = None
+    return out
+
+
+def sweep_table(rows: list[dict]) -> str:
+    """Markdown: per kernel, batch and context, µs at each (page, pages per split), the launcher's choice first."""
+    plans = next((list(r["tda_sweep"]) for r in rows if "tda_sweep" in r), [])
+    if not plans:
+        return ""
+    lines = ["| kernel | batch | context | launcher's plan µs | " + " | ".join(
+        f"page {p.split('x')[0]}, {p.split('x')[1]}/split" for p in plans) + " |", "|---" * (4 + len(plans)) + "|"]
+    for r in rows:
+        for kernel in ("tda", "softmax"):
+            sweep = r.get(f"{kernel}_sweep")
+            if sweep is None:
+                continue
+            cells = ["n/a" if sweep.get(p) is None else f"{sweep[p]:.1f}" for p in plans]
+            lines.append(f"| {kernel} | {r['batch']} | {r['context']} | {r[f'{kernel}_us']:.1f} | " + " | ".join(cells)
+                         + " |")
+    return "\n".join(lines)
+
+
 def kernels_alone(args, device: torch.device, dtype: torch.dtype, rows: list[dict]) -> None:
     """Measure the kernels alone at every batch and context, appending each row to ``rows`` as it is done."""
     generator = torch.Generator(device=device).manual_seed(args.seed)
     for batch in args.kernel_batches:
         for context in args.kernel_contexts:
             try:
-                row = kernel_point(batch, context, device, dtype, args.reps, generator)
+                row = kernel_point(batch, context, device, dtype, args.reps, generator,
+                                   (args.sweep_splits, args.sweep_pages) if args.sweep else None)
             except Exception as exc:  # a failed point is a row of the table; the others still run
                 row = {"batch": batch, "context": context, "error": failure(exc)}
             if device.type == "cuda":
@@ -588,6 +635,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "kernel" in args.stages:
         results["kernel"] = rows
         sections.append("## Decoding attention alone (one layer, random inputs)\n\n" + kernel_table(rows))
+        if args.sweep:
+            sections.append("## Split plans of the decoding kernels (µs; page: keys per page, n/split: pages per "
+                            "program)\n\n" + sweep_table(rows))
     if "e2e" in args.stages:
         results["e2e"] = [vars(p) for p in points]
         mode = "CUDA graphs" if device.type == "cuda" and not args.no_graphs else "eager"

@@ -1,12 +1,13 @@
 #!/usr/bin/env bash
 # Decoding's GPU checks and benchmark in one go, on one CUDA GPU (about 7 minutes on an H200):
-#   bash scripts/gpu_decode.sh [STAGES...]      STAGES: tests bench trained (default: all three, in that order)
+#   bash scripts/gpu_decode.sh [STAGES...]      STAGES: tests bench trained sweep (default: the first three, in order)
 #   tests    tests/test_decode_gpu.py, compiled kernels: CUDA-graph decoding against full recomputation for every
 #            variant, ragged batches, autocast, the decoding kernels against float64 at 33k-41k positions
 #   bench    python -m benchmarks.decode: 162M (model=gpt2_162m), random weights, softmax and TDA, batch 1 and 16,
 #            caches of 1k ... 32k tokens; and the kernels alone up to 128k
 #   trained  trains paper_small with TDA for 1,500 steps (python train.py, into runs/), then decodes with its
 #            weights at 32k (model.max_seq_len=32768) beside softmax
+#   sweep    the kernels alone at batch 1 and 16, 4k and 32k, at every page size and pages per split (the split plan)
 # Logs and Markdown tables go to $OUT/decode (default gpu_logs/decode); the tables are printed again at the end.
 set -o pipefail
 log_dir=${OUT:-gpu_logs}/decode
@@ -31,6 +32,8 @@ for stage in $stages; do
 trainer.eval_every=1500 trainer.checkpoint_every=1500" \
                    --out "$log_dir/bench_trained.md" --json "$log_dir/bench_trained.json" 2>&1 \
                    | tee "$log_dir/bench_trained.log" || status=1 ;;
+        sweep) timeout 150 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 --sweep \
+                   --out "$log_dir/sweep.md" --json "$log_dir/sweep.json" 2>&1 | tee "$log_dir/sweep.log" || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
     echo "stage $stage: $((SECONDS - start)) s" | tee -a "$log_dir/gpu.log"

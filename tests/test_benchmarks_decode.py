@@ -82,3 +82,21 @@ def test_a_trained_run_decodes_its_own_text_beside_softmax(train_run):
     assert (tda["attention"], tda["weights"]) == ("tda", "trained")
     assert softmax["prompts"] == tda["prompts"] == "val text" and softmax["model"] == "decode_bench_tda"
     assert tda["error"] is None and tda["ms_per_token"] > 0
+
+
+def test_the_kernel_sweep_times_every_split_plan(tmp_path):
+    """--sweep times both decoding kernels at every (page, pages per split) asked for, beside the launcher's own
+    plan, and prints them as a table of its own (on the CPU under the interpreter, wall-clock)."""
+    out = tmp_path / "decode.md"
+    results = bench.main(["--device", "cpu", "--stages", "kernel", "--reps", "1", "--dtype", "fp32",
+                          "--kernel-contexts", "70", "--kernel-batches", "1", "--sweep", "--sweep-splits", "1", "2",
+                          "--sweep-pages", "32", "64", "--out", str(out)])
+    (row,) = results["kernel"]
+    for kernel in ("tda", "softmax"):
+        sweep = row[f"{kernel}_sweep"]
+        assert sorted(sweep) == ["32x1", "32x2", "64x1", "64x2"]
+        assert all(value is not None and value > 0 for value in sweep.values())
+    text = out.read_text()
+    table = text[text.index("## Split plans"):].splitlines()
+    assert table[2].startswith("| kernel | batch | context | launcher's plan µs | page 32, 1/split")
+    assert [line.split(" | ")[0] for line in table[4:]] == ["| tda", "| softmax"]
