@@ -2,7 +2,7 @@
 
 Each run needs the output of ``python -m analysis.attention`` (of this code's metrics version, see
 analysis.results) unless only figures drawn from metrics.jsonl are asked for (``figures=[...]``:
-loss_curves, loss_by_configuration, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
+loss_curves, loss_by_configuration, length_extrapolation, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
 share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
@@ -16,6 +16,8 @@ share a colour and one legend entry. Every figure is written as PNG and PDF unde
     loss_curves           training and validation loss against step
     loss_by_configuration final validation loss per configuration (runs equal up to the seed): seeds as dots,
                           the mean as a bar, softmax's mean as a line, the difference from it in percent
+    length_extrapolation  perplexity against evaluated length per configuration, plain RoPE and NTK-aware scaling
+                          (from eval/length_extrapolation.json; drawn when some run has it)
     training_diagnostics_<run>  per layer against step, from the diag/* metrics logged while training
                           (analysis.diagnostics): empty-row share, non-zeros per row, tile occupancy; and
                           λ and β (lambda/<layer>, beta/<layer>); for each run that logged diag/* metrics
@@ -309,6 +311,55 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
+def extrapolation_curves(runs: list[RunResults]) -> list[tuple[str, str, dict[str, dict[int, list[float]]]]]:
+    """Per configuration (group_runs' labels) whose runs hold eval/length_extrapolation.json: (label, attention,
+    {"plain" | "ntk": {evaluated length: the seeds' perplexities}}), in the groups' order."""
+    out = []
+    for group in group_runs(runs):
+        curves: dict[str, dict[int, list[float]]] = {"plain": {}, "ntk": {}}
+        for run in group.runs:
+            result = run.eval_result("length_extrapolation") or {}
+            for entry in (result.get("lengths") or {}).values():
+                for mode in curves:
+                    value = (entry.get(mode) or {}).get("perplexity")
+                    if isinstance(value, (int, float)) and isinstance(entry.get("seq_len"), int):
+                        curves[mode].setdefault(entry["seq_len"], []).append(float(value))
+        if curves["plain"]:
+            out.append((group.label, group.attention, curves))
+    return out
+
+
+def length_extrapolation(runs: list[RunResults], stem: Path) -> list[Path]:
+    """Perplexity against evaluated length (eval.py's length_extrapolation), plain RoPE and NTK-aware scaling side by
+    side, one line per configuration: the mean over its seeds, each seed a faint dot; log-log axes, the training
+    length where the curves start."""
+    plt = _pyplot()
+    curves = extrapolation_curves(runs)
+    if not curves:
+        raise ValueError("length_extrapolation: no run holds eval/length_extrapolation.json "
+                         "(python eval.py run_dir=<run> tasks=[length_extrapolation])")
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2), sharey=True)
+    for i, (label, attention, by_mode) in enumerate(curves):
+        for ax, mode in zip(axes, ("plain", "ntk")):
+            points = sorted(by_mode[mode].items())
+            if not points:
+                continue
+            lengths = [n for n, _ in points]
+            ax.plot(lengths, [float(np.mean(v)) for _, v in points], marker="o", ms=3, color=f"C{i % 10}",
+                    ls="--" if attention == "softmax" else "-", label=f"{label} (n={len(points[0][1])})")
+            for n, values in points:
+                ax.plot([n] * len(values), values, ".", color=f"C{i % 10}", alpha=0.35, ms=4)
+    evaluated = sorted({n for _, _, by_mode in curves for n in by_mode["plain"]})
+    for ax, title in zip(axes, ("plain RoPE", "NTK-aware RoPE scaling")):
+        ax.set(xscale="log", yscale="log", xlabel="evaluated length (tokens)", title=title)
+        ax.set_xticks(evaluated, [str(n) for n in evaluated])
+        ax.minorticks_off()
+        ax.grid(alpha=0.3, which="both")
+    axes[0].set_ylabel("perplexity (mean over seeds; dots: seeds)")
+    axes[1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save(fig, stem)
+
+
 def _layer_series(metrics: list[dict], prefix: str) -> dict[str, tuple[list[int], list[float]]]:
     """The logged values of ``<prefix>/<layer>`` (and ``<prefix>/mean``) against step: {layer or "mean":
     (steps, values)}, layers in numeric order, "mean" last."""
@@ -391,7 +442,8 @@ def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: in
 # Figures drawn from analysis summaries; the others read only metrics.jsonl (or nothing).
 NEED_ANALYSIS = ("sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "attention_maps",
                  "lambda_by_layer")
-FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "training_diagnostics", "theory_check")
+FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "length_extrapolation", "training_diagnostics",
+                           "theory_check")
 
 
 def make_figures(cfg: DictConfig) -> list[Path]:
@@ -426,6 +478,8 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         paths += loss_curves(runs, out / "loss_curves")
     if "loss_by_configuration" in wanted:
         paths += loss_by_configuration(runs, out / "loss_by_configuration")
+    if "length_extrapolation" in wanted and (extrapolation_curves(runs) or cfg.get("figures")):
+        paths += length_extrapolation(runs, out / "length_extrapolation")
     if "training_diagnostics" in wanted:
         logged = [run for run in runs if has_diagnostics(run)]
         if not logged and cfg.get("figures"):

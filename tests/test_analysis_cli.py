@@ -254,3 +254,31 @@ def test_a_figure_drawn_twice_from_the_same_data_is_the_same_file(tmp_path, modu
         time.sleep(1.1)  # a creation date written to the second would differ
     for first, second in zip(*files):
         assert first.suffix == second.suffix and first.read_bytes() == second.read_bytes(), first.name
+
+
+def test_length_extrapolation_figure_averages_each_configuration_over_its_seeds(tmp_path):
+    """extrapolation_curves groups runs as the loss table does and keeps every seed's perplexity at each evaluated
+    length; the figure is drawn from them, and asking for it without any length_extrapolation.json is an error."""
+    from analysis.figures import extrapolation_curves, length_extrapolation
+    from analysis.results import RunResults
+
+    def run(name, attention, seed, ppl):
+        path = tmp_path / name
+        (path / "eval").mkdir(parents=True)
+        lengths = {f"{m}x": {"multiple": m, "seq_len": 64 * m, "plain": {"perplexity": ppl * m},
+                             "ntk": {"perplexity": ppl * (1 + m) / 2}} for m in (1, 2, 4)}
+        (path / "eval" / "length_extrapolation.json").write_text(json.dumps({"train_len": 64, "lengths": lengths}))
+        config = OmegaConf.create({"seed": seed, "attention": {"name": attention}})
+        return RunResults(name, path, config, [], None)
+
+    runs = [run("a0", "softmax", 0, 10.0), run("a1", "softmax", 1, 12.0), run("b0", "sigmoid", 0, 20.0)]
+    curves = extrapolation_curves(runs)
+    assert [(label, attention) for label, attention, _ in curves] == [("softmax", "softmax"), ("sigmoid", "sigmoid")]
+    softmax = curves[0][2]
+    assert softmax["plain"] == {64: [10.0, 12.0], 128: [20.0, 24.0], 256: [40.0, 48.0]}
+    assert softmax["ntk"][256] == [25.0, 30.0]
+    paths = length_extrapolation(runs, tmp_path / "figure")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    with pytest.raises(ValueError, match="no run holds eval/length_extrapolation.json"):
+        length_extrapolation([RunResults("c", tmp_path / "c", OmegaConf.create({"attention": {"name": "tda"}}), [],
+                                         None)], tmp_path / "none")
