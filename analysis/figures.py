@@ -37,27 +37,14 @@ from analysis.attention import MAPS, OUTPUT
 from analysis.diagnostics import MEASURES, PREFIX
 from analysis.metrics import TILE, random_survivors, survivor_bound
 from analysis.results import RunResults, check_metrics_versions, group_runs, load_results, run_list
-
-
-def _pyplot():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    return plt
+from evaluation import plots
+from evaluation.plots import pyplot as _pyplot
 
 
 def save(fig, stem: Path) -> list[Path]:
-    """Write ``fig`` as stem.png and stem.pdf, close it, return both paths. The PDF carries no creation date, so
-    a figure drawn again from the same results is the same file (kept figures change only when their data does)."""
-    paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]  # run names may hold dots
-    fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight",  # legends sit outside the axes
-                    metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    _pyplot().close(fig)
-    return paths
+    """Write ``fig`` as stem.png and stem.pdf (evaluation.plots.save), the legends that sit outside the axes
+    included; close it, return both paths."""
+    return plots.save(fig, stem, legends_outside=True)
 
 
 def _label(run: RunResults) -> str:
@@ -271,9 +258,8 @@ def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[f
     from analysis.report import reference_group
 
     groups = group_runs(runs)
-    labels = [g.label for g in groups]
     losses = [[v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups]
-    rows = [(label, values, g.attention) for g, label, values in zip(groups, labels, losses) if values]
+    rows = [(g.label, values, g.attention) for g, values in zip(groups, losses) if values]
     if not rows:
         raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
                          "in metrics.jsonl)")
@@ -329,12 +315,12 @@ def extrapolation_curves(runs: list[RunResults]) -> list[tuple[str, str, dict[st
     return out
 
 
-def length_extrapolation(runs: list[RunResults], stem: Path) -> list[Path]:
-    """Perplexity against evaluated length (eval.py's length_extrapolation), plain RoPE and NTK-aware scaling side by
-    side, one line per configuration: the mean over its seeds, each seed a faint dot; log-log axes, the training
-    length where the curves start."""
+def length_extrapolation(curves: list[tuple[str, str, dict[str, dict[int, list[float]]]]],
+                         stem: Path) -> list[Path]:
+    """Perplexity against evaluated length (eval.py's length_extrapolation) from ``extrapolation_curves``, plain RoPE
+    and NTK-aware scaling side by side, one line per configuration: the mean over its seeds, each seed a faint dot;
+    log-log axes, the training length where the curves start."""
     plt = _pyplot()
-    curves = extrapolation_curves(runs)
     if not curves:
         raise ValueError("length_extrapolation: no run holds eval/length_extrapolation.json "
                          "(python eval.py run_dir=<run> tasks=[length_extrapolation])")
@@ -478,8 +464,10 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         paths += loss_curves(runs, out / "loss_curves")
     if "loss_by_configuration" in wanted:
         paths += loss_by_configuration(runs, out / "loss_by_configuration")
-    if "length_extrapolation" in wanted and (extrapolation_curves(runs) or cfg.get("figures")):
-        paths += length_extrapolation(runs, out / "length_extrapolation")
+    if "length_extrapolation" in wanted:
+        curves = extrapolation_curves(runs)
+        if curves or cfg.get("figures"):  # asked for by name, none to draw: length_extrapolation says so
+            paths += length_extrapolation(curves, out / "length_extrapolation")
     if "training_diagnostics" in wanted:
         logged = [run for run in runs if has_diagnostics(run)]
         if not logged and cfg.get("figures"):

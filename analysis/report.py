@@ -23,11 +23,8 @@ from pathlib import Path
 import hydra
 from omegaconf import DictConfig
 
-from omegaconf import OmegaConf
-
 from analysis.metrics import TILE
-from analysis.results import (Group, RunResults, check_metrics_versions, group_runs, load_results,
-                              run_list)
+from analysis.results import Group, RunResults, check_metrics_versions, group_runs, load_results, run_list
 from analysis.stats import holm, welch
 
 NOT_RUN = "not run"
@@ -311,28 +308,23 @@ def loss_table(groups: list[Group]) -> list[str]:
     configuration compared, then the attention measures at the training length (mean over seeds): exact-zero
     share, empty-row share, Gu et al.'s sink rate. The reference is the first group of softmax attention with
     no setting of its own (else the first softmax group); none: Δ and p are —."""
-    labels = [g.label for g in groups]
     ref = reference_group(groups)
     loss = RunResults.final_val_loss
-    ref_values = _values(ref, loss) if ref else []
-    tests = []
-    for g in groups:
-        values = _values(g, loss)
-        tests.append(welch(values, ref_values).p if g is not ref and len(values) > 1 and len(ref_values) > 1
-                     else None)
-    adjusted = holm(tests)
+    values = [_values(g, loss) for g in groups]
+    ref_values = values[groups.index(ref)] if ref else []
+    tests = [welch(v, ref_values).p if g is not ref and len(v) > 1 and len(ref_values) > 1 else None
+             for g, v in zip(groups, values)]
     lines = ["| configuration | seeds | val loss mean ± std | Δ vs softmax (%) | p (Welch) | p (Holm) | exact zeros "
              "| empty rows | sink rate |", "|" + "---|" * 9]
     sparsity, empty = _at_length("sparsity"), _at_length("empty_row_share")
-    for g, label, p, p_holm in zip(groups, labels, tests, adjusted):
-        values = _values(g, loss)
+    for g, v, p, p_holm in zip(groups, values, tests, holm(tests)):
         if g is ref:
             delta = "reference"
-        elif values and ref_values:
-            delta = f"{100 * (statistics.fmean(values) / statistics.fmean(ref_values) - 1):+.2f}"
+        elif v and ref_values:
+            delta = f"{100 * (statistics.fmean(v) / statistics.fmean(ref_values) - 1):+.2f}"
         else:
             delta = "—"
-        lines.append(" | ".join([f"| {label}", str(len(g.runs)), _mean_std(values), delta, _p(p), _p(p_holm),
+        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), delta, _p(p), _p(p_holm),
                                  _num(_mean(_values(g, sparsity)), percent=True),
                                  _num(_mean(_values(g, empty)), percent=True),
                                  _num(_mean(_values(g, sink_rate)))]) + " |")

@@ -8,6 +8,7 @@ analyse again."""
 from __future__ import annotations
 
 import csv
+import functools
 import gzip
 import json
 from dataclasses import dataclass
@@ -121,16 +122,27 @@ def _flat(cfg: DictConfig) -> dict[str, str]:
 ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
 
 
+@functools.lru_cache(maxsize=None)
+def _attention_defaults(name: str) -> dict[str, str]:
+    """conf/attention/<name>.yaml flattened as _flat flattens a run's config ({} for an attention without one)."""
+    path = ATTENTION_DEFAULTS / f"{name}.yaml"
+    return _flat(OmegaConf.create({"attention": OmegaConf.load(path)})) if path.is_file() else {}
+
+
+def _setting(key: str, value: str) -> str:
+    """One setting as a label shows it: key=value, an attention setting without its "attention." prefix."""
+    return f"{key.removeprefix('attention.')}={value.strip(chr(39))}"
+
+
 def _off_defaults(flat: dict[str, str], flats: list[dict[str, str]]) -> list[str]:
-    """What sets a configuration apart, as key=value: its attention settings that differ from the shipped
-    defaults (conf/attention/<name>.yaml; a setting the run's config lacks counts as the default), then any other
-    setting that differs among the configurations (e.g. trainer.max_steps when two studies are compared)."""
-    defaults_file = ATTENTION_DEFAULTS / f"{flat['attention.name'].strip(chr(39))}.yaml"
-    defaults = _flat(OmegaConf.create({"attention": OmegaConf.load(defaults_file)})) if defaults_file.is_file() else {}
-    parts = [f"{k.split('.', 1)[1]}={flat[k].strip(chr(39))}" for k in sorted(flat)
-             if k.startswith("attention.") and k != "attention.name" and defaults.get(k, flat[k]) != flat[k]]
-    return parts + [f"{k}={flat[k].strip(chr(39))}" for k in sorted(flat) if not k.startswith("attention.")
-                    and len({f.get(k) for f in flats}) > 1]
+    """What sets a configuration apart: its attention settings that differ from the shipped defaults
+    (conf/attention/<name>.yaml; a setting the run's config lacks counts as the default), then any other setting
+    that differs among the configurations (e.g. trainer.max_steps when two studies are compared)."""
+    defaults = _attention_defaults(flat["attention.name"].strip(chr(39)))
+    own = [k for k in sorted(flat)
+           if k.startswith("attention.") and k != "attention.name" and defaults.get(k, flat[k]) != flat[k]]
+    differing = [k for k in sorted(flat) if not k.startswith("attention.") and len({f.get(k) for f in flats}) > 1]
+    return [_setting(k, flat[k]) for k in own + differing]
 
 
 def _label(attention: str, parts: list[str]) -> str:
@@ -156,8 +168,7 @@ def group_runs(runs: list[RunResults]) -> list[Group]:
         clash = [flats[k] for k in keyed if first[k] == first[key]]
         if len(clash) > 1:
             differing = sorted(k for k in flats[key] if len({f.get(k) for f in clash}) > 1)
-            labels[key] = _label(members[0].attention,
-                                 [f"{k.split('.', 1)[-1]}={flats[key][k].strip(chr(39))}" for k in differing])
+            labels[key] = _label(members[0].attention, [_setting(k, flats[key][k]) for k in differing])
     return [Group(labels[key], members) for key, members in keyed.items()]
 
 

@@ -1,4 +1,5 @@
-"""The figures of the evaluation tasks, each written as PNG and PDF beside the JSON results."""
+"""The figures of the evaluation tasks, each written as PNG and PDF beside the JSON results; ``pyplot`` and ``save``
+also serve analysis.figures, so every figure of the project is written one way."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -6,7 +7,8 @@ from pathlib import Path
 import numpy as np
 
 
-def _pyplot():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (no display needed), imported when a figure is drawn."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -15,15 +17,18 @@ def _pyplot():
     return plt
 
 
-def _save(fig, stem: Path, tight: bool = True) -> list[Path]:
-    """Write ``fig`` as stem.png and stem.pdf (no creation date in the PDF, so equal data give equal files), close
-    it, return both paths."""
+def save(fig, stem: Path, tight: bool = True, legends_outside: bool = False) -> list[Path]:
+    """Write ``fig`` as stem.png and stem.pdf, close it, return both paths (a stem's dots stay: run names hold
+    them). ``tight``: tight layout first; ``legends_outside``: the saved area grows to take legends placed outside
+    the axes. The PDF carries no creation date, so a figure drawn again from the same data is the same file (kept
+    figures change only when their data do)."""
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
     if tight:
         fig.tight_layout()
     for path in paths:
-        fig.savefig(path, dpi=150, metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
-    _pyplot().close(fig)
+        fig.savefig(path, dpi=150, bbox_inches="tight" if legends_outside else None,
+                    metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    pyplot().close(fig)
     return paths
 
 
@@ -39,7 +44,7 @@ def _log_binned(values: np.ndarray, bins: int = 64) -> tuple[np.ndarray, np.ndar
 def loss_by_position(curves: dict[str, list[float]], stem: Path, train_len: int | None = None) -> list[Path]:
     """Mean loss (nats) against token position (1-based, log axis), one line per label, averaged in
     log-spaced position bins; a dashed line marks the training length when given."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     for label, values in curves.items():
         ax.plot(*_log_binned(np.asarray(values, dtype=float)), label=label, lw=1)
@@ -51,12 +56,12 @@ def loss_by_position(curves: dict[str, list[float]], stem: Path, train_len: int 
     ax.grid(alpha=0.3)
     if len(curves) > 1 or train_len is not None:
         ax.legend(fontsize=7)
-    return _save(fig, stem)
+    return save(fig, stem)
 
 
 def perplexity_by_length(lengths: list[int], series: dict[str, list[float]], stem: Path) -> list[Path]:
     """Perplexity against evaluation length (log axes), one line per label."""
-    plt = _pyplot()
+    plt = pyplot()
     fig, ax = plt.subplots(figsize=(5, 3.4))
     for label, values in series.items():
         ax.plot(lengths, values, marker="o", label=label)
@@ -66,7 +71,7 @@ def perplexity_by_length(lengths: list[int], series: dict[str, list[float]], ste
     ax.set_ylabel("perplexity")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
-    return _save(fig, stem)
+    return save(fig, stem)
 
 
 def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: list[float], stem: Path,
@@ -74,7 +79,7 @@ def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: 
     """Heatmaps of accuracy in [0, 1] (rows = depth, columns = length, each cell annotated), ``cols`` per
     figure row, in the order of ``grids`` (title -> (lengths, depths) array); NaN cells (not run) are grey,
     marked "skip"."""
-    plt = _pyplot()
+    plt = pyplot()
     rows = (len(grids) + cols - 1) // cols
     size = (cols * (0.5 * len(lengths) + 2.4) + 1.2, rows * (0.3 * len(depths) + 1.4))
     fig, axes = plt.subplots(rows, cols, figsize=size, squeeze=False, layout="constrained")
@@ -94,4 +99,4 @@ def accuracy_heatmaps(grids: dict[str, np.ndarray], lengths: list[int], depths: 
     for ax in list(axes.flat)[len(grids):]:
         ax.axis("off")
     fig.colorbar(image, ax=axes, shrink=0.8, label="accuracy")
-    return _save(fig, stem, tight=False)  # the colour bar spans the axes: no tight layout
+    return save(fig, stem, tight=False)  # the colour bar spans the axes: no tight layout

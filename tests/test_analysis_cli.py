@@ -205,9 +205,10 @@ def test_bad_input_gets_one_line_errors(runs, tmp_path):
 
 
 def test_figure_names_keep_dots_of_run_names(tmp_path):
-    from analysis.figures import _pyplot, save
+    from analysis.figures import save
+    from evaluation.plots import pyplot
 
-    fig = _pyplot().figure()
+    fig = pyplot().figure()
     paths = save(fig, tmp_path / "attention_maps_tda-beta0.5")
     assert [p.name for p in paths] == ["attention_maps_tda-beta0.5.png", "attention_maps_tda-beta0.5.pdf"]
     assert all(p.is_file() for p in paths)
@@ -238,19 +239,20 @@ def test_row_curves_read_from_the_gzipped_file_and_from_an_older_plain_one(tmp_p
         RunResults("none", tmp_path / "none", OmegaConf.create({}), [], None).row_curves(64)
 
 
-@pytest.mark.parametrize("module", ["analysis.figures", "evaluation.plots"])
-def test_a_figure_drawn_twice_from_the_same_data_is_the_same_file(tmp_path, module):
-    """Kept figures (results/) change only when their data do: no creation date in the PDF, none in the PNG."""
-    import importlib
+@pytest.mark.parametrize("legends_outside", [False, True])
+def test_a_figure_drawn_twice_from_the_same_data_is_the_same_file(tmp_path, legends_outside):
+    """Kept figures (results/) change only when their data do: no creation date in the PDF, none in the PNG. Every
+    figure of the project is written by evaluation.plots.save (analysis.figures with legends outside the axes)."""
     import time
 
-    mod = importlib.import_module(module)
-    save = mod.save if module == "analysis.figures" else mod._save
+    from evaluation.plots import pyplot, save
+
     files = []
     for i in range(2):
-        fig, ax = mod._pyplot().subplots()
-        ax.plot([0, 1, 2], [1, 3, 2])
-        files.append(save(fig, tmp_path / f"figure{i}"))
+        fig, ax = pyplot().subplots()
+        ax.plot([0, 1, 2], [1, 3, 2], label="a line")
+        ax.legend(loc="center left", bbox_to_anchor=(1.02, 0.5))
+        files.append(save(fig, tmp_path / f"figure{i}", legends_outside=legends_outside))
         time.sleep(1.1)  # a creation date written to the second would differ
     for first, second in zip(*files):
         assert first.suffix == second.suffix and first.read_bytes() == second.read_bytes(), first.name
@@ -277,8 +279,8 @@ def test_length_extrapolation_figure_averages_each_configuration_over_its_seeds(
     softmax = curves[0][2]
     assert softmax["plain"] == {64: [10.0, 12.0], 128: [20.0, 24.0], 256: [40.0, 48.0]}
     assert softmax["ntk"][256] == [25.0, 30.0]
-    paths = length_extrapolation(runs, tmp_path / "figure")
+    paths = length_extrapolation(curves, tmp_path / "figure")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="no run holds eval/length_extrapolation.json"):
-        length_extrapolation([RunResults("c", tmp_path / "c", OmegaConf.create({"attention": {"name": "tda"}}), [],
-                                         None)], tmp_path / "none")
+        length_extrapolation(extrapolation_curves([RunResults("c", tmp_path / "c", OmegaConf.create(
+            {"attention": {"name": "tda"}}), [], None)]), tmp_path / "none")
