@@ -59,22 +59,20 @@ def regularized_incomplete_beta(a: float, b: float, x: float) -> float:
     return 1.0 - math.exp(log_front) * _beta_continued_fraction(b, a, 1.0 - x) / b   # I_x(a,b) = 1 − I_{1−x}(b,a)
 
 
-def student_t_cdf(t: float, df: float) -> float:
-    """P(T ≤ t) for Student's t distribution with ``df`` > 0 degrees of freedom (not necessarily an integer),
-    through P(|T| > |t|) = I_{df/(df+t²)}(df/2, 1/2)."""
-    if df <= 0:
-        raise ValueError(f"df must be > 0, got {df}")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = 0.5 * regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
-    return 1.0 - tail if t > 0 else tail
-
-
 def two_sided_p(t: float, df: float) -> float:
     """P(|T| ≥ |t|) for Student's t with ``df`` degrees of freedom."""
     if math.isinf(t):
         return 0.0
     return regularized_incomplete_beta(df / 2.0, 0.5, df / (df + t * t))
+
+
+def student_t_cdf(t: float, df: float) -> float:
+    """P(T ≤ t) for Student's t distribution with ``df`` > 0 degrees of freedom (not necessarily an integer),
+    through P(|T| > |t|) = I_{df/(df+t²)}(df/2, 1/2)."""
+    if df <= 0:
+        raise ValueError(f"df must be > 0, got {df}")
+    tail = 0.5 * two_sided_p(t, df)
+    return 1.0 - tail if t > 0 else tail
 
 
 @dataclass(frozen=True)
