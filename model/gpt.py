@@ -68,6 +68,8 @@ class GPT(nn.Module):
         self._init_weights(model_cfg.n_layer)
         self.context = None  # see split_context
         self.loss_chunk: int | None = None  # tokens per chunk of the training loss (model.loss); None: all at once
+        # the parts that follow a training schedule (set_step), found once: set_step runs before every step
+        self._scheduled = [m for m in self.modules() if m is not self and hasattr(m, "set_step")]
 
     def _init_weights(self, n_layer: int) -> None:
         for module in self.modules():
@@ -198,9 +200,8 @@ class GPT(nn.Module):
         ``attention.beta_warmup_steps``) how many optimiser steps have been taken (0 before the first). The
         training loop calls it before every step, and on resume with the restored step; a model that is
         never told (evaluation, analysis) runs at the end of every schedule."""
-        for module in self.modules():
-            if module is not self and hasattr(module, "set_step"):
-                module.set_step(step)
+        for module in self._scheduled:
+            module.set_step(step)
 
     def num_parameters(self) -> int:
         return sum(p.numel() for p in self.parameters())
