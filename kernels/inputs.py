@@ -27,12 +27,13 @@ MIN_HEAD_DIM, MAX_HEAD_DIM = 16, 256
 Scalar = Union[float, torch.Tensor]
 
 
-def triton_applies(*tensors: Optional[torch.Tensor]) -> bool:
+def triton_applies(*tensors: Optional[torch.Tensor], dims: Optional[int] = 4) -> bool:
     """True when the Triton kernels can run these q, k, v (and any further q/k views; None entries are skipped):
-    4-d CUDA tensors (or CPU ones under Triton's interpreter), Triton installed, a supported dtype and head
-    dimensions (the last dimension of each) in [16, 256]. Anything else takes the exact PyTorch implementation."""
+    tensors of ``dims`` dimensions (None: any; the decoding kernels take 3-d queries and 4-d caches) on CUDA (or
+    the CPU under Triton's interpreter), Triton installed, a supported dtype and head dimensions (the last dimension
+    of each) in [16, 256]. Anything else takes the exact PyTorch implementation."""
     tensors = [x for x in tensors if x is not None]
-    if not all(isinstance(x, torch.Tensor) and x.dim() == 4 for x in tensors):
+    if not all(isinstance(x, torch.Tensor) and (dims is None or x.dim() == dims) for x in tensors):
         return False
     on_device = all(x.is_cuda for x in tensors) or (interpreting() and all(x.device.type == "cpu" for x in tensors))
     return (on_device and TRITON_INSTALLED and all(x.dtype in SUPPORTED_DTYPES for x in tensors)

@@ -12,20 +12,16 @@ from __future__ import annotations
 
 import torch
 
-from ..common import interpreting
-from ..inputs import MAX_HEAD_DIM, MIN_HEAD_DIM, SUPPORTED_DTYPES, TRITON_INSTALLED, as_head_vector
+from ..inputs import MAX_HEAD_DIM, MIN_HEAD_DIM, as_head_vector, triton_applies
 from .reference import softmax_decode_reference, threshold_decode_reference
 
 PAGE = 64  # keys per page (launch.PAGE, named here without importing Triton)
 
 
 def kernel_applies(*tensors: torch.Tensor | None) -> bool:
-    """Whether the decoding kernels can run these q, k, v: CUDA tensors (or CPU ones under Triton's interpreter),
-    Triton installed, bf16/fp16/fp32, head dimensions (the last dimension of each) from 16 to 256."""
-    tensors = [t for t in tensors if t is not None]
-    on_device = all(t.is_cuda for t in tensors) or (interpreting() and all(t.device.type == "cpu" for t in tensors))
-    return (on_device and TRITON_INSTALLED and all(t.dtype in SUPPORTED_DTYPES for t in tensors)
-            and all(MIN_HEAD_DIM <= t.shape[-1] <= MAX_HEAD_DIM for t in tensors))
+    """Whether the decoding kernels can run these q, k, v: kernels.inputs.triton_applies for tensors of any number
+    of dimensions (CUDA or the interpreter, Triton installed, bf16/fp16/fp32, head dimensions from 16 to 256)."""
+    return triton_applies(*tensors, dims=None)
 
 
 def check_inputs(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: torch.Tensor | None,
