@@ -27,8 +27,9 @@ heads of 64), random bf16 queries and keys (at β = 1 random unit vectors leave 
 to ``--kernel-contexts`` (128k by default): the TDA kernel, our softmax kernel, and torch's SDPA for one query with
 the flash, cuDNN (both on the cache sliced to the exact length, as all rows are equally long here) and
 memory-efficient (a (B, 1, 1, L) length mask over the whole cache) backends; "best softmax" is the fastest.
-``--sweep`` also times both of our kernels at every page size (``--sweep-pages``) and pages per program
-(``--sweep-splits``) beside the launcher's own plan, the table that chooses ``kernels/decode/launch.py``'s split plan.
+``--sweep`` also times both of our kernels at every page size (``--sweep-pages``), pages per program
+(``--sweep-splits``) and pipeline depth (``--sweep-stages``) beside the launcher's own plan, the table that chooses
+``kernels/decode/launch.py``'s split plan and depth.
 
 Tables go to stdout (and ``--out`` as Markdown; ``--json`` the raw points), the end-to-end summary last. Runs on a
 CUDA GPU; ``--device cpu`` runs the same steps with wall-clock timing (for trying the tool on a tiny model).
@@ -83,10 +84,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--reps", type=int, default=20, help="graph replays timed per kernel measurement")
     parser.add_argument("--sweep", action="store_true",
                         help="kernel stage: also time both decoding kernels at every pages-per-split of "
-                             "--sweep-splits and page of --sweep-pages (the launcher's own choice is the default "
-                             "column), to choose the split plan")
+                             "--sweep-splits, page of --sweep-pages and depth of --sweep-stages (the launcher's "
+                             "own choice is a column of its own), to choose the split plan")
     parser.add_argument("--sweep-splits", nargs="+", type=int, default=[1, 2, 4, 8, 16, 32])
     parser.add_argument("--sweep-pages", nargs="+", type=int, default=[32, 64, 128])
+    parser.add_argument("--sweep-stages", nargs="+", type=int, default=[1, 2, 3, 4],
+                        help="pipeline depths (pages in flight per program) the sweep tries")
     parser.add_argument("--device", default="cuda")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", type=Path, default=None, help="also write the tables here (Markdown)")
@@ -488,7 +491,7 @@ def _sdpa_backends() -> dict:
 
 
 def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dtype, reps: int,
-                 generator: torch.Generator, sweep: tuple[list[int], list[int]] | None = None) -> dict:
+                 generator: torch.Generator, sweep: tuple[list[int], list[int], list[int]] | None = None) -> dict:
     """µs per call of one layer's decoding attention, 162M layout, every row's query at position context − 1."""
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
@@ -542,34 +545,48 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
 
 
 def sweep_plans(call: Callable[..., object], device: torch.device, reps: int, splits: list[int],
-                pages: list[int]) -> dict[str, float | None]:
-    """µs per call of ``call(page=..., pages_per_split=...)`` for every page size and pages per split, keyed
-    "page×pages" (None where the launch fails, e.g. a page too large for the GPU's registers)."""
+                pages: list[int], stages: list[int]) -> dict[str, float | None]:
+    """µs per call of ``call(page=..., pages_per_split=..., stages=...)`` for every page size, pages per split and
+    pipeline depth, keyed "page x pages x stages" (None where the launch fails, e.g. a page too large for the GPU's
+    registers or shared memory)."""
     out: dict[str, float | None] = {}
     for page in pages:
-        for per in splits:
-            try:
-                out[f"{page}x{per}"] = 1e3 * time_replays(lambda: call(page=page, pages_per_split=per), device, reps)
-            except Exception:  # noqa: BLE001 (a plan the GPU cannot run is a blank cell)
-                out[f"{page}x{per}"] = None
+        for depth in stages:
+            for per in splits:
+                try:
+                    out[f"{page}x{per}x{depth}"] = 1e3 * time_replays(
+                        lambda: call(page=page, pages_per_split=per, stages=depth), device, reps)
+                except Exception:  # noqa: BLE001 (a plan the GPU cannot run is a blank cell)
+                    out[f"{page}x{per}x{depth}"] = None
     return out
 
 
 def sweep_table(rows: list[dict]) -> str:
-    """Markdown: per kernel, batch and context, µs at each (page, pages per split), the launcher's choice first."""
+    """Markdown: a line per kernel, batch, context, page size and pipeline depth; a column per pages-per-split (µs),
+    the launcher's own plan first and the line's fastest cell in bold."""
     plans = next((list(r["tda_sweep"]) for r in rows if "tda_sweep" in r), [])
     if not plans:
         return ""
-    lines = ["| kernel | batch | context | launcher's plan µs | " + " | ".join(
-        f"page {p.split('x')[0]}, {p.split('x')[1]}/split" for p in plans) + " |", "|---" * (4 + len(plans)) + "|"]
+    keys = [tuple(int(x) for x in p.split("x")) for p in plans]
+    splits = sorted({k[1] for k in keys})
+    lines = ["| kernel | batch | context | page | stages | launcher's plan µs | "
+             + " | ".join(f"{n}/split" for n in splits) + " |", "|---" * (6 + len(splits)) + "|"]
     for r in rows:
         for kernel in ("tda", "softmax"):
             sweep = r.get(f"{kernel}_sweep")
             if sweep is None:
                 continue
-            cells = ["n/a" if sweep.get(p) is None else f"{sweep[p]:.1f}" for p in plans]
-            lines.append(f"| {kernel} | {r['batch']} | {r['context']} | {r[f'{kernel}_us']:.1f} | " + " | ".join(cells)
-                         + " |")
+            timed = [v for v in sweep.values() if v is not None]
+            best = min(timed) if timed else None
+            for page in sorted({k[0] for k in keys}):
+                for depth in sorted({k[2] for k in keys}):
+                    cells = []
+                    for n in splits:
+                        value = sweep.get(f"{page}x{n}x{depth}")
+                        cells.append("n/a" if value is None else
+                                     f"**{value:.1f}**" if value == best else f"{value:.1f}")
+                    lines.append(f"| {kernel} | {r['batch']} | {r['context']} | {page} | {depth} | "
+                                 f"{r[f'{kernel}_us']:.1f} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -580,7 +597,8 @@ def kernels_alone(args, device: torch.device, dtype: torch.dtype, rows: list[dic
         for context in args.kernel_contexts:
             try:
                 row = kernel_point(batch, context, device, dtype, args.reps, generator,
-                                   (args.sweep_splits, args.sweep_pages) if args.sweep else None)
+                                   (args.sweep_splits, args.sweep_pages, args.sweep_stages) if args.sweep
+                                   else None)
             except Exception as exc:  # a failed point is a row of the table; the others still run
                 row = {"batch": batch, "context": context, "error": failure(exc)}
             if device.type == "cuda":
@@ -636,8 +654,8 @@ def main(argv: list[str] | None = None) -> dict:
         results["kernel"] = rows
         sections.append("## Decoding attention alone (one layer, random inputs)\n\n" + kernel_table(rows))
         if args.sweep:
-            sections.append("## Split plans of the decoding kernels (µs; page: keys per page, n/split: pages per "
-                            "program)\n\n" + sweep_table(rows))
+            sections.append("## Split plans of the decoding kernels (µs; page: keys per page, stages: pages in "
+                            "flight per program, n/split: pages per program)\n\n" + sweep_table(rows))
     if "e2e" in args.stages:
         results["e2e"] = [vars(p) for p in points]
         mode = "CUDA graphs" if device.type == "cuda" and not args.no_graphs else "eager"

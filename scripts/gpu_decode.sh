@@ -7,7 +7,8 @@
 #            caches of 1k ... 32k tokens; and the kernels alone up to 128k
 #   trained  trains paper_small with TDA for 1,500 steps (python train.py, into runs/), then decodes with its
 #            weights at 32k (model.max_seq_len=32768) beside softmax
-#   sweep    the kernels alone at batch 1 and 16, 4k and 32k, at every page size and pages per split (the split plan)
+#   sweep    the kernels alone at batch 1 and 16, 4k and 32k, at every page size, pages per split and pipeline depth
+#            (the split plan; about 4 minutes)
 # Logs and Markdown tables go to $OUT/decode (default gpu_logs/decode); the tables are printed again at the end.
 set -o pipefail
 log_dir=${OUT:-gpu_logs}/decode
@@ -32,7 +33,8 @@ for stage in $stages; do
 trainer.eval_every=1500 trainer.checkpoint_every=1500" \
                    --out "$log_dir/bench_trained.md" --json "$log_dir/bench_trained.json" 2>&1 \
                    | tee "$log_dir/bench_trained.log" || status=1 ;;
-        sweep) timeout 150 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 --sweep \
+        sweep) timeout 300 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 --sweep \
+                   --sweep-pages 32 64 128 --sweep-splits 2 4 8 16 --sweep-stages 1 2 3 4 \
                    --out "$log_dir/sweep.md" --json "$log_dir/sweep.json" 2>&1 | tee "$log_dir/sweep.log" || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac

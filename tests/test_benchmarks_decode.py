@@ -85,18 +85,22 @@ def test_a_trained_run_decodes_its_own_text_beside_softmax(train_run):
 
 
 def test_the_kernel_sweep_times_every_split_plan(tmp_path):
-    """--sweep times both decoding kernels at every (page, pages per split) asked for, beside the launcher's own
-    plan, and prints them as a table of its own (on the CPU under the interpreter, wall-clock)."""
+    """--sweep times both decoding kernels at every (page, pages per split, pipeline depth) asked for, beside the
+    launcher's own plan, and prints them as a table of its own (on the CPU under the interpreter, wall-clock)."""
     out = tmp_path / "decode.md"
     results = bench.main(["--device", "cpu", "--stages", "kernel", "--reps", "1", "--dtype", "fp32",
                           "--kernel-contexts", "70", "--kernel-batches", "1", "--sweep", "--sweep-splits", "1", "2",
-                          "--sweep-pages", "32", "64", "--out", str(out)])
+                          "--sweep-pages", "32", "64", "--sweep-stages", "1", "3", "--out", str(out)])
     (row,) = results["kernel"]
     for kernel in ("tda", "softmax"):
         sweep = row[f"{kernel}_sweep"]
-        assert sorted(sweep) == ["32x1", "32x2", "64x1", "64x2"]
+        assert sorted(sweep) == ["32x1x1", "32x1x3", "32x2x1", "32x2x3", "64x1x1", "64x1x3", "64x2x1", "64x2x3"]
         assert all(value is not None and value > 0 for value in sweep.values())
     text = out.read_text()
     table = text[text.index("## Split plans"):].splitlines()
-    assert table[2].startswith("| kernel | batch | context | launcher's plan µs | page 32, 1/split")
-    assert [line.split(" | ")[0] for line in table[4:]] == ["| tda", "| softmax"]
+    assert table[2] == "| kernel | batch | context | page | stages | launcher's plan µs | 1/split | 2/split |"
+    lines = [line.split(" | ") for line in table[4:]]
+    assert [(cells[0], cells[3], cells[4]) for cells in lines] == [
+        (f"| {kernel}", page, depth) for kernel in ("tda", "softmax") for page in ("32", "64") for depth in ("1", "3")]
+    for kernel in ("tda", "softmax"):  # exactly one fastest cell in bold per kernel
+        assert sum(line.count("**") for line in table[4:] if line.startswith(f"| {kernel}")) == 2

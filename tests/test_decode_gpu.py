@@ -90,12 +90,13 @@ def _correlated(direction, B, T, g, strength, dtype):
     return (strength * direction + noise / direction.shape[-1] ** 0.5).to(dtype)
 
 
+@pytest.mark.parametrize("stages", [None, 3])
 @pytest.mark.parametrize("views", [2, 1])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
-def test_threshold_kernel_at_long_contexts_against_float64(views, dtype):
+def test_threshold_kernel_at_long_contexts_against_float64(views, dtype, stages):
     """Paired TDA's layout (6 heads, q/k 64, v 128) or TRA's (12 of 64), 40k cache positions, rows at 40,000,
     9,000 and 31 keys; the output within the kernels' tolerance of float64 and the flags exactly the pages with a
-    survivor."""
+    survivor, with the launcher's pipeline depth and with three pages in flight."""
     g = torch.Generator(device="cuda").manual_seed(0)
     B, L = 3, 40_960
     H, d, dv = (6, 64, 128) if views == 2 else (12, 64, 64)
@@ -108,7 +109,8 @@ def test_threshold_kernel_at_long_contexts_against_float64(views, dtype):
     lam = torch.full((H,), 0.6, device="cuda") if views == 2 else None
     two = (qs[1], ks[1]) if views == 2 else (None, None)
     flags = torch.zeros(B, H, L // 64, dtype=torch.int8, device="cuda")
-    out = threshold_decode(qs[0], ks[0], v, *two, positions=positions, lam=lam, beta=1.0, read_flags=flags)
+    out = threshold_decode(qs[0], ks[0], v, *two, positions=positions, lam=lam, beta=1.0, read_flags=flags,
+                           stages=stages)
     ref = threshold_decode(qs[0].double(), ks[0].double(), v.double(),
                            *(t.double() if t is not None else None for t in two), positions=positions,
                            lam=lam.double() if lam is not None else None, beta=1.0)
@@ -132,15 +134,16 @@ def test_threshold_kernel_at_long_contexts_against_float64(views, dtype):
     assert 0.0 < float((flags == 2).sum()) / float((flags > 0).sum()) < 0.5  # pages are skipped, and not all
 
 
+@pytest.mark.parametrize("stages", [None, 3])
 @pytest.mark.parametrize("sink", [False, True])
-def test_softmax_kernel_at_long_contexts_against_float64(sink):
+def test_softmax_kernel_at_long_contexts_against_float64(sink, stages):
     g = torch.Generator(device="cuda").manual_seed(1)
     B, H, L, d = 2, 12, 33_000, 64
     positions = torch.tensor([32_999, 1_000], device="cuda")
     q = (2 * torch.randn(B, H, d, generator=g, device="cuda")).bfloat16()
     k, v = (torch.randn(B, H, L, d, generator=g, device="cuda").bfloat16() for _ in range(2))
     logits = torch.randn(H, generator=g, device="cuda") if sink else None
-    out = softmax_decode(q, k, v, positions=positions, sink=logits)
+    out = softmax_decode(q, k, v, positions=positions, sink=logits, stages=stages)
     ref = softmax_decode(q.double(), k.double(), v.double(), positions=positions,
                          sink=logits.double() if sink else None)
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-2

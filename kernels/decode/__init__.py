@@ -73,7 +73,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
                      normalize: bool = True, scale: float = 1.0, kernel: bool | None = None,
                      read_flags: torch.Tensor | None = None, drop_page: int | None = None,
                      pages_per_split: int | None = None, page: int = PAGE,
-                     lam_transform: str | None = None) -> torch.Tensor:
+                     lam_transform: str | None = None, stages: int | None = None) -> torch.Tensor:
     """Threshold attention of one query row per sequence and head against the cache (reference.py has the
     formula): q1, q2 (B, H, d); k1, k2 (B, Hkv, L, d); v (B, Hkv, L, dv); positions (B,); lam (with two views) and
     beta floats, 0-d, (1,) or (H,) tensors; p ≥ 1, normalize, scale as ``kernels.threshold_attention``'s. Returns
@@ -86,7 +86,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
     ``read_flags`` (B, H, ceil(L / page)) int8 zeros, filled with 1 for each page whose keys were scored and 2 for
     each whose values were read too; ``drop_page``, a test hook that makes the kernel treat that page as if no key
     survived (a wrong skip decision, which the tests must catch); ``pages_per_split`` and ``page`` (a power of two
-    ≥ 16) set the split."""
+    ≥ 16) set the split, ``stages`` (≥ 1) the pages each program keeps in flight (None: the launcher's choice)."""
     check_inputs(q1, k1, v, q2, k2, positions)
     if q2 is not None and lam is None:
         raise ValueError("lam is required with two views (q2, k2)")
@@ -122,15 +122,15 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
         lam_h = as_head_vector(lam, H, q1.device)
     return launch_threshold(q1, k1, v, q2, k2, positions.contiguous(), lam_h, as_head_vector(beta, H, q1.device),
                             float(p), bool(normalize), float(scale), page, pages_per_split, read_flags,
-                            -1 if drop_page is None else int(drop_page), lam_transform)
+                            -1 if drop_page is None else int(drop_page), lam_transform, _stages(stages))
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, positions: torch.Tensor,
                    scale: float | None = None, sink: torch.Tensor | None = None, kernel: bool | None = None,
-                   pages_per_split: int | None = None, page: int = PAGE) -> torch.Tensor:
+                   pages_per_split: int | None = None, page: int = PAGE, stages: int | None = None) -> torch.Tensor:
     """Softmax attention of one query row per sequence and head against the cache, with a per-head sink logit
-    (H,) in the denominator when given; ``scale`` defaults to 1/√d. Shapes, ``kernel``, ``pages_per_split`` and
-    ``page`` as threshold_decode's. Returns (B, H, dv) in q's dtype."""
+    (H,) in the denominator when given; ``scale`` defaults to 1/√d. Shapes, ``kernel``, ``pages_per_split``,
+    ``page`` and ``stages`` as threshold_decode's. Returns (B, H, dv) in q's dtype."""
     check_inputs(q, k, v, None, None, positions)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not _use_kernel(kernel, (q, k, v), (sink,)):
@@ -138,7 +138,13 @@ def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, positio
     from .launch import softmax_decode as launch_softmax
 
     sink_h = None if sink is None else as_head_vector(sink, q.shape[1], q.device)
-    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split)
+    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split, _stages(stages))
+
+
+def _stages(stages: int | None) -> int | None:
+    if stages is not None and (isinstance(stages, bool) or int(stages) != stages or stages < 1):
+        raise ValueError(f"stages must be an integer >= 1 or None, got {stages!r}")
+    return None if stages is None else int(stages)
 
 
 __all__ = ["PAGE", "check_inputs", "kernel_applies", "softmax_decode", "softmax_decode_reference", "threshold_decode",

@@ -19,6 +19,7 @@ COMBINE_TILE = 8192   # fp32 partials the combine reads at a time (splits × val
 PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streaming multiprocessor
 MAX_PAGES_PER_SPLIT = 8  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
 INTERPRETER_PROGRAMS = 8
+STAGES = 1  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
 
 
 @functools.lru_cache(maxsize=None)
@@ -74,7 +75,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
                      k2: Optional[torch.Tensor], positions: torch.Tensor, lam: Optional[torch.Tensor],
                      beta: torch.Tensor, p: float, normalize: bool, scale: float, page: int = PAGE,
                      pages_per_split: Optional[int] = None, read_flags: Optional[torch.Tensor] = None,
-                     drop_page: int = -1, lam_transform: Optional[str] = None,
+                     drop_page: int = -1, lam_transform: Optional[str] = None, stages: Optional[int] = None,
                      target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Threshold attention of one query row per (sequence, head): q (B, H, d), k (B, Hkv, L, d), v (B, Hkv, L, dv),
     positions (B,) contiguous integers, lam a contiguous tensor of 1 or H values (any float dtype; the kernel applies
@@ -95,7 +96,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
         int(two and lam.numel() > 1)),
         dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page, TWO_VIEWS=two,
              NORMALIZE=bool(normalize), P_MODE=p_mode, LAM_MODE=LAM_MODES[lam_transform],
-             RECORD=read_flags is not None,
+             RECORD=read_flags is not None, STAGES=STAGES if stages is None else int(stages),
              num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, part, None, positions, out, H, L, splits, per, dv, page, False, target)
     return out
@@ -103,7 +104,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
                    sink: Optional[torch.Tensor], page: int = PAGE, pages_per_split: Optional[int] = None,
-                   target: Optional[CompileTarget] = None) -> torch.Tensor:
+                   stages: Optional[int] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Softmax attention of one query row per (sequence, head), shapes as threshold_decode's; sink (H,) or None.
     Returns (B, H, dv) in q's dtype."""
     B, H, d = q.shape
@@ -115,6 +116,7 @@ def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     _run("softmax_partial", softmax_partial_kernel, (B * H, splits), (
         q, k, v, positions, part, stats, *q.stride(), *k.stride(), *v.stride(), H, H // Hkv, L, splits, per,
         float(scale)), dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page,
+                            STAGES=STAGES if stages is None else int(stages),
                             num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, True, target)
     return out

@@ -11,6 +11,10 @@ owning ``pages_per_split`` consecutive pages and writing one fp32 partial result
 - ``softmax_partial_kernel``: the same pages with an online softmax (running maximum and sum in base 2); the
   combine rescales each split by 2^(m_s − M) and may add a sink logit to the denominator.
 
+Both partial kernels loop over their pages with ``tl.range(..., num_stages=STAGES)``: with STAGES > 1 Triton's
+software pipeliner issues the loads of later pages while the current one is scored (a page's keys do not depend on
+the one before), so one program keeps several pages' bytes in flight; with 1 every page waits for its own loads.
+
 Everything is computed in fp32 from tiles cast after loading (exact under Triton's interpreter as well, where
 bf16 arithmetic is wrong); there is no tensor-core product (one query row), so fp32 costs nothing here.
 """
@@ -71,7 +75,7 @@ def threshold_partial_kernel(
         H, GROUP, L, n_splits, pages_per_split, n_pages, scale, p, inv_d, drop_page, lam_stride,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         PAGE: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, P_MODE: tl.constexpr,
-        LAM_MODE: tl.constexpr, RECORD: tl.constexpr):
+        LAM_MODE: tl.constexpr, RECORD: tl.constexpr, STAGES: tl.constexpr):
     """Partial sum Σ_j (a¹_j − λ a²_j) v_j over this program's pages (a = max(s − τ, 0)^p, s = scale·q̂·k̂_j),
     written to PART[b, h, split, :BLOCK_DV] in fp32. λ is LAM[h · lam_stride] (stride 0: one for every head), taken
     as it is (LAM_MODE 0), clamped to [0, 1] (1) or through a sigmoid (2). A page's values are read only when some
@@ -94,7 +98,7 @@ def threshold_partial_kernel(
         elif LAM_MODE == 2:
             lam = tl.sigmoid(lam)
     acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
-    for page in range(first, last):
+    for page in tl.range(first, last, num_stages=STAGES):
         keys = page * PAGE + tl.arange(0, PAGE)
         key_ok = keys < n_keys
         u = tl.where(key_ok, _scores(K1, b, hk, s_k1b, s_k1h, s_k1t, s_k1d, keys, key_ok, offs_d, q1, HEAD_D,
@@ -122,7 +126,7 @@ def softmax_partial_kernel(
         s_qb, s_qh, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
         H, GROUP, L, n_splits, pages_per_split, scale,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        PAGE: tl.constexpr):
+        PAGE: tl.constexpr, STAGES: tl.constexpr):
     """Softmax over this program's pages, unnormalised: PART[b, h, split] = Σ_j 2^(x_j − m) v_j and
     STATS[b, h, split] = (m, Σ_j 2^(x_j − m)), x_j = scale·log2(e)·q·k_j, m the split's maximum (−inf, 0 for a
     split past the row's keys, which the combine never reads)."""
@@ -136,7 +140,7 @@ def softmax_partial_kernel(
     acc = tl.zeros([BLOCK_DV], dtype=tl.float32)
     m = tl.max(tl.full([PAGE], float("-inf"), tl.float32), axis=0)
     total = tl.sum(tl.zeros([PAGE], dtype=tl.float32), axis=0)
-    for page in range(first, last):
+    for page in tl.range(first, last, num_stages=STAGES):
         keys = page * PAGE + tl.arange(0, PAGE)
         key_ok = keys < n_keys
         x = tl.where(key_ok, _scores(K, b, hk, s_kb, s_kh, s_kt, s_kd, keys, key_ok, offs_d, q, HEAD_D, False),
