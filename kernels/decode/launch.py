@@ -17,9 +17,12 @@ from .triton_decode import combine_kernel, softmax_partial_kernel, threshold_par
 
 COMBINE_TILE = 8192   # fp32 partials the combine reads at a time (splits × value width), over 8 warps
 PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streaming multiprocessor
-MAX_PAGES_PER_SPLIT = 8  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
+MAX_PAGES_PER_SPLIT = 16  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
 INTERPRETER_PROGRAMS = 8
-STAGES = 1  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
+STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
+# (the split-plan sweep, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up to
+# 16 pages a program were the fastest or within 1% of it at batch 1 and 16, 4k and 32k tokens of cache; our softmax
+# kernel is a little faster still with page=128 and 2 in flight, which callers may pass)
 
 
 @functools.lru_cache(maxsize=None)

@@ -5,8 +5,9 @@ owning ``pages_per_split`` consecutive pages and writing one fp32 partial result
 (a second, tiny launch, no atomics, so the result is the same bits on every run).
 
 - ``threshold_partial_kernel`` (TDA, TRA, ReLA): per page it scores the keys of every view against the query's
-  threshold τ at the query's own position, and reads the page's values only if some score survives (the load is
-  predicated on it: a page without a survivor costs its keys only). The partials are plain sums, since the
+  threshold τ at the query's own position, and reads the page's values only if some score survives (a branch on
+  it: a page without a survivor costs its keys and their scores only, neither the value bytes nor the product with
+  them and its sum across warps). The partials are plain sums, since the
   rectified weights need no normalisation.
 - ``softmax_partial_kernel``: the same pages with an online softmax (running maximum and sum in base 2); the
   combine rescales each split by 2^(m_s − M) and may add a sink logit to the denominator.
@@ -113,8 +114,9 @@ def threshold_partial_kernel(
         # 1 when some key of the page survives in some view (kept as an integer: the interpreter cannot combine a
         # scalar boolean with a vector one)
         live = tl.where(page == drop_page, 0, (top > 0.0).to(tl.int32))
-        v = _values(V, b, hk, s_vb, s_vh, s_vt, s_vd, keys, tl.where(key_ok, live, 0) > 0, offs_v, HEAD_DV)
-        acc += tl.sum(w[:, None] * v, axis=0)
+        if live > 0:  # the values, their product and its sum over the page's keys only where some key survives
+            v = _values(V, b, hk, s_vb, s_vh, s_vt, s_vd, keys, key_ok, offs_v, HEAD_DV)
+            acc += tl.sum(w[:, None] * v, axis=0)
         if RECORD:
             tl.store(FLAGS + (b * H + h) * n_pages + page, (1 + live).to(tl.int8))
     tl.store(PART + ((b * H + h) * n_splits + split) * BLOCK_DV + offs_v, acc)

@@ -1,8 +1,9 @@
 """Tile tables of the sigmoid-attention Triton kernels (no autotuning: fixed tables, first fitting candidate).
 
-The 16-bit entries for heads of 64 (d + dv ≤ 192 after padding) are those of the one-view threshold kernel (TRA) that
-were fastest in an H200 sweep (kernels/threshold/tiles.py): the kernels have TRA's structure, one product with v and
-no row state, with a sigmoid where TRA has its threshold and square. The wider entries follow the threshold kernels'
+The 16-bit entries for heads of 64 (d + dv ≤ 192 after padding) started from those of the one-view threshold kernel
+(TRA) that were fastest in an H200 sweep (kernels/threshold/tiles.py): the kernels have TRA's structure, one product
+with v and no row state, with a sigmoid where TRA has its threshold and square. The forward's first entry is the one
+this kernel's own sweep timed fastest (64 × 64 in 4 warps; BENCHMARKS.md, "Sink-free baselines' kernels"). The wider entries follow the threshold kernels'
 choices by the compiler's register reports. ``python -m benchmarks.sink_free --sweep`` times the candidates.
 """
 from __future__ import annotations
@@ -15,7 +16,7 @@ def forward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConf
     return tiles_by_width(
         head_d, head_dv, elem_bytes,
         fp32=[TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
-        narrow=[TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)],
+        narrow=[TileConfig(64, 64, 4, 3), TileConfig(128, 32, 4, 3), TileConfig(32, 32, 4, 1)],
         middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
                 TileConfig(32, 32, 4, 1)],
         wide=[TileConfig(128, 32, 8, 2), TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)])

@@ -2,9 +2,9 @@
 first fitting candidate).
 
 The forward carries FlashAttention's row state (shift, normaliser, rescaled accumulator); its 16-bit entries for heads
-of 64 start from 128 query rows × 64 keys in two warpgroups (8 warps), which holds the score tile, its exponentials
-and the accumulator in far fewer registers per thread than the same tile in 4 warps (ptxas's report for sm_90,
-`python -m benchmarks.registers`' method) and was among the fastest plain-Triton tiles of earlier H200 sweeps. The
+of 64 start from 128 query rows × 64 keys in one warpgroup (4 warps), which this kernel's own H200 sweep timed
+fastest (BENCHMARKS.md, "Sink-free baselines' kernels"), ahead of the same tile in two warpgroups (8 warps), which
+holds the score tile, its exponentials and the accumulator in fewer registers per thread. The
 backward has the structure of the sigmoid and one-view threshold backward (k, v, dK, dV held per key block, five
 products per tile pair), so it takes their tiles. ``python -m benchmarks.sink_free --sweep`` times the candidates.
 """
@@ -19,7 +19,7 @@ def forward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConf
     return tiles_by_width(
         head_d, head_dv, elem_bytes,
         fp32=[TileConfig(64, 32, 4, 2), TileConfig(32, 32, 4, 1), TileConfig(16, 16, 4, 1)],
-        narrow=[TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3),
+        narrow=[TileConfig(128, 64, 4, 3), TileConfig(128, 64, 8, 3), TileConfig(128, 32, 4, 3),
                 TileConfig(64, 64, 4, 3), TileConfig(32, 32, 4, 1)],
         middle=[TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 2), TileConfig(64, 64, 4, 2),
                 TileConfig(32, 32, 4, 1)],
