@@ -7,6 +7,7 @@ converted: ``check_metrics_versions`` refuses summaries of another metrics versi
 analyse again."""
 from __future__ import annotations
 
+import collections
 import csv
 import functools
 import gzip
@@ -137,12 +138,22 @@ def _setting(key: str, value: str) -> str:
 def _off_defaults(flat: dict[str, str], flats: list[dict[str, str]]) -> list[str]:
     """What sets a configuration apart: its attention settings that differ from the shipped defaults
     (conf/attention/<name>.yaml; a setting the run's config lacks counts as the default), then any other setting
-    that differs among the configurations (e.g. trainer.max_steps when two studies are compared)."""
+    that differs among the runs (``flats``, one per run) where this configuration's value is not the one most runs
+    share (e.g. model.n_head=12 beside the default heads of most runs; trainer.max_steps for every run when two
+    studies of equal size are compared)."""
     defaults = _attention_defaults(flat["attention.name"].strip(chr(39)))
     own = [k for k in sorted(flat)
            if k.startswith("attention.") and k != "attention.name" and defaults.get(k, flat[k]) != flat[k]]
-    differing = [k for k in sorted(flat) if not k.startswith("attention.") and len({f.get(k) for f in flats}) > 1]
+    differing = [k for k in sorted(flat) if not k.startswith("attention.") and len({f.get(k) for f in flats}) > 1
+                 and flat[k] not in _most_common([f.get(k) for f in flats])]
     return [_setting(k, flat[k]) for k in own + differing]
+
+
+def _most_common(values: list) -> set:
+    """The value most of ``values`` hold, as a set of one; empty when two or more values tie for it (then no value
+    is the usual one, and every configuration shows its own)."""
+    counts = collections.Counter(values).most_common(2)
+    return {counts[0][0]} if len(counts) == 1 or counts[0][1] > counts[1][1] else set()
 
 
 def _label(attention: str, parts: list[str]) -> str:
@@ -161,7 +172,7 @@ def group_runs(runs: list[RunResults]) -> list[Group]:
         key = tuple(sorted(flat.items()))
         keyed.setdefault(key, []).append(run)
         flats[key] = flat
-    every = list(flats.values())
+    every = [flats[key] for key, members in keyed.items() for _ in members]  # one per run
     first = {key: _label(members[0].attention, _off_defaults(flats[key], every)) for key, members in keyed.items()}
     labels = dict(first)
     for key, members in keyed.items():

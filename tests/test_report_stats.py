@@ -20,12 +20,13 @@ SETTINGS = {"softmax": {"name": "softmax"}, "tda": TDA, "tda-beta0.5": {**TDA, "
             "tda-clamp_st": {**TDA, "lambda_mode": "clamp_st"}}
 
 
-def fake_run(root, config, seed, loss, sparsity):
-    name = f"{config}-s{seed}"
+def fake_run(root, config, seed, loss, sparsity, heads=6):
+    name = f"{config}-h{heads}-s{seed}"
     run = root / name
     (run / "analysis").mkdir(parents=True)
     OmegaConf.save(OmegaConf.create({"name": name, "seed": seed, "attention": SETTINGS[config],
-                                     "model": {"name": "small", "seq_len": 512}, "trainer": {"max_steps": 1200}}),
+                                     "model": {"name": "small", "seq_len": 512, "n_head": heads},
+                                     "trainer": {"max_steps": 1200}}),
                    run / "config.yaml")
     (run / "metrics.jsonl").write_text(json.dumps({"step": 1200, "loss": 3.0, "val_loss": loss + 0.5}) + "\n")
     (run / "eval").mkdir()
@@ -97,3 +98,20 @@ def test_claims_columns_and_loss_rows_share_one_label_per_configuration(tmp_path
         assert rows == [g.label for g in groups]
     finally:
         del SETTINGS["tda-unnamed"], SETTINGS["tda-unnamed2"]
+
+
+def test_a_model_setting_most_runs_share_is_left_out_of_labels(tmp_path):
+    """Beside runs at the model's usual heads, a softmax and a TDA run with model.n_head=12 are labelled by it and
+    the others are not; the reference is then the plain softmax with its three seeds, so Welch's test runs. Where
+    two values are equally common, every configuration shows its own."""
+    runs = [fake_run(tmp_path, config, seed, loss, 0.9) for config in ("softmax", "tda")
+            for seed, loss in enumerate(LOSSES[config])]
+    runs += [fake_run(tmp_path, config, 0, LOSSES[config][0], 0.9, heads=12) for config in ("softmax", "tda")]
+    groups = group_runs([load_results(r) for r in runs])
+    assert [g.label for g in groups] == ["softmax", "tda", "softmax (model.n_head=12)", "tda (model.n_head=12)"]
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in loss_table(groups)[2:]}
+    assert rows["softmax"][3] == "reference" and rows["softmax"][1] == "3"
+    assert float(rows["tda"][4]) == pytest.approx(welch(LOSSES["tda"], LOSSES["softmax"]).p, rel=0.05)
+    even = [fake_run(tmp_path / "even", "softmax", 0, 3.9, 0.0, heads=h) for h in (6, 12)]
+    assert [g.label for g in group_runs([load_results(r) for r in even])] == [
+        "softmax (model.n_head=6)", "softmax (model.n_head=12)"]
