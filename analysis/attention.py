@@ -11,8 +11,9 @@ Writes under runs/<name>/analysis/:
                           and the ``metrics_version`` of the definitions (analysis.metrics.METRICS_VERSION)
     sparsity.csv          length, layer, head, view, sparsity
     dispersion.csv        length, layer, and the per-layer means
-    rows.csv.gz           length, layer, position, and the per-row-position means (curves against i); gzip'd, as
-                          it is the one large output (one line per query position and layer) and studies keep it
+    rows.csv.gz           length, layer, position, and the per-row-position means (curves against i) to six
+                          significant digits; gzip'd, as it is the one large output (one line per query position
+                          and layer) and studies keep it
     attention_maps.npz    the combined maps of chosen heads on the first ``map_tokens`` tokens
 """
 from __future__ import annotations
@@ -168,8 +169,14 @@ def analyse(cfg: DictConfig) -> Path:
     (out_dir / SUMMARY).write_text(json.dumps(result, indent=1, allow_nan=True))
     _write_csv(out_dir / "sparsity.csv", ["length", "layer", "head", "view", "sparsity"], sparsity_rows)
     _write_csv(out_dir / "dispersion.csv", ["length", "layer", *LAYER_COLUMNS], layer_rows)
-    _write_csv(out_dir / ROWS, ["length", "layer", "position", *ROW_CURVES], curve_rows)
+    _write_csv(out_dir / ROWS, ["length", "layer", "position", *ROW_CURVES], [significant(row) for row in curve_rows])
     return out_dir
+
+
+def significant(row: list, digits: int = 6) -> list:
+    """A rows.csv line as kept: integers and blanks (None) as they are, floats to ``digits`` significant digits (means over a few
+    probe sequences, whose spread is far wider than the rounding; the summaries are computed unrounded)."""
+    return [x if x is None or isinstance(x, int) else float(f"{x:.{digits}g}") for x in row]
 
 
 @hydra.main(config_path="../conf", config_name="analysis", version_base="1.3")

@@ -103,7 +103,9 @@ class Group:
         return OmegaConf.select(self.runs[0].config, key)
 
 
-def _flat(cfg: DictConfig) -> dict[str, str]:
+def config_settings(cfg: DictConfig) -> dict[str, str]:
+    """A run's config flattened to {"dotted.key": repr(value)} without the keys that do not make a configuration
+    (IGNORED_KEYS: name, seed, paths, logging): runs with equal settings differ only in their seed."""
     out = {}
 
     def walk(node, prefix: str) -> None:
@@ -125,9 +127,9 @@ ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
 
 @functools.lru_cache(maxsize=None)
 def _attention_defaults(name: str) -> dict[str, str]:
-    """conf/attention/<name>.yaml flattened as _flat flattens a run's config ({} for an attention without one)."""
+    """conf/attention/<name>.yaml flattened as config_settings flattens a run's config ({} for an attention without one)."""
     path = ATTENTION_DEFAULTS / f"{name}.yaml"
-    return _flat(OmegaConf.create({"attention": OmegaConf.load(path)})) if path.is_file() else {}
+    return config_settings(OmegaConf.create({"attention": OmegaConf.load(path)})) if path.is_file() else {}
 
 
 def _setting(key: str, value: str) -> str:
@@ -168,7 +170,7 @@ def group_runs(runs: list[RunResults]) -> list[Group]:
     keyed: dict[tuple, list[RunResults]] = {}
     flats = {}
     for run in runs:
-        flat = _flat(run.config)
+        flat = config_settings(run.config)
         key = tuple(sorted(flat.items()))
         keyed.setdefault(key, []).append(run)
         flats[key] = flat

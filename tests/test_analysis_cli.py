@@ -69,6 +69,9 @@ def test_attention_writes_every_file(runs):
         with gzip.open(out / "rows.csv.gz", "rt") as f:
             rows = f.read().splitlines()
         assert len(rows) == 1 + 2 * sum(LENGTHS)
+        values = [float(x) for row in rows[1:] for x in row.split(",")[3:] if x and x != "nan"]
+        assert values and all(float(f"{x:.6g}") == x for x in values)  # kept to six significant digits
+        assert any(len(x.replace(".", "").lstrip("0")) > 3 for row in rows[1:] for x in row.split(",")[3:])
         assert len((out / "dispersion.csv").read_text().splitlines()) == 1 + 2 * len(LENGTHS)
         views = 3 if name == "tda" else 2
         heads = 2 if name == "tda" else 4

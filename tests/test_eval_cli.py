@@ -45,9 +45,9 @@ def test_eval_writes_every_file_it_promises(run_dir, capsys):
         assert (out / name).is_file() and (out / name).stat().st_size > 0, name
     val = json.loads((out / "val_loss.json").read_text())
     assert val["step"] == 20 and val["seq_len"] == 64 and len(val["loss_by_position"]) == 64
-    # the kept curve is rounded to 1e-6 nats, so its mean is the unrounded summary loss to within that
-    assert abs(sum(val["loss_by_position"]) / 64 - val["loss"]) <= 1e-6
-    assert all(round(x, 6) == x for x in val["loss_by_position"])
+    # the kept curve is rounded to 1e-4 nats, so its mean is the unrounded summary loss to within that
+    assert abs(sum(val["loss_by_position"]) / 64 - val["loss"]) <= 0.5e-4
+    assert all(round(x, 4) == x for x in val["loss_by_position"])
     assert val["perplexity"] == pytest.approx(2.718281828 ** val["loss"])
     length = json.loads((out / "length_extrapolation.json").read_text())["lengths"]
     assert [e["seq_len"] for e in length.values()] == [64, 128]

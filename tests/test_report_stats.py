@@ -9,7 +9,7 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.metrics import METRICS_VERSION
-from analysis.report import loss_table, make_report
+from analysis.report import loss_table, make_report, power_family
 from analysis.results import group_runs, load_results
 from analysis.stats import welch
 
@@ -115,3 +115,21 @@ def test_a_model_setting_most_runs_share_is_left_out_of_labels(tmp_path):
     even = [fake_run(tmp_path / "even", "softmax", 0, 3.9, 0.0, heads=h) for h in (6, 12)]
     assert [g.label for g in group_runs([load_results(r) for r in even])] == [
         "softmax (model.n_head=6)", "softmax (model.n_head=12)"]
+
+
+def test_the_power_claim_compares_configurations_that_differ_in_the_power_alone(tmp_path):
+    """p = 3 beats the default p = 2 while a p = 2 run with another norm_eps is the best of all: the verdict on
+    "p = 2 is the best power" is no, as the norm_eps run says nothing about the power."""
+    SETTINGS["tda-p3"] = {**TDA, "power": 3.0}
+    SETTINGS["tda-eps"] = {**TDA, "norm_eps": 1e-5}
+    try:
+        runs = [fake_run(tmp_path, c, 0, loss, 0.9) for c, loss in (("softmax", 3.97), ("tda", 4.12),
+                                                                     ("tda-p3", 4.08), ("tda-eps", 4.07))]
+        groups = group_runs([load_results(r) for r in runs])
+        assert [g.label for g in power_family([g for g in groups if g.attention == "tda"])] == ["tda", "tda (power=3.0)"]
+        text = make_report(OmegaConf.merge(OmegaConf.load("conf/analysis_report.yaml"), {
+            "runs": [str(r) for r in runs], "out": str(tmp_path / "claims.md")}))
+        row = next(line for line in text.splitlines() if line.startswith("| p = 2 is the best power"))
+        assert row.rstrip(" |").endswith("no")
+    finally:
+        del SETTINGS["tda-p3"], SETTINGS["tda-eps"]
