@@ -261,6 +261,29 @@ def test_a_figure_drawn_twice_from_the_same_data_is_the_same_file(tmp_path, lege
         assert first.suffix == second.suffix and first.read_bytes() == second.read_bytes(), first.name
 
 
+def test_png_figures_are_stored_with_a_palette(tmp_path):
+    """save writes the PNG with a palette of at most 256 colours: the plot's colours survive (a red line stays
+    pure red) and the file is smaller than matplotlib's own RGBA PNG of the same figure."""
+    from PIL import Image
+
+    from evaluation.plots import pyplot, save
+
+    def draw():
+        fig, ax = pyplot().subplots()
+        ax.plot([0, 1, 2], [1, 3, 2], color="#ff0000", linewidth=4)
+        ax.imshow(np.random.default_rng(0).random((20, 20)), extent=(0, 2, 1, 3), cmap="viridis")
+        return fig
+
+    png, _ = save(draw(), tmp_path / "figure")
+    fig = draw()
+    fig.tight_layout()
+    fig.savefig(tmp_path / "rgba.png", dpi=150)
+    with Image.open(png) as image:
+        assert image.mode == "P" and len(image.getcolors(256)) <= 256
+        assert (255, 0, 0) in {c for _, c in image.convert("RGB").getcolors(256)}
+    assert png.stat().st_size < (tmp_path / "rgba.png").stat().st_size
+
+
 def test_length_extrapolation_figure_averages_each_configuration_over_its_seeds(tmp_path):
     """extrapolation_curves groups runs as the loss table does and keeps every seed's perplexity at each evaluated
     length; the figure is drawn from them, and asking for it without any length_extrapolation.json is an error."""
