@@ -49,8 +49,9 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
         return (q, k, v, out, lse, sink_, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, H // Hkv, Tq, Tk,
                 B * H, triton.cdiv(Tq, cfg.block_m), float(scale) * LOG2E, float(eps))
 
-    launch_tiled("fwd", normalized_fwd_kernel, grid, args_for, forward_configs(d, dv, q.element_size()), consts,
-                 tile, target, _chosen, ("fwd", q.dtype, tuple(consts.items())))
+    launch_tiled("fwd", normalized_fwd_kernel, grid, args_for,
+                 forward_configs(d, dv, q.element_size(), sink is not None), consts, tile, target, _chosen,
+                 ("fwd", q.dtype, tuple(consts.items())))
     return out, lse
 
 
