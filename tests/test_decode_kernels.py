@@ -176,9 +176,10 @@ def test_random_caches_against_float64(case):
     assert rel_err(out, ref) < TOLERANCE[case["dtype"]]
 
 
-@pytest.mark.parametrize("dtype,kv_heads,sink,per", [
-    (torch.float32, 2, False, 1), (torch.bfloat16, 1, True, None), (torch.float32, 1, True, 3)])
-def test_softmax_kernel_against_float64(dtype, kv_heads, sink, per):
+@pytest.mark.parametrize("dtype,kv_heads,sink,per,page", [
+    (torch.float32, 2, False, 1, PAGE), (torch.bfloat16, 1, True, None, PAGE), (torch.float32, 1, True, 3, PAGE),
+    (torch.float32, 2, True, None, None)])  # None: the kernel's own page (128 keys, longer than the cache here)
+def test_softmax_kernel_against_float64(dtype, kv_heads, sink, per, page):
     g = torch.Generator().manual_seed(2)
     B, H, T = 2, 2, L
     positions = torch.tensor([63, 20])
@@ -188,7 +189,7 @@ def test_softmax_kernel_against_float64(dtype, kv_heads, sink, per):
     k[1, :, 21:] = float("nan")
     v[1, :, 21:] = float("nan")
     logits = torch.randn(H, generator=g) if sink else None
-    out = softmax_decode(q, k, v, positions=positions, sink=logits, kernel=True, page=PAGE, pages_per_split=per)
+    out = softmax_decode(q, k, v, positions=positions, sink=logits, kernel=True, page=page, pages_per_split=per)
     rows = []
     for b, pos in enumerate(positions.tolist()):
         qb = q[b:b + 1, :, None].double()
@@ -221,6 +222,12 @@ def test_bad_inputs_are_clear_errors():
         threshold_decode(q, k, v, positions=pos, kernel=False, drop_page=0)
     with pytest.raises(ValueError, match="kernel=True needs"):
         threshold_decode(q.double(), k.double(), v.double(), positions=pos, kernel=True)
+    with pytest.raises(ValueError, match="page must be a power of two >= 16"):
+        threshold_decode(q, k, v, positions=pos, page=48)
+    with pytest.raises(ValueError, match="page must be a power of two >= 16"):
+        softmax_decode(q, k, v, positions=pos, page=8)
+    with pytest.raises(ValueError, match="stages must be an integer >= 1"):
+        softmax_decode(q, k, v, positions=pos, stages=0)
 
 
 COMPILE_SM90 = r"""

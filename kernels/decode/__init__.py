@@ -88,6 +88,8 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
     survived (a wrong skip decision, which the tests must catch); ``pages_per_split`` and ``page`` (a power of two
     ≥ 16) set the split, ``stages`` (≥ 1) the pages each program keeps in flight (None: the launcher's choice)."""
     check_inputs(q1, k1, v, q2, k2, positions)
+    _check_page(page)
+    stages = _stages(stages)
     if q2 is not None and lam is None:
         raise ValueError("lam is required with two views (q2, k2)")
     if p < 1:
@@ -122,23 +124,32 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
         lam_h = as_head_vector(lam, H, q1.device)
     return launch_threshold(q1, k1, v, q2, k2, positions.contiguous(), lam_h, as_head_vector(beta, H, q1.device),
                             float(p), bool(normalize), float(scale), page, pages_per_split, read_flags,
-                            -1 if drop_page is None else int(drop_page), lam_transform, _stages(stages))
+                            -1 if drop_page is None else int(drop_page), lam_transform, stages)
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, positions: torch.Tensor,
                    scale: float | None = None, sink: torch.Tensor | None = None, kernel: bool | None = None,
-                   pages_per_split: int | None = None, page: int = PAGE, stages: int | None = None) -> torch.Tensor:
+                   pages_per_split: int | None = None, page: int | None = None,
+                   stages: int | None = None) -> torch.Tensor:
     """Softmax attention of one query row per sequence and head against the cache, with a per-head sink logit
     (H,) in the denominator when given; ``scale`` defaults to 1/√d. Shapes, ``kernel``, ``pages_per_split``,
-    ``page`` and ``stages`` as threshold_decode's. Returns (B, H, dv) in q's dtype."""
+    ``page`` and ``stages`` as threshold_decode's, except that None takes this kernel's own page (128 keys: one
+    product per key, no survivors to find, so longer pages pay). Returns (B, H, dv) in q's dtype."""
     check_inputs(q, k, v, None, None, positions)
+    _check_page(page)
+    stages = _stages(stages)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not _use_kernel(kernel, (q, k, v), (sink,)):
         return softmax_decode_reference(q, k, v, positions=positions, scale=scale, sink=sink)
     from .launch import softmax_decode as launch_softmax
 
     sink_h = None if sink is None else as_head_vector(sink, q.shape[1], q.device)
-    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split, _stages(stages))
+    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split, stages)
+
+
+def _check_page(page: int | None) -> None:
+    if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 16 or page & (page - 1)):
+        raise ValueError(f"page must be a power of two >= 16 (keys per page), got {page!r}")
 
 
 def _stages(stages: int | None) -> int | None:

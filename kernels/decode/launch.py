@@ -22,7 +22,9 @@ INTERPRETER_PROGRAMS = 8
 STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
 # (the split-plan sweep, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up to
 # 16 pages a program were the fastest or within 1% of it at batch 1 and 16, 4k and 32k tokens of cache; our softmax
-# kernel is a little faster still with page=128 and 2 in flight, which callers may pass)
+# kernel is faster with pages of 128 keys and 2 in flight, its own defaults below)
+SOFTMAX_PAGE = 128
+SOFTMAX_STAGES = 2
 
 
 @functools.lru_cache(maxsize=None)
@@ -106,12 +108,13 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
-                   sink: Optional[torch.Tensor], page: int = PAGE, pages_per_split: Optional[int] = None,
+                   sink: Optional[torch.Tensor], page: Optional[int] = None, pages_per_split: Optional[int] = None,
                    stages: Optional[int] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Softmax attention of one query row per (sequence, head), shapes as threshold_decode's; sink (H,) or None.
-    Returns (B, H, dv) in q's dtype."""
+    Returns (B, H, dv) in q's dtype; ``page`` and ``stages`` None: SOFTMAX_PAGE and SOFTMAX_STAGES."""
     B, H, d = q.shape
     Hkv, L, dv = k.shape[1], k.shape[2], v.shape[-1]
+    page = SOFTMAX_PAGE if page is None else page
     n_pages, splits, per = _plan(q, k, page, pages_per_split)
     part = torch.empty((B, H, splits, padded(dv)), dtype=torch.float32, device=q.device)
     stats = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device)
@@ -119,7 +122,7 @@ def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     _run("softmax_partial", softmax_partial_kernel, (B * H, splits), (
         q, k, v, positions, part, stats, *q.stride(), *k.stride(), *v.stride(), H, H // Hkv, L, splits, per,
         float(scale)), dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page,
-                            STAGES=STAGES if stages is None else int(stages),
+                            STAGES=SOFTMAX_STAGES if stages is None else int(stages),
                             num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, True, target)
     return out
