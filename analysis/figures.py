@@ -2,8 +2,8 @@
 
 Each run needs the output of ``python -m analysis.attention`` (of this code's metrics version, see
 analysis.results) unless only figures drawn from metrics.jsonl are asked for (``figures=[...]``:
-loss_curves, loss_by_configuration, length_extrapolation, training_diagnostics, theory_check). Runs of one variant (configs equal up to the seed)
-share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
+loss_curves, loss_by_configuration, length_extrapolation, size_trend, training_diagnostics, theory_check). Runs of
+one variant (configs equal up to the seed) share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
@@ -18,6 +18,10 @@ share a colour and one legend entry. Every figure is written as PNG and PDF unde
                           the mean as a bar, softmax's mean as a line, the difference from it in percent
     length_extrapolation  perplexity against evaluated length per configuration, plain RoPE and NTK-aware scaling
                           (from eval/length_extrapolation.json; drawn when some run has it)
+    size_trend            final validation loss against the model's parameters, one line per configuration run at
+                          two or more sizes (model.n_layer / n_embd / n_head), at the tokens the runs trained on
+                          (fixed tokens: a larger model is not trained longer); drawn when some configuration has
+                          two sizes
     training_diagnostics_<run>  per layer against step, from the diag/* metrics logged while training
                           (analysis.diagnostics): empty-row share, non-zeros per row, tile occupancy; and
                           λ and β (lambda/<layer>, beta/<layer>); for each run that logged diag/* metrics
@@ -25,7 +29,9 @@ share a colour and one legend entry. Every figure is written as PNG and PDF unde
 """
 from __future__ import annotations
 
+import functools
 import math
+import re
 import sys
 from pathlib import Path
 
@@ -36,7 +42,8 @@ from omegaconf import DictConfig
 from analysis.attention import MAPS, OUTPUT
 from analysis.diagnostics import MEASURES, PREFIX
 from analysis.metrics import TILE, random_survivors, survivor_bound
-from analysis.results import RunResults, check_metrics_versions, group_runs, load_results, run_list
+from analysis.results import (RunResults, check_metrics_versions, config_settings, group_runs, load_results,
+                              run_list)
 from evaluation import plots
 from evaluation.plots import pyplot as _pyplot
 
@@ -297,6 +304,77 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
+SIZE_KEYS = ("model.n_layer", "model.n_embd", "model.n_head")
+_SIZE_PART = re.compile(r"model\.(?:n_layer|n_embd|n_head)=[^,)]*(?:, )?")
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(config_yaml: str) -> int:
+    """Parameters of the model a run's config builds (built on the meta device: no memory, no initialisation)."""
+    import torch
+    from omegaconf import OmegaConf
+
+    from model.checkpoint import build_model
+
+    with torch.device("meta"):
+        return build_model(OmegaConf.create(config_yaml)).num_parameters()
+
+
+def model_parameters(run: RunResults) -> int:
+    from omegaconf import OmegaConf
+
+    return _parameters(OmegaConf.to_yaml(run.config))
+
+
+def size_trends(runs: list[RunResults]) -> list[tuple[str, str, dict[int, list[float]], int | None]]:
+    """Per family of configurations equal but for the model's size (SIZE_KEYS) that was run at two or more sizes:
+    (label without the size settings, attention, {parameters: the seeds' final validation losses}, training tokens
+    of its runs (None where they differ)), in the order of first appearance. Sizes with the same parameter count
+    (more heads at the same width) are one point."""
+    families: dict[tuple, list] = {}
+    for group in group_runs(runs):
+        settings = config_settings(group.runs[0].config)
+        key = tuple(sorted((k, v) for k, v in settings.items() if k not in SIZE_KEYS))
+        label = _SIZE_PART.sub("", group.label).replace(" ()", "").replace(", )", ")")
+        entry = families.setdefault(key, [label, group.attention, {}, set()])
+        for run in group.runs:
+            loss = run.final_val_loss()
+            if loss is not None:
+                entry[2].setdefault(model_parameters(run), []).append(loss)
+                entry[3].add(run.metrics[-1].get("tokens") if run.metrics else None)
+    return [(label, attention, points, next(iter(tokens)) if len(tokens) == 1 else None)
+            for label, attention, points, tokens in families.values() if len(points) >= 2]
+
+
+def _tokens(n: int) -> str:
+    return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
+
+
+def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]], stem: Path) -> list[Path]:
+    """Final validation loss against parameters (log axis), one line through the means per configuration, each seed
+    a dot; the title says the token budget, fixed across sizes."""
+    if not trends:
+        raise ValueError("size_trend: no configuration was run at two or more model sizes (model.n_layer, "
+                         "model.n_embd, model.n_head with everything else equal)")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for i, (label, attention, points, _) in enumerate(trends):
+        sizes = sorted(points)
+        colour = "0.3" if attention == "softmax" and "(" not in label else f"C{i % 10}"
+        ax.plot(sizes, [float(np.mean(points[n])) for n in sizes], "-", color=colour, label=label)
+        for n in sizes:
+            ax.plot([n] * len(points[n]), points[n], "o", ms=4, color=colour)
+    tokens = {t for *_, t in trends}
+    budget = f"{_tokens(next(iter(tokens)))} tokens at every size" if len(tokens) == 1 and None not in tokens \
+        else "the runs' own token budgets"
+    ax.set_xscale("log")
+    ax.set(xlabel="parameters", ylabel="final validation loss (nats)",
+           title=f"size trend at fixed tokens ({budget}); dots: seeds, line: means")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    return save(fig, stem)
+
+
 def extrapolation_curves(runs: list[RunResults]) -> list[tuple[str, str, dict[str, dict[int, list[float]]]]]:
     """Per configuration (group_runs' labels) whose runs hold eval/length_extrapolation.json: (label, attention,
     {"plain" | "ntk": {evaluated length: the seeds' perplexities}}), in the groups' order."""
@@ -428,8 +506,8 @@ def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: in
 # Figures drawn from analysis summaries; the others read only metrics.jsonl (or nothing).
 NEED_ANALYSIS = ("sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "attention_maps",
                  "lambda_by_layer")
-FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "length_extrapolation", "training_diagnostics",
-                           "theory_check")
+FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "length_extrapolation", "size_trend",
+                           "training_diagnostics", "theory_check")
 
 
 def make_figures(cfg: DictConfig) -> list[Path]:
@@ -468,6 +546,10 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         curves = extrapolation_curves(runs)
         if curves or cfg.get("figures"):  # asked for by name, none to draw: length_extrapolation says so
             paths += length_extrapolation(curves, out / "length_extrapolation")
+    if "size_trend" in wanted:
+        trends = size_trends(runs)
+        if trends or cfg.get("figures"):  # asked for by name, none to draw: size_trend says so
+            paths += size_trend(trends, out / "size_trend")
     if "training_diagnostics" in wanted:
         logged = [run for run in runs if has_diagnostics(run)]
         if not logged and cfg.get("figures"):

@@ -310,3 +310,40 @@ def test_length_extrapolation_figure_averages_each_configuration_over_its_seeds(
     with pytest.raises(ValueError, match="no run holds eval/length_extrapolation.json"):
         length_extrapolation(extrapolation_curves([RunResults("c", tmp_path / "c", OmegaConf.create(
             {"attention": {"name": "tda"}}), [], None)]), tmp_path / "none")
+
+
+def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
+    """size_trends groups runs equal but for model.n_layer / n_embd / n_head, keys each size by the parameters of
+    the model its config builds, keeps every seed's loss and the runs' common token count, and leaves out a
+    configuration run at one size only; the figure is drawn from them, and asking for it without two sizes is an
+    error."""
+    from analysis.figures import size_trend, size_trends
+    from analysis.results import RunResults
+    from model.gpt import GPT
+
+    tiny = OmegaConf.to_container(OmegaConf.load("conf/model/tiny.yaml"))
+    attention = {name: OmegaConf.to_container(OmegaConf.load(f"conf/attention/{name}.yaml"))
+                 for name in ("softmax", "tda")}
+
+    def run(name, attn, seed, layers, loss, power=None):
+        path = tmp_path / name
+        (path / "eval").mkdir(parents=True)
+        (path / "eval" / "val_loss.json").write_text(json.dumps({"loss": loss}))
+        settings = {**attention[attn], **({"power": power} if power else {})}
+        config = OmegaConf.create({"seed": seed, "attention": settings,
+                                   "model": {**tiny, "n_layer": layers, "vocab_size": 50}})
+        return RunResults(name, path, config, [{"step": 10, "tokens": 20480}], None)
+
+    runs = [run("s2a", "softmax", 0, 2, 4.0), run("s2b", "softmax", 1, 2, 4.2), run("s3", "softmax", 0, 3, 3.8),
+            run("t2", "tda", 0, 2, 4.3), run("t3", "tda", 0, 3, 4.1), run("t3p", "tda", 0, 3, 4.0, power=3.0)]
+    trends = size_trends(runs)
+    params = {(a, n): GPT(OmegaConf.create({**tiny, "n_layer": n}), OmegaConf.create(attention[a]), 50)
+              .num_parameters() for a in ("softmax", "tda") for n in (2, 3)}
+    assert [(label, attn) for label, attn, _, _ in trends] == [("softmax", "softmax"), ("tda", "tda")]
+    assert trends[0][2] == {params["softmax", 2]: [4.0, 4.2], params["softmax", 3]: [3.8]}
+    assert trends[1][2] == {params["tda", 2]: [4.3], params["tda", 3]: [4.1]}
+    assert trends[0][3] == 20480
+    paths = size_trend(trends, tmp_path / "figure")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    with pytest.raises(ValueError, match="no configuration was run at two or more model sizes"):
+        size_trend(size_trends(runs[:1] + runs[3:4]), tmp_path / "none")
