@@ -58,14 +58,19 @@ def _label(run: RunResults) -> str:
     return f"{run.name} ({run.attention})"
 
 
+LINE_STYLES = ("-", "--", ":", "-.")
+
+
 def run_styles(runs: list[RunResults]) -> dict[str, dict]:
-    """Plot keywords of each run: one colour per variant (analysis.results.group_runs), the legend label
-    on the variant's first run only (with the number of seeds when there are several)."""
+    """Plot keywords of each run: one colour per variant (analysis.results.group_runs) and, past the ten colours
+    of the cycle, a line style per ten variants, so no two variants of one figure look alike; the legend label on
+    the variant's first run only (with the number of seeds when there are several)."""
     styles = {}
     for k, group in enumerate(group_runs(runs)):
         label = group.label if len(group.runs) == 1 else f"{group.label} ({len(group.runs)} seeds)"
         for i, run in enumerate(group.runs):
-            styles[run.name] = dict(color=f"C{k % 10}", label=label if i == 0 else "_nolegend_")
+            styles[run.name] = dict(color=f"C{k % 10}", linestyle=LINE_STYLES[k // 10 % len(LINE_STYLES)],
+                                    label=label if i == 0 else "_nolegend_")
     return styles
 
 

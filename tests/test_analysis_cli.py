@@ -347,3 +347,18 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="no configuration was run at two or more model sizes"):
         size_trend(size_trends(runs[:1] + runs[3:4]), tmp_path / "none")
+
+
+def test_run_styles_tell_more_variants_than_colours_apart(tmp_path):
+    """With more variants than the colour cycle's ten, each variant still gets its own (colour, line style); the
+    seeds of one variant share it and only the first is labelled."""
+    from analysis.figures import run_styles
+    from analysis.results import RunResults
+
+    runs = [RunResults(f"r{k}s{s}", tmp_path / f"r{k}s{s}", OmegaConf.create(
+        {"seed": s, "attention": {"name": "softmax", "not_a_default": k}}), [], None) for k in range(23) for s in (0, 1)]
+    styles = run_styles(runs)
+    looks = {(styles[f"r{k}s0"]["color"], styles[f"r{k}s0"]["linestyle"]) for k in range(23)}
+    assert len(looks) == 23
+    assert all(styles[f"r{k}s1"]["color"] == styles[f"r{k}s0"]["color"]
+               and styles[f"r{k}s1"]["label"] == "_nolegend_" for k in range(23))
