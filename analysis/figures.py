@@ -19,9 +19,9 @@ one variant (configs equal up to the seed) share a colour and one legend entry. 
     length_extrapolation  perplexity against evaluated length per configuration, plain RoPE and NTK-aware scaling
                           (from eval/length_extrapolation.json; drawn when some run has it)
     size_trend            final validation loss against the model's parameters, one line per configuration run at
-                          two or more sizes (model.n_layer / n_embd / n_head), at the tokens the runs trained on
-                          (fixed tokens: a larger model is not trained longer); drawn when some configuration has
-                          two sizes
+                          two or more sizes (model.n_layer × n_embd; the head count follows the width), at the
+                          tokens the runs trained on (fixed tokens: a larger model is not trained longer); drawn
+                          when some configuration has two sizes
     training_diagnostics_<run>  per layer against step, from the diag/* metrics logged while training
                           (analysis.diagnostics): empty-row share, non-zeros per row, tile occupancy; and
                           λ and β (lambda/<layer>, beta/<layer>); for each run that logged diag/* metrics
@@ -332,23 +332,34 @@ def model_parameters(run: RunResults) -> int:
 
 
 def size_trends(runs: list[RunResults]) -> list[tuple[str, str, dict[int, list[float]], int | None]]:
-    """Per family of configurations equal but for the model's size (SIZE_KEYS) that was run at two or more sizes:
-    (label without the size settings, attention, {parameters: the seeds' final validation losses}, training tokens
-    of its runs (None where they differ)), in the order of first appearance. Sizes with the same parameter count
-    (more heads at the same width) are one point."""
+    """Per family of configurations equal but for the model's size (SIZE_KEYS) that was run at two or more sizes
+    (depth × width, model.n_layer and model.n_embd): (label without the size settings, attention, {parameters: the
+    seeds' final validation losses}, training tokens of its runs (None where they differ)), in the order of first
+    appearance. Where one size was run with several head counts, the head count with the most runs stands for it
+    (the others are variants at that size, not sizes)."""
     families: dict[tuple, list] = {}
     for group in group_runs(runs):
         settings = config_settings(group.runs[0].config)
         key = tuple(sorted((k, v) for k, v in settings.items() if k not in SIZE_KEYS))
         label = _SIZE_PART.sub("", group.label).replace(" ()", "").replace(", )", ")")
         entry = families.setdefault(key, [label, group.attention, {}, set()])
+        size = (settings.get("model.n_layer"), settings.get("model.n_embd"))
+        heads = entry[2].setdefault(size, {}).setdefault(settings.get("model.n_head"), [])
         for run in group.runs:
             loss = run.final_val_loss()
             if loss is not None:
-                entry[2].setdefault(model_parameters(run), []).append(loss)
+                heads.append((model_parameters(run), loss))
                 entry[3].add(run.metrics[-1].get("tokens") if run.metrics else None)
-    return [(label, attention, points, next(iter(tokens)) if len(tokens) == 1 else None)
-            for label, attention, points, tokens in families.values() if len(points) >= 2]
+    out = []
+    for label, attention, sizes, tokens in families.values():
+        points: dict[int, list[float]] = {}
+        for by_heads in sizes.values():
+            chosen = max(by_heads.values(), key=len)  # max keeps the first of equals
+            for parameters, loss in chosen:
+                points.setdefault(parameters, []).append(loss)
+        if len(sizes) >= 2 and len(points) >= 2:
+            out.append((label, attention, points, next(iter(tokens)) if len(tokens) == 1 else None))
+    return out
 
 
 def _tokens(n: int) -> str:
@@ -359,8 +370,8 @@ def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]]
     """Final validation loss against parameters (log axis), one line through the means per configuration, each seed
     a dot; the title says the token budget, fixed across sizes."""
     if not trends:
-        raise ValueError("size_trend: no configuration was run at two or more model sizes (model.n_layer, "
-                         "model.n_embd, model.n_head with everything else equal)")
+        raise ValueError("size_trend: no configuration was run at two or more model sizes (model.n_layer × "
+                         "model.n_embd, everything but the heads equal)")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, attention, points, _) in enumerate(trends):

@@ -325,28 +325,34 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
     attention = {name: OmegaConf.to_container(OmegaConf.load(f"conf/attention/{name}.yaml"))
                  for name in ("softmax", "tda")}
 
-    def run(name, attn, seed, layers, loss, power=None):
+    def run(name, attn, seed, layers, loss, power=None, heads=4):
         path = tmp_path / name
         (path / "eval").mkdir(parents=True)
         (path / "eval" / "val_loss.json").write_text(json.dumps({"loss": loss}))
         settings = {**attention[attn], **({"power": power} if power else {})}
         config = OmegaConf.create({"seed": seed, "attention": settings,
-                                   "model": {**tiny, "n_layer": layers, "vocab_size": 50}})
+                                   "model": {**tiny, "n_layer": layers, "n_head": heads, "vocab_size": 50}})
         return RunResults(name, path, config, [{"step": 10, "tokens": 20480}], None)
 
     runs = [run("s2a", "softmax", 0, 2, 4.0), run("s2b", "softmax", 1, 2, 4.2), run("s3", "softmax", 0, 3, 3.8),
-            run("t2", "tda", 0, 2, 4.3), run("t3", "tda", 0, 3, 4.1), run("t3p", "tda", 0, 3, 4.0, power=3.0)]
+            run("t2", "tda", 0, 2, 4.3), run("t3", "tda", 0, 3, 4.1), run("t3p", "tda", 0, 3, 4.0, power=3.0),
+            run("t2h", "tda", 1, 2, 4.5, heads=8), run("t2hb", "tda", 2, 2, 4.6, heads=8)]
     trends = size_trends(runs)
     params = {(a, n): GPT(OmegaConf.create({**tiny, "n_layer": n}), OmegaConf.create(attention[a]), 50)
               .num_parameters() for a in ("softmax", "tda") for n in (2, 3)}
     assert [(label, attn) for label, attn, _, _ in trends] == [("softmax", "softmax"), ("tda", "tda")]
     assert trends[0][2] == {params["softmax", 2]: [4.0, 4.2], params["softmax", 3]: [3.8]}
-    assert trends[1][2] == {params["tda", 2]: [4.3], params["tda", 3]: [4.1]}
+    # at 2 layers TDA ran with 4 heads (one run) and 8 heads (two runs): the 8-head runs stand for that size
+    params["tda", 2, 8] = GPT(OmegaConf.create({**tiny, "n_layer": 2, "n_head": 8}), OmegaConf.create(attention["tda"]),
+                              50).num_parameters()
+    assert trends[1][2] == {params["tda", 2, 8]: [4.5, 4.6], params["tda", 3]: [4.1]}
     assert trends[0][3] == 20480
     paths = size_trend(trends, tmp_path / "figure")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="no configuration was run at two or more model sizes"):
         size_trend(size_trends(runs[:1] + runs[3:4]), tmp_path / "none")
+    # heads alone are not sizes, even where the parameter count moves with them (TDA's per-head λ)
+    assert size_trends([runs[3], runs[6]]) == []
 
 
 def test_run_styles_tell_more_variants_than_colours_apart(tmp_path):
