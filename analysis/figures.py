@@ -18,6 +18,9 @@ one variant (configs equal up to the seed) share a colour and one legend entry. 
                           the mean as a bar, softmax's mean as a line, the difference from it in percent
     length_extrapolation  perplexity against evaluated length per configuration, plain RoPE and NTK-aware scaling
                           (from eval/length_extrapolation.json; drawn when some run has it)
+    loss_vs_empty_rows    final validation loss against the share of empty rows (rows with no non-zero weight, at
+                          the training length), one point per configuration (mean over seeds, seeds as small
+                          dots), softmax's mean as a line: does switching attention off cost loss?
     size_trend            final validation loss against the model's parameters, one line per configuration run at
                           two or more sizes (model.n_layer × n_embd; the head count follows the width), at the
                           tokens the runs trained on (fixed tokens: a larger model is not trained longer); drawn
@@ -391,6 +394,49 @@ def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]]
     return save(fig, stem)
 
 
+def empty_row_points(runs: list[RunResults]) -> list[tuple[str, str, list[tuple[float, float]]]]:
+    """Per configuration (group_runs' labels) whose runs have a validation loss and an analysis summary: (label,
+    attention, [(empty-row share at the training length, final validation loss) per seed])."""
+    out = []
+    for group in group_runs(runs):
+        points = []
+        for run in group.runs:
+            summary, loss = run.length_summary(), run.final_val_loss()
+            if summary is not None and summary.get("empty_row_share") is not None and loss is not None:
+                points.append((float(summary["empty_row_share"]), loss))
+        if points:
+            out.append((group.label, group.attention, points))
+    return out
+
+
+def loss_vs_empty_rows(runs: list[RunResults], stem: Path) -> list[Path]:
+    """Final validation loss against the empty-row share, one point per configuration (the means over its seeds;
+    the seeds as small dots), numbered beside it and named by number in the legend (names beside crowded points
+    would overlap), softmax's mean loss as a dashed line."""
+    from analysis.report import reference_group
+
+    configs = empty_row_points(runs)
+    if not configs:
+        raise ValueError("loss_vs_empty_rows: no run has both a validation loss and an analysis summary")
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(8, 5.5))
+    ref = reference_group(group_runs(runs))
+    for i, (label, attention, points) in enumerate(configs):
+        x, y = float(np.mean([p[0] for p in points])), float(np.mean([p[1] for p in points]))
+        colour, marker = f"C{i % 10}", "osD^v"[i // 10 % 5]
+        ax.plot([p[0] * 100 for p in points], [p[1] for p in points], ".", ms=4, alpha=0.5, color=colour)
+        ax.plot(x * 100, y, marker, ms=6, color=colour, label=f"{i + 1}  {label}")
+        ax.annotate(str(i + 1), (x * 100, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color=colour)
+        if ref is not None and label == ref.label:
+            ax.axhline(y, ls="--", lw=0.8, color="0.3", label=f"{label} (mean)")
+    ax.set(xlabel="empty rows at the training length (% of rows with no non-zero weight)",
+           ylabel="final validation loss (nats)",
+           title="loss against attention switched off (a point a configuration: its seeds' mean)")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    return save(fig, stem)
+
+
 def extrapolation_curves(runs: list[RunResults]) -> list[tuple[str, str, dict[str, dict[int, list[float]]]]]:
     """Per configuration (group_runs' labels) whose runs hold eval/length_extrapolation.json: (label, attention,
     {"plain" | "ntk": {evaluated length: the seeds' perplexities}}), in the groups' order."""
@@ -521,7 +567,7 @@ def theory_check(stem: Path, head_dim: int, betas: list[float], max_position: in
 
 # Figures drawn from analysis summaries; the others read only metrics.jsonl (or nothing).
 NEED_ANALYSIS = ("sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "attention_maps",
-                 "lambda_by_layer")
+                 "lambda_by_layer", "loss_vs_empty_rows")
 FIGURES = NEED_ANALYSIS + ("loss_curves", "loss_by_configuration", "length_extrapolation", "size_trend",
                            "training_diagnostics", "theory_check")
 
@@ -558,6 +604,8 @@ def make_figures(cfg: DictConfig) -> list[Path]:
         paths += loss_curves(runs, out / "loss_curves")
     if "loss_by_configuration" in wanted:
         paths += loss_by_configuration(runs, out / "loss_by_configuration")
+    if "loss_vs_empty_rows" in wanted:
+        paths += loss_vs_empty_rows(runs, out / "loss_vs_empty_rows")
     if "length_extrapolation" in wanted:
         curves = extrapolation_curves(runs)
         if curves or cfg.get("figures"):  # asked for by name, none to draw: length_extrapolation says so

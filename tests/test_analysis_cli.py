@@ -20,8 +20,8 @@ from analysis.results import load_results
 
 ROOT = Path(__file__).resolve().parents[1]
 LENGTHS = [64, 128]
-FIGURES = ["sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "lambda_by_layer", "loss_curves", "loss_by_configuration",
-           "theory_check"]
+FIGURES = ["sparsity_by_layer", "first_token_ratio", "sink_by_layer", "dispersion", "lambda_by_layer", "loss_curves",
+           "loss_by_configuration", "loss_vs_empty_rows", "theory_check"]
 
 
 def compose(config: str, overrides: list[str]):
@@ -368,3 +368,28 @@ def test_run_styles_tell_more_variants_than_colours_apart(tmp_path):
     assert len(looks) == 23
     assert all(styles[f"r{k}s1"]["color"] == styles[f"r{k}s0"]["color"]
                and styles[f"r{k}s1"]["label"] == "_nolegend_" for k in range(23))
+
+
+def test_loss_vs_empty_rows_pairs_each_configurations_seeds(tmp_path):
+    """empty_row_points pairs every seed's empty-row share at the training length with its validation loss, per
+    configuration as the loss table groups them; a run without a summary is left out; the figure is drawn, and with
+    no usable run it is an error."""
+    from analysis.figures import empty_row_points, loss_vs_empty_rows
+    from analysis.results import RunResults
+
+    def run(name, attention, seed, empty, loss, summary=True):
+        path = tmp_path / name
+        (path / "eval").mkdir(parents=True)
+        (path / "eval" / "val_loss.json").write_text(json.dumps({"loss": loss}))
+        config = OmegaConf.create({"seed": seed, "attention": {"name": attention}, "model": {"seq_len": 64}})
+        summary = {"lengths": [{"length": 64, "empty_row_share": empty}]} if summary else None
+        return RunResults(name, path, config, [], summary)
+
+    runs = [run("s0", "softmax", 0, 0.0, 3.9), run("t0", "tda", 0, 0.8, 4.1), run("t1", "tda", 1, 0.7, 4.2),
+            run("t2", "tda", 2, 0.5, 4.0, summary=False)]
+    assert empty_row_points(runs) == [("softmax", "softmax", [(0.0, 3.9)]),
+                                      ("tda", "tda", [(0.8, 4.1), (0.7, 4.2)])]
+    paths = loss_vs_empty_rows(runs, tmp_path / "figure")
+    assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
+    with pytest.raises(ValueError, match="no run has both a validation loss and an analysis summary"):
+        loss_vs_empty_rows(runs[3:], tmp_path / "none")
