@@ -347,6 +347,47 @@ def loss_table(groups: list[Group]) -> list[str]:
     return lines
 
 
+def default_group(groups: list[Group], attention: str) -> Group | None:
+    """The configuration of ``attention`` with no setting of its own (labelled by the attention's name alone)."""
+    return next((g for g in groups if g.attention == attention and g.label == attention), None)
+
+
+def recipe_table(groups: list[Group]) -> list[str]:
+    """Markdown lines: every configuration that changes an attention's defaults against that attention's default
+    configuration (the question of an ablation: does the recipe beat the variant as shipped?): the mean's
+    difference in percent, Welch's two-sided p-value (both with two or more seeds) and Holm's adjustment over the
+    comparisons made. [] when no attention has both a default and a recipe."""
+    loss = RunResults.final_val_loss
+    rows = []
+    for g in groups:
+        base = default_group(groups, g.attention)
+        if base is None or base is g:
+            continue
+        v, b = _values(g, loss), _values(base, loss)
+        p = welch(v, b).p if len(v) > 1 and len(b) > 1 else None
+        delta = f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}" if v and b else "—"
+        rows.append((g, base, v, delta, p))
+    if not rows:
+        return []
+    lines = ["| configuration | seeds | val loss mean ± std | default | its seeds | its mean ± std | Δ vs default (%) "
+             "| p (Welch) | p (Holm) |", "|" + "---|" * 9]
+    for (g, base, v, delta, p), p_holm in zip(rows, holm([r[4] for r in rows])):
+        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), base.label, str(len(base.runs)),
+                                 _mean_std(_values(base, loss)), delta, _p(p), _p(p_holm)]) + " |")
+    return lines
+
+
+def _recipes(groups: list[Group]) -> str:
+    lines = recipe_table(groups)
+    if not lines:
+        return ""
+    return ("\n\n## Recipes against their attention's default, over seeds\n\nEach configuration that changes an "
+            "attention's defaults against that attention's default configuration: does the recipe beat the variant "
+            "as shipped? Δ: the difference of the means; p (Welch): Welch's two-sided t-test (two or more seeds "
+            "each); p (Holm): adjusted over these comparisons. A recipe's own screening seed flatters it: confirm "
+            "on fresh seeds.\n\n" + "\n".join(lines))
+
+
 def render(groups: list[Group], table: list[Claim]) -> str:
     """The claims as one markdown table: claim, paper, measure, one column per group, holds."""
     labels = [g.label for g in groups]
@@ -362,7 +403,7 @@ def render(groups: list[Group], table: list[Claim]) -> str:
             "defaults. Δ: the mean's difference from softmax's mean; p (Welch): Welch's two-sided t-test against "
             "softmax's seeds (two or more seeds each); p (Holm): adjusted over the configurations compared. Exact "
             "zeros and empty rows at the probe length nearest the training length, sink rate Gu et al.'s "
-            "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + "\n\n## Per run\n\n"
+            "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + _recipes(groups) + "\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
             "length; sink rate: Gu et al.'s (α_0 over all rows of the 64-token probes, empty rows counting 0), in "
             "brackets the diagnostic with α_0 over non-empty rows only; "

@@ -133,3 +133,28 @@ def test_the_power_claim_compares_configurations_that_differ_in_the_power_alone(
         assert row.rstrip(" |").endswith("no")
     finally:
         del SETTINGS["tda-p3"], SETTINGS["tda-eps"]
+
+
+def test_recipes_against_their_attentions_default(tmp_path):
+    """recipe_table compares each configuration that changes TDA's defaults with the default TDA (not with
+    softmax): Δ of the means, Welch's p where both have two or more seeds, Holm over the comparisons made; the
+    report prints it under its own heading."""
+    from analysis.report import recipe_table
+
+    runs = [fake_run(tmp_path, config, seed, loss, 0.9) for config, losses in LOSSES.items()
+            for seed, loss in enumerate(losses)]
+    groups = group_runs([load_results(r) for r in runs])
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in recipe_table(groups)[2:]}
+    assert list(rows) == ["tda (beta=0.5)", "tda (lambda_mode=clamp_st)"]
+    beta, tda = LOSSES["tda-beta0.5"], LOSSES["tda"]
+    assert rows["tda (beta=0.5)"][3:6] == ["tda", "3", f"{statistics.fmean(tda):.4f} ± {statistics.stdev(tda):.4f}"]
+    assert float(rows["tda (beta=0.5)"][6]) == pytest.approx(100 * (statistics.fmean(beta) / statistics.fmean(tda) - 1),
+                                                             abs=0.005)
+    p = welch(beta, tda).p
+    assert float(rows["tda (beta=0.5)"][7]) == pytest.approx(p, rel=0.05)
+    assert float(rows["tda (beta=0.5)"][8]) == pytest.approx(p, rel=0.05)   # one test made: Holm leaves it
+    assert rows["tda (lambda_mode=clamp_st)"][7:] == ["—", "—"]               # one seed: no test
+    text = make_report(OmegaConf.merge(OmegaConf.load("conf/analysis_report.yaml"), {
+        "runs": [str(r) for r in runs], "out": str(tmp_path / "claims.md")}))
+    assert "## Recipes against their attention's default, over seeds" in text
+    assert recipe_table(group_runs([load_results(r) for r in runs[:3]])) == []   # softmax alone: nothing to compare
