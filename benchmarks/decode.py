@@ -23,13 +23,15 @@ weights, so its time and bytes do not depend on them). ``--train-first "<overrid
 <overrides>`` into ``--runs-root`` first and benchmarks that run.
 
 **Kernels alone** (stage ``kernel``): one layer of the 162M layout (TDA paired: 6 heads, q/k 64, v 128; softmax: 12
-heads of 64), random bf16 queries and keys (at β = 1 random unit vectors leave about one survivor per row), caches up
+heads of 64; ``--kernel-heads 6`` gives paper_small's 3 and 6), random bf16 queries and keys (at β = 1 random unit vectors leave about one survivor per row), caches up
 to ``--kernel-contexts`` (128k by default): the TDA kernel, our softmax kernel, and torch's SDPA for one query with
 the flash, cuDNN (both on the cache sliced to the exact length, as all rows are equally long here) and
 memory-efficient (a (B, 1, 1, L) length mask over the whole cache) backends; "best softmax" is the fastest.
 ``--sweep`` also times both of our kernels at every page size (``--sweep-pages``), pages per program
 (``--sweep-splits``) and pipeline depth (``--sweep-stages``) beside the launcher's own plan, the table that chooses
-``kernels/decode/launch.py``'s split plan and depth.
+``kernels/decode/launch.py``'s split plan and depth. ``--kernel-split`` also profiles a few eager calls of each of our
+kernels (torch.profiler) and reports the device µs per call of each launch (the partials, the combine), to tell the
+time of the page pass from the rest.
 
 Tables go to stdout (and ``--out`` as Markdown; ``--json`` the raw points), the end-to-end summary last. Runs on a
 CUDA GPU; ``--device cpu`` runs the same steps with wall-clock timing (for trying the tool on a tiny model).
@@ -81,6 +83,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--max-seq-len", type=int, default=32768, help="model.max_seq_len of a run's model")
     parser.add_argument("--kernel-contexts", nargs="+", type=int, default=DEFAULT_KERNEL_CONTEXTS)
     parser.add_argument("--kernel-batches", nargs="+", type=int, default=[1, 16])
+    parser.add_argument("--kernel-heads", type=int, default=12,
+                        help="softmax heads of 64 in the kernels-alone layer (TDA paired: half as many); 12 is the "
+                             "162M model's, 6 paper_small's")
+    parser.add_argument("--kernel-split", action="store_true",
+                        help="kernel stage: also the device µs per call of each launch of our kernels (profiled)")
     parser.add_argument("--reps", type=int, default=20, help="graph replays timed per kernel measurement")
     parser.add_argument("--sweep", action="store_true",
                         help="kernel stage: also time both decoding kernels at every pages-per-split of "
@@ -97,6 +104,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     if args.from_run is not None and args.train_first is not None:
         parser.error("give --from-run or --train-first, not both")
+    if args.kernel_heads < 2 or args.kernel_heads % 2:
+        parser.error(f"--kernel-heads must be an even number >= 2 (TDA pairs them), got {args.kernel_heads}")
     if min(args.batches + args.kernel_batches) < 1 or args.steps < 1 or args.warmup < 0 or args.reps < 1:
         parser.error("batches, --steps and --reps must be >= 1, --warmup >= 0")
     for context in args.contexts:
@@ -491,8 +500,11 @@ def _sdpa_backends() -> dict:
 
 
 def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dtype, reps: int,
-                 generator: torch.Generator, sweep: tuple[list[int], list[int], list[int]] | None = None) -> dict:
-    """µs per call of one layer's decoding attention, 162M layout, every row's query at position context − 1."""
+                 generator: torch.Generator, sweep: tuple[list[int], list[int], list[int]] | None = None,
+                 heads: int = 12, split: bool = False) -> dict:
+    """µs per call of one layer's decoding attention, ``heads`` softmax heads of 64 (TDA: heads / 2 paired heads,
+    q/k 64, v 128; 12: the 162M layout), every row's query at position context − 1; ``split``: also the device µs
+    of each launch of our kernels (``launch_times``)."""
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 
@@ -503,27 +515,35 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
 
     row = {"batch": batch, "context": context}
     positions = torch.full((batch,), context - 1, device=device, dtype=torch.long)
-    q1, q2 = randn(batch, 6, 64), randn(batch, 6, 64)
-    k1, k2, v = randn(batch, 6, context, 64), randn(batch, 6, context, 64), randn(batch, 6, context, 128)
-    flags = torch.zeros(batch, 6, -(-context // PAGE), dtype=torch.int8, device=device)
+    pairs = heads // 2
+    q1, q2 = randn(batch, pairs, 64), randn(batch, pairs, 64)
+    k1, k2 = randn(batch, pairs, context, 64), randn(batch, pairs, context, 64)
+    v = randn(batch, pairs, context, 128)
+    flags = torch.zeros(batch, pairs, -(-context // PAGE), dtype=torch.int8, device=device)
     threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, read_flags=flags)
     row["tda_value_pages_read"] = float((flags == 2).double().mean())
     row["tda_us"] = 1e3 * time_replays(lambda: threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5,
                                                                   kernel=True), device, reps)
-    tda_mb = batch * 6 * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
+    tda_mb = batch * pairs * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
     row["tda_gb_per_s"] = tda_mb / 1e3 / (row["tda_us"] / 1e6)
     if sweep is not None:
         row["tda_sweep"] = sweep_plans(lambda **plan: threshold_decode(
             q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, **plan), device, reps, *sweep)
+    if split:
+        row["tda_launches"] = launch_times(lambda: threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5,
+                                                                    kernel=True), device, reps)
     del q1, q2, k1, k2, v
-    q = randn(batch, 12, 64)
-    k, v = randn(batch, 12, context, 64), randn(batch, 12, context, 64)
-    softmax_mb = batch * 12 * context * 128 * q.element_size() / 1e6
+    q = randn(batch, heads, 64)
+    k, v = randn(batch, heads, context, 64), randn(batch, heads, context, 64)
+    softmax_mb = batch * heads * context * 128 * q.element_size() / 1e6
     row["softmax_us"] = 1e3 * time_replays(lambda: softmax_decode(q, k, v, positions=positions, kernel=True),
                                            device, reps)
     if sweep is not None:
         row["softmax_sweep"] = sweep_plans(lambda **plan: softmax_decode(
             q, k, v, positions=positions, kernel=True, **plan), device, reps, *sweep)
+    if split:
+        row["softmax_launches"] = launch_times(lambda: softmax_decode(q, k, v, positions=positions, kernel=True),
+                                               device, reps)
     q4 = q[:, :, None]
     mask = (torch.arange(context, device=device) <= positions[:, None])[:, None, None]
     for backend_name, backend in _sdpa_backends().items():
@@ -542,6 +562,39 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
     row["best_softmax"], row["best_softmax_us"] = best[:-3], candidates[best]
     row["softmax_gb_per_s"] = softmax_mb / 1e3 / (row["best_softmax_us"] / 1e6)
     return row
+
+
+def launch_times(call: Callable[[], object], device: torch.device, reps: int) -> dict[str, float]:
+    """Device µs per call of each kernel ``call`` launches, by kernel name, from torch.profiler over ``reps`` eager
+    calls after one warm-up call; {} where the profiler records no device kernels (a CPU run)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    call()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
+    with profile(activities=activities) as prof:
+        for _ in range(reps):
+            call()
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
+    return {e.key: e.device_time_total / reps for e in kernels if e.device_time_total > 0}
+
+
+def launch_table(rows: list[dict]) -> str:
+    """Markdown: per kernel, batch and context, each launch's device µs per call and their sum."""
+    lines = ["| kernel | batch | context | launch | device µs per call |", "|---|---|---|---|---|"]
+    for r in rows:
+        for kernel in ("tda", "softmax"):
+            launches = r.get(f"{kernel}_launches")
+            if launches is None:
+                continue
+            if not launches:
+                lines.append(f"| {kernel} | {r['batch']} | {r['context']} | (no device kernels recorded) | — |")
+            for name, us in sorted(launches.items(), key=lambda item: -item[1]):
+                lines.append(f"| {kernel} | {r['batch']} | {r['context']} | {name} | {us:.1f} |")
+            if launches:
+                lines.append(f"| {kernel} | {r['batch']} | {r['context']} | all | {sum(launches.values()):.1f} |")
+    return "\n".join(lines)
 
 
 def sweep_plans(call: Callable[..., object], device: torch.device, reps: int, splits: list[int],
@@ -598,7 +651,7 @@ def kernels_alone(args, device: torch.device, dtype: torch.dtype, rows: list[dic
             try:
                 row = kernel_point(batch, context, device, dtype, args.reps, generator,
                                    (args.sweep_splits, args.sweep_pages, args.sweep_stages) if args.sweep
-                                   else None)
+                                   else None, heads=args.kernel_heads, split=args.kernel_split)
             except Exception as exc:  # a failed point is a row of the table; the others still run
                 row = {"batch": batch, "context": context, "error": failure(exc)}
             if device.type == "cuda":
@@ -653,6 +706,9 @@ def main(argv: list[str] | None = None) -> dict:
     if "kernel" in args.stages:
         results["kernel"] = rows
         sections.append("## Decoding attention alone (one layer, random inputs)\n\n" + kernel_table(rows))
+        if args.kernel_split:
+            sections.append("## Each launch of our decoding kernels (device µs per call, profiled)\n\n"
+                            + launch_table(rows))
         if args.sweep:
             sections.append("## Split plans of the decoding kernels (µs; page: keys per page, stages: pages in "
                             "flight per program, n/split: pages per program)\n\n" + sweep_table(rows))

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Decoding's GPU checks and benchmark in one go, on one CUDA GPU (about 7 minutes on an H200):
-#   bash scripts/gpu_decode.sh [STAGES...]      STAGES: tests bench trained sweep (default: the first three, in order)
+#   bash scripts/gpu_decode.sh [STAGES...]      STAGES: tests bench trained sweep split (default: the first three)
 #   tests    tests/test_decode_gpu.py, compiled kernels: CUDA-graph decoding against full recomputation for every
 #            variant, ragged batches, autocast, the decoding kernels against float64 at 33k-41k positions
 #   bench    python -m benchmarks.decode: 162M (model=gpt2_162m), random weights, softmax and TDA, batch 1 and 16,
@@ -8,7 +8,9 @@
 #   trained  trains paper_small with TDA for 1,500 steps (python train.py, into runs/), then decodes with its
 #            weights at 32k (model.max_seq_len=32768) beside softmax
 #   sweep    the kernels alone at batch 1 and 16, 4k and 32k, at every page size, pages per split and pipeline depth
-#            (the split plan; about 4 minutes)
+#            (the split plan; about 1 minute)
+#   split    the kernels alone at paper_small's heads (TDA 3, softmax 6) and the 162M's, batch 1 and 16, 4k and 32k,
+#            with each launch's device time (partials and combine, profiled)
 # Logs and Markdown tables go to $OUT/decode (default gpu_logs/decode); the tables are printed again at the end.
 set -o pipefail
 log_dir=${OUT:-gpu_logs}/decode
@@ -36,6 +38,11 @@ trainer.eval_every=1500 trainer.checkpoint_every=1500" \
         sweep) timeout 300 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 --sweep \
                    --sweep-pages 32 64 128 --sweep-splits 2 4 8 16 --sweep-stages 1 2 3 4 \
                    --out "$log_dir/sweep.md" --json "$log_dir/sweep.json" 2>&1 | tee "$log_dir/sweep.log" || status=1 ;;
+        split) for heads in 6 12; do
+                   timeout 120 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 \
+                       --kernel-heads $heads --kernel-split --out "$log_dir/split_h$heads.md" \
+                       --json "$log_dir/split_h$heads.json" 2>&1 | tee "$log_dir/split_h$heads.log" || status=1
+               done ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
     echo "stage $stage: $((SECONDS - start)) s" | tee -a "$log_dir/gpu.log"

@@ -104,3 +104,22 @@ def test_the_kernel_sweep_times_every_split_plan(tmp_path):
         (f"| {kernel}", page, depth) for kernel in ("tda", "softmax") for page in ("32", "64") for depth in ("1", "3")]
     for kernel in ("tda", "softmax"):  # exactly one fastest cell in bold per kernel
         assert sum(line.count("**") for line in table[4:] if line.startswith(f"| {kernel}")) == 2
+
+
+def test_kernel_heads_and_launch_split(tmp_path):
+    """--kernel-heads sets the kernels-alone layer (paired TDA: half as many heads), --kernel-split adds a table of
+    each launch's device time (on the CPU no device kernels are recorded, and the table says so); an odd head
+    count is refused."""
+    out = tmp_path / "decode.md"
+    results = bench.main(["--device", "cpu", "--stages", "kernel", "--reps", "1", "--dtype", "fp32",
+                          "--kernel-contexts", "70", "--kernel-batches", "1", "--kernel-heads", "4",
+                          "--kernel-split", "--out", str(out)])
+    (row,) = results["kernel"]
+    assert row["tda_launches"] == {} and row["softmax_launches"] == {}
+    # bytes per call follow the heads: 2 paired heads of two 64-wide keys (no value page read at random inputs)
+    mb = 1 * 2 * 70 * (2 * 64 + 128 * row["tda_value_pages_read"]) * 4 / 1e6
+    assert row["tda_gb_per_s"] == pytest.approx(mb / 1e3 / (row["tda_us"] / 1e6))
+    text = out.read_text()
+    assert "## Each launch of our decoding kernels" in text and "(no device kernels recorded)" in text
+    with pytest.raises(SystemExit):
+        bench.main(["--device", "cpu", "--stages", "kernel", "--kernel-heads", "5"])
