@@ -35,35 +35,22 @@ busy): where it exceeds the GPU time, the call is host-bound (not measured for t
 import argparse
 import dataclasses
 import datetime
-import math
 import platform
-import time
 from typing import Callable, Optional
 
 import torch
 import triton
-from torch.nn.attention import SDPBackend, sdpa_kernel
-from torch.nn.functional import scaled_dot_product_attention
 
+from benchmarks.timing import measure, projection, sdpa_rows, tile_occupancy, time_ms
 from kernels.common import CompileTarget
 from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.reference import threshold_attention_reference
 from kernels.threshold.tiles import BackwardPlan, TileConfig, forward_configs
-from kernels.threshold.triton_lists import CELL
 
 D_MODEL = 768
 DENSE_RHO = 1.0  # mean cosine 0.5 against thresholds of at most 0.55 (d = 64, T <= 16384): every tile holds survivors
-
-
-def _projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, rho: float,
-                direction: Optional[torch.Tensor] = None, device: str = "cuda") -> torch.Tensor:
-    """(B, H, T, d) view of a (B, T, H, d) tensor: rows rho·u·sqrt(d) + N(0, 1) noise."""
-    x = torch.randn(B, T, H, d, device=device)
-    if direction is not None:
-        x += rho * math.sqrt(d) * direction
-    return x.to(dtype).transpose(1, 2).requires_grad_()
 
 
 def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, views: int,
@@ -73,24 +60,12 @@ def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, vie
     out = {}
     for view in range(1, views + 1):
         u = torch.nn.functional.normalize(torch.randn(1, 1, H, d, device=device), dim=-1)
-        out[f"q{view}"] = _projection(B, T, H, d, dtype, rho, u, device)
-        out[f"k{view}"] = _projection(B, T, H, d, dtype, rho, u, device)
-    out["v"] = _projection(B, T, H, dv, dtype, 0.0, device=device)
+        out[f"q{view}"] = projection(B, T, H, d, dtype, u, rho, device)
+        out[f"k{view}"] = projection(B, T, H, d, dtype, u, rho, device)
+    out["v"] = projection(B, T, H, dv, dtype, device=device)
     if views == 2:
         out["lam"] = torch.full((H,), 0.5, device=device, requires_grad=True)
     return out
-
-
-def tile_occupancy(rec: torch.Tensor, Tq: int, Tk: int, causal: bool = True) -> float:
-    """Share of the causal CELL × CELL tiles (those holding a visible query-key pair) that the forward's record
-    ``rec`` (B, H, cells, cells; kernels/threshold/triton_lists.py) marks as holding a surviving weight."""
-    nM, nN = rec.shape[-2:]
-    rows = torch.arange(nM, device=rec.device)[:, None]
-    cols = torch.arange(nN, device=rec.device)[None, :]
-    cell = CELL.value
-    last = torch.clamp(rows * cell + cell - 1, max=Tq - 1) + (Tk - Tq)  # each cell row's last position
-    visible = cols * cell <= last if causal else torch.ones(nM, nN, dtype=torch.bool, device=rec.device)
-    return ((rec != 0) & visible).sum().item() / (visible.sum().item() * rec.shape[0] * rec.shape[1])
 
 
 def occupancy_of(x: dict, beta: float = 1.0, p: float = 2.0) -> float:
@@ -115,72 +90,9 @@ def survivor_share(x: dict, rows: int = 512) -> float:
     return ((q @ k.T > tau[:, None]) & keep).sum().item() / keep.sum().item()
 
 
-def _time(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
-    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
-                                   return_mode="median")
-
-
-def _peak_mib(fn: Callable[[], object]) -> float:
-    torch.cuda.synchronize()
-    torch.cuda.reset_peak_memory_stats()
-    base = torch.cuda.memory_allocated()
-    fn()
-    torch.cuda.synchronize()
-    return (torch.cuda.max_memory_allocated() - base) / 2**20
-
-
-def host_us(fn: Callable[[], object], calls: int = 20) -> float:
-    """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the
-    GPU is held busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows
-    up as a huge number). When this exceeds the GPU time, the kernels are host-bound."""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU clock cycles, longer than the calls take to issue
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls
-    torch.cuda.synchronize()
-    return host * 1e6
-
-
-def _measure(forward: Callable[[], torch.Tensor], inputs: list, rep_ms: int, host: bool = True) -> dict:
-    out = forward()
-    do = torch.randn_like(out)
-
-    def fwd_bwd() -> None:
-        forward().backward(do)
-
-    return {"fwd": _time(forward, inputs, rep_ms), "fwd_bwd": _time(fwd_bwd, inputs, rep_ms),
-            "mem": _peak_mib(fwd_bwd), "host_us": host_us(fwd_bwd) if host else float("nan")}
-
-
 def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
     half = B * H * T * T / 2
     return 2 * half * (views * d + dv), 2 * half * (3 * views * d + 2 * dv)
-
-
-def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
-    """Causal softmax attention through torch SDPA, forced to ``backend``."""
-    with sdpa_kernel(backend):
-        return scaled_dot_product_attention(q, k, v, is_causal=True)
-
-
-def _sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
-    sm = {n: _projection(B, T, H, d, dtype, 0.0) for n in ("q", "k", "v")}
-    fl_fwd = 4 * B * H * T * T * d / 2
-    rows = []
-    for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
-                          ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
-        def run(backend=backend):
-            return causal_sdpa(sm["q"], sm["k"], sm["v"], backend)
-        try:
-            r = _measure(run, list(sm.values()), rep_ms)
-        except RuntimeError as err:  # a backend that refuses the shape on this GPU
-            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
-            continue
-        rows.append(dict(method=name, H=H, d=d, dv=d, flops=(fl_fwd, 3.5 * fl_fwd), **r))
-    return rows
 
 
 def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int, skip_ab: bool,
@@ -193,12 +105,12 @@ def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int
     grads = args + ([x["lam"]] if views == 2 else [])
     common_ = dict(H=H, d=d, dv=dv, share=survivor_share(x), occupancy=occupancy_of(x),
                    flops=_flops_threshold(B, H, T, d, dv, views))
-    rows = [dict(method=name, **common_, **_measure(lambda: threshold_attention_triton(*args, **lam), grads, rep_ms))]
+    rows = [dict(method=name, **common_, **measure(lambda: threshold_attention_triton(*args, **lam), grads, rep_ms))]
     if skip_ab:
-        r = _measure(lambda: threshold_attention_triton(*args, **lam, skip_empty=False), grads, rep_ms)
+        r = measure(lambda: threshold_attention_triton(*args, **lam, skip_empty=False), grads, rep_ms)
         rows.append(dict(method=f"{name}, no skip", **common_, **r))
     if with_reference:
-        r = _measure(lambda: threshold_attention_reference(*args, **lam), grads, max(50, rep_ms // 4), host=False)
+        r = measure(lambda: threshold_attention_reference(*args, **lam), grads, max(50, rep_ms // 4), host=False)
         rows.append(dict(method=f"reference ({name.split()[0]})", **common_, **r))
     return rows
 
@@ -219,7 +131,7 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
         times = []
         for record, skip in ((False, False), (True, False), (True, True)):
             tile_ = dataclasses.replace(tile, skip_empty=skip) if tile is not None else None
-            times.append(_time(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
+            times.append(time_ms(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
                                                       skip_products=skip, tile=tile_), [], rep_ms))
         lines.append(f"| {T} | {B} | {'tda (paired)' if views == 2 else 'tra'} {H}×{d} | {label} | "
                      + " | ".join(f"{t:.3f}" for t in times) + " |")
@@ -238,7 +150,7 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
     H = D_MODEL // d
     x = _tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
     y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
-    rows = (_sdpa_rows(B, T, H, d, dtype, rep_ms)
+    rows = (sdpa_rows(B, T, H, d, dtype, rep_ms)
             + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference)
             + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab))
     if skip_ab and forward_lines is not None:
@@ -299,7 +211,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, parts: t
                                             (128, 64, 8, 2)) for tma in (False, True)]
     dq += [TileConfig(*c, tma=tma, skip_empty=True) for c in ((128, 64, 8, 3), (128, 32, 8, 2))
            for tma in (False, True)]
-    for r in _sdpa_rows(B, T, H, d, dtype, rep_ms):
+    for r in sdpa_rows(B, T, H, d, dtype, rep_ms):
         print(f"  reference {r['method']} H={H} d={d} T={T} B={B}: fwd {r['fwd']:.3f} ms, "
               f"fwd+bwd {r['fwd_bwd']:.3f} ms", flush=True)
     for views, heads, dv in ((2, H // 2, 2 * d), (1, H, d)):
@@ -361,7 +273,7 @@ def compiled_kernel(run: Callable[..., object], part: str) -> object:
 def _report(what: str, label: str, cfg: TileConfig, flops: float, run: Callable[..., object], part: str,
             rep_ms: int) -> None:
     try:
-        ms = _time(run, [], rep_ms)
+        ms = time_ms(run, [], rep_ms)
     except Exception as err:  # out of resources or a compile failure: report and go on
         print(f"  {what:30s} {label} {cfg.describe()}: failed ({type(err).__name__}: {str(err)[:80]})")
         return

@@ -107,7 +107,7 @@ def capture(model: torch.nn.Module, idx: torch.Tensor, dtype: torch.dtype) -> li
 def time_layer(c: Captured, rep_ms: int) -> dict:
     """Forward and forward+backward ms of one layer with exact skipping on (fwd, fwd_bwd) and off (fwd_off,
     fwd_bwd_off), and its tile occupancy."""
-    from benchmarks.attention import _measure
+    from benchmarks.timing import measure
     from kernels.threshold.autograd import threshold_attention_triton
     from kernels.threshold.options import ThresholdOptions
 
@@ -119,14 +119,14 @@ def time_layer(c: Captured, rep_ms: int) -> dict:
     def call(skip: bool):
         return lambda: threshold_attention_triton(*tensors, lam=lam, beta=c.beta, options=options, skip_empty=skip)
 
-    on, off = _measure(call(True), grads, rep_ms, host=False), _measure(call(False), grads, rep_ms, host=False)
+    on, off = measure(call(True), grads, rep_ms, host=False), measure(call(False), grads, rep_ms, host=False)
     return dict(fwd=on["fwd"], fwd_bwd=on["fwd_bwd"], fwd_off=off["fwd"], fwd_bwd_off=off["fwd_bwd"],
                 occupancy=occupancy(c))
 
 
 def occupancy(c: Captured) -> float:
     """The layer's share of causal 64 × 64 tiles holding a surviving weight, from the record of one forward."""
-    from benchmarks.attention import tile_occupancy
+    from benchmarks.timing import tile_occupancy
     from kernels.threshold import launch
     from kernels.threshold.options import ThresholdOptions
     from kernels.inputs import as_head_vector
@@ -169,7 +169,7 @@ def _summed(rows: list[dict]) -> dict:
 
 def main(args: argparse.Namespace, dtype: torch.dtype) -> None:
     """Time the run named by ``args.from_run`` (trained first with ``args.train_first``) at every ``args.seq``."""
-    from benchmarks.attention import _sdpa_rows
+    from benchmarks.timing import sdpa_rows
 
     run_dir = Path(args.from_run)
     if args.train_first:
@@ -183,7 +183,7 @@ def main(args: argparse.Namespace, dtype: torch.dtype) -> None:
         B, heads, _, d = layers[0].q[0].shape
         dv = layers[0].v.shape[-1]
         softmax_heads = heads * len(layers[0].q)  # TDA's paired heads are two softmax heads each
-        sdpa = {r["method"]: r for r in _sdpa_rows(B, T, softmax_heads, d, dtype, args.rep_ms)}
+        sdpa = {r["method"]: r for r in sdpa_rows(B, T, softmax_heads, d, dtype, args.rep_ms)}
         rows = []
         for c in layers:
             r = dict(T=T, B=B, layer=c.layer, **time_layer(c, args.rep_ms), cudnn=sdpa.get("sdpa-cudnn"),

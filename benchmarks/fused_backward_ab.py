@@ -68,7 +68,8 @@ def main(argv: Optional[list[str]] = None) -> None:
 
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fused_backward_ab needs a CUDA GPU (the fused backward is for Hopper)")
-    from benchmarks.attention import _tda_inputs, _time, compiled_kernel
+    from benchmarks.attention import _tda_inputs, compiled_kernel
+    from benchmarks.timing import time_ms
     from kernels.threshold import gluon_backward as gb
     from kernels.threshold import launch
     from kernels.threshold.options import ThresholdOptions
@@ -124,7 +125,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         times: dict[str, list[float]] = {}
         for _ in range(args.rounds):
             for method in methods:
-                times.setdefault(method, []).append(_time(lambda: grads(call_args, method), [], args.rep_ms))
+                times.setdefault(method, []).append(time_ms(lambda: grads(call_args, method), [], args.rep_ms))
         for method in list(methods)[1:]:
             grads(call_args, method)
             c = compiled_kernel(lambda target=None: grads(call_args, method, target), "fused")

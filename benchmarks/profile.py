@@ -105,6 +105,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     from torch.nn.attention import SDPBackend
 
     from benchmarks import attention as bench
+    from benchmarks import timing
     from kernels.threshold.autograd import threshold_attention_triton
 
     dtype, d = torch.bfloat16, args.head_dim
@@ -112,7 +113,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     out = []
     for T in args.seq:
         B = max(1, args.tokens // T)
-        sm = [bench._projection(B, T, H, d, dtype, 0.0) for _ in range(3)]
+        sm = [timing.projection(B, T, H, d, dtype) for _ in range(3)]
         x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, 0.5)
         y = bench._tda_inputs(B, T, H, d, d, dtype, 1, 0.5)
 
@@ -127,7 +128,7 @@ def main(argv: Optional[list[str]] = None) -> None:
                 forward().backward(do)
             return call
 
-        methods = (("sdpa-cudnn", H, d, lambda: bench.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
+        methods = (("sdpa-cudnn", H, d, lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
                    ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
                        x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                    ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))

@@ -26,7 +26,6 @@ import argparse
 import datetime
 import math
 import platform
-import time
 from typing import Callable, Optional
 
 import torch
@@ -34,6 +33,8 @@ import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
+from benchmarks import timing
+from benchmarks.timing import projection
 from kernels.score_ops import TileConfig
 from kernels.sigmoid import launch as sigmoid_launch
 from kernels.sigmoid.autograd import sigmoid_attention_triton
@@ -44,44 +45,6 @@ from kernels.softpick.autograd import softpick_attention_triton
 from kernels.threshold.autograd import threshold_attention_triton
 
 D_MODEL = 768
-
-
-def projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, direction: Optional[torch.Tensor] = None,
-               rho: float = 0.0, device: str = "cuda") -> torch.Tensor:
-    """(B, H, T, d) view of a (B, T, H, d) leaf: N(0, 1) rows, plus rho·√d·direction when given."""
-    x = torch.randn(B, T, H, d, device=device)
-    if direction is not None:
-        x += rho * math.sqrt(d) * direction
-    return x.to(dtype).transpose(1, 2).requires_grad_()
-
-
-def time_ms(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
-    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
-                                   return_mode="median")
-
-
-def host_us(fn: Callable[[], object], calls: int = 10) -> float:
-    """CPU time to issue ``fn`` while a sleep kernel holds the GPU (so no call waits for it), in µs."""
-    fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(500_000_000)
-    start = time.perf_counter()
-    for _ in range(calls):
-        fn()
-    host = (time.perf_counter() - start) / calls
-    torch.cuda.synchronize()
-    return host * 1e6
-
-
-def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int) -> dict:
-    """Forward and forward+backward times (ms) and the host time of a forward+backward (µs)."""
-    do = torch.randn_like(forward())
-
-    def fwd_bwd() -> None:
-        forward().backward(do)
-
-    return {"fwd": time_ms(forward, leaves, rep_ms), "fwd_bwd": time_ms(fwd_bwd, leaves, rep_ms),
-            "host_us": host_us(fwd_bwd)}
 
 
 def _ssmax_queries(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
@@ -103,8 +66,7 @@ def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
     qkv = [q, k, v]
 
     def cudnn():
-        with sdpa_kernel(SDPBackend.CUDNN_ATTENTION):
-            return scaled_dot_product_attention(q, k, v, is_causal=True)
+        return timing.causal_sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION)
 
     return {
         "sdpa-cudnn": (cudnn, qkv),
@@ -149,7 +111,7 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_
     rows = []
     for name, (forward, leaves) in methods(B, T, H, d, dtype, device).items():
         try:
-            r = measure(forward, leaves, rep_ms)
+            r = timing.measure(forward, leaves, rep_ms, memory=False)
         except RuntimeError as err:  # a backend that refuses the shape on this GPU
             print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
             continue
@@ -208,7 +170,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
 
     def report(what: str, fn: Callable[[], object], flops: float) -> None:
         try:
-            ms = time_ms(fn, [], rep_ms)
+            ms = timing.time_ms(fn, [], rep_ms)
         except Exception as err:  # out of resources or a compile failure: report and go on
             print(f"  {what}: failed ({type(err).__name__}: {str(err)[:80]})", flush=True)
             return

@@ -94,7 +94,7 @@ def test_capture_of_a_trained_run(train_run):
     from threshold_float64 import Case, cell_support
 
     from model.attention import Projections
-    from benchmarks.attention import tile_occupancy
+    from benchmarks.timing import tile_occupancy
 
     run = train_run("name=bench_capture", "attention=tda", "model.n_embd=64", "trainer.max_steps=2")
     model, cfg = captured.load(run, 1024, torch.device("cpu"))

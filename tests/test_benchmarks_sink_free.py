@@ -5,6 +5,7 @@ import pytest
 import torch
 
 import benchmarks.sink_free as bench
+from benchmarks import timing
 
 
 @pytest.fixture
@@ -17,8 +18,8 @@ def untimed(monkeypatch):
         calls.append(fn)
         return 1.0
 
-    monkeypatch.setattr(bench, "time_ms", once)
-    monkeypatch.setattr(bench, "host_us", lambda fn, calls=10: once(fn) * 1000)
+    monkeypatch.setattr(timing, "time_ms", once)
+    monkeypatch.setattr(timing, "host_us", lambda fn, calls=20: once(fn) * 1000)
     return calls
 
 

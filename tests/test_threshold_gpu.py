@@ -383,7 +383,7 @@ def test_skipping_on_gpu(monkeypatch, name, path):
     skipped; the deterministic path gives the same bits twice."""
     from threshold_float64 import cell_support, planted_inputs
 
-    from benchmarks.attention import tile_occupancy
+    from benchmarks.timing import tile_occupancy
 
     case = SPARSE_CASES[name]
     seed = sum(map(ord, name))

@@ -1,0 +1,110 @@
+"""What the attention benchmarks (benchmarks.attention, benchmarks.captured, benchmarks.sink_free) share: the inputs
+they draw, how they time a call on the GPU (medians of CUDA-event timings, the host's cost of issuing it, peak
+memory), torch's causal softmax as the reference rows, and the share of tiles a threshold forward records as
+occupied."""
+from __future__ import annotations
+
+import math
+import time
+from typing import Callable, Optional
+
+import torch
+import triton
+from torch.nn.attention import SDPBackend, sdpa_kernel
+from torch.nn.functional import scaled_dot_product_attention
+
+from kernels.threshold.triton_lists import CELL
+
+
+def projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, direction: Optional[torch.Tensor] = None,
+               rho: float = 0.0, device: str = "cuda") -> torch.Tensor:
+    """(B, H, T, d) view of a (B, T, H, d) leaf, as the model lays out a projection: N(0, 1) rows, plus
+    rho·√d·direction when given (a shared direction sets how many weights survive a threshold)."""
+    x = torch.randn(B, T, H, d, device=device)
+    if direction is not None:
+        x += rho * math.sqrt(d) * direction
+    return x.to(dtype).transpose(1, 2).requires_grad_()
+
+
+def time_ms(fn: Callable[[], object], grads: list, rep_ms: int) -> float:
+    """Median milliseconds of ``fn`` (triton.testing.do_bench: CUDA events, the gradients of ``grads`` cleared)."""
+    return triton.testing.do_bench(fn, warmup=max(5, rep_ms // 4), rep=rep_ms, grad_to_none=grads,
+                                   return_mode="median")
+
+
+def peak_mib(fn: Callable[[], object]) -> float:
+    """MiB allocated at the peak of ``fn`` above what was allocated before it."""
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    base = torch.cuda.memory_allocated()
+    fn()
+    torch.cuda.synchronize()
+    return (torch.cuda.max_memory_allocated() - base) / 2**20
+
+
+def host_us(fn: Callable[[], object], calls: int = 20) -> float:
+    """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the GPU is held
+    busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows up as a huge number).
+    When this exceeds the GPU time, the kernels are host-bound."""
+    fn()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU clock cycles, longer than the calls take to issue
+    start = time.perf_counter()
+    for _ in range(calls):
+        fn()
+    host = (time.perf_counter() - start) / calls
+    torch.cuda.synchronize()
+    return host * 1e6
+
+
+def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int, host: bool = True,
+            memory: bool = True) -> dict:
+    """Forward and forward+backward milliseconds ("fwd", "fwd_bwd"), and unless turned off the peak MiB of a
+    forward+backward ("mem") and the host µs to issue one ("host_us"; NaN when ``host`` is off)."""
+    do = torch.randn_like(forward())
+
+    def fwd_bwd() -> None:
+        forward().backward(do)
+
+    out = {"fwd": time_ms(forward, leaves, rep_ms), "fwd_bwd": time_ms(fwd_bwd, leaves, rep_ms)}
+    if memory:
+        out["mem"] = peak_mib(fwd_bwd)
+    out["host_us"] = host_us(fwd_bwd) if host else float("nan")
+    return out
+
+
+def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
+    """Causal softmax attention through torch SDPA, forced to ``backend``."""
+    with sdpa_kernel(backend):
+        return scaled_dot_product_attention(q, k, v, is_causal=True)
+
+
+def sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
+    """measure's rows of causal softmax through SDPA's cuDNN and FlashAttention-2 backends, H heads of d; a backend
+    that refuses the shape on this GPU is said so and left out."""
+    sm = {n: projection(B, T, H, d, dtype) for n in ("q", "k", "v")}
+    fl_fwd = 4 * B * H * T * T * d / 2
+    rows = []
+    for name, backend in (("sdpa-cudnn", SDPBackend.CUDNN_ATTENTION),
+                          ("sdpa-flash", SDPBackend.FLASH_ATTENTION)):
+        def run(backend=backend):
+            return causal_sdpa(sm["q"], sm["k"], sm["v"], backend)
+        try:
+            r = measure(run, list(sm.values()), rep_ms)
+        except RuntimeError as err:  # a backend that refuses the shape on this GPU
+            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
+            continue
+        rows.append(dict(method=name, H=H, d=d, dv=d, flops=(fl_fwd, 3.5 * fl_fwd), **r))
+    return rows
+
+
+def tile_occupancy(rec: torch.Tensor, Tq: int, Tk: int, causal: bool = True) -> float:
+    """Share of the causal CELL × CELL tiles (those holding a visible query-key pair) that the forward's record
+    ``rec`` (B, H, cells, cells; kernels/threshold/triton_lists.py) marks as holding a surviving weight."""
+    nM, nN = rec.shape[-2:]
+    rows = torch.arange(nM, device=rec.device)[:, None]
+    cols = torch.arange(nN, device=rec.device)[None, :]
+    cell = CELL.value
+    last = torch.clamp(rows * cell + cell - 1, max=Tq - 1) + (Tk - Tq)  # each cell row's last position
+    visible = cols * cell <= last if causal else torch.ones(nM, nN, dtype=torch.bool, device=rec.device)
+    return ((rec != 0) & visible).sum().item() / (visible.sum().item() * rec.shape[0] * rec.shape[1])
