@@ -1,9 +1,10 @@
-"""What the attention benchmarks (benchmarks.attention, benchmarks.captured, benchmarks.sink_free) share: the inputs
-they draw, how they time a call on the GPU (medians of CUDA-event timings, the host's cost of issuing it, peak
-memory), torch's causal softmax as the reference rows, and the share of tiles a threshold forward records as
-occupied."""
+"""What the benchmarks share: the inputs the attention benchmarks (benchmarks.attention, benchmarks.captured,
+benchmarks.sink_free) draw, how they time a call on the GPU (medians of CUDA-event timings, the host's cost of
+issuing it, peak memory), torch's causal softmax as the reference rows, the share of tiles a threshold forward
+records as occupied; and the decoding benchmarks' timing of a call replayed from a CUDA graph (``time_replays``)."""
 from __future__ import annotations
 
+import contextlib
 import math
 import time
 from typing import Callable, Optional
@@ -108,3 +109,49 @@ def tile_occupancy(rec: torch.Tensor, Tq: int, Tk: int, causal: bool = True) -> 
     last = torch.clamp(rows * cell + cell - 1, max=Tq - 1) + (Tk - Tq)  # each cell row's last position
     visible = cols * cell <= last if causal else torch.ones(nM, nN, dtype=torch.bool, device=rec.device)
     return ((rec != 0) & visible).sum().item() / (visible.sum().item() * rec.shape[0] * rec.shape[1])
+
+
+class Timer:
+    """Elapsed milliseconds of a region: CUDA events on a GPU, wall clock (after the work) on the CPU."""
+
+    def __init__(self, device: torch.device):
+        self.cuda = device.type == "cuda"
+
+    @contextlib.contextmanager
+    def region(self, out: list):
+        if self.cuda:
+            start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            start.record()
+            yield
+            end.record()
+            end.synchronize()
+            out.append(start.elapsed_time(end))
+        else:
+            t0 = time.perf_counter()
+            yield
+            out.append(1e3 * (time.perf_counter() - t0))
+
+
+def time_replays(fn: Callable[[], None], device: torch.device, reps: int, inner: int = 1) -> float:
+    """Milliseconds of one call of ``fn`` (which makes ``inner`` calls of what is measured): captured in a CUDA
+    graph and replayed ``reps`` times on a GPU (no host time in it), run ``reps`` times eagerly on the CPU."""
+    timer, elapsed = Timer(device), []
+    if device.type == "cuda":
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            fn()
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            fn()
+        graph.replay()
+        with timer.region(elapsed):
+            for _ in range(reps):
+                graph.replay()
+    else:
+        fn()
+        with timer.region(elapsed):
+            for _ in range(reps):
+                fn()
+    return elapsed[0] / (reps * inner)
