@@ -19,6 +19,17 @@ tokens/s on N GPUs over N × tokens/s on one GPU, for the same attention and set
 ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU count and context-parallel size. On
 a machine without a GPU pass `trainer.device=cpu` (and a tiny model): the processes then run on gloo, and MFU and
 memory stay blank. Prints one JSON line per point as it finishes, then a markdown table, also written to --out.
+
+Trained weights (where a threshold model's sparsity exists, a random one has little): `--init-from tda=runs/<run>`
+starts every point of that attention from the run's newest checkpoint (train.py's `init_from`), and
+`--train-first "<train.py overrides>"` first trains each attention without one (`python train.py attention=<a>
+<overrides>`, e.g. `"+experiment=paper_small trainer.max_steps=3000"`) and starts its points from it; the table
+names the weights beside the attention. The points may then train at another length than the weights did
+(`model.seq_len=8192` after `--`: RoPE and τ take any position).
+
+    python -m benchmarks.train --attentions softmax tda --steps 100 --micro-batch 4 \
+        --train-first "+experiment=paper_small trainer.max_steps=3000" \
+        --settings "trainer.compile=model" -- +experiment=paper_small model.seq_len=8192
 """
 from __future__ import annotations
 
@@ -68,8 +79,8 @@ def points(args) -> list[Point]:
     return [p for p in grid if p.runnable]
 
 
-def command(point: Point, index: int, args, runs_root: Path) -> tuple[list[str], str]:
-    """(torchrun command line, run name) of a point."""
+def command(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None) -> tuple[list[str], str]:
+    """(torchrun command line, run name) of a point; ``init_from``: a run whose weights it starts from."""
     name = f"{point.attention}-{point.strategy}-{point.gpus}gpu-cp{point.context}-s{index}"
     batch = args.micro_batch * args.accumulation * point.gpus // point.context
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={point.gpus}",
@@ -79,12 +90,14 @@ def command(point: Point, index: int, args, runs_root: Path) -> tuple[list[str],
            f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}", "trainer.eval_batches=2",
            f"trainer.checkpoint_every={10 * args.steps}", "trainer.keep_last=1", f"logger.log_every={args.log_every}",
            "logger.progress=false", "logger.wandb.mode=disabled"]
+    if init_from is not None:
+        cmd.append(f"init_from={init_from}")
     return cmd, name
 
 
-def run_point(point: Point, index: int, args, runs_root: Path) -> dict:
+def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None) -> dict:
     """Train one point to the end and summarise its logged windows."""
-    cmd, name = command(point, index, args, runs_root)
+    cmd, name = command(point, index, args, runs_root, init_from)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
@@ -95,7 +108,8 @@ def run_point(point: Point, index: int, args, runs_root: Path) -> dict:
     logged = [r for r in records if "tokens_per_s" in r]
     windows = logged[args.skip:] or logged[-1:]  # a run too short to skip its warm-up reports its last window
     config = OmegaConf.load(runs_root / name / "config.yaml")
-    out = {**point.label(), "global_batch": f"{config.trainer.batch_size} x {config.model.seq_len}",
+    out = {**point.label(), **({"weights": init_from.name} if init_from is not None else {}),
+           "global_batch": f"{config.trainer.batch_size} x {config.model.seq_len}",
            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in windows),
            "final_loss": records[-1].get("loss"), "wall_s": wall}
     if "mfu" in windows[-1]:
@@ -118,7 +132,8 @@ def table(results: list[dict]) -> str:
     lines = ["| attention | setting | strategy | GPUs | CP | global batch | tokens/s | MFU | peak memory (GB) | "
              "scaling eff. | vs softmax |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in results:
-        head = f"| {r['attention']} | {r['setting']} | {r['strategy']} | {r['gpus']} | {r['context_parallel']} |"
+        attention = r["attention"] + (f" (from {r['weights']})" if r.get("weights") else "")
+        head = f"| {attention} | {r['setting']} | {r['strategy']} | {r['gpus']} | {r['context_parallel']} |"
         if "error" in r:
             lines.append(f"{head} failed (exit {r['error']}) | | | | | |")
             continue
@@ -130,6 +145,37 @@ def table(results: list[dict]) -> str:
         memory = f"{r['peak_memory_gb']:.1f}" if "peak_memory_gb" in r else ""
         lines.append(f"{head} {r['global_batch']} | {r['tokens_per_s']:,.0f} | {mfu} | {memory} | {eff} | {ratio} |")
     return "\n".join(lines)
+
+
+def initial_weights(args, parser: argparse.ArgumentParser) -> dict[str, Path]:
+    """--init-from's ATTENTION=RUN_DIR pairs as {attention: run directory}, each checked (an attention of the grid,
+    a directory that exists, once each)."""
+    out: dict[str, Path] = {}
+    for item in args.init_from:
+        attention, sep, run_dir = item.partition("=")
+        if not sep or not run_dir:
+            parser.error(f"--init-from takes ATTENTION=RUN_DIR, got {item!r}")
+        if attention not in args.attentions:
+            parser.error(f"--init-from {item}: {attention!r} is not one of --attentions {args.attentions}")
+        if attention in out:
+            parser.error(f"--init-from names {attention!r} twice")
+        if not Path(run_dir).is_dir():
+            parser.error(f"--init-from {item}: no run directory {run_dir}")
+        out[attention] = Path(run_dir).resolve()
+    return out
+
+
+def train_first(attention: str, overrides: str, runs_root: Path) -> Path:
+    """Train ``attention`` with ``overrides`` (python train.py, one process) into ``runs_root``; its run directory."""
+    name = f"first-{attention}"
+    cmd = [sys.executable, str(ROOT / "train.py"), *shlex.split(overrides), f"attention={attention}", f"name={name}",
+           f"runs_root={runs_root}", "logger.progress=false", "logger.wandb.mode=disabled"]
+    print(f"training first: {shlex.join(cmd)}", flush=True)
+    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
+    if result.returncode != 0:
+        print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
+        raise SystemExit(f"--train-first: training {attention} failed (exit {result.returncode})")
+    return runs_root / name
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -148,16 +194,27 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--log-every", type=int, default=20)
     parser.add_argument("--skip", type=int, default=2, help="logged windows to drop (warm-up)")
     parser.add_argument("--out", type=Path, default=Path("bench_train.md"))
+    parser.add_argument("--init-from", nargs="+", default=[], metavar="ATTENTION=RUN_DIR",
+                        help="start every point of ATTENTION from the weights of RUN_DIR (train.py's init_from)")
+    parser.add_argument("--train-first", default=None, metavar="OVERRIDES",
+                        help="train each attention without --init-from first (python train.py attention=<a> "
+                             "OVERRIDES) and start its points from it")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every point (after --)")
     args = parser.parse_args(argv)
     grid = points(args)
     if not grid:
         parser.error("no point of the grid can run (strategy single takes one GPU; each context-parallel size above "
                      "1 must divide a GPU count above 1)")
+    weights = initial_weights(args, parser)
     results = []
     with tempfile.TemporaryDirectory() as tmp:
+        if args.train_first is not None:
+            for attention in args.attentions:
+                if attention not in weights:
+                    weights[attention] = train_first(attention, args.train_first, Path(tmp) / "first")
         for point in grid:
-            result = run_point(point, args.settings.index(point.setting), args, Path(tmp))
+            result = run_point(point, args.settings.index(point.setting), args, Path(tmp),
+                               weights.get(point.attention))
             results.append(result)
             print(json.dumps(result), flush=True)
     text = table(results)

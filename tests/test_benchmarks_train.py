@@ -65,3 +65,43 @@ def test_the_command_runs_on_cpu_over_every_axis_of_its_grid(tiny_corpus, tmp_pa
                                                        ["ddp", "2", "2"]]
     assert all(row.startswith("| softmax | trainer.loss_chunk=50 |") and "failed" not in row for row in rows)
     assert [row.split(" | ")[5] for row in rows] == ["2 x 64", "2 x 64", "4 x 64", "2 x 64"]
+
+
+def test_points_start_from_trained_weights(tiny_corpus, tmp_path):
+    """--train-first trains each attention without --init-from once (here TDA), --init-from names a run for another
+    (softmax, trained here beforehand); every point of an attention then starts from its run's weights (train.py's
+    init_from, on its command line), and the table says from which."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    tiny = [*tiny_corpus, *TINY_MODEL, "trainer.device=cpu", "trainer.threads=1"]
+    common = ["trainer.max_steps=2", "trainer.batch_size=2", "trainer.micro_batch_size=2", "trainer.eval_every=2",
+              "trainer.eval_batches=1", "trainer.checkpoint_every=2", "logger.progress=false"]
+    trained = subprocess.run([sys.executable, str(ROOT / "train.py"), *tiny, *common, "attention=softmax",
+                              "name=soft", f"runs_root={tmp_path}"], cwd=tmp_path, env=env, capture_output=True,
+                             text=True, timeout=300)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    out = tmp_path / "table.md"
+    cmd = [sys.executable, "-m", "benchmarks.train", "--attentions", "softmax", "tda", "--steps", "2",
+           "--log-every", "1", "--skip", "1", "--micro-batch", "2", "--out", str(out),
+           "--init-from", f"softmax={tmp_path / 'soft'}", "--train-first", " ".join(tiny + common), "--", *tiny,
+           "model.seq_len=128"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "training first:" in result.stdout and "attention=tda" in result.stdout
+    assert "attention=softmax name=first-softmax" not in result.stdout      # softmax has its run already
+    rows = out.read_text().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| softmax (from soft)", "| tda (from first-tda)"]
+    assert all(row.split(" | ")[5] == "2 x 128" for row in rows)   # trained at 64 tokens, measured at 128
+
+
+def test_initial_weights_are_checked(tmp_path):
+    from benchmarks.train import Point, command
+
+    for bad, message in ((["tda"], "ATTENTION=RUN_DIR"), (["rela=" + str(tmp_path)], "not one of --attentions"),
+                         (["tda=" + str(tmp_path / "missing")], "no run directory"),
+                         (["tda=" + str(tmp_path), "tda=" + str(tmp_path)], "names 'tda' twice")):
+        result = subprocess.run([sys.executable, "-m", "benchmarks.train", "--init-from", *bad, "--", "x=1"],
+                                cwd=ROOT, capture_output=True, text=True, timeout=60)
+        assert result.returncode == 2 and message in result.stderr, (bad, result.stderr)
+    args = type("Args", (), dict(micro_batch=2, accumulation=1, overrides=[], steps=3, log_every=1))()
+    cmd, _ = command(Point("tda", "", "single", 1, 1), 0, args, tmp_path, init_from=tmp_path / "run")
+    assert cmd[-1] == f"init_from={tmp_path / 'run'}"
