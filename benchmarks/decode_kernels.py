@@ -27,6 +27,32 @@ def _sdpa_backends() -> dict:
             "efficient": SDPBackend.EFFICIENT_ATTENTION}
 
 
+def _threshold_point(row: dict, randn: Callable[..., torch.Tensor], pairs: int, positions: torch.Tensor,
+                     device: torch.device, reps: int, sweep, split: bool) -> None:
+    """kernel_point's TDA entries of ``row``: µs per call, the share of value pages read, GB/s, and the sweep and
+    launch times when asked, for ``pairs`` paired heads (q/k 64, v 128) against a cache of the rows' length."""
+    from kernels.decode import PAGE, threshold_decode
+
+    batch, context = row["batch"], row["context"]
+    q1, q2 = randn(batch, pairs, 64), randn(batch, pairs, 64)
+    k1, k2 = randn(batch, pairs, context, 64), randn(batch, pairs, context, 64)
+    v = randn(batch, pairs, context, 128)
+
+    def call(**plan):
+        return threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, **plan)
+
+    flags = torch.zeros(batch, pairs, -(-context // PAGE), dtype=torch.int8, device=device)
+    call(read_flags=flags)
+    row["tda_value_pages_read"] = float((flags == 2).double().mean())
+    row["tda_us"] = 1e3 * time_replays(call, device, reps)
+    tda_mb = batch * pairs * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
+    row["tda_gb_per_s"] = tda_mb / 1e3 / (row["tda_us"] / 1e6)
+    if sweep is not None:
+        row["tda_sweep"] = sweep_plans(call, device, reps, *sweep)
+    if split:
+        row["tda_launches"] = launch_times(call, device, reps)
+
+
 def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dtype, reps: int,
                  generator: torch.Generator, sweep: tuple[list[int], list[int], list[int]] | None = None,
                  heads: int = 12, split: bool = False) -> dict:
@@ -36,31 +62,14 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
     import torch.nn.functional as F
     from torch.nn.attention import sdpa_kernel
 
-    from kernels.decode import PAGE, softmax_decode, threshold_decode
+    from kernels.decode import softmax_decode
 
     def randn(*shape):
         return torch.randn(*shape, generator=generator, device=device, dtype=torch.float32).to(dtype)
 
     row = {"batch": batch, "context": context}
     positions = torch.full((batch,), context - 1, device=device, dtype=torch.long)
-    pairs = heads // 2
-    q1, q2 = randn(batch, pairs, 64), randn(batch, pairs, 64)
-    k1, k2 = randn(batch, pairs, context, 64), randn(batch, pairs, context, 64)
-    v = randn(batch, pairs, context, 128)
-    flags = torch.zeros(batch, pairs, -(-context // PAGE), dtype=torch.int8, device=device)
-    threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, read_flags=flags)
-    row["tda_value_pages_read"] = float((flags == 2).double().mean())
-    row["tda_us"] = 1e3 * time_replays(lambda: threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5,
-                                                                  kernel=True), device, reps)
-    tda_mb = batch * pairs * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
-    row["tda_gb_per_s"] = tda_mb / 1e3 / (row["tda_us"] / 1e6)
-    if sweep is not None:
-        row["tda_sweep"] = sweep_plans(lambda **plan: threshold_decode(
-            q1, k1, v, q2, k2, positions=positions, lam=0.5, kernel=True, **plan), device, reps, *sweep)
-    if split:
-        row["tda_launches"] = launch_times(lambda: threshold_decode(q1, k1, v, q2, k2, positions=positions, lam=0.5,
-                                                                    kernel=True), device, reps)
-    del q1, q2, k1, k2, v
+    _threshold_point(row, randn, heads // 2, positions, device, reps, sweep, split)  # its cache freed on return
     q = randn(batch, heads, 64)
     k, v = randn(batch, heads, context, 64), randn(batch, heads, context, 64)
     softmax_mb = batch * heads * context * 128 * q.element_size() / 1e6
