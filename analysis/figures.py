@@ -32,9 +32,7 @@ one variant (configs equal up to the seed) share a colour and one legend entry. 
 """
 from __future__ import annotations
 
-import functools
 import math
-import re
 import sys
 from pathlib import Path
 
@@ -45,7 +43,7 @@ from omegaconf import DictConfig
 from analysis.attention import MAPS, OUTPUT
 from analysis.diagnostics import MEASURES, PREFIX
 from analysis.metrics import TILE, random_survivors, survivor_bound
-from analysis.results import (RunResults, check_metrics_versions, config_settings, group_runs, load_results,
+from analysis.results import (Group, RunResults, check_metrics_versions, families, group_runs, load_results,
                               run_list)
 from evaluation import plots
 from evaluation.plots import pyplot as _pyplot
@@ -313,55 +311,41 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
 
 
 SIZE_KEYS = ("model.n_layer", "model.n_embd", "model.n_head")
-_SIZE_PART = re.compile(r"model\.(?:n_layer|n_embd|n_head)=[^,)]*(?:, )?")
 
 
-@functools.lru_cache(maxsize=None)
-def _parameters(config_yaml: str) -> int:
+def model_parameters(run: RunResults) -> int:
     """Parameters of the model a run's config builds (built on the meta device: no memory, no initialisation)."""
     import torch
-    from omegaconf import OmegaConf
 
     from model.checkpoint import build_model
 
     with torch.device("meta"):
-        return build_model(OmegaConf.create(config_yaml)).num_parameters()
-
-
-def model_parameters(run: RunResults) -> int:
-    from omegaconf import OmegaConf
-
-    return _parameters(OmegaConf.to_yaml(run.config))
+        return build_model(run.config).num_parameters()
 
 
 def size_trends(runs: list[RunResults]) -> list[tuple[str, str, dict[int, list[float]], int | None]]:
-    """Per family of configurations equal but for the model's size (SIZE_KEYS) that was run at two or more sizes
-    (depth × width, model.n_layer and model.n_embd): (label without the size settings, attention, {parameters: the
-    seeds' final validation losses}, training tokens of its runs (None where they differ)), in the order of first
-    appearance. Where one size was run with several head counts, the head count with the most runs stands for it
-    (the others are variants at that size, not sizes)."""
-    families: dict[tuple, list] = {}
-    for group in group_runs(runs):
-        settings = config_settings(group.runs[0].config)
-        key = tuple(sorted((k, v) for k, v in settings.items() if k not in SIZE_KEYS))
-        label = _SIZE_PART.sub("", group.label).replace(" ()", "").replace(", )", ")")
-        entry = families.setdefault(key, [label, group.attention, {}, set()])
-        size = (settings.get("model.n_layer"), settings.get("model.n_embd"))
-        heads = entry[2].setdefault(size, {}).setdefault(settings.get("model.n_head"), [])
-        for run in group.runs:
-            loss = run.final_val_loss()
-            if loss is not None:
-                heads.append((model_parameters(run), loss))
-                entry[3].add(run.metrics[-1].get("tokens") if run.metrics else None)
+    """Per family of configurations equal but for the model's size (SIZE_KEYS; analysis.results.families) that was
+    run at two or more sizes (depth × width, model.n_layer and model.n_embd): (label without the size settings,
+    attention, {parameters: the seeds' final validation losses}, training tokens of its runs (None where they
+    differ)), in the order of first appearance. Where one size was run with several head counts, the head count
+    with the most runs stands for it (the others are variants at that size, not sizes)."""
     out = []
-    for label, attention, sizes, tokens in families.values():
+    for family in families(group_runs(runs), SIZE_KEYS):
+        by_size: dict[tuple, list] = {}  # (n_layer, n_embd) -> the group of the most-run head count
+        for group in family:
+            size = (group.settings.get("model.n_layer"), group.settings.get("model.n_embd"))
+            if size not in by_size or len(group.runs) > len(by_size[size].runs):  # the first of equals stays
+                by_size[size] = group
         points: dict[int, list[float]] = {}
-        for by_heads in sizes.values():
-            chosen = max(by_heads.values(), key=len)  # max keeps the first of equals
-            for parameters, loss in chosen:
-                points.setdefault(parameters, []).append(loss)
-        if len(sizes) >= 2 and len(points) >= 2:
-            out.append((label, attention, points, next(iter(tokens)) if len(tokens) == 1 else None))
+        tokens = set()
+        for group in by_size.values():
+            losses = [loss for loss in (run.final_val_loss() for run in group.runs) if loss is not None]
+            if losses:
+                points.setdefault(model_parameters(group.runs[0]), []).extend(losses)
+                tokens |= {run.metrics[-1].get("tokens") if run.metrics else None for run in group.runs}
+        if len(by_size) >= 2 and len(points) >= 2:
+            out.append((family[0].label_without(SIZE_KEYS), family[0].attention, points,
+                        next(iter(tokens)) if len(tokens) == 1 else None))
     return out
 
 
@@ -379,7 +363,7 @@ def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]]
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (label, attention, points, _) in enumerate(trends):
         sizes = sorted(points)
-        colour = "0.3" if attention == "softmax" and "(" not in label else f"C{i % 10}"
+        colour = "0.3" if label == "softmax" else f"C{i % 10}"  # softmax as shipped, as in the other figures
         ax.plot(sizes, [float(np.mean(points[n])) for n in sizes], "-", color=colour, label=label)
         for n in sizes:
             ax.plot([n] * len(points[n]), points[n], "o", ms=4, color=colour)
@@ -394,18 +378,18 @@ def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]]
     return save(fig, stem)
 
 
-def empty_row_points(runs: list[RunResults]) -> list[tuple[str, str, list[tuple[float, float]]]]:
-    """Per configuration (group_runs' labels) whose runs have a validation loss and an analysis summary: (label,
-    attention, [(empty-row share at the training length, final validation loss) per seed])."""
+def empty_row_points(groups: list[Group]) -> list[tuple[Group, list[tuple[float, float]]]]:
+    """Per configuration whose runs have a validation loss and an analysis summary: (its group, [(empty-row share at
+    the training length, final validation loss) per seed])."""
     out = []
-    for group in group_runs(runs):
+    for group in groups:
         points = []
         for run in group.runs:
             summary, loss = run.length_summary(), run.final_val_loss()
             if summary is not None and summary.get("empty_row_share") is not None and loss is not None:
                 points.append((float(summary["empty_row_share"]), loss))
         if points:
-            out.append((group.label, group.attention, points))
+            out.append((group, points))
     return out
 
 
@@ -415,20 +399,21 @@ def loss_vs_empty_rows(runs: list[RunResults], stem: Path) -> list[Path]:
     would overlap), softmax's mean loss as a dashed line."""
     from analysis.report import reference_group
 
-    configs = empty_row_points(runs)
+    groups = group_runs(runs)
+    configs = empty_row_points(groups)
     if not configs:
         raise ValueError("loss_vs_empty_rows: no run has both a validation loss and an analysis summary")
     plt = _pyplot()
     fig, ax = plt.subplots(figsize=(8, 5.5))
-    ref = reference_group(group_runs(runs))
-    for i, (label, attention, points) in enumerate(configs):
+    ref = reference_group(groups)
+    for i, (group, points) in enumerate(configs):
         x, y = float(np.mean([p[0] for p in points])), float(np.mean([p[1] for p in points]))
         colour, marker = f"C{i % 10}", "osD^v"[i // 10 % 5]
         ax.plot([p[0] * 100 for p in points], [p[1] for p in points], ".", ms=4, alpha=0.5, color=colour)
-        ax.plot(x * 100, y, marker, ms=6, color=colour, label=f"{i + 1}  {label}")
+        ax.plot(x * 100, y, marker, ms=6, color=colour, label=f"{i + 1}  {group.label}")
         ax.annotate(str(i + 1), (x * 100, y), xytext=(4, 2), textcoords="offset points", fontsize=6, color=colour)
-        if ref is not None and label == ref.label:
-            ax.axhline(y, ls="--", lw=0.8, color="0.3", label=f"{label} (mean)")
+        if group is ref:
+            ax.axhline(y, ls="--", lw=0.8, color="0.3", label=f"{group.label} (mean)")
     ax.set(xlabel="empty rows at the training length (% of rows with no non-zero weight)",
            ylabel="final validation loss (nats)",
            title="loss against attention switched off (a point a configuration: its seeds' mean)")

@@ -24,7 +24,7 @@ import hydra
 from omegaconf import DictConfig
 
 from analysis.metrics import TILE
-from analysis.results import (Group, RunResults, check_metrics_versions, config_settings, group_runs, load_results,
+from analysis.results import (Group, RunResults, check_metrics_versions, families, group_runs, load_results,
                               run_list)
 from analysis.stats import holm, welch
 
@@ -298,23 +298,22 @@ def _p(value: float | None) -> str:
 
 def power_family(tda: list[Group]) -> list[Group]:
     """The TDA configurations that differ from one another in attention.power alone: of the families of groups equal
-    in every other setting, the one with the most distinct powers (the first such on a tie). A configuration that
-    also changes something else (norm_eps, the layout) says nothing about the power, so it is left out of the
-    comparison."""
-    families: dict[tuple, list[Group]] = {}
-    for g in tda:
-        flat = config_settings(g.runs[0].config)
-        flat.pop("attention.power", None)
-        families.setdefault(tuple(sorted(flat.items())), []).append(g)
-    return max(families.values(), key=lambda f: len({float(g.setting("attention.power") or 2.0) for g in f}),
-               default=[])
+    in every other setting (analysis.results.families), the one with the most distinct powers (the first such on a
+    tie). A configuration that also changes something else (norm_eps, the layout) says nothing about the power, so
+    it is left out of the comparison."""
+    return max(families(tda, ("attention.power",)),
+               key=lambda f: len({float(g.setting("attention.power") or 2.0) for g in f}), default=[])
+
+
+def default_group(groups: list[Group], attention: str) -> Group | None:
+    """The configuration of ``attention`` with no setting of its own (labelled by the attention's name alone)."""
+    return next((g for g in groups if g.attention == attention and not g.parts), None)
 
 
 def reference_group(groups: list[Group]) -> Group | None:
-    """The softmax configuration the others are compared with: the first softmax group with no setting of its
-    own (labelled plain "softmax"), else the first softmax group, else None."""
-    softmax = [g for g in groups if g.attention == "softmax"]
-    return next((g for g in softmax if g.label == "softmax"), softmax[0] if softmax else None)
+    """The softmax configuration the others are compared with: softmax's default configuration, else the first
+    softmax group, else None."""
+    return default_group(groups, "softmax") or next((g for g in groups if g.attention == "softmax"), None)
 
 
 def loss_table(groups: list[Group]) -> list[str]:
@@ -347,11 +346,6 @@ def loss_table(groups: list[Group]) -> list[str]:
     return lines
 
 
-def default_group(groups: list[Group], attention: str) -> Group | None:
-    """The configuration of ``attention`` with no setting of its own (labelled by the attention's name alone)."""
-    return next((g for g in groups if g.attention == attention and g.label == attention), None)
-
-
 def recipe_table(groups: list[Group]) -> list[str]:
     """Markdown lines: every configuration that changes an attention's defaults against that attention's default
     configuration (the question of an ablation: does the recipe beat the variant as shipped?): the mean's
@@ -366,14 +360,14 @@ def recipe_table(groups: list[Group]) -> list[str]:
         v, b = _values(g, loss), _values(base, loss)
         p = welch(v, b).p if len(v) > 1 and len(b) > 1 else None
         delta = f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}" if v and b else "—"
-        rows.append((g, base, v, delta, p))
+        rows.append((g, base, v, b, delta, p))
     if not rows:
         return []
     lines = ["| configuration | seeds | val loss mean ± std | default | its seeds | its mean ± std | Δ vs default (%) "
              "| p (Welch) | p (Holm) |", "|" + "---|" * 9]
-    for (g, base, v, delta, p), p_holm in zip(rows, holm([r[4] for r in rows])):
+    for (g, base, v, b, delta, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
         lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), base.label, str(len(base.runs)),
-                                 _mean_std(_values(base, loss)), delta, _p(p), _p(p_holm)]) + " |")
+                                 _mean_std(b), delta, _p(p), _p(p_holm)]) + " |")
     return lines
 
 

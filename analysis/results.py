@@ -90,14 +90,24 @@ IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "t
 
 @dataclass
 class Group:
-    """Runs that share a config up to the seed; ``label`` names the variant."""
+    """Runs that share a config up to the seed: ``settings`` their config_settings, ``parts`` the (key, value)
+    settings that name the configuration (group_runs), ``label`` the name they make with the attention."""
 
-    label: str
     runs: list[RunResults]
+    settings: dict[str, str]
+    parts: tuple[tuple[str, str], ...] = ()
 
     @property
     def attention(self) -> str:
         return self.runs[0].attention
+
+    @property
+    def label(self) -> str:
+        return self.label_without(())
+
+    def label_without(self, keys: tuple[str, ...]) -> str:
+        """The label with the settings of ``keys`` left out (a size trend names a configuration across sizes)."""
+        return _label(self.attention, [_setting(k, v) for k, v in self.parts if k not in keys])
 
     def setting(self, key: str):
         return OmegaConf.select(self.runs[0].config, key)
@@ -138,7 +148,7 @@ def _setting(key: str, value: str) -> str:
 
 
 def _off_defaults(flat: dict[str, str], flats: list[dict[str, str]]) -> list[str]:
-    """What sets a configuration apart: its attention settings that differ from the shipped defaults
+    """The keys that set a configuration apart: its attention settings that differ from the shipped defaults
     (conf/attention/<name>.yaml; a setting the run's config lacks counts as the default), then any other setting
     that differs among the runs (``flats``, one per run) where this configuration's value is not the one most runs
     share (e.g. model.n_head=12 beside the default heads of most runs; trainer.max_steps for every run when two
@@ -148,7 +158,7 @@ def _off_defaults(flat: dict[str, str], flats: list[dict[str, str]]) -> list[str
            if k.startswith("attention.") and k != "attention.name" and defaults.get(k, flat[k]) != flat[k]]
     differing = [k for k in sorted(flat) if not k.startswith("attention.") and len({f.get(k) for f in flats}) > 1
                  and flat[k] not in _most_common([f.get(k) for f in flats])]
-    return [_setting(k, flat[k]) for k in own + differing]
+    return own + differing
 
 
 def _most_common(values: list) -> set:
@@ -175,14 +185,25 @@ def group_runs(runs: list[RunResults]) -> list[Group]:
         keyed.setdefault(key, []).append(run)
         flats[key] = flat
     every = [flats[key] for key, members in keyed.items() for _ in members]  # one per run
-    first = {key: _label(members[0].attention, _off_defaults(flats[key], every)) for key, members in keyed.items()}
-    labels = dict(first)
-    for key, members in keyed.items():
-        clash = [flats[k] for k in keyed if first[k] == first[key]]
+    names = {key: _off_defaults(flats[key], every) for key in keyed}
+    labels = {key: _label(members[0].attention, [_setting(k, flats[key][k]) for k in names[key]])
+              for key, members in keyed.items()}
+    for key in keyed:
+        clash = [flats[k] for k in keyed if labels[k] == labels[key]]
         if len(clash) > 1:
-            differing = sorted(k for k in flats[key] if len({f.get(k) for f in clash}) > 1)
-            labels[key] = _label(members[0].attention, [_setting(k, flats[key][k]) for k in differing])
-    return [Group(labels[key], members) for key, members in keyed.items()]
+            names[key] = sorted(k for k in flats[key] if len({f.get(k) for f in clash}) > 1)
+    return [Group(members, flats[key], tuple((k, flats[key][k]) for k in names[key]))
+            for key, members in keyed.items()]
+
+
+def families(groups: list[Group], varying: tuple[str, ...]) -> list[list[Group]]:
+    """``groups`` gathered into families equal in every setting but those of ``varying`` (the configurations of one
+    recipe across the values of a swept setting), each in the groups' order, families by first appearance."""
+    out: dict[tuple, list[Group]] = {}
+    for g in groups:
+        key = tuple(sorted((k, v) for k, v in g.settings.items() if k not in varying))
+        out.setdefault(key, []).append(g)
+    return list(out.values())
 
 
 def read_metrics(path: Path) -> list[dict]:

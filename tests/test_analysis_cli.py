@@ -375,7 +375,7 @@ def test_loss_vs_empty_rows_pairs_each_configurations_seeds(tmp_path):
     configuration as the loss table groups them; a run without a summary is left out; the figure is drawn, and with
     no usable run it is an error."""
     from analysis.figures import empty_row_points, loss_vs_empty_rows
-    from analysis.results import RunResults
+    from analysis.results import RunResults, group_runs
 
     def run(name, attention, seed, empty, loss, summary=True):
         path = tmp_path / name
@@ -387,8 +387,8 @@ def test_loss_vs_empty_rows_pairs_each_configurations_seeds(tmp_path):
 
     runs = [run("s0", "softmax", 0, 0.0, 3.9), run("t0", "tda", 0, 0.8, 4.1), run("t1", "tda", 1, 0.7, 4.2),
             run("t2", "tda", 2, 0.5, 4.0, summary=False)]
-    assert empty_row_points(runs) == [("softmax", "softmax", [(0.0, 3.9)]),
-                                      ("tda", "tda", [(0.8, 4.1), (0.7, 4.2)])]
+    assert [(g.label, points) for g, points in empty_row_points(group_runs(runs))] == [
+        ("softmax", [(0.0, 3.9)]), ("tda", [(0.8, 4.1), (0.7, 4.2)])]
     paths = loss_vs_empty_rows(runs, tmp_path / "figure")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="no run has both a validation loss and an analysis summary"):
