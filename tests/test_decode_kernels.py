@@ -247,17 +247,30 @@ for d, dv, views in ((64, 128, 2), (64, 64, 1)):
     for part, compiled in target.compiled.items():
         usage = ptxas_usage(compiled, 90)
         print(part, d, dv, usage.registers, usage.spill_bytes)
+for stages in (1, 3):  # paired TDA's threshold kernel with one page in flight and with three
+    q = torch.zeros(B, H, 64, dtype=torch.bfloat16)
+    k, v = torch.zeros(B, H, L, 64, dtype=torch.bfloat16), torch.zeros(B, H, L, 128, dtype=torch.bfloat16)
+    with compiling_for(90) as target:
+        launch.threshold_decode(q, k, v, q, k, torch.zeros(B, dtype=torch.long), torch.ones(H), torch.ones(H), 2.0,
+                                True, 1.0, stages=stages, target=target)
+    print("stages", stages, ptxas_usage(target.compiled["threshold_partial"], 90).shared_kib)
 """
 
 
 def test_the_kernels_compile_for_sm90_without_spills():
     """Compiled (not interpreted) for Hopper with the installed Triton: the model's layouts (paired TDA, q/k 64 and
-    v 128; one view of 64) in bf16, with page flags and a sink."""
+    v 128; one view of 64) in bf16, with page flags and a sink, spill nothing; and three pages in flight are
+    software-pipelined (their keys staged in shared memory), where one page is not."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     result = subprocess.run([sys.executable, "-c", COMPILE_SM90], cwd=root, env=env, capture_output=True, text=True,
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
-    lines = [line.split() for line in result.stdout.splitlines()]
+    lines = [line.split() for line in result.stdout.splitlines() if not line.startswith("stages")]
     assert sorted({line[0] for line in lines}) == ["combine", "softmax_partial", "threshold_partial"]
     assert len(lines) == 6 and all(int(line[4]) == 0 for line in lines), result.stdout
+    # pages in flight are staged in shared memory by Triton's pipeliner: both views' 64 × 64 bf16 keys (16 KiB a
+    # page) for each page beyond the one being scored, so three in flight take at least 32 KiB more than one
+    shared = {int(line.split()[1]): float(line.split()[2]) for line in result.stdout.splitlines()
+              if line.startswith("stages")}
+    assert shared[3] >= shared[1] + 32, result.stdout
