@@ -174,8 +174,9 @@ def analyse(cfg: DictConfig) -> Path:
 
 
 def significant(row: list, digits: int = 6) -> list:
-    """A rows.csv line as kept: integers and blanks (None) as they are, floats to ``digits`` significant digits (means over a few
-    probe sequences, whose spread is far wider than the rounding; the summaries are computed unrounded)."""
+    """A rows.csv line as kept: integers and blanks (None) as they are, floats to ``digits`` significant digits
+    (means over a few probe sequences, whose spread is far wider than the rounding; the summaries are computed
+    unrounded)."""
     return [x if x is None or isinstance(x, int) else float(f"{x:.{digits}g}") for x in row]
 
 

@@ -3,7 +3,8 @@
 Each run needs the output of ``python -m analysis.attention`` (of this code's metrics version, see
 analysis.results) unless only figures drawn from metrics.jsonl are asked for (``figures=[...]``:
 loss_curves, loss_by_configuration, length_extrapolation, size_trend, training_diagnostics, theory_check). Runs of
-one variant (configs equal up to the seed) share a colour and one legend entry. Every figure is written as PNG and PDF under ``out``:
+one variant (configs equal up to the seed) share a colour and one legend entry. Every figure is written as PNG and
+PDF under ``out``:
 
     sparsity_by_layer     exact-zero share of causal entries per layer, one line per run
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length

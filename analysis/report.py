@@ -363,8 +363,8 @@ def recipe_table(groups: list[Group]) -> list[str]:
         rows.append((g, base, v, b, delta, p))
     if not rows:
         return []
-    lines = ["| configuration | seeds | val loss mean ± std | default | its seeds | its mean ± std | Δ vs default (%) "
-             "| p (Welch) | p (Holm) |", "|" + "---|" * 9]
+    lines = ["| configuration | seeds | val loss mean ± std | default | its seeds | its mean ± std "
+             "| Δ vs default (%) | p (Welch) | p (Holm) |", "|" + "---|" * 9]
     for (g, base, v, b, delta, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
         lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), base.label, str(len(base.runs)),
                                  _mean_std(b), delta, _p(p), _p(p_holm)]) + " |")

@@ -137,7 +137,8 @@ ATTENTION_DEFAULTS = Path(__file__).resolve().parents[1] / "conf" / "attention"
 
 @functools.lru_cache(maxsize=None)
 def _attention_defaults(name: str) -> dict[str, str]:
-    """conf/attention/<name>.yaml flattened as config_settings flattens a run's config ({} for an attention without one)."""
+    """conf/attention/<name>.yaml flattened as config_settings flattens a run's config ({} for an attention without
+    one)."""
     path = ATTENTION_DEFAULTS / f"{name}.yaml"
     return config_settings(OmegaConf.create({"attention": OmegaConf.load(path)})) if path.is_file() else {}
 

@@ -23,15 +23,15 @@ weights, so its time and bytes do not depend on them). ``--train-first "<overrid
 <overrides>`` into ``--runs-root`` first and benchmarks that run.
 
 **Kernels alone** (stage ``kernel``): one layer of the 162M layout (TDA paired: 6 heads, q/k 64, v 128; softmax: 12
-heads of 64; ``--kernel-heads 6`` gives paper_small's 3 and 6), random bf16 queries and keys (at β = 1 random unit vectors leave about one survivor per row), caches up
-to ``--kernel-contexts`` (128k by default): the TDA kernel, our softmax kernel, and torch's SDPA for one query with
-the flash, cuDNN (both on the cache sliced to the exact length, as all rows are equally long here) and
-memory-efficient (a (B, 1, 1, L) length mask over the whole cache) backends; "best softmax" is the fastest.
-``--sweep`` also times both of our kernels at every page size (``--sweep-pages``), pages per program
-(``--sweep-splits``) and pipeline depth (``--sweep-stages``) beside the launcher's own plan, the table that chooses
-``kernels/decode/launch.py``'s split plan and depth. ``--kernel-split`` also profiles a few eager calls of each of our
-kernels (torch.profiler) and reports the device µs per call of each launch (the partials, the combine), to tell the
-time of the page pass from the rest.
+heads of 64; ``--kernel-heads 6`` gives paper_small's 3 and 6), random bf16 queries and keys (at β = 1 random unit
+vectors leave about one survivor per row), caches up to ``--kernel-contexts`` (128k by default): the TDA kernel, our
+softmax kernel, and torch's SDPA for one query with the flash, cuDNN (both on the cache sliced to the exact length,
+as all rows are equally long here) and memory-efficient (a (B, 1, 1, L) length mask over the whole cache) backends;
+"best softmax" is the fastest. ``--sweep`` also times both of our kernels at every page size (``--sweep-pages``),
+pages per program (``--sweep-splits``) and pipeline depth (``--sweep-stages``) beside the launcher's own plan, the
+table that chooses ``kernels/decode/launch.py``'s split plan and depth. ``--kernel-split`` also profiles a few
+eager calls of each of our kernels (benchmarks.profile's kernel table) and reports the device µs per call of each
+launch (the partials, the combine), to tell the time of the page pass from the rest.
 
 Tables go to stdout (and ``--out`` as Markdown; ``--json`` the raw points), the end-to-end summary last. Runs on a
 CUDA GPU; ``--device cpu`` runs the same steps with wall-clock timing (for trying the tool on a tiny model).

@@ -102,19 +102,13 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
 
 
 def launch_times(call: Callable[[], object], device: torch.device, reps: int) -> dict[str, float]:
-    """Device µs per call of each kernel ``call`` launches, by kernel name, from torch.profiler over ``reps`` eager
-    calls after one warm-up call; {} where the profiler records no device kernels (a CPU run)."""
-    from torch.profiler import ProfilerActivity, profile
+    """Device µs per call of each kernel ``call`` launches, by kernel name (benchmarks.profile.profile_calls over
+    ``reps`` calls); {} off a GPU, where there are no device kernels to record."""
+    if device.type != "cuda":
+        return {}
+    from benchmarks.profile import profile_calls
 
-    call()
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device.type == "cuda" else [])
-    with profile(activities=activities) as prof:
-        for _ in range(reps):
-            call()
-        if device.type == "cuda":
-            torch.cuda.synchronize(device)
-    kernels = [e for e in prof.key_averages() if getattr(e, "device_type", None) == torch.autograd.DeviceType.CUDA]
-    return {e.key: e.device_time_total / reps for e in kernels if e.device_time_total > 0}
+    return {name: us for name, us, _ in profile_calls(call, reps)}
 
 
 def launch_table(rows: list[dict]) -> str:

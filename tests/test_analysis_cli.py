@@ -361,8 +361,9 @@ def test_run_styles_tell_more_variants_than_colours_apart(tmp_path):
     from analysis.figures import run_styles
     from analysis.results import RunResults
 
-    runs = [RunResults(f"r{k}s{s}", tmp_path / f"r{k}s{s}", OmegaConf.create(
-        {"seed": s, "attention": {"name": "softmax", "not_a_default": k}}), [], None) for k in range(23) for s in (0, 1)]
+    runs = [RunResults(f"r{k}s{s}", tmp_path / f"r{k}s{s}",
+                       OmegaConf.create({"seed": s, "attention": {"name": "softmax", "not_a_default": k}}), [], None)
+            for k in range(23) for s in (0, 1)]
     styles = run_styles(runs)
     looks = {(styles[f"r{k}s0"]["color"], styles[f"r{k}s0"]["linestyle"]) for k in range(23)}
     assert len(looks) == 23

@@ -126,7 +126,8 @@ def test_the_power_claim_compares_configurations_that_differ_in_the_power_alone(
         runs = [fake_run(tmp_path, c, 0, loss, 0.9) for c, loss in (("softmax", 3.97), ("tda", 4.12),
                                                                      ("tda-p3", 4.08), ("tda-eps", 4.07))]
         groups = group_runs([load_results(r) for r in runs])
-        assert [g.label for g in power_family([g for g in groups if g.attention == "tda"])] == ["tda", "tda (power=3.0)"]
+        tda = [g for g in groups if g.attention == "tda"]
+        assert [g.label for g in power_family(tda)] == ["tda", "tda (power=3.0)"]
         text = make_report(OmegaConf.merge(OmegaConf.load("conf/analysis_report.yaml"), {
             "runs": [str(r) for r in runs], "out": str(tmp_path / "claims.md")}))
         row = next(line for line in text.splitlines() if line.startswith("| p = 2 is the best power"))
