@@ -24,15 +24,14 @@ from __future__ import annotations
 import argparse
 import contextlib
 import shlex
-import subprocess
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
 
 import torch
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchmarks.runs import train_run
+
 VARIANTS = ("tda", "tra")
 
 
@@ -48,17 +47,6 @@ class Captured:
     lam: Optional[torch.Tensor]
     beta: Union[float, torch.Tensor]
     p: float
-
-
-def train_first(run_dir: Path, overrides: str) -> None:
-    """Train ``run_dir`` with ``python train.py OVERRIDES``, unless it exists (then it is used as it is)."""
-    if run_dir.exists():
-        print(f"# {run_dir} exists: timing it as it is, not training", flush=True)
-        return
-    command = [sys.executable, "train.py", *shlex.split(overrides), f"name={run_dir.name}",
-               f"runs_root={run_dir.parent}", "logger.progress=false"]
-    print("# " + " ".join(command), flush=True)
-    subprocess.run(command, cwd=ROOT, check=True)
 
 
 def load(run_dir: Path, longest: int, device: torch.device) -> tuple[torch.nn.Module, object]:
@@ -173,7 +161,7 @@ def main(args: argparse.Namespace, dtype: torch.dtype) -> None:
 
     run_dir = Path(args.from_run)
     if args.train_first:
-        train_first(run_dir, args.train_first)
+        train_run(run_dir, shlex.split(args.train_first), reuse=True)
     device = torch.device("cuda")
     model, cfg = load(run_dir, max(args.seq), device)
     summary = []

@@ -41,17 +41,15 @@ from __future__ import annotations
 import argparse
 import contextlib
 import json
-import os
 import shlex
 import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from benchmarks.runs import train_run
 from benchmarks.decode_kernels import failure, kernel_table, kernels_alone, launch_table, sweep_table
 from benchmarks.timing import Timer, time_replays
 
@@ -192,18 +190,11 @@ def random_model(model_cfg, attn_cfg, vocab: int, device: torch.device, dtype: t
 
 
 def train_first(overrides: str, runs_root: Path) -> Path:
-    """Run ``python train.py <overrides>`` into ``runs_root`` (name decode-bench-<time> unless the overrides name
-    it) and return the run directory."""
+    """Train ``python train.py <overrides>`` into ``runs_root`` (benchmarks.runs.train_run; named decode-bench-<time>
+    unless the overrides name it) and return the run directory."""
     words = shlex.split(overrides)
     name = next((w.split("=", 1)[1] for w in words if w.startswith("name=")), f"decode-bench-{int(time.time())}")
-    words = [w for w in words if not w.startswith("name=")]
-    cmd = [sys.executable, str(ROOT / "train.py"), *words, f"name={name}", f"runs_root={runs_root}",
-           "logger.progress=false"]
-    print("training first:", " ".join(shlex.quote(c) for c in cmd), flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0:
-        raise SystemExit(f"train.py exited with {result.returncode}")
-    return runs_root / name
+    return train_run(runs_root / name, [w for w in words if not w.startswith("name=")])
 
 
 def load_run(run_dir: Path, max_seq_len: int, device: torch.device, dtype: torch.dtype):

@@ -47,6 +47,8 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
+from benchmarks.runs import train_run
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -165,19 +167,6 @@ def initial_weights(args, parser: argparse.ArgumentParser) -> dict[str, Path]:
     return out
 
 
-def train_first(attention: str, overrides: str, runs_root: Path) -> Path:
-    """Train ``attention`` with ``overrides`` (python train.py, one process) into ``runs_root``; its run directory."""
-    name = f"first-{attention}"
-    cmd = [sys.executable, str(ROOT / "train.py"), *shlex.split(overrides), f"attention={attention}", f"name={name}",
-           f"runs_root={runs_root}", "logger.progress=false", "logger.wandb.mode=disabled"]
-    print(f"training first: {shlex.join(cmd)}", flush=True)
-    result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
-    if result.returncode != 0:
-        print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
-        raise SystemExit(f"--train-first: training {attention} failed (exit {result.returncode})")
-    return runs_root / name
-
-
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--attentions", nargs="+", default=["softmax", "tda"])
@@ -211,7 +200,8 @@ def main(argv: list[str] | None = None) -> None:
         if args.train_first is not None:
             for attention in args.attentions:
                 if attention not in weights:
-                    weights[attention] = train_first(attention, args.train_first, Path(tmp) / "first")
+                    weights[attention] = train_run(Path(tmp) / "first" / f"first-{attention}",
+                                                   [*shlex.split(args.train_first), f"attention={attention}"])
         for point in grid:
             result = run_point(point, args.settings.index(point.setting), args, Path(tmp),
                                weights.get(point.attention))
