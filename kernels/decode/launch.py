@@ -20,9 +20,10 @@ PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streami
 MAX_PAGES_PER_SPLIT = 16  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
 INTERPRETER_PROGRAMS = 8
 STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
-# (the split-plan sweep, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up to
-# 16 pages a program were the fastest or within 1% of it at batch 1 and 16, 4k and 32k tokens of cache; our softmax
-# kernel is faster with pages of 128 keys and 2 in flight, its own defaults below)
+# (the split-plan sweep, BENCHMARKS.md "Decoding", run before the branch on a survivor: for the threshold kernel, pages
+# of 64 keys with 3 in flight and up to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k)
+# and batch 1 at 32k; at batch 1 with 4k the plan gives each program one page, where the depth does not matter; our
+# softmax kernel is faster with pages of 128 keys and 2 in flight, its own defaults below)
 SOFTMAX_PAGE = 128
 SOFTMAX_STAGES = 2
 
