@@ -2,6 +2,7 @@
 also serve analysis.figures, so every figure of the project is written one way."""
 from __future__ import annotations
 
+import io
 from pathlib import Path
 
 import numpy as np
@@ -25,21 +26,23 @@ def save(fig, stem: Path, tight: bool = True, legends_outside: bool = False) -> 
     paths = [stem.parent / f"{stem.name}.{ext}" for ext in ("png", "pdf")]
     if tight:
         fig.tight_layout()
-    for path in paths:
-        fig.savefig(path, dpi=150, bbox_inches="tight" if legends_outside else None,
-                    metadata={"CreationDate": None} if path.suffix == ".pdf" else None)
+    rgba = io.BytesIO()  # the PNG is drawn in memory and written once, with its palette
+    for target, kind in ((rgba, "png"), (paths[1], "pdf")):
+        fig.savefig(target, format=kind, dpi=150, bbox_inches="tight" if legends_outside else None,
+                    metadata={"CreationDate": None} if kind == "pdf" else None)
     pyplot().close(fig)
-    palette_png(paths[0])
+    palette_png(rgba, paths[0])
     return paths
 
 
-def palette_png(path: Path) -> None:
-    """Rewrite a PNG with a palette of at most 256 colours (median cut, no dithering), optimised: a plot's flat
-    colours survive and the file is about a third of matplotlib's RGBA, which keeps the figures a study keeps small.
-    Deterministic, so the same figure gives the same bytes. Pillow comes with matplotlib."""
+def palette_png(source, path: Path) -> None:
+    """Write the PNG ``source`` (a file or a buffer) to ``path`` with a palette of at most 256 colours (median cut,
+    no dithering), optimised: a plot's flat colours survive and the file is about a third of matplotlib's RGBA,
+    which keeps the figures a study keeps small. Deterministic, so the same figure gives the same bytes. Pillow
+    comes with matplotlib."""
     from PIL import Image
 
-    with Image.open(path) as image:
+    with Image.open(source) as image:
         image.load()
     image.convert("RGB").quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE).save(
         path, format="PNG", optimize=True)
