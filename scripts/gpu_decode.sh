@@ -9,8 +9,9 @@
 #            weights at 32k (model.max_seq_len=32768) beside softmax
 #   sweep    the kernels alone at batch 1 and 16, 4k and 32k, at every page size, pages per split and pipeline depth
 #            (the split plan; about 1 minute)
-#   split    the kernels alone at paper_small's heads (TDA 3, softmax 6) and the 162M's, batch 1 and 16, 4k and 32k,
-#            with each launch's device time (partials and combine, profiled)
+#   sweep1   the same sweep at batch 1, 32k, paper_small's heads (TDA 3, softmax 6), with 1 to 8 pages a program
+#   split    the kernels alone at paper_small's heads (TDA 3, softmax 6) and the 162M's (SPLIT_HEADS="6 12"), batch
+#            1 and 16, 4k and 32k, with each launch's device time (partials and combine, profiled)
 # Logs and Markdown tables go to $OUT/decode (default gpu_logs/decode); the tables are printed again at the end.
 set -o pipefail
 log_dir=${OUT:-gpu_logs}/decode
@@ -38,7 +39,11 @@ trainer.eval_every=1500 trainer.checkpoint_every=1500" \
         sweep) timeout 300 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 --sweep \
                    --sweep-pages 32 64 128 --sweep-splits 2 4 8 16 --sweep-stages 1 2 3 4 \
                    --out "$log_dir/sweep.md" --json "$log_dir/sweep.json" 2>&1 | tee "$log_dir/sweep.log" || status=1 ;;
-        split) for heads in 6 12; do
+        sweep1) timeout 200 python3 -m benchmarks.decode --stages kernel --kernel-batches 1 --kernel-contexts 32768 \
+                   --kernel-heads 6 --sweep --sweep-pages 32 64 128 --sweep-splits 1 2 3 4 8 --sweep-stages 1 2 3 \
+                   --out "$log_dir/sweep1.md" --json "$log_dir/sweep1.json" 2>&1 | tee "$log_dir/sweep1.log" \
+                   || status=1 ;;
+        split) for heads in ${SPLIT_HEADS:-6 12}; do
                    timeout 120 python3 -m benchmarks.decode --stages kernel --kernel-contexts 4096 32768 \
                        --kernel-heads $heads --kernel-split --out "$log_dir/split_h$heads.md" \
                        --json "$log_dir/split_h$heads.json" 2>&1 | tee "$log_dir/split_h$heads.log" || status=1

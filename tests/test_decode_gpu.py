@@ -147,3 +147,42 @@ def test_softmax_kernel_at_long_contexts_against_float64(sink, stages):
     ref = softmax_decode(q.double(), k.double(), v.double(), positions=positions,
                          sink=logits.double() if sink else None)
     assert float((out.double() - ref).norm() / ref.norm()) < 1e-2
+
+
+@pytest.mark.parametrize("softmax", [False, True])
+def test_the_fused_combine_gives_the_separate_launchs_bits_in_a_graph(softmax):
+    """The last program of each row combining (fused) against the separate combine launch, at long ragged contexts
+    where every row has many splits: the same bits, eagerly and over several replays of a captured graph (the
+    counters come back to zero after every launch, so each replay starts from a clean count)."""
+    g = torch.Generator(device="cuda").manual_seed(2)
+    B, H, L, d = 3, 6, 40_960, 64
+    positions = torch.tensor([40_000, 9_000, 30], device="cuda")
+    q = torch.randn(B, H, d, generator=g, device="cuda").bfloat16()
+    k = torch.randn(B, H, L, d, generator=g, device="cuda").bfloat16()
+    v = torch.randn(B, H, L, 2 * d, generator=g, device="cuda").bfloat16()
+    if softmax:
+        def call(**options):
+            return softmax_decode(q, k, v, positions=positions, sink=torch.zeros(H, device="cuda"), **options)
+    else:
+        k[:, :, 5_000:5_100] = q[:, :, None]  # survivors in a few pages, so some splits' partials are not zero
+
+        def call(**options):
+            return threshold_decode(q, k, v, q.flip(-1), k.flip(-1), positions=positions,
+                                    lam=torch.full((H,), 0.4, device="cuda"), beta=1.0, **options)
+    separate = call(fused_combine=False)
+    counters = torch.zeros(B * H, dtype=torch.int32, device="cuda")
+    assert torch.equal(call(fused_combine=True, counters=counters), separate)
+    assert not torch.equal(separate, torch.zeros_like(separate))
+    graph, side = torch.cuda.CUDAGraph(), torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side):
+        call(fused_combine=True, counters=counters)
+    torch.cuda.current_stream().wait_stream(side)
+    with torch.cuda.graph(graph):
+        out = call(fused_combine=True, counters=counters)
+    for _ in range(5):
+        out.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert torch.equal(out, separate)
+    assert int(counters.abs().sum()) == 0
