@@ -106,12 +106,13 @@ in the partial launch with ``counters`` (≥ B·H int32 zeros; None: allocated).
     two = q2 is not None
     n_pages, splits, per = _plan(q1, k1, page, pages_per_split)
     part = torch.empty((B, H, splits, padded(dv)), dtype=torch.float32, device=q1.device)
+    live = torch.empty((B, H, splits), dtype=torch.int32, device=q1.device)
     out = torch.empty((B, H, dv), dtype=q1.dtype, device=q1.device)
     q2_, k2_ = (q2, k2) if two else (q1, k1)
     p_mode = 1 if p == 1.0 else 2 if p == 2.0 else 0
     count = _counters(fused, counters, B * H, q1.device)
     _run("threshold_partial", threshold_partial_kernel, (B * H, splits), (
-        q1, q2_, k1, k2_, v, positions, lam if two else beta, beta, part,
+        q1, q2_, k1, k2_, v, positions, lam if two else beta, beta, part, live,
         read_flags if read_flags is not None else part, count if count is not None else part, out,
         *q1.stride(), *q2_.stride(), *k1.stride(), *k2_.stride(), *v.stride(), *out.stride(),
         H, H // Hkv, L, splits, per, n_pages, float(scale), float(p), 1.0 / d, int(drop_page),
@@ -122,7 +123,7 @@ in the partial launch with ``counters`` (≥ B·H int32 zeros; None: allocated).
              FUSED=count is not None, SPLIT_BLOCK=_split_block(dv),
              num_warps=_warps(page, padded(d), padded(dv))), target)
     if count is None:
-        _combine(part, part, None, positions, out, H, L, splits, per, dv, page, False, target)
+        _combine(part, live, None, positions, out, H, L, splits, per, dv, page, False, target)
     return out
 
 

@@ -72,7 +72,7 @@ def _values(V, b, hk, s_b, s_h, s_t, s_d, keys, read, offs_v, HEAD_DV: tl.conste
 
 @triton.jit
 def threshold_partial_kernel(
-        Q1, Q2, K1, K2, V, POS, LAM, BETA, PART, FLAGS, COUNT, OUT,
+        Q1, Q2, K1, K2, V, POS, LAM, BETA, PART, LIVE, FLAGS, COUNT, OUT,
         s_q1b, s_q1h, s_q1d, s_q2b, s_q2h, s_q2d,
         s_k1b, s_k1h, s_k1t, s_k1d, s_k2b, s_k2h, s_k2t, s_k2d, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_od,
         H, GROUP, L, n_splits, pages_per_split, n_pages, scale, p, inv_d, drop_page, lam_stride,
@@ -81,7 +81,9 @@ def threshold_partial_kernel(
         LAM_MODE: tl.constexpr, RECORD: tl.constexpr, STAGES: tl.constexpr, FUSED: tl.constexpr,
         SPLIT_BLOCK: tl.constexpr):
     """Partial sum Σ_j (a¹_j − λ a²_j) v_j over this program's pages (a = max(s − τ, 0)^p, s = scale·q̂·k̂_j),
-    written to PART[b, h, split, :BLOCK_DV] in fp32. λ is LAM[h · lam_stride] (stride 0: one for every head), taken
+    written to PART[b, h, split, :BLOCK_DV] in fp32 only where it is not zero (LIVE[b, h, split], int32, written by
+    every program, says whether it is; a split without a live page has the partial 0, and the combine reads only
+    the partials of splits marked in LIVE). λ is LAM[h · lam_stride] (stride 0: one for every head), taken
     as it is (LAM_MODE 0), clamped to [0, 1] (1) or through a sigmoid (2). A page's values are read only when some
     key of the page survives in some view; ``drop_page`` (a test hook, −1 in use) names one page treated as if none
     survived. With RECORD, FLAGS[b, h, page] (int8) gets 1 for a page whose keys were scored and 2 for one whose
@@ -123,9 +125,13 @@ def threshold_partial_kernel(
             acc += tl.sum(w[:, None] * v, axis=0)
         if RECORD:
             tl.store(FLAGS + (b * H + h) * n_pages + page, (1 + live).to(tl.int8))
-    tl.store(PART + ((b * H + h) * n_splits + split) * BLOCK_DV + offs_v, acc)
+    row = (b * H + h) * n_splits + split
+    nonzero = tl.max((acc != 0.0).to(tl.int32), axis=0)  # 0 where no page was live (or the sum is exactly 0)
+    tl.store(LIVE + row, nonzero)
+    if nonzero > 0:  # a zero partial is never written and never read
+        tl.store(PART + row * BLOCK_DV + offs_v, acc)
     if FUSED:
-        _last_combines(COUNT, PART, PART, PART, OUT, b, h, H, n_keys, n_splits, s_ob, s_oh, s_od, pages_per_split,
+        _last_combines(COUNT, PART, LIVE, PART, OUT, b, h, H, n_keys, n_splits, s_ob, s_oh, s_od, pages_per_split,
                        HEAD_DV, BLOCK_DV, PAGE, SPLIT_BLOCK, False, False)
 
 
@@ -177,7 +183,7 @@ def _combine_row(PART, STATS, SINK, OUT, b, h, n_keys, base, s_ob, s_oh, s_od, p
                  HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, PAGE: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
                  SOFTMAX: tl.constexpr, HAS_SINK: tl.constexpr, CACHE: tl.constexpr):
     """OUT[b, h] from the partials PART/STATS[base + s] of the splits s that hold the row's ``n_keys`` keys, in split
-    order: their sum (threshold attention), or Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)])
+    order: the sum of those not zero (threshold attention; marked by STATS[base + s] > 0), or Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)])
     (softmax), cast to OUT's dtype. ``CACHE`` is the loads' cache modifier (".cg" where other programs of the same
     launch wrote the partials: read from L2, never from a stale L1 line)."""
     used = ((n_keys + PAGE - 1) // PAGE + pages_per_split - 1) // pages_per_split
@@ -206,11 +212,12 @@ def _combine_row(PART, STATS, SINK, OUT, b, h, n_keys, base, s_ob, s_oh, s_od, p
         if HAS_SINK:
             den += tl.exp2(sink - top)
         out = out / den
-    else:
+    else:  # STATS: whether each split's partial is not zero; only those are read (the others are 0)
         for s0 in range(0, used, SPLIT_BLOCK):
-            ok = s0 + offs_s < used
-            out += tl.sum(tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :],
-                                  mask=ok[:, None], other=0.0, cache_modifier=CACHE), axis=0)
+            live = tl.load(STATS + base + s0 + offs_s, mask=s0 + offs_s < used, other=0, cache_modifier=CACHE) > 0
+            if tl.max(live.to(tl.int32), axis=0) > 0:
+                out += tl.sum(tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :],
+                                      mask=live[:, None], other=0.0, cache_modifier=CACHE), axis=0)
     tl.store(OUT + b * s_ob + h * s_oh + offs_v * s_od, out.to(OUT.dtype.element_ty), mask=offs_v < HEAD_DV)
 
 
