@@ -1,8 +1,7 @@
 """benchmarks.decode's stage ``kernel``: one layer's decoding attention alone, our TDA and softmax decoding kernels
 against torch's SDPA backends on random inputs (``kernel_point``), and what chooses the kernels' split plan: every
 page size, pages per program and pipeline depth (``sweep_plans``), each launch's device time (``launch_times``).
-Our kernels are timed with the combine fused into the
-partial launch (their default) and as a separate launch. The options are benchmarks.decode's (``python -m benchmarks.decode --stages kernel ...``)."""
+The options are benchmarks.decode's (``python -m benchmarks.decode --stages kernel ...``)."""
 from __future__ import annotations
 
 import json
@@ -46,14 +45,12 @@ def _threshold_point(row: dict, randn: Callable[..., torch.Tensor], pairs: int, 
     call(read_flags=flags)
     row["tda_value_pages_read"] = float((flags == 2).double().mean())
     row["tda_us"] = 1e3 * time_replays(call, device, reps)
-    row["tda_separate_us"] = 1e3 * time_replays(lambda: call(fused_combine=False), device, reps)
     tda_mb = batch * pairs * context * (2 * 64 + 128 * row["tda_value_pages_read"]) * q1.element_size() / 1e6
     row["tda_gb_per_s"] = tda_mb / 1e3 / (row["tda_us"] / 1e6)
     if sweep is not None:
         row["tda_sweep"] = sweep_plans(call, device, reps, *sweep)
     if split:
         row["tda_launches"] = launch_times(call, device, reps)
-        row["tda_separate_launches"] = launch_times(lambda: call(fused_combine=False), device, reps)
 
 
 def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dtype, reps: int,
@@ -78,16 +75,12 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
     softmax_mb = batch * heads * context * 128 * q.element_size() / 1e6
     row["softmax_us"] = 1e3 * time_replays(lambda: softmax_decode(q, k, v, positions=positions, kernel=True),
                                            device, reps)
-    row["softmax_separate_us"] = 1e3 * time_replays(lambda: softmax_decode(
-        q, k, v, positions=positions, kernel=True, fused_combine=False), device, reps)
     if sweep is not None:
         row["softmax_sweep"] = sweep_plans(lambda **plan: softmax_decode(
             q, k, v, positions=positions, kernel=True, **plan), device, reps, *sweep)
     if split:
         row["softmax_launches"] = launch_times(lambda: softmax_decode(q, k, v, positions=positions, kernel=True),
                                                device, reps)
-        row["softmax_separate_launches"] = launch_times(lambda: softmax_decode(
-            q, k, v, positions=positions, kernel=True, fused_combine=False), device, reps)
     q4 = q[:, :, None]
     mask = (torch.arange(context, device=device) <= positions[:, None])[:, None, None]
     for backend_name, backend in _sdpa_backends().items():
@@ -101,8 +94,7 @@ def kernel_point(batch: int, context: int, device: torch.device, dtype: torch.dt
         except RuntimeError as exc:  # a backend that does not take these inputs on this GPU
             row[f"sdpa_{backend_name}_us"] = None
             row[f"sdpa_{backend_name}_error"] = str(exc).splitlines()[0][:160]
-    candidates = {k: v for k, v in row.items()
-                  if k.endswith("_us") and not k.startswith("tda_") and v is not None}
+    candidates = {k: v for k, v in row.items() if k.endswith("_us") and k != "tda_us" and v is not None}
     best = min(candidates, key=candidates.get)
     row["best_softmax"], row["best_softmax_us"] = best[:-3], candidates[best]
     row["softmax_gb_per_s"] = softmax_mb / 1e3 / (row["best_softmax_us"] / 1e6)
@@ -123,7 +115,7 @@ def launch_table(rows: list[dict]) -> str:
     """Markdown: per kernel, batch and context, each launch's device µs per call and their sum."""
     lines = ["| kernel | batch | context | launch | device µs per call |", "|---|---|---|---|---|"]
     for r in rows:
-        for kernel in ("tda", "tda_separate", "softmax", "softmax_separate"):
+        for kernel in ("tda", "softmax"):
             launches = r.get(f"{kernel}_launches")
             if launches is None:
                 continue
@@ -203,17 +195,15 @@ def kernel_table(rows: list[dict]) -> str:
     def us(value) -> str:
         return "n/a" if value is None else f"{value:.1f}"
 
-    lines = ["| batch | context | TDA µs | TDA, separate combine µs | TDA value pages read | TDA GB/s | softmax (ours) µs | "
-             "ours, separate combine µs | SDPA flash µs | SDPA cuDNN µs | SDPA efficient (mask) µs | best softmax | "
-             "its GB/s | TDA / best softmax |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| batch | context | TDA µs | TDA value pages read | TDA GB/s | softmax (ours) µs | SDPA flash µs | "
+             "SDPA cuDNN µs | SDPA efficient (mask) µs | best softmax | its GB/s | TDA / best softmax |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['batch']} | {r['context']} | {r['error']} | | | | | | | | | | | |")
+            lines.append(f"| {r['batch']} | {r['context']} | {r['error']} | | | | | | | | | |")
             continue
-        lines.append(f"| {r['batch']} | {r['context']} | {us(r['tda_us'])} | {us(r.get('tda_separate_us'))} | "
-                     f"{r['tda_value_pages_read']:.1%} | {r['tda_gb_per_s']:.0f} | {us(r['softmax_us'])} | "
-                     f"{us(r.get('softmax_separate_us'))} | {us(r.get('sdpa_flash_us'))} | "
+        lines.append(f"| {r['batch']} | {r['context']} | {us(r['tda_us'])} | {r['tda_value_pages_read']:.1%} | "
+                     f"{r['tda_gb_per_s']:.0f} | {us(r['softmax_us'])} | {us(r.get('sdpa_flash_us'))} | "
                      f"{us(r.get('sdpa_cudnn_us'))} | {us(r.get('sdpa_efficient_us'))} | {r['best_softmax']} | "
                      f"{r['softmax_gb_per_s']:.0f} | {r['tda_us'] / r['best_softmax_us']:.2f} |")
     return "\n".join(lines)

@@ -215,8 +215,7 @@ class SoftmaxAttention(_Attention):
         return _sdpa(proj.q[0], proj.k[0], proj.v)
 
     def decode_mix(self, q, cache, positions):
-        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions,
-                              counters=_counters(cache, q[0]))[:, :, None]
+        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions)[:, :, None]
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(proj, self.head_dim, rows)
@@ -283,8 +282,7 @@ class DifferentialAttention(_PairedHeads):
 
     def decode_mix(self, q, cache, positions):
         lam = self.lam().to(cache.v.dtype)
-        views = [softmax_decode(qv[:, :, 0], kv, cache.v, positions=positions, counters=_counters(cache, qv))
-                 for qv, kv in zip(q, cache.k)]
+        views = [softmax_decode(qv[:, :, 0], kv, cache.v, positions=positions) for qv, kv in zip(q, cache.k)]
         return (views[0] - lam * views[1])[:, :, None]
 
     def head_output(self, mixed):
@@ -461,7 +459,6 @@ class ThresholdDifferentialAttention(_PairedHeads):
     def decode_mix(self, q, cache, positions):
         lam, transform = self.lam.raw_form()
         return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, q[1][:, :, 0], cache.k[1], positions=positions,
-                                counters=_counters(cache, q[0]),
                                 lam=lam, lam_transform=transform, beta=self.beta(), normalize=True,
                                 **self.options)[:, :, None]
 
@@ -495,7 +492,6 @@ class ThresholdRectifiedAttention(_Attention):
 
     def decode_mix(self, q, cache, positions):
         return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, beta=self.beta(),
-                                counters=_counters(cache, q[0]),
                                 normalize=True, **self.options)[:, :, None]
 
     def head_output(self, mixed):
@@ -521,8 +517,7 @@ class RectifiedLinearAttention(_Attention):
         return threshold_attention(proj.q[0], proj.k[0], proj.v, **self.options)
 
     def decode_mix(self, q, cache, positions):
-        return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, counters=_counters(cache, q[0]),
-                                **self.options)[:, :, None]
+        return threshold_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, **self.options)[:, :, None]
 
     def output(self, heads, x):
         return self.out_norm(_merge_heads(heads))
@@ -532,11 +527,6 @@ class RectifiedLinearAttention(_Attention):
 
 
 _RULES = {"sigmoid": SIGMOID_RULE, "softpick": SOFTPICK_RULE}
-
-
-def _counters(cache: LayerCache, q: torch.Tensor) -> torch.Tensor:
-    """The cache's counters for the decoding kernels' fused combine, one per (row, query head) of ``q`` (B, H, ...)."""
-    return cache.counters(q.shape[0] * q.shape[1])
 
 
 def _rule_decode(rule: str, q: torch.Tensor, cache: LayerCache, positions: torch.Tensor, scale: float,
@@ -631,8 +621,7 @@ class SinkSoftmaxAttention(_Attention):
         return sink_softmax_attention(proj.q[0], proj.k[0], proj.v, self.sink, scale=1.0 / math.sqrt(self.head_dim))
 
     def decode_mix(self, q, cache, positions):
-        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, sink=self.sink,
-                              counters=_counters(cache, q[0]))[:, :, None]
+        return softmax_decode(q[0][:, :, 0], cache.k[0], cache.v, positions=positions, sink=self.sink)[:, :, None]
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(proj, self.head_dim, rows, sink=self.sink)
@@ -673,8 +662,7 @@ class ScalableSoftmaxAttention(_Attention):
         row = at_least_fp32(q[0][:, :, 0])                                                  # (B, H, d)
         factor = self.scale.to(row.dtype)[None, :] * torch.log1p(positions.to(row.dtype))[:, None]  # (B, H)
         scaled = (row * factor[:, :, None]).to(q[0].dtype)
-        return softmax_decode(scaled, cache.k[0], cache.v, positions=positions,
-                              counters=_counters(cache, scaled))[:, :, None]
+        return softmax_decode(scaled, cache.k[0], cache.v, positions=positions)[:, :, None]
 
     def maps(self, proj, rows=None):
         out = _softmax_maps(Projections([self.scaled_queries(proj)], proj.k, proj.v), self.head_dim, rows)

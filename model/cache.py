@@ -6,8 +6,7 @@ head dim) buffer allocated at the layer's first write (in the projections' dtype
 kernels read and skip (kernels/decode). Rows have lengths of their own (``lengths``, on the device): a batch of
 prompts of different lengths is prefilled right-padded, and every later token of row b is written at, and attends
 from, position lengths[b]. Nothing on the decoding path concatenates, allocates or reads a tensor back to the host,
-so one decoding step can be captured in a CUDA graph and replayed (model.generate). The cache also keeps the small
-int32 counters the decoding kernels' fused combine takes (``counters``), zero between launches.
+so one decoding step can be captured in a CUDA graph and replayed (model.generate).
 
 Host-side bookkeeping (``longest``, the longest row's length) only guards the capacity: a forward that would write
 past the cache's ``length`` is a ValueError before anything runs.
@@ -34,10 +33,6 @@ class LayerCache:
             raise ValueError(f"a batch of {values.shape[0]} rows does not fit a cache made for {B}")
         self.k = [torch.zeros(B, k.shape[1], cap, k.shape[3], dtype=k.dtype, device=k.device) for k in keys]
         self.v = torch.zeros(B, values.shape[1], cap, values.shape[3], dtype=values.dtype, device=values.device)
-
-    def counters(self, rows: int) -> torch.Tensor:
-        """The decoding kernels' per-row counters (kernels.decode's ``counters``), shared by every layer."""
-        return self.owner.counters(rows, self.v.device if self.v is not None else self.owner.lengths.device)
 
     def write(self, keys: list[torch.Tensor], values: torch.Tensor, positions: torch.Tensor) -> None:
         """Store the keys (one (B, Hkv, T, d) tensor per view) and values (B, Hkv, T, dv) of T tokens per row. One
@@ -72,7 +67,6 @@ class StaticCache:
         self.lengths = torch.zeros(self.batch, dtype=torch.long, device=device)
         self.layers = [LayerCache(self) for _ in range(n_layers)]
         self.longest = 0
-        self._counters: torch.Tensor | None = None
 
     def __getitem__(self, layer: int) -> LayerCache:
         return self.layers[layer]
@@ -92,14 +86,6 @@ class StaticCache:
             limit = f"; model.max_seq_len={self.max_seq_len}" if self.max_seq_len is not None else ""
             raise ValueError(f"{self.longest} cached + {tokens} new tokens exceed the cache's length of {self.length} "
                              f"positions (made for the longest sequence asked for{limit})")
-
-    def counters(self, rows: int, device: torch.device) -> torch.Tensor:
-        """``rows`` int32 zeros for the decoding kernels' fused combine, which leaves them zero: one buffer for every
-        layer (their launches follow one another on one stream), allocated at the first request (the eager warm-up
-        before a graph is captured) and grown only if a request is larger."""
-        if self._counters is None or self._counters.numel() < rows or self._counters.device != torch.device(device):
-            self._counters = torch.zeros(rows, dtype=torch.int32, device=device)
-        return self._counters[:rows]
 
     def positions(self, tokens: int) -> torch.Tensor:
         """(B, tokens) absolute positions of the next ``tokens`` tokens of every row."""

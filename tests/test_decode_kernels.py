@@ -108,6 +108,7 @@ def run(x: dict, **options) -> tuple[torch.Tensor, torch.Tensor]:
     (True, 2, 2, torch.float32, 1),     # TDA, one page per split
     (False, 2, 1, torch.bfloat16, 3),   # TRA, grouped heads, a split of three pages and one of one
     (True, 2, 1, torch.float16, None),  # TDA, grouped heads, fp16, the split the launcher picks
+    (False, 2, 2, torch.float32, 1),    # TRA, one page per split: page 1's split has no survivor, its partial unread
 ])
 def test_pages_full_empty_and_one_survivor_at_an_edge(two_views, heads, kv_heads, dtype, per):
     x = structured_cache(two_views, heads, kv_heads, dtype)
@@ -199,49 +200,12 @@ def test_softmax_kernel_against_float64(dtype, kv_heads, sink, per, page):
     assert rel_err(out, torch.cat(rows)) < TOLERANCE[dtype]
 
 
-@pytest.mark.parametrize("softmax", [False, True])
-def test_the_fused_combine_gives_the_separate_combines_bits_and_leaves_its_counters_zero(softmax):
-    """The last program of each row sums the partials (fused) in split order: the same bits as the separate combine
-    launch, over several splits per row and ragged rows; the counters it is given come back zero. Counters that do
-    not start at zero make another program (not the last) combine, before every partial is written: the result is
-    then wrong, so the tickets are what decides which program combines."""
-    if softmax:
-        g = torch.Generator().manual_seed(3)
-        q = (2 * torch.randn(2, 2, D, generator=g, dtype=torch.float64)).float()
-        k, v = torch.randn(2, 2, L, D, generator=g).float(), torch.randn(2, 2, L, DV, generator=g).float()
-        sink = torch.randn(2, generator=g)
-
-        def call(**options):
-            return softmax_decode(q, k, v, positions=POSITIONS, sink=sink, kernel=True, page=PAGE,
-                                  pages_per_split=1, **options)
-    else:
-        x = structured_cache(True, 2, 1, torch.float32)
-
-        def call(**options):
-            return threshold_decode(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], positions=x["positions"],
-                                    lam=x["lam"], beta=x["beta"], kernel=True, page=PAGE, pages_per_split=1,
-                                    **options)
-    separate = call(fused_combine=False)
-    counters = torch.zeros(5, dtype=torch.int32)  # more than the 2 x 2 rows: the extra one is never touched
-    fused = call(fused_combine=True, counters=counters)
-    assert torch.equal(fused, separate) and not torch.isnan(fused).any()
-    assert torch.equal(counters, torch.zeros(5, dtype=torch.int32))
-    assert torch.equal(call(fused_combine=True), separate)  # counters allocated by the launcher
-    counters[0] = 1  # row 0, head 0 believes one of its four splits is already done
-    wrong = call(fused_combine=True, counters=counters)
-    assert not torch.equal(wrong[0, 0], separate[0, 0]) and torch.equal(wrong[1], separate[1])
-    with pytest.raises(ValueError, match="counters must be a contiguous int32 tensor of at least 4"):
-        call(counters=torch.zeros(3, dtype=torch.int32))
-    with pytest.raises(ValueError, match="counters must be"):
-        call(counters=torch.zeros(4, dtype=torch.int64))
-    with pytest.raises(TypeError, match="fused_combine must be True, False or None"):
-        call(fused_combine=1)
-
-
 def test_split_plan_spreads_pages_evenly():
     assert split_plan(rows=6, n_pages=512, programs=528) == (86, 6)  # 6 · 86 programs of 6 pages (the last: 2)
     assert split_plan(rows=192, n_pages=17, programs=528) == (3, 6)
-    assert split_plan(rows=4, n_pages=3, programs=528) == (3, 1)      # never more splits than pages
+    assert split_plan(rows=3, n_pages=512, programs=528) == (128, 4)  # at least 4 pages a program
+    assert split_plan(rows=4, n_pages=3, programs=528) == (1, 3)      # fewer only where the cache has fewer
+    assert split_plan(rows=4, n_pages=3, programs=528, min_pages=1) == (3, 1)  # never more splits than pages
     assert split_plan(rows=1000, n_pages=40, programs=528) == (3, 16)  # at most 16 pages a program
     assert split_plan(rows=1000, n_pages=40, programs=528, max_pages=8) == (5, 8)
 
@@ -278,17 +242,14 @@ for d, dv, views in ((64, 128, 2), (64, 64, 1)):
     q = torch.zeros(B, H, d, dtype=torch.bfloat16)
     k, v = torch.zeros(B, H, L, d, dtype=torch.bfloat16), torch.zeros(B, H, L, dv, dtype=torch.bfloat16)
     flags = torch.zeros(B, H, L // launch.PAGE, dtype=torch.int8)
-    for fused in (False, True):
-        with compiling_for(90) as target:
-            two = (q, k) if views == 2 else (None, None)
-            launch.threshold_decode(q, k, v, *two, torch.zeros(B, dtype=torch.long),
-                                    torch.ones(H) if views == 2 else None, torch.ones(H), 2.0, True, 1.0,
-                                    read_flags=flags, fused=fused, target=target)
-            launch.softmax_decode(q, k, v, torch.zeros(B, dtype=torch.long), 0.125, torch.zeros(H), fused=fused,
-                                  target=target)
-        for part, compiled in target.compiled.items():
-            usage = ptxas_usage(compiled, 90)
-            print(part + ("_fused" if fused else ""), d, dv, usage.registers, usage.spill_bytes)
+    with compiling_for(90) as target:
+        two = (q, k) if views == 2 else (None, None)
+        launch.threshold_decode(q, k, v, *two, torch.zeros(B, dtype=torch.long), torch.ones(H) if views == 2 else None,
+                                torch.ones(H), 2.0, True, 1.0, read_flags=flags, target=target)
+        launch.softmax_decode(q, k, v, torch.zeros(B, dtype=torch.long), 0.125, torch.zeros(H), target=target)
+    for part, compiled in target.compiled.items():
+        usage = ptxas_usage(compiled, 90)
+        print(part, d, dv, usage.registers, usage.spill_bytes)
 for stages in (1, 3):  # paired TDA's threshold kernel with one page in flight and with three
     q = torch.zeros(B, H, 64, dtype=torch.bfloat16)
     k, v = torch.zeros(B, H, L, 64, dtype=torch.bfloat16), torch.zeros(B, H, L, 128, dtype=torch.bfloat16)
@@ -301,8 +262,7 @@ for stages in (1, 3):  # paired TDA's threshold kernel with one page in flight a
 
 def test_the_kernels_compile_for_sm90_without_spills():
     """Compiled (not interpreted) for Hopper with the installed Triton: the model's layouts (paired TDA, q/k 64 and
-    v 128; one view of 64) in bf16, with page flags and a sink, with the combine fused into the partial kernels and
-    as its own launch, spill nothing; and three pages in flight are
+    v 128; one view of 64) in bf16, with page flags and a sink, spill nothing; and three pages in flight are
     software-pipelined (their keys staged in shared memory), where one page is not."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -310,9 +270,8 @@ def test_the_kernels_compile_for_sm90_without_spills():
                             timeout=600)
     assert result.returncode == 0, result.stderr[-3000:]
     lines = [line.split() for line in result.stdout.splitlines() if not line.startswith("stages")]
-    assert sorted({line[0] for line in lines}) == ["combine", "softmax_partial", "softmax_partial_fused",
-                                                    "threshold_partial", "threshold_partial_fused"]
-    assert len(lines) == 10 and all(int(line[4]) == 0 for line in lines), result.stdout
+    assert sorted({line[0] for line in lines}) == ["combine", "softmax_partial", "threshold_partial"]
+    assert len(lines) == 6 and all(int(line[4]) == 0 for line in lines), result.stdout
     # pages in flight are staged in shared memory by Triton's pipeliner: both views' 64 × 64 bf16 keys (16 KiB a
     # page) for each page beyond the one being scored, so three in flight take at least 32 KiB more than one
     shared = {int(line.split()[1]): float(line.split()[2]) for line in result.stdout.splitlines()

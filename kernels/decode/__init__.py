@@ -73,8 +73,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
                      normalize: bool = True, scale: float = 1.0, kernel: bool | None = None,
                      read_flags: torch.Tensor | None = None, drop_page: int | None = None,
                      pages_per_split: int | None = None, page: int = PAGE,
-                     lam_transform: str | None = None, stages: int | None = None,
-                     fused_combine: bool | None = None, counters: torch.Tensor | None = None) -> torch.Tensor:
+                     lam_transform: str | None = None, stages: int | None = None) -> torch.Tensor:
     """Threshold attention of one query row per sequence and head against the cache (reference.py has the
     formula): q1, q2 (B, H, d); k1, k2 (B, Hkv, L, d); v (B, Hkv, L, dv); positions (B,); lam (with two views) and
     beta floats, 0-d, (1,) or (H,) tensors; p ≥ 1, normalize, scale as ``kernels.threshold_attention``'s. Returns
@@ -87,14 +86,10 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
     ``read_flags`` (B, H, ceil(L / page)) int8 zeros, filled with 1 for each page whose keys were scored and 2 for
     each whose values were read too; ``drop_page``, a test hook that makes the kernel treat that page as if no key
     survived (a wrong skip decision, which the tests must catch); ``pages_per_split`` and ``page`` (a power of two
-    ≥ 16) set the split, ``stages`` (≥ 1) the pages each program keeps in flight (None: the launcher's choice);
-    ``fused_combine`` whether the last program of each row sums the partials (True) or a second launch does (False;
-    None: the launcher's choice), ``counters`` the fused combine's per-row ticket counters, a contiguous int32
-    tensor of at least B·H zeros that every launch leaves zero (the static cache keeps one; None: allocated per
-    call)."""
+    ≥ 16) set the split, ``stages`` (≥ 1) the pages each program keeps in flight (None: the launcher's choice)."""
     check_inputs(q1, k1, v, q2, k2, positions)
     _check_page(page)
-    stages, fused_combine = _stages(stages), _fused(fused_combine)
+    stages = _stages(stages)
     if q2 is not None and lam is None:
         raise ValueError("lam is required with two views (q2, k2)")
     if p < 1:
@@ -127,56 +122,34 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: to
         lam_h = lam.detach().to(q1.device).reshape(-1).contiguous()
     else:
         lam_h = as_head_vector(lam, H, q1.device)
-    _check_counters(counters, B * H, q1.device)
     return launch_threshold(q1, k1, v, q2, k2, positions.contiguous(), lam_h, as_head_vector(beta, H, q1.device),
                             float(p), bool(normalize), float(scale), page, pages_per_split, read_flags,
-                            -1 if drop_page is None else int(drop_page), lam_transform, stages,
-                            fused_combine, counters)
+                            -1 if drop_page is None else int(drop_page), lam_transform, stages)
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, *, positions: torch.Tensor,
                    scale: float | None = None, sink: torch.Tensor | None = None, kernel: bool | None = None,
                    pages_per_split: int | None = None, page: int | None = None,
-                   stages: int | None = None, fused_combine: bool | None = None,
-                   counters: torch.Tensor | None = None) -> torch.Tensor:
+                   stages: int | None = None) -> torch.Tensor:
     """Softmax attention of one query row per sequence and head against the cache, with a per-head sink logit
     (H,) in the denominator when given; ``scale`` defaults to 1/√d. Shapes, ``kernel``, ``pages_per_split``,
     ``page`` and ``stages`` as threshold_decode's, except that None takes this kernel's own page (128 keys: one
-    product per key, no survivors to find, so longer pages pay); ``fused_combine`` and ``counters`` as
-    threshold_decode's. Returns (B, H, dv) in q's dtype."""
+    product per key, no survivors to find, so longer pages pay). Returns (B, H, dv) in q's dtype."""
     check_inputs(q, k, v, None, None, positions)
     _check_page(page)
-    stages, fused_combine = _stages(stages), _fused(fused_combine)
+    stages = _stages(stages)
     scale = q.shape[-1] ** -0.5 if scale is None else float(scale)
     if not _use_kernel(kernel, (q, k, v), (sink,)):
         return softmax_decode_reference(q, k, v, positions=positions, scale=scale, sink=sink)
     from .launch import softmax_decode as launch_softmax
 
-    _check_counters(counters, q.shape[0] * q.shape[1], q.device)
     sink_h = None if sink is None else as_head_vector(sink, q.shape[1], q.device)
-    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split, stages,
-                          fused_combine, counters)
+    return launch_softmax(q, k, v, positions.contiguous(), scale, sink_h, page, pages_per_split, stages)
 
 
 def _check_page(page: int | None) -> None:
     if page is not None and (isinstance(page, bool) or not isinstance(page, int) or page < 16 or page & (page - 1)):
         raise ValueError(f"page must be a power of two >= 16 (keys per page), got {page!r}")
-
-
-def _fused(fused_combine: bool | None) -> bool | None:
-    if fused_combine is not None and not isinstance(fused_combine, bool):
-        raise TypeError(f"fused_combine must be True, False or None, got {fused_combine!r}")
-    return fused_combine
-
-
-def _check_counters(counters: torch.Tensor | None, rows: int, device: torch.device) -> None:
-    if counters is None:
-        return
-    if (not isinstance(counters, torch.Tensor) or counters.dtype != torch.int32 or counters.device != device
-            or not counters.is_contiguous() or counters.numel() < rows):
-        shape = tuple(counters.shape) if isinstance(counters, torch.Tensor) else type(counters).__name__
-        raise ValueError(f"counters must be a contiguous int32 tensor of at least {rows} (batch x heads) zeros on "
-                         f"{device}, got {shape}")
 
 
 def _stages(stages: int | None) -> int | None:

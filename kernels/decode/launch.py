@@ -18,15 +18,16 @@ from .triton_decode import combine_kernel, softmax_partial_kernel, threshold_par
 COMBINE_TILE = 8192   # fp32 partials the combine reads at a time (splits × value width), over 8 warps
 PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streaming multiprocessor
 MAX_PAGES_PER_SPLIT = 16  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
+MIN_PAGES_PER_SPLIT = 4  # but gives each program at least this many pages where the cache has them
 INTERPRETER_PROGRAMS = 8
 STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
-# (the split-plan sweep, BENCHMARKS.md "Decoding", run before the branch on a survivor: for the threshold kernel, pages
-# of 64 keys with 3 in flight and up to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k)
-# and batch 1 at 32k; at batch 1 with 4k the plan gives each program one page, where the depth does not matter; our
-# softmax kernel is faster with pages of 128 keys and 2 in flight, its own defaults below)
+# (the split-plan sweeps, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up
+# to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k) and batch 1 at 32k with the 162M's
+# heads; at batch 1 and 32k with paper_small's 3 heads, 4 pages a program (2 or 3 in flight) were the fastest, 1 or 3
+# pages 7-20% slower, hence the minimum; our softmax kernel is faster with pages of 128 keys and 2 in flight, its own
+# defaults below)
 SOFTMAX_PAGE = 128
 SOFTMAX_STAGES = 2
-FUSED_COMBINE = True  # the last program of each row combines the partials (no second launch); False: combine_kernel
 
 
 @functools.lru_cache(maxsize=None)
@@ -36,11 +37,13 @@ def _target_programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_plan(rows: int, n_pages: int, programs: int, max_pages: int = MAX_PAGES_PER_SPLIT) -> tuple[int, int]:
+def split_plan(rows: int, n_pages: int, programs: int, max_pages: int = MAX_PAGES_PER_SPLIT,
+               min_pages: int = MIN_PAGES_PER_SPLIT) -> tuple[int, int]:
     """(splits, pages per split) for ``rows`` (batch·heads) rows over ``n_pages`` pages: enough splits that the grid
-    has about ``programs`` programs, each of at least one page and at most ``max_pages``, the pages spread evenly."""
+    has about ``programs`` programs, each of at least ``min_pages`` pages (fewer only where the cache has fewer) and
+    at most ``max_pages``, the pages spread evenly."""
     splits = min(n_pages, max(1, -(-programs // max(1, rows))))
-    per = min(-(-n_pages // splits), max_pages)
+    per = min(max(-(-n_pages // splits), min(min_pages, n_pages)), max_pages)
     return -(-n_pages // per), per
 
 
@@ -66,25 +69,13 @@ def _plan(q: torch.Tensor, k: torch.Tensor, page: int, pages_per_split: Optional
     return n_pages, splits, per
 
 
-def _split_block(dv: int) -> int:
-    return max(16, min(64, COMBINE_TILE // padded(dv)))
-
-
 def _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, softmax, target) -> None:
     B = out.shape[0]
+    split_block = max(16, min(64, COMBINE_TILE // padded(dv)))
     _run("combine", combine_kernel, (B * H,), (
         part, stats, sink if sink is not None else stats, positions, out, *out.stride(), H, L, splits, per),
-        dict(HEAD_DV=dv, BLOCK_DV=padded(dv), PAGE=page, SPLIT_BLOCK=_split_block(dv), SOFTMAX=softmax,
+        dict(HEAD_DV=dv, BLOCK_DV=padded(dv), PAGE=page, SPLIT_BLOCK=split_block, SOFTMAX=softmax,
              HAS_SINK=sink is not None, num_warps=8), target)
-
-
-def _counters(fused: Optional[bool], counters: Optional[torch.Tensor], rows: int,
-              device: torch.device) -> Optional[torch.Tensor]:
-    """The per-row ticket counters of the fused combine (int32, zero before a launch and after it), or None for the
-    separate combine launch: ``counters`` as given (checked by the public functions), else fresh zeros."""
-    if not (FUSED_COMBINE if fused is None else fused):
-        return None
-    return counters if counters is not None else torch.zeros(rows, dtype=torch.int32, device=device)
 
 
 LAM_MODES = {None: 0, "clamp": 1, "sigmoid": 2}
@@ -95,12 +86,10 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
                      beta: torch.Tensor, p: float, normalize: bool, scale: float, page: int = PAGE,
                      pages_per_split: Optional[int] = None, read_flags: Optional[torch.Tensor] = None,
                      drop_page: int = -1, lam_transform: Optional[str] = None, stages: Optional[int] = None,
-                     fused: Optional[bool] = None, counters: Optional[torch.Tensor] = None,
                      target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Threshold attention of one query row per (sequence, head): q (B, H, d), k (B, Hkv, L, d), v (B, Hkv, L, dv),
     positions (B,) contiguous integers, lam a contiguous tensor of 1 or H values (any float dtype; the kernel applies
-    ``lam_transform``: None, "clamp" or "sigmoid") or None, beta (H,) fp32; ``fused`` (None: FUSED_COMBINE) combines
-in the partial launch with ``counters`` (≥ B·H int32 zeros; None: allocated). Returns (B, H, dv) in q1's dtype."""
+    ``lam_transform``: None, "clamp" or "sigmoid") or None, beta (H,) fp32. Returns (B, H, dv) in q1's dtype."""
     B, H, d = q1.shape
     Hkv, L, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -110,30 +99,25 @@ in the partial launch with ``counters`` (≥ B·H int32 zeros; None: allocated).
     out = torch.empty((B, H, dv), dtype=q1.dtype, device=q1.device)
     q2_, k2_ = (q2, k2) if two else (q1, k1)
     p_mode = 1 if p == 1.0 else 2 if p == 2.0 else 0
-    count = _counters(fused, counters, B * H, q1.device)
     _run("threshold_partial", threshold_partial_kernel, (B * H, splits), (
         q1, q2_, k1, k2_, v, positions, lam if two else beta, beta, part, live,
-        read_flags if read_flags is not None else part, count if count is not None else part, out,
-        *q1.stride(), *q2_.stride(), *k1.stride(), *k2_.stride(), *v.stride(), *out.stride(),
+        read_flags if read_flags is not None else part,
+        *q1.stride(), *q2_.stride(), *k1.stride(), *k2_.stride(), *v.stride(),
         H, H // Hkv, L, splits, per, n_pages, float(scale), float(p), 1.0 / d, int(drop_page),
         int(two and lam.numel() > 1)),
         dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page, TWO_VIEWS=two,
              NORMALIZE=bool(normalize), P_MODE=p_mode, LAM_MODE=LAM_MODES[lam_transform],
              RECORD=read_flags is not None, STAGES=STAGES if stages is None else int(stages),
-             FUSED=count is not None, SPLIT_BLOCK=_split_block(dv),
              num_warps=_warps(page, padded(d), padded(dv))), target)
-    if count is None:
-        _combine(part, live, None, positions, out, H, L, splits, per, dv, page, False, target)
+    _combine(part, live, None, positions, out, H, L, splits, per, dv, page, False, target)
     return out
 
 
 def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions: torch.Tensor, scale: float,
                    sink: Optional[torch.Tensor], page: Optional[int] = None, pages_per_split: Optional[int] = None,
-                   stages: Optional[int] = None, fused: Optional[bool] = None,
-                   counters: Optional[torch.Tensor] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
+                   stages: Optional[int] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Softmax attention of one query row per (sequence, head), shapes as threshold_decode's; sink (H,) or None.
-    Returns (B, H, dv) in q's dtype; ``page`` and ``stages`` None: SOFTMAX_PAGE and SOFTMAX_STAGES; ``fused`` and
-    ``counters`` as threshold_decode's."""
+    Returns (B, H, dv) in q's dtype; ``page`` and ``stages`` None: SOFTMAX_PAGE and SOFTMAX_STAGES."""
     B, H, d = q.shape
     Hkv, L, dv = k.shape[1], k.shape[2], v.shape[-1]
     page = SOFTMAX_PAGE if page is None else page
@@ -141,16 +125,11 @@ def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     part = torch.empty((B, H, splits, padded(dv)), dtype=torch.float32, device=q.device)
     stats = torch.empty((B, H, splits, 2), dtype=torch.float32, device=q.device)
     out = torch.empty((B, H, dv), dtype=q.dtype, device=q.device)
-    count = _counters(fused, counters, B * H, q.device)
     _run("softmax_partial", softmax_partial_kernel, (B * H, splits), (
-        q, k, v, positions, part, stats, count if count is not None else stats,
-        sink if sink is not None else stats, out, *q.stride(), *k.stride(), *v.stride(), *out.stride(),
-        H, H // Hkv, L, splits, per, float(scale)),
-        dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page,
-             STAGES=SOFTMAX_STAGES if stages is None else int(stages), FUSED=count is not None,
-             SPLIT_BLOCK=_split_block(dv), HAS_SINK=sink is not None,
-             num_warps=_warps(page, padded(d), padded(dv))), target)
-    if count is None:
-        _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, True, target)
+        q, k, v, positions, part, stats, *q.stride(), *k.stride(), *v.stride(), H, H // Hkv, L, splits, per,
+        float(scale)), dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page,
+                            STAGES=SOFTMAX_STAGES if stages is None else int(stages),
+                            num_warps=_warps(page, padded(d), padded(dv))), target)
+    _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, True, target)
     return out
 

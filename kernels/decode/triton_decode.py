@@ -1,10 +1,12 @@
 """Triton kernels of one decoding step: one query row per (sequence, head) against a key/value cache.
 
 The cache is read in pages of PAGE consecutive key positions; the grid is (batch·head, split), each program
-owning ``pages_per_split`` consecutive pages and writing one fp32 partial result. The partials of a row are summed
-in split order, so the result is the same bits on every run, either by the last program of the row to finish (the
-fused combine: each program takes a ticket from a per-row counter after writing its partial; no second launch) or
-by ``combine_kernel``, a second, tiny launch.
+owning ``pages_per_split`` consecutive pages and writing one fp32 partial result, which ``combine_kernel`` sums
+(a second, tiny launch, no atomics, so the result is the same bits on every run). A threshold split without a live
+page has the partial 0: it writes only that fact, and the combine reads only the other splits' partials, so with a
+trained model's few survivors the combine reads almost nothing. (Combining in the partial launch instead — the
+last program of each row, found by per-row ticket counters, sums the partials — was measured slower on an H200 at
+batch 1 and 16 and is not kept: BENCHMARKS.md, "Decoding".)
 
 - ``threshold_partial_kernel`` (TDA, TRA, ReLA): per page it scores the keys of every view against the query's
   threshold τ at the query's own position, and reads the page's values only if some score survives (a branch on
@@ -72,14 +74,13 @@ def _values(V, b, hk, s_b, s_h, s_t, s_d, keys, read, offs_v, HEAD_DV: tl.conste
 
 @triton.jit
 def threshold_partial_kernel(
-        Q1, Q2, K1, K2, V, POS, LAM, BETA, PART, LIVE, FLAGS, COUNT, OUT,
+        Q1, Q2, K1, K2, V, POS, LAM, BETA, PART, LIVE, FLAGS,
         s_q1b, s_q1h, s_q1d, s_q2b, s_q2h, s_q2d,
-        s_k1b, s_k1h, s_k1t, s_k1d, s_k2b, s_k2h, s_k2t, s_k2d, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_od,
+        s_k1b, s_k1h, s_k1t, s_k1d, s_k2b, s_k2h, s_k2t, s_k2d, s_vb, s_vh, s_vt, s_vd,
         H, GROUP, L, n_splits, pages_per_split, n_pages, scale, p, inv_d, drop_page, lam_stride,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
         PAGE: tl.constexpr, TWO_VIEWS: tl.constexpr, NORMALIZE: tl.constexpr, P_MODE: tl.constexpr,
-        LAM_MODE: tl.constexpr, RECORD: tl.constexpr, STAGES: tl.constexpr, FUSED: tl.constexpr,
-        SPLIT_BLOCK: tl.constexpr):
+        LAM_MODE: tl.constexpr, RECORD: tl.constexpr, STAGES: tl.constexpr):
     """Partial sum Σ_j (a¹_j − λ a²_j) v_j over this program's pages (a = max(s − τ, 0)^p, s = scale·q̂·k̂_j),
     written to PART[b, h, split, :BLOCK_DV] in fp32 only where it is not zero (LIVE[b, h, split], int32, written by
     every program, says whether it is; a split without a live page has the partial 0, and the combine reads only
@@ -87,8 +88,7 @@ def threshold_partial_kernel(
     as it is (LAM_MODE 0), clamped to [0, 1] (1) or through a sigmoid (2). A page's values are read only when some
     key of the page survives in some view; ``drop_page`` (a test hook, −1 in use) names one page treated as if none
     survived. With RECORD, FLAGS[b, h, page] (int8) gets 1 for a page whose keys were scored and 2 for one whose
-    values were read as well. With FUSED the last program of each row also writes OUT[b, h] (``_last_combines``;
-    COUNT int32 zeros, left zero), and no combine launch follows."""
+    values were read as well."""
     b, h, hk, pos, n_keys = _program(H, GROUP, POS, L)
     split = tl.program_id(1)
     first = split * pages_per_split
@@ -130,23 +130,18 @@ def threshold_partial_kernel(
     tl.store(LIVE + row, nonzero)
     if nonzero > 0:  # a zero partial is never written and never read
         tl.store(PART + row * BLOCK_DV + offs_v, acc)
-    if FUSED:
-        _last_combines(COUNT, PART, LIVE, PART, OUT, b, h, H, n_keys, n_splits, s_ob, s_oh, s_od, pages_per_split,
-                       HEAD_DV, BLOCK_DV, PAGE, SPLIT_BLOCK, False, False)
 
 
 @triton.jit
 def softmax_partial_kernel(
-        Q, K, V, POS, PART, STATS, COUNT, SINK, OUT,
-        s_qb, s_qh, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd, s_ob, s_oh, s_od,
+        Q, K, V, POS, PART, STATS,
+        s_qb, s_qh, s_qd, s_kb, s_kh, s_kt, s_kd, s_vb, s_vh, s_vt, s_vd,
         H, GROUP, L, n_splits, pages_per_split, scale,
         HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
-        PAGE: tl.constexpr, STAGES: tl.constexpr, FUSED: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-        HAS_SINK: tl.constexpr):
+        PAGE: tl.constexpr, STAGES: tl.constexpr):
     """Softmax over this program's pages, unnormalised: PART[b, h, split] = Σ_j 2^(x_j − m) v_j and
     STATS[b, h, split] = (m, Σ_j 2^(x_j − m)), x_j = scale·log2(e)·q·k_j, m the split's maximum (−inf, 0 for a
-    split past the row's keys, which the combine never reads). With FUSED the last program of each row also
-    writes OUT[b, h] (``_last_combines``, with the sink SINK[h] when HAS_SINK)."""
+    split past the row's keys, which the combine never reads)."""
     b, h, hk, pos, n_keys = _program(H, GROUP, POS, L)
     split = tl.program_id(1)
     first = split * pages_per_split
@@ -173,68 +168,6 @@ def softmax_partial_kernel(
     tl.store(PART + row * BLOCK_DV + offs_v, acc)
     tl.store(STATS + row * 2, m)
     tl.store(STATS + row * 2 + 1, total)
-    if FUSED:
-        _last_combines(COUNT, PART, STATS, SINK, OUT, b, h, H, n_keys, n_splits, s_ob, s_oh, s_od, pages_per_split,
-                       HEAD_DV, BLOCK_DV, PAGE, SPLIT_BLOCK, True, HAS_SINK)
-
-
-@triton.jit
-def _combine_row(PART, STATS, SINK, OUT, b, h, n_keys, base, s_ob, s_oh, s_od, pages_per_split,
-                 HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, PAGE: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-                 SOFTMAX: tl.constexpr, HAS_SINK: tl.constexpr, CACHE: tl.constexpr):
-    """OUT[b, h] from the partials PART/STATS[base + s] of the splits s that hold the row's ``n_keys`` keys, in split
-    order: the sum of those not zero (threshold attention; marked by STATS[base + s] > 0), or Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)])
-    (softmax), cast to OUT's dtype. ``CACHE`` is the loads' cache modifier (".cg" where other programs of the same
-    launch wrote the partials: read from L2, never from a stale L1 line)."""
-    used = ((n_keys + PAGE - 1) // PAGE + pages_per_split - 1) // pages_per_split
-    offs_s = tl.arange(0, SPLIT_BLOCK)
-    offs_v = tl.arange(0, BLOCK_DV)
-    out = tl.zeros([BLOCK_DV], dtype=tl.float32)
-    if SOFTMAX:
-        top = tl.max(tl.full([SPLIT_BLOCK], float("-inf"), tl.float32), axis=0)
-        for s0 in range(0, used, SPLIT_BLOCK):
-            ok = s0 + offs_s < used
-            top = tl.maximum(top, tl.max(tl.load(STATS + (base + s0 + offs_s) * 2, mask=ok, other=float("-inf"),
-                                                 cache_modifier=CACHE), axis=0))
-        if HAS_SINK:
-            sink = tl.load(SINK + h).to(tl.float32) * LOG2E
-            top = tl.maximum(top, sink)
-        den = tl.sum(tl.zeros([SPLIT_BLOCK], dtype=tl.float32), axis=0)
-        for s0 in range(0, used, SPLIT_BLOCK):
-            ok = s0 + offs_s < used
-            weight = tl.exp2(tl.load(STATS + (base + s0 + offs_s) * 2, mask=ok, other=float("-inf"),
-                                     cache_modifier=CACHE) - top)
-            den += tl.sum(weight * tl.load(STATS + (base + s0 + offs_s) * 2 + 1, mask=ok, other=0.0,
-                                           cache_modifier=CACHE), axis=0)
-            part = tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :], mask=ok[:, None],
-                           other=0.0, cache_modifier=CACHE)
-            out += tl.sum(weight[:, None] * part, axis=0)
-        if HAS_SINK:
-            den += tl.exp2(sink - top)
-        out = out / den
-    else:  # STATS: whether each split's partial is not zero; only those are read (the others are 0)
-        for s0 in range(0, used, SPLIT_BLOCK):
-            live = tl.load(STATS + base + s0 + offs_s, mask=s0 + offs_s < used, other=0, cache_modifier=CACHE) > 0
-            if tl.max(live.to(tl.int32), axis=0) > 0:
-                out += tl.sum(tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :],
-                                      mask=live[:, None], other=0.0, cache_modifier=CACHE), axis=0)
-    tl.store(OUT + b * s_ob + h * s_oh + offs_v * s_od, out.to(OUT.dtype.element_ty), mask=offs_v < HEAD_DV)
-
-
-@triton.jit
-def _last_combines(COUNT, PART, STATS, SINK, OUT, b, h, H, n_keys, n_splits, s_ob, s_oh, s_od, pages_per_split,
-                   HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, PAGE: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
-                   SOFTMAX: tl.constexpr, HAS_SINK: tl.constexpr):
-    """The fused combine, after a program has written its partial: it takes a ticket from its row's counter
-    (COUNT[b·H + h], int32, zero before the launch); the program that takes the last ticket has every split's
-    partial visible (each program's threads pass a barrier before the release-acquire atomic) and combines them in
-    split order, the same bits as combine_kernel, then sets the counter back to zero for the next launch."""
-    tl.debug_barrier()  # every thread's stores of this program's partial precede the ticket
-    ticket = tl.atomic_add(COUNT + b * H + h, 1, sem="acq_rel", scope="gpu")
-    if ticket == n_splits - 1:
-        _combine_row(PART, STATS, SINK, OUT, b, h, n_keys, (b * H + h) * n_splits, s_ob, s_oh, s_od,
-                     pages_per_split, HEAD_DV, BLOCK_DV, PAGE, SPLIT_BLOCK, SOFTMAX, HAS_SINK, ".cg")
-        tl.store(COUNT + b * H + h, 0)
 
 
 @triton.jit
@@ -242,11 +175,42 @@ def combine_kernel(PART, STATS, SINK, POS, OUT, s_ob, s_oh, s_od,
                    H, L, n_splits, pages_per_split,
                    HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, PAGE: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
                    SOFTMAX: tl.constexpr, HAS_SINK: tl.constexpr):
-    """The separate combine: one program per (row, head) runs ``_combine_row`` over the partials of the launch
-    before."""
+    """OUT[b, h] from the partials of the splits that hold the row's keys, in split order: the sum of those not zero
+    (threshold attention: STATS[b, h, split] > 0 marks them, and only they are read), or Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)]) (softmax), cast to OUT's
+    dtype."""
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
     n_keys = tl.minimum(tl.load(POS + b).to(tl.int64) + 1, L)
-    _combine_row(PART, STATS, SINK, OUT, b, h, n_keys, (b * H + h) * n_splits, s_ob, s_oh, s_od, pages_per_split,
-                 HEAD_DV, BLOCK_DV, PAGE, SPLIT_BLOCK, SOFTMAX, HAS_SINK, "")
+    used = ((n_keys + PAGE - 1) // PAGE + pages_per_split - 1) // pages_per_split
+    offs_s = tl.arange(0, SPLIT_BLOCK)
+    offs_v = tl.arange(0, BLOCK_DV)
+    base = (b * H + h) * n_splits
+    out = tl.zeros([BLOCK_DV], dtype=tl.float32)
+    if SOFTMAX:
+        top = tl.max(tl.full([SPLIT_BLOCK], float("-inf"), tl.float32), axis=0)
+        for s0 in range(0, used, SPLIT_BLOCK):
+            ok = s0 + offs_s < used
+            top = tl.maximum(top, tl.max(tl.load(STATS + (base + s0 + offs_s) * 2, mask=ok, other=float("-inf")),
+                                         axis=0))
+        if HAS_SINK:
+            sink = tl.load(SINK + h).to(tl.float32) * LOG2E
+            top = tl.maximum(top, sink)
+        den = tl.sum(tl.zeros([SPLIT_BLOCK], dtype=tl.float32), axis=0)
+        for s0 in range(0, used, SPLIT_BLOCK):
+            ok = s0 + offs_s < used
+            weight = tl.exp2(tl.load(STATS + (base + s0 + offs_s) * 2, mask=ok, other=float("-inf")) - top)
+            den += tl.sum(weight * tl.load(STATS + (base + s0 + offs_s) * 2 + 1, mask=ok, other=0.0), axis=0)
+            part = tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :], mask=ok[:, None],
+                           other=0.0)
+            out += tl.sum(weight[:, None] * part, axis=0)
+        if HAS_SINK:
+            den += tl.exp2(sink - top)
+        out = out / den
+    else:  # STATS: whether each split's partial is not zero; only those are read (the others are 0)
+        for s0 in range(0, used, SPLIT_BLOCK):
+            live = tl.load(STATS + base + s0 + offs_s, mask=s0 + offs_s < used, other=0) > 0
+            if tl.max(live.to(tl.int32), axis=0) > 0:
+                out += tl.sum(tl.load(PART + (base + s0 + offs_s)[:, None] * BLOCK_DV + offs_v[None, :],
+                                      mask=live[:, None], other=0.0), axis=0)
+    tl.store(OUT + b * s_ob + h * s_oh + offs_v * s_od, out.to(OUT.dtype.element_ty), mask=offs_v < HEAD_DV)
