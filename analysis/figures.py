@@ -282,12 +282,29 @@ def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[f
     return rows, [float(np.mean(losses[groups.index(ref)]))] if ref is not None else []
 
 
+def same_model_references(runs: list[RunResults]) -> dict[str, float | None]:
+    """Per configuration label, the mean final validation loss of softmax under the same non-attention settings
+    (analysis.report.reference_group: the same model size and data), None where there is no such softmax run."""
+    from analysis.report import context, reference_group
+
+    groups = group_runs(runs)
+    losses = {g.label: [v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups}
+    with_loss = [g for g in groups if losses[g.label]]
+    out = {}
+    for g in with_loss:
+        ref = reference_group(with_loss, context(g))
+        out[g.label] = float(np.mean(losses[ref.label])) if ref is not None else None
+    return out
+
+
 def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
     """Final validation loss per configuration (runs equal up to the seed, labelled as analysis.report's loss
     table labels them): each seed a dot, the mean a bar end, softmax's mean a dashed line, and the mean's
-    difference from it in percent, best configuration at the top."""
+    difference in percent from softmax's of the same model size and data (none where there is no such run), best
+    configuration at the top."""
     plt = _pyplot()
     rows, softmax = configuration_losses(runs)
+    references = same_model_references(runs)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.3))
     lowest = min(min(v) for _, v, _ in rows)
     highest = max(max(v) for _, v, _ in rows)
@@ -298,8 +315,9 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
                 color="0.5" if attention == "softmax" else "C0")
         ax.plot(values, [y] * len(values), "o", ms=4, color="k")
         note = f"n={len(values)}"
-        if softmax and not (attention == "softmax" and abs(mean - softmax[0]) < 1e-12):
-            note += f", {100 * (mean / softmax[0] - 1):+.2f}%"
+        ref = references.get(label)
+        if ref is not None and not (attention == "softmax" and abs(mean - ref) < 1e-12):
+            note += f", {100 * (mean / ref - 1):+.2f}%"
         ax.annotate(note, (max(values), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
     if softmax:
         ax.axvline(softmax[0], ls="--", color="0.3", lw=0.8, label="softmax (mean)")
@@ -354,28 +372,70 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
+SAME_SIZE = 0.02  # relative difference of parameter counts that size_gaps takes for one model size
+
+
+def size_gaps(trends: list[tuple[str, str, dict[int, list[float]], int | None]]) -> list[tuple[str, dict[int, float]]]:
+    """Per configuration of ``trends`` other than softmax: (label, {parameters: 100 · (its mean loss / softmax's
+    mean loss at the same size − 1)}) at the sizes where the softmax line of ``trends`` has runs too. A size is
+    matched by its parameter count within SAME_SIZE (an attention's own few parameters, TDA's λ and norms, make the
+    counts differ slightly at one depth × width; two depth × width sizes differ by far more)."""
+    soft = next((points for label, _, points, _ in trends if label == "softmax"), None)
+    if soft is None:
+        return []
+
+    def softmax_at(n: int) -> list[float] | None:
+        near = min(soft, key=lambda m: abs(m / n - 1))
+        return soft[near] if abs(near / n - 1) <= SAME_SIZE else None
+
+    out = []
+    for label, _, points, _ in trends:
+        if label == "softmax":
+            continue
+        gaps = {n: 100 * (float(np.mean(points[n])) / float(np.mean(ref)) - 1) for n in points
+                if (ref := softmax_at(n)) is not None}
+        if gaps:
+            out.append((label, gaps))
+    return out
+
+
 def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]], stem: Path) -> list[Path]:
-    """Final validation loss against parameters (log axis), one line through the means per configuration, each seed
-    a dot; the title says the token budget, fixed across sizes."""
+    """Left: final validation loss against parameters (log axis), one line through the means per configuration,
+    each seed a dot. Right (where softmax ran at the sizes): each configuration's gap to softmax of the same size,
+    in percent of softmax's loss, where a trend towards parity shows as a line falling to 0. The title says the
+    token budget, fixed across sizes."""
     if not trends:
         raise ValueError("size_trend: no configuration was run at two or more model sizes (model.n_layer × "
                          "model.n_embd, everything but the heads equal)")
     plt = _pyplot()
-    fig, ax = plt.subplots(figsize=(7, 4.5))
+    gaps = size_gaps(trends)
+    fig, axes = plt.subplots(1, 2 if gaps else 1, figsize=(11 if gaps else 7, 4.5), squeeze=False)
+    ax = axes[0, 0]
+    colours = {}
     for i, (label, attention, points, _) in enumerate(trends):
         sizes = sorted(points)
-        colour = "0.3" if label == "softmax" else f"C{i % 10}"  # softmax as shipped, as in the other figures
-        ax.plot(sizes, [float(np.mean(points[n])) for n in sizes], "-", color=colour, label=label)
+        colours[label] = "0.3" if label == "softmax" else f"C{i % 10}"  # softmax as shipped, as elsewhere
+        ax.plot(sizes, [float(np.mean(points[n])) for n in sizes], "-", color=colours[label], label=label)
         for n in sizes:
-            ax.plot([n] * len(points[n]), points[n], "o", ms=4, color=colour)
+            ax.plot([n] * len(points[n]), points[n], "o", ms=4, color=colours[label])
     tokens = {t for *_, t in trends}
     budget = f"{_tokens(next(iter(tokens)))} tokens at every size" if len(tokens) == 1 and None not in tokens \
         else "the runs' own token budgets"
     ax.set_xscale("log")
-    ax.set(xlabel="parameters", ylabel="final validation loss (nats)",
-           title=f"size trend at fixed tokens ({budget}); dots: seeds, line: means")
+    ax.set(xlabel="parameters", ylabel="final validation loss (nats)", title="dots: seeds, line: means")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    if gaps:
+        right = axes[0, 1]
+        for label, points in gaps:
+            sizes = sorted(points)
+            right.plot(sizes, [points[n] for n in sizes], "o-", ms=4, color=colours[label], label=label)
+        right.axhline(0.0, ls="--", lw=0.8, color="0.3", label="softmax")
+        right.set_xscale("log")
+        right.set(xlabel="parameters", ylabel="gap to softmax of the same size (% of its loss)",
+                  title="the gap by size (means over seeds)")
+        right.grid(alpha=0.3)
+    axes[0, -1].legend(fontsize=7, loc="center left", bbox_to_anchor=(1.02, 0.5))
+    fig.suptitle(f"size trend at fixed tokens ({budget})", fontsize=10)
     return save(fig, stem)
 
 

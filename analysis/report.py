@@ -167,8 +167,9 @@ def _per_group(groups: list[Group], test: Callable[[Group], bool | None]) -> str
 def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     """Each claim of SPEC §5 (and SPEC §4's two-view claim), measured per group, with its verdict."""
     tda = [g for g in groups if g.attention == "tda"]
-    softmax = next((g for g in groups if g.attention == "softmax"), None)
+    softmax_of = lambda g: reference_group(groups, context(g))  # noqa: E731  (softmax of the same model and data)
     mean = lambda g, m: _mean(_values(g, m))  # noqa: E731
+    of_softmax = lambda g, m: mean(softmax_of(g), m) if softmax_of(g) else None  # noqa: E731
     out = []
 
     sparsity = _at_length("sparsity")
@@ -177,10 +178,8 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
                      _per_group(tda, lambda g: None if mean(g, sparsity) is None
                                 else mean(g, sparsity) >= tol.sparsity_min)))
 
-    soft_ratio = mean(softmax, sink_ratio_max) if softmax else None
-
     def no_sink(g: Group) -> bool | None:
-        ratio = mean(g, sink_ratio_max)
+        ratio, soft_ratio = mean(g, sink_ratio_max), of_softmax(g, sink_ratio_max)
         if ratio is None:
             return None
         return ratio <= tol.sink_ratio_max and (soft_ratio is None or soft_ratio > ratio)
@@ -205,18 +204,17 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
                                 else mean(g, nonzeros_slope) <= tol.nonzeros_slope_max)))
 
     loss = RunResults.final_val_loss
-    soft_loss = mean(softmax, loss) if softmax else None
     out.append(Claim("validation loss on par with softmax", "3.1190 vs 3.1196", f"validation loss (TDA ≤ "
-                     f"softmax × {1 + tol.loss_gap_max:g})", _cells(groups, loss),
-                     _per_group(tda, lambda g: None if soft_loss is None or mean(g, loss) is None
-                                else mean(g, loss) <= soft_loss * (1 + tol.loss_gap_max))))
+                     f"softmax × {1 + tol.loss_gap_max:g}, softmax of the same model and data)",
+                     _cells(groups, loss),
+                     _per_group(tda, lambda g: None if of_softmax(g, loss) is None or mean(g, loss) is None
+                                else mean(g, loss) <= of_softmax(g, loss) * (1 + tol.loss_gap_max))))
 
     passkey = lambda run: passkey_accuracy(run, int(tol.passkey_length))  # noqa: E731
-    soft_passkey = mean(softmax, passkey) if softmax else None
     out.append(Claim(f"passkey retrieval at ~{tol.passkey_length} tokens better than softmax", "15% vs 6%",
                      "passkey exact-match accuracy at the nearest evaluated length (mean over depths and key counts)", _cells(groups, passkey),
-                     _per_group(tda, lambda g: None if soft_passkey is None or mean(g, passkey) is None
-                                else mean(g, passkey) > soft_passkey)))
+                     _per_group(tda, lambda g: None if of_softmax(g, passkey) is None or mean(g, passkey) is None
+                                else mean(g, passkey) > of_softmax(g, passkey))))
 
     powers = {}
     for g in power_family(tda):
@@ -305,15 +303,25 @@ def power_family(tda: list[Group]) -> list[Group]:
                key=lambda f: len({float(g.setting("attention.power") or 2.0) for g in f}), default=[])
 
 
-def default_group(groups: list[Group], attention: str) -> Group | None:
-    """The configuration of ``attention`` with no setting of its own (labelled by the attention's name alone)."""
-    return next((g for g in groups if g.attention == attention and not g.parts), None)
+def context(group: Group) -> tuple[tuple[str, str], ...]:
+    """The settings naming ``group`` that are not the attention's (the model's size, the data, the schedule): a
+    configuration is compared with softmax, or with its attention's default, only under the same ones."""
+    return tuple((k, v) for k, v in group.parts if not k.startswith("attention."))
 
 
-def reference_group(groups: list[Group]) -> Group | None:
-    """The softmax configuration the others are compared with: softmax's default configuration, else the first
-    softmax group, else None."""
-    return default_group(groups, "softmax") or next((g for g in groups if g.attention == "softmax"), None)
+def default_group(groups: list[Group], attention: str,
+                  setting: tuple[tuple[str, str], ...] = ()) -> Group | None:
+    """The configuration of ``attention`` with no attention setting of its own, under the non-attention settings
+    ``setting`` (context(); () for the studies' common ones)."""
+    return next((g for g in groups if g.attention == attention and g.parts == setting), None)
+
+
+def reference_group(groups: list[Group], setting: tuple[tuple[str, str], ...] = ()) -> Group | None:
+    """The softmax configuration a configuration under the non-attention settings ``setting`` is compared with:
+    softmax's default under them, else the first softmax group under them, else None (a model size without a
+    softmax run has no reference: comparing it with another size's softmax would measure the size)."""
+    return default_group(groups, "softmax", setting) or next(
+        (g for g in groups if g.attention == "softmax" and context(g) == setting), None)
 
 
 def loss_table(groups: list[Group]) -> list[str]:
@@ -321,22 +329,22 @@ def loss_table(groups: list[Group]) -> list[str]:
     standard deviation, its difference from softmax's mean in percent, Welch's two-sided p-value against
     softmax's seeds (analysis.stats.welch; both need two or more seeds) and Holm's adjustment over every
     configuration compared, then the attention measures at the training length (mean over seeds): exact-zero
-    share, empty-row share, Gu et al.'s sink rate. The reference is the first group of softmax attention with
-    no setting of its own (else the first softmax group); none: Δ and p are —."""
-    ref = reference_group(groups)
+    share, empty-row share, Gu et al.'s sink rate. Each configuration's reference is softmax under its own
+    non-attention settings (reference_group: the same model size and data); none: Δ and p are —."""
     loss = RunResults.final_val_loss
     values = [_values(g, loss) for g in groups]
-    ref_values = values[groups.index(ref)] if ref else []
-    tests = [welch(v, ref_values).p if g is not ref and len(v) > 1 and len(ref_values) > 1 else None
-             for g, v in zip(groups, values)]
+    refs = [reference_group(groups, context(g)) for g in groups]
+    ref_values = [values[groups.index(ref)] if ref else [] for ref in refs]
+    tests = [welch(v, r).p if g is not ref and len(v) > 1 and len(r) > 1 else None
+             for g, v, ref, r in zip(groups, values, refs, ref_values)]
     lines = ["| configuration | seeds | val loss mean ± std | Δ vs softmax (%) | p (Welch) | p (Holm) | exact zeros "
              "| empty rows | sink rate |", "|" + "---|" * 9]
     sparsity, empty = _at_length("sparsity"), _at_length("empty_row_share")
-    for g, v, p, p_holm in zip(groups, values, tests, holm(tests)):
+    for g, v, ref, r, p, p_holm in zip(groups, values, refs, ref_values, tests, holm(tests)):
         if g is ref:
             delta = "reference"
-        elif v and ref_values:
-            delta = f"{100 * (statistics.fmean(v) / statistics.fmean(ref_values) - 1):+.2f}"
+        elif v and r:
+            delta = f"{100 * (statistics.fmean(v) / statistics.fmean(r) - 1):+.2f}"
         else:
             delta = "—"
         lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), delta, _p(p), _p(p_holm),
@@ -348,13 +356,14 @@ def loss_table(groups: list[Group]) -> list[str]:
 
 def recipe_table(groups: list[Group]) -> list[str]:
     """Markdown lines: every configuration that changes an attention's defaults against that attention's default
-    configuration (the question of an ablation: does the recipe beat the variant as shipped?): the mean's
+    configuration under the same non-attention settings (the question of an ablation: does the recipe beat the
+    variant as shipped, at that model size?): the mean's
     difference in percent, Welch's two-sided p-value (both with two or more seeds) and Holm's adjustment over the
     comparisons made. [] when no attention has both a default and a recipe."""
     loss = RunResults.final_val_loss
     rows = []
     for g in groups:
-        base = default_group(groups, g.attention)
+        base = default_group(groups, g.attention, context(g))
         if base is None or base is g:
             continue
         v, b = _values(g, loss), _values(base, loss)
@@ -376,7 +385,8 @@ def _recipes(groups: list[Group]) -> str:
     if not lines:
         return ""
     return ("\n\n## Recipes against their attention's default, over seeds\n\nEach configuration that changes an "
-            "attention's defaults against that attention's default configuration: does the recipe beat the variant "
+            "attention's defaults against that attention's default configuration with the same non-attention "
+            "settings: does the recipe beat the variant "
             "as shipped? Δ: the difference of the means; p (Welch): Welch's two-sided t-test (two or more seeds "
             "each); p (Holm): adjusted over these comparisons. A recipe's own screening seed flatters it: confirm "
             "on fresh seeds.\n\n" + "\n".join(lines))
@@ -394,8 +404,9 @@ def render(groups: list[Group], table: list[Claim]) -> str:
     every = [r for g in groups for r in g.runs]
     return ("\n".join(lines) + f"\n\nRuns per column: {runs}.\n\n## Validation loss against softmax, over seeds\n\n"
             "Configurations are runs equal up to the seed, named by their settings that differ from the attention's "
-            "defaults. Δ: the mean's difference from softmax's mean; p (Welch): Welch's two-sided t-test against "
-            "softmax's seeds (two or more seeds each); p (Holm): adjusted over the configurations compared. Exact "
+            "defaults. Δ: the mean's difference from the mean of softmax with the same non-attention settings (model "
+            "size, data; — where there is none); p (Welch): Welch's two-sided t-test against those "
+            "softmax seeds (two or more seeds each); p (Holm): adjusted over the configurations compared. Exact "
             "zeros and empty rows at the probe length nearest the training length, sink rate Gu et al.'s "
             "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + _recipes(groups) + "\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "

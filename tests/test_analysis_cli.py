@@ -317,7 +317,7 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
     the model its config builds, keeps every seed's loss and the runs' common token count, and leaves out a
     configuration run at one size only; the figure is drawn from them, and asking for it without two sizes is an
     error."""
-    from analysis.figures import size_trend, size_trends
+    from analysis.figures import size_gaps, size_trend, size_trends
     from analysis.results import RunResults
     from model.gpt import GPT
 
@@ -347,6 +347,10 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
                               50).num_parameters()
     assert trends[1][2] == {params["tda", 2, 8]: [4.5, 4.6], params["tda", 3]: [4.1]}
     assert trends[0][3] == 20480
+    # the gap to softmax of the same size (TDA's own few parameters do not make it another size)
+    assert size_gaps(trends) == [("tda", {params["tda", 2, 8]: pytest.approx(100 * (4.55 / 4.1 - 1)),
+                                          params["tda", 3]: pytest.approx(100 * (4.1 / 3.8 - 1))})]
+    assert size_gaps(trends[1:]) == []   # no softmax line: no gap
     paths = size_trend(trends, tmp_path / "figure")
     assert [p.suffix for p in paths] == [".png", ".pdf"] and all(p.stat().st_size > 0 for p in paths)
     with pytest.raises(ValueError, match="no configuration was run at two or more model sizes"):

@@ -203,9 +203,8 @@ def test_softmax_kernel_against_float64(dtype, kv_heads, sink, per, page):
 def test_split_plan_spreads_pages_evenly():
     assert split_plan(rows=6, n_pages=512, programs=528) == (86, 6)  # 6 · 86 programs of 6 pages (the last: 2)
     assert split_plan(rows=192, n_pages=17, programs=528) == (3, 6)
-    assert split_plan(rows=3, n_pages=512, programs=528) == (128, 4)  # at least 4 pages a program
-    assert split_plan(rows=4, n_pages=3, programs=528) == (1, 3)      # fewer only where the cache has fewer
-    assert split_plan(rows=4, n_pages=3, programs=528, min_pages=1) == (3, 1)  # never more splits than pages
+    assert split_plan(rows=3, n_pages=512, programs=396) == (128, 4)  # paper_small's TDA at 32k, 3 programs per SM
+    assert split_plan(rows=4, n_pages=3, programs=528) == (3, 1)      # never more splits than pages
     assert split_plan(rows=1000, n_pages=40, programs=528) == (3, 16)  # at most 16 pages a program
     assert split_plan(rows=1000, n_pages=40, programs=528, max_pages=8) == (5, 8)
 

@@ -159,3 +159,36 @@ def test_recipes_against_their_attentions_default(tmp_path):
         "runs": [str(r) for r in runs], "out": str(tmp_path / "claims.md")}))
     assert "## Recipes against their attention's default, over seeds" in text
     assert recipe_table(group_runs([load_results(r) for r in runs[:3]])) == []   # softmax alone: nothing to compare
+
+
+def test_every_comparison_is_made_at_the_same_model_size(tmp_path):
+    """A configuration run at another model size (here model.n_head) is compared with softmax of that size, and a
+    recipe with its attention's default of that size: never with another size's runs, whose loss differs by the
+    size alone. A size without a softmax run has no reference (Δ and p are —, the parity claim is not judged)."""
+    from analysis.report import claims, recipe_table
+
+    plan = {6: {"softmax": [3.98, 3.99, 3.97], "tda": [4.13, 4.16, 4.12]},
+            12: {"softmax": [3.80, 3.82], "tda": [3.86, 3.87], "tda-beta0.5": [4.30]},
+            8: {"tda-clamp_st": [3.50]}}
+    runs = [fake_run(tmp_path, config, seed, loss, 0.9, heads=heads) for heads, configs in plan.items()
+            for config, losses in configs.items() for seed, loss in enumerate(losses)]
+    groups = group_runs([load_results(r) for r in runs])
+    rows = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in loss_table(groups)[2:]}
+    big, small = plan[12], plan[6]
+    assert rows["softmax (model.n_head=12)"][3] == "reference" and rows["softmax"][3] == "reference"
+    delta = 100 * (statistics.fmean(big["tda"]) / statistics.fmean(big["softmax"]) - 1)   # +1.44, not -2.9
+    assert float(rows["tda (model.n_head=12)"][3]) == pytest.approx(delta, abs=0.005)
+    assert float(rows["tda (model.n_head=12)"][4]) == pytest.approx(welch(big["tda"], big["softmax"]).p, rel=0.05)
+    assert float(rows["tda"][3]) == pytest.approx(
+        100 * (statistics.fmean(small["tda"]) / statistics.fmean(small["softmax"]) - 1), abs=0.005)
+    assert rows["tda (lambda_mode=clamp_st, model.n_head=8)"][3:5] == ["—", "—"]   # no softmax at 8 heads
+    recipes = {line.split(" | ")[0][2:]: line.strip("| ").split(" | ") for line in recipe_table(groups)[2:]}
+    assert list(recipes) == ["tda (beta=0.5, model.n_head=12)"]
+    assert recipes["tda (beta=0.5, model.n_head=12)"][3] == "tda (model.n_head=12)"
+    tolerance = OmegaConf.load("conf/analysis_report.yaml").tolerance
+    parity = next(c for c in claims(groups, tolerance) if c.text.startswith("validation loss on par"))
+    verdicts = dict(part.split(": ") for part in parity.holds.split("; "))
+    assert verdicts["tda (model.n_head=12)"] == "no"       # 3.865 > 3.81 × 1.01 (against 3.98 it would pass)
+    assert verdicts["tda"] == "no"
+    assert verdicts["tda (beta=0.5, model.n_head=12)"] == "no"
+    assert "tda (lambda_mode=clamp_st, model.n_head=8)" not in verdicts   # 3.50 beats every softmax: not judged

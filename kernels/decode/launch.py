@@ -16,16 +16,15 @@ from . import PAGE  # keys per page: the unit the kernels read, score and skip
 from .triton_decode import combine_kernel, softmax_partial_kernel, threshold_partial_kernel
 
 COMBINE_TILE = 8192   # fp32 partials the combine reads at a time (splits × value width), over 8 warps
-PROGRAMS_PER_SM = 4   # the grid aims at least at this many programs per streaming multiprocessor
+PROGRAMS_PER_SM = 3   # the grid aims at least at this many programs per streaming multiprocessor
 MAX_PAGES_PER_SPLIT = 16  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
-MIN_PAGES_PER_SPLIT = 4  # but gives each program at least this many pages where the cache has them
 INTERPRETER_PROGRAMS = 8
 STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
 # (the split-plan sweeps, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up
-# to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k) and batch 1 at 32k with the 162M's
-# heads; at batch 1 and 32k with paper_small's 3 heads, 4 pages a program (2 or 3 in flight) were the fastest, 1 or 3
-# pages 7-20% slower, hence the minimum; our softmax kernel is faster with pages of 128 keys and 2 in flight, its own
-# defaults below)
+# to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k); at batch 1 and 32k, 8 pages a
+# program with the 162M's 6 heads and 4 with paper_small's 3 were the fastest (1 or 3 pages: 7-20% slower), and at
+# batch 1 and 4k one page a program: three programs per SM give exactly these plans; our softmax kernel is faster
+# with pages of 128 keys and 2 in flight, its own defaults below, and 4 pages a program at batch 1 and 32k)
 SOFTMAX_PAGE = 128
 SOFTMAX_STAGES = 2
 
@@ -37,13 +36,11 @@ def _target_programs(device: torch.device) -> int:
     return PROGRAMS_PER_SM * torch.cuda.get_device_properties(device).multi_processor_count
 
 
-def split_plan(rows: int, n_pages: int, programs: int, max_pages: int = MAX_PAGES_PER_SPLIT,
-               min_pages: int = MIN_PAGES_PER_SPLIT) -> tuple[int, int]:
+def split_plan(rows: int, n_pages: int, programs: int, max_pages: int = MAX_PAGES_PER_SPLIT) -> tuple[int, int]:
     """(splits, pages per split) for ``rows`` (batch·heads) rows over ``n_pages`` pages: enough splits that the grid
-    has about ``programs`` programs, each of at least ``min_pages`` pages (fewer only where the cache has fewer) and
-    at most ``max_pages``, the pages spread evenly."""
+    has about ``programs`` programs, each of at least one page and at most ``max_pages``, the pages spread evenly."""
     splits = min(n_pages, max(1, -(-programs // max(1, rows))))
-    per = min(max(-(-n_pages // splits), min(min_pages, n_pages)), max_pages)
+    per = min(-(-n_pages // splits), max_pages)
     return -(-n_pages // per), per
 
 
