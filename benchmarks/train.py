@@ -20,6 +20,10 @@ ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU
 a machine without a GPU pass `trainer.device=cpu` (and a tiny model): the processes then run on gloo, and MFU and
 memory stay blank. Prints one JSON line per point as it finishes, then a markdown table, also written to --out.
 
+``--profile N`` profiles each point's last N steps (train.py's ``trainer.profile_steps``, training/profiling.py) and
+adds, per point, where a step's time goes: matrix products, attention, fused kernels, the optimiser, the loss,
+copies, and the time the GPU had no kernel to run.
+
 Trained weights (where a threshold model's sparsity exists, a random one has little): `--init-from tda=runs/<run>`
 starts every point of that attention from the run's newest checkpoint (train.py's `init_from`), and
 `--train-first "<train.py overrides>"` first trains each attention without one (`python train.py attention=<a>
@@ -94,6 +98,8 @@ def command(point: Point, index: int, args, runs_root: Path, init_from: Path | N
            "logger.progress=false", "logger.wandb.mode=disabled"]
     if init_from is not None:
         cmd.append(f"init_from={init_from}")
+    if args.profile:
+        cmd += [f"trainer.profile_steps={args.profile}", f"trainer.profile_skip={max(0, args.steps - args.profile)}"]
     return cmd, name
 
 
@@ -118,7 +124,23 @@ def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path |
         out["mfu"] = statistics.median(r["mfu"] for r in windows)
     if "peak_memory_gb" in windows[-1]:
         out["peak_memory_gb"] = max(r["peak_memory_gb"] for r in windows)
+    profile = runs_root / name / "profile.md"
+    if profile.is_file():
+        out["profile"] = profile.read_text().split("\n", 1)[1].strip()
     return out
+
+
+def profiles(results: list[dict]) -> str:
+    """Markdown: each point's step profile (train.py's profile.md), under the point's name; "" when none was
+    taken."""
+    parts = []
+    for r in results:
+        if "profile" in r:
+            attention = r["attention"] + (f" (from {r['weights']})" if r.get("weights") else "")
+            parts.append(f"### {attention}, {r['setting']}, {r['strategy']}, {r['gpus']} GPU(s), CP "
+                         f"{r['context_parallel']}\n\n{r['profile']}")
+    return ("\n\n## Where a step's time goes (the last profiled steps of each point)\n\n" + "\n\n".join(parts)
+            if parts else "")
 
 
 def table(results: list[dict]) -> str:
@@ -188,9 +210,14 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-first", default=None, metavar="OVERRIDES",
                         help="train each attention without --init-from first (python train.py attention=<a> "
                              "OVERRIDES) and start its points from it")
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="profile each point's last N steps (train.py's trainer.profile_steps) and add where "
+                             "their time goes to the table")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every point (after --)")
     args = parser.parse_args(argv)
     grid = points(args)
+    if args.profile < 0 or args.profile >= args.steps:
+        parser.error(f"--profile takes a number of steps from 0 to --steps - 1 ({args.steps - 1}), got {args.profile}")
     if not grid:
         parser.error("no point of the grid can run (strategy single takes one GPU; each context-parallel size above "
                      "1 must divide a GPU count above 1)")
@@ -206,8 +233,8 @@ def main(argv: list[str] | None = None) -> None:
             result = run_point(point, args.settings.index(point.setting), args, Path(tmp),
                                weights.get(point.attention))
             results.append(result)
-            print(json.dumps(result), flush=True)
-    text = table(results)
+            print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
+    text = table(results) + profiles(results)
     print(text)
     args.out.write_text(text + "\n")
 

@@ -55,11 +55,19 @@ def test_the_command_runs_on_cpu_over_every_axis_of_its_grid(tiny_corpus, tmp_pa
     env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "benchmarks.train", "--attentions", "softmax", "--settings", "trainer.loss_chunk=50",
            "--strategies", "single", "ddp", "--gpus", "1", "2", "--context-parallel", "1", "2", "--steps", "2",
-           "--log-every", "1", "--skip", "1", "--micro-batch", "2", "--out", str(out), "--",
+           "--log-every", "1", "--skip", "1", "--micro-batch", "2", "--profile", "1", "--out", str(out), "--",
            *tiny_corpus, *TINY_MODEL, "trainer.device=cpu", "trainer.threads=1"]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    rows = out.read_text().splitlines()[2:]
+    text = out.read_text()
+    rows = text.split("\n\n")[0].splitlines()[2:]
+    # each point's last step profiled (train.py's profile.md), under the point's name
+    profiles = text.split("## Where a step's time goes (the last profiled steps of each point)\n\n")[1]
+    assert [line for line in profiles.splitlines() if line.startswith("### ")] == [
+        "### softmax, trainer.loss_chunk=50, single, 1 GPU(s), CP 1", "### softmax, trainer.loss_chunk=50, ddp, 1 GPU(s), CP 1",
+        "### softmax, trainer.loss_chunk=50, ddp, 2 GPU(s), CP 1", "### softmax, trainer.loss_chunk=50, ddp, 2 GPU(s), CP 2"]
+    assert profiles.count("1 steps profiled") == 4
+    assert sum(line.startswith("| matrix products |") for line in profiles.splitlines()) == 4
     # single on one GPU; ddp on one and two; two GPUs splitting each sequence (single on 2 and CP 2 on 1 skipped)
     assert [row.split(" | ")[2:5] for row in rows] == [["single", "1", "1"], ["ddp", "1", "1"], ["ddp", "2", "1"],
                                                        ["ddp", "2", "2"]]
@@ -102,6 +110,6 @@ def test_initial_weights_are_checked(tmp_path):
         result = subprocess.run([sys.executable, "-m", "benchmarks.train", "--init-from", *bad, "--", "x=1"],
                                 cwd=ROOT, capture_output=True, text=True, timeout=60)
         assert result.returncode == 2 and message in result.stderr, (bad, result.stderr)
-    args = type("Args", (), dict(micro_batch=2, accumulation=1, overrides=[], steps=3, log_every=1))()
+    args = type("Args", (), dict(micro_batch=2, accumulation=1, overrides=[], steps=3, log_every=1, profile=0))()
     cmd, _ = command(Point("tda", "", "single", 1, 1), 0, args, tmp_path, init_from=tmp_path / "run")
     assert cmd[-1] == f"init_from={tmp_path / 'run'}"

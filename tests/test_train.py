@@ -128,15 +128,18 @@ def test_resuming_a_run_stopped_before_its_first_checkpoint_says_how_to_start_ag
 
 def test_a_plain_resume_continues_with_the_runs_own_schedule(tmp_path, tiny_corpus):
     """`train.py name=<run> resume=true` keeps the trainer.* and logger.* values the run was started with (here
-    max_steps=4, not the default 900) unless the command line sets them; the fault injection of the first
-    attempt (stop_after_step) is not carried over."""
+    max_steps=4, not the default 900) unless the command line sets them; the fault injection and the profiling of
+    the first attempt (stop_after_step, profile_steps) are not carried over."""
     common = [*tiny_corpus, "model=tiny", f"runs_root={tmp_path}", "name=plain", "trainer.threads=1",
               "logger.progress=false"]
     first = run_cli(*common, "trainer.max_steps=4", "trainer.checkpoint_every=2", "trainer.batch_size=2",
-                    "logger.log_every=1", "trainer.stop_after_step=3", cwd=tmp_path)
+                    "logger.log_every=1", "trainer.stop_after_step=3", "trainer.profile_steps=1",
+                    "trainer.profile_skip=0", cwd=tmp_path)
     assert first.returncode == 0, first.stderr
+    (tmp_path / "plain" / "profile.md").unlink()  # step 1 was profiled
     resumed = run_cli(*common, "resume=true", cwd=tmp_path)
     assert resumed.returncode == 0, resumed.stderr
+    assert not (tmp_path / "plain" / "profile.md").exists()
     steps = [json.loads(line)["step"] for line in (tmp_path / "plain" / "metrics.jsonl").read_text().splitlines()]
     assert steps[-1] == 4 and 3 in steps
     saved = OmegaConf.load(tmp_path / "plain" / "config.yaml")

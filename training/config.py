@@ -70,6 +70,9 @@ def check_settings(cfg: DictConfig) -> None:
     _require("trainer.context_parallel", t.context_parallel, _is_int(t.context_parallel, 1), "an int >= 1")
     _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
              "null or an int >= 1 (tokens)")
+    for key, low in (("profile_steps", 0), ("profile_skip", 0)):
+        _require(f"trainer.{key}", t.get(key, 0), t.get(key, 0) is None or _is_int(t.get(key, 0), low),
+                 f"an int >= {low}")
     peak = t.get("peak_tflops")
     _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
     _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")
@@ -143,7 +146,7 @@ def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
 
 # Sections a resumed run may change on its command line; what the command line leaves unset keeps the run's value.
 ADOPTED = ("trainer", "logger")
-NOT_ADOPTED = ("trainer.stop_after_step",)  # fault injection belongs to the attempt that asked for it
+NOT_ADOPTED = ("trainer.stop_after_step", "trainer.profile_steps")  # they belong to the attempt that asked for them
 
 
 def adopt_saved_settings(cfg: DictConfig, run_dir: Path, given: Sequence[str]) -> None:

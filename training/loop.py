@@ -21,6 +21,7 @@ from training.config import (Batching, ConfigError, adopt_saved_settings, batchi
 from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
 from training.faults import pause_point, stop_after_step
 from training.metrics import Diagnostics, Reporter, import_wandb
+from training.profiling import StepProfiler
 from training.rng import seed_everything
 from training.schedule import learning_rate
 from training.signals import StopSignal
@@ -162,12 +163,15 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
     cfg, d, t = run.cfg, run.d, run.cfg.trainer
     step_tokens = t.batch_size * int(cfg.model.seq_len)
     diagnostics = Diagnostics(cfg, d, run.val_batches)
+    profiler = StepProfiler(t.get("profile_steps") or 0, t.get("profile_skip", 10), d.device, run.dir, d.is_main)
     reporter.start(run.step, run.dir.name)
     run.train_model.train()
     while run.step < t.max_steps:
         run.model.set_step(run.step)  # steps taken so far (the restored step on resume): β warm-up
         run.step += 1
+        profiler.before_step(run.step)
         loss, grad_norm, lr = train_step(run)
+        profiler.after_step()
         run.tokens += step_tokens
         record = reporter.measure(run.step, run.tokens, step_tokens, loss, lr, grad_norm)
         if run.step % t.eval_every == 0 or run.step == t.max_steps:
