@@ -176,8 +176,8 @@ def combine_kernel(PART, STATS, SINK, POS, OUT, s_ob, s_oh, s_od,
                    HEAD_DV: tl.constexpr, BLOCK_DV: tl.constexpr, PAGE: tl.constexpr, SPLIT_BLOCK: tl.constexpr,
                    SOFTMAX: tl.constexpr, HAS_SINK: tl.constexpr):
     """OUT[b, h] from the partials of the splits that hold the row's keys, in split order: the sum of those not zero
-    (threshold attention: STATS[b, h, split] > 0 marks them, and only they are read), or Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)]) (softmax), cast to OUT's
-    dtype."""
+    (threshold attention: STATS[b, h, split] > 0 marks them, and only they are read), or
+    Σ_s 2^(m_s−M) acc_s / (Σ_s 2^(m_s−M) l_s [+ 2^(sink_h·log2(e) − M)]) (softmax), cast to OUT's dtype."""
     bh = tl.program_id(0)
     b = (bh // H).to(tl.int64)
     h = (bh % H).to(tl.int64)
