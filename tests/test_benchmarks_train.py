@@ -64,8 +64,8 @@ def test_the_command_runs_on_cpu_over_every_axis_of_its_grid(tiny_corpus, tmp_pa
     # each point's last step profiled (train.py's profile.md), under the point's name
     profiles = text.split("## Where a step's time goes (the last profiled steps of each point)\n\n")[1]
     assert [line for line in profiles.splitlines() if line.startswith("### ")] == [
-        "### softmax, trainer.loss_chunk=50, single, 1 GPU(s), CP 1", "### softmax, trainer.loss_chunk=50, ddp, 1 GPU(s), CP 1",
-        "### softmax, trainer.loss_chunk=50, ddp, 2 GPU(s), CP 1", "### softmax, trainer.loss_chunk=50, ddp, 2 GPU(s), CP 2"]
+        f"### softmax, trainer.loss_chunk=50, {where}" for where in (
+            "single, 1 GPU(s), CP 1", "ddp, 1 GPU(s), CP 1", "ddp, 2 GPU(s), CP 1", "ddp, 2 GPU(s), CP 2")]
     assert profiles.count("1 steps profiled") == 4
     assert sum(line.startswith("| matrix products |") for line in profiles.splitlines()) == 4
     # single on one GPU; ddp on one and two; two GPUs splitting each sequence (single on 2 and CP 2 on 1 skipped)
