@@ -19,7 +19,6 @@ import argparse
 import cProfile
 import io
 import pstats
-from collections import defaultdict
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -27,15 +26,10 @@ import torch
 
 def kernel_table(events: Iterable, calls: int) -> list[tuple[str, float, float]]:
     """(kernel name, µs per call, launches per call) for the GPU kernels among profiler ``events``
-    (objects with ``name``, ``device_type`` and ``device_time_total`` in µs), slowest first."""
-    total: dict[str, float] = defaultdict(float)
-    count: dict[str, int] = defaultdict(int)
-    for e in events:
-        if e.device_type != torch.autograd.DeviceType.CUDA:
-            continue
-        total[e.name] += e.device_time_total
-        count[e.name] += 1
-    rows = [(name, total[name] / calls, count[name] / calls) for name in total]
+    (training.profiling.gpu_kernels), slowest first."""
+    from training.profiling import gpu_kernels
+
+    rows = [(name, us / calls, n / calls) for name, (us, n) in gpu_kernels(events).items()]
     return sorted(rows, key=lambda r: -r[1])
 
 

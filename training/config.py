@@ -70,9 +70,8 @@ def check_settings(cfg: DictConfig) -> None:
     _require("trainer.context_parallel", t.context_parallel, _is_int(t.context_parallel, 1), "an int >= 1")
     _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
              "null or an int >= 1 (tokens)")
-    for key, low in (("profile_steps", 0), ("profile_skip", 0)):
-        _require(f"trainer.{key}", t.get(key, 0), t.get(key, 0) is None or _is_int(t.get(key, 0), low),
-                 f"an int >= {low}")
+    for key in ("profile_steps", "profile_skip"):
+        _require(f"trainer.{key}", t[key], _is_int(t[key], 0), "an int >= 0")
     peak = t.get("peak_tflops")
     _require("trainer.peak_tflops", peak, peak is None or (_is_number(peak) and peak > 0), "null or a number > 0")
     _require("logger.log_every", cfg.logger.log_every, _is_int(cfg.logger.log_every, 1), "an int >= 1")

@@ -163,7 +163,7 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
     cfg, d, t = run.cfg, run.d, run.cfg.trainer
     step_tokens = t.batch_size * int(cfg.model.seq_len)
     diagnostics = Diagnostics(cfg, d, run.val_batches)
-    profiler = StepProfiler(t.get("profile_steps") or 0, t.get("profile_skip", 10), d.device, run.dir, d.is_main)
+    profiler = StepProfiler(t.profile_steps, t.profile_skip, d.device, run.dir, d.is_main)
     reporter.start(run.step, run.dir.name)
     run.train_model.train()
     while run.step < t.max_steps:

@@ -38,15 +38,25 @@ def kind_of(name: str) -> str:
     return next((kind for kind, pattern in KINDS if re.search(pattern, name, re.IGNORECASE)), "other")
 
 
+def gpu_kernels(events) -> dict[str, tuple[float, int]]:
+    """{kernel name: (µs of device time, launches)} over the GPU kernels among profiler ``events`` (objects with
+    ``name``, ``device_type`` and ``device_time_total`` in µs); host events are left out."""
+    out: dict[str, tuple[float, int]] = {}
+    for e in events:
+        if e.device_type == torch.autograd.DeviceType.CUDA:
+            us, n = out.get(e.name, (0.0, 0))
+            out[e.name] = (us + e.device_time_total, n + 1)
+    return out
+
+
 def kernel_times(events, device: torch.device) -> dict[str, float]:
-    """µs by kernel (CUDA: each GPU kernel's device time) or by operator (CPU: each operator's own CPU time, which
-    counts a nested operator once) over profiler ``events``."""
+    """µs by kernel (CUDA: each GPU kernel's device time, ``gpu_kernels``) or by operator (CPU: each operator's own
+    CPU time, which counts a nested operator once) over profiler ``events``."""
+    if device.type == "cuda":
+        return {name: us for name, (us, _) in gpu_kernels(events).items()}
     out: dict[str, float] = defaultdict(float)
     for e in events:
-        if device.type == "cuda":
-            if e.device_type == torch.autograd.DeviceType.CUDA:
-                out[e.name] += e.device_time_total
-        elif e.device_type == torch.autograd.DeviceType.CPU and e.self_cpu_time_total > 0:
+        if e.device_type == torch.autograd.DeviceType.CPU and e.self_cpu_time_total > 0:
             out[e.name] += e.self_cpu_time_total
     return dict(out)
 
