@@ -36,6 +36,7 @@ from __future__ import annotations
 import math
 import sys
 from pathlib import Path
+from typing import NamedTuple
 
 import hydra
 import numpy as np
@@ -265,36 +266,28 @@ def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
     return save(fig, stem)
 
 
-def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[float], str]], list[float]]:
-    """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention)
-    with the highest mean first, so the best is drawn at the top; reference: [softmax's mean] (the softmax group
-    with no setting of its own, else the first softmax group) or [] without softmax."""
-    from analysis.report import reference_group
-
-    groups = group_runs(runs)
-    losses = [[v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups]
-    rows = [(g.label, values, g.attention) for g, values in zip(groups, losses) if values]
-    if not rows:
-        raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
-                         "in metrics.jsonl)")
-    rows.sort(key=lambda row: -float(np.mean(row[1])))
-    ref = reference_group([g for g, v in zip(groups, losses) if v])
-    return rows, [float(np.mean(losses[groups.index(ref)]))] if ref is not None else []
-
-
-def same_model_references(runs: list[RunResults]) -> dict[str, float | None]:
-    """Per configuration label, the mean final validation loss of softmax under the same non-attention settings
-    (analysis.report.reference_group: the same model size and data), None where there is no such softmax run."""
-    from analysis.report import context, reference_group
+def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[float], str, float | None]],
+                                                         list[float]]:
+    """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention, the
+    mean loss of softmax of the same model size and data, analysis.report.softmax_for, or None) with the highest
+    mean first, so the best is drawn at the top; reference: [the mean of softmax as the studies run it]
+    (analysis.report.reference_group) or [] without it."""
+    from analysis.report import reference_group, softmax_for
 
     groups = group_runs(runs)
     losses = {g.label: [v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups}
-    with_loss = [g for g in groups if losses[g.label]]
-    out = {}
-    for g in with_loss:
-        ref = reference_group(with_loss, context(g))
-        out[g.label] = float(np.mean(losses[ref.label])) if ref is not None else None
-    return out
+    groups = [g for g in groups if losses[g.label]]
+    if not groups:
+        raise ValueError("loss_by_configuration: no run has a validation loss (eval/val_loss.json or val_loss "
+                         "in metrics.jsonl)")
+
+    def mean_of(group: Group | None) -> float | None:
+        return float(np.mean(losses[group.label])) if group is not None else None
+
+    rows = [(g.label, losses[g.label], g.attention, mean_of(softmax_for(groups, g))) for g in groups]
+    rows.sort(key=lambda row: -float(np.mean(row[1])))
+    ref = reference_group(groups)
+    return rows, [mean_of(ref)] if ref is not None else []
 
 
 def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
@@ -304,25 +297,23 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
     configuration at the top."""
     plt = _pyplot()
     rows, softmax = configuration_losses(runs)
-    references = same_model_references(runs)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.3))
-    lowest = min(min(v) for _, v, _ in rows)
-    highest = max(max(v) for _, v, _ in rows)
+    lowest = min(min(v) for _, v, _, _ in rows)
+    highest = max(max(v) for _, v, _, _ in rows)
     pad = 0.08 * (highest - lowest or 1.0)
-    for y, (label, values, attention) in enumerate(rows):
+    for y, (label, values, attention, ref) in enumerate(rows):
         mean = float(np.mean(values))
         ax.barh(y, mean - (lowest - pad), left=lowest - pad, height=0.5, alpha=0.35,
                 color="0.5" if attention == "softmax" else "C0")
         ax.plot(values, [y] * len(values), "o", ms=4, color="k")
         note = f"n={len(values)}"
-        ref = references.get(label)
         if ref is not None and not (attention == "softmax" and abs(mean - ref) < 1e-12):
             note += f", {100 * (mean / ref - 1):+.2f}%"
         ax.annotate(note, (max(values), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
     if softmax:
         ax.axvline(softmax[0], ls="--", color="0.3", lw=0.8, label="softmax (mean)")
         ax.legend(fontsize=7, loc="upper right")
-    ax.set_yticks(range(len(rows)), [label for label, _, _ in rows], fontsize=7)
+    ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=7)
     ax.set_xlim(lowest - pad, highest + 3 * pad)
     ax.set(xlabel="validation loss (nats); dots: seeds, bar: mean", title="validation loss by configuration")
     ax.grid(axis="x", alpha=0.3)
@@ -342,29 +333,43 @@ def model_parameters(run: RunResults) -> int:
         return build_model(run.config).num_parameters()
 
 
-def size_trends(runs: list[RunResults]) -> list[tuple[str, str, dict[int, list[float]], int | None]]:
+class Trend(NamedTuple):
+    """One configuration of size_trends: its label without the size settings, its attention, {parameters: the
+    seeds' final validation losses}, the training tokens of its runs (None where they differ) and {parameters:
+    (model.n_layer, model.n_embd)}, the size each point was run at."""
+
+    label: str
+    attention: str
+    points: dict[int, list[float]]
+    tokens: int | None
+    sizes: dict[int, tuple]
+
+
+def size_trends(runs: list[RunResults]) -> list[Trend]:
     """Per family of configurations equal but for the model's size (SIZE_KEYS; analysis.results.families) that was
-    run at two or more sizes (depth × width, model.n_layer and model.n_embd): (label without the size settings,
-    attention, {parameters: the seeds' final validation losses}, training tokens of its runs (None where they
-    differ)), in the order of first appearance. Where one size was run with several head counts, the head count
-    with the most runs stands for it (the others are variants at that size, not sizes)."""
+    run at two or more sizes (depth × width, model.n_layer and model.n_embd), its Trend, in the order of first
+    appearance. Where one size was run with several head counts, the head count with the most runs stands for it
+    (the others are variants at that size, not sizes)."""
     out = []
     for family in families(group_runs(runs), SIZE_KEYS):
-        by_size: dict[tuple, list] = {}  # (n_layer, n_embd) -> the group of the most-run head count
+        by_size: dict[tuple, Group] = {}  # (n_layer, n_embd) -> the group of the most-run head count
         for group in family:
             size = (group.settings.get("model.n_layer"), group.settings.get("model.n_embd"))
             if size not in by_size or len(group.runs) > len(by_size[size].runs):  # the first of equals stays
                 by_size[size] = group
         points: dict[int, list[float]] = {}
+        sizes: dict[int, tuple] = {}
         tokens = set()
-        for group in by_size.values():
+        for size, group in by_size.items():
             losses = [loss for loss in (run.final_val_loss() for run in group.runs) if loss is not None]
             if losses:
-                points.setdefault(model_parameters(group.runs[0]), []).extend(losses)
+                n = model_parameters(group.runs[0])
+                points.setdefault(n, []).extend(losses)
+                sizes[n] = size
                 tokens |= {run.metrics[-1].get("tokens") if run.metrics else None for run in group.runs}
         if len(by_size) >= 2 and len(points) >= 2:
-            out.append((family[0].label_without(SIZE_KEYS), family[0].attention, points,
-                        next(iter(tokens)) if len(tokens) == 1 else None))
+            out.append(Trend(family[0].label_without(SIZE_KEYS), family[0].attention, points,
+                             next(iter(tokens)) if len(tokens) == 1 else None, sizes))
     return out
 
 
@@ -372,34 +377,26 @@ def _tokens(n: int) -> str:
     return f"{n / 1e6:.1f}M" if n >= 1e6 else f"{n:,}"
 
 
-SAME_SIZE = 0.02  # relative difference of parameter counts that size_gaps takes for one model size
-
-
-def size_gaps(trends: list[tuple[str, str, dict[int, list[float]], int | None]]) -> list[tuple[str, dict[int, float]]]:
+def size_gaps(trends: list[Trend]) -> list[tuple[str, dict[int, float]]]:
     """Per configuration of ``trends`` other than softmax: (label, {parameters: 100 · (its mean loss / softmax's
-    mean loss at the same size − 1)}) at the sizes where the softmax line of ``trends`` has runs too. A size is
-    matched by its parameter count within SAME_SIZE (an attention's own few parameters, TDA's λ and norms, make the
-    counts differ slightly at one depth × width; two depth × width sizes differ by far more)."""
-    soft = next((points for label, _, points, _ in trends if label == "softmax"), None)
+    mean loss at the same size − 1)}) at the sizes (model.n_layer × model.n_embd) where the softmax trend has runs
+    too."""
+    soft = next((t for t in trends if t.label == "softmax"), None)
     if soft is None:
         return []
-
-    def softmax_at(n: int) -> list[float] | None:
-        near = min(soft, key=lambda m: abs(m / n - 1))
-        return soft[near] if abs(near / n - 1) <= SAME_SIZE else None
-
+    soft_at = {soft.sizes[n]: losses for n, losses in soft.points.items()}
     out = []
-    for label, _, points, _ in trends:
-        if label == "softmax":
+    for t in trends:
+        if t is soft:
             continue
-        gaps = {n: 100 * (float(np.mean(points[n])) / float(np.mean(ref)) - 1) for n in points
-                if (ref := softmax_at(n)) is not None}
+        gaps = {n: 100 * (float(np.mean(losses)) / float(np.mean(soft_at[t.sizes[n]])) - 1)
+                for n, losses in t.points.items() if t.sizes[n] in soft_at}
         if gaps:
-            out.append((label, gaps))
+            out.append((t.label, gaps))
     return out
 
 
-def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]], stem: Path) -> list[Path]:
+def size_trend(trends: list[Trend], stem: Path) -> list[Path]:
     """Left: final validation loss against parameters (log axis), one line through the means per configuration,
     each seed a dot. Right (where softmax ran at the sizes): each configuration's gap to softmax of the same size,
     in percent of softmax's loss, where a trend towards parity shows as a line falling to 0. The title says the
@@ -412,13 +409,13 @@ def size_trend(trends: list[tuple[str, str, dict[int, list[float]], int | None]]
     fig, axes = plt.subplots(1, 2 if gaps else 1, figsize=(11 if gaps else 7, 4.5), squeeze=False)
     ax = axes[0, 0]
     colours = {}
-    for i, (label, attention, points, _) in enumerate(trends):
+    for i, (label, attention, points, _, _) in enumerate(trends):
         sizes = sorted(points)
         colours[label] = "0.3" if label == "softmax" else f"C{i % 10}"  # softmax as shipped, as elsewhere
         ax.plot(sizes, [float(np.mean(points[n])) for n in sizes], "-", color=colours[label], label=label)
         for n in sizes:
             ax.plot([n] * len(points[n]), points[n], "o", ms=4, color=colours[label])
-    tokens = {t for *_, t in trends}
+    tokens = {t.tokens for t in trends}
     budget = f"{_tokens(next(iter(tokens)))} tokens at every size" if len(tokens) == 1 and None not in tokens \
         else "the runs' own token budgets"
     ax.set_xscale("log")

@@ -167,9 +167,8 @@ def _per_group(groups: list[Group], test: Callable[[Group], bool | None]) -> str
 def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     """Each claim of SPEC §5 (and SPEC §4's two-view claim), measured per group, with its verdict."""
     tda = [g for g in groups if g.attention == "tda"]
-    softmax_of = lambda g: reference_group(groups, context(g))  # noqa: E731  (softmax of the same model and data)
     mean = lambda g, m: _mean(_values(g, m))  # noqa: E731
-    of_softmax = lambda g, m: mean(softmax_of(g), m) if softmax_of(g) else None  # noqa: E731
+    of_softmax = lambda g, m: mean(ref, m) if (ref := softmax_for(groups, g)) else None  # noqa: E731
     out = []
 
     sparsity = _at_length("sparsity")
@@ -324,6 +323,12 @@ def reference_group(groups: list[Group], setting: tuple[tuple[str, str], ...] = 
         (g for g in groups if g.attention == "softmax" and context(g) == setting), None)
 
 
+def softmax_for(groups: list[Group], group: Group) -> Group | None:
+    """The softmax configuration ``group`` is compared with: reference_group under ``group``'s own non-attention
+    settings (the same model size and data)."""
+    return reference_group(groups, context(group))
+
+
 def loss_table(groups: list[Group]) -> list[str]:
     """Markdown lines: per configuration (runs equal up to the seed) the validation loss over seeds, mean ± sample
     standard deviation, its difference from softmax's mean in percent, Welch's two-sided p-value against
@@ -333,7 +338,7 @@ def loss_table(groups: list[Group]) -> list[str]:
     non-attention settings (reference_group: the same model size and data); none: Δ and p are —."""
     loss = RunResults.final_val_loss
     values = [_values(g, loss) for g in groups]
-    refs = [reference_group(groups, context(g)) for g in groups]
+    refs = [softmax_for(groups, g) for g in groups]
     ref_values = [values[groups.index(ref)] if ref else [] for ref in refs]
     tests = [welch(v, r).p if g is not ref and len(v) > 1 and len(r) > 1 else None
              for g, v, ref, r in zip(groups, values, refs, ref_values)]

@@ -340,14 +340,15 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
     trends = size_trends(runs)
     params = {(a, n): GPT(OmegaConf.create({**tiny, "n_layer": n}), OmegaConf.create(attention[a]), 50)
               .num_parameters() for a in ("softmax", "tda") for n in (2, 3)}
-    assert [(label, attn) for label, attn, _, _ in trends] == [("softmax", "softmax"), ("tda", "tda")]
-    assert trends[0][2] == {params["softmax", 2]: [4.0, 4.2], params["softmax", 3]: [3.8]}
+    assert [(t.label, t.attention) for t in trends] == [("softmax", "softmax"), ("tda", "tda")]
+    assert trends[0].points == {params["softmax", 2]: [4.0, 4.2], params["softmax", 3]: [3.8]}
+    assert trends[0].sizes == {params["softmax", 2]: ("2", "128"), params["softmax", 3]: ("3", "128")}
     # at 2 layers TDA ran with 4 heads (one run) and 8 heads (two runs): the 8-head runs stand for that size
     params["tda", 2, 8] = GPT(OmegaConf.create({**tiny, "n_layer": 2, "n_head": 8}), OmegaConf.create(attention["tda"]),
                               50).num_parameters()
-    assert trends[1][2] == {params["tda", 2, 8]: [4.5, 4.6], params["tda", 3]: [4.1]}
-    assert trends[0][3] == 20480
-    # the gap to softmax of the same size (TDA's own few parameters do not make it another size)
+    assert trends[1].points == {params["tda", 2, 8]: [4.5, 4.6], params["tda", 3]: [4.1]}
+    assert trends[0].tokens == 20480
+    # the gap to softmax of the same depth × width, whatever the parameter counts (TDA's own parameters differ)
     assert size_gaps(trends) == [("tda", {params["tda", 2, 8]: pytest.approx(100 * (4.55 / 4.1 - 1)),
                                           params["tda", 3]: pytest.approx(100 * (4.1 / 3.8 - 1))})]
     assert size_gaps(trends[1:]) == []   # no softmax line: no gap

@@ -201,8 +201,9 @@ def test_loss_by_configuration_groups_seeds_orders_by_mean_and_takes_softmax_as_
             run("tda0", "tda", 0, 9.0, evaluated=3.5), run("tda1", "tda", 1, 3.3),
             run("tdab0", "tda", 0, 3.1, beta=0.5)]
     rows, reference = configuration_losses(runs)
-    assert [(label, values) for label, values, _ in rows] == [
-        ("tda", [3.5, 3.3]), ("softmax", [3.0, 3.2]), ("tda (beta=0.5)", [3.1])]
+    assert [(label, values, ref) for label, values, _, ref in rows] == [
+        ("tda", [3.5, 3.3], pytest.approx(3.1)), ("softmax", [3.0, 3.2], pytest.approx(3.1)),
+        ("tda (beta=0.5)", [3.1], pytest.approx(3.1))]
     assert reference == [pytest.approx(3.1)]
     paths = loss_by_configuration(runs, tmp_path / "figure")
     assert sorted(p.name for p in paths) == ["figure.pdf", "figure.png"]
