@@ -125,6 +125,25 @@ def test_pages_full_empty_and_one_survivor_at_an_edge(two_views, heads, kv_heads
     assert rel_err(out, float64_rows(x)) < TOLERANCE[dtype]
 
 
+def test_partials_of_splits_without_a_survivor_are_never_read(monkeypatch):
+    """A split with no surviving key writes no partial, only a flag, and the combine reads only flagged partials:
+    with every buffer the launcher allocates filled with NaN (torch.empty), one page per split (TRA's page 1 and
+    row 1's page 2 have no visible survivor), the output is still float64's; a combine that read an unwritten
+    partial would return NaN."""
+    import kernels.decode.launch as launch
+
+    real_empty = torch.empty
+
+    def poisoned(*shape, **kwargs):
+        t = real_empty(*shape, **kwargs)
+        return t.fill_(float("nan")) if t.is_floating_point() else t.fill_(-1)
+    monkeypatch.setattr(launch.torch, "empty", poisoned)
+    x = structured_cache(False, 2, 2, torch.float32)
+    out, flags = run(x, pages_per_split=1)
+    assert (flags[0, :, 1] == 1).all() and (flags[1, :, 2] == 1).all()   # pages read for their keys only
+    assert not torch.isnan(out).any() and rel_err(out, float64_rows(x)) < 1e-4
+
+
 def test_a_wrong_skip_decision_is_caught():
     """Treating page 2 (one survivor, at its last key) as empty changes row 0's output far beyond the tolerance,
     which the comparison with float64 detects; treating row 0's empty page 1 (TRA) as empty changes no bit."""

@@ -86,7 +86,8 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
                      target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Threshold attention of one query row per (sequence, head): q (B, H, d), k (B, Hkv, L, d), v (B, Hkv, L, dv),
     positions (B,) contiguous integers, lam a contiguous tensor of 1 or H values (any float dtype; the kernel applies
-    ``lam_transform``: None, "clamp" or "sigmoid") or None, beta (H,) fp32. Returns (B, H, dv) in q1's dtype."""
+    ``lam_transform``: None, "clamp" or "sigmoid") or None, beta (H,) fp32; ``stages`` an int (checked by the public
+    function) or None. Returns (B, H, dv) in q1's dtype."""
     B, H, d = q1.shape
     Hkv, L, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
@@ -104,7 +105,7 @@ def threshold_decode(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Op
         int(two and lam.numel() > 1)),
         dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page, TWO_VIEWS=two,
              NORMALIZE=bool(normalize), P_MODE=p_mode, LAM_MODE=LAM_MODES[lam_transform],
-             RECORD=read_flags is not None, STAGES=STAGES if stages is None else int(stages),
+             RECORD=read_flags is not None, STAGES=STAGES if stages is None else stages,
              num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, live, None, positions, out, H, L, splits, per, dv, page, False, target)
     return out
@@ -125,7 +126,7 @@ def softmax_decode(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, positions:
     _run("softmax_partial", softmax_partial_kernel, (B * H, splits), (
         q, k, v, positions, part, stats, *q.stride(), *k.stride(), *v.stride(), H, H // Hkv, L, splits, per,
         float(scale)), dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), PAGE=page,
-                            STAGES=SOFTMAX_STAGES if stages is None else int(stages),
+                            STAGES=SOFTMAX_STAGES if stages is None else stages,
                             num_warps=_warps(page, padded(d), padded(dv))), target)
     _combine(part, stats, sink, positions, out, H, L, splits, per, dv, page, True, target)
     return out
