@@ -20,11 +20,12 @@ PROGRAMS_PER_SM = 3   # the grid aims at least at this many programs per streami
 MAX_PAGES_PER_SPLIT = 16  # and keeps programs short, so that the last wave of a grid larger than the GPU is short
 INTERPRETER_PROGRAMS = 8
 STAGES = 3  # pages in flight per program (tl.range's num_stages; 1: no software pipelining)
-# (the split-plan sweeps, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and up
-# to 16 pages a program were the fastest or within 1% of it at batch 16 (4k, 32k); at batch 1 and 32k, 8 pages a
-# program with the 162M's 6 heads and 4 with paper_small's 3 were the fastest (1 or 3 pages: 7-20% slower), and at
-# batch 1 and 4k one page a program: three programs per SM give exactly these plans; our softmax kernel is faster
-# with pages of 128 keys and 2 in flight, its own defaults below, and 4 pages a program at batch 1 and 32k)
+# (the split-plan sweeps, BENCHMARKS.md "Decoding": for the threshold kernel, pages of 64 keys with 3 in flight and 16
+# pages a program were the fastest or within 1% of it at batch 16 (4k, 32k); at batch 1 and 32k, 8 pages a program
+# with the 162M's 6 heads and 4 with paper_small's 3 were the fastest (1 or 3 pages: 7-23% slower), and at batch 1
+# and 4k one page a program: three programs per SM give these batch-1 plans, 16 pages at batch 16 and 32k, and 8 or
+# 13 at batch 16 and 4k; our softmax kernel is faster with pages of 128 keys and 2 in flight, its own defaults
+# below, and 4 pages a program at batch 1 and 32k)
 SOFTMAX_PAGE = 128
 SOFTMAX_STAGES = 2
 
