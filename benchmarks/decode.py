@@ -52,6 +52,7 @@ import torch
 from benchmarks.runs import train_run
 from benchmarks.decode_kernels import failure, kernel_table, kernels_alone, launch_table, sweep_table
 from benchmarks.timing import Timer, time_replays
+from kernels.decode import PAGE
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONTEXTS = [1024, 2048, 4096, 8192, 16384, 32768]
@@ -319,12 +320,6 @@ def measure_point(model, name: str, point: Point, prompt: torch.Tensor, args, de
     del decoder
 
 
-def _page() -> int:
-    from kernels.decode import PAGE
-
-    return PAGE
-
-
 def cache_bytes(cache, positions: list[int], flags: list[torch.Tensor], name: str) -> float:
     """Bytes one step read from ``cache`` (all layers) for rows at ``positions``: with the threshold kernel's
     ``flags`` (one per layer), every view's keys and the values of the pages read; otherwise every visible key and
@@ -334,7 +329,7 @@ def cache_bytes(cache, positions: list[int], flags: list[torch.Tensor], name: st
         element = layer.v.element_size()
         if flags and name in THRESHOLD_VARIANTS:
             total += threshold_bytes(positions, flags[i], [k.shape[-1] for k in layer.k], layer.v.shape[-1],
-                                     element, _page()).bytes
+                                     element, PAGE).bytes
         else:
             widths = [(k.shape[1], k.shape[-1]) for k in layer.k] + [(layer.v.shape[1], layer.v.shape[-1])]
             total += dense_bytes(positions, widths, element)

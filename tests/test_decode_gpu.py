@@ -90,13 +90,13 @@ def _correlated(direction, B, T, g, strength, dtype):
     return (strength * direction + noise / direction.shape[-1] ** 0.5).to(dtype)
 
 
-@pytest.mark.parametrize("stages", [None, 3])
+@pytest.mark.parametrize("stages", [None, 1])  # the launcher's depth (3 pages in flight) and no pipelining
 @pytest.mark.parametrize("views", [2, 1])
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
 def test_threshold_kernel_at_long_contexts_against_float64(views, dtype, stages):
     """Paired TDA's layout (6 heads, q/k 64, v 128) or TRA's (12 of 64), 40k cache positions, rows at 40,000,
     9,000 and 31 keys; the output within the kernels' tolerance of float64 and the flags exactly the pages with a
-    survivor, with the launcher's pipeline depth and with three pages in flight."""
+    survivor, with the launcher's pipeline depth and with one page in flight."""
     g = torch.Generator(device="cuda").manual_seed(0)
     B, L = 3, 40_960
     H, d, dv = (6, 64, 128) if views == 2 else (12, 64, 64)
