@@ -234,9 +234,10 @@ def main(argv: list[str] | None = None) -> None:
                                weights.get(point.attention))
             results.append(result)
             print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
-    text = table(results) + profiles(results)
-    print(text)
-    args.out.write_text(text + "\n")
+            # the table so far, rewritten after every point: a grid cut short (a time limit, a failure) keeps
+            # what it measured, profiles included
+            args.out.write_text(table(results) + profiles(results) + "\n")
+    print(table(results) + profiles(results))
 
 
 if __name__ == "__main__":
