@@ -8,6 +8,12 @@ times the weight and times the hidden states), keeping only those. The backward 
 gradient. The FLOPs are the plain path's (the backward's two products move into the forward); the memory for the
 logits falls from O(tokens × vocab) to O(chunk × vocab). Roundings follow the plain path's: logits in the head's
 compute dtype (bf16 under autocast), softmax in float32, its gradient cast back to the logits' dtype for the products.
+
+The chunked path runs the head's three products on a vocabulary padded to a multiple of ``VOCAB_ALIGN`` (zero rows
+of the weight, their logits set to −inf, so they add exactly nothing to the softmax and get a zero gradient): GPT-2's
+50,257 classes make every row of the logits and of their gradient start at an address matrix-product kernels cannot
+load in aligned 16-byte vectors; 50,304 can. The padding is internal: the parameter, its gradient and the
+checkpoints keep the true vocabulary.
 """
 from __future__ import annotations
 
@@ -17,11 +23,24 @@ import torch.nn.functional as F
 from model.norms import at_least_fp32
 
 
-def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor
+VOCAB_ALIGN = 64  # classes the chunked path pads the head's weight to a multiple of (the module docstring says why)
+
+
+def _padded(weight: torch.Tensor) -> torch.Tensor:
+    """The head's weight (vocab, d) with zero rows appended up to a multiple of VOCAB_ALIGN (itself when none are
+    needed)."""
+    extra = -weight.shape[0] % VOCAB_ALIGN
+    return F.pad(weight, (0, 0, 0, extra)) if extra else weight
+
+
+def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int
                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.dtype]:
-    """(summed cross-entropy, logits in float32, their log-sum-exp, the logits' own dtype) of one chunk of rows."""
+    """(summed cross-entropy, logits in float32, their log-sum-exp, the logits' own dtype) of one chunk of rows;
+    ``weight`` padded (``_padded``) past the first ``vocab`` rows, whose logits are set to −inf."""
     logits = F.linear(hidden, weight)
     wide = at_least_fp32(logits)
+    if wide.shape[1] > vocab:
+        wide[:, vocab:] = float("-inf")  # exp(−inf) = 0: the padding adds nothing to the log-sum-exp or gradient
     lse = wide.logsumexp(dim=-1)
     return (lse - wide.gather(1, targets[:, None])[:, 0]).sum(), wide, lse, logits.dtype
 
@@ -32,20 +51,21 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk: int) -> torch.Tensor:
-        n = hidden.shape[0]
+        n, vocab = hidden.shape[0], weight.shape[0]
+        padded = _padded(weight)
         total = hidden.new_zeros((), dtype=torch.promote_types(hidden.dtype, torch.float32))
         grad_hidden = torch.empty_like(hidden)
-        grad_weight = torch.zeros_like(weight, dtype=torch.promote_types(weight.dtype, torch.float32))
+        grad_weight = torch.zeros_like(padded, dtype=torch.promote_types(weight.dtype, torch.float32))
         for start in range(0, n, chunk):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            loss, wide, lse, dtype = _chunk_loss(h, weight, t)
+            loss, wide, lse, dtype = _chunk_loss(h, padded, t, vocab)
             total += loss
-            grad = (wide - lse[:, None]).exp_()  # softmax
+            grad = (wide - lse[:, None]).exp_()  # softmax, 0 in the padding's columns
             grad.scatter_add_(1, t[:, None], grad.new_full((t.shape[0], 1), -1.0))
             grad = (grad / n).to(dtype)  # as the plain backward casts the float32 gradient to the logits' dtype
-            grad_hidden[start:start + chunk] = grad @ weight
+            grad_hidden[start:start + chunk] = grad @ padded
             grad_weight += grad.t() @ h
-        ctx.save_for_backward(grad_hidden, grad_weight.to(weight.dtype))
+        ctx.save_for_backward(grad_hidden, grad_weight[:vocab].to(weight.dtype))
         return total / n
 
     @staticmethod
@@ -67,5 +87,6 @@ def cross_entropy(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Ten
         raise ValueError(f"chunk must be a number of tokens >= 1, got {chunk}")
     if torch.is_grad_enabled() and (hidden.requires_grad or weight.requires_grad):
         return _ChunkedCrossEntropy.apply(hidden, weight, targets, chunk)
-    n = hidden.shape[0]
-    return sum(_chunk_loss(hidden[s:s + chunk], weight, targets[s:s + chunk])[0] for s in range(0, n, chunk)) / n
+    n, padded = hidden.shape[0], _padded(weight)
+    return sum(_chunk_loss(hidden[s:s + chunk], padded, targets[s:s + chunk], weight.shape[0])[0]
+               for s in range(0, n, chunk)) / n

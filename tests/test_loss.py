@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from model.gpt import GPT
-from model.loss import cross_entropy
+from model.loss import VOCAB_ALIGN, cross_entropy
 
 N, D, V = 37, 16, 53
 
@@ -67,3 +67,22 @@ def test_a_model_with_a_chunked_loss_gives_the_plain_loss_and_gradients():
     (plain, plain_grads), (chunked, chunked_grads) = results
     assert abs(float(plain - chunked)) < 1e-13
     assert all(torch.allclose(a, b, rtol=0, atol=1e-13) for a, b in zip(plain_grads, chunked_grads))
+
+
+@pytest.mark.parametrize("vocab", [VOCAB_ALIGN, VOCAB_ALIGN + 1, 2 * VOCAB_ALIGN - 1])
+def test_the_padded_vocabulary_changes_nothing_whatever_the_vocabulary(vocab):
+    """The chunked path pads the head to a multiple of VOCAB_ALIGN: none, one row short of a multiple (63 zero rows),
+    one row of padding; the loss and both gradients stay the plain ones, the weight's gradient of the true shape."""
+    generator = torch.Generator().manual_seed(1)
+    hidden = torch.randn(N, D, generator=generator, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(vocab, D, generator=generator, dtype=torch.float64, requires_grad=True)
+    last = torch.tensor([vocab - 1])  # the last true class, next to the padding
+    targets = torch.cat([last, torch.randint(vocab, (N - 1,), generator=generator)])
+    results = []
+    for chunk in (None, 8):
+        hidden.grad = weight.grad = None
+        loss = cross_entropy(hidden, weight, targets, chunk)
+        loss.backward()
+        results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
+    for want, got in zip(*results):
+        assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-13)

@@ -66,6 +66,27 @@ def test_init_from_starts_from_another_runs_weights(train_run):
     assert all((pa == pb).all() for pa, pb in zip(a.parameters(), b.parameters()))
 
 
+def test_a_non_finite_loss_stops_the_run_naming_its_step_and_no_checkpoint_holds_its_weights(train_run, train_base,
+                                                                                                 monkeypatch):
+    """Losses stay on the device between logged steps; the first non-finite one is still named, and no checkpoint
+    is saved after it (step 6 is poisoned: the checkpoint due at step 10 finds it, before any log reads a loss)."""
+    import training.loop as loop
+
+    real = loop.train_step
+
+    def poisoned(run):
+        loss, grad_norm, lr = real(run)
+        return (loss * float("nan") if run.step == 6 else loss), grad_norm, lr
+
+    monkeypatch.setattr(loop, "train_step", poisoned)
+    with pytest.raises(FloatingPointError, match=r"loss is nan at step 6; stopping, the last good checkpoint is kept"):
+        train_run("name=poisoned", "trainer.max_steps=20", "trainer.checkpoint_every=5", "logger.log_every=20",
+                  "trainer.eval_every=100")
+    runs_root = next(o.split("=", 1)[1] for o in train_base if o.startswith("runs_root="))
+    assert [p.name for p in list_checkpoints(Path(runs_root) / "poisoned")] == ["step_0000005"]
+    assert losses(Path(runs_root) / "poisoned") == {}
+
+
 def test_existing_run_directory_is_refused_without_resume(train_run):
     train_run("name=taken", "trainer.max_steps=1")
     with pytest.raises(ConfigError, match="already exists: pass resume=true"):

@@ -2,7 +2,6 @@
 and steps: forward/backward over micro-batches, clip, AdamW, log, evaluate, checkpoint."""
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -164,6 +163,7 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
     step_tokens = t.batch_size * int(cfg.model.seq_len)
     diagnostics = Diagnostics(cfg, d, run.val_batches)
     profiler = StepProfiler(t.profile_steps, t.profile_skip, d.device, run.dir, d.is_main)
+    losses = UnreadLosses()
     reporter.start(run.step, run.dir.name)
     run.train_model.train()
     while run.step < t.max_steps:
@@ -173,18 +173,20 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
         loss, grad_norm, lr = train_step(run)
         profiler.after_step()
         run.tokens += step_tokens
-        record = reporter.measure(run.step, run.tokens, step_tokens, loss, lr, grad_norm)
+        losses.add(run.step, loss)
+        record = reporter.measure(run.step, run.tokens, step_tokens, losses, lr, grad_norm)
         if run.step % t.eval_every == 0 or run.step == t.max_steps:
             record = record or {"step": run.step, "tokens": run.tokens}
             record["val_loss"] = evaluate(run)
         if diagnostics.due(run.step):
             record = record or {"step": run.step, "tokens": run.tokens}
             record.update(diagnostics.measure(run.model))
-        reporter.write(record, loss)
+        reporter.write(record)
         if stop_after_step(cfg, d, run.step, run.restarted):
             return
         signalled = d.any(stop.received is not None)
         if run.step % t.checkpoint_every == 0 or run.step == t.max_steps or signalled:
+            losses.check(d)  # never a checkpoint of weights a non-finite loss has reached
             save(run.dir, d, run.train_model, run.optimizer, run.loader,
                  {"step": run.step, "tokens": run.tokens, "wandb_id": reporter.wandb_id}, t.keep_last)
             pause_point("saved", run.step)
@@ -194,9 +196,41 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
             return
 
 
-def train_step(run: Run) -> tuple[float, float, float]:
+class UnreadLosses:
+    """The training losses of the steps since they were last read, kept on the device.
+
+    Reading a loss waits for the GPU to finish the step, and the GPU then idles while the host prepares the next
+    one; so a step's loss (and gradient norm) is read only where it is logged, and before a checkpoint, when every
+    unread loss is checked at once. A non-finite loss stops the run there, naming the first step that had one; the
+    last checkpoint saved is from before it."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.losses: list[torch.Tensor] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+
+    def check(self, d: Distributed) -> float | None:
+        """Raise FloatingPointError if any unread loss (on any process) is not finite; else forget them and return
+        the newest (this process's; None when there was none)."""
+        if not self.losses:
+            return None
+        values = torch.stack(self.losses).cpu()  # one wait for the device
+        steps, self.steps, self.losses = self.steps, [], []
+        bad = (~torch.isfinite(values)).nonzero()
+        if d.any(len(bad) > 0):
+            where = (f"loss is {float(values[bad[0, 0]])} at step {steps[bad[0, 0]]}" if len(bad)
+                     else f"the loss of another process is not finite by step {steps[-1]}")
+            raise FloatingPointError(f"{where}; stopping, the last good checkpoint is kept")
+        return float(values[-1])
+
+
+def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimiser step over the global batch (gradients accumulated over micro-batches, reduced on the
-    last): returns (mean loss over all processes, gradient norm before clipping, learning rate)."""
+    last): returns (this process's mean loss over its micro-batches and the gradient norm before clipping, both
+    0-d tensors left on the device unread, and the learning rate)."""
     d, b = run.d, run.batching
     lr = learning_rate(run.step, run.cfg, run.cfg.trainer.max_steps)
     for group in run.optimizer.param_groups:
@@ -209,16 +243,11 @@ def train_step(run: Run) -> tuple[float, float, float]:
                 _, loss = run.train_model(xm.to(d.device, non_blocking=True), ym.to(d.device, non_blocking=True))
             (loss / b.accumulation).backward()
         loss_sum += loss.detach()  # on the device: no wait for the GPU between micro-batches
-    train_loss = d.mean(float(loss_sum) / b.accumulation)
-    if not math.isfinite(train_loss):
-        raise FloatingPointError(f"loss is {train_loss} at step {run.step}; stopping, the last good checkpoint "
-                                 f"is kept")
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)
-    grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
     pause_point("step", run.step)
     run.optimizer.step()
     run.optimizer.zero_grad(set_to_none=True)
-    return train_loss, grad_norm, lr
+    return loss_sum / b.accumulation, grad_norm, lr
 
 
 def own_tokens(batch: tuple[torch.Tensor, torch.Tensor], d: Distributed) -> tuple[torch.Tensor, torch.Tensor]:

@@ -171,12 +171,16 @@ class Reporter:
             torch.cuda.reset_peak_memory_stats(self.d.device)
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
-    def measure(self, step: int, tokens: int, step_tokens: int, loss: float, lr: float,
-                grad_norm: float) -> dict | None:
-        """The record of a step that logger.log_every (or the last step) logs, else None."""
+    def measure(self, step: int, tokens: int, step_tokens: int, losses, lr: float,
+                grad_norm: torch.Tensor) -> dict | None:
+        """The record of a step that logger.log_every (or the last step) logs, else None. ``losses``: the loop's
+        UnreadLosses, read (and checked) only here; ``grad_norm`` the step's, on the device. The loss logged is the
+        mean over processes; tokens/s counts the time until the logged step's loss was on the host."""
         self.window_tokens += step_tokens
         if step % self.cfg.logger.log_every and step != self.cfg.trainer.max_steps:
             return None
+        loss = self.d.mean(losses.check(self.d))
+        grad_norm = float(grad_norm.full_tensor() if hasattr(grad_norm, "full_tensor") else grad_norm)
         elapsed = max(time.perf_counter() - self.window_start, 1e-9)
         record = {"step": step, "tokens": tokens, "loss": loss, "lr": lr, "grad_norm": grad_norm,
                   "tokens_per_s": self.window_tokens / elapsed, **logged_scalars(self.model)}
@@ -187,7 +191,7 @@ class Reporter:
         self.window_start, self.window_tokens = time.perf_counter(), 0
         return record
 
-    def write(self, record: dict | None, loss: float) -> None:
+    def write(self, record: dict | None) -> None:
         """Keep a record (rank 0) and advance the progress bar by one step."""
         if record is not None and self.d.is_main:
             self.metrics.write(record)
@@ -196,8 +200,9 @@ class Reporter:
             return
         self.progress.update(1)
         if record is not None:
-            shown = {"loss": f"{loss:.3f}"}
-            for key, label, fmt in (("tokens_per_s", "tok/s", ".0f"), ("mfu", "mfu", ".1%"), ("val_loss", "val", ".3f")):
+            shown = {}
+            for key, label, fmt in (("loss", "loss", ".3f"), ("tokens_per_s", "tok/s", ".0f"), ("mfu", "mfu", ".1%"),
+                                    ("val_loss", "val", ".3f")):
                 if key in record:
                     shown[label] = format(record[key], fmt)
             self.progress.set_postfix(shown)
