@@ -82,10 +82,12 @@ class RunResults:
         return min(self.summary["lengths"], key=lambda s: (abs(s["length"] - target), s["length"]))
 
 
-# Config keys that do not make runs different variants (seeds, names, machine settings).
+# Config keys that do not make runs different variants (seeds, names, machine settings, profiling). A key added to
+# the trainer after some runs were made appears in the newer runs' configs only: if it changes nothing the model
+# learns, it belongs here, or the newer runs would be labelled by it.
 IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
-                "trainer.threads", "trainer.compile", "trainer.context_parallel", "trainer.loss_chunk", "data.dir",
-                "data.workers")
+                "trainer.threads", "trainer.compile", "trainer.context_parallel", "trainer.loss_chunk",
+                "trainer.profile_steps", "trainer.profile_skip", "data.dir", "data.workers")
 
 
 @dataclass

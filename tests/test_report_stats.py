@@ -117,6 +117,19 @@ def test_a_model_setting_most_runs_share_is_left_out_of_labels(tmp_path):
         "softmax (model.n_head=6)", "softmax (model.n_head=12)"]
 
 
+def test_settings_that_change_nothing_learned_do_not_split_a_configuration(tmp_path):
+    """A seed run after trainer.profile_steps/profile_skip existed has them in its config, the older seeds do not
+    (and a run may be profiled): its seeds are still one configuration, named as before."""
+    runs = [fake_run(tmp_path, config, seed, loss, 0.9) for config in ("softmax", "tda")
+            for seed, loss in enumerate(LOSSES[config])]
+    for run, extra in ((runs[1], {"profile_steps": 0, "profile_skip": 10}), (runs[4], {"profile_steps": 5})):
+        config = OmegaConf.load(run / "config.yaml")
+        config.trainer.update(extra)
+        OmegaConf.save(config, run / "config.yaml")
+    groups = group_runs([load_results(r) for r in runs])
+    assert [(g.label, len(g.runs)) for g in groups] == [("softmax", 3), ("tda", 3)]
+
+
 def test_the_power_claim_compares_configurations_that_differ_in_the_power_alone(tmp_path):
     """p = 3 beats the default p = 2 while a p = 2 run with another norm_eps is the best of all: the verdict on
     "p = 2 is the best power" is no, as the norm_eps run says nothing about the power."""
