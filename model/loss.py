@@ -45,6 +45,25 @@ def _chunk_loss(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tenso
     return (lse - wide.gather(1, targets[:, None])[:, 0]).sum(), wide, lse, logits.dtype
 
 
+def _logits_gradient(wide: torch.Tensor, lse: torch.Tensor, targets: torch.Tensor, n: int,
+                     dtype: torch.dtype) -> torch.Tensor:
+    """The mean loss's gradient with respect to a chunk's logits, (softmax − one-hot) / n, computed in float32 from
+    ``wide`` (float32 logits, −inf in the padding's columns: their softmax is 0) and cast to the logits' ``dtype``, as
+    the plain backward casts it.
+
+    Two spellings of the same float32 operations, so the same bits: eagerly, in place (the softmax overwrites
+    ``wide``; the one-hot is a scatter of −1 into one element a row); under torch.compile, as one elementwise
+    expression, which the compiler fuses with the log-sum-exp's pass into a single kernel that writes the gradient
+    once in the logits' dtype (a scatter makes it write the float32 softmax first and read it back to cast it)."""
+    if torch.compiler.is_compiling():
+        softmax = (wide - lse[:, None]).exp()
+        target = torch.arange(wide.shape[1], device=wide.device) == targets[:, None]
+        return (torch.where(target, softmax - 1.0, softmax) / n).to(dtype)
+    grad = (wide - lse[:, None]).exp_()
+    grad.scatter_add_(1, targets[:, None], grad.new_full((targets.shape[0], 1), -1.0))
+    return (grad / n).to(dtype)
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of F.linear(hidden, weight) against targets, the gradients computed chunk by chunk in the
     forward."""
@@ -60,9 +79,7 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
             loss, wide, lse, dtype = _chunk_loss(h, padded, t, vocab)
             total += loss
-            grad = (wide - lse[:, None]).exp_()  # softmax, 0 in the padding's columns
-            grad.scatter_add_(1, t[:, None], grad.new_full((t.shape[0], 1), -1.0))
-            grad = (grad / n).to(dtype)  # as the plain backward casts the float32 gradient to the logits' dtype
+            grad = _logits_gradient(wide, lse, t, n, dtype)
             grad_hidden[start:start + chunk] = grad @ padded
             grad_weight += grad.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight[:vocab].to(weight.dtype))

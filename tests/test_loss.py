@@ -86,3 +86,34 @@ def test_the_padded_vocabulary_changes_nothing_whatever_the_vocabulary(vocab):
         results.append((loss.detach(), hidden.grad.clone(), weight.grad.clone()))
     for want, got in zip(*results):
         assert got.shape == want.shape and torch.allclose(got, want, rtol=0, atol=1e-13)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_the_gradients_two_spellings_give_the_same_bits(dtype, monkeypatch):
+    """_logits_gradient computes in place eagerly and as one elementwise expression under torch.compile (which fuses
+    it): the same float32 operations, so the same bits, with −inf padding columns and a target in the last class."""
+    from model import loss as loss_module
+
+    generator = torch.Generator().manual_seed(2)
+    wide = torch.randn(9, 70, generator=generator) * 4
+    wide[:, 64:] = float("-inf")
+    lse = wide.logsumexp(dim=-1)
+    targets = torch.cat([torch.tensor([63]), torch.randint(64, (8,), generator=generator)])
+    spelled = {}
+    for compiling in (False, True):
+        monkeypatch.setattr(torch.compiler, "is_compiling", lambda c=compiling: c)
+        spelled[compiling] = loss_module._logits_gradient(wide.clone(), lse, targets, 37, dtype)
+    assert spelled[False].dtype == spelled[True].dtype == dtype
+    assert torch.equal(spelled[False], spelled[True])
+    assert (spelled[True][:, 64:] == 0).all() and (spelled[True][0, 63] < 0)
+
+
+def test_the_compiled_chunked_loss_equals_the_plain_one():
+    """torch.compile of the chunked loss (the spelling the compiler fuses, the padded vocabulary) against the plain
+    loss in eager mode: value and both gradients."""
+    want = _loss_and_grads(None, torch.float32)
+    hidden, weight, targets = _inputs(torch.float32)
+    loss = torch.compile(cross_entropy, fullgraph=True)(hidden, weight, targets, 8)
+    loss.backward()
+    for name, w, g in zip(("loss", "hidden grad", "weight grad"), want, (loss.detach(), hidden.grad, weight.grad)):
+        assert (g - w).abs().max() <= 2e-6 * max(1.0, float(w.abs().max())), name
