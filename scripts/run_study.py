@@ -256,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--chunk", default=None, metavar="K/N",
                         help="run only the K-th of N consecutive parts of the planned runs (e.g. 1/2, then 2/2); the "
                              "figures and claims at the end cover every finished run in --out")
+    parser.add_argument("--no-figures", action="store_true",
+                        help="train, evaluate, analyse and collect only; draw the figures and claims later with the "
+                             "printed commands (over a large study they take minutes, and need no GPU)")
     parser.add_argument("--dry-run", action="store_true",
                         help="plan every run (configs composed, models built without weights), print the runs and "
                              "their commands, run nothing")
@@ -311,7 +314,9 @@ def main(argv: list[str] | None = None) -> int:
         listed = "[" + ",".join(in_root(p) for p in names) + "]"
         for cmd in ([sys.executable, "-m", "analysis.figures", f"runs={listed}", f"out={in_root(out / 'figures')}"],
                     [sys.executable, "-m", "analysis.report", f"runs={listed}", f"out={in_root(out / 'claims.md')}"]):
-            if subprocess.run(cmd, cwd=ROOT).returncode != 0:
+            if args.no_figures:
+                print(f"[study] not drawn (--no-figures): {shown(cmd)}", flush=True)
+            elif subprocess.run(cmd, cwd=ROOT).returncode != 0:
                 failed.append(cmd[2])
     print(f"[study] finished in {time.time() - t0:.0f}s; failed: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0

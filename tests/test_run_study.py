@@ -39,6 +39,11 @@ def test_study_trains_evaluates_analyses_and_collects(tiny_corpus, tmp_path):
     again = study(out, runs_root, "--grid", "attention=softmax,tda", common=common)
     assert again.returncode == 0 and again.stdout.count("already in") == 2
 
+    (out / "claims.md").unlink()
+    undrawn = study(out, runs_root, "--grid", "attention=softmax,tda", "--no-figures", common=common)
+    assert undrawn.returncode == 0 and not (out / "claims.md").exists()
+    assert "not drawn (--no-figures): python -m analysis.report" in undrawn.stdout, undrawn.stdout[-2000:]
+
     bad = study(tmp_path / "bad", runs_root, "--runs", "attention=nonexistent", common=common)
     assert bad.returncode != 0 and "error" in bad.stdout + bad.stderr
     assert not (tmp_path / "bad").exists()
