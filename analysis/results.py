@@ -86,8 +86,8 @@ class RunResults:
 # the trainer after some runs were made appears in the newer runs' configs only: if it changes nothing the model
 # learns, it belongs here, or the newer runs would be labelled by it.
 IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
-                "trainer.threads", "trainer.compile", "trainer.context_parallel", "trainer.loss_chunk",
-                "trainer.profile_steps", "trainer.profile_skip", "data.dir", "data.workers")
+                "trainer.threads", "trainer.compile", "trainer.cuda_graphs", "trainer.context_parallel",
+                "trainer.loss_chunk", "trainer.profile_steps", "trainer.profile_skip", "data.dir", "data.workers")
 
 
 @dataclass

@@ -87,6 +87,18 @@ def test_a_non_finite_loss_stops_the_run_naming_its_step_and_no_checkpoint_holds
     assert losses(Path(runs_root) / "poisoned") == {}
 
 
+@pytest.mark.parametrize("settings,message", [
+    (["trainer.cuda_graphs=yes"], r"trainer.cuda_graphs must be true or false, got 'yes'"),
+    (["trainer.cuda_graphs=true"], r"trainer.cuda_graphs=true needs trainer.compile=blocks or model \(given False\)"),
+    (["trainer.cuda_graphs=true", "trainer.compile=model", "trainer.device=cpu"],
+     r"needs trainer.device=auto or cuda on a machine with CUDA \(given cpu\)$"),
+], ids=["not-bool", "eager", "cpu"])
+def test_cuda_graphs_are_refused_where_they_cannot_run(train_run, settings, message):
+    """trainer.cuda_graphs needs a compiled model on a CUDA device (tests/test_train_gpu.py trains with them)."""
+    with pytest.raises(ConfigError, match=message):
+        train_run("name=graphs-refused", *settings)
+
+
 def test_existing_run_directory_is_refused_without_resume(train_run):
     train_run("name=taken", "trainer.max_steps=1")
     with pytest.raises(ConfigError, match="already exists: pass resume=true"):

@@ -68,6 +68,16 @@ def check_settings(cfg: DictConfig) -> None:
         raise ConfigError("trainer.compile=model takes strategy single or ddp; with fsdp2 use trainer.compile=blocks "
                           "(each block compiled inside its FSDP2 unit, so that its gathers stay overlapped)")
     _require("trainer.context_parallel", t.context_parallel, _is_int(t.context_parallel, 1), "an int >= 1")
+    _require("trainer.cuda_graphs", t.cuda_graphs, isinstance(t.cuda_graphs, bool), "true or false")
+    if t.cuda_graphs:
+        needs = [f"{k} (given {v})" for k, v, bad in (
+            ("trainer.compile=blocks or model", t.compile, compile_mode(cfg) is None),
+            ("trainer.strategy=single or ddp", t.strategy, t.strategy == "fsdp2"),
+            ("trainer.context_parallel=1", t.context_parallel, t.context_parallel != 1),
+            ("trainer.device=auto or cuda on a machine with CUDA", t.device,
+             t.device == "cpu" or not torch.cuda.is_available())) if bad]
+        if needs:
+            raise ConfigError("trainer.cuda_graphs=true needs " + "; ".join(needs))
     _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
              "null or an int >= 1 (tokens)")
     for key in ("profile_steps", "profile_skip"):

@@ -123,11 +123,12 @@ def wrap_model(model: torch.nn.Module, cfg: DictConfig, d: Distributed, precisio
     fewer, larger graphs; under DDP its backward is then one graph, so the gradients' all-reduce starts after it
     (per-block compilation overlaps them)."""
     mode = compile_mode(cfg)
+    options = {"mode": "reduce-overhead"} if cfg.trainer.cuda_graphs else {}  # CUDA graphs of the compiled graphs
     if mode == "blocks":
         for block in model.blocks:
-            block.compile()
+            block.compile(**options)
     elif mode == "model":
-        model.compile()
+        model.compile(**options)
     bf16 = precision == "bf16"
     autocast = (lambda: torch.autocast(device_type=d.device.type, dtype=torch.bfloat16)) if bf16 else nullcontext
     if d.strategy == "ddp":

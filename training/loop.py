@@ -164,6 +164,8 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
     diagnostics = Diagnostics(cfg, d, run.val_batches)
     profiler = StepProfiler(t.profile_steps, t.profile_skip, d.device, run.dir, d.is_main)
     losses = UnreadLosses()
+    if t.cuda_graphs:
+        fixed_gradients(run.model)
     reporter.start(run.step, run.dir.name)
     run.train_model.train()
     while run.step < t.max_steps:
@@ -237,7 +239,10 @@ def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:
         group["lr"] = lr
     x, y = own_tokens(run.loader.next_batch(), d)
     loss_sum = torch.zeros((), dtype=torch.float64, device=d.device)
+    graphs = run.cfg.trainer.cuda_graphs
     for i, (xm, ym) in enumerate(zip(x.split(b.micro), y.split(b.micro))):
+        if graphs:  # the previous replay's outputs are consumed: the graphs may write over them
+            torch.compiler.cudagraph_mark_step_begin()
         with gradient_sync(run.train_model, d, enabled=i == b.accumulation - 1):
             with run.autocast():
                 _, loss = run.train_model(xm.to(d.device, non_blocking=True), ym.to(d.device, non_blocking=True))
@@ -246,8 +251,17 @@ def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:
     grad_norm = torch.nn.utils.clip_grad_norm_(run.model.parameters(), run.cfg.optim.grad_clip)
     pause_point("step", run.step)
     run.optimizer.step()
-    run.optimizer.zero_grad(set_to_none=True)
+    run.optimizer.zero_grad(set_to_none=not graphs)  # CUDA graphs: the gradients' fixed buffers (fixed_gradients)
     return loss_sum / b.accumulation, grad_norm, lr
+
+
+def fixed_gradients(model: torch.nn.Module) -> None:
+    """Give every trainable parameter a zero gradient buffer of its own, for trainer.cuda_graphs. A gradient the
+    backward's CUDA graph returned into an empty .grad would stay in the graph's memory and be overwritten by the
+    next replay (the next micro-batch's); into an existing buffer it is added, and the buffer stays the parameter's."""
+    for p in model.parameters():
+        if p.requires_grad and p.grad is None:
+            p.grad = torch.zeros_like(p)
 
 
 def own_tokens(batch: tuple[torch.Tensor, torch.Tensor], d: Distributed) -> tuple[torch.Tensor, torch.Tensor]:
@@ -263,6 +277,8 @@ def evaluate(run: Run) -> float:
     total = 0.0
     for batch in run.val_batches:
         x, y = own_tokens(batch, run.d)
+        if run.cfg.trainer.cuda_graphs:
+            torch.compiler.cudagraph_mark_step_begin()
         with run.autocast():
             _, loss = run.train_model(x.to(run.d.device), y.to(run.d.device))
         total += float(loss)
