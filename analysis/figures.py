@@ -292,15 +292,17 @@ def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[f
 
 def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
     """Final validation loss per configuration (runs equal up to the seed, labelled as analysis.report's loss
-    table labels them): each seed a dot, the mean a bar end, softmax's mean a dashed line, and the mean's
-    difference in percent from softmax's of the same model size and data (none where there is no such run), best
-    configuration at the top."""
+    table labels them): each seed a dot, the mean a bar end, the reference softmax's mean a dashed line, and the
+    mean's difference in percent from softmax's of the same model size and data (none where there is no such run),
+    best configuration at the top. Where that softmax is not the reference (another model size), a short tick on
+    the configuration's own row marks its mean."""
     plt = _pyplot()
     rows, softmax = configuration_losses(runs)
     fig, ax = plt.subplots(figsize=(8, 0.45 * len(rows) + 1.3))
     lowest = min(min(v) for _, v, _, _ in rows)
     highest = max(max(v) for _, v, _, _ in rows)
     pad = 0.08 * (highest - lowest or 1.0)
+    ticked = False
     for y, (label, values, attention, ref) in enumerate(rows):
         mean = float(np.mean(values))
         ax.barh(y, mean - (lowest - pad), left=lowest - pad, height=0.5, alpha=0.35,
@@ -310,8 +312,13 @@ def loss_by_configuration(runs: list[RunResults], stem: Path) -> list[Path]:
         if ref is not None and not (attention == "softmax" and abs(mean - ref) < 1e-12):
             note += f", {100 * (mean / ref - 1):+.2f}%"
         ax.annotate(note, (max(values), y), xytext=(6, 0), textcoords="offset points", va="center", fontsize=7)
+        if ref is not None and attention != "softmax" and not (softmax and abs(ref - softmax[0]) < 1e-12):
+            ax.plot([ref, ref], [y - 0.35, y + 0.35], color="0.2", lw=1.2,
+                    label=None if ticked else "softmax of the same size (mean)")
+            ticked = True
     if softmax:
         ax.axvline(softmax[0], ls="--", color="0.3", lw=0.8, label="softmax (mean)")
+    if softmax or ticked:
         ax.legend(fontsize=7, loc="upper right")
     ax.set_yticks(range(len(rows)), [row[0] for row in rows], fontsize=7)
     ax.set_xlim(lowest - pad, highest + 3 * pad)
