@@ -155,6 +155,7 @@ class Reporter:
         self.peak = peak_flops(cfg, d.device)
         self.token_flops = flops_per_token(model, int(cfg.model.seq_len))
         self.progress = None
+        self.shown: dict[str, str] = {}  # the progress bar's latest values
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
     @property
@@ -199,13 +200,12 @@ class Reporter:
         if self.progress is None:
             return
         self.progress.update(1)
-        if record is not None:
-            shown = {}
+        if record is not None:  # a record without some of these (an evaluation between logged steps) keeps them
             for key, label, fmt in (("loss", "loss", ".3f"), ("tokens_per_s", "tok/s", ".0f"), ("mfu", "mfu", ".1%"),
                                     ("val_loss", "val", ".3f")):
                 if key in record:
-                    shown[label] = format(record[key], fmt)
-            self.progress.set_postfix(shown)
+                    self.shown[label] = format(record[key], fmt)
+            self.progress.set_postfix(self.shown)
 
     def close(self) -> None:
         if self.progress is not None:
