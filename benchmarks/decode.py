@@ -259,7 +259,7 @@ class Point:
 def recording(model):
     """Inside: each layer's ``decode_mix`` records its arguments, and the threshold kernel its page flags."""
     import kernels.decode as decode
-    import model.attention as attention
+    import model.attention.threshold as attention  # where the threshold variants call threshold_decode
 
     calls, flags = [], []
     originals = {block.attn: block.attn.decode_mix for block in model.blocks}

@@ -48,7 +48,8 @@ D_MODEL = 768
 
 
 def _ssmax_queries(q: torch.Tensor, scale: torch.Tensor) -> torch.Tensor:
-    """q_i · s_h ln(i + 1) in fp32, back in q's dtype (model.attention.ScalableSoftmaxAttention.scaled_queries)."""
+    """q_i · s_h ln(i + 1) in fp32, back in q's dtype
+    (model.attention.sink_free.ScalableSoftmaxAttention.scaled_queries)."""
     T = q.shape[2]
     factor = scale[:, None] * torch.log1p(torch.arange(T, device=q.device, dtype=torch.float32))
     return (q.float() * factor[:, :, None]).to(q.dtype)

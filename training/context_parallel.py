@@ -10,7 +10,7 @@ variant's attention reads: k, v, and both key views of the two-view variants) in
 reduce-scatters (sums) their gradients back to the members that own them. Each local chunk c then attends with its L
 queries to the gathered keys [0, (c + 1)·L) (``chunks``): the attention ops align query row i to key position
 i + Tk − Tq, which is then exactly the query's absolute position, so every variant computes the rows of the
-full-sequence attention (model/attention.py, ``_Attention.attend``).
+full-sequence attention (model/attention/base.py, ``_Attention.attend``).
 
 Gradients. Each process's loss is the mean over its own tokens, and every process of every group holds as many
 tokens, so the mean of the per-process losses is the mean over the global batch. Its gradient is the mean over
