@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 
 from analysis.attention import analyse
 from analysis.metrics import METRICS_VERSION
-from analysis.figures import make_figures, run_styles
+from analysis.draw.common import run_styles
+from analysis.figures import make_figures
 from analysis.report import make_report
 from analysis.results import load_results
 
@@ -208,7 +209,7 @@ def test_bad_input_gets_one_line_errors(runs, tmp_path):
 
 
 def test_figure_names_keep_dots_of_run_names(tmp_path):
-    from analysis.figures import save
+    from analysis.draw.common import save
     from evaluation.plots import pyplot
 
     fig = pyplot().figure()
@@ -287,7 +288,7 @@ def test_png_figures_are_stored_with_a_palette(tmp_path):
 def test_length_extrapolation_figure_averages_each_configuration_over_its_seeds(tmp_path):
     """extrapolation_curves groups runs as the loss table does and keeps every seed's perplexity at each evaluated
     length; the figure is drawn from them, and asking for it without any length_extrapolation.json is an error."""
-    from analysis.figures import extrapolation_curves, length_extrapolation
+    from analysis.draw.study import extrapolation_curves, length_extrapolation
     from analysis.results import RunResults
 
     def run(name, attention, seed, ppl):
@@ -317,7 +318,7 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
     the model its config builds, keeps every seed's loss and the runs' common token count, and leaves out a
     configuration run at one size only; the figure is drawn from them, and asking for it without two sizes is an
     error."""
-    from analysis.figures import size_gaps, size_trend, size_trends
+    from analysis.draw.size import size_gaps, size_trend, size_trends
     from analysis.results import RunResults
     from model.gpt import GPT
 
@@ -363,7 +364,7 @@ def test_size_trend_follows_each_configuration_over_model_sizes(tmp_path):
 def test_run_styles_tell_more_variants_than_colours_apart(tmp_path):
     """With more variants than the colour cycle's ten, each variant still gets its own (colour, line style); the
     seeds of one variant share it and only the first is labelled."""
-    from analysis.figures import run_styles
+    from analysis.draw.common import run_styles
     from analysis.results import RunResults
 
     runs = [RunResults(f"r{k}s{s}", tmp_path / f"r{k}s{s}",
@@ -380,7 +381,7 @@ def test_loss_vs_empty_rows_pairs_each_configurations_seeds(tmp_path):
     """empty_row_points pairs every seed's empty-row share at the training length with its validation loss, per
     configuration as the loss table groups them; a run without a summary is left out; the figure is drawn, and with
     no usable run it is an error."""
-    from analysis.figures import empty_row_points, loss_vs_empty_rows
+    from analysis.draw.study import empty_row_points, loss_vs_empty_rows
     from analysis.results import RunResults, group_runs
 
     def run(name, attention, seed, empty, loss, summary=True):

@@ -143,15 +143,16 @@ def fake_run(root: Path, name: str, diagnostics: bool) -> Path:
 def test_training_diagnostics_figure_from_metrics_jsonl(tmp_path):
     import matplotlib.image
 
-    from analysis.figures import _layer_series, make_figures
+    from analysis.draw.training import layer_series
+    from analysis.figures import make_figures
     from analysis.results import load_results
 
     logged, plain = fake_run(tmp_path, "tda-logged", True), fake_run(tmp_path, "tda-plain", False)
-    series = _layer_series(load_results(logged).metrics, "diag/tile_occupancy")
+    series = layer_series(load_results(logged).metrics, "diag/tile_occupancy")
     assert list(series) == ["0", "1", "2", "mean"]
     steps, values = series["2"]                       # layer 2 logged min(1, step/1000 · 3/3) every 100 steps
     assert steps == list(range(100, 1001, 100)) and values == pytest.approx([s / 1000 for s in steps])
-    assert list(_layer_series(load_results(plain).metrics, "lambda")) == ["0", "1", "2"]
+    assert list(layer_series(load_results(plain).metrics, "lambda")) == ["0", "1", "2"]
 
     out = tmp_path / "figures"
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -182,7 +183,7 @@ def test_training_diagnostics_figure_from_metrics_jsonl(tmp_path):
 def test_loss_by_configuration_groups_seeds_orders_by_mean_and_takes_softmax_as_reference(tmp_path):
     """Runs equal up to the seed form one row holding every seed's final validation loss (eval/val_loss.json over
     the logged val_loss), the best mean drawn at the top (last), softmax's mean the reference; no loss: an error."""
-    from analysis.figures import configuration_losses, loss_by_configuration
+    from analysis.draw.study import configuration_losses, loss_by_configuration
     from analysis.results import load_results
 
     def run(name, attention, seed, loss, beta=None, evaluated=None):
