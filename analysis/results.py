@@ -82,12 +82,12 @@ class RunResults:
         return min(self.summary["lengths"], key=lambda s: (abs(s["length"] - target), s["length"]))
 
 
-# Config keys that do not make runs different variants (seeds, names, machine settings, profiling). A key added to
-# the trainer after some runs were made appears in the newer runs' configs only: if it changes nothing the model
-# learns, it belongs here, or the newer runs would be labelled by it.
-IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "trainer.device",
-                "trainer.threads", "trainer.compile", "trainer.cuda_graphs", "trainer.context_parallel",
-                "trainer.loss_chunk", "trainer.profile_steps", "trainer.profile_skip", "data.dir", "data.workers")
+# Config keys that do not make runs different variants (seeds, names, paths, logging).
+IGNORED_KEYS = ("name", "seed", "runs_root", "resume", "init_from", "logger", "data.dir", "data.workers")
+# trainer.* says how a run is executed (device, processes, compilation, micro-batches, intervals, profiling): only
+# these of its keys change what the model learns or the validation loss it logs, and name a configuration. Every
+# other trainer key, including one added after some runs were made (in the newer runs' configs only), does not.
+TRAINER_SETTINGS = ("trainer.precision", "trainer.batch_size", "trainer.max_steps", "trainer.eval_batches")
 
 
 @dataclass
@@ -117,13 +117,16 @@ class Group:
 
 def config_settings(cfg: DictConfig) -> dict[str, str]:
     """A run's config flattened to {"dotted.key": repr(value)} without the keys that do not make a configuration
-    (IGNORED_KEYS: name, seed, paths, logging): runs with equal settings differ only in their seed."""
+    (IGNORED_KEYS: name, seed, paths, logging; the trainer's keys but TRAINER_SETTINGS): runs with equal settings
+    differ only in their seed."""
     out = {}
 
     def walk(node, prefix: str) -> None:
         for key, value in node.items():
             name = f"{prefix}{key}"
             if any(name == k or name.startswith(k + ".") for k in IGNORED_KEYS):
+                continue
+            if name.startswith("trainer.") and not isinstance(value, dict) and name not in TRAINER_SETTINGS:
                 continue
             if isinstance(value, dict):
                 walk(value, name + ".")

@@ -118,16 +118,20 @@ def test_a_model_setting_most_runs_share_is_left_out_of_labels(tmp_path):
 
 
 def test_settings_that_change_nothing_learned_do_not_split_a_configuration(tmp_path):
-    """A seed run after trainer.profile_steps/profile_skip existed has them in its config, the older seeds do not
-    (and a run may be profiled): its seeds are still one configuration, named as before."""
+    """A seed run after trainer.profile_steps/profile_skip existed has them in its config, the older seeds do not;
+    another seed saved checkpoints more often and ran compiled: its seeds are still one configuration, named as
+    before. A different batch size does split it."""
     runs = [fake_run(tmp_path, config, seed, loss, 0.9) for config in ("softmax", "tda")
             for seed, loss in enumerate(LOSSES[config])]
-    for run, extra in ((runs[1], {"profile_steps": 0, "profile_skip": 10}), (runs[4], {"profile_steps": 5})):
+    for run, extra in ((runs[1], {"profile_steps": 0, "profile_skip": 10}), (runs[4], {"profile_steps": 5}),
+                       (runs[5], {"checkpoint_every": 7, "compile": "model", "some_key_added_later": 1}),
+                       (runs[3], {"batch_size": 64})):
         config = OmegaConf.load(run / "config.yaml")
         config.trainer.update(extra)
         OmegaConf.save(config, run / "config.yaml")
     groups = group_runs([load_results(r) for r in runs])
-    assert [(g.label, len(g.runs)) for g in groups] == [("softmax", 3), ("tda", 3)]
+    assert sorted((g.label, len(g.runs)) for g in groups) == [("softmax", 3), ("tda", 2),
+                                                               ("tda (trainer.batch_size=64)", 1)]
 
 
 def test_the_power_claim_compares_configurations_that_differ_in_the_power_alone(tmp_path):
