@@ -168,20 +168,28 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     """Each claim of SPEC §5 (and SPEC §4's two-view claim), measured per group, with its verdict."""
     tda = [g for g in groups if g.attention == "tda"]
     mean = lambda g, m: _mean(_values(g, m))  # noqa: E731
-    of_softmax = lambda g, m: mean(ref, m) if (ref := softmax_for(groups, g)) else None  # noqa: E731
+
+    def verdict(measure, holds, against_softmax: bool = False) -> Callable[[Group], bool | None]:
+        """A group's verdict: holds(its mean[, the mean of softmax of the same size, or None]); None where its own
+        mean is missing. Each mean is read once."""
+        def test(g: Group) -> bool | None:
+            own = mean(g, measure)
+            if own is None:
+                return None
+            if not against_softmax:
+                return holds(own)
+            ref = softmax_for(groups, g)
+            return holds(own, mean(ref, measure) if ref else None)
+        return test
+
     out = []
 
     sparsity = _at_length("sparsity")
     out.append(Claim("TDA has ≥ 99% exact zeros", "99%", f"exact-zero share of causal entries "
                      f"(≥ {tol.sparsity_min})", _cells(groups, sparsity),
-                     _per_group(tda, lambda g: None if mean(g, sparsity) is None
-                                else mean(g, sparsity) >= tol.sparsity_min)))
-
-    def no_sink(g: Group) -> bool | None:
-        ratio, soft_ratio = mean(g, sink_ratio_max), of_softmax(g, sink_ratio_max)
-        if ratio is None:
-            return None
-        return ratio <= tol.sink_ratio_max and (soft_ratio is None or soft_ratio > ratio)
+                     _per_group(tda, verdict(sparsity, lambda own: own >= tol.sparsity_min))))
+    no_sink = verdict(sink_ratio_max, lambda own, soft: own <= tol.sink_ratio_max and (soft is None or soft > own),
+                      against_softmax=True)
     out.append(Claim("no attention sink: first-token ratio at the uniform level at every length, softmax's "
                      "above", "uniform vs rising", f"max over lengths of ratio / (H_T/T) (TDA ≤ "
                      f"{tol.sink_ratio_max}, softmax above TDA)", _cells(groups, sink_ratio_max),
@@ -189,8 +197,7 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     out.append(Claim("no attention sink (Gu et al.'s sink rate)", "—", f"share of (sequence, layer, head) with "
                      f"α_0 > 0.3 on 64 tokens, α_0 the mean weight on token 0 over all rows, empty ones counting 0 "
                      f"(TDA ≤ {tol.sink_rate_max})", _cells(groups, sink_rate),
-                     _per_group(tda, lambda g: None if mean(g, sink_rate) is None
-                                else mean(g, sink_rate) <= tol.sink_rate_max)))
+                     _per_group(tda, verdict(sink_rate, lambda own: own <= tol.sink_rate_max))))
     out.append(Claim("sink rate over non-empty rows only (diagnostic)", "—", "as above, α_0 averaged over the "
                      "non-empty rows only (empty rows dropped from the denominator; metrics version 1's rule)",
                      _cells(groups, sink_rate_nonempty_rows), "—"))
@@ -199,21 +206,20 @@ def claims(groups: list[Group], tol: DictConfig) -> list[Claim]:
     out.append(Claim("non-zeros per row stay O(1) as length grows", "O(1)", f"slope of log non-zeros per row "
                      f"against log length (TDA ≤ {tol.nonzeros_slope_max}; dense = 1)",
                      _cells(groups, nonzeros_slope),
-                     _per_group(tda, lambda g: None if mean(g, nonzeros_slope) is None
-                                else mean(g, nonzeros_slope) <= tol.nonzeros_slope_max)))
+                     _per_group(tda, verdict(nonzeros_slope, lambda own: own <= tol.nonzeros_slope_max))))
 
     loss = RunResults.final_val_loss
     out.append(Claim("validation loss on par with softmax", "3.1190 vs 3.1196", f"validation loss (TDA ≤ "
                      f"softmax × {1 + tol.loss_gap_max:g}, softmax of the same model and data)",
                      _cells(groups, loss),
-                     _per_group(tda, lambda g: None if of_softmax(g, loss) is None or mean(g, loss) is None
-                                else mean(g, loss) <= of_softmax(g, loss) * (1 + tol.loss_gap_max))))
+                     _per_group(tda, verdict(loss, lambda own, soft: None if soft is None
+                                             else own <= soft * (1 + tol.loss_gap_max), against_softmax=True))))
 
     passkey = lambda run: passkey_accuracy(run, int(tol.passkey_length))  # noqa: E731
     out.append(Claim(f"passkey retrieval at ~{tol.passkey_length} tokens better than softmax", "15% vs 6%",
                      "passkey exact-match accuracy at the nearest evaluated length (mean over depths and key counts)", _cells(groups, passkey),
-                     _per_group(tda, lambda g: None if of_softmax(g, passkey) is None or mean(g, passkey) is None
-                                else mean(g, passkey) > of_softmax(g, passkey))))
+                     _per_group(tda, verdict(passkey, lambda own, soft: None if soft is None else own > soft,
+                                             against_softmax=True))))
 
     powers = {}
     for g in power_family(tda):
