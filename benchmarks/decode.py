@@ -259,11 +259,11 @@ class Point:
 def recording(model):
     """Inside: each layer's ``decode_mix`` records its arguments, and the threshold kernel its page flags."""
     import kernels.decode as decode
-    import model.attention.threshold as attention  # where the threshold variants call threshold_decode
+    import model.attention.threshold as threshold  # where the threshold variants call threshold_decode
 
     calls, flags = [], []
     originals = {block.attn: block.attn.decode_mix for block in model.blocks}
-    real_threshold = attention.threshold_decode
+    real_threshold = threshold.threshold_decode
 
     def flagged(q1, k1, v, q2=None, k2=None, **kwargs):
         if not decode.kernel_applies(q1, k1, v, q2, k2):
@@ -278,11 +278,11 @@ def recording(model):
             return _original(q, cache, positions)
 
         attn.decode_mix = record
-    attention.threshold_decode = flagged
+    threshold.threshold_decode = flagged
     try:
         yield calls, flags
     finally:
-        attention.threshold_decode = real_threshold
+        threshold.threshold_decode = real_threshold
         for attn in originals:
             del attn.decode_mix
 

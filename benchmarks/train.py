@@ -236,8 +236,9 @@ def main(argv: list[str] | None = None) -> None:
             print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
             # the table so far, rewritten after every point: a grid cut short (a time limit, a failure) keeps
             # what it measured, profiles included
-            args.out.write_text(table(results) + profiles(results) + "\n")
-    print(table(results) + profiles(results))
+            text = table(results) + profiles(results)
+            args.out.write_text(text + "\n")
+    print(text)
 
 
 if __name__ == "__main__":

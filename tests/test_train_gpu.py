@@ -5,7 +5,6 @@ import json
 from pathlib import Path
 
 import pytest
-import torch
 
 pytestmark = pytest.mark.gpu
 
@@ -19,7 +18,6 @@ def logged(run_dir: Path) -> tuple[dict[int, float], dict[int, float]]:
 @pytest.mark.parametrize("attention", ["softmax", "tda"])
 @pytest.mark.parametrize("scope", ["model", "blocks"])
 def test_cuda_graphs_train_with_the_losses_of_the_compiled_model(train_run, attention, scope):
-    torch.manual_seed(0)
     common = [f"attention={attention}", f"trainer.compile={scope}", "trainer.max_steps=8", "trainer.batch_size=8",
               "trainer.micro_batch_size=4", "logger.log_every=1", "trainer.eval_every=4", "trainer.loss_chunk=100"]
     plain = logged(train_run(f"name=graphs-off-{attention}-{scope}", *common))

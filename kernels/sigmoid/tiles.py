@@ -4,7 +4,8 @@ The 16-bit entries for heads of 64 (d + dv ≤ 192 after padding) started from t
 (TRA) that were fastest in an H200 sweep (kernels/threshold/tiles.py): the kernels have TRA's structure, one product
 with v and no row state, with a sigmoid where TRA has its threshold and square. The forward's first entry is the one
 this kernel's own sweep timed fastest (64 × 64 in 4 warps; BENCHMARKS.md, "Sink-free forwards' tiles re-chosen").
-The wider entries follow the threshold kernels' choices by the compiler's register reports. ``python -m benchmarks.sink_free --sweep`` times the candidates.
+The wider entries follow the threshold kernels' choices by the compiler's register reports.
+``python -m benchmarks.sink_free --sweep`` times the candidates.
 """
 from __future__ import annotations
 
