@@ -19,7 +19,7 @@ from training.config import (Batching, ConfigError, adopt_saved_settings, batchi
                              check_resumed_config, check_run_dir, check_settings, resolve_precision)
 from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
 from training.faults import pause_point, stop_after_step
-from training.metrics import Diagnostics, Reporter, import_wandb
+from training.metrics import Diagnostics, Reporter, UnreadLosses, import_wandb
 from training.profiling import StepProfiler
 from training.rng import seed_everything
 from training.schedule import learning_rate
@@ -196,37 +196,6 @@ def steps(run: Run, reporter: Reporter, stop: StopSignal) -> None:
             if d.is_main:
                 print(f"received {stop.received or 'a stop signal'}: saved step {run.step}, exiting", flush=True)
             return
-
-
-class UnreadLosses:
-    """The training losses of the steps since they were last read, kept on the device.
-
-    Reading a loss waits for the GPU to finish the step, and the GPU then idles while the host prepares the next
-    one; so a step's loss (and gradient norm) is read only where it is logged, and before a checkpoint, when every
-    unread loss is checked at once. A non-finite loss stops the run there, naming the first step that had one; the
-    last checkpoint saved is from before it."""
-
-    def __init__(self):
-        self.steps: list[int] = []
-        self.losses: list[torch.Tensor] = []
-
-    def add(self, step: int, loss: torch.Tensor) -> None:
-        self.steps.append(step)
-        self.losses.append(loss)
-
-    def check(self, d: Distributed) -> float | None:
-        """Raise FloatingPointError if any unread loss (on any process) is not finite; else forget them and return
-        the newest (this process's; None when there was none)."""
-        if not self.losses:
-            return None
-        values = torch.stack(self.losses).cpu()  # one wait for the device
-        steps, self.steps, self.losses = self.steps, [], []
-        bad = (~torch.isfinite(values)).nonzero()
-        if d.any(len(bad) > 0):
-            where = (f"loss is {float(values[bad[0, 0]])} at step {steps[bad[0, 0]]}" if len(bad)
-                     else f"the loss of another process is not finite by step {steps[-1]}")
-            raise FloatingPointError(f"{where}; stopping, the last good checkpoint is kept")
-        return float(values[-1])
 
 
 def train_step(run: Run) -> tuple[torch.Tensor, torch.Tensor, float]:

@@ -3,7 +3,8 @@
 Every process measures (FSDP2 gathers λ and β from every rank); rank 0 writes. A record holds step, tokens,
 loss, lr, grad_norm, tokens_per_s (over the steps since the last record), every per-layer scalar of the
 attention (λ, learnable or warming-up β, ...), mfu (known GPUs, or trainer.peak_tflops), peak_memory_gb (CUDA),
-val_loss at evaluation steps, and the attention diagnostics (``Diagnostics``) at their steps.
+val_loss at evaluation steps, and the attention diagnostics (``Diagnostics``) at their steps. The training losses
+wait on the device until a record reads them (``UnreadLosses``).
 """
 from __future__ import annotations
 
@@ -143,6 +144,37 @@ class Diagnostics:
         return out
 
 
+class UnreadLosses:
+    """The training losses of the steps since they were last read, kept on the device.
+
+    Reading a loss waits for the GPU to finish the step, and the GPU then idles while the host prepares the next
+    one; so a step's loss (and gradient norm) is read only where it is logged, and before a checkpoint, when every
+    unread loss is checked at once. A non-finite loss stops the run there, naming the first step that had one; the
+    last checkpoint saved is from before it."""
+
+    def __init__(self):
+        self.steps: list[int] = []
+        self.losses: list[torch.Tensor] = []
+
+    def add(self, step: int, loss: torch.Tensor) -> None:
+        self.steps.append(step)
+        self.losses.append(loss)
+
+    def check(self, d: Distributed) -> float | None:
+        """Raise FloatingPointError if any unread loss (on any process) is not finite; else forget them and return
+        the newest (this process's; None when there was none)."""
+        if not self.losses:
+            return None
+        values = torch.stack(self.losses).cpu()  # one wait for the device
+        steps, self.steps, self.losses = self.steps, [], []
+        bad = (~torch.isfinite(values)).nonzero()
+        if d.any(len(bad) > 0):
+            where = (f"loss is {float(values[bad[0, 0]])} at step {steps[bad[0, 0]]}" if len(bad)
+                     else f"the loss of another process is not finite by step {steps[-1]}")
+            raise FloatingPointError(f"{where}; stopping, the last good checkpoint is kept")
+        return float(values[-1])
+
+
 class Reporter:
     """A run's records: measured on every process at logged steps, written by rank 0 to metrics.jsonl and
     wandb, and shown on its progress bar. Opening one writes into the run directory."""
@@ -172,7 +204,7 @@ class Reporter:
             torch.cuda.reset_peak_memory_stats(self.d.device)
         self.window_start, self.window_tokens = time.perf_counter(), 0
 
-    def measure(self, step: int, tokens: int, step_tokens: int, losses, lr: float,
+    def measure(self, step: int, tokens: int, step_tokens: int, losses: UnreadLosses, lr: float,
                 grad_norm: torch.Tensor) -> dict | None:
         """The record of a step that logger.log_every (or the last step) logs, else None. ``losses``: the loop's
         UnreadLosses, read (and checked) only here; ``grad_norm`` the step's, on the device. The loss logged is the
