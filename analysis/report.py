@@ -8,7 +8,8 @@ last val_loss in metrics.jsonl, passkey and length extrapolation from eval/passk
 eval/length_extrapolation.json when present ("not run" otherwise). A claim "holds" by the tolerances of
 conf/analysis_report.yaml, printed in the table. A second table compares every configuration's validation
 loss over seeds with softmax's (Welch's t-test, Holm-corrected: ``loss_table``), beside its exact zeros, empty
-rows and sink rate; a third lists every run. Writes the markdown to ``out`` and prints it.
+rows and sink rate; with ``confirm_seeds`` (seeds held out from picking a recipe) a section tests each recipe on
+those seeds alone (``confirmation_table``); a last table lists every run. Writes the markdown to ``out`` and prints it.
 Analysis summaries of another metrics version than this code's are refused (analysis.results).
 """
 from __future__ import annotations
@@ -16,12 +17,12 @@ from __future__ import annotations
 import math
 import statistics
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import hydra
-from omegaconf import DictConfig
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from analysis.metrics import TILE
 from analysis.results import (Group, RunResults, check_metrics_versions, families, group_runs, load_results,
@@ -335,6 +336,11 @@ def softmax_for(groups: list[Group], group: Group) -> Group | None:
     return reference_group(groups, context(group))
 
 
+def _delta(v: list[float], b: list[float]) -> str:
+    """The mean of ``v`` against the mean of ``b``, in percent, signed."""
+    return f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}"
+
+
 def loss_table(groups: list[Group]) -> list[str]:
     """Markdown lines: per configuration (runs equal up to the seed) the validation loss over seeds, mean ± sample
     standard deviation, its difference from softmax's mean in percent, Welch's two-sided p-value against
@@ -355,7 +361,7 @@ def loss_table(groups: list[Group]) -> list[str]:
         if g is ref:
             delta = "reference"
         elif v and r:
-            delta = f"{100 * (statistics.fmean(v) / statistics.fmean(r) - 1):+.2f}"
+            delta = _delta(v, r)
         else:
             delta = "—"
         lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), delta, _p(p), _p(p_holm),
@@ -379,7 +385,7 @@ def recipe_table(groups: list[Group]) -> list[str]:
             continue
         v, b = _values(g, loss), _values(base, loss)
         p = welch(v, b).p if len(v) > 1 and len(b) > 1 else None
-        delta = f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}" if v and b else "—"
+        delta = _delta(v, b) if v and b else "—"
         rows.append((g, base, v, b, delta, p))
     if not rows:
         return []
@@ -403,8 +409,100 @@ def _recipes(groups: list[Group]) -> str:
             "on fresh seeds.\n\n" + "\n".join(lines))
 
 
-def render(groups: list[Group], table: list[Claim]) -> str:
-    """The claims as one markdown table: claim, paper, measure, one column per group, holds."""
+def _seed_losses(group: Group, seeds: Collection[int] | None = None) -> list[tuple[int, float]]:
+    """(seed, validation loss) of each of ``group``'s runs whose seed is in ``seeds`` (None: every run) and that has
+    a loss, ordered by seed."""
+    pairs = ((int(run.config.seed), run.final_val_loss()) for run in group.runs)
+    return sorted((s, v) for s, v in pairs if v is not None and (seeds is None or s in seeds))
+
+
+def _seed_list(seeds: list[int]) -> str:
+    return ", ".join(map(str, seeds)) if seeds else "none"
+
+
+def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
+    """Markdown lines: every configuration that changes an attention's defaults (as recipe_table decides it) and has
+    two or more runs with a validation loss at ``seeds``, the seeds held out from picking a recipe, tested on those
+    runs alone: a winner picked on its screening seeds is flattered by them, so it is confirmed on seeds that did not
+    pick it. Each is compared (a) with its attention's default under the same non-attention settings at the same
+    fresh seeds (two or more of them, else —), and (b) with softmax under those settings (softmax_for) at the fresh
+    seeds when it has two or more there, else at all of its seeds (softmax is not picked among, so any of its seeds
+    is fair); the table names the seeds each side used. A softmax recipe's softmax is its default: it is compared
+    once, in (a). Δ: the difference of the means in percent; p (Welch): Welch's two-sided test; p (Holm): Holm's
+    adjustment over every comparison of the table, (a) and (b) together as one family. [] when no configuration
+    qualifies."""
+    fresh = {int(s) for s in seeds}
+    rows = []
+    for g in groups:
+        base = default_group(groups, g.attention, context(g))
+        if base is None or base is g:
+            continue
+        own = _seed_losses(g, fresh)
+        if len(own) < 2:
+            continue
+        v, at_base = [x for _, x in own], _seed_losses(base, fresh)
+        b_seeds, b = [s for s, _ in at_base], [x for _, x in at_base]
+        p_base = welch(v, b).p if len(b) > 1 else None
+        ref = softmax_for(groups, g)
+        if ref is None or ref is base:
+            soft, soft_note, p_soft = [], "—" if ref is None else "(the default)", None
+        else:
+            at = _seed_losses(ref, fresh)
+            every = len(at) < 2
+            at = _seed_losses(ref) if every else at
+            soft = [x for _, x in at]
+            soft_note = _seed_list([s for s, _ in at]) + (" (all: < 2 fresh)" if every else "")
+            p_soft = welch(v, soft).p if len(soft) > 1 else None
+        rows.append((g, own, v, base, b_seeds, b, p_base, ref, soft, soft_note, p_soft))
+    if not rows:
+        return []
+    adjusted = holm([r[6] for r in rows] + [r[-1] for r in rows])   # one family: both kinds of comparison
+    lines = ["| configuration | fresh seeds | val loss mean ± std | default | default's seeds | default's mean ± std "
+             "| Δ vs default (%) | p (Welch) | p (Holm) | softmax | softmax's seeds | softmax's mean ± std "
+             "| Δ vs softmax (%) | p (Welch) | p (Holm) |", "|" + "---|" * 15]
+    for i, (g, own, v, base, b_seeds, b, p_base, ref, soft, soft_note, p_soft) in enumerate(rows):
+        lines.append(" | ".join([
+            f"| {g.label}", _seed_list([s for s, _ in own]), _mean_std(v),
+            base.label, _seed_list(b_seeds), _mean_std(b), "—" if p_base is None else _delta(v, b), _p(p_base),
+            _p(adjusted[i]),
+            "—" if ref is None else ref.label, soft_note, _mean_std(soft), "—" if p_soft is None else _delta(v, soft),
+            _p(p_soft), _p(adjusted[len(rows) + i])]) + " |")
+    return lines
+
+
+def _confirmation(groups: list[Group], seeds: Sequence[int]) -> str:
+    if not seeds:
+        return ""
+    named = _seed_list(list(seeds))
+    lines = confirmation_table(groups, seeds)
+    head = "\n\n## Confirmation on fresh seeds\n\n"
+    if not lines:
+        return (head + f"No configuration that changes an attention's defaults has two or more runs with a "
+                f"validation loss at the fresh seeds {named}: nothing to confirm.")
+    return (head + f"Each configuration that changes an attention's defaults, on its runs at the seeds {named} "
+            "alone (`confirm_seeds`: seeds held out from picking a recipe, so they do not flatter the winner), "
+            "against its attention's default at the same seeds (two or more runs each, else —) and against softmax "
+            "with the same non-attention settings, at those seeds where softmax has two or more of them, else at all "
+            "of its seeds (softmax is not picked among; the column says which were used). Δ: the difference of the "
+            "means; p (Welch): Welch's two-sided t-test; p (Holm): adjusted over every comparison of this table, "
+            "against the default and against softmax together, as one family.\n\n" + "\n".join(lines))
+
+
+def parse_confirm_seeds(value) -> list[int]:
+    """``confirm_seeds`` of the config as a list of ints ([] when unset or empty); ValueError naming it when it is
+    not a list of integer seeds (a typo must not quietly drop the section)."""
+    if value is None:
+        return []
+    if isinstance(value, ListConfig):
+        value = OmegaConf.to_container(value)
+    if not isinstance(value, (list, tuple)) or not all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        raise ValueError(f"confirm_seeds must be a list of integer seeds, e.g. [3,4,5]; got {value!r}")
+    return list(value)
+
+
+def render(groups: list[Group], table: list[Claim], confirm_seeds: Sequence[int] = ()) -> str:
+    """The claims as one markdown table: claim, paper, measure, one column per group, holds; then the loss, recipe
+    and (with ``confirm_seeds``) fresh-seed confirmation tables and the runs."""
     labels = [g.label for g in groups]
     lines = ["| claim (SPEC §5) | paper | measure | " + " | ".join(labels) + " | holds |",
              "|" + "---|" * (len(labels) + 4)]
@@ -419,7 +517,8 @@ def render(groups: list[Group], table: list[Claim]) -> str:
             "size, data; — where there is none); p (Welch): Welch's two-sided t-test against those "
             "softmax seeds (two or more seeds each); p (Holm): adjusted over the configurations compared. Exact "
             "zeros and empty rows at the probe length nearest the training length, sink rate Gu et al.'s "
-            "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + _recipes(groups) + "\n\n## Per run\n\n"
+            "(means over seeds).\n\n" + "\n".join(loss_table(groups)) + _recipes(groups)
+            + _confirmation(groups, confirm_seeds) + "\n\n## Per run\n\n"
             "Exact zeros and empty rows (rows with no non-zero weight) at the probe length nearest the training "
             "length; sink rate: Gu et al.'s (α_0 over all rows of the 64-token probes, empty rows counting 0), in "
             "brackets the diagnostic with α_0 over non-empty rows only; "
@@ -429,11 +528,13 @@ def render(groups: list[Group], table: list[Claim]) -> str:
 
 
 def make_report(cfg: DictConfig) -> str:
-    """The claims table for ``cfg.runs``, written to ``cfg.out``; returns the markdown."""
+    """The claims table for ``cfg.runs``, written to ``cfg.out``; returns the markdown. ValueError for a
+    ``cfg.confirm_seeds`` that is not a list of integer seeds (checked before any run is read)."""
+    seeds = parse_confirm_seeds(cfg.get("confirm_seeds"))
     runs = [load_results(r) for r in run_list(cfg.runs)]
     check_metrics_versions(runs)
     groups = group_runs(runs)
-    text = render(groups, claims(groups, cfg.tolerance))
+    text = render(groups, claims(groups, cfg.tolerance), seeds)
     out = Path(cfg.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
