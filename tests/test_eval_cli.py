@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 import eval as evaluation_entry
-from analysis.report import passkey_accuracy
+from analysis.measures import passkey_accuracy
 from data.tokenizer import get_tokenizer
 from evaluation.passkey_prompt import make_prompt
 

@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 from test_report_stats import fake_run
 
-from analysis.report import _p, claims, confirmation_table, make_report, render
+from analysis.comparisons import confirmation_table, pvalue
+from analysis.report import claims, make_report, render
 from analysis.results import group_runs, load_results
 from analysis.stats import holm, welch
 
@@ -51,12 +52,12 @@ def test_a_recipe_is_tested_on_its_fresh_seeds_alone(tmp_path):
     assert row[1:6] == ["3, 4, 5", f"{statistics.fmean(beta):.4f} ± {statistics.stdev(beta):.4f}", "tda", "3, 4, 5",
                         f"{statistics.fmean(tda):.4f} ± {statistics.stdev(tda):.4f}"]
     assert float(row[6]) == pytest.approx(100 * (statistics.fmean(beta) / statistics.fmean(tda) - 1), abs=0.005)
-    assert row[7] == _p(welch(beta, tda).p)
+    assert row[7] == pvalue(welch(beta, tda).p)
     assert float(row[7]) == pytest.approx(welch(beta, tda).p, rel=0.05)
-    assert row[7] != _p(welch(list(PLAN["tda-beta0.5"].values()), list(PLAN["tda"].values())).p)
+    assert row[7] != pvalue(welch(list(PLAN["tda-beta0.5"].values()), list(PLAN["tda"].values())).p)
     assert row[9:12] == ["softmax", "3, 4, 5", f"{statistics.fmean(soft):.4f} ± {statistics.stdev(soft):.4f}"]
     assert float(row[12]) == pytest.approx(100 * (statistics.fmean(beta) / statistics.fmean(soft) - 1), abs=0.005)
-    assert row[13] == _p(welch(beta, soft).p) and row[12].startswith("+")   # on fresh seeds it loses to softmax
+    assert row[13] == pvalue(welch(beta, soft).p) and row[12].startswith("+")   # on fresh seeds it loses to softmax
 
 
 def test_holm_adjusts_over_both_kinds_of_comparison_as_one_family(tmp_path):
@@ -67,11 +68,11 @@ def test_holm_adjusts_over_both_kinds_of_comparison_as_one_family(tmp_path):
     order = ["tda (beta=0.5)", "tda (lambda_mode=clamp_st)"]
     raw = [welch(fresh(c), fresh("tda")).p for c in ("tda-beta0.5", "tda-clamp_st")] + \
           [welch(fresh(c), fresh("softmax")).p for c in ("tda-beta0.5", "tda-clamp_st")]
-    assert [rows[c][7] for c in order] + [rows[c][13] for c in order] == [_p(p) for p in raw]
+    assert [rows[c][7] for c in order] + [rows[c][13] for c in order] == [pvalue(p) for p in raw]
     adjusted = holm(raw)
-    assert [rows[c][8] for c in order] + [rows[c][14] for c in order] == [_p(p) for p in adjusted]
+    assert [rows[c][8] for c in order] + [rows[c][14] for c in order] == [pvalue(p) for p in adjusted]
     apart = holm(raw[:2]) + holm(raw[2:])
-    assert [_p(p) for p in adjusted] != [_p(p) for p in apart]   # one family differs from two here
+    assert [pvalue(p) for p in adjusted] != [pvalue(p) for p in apart]   # one family differs from two here
 
 
 def test_softmax_falls_back_to_all_its_seeds_and_a_default_without_fresh_seeds_is_not_compared(tmp_path):
@@ -88,7 +89,7 @@ def test_softmax_falls_back_to_all_its_seeds_and_a_default_without_fresh_seeds_i
     p = welch(fresh("tda-beta0.5"), soft).p
     assert row[9:12] == ["softmax", "0, 1, 3 (all: < 2 fresh)", f"{statistics.fmean(soft):.4f} ± "
                          f"{statistics.stdev(soft):.4f}"]
-    assert row[13:] == [_p(p), _p(p)]   # the only test made: Holm leaves it
+    assert row[13:] == [pvalue(p), pvalue(p)]   # the only test made: Holm leaves it
 
 
 def test_the_report_has_the_section_only_with_confirm_seeds(tmp_path):

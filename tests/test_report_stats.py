@@ -9,7 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from analysis.metrics import METRICS_VERSION
-from analysis.report import loss_table, make_report, power_family
+from analysis.comparisons import loss_table, power_family, recipe_table
+from analysis.report import claims, make_report
 from analysis.results import group_runs, load_results
 from analysis.stats import welch
 
@@ -157,7 +158,6 @@ def test_recipes_against_their_attentions_default(tmp_path):
     """recipe_table compares each configuration that changes TDA's defaults with the default TDA (not with
     softmax): Δ of the means, Welch's p where both have two or more seeds, Holm over the comparisons made; the
     report prints it under its own heading."""
-    from analysis.report import recipe_table
 
     runs = [fake_run(tmp_path, config, seed, loss, 0.9) for config, losses in LOSSES.items()
             for seed, loss in enumerate(losses)]
@@ -182,7 +182,6 @@ def test_every_comparison_is_made_at_the_same_model_size(tmp_path):
     """A configuration run at another model size (here model.n_head) is compared with softmax of that size, and a
     recipe with its attention's default of that size: never with another size's runs, whose loss differs by the
     size alone. A size without a softmax run has no reference (Δ and p are —, the parity claim is not judged)."""
-    from analysis.report import claims, recipe_table
 
     plan = {6: {"softmax": [3.98, 3.99, 3.97], "tda": [4.13, 4.16, 4.12]},
             12: {"softmax": [3.80, 3.82], "tda": [3.86, 3.87], "tda-beta0.5": [4.30]},

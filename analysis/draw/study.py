@@ -6,6 +6,7 @@ from pathlib import Path
 
 import numpy as np
 
+from analysis.comparisons import reference_group, softmax_for
 from analysis.draw.common import legend, run_styles, save
 from analysis.results import Group, RunResults, group_runs
 from evaluation.plots import pyplot
@@ -30,10 +31,9 @@ def loss_curves(runs: list[RunResults], stem: Path) -> list[Path]:
 def configuration_losses(runs: list[RunResults]) -> tuple[list[tuple[str, list[float], str, float | None]],
                                                          list[float]]:
     """(rows, reference) of loss_by_configuration: rows (label, the seeds' final validation losses, attention, the
-    mean loss of softmax of the same model size and data, analysis.report.softmax_for, or None) with the highest
+    mean loss of softmax of the same model size and data, analysis.comparisons.softmax_for, or None) with the highest
     mean first, so the best is drawn at the top; reference: [the mean of softmax as the studies run it]
-    (analysis.report.reference_group) or [] without it."""
-    from analysis.report import reference_group, softmax_for
+    (analysis.comparisons.reference_group) or [] without it."""
 
     groups = group_runs(runs)
     losses = {g.label: [v for v in (r.final_val_loss() for r in g.runs) if v is not None] for g in groups}
@@ -107,7 +107,6 @@ def loss_vs_empty_rows(runs: list[RunResults], stem: Path) -> list[Path]:
     """Final validation loss against the empty-row share, one point per configuration (the means over its seeds;
     the seeds as small dots), numbered beside it and named by number in the legend (names beside crowded points
     would overlap), softmax's mean loss as a dashed line."""
-    from analysis.report import reference_group
 
     groups = group_runs(runs)
     configs = empty_row_points(groups)
