@@ -14,7 +14,7 @@ from conftest import compose_train
 
 from model.attention import ATTENTIONS
 from model.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_run
-from training.config import RUN_DEFINING, ConfigError, build_checked_model
+from training.config import RUN_DEFINING, ConfigError, build_checked_model, compile_options
 from training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,6 +97,26 @@ def test_cuda_graphs_are_refused_where_they_cannot_run(train_run, settings, mess
     """trainer.cuda_graphs needs a compiled model on a CUDA device (tests/test_train_gpu.py trains with them)."""
     with pytest.raises(ConfigError, match=message):
         train_run("name=graphs-refused", *settings)
+
+
+@pytest.mark.parametrize("settings,message", [
+    (["trainer.autotune=fast"], r"trainer.autotune must be true or false, got 'fast'"),
+    (["trainer.autotune=true"], r"trainer.autotune=true needs trainer.compile=blocks or model \(given False\)$"),
+], ids=["not-bool", "eager"])
+def test_autotune_is_refused_without_compilation(train_run, settings, message):
+    with pytest.raises(ConfigError, match=message):
+        train_run("name=autotune-refused", *settings)
+
+
+@pytest.mark.parametrize("graphs,autotune,options", [
+    (False, False, {}), (True, False, {"mode": "reduce-overhead"}),
+    (False, True, {"mode": "max-autotune-no-cudagraphs"}), (True, True, {"mode": "max-autotune"}),
+])
+def test_compile_options_follow_cuda_graphs_and_autotune(graphs, autotune, options):
+    """torch.compile's mode for each pair of trainer.cuda_graphs and trainer.autotune: autotuning never drops the CUDA
+    graphs asked for, nor adds ones not asked for."""
+    cfg = OmegaConf.create({"trainer": {"compile": "model", "cuda_graphs": graphs, "autotune": autotune}})
+    assert compile_options(cfg) == options
 
 
 def test_existing_run_directory_is_refused_without_resume(train_run):

@@ -78,6 +78,10 @@ def check_settings(cfg: DictConfig) -> None:
              t.device == "cpu" or not torch.cuda.is_available())) if bad]
         if needs:
             raise ConfigError("trainer.cuda_graphs=true needs " + "; ".join(needs))
+    autotune = t.get("autotune", False)
+    _require("trainer.autotune", autotune, isinstance(autotune, bool), "true or false")
+    if autotune and compile_mode(cfg) is None:
+        raise ConfigError(f"trainer.autotune=true needs trainer.compile=blocks or model (given {t.compile})")
     _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
              "null or an int >= 1 (tokens)")
     for key in ("profile_steps", "profile_skip"):
@@ -102,6 +106,16 @@ def compile_mode(cfg: DictConfig) -> str | None:
     """What trainer.compile compiles: None, "blocks" (each block; true means this) or "model" (the whole model)."""
     mode = cfg.trainer.compile
     return "blocks" if mode is True else (mode or None)
+
+
+def compile_options(cfg: DictConfig) -> dict:
+    """torch.compile's keyword arguments for trainer.cuda_graphs and trainer.autotune: its mode reduce-overhead (CUDA
+    graphs), max-autotune-no-cudagraphs (matrix products and fused kernels chosen by timing candidates when first
+    compiled), max-autotune (both), or the default mode."""
+    graphs, autotune = bool(cfg.trainer.cuda_graphs), bool(cfg.trainer.get("autotune", False))
+    if autotune:
+        return {"mode": "max-autotune" if graphs else "max-autotune-no-cudagraphs"}
+    return {"mode": "reduce-overhead"} if graphs else {}
 
 
 @dataclass(frozen=True)

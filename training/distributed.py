@@ -10,7 +10,7 @@ import torch
 import torch.distributed as dist
 from omegaconf import DictConfig
 
-from training.config import ConfigError, compile_mode
+from training.config import ConfigError, compile_mode, compile_options
 from training.context_parallel import ContextParallel, context_group
 
 
@@ -122,8 +122,7 @@ def wrap_model(model: torch.nn.Module, cfg: DictConfig, d: Distributed, precisio
     compiler fuse what lies outside the blocks (embedding, final norm, output head and loss) and run the model as
     fewer, larger graphs; under DDP its backward is then one graph, so the gradients' all-reduce starts after it
     (per-block compilation overlaps them)."""
-    mode = compile_mode(cfg)
-    options = {"mode": "reduce-overhead"} if cfg.trainer.cuda_graphs else {}  # CUDA graphs of the compiled graphs
+    mode, options = compile_mode(cfg), compile_options(cfg)
     if mode == "blocks":
         for block in model.blocks:
             block.compile(**options)
