@@ -19,7 +19,7 @@ def num(value: float | None, digits: int = 3, percent: bool = False) -> str:
         return "—"
     return f"{100 * value:.1f}%" if percent else f"{value:.{digits}g}"
 
-def mean_std(values: list[float]) -> str:
+def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
     if len(values) == 1:
@@ -67,7 +67,7 @@ def softmax_for(groups: list[Group], group: Group) -> Group | None:
     return reference_group(groups, context(group))
 
 
-def percent_change(v: list[float], b: list[float]) -> str:
+def _percent_change(v: list[float], b: list[float]) -> str:
     """The mean of ``v`` against the mean of ``b``, in percent, signed."""
     return f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}"
 
@@ -92,10 +92,10 @@ def loss_table(groups: list[Group]) -> list[str]:
         if g is ref:
             delta = "reference"
         elif v and r:
-            delta = percent_change(v, r)
+            delta = _percent_change(v, r)
         else:
             delta = "—"
-        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), mean_std(v), delta, pvalue(p), pvalue(p_holm),
+        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), delta, pvalue(p), pvalue(p_holm),
                                  num(mean_or_none(group_values(g, sparsity)), percent=True),
                                  num(mean_or_none(group_values(g, empty)), percent=True),
                                  num(mean_or_none(group_values(g, sink_rate)))]) + " |")
@@ -116,15 +116,15 @@ def recipe_table(groups: list[Group]) -> list[str]:
             continue
         v, b = group_values(g, loss), group_values(base, loss)
         p = welch(v, b).p if len(v) > 1 and len(b) > 1 else None
-        delta = percent_change(v, b) if v and b else "—"
+        delta = _percent_change(v, b) if v and b else "—"
         rows.append((g, base, v, b, delta, p))
     if not rows:
         return []
     lines = ["| configuration | seeds | val loss mean ± std | default | its seeds | its mean ± std "
              "| Δ vs default (%) | p (Welch) | p (Holm) |", "|" + "---|" * 9]
     for (g, base, v, b, delta, p), p_holm in zip(rows, holm([r[-1] for r in rows])):
-        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), mean_std(v), base.label, str(len(base.runs)),
-                                 mean_std(b), delta, pvalue(p), pvalue(p_holm)]) + " |")
+        lines.append(" | ".join([f"| {g.label}", str(len(g.runs)), _mean_std(v), base.label, str(len(base.runs)),
+                                 _mean_std(b), delta, pvalue(p), pvalue(p_holm)]) + " |")
     return lines
 
 
@@ -140,14 +140,14 @@ def recipes_section(groups: list[Group]) -> str:
             "on fresh seeds.\n\n" + "\n".join(lines))
 
 
-def seed_losses(group: Group, seeds: Collection[int] | None = None) -> list[tuple[int, float]]:
+def _seed_losses(group: Group, seeds: Collection[int] | None = None) -> list[tuple[int, float]]:
     """(seed, validation loss) of each of ``group``'s runs whose seed is in ``seeds`` (None: every run) and that has
     a loss, ordered by seed."""
     pairs = ((int(run.config.seed), run.final_val_loss()) for run in group.runs)
     return sorted((s, v) for s, v in pairs if v is not None and (seeds is None or s in seeds))
 
 
-def seed_list(seeds: list[int]) -> str:
+def _seed_list(seeds: list[int]) -> str:
     return ", ".join(map(str, seeds)) if seeds else "none"
 
 
@@ -168,21 +168,21 @@ def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
         base = default_group(groups, g.attention, context(g))
         if base is None or base is g:
             continue
-        own = seed_losses(g, fresh)
+        own = _seed_losses(g, fresh)
         if len(own) < 2:
             continue
-        v, at_base = [x for _, x in own], seed_losses(base, fresh)
+        v, at_base = [x for _, x in own], _seed_losses(base, fresh)
         b_seeds, b = [s for s, _ in at_base], [x for _, x in at_base]
         p_base = welch(v, b).p if len(b) > 1 else None
         ref = softmax_for(groups, g)
         if ref is None or ref is base:
             soft, soft_note, p_soft = [], "—" if ref is None else "(the default)", None
         else:
-            at = seed_losses(ref, fresh)
+            at = _seed_losses(ref, fresh)
             every = len(at) < 2
-            at = seed_losses(ref) if every else at
+            at = _seed_losses(ref) if every else at
             soft = [x for _, x in at]
-            soft_note = seed_list([s for s, _ in at]) + (" (all: < 2 fresh)" if every else "")
+            soft_note = _seed_list([s for s, _ in at]) + (" (all: < 2 fresh)" if every else "")
             p_soft = welch(v, soft).p if len(soft) > 1 else None
         rows.append((g, own, v, base, b_seeds, b, p_base, ref, soft, soft_note, p_soft))
     if not rows:
@@ -193,18 +193,19 @@ def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
              "| Δ vs softmax (%) | p (Welch) | p (Holm) |", "|" + "---|" * 15]
     for i, (g, own, v, base, b_seeds, b, p_base, ref, soft, soft_note, p_soft) in enumerate(rows):
         lines.append(" | ".join([
-            f"| {g.label}", seed_list([s for s, _ in own]), mean_std(v),
-            base.label, seed_list(b_seeds), mean_std(b), "—" if p_base is None else percent_change(v, b), pvalue(p_base),
-            pvalue(adjusted[i]),
-            "—" if ref is None else ref.label, soft_note, mean_std(soft), "—" if p_soft is None else percent_change(v, soft),
-            pvalue(p_soft), pvalue(adjusted[len(rows) + i])]) + " |")
+            f"| {g.label}", _seed_list([s for s, _ in own]), _mean_std(v),
+            base.label, _seed_list(b_seeds), _mean_std(b), "—" if p_base is None else _percent_change(v, b),
+            pvalue(p_base), pvalue(adjusted[i]),
+            "—" if ref is None else ref.label, soft_note, _mean_std(soft),
+            "—" if p_soft is None else _percent_change(v, soft), pvalue(p_soft),
+            pvalue(adjusted[len(rows) + i])]) + " |")
     return lines
 
 
 def confirmation_section(groups: list[Group], seeds: Sequence[int]) -> str:
     if not seeds:
         return ""
-    named = seed_list(list(seeds))
+    named = _seed_list(list(seeds))
     lines = confirmation_table(groups, seeds)
     head = "\n\n## Confirmation on fresh seeds\n\n"
     if not lines:
