@@ -10,7 +10,7 @@ PDF under ``out``:
     first_token_ratio     r_i = |w_i0| / Σ_j |w_ij| against row position i at the longest probe length
                           (mean over layers) with the uniform reference 1/(i+1); and its row mean against
                           length with the uniform H_T / T
-    sink_by_layer         per layer: first-token ratio over its uniform value, and Gu et al.'s sink rate
+    sink_by_layer         per layer: first-token ratio over its uniform value, Gu et al.'s sink rate, empty probe rows
     dispersion            non-zeros per row, row entropy and largest normalised weight against length
     attention_maps_<run>  the saved combined maps of chosen heads (first tokens of a held-out window)
     lambda_by_layer       λ of every layer (TDA, differential) at the analysed checkpoint

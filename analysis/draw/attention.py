@@ -67,9 +67,11 @@ def first_token_ratio(runs: list[RunResults], stem: Path) -> list[Path]:
 
 def sink_by_layer(runs: list[RunResults], stem: Path, length: int | None = None) -> list[Path]:
     """Per layer: the first-token ratio over its uniform value H_T / T (at the probe length nearest the
-    training length), and Gu et al.'s sink rate; where a sink sits, and in which runs."""
+    training length), Gu et al.'s sink rate, and the share of the sink probes' rows with no non-zero weight (which
+    count 0 in the rate: a rate near 0 where most rows are empty says attention is off, not that it avoids token 0);
+    where a sink sits, and in which runs."""
     plt = pyplot()
-    fig, (ratio_ax, rate_ax) = plt.subplots(1, 2, figsize=(11, 3.6))
+    fig, (ratio_ax, rate_ax, empty_ax) = plt.subplots(1, 3, figsize=(15, 3.6))
     styles, shown, probes = run_styles(runs), set(), set()
     for run in runs:
         s = run.length_summary(length)
@@ -82,14 +84,19 @@ def sink_by_layer(runs: list[RunResults], stem: Path, length: int | None = None)
             probes.add((sink.get("length"), sink.get("epsilon")))
             rates = np.array(sink["sink_rate_per_layer"], dtype=float)
             rate_ax.plot(range(len(rates)), rates, marker="o", **styles[run.name])
+        if sink.get("empty_row_share_per_layer"):
+            empty = np.array(sink["empty_row_share_per_layer"], dtype=float)
+            empty_ax.plot(range(len(empty)), empty, marker="o", **styles[run.name])
     ratio_ax.axhline(1.0, color="k", ls="--", lw=1, label="uniform (ratio 1)")
     ratio_ax.set(yscale="log", xlabel="layer", ylabel="first-token ratio ÷ uniform H_T / T",
                  title=lengths_title(shown) + " (0 drawn at 10⁻³)")
     rate_ax.set(xlabel="layer", ylabel="sink rate (share with α₀ > ε)", ylim=(-0.03, 1.03),
                 title=", ".join(f"{t} tokens, ε = {e}" for t, e in sorted(probes, key=str)))
-    for ax in (ratio_ax, rate_ax):
+    empty_ax.set(xlabel="layer", ylabel="share of the probes' rows with no weight", ylim=(-0.03, 1.03),
+                 title="empty rows (counting 0 in the rate)")
+    for ax in (ratio_ax, rate_ax, empty_ax):
         ax.grid(alpha=0.3, which="both")
-    legend(ratio_ax, rate_ax)
+    legend(ratio_ax, empty_ax)
     return save(fig, stem)
 
 
