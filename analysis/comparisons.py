@@ -19,6 +19,7 @@ def num(value: float | None, digits: int = 3, percent: bool = False) -> str:
         return "—"
     return f"{100 * value:.1f}%" if percent else f"{value:.{digits}g}"
 
+
 def _mean_std(values: list[float]) -> str:
     if not values:
         return "—"
@@ -67,6 +68,13 @@ def softmax_for(groups: list[Group], group: Group) -> Group | None:
     return reference_group(groups, context(group))
 
 
+def recipes(groups: list[Group]) -> list[tuple[Group, Group]]:
+    """(recipe, its default) for every configuration that changes an attention's defaults and has that attention's
+    default configuration under the same non-attention settings (the same model size and data) among ``groups``."""
+    pairs = [(g, default_group(groups, g.attention, context(g))) for g in groups]
+    return [(g, base) for g, base in pairs if base is not None and base is not g]
+
+
 def _percent_change(v: list[float], b: list[float]) -> str:
     """The mean of ``v`` against the mean of ``b``, in percent, signed."""
     return f"{100 * (statistics.fmean(v) / statistics.fmean(b) - 1):+.2f}"
@@ -104,16 +112,12 @@ def loss_table(groups: list[Group]) -> list[str]:
 
 def recipe_table(groups: list[Group]) -> list[str]:
     """Markdown lines: every configuration that changes an attention's defaults against that attention's default
-    configuration under the same non-attention settings (the question of an ablation: does the recipe beat the
-    variant as shipped, at that model size?): the mean's
-    difference in percent, Welch's two-sided p-value (both with two or more seeds) and Holm's adjustment over the
+    configuration under the same non-attention settings (``recipes``; the question of an ablation: does the recipe
+    beat the variant as shipped, at that model size?): the mean's difference in percent, Welch's two-sided p-value (both with two or more seeds) and Holm's adjustment over the
     comparisons made. [] when no attention has both a default and a recipe."""
     loss = RunResults.final_val_loss
     rows = []
-    for g in groups:
-        base = default_group(groups, g.attention, context(g))
-        if base is None or base is g:
-            continue
+    for g, base in recipes(groups):
         v, b = group_values(g, loss), group_values(base, loss)
         p = welch(v, b).p if len(v) > 1 and len(b) > 1 else None
         delta = _percent_change(v, b) if v and b else "—"
@@ -152,9 +156,8 @@ def _seed_list(seeds: list[int]) -> str:
 
 
 def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
-    """Markdown lines: every configuration that changes an attention's defaults (as recipe_table decides it) and has
-    two or more runs with a validation loss at ``seeds``, the seeds held out from picking a recipe, tested on those
-    runs alone: a winner picked on its screening seeds is flattered by them, so it is confirmed on seeds that did not
+    """Markdown lines: every recipe (``recipes``) that has two or more runs with a validation loss at ``seeds``, the
+    seeds held out from picking a recipe, tested on those runs alone: a winner picked on its screening seeds is flattered by them, so it is confirmed on seeds that did not
     pick it. Each is compared (a) with its attention's default under the same non-attention settings at the same
     fresh seeds (two or more of them, else —), and (b) with softmax under those settings (softmax_for) at the fresh
     seeds when it has two or more there, else at all of its seeds (softmax is not picked among, so any of its seeds
@@ -164,10 +167,7 @@ def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
     qualifies."""
     fresh = {int(s) for s in seeds}
     rows = []
-    for g in groups:
-        base = default_group(groups, g.attention, context(g))
-        if base is None or base is g:
-            continue
+    for g, base in recipes(groups):
         own = _seed_losses(g, fresh)
         if len(own) < 2:
             continue
