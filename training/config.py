@@ -78,9 +78,8 @@ def check_settings(cfg: DictConfig) -> None:
              t.device == "cpu" or not torch.cuda.is_available())) if bad]
         if needs:
             raise ConfigError("trainer.cuda_graphs=true needs " + "; ".join(needs))
-    autotune = t.get("autotune", False)
-    _require("trainer.autotune", autotune, isinstance(autotune, bool), "true or false")
-    if autotune and compile_mode(cfg) is None:
+    _require("trainer.autotune", t.autotune, isinstance(t.autotune, bool), "true or false")
+    if t.autotune and compile_mode(cfg) is None:
         raise ConfigError(f"trainer.autotune=true needs trainer.compile=blocks or model (given {t.compile})")
     _require("trainer.loss_chunk", t.loss_chunk, t.loss_chunk is None or _is_int(t.loss_chunk, 1),
              "null or an int >= 1 (tokens)")
@@ -112,10 +111,10 @@ def compile_options(cfg: DictConfig) -> dict:
     """torch.compile's keyword arguments for trainer.cuda_graphs and trainer.autotune: its mode reduce-overhead (CUDA
     graphs), max-autotune-no-cudagraphs (matrix products and fused kernels chosen by timing candidates when first
     compiled), max-autotune (both), or the default mode."""
-    graphs, autotune = bool(cfg.trainer.cuda_graphs), bool(cfg.trainer.get("autotune", False))
-    if autotune:
-        return {"mode": "max-autotune" if graphs else "max-autotune-no-cudagraphs"}
-    return {"mode": "reduce-overhead"} if graphs else {}
+    t = cfg.trainer
+    if t.autotune:
+        return {"mode": "max-autotune" if t.cuda_graphs else "max-autotune-no-cudagraphs"}
+    return {"mode": "reduce-overhead"} if t.cuda_graphs else {}
 
 
 @dataclass(frozen=True)
