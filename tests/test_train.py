@@ -8,13 +8,15 @@ import time
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 from omegaconf import OmegaConf
 from conftest import compose_train
 
 from model.attention import ATTENTIONS
 from model.checkpoint import latest_checkpoint, list_checkpoints, load_checkpoint, load_run
-from training.config import RUN_DEFINING, ConfigError, build_checked_model, compile_options
+from training.config import RUN_DEFINING, ConfigError, build_checked_model
+from training.distributed import Distributed, wrap_model
 from training.loop import train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -108,15 +110,26 @@ def test_autotune_is_refused_without_compilation(train_run, settings, message):
         train_run("name=autotune-refused", *settings)
 
 
+@pytest.mark.parametrize("scope", ["model", "blocks"])
 @pytest.mark.parametrize("graphs,autotune,options", [
     (False, False, {}), (True, False, {"mode": "reduce-overhead"}),
     (False, True, {"mode": "max-autotune-no-cudagraphs"}), (True, True, {"mode": "max-autotune"}),
 ])
-def test_compile_options_follow_cuda_graphs_and_autotune(graphs, autotune, options):
-    """torch.compile's mode for each pair of trainer.cuda_graphs and trainer.autotune: autotuning never drops the CUDA
-    graphs asked for, nor adds ones not asked for."""
-    cfg = OmegaConf.create({"trainer": {"compile": "model", "cuda_graphs": graphs, "autotune": autotune}})
-    assert compile_options(cfg) == options
+def test_the_model_is_compiled_in_the_mode_of_cuda_graphs_and_autotune(scope, graphs, autotune, options):
+    """wrap_model compiles the whole model, or each block, with torch.compile's mode for each pair of
+    trainer.cuda_graphs and trainer.autotune: autotuning never drops the CUDA graphs asked for, nor adds ones not
+    asked for."""
+    compiled = []
+
+    class Part(torch.nn.Module):
+        def compile(self, **options):
+            compiled.append((self, options))
+
+    model = Part()
+    model.blocks = torch.nn.ModuleList([Part(), Part()])
+    cfg = OmegaConf.create({"trainer": {"compile": scope, "cuda_graphs": graphs, "autotune": autotune}})
+    wrap_model(model, cfg, Distributed(0, 1, 0, "single", torch.device("cpu")), "fp32")
+    assert compiled == ([(model, options)] if scope == "model" else [(b, options) for b in model.blocks])
 
 
 def test_existing_run_directory_is_refused_without_resume(train_run):
