@@ -113,8 +113,9 @@ def loss_table(groups: list[Group]) -> list[str]:
 def recipe_table(groups: list[Group]) -> list[str]:
     """Markdown lines: every configuration that changes an attention's defaults against that attention's default
     configuration under the same non-attention settings (``recipes``; the question of an ablation: does the recipe
-    beat the variant as shipped, at that model size?): the mean's difference in percent, Welch's two-sided p-value (both with two or more seeds) and Holm's adjustment over the
-    comparisons made. [] when no attention has both a default and a recipe."""
+    beat the variant as shipped, at that model size?): the mean's difference in percent, Welch's two-sided p-value
+    (both with two or more seeds) and Holm's adjustment over the comparisons made. [] when no attention has both a
+    default and a recipe."""
     loss = RunResults.final_val_loss
     rows = []
     for g, base in recipes(groups):
@@ -157,14 +158,14 @@ def _seed_list(seeds: list[int]) -> str:
 
 def confirmation_table(groups: list[Group], seeds: Sequence[int]) -> list[str]:
     """Markdown lines: every recipe (``recipes``) that has two or more runs with a validation loss at ``seeds``, the
-    seeds held out from picking a recipe, tested on those runs alone: a winner picked on its screening seeds is flattered by them, so it is confirmed on seeds that did not
-    pick it. Each is compared (a) with its attention's default under the same non-attention settings at the same
-    fresh seeds (two or more of them, else —), and (b) with softmax under those settings (softmax_for) at the fresh
-    seeds when it has two or more there, else at all of its seeds (softmax is not picked among, so any of its seeds
-    is fair); the table names the seeds each side used. A softmax recipe's softmax is its default: it is compared
-    once, in (a). Δ: the difference of the means in percent; p (Welch): Welch's two-sided test; p (Holm): Holm's
-    adjustment over every comparison of the table, (a) and (b) together as one family. [] when no configuration
-    qualifies."""
+    seeds held out from picking a recipe, tested on those runs alone: a winner picked on its screening seeds is
+    flattered by them, so it is confirmed on seeds that did not pick it. Each is compared (a) with its attention's
+    default under the same non-attention settings at the same fresh seeds (two or more of them, else —), and (b)
+    with softmax under those settings (softmax_for) at the fresh seeds when it has two or more there, else at all of
+    its seeds (softmax is not picked among, so any of its seeds is fair); the table names the seeds each side used.
+    A softmax recipe's softmax is its default: it is compared once, in (a). Δ: the difference of the means in
+    percent; p (Welch): Welch's two-sided test; p (Holm): Holm's adjustment over every comparison of the table, (a)
+    and (b) together as one family. [] when no configuration qualifies."""
     fresh = {int(s) for s in seeds}
     rows = []
     for g, base in recipes(groups):
