@@ -132,10 +132,13 @@ def test_matches_naive_float64(name, options, slab, length, monkeypatch):
     params = [p for p in attn.parameters()]
     got = torch.autograd.grad((out * probe).sum(), [x] + params, allow_unused=True)
     want = torch.autograd.grad((ref * probe).sum(), [x] + params, allow_unused=True)
+    # a gradient that is 0 in exact arithmetic (q's and k's with one key, whose softmax weight is 1) holds only
+    # rounding residue on each side, so each error is measured against the largest gradient's norm as well
+    scale = max(float(w.norm()) for w in want if w is not None)
     for (pname, _), g, w in zip([("x", None)] + list(attn.named_parameters()), got, want):
         assert (g is None) == (w is None), pname
         if w is not None:
-            assert rel_err(g, w) < 1e-9 if w.norm() > 0 else float(g.norm()) == 0.0, pname
+            assert float((g - w).norm()) <= 1e-9 * float(w.norm()) + 1e-13 * scale, pname
 
 
 @pytest.mark.parametrize("name", ["tda", "tra", "softpick"])
