@@ -87,3 +87,19 @@ def test_one_pass_preset_is_paper_small_for_at_most_one_pass():
     assert t.max_steps * t.batch_size * one.model.seq_len <= 19.9e6 and t.max_steps * t.batch_size <= 39_375
     assert t.max_steps < small.trainer.max_steps and t.max_steps % t.eval_every == 0
     assert (one.optim.schedule, one.optim.warmup_steps) == ("cosine", small.optim.warmup_steps)
+
+
+@pytest.mark.parametrize("compile_setting", [False, "model", "blocks"])
+@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("attention", ["differential", "softmax", "tda"])
+def test_compile_caveat_names_only_the_compiled_differential_on_a_gpu(attention, device, compile_setting):
+    import torch
+
+    from training.config import compile_caveat
+
+    cfg = compose_train([f"attention={attention}", f"trainer.compile={compile_setting}"])
+    caveat = compile_caveat(cfg, torch.device(device))
+    if attention == "differential" and device == "cuda" and compile_setting:
+        assert caveat is not None and "attention=differential" in caveat and "trainer.compile=false" in caveat
+    else:
+        assert caveat is None

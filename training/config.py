@@ -157,6 +157,24 @@ def resolve_precision(cfg: DictConfig, device: torch.device) -> str:
     return precision
 
 
+# (attention, why): settings measured to train differently compiled on a GPU than eager
+COMPILE_CAVEATS = {
+    "differential": "a compiled differential model trained differently from the eager one on an H200 (its lambda "
+                    "ran away: 5.18 against <= 0.73 eager after 400 paper_small steps, RESULTS.md); until the cause is "
+                    "found, train it with trainer.compile=false",
+}
+
+
+def compile_caveat(cfg: DictConfig, device: torch.device) -> str | None:
+    """A warning for a setting that trains differently compiled on a GPU than eager (``COMPILE_CAVEATS``), else None.
+    A warning, not an error: the compiled run still computes a model of the named kind, and a user reproducing the
+    divergence needs to be able to run it."""
+    why = COMPILE_CAVEATS.get(cfg.attention.name)
+    if why is None or compile_mode(cfg) is None or device.type != "cuda":
+        return None
+    return f"trainer.compile={cfg.trainer.compile} with attention={cfg.attention.name}: {why}"
+
+
 def check_run_dir(cfg: DictConfig, run_dir: Path) -> None:
     """Refuse to overwrite a run, and to resume one that does not exist."""
     if cfg.resume and not (run_dir / CONFIG).is_file():

@@ -2,6 +2,7 @@
 and steps: forward/backward over micro-batches, clip, AdamW, log, evaluate, checkpoint."""
 from __future__ import annotations
 
+import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,7 +17,7 @@ from model.checkpoint import CONFIG, latest_checkpoint, run_name
 from model.gpt import GPT
 from training.checkpointing import load_initial_weights, restore, save
 from training.config import (Batching, ConfigError, adopt_saved_settings, batching, build_checked_model,
-                             check_resumed_config, check_run_dir, check_settings, resolve_precision)
+                             check_resumed_config, check_run_dir, check_settings, compile_caveat, resolve_precision)
 from training.distributed import Distributed, gradient_sync, restarted, setup_distributed, teardown, wrap_model
 from training.faults import pause_point, stop_after_step
 from training.metrics import Diagnostics, Reporter, UnreadLosses, import_wandb
@@ -88,6 +89,9 @@ def prepare(cfg: DictConfig, d: Distributed) -> Run:
         import_wandb(cfg)  # a missing package or a bad mode stops the run here
     check_settings(cfg)
     precision = resolve_precision(cfg, d.device)
+    caveat = compile_caveat(cfg, d.device)
+    if caveat and d.is_main:
+        warnings.warn(caveat, stacklevel=2)
     if cfg.trainer.threads:
         torch.set_num_threads(int(cfg.trainer.threads))
     layout = batching(cfg, d.world, d.context_size)
