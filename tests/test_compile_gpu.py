@@ -1,8 +1,9 @@
 """torch.compile computes what eager computes: for every registered attention, the whole model compiled
 (``trainer.compile=model``'s ``model.compile()``) gives the eager model's loss and every parameter's gradient on the
-same batch, in float32 and under bf16 autocast, at the kernels' head size (64) and a length that is not a multiple
-of their tiles. A 6,000-step differential run diverged when compiled on an H100/H200 (RESULTS.md), so a compiled
-graph that trains differently must show here, parameter by parameter, not after hours of training."""
+same batch as accurately, each measured against the model in float64, in float32 and under bf16 autocast, at the
+kernels' head size (64) and a length that is not a multiple of their tiles. A 6,000-step differential run diverged
+when compiled on an H200 (RESULTS.md), so a compiled graph that trains differently must show here, parameter by
+parameter, not after hours of training."""
 import copy
 
 import pytest
@@ -40,25 +41,39 @@ def _loss_and_grads(model, x, y, bf16: bool):
                                    if p.grad is not None}
 
 
+def _errors(grads: dict, ref: dict) -> dict:
+    """Each parameter's gradient error against the float64 reference, relative to the reference's norm."""
+    return {n: float((grads[n].double().cpu() - ref[n]).norm() / ref[n].norm().clamp_min(1e-30)) for n in ref}
+
+
 @pytest.mark.parametrize("bf16", [False, True], ids=["fp32", "bf16"])
 @pytest.mark.parametrize("attention", VARIANTS)
-def test_compiled_model_has_the_eager_loss_and_gradients(attention, bf16):
+def test_compiled_model_is_as_accurate_as_eager(attention, bf16):
+    """Compiled and eager gradients are each measured against the same model in float64 on the CPU (the exact
+    path), and the compiled one may not be more than twice as far from it as the eager one (plus a floor for
+    rounding). Compared with each other alone, bf16 runs of the threshold variants differ by whichever scores
+    rounding moved across the threshold, so a direct comparison cannot tell a compiler's fault from rounding;
+    against float64, a compiled graph that computes something else shows as an error eager does not have."""
     torch._dynamo.reset()
     eager = _model(attention)
     compiled = copy.deepcopy(eager)
     compiled.compile()
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 512, (4, 333), generator=g).cuda()
-    y = torch.randint(0, 512, (4, 333), generator=g).cuda()
+    x = torch.randint(0, 512, (4, 333), generator=g)
+    y = torch.randint(0, 512, (4, 333), generator=g)
+    loss_r, grads_r = _loss_and_grads(copy.deepcopy(eager).cpu().double(), x, y, bf16=False)
+    x, y = x.cuda(), y.cuda()
     loss_e, grads_e = _loss_and_grads(eager, x, y, bf16)
     # twice: the first call traces, the second runs the cached graphs (what training runs from step 2 on)
     _loss_and_grads(compiled, x, y, bf16)
     loss_c, grads_c = _loss_and_grads(compiled, x, y, bf16)
-    assert sorted(grads_c) == sorted(grads_e), "compiled and eager models left gradients on different parameters"
-    rel = {n: float((grads_c[n] - grads_e[n]).norm() / grads_e[n].norm().clamp_min(1e-30)) for n in grads_e}
-    worst = sorted(rel.items(), key=lambda kv: -kv[1])[:6]
-    report = ", ".join(f"{n}: {r:.2e}" for n, r in worst)
-    tol = 3e-2 if bf16 else 1e-3
-    assert float(loss_c) == pytest.approx(float(loss_e), rel=tol / 10), \
-        f"{attention}: loss compiled {float(loss_c):.6f} eager {float(loss_e):.6f}"
-    assert max(rel.values()) < tol, f"{attention}: gradients differ (relative norm of the difference) {report}"
+    assert sorted(grads_c) == sorted(grads_e) == sorted(grads_r), "the models left gradients on different parameters"
+    err_e, err_c = _errors(grads_e, grads_r), _errors(grads_c, grads_r)
+    floor = 2e-2 if bf16 else 1e-3
+    bad = {n: (err_c[n], err_e[n]) for n in grads_r if err_c[n] > 2 * err_e[n] + floor}
+    report = ", ".join(f"{n}: compiled {c:.2e} eager {e:.2e}" for n, (c, e) in
+                       sorted(bad.items(), key=lambda kv: -kv[1][0])[:6])
+    loss_tol = 2e-3 if bf16 else 1e-5
+    assert abs(float(loss_c) - float(loss_r)) <= 2 * abs(float(loss_e) - float(loss_r)) + loss_tol * float(loss_r), \
+        f"{attention}: loss compiled {float(loss_c):.6f} eager {float(loss_e):.6f} float64 {float(loss_r):.6f}"
+    assert not bad, f"{attention}: compiled gradients further from float64 than eager ones (relative error) {report}"
