@@ -37,8 +37,8 @@ def _loss_and_grads(model, x, y, bf16: bool):
     with torch.autocast("cuda", dtype=torch.bfloat16, enabled=bf16):
         _, loss = model(x, y)
     loss.backward()
-    return loss.detach().float(), {n: p.grad.detach().float().clone() for n, p in model.named_parameters()
-                                   if p.grad is not None}
+    return loss.detach().double(), {n: p.grad.detach().clone() for n, p in model.named_parameters()
+                                    if p.grad is not None}
 
 
 def _errors(grads: dict, ref: dict) -> dict:
