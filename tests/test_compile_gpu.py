@@ -58,22 +58,35 @@ def test_compiled_model_is_as_accurate_as_eager(attention, bf16):
     eager = _model(attention)
     compiled = copy.deepcopy(eager)
     compiled.compile()
+    reference = copy.deepcopy(eager).cpu().double()
     g = torch.Generator().manual_seed(1)
-    x = torch.randint(0, 512, (4, 333), generator=g)
-    y = torch.randint(0, 512, (4, 333), generator=g)
-    loss_r, grads_r = _loss_and_grads(copy.deepcopy(eager).cpu().double(), x, y, bf16=False)
-    x, y = x.cuda(), y.cuda()
-    loss_e, grads_e = _loss_and_grads(eager, x, y, bf16)
-    # twice: the first call traces, the second runs the cached graphs (what training runs from step 2 on)
-    _loss_and_grads(compiled, x, y, bf16)
-    loss_c, grads_c = _loss_and_grads(compiled, x, y, bf16)
-    assert sorted(grads_c) == sorted(grads_e) == sorted(grads_r), "the models left gradients on different parameters"
-    err_e, err_c = _errors(grads_e, grads_r), _errors(grads_c, grads_r)
+    # errors averaged over three batches: under bf16 the error of a small gradient (a λ's) varies several-fold from
+    # batch to batch in either mode, so a single batch decides by chance; a compiled graph that computes something
+    # else is off on every batch
+    err_e, err_c, losses = {}, {}, []
+    for _ in range(3):
+        x = torch.randint(0, 512, (4, 333), generator=g)
+        y = torch.randint(0, 512, (4, 333), generator=g)
+        loss_r, grads_r = _loss_and_grads(reference, x, y, bf16=False)
+        x, y = x.cuda(), y.cuda()
+        loss_e, grads_e = _loss_and_grads(eager, x, y, bf16)
+        # the first call of a batch shape traces, later ones run the cached graphs (as training does from step 2)
+        _loss_and_grads(compiled, x, y, bf16)
+        loss_c, grads_c = _loss_and_grads(compiled, x, y, bf16)
+        assert sorted(grads_c) == sorted(grads_e) == sorted(grads_r), "the models left gradients on different parameters"
+        for errs, grads in ((err_e, grads_e), (err_c, grads_c)):
+            for n, e in _errors(grads, grads_r).items():
+                errs[n] = errs.get(n, 0.0) + e / 3
+        losses.append((float(loss_r), float(loss_e), float(loss_c)))
     floor = 2e-2 if bf16 else 1e-3
-    bad = {n: (err_c[n], err_e[n]) for n in grads_r if err_c[n] > 2 * err_e[n] + floor}
+    bad = {n: (err_c[n], err_e[n]) for n in err_e if err_c[n] > 2 * err_e[n] + floor}
     report = ", ".join(f"{n}: compiled {c:.2e} eager {e:.2e}" for n, (c, e) in
                        sorted(bad.items(), key=lambda kv: -kv[1][0])[:6])
     loss_tol = 2e-3 if bf16 else 1e-5
-    assert abs(float(loss_c) - float(loss_r)) <= 2 * abs(float(loss_e) - float(loss_r)) + loss_tol * float(loss_r), \
-        f"{attention}: loss compiled {float(loss_c):.6f} eager {float(loss_e):.6f} float64 {float(loss_r):.6f}"
+    for loss_r, loss_e, loss_c in losses:
+        assert abs(loss_c - loss_r) <= 2 * abs(loss_e - loss_r) + loss_tol * loss_r, \
+            f"{attention}: loss compiled {loss_c:.6f} eager {loss_e:.6f} float64 {loss_r:.6f}"
+    print(f"{attention} {'bf16' if bf16 else 'fp32'} largest mean error: eager {max(err_e.values()):.2e} "
+          f"compiled {max(err_c.values()):.2e}; largest compiled: " + ", ".join(
+              f"{n} {err_c[n]:.2e} (eager {err_e[n]:.2e})" for n in sorted(err_c, key=err_c.get)[-3:]))
     assert not bad, f"{attention}: compiled gradients further from float64 than eager ones (relative error) {report}"

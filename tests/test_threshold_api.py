@@ -110,3 +110,26 @@ def test_triton_applies_to_supported_cases_only(monkeypatch):
     assert not triton_applies(q1, k1, torch.randn(1, 2, 48, 8))
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     assert not triton_applies(q1, k1, v)
+
+
+def test_reference_computes_in_float32_under_autocast():
+    """The reference's products run in float32 (its contract) even inside a bf16 autocast region, in the forward and
+    in the hand-written backward. Without autocast switched off inside it, autocast rounds the forward's products to
+    bf16 in eager mode, and under torch.compile (which traces the backward inside the same region) the backward's
+    too: compiled and eager models on the CPU then computed different λ gradients."""
+    x = _tda_inputs(seed=7, T=45)
+    lam, beta = torch.tensor([0.4], requires_grad=True), torch.tensor([0.9], requires_grad=True)
+
+    def run(autocast: bool):
+        args = [x[n].detach().clone().requires_grad_() for n in ("q1", "k1", "v", "q2", "k2")]
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = kernels.threshold.threshold_attention_reference(*args, lam=lam, beta=beta)
+        grads = torch.autograd.grad(out.square().sum(), [*args, lam, beta])
+        return out, grads
+
+    out_plain, grads_plain = run(False)
+    out_cast, grads_cast = run(True)
+    assert out_cast.dtype == torch.float32
+    assert rel_err(out_cast, out_plain) < 1e-6
+    for g_cast, g_plain in zip(grads_cast, grads_plain):
+        assert rel_err(g_cast, g_plain) < 1e-6

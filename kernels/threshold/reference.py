@@ -2,7 +2,8 @@
 
 This is the implementation the model uses where the Triton kernels cannot run (no GPU) and the exact
 reference the kernels are benchmarked against. It computes in float32 (float64 when the inputs are
-float64), works on blocks of query rows, and has a hand-written backward that recomputes each block, so
+float64) with autocast off in its forward and backward (so that a bf16 autocast region, eager or compiled, rounds
+nothing inside it), works on blocks of query rows, and has a hand-written backward that recomputes each block, so
 no tensor larger than one (query block × keys) slab per (batch, head) is ever held, forward or backward.
 
 Conventions shared with the Triton kernels (SPEC §1):
@@ -116,6 +117,11 @@ class _ThresholdAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lam, beta, v, p, scale, causal, *qk):
+        with torch.autocast(v.device.type, enabled=False):
+            return _ThresholdAttention._forward(ctx, lam, beta, v, p, scale, causal, *qk)
+
+    @staticmethod
+    def _forward(ctx, lam, beta, v, p, scale, causal, *qk):
         views = len(qk) // 2
         qs, ks = qk[:views], qk[views:]
         B, H, Tq, d = qs[0].shape
@@ -134,6 +140,11 @@ class _ThresholdAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
+        with torch.autocast(grad_out.device.type, enabled=False):
+            return _ThresholdAttention._backward(ctx, grad_out)
+
+    @staticmethod
+    def _backward(ctx, grad_out):
         lam, beta, v, *qk = ctx.saved_tensors
         views, p, scale, causal = ctx.config
         qs, ks = qk[:views], qk[views:]
