@@ -122,9 +122,11 @@ def test_reference_computes_in_float32_under_autocast():
 
     def run(autocast: bool):
         args = [x[n].detach().clone().requires_grad_() for n in ("q1", "k1", "v", "q2", "k2")]
+        # the backward inside the region too, as a compiled graph traces it (eagerly, a backward called after the
+        # region would run without autocast whatever the reference did)
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
             out = kernels.threshold.threshold_attention_reference(*args, lam=lam, beta=beta)
-        grads = torch.autograd.grad(out.square().sum(), [*args, lam, beta])
+            grads = torch.autograd.grad(out.square().sum(), [*args, lam, beta])
         return out, grads
 
     out_plain, grads_plain = run(False)

@@ -70,8 +70,9 @@ def threshold_attention_reference(
     compute, device = qs[0].dtype, qs[0].device
     beta_t = _per_head(beta, H, compute, device)
     lam_t = _per_head(lam if two_views else 0.0, H, compute, device)
-    out = _ThresholdAttention.apply(lam_t, beta_t, vv, float(options.p), float(options.scale), options.causal,
-                                    *qs, *ks)
+    with torch.autocast(device.type, enabled=False):
+        out = _ThresholdAttention.apply(lam_t, beta_t, vv, float(options.p), float(options.scale), options.causal,
+                                        *qs, *ks)
     return out.to(q1.dtype)
 
 
@@ -117,11 +118,6 @@ class _ThresholdAttention(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, lam, beta, v, p, scale, causal, *qk):
-        with torch.autocast(v.device.type, enabled=False):
-            return _ThresholdAttention._forward(ctx, lam, beta, v, p, scale, causal, *qk)
-
-    @staticmethod
-    def _forward(ctx, lam, beta, v, p, scale, causal, *qk):
         views = len(qk) // 2
         qs, ks = qk[:views], qk[views:]
         B, H, Tq, d = qs[0].shape
@@ -140,43 +136,39 @@ class _ThresholdAttention(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad_out):
-        with torch.autocast(grad_out.device.type, enabled=False):
-            return _ThresholdAttention._backward(ctx, grad_out)
-
-    @staticmethod
-    def _backward(ctx, grad_out):
-        lam, beta, v, *qk = ctx.saved_tensors
-        views, p, scale, causal = ctx.config
-        qs, ks = qk[:views], qk[views:]
-        B, H, Tq, d = qs[0].shape
-        Tk = ks[0].shape[2]
-        offset = Tk - Tq
-        grad_out = grad_out.to(v.dtype)
-        dqs = [torch.zeros_like(q) for q in qs]
-        dks = [torch.zeros_like(k) for k in ks]
-        dv = torch.zeros_like(v)
-        dlam = torch.zeros_like(lam)
-        dbeta = torch.zeros_like(beta)
-        rows = _row_blocks(B, H, Tq, Tk)
-        for start in range(0, Tq, rows):
-            stop = min(Tq, start + rows)
-            n_keys = stop + offset if causal else Tk
-            maps = _block_maps(qs, ks, lam, beta, p, scale, causal, start, stop, offset, n_keys)
-            g_out = grad_out[:, :, start:stop]
-            dA = g_out @ v[:, :, :n_keys].transpose(-1, -2)            # (B, H, rows, keys), shared by views
-            dv[:, :, :n_keys] += maps.combined.transpose(-1, -2) @ g_out
-            dU_sum = torch.zeros_like(dA)
-            for view in range(views):
-                sign = 1.0 if view == 0 else -lam[None, :, None, None]
-                dU = sign * maps.slope[view] * dA                      # ∂L/∂u_ij
-                dU_sum += dU
-                dS = dU * scale
-                dqs[view][:, :, start:stop] += dS @ ks[view][:, :, :n_keys]
-                dks[view][:, :, :n_keys] += dS.transpose(-1, -2) @ qs[view][:, :, start:stop]
-            if views == 2:
-                dlam -= (dA * maps.rectified[1]).sum(dim=(0, 2, 3))
-            # u = s·scale − β g_i, so ∂L/∂β = −Σ_i g_i Σ_j ∂L/∂u_ij
-            dbeta -= (dU_sum.sum(dim=(0, 3)) * maps.g[None, :]).sum(dim=1)
+        with torch.autocast(grad_out.device.type, enabled=False):  # the compiled backward is traced inside the region
+            lam, beta, v, *qk = ctx.saved_tensors
+            views, p, scale, causal = ctx.config
+            qs, ks = qk[:views], qk[views:]
+            B, H, Tq, d = qs[0].shape
+            Tk = ks[0].shape[2]
+            offset = Tk - Tq
+            grad_out = grad_out.to(v.dtype)
+            dqs = [torch.zeros_like(q) for q in qs]
+            dks = [torch.zeros_like(k) for k in ks]
+            dv = torch.zeros_like(v)
+            dlam = torch.zeros_like(lam)
+            dbeta = torch.zeros_like(beta)
+            rows = _row_blocks(B, H, Tq, Tk)
+            for start in range(0, Tq, rows):
+                stop = min(Tq, start + rows)
+                n_keys = stop + offset if causal else Tk
+                maps = _block_maps(qs, ks, lam, beta, p, scale, causal, start, stop, offset, n_keys)
+                g_out = grad_out[:, :, start:stop]
+                dA = g_out @ v[:, :, :n_keys].transpose(-1, -2)            # (B, H, rows, keys), shared by views
+                dv[:, :, :n_keys] += maps.combined.transpose(-1, -2) @ g_out
+                dU_sum = torch.zeros_like(dA)
+                for view in range(views):
+                    sign = 1.0 if view == 0 else -lam[None, :, None, None]
+                    dU = sign * maps.slope[view] * dA                      # ∂L/∂u_ij
+                    dU_sum += dU
+                    dS = dU * scale
+                    dqs[view][:, :, start:stop] += dS @ ks[view][:, :, :n_keys]
+                    dks[view][:, :, :n_keys] += dS.transpose(-1, -2) @ qs[view][:, :, start:stop]
+                if views == 2:
+                    dlam -= (dA * maps.rectified[1]).sum(dim=(0, 2, 3))
+                # u = s·scale − β g_i, so ∂L/∂β = −Σ_i g_i Σ_j ∂L/∂u_ij
+                dbeta -= (dU_sum.sum(dim=(0, 3)) * maps.g[None, :]).sum(dim=1)
         return (dlam, dbeta, dv, None, None, None, *dqs, *dks)
 
 
