@@ -149,12 +149,14 @@ def targets(rows: list[dict]) -> list[str]:
 
 SIGMOID_FWD_TILES = [TileConfig(128, 32, 4, 3), TileConfig(64, 64, 4, 3), TileConfig(128, 64, 8, 3)]
 NORMALIZED_FWD_TILES = [TileConfig(128, 64, 8, 3), TileConfig(128, 64, 4, 3), TileConfig(128, 32, 4, 3)]
+GLUON_TILES = [(64, 2), (32, 2), (64, 3), (32, 3)]  # (query rows per tile, ring stages); (64, 2): d = 64's default
 DKDV_TILES = [TileConfig(64, 64, 4, 3), TileConfig(32, 128, 8, 3), TileConfig(128, 64, 8, 2)]
 
 
 def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
           device: str = "cuda") -> None:
-    """Time tile candidates of the forward and of the dK/dV kernel, σ's evaluations (division, or the default
+    """Time tile candidates of the forward and of the dK/dV kernel, the Gluon backward's tiles (on Hopper) against the
+    Triton one, σ's evaluations (division, or the default
     polynomial; the bias folded into the scores), db's sum over queries (a product with ones; a reduction) and the atomic-free dQ
     kernel, each launcher alone, at one shape. Each line is one launcher call: a forward, or a whole backward (Δ
     pre-pass, dK/dV, dQ) with the other kernels at their defaults."""
@@ -183,6 +185,12 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
                lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, tile=tile), fl)
     report("sigmoid fwd σ by division", lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, mode=0), fl)
     report("sigmoid fwd bias folded", lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, fold_bias=True), fl)
+    report("sigmoid bwd Triton (dK/dV default tile)",
+           lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, gluon=False), 2.5 * fl)
+    for block_m, stages in GLUON_TILES:
+        report(f"sigmoid bwd Gluon {block_m} query rows, {stages} stages",
+               lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, gluon=True,
+                                               gluon_tile=(block_m, stages)), 2.5 * fl)
     for tile in DKDV_TILES:
         report(f"sigmoid bwd dK/dV {tile.describe()}",
                lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, dkdv_tile=tile), 2.5 * fl)
@@ -195,6 +203,13 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
     for tile in NORMALIZED_FWD_TILES:
         report(f"softpick fwd {tile.describe()}",
                lambda: normalized_launch.forward(q, k, v, None, scale, 1e-6, True, tile=tile), fl)
+    report("softpick bwd Triton (dK/dV default tile)",
+           lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, gluon=False),
+           2.5 * fl)
+    for block_m, stages in GLUON_TILES:
+        report(f"softpick bwd Gluon {block_m} query rows, {stages} stages",
+               lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, gluon=True,
+                                                  gluon_tile=(block_m, stages)), 2.5 * fl)
     for tile in DKDV_TILES:
         report(f"softpick bwd dK/dV {tile.describe()}",
                lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False,
@@ -205,6 +220,8 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
     report("sink fwd", lambda: normalized_launch.forward(q, k, v, sink, scale, 0.0, True), fl)
     report("sink bwd", lambda: normalized_launch.backward(do, q, k, v, out_s, lse_s, sink, scale, True, True, False),
            2.5 * fl)
+    report("sink bwd Triton", lambda: normalized_launch.backward(do, q, k, v, out_s, lse_s, sink, scale, True, True,
+                                                                 False, gluon=False), 2.5 * fl)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

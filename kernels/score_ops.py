@@ -63,6 +63,21 @@ def run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optio
     return fast_launch.launch(kernel, grid, args, kwargs)
 
 
+def finish_dq(dq_acc: torch.Tensor, dq: torch.Tensor, scale: float, target: Optional[CompileTarget]) -> None:
+    """dq = scale · the fp32 buffer (B, H, Tq, d) the backward kernels added dQ/scale into by atomics, cast and written
+    in q's layout (score_tiles.dq_finish_kernel)."""
+    import triton
+
+    from .common import padded
+    from .score_tiles import dq_finish_kernel
+
+    B, H, Tq, d = dq_acc.shape
+    block = 32 if interpreting() else 64
+    nm = triton.cdiv(Tq, block)
+    run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
+        dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
+
+
 def launch_tiled(part: str, kernel, grid: Callable[[TileConfig], tuple], args_for: Callable[[TileConfig], tuple],
                  candidates: list[TileConfig], constexprs: dict, tile: Optional[TileConfig],
                  target: Optional[CompileTarget], chosen: dict, key: tuple) -> TileConfig:

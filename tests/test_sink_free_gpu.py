@@ -13,6 +13,7 @@ from sink_free_float64 import (OPS, Case, make_inputs, naive_map, poisoned_outpu
                                run_and_compare, weight_shares, within)
 
 from kernels.sigmoid import launch as sigmoid_launch
+from kernels.softpick import launch as normalized_launch
 from kernels.sigmoid.autograd import sigmoid_attention_triton
 from kernels.sink_softmax.autograd import sink_softmax_attention_triton
 from kernels.softpick.autograd import softpick_attention_triton
@@ -82,6 +83,49 @@ def test_sigmoid_evaluations_on_gpu(mode, fold):
     got = sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, mode=mode)
     for g, w in zip(got, want):
         assert rel_err(g, w) < 1e-2
+
+
+GLUON_CASES = {
+    "bf16_T8192_projection": Case(T=8192, d=64, dv=64, H=4, Hkv=4, dtype=torch.bfloat16, layout="projection"),
+    "fp16_T3001_dv128": Case(T=3001, d=64, dv=128, H=3, Hkv=3, B=2, dtype=torch.float16, layout="projection"),
+    "bf16_Tq77_Tk5000_dv32": Case(T=5000, Tq=77, d=64, dv=32, dtype=torch.bfloat16, layout="projection"),
+    "bf16_T1500_noncausal": Case(T=1500, d=64, dv=64, causal=False, dtype=torch.bfloat16, layout="projection"),
+    "bf16_T200_Tq130_noncausal": Case(T=200, Tq=130, d=64, dv=16, causal=False, dtype=torch.bfloat16,
+                                      layout="projection"),
+}
+
+
+@pytest.mark.parametrize("tile", [(64, 2), (32, 2), (64, 3)])
+@pytest.mark.parametrize("name", list(GLUON_CASES))
+@pytest.mark.parametrize("op", OPS)
+def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
+    """The Gluon backward (Hopper) at each of its tiles against float64 on odd lengths, Tq ≠ Tk, v of 16 to 128, with
+    and without causality, dO in a NaN-guarded buffer with 16-byte strides; the dispatcher must take it for these
+    inputs (else the Triton kernels would be tested)."""
+    import sink_free_float64
+    import threshold_float64
+
+    from kernels import score_gluon
+
+    monkeypatch.setattr(sink_free_float64, "guarded",
+                        lambda data, guard=3: threshold_float64.aligned_guarded(data.shape, data, guard))
+    case = GLUON_CASES[name]
+    seed = zlib.crc32((op + name).encode()) % 2**31
+    inputs = make_inputs(case, op, seed, device="cuda")
+    q, k, v = (inputs[n] for n in ("q", "k", "v"))
+    if not score_gluon.gluon_backward_fits(q.new_empty(*q.shape[:3], v.shape[-1]), q, k, v):
+        pytest.skip("not a Hopper GPU with Gluon")
+    monkeypatch.setattr(score_gluon, "default_tile", lambda head_dv: tile)
+    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # softpick takes Gluon only when asked
+    taken = []
+    real = score_gluon.run
+    monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kw, target:
+                        taken.append((part, kw["BM"], kw["STAGES"])) or real(part, kernel, grid, args, kw, target))
+    errors = run_and_compare(ENTRY[op], op, case, inputs, seed)
+    print(op, name, tile, weight_shares(op, case, inputs),
+          {k: f"{v:.2e}" for k, v in errors.items() if k != "got"})
+    assert taken == [("gluon_bwd", *tile)] and not score_gluon._failure
+    assert not within(errors, case.dtype), {k: v for k, v in errors.items() if k != "got"}
 
 
 @pytest.mark.parametrize("name", ["sigmoid", "softpick", "sink_softmax"])

@@ -5,7 +5,12 @@ Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; bia
 Outputs and gradients are allocated in their inputs' memory layout (kernels.common.new_rows_like). Every kernel is
 launched through kernels.fast_launch, or, given a ``CompileTarget``, only compiled; the parts are named ``fwd``,
 ``dkdv``, ``dq`` and ``dq_finish``. The keyword options (tiles, σ's evaluation, the bias folded into the scores, the
-dQ path) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
+dQ path, the Gluon backward) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
+
+On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_gluon_backward.py, part ``gluon_bwd``) wherever
+score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two from 16
+to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a warning says
+so once and the Triton kernels take over.
 """
 from __future__ import annotations
 
@@ -14,10 +19,9 @@ from typing import Optional
 import torch
 import triton
 
-from .. import common
-from ..common import CompileTarget, interpreting, padded
-from ..score_ops import LOG2E, TileConfig, compute_constexprs, launch_tiled, run
-from ..score_tiles import dq_finish_kernel
+from .. import common, score_gluon
+from ..common import CompileTarget, padded
+from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
 from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
 from .triton_backward import sigmoid_dkdv_kernel, sigmoid_dq_kernel
 from .triton_forward import sigmoid_fwd_kernel
@@ -29,7 +33,6 @@ def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, mode: Optional[i
     d, dv = q.shape[-1], v.shape[-1]
     return dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), CAUSAL=causal,
                 SIGMOID_MODE=sigmoid_mode(q.element_size()) if mode is None else mode, **compute_constexprs(q.dtype))
-
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float, causal: bool, *,
             tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
@@ -55,12 +58,15 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float,
              causal: bool, need_dbias: bool, deterministic: bool, *, atomic_dq: bool = True,
              dkdv_tile: Optional[TileConfig] = None, dq_tile: Optional[TileConfig] = None, mode: Optional[int] = None,
-             db_by_dot: bool = True, target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
+             db_by_dot: bool = True, gluon: Optional[bool] = None, gluon_tile: Optional[tuple[int, int]] = None,
+             target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor,
                                                               Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dbias) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dbias
     (H,) fp32 (None unless ``need_dbias``). dQ is added by atomics inside the dK/dV kernel unless ``deterministic``
     (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. ``db_by_dot``: db's sum over each tile's
-    queries as a small product on the tensor cores rather than a reduction across warps (triton_backward.py)."""
+    queries as a small product on the tensor cores rather than a reduction across warps (triton_backward.py).
+    ``gluon``: the Gluon backward where it fits (None: unless a Triton tile or path is asked for; False: never;
+    True: where it fits); ``gluon_tile``: its (query rows per tile, ring stages), else score_gluon.default_tile."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
     dev = q.device
@@ -72,6 +78,14 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
     partials: list[Optional[torch.Tensor]] = [None]
     qk_scale2 = float(scale) * LOG2E
+    if gluon is None:
+        gluon = dkdv_tile is None and mode is None and atomic_dq and db_by_dot
+    if gluon and atomic and score_gluon.gluon_backward_fits(do, q, k, v, target):
+        ran, parts = score_gluon.backward("sigmoid", do, q, k, v, dk, dv, dq_acc, scale, causal, param=bias,
+                                          need_param_grad=need_dbias, tile=gluon_tile, target=target)
+        if ran:
+            finish_dq(dq_acc, dq, scale, target)
+            return dq, dk, dv, (parts.sum(dim=(0, 2)) if need_dbias else None)
 
     def grid(cfg: TileConfig) -> tuple:
         return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
@@ -86,10 +100,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     launch_tiled("dkdv", sigmoid_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
                  dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
     if atomic:
-        block = 32 if interpreting() else 64
-        nm = triton.cdiv(Tq, block)
-        run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
-            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
+        finish_dq(dq_acc, dq, scale, target)
     else:
         def dq_grid(cfg: TileConfig) -> tuple:
             return (triton.cdiv(Tq, cfg.block_m) * B * H,)
@@ -102,3 +113,4 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                      dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))
     dbias = partials[0].sum(dim=(0, 2)) if need_dbias else None
     return dq, dk, dv, dbias
+

@@ -4,7 +4,9 @@ checks: the ops' autograd.py and kernels/score_ops.py come first).
 Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; ``sink`` (H,) fp32 (the sink logits)
 or None for softpick. Outputs and gradients are allocated in their inputs' layouts (kernels.common.new_rows_like).
 Every kernel is launched through kernels.fast_launch, or, given a ``CompileTarget``, only compiled; the parts are
-named ``fwd``, ``delta``, ``dkdv``, ``dq`` and ``dq_finish``.
+named ``fwd``, ``delta``, ``dkdv``, ``dq`` and ``dq_finish`` (``gluon_bwd``: the Gluon backward, which on Hopper takes
+the place of ``dkdv`` in the sink mode wherever kernels/score_gluon.gluon_backward_fits, outside the deterministic
+mode; softpick takes it only when asked, ``gluon=True``).
 """
 from __future__ import annotations
 
@@ -13,15 +15,17 @@ from typing import Optional
 import torch
 import triton
 
-from .. import common
+from .. import common, score_gluon
 from ..common import CompileTarget, interpreting, padded
-from ..score_ops import LOG2E, TileConfig, compute_constexprs, launch_tiled, run
-from ..score_tiles import dq_finish_kernel
+from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
 from .tiles import backward_configs, dq_configs, forward_configs
 from .triton_backward import normalized_dkdv_kernel, normalized_dq_kernel, row_delta_kernel
 from .triton_forward import normalized_fwd_kernel
 
 _chosen: dict[tuple, TileConfig] = {}
+# Whether softpick (no sink) takes the Gluon backward by default: no, it ran slower than its Triton one on an H100
+# (BENCHMARKS.md, "The score ops' Gluon backward"); the sink mode does.
+SOFTPICK_GLUON = False
 
 
 def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, sink: Optional[torch.Tensor]) -> dict:
@@ -58,13 +62,17 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
 def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
              lse: torch.Tensor, sink: Optional[torch.Tensor], scale: float, causal: bool, need_dsink: bool,
              deterministic: bool, *, atomic_dq: bool = True, dkdv_tile: Optional[TileConfig] = None,
-             dq_tile: Optional[TileConfig] = None, target: Optional[CompileTarget] = None,
+             dq_tile: Optional[TileConfig] = None, gluon: Optional[bool] = None,
+             gluon_tile: Optional[tuple[int, int]] = None, target: Optional[CompileTarget] = None,
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dsink) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dsink
     (H,) fp32 (None unless ``need_dsink``, which needs ``sink``). dQ is added by atomics inside the dK/dV kernel
     unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. dsink is the sum, in
     a fixed order, of the dK/dV kernel's per-key-block shares, which it takes from the fp32 weights rather than from
-    the rounded output (triton_backward.py says why)."""
+    the rounded output (triton_backward.py says why). ``gluon``: the Gluon backward (kernels/score_gluon_backward.py)
+    where it fits (None: for the sink mode, and softpick if SOFTPICK_GLUON, unless a Triton tile or path is asked
+    for; False: never; True: where it fits);
+    ``gluon_tile``: its (query rows per tile, ring stages), else score_gluon.default_tile."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
     dev = q.device
@@ -84,6 +92,16 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     dq = common.new_rows_like(q, d)
     dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
 
+    if gluon is None:
+        gluon = dkdv_tile is None and atomic_dq and (sink is not None or SOFTPICK_GLUON)
+    if gluon and atomic and score_gluon.gluon_backward_fits(do, q, k, v, target):
+        ran, parts = score_gluon.backward("softpick" if sink is None else "sink", do, q, k, v, dk, dv, dq_acc, scale,
+                                          causal, param=sink, lse=lse, delta=delta, need_param_grad=need_dsink,
+                                          tile=gluon_tile, target=target)
+        if ran:
+            finish_dq(dq_acc, dq, scale, target)
+            return dq, dk, dv, (parts.sum(dim=(0, 2)) if need_dsink else None)
+
     sink_part = {}  # the (B, H, key blocks) shares of ds_h, sized by the tile launched
 
     def grid(cfg: TileConfig) -> tuple:
@@ -100,8 +118,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     launch_tiled("dkdv", normalized_dkdv_kernel, grid, args_for, backward_configs(d, dv_dim, q.element_size()),
                  dkdv_consts, dkdv_tile, target, _chosen, ("dkdv", q.dtype, tuple(dkdv_consts.items())))
     if atomic:
-        run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
-            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
+        finish_dq(dq_acc, dq, scale, target)
     else:
         def dq_grid(cfg: TileConfig) -> tuple:
             return (triton.cdiv(Tq, cfg.block_m) * B * H,)

@@ -1,0 +1,78 @@
+"""Host side of the one-view score ops' Gluon backward (score_gluon_backward.py): whether inputs take it, its launch,
+and the hand-over to the Triton kernels when it cannot run.
+
+The sigmoid and the row-normalised launchers (kernels/sigmoid/launch.py, kernels/softpick/launch.py) call
+``backward`` where ``gluon_backward_fits``; it returns False when the kernel could not compile or launch (nothing ran:
+a warning says so once and the Triton kernels run from then on). The part is named ``gluon_bwd``.
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+import triton
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources
+
+from . import common
+from .common import CompileTarget
+from .score_ops import LOG2E, run
+from .threshold.launch import gluon_available, gluon_layout_takes, on_hopper
+
+MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
+_failure: list[str] = []  # why the kernel failed to compile or launch here, once it has
+
+
+def gluon_backward_fits(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                        target: Optional[CompileTarget] = None) -> bool:
+    """A Hopper GPU (with a ``target``: compiled for sm_90), the layout the Gluon kernels take
+    (threshold.launch.gluon_layout_takes: 16-bit, one key/value head per query head, d = 64, dv a power of two from 16
+    to 128), rows readable by tensor descriptors, a Triton with Gluon, and no earlier failure of the kernel here."""
+    hopper = target.arch == 90 if target is not None else on_hopper(q)
+    return (not _failure and hopper
+            and gluon_layout_takes(q.dtype, q.shape[1], k.shape[1], q.shape[-1], v.shape[-1])
+            and common.tma_ready(q, k, v, do) and gluon_available())
+
+
+def default_tile(head_dv: int) -> tuple[int, int]:
+    """(query rows per tile, stages of the query-side ring) for v's width: 64 rows up to dv = 64; 32 for dv = 128,
+    where 64 rows spill registers (ptxas, sm_90)."""
+    return (64, 2) if head_dv <= 64 else (32, 2)
+
+
+def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+             dk: torch.Tensor, dv: torch.Tensor, dq_acc: torch.Tensor, scale: float, causal: bool, *,
+             param: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+             delta: Optional[torch.Tensor] = None, need_param_grad: bool = False,
+             tile: Optional[tuple[int, int]] = None, target: Optional[CompileTarget] = None
+             ) -> tuple[bool, Optional[torch.Tensor]]:
+    """Launch the Gluon backward of ``mode`` ("sigmoid", "softpick", "sink") into dk, dv and the zero-filled fp32
+    ``dq_acc`` (B, H, Tq, d). ``param``: the (H,) bias or sink logits; ``lse``, ``delta``: (B, H, Tq) fp32 L and Δ
+    (the normalised modes). Returns (ran, the parameter gradient's partial sums (B, H, 2 · key blocks) or None); ran is
+    False when the kernel could not compile or launch here."""
+    from . import score_gluon_backward as gb
+
+    B, H, Tq, d = q.shape
+    Tk = k.shape[2]
+    nb = triton.cdiv(Tk, gb.BLOCK_N.value)
+    parts = (common.new_output((B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q.device)
+             if need_param_grad else None)
+    block_m, stages = tile or default_tile(v.shape[-1])
+    if q.is_cuda:
+        common.bind_cuda_context(q.device)
+    unused = dq_acc
+    try:
+        run("gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
+            *gb.descriptors(q, k, v, do, block_m), unused if param is None else param,
+            unused if lse is None else lse, unused if delta is None else delta, dk, dv, dq_acc,
+            unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
+            float(scale) * LOG2E, float(scale)), dict(
+            HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad, BM=block_m,
+            STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)
+    except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
+        _failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
+        warnings.warn(f"the Gluon backward of the score ops cannot run with Triton {triton.__version__} on this GPU "
+                      f"({_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
+        return False, None
+    return True, parts

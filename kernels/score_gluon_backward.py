@@ -1,0 +1,289 @@
+"""The backward of the one-view score ops (sigmoid, softpick, softmax with a sink) as one Gluon kernel for Hopper.
+
+Same quantities as the ops' Triton dK/dV kernels with dQ by atomics (kernels/sigmoid/triton_backward.py,
+kernels/softpick/triton_backward.py, whose docstrings derive them): with dW = dO·vᵀ and the weights w rebuilt from the
+scores,
+
+    SIGMOID    w = σ(z), z = scale·q·k + b_h           dX = dW ⊙ σ(z)(1 − σ(z))            param: db_h = Σ dX
+    SOFTPICK   E = e^x / N (from L), w = relu(E − 1/N)  dX = E ⊙ (dW·1[x > 0] − sign(x) Δ_i)
+    SINK       w = E                                    dX = E ⊙ (dW − Δ_i)                param: ds_h (below)
+
+it writes dK = scale Σ_i dX q_i and dV = Σ_i w dO_i, adds dQ/scale into the fp32 buffer that
+score_tiles.dq_finish_kernel finishes, and writes per-(program, warpgroup) partial sums of the head parameter's
+gradient (db_h; for the sink −Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, from the fp32 E and dW as the Triton kernel
+does). L (per-row log2 of the denominator) comes from the forward and Δ_i = dO_i·o_i from the row-Δ kernel. The
+Triton kernels issue their five products per tile pair from one group of warps in step; this one splits the work as
+the paired threshold backward does (kernels/threshold/gluon_backward.py, whose helpers it uses):
+
+- one program per 128 keys of one head: k and v stay in shared memory (loaded once by the copy engine);
+- a one-warp loader partition streams the query tiles (q, dO; BM rows) through a ring of STAGES stages;
+- each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dW and the scores
+  (keys × queries), the weights and dX, its dK and dV (registers, fp32) and its half of dX (into a shared buffer, two
+  in turn);
+- dQ of a tile needs both halves of its dX: tile j's dQᵀ = kᵀ·dXᵀ over all 128 keys is taken by warpgroup j mod 2,
+  one tile later, and added with fp32 vector atomics. The warpgroups meet only at the dX buffers (mbarriers), so one's
+  elementwise work runs under the other's products.
+
+σ is evaluated as kernels/sigmoid/triton_forward.sigmoid_exp2's mode 1 (one ex2 and a degree-4 polynomial), the
+16-bit inputs' default. Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
+two from 16 to 128, rows readable by tensor descriptors: score_gluon.gluon_backward_fits checks, and otherwise the
+Triton kernels run.
+"""
+
+import triton
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
+                                                              warpgroup_mma_wait)
+
+from .threshold.gluon_backward import _add_dq, _partition_barrier, _rows, _tile_rows, row_descriptors
+
+SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
+SINK = gl.constexpr(1)
+SIGMOID = gl.constexpr(2)
+BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
+NUM_WARPS = 8                 # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
+MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
+PARTIALS_PER_BLOCK = gl.constexpr(2)        # db partial sums per key block (one per warpgroup)
+
+# 1 / (1 + t) on t ∈ [0, 1]: triton_forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
+RCP_C0 = gl.constexpr(0.9997027010)
+RCP_C1 = gl.constexpr(-0.9848355328)
+RCP_C2 = gl.constexpr(0.8658950972)
+RCP_C3 = gl.constexpr(-0.5328590595)
+RCP_C4 = gl.constexpr(0.1522454437)
+
+
+@gluon.jit
+def _sigmoid_and_slope(z):
+    """(σ, σ(1 − σ)) of z in log2 units: t = 2^(−|z|), r ≈ 1/(1 + t), σ = r (z ≥ 0) or t·r, slope t·r²."""
+    t = gl.exp2(-gl.abs(z))
+    r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
+    tr = t * r
+    return gl.where(z >= 0.0, r, tr), tr * r
+
+
+@gluon.jit
+def _load_query_tile(q_desc, do_desc, q_ring, do_ring, bars, stage, b, h, m0):
+    bar = bars.index(stage)
+    mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(q_desc, [b, h, m0, 0], bar, q_ring.index(stage))
+    tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
+
+
+@gluon.jit
+def _loader_partition(q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM: gl.constexpr,
+                      STAGES: gl.constexpr):
+    """Fills the query-side ring: tile i into stage i % STAGES once both warpgroups have released it."""
+    for i in range(n_tiles):
+        stage = i % STAGES
+        mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
+        _load_query_tile(q_desc, do_desc, q_ring, do_ring, ready, stage, b, h, m_lo + i * BM)
+
+
+@gluon.jit
+def _row_vector(PTR, m0, Tq, other, BM: gl.constexpr, Q_L: gl.constexpr):
+    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq."""
+    offs_m = _tile_rows(m0, BM, Q_L)
+    return gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
+
+
+@gluon.jit
+def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, LSEh, DELTAh, Tq, Tk,
+              MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, S_L: gl.constexpr,
+              DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
+    """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
+    acc_p; dX (keys × queries) is stored into dx_s for the dQ product. Keys past Tk (read as zeros) and rows past Tq
+    are masked with the causal mask, so every tile takes the same code."""
+    Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
+    zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
+    dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
+    s = s * qk_scale2
+    offs_m = _tile_rows(m0, BM, Q_L)
+    if CAUSAL:
+        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
+    else:
+        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
+    last = gl.where(offs_m < Tq, last, -1)
+    keep = offs_n[:, None] <= last[None, :]
+    if MODE == SIGMOID:
+        w, slope = _sigmoid_and_slope(s + param2)
+        dx = gl.where(keep, dw * slope, 0.0)
+        if PARAM_GRAD:
+            acc_p += gl.sum(dx, axis=1)
+        w = gl.where(keep, w, 0.0)
+    else:
+        lse = _row_vector(LSEh, m0, Tq, float("inf"), BM, Q_L)
+        e = gl.where(keep, gl.exp2(s - lse[None, :]), 0.0)
+        if PARAM_GRAD:  # the sink's share: Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, per key
+            acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
+        delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
+        if MODE == SOFTPICK:
+            # t = (e^x − 1)/N has the sign of x, so the scores need not stay live (holding them beside E, dW and
+            # the weights made this mode 2× slower than the sink's: BENCHMARKS.md)
+            t = e - gl.exp2(-lse)[None, :]
+            dx = e * gl.where(t > 0.0, dw - delta, gl.where(t < 0.0, delta, 0.0))
+            w = gl.maximum(t, 0.0)
+        else:
+            w = e
+            dx = e * (dw - delta)
+    dx = dx.to(q_s.dtype)
+    w = w.to(do_s.dtype)
+    dx_op = gl.convert_layout(dx, gl.DotOperandLayout(0, DK_L, 2))
+    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+    dk_t = warpgroup_mma(dx_op, q_s, dk, is_async=True)
+    dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
+    dx_s.store(dx)
+    dk, dv, dx_op, w_op = warpgroup_mma_wait(0, deps=[dk_t, dv_t, dx_op, w_op])
+    return dk, dv, acc_p
+
+
+@gluon.jit
+def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr,
+           DQ_L: gl.constexpr):
+    """dQᵀ/scale of tile j (rows m_j ..) over all BLOCK_N keys, once both warpgroups have stored their half of its dX;
+    the buffer is then released and the result added with atomics."""
+    mbarrier.wait(dx_ready.index(j % 2), (j // 2) & 1)
+    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
+    dq = warpgroup_mma(k_s.permute((1, 0)), dx_bufs.index(j % 2), zero_q, use_acc=False)
+    mbarrier.arrive(dx_free.index(j % 2), count=1)
+    _add_dq(dq, DQh, m_j, Tq, HEAD_D, BM)
+
+
+@gluon.jit
+def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
+                         MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
+                         STAGES: gl.constexpr):
+    """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
+    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
+    sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks, qk_scale2, \
+        scale = scalars
+    KB: gl.constexpr = BLOCK_N // 2
+    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_D, 16])
+    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
+                                                   instr_shape=[16, HEAD_DV, 16])
+    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    offs_n = n0 + W * KB + gl.arange(0, KB, layout=gl.SliceLayout(1, S_L))
+    bh = b * H + h
+    if MODE == SOFTPICK:
+        param2 = 0.0
+    else:
+        param2 = gl.load(PARAM + h) * 1.4426950408889634  # b_h or s_h, in log2 units
+    acc_p = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+    dk = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
+    DQh = DQACC + bh * Tq * HEAD_D
+    mbarrier.wait(kv_bar, phase=0)
+    for i in range(n_tiles):
+        m0 = m_lo + i * BM
+        stage = i % STAGES
+        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+        z = m0 >> 30  # 0: keeps the buffer views inside the loop, as in the paired kernel
+        k_s = _rows(k_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+        q_s = _rows(q_ring.index(stage), BM, HEAD_D)
+        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+        # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
+        mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
+        dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
+                                  offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
+                                  PARAM_GRAD, S_L, DK_L, DV_L, KB, BM)
+        fence_async_shared()
+        _partition_barrier()
+        mbarrier.arrive(dx_ready.index(i % 2), count=1)
+        mbarrier.arrive(empty.index(stage), count=1)
+        if i > 0:
+            if (i - 1) % 2 == W:
+                k_all = _rows(k_buf.index(z), BLOCK_N, HEAD_D)
+                _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM, DQ_L)
+    if n_tiles > 0:
+        if (n_tiles - 1) % 2 == W:
+            k_all = _rows(k_buf.index(0), BLOCK_N, HEAD_D)
+            _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM,
+                   DQ_L)
+    if PARAM_GRAD:
+        total = gl.sum(acc_p, axis=0)
+        if MODE == SINK:
+            total = -total
+        gl.store(PARAM_PART + (bh * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W, total)
+    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
+    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
+    gl.store(DK + b * sdk_b + h * sdk_h + rows[:, None] * sdk_t + cols[None, :], (dk * scale).to(DK.dtype.element_ty),
+             mask=(rows < Tk)[:, None])
+    rows_v = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
+    cols_v = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
+    gl.store(DV + b * sdv_b + h * sdv_h + rows_v[:, None] * sdv_t + cols_v[None, :], dv.to(DV.dtype.element_ty),
+             mask=(rows_v < Tk)[:, None])
+
+
+@gluon.jit
+def score_backward_kernel(
+    q_desc, k_desc, v_desc, do_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
+    sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, Tq, Tk, num_bh, num_n_blocks, qk_scale2, scale,
+    HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
+    PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr,
+):
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The four inputs are 4-D
+    tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v
+    (descriptors()). PARAM (H,) fp32: the bias (SIGMOID) or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA
+    (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK; unread by SIGMOID). DQACC: zero-filled contiguous fp32
+    (B, H, Tq, HEAD_D); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
+    qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default,
+    4 warps), warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
+    maxnreg=MAX_REGISTERS."""
+    BN: gl.constexpr = BLOCK_N
+    dtype: gl.constexpr = q_desc.dtype
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    nblk = pid // num_bh
+    n0 = nblk * BN
+    b = bh // H
+    h = bh % H
+    k_buf = gl.allocate_shared_memory(dtype, [1] + k_desc.block_type.shape, k_desc.layout)
+    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+    q_ring = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
+    do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+    dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
+    kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    dx_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    dx_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+    for s in gl.static_range(2):
+        mbarrier.init(dx_ready.index(s), count=2)
+        mbarrier.init(dx_free.index(s), count=1)
+    mbarrier.expect(kv_bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    tma.async_copy_global_to_shared(k_desc, [b, h, n0, 0], kv_bar, k_buf.index(0))
+    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+    m_end = gl.cdiv(Tq, BM) * BM
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
+    else:
+        m_lo = 0
+    n_tiles = gl.maximum(m_end - m_lo, 0) // BM
+    smem = (k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
+    ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)
+    scalars = (sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks,
+               qk_scale2, scale)
+    gl.warp_specialize([
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
+        (_loader_partition, (q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM, STAGES)),
+    ], [4, 1], [240, 24])
+
+
+def descriptors(q, k, v, do, block_m: int) -> tuple:
+    """The four inputs' descriptors: ``block_m`` query rows, BLOCK_N keys."""
+    n = BLOCK_N.value
+    return row_descriptors((q, block_m), (k, n), (v, n), (do, block_m))
+

@@ -1,0 +1,105 @@
+"""The one-view score ops' Gluon backward (kernels/score_gluon_backward.py: sigmoid, softpick, softmax with a sink)
+without a GPU: which inputs it takes, the hand-over to the Triton kernels, and that it compiles for sm_90 (Hopper)
+with the installed Triton for several of its compile-time variants, within the register file and shared memory. Its
+results are checked against float64 on a GPU (test_sink_free_gpu.py::test_gluon_backward_on_gpu)."""
+
+import pytest
+import torch
+from sink_free_float64 import Case, make_inputs, run_and_compare, within
+from test_threshold_gluon import _compile_in_subprocess
+
+from kernels import common, score_gluon, score_gluon_backward
+from kernels.sigmoid.autograd import sigmoid_attention_triton
+from kernels.softpick import launch as normalized_launch
+from kernels.sink_softmax.autograd import sink_softmax_attention_triton
+from kernels.softpick.autograd import softpick_attention_triton
+
+ENTRY = {"sigmoid": sigmoid_attention_triton, "softpick": softpick_attention_triton,
+         "sink_softmax": sink_softmax_attention_triton}
+
+
+def _rows(T, heads, width, dtype=torch.bfloat16):
+    return torch.zeros(1, T, heads, width, dtype=dtype).transpose(1, 2)
+
+
+@pytest.mark.parametrize("dtype,H,Hkv,d,dv,takes", [
+    (torch.bfloat16, 4, 4, 64, 64, True), (torch.float16, 2, 2, 64, 128, True), (torch.bfloat16, 2, 2, 64, 16, True),
+    (torch.float32, 4, 4, 64, 64, False),   # 16-bit only
+    (torch.bfloat16, 4, 2, 64, 64, False),  # grouped key/value heads
+    (torch.bfloat16, 4, 4, 128, 128, False),
+    (torch.bfloat16, 4, 4, 64, 96, False),  # v not a power of two
+])
+def test_gluon_backward_fits(monkeypatch, dtype, H, Hkv, d, dv, takes):
+    """Only on Hopper (never on CPU tensors or under the interpreter), for the layouts the kernel is built for, with
+    rows the copy engine can read."""
+    q, k, v, do = _rows(64, H, d, dtype), _rows(64, Hkv, d, dtype), _rows(64, Hkv, dv, dtype), _rows(64, H, dv, dtype)
+    assert not score_gluon.gluon_backward_fits(do, q, k, v)
+    monkeypatch.setattr(score_gluon, "on_hopper", lambda x: True)
+    assert score_gluon.gluon_backward_fits(do, q, k, v) is takes
+    monkeypatch.setattr(common, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
+    assert not score_gluon.gluon_backward_fits(do, q, k, v)
+
+
+@pytest.mark.parametrize("op", list(ENTRY))
+@pytest.mark.parametrize("failure", ["compile", "resources"])
+def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, op):
+    """Were the Gluon kernel refused by a Triton or a GPU, the call warns once, the Triton kernels give exact results,
+    and Gluon is not tried again (by any of the ops)."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    tries = []
+
+    def refuse(*args, **kwargs):
+        tries.append(1)
+        if failure == "compile":
+            raise CompilationError("kernel source", None, "unsupported in this Triton")
+        raise OutOfResources(300000, 232448, "shared memory")
+
+    monkeypatch.setattr(score_gluon, "on_hopper", lambda x: True)
+    monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
+    monkeypatch.setattr(score_gluon, "run", refuse)
+    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda *args: ())  # the guarded rows are not aligned
+    monkeypatch.setattr(score_gluon, "_failure", [])
+    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # softpick takes Gluon only when asked
+    case = Case(T=70, d=64, dv=64, H=2, dtype=torch.bfloat16)
+    with pytest.warns(RuntimeWarning, match="Gluon backward of the score ops cannot run"):
+        errors = run_and_compare(ENTRY[op], op, case, make_inputs(case, op, 4), 4)
+    assert not within(errors, case.dtype)
+    assert tries == [1] and score_gluon._failure
+    for other in ENTRY:
+        run_and_compare(ENTRY[other], other, case, make_inputs(case, other, 5), 5)
+    assert tries == [1]
+
+
+_COMPILE = """
+import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
+from kernels.sigmoid import launch as sigmoid_launch
+from kernels.softpick import launch as normalized_launch
+op, causal, grads = sys.argv[1], sys.argv[2] == "1", sys.argv[3] == "1"
+dv, block_m, stages = int(sys.argv[4]), int(sys.argv[5]), int(sys.argv[6])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+q, k, v, do = mk(64), mk(64), mk(dv), mk(dv)
+with compiling_for(90) as target:
+    if op == "sigmoid":
+        sigmoid_launch.backward(do, q, k, v, torch.zeros(H), 0.125, causal, grads, False, gluon_tile=(block_m, stages),
+                                target=target)
+    else:
+        sink = torch.zeros(H) if op == "sink_softmax" else None
+        normalized_launch.backward(do, q, k, v, mk(dv), torch.zeros(1, H, T), sink, 0.125, causal, grads, False,
+                                   gluon=True, gluon_tile=(block_m, stages), target=target)
+    assert "gluon_bwd" in target.compiled and "dkdv" not in target.compiled, list(target.compiled)
+    u = ptxas_usage(target.compiled["gluon_bwd"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("op,causal,grads,dv,block_m,stages", [
+    ("sigmoid", True, True, 64, 64, 2), ("sigmoid", False, False, 128, 32, 2), ("softpick", True, False, 16, 64, 3),
+    ("sink_softmax", True, True, 64, 64, 2), ("sink_softmax", False, True, 128, 32, 2)])
+def test_gluon_backward_compiles_for_hopper(op, causal, grads, dv, block_m, stages):
+    """The Gluon backward, compiled (not interpreted) through the op's launcher, which takes it for these inputs."""
+    _compile_in_subprocess(_COMPILE, [op, "1" if causal else "0", "1" if grads else "0", str(dv), str(block_m),
+                                      str(stages)])
