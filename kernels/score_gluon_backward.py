@@ -121,11 +121,12 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
         delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
         if MODE == SOFTPICK:
-            # t = (e^x − 1)/N has the sign of x, so the scores need not stay live (holding them beside E, dW and
-            # the weights made this mode 2× slower than the sink's: BENCHMARKS.md)
-            t = e - gl.exp2(-lse)[None, :]
-            dx = e * gl.where(t > 0.0, dw - delta, gl.where(t < 0.0, delta, 0.0))
-            w = gl.maximum(t, 0.0)
+            # x > 0 exactly where E > 1/N = 2^(−L), so neither the scores nor E − 1/N need stay live beside E and dW
+            # (holding the scores made this mode 2× slower than the sink's: BENCHMARKS.md); dX first, so that dW
+            # dies before the weights are formed
+            inv_n = gl.exp2(-lse)[None, :]
+            dx = e * gl.where(e > inv_n, dw - delta, gl.where(e < inv_n, delta, 0.0))
+            w = gl.maximum(e - inv_n, 0.0)
         else:
             w = e
             dx = e * (dw - delta)
