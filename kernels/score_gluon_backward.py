@@ -13,7 +13,7 @@ score_tiles.dq_finish_kernel finishes, and writes per-(program, warpgroup) parti
 gradient (db_h; for the sink −Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, from the fp32 E and dW as the Triton kernel
 does). L (per-row log2 of the denominator) comes from the forward and Δ_i = dO_i·o_i from the row-Δ kernel. The
 Triton kernels issue their five products per tile pair from one group of warps in step; this one splits the work as
-the paired threshold backward does (kernels/threshold/gluon_backward.py, whose helpers it uses):
+the paired threshold backward does (kernels/threshold/gluon_backward.py; shared helpers in gluon_tiles.py):
 
 - one program per 128 keys of one head: k and v stay in shared memory (loaded once by the copy engine);
 - a one-warp loader partition streams the query tiles (q, dO; BM rows) through a ring of STAGES stages;
@@ -36,7 +36,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .threshold.gluon_backward import _add_dq, _partition_barrier, _rows, _tile_rows, row_descriptors
+from .gluon_tiles import add_dq, operand, partition_barrier, row_descriptors, tile_rows
+from .sigmoid import triton_forward as sigmoid_forward
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
 SINK = gl.constexpr(1)
@@ -46,12 +47,12 @@ NUM_WARPS = 8                 # compute warps: two warpgroups, each its own part
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)        # db partial sums per key block (one per warpgroup)
 
-# 1 / (1 + t) on t ∈ [0, 1]: triton_forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
-RCP_C0 = gl.constexpr(0.9997027010)
-RCP_C1 = gl.constexpr(-0.9848355328)
-RCP_C2 = gl.constexpr(0.8658950972)
-RCP_C3 = gl.constexpr(-0.5328590595)
-RCP_C4 = gl.constexpr(0.1522454437)
+# 1 / (1 + t) on t ∈ [0, 1]: the sigmoid forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
+RCP_C0 = gl.constexpr(sigmoid_forward.RCP_C0.value)
+RCP_C1 = gl.constexpr(sigmoid_forward.RCP_C1.value)
+RCP_C2 = gl.constexpr(sigmoid_forward.RCP_C2.value)
+RCP_C3 = gl.constexpr(sigmoid_forward.RCP_C3.value)
+RCP_C4 = gl.constexpr(sigmoid_forward.RCP_C4.value)
 
 
 @gluon.jit
@@ -84,7 +85,7 @@ def _loader_partition(q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo
 @gluon.jit
 def _row_vector(PTR, m0, Tq, other, BM: gl.constexpr, Q_L: gl.constexpr):
     """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq."""
-    offs_m = _tile_rows(m0, BM, Q_L)
+    offs_m = tile_rows(m0, BM, Q_L)
     return gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
 
 
@@ -101,7 +102,7 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
     s = s * qk_scale2
-    offs_m = _tile_rows(m0, BM, Q_L)
+    offs_m = tile_rows(m0, BM, Q_L)
     if CAUSAL:
         last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
     else:
@@ -150,7 +151,7 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexp
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq = warpgroup_mma(k_s.permute((1, 0)), dx_bufs.index(j % 2), zero_q, use_acc=False)
     mbarrier.arrive(dx_free.index(j % 2), count=1)
-    _add_dq(dq, DQh, m_j, Tq, HEAD_D, BM)
+    add_dq(dq, DQh, m_j, Tq, HEAD_D, BM)
 
 
 @gluon.jit
@@ -185,26 +186,26 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         stage = i % STAGES
         mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
         z = m0 >> 30  # 0: keeps the buffer views inside the loop, as in the paired kernel
-        k_s = _rows(k_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-        v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
-        q_s = _rows(q_ring.index(stage), BM, HEAD_D)
-        do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+        k_s = operand(k_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+        q_s = operand(q_ring.index(stage), BM, HEAD_D)
+        do_s = operand(do_ring.index(stage), BM, HEAD_DV)
         # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
         mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
         dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
                                   offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
                                   PARAM_GRAD, S_L, DK_L, DV_L, KB, BM)
         fence_async_shared()
-        _partition_barrier()
+        partition_barrier()
         mbarrier.arrive(dx_ready.index(i % 2), count=1)
         mbarrier.arrive(empty.index(stage), count=1)
         if i > 0:
             if (i - 1) % 2 == W:
-                k_all = _rows(k_buf.index(z), BLOCK_N, HEAD_D)
+                k_all = operand(k_buf.index(z), BLOCK_N, HEAD_D)
                 _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM, DQ_L)
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
-            k_all = _rows(k_buf.index(0), BLOCK_N, HEAD_D)
+            k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
             _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM,
                    DQ_L)
     if PARAM_GRAD:

@@ -23,15 +23,13 @@ head, q/k head dimension 64, v's a power of two up to 128, rows readable by tens
 checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
 """
 
-import functools
-
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
-from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from ..gluon_tiles import add_dq, operand, partition_barrier, row_descriptors, tile_rows
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -44,15 +42,6 @@ PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (o
 # the kernel's tiling as a TileConfig, for tables and logs (copy-engine reads)
 TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)
 
-# A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
-if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
-    @gluon.jit
-    def _partition_barrier():
-        gl.thread_barrier()
-else:
-    @gluon.jit
-    def _partition_barrier():
-        gl.barrier()
 
 
 @gluon.jit
@@ -80,19 +69,11 @@ def _slope(up, p, P_MODE: gl.constexpr):
 
 
 @gluon.jit
-def _tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
-    """Rows m0 .. m0 + BM of a query tile. The added m0 >> 30 (0: rows < 2^30) makes the whole vector vary with the
-    tile, so the compiler cannot hoist the addresses built from it out of the loop and hold them (8 64-bit
-    addresses per thread per vector) in registers it lacks."""
-    return m0 + (gl.arange(0, BM, layout=Q_L) + (m0 >> 30))
-
-
-@gluon.jit
 def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
     """g_i = sqrt(2 ln(i + 1) / d) of the tile's query rows at absolute positions i (triton_math.threshold_gain),
     the logarithm taken as ln 2 . lg2.approx: one hardware instruction, where gl.log and gl.log2 each compile to a
     routine of about a dozen per value (BENCHMARKS.md, "A fused backward in Gluon", and the section after it)."""
-    pos = _tile_rows(m0, BM, Q_L) + (Tk - Tq)
+    pos = tile_rows(m0, BM, Q_L) + (Tk - Tq)
     lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
                                    is_pure=True, pack=1)
     return gl.sqrt((2.0 * 0.6931471805599453) * lg * inv_d)
@@ -101,7 +82,7 @@ def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
 @gluon.jit
 def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
     """The query rows' share of the score factor: scale / ||q|| (0 past Tq) when normalising, else scale."""
-    offs_m = _tile_rows(m0, BM, Q_L)
+    offs_m = tile_rows(m0, BM, Q_L)
     if NORMALIZE:
         r = gl.load(RQh + offs_m, mask=offs_m < Tq, other=0.0) * scale
     else:
@@ -121,7 +102,7 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
                                                                                              Q_L)[None, :]
     # the last key each query row sees (-1 past Tq): one comparison per element
-    offs_m = _tile_rows(m0, BM, Q_L)
+    offs_m = tile_rows(m0, BM, Q_L)
     if CAUSAL:
         last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
     else:
@@ -129,13 +110,6 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
     last = gl.where(offs_m < Tq, last, -1)
     u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
     return gl.maximum(u, 0.0)
-
-
-@gluon.jit
-def _rows(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
-    """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
-    under the 2-D layout of the same swizzle."""
-    return smem._reinterpret(smem.dtype, [ROWS, WIDTH], gl.NVMMASharedLayout.get_default_for([ROWS, WIDTH], smem.dtype))
 
 
 @gluon.jit
@@ -202,19 +176,6 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
 
 
 @gluon.jit
-def _add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
-    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
-    thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
-    from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
-    addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
-    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
-    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
-    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
-                  gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
-
-
-@gluon.jit
 def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NORMALIZE: gl.constexpr,
                  DK_L: gl.constexpr):
     """dk = p (dk' - r'^2 (k . dk') k) (triton_math.normalize_backward; p dk' without it), stored."""
@@ -227,20 +188,6 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
     rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
     cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
     gl.store(DKh + rows[:, None] * s_t + cols[None, :], dk.to(DKh.dtype.element_ty), mask=(rows < Tk)[:, None])
-
-
-@functools.lru_cache(maxsize=None)
-def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
-    """The shared-memory layout of a (1, 1, rows, width) 16-bit block (made once: 5 us a call on a CPU)."""
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
-
-
-def row_descriptors(*blocks: tuple) -> tuple:
-    """Copy-engine descriptors of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs, each in blocks of
-    ``rows`` rows of one head (the Gluon forward's too)."""
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
-                                  _row_block_layout(rows, t.shape[-1]))
-                 for t, rows in blocks)
 
 
 def descriptors(q1, k1, q2, k2, v, do) -> tuple:
@@ -285,7 +232,7 @@ def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_fre
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
     mbarrier.arrive(ds_free.index(j % 2), count=1)
-    _add_dq(dq, DQh, m_prev, Tq, HEAD_D, BM)
+    add_dq(dq, DQh, m_prev, Tq, HEAD_D, BM)
 
 
 @gluon.jit
@@ -302,12 +249,12 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
     stage = i % STAGES
     mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
     z = k_rows >> 30
-    k1_s = _rows(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    k2_s = _rows(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    v_s = _rows(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
-    q1_s = _rows(q1_ring.index(stage), BM, HEAD_D)
-    q2_s = _rows(q2_ring.index(stage), BM, HEAD_D)
-    do_s = _rows(do_ring.index(stage), BM, HEAD_DV)
+    k1_s = operand(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k2_s = operand(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+    q1_s = operand(q1_ring.index(stage), BM, HEAD_D)
+    q2_s = operand(q2_ring.index(stage), BM, HEAD_D)
+    do_s = operand(do_ring.index(stage), BM, HEAD_DV)
     # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
     mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
     dk1, dk2, dv, acc_lam, acc_beta = _key_side(
@@ -316,7 +263,7 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
         RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
         DV_L, KB)
     fence_async_shared()
-    _partition_barrier()
+    partition_barrier()
     mbarrier.arrive(ds_ready.index(i % 2), count=1)
     mbarrier.arrive(empty.index(stage), count=1)
     return dk1, dk2, dv, acc_lam, acc_beta
@@ -379,7 +326,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                 W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
                 inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
             if i > 0:
-                k_view = _rows((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
                 _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
             m_prev = m0
             m0 = m_next
@@ -390,19 +337,19 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                 W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
                 inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
             if i > 0:
-                k_view = _rows((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
                 _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
         m_prev = m_end - BM
     if n_tiles > 0:
-        k_view = _rows((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
+        k_view = operand((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
         _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
     part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
     if LAM_GRAD:
         gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
     if BETA_GRAD:
         gl.store(BETA_PART + part, -p * gl.sum(acc_beta, axis=0))
-    k1_s = _rows(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    k2_s = _rows(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k1_s = operand(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    k2_s = operand(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
     _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
     _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
     rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))

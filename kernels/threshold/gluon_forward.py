@@ -29,7 +29,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from .gluon_backward import _power, _rows, row_descriptors
+from ..gluon_tiles import operand, row_descriptors
+from .gluon_backward import _power
 from .tiles import TileConfig
 from .triton_lists import CELL
 from .triton_math import NORM_EPS
@@ -100,9 +101,9 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     are left out when none did."""
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-    k1_s = _rows(k1_ring.index(stage), BLOCK_N, HEAD_D)
-    k2_s = _rows(k2_ring.index(stage), BLOCK_N, HEAD_D)
-    v_s = _rows(v_ring.index(stage), BLOCK_N, HEAD_DV)
+    k1_s = operand(k1_ring.index(stage), BLOCK_N, HEAD_D)
+    k2_s = operand(k2_ring.index(stage), BLOCK_N, HEAD_D)
+    v_s = operand(v_ring.index(stage), BLOCK_N, HEAD_DV)
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
@@ -171,8 +172,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     lam = gl.load(LAM + h)
     tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
     mbarrier.wait(q_bar, phase=0)
-    q1_s = _rows(q1_buf.index(W), ROWS, HEAD_D)
-    q2_s = _rows(q2_buf.index(W), ROWS, HEAD_D)
+    q1_s = operand(q1_buf.index(W), ROWS, HEAD_D)
+    q2_s = operand(q2_buf.index(W), ROWS, HEAD_D)
     f1 = _row_factor(q1_s, RQ1 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     f2 = _row_factor(q2_s, RQ2 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)

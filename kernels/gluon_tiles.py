@@ -1,0 +1,64 @@
+"""Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py and
+kernels/score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their blocks seen as product
+operands, a tile's query rows, the partition barrier, and dQ's vector atomics.
+
+Imports Triton's Gluon at once: import it only where launch.gluon_available() says Gluon exists.
+"""
+
+import functools
+
+from triton.experimental import gluon
+from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
+
+# A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
+if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
+    @gluon.jit
+    def partition_barrier():
+        gl.thread_barrier()
+else:
+    @gluon.jit
+    def partition_barrier():
+        gl.barrier()
+
+
+@gluon.jit
+def tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
+    """Rows m0 .. m0 + BM of a query tile. The added m0 >> 30 (0: rows < 2^30) makes the whole vector vary with the
+    tile, so the compiler cannot hoist the addresses built from it out of the loop and hold them (8 64-bit
+    addresses per thread per vector) in registers it lacks."""
+    return m0 + (gl.arange(0, BM, layout=Q_L) + (m0 >> 30))
+
+
+@gluon.jit
+def operand(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
+    """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
+    under the 2-D layout of the same swizzle."""
+    return smem._reinterpret(smem.dtype, [ROWS, WIDTH], gl.NVMMASharedLayout.get_default_for([ROWS, WIDTH], smem.dtype))
+
+
+@gluon.jit
+def add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
+    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
+    thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
+    from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
+    addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
+    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
+    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
+    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
+    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
+                  gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
+
+
+@functools.lru_cache(maxsize=None)
+def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a (1, 1, rows, width) 16-bit block (made once: 5 us a call on a CPU)."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
+
+
+def row_descriptors(*blocks: tuple) -> tuple:
+    """Copy-engine descriptors of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs, each in blocks of
+    ``rows`` rows of one head."""
+    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
+                                  _row_block_layout(rows, t.shape[-1]))
+                 for t, rows in blocks)
