@@ -6,7 +6,8 @@ interpreter switch, output layout, copy-engine conditions, compile-only targets)
 op makes, whether the kernels apply, per-head parameters), fast_launch.py (launches without Triton's per-call binding),
 and for the one-view score ops blocked.py (the blocked PyTorch references' machinery), score_ops.py (their input
 check, tiles, launches), score_tiles.py (device helpers) and score_gluon.py with score_gluon_backward.py (their
-backward as one Gluon kernel for Hopper); gluon_tiles.py holds the Gluon helpers every Hopper kernel shares.
+backward as one Gluon kernel for Hopper); gluon_tiles.py holds the Gluon helpers every Hopper kernel shares and gluon_support.py
+whether they can run here (Triton's Gluon, a Hopper GPU, the layouts they take).
 
 The model imports its entry points from here: each runs the fused kernels on CUDA tensors they support and an exact
 PyTorch implementation otherwise. This package imports nothing from the rest of the project, and imports Triton only

@@ -2,7 +2,7 @@
 kernels/score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their blocks seen as product
 operands, a tile's query rows, the partition barrier, and dQ's vector atomics.
 
-Imports Triton's Gluon at once: import it only where launch.gluon_available() says Gluon exists.
+Imports Triton's Gluon at once: import it only where gluon_support.gluon_available() says Gluon exists.
 """
 
 import functools

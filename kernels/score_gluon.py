@@ -18,7 +18,7 @@ from triton.runtime.errors import OutOfResources
 from . import common
 from .common import CompileTarget
 from .score_ops import LOG2E, run
-from .threshold.launch import gluon_available, gluon_layout_takes, on_hopper
+from .gluon_support import gluon_available, gluon_layout_takes, on_hopper
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the kernel failed to compile or launch here, once it has
@@ -27,7 +27,7 @@ _failure: list[str] = []  # why the kernel failed to compile or launch here, onc
 def gluon_backward_fits(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         target: Optional[CompileTarget] = None) -> bool:
     """A Hopper GPU (with a ``target``: compiled for sm_90), the layout the Gluon kernels take
-    (threshold.launch.gluon_layout_takes: 16-bit, one key/value head per query head, d = 64, dv a power of two from 16
+    (gluon_support.gluon_layout_takes: 16-bit, one key/value head per query head, d = 64, dv a power of two from 16
     to 128), rows readable by tensor descriptors, a Triton with Gluon, and no earlier failure of the kernel here."""
     hopper = target.arch == 90 if target is not None else on_hopper(q)
     return (not _failure and hopper

@@ -10,7 +10,7 @@ import sys
 import pytest
 import torch
 
-from kernels import common
+from kernels import common, gluon_support
 from kernels.threshold import launch
 
 
@@ -30,7 +30,7 @@ def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
                                           ("4.0", (4, 0))])
 def test_triton_versions_read(text, version):
-    assert launch._version(text) == version
+    assert gluon_support._version(text) == version
 
 
 def _available_after(monkeypatch, change) -> bool:

@@ -16,8 +16,6 @@ Gluon backward) and ``dq_finish``.
 """
 
 import dataclasses
-import functools
-import importlib
 from typing import Callable, Optional
 
 import torch
@@ -27,6 +25,7 @@ from triton.runtime.errors import OutOfResources
 
 from .. import common, fast_launch
 from ..common import CompileTarget, interpreting, padded
+from ..gluon_support import gluon_available, gluon_layout_takes, on_hopper  # noqa: F401  (here for the tests, too)
 from .options import ThresholdOptions
 from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
                     dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
@@ -271,37 +270,7 @@ def _key_block_launches(grid, args_for, rows, consts, dkdv_key, d, dv_dim, two, 
                 plan.dv_tile, target, rows=rows, query_major=True, skip_empty=True)
 
 
-def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
-    """Whether the Gluon kernels (gluon_forward.py, gluon_backward.py) are built for this layout: 16-bit, one key/value
-    head per query head, q/k head dimension 64 (the M side of the backward's dQ^T product must be 64), v's a power of
-    two from 16 to 128."""
-    return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
-            and head_dv in (16, 32, 64, 128))
-
-
-GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
 _gluon_failure: list[str] = []  # why a Gluon kernel failed to compile or launch here, once one has
-
-
-def _version(text: str) -> tuple[int, ...]:
-    parts = []
-    for piece in text.split("+")[0].split(".")[:3]:
-        digits = len(piece) - len(piece.lstrip("0123456789"))
-        parts.append(int(piece[:digits]) if digits else 0)
-    return tuple(parts)
-
-
-@functools.lru_cache(maxsize=1)
-def gluon_available() -> bool:
-    """Whether this Triton has the Gluon language the Gluon kernels are written in (3.6 and 3.7 compile them; with an
-    older one the Triton kernels run instead)."""
-    if _version(triton.__version__) < GLUON_MIN_TRITON:
-        return False
-    try:
-        importlib.import_module(".gluon_backward", __package__)
-    except (ImportError, AttributeError):
-        return False
-    return True
 
 
 def _gluon_failed(error: Exception) -> None:
@@ -312,16 +281,6 @@ def _gluon_failed(error: Exception) -> None:
     _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
     warnings.warn(f"the Gluon kernels cannot run with Triton {triton.__version__} on this GPU "
                   f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
-
-
-@functools.lru_cache(maxsize=None)
-def _capability(device_index: int) -> tuple[int, int]:
-    return torch.cuda.get_device_capability(device_index)  # (else a device query on every backward call)
-
-
-def on_hopper(x: torch.Tensor) -> bool:
-    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted."""
-    return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
 
 
 def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,

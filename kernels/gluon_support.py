@@ -1,0 +1,54 @@
+"""Whether the Gluon kernels for Hopper can run here, and for which layouts (host side, no Gluon import at module
+level): the paired threshold kernels (kernels/threshold/gluon_*.py) and the one-view score ops' backward
+(kernels/score_gluon_backward.py) share these conditions.
+"""
+import functools
+import importlib
+
+import torch
+import triton
+
+from .common import interpreting
+
+GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
+# the modules written in Gluon: importing them is what tells whether this Triton has the language they use
+_GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_backward", ".score_gluon_backward")
+
+
+def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
+    """Whether the Gluon kernels are built for this layout: 16-bit, one key/value head per query head, q/k head
+    dimension 64 (the M side of the backwards' dQ^T product must be 64), v's a power of two from 16 to 128."""
+    return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
+            and head_dv in (16, 32, 64, 128))
+
+
+def _version(text: str) -> tuple[int, ...]:
+    parts = []
+    for piece in text.split("+")[0].split(".")[:3]:
+        digits = len(piece) - len(piece.lstrip("0123456789"))
+        parts.append(int(piece[:digits]) if digits else 0)
+    return tuple(parts)
+
+
+@functools.lru_cache(maxsize=1)
+def gluon_available() -> bool:
+    """Whether this Triton has the Gluon language the Gluon kernels are written in (3.6 and 3.7 compile them; with an
+    older one the Triton kernels run instead)."""
+    if _version(triton.__version__) < GLUON_MIN_TRITON:
+        return False
+    try:
+        for name in _GLUON_MODULES:
+            importlib.import_module(name, __package__)
+    except (ImportError, AttributeError):
+        return False
+    return True
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(device_index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(device_index)  # (else a device query on every backward call)
+
+
+def on_hopper(x: torch.Tensor) -> bool:
+    """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted."""
+    return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
