@@ -31,6 +31,27 @@ def tile_rows(m0, BM: gl.constexpr, Q_L: gl.constexpr):
 
 
 @gluon.jit
+def last_visible_key(offs_m, Tq, Tk, CAUSAL: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+    """Per query row of offs_m (at absolute position i + Tk − Tq), the last key it sees; −1 past Tq, so that the mask
+    key ≤ last is one comparison per element and also drops keys past Tk."""
+    if CAUSAL:
+        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
+    else:
+        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
+    return gl.where(offs_m < Tq, last, -1)
+
+
+@gluon.jit
+def first_query_tile(n0, Tq, Tk, BM: gl.constexpr, CAUSAL: gl.constexpr):
+    """The first row of the first BM-row query tile that sees key n0 (0 without causality)."""
+    if CAUSAL:
+        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
+    else:
+        m_lo = 0
+    return m_lo
+
+
+@gluon.jit
 def operand(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
     """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
     under the 2-D layout of the same swizzle."""

@@ -36,7 +36,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .gluon_tiles import add_dq, operand, partition_barrier, row_descriptors, tile_rows
+from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
+                          tile_rows)
 from .sigmoid import triton_forward as sigmoid_forward
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
@@ -103,11 +104,7 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
     s = s * qk_scale2
     offs_m = tile_rows(m0, BM, Q_L)
-    if CAUSAL:
-        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
-    else:
-        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
-    last = gl.where(offs_m < Tq, last, -1)
+    last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
     keep = offs_n[:, None] <= last[None, :]
     if MODE == SIGMOID:
         w, slope = _sigmoid_and_slope(s + param2)
@@ -268,10 +265,7 @@ def score_backward_kernel(
     tma.async_copy_global_to_shared(k_desc, [b, h, n0, 0], kv_bar, k_buf.index(0))
     tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
     m_end = gl.cdiv(Tq, BM) * BM
-    if CAUSAL:
-        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
-    else:
-        m_lo = 0
+    m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     n_tiles = gl.maximum(m_end - m_lo, 0) // BM
     smem = (k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
     ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)

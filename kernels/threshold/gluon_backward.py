@@ -29,7 +29,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from ..gluon_tiles import add_dq, operand, partition_barrier, row_descriptors, tile_rows
+from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
+                           tile_rows)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -103,11 +104,7 @@ def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl
                                                                                              Q_L)[None, :]
     # the last key each query row sees (-1 past Tq): one comparison per element
     offs_m = tile_rows(m0, BM, Q_L)
-    if CAUSAL:
-        last = gl.minimum(offs_m + (Tk - Tq), Tk - 1)
-    else:
-        last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
-    last = gl.where(offs_m < Tq, last, -1)
+    last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
     u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
     return gl.maximum(u, 0.0)
 
@@ -410,10 +407,7 @@ def paired_backward_kernel(
     tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
     tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
     m_end = gl.cdiv(Tq, BM) * BM
-    if CAUSAL:
-        m_lo = (gl.maximum(n0 - (Tk - Tq), 0) // BM) * BM
-    else:
-        m_lo = 0
+    m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     entry = bh * num_n_blocks + nblk
     tiles = LIST + entry.to(gl.int64) * list_cap
     if USE_LIST:
