@@ -46,7 +46,7 @@ SIGMOID = gl.constexpr(2)
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = 8                 # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
-PARTIALS_PER_BLOCK = gl.constexpr(2)        # db partial sums per key block (one per warpgroup)
+PARTIALS_PER_BLOCK = gl.constexpr(2)  # the head parameter's gradient: partial sums per key block, one per warpgroup
 
 # 1 / (1 + t) on t ∈ [0, 1]: the sigmoid forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
 RCP_C0 = gl.constexpr(sigmoid_forward.RCP_C0.value)
@@ -67,6 +67,7 @@ def _sigmoid_and_slope(z):
 
 @gluon.jit
 def _load_query_tile(q_desc, do_desc, q_ring, do_ring, bars, stage, b, h, m0):
+    """Start the copy of the query tile at row m0 (q, dO) into ring stage ``stage``, signalling bars[stage]."""
     bar = bars.index(stage)
     mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(q_desc, [b, h, m0, 0], bar, q_ring.index(stage))

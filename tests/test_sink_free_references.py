@@ -69,6 +69,38 @@ def test_softpick_is_exact_where_the_plain_formula_overflows_float32():
         assert torch.isfinite(g).all() and rel_err(g, w) < 1e-4
 
 
+@pytest.mark.parametrize("path", ["reference", "triton"])
+def test_softpick_gradient_takes_the_branch_of_a_tiny_positive_score_in_float32(path):
+    """A score of 1e-7 beside one of 5 in its row: in float32 e^{x−m} − e^{−m} rounds to 0 there (the shift m = 5),
+    yet the score is positive, so its weight's gradient is e^x/N · (dW − Δ), not 0; key 2 is seen by that row alone,
+    so a gradient that dropped it would leave dK of key 2 at 0. Every row holds a negative score too (row 0 only
+    one), so no row's weights sum to about 1, where softpick's gradient is ill-conditioned (README, "Conditioning").
+    Float32 must give float64's gradients, on the reference and on the Triton kernels (interpreted on the CPU)."""
+    from kernels.common import interpreting
+    from kernels.softpick.autograd import softpick_attention_triton
+
+    if path == "triton" and not interpreting():
+        pytest.skip("the Triton kernels take CPU tensors only under TRITON_INTERPRET=1")
+    attention = softpick_attention_reference if path == "reference" else softpick_attention_triton
+    d = 16
+    q = torch.zeros(1, 1, 3, d)
+    k = torch.zeros(1, 1, 3, d)
+    q[0, 0, :, 0] = torch.tensor([-1.0, 1.0, 1.0])
+    k[0, 0, :, 0] = torch.tensor([5.0, -2.0, 1e-7]) * d ** 0.5   # scores ±5, ∓2 and 1e-7 (scale 1/√d)
+    k[0, 0, :, 1] = 0.3                # q and k otherwise orthogonal: the scores stay as set
+    v = torch.randn(1, 1, 3, d, generator=torch.Generator().manual_seed(3))
+    x, _ = naive.scores(q, k)
+    assert float(x[0, 0, 2, 2]) > 0 and float(torch.exp(x[0, 0, 2, 2].float() - 5) - torch.exp(torch.tensor(-5.0))) == 0
+    probe = torch.randn(1, 1, 3, d, dtype=torch.float64, generator=torch.Generator().manual_seed(4))
+    leaves32 = [t.clone().requires_grad_() for t in (q, k, v)]
+    leaves64 = [t.double().requires_grad_() for t in (q, k, v)]
+    got = torch.autograd.grad((attention(*leaves32, eps=1e-6).double() * probe).sum(), leaves32)
+    want = torch.autograd.grad(((naive.softpick_map(*leaves64[:2], 1e-6) @ leaves64[2]) * probe).sum(), leaves64)
+    assert float(want[1][0, 0, 2].abs().max()) > 1e-4   # key 2's gradient is not 0
+    for g, w in zip(got, want):
+        assert rel_err(g, w) < 1e-4
+
+
 @pytest.mark.parametrize("causal", [True, False])
 @pytest.mark.parametrize("name", NAMES)
 def test_grouped_heads_other_scale_and_both_maskings_match_the_formula(name, causal):

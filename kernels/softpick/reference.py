@@ -21,7 +21,9 @@ def _weights(x: torch.Tensor, keep: torch.Tensor, param: None, eps: float):
     """relu(e^x − 1) / (Σ_j |e^x_j − 1| + ε) over visible entries, as relu(e^{x−m} − e^{−m}) / (Σ_j |e^{x_j−m} −
     e^{−m}| + ε e^{−m}). m = max(row max, 0) keeps both e^{x−m} and e^{−m} at most 1, so no intermediate is infinite
     (with the row maximum alone, e^{−m} overflows for a row of very negative scores). Saved for the gradient: e^{x−m},
-    D e^{−m} (their ratio is e^x / N) and u = e^{x−m} − e^{−m}, whose sign is that of x."""
+    D e^{−m} (their ratio is e^x / N) and the scores x, whose sign picks the gradient's branch: u = e^{x−m} − e^{−m}
+    has that sign too, but rounds to 0 for |x| below float32's resolution of e^{−m}, where the gradient is not 0
+    (the kernels take the sign from the scores as well)."""
     zero = torch.zeros((), dtype=x.dtype, device=x.device)
     x = x.masked_fill(~keep, float("-inf"))
     m = x.amax(dim=-1, keepdim=True).clamp_min(0.0)   # every row sees a key, so the max is finite
@@ -29,13 +31,13 @@ def _weights(x: torch.Tensor, keep: torch.Tensor, param: None, eps: float):
     e = torch.exp(x - m)                               # 0 on masked entries
     u = torch.where(keep, e - e_m, zero)
     denominator = u.abs().sum(dim=-1, keepdim=True) + eps * e_m
-    return u.clamp_min(0.0) / denominator, (e, denominator, u)
+    return u.clamp_min(0.0) / denominator, (e, denominator, x)
 
 
 def _score_grad(dw: torch.Tensor, w: torch.Tensor, saved):
-    e, denominator, u = saved
+    e, denominator, x = saved   # x is −inf where masked, and e is 0 there
     delta = (dw * w).sum(dim=-1, keepdim=True)
-    return e / denominator * (dw * (u > 0) - torch.sign(u) * delta), None
+    return e / denominator * (dw * (x > 0) - torch.sign(x) * delta), None
 
 
 RULE = Rule("softpick", _weights, _score_grad, has_param=False)
