@@ -120,12 +120,13 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
         delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
         if MODE == SOFTPICK:
-            # x > 0 exactly where E > 1/N = 2^(−L), so neither the scores nor E − 1/N need stay live beside E and dW
-            # (holding the scores made this mode 2× slower than the sink's: BENCHMARKS.md); dX first, so that dW
-            # dies before the weights are formed
-            inv_n = gl.exp2(-lse)[None, :]
-            dx = e * gl.where(e > inv_n, dw - delta, gl.where(e < inv_n, delta, 0.0))
-            w = gl.maximum(e - inv_n, 0.0)
+            # The branch is the score's sign, which E − 1/N = (e^x − 1)/N loses for scores below float32's
+            # resolution (it rounds to 0 there). E takes the sign along, so that the scores die here (holding them
+            # beside E and dW made this mode 2× slower than the sink's: BENCHMARKS.md); dX before the weights, so
+            # that dW dies first.
+            e = gl.where(s > 0.0, e, gl.where(s < 0.0, -e, 0.0))
+            dx = gl.abs(e) * gl.where(e > 0.0, dw - delta, gl.where(e < 0.0, delta, 0.0))
+            w = gl.maximum(e - gl.exp2(-lse)[None, :], 0.0)
         else:
             w = e
             dx = e * (dw - delta)

@@ -128,6 +128,40 @@ def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
     assert not within(errors, case.dtype), {k: v for k, v in errors.items() if k != "got"}
 
 
+@pytest.mark.parametrize("gluon", [False, True])
+def test_softpick_gradient_of_a_tiny_positive_score_on_gpu(gluon, monkeypatch):
+    """A score of 1e-7 beside one of 5 in its row (bf16 inputs, fp32 scores): e^{x−m} − e^{−m} rounds to 0, yet the
+    weight's gradient is that of a positive score; key 2 is seen by that row alone, so its dK comes from it alone.
+    On the Triton backward and on the Gluon one (asked for; Hopper only)."""
+    from kernels import score_gluon
+
+    d = 64
+    q = torch.zeros(1, 1, 3, d)
+    k = torch.zeros(1, 1, 3, d)
+    q[0, 0, :, 0] = torch.tensor([-1.0, 1.0, 1.0])
+    k[0, 0, :, 0] = torch.tensor([5.0, -2.0, 1e-7]) * d ** 0.5
+    k[0, 0, :, 1] = 0.25
+    v = torch.randn(1, 1, 3, d, generator=torch.Generator().manual_seed(3))
+    do = torch.randn(1, 1, 3, d, generator=torch.Generator().manual_seed(4))
+    leaves = [t.to("cuda", torch.bfloat16).requires_grad_() for t in (q, k, v)]
+    if gluon and not score_gluon.gluon_backward_fits(do.to("cuda", torch.bfloat16), *leaves):
+        pytest.skip("not a Hopper GPU with Gluon")
+    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", gluon)
+    taken = []
+    real = score_gluon.run
+    monkeypatch.setattr(score_gluon, "run", lambda *a: taken.append(a[0]) or real(*a))
+    out = softpick_attention_triton(*leaves)
+    out.backward(do.to("cuda", torch.bfloat16))
+    ref = [t.to(torch.bfloat16).double().requires_grad_() for t in (q, k, v)]
+    x = ref[0] @ ref[1].transpose(-1, -2) / d ** 0.5
+    u = (torch.exp(x) - 1) * torch.ones(3, 3, dtype=torch.bool).tril()
+    (((torch.relu(u) / (u.abs().sum(-1, keepdim=True) + 1e-6)) @ ref[2]) * do.double()).sum().backward()
+    assert taken == (["gluon_bwd"] if gluon else [])
+    want = ref[1].grad[0, 0, 2]
+    assert float(want.abs().max()) > 1e-4
+    assert rel_err(leaves[1].grad[0, 0, 2], want) < 1e-2
+
+
 @pytest.mark.parametrize("name", ["sigmoid", "softpick", "sink_softmax"])
 def test_model_variant_runs_on_the_kernels_and_compiles(name):
     """The registered variant on CUDA in bf16 autocast takes the kernels, matches its float64 self on the CPU
