@@ -1,14 +1,18 @@
 """Whether the Gluon kernels for Hopper can run here, and for which layouts (host side, no Gluon import at module
 level): the paired threshold kernels (kernels/threshold/gluon_*.py) and the one-view score ops' backward
-(kernels/score_gluon_backward.py) share these conditions.
+(kernels/score_gluon_backward.py) share these conditions and the hand-over to their Triton kernels when one cannot
+compile or launch (``fails``: each family keeps its own record of failures, empty while none has failed).
 """
 import functools
 import importlib
+import warnings
+from typing import Optional
 
 import torch
 import triton
 
-from .common import interpreting
+from . import common
+from .common import CompileTarget, interpreting
 
 GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
 # the modules written in Gluon: importing them is what tells whether this Triton has the language they use
@@ -52,3 +56,20 @@ def _capability(device_index: int) -> tuple[int, int]:
 def on_hopper(x: torch.Tensor) -> bool:
     """Whether ``x`` lives on a Hopper GPU (sm_90, wgmma), compiled rather than interpreted."""
     return not interpreting() and x.is_cuda and _capability(x.device.index) == (9, 0)
+
+
+def fits(target: Optional[CompileTarget], failures: list, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+         *rows: torch.Tensor) -> bool:
+    """A Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take (gluon_layout_takes), every
+    one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no failure in ``failures``."""
+    hopper = target.arch == 90 if target is not None else on_hopper(q)
+    return (not failures and hopper and gluon_layout_takes(q.dtype, q.shape[1], k.shape[1], q.shape[-1], v.shape[-1])
+            and common.tma_ready(*rows) and gluon_available())
+
+
+def report_failure(failures: list, what: str, error: Exception) -> None:
+    """A Gluon kernel did not compile with this Triton, or its launch found too few resources (nothing ran either
+    way): record it in ``failures`` (so that ``fits`` says no from now on) and warn once that ``what`` cannot run."""
+    failures.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
+    warnings.warn(f"{what} cannot run with Triton {triton.__version__} on this GPU ({failures[0]}); the Triton kernels "
+                  "take over", RuntimeWarning, stacklevel=4)

@@ -7,7 +7,6 @@ a warning says so once and the Triton kernels run from then on). The part is nam
 """
 from __future__ import annotations
 
-import warnings
 from typing import Optional
 
 import torch
@@ -15,10 +14,9 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from . import common
+from . import common, gluon_support
 from .common import CompileTarget
 from .score_ops import LOG2E, run
-from .gluon_support import gluon_available, gluon_layout_takes, on_hopper
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the kernel failed to compile or launch here, once it has
@@ -26,13 +24,8 @@ _failure: list[str] = []  # why the kernel failed to compile or launch here, onc
 
 def gluon_backward_fits(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
                         target: Optional[CompileTarget] = None) -> bool:
-    """A Hopper GPU (with a ``target``: compiled for sm_90), the layout the Gluon kernels take
-    (gluon_support.gluon_layout_takes: 16-bit, one key/value head per query head, d = 64, dv a power of two from 16
-    to 128), rows readable by tensor descriptors, a Triton with Gluon, and no earlier failure of the kernel here."""
-    hopper = target.arch == 90 if target is not None else on_hopper(q)
-    return (not _failure and hopper
-            and gluon_layout_takes(q.dtype, q.shape[1], k.shape[1], q.shape[-1], v.shape[-1])
-            and common.tma_ready(q, k, v, do) and gluon_available())
+    """gluon_support.fits for q, k, v and dO, while this kernel has not failed here."""
+    return gluon_support.fits(target, _failure, q, k, v, q, k, v, do)
 
 
 def default_tile(head_dv: int) -> tuple[int, int]:
@@ -71,8 +64,6 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
             HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad, BM=block_m,
             STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)
     except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
-        _failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
-        warnings.warn(f"the Gluon backward of the score ops cannot run with Triton {triton.__version__} on this GPU "
-                      f"({_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
+        gluon_support.report_failure(_failure, "the Gluon backward of the score ops", error)
         return False, None
     return True, parts

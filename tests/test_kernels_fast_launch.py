@@ -7,7 +7,7 @@ import pytest
 import torch
 from triton.runtime.jit import JITFunction
 
-from kernels import fast_launch
+from kernels import fast_launch, gluon_support
 from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.tiles import BackwardPlan
@@ -171,7 +171,7 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch, 
     """The same for the fused Gluon backward's launch (recorded, not run: it needs a Hopper GPU), over every query tile
     or those of the lists of occupied tiles (whose compaction launch is recorded first)."""
     pytest.importorskip("triton.experimental.gluon")
-    if not launch.gluon_available():
+    if not gluon_support.gluon_available():
         pytest.skip("this Triton has no Gluon the fused backward compiles with")
     from kernels.threshold import gluon_backward as gb
 

@@ -8,7 +8,7 @@ import torch
 from sink_free_float64 import Case, make_inputs, run_and_compare, within
 from test_threshold_gluon import _compile_in_subprocess
 
-from kernels import common, score_gluon, score_gluon_backward
+from kernels import common, gluon_support, score_gluon, score_gluon_backward
 from kernels.sigmoid.autograd import sigmoid_attention_triton
 from kernels.softpick import launch as normalized_launch
 from kernels.sink_softmax.autograd import sink_softmax_attention_triton
@@ -34,7 +34,7 @@ def test_gluon_backward_fits(monkeypatch, dtype, H, Hkv, d, dv, takes):
     rows the copy engine can read."""
     q, k, v, do = _rows(64, H, d, dtype), _rows(64, Hkv, d, dtype), _rows(64, Hkv, dv, dtype), _rows(64, H, dv, dtype)
     assert not score_gluon.gluon_backward_fits(do, q, k, v)
-    monkeypatch.setattr(score_gluon, "on_hopper", lambda x: True)
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
     assert score_gluon.gluon_backward_fits(do, q, k, v) is takes
     monkeypatch.setattr(common, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
     assert not score_gluon.gluon_backward_fits(do, q, k, v)
@@ -56,7 +56,7 @@ def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monke
             raise CompilationError("kernel source", None, "unsupported in this Triton")
         raise OutOfResources(300000, 232448, "shared memory")
 
-    monkeypatch.setattr(score_gluon, "on_hopper", lambda x: True)
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
     monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
     monkeypatch.setattr(score_gluon, "run", refuse)
     monkeypatch.setattr(score_gluon_backward, "descriptors", lambda *args: ())  # the guarded rows are not aligned

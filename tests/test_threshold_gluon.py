@@ -24,7 +24,7 @@ from kernels.threshold import launch
     (torch.bfloat16, 6, 6, 64, 256, False),  # v wider than 128
 ])
 def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
-    assert launch.gluon_layout_takes(dtype, heads, kv_heads, d, dv) is takes
+    assert gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv) is takes
 
 
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
@@ -34,21 +34,21 @@ def test_triton_versions_read(text, version):
 
 
 def _available_after(monkeypatch, change) -> bool:
-    """launch.gluon_available() once ``change(monkeypatch)`` is made, with its memo cleared before and after (and the
+    """gluon_support.gluon_available() once ``change(monkeypatch)`` is made, with its memo cleared before and after (and the
     change undone)."""
-    launch.gluon_available.cache_clear()
+    gluon_support.gluon_available.cache_clear()
     try:
         change(monkeypatch)
-        return launch.gluon_available()
+        return gluon_support.gluon_available()
     finally:
         monkeypatch.undo()
-        launch.gluon_available.cache_clear()
+        gluon_support.gluon_available.cache_clear()
 
 
 def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
     """Triton 3.5 has a Gluon whose warp_specialize the Gluon kernels cannot compile with."""
-    assert not _available_after(monkeypatch, lambda mp: mp.setattr(launch.triton, "__version__", "3.5.0"))
-    assert launch.gluon_available()
+    assert not _available_after(monkeypatch, lambda mp: mp.setattr(gluon_support.triton, "__version__", "3.5.0"))
+    assert gluon_support.gluon_available()
 
 
 @pytest.mark.parametrize("kernel", ["backward", "forward"])
@@ -70,7 +70,7 @@ def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeyp
             raise CompilationError("kernel source", None, "unsupported in this Triton")
         raise OutOfResources(300000, 232448, "shared memory")
 
-    monkeypatch.setattr(launch, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
     monkeypatch.setattr(launch, "_gluon_" + kernel, refuse)
     if kernel == "backward":
         monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
@@ -93,7 +93,7 @@ def test_fits_nothing_off_hopper(monkeypatch):
     do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
     assert not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
     assert not launch.gluon_forward_fits(q1, k1, v, q2, k2)
-    monkeypatch.setattr(launch, "on_hopper", lambda x: True)
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
     assert launch.gluon_backward_fits(do, q1, k1, v, q2, k2) and launch.gluon_forward_fits(q1, k1, v, q2, k2)
     monkeypatch.setattr(common, "tma_ready", lambda *rows: all(r is not do for r in rows))  # dO alone unreadable
     assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
@@ -151,7 +151,7 @@ def test_gluon_is_available_here(monkeypatch):
     kernels), and one without it is reported as such, so the Triton kernels run instead of failing."""
     import builtins
 
-    assert launch.gluon_available()
+    assert gluon_support.gluon_available()
     real_import = builtins.__import__
 
     def no_gluon(name, *args, **kwargs):
@@ -165,7 +165,7 @@ def test_gluon_is_available_here(monkeypatch):
         mp.setattr(builtins, "__import__", no_gluon)
 
     assert not _available_after(monkeypatch, without_gluon)
-    assert launch.gluon_available()
+    assert gluon_support.gluon_available()
 
 
 _COMPILE_FORWARD = """

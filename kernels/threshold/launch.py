@@ -23,9 +23,8 @@ import triton
 from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
-from .. import common, fast_launch
+from .. import common, fast_launch, gluon_support
 from ..common import CompileTarget, interpreting, padded
-from ..gluon_support import gluon_available, gluon_layout_takes, on_hopper  # noqa: F401  (here for the tests, too)
 from .options import ThresholdOptions
 from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
                     dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
@@ -274,24 +273,14 @@ _gluon_failure: list[str] = []  # why a Gluon kernel failed to compile or launch
 
 
 def _gluon_failed(error: Exception) -> None:
-    """A Gluon kernel did not compile with this Triton, or its launch found too few resources (nothing ran either
-    way): say so once and take the Triton kernels, forward and backward, from now on."""
-    import warnings
-
-    _gluon_failure.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
-    warnings.warn(f"the Gluon kernels cannot run with Triton {triton.__version__} on this GPU "
-                  f"({_gluon_failure[0]}); the Triton kernels take over", RuntimeWarning, stacklevel=3)
+    """Take the Triton kernels, forward and backward, from now on (gluon_support.report_failure)."""
+    gluon_support.report_failure(_gluon_failure, "the Gluon kernels", error)
 
 
 def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                 q2: Optional[torch.Tensor], *rows: Optional[torch.Tensor]) -> bool:
-    """Two views on a Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take
-    (gluon_layout_takes), every one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no Gluon
-    kernel has failed here."""
-    hopper = target.arch == 90 if target is not None else on_hopper(q1)
-    return (q2 is not None and not _gluon_failure and hopper
-            and gluon_layout_takes(q1.dtype, q1.shape[1], k1.shape[1], q1.shape[-1], v.shape[-1])
-            and common.tma_ready(*rows) and gluon_available())
+    """Two views, and gluon_support.fits (no Gluon kernel of this family has failed here)."""
+    return q2 is not None and gluon_support.fits(target, _gluon_failure, q1, k1, v, *rows)
 
 
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
