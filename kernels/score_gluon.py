@@ -2,8 +2,9 @@
 and the hand-over to the Triton kernels when it cannot run.
 
 The sigmoid and the row-normalised launchers (kernels/sigmoid/launch.py, kernels/softpick/launch.py) call
-``backward`` where ``gluon_backward_fits``; it returns False when the kernel could not compile or launch (nothing ran:
-a warning says so once and the Triton kernels run from then on). The part is named ``gluon_bwd``.
+``backward`` first; it says whether it ran: not where the inputs do not fit, nor when the kernel could not compile or
+launch (nothing ran: a warning says so once and the Triton kernels run from then on). The parts are named
+``gluon_bwd`` and ``dq_finish``.
 """
 from __future__ import annotations
 
@@ -16,7 +17,7 @@ from triton.runtime.errors import OutOfResources
 
 from . import common, gluon_support
 from .common import CompileTarget
-from .score_ops import LOG2E, run
+from .score_ops import LOG2E, finish_dq, run
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the kernel failed to compile or launch here, once it has
@@ -34,16 +35,19 @@ def default_tile(head_dv: int) -> tuple[int, int]:
     return (64, 2) if head_dv <= 64 else (32, 2)
 
 
-def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq: torch.Tensor,
              dk: torch.Tensor, dv: torch.Tensor, dq_acc: torch.Tensor, scale: float, causal: bool, *,
              param: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
              delta: Optional[torch.Tensor] = None, need_param_grad: bool = False,
              tile: Optional[tuple[int, int]] = None, target: Optional[CompileTarget] = None
              ) -> tuple[bool, Optional[torch.Tensor]]:
-    """Launch the Gluon backward of ``mode`` ("sigmoid", "softpick", "sink") into dk, dv and the zero-filled fp32
-    ``dq_acc`` (B, H, Tq, d). ``param``: the (H,) bias or sink logits; ``lse``, ``delta``: (B, H, Tq) fp32 L and Δ
-    (the normalised modes). Returns (ran, the parameter gradient's partial sums (B, H, 2 · key blocks) or None); ran is
-    False when the kernel could not compile or launch here."""
+    """The whole backward of ``mode`` ("sigmoid", "softpick", "sink") on the Gluon kernel, where gluon_backward_fits:
+    dk, dv written, dQ added into the zero-filled fp32 ``dq_acc`` (B, H, Tq, d) and finished into ``dq``.
+    ``param``: the (H,) bias or sink logits; ``lse``, ``delta``: (B, H, Tq) fp32 L and Δ (the normalised modes).
+    Returns (ran, the parameter's (H,) gradient or None); ran is False, with nothing written, where the kernel does
+    not fit or could not compile or launch here (the caller's Triton kernels then run)."""
+    if not gluon_backward_fits(do, q, k, v, target):
+        return False, None
     from . import score_gluon_backward as gb
 
     B, H, Tq, d = q.shape
@@ -66,4 +70,5 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
         gluon_support.report_failure(_failure, "the Gluon backward of the score ops", error)
         return False, None
-    return True, parts
+    finish_dq(dq_acc, dq, scale, target)
+    return True, (parts.sum(dim=(0, 2)) if need_param_grad else None)

@@ -34,6 +34,7 @@ def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, mode: Optional[i
     return dict(HEAD_D=d, HEAD_DV=dv, BLOCK_D=padded(d), BLOCK_DV=padded(dv), CAUSAL=causal,
                 SIGMOID_MODE=sigmoid_mode(q.element_size()) if mode is None else mode, **compute_constexprs(q.dtype))
 
+
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tensor, scale: float, causal: bool, *,
             tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
             target: Optional[CompileTarget] = None) -> torch.Tensor:
@@ -71,21 +72,20 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
     dev = q.device
     atomic = atomic_dq and not deterministic
-    consts = _constexprs(q, v, causal, mode)
     dk = common.new_rows_like(k, d)
     dv = common.new_rows_like(v, dv_dim)
     dq = common.new_rows_like(q, d)
     dq_acc = torch.zeros((B, H, Tq, d), dtype=torch.float32, device=dev) if atomic else dq
-    partials: list[Optional[torch.Tensor]] = [None]
-    qk_scale2 = float(scale) * LOG2E
     if gluon is None:
         gluon = dkdv_tile is None and mode is None and atomic_dq and db_by_dot
-    if gluon and atomic and score_gluon.gluon_backward_fits(do, q, k, v, target):
-        ran, parts = score_gluon.backward("sigmoid", do, q, k, v, dk, dv, dq_acc, scale, causal, param=bias,
+    if gluon and atomic:
+        ran, dbias = score_gluon.backward("sigmoid", do, q, k, v, dq, dk, dv, dq_acc, scale, causal, param=bias,
                                           need_param_grad=need_dbias, tile=gluon_tile, target=target)
         if ran:
-            finish_dq(dq_acc, dq, scale, target)
-            return dq, dk, dv, (parts.sum(dim=(0, 2)) if need_dbias else None)
+            return dq, dk, dv, dbias
+    consts = _constexprs(q, v, causal, mode)
+    partials: list[Optional[torch.Tensor]] = [None]
+    qk_scale2 = float(scale) * LOG2E
 
     def grid(cfg: TileConfig) -> tuple:
         return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
@@ -113,4 +113,3 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                      dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))
     dbias = partials[0].sum(dim=(0, 2)) if need_dbias else None
     return dq, dk, dv, dbias
-

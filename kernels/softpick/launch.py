@@ -78,8 +78,6 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     dev = q.device
     need_dsink = need_dsink and sink is not None
     atomic = atomic_dq and not deterministic
-    consts = _constexprs(q, v, causal, sink)
-    qk_scale2 = float(scale) * LOG2E
 
     block = 32 if interpreting() else 64
     nm = triton.cdiv(Tq, block)
@@ -94,13 +92,14 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
 
     if gluon is None:
         gluon = dkdv_tile is None and atomic_dq and (sink is not None or SOFTPICK_GLUON)
-    if gluon and atomic and score_gluon.gluon_backward_fits(do, q, k, v, target):
-        ran, parts = score_gluon.backward("softpick" if sink is None else "sink", do, q, k, v, dk, dv, dq_acc, scale,
-                                          causal, param=sink, lse=lse, delta=delta, need_param_grad=need_dsink,
+    if gluon and atomic:
+        ran, dsink = score_gluon.backward("softpick" if sink is None else "sink", do, q, k, v, dq, dk, dv, dq_acc,
+                                          scale, causal, param=sink, lse=lse, delta=delta, need_param_grad=need_dsink,
                                           tile=gluon_tile, target=target)
         if ran:
-            finish_dq(dq_acc, dq, scale, target)
-            return dq, dk, dv, (parts.sum(dim=(0, 2)) if need_dsink else None)
+            return dq, dk, dv, dsink
+    consts = _constexprs(q, v, causal, sink)
+    qk_scale2 = float(scale) * LOG2E
 
     sink_part = {}  # the (B, H, key blocks) shares of ds_h, sized by the tile launched
 
