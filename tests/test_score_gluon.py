@@ -6,7 +6,7 @@ results are checked against float64 on a GPU (test_sink_free_gpu.py::test_gluon_
 import pytest
 import torch
 from sink_free_float64 import Case, make_inputs, run_and_compare, within
-from test_threshold_gluon import _compile_in_subprocess
+from test_threshold_gluon import _compile_in_subprocess, refusal
 
 from kernels import common, gluon_support, score_gluon, score_gluon_backward
 from kernels.sigmoid.autograd import sigmoid_attention_triton
@@ -45,17 +45,8 @@ def test_gluon_backward_fits(monkeypatch, dtype, H, Hkv, d, dv, takes):
 def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, op):
     """Were the Gluon kernel refused by a Triton or a GPU, the call warns once, the Triton kernels give exact results,
     and Gluon is not tried again (by any of the ops)."""
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources
-
     tries = []
-
-    def refuse(*args, **kwargs):
-        tries.append(1)
-        if failure == "compile":
-            raise CompilationError("kernel source", None, "unsupported in this Triton")
-        raise OutOfResources(300000, 232448, "shared memory")
-
+    refuse = refusal(failure, tries)
     monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
     monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
     monkeypatch.setattr(score_gluon, "run", refuse)

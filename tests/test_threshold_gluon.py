@@ -51,24 +51,30 @@ def test_a_triton_before_3_6_takes_the_triton_kernels(monkeypatch):
     assert gluon_support.gluon_available()
 
 
-@pytest.mark.parametrize("kernel", ["backward", "forward"])
-@pytest.mark.parametrize("failure", ["compile", "resources"])
-def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, kernel):
-    """Were a Triton to refuse a Gluon kernel, or a GPU to lack the shared memory for it, the call warns once, takes
-    the Triton kernels (results as exact as ever) and does not try either Gluon kernel again."""
+def refusal(failure: str, tries: list):
+    """A stand-in for a Gluon launch that a Triton refuses ("compile") or a GPU cannot fit ("resources"), counting
+    its calls in ``tries``."""
     from triton.compiler.errors import CompilationError
     from triton.runtime.errors import OutOfResources
-
-    from kernels.threshold.autograd import threshold_attention_triton
-    from threshold_float64 import Case, make_inputs, run_and_compare
-
-    tries = []
 
     def refuse(*args, **kwargs):
         tries.append(1)
         if failure == "compile":
             raise CompilationError("kernel source", None, "unsupported in this Triton")
         raise OutOfResources(300000, 232448, "shared memory")
+    return refuse
+
+
+@pytest.mark.parametrize("kernel", ["backward", "forward"])
+@pytest.mark.parametrize("failure", ["compile", "resources"])
+def test_a_gluon_kernel_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, kernel):
+    """Were a Triton to refuse a Gluon kernel, or a GPU to lack the shared memory for it, the call warns once, takes
+    the Triton kernels (results as exact as ever) and does not try either Gluon kernel again."""
+    from kernels.threshold.autograd import threshold_attention_triton
+    from threshold_float64 import Case, make_inputs, run_and_compare
+
+    tries = []
+    refuse = refusal(failure, tries)
 
     monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)  # so that the fused kernel is chosen on CPU
     monkeypatch.setattr(launch, "_gluon_" + kernel, refuse)
