@@ -35,6 +35,7 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from benchmarks import timing
 from benchmarks.timing import projection
+from kernels import score_gluon
 from kernels.score_ops import TileConfig
 from kernels.sigmoid import launch as sigmoid_launch
 from kernels.sigmoid.autograd import sigmoid_attention_triton
@@ -187,7 +188,10 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
     report("sigmoid fwd bias folded", lambda: sigmoid_launch.forward(q, k, v, bias, scale, True, fold_bias=True), fl)
     report("sigmoid bwd Triton (dK/dV default tile)",
            lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, gluon=False), 2.5 * fl)
-    for block_m, stages in GLUON_TILES:
+    gluon = score_gluon.gluon_backward_fits(do, q, k, v)
+    if not gluon:
+        print("  (no Gluon lines: the Gluon backward does not run on this GPU or Triton)", flush=True)
+    for block_m, stages in GLUON_TILES if gluon else []:
         report(f"sigmoid bwd Gluon {block_m} query rows, {stages} stages",
                lambda: sigmoid_launch.backward(do, q, k, v, bias, scale, True, True, False, gluon=True,
                                                gluon_tile=(block_m, stages)), 2.5 * fl)
@@ -206,7 +210,7 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
     report("softpick bwd Triton (dK/dV default tile)",
            lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, gluon=False),
            2.5 * fl)
-    for block_m, stages in GLUON_TILES:
+    for block_m, stages in GLUON_TILES if gluon else []:
         report(f"softpick bwd Gluon {block_m} query rows, {stages} stages",
                lambda: normalized_launch.backward(do, q, k, v, out, lse, None, scale, True, False, False, gluon=True,
                                                   gluon_tile=(block_m, stages)), 2.5 * fl)
@@ -222,6 +226,15 @@ def sweep(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model:
            2.5 * fl)
     report("sink bwd Triton", lambda: normalized_launch.backward(do, q, k, v, out_s, lse_s, sink, scale, True, True,
                                                                  False, gluon=False), 2.5 * fl)
+    if gluon:  # the Gluon backward alone (no Δ pre-pass), each mode on the same inputs: the modes' own cost
+        grads = [torch.empty_like(t) for t in (q, k, v)] + [torch.zeros(B, H, T, d, device=device)]
+        delta = torch.zeros(B, H, T, device=device)
+        for mode, L, name in (("softpick", lse, "softpick's L"), ("softpick", lse_s, "the sink's L"),
+                              ("sink", lse, "softpick's L"), ("sink", lse_s, "the sink's L"), ("sigmoid", None, "")):
+            param = bias if mode == "sigmoid" else sink
+            report(f"Gluon backward alone, {mode} mode" + (f", {name}" if name else ""),
+                   lambda: score_gluon.backward(mode, do, q, k, v, *grads, scale, True, param=param, lse=L,
+                                                delta=delta), 2.5 * fl)
 
 
 def main(argv: Optional[list[str]] = None) -> None:

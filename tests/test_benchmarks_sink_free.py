@@ -39,6 +39,26 @@ def test_sweep_lines_all_run(untimed, capsys):
     assert "failed" not in out
     assert out.count("sigmoid fwd") == len(bench.SIGMOID_FWD_TILES) + 2
     assert "softpick bwd dQ kernel" in out and "sink bwd" in out
+    assert "no Gluon lines" in out and "Gluon 64" not in out   # the Gluon backward does not run here
+
+
+def test_sweep_gluon_lines_reach_the_gluon_backward(untimed, capsys, monkeypatch):
+    """Where the Gluon backward runs, each Gluon line calls it at its tile (the launchers' path) and the lines of
+    the kernel alone call each mode with the L they name (a recorder stands in for the kernel)."""
+    from kernels import score_gluon
+
+    calls = []
+    monkeypatch.setattr(score_gluon, "gluon_backward_fits", lambda *args, **kwargs: True)
+    monkeypatch.setattr(score_gluon, "backward", lambda mode, *args, tile=None, lse=None, **kwargs:
+                        calls.append((mode, tile, lse)) or (True, None))
+    bench.sweep(32, 32, 16, torch.float32, 1, d_model=32, device="cpu")
+    out = capsys.readouterr().out
+    assert "failed" not in out and "no Gluon lines" not in out
+    for mode in ("sigmoid", "softpick"):
+        assert [c[1] for c in calls if c[0] == mode and c[1] is not None] == bench.GLUON_TILES
+    alone = [(c[0], c[2] is None) for c in calls if c[1] is None]
+    assert alone == [("sink", False), ("softpick", False), ("softpick", False), ("sink", False), ("sink", False),
+                     ("sigmoid", True)]
 
 
 def test_table_and_targets():
