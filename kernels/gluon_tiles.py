@@ -71,6 +71,15 @@ def add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
                   gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
 
 
+@gluon.jit
+def store_rows(BASE, s_t, offs, limit, tile, WIDTH: gl.constexpr, L: gl.constexpr):
+    """Store the (rows, WIDTH) fp32 ``tile`` of layout L, cast to BASE's dtype, into rows ``offs`` (stride s_t, the
+    last dimension contiguous) of one head at BASE, the rows at ``limit`` or past it left out."""
+    rows = gl.convert_layout(offs, gl.SliceLayout(1, L))
+    cols = gl.arange(0, WIDTH, layout=gl.SliceLayout(0, L))
+    gl.store(BASE + rows[:, None] * s_t + cols[None, :], tile.to(BASE.dtype.element_ty), mask=(rows < limit)[:, None])
+
+
 @functools.lru_cache(maxsize=None)
 def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
     """The shared-memory layout of a (1, 1, rows, width) 16-bit block (made once: 5 us a call on a CPU)."""

@@ -37,7 +37,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
-                          tile_rows)
+                          store_rows, tile_rows)
 from .sigmoid import triton_forward as sigmoid_forward
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
@@ -212,14 +212,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         if MODE == SINK:
             total = -total
         gl.store(PARAM_PART + (bh * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W, total)
-    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
-    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
-    gl.store(DK + b * sdk_b + h * sdk_h + rows[:, None] * sdk_t + cols[None, :], (dk * scale).to(DK.dtype.element_ty),
-             mask=(rows < Tk)[:, None])
-    rows_v = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
-    cols_v = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
-    gl.store(DV + b * sdv_b + h * sdv_h + rows_v[:, None] * sdv_t + cols_v[None, :], dv.to(DV.dtype.element_ty),
-             mask=(rows_v < Tk)[:, None])
+    store_rows(DK + b * sdk_b + h * sdk_h, sdk_t, offs_n, Tk, dk * scale, HEAD_D, DK_L)
+    store_rows(DV + b * sdv_b + h * sdv_h, sdv_t, offs_n, Tk, dv, HEAD_DV, DV_L)
 
 
 @gluon.jit

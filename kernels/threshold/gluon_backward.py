@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
-                           tile_rows)
+                           store_rows, tile_rows)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -182,9 +182,7 @@ def _finish_keys(dk, k_s, rk, offs_n, Tk, p, DKh, s_t, HEAD_D: gl.constexpr, NOR
         proj = gl.where(r * NORM_EPS < 1.0, r * r, 0.0) * gl.sum(k * dk, axis=1)
         dk = dk - proj[:, None] * k
     dk = dk * p
-    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DK_L))
-    cols = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, DK_L))
-    gl.store(DKh + rows[:, None] * s_t + cols[None, :], dk.to(DKh.dtype.element_ty), mask=(rows < Tk)[:, None])
+    store_rows(DKh, s_t, offs_n, Tk, dk, HEAD_D, DK_L)
 
 
 def descriptors(q1, k1, q2, k2, v, do) -> tuple:
@@ -349,10 +347,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     k2_s = operand(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
     _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
     _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
-    rows = gl.convert_layout(offs_n, gl.SliceLayout(1, DV_L))
-    cols = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, DV_L))
-    gl.store(DV + b * sdv_b + h * sdv_h + rows[:, None] * sdv_t + cols[None, :], dv.to(DV.dtype.element_ty),
-             mask=(rows < Tk)[:, None])
+    store_rows(DV + b * sdv_b + h * sdv_h, sdv_t, offs_n, Tk, dv, HEAD_DV, DV_L)
 
 
 @gluon.jit

@@ -29,7 +29,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from ..gluon_tiles import operand, row_descriptors
+from ..gluon_tiles import operand, row_descriptors, store_rows
 from .gluon_backward import _power
 from .tiles import TileConfig
 from .triton_lists import CELL
@@ -194,10 +194,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         stage = j % STAGES
         mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
         mbarrier.arrive(empty.index(stage), count=1)
-    rows = gl.convert_layout(offs_m, gl.SliceLayout(1, O_L))
-    cols_v = gl.arange(0, HEAD_DV, layout=gl.SliceLayout(0, O_L))
-    gl.store(O + b * so_b + h * so_h + rows[:, None] * so_t + cols_v[None, :], acc.to(O.dtype.element_ty),
-             mask=(rows < Tq)[:, None])
+    store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
 
 @gluon.jit
