@@ -20,6 +20,25 @@ def rope_frequencies(head_dim: int, base: float, ntk_factor: float = 1.0, device
     return base ** (-exponents)
 
 
+@torch.library.custom_op("gpt_rope::rotation_table", mutates_args=())
+def rotation_table(positions: torch.Tensor, head_dim: int, base: float, ntk_factor: float
+                   ) -> tuple[torch.Tensor, torch.Tensor]:
+    """float32 cos and sin of the angles at ``positions``: (*positions.shape, head_dim // 2) each.
+
+    An operator of its own so that torch.compile cannot see inside it: inductor would otherwise fuse the angles'
+    power, cosine and sine into every kernel that reads them, recomputing them for each of the batch × heads
+    elements that share one position (transcendental work that took a quarter of a compiled training step;
+    BENCHMARKS.md, "Training throughput"). As an opaque call its (T, d/2) result is computed once and read."""
+    angles = positions.to(torch.float32)[..., None] * rope_frequencies(head_dim, base, ntk_factor, positions.device)
+    return angles.cos(), angles.sin()
+
+
+@rotation_table.register_fake
+def _rotation_table_shape(positions, head_dim, base, ntk_factor):
+    shape = (*positions.shape, head_dim // 2)
+    return positions.new_empty(shape, dtype=torch.float32), positions.new_empty(shape, dtype=torch.float32)
+
+
 _last_rotation: list = []  # [(positions, head_dim, base, ntk_factor, dtype), (cos, sin)] of the latest call
 
 
@@ -35,10 +54,12 @@ def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_facto
     tracing = torch.compiler.is_compiling()
     if not tracing and _last_rotation and _last_rotation[0][0] is positions and _last_rotation[0][1:] == key[1:]:
         return _last_rotation[1]
-    angles = positions.to(torch.float32)[..., None] * rope_frequencies(head_dim, base, ntk_factor, positions.device)
-    if angles.dim() == 3:
-        angles = angles[:, None]
-    rotation = angles.cos().to(dtype), angles.sin().to(dtype)
+    if head_dim % 2:
+        raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
+    cos, sin = rotation_table(positions, head_dim, float(base), float(ntk_factor))
+    if cos.dim() == 3:
+        cos, sin = cos[:, None], sin[:, None]
+    rotation = cos.to(dtype), sin.to(dtype)
     if not tracing:
         _last_rotation[:] = [key, rotation]
     return rotation

@@ -20,3 +20,21 @@ def test_ntk_scaling_changes_only_the_frequencies():
     assert plain[0] == scaled[0] == 1.0                       # the fastest frequency is kept
     assert torch.allclose(scaled[-1], plain[-1] / 4.0 ** (14 / 14), rtol=1e-5)  # slowest stretched by 4
     assert (scaled[1:] < plain[1:]).all()
+
+
+def test_compiled_rotation_reads_one_table_and_equals_eager():
+    """Under torch.compile the (T, d/2) cosines and sines are computed once by their own operator and read by the
+    rotation's kernels, not recomputed inside them for every batch row and head (they took a quarter of a compiled
+    training step); the compiled rotation equals the eager one for (T,) and (B, T) positions."""
+    from torch._inductor.utils import run_and_get_code
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 3, 37, 16)
+    rot = torch.compile(lambda x, p: apply_rope(x, p, 10000.0, 2.0) * 2, fullgraph=True)
+    for positions in (torch.arange(37), torch.stack([torch.arange(37), torch.arange(37) + 5])):
+        torch.testing.assert_close(rot(x, positions), apply_rope(x, positions, 10000.0, 2.0) * 2, rtol=0, atol=0)
+    torch._dynamo.reset()
+    _, code = run_and_get_code(torch.compile(lambda x, p: apply_rope(x, p, 500.0) + 1), x, torch.arange(37))
+    code = "\n".join(code)
+    assert "rotation_table" in code
+    assert "cos" not in code.replace("rotation_table", "") and "sin(" not in code

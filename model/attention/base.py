@@ -10,6 +10,7 @@ from typing import Callable
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 
 from model.cache import LayerCache
@@ -152,16 +153,25 @@ def _lower_right(n_queries: int, n_keys: int) -> CausalBias:
     return causal_lower_right(n_queries, n_keys)
 
 
+# The order in which SDPA tries its fused softmax kernels here. torch tries FlashAttention-2 first; on Hopper cuDNN's
+# kernel runs causal forward+backward markedly faster (BENCHMARKS.md, "Training throughput"), so it goes first and
+# the others stay behind it for what cuDNN refuses (float32, the CPU, some head sizes). Same mathematics either way.
+SDPA_ORDER = [SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION, SDPBackend.EFFICIENT_ATTENTION,
+              SDPBackend.MATH]
+
+
 def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float | None = None) -> torch.Tensor:
     """Causal softmax attention, queries aligned to the end of the keys (a decoding step sees all keys, a context-
     parallel chunk the keys up to its own); ``scale`` on the scores, 1/√(q's head dimension) by default. Fewer
-    queries than keys take torch's lower-right causal mask, which the fused kernels apply without a Tq×Tk mask."""
+    queries than keys take torch's lower-right causal mask, which the fused kernels apply without a Tq×Tk mask.
+    SDPA picks its kernel in SDPA_ORDER (torch.compile keeps the choice: the context traces without a break)."""
     Tq, Tk = q.shape[2], k.shape[2]
-    if Tq == Tk:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
-    if Tq == 1:
-        return F.scaled_dot_product_attention(q, k, v, scale=scale)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=_lower_right(Tq, Tk), scale=scale)
+    with sdpa_kernel(SDPA_ORDER, set_priority=True):
+        if Tq == Tk:
+            return F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=scale)
+        if Tq == 1:
+            return F.scaled_dot_product_attention(q, k, v, scale=scale)
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=_lower_right(Tq, Tk), scale=scale)
 
 
 def _softmax_maps(proj: Projections, head_dim: int, rows, sink: torch.Tensor | None = None
