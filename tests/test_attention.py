@@ -275,3 +275,23 @@ def test_sdpa_with_sink_matches_the_formula(head_dim, queries):
     for g, w in zip(torch.autograd.grad((out * probe).sum(), (q, k, v, sink)),
                     torch.autograd.grad((ref * probe).sum(), (q, k, v, sink))):
         assert rel_err(g, w) < 1e-10
+
+
+def test_softmax_asks_sdpa_for_cudnn_first_and_restores_the_order(monkeypatch):
+    """The softmax path hands SDPA the order cuDNN, FlashAttention-2, memory-efficient, math (torch's own puts
+    FlashAttention-2 first, which is slower on Hopper) for its call only: the process-wide order is left as found."""
+    import model.attention.base as base
+    from torch.nn.attention import SDPBackend
+
+    before = torch._C._get_sdp_priority_order()
+    seen = []
+    real = base.F.scaled_dot_product_attention
+    monkeypatch.setattr(base.F, "scaled_dot_product_attention",
+                        lambda *a, **kw: seen.append(list(torch._C._get_sdp_priority_order())) or real(*a, **kw))
+    q = torch.randn(1, 2, 5, 8)
+    for n_queries in (5, 1, 3):   # the three calls: causal, one decoding query, lower-right mask
+        base._sdpa(q[:, :, :n_queries], q, q)
+    wanted = [int(b) for b in (SDPBackend.CUDNN_ATTENTION, SDPBackend.FLASH_ATTENTION,
+                               SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)]
+    assert len(seen) == 3 and all(order[:4] == wanted for order in seen)
+    assert torch._C._get_sdp_priority_order() == before
