@@ -295,3 +295,21 @@ def test_softmax_asks_sdpa_for_cudnn_first_and_restores_the_order(monkeypatch):
                                SDPBackend.EFFICIENT_ATTENTION, SDPBackend.MATH)]
     assert len(seen) == 3 and all(order[:4] == wanted for order in seen)
     assert torch._C._get_sdp_priority_order() == before
+
+
+@pytest.mark.parametrize("name,options", [("differential", {}), ("tda", {"lambda_mode": "reparam"})])
+def test_lambda_is_float32_under_bf16_autocast(name, options):
+    """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init is computed in float32 even under bf16 autocast, as SPEC's scalars
+    are: a matrix product of the vectors would be cast to bf16 by autocast, rounding the dots to 3 significant
+    digits (compiled on a GPU, the differential layer's gradients were then wrong: BENCHMARKS.md)."""
+    torch.manual_seed(0)
+    cfg = OmegaConf.create(dict(n_embd=128, n_head=4, rope_base=10000.0, seq_len=64))
+    attn = build_attention(cfg, OmegaConf.create({"name": name, **options}), 3)
+    with torch.no_grad():
+        for p in attn.parameters():
+            p.add_(0.3 * torch.randn_like(p))   # vectors far enough from 0 that a bf16 rounding of their dots shows
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = attn.lam()
+    want = attn.double().lam()
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)

@@ -48,8 +48,10 @@ class DifferentialAttention(_PairedHeads):
         self.head_norm = RMSNorm(2 * d, float(attn_cfg.get("norm_eps", 1e-5)))
 
     def lam(self) -> torch.Tensor:
+        """λ in float32 (float64 for a float64 model). The dots are products and sums, not ``@``, which autocast
+        would compute in bf16."""
         q1, k1, q2, k2 = (at_least_fp32(t) for t in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2))
-        return torch.exp(q1 @ k1) - torch.exp(q2 @ k2) + self.lambda_init
+        return torch.exp((q1 * k1).sum()) - torch.exp((q2 * k2).sum()) + self.lambda_init
 
     def mix(self, proj):
         lam = self.lam().to(proj.v.dtype)
