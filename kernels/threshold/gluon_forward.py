@@ -38,16 +38,16 @@ from .triton_math import NORM_EPS
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
 BLOCK_N = gl.constexpr(64)     # keys per ring stage
-STAGES = gl.constexpr(2)       # depth of the key-side ring
+STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
-TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)  # for tables and logs
+TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES, tma=True)  # the default, for tables and logs
 assert ROWS.value == BLOCK_N.value == CELL.value  # a warpgroup's tile is one cell of the record
 
 
 @gluon.jit
 def _loader_partition(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
-                      q_bar, ready, empty, b, h, m0, n_blocks):
+                      q_bar, ready, empty, b, h, m0, n_blocks, STAGES: gl.constexpr):
     """The program's query rows once, then key block j into stage j % STAGES once both warpgroups released it."""
     mbarrier.expect(q_bar, 2 * (q1_desc.block_type.nbytes + q2_desc.block_type.nbytes))
     for w in gl.static_range(2):
@@ -94,7 +94,7 @@ def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
 def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
                Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
-               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr):
+               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr, STAGES: gl.constexpr):
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
@@ -150,7 +150,7 @@ def _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE: gl.constexpr, O_L: gl.con
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, RECORD: gl.constexpr,
-                         SKIP_PRODUCTS: gl.constexpr):
+                         SKIP_PRODUCTS: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
     other warpgroup's) are only released."""
     q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
@@ -184,11 +184,11 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L)
+                         SKIP_PRODUCTS, S_L, O_L, STAGES)
     for j in range(full, my_blocks):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L)
+                         SKIP_PRODUCTS, S_L, O_L, STAGES)
     # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
     for j in range(my_blocks, n_blocks):
         stage = j % STAGES
@@ -202,7 +202,7 @@ def paired_forward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC, nM, nN, so_b, so_h, so_t,
     H, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr,
+    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, STAGES: gl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), the longest query blocks first (triton_math.query_block_program). The five
     inputs are 4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q1, q2,
@@ -233,11 +233,11 @@ def paired_forward_kernel(
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS)),
+                                SKIP_PRODUCTS, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS)),
+                                SKIP_PRODUCTS, STAGES)),
         (_loader_partition, (q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
-                             q_bar, ready, empty, b, h, m0, n_blocks)),
+                             q_bar, ready, empty, b, h, m0, n_blocks, STAGES)),
     ], [4, 1], [240, 24])
 
 
