@@ -99,6 +99,12 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
     are left out when none did."""
+    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+    key_ok = cols < Tk
+    if NORMALIZE:
+        # the keys' inverse norms are read before the ring's wait and the products, whose time hides their latency
+        rk1 = gl.load(RK1 + bh * Tk + cols, mask=key_ok, other=0.0)
+        rk2 = gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k1_s = operand(k1_ring.index(stage), BLOCK_N, HEAD_D)
@@ -107,11 +113,9 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
-    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
-    key_ok = cols < Tk
     if NORMALIZE:
-        r1 = f1[:, None] * gl.load(RK1 + bh * Tk + cols, mask=key_ok, other=0.0)[None, :]
-        r2 = f2[:, None] * gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)[None, :]
+        r1 = f1[:, None] * rk1[None, :]
+        r2 = f2[:, None] * rk2[None, :]
     else:
         r1 = f1[:, None]
         r2 = f2[:, None]
