@@ -100,6 +100,10 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     are masked with the causal mask, so every tile takes the same code."""
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
+    if MODE != SIGMOID:
+        # the rows' L and Δ are read before the products, whose time hides their latency
+        lse = _row_vector(LSEh, m0, Tq, float("inf"), BM, Q_L)
+        delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
@@ -114,11 +118,9 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
             acc_p += gl.sum(dx, axis=1)
         w = gl.where(keep, w, 0.0)
     else:
-        lse = _row_vector(LSEh, m0, Tq, float("inf"), BM, Q_L)
         e = gl.where(keep, gl.exp2(s - lse[None, :]), 0.0)
         if PARAM_GRAD:  # the sink's share: Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, per key
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
-        delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
         if MODE == SOFTPICK:
             # The branch is the score's sign, which E − 1/N = (e^x − 1)/N loses for scores below float32's
             # resolution (it rounds to 0 there). E takes the sign along, so that the scores die here (holding them
