@@ -18,10 +18,10 @@ with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse n
 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of two up to 128, rows readable
 by tensor descriptors (launch.gluon_forward_fits).
 
-Exact skipping: a warpgroup's tile of 64 rows x 64 keys is one cell of the record (triton_lists.py), which RECORD
-marks from the rows' largest u over the tile's keys; with SKIP_PRODUCTS a warpgroup whose tile has no survivor in
-either view leaves out the weights and the product with v (a branch on a value the warpgroup's four warps agree on;
-there is no software pipeline here for it to break).
+Exact skipping: a warpgroup's tile of 64 rows x 64 keys is one cell of the record (triton_lists.py). The tile's
+largest u in either view, reduced over the warpgroup's four warps, decides both: RECORD marks the cell (one store)
+where it is positive, and with SKIP_PRODUCTS a tile without a survivor leaves out the weights and the product with v
+(a branch on a value the four warps agree on; there is no software pipeline here for it to break).
 """
 
 import triton
@@ -129,13 +129,15 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
         u1 = gl.where(keep, u1, 0.0)
         u2 = gl.where(keep, u2, 0.0)
     if RECORD or SKIP_PRODUCTS:
-        # each row's largest u over the tile's keys (within the threads holding the row); rows past Tq count none
+        # the tile's largest u (rows past Tq count none): one value the warpgroup's four warps agree on, which both
+        # marks the cell (one store for the tile) and decides the product
         top = gl.where(pos < Tk, gl.max(gl.maximum(u1, u2), axis=1), 0.0)
-        if RECORD:
-            gl.store(REC_row + j + gl.zeros_like(pos), gl.full(top.shape, 1, gl.uint8, layout=top.type.layout),
-                     mask=top > 0.0)
-    if SKIP_PRODUCTS:
         if gl.max(top, axis=0) > 0.0:
+            if RECORD:
+                gl.store(REC_row + j, 1)
+            if SKIP_PRODUCTS:
+                acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
+        if not SKIP_PRODUCTS:
             acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
     else:
         acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
