@@ -1,7 +1,9 @@
-"""The one-view score ops' Gluon backward (kernels/score_gluon_backward.py: sigmoid, softpick, softmax with a sink)
-without a GPU: which inputs it takes, the hand-over to the Triton kernels, and that it compiles for sm_90 (Hopper)
-with the installed Triton for several of its compile-time variants, within the register file and shared memory. Its
-results are checked against float64 on a GPU (test_sink_free_gpu.py::test_gluon_backward_on_gpu)."""
+"""The one-view score ops' Gluon kernels without a GPU — the backward (kernels/score_gluon_backward.py: sigmoid,
+softpick, softmax with a sink) and sigmoid's forward (kernels/sigmoid/gluon_forward.py, taken only when asked): which
+inputs they take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed
+Triton for several of their compile-time variants, within the register file and shared memory. Their results are
+checked against float64 on a GPU (test_sink_free_gpu.py: test_gluon_backward_on_gpu,
+test_sigmoid_gluon_forward_on_gpu)."""
 
 import pytest
 import torch
@@ -94,3 +96,57 @@ def test_gluon_backward_compiles_for_hopper(op, causal, grads, dv, block_m, stag
     """The Gluon backward, compiled (not interpreted) through the op's launcher, which takes it for these inputs."""
     _compile_in_subprocess(_COMPILE, [op, "1" if causal else "0", "1" if grads else "0", str(dv), str(block_m),
                                       str(stages)])
+
+
+def test_sigmoid_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatch):
+    """The sigmoid forward takes its Gluon kernel only when asked (``gluon=True`` or GLUON_FORWARD; never for a Triton
+    tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives exact
+    results and Gluon is not tried again."""
+    from kernels.sigmoid import gluon_forward, launch as sigmoid_launch
+
+    tries = []
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
+    monkeypatch.setattr(sigmoid_launch, "run", refusal("compile", tries))
+    monkeypatch.setattr(gluon_forward, "descriptors", lambda *args: ())   # the guarded rows are not aligned
+    monkeypatch.setattr(sigmoid_launch, "_gluon_failure", [])
+    monkeypatch.setattr(score_gluon, "gluon_backward_fits", lambda *args: False)   # the forward alone
+    case = Case(T=70, d=64, dv=64, H=2, dtype=torch.bfloat16)
+    inputs = make_inputs(case, "sigmoid", 6)
+    q, k, v = (inputs[n] for n in ("q", "k", "v"))
+    assert sigmoid_launch.gluon_forward_fits(q, k, v)
+    assert not sigmoid_launch.gluon_forward_fits(q.float(), k.float(), v.float())
+    run_and_compare(ENTRY["sigmoid"], "sigmoid", case, inputs, 6)
+    assert tries == []                                   # not asked for
+    monkeypatch.setattr(sigmoid_launch, "GLUON_FORWARD", True)
+    sigmoid_launch.forward(q, k, v, torch.zeros(2), 0.125, True, fold_bias=True)
+    assert tries == []                                   # a Triton variant asked for
+    with pytest.warns(RuntimeWarning, match="Gluon forward of sigmoid attention cannot run"):
+        errors = run_and_compare(ENTRY["sigmoid"], "sigmoid", case, inputs, 6)
+    assert not within(errors, case.dtype)
+    assert tries == [1] and sigmoid_launch._gluon_failure
+    assert not sigmoid_launch.gluon_forward_fits(q, k, v)
+    run_and_compare(ENTRY["sigmoid"], "sigmoid", case, make_inputs(case, "sigmoid", 7), 7)
+    assert tries == [1]
+
+
+_COMPILE_FORWARD = """
+import sys, torch
+from benchmarks.registers import compiling_for, ptxas_usage
+from kernels.sigmoid import launch
+causal, dv = sys.argv[1] == "1", int(sys.argv[2])
+T, H = 200, 2
+mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+with compiling_for(90) as target:
+    launch.forward(mk(64), mk(64), mk(dv), torch.zeros(H), 0.125, causal, gluon=True, target=target)
+    assert "gluon_fwd" in target.compiled and "fwd" not in target.compiled, list(target.compiled)
+    u = ptxas_usage(target.compiled["gluon_fwd"], 90)
+print(u.registers, u.spill_bytes, u.shared_kib)
+"""
+
+
+@pytest.mark.parametrize("causal,dv", [(True, 64), (False, 128), (True, 16)])
+def test_sigmoid_gluon_forward_compiles_for_hopper(causal, dv):
+    """The sigmoid forward's Gluon kernel, compiled (not interpreted) through the launcher, which takes it when
+    asked."""
+    _compile_in_subprocess(_COMPILE_FORWARD, ["1" if causal else "0", str(dv)])
