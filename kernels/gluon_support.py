@@ -17,7 +17,7 @@ from .common import CompileTarget, interpreting
 GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
 # the modules written in Gluon: importing them is what tells whether this Triton has the language they use
 _GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_backward", ".score_gluon_backward",
-                  ".sigmoid.gluon_forward")
+                  ".score_gluon_forward")
 
 
 def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:

@@ -1,5 +1,6 @@
-"""Host side of the one-view score ops' Gluon backward (score_gluon_backward.py): whether inputs take it, its launch,
-and the hand-over to the Triton kernels when it cannot run.
+"""Host side of the one-view score ops' Gluon kernels (score_gluon_backward.py, and score_gluon_forward.py, taken
+only when asked): whether inputs take them, their launches, and the hand-over to the Triton kernels when they cannot
+run.
 
 The sigmoid and the row-normalised launchers (kernels/sigmoid/launch.py, kernels/softpick/launch.py) call
 ``backward`` first; it says whether it ran: not where the inputs do not fit, nor when the kernel could not compile or
@@ -20,7 +21,9 @@ from .common import CompileTarget
 from .score_ops import LOG2E, finish_dq, run
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
-_failure: list[str] = []  # why the kernel failed to compile or launch here, once it has
+_failure: list[str] = []  # why the backward failed to compile or launch here, once it has
+GLUON_FORWARD = False     # the launchers' default for the Gluon forward (opt-in until it is timed on a GPU)
+_forward_failure: list[str] = []  # why the forward failed to compile or launch here, once it has
 
 
 def gluon_backward_fits(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
@@ -72,3 +75,36 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         return False, None
     finish_dq(dq_acc, dq, scale, target)
     return True, (parts.sum(dim=(0, 2)) if need_param_grad else None)
+
+
+def gluon_forward_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
+                       target: Optional[CompileTarget] = None) -> bool:
+    """gluon_support.fits for q, k, v, while the forward has not failed here."""
+    return gluon_support.fits(target, _forward_failure, q, k, v, q, k, v)
+
+
+def forward(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float,
+            causal: bool, *, param: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
+            eps: float = 0.0, target: Optional[CompileTarget] = None) -> bool:
+    """The forward of ``mode`` ("sigmoid", "softpick", "sink") on the Gluon kernel (score_gluon_forward.py), where
+    gluon_forward_fits: ``out`` written, and in the normalised modes ``lse`` (B, H, Tq) fp32, L in log2 units.
+    ``param``: the (H,) bias or sink logits; ``eps``: softpick's ε. Returns whether it ran: False, with nothing
+    written, where it does not fit or could not compile or launch here (the caller's Triton forward then runs)."""
+    if not gluon_forward_fits(q, k, v, target):
+        return False
+    from . import score_gluon_forward as gf
+
+    B, H, Tq, d = q.shape
+    if q.is_cuda:
+        common.bind_cuda_context(q.device)
+    try:
+        run("gluon_fwd", gf.score_forward_kernel, (gf.grid(Tq, B, H),), (
+            *gf.descriptors(q, k, v), out, out if lse is None else lse, out if param is None else param,
+            *out.stride()[:3], H, Tq, k.shape[2], B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(scale) * LOG2E,
+            float(eps)), dict(
+            HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, STAGES=gf.STAGES,
+            num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
+    except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
+        gluon_support.report_failure(_forward_failure, "the Gluon forward of the score ops", error)
+        return False
+    return True

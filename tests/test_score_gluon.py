@@ -1,9 +1,9 @@
 """The one-view score ops' Gluon kernels without a GPU — the backward (kernels/score_gluon_backward.py: sigmoid,
-softpick, softmax with a sink) and sigmoid's forward (kernels/sigmoid/gluon_forward.py, taken only when asked): which
+softpick, softmax with a sink) and the forward (kernels/score_gluon_forward.py, taken only when asked): which
 inputs they take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed
 Triton for several of their compile-time variants, within the register file and shared memory. Their results are
 checked against float64 on a GPU (test_sink_free_gpu.py: test_gluon_backward_on_gpu,
-test_sigmoid_gluon_forward_on_gpu)."""
+test_gluon_forward_on_gpu)."""
 
 import pytest
 import torch
@@ -98,55 +98,64 @@ def test_gluon_backward_compiles_for_hopper(op, causal, grads, dv, block_m, stag
                                       str(stages)])
 
 
-def test_sigmoid_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatch):
-    """The sigmoid forward takes its Gluon kernel only when asked (``gluon=True`` or GLUON_FORWARD; never for a Triton
-    tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives exact
-    results and Gluon is not tried again."""
-    from kernels.sigmoid import gluon_forward, launch as sigmoid_launch
+@pytest.mark.parametrize("op", list(ENTRY))
+def test_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatch, op):
+    """The forwards take the Gluon kernel only when asked (GLUON_FORWARD, or ``gluon=True``; sigmoid's never for a
+    Triton tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives
+    exact results and the Gluon forward is not tried again (by any of the ops)."""
+    from kernels import score_gluon_forward
+    from kernels.sigmoid import launch as sigmoid_launch
 
     tries = []
     monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
     monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
-    monkeypatch.setattr(sigmoid_launch, "run", refusal("compile", tries))
-    monkeypatch.setattr(gluon_forward, "descriptors", lambda *args: ())   # the guarded rows are not aligned
-    monkeypatch.setattr(sigmoid_launch, "_gluon_failure", [])
+    monkeypatch.setattr(score_gluon, "run", refusal("compile", tries))
+    monkeypatch.setattr(score_gluon_forward, "descriptors", lambda *args: ())   # the guarded rows are not aligned
+    monkeypatch.setattr(score_gluon, "_forward_failure", [])
     monkeypatch.setattr(score_gluon, "gluon_backward_fits", lambda *args: False)   # the forward alone
     case = Case(T=70, d=64, dv=64, H=2, dtype=torch.bfloat16)
-    inputs = make_inputs(case, "sigmoid", 6)
+    inputs = make_inputs(case, op, 6)
     q, k, v = (inputs[n] for n in ("q", "k", "v"))
-    assert sigmoid_launch.gluon_forward_fits(q, k, v)
-    assert not sigmoid_launch.gluon_forward_fits(q.float(), k.float(), v.float())
-    run_and_compare(ENTRY["sigmoid"], "sigmoid", case, inputs, 6)
+    assert score_gluon.gluon_forward_fits(q, k, v)
+    assert not score_gluon.gluon_forward_fits(q.float(), k.float(), v.float())
+    run_and_compare(ENTRY[op], op, case, inputs, 6)
     assert tries == []                                   # not asked for
-    monkeypatch.setattr(sigmoid_launch, "GLUON_FORWARD", True)
-    sigmoid_launch.forward(q, k, v, torch.zeros(2), 0.125, True, fold_bias=True)
-    assert tries == []                                   # a Triton variant asked for
-    with pytest.warns(RuntimeWarning, match="Gluon forward of sigmoid attention cannot run"):
-        errors = run_and_compare(ENTRY["sigmoid"], "sigmoid", case, inputs, 6)
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", True)
+    if op == "sigmoid":
+        sigmoid_launch.forward(q, k, v, torch.zeros(2), 0.125, True, fold_bias=True)
+        assert tries == []                               # a Triton variant asked for
+    with pytest.warns(RuntimeWarning, match="Gluon forward of the score ops cannot run"):
+        errors = run_and_compare(ENTRY[op], op, case, inputs, 6)
     assert not within(errors, case.dtype)
-    assert tries == [1] and sigmoid_launch._gluon_failure
-    assert not sigmoid_launch.gluon_forward_fits(q, k, v)
-    run_and_compare(ENTRY["sigmoid"], "sigmoid", case, make_inputs(case, "sigmoid", 7), 7)
+    assert tries == [1] and score_gluon._forward_failure
+    assert not score_gluon.gluon_forward_fits(q, k, v)
+    for other in ENTRY:
+        run_and_compare(ENTRY[other], other, case, make_inputs(case, other, 7), 7)
     assert tries == [1]
 
 
 _COMPILE_FORWARD = """
 import sys, torch
 from benchmarks.registers import compiling_for, ptxas_usage
-from kernels.sigmoid import launch
-causal, dv = sys.argv[1] == "1", int(sys.argv[2])
+from kernels.sigmoid import launch as sigmoid_launch
+from kernels.softpick import launch as normalized_launch
+op, causal, dv = sys.argv[1], sys.argv[2] == "1", int(sys.argv[3])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 with compiling_for(90) as target:
-    launch.forward(mk(64), mk(64), mk(dv), torch.zeros(H), 0.125, causal, gluon=True, target=target)
+    if op == "sigmoid":
+        sigmoid_launch.forward(mk(64), mk(64), mk(dv), torch.zeros(H), 0.125, causal, gluon=True, target=target)
+    else:
+        normalized_launch.forward(mk(64), mk(64), mk(dv), torch.zeros(H) if op == "sink_softmax" else None, 0.125,
+                                  1e-6, causal, gluon=True, target=target)
     assert "gluon_fwd" in target.compiled and "fwd" not in target.compiled, list(target.compiled)
     u = ptxas_usage(target.compiled["gluon_fwd"], 90)
 print(u.registers, u.spill_bytes, u.shared_kib)
 """
 
 
-@pytest.mark.parametrize("causal,dv", [(True, 64), (False, 128), (True, 16)])
-def test_sigmoid_gluon_forward_compiles_for_hopper(causal, dv):
-    """The sigmoid forward's Gluon kernel, compiled (not interpreted) through the launcher, which takes it when
-    asked."""
-    _compile_in_subprocess(_COMPILE_FORWARD, ["1" if causal else "0", str(dv)])
+@pytest.mark.parametrize("op,causal,dv", [("sigmoid", True, 64), ("sigmoid", False, 128), ("softpick", True, 64),
+                                          ("softpick", False, 16), ("sink_softmax", True, 128)])
+def test_gluon_forward_compiles_for_hopper(op, causal, dv):
+    """The Gluon forward, compiled (not interpreted) through the op's launcher, which takes it when asked."""
+    _compile_in_subprocess(_COMPILE_FORWARD, [op, "1" if causal else "0", str(dv)])

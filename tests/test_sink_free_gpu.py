@@ -130,31 +130,33 @@ def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
 
 @pytest.mark.parametrize("stages", [2, 3])
 @pytest.mark.parametrize("name", list(GLUON_CASES))
-def test_sigmoid_gluon_forward_on_gpu(name, stages, monkeypatch):
-    """The sigmoid forward's Gluon kernel (Hopper, asked for) at two ring depths against float64 on the Gluon cases
-    (odd lengths, Tq ≠ Tk, v of 16 to 128, with and without causality): output and every gradient; the dispatcher
-    must take it (else the Triton forward would be tested)."""
+@pytest.mark.parametrize("op", OPS)
+def test_gluon_forward_on_gpu(op, name, stages, monkeypatch):
+    """The one-view ops' Gluon forward (Hopper, asked for) at two ring depths against float64 on the Gluon cases
+    (odd lengths, Tq ≠ Tk, v of 16 to 128, with and without causality): output and every gradient (the backward
+    reads the forward's L in the normalised modes); the dispatcher must take it (else the Triton forward would be
+    tested)."""
     import sink_free_float64
     import threshold_float64
 
-    from kernels.sigmoid import gluon_forward
+    from kernels import score_gluon, score_gluon_forward
 
     monkeypatch.setattr(sink_free_float64, "guarded",
                         lambda data, guard=3: threshold_float64.aligned_guarded(data.shape, data, guard))
     case = GLUON_CASES[name]
-    seed = zlib.crc32(("sigmoid-forward" + name).encode()) % 2**31
-    inputs = make_inputs(case, "sigmoid", seed, device="cuda")
+    seed = zlib.crc32((op + "-forward-" + name).encode()) % 2**31
+    inputs = make_inputs(case, op, seed, device="cuda")
     q, k, v = (inputs[n] for n in ("q", "k", "v"))
-    if not sigmoid_launch.gluon_forward_fits(q, k, v):
+    if not score_gluon.gluon_forward_fits(q, k, v):
         pytest.skip("not a Hopper GPU with Gluon")
-    monkeypatch.setattr(sigmoid_launch, "GLUON_FORWARD", True)
-    monkeypatch.setattr(gluon_forward, "STAGES", stages)
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", True)
+    monkeypatch.setattr(score_gluon_forward, "STAGES", stages)
     taken = []
-    real = sigmoid_launch.run
-    monkeypatch.setattr(sigmoid_launch, "run", lambda part, *args: taken.append(part) or real(part, *args))
-    errors = run_and_compare(ENTRY["sigmoid"], "sigmoid", case, inputs, seed)
-    print(name, stages, {k: f"{v:.2e}" for k, v in errors.items() if k != "got"})
-    assert taken == ["gluon_fwd"] and not sigmoid_launch._gluon_failure
+    real = score_gluon.run
+    monkeypatch.setattr(score_gluon, "run", lambda part, *args: taken.append(part) or real(part, *args))
+    errors = run_and_compare(ENTRY[op], op, case, inputs, seed)
+    print(op, name, stages, {k: f"{v:.2e}" for k, v in errors.items() if k != "got"})
+    assert taken[0] == "gluon_fwd" and not score_gluon._forward_failure
     assert not within(errors, case.dtype), {k: v for k, v in errors.items() if k != "got"}
 
 

@@ -7,8 +7,9 @@ launched through kernels.fast_launch, or, given a ``CompileTarget``, only compil
 ``dkdv``, ``dq`` and ``dq_finish``. The keyword options (tiles, σ's evaluation, the bias folded into the scores, the
 dQ path, the Gluon backward) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
 
-The forward can run as a Gluon kernel on Hopper (gluon_forward.py, part ``gluon_fwd``) where gluon_forward_fits, but
-only when asked (``gluon=True``, or GLUON_FORWARD): it has not yet been timed against the Triton forward on a GPU.
+The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_gluon_forward.py, part ``gluon_fwd``)
+where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or score_gluon.GLUON_FORWARD): it has not
+yet been timed against the Triton forward on a GPU.
 
 On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_gluon_backward.py, part ``gluon_bwd``) wherever
 score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two from 16
@@ -21,44 +22,15 @@ from typing import Optional
 
 import torch
 import triton
-from triton.compiler.errors import CompilationError
-from triton.runtime.errors import OutOfResources
 
-from .. import common, gluon_support, score_gluon
+from .. import common, score_gluon
 from ..common import CompileTarget, padded
-from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
+from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
 from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
 from .triton_backward import sigmoid_dkdv_kernel, sigmoid_dq_kernel
 from .triton_forward import sigmoid_fwd_kernel
 
 _chosen: dict[tuple, TileConfig] = {}
-GLUON_FORWARD = False  # the Gluon forward by default where it fits (opt-in until it is timed on a GPU)
-_gluon_failure: list[str] = []  # why the Gluon forward failed to compile or launch here, once it has
-
-
-def gluon_forward_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-                       target: Optional[CompileTarget] = None) -> bool:
-    """Whether the forward can take the Gluon kernel (gluon_forward.py): gluon_support.fits for q, k, v."""
-    return gluon_support.fits(target, _gluon_failure, q, k, v, q, k, v)
-
-
-def _gluon_forward(q, k, v, out, bias, scale: float, causal: bool, target: Optional[CompileTarget]) -> bool:
-    """Launch the Gluon forward into ``out``; False, with nothing run, if it cannot compile or launch here."""
-    from . import gluon_forward as gf
-
-    B, H, Tq, d = q.shape
-    if q.is_cuda:
-        common.bind_cuda_context(q.device)
-    try:
-        run("gluon_fwd", gf.sigmoid_forward_kernel, (gf.grid(Tq, B, H),), (
-            *gf.descriptors(q, k, v), out, bias, *out.stride()[:3], H, Tq, k.shape[2], B * H,
-            triton.cdiv(Tq, gf.BLOCK_M.value), float(scale) * LOG2E), dict(
-            HEAD_D=d, HEAD_DV=v.shape[-1], CAUSAL=causal, STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2,
-            maxnreg=gf.MAX_REGISTERS), target)
-    except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
-        gluon_support.report_failure(_gluon_failure, "the Gluon forward of sigmoid attention", error)
-        return False
-    return True
 
 
 def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, mode: Optional[int]) -> dict:
@@ -71,14 +43,14 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
             tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
             gluon: Optional[bool] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Attention output (B, H, Tq, dv) in q's dtype, laid out like q. ``gluon``: the Gluon forward where it fits
-    (None: if GLUON_FORWARD and no Triton tile, σ mode or folded bias is asked for; False: never; True: where it
-    fits)."""
+    (None: if score_gluon.GLUON_FORWARD and no Triton tile, σ mode or folded bias is asked for; False: never; True:
+    where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     out = common.new_rows_like(q, dv)
     if gluon is None:
-        gluon = GLUON_FORWARD and tile is None and mode is None and not fold_bias
-    if gluon and gluon_forward_fits(q, k, v, target) and _gluon_forward(q, k, v, out, bias, scale, causal, target):
+        gluon = score_gluon.GLUON_FORWARD and tile is None and mode is None and not fold_bias
+    if gluon and score_gluon.forward("sigmoid", q, k, v, out, scale, causal, param=bias, target=target):
         return out
     consts = dict(_constexprs(q, v, causal, mode), FOLD_BIAS=fold_bias)
 

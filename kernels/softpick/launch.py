@@ -4,7 +4,8 @@ checks: the ops' autograd.py and kernels/score_ops.py come first).
 Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; ``sink`` (H,) fp32 (the sink logits)
 or None for softpick. Outputs and gradients are allocated in their inputs' layouts (kernels.common.new_rows_like).
 Every kernel is launched through kernels.fast_launch, or, given a ``CompileTarget``, only compiled; the parts are
-named ``fwd``, ``delta``, ``dkdv``, ``dq`` and ``dq_finish`` (``gluon_bwd``: the Gluon backward, which on Hopper takes
+named ``fwd``, ``delta``, ``dkdv``, ``dq`` and ``dq_finish`` (``gluon_fwd``: the one-view ops' Gluon forward, taken only
+when asked, as sigmoid's; ``gluon_bwd``: the Gluon backward, which on Hopper takes
 the place of ``dkdv`` in the sink mode wherever kernels/score_gluon.gluon_backward_fits, outside the deterministic
 mode; softpick takes it only when asked, ``gluon=True``).
 """
@@ -35,14 +36,21 @@ def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, sink: Optional[t
 
 
 def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[torch.Tensor], scale: float, eps: float,
-            causal: bool, *, tile: Optional[TileConfig] = None,
+            causal: bool, *, tile: Optional[TileConfig] = None, gluon: Optional[bool] = None,
             target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse): the output (B, H, Tq, dv) in q's dtype laid out like q, and L (B, H, Tq) fp32, each row's log2
-    of its unshifted denominator (what the backward rebuilds the weights from)."""
+    of its unshifted denominator (what the backward rebuilds the weights from). ``gluon``: the one-view ops' Gluon
+    forward (kernels/score_gluon_forward.py) where it fits (None: if score_gluon.GLUON_FORWARD and no Triton tile is
+    asked for; False: never; True: where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     out = common.new_rows_like(q, dv)
     lse = common.new_output((B, H, Tq), torch.float32, q.device)
+    if gluon is None:
+        gluon = score_gluon.GLUON_FORWARD and tile is None
+    if gluon and score_gluon.forward("softpick" if sink is None else "sink", q, k, v, out, scale, causal, param=sink,
+                                     lse=lse, eps=eps, target=target):
+        return out, lse
     consts = _constexprs(q, v, causal, sink)
     sink_ = sink if sink is not None else lse
 

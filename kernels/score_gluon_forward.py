@@ -1,34 +1,41 @@
-"""The forward of sigmoid attention as one Gluon kernel for Hopper (sm_90), in the form of the paired threshold
-forward (kernels/threshold/gluon_forward.py) with one view. Opt-in (launch.GLUON_FORWARD) until it is timed against
-the Triton forward on a GPU.
+"""The forward of the one-view score ops (sigmoid, softpick, softmax with a sink) as one Gluon kernel for Hopper
+(sm_90), in the form of the paired threshold forward (kernels/threshold/gluon_forward.py) with one view. Taken only
+when asked (score_gluon.GLUON_FORWARD, or the launchers' ``gluon=True``) until it is timed against the Triton
+forwards on a GPU.
 
 One program per 128 query rows of one head, three partitions:
 
 - a one-warp loader: the program's q rows (two tiles of 64) once, then k, v in blocks of BLOCK_N keys through a ring
   of STAGES stages (copy engine, mbarriers);
-- two warpgroups, each over 64 of the rows: per key block the scores (one product), z = s·(scale·log2 e) + b·log2 e,
-  w = σ as the Triton kernel's SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial; the Gluon backward's
-  _sigmoid_and_slope), 0 where masked, O += w v (a second product, w from registers, rounded to v's dtype).
+- two warpgroups, each over 64 of the rows: per key block the scores (one product, s in log2 units), the weights, and
+  O += p v (a second product, p from registers, rounded to v's dtype). The weights are the Triton forwards':
+    sigmoid    w = σ(s + b_h log2 e), as SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial: the Gluon
+               backward's _sigmoid_and_slope); no row state;
+    softpick   the online normaliser of kernels/softpick/triton_forward.py: m from 0, u = 2^(s − m) − 2^(−m),
+               l += Σ|u|, p = max(u, 0), o = acc / (l + ε 2^(−m)), L = m + log2(l + ε 2^(−m));
+    sink       m from s_h log2 e and l from 1 (the sink's own term), p = 2^(s − m), o = acc / l, L = m + log2 l;
+  both normalised modes rescale l and acc by 2^(m − m') when a row's m grows, and store L for the backward.
 
 The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's elementwise
 work can run under the other's products. Only key blocks crossing the diagonal or Tk take the causal/edge mask (two
-loops, as the Triton forward). Same contract as triton_forward.sigmoid_fwd_kernel: writes O. Only 16-bit inputs, one
-key/value head per query head, q/k head dimension 64, v's a power of two from 16 to 128, rows readable by tensor
-descriptors (launch.gluon_forward_fits).
+loops, as the Triton forwards). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a
+power of two from 16 to 128, rows readable by tensor descriptors (score_gluon.gluon_forward_fits).
 """
+
 
 import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
-from ..gluon_tiles import operand, row_descriptors, store_rows
-from ..score_gluon_backward import _sigmoid_and_slope
+from .gluon_tiles import operand, row_descriptors, store_rows
+from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
 BLOCK_N = gl.constexpr(64)     # keys per ring stage
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
+LOG2E = gl.constexpr(1.4426950408889634)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
 
@@ -60,39 +67,59 @@ def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
-def _key_block(acc, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, bias2, pos, Tk, zero_s, HEAD_D: gl.constexpr,
-               HEAD_DV: gl.constexpr, CAUSAL: gl.constexpr, MASKED: gl.constexpr, S_L: gl.constexpr,
-               O_L: gl.constexpr, STAGES: gl.constexpr):
-    """Key block j (ring stage j % STAGES): the scores, w = σ(z), acc += w v; the stage released after. MASKED: keys
-    past Tk or (CAUSAL) after a row's position get w = 0 (blocks crossing the diagonal or Tk)."""
+def _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
+               HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
+               MASKED: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr, STAGES: gl.constexpr):
+    """Key block j (ring stage j % STAGES) folded into the rows' state (acc; m, l in the normalised modes); the stage
+    released after. MASKED: keys past Tk or (CAUSAL) after a row's position get no weight (blocks crossing the
+    diagonal or Tk)."""
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k_s = operand(k_ring.index(stage), BLOCK_N, HEAD_D)
     v_s = operand(v_ring.index(stage), BLOCK_N, HEAD_DV)
-    s = warpgroup_mma(q_s, k_s.permute((1, 0)), zero_s, use_acc=False)
-    w, _ = _sigmoid_and_slope(s * qk_scale2 + bias2)
+    s = warpgroup_mma(q_s, k_s.permute((1, 0)), zero_s, use_acc=False) * qk_scale2
     if MASKED:
         cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
         if CAUSAL:
             keep = (cols[None, :] < Tk) & (cols[None, :] <= pos[:, None])
         else:
             keep = (cols[None, :] < Tk) & (pos >= 0)[:, None]
-        w = gl.where(keep, w, 0.0)
-    w_op = gl.convert_layout(w.to(v_s.dtype), gl.DotOperandLayout(0, O_L, 2))
-    acc = warpgroup_mma(w_op, v_s, acc)
+    if MODE == SIGMOID:
+        p, _ = _sigmoid_and_slope(s + param2)
+        if MASKED:
+            p = gl.where(keep, p, 0.0)
+    else:
+        if MASKED:
+            s = gl.where(keep, s, float("-inf"))
+        m_new = gl.maximum(m, gl.max(s, axis=1))
+        alpha = gl.exp2(m - m_new)
+        e = gl.exp2(s - m_new[:, None])
+        if MODE == SOFTPICK:
+            u = e - gl.exp2(-m_new)[:, None]
+            if MASKED:
+                u = gl.where(keep, u, 0.0)
+            p = gl.maximum(u, 0.0)
+            l = l * alpha + gl.sum(gl.abs(u), axis=1)
+        else:
+            p = e
+            l = l * alpha + gl.sum(p, axis=1)
+        m = m_new
+        acc = acc * gl.convert_layout(alpha, gl.SliceLayout(1, O_L))[:, None]
+    p_op = gl.convert_layout(p.to(v_s.dtype), gl.DotOperandLayout(0, O_L, 2))
+    acc = warpgroup_mma(p_op, v_s, acc)
     # every product reading this stage has completed (synchronous): release it
     mbarrier.arrive(empty.index(stage), count=1)
-    return acc
+    return acc, m, l
 
 
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
-                         CAUSAL: gl.constexpr, STAGES: gl.constexpr):
-    """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
-    other warpgroup's) are only released."""
+                         MODE: gl.constexpr, CAUSAL: gl.constexpr, STAGES: gl.constexpr):
+    """Warpgroup W's 64 rows: every key block up to its last visible key, then O (and L) stored; the blocks past that
+    (the other warpgroup's) are only released."""
     q_buf, k_ring, v_ring, q_bar, ready, empty = smem
-    O, BIAS = ptrs
-    so_b, so_h, so_t, b, h, m0, Tq, Tk, n_blocks, qk_scale2 = scalars
+    O, LSE, PARAM = ptrs
+    so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, qk_scale2, eps = scalars
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, BLOCK_N, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
@@ -105,7 +132,15 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     last_row = gl.minimum(r0 + ROWS, Tq) - 1
     hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
     my_blocks = gl.cdiv(hi, BLOCK_N)
-    bias2 = gl.load(BIAS + h) * 1.4426950408889634
+    param2 = 0.0
+    if MODE != SOFTPICK:
+        param2 = gl.load(PARAM + h) * LOG2E   # the bias b_h or the sink logit s_h, in log2 units
+    if MODE == SINK:   # the sink's own term: a key of score s_h and value 0
+        m = gl.full([ROWS], 0.0, gl.float32, layout=ROW_L) + param2
+        l = gl.full([ROWS], 1.0, gl.float32, layout=ROW_L)
+    else:
+        m = gl.zeros([ROWS], gl.float32, layout=ROW_L)
+        l = gl.zeros([ROWS], gl.float32, layout=ROW_L)
     mbarrier.wait(q_bar, phase=0)
     q_s = operand(q_buf.index(W), ROWS, HEAD_D)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
@@ -113,26 +148,35 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
     full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
     for j in range(0, full):
-        acc = _key_block(acc, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, bias2, pos, Tk, zero_s, HEAD_D,
-                         HEAD_DV, CAUSAL, False, S_L, O_L, STAGES)
+        acc, m, l = _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
+                               HEAD_D, HEAD_DV, MODE, CAUSAL, False, S_L, O_L, STAGES)
     for j in range(full, my_blocks):
-        acc = _key_block(acc, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, bias2, pos, Tk, zero_s, HEAD_D,
-                         HEAD_DV, CAUSAL, True, S_L, O_L, STAGES)
+        acc, m, l = _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
+                               HEAD_D, HEAD_DV, MODE, CAUSAL, True, S_L, O_L, STAGES)
     # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
     for j in range(my_blocks, n_blocks):
         stage = j % STAGES
         mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
         mbarrier.arrive(empty.index(stage), count=1)
+    if MODE != SIGMOID:
+        if MODE == SOFTPICK:
+            den = l + eps * gl.exp2(-m)
+        else:
+            den = l
+        gl.store(LSE + (b * H + h) * Tq + offs_m, m + gl.log2(den), mask=offs_m < Tq)
+        acc = acc / gl.convert_layout(den, gl.SliceLayout(1, O_L))[:, None]
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
 
 @gluon.jit
-def sigmoid_forward_kernel(q_desc, k_desc, v_desc, O, BIAS, so_b, so_h, so_t, H, Tq, Tk, num_bh, num_m_blocks,
-                           qk_scale2, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, CAUSAL: gl.constexpr,
-                           STAGES: gl.constexpr):
+def score_forward_kernel(q_desc, k_desc, v_desc, O, LSE, PARAM, so_b, so_h, so_t, H, Tq, Tk, num_bh, num_m_blocks,
+                         qk_scale2, eps, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr,
+                         CAUSAL: gl.constexpr, STAGES: gl.constexpr):
     """Grid: (num_m_blocks * B * H,), the longest query blocks first. The three inputs are 4-D tensor descriptors
-    (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q, BLOCK_N for k and v (descriptors()). BIAS (H,)
-    fp32; qk_scale2 = scale · log2 e. Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
+    (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q, BLOCK_N for k and v (descriptors()).
+    LSE (B, H, Tq) fp32 contiguous: L_i in log2 units (written in the normalised modes); PARAM (H,) fp32: the bias
+    (SIGMOID) or the sink logits (SINK), not read by SOFTPICK; qk_scale2 = scale · log2 e; eps: softpick's ε. Launch
+    with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     dtype: gl.constexpr = q_desc.dtype
     pid = gl.program_id(0)
     bh = pid % num_bh
@@ -152,11 +196,11 @@ def sigmoid_forward_kernel(q_desc, k_desc, v_desc, O, BIAS, so_b, so_h, so_t, H,
     # the key blocks the program's last row sees (both warpgroups step through all of them)
     n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
     smem = (q_buf, k_ring, v_ring, q_bar, ready, empty)
-    ptrs = (O, BIAS)
-    scalars = (so_b, so_h, so_t, b, h, m0, Tq, Tk, n_blocks, qk_scale2)
+    ptrs = (O, LSE, PARAM)
+    scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, qk_scale2, eps)
     gl.warp_specialize([
-        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, CAUSAL, STAGES)),
-        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, CAUSAL, STAGES)),
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, STAGES)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, STAGES)),
         (_loader_partition, (q_desc, k_desc, v_desc, q_buf, k_ring, v_ring, q_bar, ready, empty, b, h, m0, n_blocks,
                              STAGES)),
     ], [4, 1], [240, 24])
