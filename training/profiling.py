@@ -27,7 +27,9 @@ KINDS = (
                   r"_partial_kernel|combine_kernel"),
     ("loss", r"nll_loss|cross_entropy|log_softmax|logsumexp"),
     ("matrix products", r"gemm|gemv|cutlass|xmma|nvjet|cublas|matmul|wgmma|sm90_|triton_tem|aten::(mm|addmm|bmm)\b"),
-    ("copies and fills", r"memcpy|memset|copy|fill|aten::(cat|to|zero_|zeros|empty)\b"),
+    # a compiled kernel's name lists every operation it fused, a dtype cast ("_to_copy") among them: it is a fused
+    # kernel, not a copy (the profile that found RoPE's table recomputed in them first filed them under copies)
+    ("copies and fills", r"^(?!triton_).*(memcpy|memset|copy|fill)|aten::(cat|to|zero_|zeros|empty)\b"),
     ("fused elementwise and norms (compiled)", r"^triton_"),
     ("elementwise and norms (eager)", r"elementwise|reduce_kernel|vectorized|unrolled|norm|aten::"),
 )
