@@ -27,8 +27,8 @@ def rotation_table(positions: torch.Tensor, head_dim: int, base: float, ntk_fact
 
     An operator of its own so that torch.compile cannot see inside it: inductor would otherwise fuse the angles'
     power, cosine and sine into every kernel that reads them, recomputing them for each of the batch × heads
-    elements that share one position (transcendental work that took a quarter of a compiled training step;
-    BENCHMARKS.md, "Training throughput"). As an opaque call its (T, d/2) result is computed once and read."""
+    elements that share one position, in the forward and again in the backward (what that cost: BENCHMARKS.md,
+    "Training throughput"). As an opaque call its (T, d/2) result is computed once and read."""
     angles = positions.to(torch.float32)[..., None] * rope_frequencies(head_dim, base, ntk_factor, positions.device)
     return angles.cos(), angles.sin()
 

@@ -24,8 +24,8 @@ def test_ntk_scaling_changes_only_the_frequencies():
 
 def test_compiled_rotation_reads_one_table_and_equals_eager():
     """Under torch.compile the (T, d/2) cosines and sines are computed once by their own operator and read by the
-    rotation's kernels, not recomputed inside them for every batch row and head (they took a quarter of a compiled
-    training step); the compiled rotation equals the eager one for (T,) and (B, T) positions."""
+    rotation's kernels, not recomputed inside them for every batch row and head (BENCHMARKS.md, "Training
+    throughput", has what that cost); the compiled rotation equals the eager one for (T,) and (B, T) positions."""
     from torch._inductor.utils import run_and_get_code
 
     torch.manual_seed(0)
