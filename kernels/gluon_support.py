@@ -20,11 +20,14 @@ _GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_
                   ".score_gluon_forward")
 
 
-def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int) -> bool:
+def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int,
+                       wide: bool = False) -> bool:
     """Whether the Gluon kernels are built for this layout: 16-bit, one key/value head per query head, q/k head
-    dimension 64 (the M side of the backwards' dQ^T product must be 64), v's a power of two from 16 to 128."""
-    return (dtype in (torch.bfloat16, torch.float16) and heads == kv_heads and head_d == 64
-            and head_dv in (16, 32, 64, 128))
+    dimension 64 (the M side of the backwards' dQ^T product must be 64), v's a power of two from 16 to 128; with
+    ``wide`` (the paired forward, which has no dQ^T product) also q/k of 128 with v of 128 or 256."""
+    if dtype not in (torch.bfloat16, torch.float16) or heads != kv_heads:
+        return False
+    return (head_d == 64 and head_dv in (16, 32, 64, 128)) or (wide and head_d == 128 and head_dv in (128, 256))
 
 
 def _version(text: str) -> tuple[int, ...]:
@@ -60,11 +63,13 @@ def on_hopper(x: torch.Tensor) -> bool:
 
 
 def fits(target: Optional[CompileTarget], failures: list, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
-         *rows: torch.Tensor) -> bool:
-    """A Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take (gluon_layout_takes), every
-    one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no failure in ``failures``."""
+         *rows: torch.Tensor, wide: bool = False) -> bool:
+    """A Hopper GPU (with a ``target``: compiled for sm_90), a layout the Gluon kernels take (gluon_layout_takes, with
+    ``wide``), every one of ``rows`` readable by tensor descriptors, a Triton with Gluon, and no failure in
+    ``failures``."""
     hopper = target.arch == 90 if target is not None else on_hopper(q)
-    return (not failures and hopper and gluon_layout_takes(q.dtype, q.shape[1], k.shape[1], q.shape[-1], v.shape[-1])
+    return (not failures and hopper
+            and gluon_layout_takes(q.dtype, q.shape[1], k.shape[1], q.shape[-1], v.shape[-1], wide)
             and common.tma_ready(*rows) and gluon_available())
 
 

@@ -27,6 +27,28 @@ def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
     assert gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv) is takes
 
 
+@pytest.mark.parametrize("dtype,heads,kv_heads,d,dv,takes", [
+    (torch.bfloat16, 6, 6, 128, 256, True), (torch.float16, 6, 6, 128, 128, True), (torch.bfloat16, 6, 6, 64, 128, True),
+    (torch.bfloat16, 6, 6, 128, 64, False), (torch.bfloat16, 6, 3, 128, 256, False), (torch.float32, 6, 6, 128, 256, False),
+    (torch.bfloat16, 6, 6, 256, 256, False),
+])
+def test_the_wide_layouts_are_the_paired_forwards_alone(dtype, heads, kv_heads, d, dv, takes):
+    """``wide`` (the paired forward, asked for) adds q/k of 128 with v of 128 or 256 to the layouts; the backwards
+    never take them."""
+    assert gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv, wide=True) is takes
+    assert not gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv) or d == 64
+
+
+def test_the_forward_takes_q_k_of_128_only_when_asked(monkeypatch):
+    """At q/k 128 (v 256, the paired layout of a 2,048-wide model) the Gluon forward fits only with
+    launch.GLUON_FORWARD_D128, and the fused backward never."""
+    do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (256, 128, 128, 256, 128, 128)]
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "GLUON_FORWARD_D128", True)
+    assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+
+
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
                                           ("4.0", (4, 0))])
 def test_triton_versions_read(text, version):
@@ -180,11 +202,12 @@ from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
 p, causal, normalize, skip = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5])
-dv = int(sys.argv[5])
+dv, d = int(sys.argv[5]), int(sys.argv[6]) if len(sys.argv) > 6 else 64
+launch.GLUON_FORWARD_D128 = d == 128
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 with compiling_for(90) as target:
-    launch.forward(mk(64), mk(64), mk(dv), mk(64), mk(64), torch.full((H,), 0.5), torch.ones(H),
+    launch.forward(mk(d), mk(d), mk(dv), mk(d), mk(d), torch.full((H,), 0.5), torch.ones(H),
                    ThresholdOptions(p=p, normalize=normalize, causal=causal), record=skip, skip_products=skip,
                    target=target)
     u = ptxas_usage(target.compiled["fused_fwd"], 90)
@@ -192,10 +215,11 @@ print(u.registers, u.spill_bytes, u.shared_kib)
 """
 
 
-@pytest.mark.parametrize("p,causal,normalize,skip,dv", [(2.0, True, True, True, 128), (2.0, True, True, False, 128),
-                                                         (1.0, False, False, True, 64), (3.0, True, False, True, 32)])
-def test_gluon_forward_compiles_for_hopper(p, causal, normalize, skip, dv):
+@pytest.mark.parametrize("p,causal,normalize,skip,dv,d", [
+    (2.0, True, True, True, 128, 64), (2.0, True, True, False, 128, 64), (1.0, False, False, True, 64, 64),
+    (3.0, True, False, True, 32, 64), (2.0, True, True, True, 256, 128), (1.0, False, True, False, 128, 128)])
+def test_gluon_forward_compiles_for_hopper(p, causal, normalize, skip, dv, d):
     """The Gluon forward, compiled (not interpreted) through launch.forward, recording the occupied tiles and skipping
-    the products of empty ones (the default), and without."""
+    the products of empty ones (the default), and without; at q/k 128 (asked for) with 32-key ring stages."""
     _compile_in_subprocess(_COMPILE_FORWARD, [str(p), *("1" if f else "0" for f in (causal, normalize, skip)),
-                                              str(dv)])
+                                              str(dv), str(d)])

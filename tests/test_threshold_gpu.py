@@ -334,6 +334,42 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backwar
     assert all(v <= 1e-2 for v in errors.values()), errors
 
 
+WIDE_CASES = {
+    "tda_d128_dv256_bf16_T3001": Case(T=3001, d=128, dv=256, H=2, dtype=torch.bfloat16),
+    "tda_d128_dv256_bf16_Tq100_Tk5000": Case(T=5000, Tq=100, d=128, dv=256, H=2, lam=(0.3, 1.2),
+                                             dtype=torch.bfloat16),
+    "tda_d128_dv128_fp16_T1500_noncausal": Case(T=1500, d=128, dv=128, H=2, causal=False, p=3.0,
+                                                dtype=torch.float16),
+}
+
+
+@pytest.mark.parametrize("name", list(WIDE_CASES))
+def test_gluon_forward_at_q_k_128_on_gpu(monkeypatch, name):
+    """The Gluon forward at q/k 128 (asked for: launch.GLUON_FORWARD_D128), 32-key ring stages, two of which mark each
+    record cell, followed by the Triton backward, which reads that record: output and every gradient against float64
+    (a cell left unmarked drops its gradients), on inputs laid out as the model's projections; it must have run."""
+    import threshold_float64
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon forward is for Hopper (sm_90)")
+    case = WIDE_CASES[name]
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "GLUON_FORWARD_D128", True)
+    monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+    launches = []
+    real_forward = launch._gluon_forward
+    monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    for n in ("q1", "k1", "v", "q2", "k2"):
+        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    shares = survivor_shares(inputs, case)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    assert launches and set(launches) == {"forward"} and not launch._gluon_failure, launches
+    assert all(v <= 1e-2 for v in errors.values()), errors
+
+
 # Exact tile skipping on long sequences: inputs in which whole tiles are empty (threshold_float64.planted_inputs),
 # survivors in blocks and alone (at a cell's corner, on the diagonal, in the last row), grouped heads and Tq != Tk.
 SPARSE_CASES = {

@@ -5,7 +5,7 @@ forward (BENCHMARKS.md, "Launches without Triton's binding, and the paired forwa
 One program per 128 query rows of one head, three partitions:
 
 - a one-warp loader: the program's q1, q2 rows (two tiles of 64 per view) once, then k1, k2, v in blocks of
-  BLOCK_N keys through a ring of STAGES stages (copy engine, mbarriers);
+  KEYS keys (keys_per_stage) through a ring of STAGES stages (copy engine, mbarriers);
 - two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together),
   u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them, W = max(u1, 0)^p
   - lam max(u2, 0)^p, O += W v (a third product, W from registers). The queries' norms are summed in another order
@@ -15,13 +15,15 @@ The warpgroups share the ring (a stage is refilled once both have released it) a
 elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the
 causal/edge mask (two loops, as the Triton forward). Same contract as triton_forward.threshold_attention_fwd_kernel
 with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse norms); RK1, RK2 are inputs. Only
-16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of two up to 128, rows readable
-by tensor descriptors (launch.gluon_forward_fits).
+16-bit inputs, one key/value head per query head, rows readable by tensor descriptors, q/k head dimension 64 with v a
+power of two up to 128, or, when asked (launch.GLUON_FORWARD_D128, until it is timed on a GPU), 128 with v of 128 or
+256 in 32-key ring stages (launch.gluon_forward_fits).
 
-Exact skipping: a warpgroup's tile of 64 rows x 64 keys is one cell of the record (triton_lists.py). The tile's
-largest u in either view, reduced over the warpgroup's four warps, decides both: RECORD marks the cell (one store)
-where it is positive, and with SKIP_PRODUCTS a tile without a survivor leaves out the weights and the product with v
-(a branch on a value the four warps agree on; there is no software pipeline here for it to break).
+Exact skipping: a warpgroup's tile of 64 rows x KEYS keys lies in one cell of the record (triton_lists.py; at KEYS =
+32 two tiles share a cell). The tile's largest u in either view, reduced over the warpgroup's four warps, decides
+both: RECORD marks the cell (one store) where it is positive, and with SKIP_PRODUCTS a tile without a survivor leaves
+out the weights and the product with v (a branch on a value the four warps agree on; there is no software pipeline
+here for it to break).
 """
 
 import triton
@@ -37,17 +39,23 @@ from .triton_math import NORM_EPS
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
-BLOCK_N = gl.constexpr(64)     # keys per ring stage
+BLOCK_N = 64                   # keys per ring stage at d = 64, launched as the kernel's KEYS (keys_per_stage)
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
-TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES, tma=True)  # the default, for tables and logs
-assert ROWS.value == BLOCK_N.value == CELL.value  # a warpgroup's tile is one cell of the record
+TILE = TileConfig(BLOCK_M.value, BLOCK_N, NUM_WARPS.value, STAGES, tma=True)  # the d = 64 default, for tables and logs
+assert ROWS.value == CELL.value and CELL.value % BLOCK_N == 0  # a warpgroup's rows are one row of record cells
+
+
+def keys_per_stage(head_d: int) -> int:
+    """Keys per ring stage (the kernel's KEYS): 64 at d = 64; 32 at d = 128, where a v of 256 holds 128 accumulator
+    registers per thread and 64-key score tiles spilled (ptxas, sm_90). Two 32-key blocks mark the same record cell."""
+    return BLOCK_N if head_d <= 64 else 32
 
 
 @gluon.jit
 def _loader_partition(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
-                      q_bar, ready, empty, b, h, m0, n_blocks, STAGES: gl.constexpr):
+                      q_bar, ready, empty, b, h, m0, n_blocks, KEYS: gl.constexpr, STAGES: gl.constexpr):
     """The program's query rows once, then key block j into stage j % STAGES once both warpgroups released it."""
     mbarrier.expect(q_bar, 2 * (q1_desc.block_type.nbytes + q2_desc.block_type.nbytes))
     for w in gl.static_range(2):
@@ -58,9 +66,9 @@ def _loader_partition(q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf
         mbarrier.wait(empty.index(stage), ((j // STAGES) & 1) ^ 1)
         bar = ready.index(stage)
         mbarrier.expect(bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
-        tma.async_copy_global_to_shared(k1_desc, [b, h, j * BLOCK_N, 0], bar, k1_ring.index(stage))
-        tma.async_copy_global_to_shared(k2_desc, [b, h, j * BLOCK_N, 0], bar, k2_ring.index(stage))
-        tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], bar, v_ring.index(stage))
+        tma.async_copy_global_to_shared(k1_desc, [b, h, j * KEYS, 0], bar, k1_ring.index(stage))
+        tma.async_copy_global_to_shared(k2_desc, [b, h, j * KEYS, 0], bar, k2_ring.index(stage))
+        tma.async_copy_global_to_shared(v_desc, [b, h, j * KEYS, 0], bar, v_ring.index(stage))
 
 
 @gluon.jit
@@ -94,12 +102,13 @@ def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
 def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
                Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
-               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr, STAGES: gl.constexpr):
+               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr, KEYS: gl.constexpr,
+               STAGES: gl.constexpr):
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
     are left out when none did."""
-    cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
+    cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
     if NORMALIZE:
         # the keys' inverse norms are read before the ring's wait and the products, whose time hides their latency
@@ -107,9 +116,9 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
         rk2 = gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-    k1_s = operand(k1_ring.index(stage), BLOCK_N, HEAD_D)
-    k2_s = operand(k2_ring.index(stage), BLOCK_N, HEAD_D)
-    v_s = operand(v_ring.index(stage), BLOCK_N, HEAD_DV)
+    k1_s = operand(k1_ring.index(stage), KEYS, HEAD_D)
+    k2_s = operand(k2_ring.index(stage), KEYS, HEAD_D)
+    v_s = operand(v_ring.index(stage), KEYS, HEAD_DV)
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
@@ -134,7 +143,7 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
         top = gl.where(pos < Tk, gl.max(gl.maximum(u1, u2), axis=1), 0.0)
         if gl.max(top, axis=0) > 0.0:
             if RECORD:
-                gl.store(REC_row + j, 1)
+                gl.store(REC_row + (j * KEYS) // CELL, 1)
             if SKIP_PRODUCTS:
                 acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
         if not SKIP_PRODUCTS:
@@ -156,14 +165,14 @@ def _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE: gl.constexpr, O_L: gl.con
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, RECORD: gl.constexpr,
-                         SKIP_PRODUCTS: gl.constexpr, STAGES: gl.constexpr):
+                         SKIP_PRODUCTS: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
     other warpgroup's) are only released."""
     q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
     O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC = ptrs
     so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN = scalars
     S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, BLOCK_N, 16])
+                                                  instr_shape=[16, KEYS, 16])
     O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
                                                   instr_shape=[16, HEAD_DV, 16])
     ROW_L: gl.constexpr = gl.SliceLayout(1, S_L)
@@ -174,7 +183,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     # the last key any of these rows sees, +1 (0 when every row is past Tq)
     last_row = gl.minimum(r0 + ROWS, Tq) - 1
     hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
-    my_blocks = gl.cdiv(hi, BLOCK_N)
+    my_blocks = gl.cdiv(hi, KEYS)
     lam = gl.load(LAM + h)
     tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
     mbarrier.wait(q_bar, phase=0)
@@ -183,18 +192,18 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     f1 = _row_factor(q1_s, RQ1 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     f2 = _row_factor(q2_s, RQ2 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
-    zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
+    zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
+    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // KEYS, my_blocks)
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L, STAGES)
+                         SKIP_PRODUCTS, S_L, O_L, KEYS, STAGES)
     for j in range(full, my_blocks):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L, STAGES)
+                         SKIP_PRODUCTS, S_L, O_L, KEYS, STAGES)
     # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
     for j in range(my_blocks, n_blocks):
         stage = j % STAGES
@@ -208,11 +217,12 @@ def paired_forward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC, nM, nN, so_b, so_h, so_t,
     H, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, STAGES: gl.constexpr,
+    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, KEYS: gl.constexpr,
+    STAGES: gl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), the longest query blocks first (triton_math.query_block_program). The five
     inputs are 4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q1, q2,
-    BLOCK_N for k1, k2, v (descriptors()). With RECORD, REC is the zero-filled uint8 record (B, H, nM, nN) of
+    KEYS for k1, k2, v (descriptors()). With RECORD, REC is the zero-filled uint8 record (B, H, nM, nN) of
     triton_lists.py, whose cells the kernel marks. Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     dtype: gl.constexpr = q1_desc.dtype
     pid = gl.program_id(0)
@@ -233,23 +243,23 @@ def paired_forward_kernel(
         mbarrier.init(ready.index(s), count=1)
         mbarrier.init(empty.index(s), count=2)
     # the key blocks the program's last row sees (both warpgroups step through all of them)
-    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
+    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), KEYS)
     smem = (q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty)
     ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC)
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS, STAGES)),
+                                SKIP_PRODUCTS, KEYS, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS, STAGES)),
+                                SKIP_PRODUCTS, KEYS, STAGES)),
         (_loader_partition, (q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
-                             q_bar, ready, empty, b, h, m0, n_blocks, STAGES)),
+                             q_bar, ready, empty, b, h, m0, n_blocks, KEYS, STAGES)),
     ], [4, 1], [240, 24])
 
 
 def descriptors(q1, k1, q2, k2, v) -> tuple:
-    """The five inputs' descriptors: ROWS query rows, BLOCK_N keys."""
-    m, n = ROWS.value, BLOCK_N.value
+    """The five inputs' descriptors: ROWS query rows, keys_per_stage keys."""
+    m, n = ROWS.value, keys_per_stage(q1.shape[-1])
     return row_descriptors((q1, m), (k1, n), (q2, m), (k2, n), (v, n))
 
 

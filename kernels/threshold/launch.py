@@ -278,9 +278,9 @@ def _gluon_failed(error: Exception) -> None:
 
 
 def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
-                q2: Optional[torch.Tensor], *rows: Optional[torch.Tensor]) -> bool:
+                q2: Optional[torch.Tensor], *rows: Optional[torch.Tensor], wide: bool = False) -> bool:
     """Two views, and gluon_support.fits (no Gluon kernel of this family has failed here)."""
-    return q2 is not None and gluon_support.fits(target, _gluon_failure, q1, k1, v, *rows)
+    return q2 is not None and gluon_support.fits(target, _gluon_failure, q1, k1, v, *rows, wide=wide)
 
 
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
@@ -290,10 +290,13 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
     return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
 
 
+GLUON_FORWARD_D128 = False  # the Gluon forward also at q/k 128 (v 128 or 256): opt-in until it is timed on a GPU
+
+
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
                        k2: Optional[torch.Tensor], target: Optional[CompileTarget] = None) -> bool:
-    """Whether the forward takes the Gluon kernel (gluon_forward.py)."""
-    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v)
+    """Whether the forward takes the Gluon kernel (gluon_forward.py): at q/k 64, and at 128 when GLUON_FORWARD_D128."""
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, wide=GLUON_FORWARD_D128)
 
 
 def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, options: ThresholdOptions,
@@ -312,8 +315,8 @@ def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, o
         *(rec.shape[2:] if record else (0, 0)), *out.stride()[:3],
         H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
-        P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products, STAGES=gf.STAGES,
-        num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
+        P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products, KEYS=gf.keys_per_stage(d),
+        STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
