@@ -12,6 +12,8 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
   sink_softmax        kernels/sink_softmax (the row-normalised kernels in their sink mode; sink logits learnable)
   sink (sdpa+key)     the sink as an extra key of SDPA (kernels.sink_softmax_attention_reference), default backends
   ssmax (sdpa)        SDPA on queries scaled per row by s_h·ln(i+1), default backends, as the model runs it
+  <op>, Gluon fwd     sigmoid, softpick and sink_softmax with the one-view ops' Gluon forward asked for
+                      (kernels/score_gluon_forward.py; not yet the default), where it fits (Hopper)
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
 medians of CUDA-event timings (triton.testing.do_bench); TFLOP/s counts softmax's products for every row (forward
 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
@@ -70,7 +72,7 @@ def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
     def cudnn():
         return timing.causal_sdpa(q, k, v, SDPBackend.CUDNN_ATTENTION)
 
-    return {
+    rows = {
         "sdpa-cudnn": (cudnn, qkv),
         "tra": (lambda: threshold_attention_triton(tq, tk, v), [tq, tk, v]),
         "sigmoid": (lambda: sigmoid_attention_triton(q, k, v, bias), qkv + [bias]),
@@ -80,6 +82,23 @@ def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
         "ssmax (sdpa)": (lambda: scaled_dot_product_attention(_ssmax_queries(q, ss), k, v, is_causal=True),
                          qkv + [ss]),
     }
+    if score_gluon.gluon_forward_fits(q, k, v):   # the one-view ops' Gluon forward, taken only when asked
+        for name in ("sigmoid", "softpick", "sink_softmax"):
+            forward, leaves = rows[name]
+            rows[f"{name}, Gluon fwd"] = (_with_gluon_forward(forward), leaves)
+    return rows
+
+
+def _with_gluon_forward(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
+    """``forward`` with the one-view ops' Gluon forward asked for (score_gluon.GLUON_FORWARD) while it runs."""
+    def run() -> torch.Tensor:
+        before = score_gluon.GLUON_FORWARD
+        score_gluon.GLUON_FORWARD = True
+        try:
+            return forward()
+        finally:
+            score_gluon.GLUON_FORWARD = before
+    return run
 
 
 def sdpa_backends(T: int, d: int, dtype: torch.dtype) -> list[str]:
@@ -140,11 +159,11 @@ def targets(rows: list[dict]) -> list[str]:
     ≤ 1.25× cuDNN."""
     lines = []
     for r in rows:
-        if r["method"] == "sigmoid":
-            lines.append(f"  T={r['T']}: sigmoid {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.10 at T ≥ 8192), "
+        if r["method"] in ("sigmoid", "sigmoid, Gluon fwd"):
+            lines.append(f"  T={r['T']}: {r['method']} {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.10 at T ≥ 8192), "
                          f"{r['x_tra']:.2f}× TRA (target ≤ 1.05)")
-        if r["method"] == "softpick":
-            lines.append(f"  T={r['T']}: softpick {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.25)")
+        if r["method"] in ("softpick", "softpick, Gluon fwd"):
+            lines.append(f"  T={r['T']}: {r['method']} {r['x_cudnn']:.2f}× cuDNN (target ≤ 1.25)")
     return lines
 
 

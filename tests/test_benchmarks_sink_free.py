@@ -67,12 +67,28 @@ def test_table_and_targets():
     header, rule, line = bench.format_table([row]).splitlines()
     assert header.count("|") == rule.count("|") == line.count("|") == 11
     assert line == "| 8192 | 2 | sigmoid | 0.500 | 200 | 2.000 | 175 | 1.08 | 1.02 | 300 |"
-    assert bench.targets([row, dict(row, method="softpick", x_cudnn=1.3)]) == [
+    assert bench.targets([row, dict(row, method="softpick", x_cudnn=1.3), dict(row, method="ssmax (sdpa)"),
+                          dict(row, method="softpick, Gluon fwd", x_cudnn=1.2)]) == [
         "  T=8192: sigmoid 1.08× cuDNN (target ≤ 1.10 at T ≥ 8192), 1.02× TRA (target ≤ 1.05)",
-        "  T=8192: softpick 1.30× cuDNN (target ≤ 1.25)"]
+        "  T=8192: softpick 1.30× cuDNN (target ≤ 1.25)",
+        "  T=8192: softpick, Gluon fwd 1.20× cuDNN (target ≤ 1.25)"]
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
 def test_without_a_gpu_it_says_so():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench.main(["--seq", "128"])
+
+
+def test_gluon_forward_rows_ask_for_it_while_they_run(untimed, monkeypatch):
+    """Where the one-view ops' Gluon forward fits, each op gets a second row that runs with it asked for, and only
+    while the row runs (a recorder stands in for the kernel, which then hands over to Triton's forward)."""
+    from kernels import score_gluon
+
+    asked = []
+    monkeypatch.setattr(score_gluon, "gluon_forward_fits", lambda *args, **kwargs: True)
+    monkeypatch.setattr(score_gluon, "forward", lambda mode, *args, **kwargs: asked.append(mode) or False)
+    rows = bench.bench_shape(32, 32, 16, torch.float32, 1, d_model=32, device="cpu")
+    methods = [r["method"] for r in rows]
+    assert {"sigmoid, Gluon fwd", "softpick, Gluon fwd", "sink_softmax, Gluon fwd"} <= set(methods)
+    assert set(asked) == {"sigmoid", "softpick", "sink"} and not score_gluon.GLUON_FORWARD
