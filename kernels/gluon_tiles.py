@@ -1,6 +1,7 @@
-"""Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py and
-kernels/score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their blocks seen as product
-operands, a tile's query rows, the partition barrier, and dQ's vector atomics.
+"""Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py,
+kernels/score_gluon_forward.py and score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their
+blocks seen as product operands, a ring's barriers, a tile's query rows and key range, the partition barrier, and dQ's
+vector atomics.
 
 Imports Triton's Gluon at once: import it only where gluon_support.gluon_available() says Gluon exists.
 """
@@ -9,6 +10,7 @@ import functools
 
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
@@ -39,6 +41,28 @@ def last_visible_key(offs_m, Tq, Tk, CAUSAL: gl.constexpr, BM: gl.constexpr, Q_L
     else:
         last = gl.full([BM], Tk - 1, gl.int32, layout=Q_L)
     return gl.where(offs_m < Tq, last, -1)
+
+
+@gluon.jit
+def key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
+    """One past the last key query row ``last_row`` sees: its position + 1 under the causal mask, else Tk."""
+    if CAUSAL:
+        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
+    else:
+        hi = Tk
+    return hi
+
+
+@gluon.jit
+def ring_barriers(STAGES: gl.constexpr):
+    """The (ready, empty) mbarriers of a ring of STAGES stages that a loader fills for two warpgroups: a stage is
+    ready once its copies land (the loader's one expect), empty once both warpgroups have released it."""
+    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    for s in gl.static_range(STAGES):
+        mbarrier.init(ready.index(s), count=1)
+        mbarrier.init(empty.index(s), count=2)
+    return ready, empty
 
 
 @gluon.jit

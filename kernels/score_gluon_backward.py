@@ -30,14 +30,13 @@ two from 16 to 128, rows readable by tensor descriptors: score_gluon.gluon_backw
 Triton kernels run.
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
-                          store_rows, tile_rows)
+from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
+                          row_descriptors, store_rows, tile_rows)
 from .sigmoid import triton_forward as sigmoid_forward
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
@@ -248,14 +247,10 @@ def score_backward_kernel(
     dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    ready, empty = ring_barriers(STAGES)
     dx_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     dx_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
     for s in gl.static_range(2):
         mbarrier.init(dx_ready.index(s), count=2)
         mbarrier.init(dx_free.index(s), count=1)

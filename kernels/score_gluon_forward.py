@@ -28,7 +28,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
-from .gluon_tiles import operand, row_descriptors, store_rows
+from .gluon_tiles import key_end, operand, ring_barriers, row_descriptors, store_rows
 from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
@@ -54,16 +54,6 @@ def _loader_partition(q_desc, k_desc, v_desc, q_buf, k_ring, v_ring, q_bar, read
         mbarrier.expect(bar, k_desc.block_type.nbytes + v_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(k_desc, [b, h, j * BLOCK_N, 0], bar, k_ring.index(stage))
         tma.async_copy_global_to_shared(v_desc, [b, h, j * BLOCK_N, 0], bar, v_ring.index(stage))
-
-
-@gluon.jit
-def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
-    """One past the last key query row ``last_row`` sees: its position + 1 under the causal mask, else Tk."""
-    if CAUSAL:
-        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
-    else:
-        hi = Tk
-    return hi
 
 
 @gluon.jit
@@ -130,7 +120,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     pos = offs_m + (Tk - Tq)
     # the last key any of these rows sees, +1 (0 when every row is past Tq)
     last_row = gl.minimum(r0 + ROWS, Tq) - 1
-    hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
+    hi = gl.where(last_row >= r0, key_end(last_row, Tq, Tk, CAUSAL), 0)
     my_blocks = gl.cdiv(hi, BLOCK_N)
     param2 = 0.0
     if MODE != SOFTPICK:
@@ -146,7 +136,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
+    full = gl.minimum(key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
     for j in range(0, full):
         acc, m, l = _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
                                HEAD_D, HEAD_DV, MODE, CAUSAL, False, S_L, O_L, STAGES)
@@ -187,14 +177,10 @@ def score_forward_kernel(q_desc, k_desc, v_desc, O, LSE, PARAM, so_b, so_h, so_t
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
+    ready, empty = ring_barriers(STAGES)
     # the key blocks the program's last row sees (both warpgroups step through all of them)
-    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
+    n_blocks = gl.cdiv(key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), BLOCK_N)
     smem = (q_buf, k_ring, v_ring, q_bar, ready, empty)
     ptrs = (O, LSE, PARAM)
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, qk_scale2, eps)

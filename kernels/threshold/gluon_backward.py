@@ -29,8 +29,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, row_descriptors,
-                           store_rows, tile_rows)
+from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
+                           row_descriptors, store_rows, tile_rows)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -386,14 +386,10 @@ def paired_backward_kernel(
     ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
     ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
+    mbarrier.init(kv_bar, count=1)
+    ready, empty = ring_barriers(STAGES)
     ds_ready = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
     ds_free = gl.allocate_shared_memory(gl.int64, [2, 1], mbarrier.MBarrierLayout())
-    mbarrier.init(kv_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
     for s in gl.static_range(2):
         mbarrier.init(ds_ready.index(s), count=2)
         mbarrier.init(ds_free.index(s), count=2)

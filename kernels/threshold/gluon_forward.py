@@ -31,7 +31,7 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from ..gluon_tiles import operand, row_descriptors, store_rows
+from ..gluon_tiles import key_end, operand, ring_barriers, row_descriptors, store_rows
 from .gluon_backward import _power
 from .tiles import TileConfig
 from .triton_lists import CELL
@@ -86,16 +86,6 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
     else:
         f = gl.full([ROWS], scale, gl.float32, layout=ROW_L)
     return f
-
-
-@gluon.jit
-def _key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
-    """One past the last key query row ``last_row`` sees: its position + 1 under the causal mask, else Tk."""
-    if CAUSAL:
-        hi = gl.minimum(last_row + (Tk - Tq) + 1, Tk)
-    else:
-        hi = Tk
-    return hi
 
 
 @gluon.jit
@@ -182,7 +172,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     bh = b * H + h
     # the last key any of these rows sees, +1 (0 when every row is past Tq)
     last_row = gl.minimum(r0 + ROWS, Tq) - 1
-    hi = gl.where(last_row >= r0, _key_end(last_row, Tq, Tk, CAUSAL), 0)
+    hi = gl.where(last_row >= r0, key_end(last_row, Tq, Tk, CAUSAL), 0)
     my_blocks = gl.cdiv(hi, KEYS)
     lam = gl.load(LAM + h)
     tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
@@ -195,7 +185,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
     # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    full = gl.minimum(_key_end(r0, Tq, Tk, CAUSAL) // KEYS, my_blocks)
+    full = gl.minimum(key_end(r0, Tq, Tk, CAUSAL) // KEYS, my_blocks)
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
@@ -236,14 +226,10 @@ def paired_forward_kernel(
     k2_ring = gl.allocate_shared_memory(dtype, [STAGES] + k2_desc.block_type.shape, k2_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)
     q_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
-    ready = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
-    empty = gl.allocate_shared_memory(gl.int64, [STAGES, 1], mbarrier.MBarrierLayout())
     mbarrier.init(q_bar, count=1)
-    for s in gl.static_range(STAGES):
-        mbarrier.init(ready.index(s), count=1)
-        mbarrier.init(empty.index(s), count=2)
+    ready, empty = ring_barriers(STAGES)
     # the key blocks the program's last row sees (both warpgroups step through all of them)
-    n_blocks = gl.cdiv(_key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), KEYS)
+    n_blocks = gl.cdiv(key_end(gl.minimum(m0 + BLOCK_M, Tq) - 1, Tq, Tk, CAUSAL), KEYS)
     smem = (q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty)
     ptrs = (O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC)
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN)
