@@ -6,7 +6,7 @@ compile or launch (``fails``: each family keeps its own record of failures, empt
 import functools
 import importlib
 import warnings
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 import triton
@@ -73,9 +73,19 @@ def fits(target: Optional[CompileTarget], failures: list, q: torch.Tensor, k: to
             and common.tma_ready(*rows) and gluon_available())
 
 
-def report_failure(failures: list, what: str, error: Exception) -> None:
-    """A Gluon kernel did not compile with this Triton, or its launch found too few resources (nothing ran either
-    way): record it in ``failures`` (so that ``fits`` says no from now on) and warn once that ``what`` cannot run."""
-    failures.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
-    warnings.warn(f"{what} cannot run with Triton {triton.__version__} on this GPU ({failures[0]}); the Triton kernels "
-                  "take over", RuntimeWarning, stacklevel=4)
+def launched(failures: list, what: str, launch: Callable[[], object]) -> bool:
+    """Run ``launch`` (a Gluon kernel's launch) and say whether it ran. If the kernel did not compile with this Triton,
+    or its launch found too few resources (nothing ran either way), the failure is recorded in ``failures`` (so that
+    ``fits`` says no from now on), a warning says once that ``what`` cannot run, and the caller's Triton kernels
+    take over."""
+    from triton.compiler.errors import CompilationError
+    from triton.runtime.errors import OutOfResources
+
+    try:
+        launch()
+    except (CompilationError, OutOfResources) as error:
+        failures.append(str(error).splitlines()[-1] if str(error) else type(error).__name__)
+        warnings.warn(f"{what} cannot run with Triton {triton.__version__} on this GPU ({failures[0]}); the Triton "
+                      "kernels take over", RuntimeWarning, stacklevel=5)
+        return False
+    return True

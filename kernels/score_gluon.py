@@ -13,8 +13,6 @@ from typing import Optional
 
 import torch
 import triton
-from triton.compiler.errors import CompilationError
-from triton.runtime.errors import OutOfResources
 
 from . import common, gluon_support
 from .common import CompileTarget
@@ -62,16 +60,14 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     if q.is_cuda:
         common.bind_cuda_context(q.device)
     unused = dq_acc
-    try:
-        run("gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
-            *gb.descriptors(q, k, v, do, block_m), unused if param is None else param,
-            unused if lse is None else lse, unused if delta is None else delta, dk, dv, dq_acc,
-            unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
-            float(scale) * LOG2E, float(scale)), dict(
-            HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad, BM=block_m,
-            STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)
-    except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
-        gluon_support.report_failure(_failure, "the Gluon backward of the score ops", error)
+    if not gluon_support.launched(_failure, "the Gluon backward of the score ops", lambda: run(
+            "gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
+                *gb.descriptors(q, k, v, do, block_m), unused if param is None else param,
+                unused if lse is None else lse, unused if delta is None else delta, dk, dv, dq_acc,
+                unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
+                float(scale) * LOG2E, float(scale)), dict(
+                HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad,
+                BM=block_m, STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)):
         return False, None
     finish_dq(dq_acc, dq, scale, target)
     return True, (parts.sum(dim=(0, 2)) if need_param_grad else None)
@@ -97,14 +93,10 @@ def forward(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     B, H, Tq, d = q.shape
     if q.is_cuda:
         common.bind_cuda_context(q.device)
-    try:
-        run("gluon_fwd", gf.score_forward_kernel, (gf.grid(Tq, B, H),), (
+    return gluon_support.launched(_forward_failure, "the Gluon forward of the score ops", lambda: run(
+        "gluon_fwd", gf.score_forward_kernel, (gf.grid(Tq, B, H),), (
             *gf.descriptors(q, k, v), out, out if lse is None else lse, out if param is None else param,
             *out.stride()[:3], H, Tq, k.shape[2], B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(scale) * LOG2E,
             float(eps)), dict(
             HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, STAGES=gf.STAGES,
-            num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
-    except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
-        gluon_support.report_failure(_forward_failure, "the Gluon forward of the score ops", error)
-        return False
-    return True
+            num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target))

@@ -20,7 +20,6 @@ from typing import Callable, Optional
 
 import torch
 import triton
-from triton.compiler.errors import CompilationError
 from triton.runtime.errors import OutOfResources
 
 from .. import common, fast_launch, gluon_support
@@ -169,13 +168,11 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
         rq1 = common.new_output((B, H, Tq), torch.float32, q1.device)
         rq2 = common.new_output((B, H, Tq), torch.float32, q1.device) if two else rq2
     out = common.new_rows_like(q1, dv)
-    if tile is None and gluon_forward_fits(q1, k1, v, q2, k2, target):
-        try:
-            _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, options,
-                           skip_products and forward_skips_products(True), target)
-            return out, rq1, rk1, rq2, rk2, rec
-        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton forward instead
-            _gluon_failed(error)
+    if tile is None and gluon_forward_fits(q1, k1, v, q2, k2, target) and gluon_support.launched(
+            _gluon_failure, GLUON_KERNELS, lambda: _gluon_forward(
+                q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, options,
+                skip_products and forward_skips_products(True), target)):
+        return out, rq1, rk1, rq2, rk2, rec
     consts = dict(_common_constexprs(q1, v, two, options), RECORD=record,
                   SKIP_EMPTY=skip_products and forward_skips_products(False))
     nM, nN = (rec.shape[2], rec.shape[3]) if record else (0, 0)
@@ -270,11 +267,7 @@ def _key_block_launches(grid, args_for, rows, consts, dkdv_key, d, dv_dim, two, 
 
 
 _gluon_failure: list[str] = []  # why a Gluon kernel failed to compile or launch here, once one has
-
-
-def _gluon_failed(error: Exception) -> None:
-    """Take the Triton kernels, forward and backward, from now on (gluon_support.report_failure)."""
-    gluon_support.report_failure(_gluon_failure, "the Gluon kernels", error)
+GLUON_KERNELS = "the Gluon kernels"  # what the warning names when they cannot run (forward and backward alike)
 
 
 def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
@@ -407,12 +400,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
 
     rows = (q1, k1, q2_, k2_, v, do)
     if fused:
-        try:
+        def launch_fused() -> None:
             partials[0] = _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options, need_dlam,
                                           need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, lists, target)
-        except (CompilationError, OutOfResources) as error:  # nothing has run: the Triton kernels instead
-            _gluon_failed(error)
-            fused = False
+        fused = gluon_support.launched(_gluon_failure, GLUON_KERNELS, launch_fused)
     consts = dq_key = None  # the Triton kernels' constexprs, built only when they launch
     if not fused:
         consts = dict(_common_constexprs(q1, v, two, options), USE_LIST=skip)
