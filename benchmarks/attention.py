@@ -39,6 +39,7 @@ import dataclasses
 import datetime
 import platform
 from typing import Callable, Optional
+from unittest.mock import patch
 
 import torch
 import triton
@@ -121,17 +122,13 @@ def asked_gluon_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
     """Paired TDA again with the Gluon forward at q/k 128 asked for (launch.GLUON_FORWARD_D128, not yet a default),
     where only asking makes it fit (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Gluon fwd"."""
     args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
-    before = launch.GLUON_FORWARD_D128
-    try:
-        launch.GLUON_FORWARD_D128 = False
+    with patch.object(launch, "GLUON_FORWARD_D128", False):
         if launch.gluon_forward_fits(*args):
             return []
-        launch.GLUON_FORWARD_D128 = True
+    with patch.object(launch, "GLUON_FORWARD_D128", True):
         if not launch.gluon_forward_fits(*args):
             return []
         rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False)
-    finally:
-        launch.GLUON_FORWARD_D128 = before
     return [dict(r, method="tda (paired), Gluon fwd") for r in rows]
 
 

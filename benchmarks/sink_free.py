@@ -29,6 +29,7 @@ import datetime
 import math
 import platform
 from typing import Callable, Optional
+from unittest.mock import patch
 
 import torch
 import triton
@@ -92,12 +93,8 @@ def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
 def _with_gluon_forward(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
     """``forward`` with the one-view ops' Gluon forward asked for (score_gluon.GLUON_FORWARD) while it runs."""
     def run() -> torch.Tensor:
-        before = score_gluon.GLUON_FORWARD
-        score_gluon.GLUON_FORWARD = True
-        try:
+        with patch.object(score_gluon, "GLUON_FORWARD", True):
             return forward()
-        finally:
-            score_gluon.GLUON_FORWARD = before
     return run
 
 
