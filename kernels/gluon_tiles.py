@@ -54,6 +54,25 @@ def key_end(last_row, Tq, Tk, CAUSAL: gl.constexpr):
 
 
 @gluon.jit
+def row_key_blocks(r0, ROWS: gl.constexpr, Tq, Tk, KEYS: gl.constexpr, CAUSAL: gl.constexpr):
+    """For the ROWS query rows from r0, in blocks of KEYS keys: (the blocks every row sees whole, the blocks any row
+    sees); (0, 0) when every row is past Tq."""
+    last_row = gl.minimum(r0 + ROWS, Tq) - 1
+    seen = gl.cdiv(gl.where(last_row >= r0, key_end(last_row, Tq, Tk, CAUSAL), 0), KEYS)
+    return gl.minimum(key_end(r0, Tq, Tk, CAUSAL) // KEYS, seen), seen
+
+
+@gluon.jit
+def release_stages(ready, empty, first, last, STAGES: gl.constexpr):
+    """The ring stages of key blocks first .. last − 1 released unread (blocks only the other warpgroup reads), each
+    once its copies have landed: waiting keeps this warpgroup's arrivals in step with the loader."""
+    for j in range(first, last):
+        stage = j % STAGES
+        mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
+        mbarrier.arrive(empty.index(stage), count=1)
+
+
+@gluon.jit
 def ring_barriers(STAGES: gl.constexpr):
     """The (ready, empty) mbarriers of a ring of STAGES stages that a loader fills for two warpgroups: a stage is
     ready once its copies land (the loader's one expect), empty once both warpgroups have released it."""

@@ -28,7 +28,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
-from .gluon_tiles import key_end, operand, ring_barriers, row_descriptors, store_rows
+from .gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
+                           store_rows)
 from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
@@ -118,10 +119,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     r0 = m0 + W * ROWS
     offs_m = r0 + gl.arange(0, ROWS, layout=ROW_L)
     pos = offs_m + (Tk - Tq)
-    # the last key any of these rows sees, +1 (0 when every row is past Tq)
-    last_row = gl.minimum(r0 + ROWS, Tq) - 1
-    hi = gl.where(last_row >= r0, key_end(last_row, Tq, Tk, CAUSAL), 0)
-    my_blocks = gl.cdiv(hi, BLOCK_N)
+    # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
+    full, my_blocks = row_key_blocks(r0, ROWS, Tq, Tk, BLOCK_N, CAUSAL)
     param2 = 0.0
     if MODE != SOFTPICK:
         param2 = gl.load(PARAM + h) * LOG2E   # the bias b_h or the sink logit s_h, in log2 units
@@ -135,19 +134,13 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     q_s = operand(q_buf.index(W), ROWS, HEAD_D)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, BLOCK_N], gl.float32, layout=S_L)
-    # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    full = gl.minimum(key_end(r0, Tq, Tk, CAUSAL) // BLOCK_N, my_blocks)
     for j in range(0, full):
         acc, m, l = _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
                                HEAD_D, HEAD_DV, MODE, CAUSAL, False, S_L, O_L, STAGES)
     for j in range(full, my_blocks):
         acc, m, l = _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param2, pos, Tk, zero_s,
                                HEAD_D, HEAD_DV, MODE, CAUSAL, True, S_L, O_L, STAGES)
-    # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
-    for j in range(my_blocks, n_blocks):
-        stage = j % STAGES
-        mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-        mbarrier.arrive(empty.index(stage), count=1)
+    release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     if MODE != SIGMOID:
         if MODE == SOFTPICK:
             den = l + eps * gl.exp2(-m)

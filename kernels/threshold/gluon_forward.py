@@ -31,7 +31,8 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
-from ..gluon_tiles import key_end, operand, ring_barriers, row_descriptors, store_rows
+from ..gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
+                            store_rows)
 from .gluon_backward import _power
 from .tiles import TileConfig
 from .triton_lists import CELL
@@ -170,10 +171,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     offs_m = r0 + gl.arange(0, ROWS, layout=ROW_L)
     pos = offs_m + (Tk - Tq)
     bh = b * H + h
-    # the last key any of these rows sees, +1 (0 when every row is past Tq)
-    last_row = gl.minimum(r0 + ROWS, Tq) - 1
-    hi = gl.where(last_row >= r0, key_end(last_row, Tq, Tk, CAUSAL), 0)
-    my_blocks = gl.cdiv(hi, KEYS)
+    # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
+    full, my_blocks = row_key_blocks(r0, ROWS, Tq, Tk, KEYS, CAUSAL)
     lam = gl.load(LAM + h)
     tau = gl.load(BETA + h) * gl.sqrt(2.0 * gl.log((pos + 1).to(gl.float32)) * inv_d)  # triton_math.threshold_gain
     mbarrier.wait(q_bar, phase=0)
@@ -184,8 +183,6 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
-    # key blocks every row of the warpgroup sees whole (no mask), then the ones crossing the diagonal or Tk
-    full = gl.minimum(key_end(r0, Tq, Tk, CAUSAL) // KEYS, my_blocks)
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
@@ -194,11 +191,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
                          SKIP_PRODUCTS, S_L, O_L, KEYS, STAGES)
-    # the blocks only the other warpgroup reads: released once loaded (waiting keeps the arrivals in step)
-    for j in range(my_blocks, n_blocks):
-        stage = j % STAGES
-        mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
-        mbarrier.arrive(empty.index(stage), count=1)
+    release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
 
