@@ -11,6 +11,15 @@ from model.attention.base import Projections, _Attention, _sdpa, _softmax_maps, 
 from model.norms import RMSNorm, at_least_fp32
 
 
+def reparameterised_lambda(q1: torch.Tensor, k1: torch.Tensor, q2: torch.Tensor, k2: torch.Tensor,
+                           init: float) -> torch.Tensor:
+    """The Differential Transformer's λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init over the vectors' last dimension, in
+    float32 (float64 for float64 vectors). The dots are products and sums, not ``@``, which autocast would compute in
+    bf16."""
+    q1, k1, q2, k2 = (at_least_fp32(t) for t in (q1, k1, q2, k2))
+    return torch.exp((q1 * k1).sum(-1)) - torch.exp((q2 * k2).sum(-1)) + init
+
+
 class _PairedHeads(_Attention):
     """The Differential Transformer's head layout: n_head/2 heads whose q and k are split into two
     adjacent sub-heads of dimension d (views 1 and 2) and whose v has dimension 2d."""
@@ -48,10 +57,7 @@ class DifferentialAttention(_PairedHeads):
         self.head_norm = RMSNorm(2 * d, float(attn_cfg.get("norm_eps", 1e-5)))
 
     def lam(self) -> torch.Tensor:
-        """λ in float32 (float64 for a float64 model). The dots are products and sums, not ``@``, which autocast
-        would compute in bf16."""
-        q1, k1, q2, k2 = (at_least_fp32(t) for t in (self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2))
-        return torch.exp((q1 * k1).sum()) - torch.exp((q2 * k2).sum()) + self.lambda_init
+        return reparameterised_lambda(self.lambda_q1, self.lambda_k1, self.lambda_q2, self.lambda_k2, self.lambda_init)
 
     def mix(self, proj):
         lam = self.lam().to(proj.v.dtype)

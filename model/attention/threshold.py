@@ -11,7 +11,7 @@ from torch import nn
 from kernels import threshold_attention, threshold_attention_weights
 from kernels.decode import threshold_decode
 from model.attention.base import _Attention, _merge_heads, _split_heads, register
-from model.attention.differential import _PairedHeads
+from model.attention.differential import _PairedHeads, reparameterised_lambda
 from model.norms import GatedRMSNorm, RMSNorm, at_least_fp32
 
 
@@ -132,8 +132,7 @@ class _ThresholdLambda(nn.Module):
             return _ClampStraightThrough.apply(at_least_fp32(self.raw))
         if self.mode == "sigmoid":
             return torch.sigmoid(at_least_fp32(self.raw))
-        q1, k1, q2, k2 = at_least_fp32(self.vectors)
-        return torch.exp((q1 * k1).sum(-1)) - torch.exp((q2 * k2).sum(-1)) + self.init
+        return reparameterised_lambda(*self.vectors, self.init)
 
 
 @register("tda")
