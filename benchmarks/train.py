@@ -20,9 +20,11 @@ ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU
 a machine without a GPU pass `trainer.device=cpu` (and a tiny model): the processes then run on gloo, and MFU and
 memory stay blank. Prints one JSON line per point as it finishes, then a markdown table, also written to --out.
 
-``--profile N`` profiles each point's last N steps (train.py's ``trainer.profile_steps``, training/profiling.py) and
-adds, per point, where a step's time goes: matrix products, attention, fused kernels, the optimiser, the loss,
-copies, and the time the GPU had no kernel to run.
+``--profile N`` trains each point N steps more than ``--steps``, profiles those (train.py's ``trainer.profile_steps``,
+training/profiling.py) and adds, per point, where a step's time goes: matrix products, attention, fused kernels, the
+optimiser, the loss, copies, and the time the GPU had no kernel to run. tokens/s comes from the windows that end by
+step ``--steps``, before the profiler starts: profiled steps run slower, and the profiler's stop (reading and sorting
+every event, seconds) would fall inside the window that logs the last of them.
 
 Trained weights (where a threshold model's sparsity exists, a random one has little): `--init-from tda=runs/<run>`
 starts every point of that attention from the run's newest checkpoint (train.py's `init_from`), and
@@ -93,14 +95,23 @@ def command(point: Point, index: int, args, runs_root: Path, init_from: Path | N
            str(ROOT / "train.py"), *args.overrides, *shlex.split(point.setting), f"attention={point.attention}",
            f"trainer.strategy={point.strategy}", f"trainer.context_parallel={point.context}", f"name={name}",
            f"runs_root={runs_root}", f"trainer.batch_size={batch}", f"trainer.micro_batch_size={args.micro_batch}",
-           f"trainer.max_steps={args.steps}", f"trainer.eval_every={args.steps}", "trainer.eval_batches=2",
-           f"trainer.checkpoint_every={10 * args.steps}", "trainer.keep_last=1", f"logger.log_every={args.log_every}",
+           f"trainer.max_steps={args.steps + args.profile}", f"trainer.eval_every={args.steps + args.profile}",
+           "trainer.eval_batches=2", f"trainer.checkpoint_every={10 * args.steps}", "trainer.keep_last=1",
+           f"logger.log_every={args.log_every}",
            "logger.progress=false", "logger.wandb.mode=disabled"]
     if init_from is not None:
         cmd.append(f"init_from={init_from}")
     if args.profile:
-        cmd += [f"trainer.profile_steps={args.profile}", f"trainer.profile_skip={max(0, args.steps - args.profile)}"]
+        cmd += [f"trainer.profile_steps={args.profile}", f"trainer.profile_skip={args.steps}"]
     return cmd, name
+
+
+def timed_windows(records: list[dict], steps: int, skip: int) -> list[dict]:
+    """The logged windows a point's tokens/s is the median of: those that end by step ``steps`` (the profiled steps
+    after them, and the evaluation at the end, are not timed), less the first ``skip`` (warm-up, compilation); a run
+    too short to skip its warm-up reports its last window."""
+    logged = [r for r in records if "tokens_per_s" in r and r["step"] <= steps]
+    return logged[skip:] or logged[-1:]
 
 
 def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None) -> dict:
@@ -113,8 +124,7 @@ def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path |
         print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
         return {**point.label(), "error": result.returncode}
     records = [json.loads(line) for line in (runs_root / name / "metrics.jsonl").read_text().splitlines()]
-    logged = [r for r in records if "tokens_per_s" in r]
-    windows = logged[args.skip:] or logged[-1:]  # a run too short to skip its warm-up reports its last window
+    windows = timed_windows(records, args.steps, args.skip)
     config = OmegaConf.load(runs_root / name / "config.yaml")
     out = {**point.label(), **({"weights": init_from.name} if init_from is not None else {}),
            "global_batch": f"{config.trainer.batch_size} x {config.model.seq_len}",
@@ -211,13 +221,13 @@ def main(argv: list[str] | None = None) -> None:
                         help="train each attention without --init-from first (python train.py attention=<a> "
                              "OVERRIDES) and start its points from it")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
-                        help="profile each point's last N steps (train.py's trainer.profile_steps) and add where "
-                             "their time goes to the table")
+                        help="train each point N steps past --steps, profile them (train.py's "
+                             "trainer.profile_steps) and add where their time goes to the table; they are not timed")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every point (after --)")
     args = parser.parse_args(argv)
     grid = points(args)
-    if args.profile < 0 or args.profile >= args.steps:
-        parser.error(f"--profile takes a number of steps from 0 to --steps - 1 ({args.steps - 1}), got {args.profile}")
+    if args.profile < 0:
+        parser.error(f"--profile takes a number of steps (0: no profile), got {args.profile}")
     if not grid:
         parser.error("no point of the grid can run (strategy single takes one GPU; each context-parallel size above "
                      "1 must divide a GPU count above 1)")

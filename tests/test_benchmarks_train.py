@@ -67,6 +67,8 @@ def test_the_command_runs_on_cpu_over_every_axis_of_its_grid(tiny_corpus, tmp_pa
         f"### softmax, trainer.loss_chunk=50, {where}" for where in (
             "single, 1 GPU(s), CP 1", "ddp, 1 GPU(s), CP 1", "ddp, 2 GPU(s), CP 1", "ddp, 2 GPU(s), CP 2")]
     assert profiles.count("1 steps profiled") == 4
+    # the profiled step is the one after the timed ones (--steps 2), never one of them
+    assert profiles.count("from the start of step 3 to the end of step 3") == 4
     assert sum(line.startswith("| matrix products |") for line in profiles.splitlines()) == 4
     # single on one GPU; ddp on one and two; two GPUs splitting each sequence (single on 2 and CP 2 on 1 skipped)
     assert [row.split(" | ")[2:5] for row in rows] == [["single", "1", "1"], ["ddp", "1", "1"], ["ddp", "2", "1"],
@@ -113,3 +115,13 @@ def test_initial_weights_are_checked(tmp_path):
     args = type("Args", (), dict(micro_batch=2, accumulation=1, overrides=[], steps=3, log_every=1, profile=0))()
     cmd, _ = command(Point("tda", "", "single", 1, 1), 0, args, tmp_path, init_from=tmp_path / "run")
     assert cmd[-1] == f"init_from={tmp_path / 'run'}"
+
+
+def test_tokens_per_s_comes_from_the_windows_before_the_profiled_steps():
+    from benchmarks.train import timed_windows
+
+    records = [{"step": s, "tokens_per_s": 100.0 * s} for s in (10, 20, 30, 40)] + [
+        {"step": 45, "tokens_per_s": 1.0, "val_loss": 3.0}]   # the profiled steps' window and the evaluation
+    assert [r["step"] for r in timed_windows(records, 40, 2)] == [30, 40]
+    assert [r["step"] for r in timed_windows(records, 40, 9)] == [40]   # too short to skip: the last timed window
+    assert [r["step"] for r in timed_windows(records[:2] + [{"step": 25, "loss": 1.0}], 40, 1)] == [20]

@@ -63,7 +63,7 @@ def kernel_times(events, device: torch.device) -> dict[str, float]:
     return dict(out)
 
 
-def profile_table(times: dict[str, float], steps: int, wall_us: float, device: torch.device, top: int = 15) -> str:
+def profile_table(times: dict[str, float], steps: int, wall_us: float, device: torch.device, top: int = 25) -> str:
     """Markdown: the kinds' µs per step and share of the wall time, the idle time (wall − kernels, CUDA), then the
     ``top`` kernels or operators by time."""
     by_kind: dict[str, float] = defaultdict(float)
