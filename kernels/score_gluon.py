@@ -20,7 +20,7 @@ from .score_ops import LOG2E, finish_dq, run
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the backward failed to compile or launch here, once it has
-GLUON_FORWARD = False     # the launchers' default for the Gluon forward (opt-in until it is timed on a GPU)
+GLUON_FORWARD = False     # the launchers' default for the Gluon forward: opt-in, not faster than Triton's (BENCHMARKS.md)
 _forward_failure: list[str] = []  # why the forward failed to compile or launch here, once it has
 
 

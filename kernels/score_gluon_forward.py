@@ -1,7 +1,7 @@
 """The forward of the one-view score ops (sigmoid, softpick, softmax with a sink) as one Gluon kernel for Hopper
 (sm_90), in the form of the paired threshold forward (kernels/threshold/gluon_forward.py) with one view. Taken only
-when asked (score_gluon.GLUON_FORWARD, or the launchers' ``gluon=True``) until it is timed against the Triton
-forwards on a GPU.
+when asked (score_gluon.GLUON_FORWARD, or the launchers' ``gluon=True``): timed on an H100 it was level with the
+Triton forward for sigmoid and slower for softpick and the sink mode (BENCHMARKS.md, "The Gluon forwards timed").
 
 One program per 128 query rows of one head, three partitions:
 

@@ -283,7 +283,7 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
     return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
 
 
-GLUON_FORWARD_D128 = False  # the Gluon forward also at q/k 128 (v 128 or 256): opt-in until it is timed on a GPU
+GLUON_FORWARD_D128 = False  # the Gluon forward also at q/k 128 (v 128 or 256): opt-in until its float64 GPU test has run
 
 
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
