@@ -18,6 +18,12 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on")
 
 
+def cdiv(a: int, b: int) -> int:
+    """⌈a / b⌉ for host code (grids, block counts). triton.cdiv is a constexpr function: called on the host it goes
+    through Triton's wrapper, about 1.6 µs a call against 0.07, and a paired forward+backward makes a dozen calls."""
+    return -(-a // b)
+
+
 def padded(dim: int) -> int:
     """Head dimension rounded up to the power of two the tiles use (at least 16). Plain integer arithmetic:
     it runs a dozen times per launch, and triton.next_power_of_2 costs microseconds a call on the host."""

@@ -12,10 +12,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from . import common, gluon_support
-from .common import CompileTarget
+from .common import CompileTarget, cdiv
 from .score_ops import LOG2E, finish_dq, run
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
@@ -53,7 +52,7 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
 
     B, H, Tq, d = q.shape
     Tk = k.shape[2]
-    nb = triton.cdiv(Tk, gb.BLOCK_N.value)
+    nb = cdiv(Tk, gb.BLOCK_N.value)
     parts = (common.new_output((B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q.device)
              if need_param_grad else None)
     block_m, stages = tile or default_tile(v.shape[-1])
@@ -96,7 +95,7 @@ def forward(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     return gluon_support.launched(_forward_failure, "the Gluon forward of the score ops", lambda: run(
         "gluon_fwd", gf.score_forward_kernel, (gf.grid(Tq, B, H),), (
             *gf.descriptors(q, k, v), out, out if lse is None else lse, out if param is None else param,
-            *out.stride()[:3], H, Tq, k.shape[2], B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(scale) * LOG2E,
+            *out.stride()[:3], H, Tq, k.shape[2], B * H, cdiv(Tq, gf.BLOCK_M.value), float(scale) * LOG2E,
             float(eps)), dict(
             HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, STAGES=gf.STAGES,
             num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target))

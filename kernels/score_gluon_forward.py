@@ -23,11 +23,11 @@ power of two from 16 to 128, rows readable by tensor descriptors (score_gluon.gl
 """
 
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
+from .common import cdiv
 from .gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
                            store_rows)
 from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
@@ -191,4 +191,4 @@ def descriptors(q, k, v) -> tuple:
 
 
 def grid(Tq: int, B: int, H: int) -> int:
-    return triton.cdiv(Tq, BLOCK_M.value) * B * H
+    return cdiv(Tq, BLOCK_M.value) * B * H

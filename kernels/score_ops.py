@@ -11,7 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
-from .common import CompileTarget, interpreting
+from .common import CompileTarget, cdiv, interpreting
 from .inputs import check_attention_tensors, check_head_dims, check_number
 
 LOG2E = 1.4426950408889634
@@ -66,14 +66,12 @@ def run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optio
 def finish_dq(dq_acc: torch.Tensor, dq: torch.Tensor, scale: float, target: Optional[CompileTarget]) -> None:
     """dq = scale · the fp32 buffer (B, H, Tq, d) the backward kernels added dQ/scale into by atomics, cast and written
     in q's layout (score_tiles.dq_finish_kernel)."""
-    import triton
-
     from .common import padded
     from .score_tiles import dq_finish_kernel
 
     B, H, Tq, d = dq_acc.shape
     block = 32 if interpreting() else 64
-    nm = triton.cdiv(Tq, block)
+    nm = cdiv(Tq, block)
     run("dq_finish", dq_finish_kernel, (B * H * nm,), (dq_acc, dq, *dq.stride()[:3], H, Tq, nm, float(scale)),
         dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d)), target)
 

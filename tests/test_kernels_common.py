@@ -1,5 +1,5 @@
-"""kernels.common, what the ops' launchers share: head-dimension padding, outputs in their inputs' layout, binding the
-CUDA context before descriptor launches."""
+"""kernels.common, what the ops' launchers share: head-dimension padding, ceiling division, outputs in their inputs'
+layout, binding the CUDA context before descriptor launches."""
 import threading
 
 import pytest
@@ -7,13 +7,18 @@ import torch
 import triton
 
 from kernels import common
-from kernels.common import padded
+from kernels.common import cdiv, padded
 
 
 def test_padded_head_dimension_is_the_next_power_of_two_from_16():
     assert [padded(d) for d in (1, 16, 17, 48, 64, 65, 100, 128, 200, 256)] == [16, 16, 32, 64, 64, 128, 128, 128,
                                                                                 256, 256]
     assert all(padded(d) == max(16, triton.next_power_of_2(d)) for d in range(1, 513))
+
+
+def test_host_cdiv_is_tritons():
+    assert [cdiv(a, 64) for a in (0, 1, 63, 64, 65, 8192, 8193)] == [0, 1, 1, 1, 2, 128, 129]
+    assert all(cdiv(a, b) == triton.cdiv(a, b) for a in range(0, 300) for b in (1, 2, 3, 16, 32, 64, 100, 128))
 
 
 def test_cuda_context_is_bound_once_per_thread_and_device(monkeypatch):

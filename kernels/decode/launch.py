@@ -8,10 +8,9 @@ import functools
 from typing import Optional
 
 import torch
-import triton
 
 from .. import fast_launch
-from ..common import CompileTarget, interpreting, padded
+from ..common import CompileTarget, cdiv, interpreting, padded
 from . import PAGE  # keys per page: the unit the kernels read, score and skip
 from .triton_decode import combine_kernel, softmax_partial_kernel, threshold_partial_kernel
 
@@ -58,12 +57,12 @@ def _warps(page: int, *widths: int) -> int:
 
 def _plan(q: torch.Tensor, k: torch.Tensor, page: int, pages_per_split: Optional[int]) -> tuple[int, int, int]:
     B, H = q.shape[:2]
-    n_pages = triton.cdiv(k.shape[2], page)
+    n_pages = cdiv(k.shape[2], page)
     if pages_per_split is None:
         splits, per = split_plan(B * H, n_pages, _target_programs(q.device))
     else:
         per = max(1, min(int(pages_per_split), n_pages))
-        splits = triton.cdiv(n_pages, per)
+        splits = cdiv(n_pages, per)
     return n_pages, splits, per
 
 

@@ -21,9 +21,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from .. import common, score_gluon
+from ..common import cdiv
 from ..common import CompileTarget, padded
 from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
 from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
@@ -55,11 +55,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
     consts = dict(_constexprs(q, v, causal, mode), FOLD_BIAS=fold_bias)
 
     def grid(cfg: TileConfig) -> tuple:
-        return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+        return (cdiv(Tq, cfg.block_m) * B * H,)
 
     def args_for(cfg: TileConfig) -> tuple:
         return (q, k, v, out, bias, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, H // Hkv, Tq, Tk, B * H,
-                triton.cdiv(Tq, cfg.block_m), float(scale) * LOG2E)
+                cdiv(Tq, cfg.block_m), float(scale) * LOG2E)
 
     launch_tiled("fwd", sigmoid_fwd_kernel, grid, args_for, forward_configs(d, dv, q.element_size()), consts, tile,
                  target, _chosen, ("fwd", q.dtype, tuple(consts.items())))
@@ -98,10 +98,10 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     qk_scale2 = float(scale) * LOG2E
 
     def grid(cfg: TileConfig) -> tuple:
-        return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
+        return (cdiv(Tk, cfg.block_n) * B * Hkv,)
 
     def args_for(cfg: TileConfig) -> tuple:
-        nb = triton.cdiv(Tk, cfg.block_n)
+        nb = cdiv(Tk, cfg.block_n)
         partials[0] = common.new_output((B, H, nb), torch.float32, dev) if need_dbias else dq_acc
         return (q, k, v, do, bias, dk, dv, dq_acc, partials[0], *q.stride(), *k.stride(), *v.stride(), *do.stride(),
                 *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv, Tq, Tk, B * Hkv, nb, qk_scale2, float(scale))
@@ -113,11 +113,11 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         finish_dq(dq_acc, dq, scale, target)
     else:
         def dq_grid(cfg: TileConfig) -> tuple:
-            return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+            return (cdiv(Tq, cfg.block_m) * B * H,)
 
         def dq_args(cfg: TileConfig) -> tuple:
             return (q, k, v, do, bias, dq, *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq.stride()[:3],
-                    H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m), qk_scale2, float(scale))
+                    H, H // Hkv, Tq, Tk, B * H, cdiv(Tq, cfg.block_m), qk_scale2, float(scale))
 
         launch_tiled("dq", sigmoid_dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, q.element_size()), consts,
                      dq_tile, target, _chosen, ("dq", q.dtype, tuple(consts.items())))

@@ -14,9 +14,9 @@ from __future__ import annotations
 from typing import Optional
 
 import torch
-import triton
 
 from .. import common, score_gluon
+from ..common import cdiv
 from ..common import CompileTarget, interpreting, padded
 from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
 from .tiles import backward_configs, dq_configs, forward_configs
@@ -55,11 +55,11 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
     sink_ = sink if sink is not None else lse
 
     def grid(cfg: TileConfig) -> tuple:
-        return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+        return (cdiv(Tq, cfg.block_m) * B * H,)
 
     def args_for(cfg: TileConfig) -> tuple:
         return (q, k, v, out, lse, sink_, *q.stride(), *k.stride(), *v.stride(), *out.stride(), H, H // Hkv, Tq, Tk,
-                B * H, triton.cdiv(Tq, cfg.block_m), float(scale) * LOG2E, float(eps))
+                B * H, cdiv(Tq, cfg.block_m), float(scale) * LOG2E, float(eps))
 
     launch_tiled("fwd", normalized_fwd_kernel, grid, args_for,
                  forward_configs(d, dv, q.element_size(), sink is not None), consts, tile, target, _chosen,
@@ -88,7 +88,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     atomic = atomic_dq and not deterministic
 
     block = 32 if interpreting() else 64
-    nm = triton.cdiv(Tq, block)
+    nm = cdiv(Tq, block)
     delta = common.new_output((B, H, Tq), torch.float32, dev)
     run("delta", row_delta_kernel, (B * H * nm,), (out, do, delta, *out.stride(), *do.stride(), H, Tq, nm),
         dict(HEAD_DV=dv_dim, BLOCK_M=block, BLOCK_DV=padded(dv_dim)), target)
@@ -112,11 +112,11 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     sink_part = {}  # the (B, H, key blocks) shares of ds_h, sized by the tile launched
 
     def grid(cfg: TileConfig) -> tuple:
-        return (triton.cdiv(Tk, cfg.block_n) * B * Hkv,)
+        return (cdiv(Tk, cfg.block_n) * B * Hkv,)
 
     def args_for(cfg: TileConfig) -> tuple:
         if need_dsink:
-            sink_part["ds"] = common.new_output((B, H, triton.cdiv(Tk, cfg.block_n)), torch.float32, dev)
+            sink_part["ds"] = common.new_output((B, H, cdiv(Tk, cfg.block_n)), torch.float32, dev)
         return (q, k, v, do, lse, delta, dk, dv, dq_acc, sink if need_dsink else lse, sink_part.get("ds", lse),
                 *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dk.stride()[:3], *dv.stride()[:3], H, H // Hkv,
                 Tq, Tk, B * Hkv, qk_scale2, float(scale))
@@ -128,11 +128,11 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
         finish_dq(dq_acc, dq, scale, target)
     else:
         def dq_grid(cfg: TileConfig) -> tuple:
-            return (triton.cdiv(Tq, cfg.block_m) * B * H,)
+            return (cdiv(Tq, cfg.block_m) * B * H,)
 
         def dq_args(cfg: TileConfig) -> tuple:
             return (q, k, v, do, lse, delta, dq, *q.stride(), *k.stride(), *v.stride(), *do.stride(),
-                    *dq.stride()[:3], H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m), qk_scale2,
+                    *dq.stride()[:3], H, H // Hkv, Tq, Tk, B * H, cdiv(Tq, cfg.block_m), qk_scale2,
                     float(scale))
 
         launch_tiled("dq", normalized_dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, q.element_size()), consts,

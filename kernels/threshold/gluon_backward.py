@@ -23,12 +23,12 @@ head, q/k head dimension 64, v's a power of two up to 128, rows readable by tens
 checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
+from ..common import cdiv
 from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
                            row_descriptors, store_rows, tile_rows)
 from .tiles import TileConfig
@@ -192,7 +192,7 @@ def descriptors(q1, k1, q2, k2, v, do) -> tuple:
 
 
 def grid(Tk: int, B: int, H: int) -> int:
-    return triton.cdiv(Tk, BLOCK_N.value) * B * H
+    return cdiv(Tk, BLOCK_N.value) * B * H
 
 
 @gluon.jit

@@ -26,11 +26,11 @@ out the weights and the product with v (a branch on a value the four warps agree
 here for it to break).
 """
 
-import triton
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
+from ..common import cdiv
 from ..gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
                             store_rows)
 from .gluon_backward import _power
@@ -243,4 +243,4 @@ def descriptors(q1, k1, q2, k2, v) -> tuple:
 
 
 def grid(Tq: int, B: int, H: int) -> int:
-    return triton.cdiv(Tq, BLOCK_M.value) * B * H
+    return cdiv(Tq, BLOCK_M.value) * B * H

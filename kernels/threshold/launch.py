@@ -19,11 +19,10 @@ import dataclasses
 from typing import Callable, Optional
 
 import torch
-import triton
 from triton.runtime.errors import OutOfResources
 
 from .. import common, fast_launch, gluon_support
-from ..common import CompileTarget, interpreting, padded
+from ..common import CompileTarget, cdiv, interpreting, padded
 from .options import ThresholdOptions
 from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
                     dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
@@ -117,7 +116,7 @@ def key_inverse_norms(k1: torch.Tensor, k2: Optional[torch.Tensor],
     r2 = common.new_output((B, H, T), torch.float32, k1.device) if k2 is not None else r1
     k2_ = k2 if k2 is not None else k1
     block_t = 32 if interpreting() else 64
-    num_t = triton.cdiv(T, block_t)
+    num_t = cdiv(T, block_t)
     _run("key_norms", inverse_norm_kernel, (B * H * num_t, 1 if k2 is None else 2),
          (k1, k2_, r1, r2, *k1.stride(), *k2_.stride(), H, T, num_t),
          dict(HEAD_D=d, BLOCK_T=block_t, BLOCK_D=padded(d)), target)
@@ -181,12 +180,12 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     q2_, k2_, rq2_, rk2_, lam_ = (q2, k2, rq2, rk2, lam) if two else (q1, k1, rq1, rk1, beta)
 
     def grid(cfg: TileConfig) -> int:
-        return triton.cdiv(Tq, cfg.block_m) * B * H
+        return cdiv(Tq, cfg.block_m) * B * H
 
     def args_for(cfg: TileConfig) -> tuple:
         return (*_row_inputs(cfg, q1, k1, q2_, k2_, v), out, rq1, rk1, rq2_, rk2_, lam_, beta,
                 *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(), *v.stride(),
-                *out.stride(), rec_, nM, nN, H, H // Hkv, Tq, Tk, B * H, triton.cdiv(Tq, cfg.block_m),
+                *out.stride(), rec_, nM, nN, H, H // Hkv, Tq, Tk, B * H, cdiv(Tq, cfg.block_m),
                 float(options.scale), float(options.p), 1.0 / d)
 
     key = ("fwd", d, dv, two, q1.dtype, tuple(consts.items()))
@@ -229,8 +228,8 @@ class TileLists:
                 continue
             kind, block_m, block_n = want
             by_key = kind == "keys"
-            blocks = triton.cdiv(Tk, block_n) if by_key else triton.cdiv(Tq, block_m)
-            cap = triton.cdiv(Tq, block_m) if by_key else triton.cdiv(Tk, block_n)
+            blocks = cdiv(Tk, block_n) if by_key else cdiv(Tq, block_m)
+            cap = cdiv(Tq, block_m) if by_key else cdiv(Tk, block_n)
             entries = torch.empty(B * H * blocks * cap, dtype=torch.int32, device=dev)
             counts = torch.empty(2 * B * H * blocks, dtype=torch.int32, device=dev)
             parts.append((entries, counts, cap, blocks, block_m, block_n))
@@ -306,7 +305,7 @@ def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, o
     _run("fused_fwd", gf.paired_forward_kernel, (gf.grid(Tq, B, H),), (
         *gf.descriptors(q1, k1, q2, k2, v), out, rq1, rq2, rk1, rk2, lam, beta, rec if record else out,
         *(rec.shape[2:] if record else (0, 0)), *out.stride()[:3],
-        H, Tq, Tk, B * H, triton.cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
+        H, Tq, Tk, B * H, cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
         P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products, KEYS=gf.keys_per_stage(d),
         STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
@@ -321,7 +320,7 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, option
 
     B, H, Tq, d = q1.shape
     Tk, dv_dim = k1.shape[2], v.shape[-1]
-    nb = triton.cdiv(Tk, gb.BLOCK_N.value)
+    nb = cdiv(Tk, gb.BLOCK_N.value)
     partials = common.new_output((2, B, H, gb.PARTIALS_PER_BLOCK.value * nb), torch.float32, q1.device)
     entries, counts, cap = (lists.args("keys", gb.BLOCK_M.value, gb.BLOCK_N.value) if lists is not None
                             else (partials, partials, 0))
@@ -383,10 +382,10 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     need_partials = need_dlam or need_dbeta
 
     def grid(cfg: TileConfig) -> int:
-        return triton.cdiv(Tk, cfg.block_n) * B * Hkv
+        return cdiv(Tk, cfg.block_n) * B * Hkv
 
     def args_for(cfg: TileConfig, with_partials: bool = True) -> tuple:
-        nb = triton.cdiv(Tk, cfg.block_n)
+        nb = cdiv(Tk, cfg.block_n)
         if with_partials and need_partials:
             partials[0] = common.new_output((2, B, H, nb), torch.float32, dev)
         lam_part, beta_part = partials[0] if with_partials and need_partials else (dq_acc, dq_acc)
@@ -424,7 +423,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dq2 = common.new_rows_like(q2, d) if two else None
     if atomic:
         block = 32 if interpreting() else 64
-        nm = triton.cdiv(Tq, block)
+        nm = cdiv(Tq, block)
         dq2_ = dq2 if two else dq1
         _run("dq_finish", dq_finish_kernel, (B * H * nm, 2 if two else 1), (
             dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
@@ -432,14 +431,14 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
                                                   NORMALIZE=options.normalize), target)
     else:
         def dq_grid(cfg: TileConfig) -> int:
-            return triton.cdiv(Tq, cfg.block_m) * B * H
+            return cdiv(Tq, cfg.block_m) * B * H
 
         def dq_args(cfg: TileConfig) -> tuple:
             return (*_row_inputs(cfg, q1, k1, q2_, k2_, v, do), rq1, rk1, rq2_, rk2_, lam_, beta, dq1,
                     dq2 if two else dq1, *q1.stride(), *k1.stride(), *q2_.stride(), *k2_.stride(),
                     *v.stride(), *do.stride(), *dq1.stride()[:3], *(dq2 if two else dq1).stride()[:3],
                     *_list_args(lists, "queries", cfg, no_list), H, H // Hkv, Tq, Tk, B * H,
-                    triton.cdiv(Tq, cfg.block_m), float(options.scale), float(options.p), 1.0 / d)
+                    cdiv(Tq, cfg.block_m), float(options.scale), float(options.p), 1.0 / d)
 
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()), dq_key, consts,
                 plan.dq_tile, target, rows=rows, skip_empty=True)

@@ -29,6 +29,7 @@ survive, gives the bits of the dense loops (adding a product of zeros changes no
 import triton
 import triton.language as tl
 
+from ..common import cdiv
 from .triton_math import visible_keys
 
 CELL = tl.constexpr(64)     # rows and keys of a record cell (the Gluon forward's warpgroup tile, 64 x 64)
@@ -149,4 +150,4 @@ def tile_lists_kernel(
 def record_shape(B: int, H: int, Tq: int, Tk: int) -> tuple[int, int, int, int]:
     """The record's shape for queries (B, H, Tq, ·) against Tk keys."""
     cell = CELL.value
-    return (B, H, triton.cdiv(Tq, cell), triton.cdiv(Tk, cell))
+    return (B, H, cdiv(Tq, cell), cdiv(Tk, cell))
