@@ -1,13 +1,14 @@
 """Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py,
 kernels/score_gluon_forward.py and score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their
-blocks seen as product operands, a ring's barriers, a tile's query rows and key range, the partition barrier, and dQ's
-vector atomics.
+blocks seen as product operands, a warpgroup's accumulator layout, a program's query block, a ring's barriers, a tile's
+query rows and key range, the partition barrier, and dQ's vector atomics.
 
 Imports Triton's Gluon at once: import it only where gluon_support.gluon_available() says Gluon exists.
 """
 
 import functools
 
+from triton import constexpr_function
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
@@ -22,6 +23,24 @@ else:
     @gluon.jit
     def partition_barrier():
         gl.barrier()
+
+
+@constexpr_function
+def wgmma_layout(columns):
+    """The accumulator layout of one warpgroup's products (Hopper wgmma, its 4 warps along the rows) with ``columns``
+    columns: scores (columns = keys or query rows) and accumulators (columns = a head dimension)."""
+    return gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, columns, 16])
+
+
+@gluon.jit
+def query_block(num_bh, num_m_blocks, H, BLOCK_M: gl.constexpr):
+    """This program's query block in a (num_m_blocks * B * H,) grid, as the Triton kernels' query_block_program
+    (kernels/threshold/triton_math.py): the longest (last) blocks first, the heads of one block adjacent. Returns
+    (b, h, m0): batch, head, the block's first row."""
+    pid = gl.program_id(0)
+    bh = pid % num_bh
+    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
+    return bh // H, bh % H, m0
 
 
 @gluon.jit

@@ -28,8 +28,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
 from .common import cdiv
-from .gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
-                           store_rows)
+from .gluon_tiles import (key_end, operand, query_block, release_stages, ring_barriers, row_descriptors,
+                          row_key_blocks, store_rows, wgmma_layout)
 from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
@@ -111,10 +111,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     q_buf, k_ring, v_ring, q_bar, ready, empty = smem
     O, LSE, PARAM = ptrs
     so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, qk_scale2, eps = scalars
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, BLOCK_N, 16])
-    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, HEAD_DV, 16])
+    S_L: gl.constexpr = wgmma_layout(BLOCK_N)
+    O_L: gl.constexpr = wgmma_layout(HEAD_DV)
     ROW_L: gl.constexpr = gl.SliceLayout(1, S_L)
     r0 = m0 + W * ROWS
     offs_m = r0 + gl.arange(0, ROWS, layout=ROW_L)
@@ -161,11 +159,7 @@ def score_forward_kernel(q_desc, k_desc, v_desc, O, LSE, PARAM, so_b, so_h, so_t
     (SIGMOID) or the sink logits (SINK), not read by SOFTPICK; qk_scale2 = scale · log2 e; eps: softpick's ε. Launch
     with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     dtype: gl.constexpr = q_desc.dtype
-    pid = gl.program_id(0)
-    bh = pid % num_bh
-    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
-    b = bh // H
-    h = bh % H
+    b, h, m0 = query_block(num_bh, num_m_blocks, H, BLOCK_M)
     q_buf = gl.allocate_shared_memory(dtype, [2] + q_desc.block_type.shape, q_desc.layout)
     k_ring = gl.allocate_shared_memory(dtype, [STAGES] + k_desc.block_type.shape, k_desc.layout)
     v_ring = gl.allocate_shared_memory(dtype, [STAGES] + v_desc.block_type.shape, v_desc.layout)

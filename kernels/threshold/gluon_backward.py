@@ -30,7 +30,7 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from ..common import cdiv
 from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
-                           row_descriptors, store_rows, tile_rows)
+                           row_descriptors, store_rows, tile_rows, wgmma_layout)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -279,12 +279,10 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         num_n_blocks, scale, p, inv_d = scalars
     BM: gl.constexpr = BLOCK_M
     KB: gl.constexpr = BLOCK_N // 2
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
-    DK_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                   instr_shape=[16, HEAD_D, 16])
-    DV_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                   instr_shape=[16, HEAD_DV, 16])
-    DQ_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1], instr_shape=[16, BM, 16])
+    S_L: gl.constexpr = wgmma_layout(BM)
+    DK_L: gl.constexpr = wgmma_layout(HEAD_D)
+    DV_L: gl.constexpr = wgmma_layout(HEAD_DV)
+    DQ_L: gl.constexpr = wgmma_layout(BM)
     offs_n = n0 + W * KB + gl.arange(0, KB, layout=gl.SliceLayout(1, S_L))
     key_ok = offs_n < Tk
     bhk = b * H + h

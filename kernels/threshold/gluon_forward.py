@@ -31,8 +31,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma, warpgroup_mma_wait
 
 from ..common import cdiv
-from ..gluon_tiles import (key_end, operand, release_stages, ring_barriers, row_descriptors, row_key_blocks,
-                            store_rows)
+from ..gluon_tiles import (key_end, operand, query_block, release_stages, ring_barriers, row_descriptors,
+                           row_key_blocks, store_rows, wgmma_layout)
 from .gluon_backward import _power
 from .tiles import TileConfig
 from .triton_lists import CELL
@@ -162,10 +162,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
     O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC = ptrs
     so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN = scalars
-    S_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, KEYS, 16])
-    O_L: gl.constexpr = gl.NVMMADistributedLayout(version=[3, 0], warps_per_cta=[4, 1],
-                                                  instr_shape=[16, HEAD_DV, 16])
+    S_L: gl.constexpr = wgmma_layout(KEYS)
+    O_L: gl.constexpr = wgmma_layout(HEAD_DV)
     ROW_L: gl.constexpr = gl.SliceLayout(1, S_L)
     r0 = m0 + W * ROWS
     offs_m = r0 + gl.arange(0, ROWS, layout=ROW_L)
@@ -208,11 +206,7 @@ def paired_forward_kernel(
     KEYS for k1, k2, v (descriptors()). With RECORD, REC is the zero-filled uint8 record (B, H, nM, nN) of
     triton_lists.py, whose cells the kernel marks. Launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     dtype: gl.constexpr = q1_desc.dtype
-    pid = gl.program_id(0)
-    bh = pid % num_bh
-    m0 = (num_m_blocks - 1 - pid // num_bh) * BLOCK_M
-    b = bh // H
-    h = bh % H
+    b, h, m0 = query_block(num_bh, num_m_blocks, H, BLOCK_M)
     q1_buf = gl.allocate_shared_memory(dtype, [2] + q1_desc.block_type.shape, q1_desc.layout)
     q2_buf = gl.allocate_shared_memory(dtype, [2] + q2_desc.block_type.shape, q2_desc.layout)
     k1_ring = gl.allocate_shared_memory(dtype, [STAGES] + k1_desc.block_type.shape, k1_desc.layout)
