@@ -22,18 +22,16 @@ import torch
 KINDS = (
     ("communication", r"nccl|all_reduce|allreduce|all_gather|reduce_scatter|c10d"),
     ("optimizer and clipping", r"adam|multi_tensor|foreach|norm_functor|lpnorm"),
-    # (not a compiled pointwise or reduction kernel, whose name lists the operations it fused: one that reads an
-    # attention op's output, e.g. TDA's per-head norm, names the op but does elementwise work)
-    ("attention", r"^(?!triton_(poi|per|red)_)"
-                  r".*(flash|fmha|cudnn|sdpa|attention|normalized_(fwd|dkdv|dq)|paired_(forward|backward)|dkdv|"
-                  r"dq_kernel|dq_finish|row_delta|inverse_norm|tile_lists|sigmoid_(fwd|dq)|softpick|sink_softmax|"
-                  r"_partial_kernel|combine_kernel)"),
     ("loss", r"nll_loss|cross_entropy|log_softmax|logsumexp"),
+    # a compiled kernel's name lists every operation it fused: a dtype cast ("_to_copy"), or the attention op whose
+    # output it reads (TDA's per-head norm). It does elementwise work, not a copy nor attention (the profile that found
+    # RoPE's table recomputed in such kernels first filed them under copies); its templates are matrix products
+    ("fused elementwise and norms (compiled)", r"^triton_(?!tem_)"),
+    ("attention", r"flash|fmha|cudnn|sdpa|attention|normalized_(fwd|dkdv|dq)|paired_(forward|backward)|dkdv|"
+                  r"dq_kernel|dq_finish|row_delta|inverse_norm|tile_lists|sigmoid_(fwd|dq)|softpick|sink_softmax|"
+                  r"_partial_kernel|combine_kernel"),
     ("matrix products", r"gemm|gemv|cutlass|xmma|nvjet|cublas|matmul|wgmma|sm90_|triton_tem|aten::(mm|addmm|bmm)\b"),
-    # a compiled kernel's name lists every operation it fused, a dtype cast ("_to_copy") among them: it is a fused
-    # kernel, not a copy (the profile that found RoPE's table recomputed in them first filed them under copies)
-    ("copies and fills", r"^(?!triton_).*(memcpy|memset|copy|fill)|aten::(cat|to|zero_|zeros|empty)\b"),
-    ("fused elementwise and norms (compiled)", r"^triton_"),
+    ("copies and fills", r"memcpy|memset|copy|fill|aten::(cat|to|zero_|zeros|empty)\b"),
     ("elementwise and norms (eager)", r"elementwise|reduce_kernel|vectorized|unrolled|norm|aten::"),
 )
 
