@@ -97,8 +97,7 @@ def command(point: Point, index: int, args, runs_root: Path, init_from: Path | N
            f"runs_root={runs_root}", f"trainer.batch_size={batch}", f"trainer.micro_batch_size={args.micro_batch}",
            f"trainer.max_steps={args.steps + args.profile}", f"trainer.eval_every={args.steps + args.profile}",
            "trainer.eval_batches=2", f"trainer.checkpoint_every={10 * args.steps}", "trainer.keep_last=1",
-           f"logger.log_every={args.log_every}",
-           "logger.progress=false", "logger.wandb.mode=disabled"]
+           f"logger.log_every={args.log_every}", "logger.progress=false", "logger.wandb.mode=disabled"]
     if init_from is not None:
         cmd.append(f"init_from={init_from}")
     if args.profile:
@@ -228,6 +227,9 @@ def main(argv: list[str] | None = None) -> None:
     grid = points(args)
     if args.profile < 0:
         parser.error(f"--profile takes a number of steps (0: no profile), got {args.profile}")
+    if args.profile and args.steps % args.log_every:
+        # a window must end at step --steps, before the profiled ones, and train.py logs at multiples of log_every
+        parser.error(f"with --profile, --steps ({args.steps}) must be a multiple of --log-every ({args.log_every})")
     if not grid:
         parser.error("no point of the grid can run (strategy single takes one GPU; each context-parallel size above "
                      "1 must divide a GPU count above 1)")

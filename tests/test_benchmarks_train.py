@@ -117,6 +117,13 @@ def test_initial_weights_are_checked(tmp_path):
     assert cmd[-1] == f"init_from={tmp_path / 'run'}"
 
 
+def test_profiled_points_need_a_window_that_ends_at_steps():
+    """With --profile the run goes on past --steps, so the last timed window must be logged at step --steps."""
+    result = subprocess.run([sys.executable, "-m", "benchmarks.train", "--steps", "15", "--log-every", "10",
+                             "--profile", "2", "--", "x=1"], cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "must be a multiple of --log-every" in result.stderr, result.stderr
+
+
 def test_tokens_per_s_comes_from_the_windows_before_the_profiled_steps():
     from benchmarks.train import timed_windows
 
