@@ -19,8 +19,8 @@ def interpreting() -> bool:
 
 
 def cdiv(a: int, b: int) -> int:
-    """⌈a / b⌉ for host code (grids, block counts). triton.cdiv is a constexpr function: called on the host it goes
-    through Triton's wrapper, about 1.6 µs a call against 0.07, and a paired forward+backward makes a dozen calls."""
+    """⌈a / b⌉ for host code (grids, block counts). Plain integer arithmetic: triton.cdiv is a constexpr function, which
+    called on the host goes through Triton's wrapper (microseconds a call), and a launch computes several."""
     return -(-a // b)
 
 

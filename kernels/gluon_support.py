@@ -10,6 +10,8 @@ from typing import Callable, Optional
 
 import torch
 import triton
+from triton.compiler.errors import CompilationError
+from triton.runtime.errors import OutOfResources
 
 from . import common
 from .common import CompileTarget, interpreting
@@ -78,9 +80,6 @@ def launched(failures: list, what: str, launch: Callable[[], object]) -> bool:
     or its launch found too few resources (nothing ran either way), the failure is recorded in ``failures`` (so that
     ``fits`` says no from now on), a warning says once that ``what`` cannot run, and the caller's Triton kernels
     take over."""
-    from triton.compiler.errors import CompilationError
-    from triton.runtime.errors import OutOfResources
-
     try:
         launch()
     except (CompilationError, OutOfResources) as error:

@@ -8,8 +8,8 @@ launched through kernels.fast_launch, or, given a ``CompileTarget``, only compil
 dQ path, the Gluon backward) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
 
 The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_gluon_forward.py, part ``gluon_fwd``)
-where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or score_gluon.GLUON_FORWARD): it has not
-yet been timed against the Triton forward on a GPU.
+where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or score_gluon.GLUON_FORWARD): timed, it
+was no faster than the Triton forward (BENCHMARKS.md, "The Gluon forwards timed").
 
 On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_gluon_backward.py, part ``gluon_bwd``) wherever
 score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two from 16
@@ -23,8 +23,7 @@ from typing import Optional
 import torch
 
 from .. import common, score_gluon
-from ..common import cdiv
-from ..common import CompileTarget, padded
+from ..common import CompileTarget, cdiv, padded
 from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
 from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
 from .triton_backward import sigmoid_dkdv_kernel, sigmoid_dq_kernel

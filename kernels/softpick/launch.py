@@ -16,8 +16,7 @@ from typing import Optional
 import torch
 
 from .. import common, score_gluon
-from ..common import cdiv
-from ..common import CompileTarget, interpreting, padded
+from ..common import CompileTarget, cdiv, interpreting, padded
 from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
 from .tiles import backward_configs, dq_configs, forward_configs
 from .triton_backward import normalized_dkdv_kernel, normalized_dq_kernel, row_delta_kernel
