@@ -301,7 +301,7 @@ def test_softmax_asks_sdpa_for_cudnn_first_and_restores_the_order(monkeypatch):
 def test_lambda_is_float32_under_bf16_autocast(name, options):
     """λ = exp(λq1·λk1) − exp(λq2·λk2) + λ_init is computed in float32 even under bf16 autocast, as SPEC's scalars
     are: a matrix product of the vectors would be cast to bf16 by autocast, rounding the dots to 3 significant
-    digits (compiled on a GPU, the differential layer's gradients were then wrong: BENCHMARKS.md)."""
+    digits."""
     torch.manual_seed(0)
     cfg = OmegaConf.create(dict(n_embd=128, n_head=4, rope_base=10000.0, seq_len=64))
     attn = build_attention(cfg, OmegaConf.create({"name": name, **options}), 3)

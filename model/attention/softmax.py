@@ -10,7 +10,8 @@ from model.attention.base import Projections, _Attention, _merge_heads, _sdpa, _
 
 @register("softmax")
 class SoftmaxAttention(_Attention):
-    """Causal softmax attention through torch's scaled_dot_product_attention, cuDNN's kernel first on GPU (base.SDPA_ORDER)."""
+    """Causal softmax attention through torch's scaled_dot_product_attention, cuDNN's kernel first on GPU
+    (base.SDPA_ORDER)."""
 
     def mix(self, proj: Projections) -> torch.Tensor:
         return _sdpa(proj.q[0], proj.k[0], proj.v)
