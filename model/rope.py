@@ -66,10 +66,17 @@ def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_facto
 
 
 def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """x (B, H, T, d) rotated by ``rope_rotation``'s (cos, sin), pairing channel c with c + d/2 (GPT-NeoX layout)."""
+    """x (B, H, T, d) rotated by ``rope_rotation``'s (cos, sin), pairing channel c with c + d/2 (GPT-NeoX layout).
+
+    Computed on x's (B, T, H, d) view and returned as its transpose, so that a projection split into heads (a
+    (B, T, H, d) tensor viewed as (B, H, T, d)) keeps that layout: torch.cat makes its output contiguous in its own
+    dimensions, which in (B, H, T, d) would record one layout in eager mode while inductor writes the rotation in the
+    projection's, and a custom op that takes exact strides (the threshold kernels) then gets a copy of each input."""
     d = x.shape[-1]
-    x1, x2 = x[..., : d // 2], x[..., d // 2 :]
-    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+    xt = x.transpose(1, 2)
+    cos, sin = (c.unsqueeze(-2) if c.dim() == 2 else c.transpose(1, 2) for c in (cos, sin))
+    x1, x2 = xt[..., : d // 2], xt[..., d // 2 :]
+    return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).transpose(1, 2)
 
 
 def apply_rope(x: torch.Tensor, positions: torch.Tensor, base: float, ntk_factor: float = 1.0) -> torch.Tensor:

@@ -38,3 +38,23 @@ def test_compiled_rotation_reads_one_table_and_equals_eager():
     code = "\n".join(code)
     assert "rotation_table" in code
     assert "cos" not in code.replace("rotation_table", "") and "sin(" not in code
+
+
+def test_rotation_keeps_a_projections_layout_and_its_values():
+    """A (B, T, H, d) projection viewed as (B, H, T, d) comes out of the rotation in the same layout (what the model's
+    q and k are, and so what a compiled model's kernels are traced with: rope.rotate says why it matters), with the
+    values of the rotation written out on the (B, H, T, d) view, for (T,) and (B, T) positions; a tensor already
+    contiguous in (B, H, T, d) gets the same values."""
+    from model.rope import rope_rotation, rotate
+
+    torch.manual_seed(0)
+    x = torch.randn(2, 37, 3, 16).transpose(1, 2)  # (B, H, T, d) view of (B, T, H, d)
+    for positions in (torch.arange(37), torch.stack([torch.arange(37), torch.arange(37) + 5])):
+        cos, sin = rope_rotation(positions, 16, 10000.0)
+        x1, x2 = x[..., :8], x[..., 8:]
+        expected = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        for inputs in (x, x.contiguous()):
+            out = rotate(inputs, cos, sin)
+            assert torch.equal(out, expected)
+        assert rotate(x, cos, sin).transpose(1, 2).is_contiguous()
+        assert not expected.transpose(1, 2).is_contiguous()  # what a plain torch.cat gives, which the check tells apart
