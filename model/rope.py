@@ -44,8 +44,9 @@ _last_rotation: list = []  # [(positions, head_dim, base, ntk_factor, dtype), (c
 
 def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_factor: float = 1.0,
                   dtype: torch.dtype = torch.float32) -> tuple[torch.Tensor, torch.Tensor]:
-    """(cos, sin) of the rotation at ``positions`` in ``dtype``: (T, d/2) for positions (T,), (B, 1, T, d/2) for
-    positions (B, T), so that they broadcast over (B, H, T, d/2); they rotate q and k alike.
+    """(cos, sin) of the rotation at ``positions`` in ``dtype``: (T, 1, d/2) for positions (T,), (B, T, 1, d/2) for
+    positions (B, T), so that they broadcast over the (B, T, H, d/2) halves ``rotate`` works on; they rotate q and k
+    alike.
 
     The latest result is kept and given again for the same ``positions`` tensor (the very object, which a model's
     forward hands every layer) and the same settings: every layer after the first reuses it, which matters when
@@ -57,9 +58,7 @@ def rope_rotation(positions: torch.Tensor, head_dim: int, base: float, ntk_facto
     if head_dim % 2:
         raise ValueError(f"RoPE needs an even head dimension, got {head_dim}")
     cos, sin = rotation_table(positions, head_dim, float(base), float(ntk_factor))
-    if cos.dim() == 3:
-        cos, sin = cos[:, None], sin[:, None]
-    rotation = cos.to(dtype), sin.to(dtype)
+    rotation = cos.unsqueeze(-2).to(dtype), sin.unsqueeze(-2).to(dtype)
     if not tracing:
         _last_rotation[:] = [key, rotation]
     return rotation
@@ -74,7 +73,6 @@ def rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tenso
     projection's, and a custom op that takes exact strides (the threshold kernels) then gets a copy of each input."""
     d = x.shape[-1]
     xt = x.transpose(1, 2)
-    cos, sin = (c.unsqueeze(-2) if c.dim() == 2 else c.transpose(1, 2) for c in (cos, sin))
     x1, x2 = xt[..., : d // 2], xt[..., d // 2 :]
     return torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1).transpose(1, 2)
 

@@ -51,8 +51,9 @@ def test_rotation_keeps_a_projections_layout_and_its_values():
     x = torch.randn(2, 37, 3, 16).transpose(1, 2)  # (B, H, T, d) view of (B, T, H, d)
     for positions in (torch.arange(37), torch.stack([torch.arange(37), torch.arange(37) + 5])):
         cos, sin = rope_rotation(positions, 16, 10000.0)
+        c, s = (t.squeeze(-2) if t.dim() == 3 else t.transpose(1, 2) for t in (cos, sin))  # over (B, H, T, d/2)
         x1, x2 = x[..., :8], x[..., 8:]
-        expected = torch.cat((x1 * cos - x2 * sin, x2 * cos + x1 * sin), dim=-1)
+        expected = torch.cat((x1 * c - x2 * s, x2 * c + x1 * s), dim=-1)
         for inputs in (x, x.contiguous()):
             out = rotate(inputs, cos, sin)
             assert torch.equal(out, expected)
