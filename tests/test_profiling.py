@@ -20,7 +20,7 @@ from training.profiling import kind_of
     ("ncclDevKernel_AllReduce_Sum_bf16_RING_LL", "communication"),
     ("aten::mm", "matrix products"), ("aten::threshold_backward", "elementwise and norms (eager)"),
     ("some_new_library_kernel", "other"),
-    # compiled kernels around an attention op are named after it but do elementwise work (TDA's per-head norm)
+    # compiled kernels around an attention op are named after it but do elementwise work (TDA's per-head norm, a copy)
     ("triton_per_fused__fused_rms_norm__fused_rms_norm_backward__to_copy_threshold_attention_bwd_7",
      "fused elementwise and norms (compiled)"),
     ("triton_poi_fused__unsafe_view_slice_threshold_attention_fwd_transpose_view_10",

@@ -23,9 +23,10 @@ KINDS = (
     ("communication", r"nccl|all_reduce|allreduce|all_gather|reduce_scatter|c10d"),
     ("optimizer and clipping", r"adam|multi_tensor|foreach|norm_functor|lpnorm"),
     ("loss", r"nll_loss|cross_entropy|log_softmax|logsumexp"),
-    # a compiled kernel's name lists every operation it fused: a dtype cast ("_to_copy"), or the attention op whose
-    # output it reads (TDA's per-head norm). It does elementwise work, not a copy nor attention (the profile that found
-    # RoPE's table recomputed in such kernels first filed them under copies); its templates are matrix products
+    # a compiled kernel's name lists every operation its inputs and outputs come from: a dtype cast ("_to_copy"), or
+    # the attention op it feeds or reads (TDA's per-head norm; copies of q and k into the layout the op was traced
+    # with). Its work is elementwise, not attention's (the profile that found RoPE's table recomputed in such kernels
+    # first filed them under copies); its templates are matrix products
     ("fused elementwise and norms (compiled)", r"^triton_(?!tem_)"),
     ("attention", r"flash|fmha|cudnn|sdpa|attention|normalized_(fwd|dkdv|dq)|paired_(forward|backward)|dkdv|"
                   r"dq_kernel|dq_finish|row_delta|inverse_norm|tile_lists|sigmoid_(fwd|dq)|softpick|sink_softmax|"
