@@ -515,3 +515,84 @@ def test_a_corrupted_record_gives_wrong_gradients_on_gpu(monkeypatch, backward):
     print(backward, {k: f"{v:.2e}" for k, v in errors.items()})
     assert errors["out"] <= 1e-2 and errors["dk2"] <= 1e-2
     assert errors["dk1"] > 0.1 and errors["dv"] > 0.1 and errors["dq1"] > 0.1, errors
+
+
+def _bound_adversarial_inputs(case: Case, seed: int, plants: int = 24) -> dict:
+    """Inputs (as make_inputs, in the projections' layout) on which the Gluon forward's bound (gluon_forward.py, "A
+    bound before the exact scores") clears most tiles and must not clear some. Rows point in random directions with
+    norms within 5% of 1 (cosines about N(0, 1/64)) and beta is 1.5, so few weights survive and the rows' largest
+    scores clear their tiles; per view, ``plants`` keys of a quarter of that norm each point along one query row of a
+    block wholly left of the row's diagonal (cosine 0.99, above every tau there): their raw score, about 0.25, is
+    below the row's largest (the background's, up to about 0.4), so a bound that used the largest score's own key
+    norm, or too small a factor, clears the tile and drops a weight of about 0.05."""
+    g = torch.Generator().manual_seed(seed)
+    B, H, T, d = case.B, case.H, case.T, case.d
+
+    def rows(n):
+        x = torch.randn(B, H, n, d, generator=g, dtype=torch.float64)
+        return x / x.norm(dim=-1, keepdim=True) * (0.95 + 0.1 * torch.rand(B, H, n, 1, generator=g,
+                                                                           dtype=torch.float64))
+
+    out = {}
+    for view in ("1", "2"):
+        q, k = rows(T), rows(T)
+        taken_rows, taken_keys = set(), set()
+        while len(taken_rows) < plants:
+            i = int(torch.randint(512, T, (1,), generator=g))
+            j = int(torch.randint(0, (i // 64) * 64, (1,), generator=g))
+            if i in taken_rows or j in taken_keys:
+                continue
+            taken_rows.add(i), taken_keys.add(j)
+            u = torch.randn(d, generator=g, dtype=torch.float64)
+            u = u / u.norm()
+            k[:, :, j] = 0.25 * u
+            q[:, :, i] = u + 0.01 * torch.randn(d, generator=g, dtype=torch.float64)
+        for name, x in (("q", q), ("k", k)):
+            x = x.to("cuda", case.dtype).transpose(1, 2).contiguous().transpose(1, 2)
+            out[name + view] = x.requires_grad_()
+    v = torch.randn(B, H, T, case.dv, generator=g, dtype=torch.float64)
+    out["v"] = v.to("cuda", case.dtype).transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    out["beta"] = torch.full((H,), case.beta[0], dtype=torch.float32, device="cuda")
+    out["lam"] = torch.full((H,), case.lam[0], dtype=torch.float32, device="cuda")
+    return out
+
+
+def test_gluon_forward_bound_on_gpu(monkeypatch):
+    """The Gluon forward's bound before the exact scores: on inputs where it clears most tiles and where, in others,
+    the surviving weight is not at the row's largest score, the output and the record are the same bits with the
+    bound and without it, the record is the float64 support, and the output and every gradient match float64; with
+    the bound's factor cut to 1/4 (a wrong bound) the planted weights are dropped and the output goes wrong."""
+    from threshold_float64 import cell_support, naive_attention, rel_err
+
+    import kernels.threshold.gluon_forward as gf
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the Gluon forward is for Hopper (sm_90)")
+    case = Case(T=4096, d=64, dv=128, H=2, beta=(1.5,), lam=(0.5,), dtype=torch.bfloat16)
+    monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+    launches = []
+    real_forward = launch._gluon_forward
+    monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
+    inputs = _bound_adversarial_inputs(case, seed=11)
+    x = [inputs[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
+
+    def forward():
+        out, *_, rec = launch.forward(*x, inputs["lam"], inputs["beta"], ThresholdOptions())
+        return out, rec
+
+    monkeypatch.setattr(gf, "BOUND_FIRST", False)
+    plain = forward()
+    monkeypatch.setattr(gf, "BOUND_FIRST", True)
+    bounded = forward()
+    support = cell_support(inputs, case)
+    assert launches and not launch._gluon_failure
+    assert torch.equal(plain[0], bounded[0]) and torch.equal(plain[1], bounded[1])
+    assert torch.equal(bounded[1].bool(), support), (bounded[1].sum().item(), support.sum().item())
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed=11)
+    print("bound", {k: f"{v:.2e}" for k, v in errors.items()}, "occupied cells", int(support.sum()))
+    assert all(v <= 1e-2 for v in errors.values()), errors
+    ref = naive_attention(*[t.double() for t in x], inputs["lam"].double(), inputs["beta"].double())
+    monkeypatch.setattr(gf, "SLACK", 0.25)
+    wrong = forward()[0]
+    # rows from 512 on hold the plants and, at beta 1.5, hardly any other survivor: dropping the plants empties them
+    assert rel_err(wrong[:, :, 512:], ref[:, :, 512:]) > 0.5, rel_err(wrong[:, :, 512:], ref[:, :, 512:])

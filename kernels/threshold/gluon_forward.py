@@ -24,6 +24,17 @@ Exact skipping: a warpgroup's tile of 64 rows x KEYS keys lies in one cell of th
 both: RECORD marks the cell (one store) where it is positive, and with SKIP_PRODUCTS a tile without a survivor leaves
 out the weights and the product with v (a branch on a value the four warps agree on; there is no software pipeline
 here for it to break).
+
+A bound before the exact scores (BOUND, on where SKIP_PRODUCTS is, in the blocks no mask touches): forming u exactly
+costs about three fp32 operations per score and view (r, u, the maxima), as many issue slots as the two score
+products take on the tensor cores (our estimate), so a tile whose products are skipped still costs most of a scored
+one. Each row's largest score bounds every u of the row: r = fl(f_i rk'_j) > 0 (launch.py asks for the test only
+with scale > 0), so s_ij r_ij <= max(m_i, 0) f_i max_j rk'_j (1 + 2^-24) with m_i = max_j s_ij, the same fp32 scores
+the exact path reads. The kernel tests max(m_i, 0) * (f_i * SLACK * max_j rk'_j) - tau_i < 0 for every row in both
+views (one maximum per score and view); SLACK = 1 + 2^-20 exceeds the few roundings of the test and of u's own r and
+product, so a cleared tile's exact u would be <= 0 in every element: no weight survives, so it needs no record mark,
+weights or product. Any other tile takes the exact path above, unchanged, so outputs and records are the same bits
+with or without the test; a tile the bound cannot clear pays for both (dense inputs: every tile).
 """
 
 from triton.experimental import gluon
@@ -43,6 +54,8 @@ BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
 BLOCK_N = 64                   # keys per ring stage at d = 64, launched as the kernel's KEYS (keys_per_stage)
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
+BOUND_FIRST = True             # launched as the kernel's BOUND (with skip_products): the row-maximum test first
+SLACK = 1.0 + 2.0 ** -20       # launched as the kernel's SLACK: covers the bound's roundings (module docstring)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
 TILE = TileConfig(BLOCK_M.value, BLOCK_N, NUM_WARPS.value, STAGES, tma=True)  # the d = 64 default, for tables and logs
 assert ROWS.value == CELL.value and CELL.value % BLOCK_N == 0  # a warpgroup's rows are one row of record cells
@@ -93,18 +106,22 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
 def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
                Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
-               SKIP_PRODUCTS: gl.constexpr, S_L: gl.constexpr, O_L: gl.constexpr, KEYS: gl.constexpr,
-               STAGES: gl.constexpr):
+               SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr, SLACK: gl.constexpr, S_L: gl.constexpr,
+               O_L: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr):
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
-    are left out when none did."""
+    are left out when none did. BOUND (with SKIP_PRODUCTS, unmasked blocks): the scores' row maxima are tested first
+    (_bound_clears) and a tile they clear is done with, unscored and unmarked."""
     cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
     if NORMALIZE:
         # the keys' inverse norms are read before the ring's wait and the products, whose time hides their latency
         rk1 = gl.load(RK1 + bh * Tk + cols, mask=key_ok, other=0.0)
         rk2 = gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)
+    else:
+        rk1 = 0.0
+        rk2 = 0.0
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k1_s = operand(k1_ring.index(stage), KEYS, HEAD_D)
@@ -113,6 +130,40 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
+    if BOUND:
+        if not _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, SLACK):
+            acc = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+                               NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
+    else:
+        acc = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+                           NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
+    # every product reading this stage has completed (synchronous): release it
+    mbarrier.arrive(empty.index(stage), count=1)
+    return acc
+
+
+@gluon.jit
+def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexpr, SLACK: gl.constexpr):
+    """Whether every u of an unmasked tile is negative, from each row's largest score alone (module docstring:
+    "A bound before the exact scores"): max(max_j s_ij, 0) * f_i * max_j rk'_j * SLACK - tau_i < 0 in both views for
+    every row (rows past Tq count none). A value the warpgroup's four warps agree on."""
+    g1 = f1 * SLACK
+    g2 = f2 * SLACK
+    if NORMALIZE:
+        g1 = g1 * gl.max(rk1, axis=0)
+        g2 = g2 * gl.max(rk2, axis=0)
+    b1 = gl.maximum(gl.max(s1, axis=1), 0.0) * g1 - tau
+    b2 = gl.maximum(gl.max(s2, axis=1), 0.0) * g2 - tau
+    top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
+    return gl.max(top, axis=0) < 0.0
+
+
+@gluon.jit
+def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+                 NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr,
+                 RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, O_L: gl.constexpr, KEYS: gl.constexpr):
+    """The tile's exact u in both views, its record cell and acc + W v (_key_block's MASKED, RECORD,
+    SKIP_PRODUCTS)."""
     if NORMALIZE:
         r1 = f1[:, None] * rk1[None, :]
         r2 = f2[:, None] * rk2[None, :]
@@ -141,8 +192,6 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
             acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
     else:
         acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
-    # every product reading this stage has completed (synchronous): release it
-    mbarrier.arrive(empty.index(stage), count=1)
     return acc
 
 
@@ -156,7 +205,8 @@ def _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE: gl.constexpr, O_L: gl.con
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, RECORD: gl.constexpr,
-                         SKIP_PRODUCTS: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr):
+                         SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr, SLACK: gl.constexpr, KEYS: gl.constexpr,
+                         STAGES: gl.constexpr):
     """Warpgroup W's 64 rows: every key block up to its last visible key, then O stored; the blocks past that (the
     other warpgroup's) are only released."""
     q1_buf, q2_buf, k1_ring, k2_ring, v_ring, q_bar, ready, empty = smem
@@ -184,11 +234,11 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     for j in range(0, full):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L, KEYS, STAGES)
+                         SKIP_PRODUCTS, BOUND, SLACK, S_L, O_L, KEYS, STAGES)
     for j in range(full, my_blocks):
         acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
                          RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
-                         SKIP_PRODUCTS, S_L, O_L, KEYS, STAGES)
+                         SKIP_PRODUCTS, False, SLACK, S_L, O_L, KEYS, STAGES)
     release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
@@ -198,8 +248,8 @@ def paired_forward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, O, RQ1, RQ2, RK1, RK2, LAM, BETA, REC, nM, nN, so_b, so_h, so_t,
     H, Tq, Tk, num_bh, num_m_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, KEYS: gl.constexpr,
-    STAGES: gl.constexpr,
+    P_MODE: gl.constexpr, RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr,
+    SLACK: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,), the longest query blocks first (triton_math.query_block_program). The five
     inputs are 4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): ROWS rows for q1, q2,
@@ -222,9 +272,9 @@ def paired_forward_kernel(
     scalars = (so_b, so_h, so_t, b, h, m0, H, Tq, Tk, n_blocks, scale, p, inv_d, nM, nN)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS, KEYS, STAGES)),
+                                SKIP_PRODUCTS, BOUND, SLACK, KEYS, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, RECORD,
-                                SKIP_PRODUCTS, KEYS, STAGES)),
+                                SKIP_PRODUCTS, BOUND, SLACK, KEYS, STAGES)),
         (_loader_partition, (q1_desc, k1_desc, q2_desc, k2_desc, v_desc, q1_buf, q2_buf, k1_ring, k2_ring, v_ring,
                              q_bar, ready, empty, b, h, m0, n_blocks, KEYS, STAGES)),
     ], [4, 1], [240, 24])
