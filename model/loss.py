@@ -9,6 +9,9 @@ gradient. The FLOPs are the plain path's (the backward's two products move into 
 logits falls from O(tokens × vocab) to O(chunk × vocab). Roundings follow the plain path's: logits in the head's
 compute dtype (bf16 under autocast), softmax in float32, its gradient cast back to the logits' dtype for the products.
 
+On CUDA the chunk's pass from logits to loss and gradient is one Triton kernel (kernels/cross_entropy.py: the same
+float32 arithmetic, in another order, faster than what torch.compile makes of it); elsewhere it is PyTorch's.
+
 The chunked path runs the head's three products on a vocabulary padded to a multiple of ``VOCAB_ALIGN`` (zero rows
 of the weight, their logits set to −inf, so they add exactly nothing to the softmax and get a zero gradient): GPT-2's
 50,257 classes make every row of the logits and of their gradient start at an address matrix-product kernels cannot
@@ -24,6 +27,7 @@ from model.norms import at_least_fp32
 
 
 VOCAB_ALIGN = 64  # classes the chunked path pads the head's weight to a multiple of (the module docstring says why)
+FUSED = True      # the chunked training loss's pass over the logits as one Triton kernel on CUDA (kernels/cross_entropy)
 
 
 def _padded(weight: torch.Tensor) -> torch.Tensor:
@@ -64,6 +68,28 @@ def _logits_gradient(wide: torch.Tensor, lse: torch.Tensor, targets: torch.Tenso
     return (grad / n).to(dtype)
 
 
+def _chunk_loss_and_gradient(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
+                             n: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(summed cross-entropy of a chunk, the mean loss's gradient with respect to its logits in their dtype);
+    ``weight`` padded as for _chunk_loss. On CUDA (with FUSED; logits not float64) one Triton kernel reads the logits
+    and writes the gradient (kernels/cross_entropy.py); elsewhere _chunk_loss and _logits_gradient."""
+    if FUSED and fused_applies(hidden):
+        from kernels.cross_entropy import cross_entropy_rows
+
+        logits = F.linear(hidden, weight)
+        if logits.dtype != torch.float64:
+            rows, grad = cross_entropy_rows(logits, targets, vocab, 1.0 / n)
+            return rows.sum(), grad
+    loss, wide, lse, dtype = _chunk_loss(hidden, weight, targets, vocab)
+    return loss, _logits_gradient(wide, lse, targets, n, dtype)
+
+
+def fused_applies(hidden: torch.Tensor) -> bool:
+    """Whether the chunk's pass runs on the Triton kernel: CUDA tensors (the tests also run it on the CPU under Triton's
+    interpreter by replacing this function)."""
+    return hidden.is_cuda
+
+
 class _ChunkedCrossEntropy(torch.autograd.Function):
     """Mean cross-entropy of F.linear(hidden, weight) against targets, the gradients computed chunk by chunk in the
     forward."""
@@ -77,9 +103,8 @@ class _ChunkedCrossEntropy(torch.autograd.Function):
         grad_weight = torch.zeros_like(padded, dtype=torch.promote_types(weight.dtype, torch.float32))
         for start in range(0, n, chunk):
             h, t = hidden[start:start + chunk], targets[start:start + chunk]
-            loss, wide, lse, dtype = _chunk_loss(h, padded, t, vocab)
+            loss, grad = _chunk_loss_and_gradient(h, padded, t, vocab, n)
             total += loss
-            grad = _logits_gradient(wide, lse, t, n, dtype)
             grad_hidden[start:start + chunk] = grad @ padded
             grad_weight += grad.t() @ h
         ctx.save_for_backward(grad_hidden, grad_weight[:vocab].to(weight.dtype))
