@@ -91,3 +91,17 @@ def test_chunked_loss_with_the_kernel_equals_pytorchs(monkeypatch, chunk):
     assert calls
     for a, b in zip(got, expected):
         assert torch.allclose(a, b, rtol=1e-5, atol=1e-6), (a - b).abs().max()
+
+
+@pytest.mark.gpu
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
+def test_rows_match_float64_on_gpu():
+    """A GPT-2 vocabulary (50,257 classes padded to 50,304) in bf16 on the GPU, as the chunked loss calls it."""
+    g = torch.Generator().manual_seed(5)
+    logits = (6 * torch.randn(300, 50304, generator=g)).bfloat16()
+    targets = torch.randint(50257, (300,), generator=g)
+    loss, grad = cross_entropy_rows(logits.cuda(), targets.cuda(), 50257, 1 / 600)
+    ref_loss, ref_grad = _reference(logits, targets, 50257, 1 / 600)
+    assert torch.allclose(loss.cpu().double(), ref_loss, rtol=1e-5, atol=1e-4)
+    assert (grad.cpu().double() - ref_grad).abs().max().item() * 600 <= 1e-2
+    assert (grad[:, 50257:] == 0).all()
