@@ -542,7 +542,8 @@ def _bound_adversarial_inputs(case: Case, seed: int, plants: int = 24) -> dict:
             j = int(torch.randint(0, (i // 64) * 64, (1,), generator=g))
             if i in taken_rows or j in taken_keys:
                 continue
-            taken_rows.add(i), taken_keys.add(j)
+            taken_rows.add(i)
+            taken_keys.add(j)
             u = torch.randn(d, generator=g, dtype=torch.float64)
             u = u / u.norm()
             k[:, :, j] = 0.25 * u
