@@ -73,15 +73,13 @@ def _logits_gradient(wide: torch.Tensor, lse: torch.Tensor, targets: torch.Tenso
 def _chunk_loss_and_gradient(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, vocab: int,
                              n: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(summed cross-entropy of a chunk, the mean loss's gradient with respect to its logits in their dtype);
-    ``weight`` padded as for _chunk_loss. On CUDA (with FUSED; logits not float64) one Triton kernel reads the logits
-    and writes the gradient (kernels/cross_entropy.py); elsewhere _chunk_loss and _logits_gradient."""
-    if FUSED and fused_applies(hidden):
+    ``weight`` padded as for _chunk_loss. On CUDA with FUSED (not in float64) one Triton kernel reads the logits and
+    writes the gradient (kernels/cross_entropy.py); elsewhere _chunk_loss and _logits_gradient."""
+    if FUSED and fused_applies(hidden) and torch.float64 not in (hidden.dtype, weight.dtype):
         from kernels.cross_entropy import cross_entropy_rows
 
-        logits = F.linear(hidden, weight)
-        if logits.dtype != torch.float64:
-            rows, grad = cross_entropy_rows(logits, targets, vocab, 1.0 / n)
-            return rows.sum(), grad
+        rows, grad = cross_entropy_rows(F.linear(hidden, weight), targets, vocab, 1.0 / n)
+        return rows.sum(), grad
     loss, wide, lse, dtype = _chunk_loss(hidden, weight, targets, vocab)
     return loss, _logits_gradient(wide, lse, targets, n, dtype)
 
