@@ -163,3 +163,30 @@ def test_the_asked_gluon_forward_gets_its_own_row_only_where_asking_makes_it_fit
     assert bench.asked_gluon_rows(x, 128, 1) == []
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: False)                       # never fits
     assert bench.asked_gluon_rows(x, 128, 1) == [] and seen == [True]
+
+
+def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):
+    """--skip-ab's forward table: the Gluon row times the forward without the record, with it, with the products of
+    empty tiles skipped, and with the bound in either form (gluon_forward.BOUND_MODE 1, 2, restored after); the Triton
+    row has no bound columns ("—"); the first three Gluon columns are without the bound whatever the default."""
+    import benchmarks.attention as bench
+    from kernels.threshold import gluon_forward, launch
+
+    x = {n: torch.randn(1, 2, 128, 64, dtype=torch.bfloat16) for n in ("q1", "k1", "q2", "k2")}
+    x["v"] = torch.randn(1, 2, 128, 128, dtype=torch.bfloat16)
+    x["lam"] = torch.full((2,), 0.5)
+    seen = []
+    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: True)
+    monkeypatch.setattr(launch, "forward", lambda *a, record, skip_products, tile, **k:
+                        seen.append((tile is None, record, skip_products, gluon_forward.BOUND_MODE)))
+    monkeypatch.setattr(bench, "time_ms", lambda fn, grads, rep_ms: fn() or 1.0)
+    before = gluon_forward.BOUND_MODE
+    lines = bench.forward_variants(x, 2, 10)
+    assert gluon_forward.BOUND_MODE == before
+    assert seen[:5] == [(True, False, False, 0), (True, True, False, 0), (True, True, True, 0),
+                        (True, True, True, 1), (True, True, True, 2)]
+    assert [s[3] for s in seen[5:]] == [before] * 3 and not any(s[0] for s in seen[5:])
+    gluon, triton_row = lines
+    assert "Gluon" in gluon and gluon.count("1.000") == 5
+    assert triton_row.count("1.000") == 3 and triton_row.count("—") == 2
+    assert len(gluon.split("|")) == len(bench.FORWARD_HEAD.splitlines()[0].split("|"))
