@@ -154,7 +154,7 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
                 times.append(None)  # the bound is the Gluon forward's
                 continue
             tile_ = dataclasses.replace(tile, skip_empty=skip) if tile is not None else None
-            with _bound_mode(bound if tile is None else None):
+            with _bound_mode(bound):
                 times.append(time_ms(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
                                                           skip_products=skip, tile=tile_), [], rep_ms))
         lines.append(f"| {T} | {B} | {'tda (paired)' if views == 2 else 'tra'} {H}×{d} | {label} | "
@@ -163,12 +163,9 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _bound_mode(mode: Optional[int]):
+def _bound_mode(mode: int):
     """The Gluon paired forward's bound before the exact scores (gluon_forward.BOUND_MODE) set to ``mode`` for the
-    block (None: left as it is)."""
-    if mode is None:
-        yield
-        return
+    block (the Triton kernels do not read it)."""
     from kernels.threshold import gluon_forward
 
     before = gluon_forward.BOUND_MODE

@@ -6,14 +6,16 @@ a GPU.
 
 One program per row, two passes over the row in blocks of BLOCK classes: the first keeps a running maximum and sum of
 exponentials per lane (no reduction inside the loop) and combines them into the log-sum-exp at the end; the second
-reads the row again (from L2: 132 rows of a GPT-2 vocabulary in bf16 are 13 MB) and writes the gradient. Classes from
+reads the row again (most likely from L2, by size: 132 rows of a GPT-2 vocabulary in bf16 are 13 MB; not profiled)
+and writes the gradient. Classes from
 ``vocab`` to the padded width are read as −inf: their softmax is 0, so their gradient is written as 0 and they add
 nothing to the log-sum-exp. The arithmetic is float32 throughout, as the PyTorch path's (model/loss.py), in another
 order: the log-sum-exp may differ from it in its last bits.
 
 Why not leave this to torch.compile: inductor fuses the same expressions into one reduction kernel, which on an H100
-took 1.14 ms per 8192 × 50,304 bf16 chunk where this kernel takes 0.88 (BENCHMARKS.md, "The loss's pass"); the
-bytes it must move (the logits read, the gradient written) take about 0.5 ms at the H100's bandwidth.
+took 1.14 ms per 8192 × 50,304 bf16 chunk where this kernel took 0.88 (a one-off comparison, BENCHMARKS.md, "The
+loss's pass"); the bytes it must move (the logits read, the gradient written: 1.65 GB) take about 0.5 ms at the
+H100's 3.35 TB/s.
 
 The kernel is the custom op ``lm_kernels::cross_entropy_rows`` (with a fake implementation), so a compiled model
 traces it as one opaque call.
@@ -62,7 +64,9 @@ def cross_entropy_rows_kernel(L, T, G, LOSS, vocab, width, stride_l, stride_g, i
         tl.store(dst + cols, grad.to(G.dtype.element_ty), mask=cols < width)
 
 
-def _launch(logits: Tensor, targets: Tensor, vocab: int, inv_n: float) -> tuple[Tensor, Tensor]:
+@torch.library.custom_op("lm_kernels::cross_entropy_rows", mutates_args=(),
+                         schema="(Tensor logits, Tensor targets, int vocab, float inv_n) -> (Tensor, Tensor)")
+def _cross_entropy_rows(logits: Tensor, targets: Tensor, vocab: int, inv_n: float) -> tuple[Tensor, Tensor]:
     rows, width = logits.shape
     grad = common.new_output((rows, width), logits.dtype, logits.device)
     loss = common.new_output((rows,), torch.float32, logits.device)
@@ -71,12 +75,6 @@ def _launch(logits: Tensor, targets: Tensor, vocab: int, inv_n: float) -> tuple[
             logits, targets, grad, loss, vocab, width, logits.stride(0), grad.stride(0), inv_n),
             dict(BLOCK=BLOCK, STEPS=cdiv(width, BLOCK), num_warps=NUM_WARPS))
     return loss, grad
-
-
-@torch.library.custom_op("lm_kernels::cross_entropy_rows", mutates_args=(),
-                         schema="(Tensor logits, Tensor targets, int vocab, float inv_n) -> (Tensor, Tensor)")
-def _cross_entropy_rows(logits: Tensor, targets: Tensor, vocab: int, inv_n: float) -> tuple[Tensor, Tensor]:
-    return _launch(logits, targets, vocab, inv_n)
 
 
 @_cross_entropy_rows.register_fake

@@ -28,7 +28,7 @@ from model.norms import at_least_fp32
 
 
 VOCAB_ALIGN = 64  # classes the chunked path pads the head's weight to a multiple of (the module docstring says why)
-FUSED = False     # the chunked training loss's pass over the logits as one Triton kernel on CUDA (kernels/cross_entropy):
+FUSED = False     # the chunked loss's pass over the logits as one Triton kernel on CUDA (kernels/cross_entropy.py):
 #                   opt-in until it has run inside a compiled training step on a GPU
 
 

@@ -132,11 +132,7 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
-    if BOUND != 0:
-        if not _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, BOUND, SLACK):
-            acc = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
-                               NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
-    else:
+    if not _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, BOUND, SLACK):
         acc = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
                            NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     # every product reading this stage has completed (synchronous): release it
@@ -150,22 +146,26 @@ def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexp
     """Whether every u of an unmasked tile is negative, from each row's largest score (module docstring: "A bound
     before the exact scores"): max(m_i, 0) * f_i * SLACK - tau_i < 0 in both views for every row (rows past Tq count
     none), with m_i = max_j s_ij * max_j rk'_j (BOUND 1) or max_j s_ij rk'_j (BOUND 2; without normalisation rk' is 1).
-    A value the warpgroup's four warps agree on."""
-    g1 = f1 * SLACK
-    g2 = f2 * SLACK
-    if NORMALIZE and BOUND == 2:
-        m1 = gl.max(s1 * rk1[None, :], axis=1)
-        m2 = gl.max(s2 * rk2[None, :], axis=1)
+    A value the warpgroup's four warps agree on; with BOUND 0, False at compile time (no test, the exact path)."""
+    if BOUND == 0:
+        clears = False
     else:
-        m1 = gl.max(s1, axis=1)
-        m2 = gl.max(s2, axis=1)
-        if NORMALIZE:
-            g1 = g1 * gl.max(rk1, axis=0)
-            g2 = g2 * gl.max(rk2, axis=0)
-    b1 = gl.maximum(m1, 0.0) * g1 - tau
-    b2 = gl.maximum(m2, 0.0) * g2 - tau
-    top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
-    return gl.max(top, axis=0) < 0.0
+        g1 = f1 * SLACK
+        g2 = f2 * SLACK
+        if NORMALIZE and BOUND == 2:
+            m1 = gl.max(s1 * rk1[None, :], axis=1)
+            m2 = gl.max(s2 * rk2[None, :], axis=1)
+        else:
+            m1 = gl.max(s1, axis=1)
+            m2 = gl.max(s2, axis=1)
+            if NORMALIZE:
+                g1 = g1 * gl.max(rk1, axis=0)
+                g2 = g2 * gl.max(rk2, axis=0)
+        b1 = gl.maximum(m1, 0.0) * g1 - tau
+        b2 = gl.maximum(m2, 0.0) * g2 - tau
+        top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
+        clears = gl.max(top, axis=0) < 0.0
+    return clears
 
 
 @gluon.jit
