@@ -105,16 +105,18 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
 
 
 @gluon.jit
-def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1, RK2,
-               Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1,
+               RK2, Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
                SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr, SLACK: gl.constexpr, S_L: gl.constexpr,
                O_L: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr):
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
-    are left out when none did. BOUND 1 or 2 (with SKIP_PRODUCTS, unmasked blocks): a bound from the scores' row
-    maxima is tested first (_bound_clears) and a tile it clears is done with, unscored and unmarked."""
+    are left out when none did. BOUND 1 or 2 (with SKIP_PRODUCTS, unmasked blocks): where the warpgroup's previous
+    tile had no survivor (not hit), a bound from the scores' row maxima is tested first (_bound_clears) and a tile it
+    clears is done with, unscored and unmarked. Returns acc and whether this tile had a survivor (hit passed on
+    unchanged with BOUND 0)."""
     cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
     if NORMALIZE:
@@ -132,12 +134,25 @@ def _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
-    if not _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, BOUND, SLACK):
-        acc = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
-                           NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
+    gl.static_assert(BOUND == 0 or SKIP_PRODUCTS, "the bound clears tiles whose products are skipped")
+    if BOUND == 0:
+        acc, _ = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+                              NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
+    else:
+        # the bound is tried only after a tile without a survivor: where tiles are occupied in runs (dense inputs:
+        # all of them) it would seldom clear and cost its reductions on top of the exact path
+        if hit:
+            clears = not hit
+        else:
+            clears = _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, BOUND, SLACK)
+        if clears:
+            hit = not clears
+        else:
+            acc, hit = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row,
+                                    j, NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     # every product reading this stage has completed (synchronous): release it
     mbarrier.arrive(empty.index(stage), count=1)
-    return acc
+    return acc, hit
 
 
 @gluon.jit
@@ -146,26 +161,22 @@ def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexp
     """Whether every u of an unmasked tile is negative, from each row's largest score (module docstring: "A bound
     before the exact scores"): max(m_i, 0) * f_i * SLACK - tau_i < 0 in both views for every row (rows past Tq count
     none), with m_i = max_j s_ij * max_j rk'_j (BOUND 1) or max_j s_ij rk'_j (BOUND 2; without normalisation rk' is 1).
-    A value the warpgroup's four warps agree on; with BOUND 0, False at compile time (no test, the exact path)."""
-    if BOUND == 0:
-        clears = False
+    A value the warpgroup's four warps agree on."""
+    g1 = f1 * SLACK
+    g2 = f2 * SLACK
+    if NORMALIZE and BOUND == 2:
+        m1 = gl.max(s1 * rk1[None, :], axis=1)
+        m2 = gl.max(s2 * rk2[None, :], axis=1)
     else:
-        g1 = f1 * SLACK
-        g2 = f2 * SLACK
-        if NORMALIZE and BOUND == 2:
-            m1 = gl.max(s1 * rk1[None, :], axis=1)
-            m2 = gl.max(s2 * rk2[None, :], axis=1)
-        else:
-            m1 = gl.max(s1, axis=1)
-            m2 = gl.max(s2, axis=1)
-            if NORMALIZE:
-                g1 = g1 * gl.max(rk1, axis=0)
-                g2 = g2 * gl.max(rk2, axis=0)
-        b1 = gl.maximum(m1, 0.0) * g1 - tau
-        b2 = gl.maximum(m2, 0.0) * g2 - tau
-        top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
-        clears = gl.max(top, axis=0) < 0.0
-    return clears
+        m1 = gl.max(s1, axis=1)
+        m2 = gl.max(s2, axis=1)
+        if NORMALIZE:
+            g1 = g1 * gl.max(rk1, axis=0)
+            g2 = g2 * gl.max(rk2, axis=0)
+    b1 = gl.maximum(m1, 0.0) * g1 - tau
+    b2 = gl.maximum(m2, 0.0) * g2 - tau
+    top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
+    return gl.max(top, axis=0) < 0.0
 
 
 @gluon.jit
@@ -173,7 +184,8 @@ def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, 
                  NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr,
                  RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, O_L: gl.constexpr, KEYS: gl.constexpr):
     """The tile's exact u in both views, its record cell and acc + W v (_key_block's MASKED, RECORD,
-    SKIP_PRODUCTS)."""
+    SKIP_PRODUCTS). Returns acc and whether a weight survived (with neither RECORD nor SKIP_PRODUCTS, not found:
+    True)."""
     if NORMALIZE:
         r1 = f1[:, None] * rk1[None, :]
         r2 = f2[:, None] * rk2[None, :]
@@ -193,7 +205,8 @@ def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, 
         # the tile's largest u (rows past Tq count none): one value the warpgroup's four warps agree on, which both
         # marks the cell (one store for the tile) and decides the product
         top = gl.where(pos < Tk, gl.max(gl.maximum(u1, u2), axis=1), 0.0)
-        if gl.max(top, axis=0) > 0.0:
+        hit = gl.max(top, axis=0) > 0.0
+        if hit:
             if RECORD:
                 gl.store(REC_row + (j * KEYS) // CELL, 1)
             if SKIP_PRODUCTS:
@@ -202,7 +215,8 @@ def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, 
             acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
     else:
         acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
-    return acc
+        hit = True
+    return acc, hit
 
 
 @gluon.jit
@@ -241,14 +255,15 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
+    hit = bh < 0  # no survivor before the first tile (a run-time False the loop carries)
     for j in range(0, full):
-        acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
-                         RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, False, RECORD,
-                         SKIP_PRODUCTS, BOUND, SLACK, S_L, O_L, KEYS, STAGES)
+        acc, hit = _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p,
+                              pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE,
+                              False, RECORD, SKIP_PRODUCTS, BOUND, SLACK, S_L, O_L, KEYS, STAGES)
     for j in range(full, my_blocks):
-        acc = _key_block(acc, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh,
-                         RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, True, RECORD,
-                         SKIP_PRODUCTS, 0, SLACK, S_L, O_L, KEYS, STAGES)
+        acc, hit = _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p,
+                              pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE,
+                              True, RECORD, SKIP_PRODUCTS, 0, SLACK, S_L, O_L, KEYS, STAGES)
     release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
