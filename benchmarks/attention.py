@@ -26,7 +26,7 @@ lambda a learnable (H,) tensor; normalisation is inside the timed TDA/TRA calls.
 holds survivors (the cost of skipping where nothing can be skipped). Exact skipping is on in the tda/tra rows;
 ``--skip-ab`` adds the same calls with it off ("no skip") and a table of the forward alone without the record,
 with it, with it and the products of empty tiles left out, and (the Gluon forward) with the bound before the exact
-scores in either form as well (gluon_forward.BOUND_MODE 1, 2; opt-in).
+scores as well (gluon_forward.BOUND; on by default).
 Times are medians of CUDA-event timings (triton.testing.do_bench). TFLOP/s counts matrix-product
 FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forward; threshold attention
 forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
@@ -148,13 +148,13 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
     lines = []
     for label, tile in kernels:
         times = []
-        for record, skip, bound in ((False, False, 0), (True, False, 0), (True, True, 0), (True, True, 1),
-                                    (True, True, 2)):
+        for record, skip, bound in ((False, False, False), (True, False, False), (True, True, False),
+                                    (True, True, True)):
             if bound and tile is not None:
                 times.append(None)  # the bound is the Gluon forward's
                 continue
             tile_ = dataclasses.replace(tile, skip_empty=skip) if tile is not None else None
-            with _bound_mode(bound):
+            with _bound(bound):
                 times.append(time_ms(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
                                                           skip_products=skip, tile=tile_), [], rep_ms))
         lines.append(f"| {T} | {B} | {'tda (paired)' if views == 2 else 'tra'} {H}×{d} | {label} | "
@@ -163,21 +163,21 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
 
 
 @contextlib.contextmanager
-def _bound_mode(mode: int):
-    """The Gluon paired forward's bound before the exact scores (gluon_forward.BOUND_MODE) set to ``mode`` for the
+def _bound(on: bool):
+    """The Gluon paired forward's bound before the exact scores (gluon_forward.BOUND) switched ``on`` or off for the
     block (the Triton kernels do not read it)."""
     from kernels.threshold import gluon_forward
 
-    before = gluon_forward.BOUND_MODE
-    gluon_forward.BOUND_MODE = mode
+    before = gluon_forward.BOUND
+    gluon_forward.BOUND = on
     try:
         yield
     finally:
-        gluon_forward.BOUND_MODE = before
+        gluon_forward.BOUND = before
 
 
 FORWARD_HEAD = ("| T | B | layout | forward kernel | ms, no record | ms, record | ms, record + products of empty tiles "
-                "skipped | the same + bound 1 | the same + bound 2 |\n|---|---|---|---|---|---|---|---|---|")
+                "skipped | the same + bound |\n|---|---|---|---|---|---|---|---|")
 
 
 def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,

@@ -167,8 +167,8 @@ def test_the_asked_gluon_forward_gets_its_own_row_only_where_asking_makes_it_fit
 
 def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):
     """--skip-ab's forward table: the Gluon row times the forward without the record, with it, with the products of
-    empty tiles skipped, and with the bound in either form (gluon_forward.BOUND_MODE 1, 2, restored after); the Triton
-    row has no bound columns ("—"); the first three Gluon columns are without the bound whatever the default."""
+    empty tiles skipped, and with the bound (gluon_forward.BOUND, restored after); the Triton row has no bound column
+    ("—"); the first three Gluon columns are without the bound whatever the default."""
     import benchmarks.attention as bench
     from kernels.threshold import gluon_forward, launch
 
@@ -178,15 +178,15 @@ def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):
     seen = []
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: True)
     monkeypatch.setattr(launch, "forward", lambda *a, record, skip_products, tile, **k:
-                        seen.append((tile is None, record, skip_products, gluon_forward.BOUND_MODE)))
+                        seen.append((tile is None, record, skip_products, gluon_forward.BOUND)))
     monkeypatch.setattr(bench, "time_ms", lambda fn, grads, rep_ms: fn() or 1.0)
-    before = gluon_forward.BOUND_MODE
+    monkeypatch.setattr(gluon_forward, "BOUND", "the default")
     lines = bench.forward_variants(x, 2, 10)
-    assert gluon_forward.BOUND_MODE == before
-    assert seen[:5] == [(True, False, False, 0), (True, True, False, 0), (True, True, True, 0),
-                        (True, True, True, 1), (True, True, True, 2)]
-    assert [s[3] for s in seen[5:]] == [0] * 3 and not any(s[0] for s in seen[5:])
+    assert gluon_forward.BOUND == "the default"
+    assert seen[:4] == [(True, False, False, False), (True, True, False, False), (True, True, True, False),
+                        (True, True, True, True)]
+    assert [s[3] for s in seen[4:]] == [False] * 3 and not any(s[0] for s in seen[4:])
     gluon, triton_row = lines
-    assert "Gluon" in gluon and gluon.count("1.000") == 5
-    assert triton_row.count("1.000") == 3 and triton_row.count("—") == 2
+    assert "Gluon" in gluon and gluon.count("1.000") == 4
+    assert triton_row.count("1.000") == 3 and triton_row.count("—") == 1
     assert len(gluon.split("|")) == len(bench.FORWARD_HEAD.splitlines()[0].split("|"))

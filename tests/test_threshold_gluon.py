@@ -202,10 +202,10 @@ from benchmarks.registers import compiling_for, ptxas_usage
 from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
 p, causal, normalize, skip = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:5])
-dv, d, bound = int(sys.argv[5]), int(sys.argv[6]), int(sys.argv[7])
+dv, d, bound = int(sys.argv[5]), int(sys.argv[6]), sys.argv[7] == "1"
 launch.GLUON_FORWARD_D128 = d == 128
 import kernels.threshold.gluon_forward as gf
-gf.BOUND_MODE = bound
+gf.BOUND = bound
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
 with compiling_for(90) as target:
@@ -218,13 +218,13 @@ print(u.registers, u.spill_bytes, u.shared_kib)
 
 
 @pytest.mark.parametrize("p,causal,normalize,skip,dv,d,bound", [
-    (2.0, True, True, True, 128, 64, 0), (2.0, True, True, False, 128, 64, 0), (1.0, False, False, True, 64, 64, 0),
-    (3.0, True, False, True, 32, 64, 0), (2.0, True, True, True, 256, 128, 0), (1.0, False, True, False, 128, 128, 0),
-    (2.0, True, True, True, 128, 64, 1), (2.0, True, True, True, 128, 64, 2), (1.0, False, False, True, 64, 64, 2),
-    (2.0, True, True, True, 256, 128, 1)])
+    (2.0, True, True, True, 128, 64, True), (2.0, True, True, False, 128, 64, True),
+    (1.0, False, False, True, 64, 64, True), (3.0, True, False, True, 32, 64, True),
+    (2.0, True, True, True, 256, 128, True), (1.0, False, True, False, 128, 128, True),
+    (2.0, True, True, True, 128, 64, False), (1.0, False, False, True, 64, 64, False)])
 def test_gluon_forward_compiles_for_hopper(p, causal, normalize, skip, dv, d, bound):
     """The Gluon forward, compiled (not interpreted) through launch.forward, recording the occupied tiles and skipping
     the products of empty ones (the default), and without; at q/k 128 (asked for) with 32-key ring stages; with the
-    bound before the exact scores in either form (gluon_forward.BOUND_MODE)."""
+    bound before the exact scores (gluon_forward.BOUND, on by default) and without it."""
     _compile_in_subprocess(_COMPILE_FORWARD, [str(p), *("1" if f else "0" for f in (causal, normalize, skip)),
-                                              str(dv), str(d), str(bound)])
+                                              str(dv), str(d), "1" if bound else "0"])

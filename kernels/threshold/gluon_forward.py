@@ -25,17 +25,18 @@ both: RECORD marks the cell (one store) where it is positive, and with SKIP_PROD
 out the weights and the product with v (a branch on a value the four warps agree on; there is no software pipeline
 here for it to break).
 
-A bound before the exact scores (BOUND 1 or 2, where SKIP_PRODUCTS is on, in the blocks no mask touches): forming u
-exactly costs about three fp32 operations per score and view (r, u, the maxima), as many issue slots as the two score
-products take on the tensor cores (our estimate), so a tile whose products are skipped still costs most of a scored
-one. Each row's largest score bounds every u of the row: r = fl(f_i rk'_j) > 0 (launch.py asks for the test only with
-scale > 0), so s_ij r_ij <= max(m_i, 0) f_i (1 + 2^-24), where m_i is max_j s_ij times max_j rk'_j (BOUND 1: one
-maximum per score and view; loose where the block's key norms differ) or max_j s_ij rk'_j (BOUND 2: a product and a
-maximum; as tight as u itself), from the same fp32 scores the exact path reads. The kernel tests max(m_i, 0) * f_i *
-SLACK - tau_i < 0 for every row in both views; SLACK = 1 + 2^-20 exceeds the few roundings of the test and of u's own
-r and product, so a cleared tile's exact u would be <= 0 in every element: no weight survives, so it needs no record
-mark, weights or product. Any other tile takes the exact path above, unchanged, so outputs and records are the same
-bits with the test and without it; a tile the bound cannot clear pays for both (dense inputs: every tile).
+A bound before the exact scores (BOUND, where SKIP_PRODUCTS is on, in the blocks no mask touches): forming u exactly
+costs about three fp32 operations per score and view (r, u, the maxima), so a tile whose products are skipped still
+costs most of a scored one. Each row's largest scaled score bounds every u of the row: r = fl(f_i rk'_j) > 0
+(launch.py asks for the test only with scale > 0), so s_ij r_ij <= max(m_i, 0) f_i (1 + 2^-24) with m_i = max_j s_ij
+rk'_j (without normalisation rk' is 1), from the same fp32 scores the exact path reads: a product and a maximum per
+score and view. The kernel tests max(m_i, 0) * f_i * SLACK - tau_i < 0 for every row in both views; SLACK = 1 + 2^-20
+exceeds the few roundings of the test and of u's own r and product, so a cleared tile's exact u would be <= 0 in
+every element: no weight survives, so it needs no record mark, weights or product. Any other tile takes the exact
+path above, unchanged, so outputs and records are the same bits with the test and without it. A tile the bound cannot
+clear pays for both, so a warpgroup tries the bound only on a tile after one without a survivor: on dense inputs, once
+per row of tiles. (A looser form, the row's largest score times the block's largest rk', cleared from 2% to 78% of a
+trained model's unmasked tiles per layer where this form cleared every empty one, and was slower: BENCHMARKS.md.)
 """
 
 from triton.experimental import gluon
@@ -55,8 +56,7 @@ BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
 BLOCK_N = 64                   # keys per ring stage at d = 64, launched as the kernel's KEYS (keys_per_stage)
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
-BOUND_MODE = 0                 # launched as the kernel's BOUND (with skip_products): 0 none, 1 or 2 (module docstring;
-#                                opt-in until its GPU test has run and it is timed)
+BOUND = True                   # launched as the kernel's BOUND (with skip_products): the bound before the exact scores
 SLACK = 1.0 + 2.0 ** -20       # launched as the kernel's SLACK: covers the bound's roundings (module docstring)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
 TILE = TileConfig(BLOCK_M.value, BLOCK_N, NUM_WARPS.value, STAGES, tma=True)  # the d = 64 default, for tables and logs
@@ -113,10 +113,10 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
     """Key block j (ring stage j % STAGES): both views' scores, W, acc += W v; the stage released after. MASKED:
     keys past Tk or (CAUSAL) after a row's position are zeroed (blocks crossing the diagonal or Tk). RECORD: cell j
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
-    are left out when none did. BOUND 1 or 2 (with SKIP_PRODUCTS, unmasked blocks): where the warpgroup's previous
+    are left out when none did. BOUND (with SKIP_PRODUCTS, unmasked blocks): where the warpgroup's previous
     tile had no survivor (not hit), a bound from the scores' row maxima is tested first (_bound_clears) and a tile it
     clears is done with, unscored and unmarked. Returns acc and whether this tile had a survivor (hit passed on
-    unchanged with BOUND 0)."""
+    unchanged without BOUND)."""
     cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
     if NORMALIZE:
@@ -134,8 +134,8 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
     s1_t = warpgroup_mma(q1_s, k1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(q2_s, k2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
-    gl.static_assert(BOUND == 0 or SKIP_PRODUCTS, "the bound clears tiles whose products are skipped")
-    if BOUND == 0:
+    gl.static_assert(not BOUND or SKIP_PRODUCTS, "the bound clears tiles whose products are skipped")
+    if not BOUND:
         acc, _ = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
                               NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     else:
@@ -144,7 +144,7 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
         if hit:
             clears = not hit
         else:
-            clears = _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, BOUND, SLACK)
+            clears = _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, SLACK)
         if clears:
             hit = not clears
         else:
@@ -156,25 +156,18 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
 
 
 @gluon.jit
-def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexpr, BOUND: gl.constexpr,
-                  SLACK: gl.constexpr):
+def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexpr, SLACK: gl.constexpr):
     """Whether every u of an unmasked tile is negative, from each row's largest score (module docstring: "A bound
     before the exact scores"): max(m_i, 0) * f_i * SLACK - tau_i < 0 in both views for every row (rows past Tq count
-    none), with m_i = max_j s_ij * max_j rk'_j (BOUND 1) or max_j s_ij rk'_j (BOUND 2; without normalisation rk' is 1).
-    A value the warpgroup's four warps agree on."""
-    g1 = f1 * SLACK
-    g2 = f2 * SLACK
-    if NORMALIZE and BOUND == 2:
+    none), with m_i = max_j s_ij rk'_j (without normalisation rk' is 1). A value the warpgroup's four warps agree on."""
+    if NORMALIZE:
         m1 = gl.max(s1 * rk1[None, :], axis=1)
         m2 = gl.max(s2 * rk2[None, :], axis=1)
     else:
         m1 = gl.max(s1, axis=1)
         m2 = gl.max(s2, axis=1)
-        if NORMALIZE:
-            g1 = g1 * gl.max(rk1, axis=0)
-            g2 = g2 * gl.max(rk2, axis=0)
-    b1 = gl.maximum(m1, 0.0) * g1 - tau
-    b2 = gl.maximum(m2, 0.0) * g2 - tau
+    b1 = gl.maximum(m1, 0.0) * (f1 * SLACK) - tau
+    b2 = gl.maximum(m2, 0.0) * (f2 * SLACK) - tau
     top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
     return gl.max(top, axis=0) < 0.0
 
@@ -263,7 +256,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     for j in range(full, my_blocks):
         acc, hit = _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p,
                               pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE,
-                              True, RECORD, SKIP_PRODUCTS, 0, SLACK, S_L, O_L, KEYS, STAGES)
+                              True, RECORD, SKIP_PRODUCTS, False, SLACK, S_L, O_L, KEYS, STAGES)
     release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 

@@ -308,7 +308,7 @@ def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, o
         H, Tq, Tk, B * H, cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
         P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products,
-        BOUND=gf.BOUND_MODE if skip_products and options.scale > 0 else 0, SLACK=float(gf.SLACK),
+        BOUND=bool(gf.BOUND and skip_products and options.scale > 0), SLACK=float(gf.SLACK),
         KEYS=gf.keys_per_stage(d), STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
 
 
