@@ -1,8 +1,7 @@
 """The language-model loss's per-chunk pass as one Triton kernel: from a chunk's logits (rows, padded vocabulary), each
 row's cross-entropy and the mean loss's gradient with respect to the logits, (softmax − one-hot) / n, in the logits'
-dtype. model/loss.py calls it for the chunked loss on CUDA when ``model.loss.FUSED`` is set (``cross_entropy_rows``;
-CPU tensors under Triton's interpreter too, for the tests): opt-in until it has run inside a compiled training step on
-a GPU.
+dtype. model/loss.py calls it for the chunked loss on CUDA while ``model.loss.FUSED`` is set, the default
+(``cross_entropy_rows``; CPU tensors under Triton's interpreter too, for the tests).
 
 One program per row, two passes over the row in blocks of BLOCK classes: the first keeps a running maximum and sum of
 exponentials per lane (no reduction inside the loop) and combines them into the log-sum-exp at the end; the second

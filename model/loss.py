@@ -9,9 +9,9 @@ gradient. The FLOPs are the plain path's (the backward's two products move into 
 logits falls from O(tokens × vocab) to O(chunk × vocab). Roundings follow the plain path's: logits in the head's
 compute dtype (bf16 under autocast), softmax in float32, its gradient cast back to the logits' dtype for the products.
 
-With ``FUSED`` (opt-in for now), the chunk's pass from logits to loss and gradient on CUDA is one Triton kernel
-(kernels/cross_entropy.py: the same float32 arithmetic, in another order, faster than what torch.compile makes of it);
-otherwise it is PyTorch's.
+With ``FUSED`` (the default), the chunk's pass from logits to loss and gradient on CUDA in training is one Triton
+kernel (kernels/cross_entropy.py: the same float32 arithmetic, in another order; faster than what torch.compile makes
+of it, and it keeps no float32 copy of the logits); elsewhere, and for the loss without gradients, it is PyTorch's.
 
 The chunked path runs the head's three products on a vocabulary padded to a multiple of ``VOCAB_ALIGN`` (zero rows
 of the weight, their logits set to −inf, so they add exactly nothing to the softmax and get a zero gradient): GPT-2's
@@ -28,8 +28,7 @@ from model.norms import at_least_fp32
 
 
 VOCAB_ALIGN = 64  # classes the chunked path pads the head's weight to a multiple of (the module docstring says why)
-FUSED = False     # the chunked loss's pass over the logits as one Triton kernel on CUDA (kernels/cross_entropy.py):
-#                   opt-in until it has run inside a compiled training step on a GPU
+FUSED = True      # the chunked loss's pass over the logits as one Triton kernel on CUDA (kernels/cross_entropy.py)
 
 
 def _padded(weight: torch.Tensor) -> torch.Tensor:
