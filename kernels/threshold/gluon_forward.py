@@ -105,8 +105,8 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
 
 
 @gluon.jit
-def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos, bh, RK1,
-               RK2, Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
+def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos,
+               bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
                SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr, SLACK: gl.constexpr, S_L: gl.constexpr,
                O_L: gl.constexpr, KEYS: gl.constexpr, STAGES: gl.constexpr):
@@ -115,17 +115,20 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
     of the warpgroup's row of record cells (REC_row) is marked if a weight survived; SKIP_PRODUCTS: W and the product
     are left out when none did. BOUND (with SKIP_PRODUCTS, unmasked blocks): where the warpgroup's previous
     tile had no survivor (not hit), a bound from the scores' row maxima is tested first (_bound_clears) and a tile it
-    clears is done with, unscored and unmarked. Returns acc and whether this tile had a survivor (hit passed on
-    unchanged without BOUND)."""
+    clears is done with, unscored and unmarked. rk1, rk2: this block's inverse key norms, read a block ahead where
+    HEAD_DV <= 128 (with a v of 256 the registers they hold through a block spill). Returns acc, whether this tile had
+    a survivor (hit passed on unchanged without BOUND) and the next block's inverse key norms (this one's, unread, with
+    a v of 256)."""
     cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
-    if NORMALIZE:
-        # the keys' inverse norms are read before the ring's wait and the products, whose time hides their latency
-        rk1 = gl.load(RK1 + bh * Tk + cols, mask=key_ok, other=0.0)
-        rk2 = gl.load(RK2 + bh * Tk + cols, mask=key_ok, other=0.0)
+    if HEAD_DV <= 128:
+        # the next block's, read now: a whole block's time hides their latency (read in the block itself, before its
+        # products, made the forward 30% slower on sparse inputs than constant norms: BENCHMARKS.md)
+        rk1_next, rk2_next = _key_norms(RK1, RK2, bh, Tk, j + 1, NORMALIZE, KEYS, S_L)
     else:
-        rk1 = 0.0
-        rk2 = 0.0
+        rk1, rk2 = _key_norms(RK1, RK2, bh, Tk, j, NORMALIZE, KEYS, S_L)
+        rk1_next = rk1
+        rk2_next = rk2
     stage = j % STAGES
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k1_s = operand(k1_ring.index(stage), KEYS, HEAD_D)
@@ -152,7 +155,20 @@ def _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, 
                                     j, NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     # every product reading this stage has completed (synchronous): release it
     mbarrier.arrive(empty.index(stage), count=1)
-    return acc, hit
+    return acc, hit, rk1_next, rk2_next
+
+
+@gluon.jit
+def _key_norms(RK1, RK2, bh, Tk, j, NORMALIZE: gl.constexpr, KEYS: gl.constexpr, S_L: gl.constexpr):
+    """Both views' inverse key norms of key block j (0 past Tk); zeros without normalisation (unread)."""
+    cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
+    if NORMALIZE:
+        rk1 = gl.load(RK1 + bh * Tk + cols, mask=cols < Tk, other=0.0)
+        rk2 = gl.load(RK2 + bh * Tk + cols, mask=cols < Tk, other=0.0)
+    else:
+        rk1 = gl.zeros([KEYS], gl.float32, layout=gl.SliceLayout(0, S_L))
+        rk2 = gl.zeros([KEYS], gl.float32, layout=gl.SliceLayout(0, S_L))
+    return rk1, rk2
 
 
 @gluon.jit
@@ -249,14 +265,17 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
     hit = bh < 0  # no survivor before the first tile (a run-time False the loop carries)
+    rk1, rk2 = _key_norms(RK1, RK2, bh, Tk, 0, NORMALIZE, KEYS, S_L)
     for j in range(0, full):
-        acc, hit = _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p,
-                              pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE,
-                              False, RECORD, SKIP_PRODUCTS, BOUND, SLACK, S_L, O_L, KEYS, STAGES)
+        acc, hit, rk1, rk2 = _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty,
+                                        f1, f2, tau, lam, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
+                                        NORMALIZE, CAUSAL, P_MODE, False, RECORD, SKIP_PRODUCTS, BOUND, SLACK, S_L,
+                                        O_L, KEYS, STAGES)
     for j in range(full, my_blocks):
-        acc, hit = _key_block(acc, hit, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p,
-                              pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE,
-                              True, RECORD, SKIP_PRODUCTS, False, SLACK, S_L, O_L, KEYS, STAGES)
+        acc, hit, rk1, rk2 = _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty,
+                                        f1, f2, tau, lam, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
+                                        NORMALIZE, CAUSAL, P_MODE, True, RECORD, SKIP_PRODUCTS, False, SLACK, S_L,
+                                        O_L, KEYS, STAGES)
     release_stages(ready, empty, my_blocks, n_blocks, STAGES)
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
