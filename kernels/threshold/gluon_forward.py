@@ -122,8 +122,8 @@ def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, read
     cols = j * KEYS + gl.arange(0, KEYS, layout=gl.SliceLayout(0, S_L))
     key_ok = cols < Tk
     if HEAD_DV <= 128:
-        # the next block's, read now: a whole block's time hides their latency (read in the block itself, before its
-        # products, made the forward 30% slower on sparse inputs than constant norms: BENCHMARKS.md)
+        # the next block's, read now: a whole block's time hides their latency, which the block's products did not
+        # (BENCHMARKS.md, "The forward's bound before the exact scores")
         rk1_next, rk2_next = _key_norms(RK1, RK2, bh, Tk, j + 1, NORMALIZE, KEYS, S_L)
     else:
         rk1, rk2 = _key_norms(RK1, RK2, bh, Tk, j, NORMALIZE, KEYS, S_L)
