@@ -6,6 +6,7 @@ several of their compile-time variants, within the register file and shared memo
 import os
 import subprocess
 import sys
+import warnings
 
 import pytest
 import torch
@@ -85,6 +86,47 @@ def refusal(failure: str, tries: list):
             raise CompilationError("kernel source", None, "unsupported in this Triton")
         raise OutOfResources(300000, 232448, "shared memory")
     return refuse
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_fused_backward(monkeypatch, deterministic):
+    """out.sum().backward() hands the backward a gradient with zero strides, which tensor descriptors cannot read:
+    where everything else takes the fused Gluon backward, that kernel gets a contiguous copy (same values) rather
+    than the Triton kernels taking over; the deterministic path, which never takes the fused kernel, gets it as is.
+    (The stand-in for the Gluon launch then refuses, so the Triton kernels compute the gradients, checked here.)"""
+    from kernels.threshold.autograd import threshold_attention_triton
+    from threshold_float64 import Case, make_inputs, naive_attention, rel_err
+
+    seen = []
+
+    def fused(do, *args):
+        seen.append(do)
+        return refusal("resources", [])()
+
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *a: False)
+    monkeypatch.setattr(launch, "_gluon_backward", fused)
+    monkeypatch.setattr(launch, "_gluon_failure", [])
+    # the guard-banded rows count as readable, a gradient with a zero or non-unit stride does not
+    monkeypatch.setattr(common, "tma_ready", lambda *ts: all(t.stride(-1) == 1 and min(t.stride()) > 0 for t in ts))
+    case = Case(T=64, d=64, dv=128, H=2, lam=(0.5,), dtype=torch.bfloat16)
+    x = make_inputs(case, seed=3)
+    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
+    lam_leaf = x["lam"].detach().clone().requires_grad_()
+    monkeypatch.setattr(torch, "are_deterministic_algorithms_enabled", lambda: deterministic)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the stand-in's refusal
+        threshold_attention_triton(*args, lam=lam_leaf, beta=x["beta"]).sum().backward()
+    if deterministic:
+        assert seen == []
+    else:
+        assert len(seen) == 1 and seen[0].is_contiguous() and common.tma_ready(seen[0])
+        assert torch.equal(seen[0], torch.ones_like(seen[0]))
+    leaves = [t.detach().double().requires_grad_() for t in args]
+    lam = x["lam"].detach().double().requires_grad_()
+    naive_attention(*leaves, lam, x["beta"].double()).sum().backward()
+    for got, want in zip(args + [lam_leaf], leaves + [lam]):
+        assert rel_err(got.grad, want.grad) <= 1e-2
 
 
 @pytest.mark.parametrize("kernel", ["backward", "forward"])

@@ -367,6 +367,12 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     atomic = atomic_dq and not deterministic
     apart = (dv_pass_apart(two) if plan.dv_apart is None else plan.dv_apart) and atomic
     fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
+    if fused and not deterministic and not common.tma_ready(do) and _gluon_fits(target, q1, k1, v, q2, q1, k1, q2,
+                                                                                  k2, v):
+        # a gradient the copy engine cannot read (from .sum(), zero strides; or a strided view) where everything else
+        # takes the fused kernel: one copy (contiguous rows of a width it takes are readable), rather than the Triton
+        # kernels
+        do = do.contiguous()
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
     atomic = atomic or fused
     skip = rec.numel() > 0 and (backward_skips(fused) if plan.skip is None else plan.skip)
