@@ -42,6 +42,30 @@ def test_gluon_backward_fits(monkeypatch, dtype, H, Hkv, d, dv, takes):
     assert not score_gluon.gluon_backward_fits(do, q, k, v)
 
 
+def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_gluon_backward(monkeypatch):
+    """A dO with zero strides (out.sum()'s) where q, k, v fit: the Gluon kernel gets a contiguous copy with the same
+    values rather than the Triton kernels taking over; where q, k, v do not fit, nothing is copied."""
+    seen = []
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    monkeypatch.setattr(score_gluon, "_failure", [])
+    monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(args))
+    monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
+    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, block_m: (do,))
+    q, k, v = _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16)
+    do = torch.ones(1, 1, 1, 1, dtype=torch.bfloat16).expand(1, 2, 64, 64)
+    assert not common.tma_ready(do) and common.tma_ready(q, k, v)
+    empty = torch.empty(0)
+    ran, _ = score_gluon.backward("sigmoid", do, q, k, v, empty, empty, empty, empty, 0.125, True,
+                                  param=torch.zeros(2))
+    assert ran and len(seen) == 1
+    given = seen[0][0]
+    assert given.is_contiguous() and common.tma_ready(given) and torch.equal(given, do)
+    seen.clear()
+    narrow = _rows(64, 2, 64, torch.float32)  # fp32: the kernel does not take it
+    ran, _ = score_gluon.backward("sigmoid", do, narrow, narrow, narrow, empty, empty, empty, empty, 0.125, True)
+    assert not ran and seen == []
+
+
 @pytest.mark.parametrize("op", list(ENTRY))
 @pytest.mark.parametrize("failure", ["compile", "resources"])
 def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monkeypatch, failure, op):
