@@ -36,7 +36,6 @@ busy): where it exceeds the GPU time, the call is host-bound (not measured for t
 """
 
 import argparse
-import contextlib
 import dataclasses
 import datetime
 import platform
@@ -136,8 +135,11 @@ def asked_gluon_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
 
 def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
     """Table lines timing the forward alone (launch.forward) on inputs ``x``: without the record, with it, and with
-    it and the products of tiles without a survivor left out (the Triton kernel: by its tile's skip_empty); for the
-    Gluon forward where it fits (the default there) and for the Triton kernel at its first tile."""
+    it and the products of tiles without a survivor left out (the Triton kernel: by its tile's skip_empty), and (the
+    Gluon forward's own) with the bound before the exact scores as well; for the Gluon forward where it fits (the
+    default there) and for the Triton kernel at its first tile."""
+    from kernels.threshold import gluon_forward
+
     args = [x[n].detach() if x.get(n) is not None else None for n in ("q1", "k1", "v", "q2", "k2")]
     B, H, T, d = args[0].shape
     lam = x["lam"].detach() if views == 2 else None
@@ -154,26 +156,12 @@ def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
                 times.append(None)  # the bound is the Gluon forward's
                 continue
             tile_ = dataclasses.replace(tile, skip_empty=skip) if tile is not None else None
-            with _bound(bound):
+            with patch.object(gluon_forward, "BOUND", bound):
                 times.append(time_ms(lambda: launch.forward(*args, lam, beta, ThresholdOptions(), record=record,
                                                           skip_products=skip, tile=tile_), [], rep_ms))
         lines.append(f"| {T} | {B} | {'tda (paired)' if views == 2 else 'tra'} {H}×{d} | {label} | "
                      + " | ".join("—" if t is None else f"{t:.3f}" for t in times) + " |")
     return lines
-
-
-@contextlib.contextmanager
-def _bound(on: bool):
-    """The Gluon paired forward's bound before the exact scores (gluon_forward.BOUND) switched ``on`` or off for the
-    block (the Triton kernels do not read it)."""
-    from kernels.threshold import gluon_forward
-
-    before = gluon_forward.BOUND
-    gluon_forward.BOUND = on
-    try:
-        yield
-    finally:
-        gluon_forward.BOUND = before
 
 
 FORWARD_HEAD = ("| T | B | layout | forward kernel | ms, no record | ms, record | ms, record + products of empty tiles "

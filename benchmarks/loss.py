@@ -16,10 +16,10 @@ pads it. Times are medians of CUDA-event timings (triton.testing.do_bench).
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import platform
 from typing import Callable, Optional
+from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
@@ -37,17 +37,6 @@ def inputs(tokens: int, vocab: int, d: int, dtype: torch.dtype, device: str, see
     weight = (torch.randn(vocab, d, device=device, dtype=torch.float32, generator=g) * d ** -0.5).to(dtype)
     targets = torch.randint(0, vocab, (tokens,), device=device, generator=g)
     return dict(hidden=hidden, weight=model_loss._padded(weight), targets=targets, vocab=vocab, n=8 * tokens)
-
-
-@contextlib.contextmanager
-def fused(on: bool):
-    """model.loss.FUSED set to ``on`` for the block."""
-    before = model_loss.FUSED
-    model_loss.FUSED = on
-    try:
-        yield
-    finally:
-        model_loss.FUSED = before
 
 
 def reference(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -81,7 +70,7 @@ def bench(tokens: int, vocab: int, d: int, dtype: torch.dtype, rep_ms: int, devi
     ref_loss, ref_grad = reference(x)
     rows = []
     for name, (call, on) in methods(x).items():
-        with fused(on):
+        with patch.object(model_loss, "FUSED", on):
             out = call()
             ms = timing.time_ms(call, [], rep_ms)
         row = dict(tokens=tokens, vocab=vocab, method=name, ms=ms, loss_err=None, grad_err=None)
