@@ -37,15 +37,12 @@ busy): where it exceeds the GPU time, the call is host-bound (not measured for t
 
 import argparse
 import dataclasses
-import datetime
-import platform
 from typing import Callable, Optional
 from unittest.mock import patch
 
 import torch
-import triton
 
-from benchmarks.timing import measure, projection, sdpa_rows, tile_occupancy, time_ms
+from benchmarks.timing import measure, projection, run_header, sdpa_rows, tile_occupancy, time_ms
 from kernels.common import CompileTarget
 from kernels.threshold import launch
 from kernels.threshold.autograd import threshold_attention_triton
@@ -353,10 +350,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.attention needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    print(f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
-          f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN "
-          f"{torch.backends.cudnn.version()} · python {platform.python_version()} · {args.dtype}"
-          + (f" · rho {args.rho}" + (" (dense)" if args.dense else "") if not args.from_run else ""))
+    print(run_header(args.dtype, *([] if args.from_run else [f"rho {args.rho}" + (" (dense)" if args.dense else "")])))
     if args.from_run:
         from benchmarks import captured
 

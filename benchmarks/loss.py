@@ -16,14 +16,11 @@ pads it. Times are medians of CUDA-event timings (triton.testing.do_bench).
 from __future__ import annotations
 
 import argparse
-import datetime
-import platform
 from typing import Callable, Optional
 from unittest.mock import patch
 
 import torch
 import torch.nn.functional as F
-import triton
 
 from benchmarks import timing
 from model import loss as model_loss
@@ -106,9 +103,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.loss needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    header = (f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
-              f"triton {triton.__version__} · CUDA {torch.version.cuda} · python {platform.python_version()} · "
-              f"{args.dtype} · d {args.d}")
+    header = timing.run_header(args.dtype, f"d {args.d}")
     rows = []
     for tokens in args.tokens:
         rows += bench(tokens, args.vocab, args.d, dtype, args.rep_ms)

@@ -25,14 +25,11 @@ public entry points, so that either can change without the other.
 from __future__ import annotations
 
 import argparse
-import datetime
 import math
-import platform
 from typing import Callable, Optional
 from unittest.mock import patch
 
 import torch
-import triton
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
@@ -267,9 +264,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.sink_free needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    header = (f"# {datetime.date.today()} · {torch.cuda.get_device_name()} · torch {torch.__version__} · "
-              f"triton {triton.__version__} · CUDA {torch.version.cuda} · cuDNN {torch.backends.cudnn.version()} · "
-              f"python {platform.python_version()} · {args.dtype}")
+    header = timing.run_header(args.dtype)
     print(header)
     rows = []
     for d in args.head_dims:

@@ -5,7 +5,9 @@ records as occupied; and the decoding benchmarks' timing of a call replayed from
 from __future__ import annotations
 
 import contextlib
+import datetime
 import math
+import platform
 import time
 from typing import Callable, Optional
 
@@ -15,6 +17,14 @@ from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.functional import scaled_dot_product_attention
 
 from kernels.threshold.triton_lists import CELL
+
+
+def run_header(*details: str) -> str:
+    """The line a GPU benchmark's output starts with, what BENCHMARKS.md records beside each table: date, GPU, torch,
+    Triton, CUDA, cuDNN and Python versions, then ``details`` (dtype and the like)."""
+    return " · ".join([f"# {datetime.date.today()}", torch.cuda.get_device_name(), f"torch {torch.__version__}",
+                       f"triton {triton.__version__}", f"CUDA {torch.version.cuda}",
+                       f"cuDNN {torch.backends.cudnn.version()}", f"python {platform.python_version()}", *details])
 
 
 def projection(B: int, T: int, H: int, d: int, dtype: torch.dtype, direction: Optional[torch.Tensor] = None,

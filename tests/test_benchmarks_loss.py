@@ -54,3 +54,18 @@ def test_main_refuses_bad_arguments_and_no_gpu(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         bench.main([])
+
+
+def test_main_prints_the_run_header_and_a_table(monkeypatch, capsys):
+    """The shared header (benchmarks.timing.run_header: date, GPU, versions, then the run's details) and one table
+    line a row, with the rows bench returns for each token count asked for."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "A GPU")
+    asked = []
+    monkeypatch.setattr(bench, "bench", lambda tokens, vocab, d, dtype, rep_ms: asked.append((tokens, vocab, d)) or [
+        dict(tokens=tokens, vocab=vocab, method="kernel", ms=0.5, loss_err=1e-7, grad_err=2e-9)])
+    bench.main(["--tokens", "16", "32", "--vocab", "100", "--d", "8"])
+    header, *table = capsys.readouterr().out.splitlines()
+    assert header.startswith("# ") and " · A GPU · torch " in header and " · triton " in header
+    assert header.endswith(" · bf16 · d 8")
+    assert asked == [(16, 100, 8), (32, 100, 8)] and len(table) == 2 + 2 and "| 32 | 100 | kernel | 0.500 |" in table[-1]
