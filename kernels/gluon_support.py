@@ -75,6 +75,17 @@ def fits(target: Optional[CompileTarget], failures: list, q: torch.Tensor, k: to
             and common.tma_ready(*rows) and gluon_available())
 
 
+def readable_gradient(do: torch.Tensor, target: Optional[CompileTarget], failures: list, q: torch.Tensor,
+                      k: torch.Tensor, v: torch.Tensor, *rows: torch.Tensor) -> torch.Tensor:
+    """``do`` as a Gluon backward can read it: a contiguous copy where the copy engine cannot read it (out.sum()
+    gives a gradient with zero strides) but everything else fits (``fits`` with q, k, v and ``rows``), so that one
+    copy, not a fall-back to the Triton kernels, is the price; else ``do`` itself (contiguous rows of a width the
+    kernels take are readable)."""
+    if not common.tma_ready(do) and fits(target, failures, q, k, v, *rows):
+        return do.contiguous()
+    return do
+
+
 def launched(failures: list, what: str, launch: Callable[[], object]) -> bool:
     """Run ``launch`` (a Gluon kernel's launch) and say whether it ran. If the kernel did not compile with this Triton,
     or its launch found too few resources (nothing ran either way), the failure is recorded in ``failures`` (so that

@@ -46,9 +46,8 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     ``param``: the (H,) bias or sink logits; ``lse``, ``delta``: (B, H, Tq) fp32 L and Δ (the normalised modes).
     Returns (ran, the parameter's (H,) gradient or None); ran is False, with nothing written, where the kernel does
     not fit or could not compile or launch here (the caller's Triton kernels then run). A ``do`` the copy engine cannot
-    read (``out.sum()`` gives one with zero strides) is copied once where everything else fits."""
-    if not common.tma_ready(do) and gluon_support.fits(target, _failure, q, k, v, q, k, v):
-        do = do.contiguous()
+    read is copied once where everything else fits (gluon_support.readable_gradient)."""
+    do = gluon_support.readable_gradient(do, target, _failure, q, k, v, q, k, v)
     if not gluon_backward_fits(do, q, k, v, target):
         return False, None
     from . import score_gluon_backward as gb

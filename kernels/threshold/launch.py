@@ -308,8 +308,8 @@ def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, o
         H, Tq, Tk, B * H, cdiv(Tq, gf.BLOCK_M.value), float(options.scale), float(options.p), 1.0 / d), dict(
         HEAD_D=d, HEAD_DV=v.shape[-1], NORMALIZE=options.normalize, CAUSAL=options.causal,
         P_MODE=_p_mode(options.p), RECORD=record, SKIP_PRODUCTS=skip_products,
-        BOUND=bool(gf.BOUND and skip_products and options.scale > 0), SLACK=float(gf.SLACK),
-        KEYS=gf.keys_per_stage(d), STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
+        BOUND=bool(gf.BOUND and skip_products and options.scale > 0), SLACK=float(gf.SLACK), KEYS=gf.keys_per_stage(d),
+        STAGES=gf.STAGES, num_warps=gf.NUM_WARPS.value // 2, maxnreg=gf.MAX_REGISTERS), target)
 
 
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
@@ -367,12 +367,8 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     atomic = atomic_dq and not deterministic
     apart = (dv_pass_apart(two) if plan.dv_apart is None else plan.dv_apart) and atomic
     fused = fused_paired_backward(d, dv_dim) if plan.fused is None else plan.fused
-    if fused and not deterministic and not common.tma_ready(do) and _gluon_fits(target, q1, k1, v, q2, q1, k1, q2,
-                                                                                  k2, v):
-        # a gradient the copy engine cannot read (from .sum(), zero strides; or a strided view) where everything else
-        # takes the fused kernel: one copy (contiguous rows of a width it takes are readable), rather than the Triton
-        # kernels
-        do = do.contiguous()
+    if fused and not deterministic and two:
+        do = gluon_support.readable_gradient(do, target, _gluon_failure, q1, k1, v, q1, k1, q2, k2, v)
     fused = fused and not deterministic and gluon_backward_fits(do, q1, k1, v, q2, k2, target)
     atomic = atomic or fused
     skip = rec.numel() > 0 and (backward_skips(fused) if plan.skip is None else plan.skip)
