@@ -88,18 +88,21 @@ def format_table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--tokens", type=int, nargs="+", default=[8192], help="tokens per chunk")
-    parser.add_argument("--vocab", type=int, default=50257, help="classes (padded as the chunked loss pads them)")
-    parser.add_argument("--d", type=int, default=768, help="width of the hidden states")
+    parser.add_argument("--tokens", type=_positive, nargs="+", default=[8192], help="tokens per chunk")
+    parser.add_argument("--vocab", type=_positive, default=50257, help="classes (padded as the chunked loss pads them)")
+    parser.add_argument("--d", type=_positive, default=768, help="width of the hidden states")
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
-    parser.add_argument("--rep-ms", type=int, default=300, help="timing window per measurement")
+    parser.add_argument("--rep-ms", type=_positive, default=300, help="timing window per measurement")
     args = parser.parse_args(argv)
-    for name in ("tokens", "vocab", "d", "rep_ms"):
-        values = getattr(args, name) if isinstance(getattr(args, name), list) else [getattr(args, name)]
-        if min(values) < 1:
-            parser.error(f"--{name.replace('_', '-')} must be at least 1, got {min(values)}")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.loss needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16

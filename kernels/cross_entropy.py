@@ -11,10 +11,8 @@ and writes the gradient. Classes from
 nothing to the log-sum-exp. The arithmetic is float32 throughout, as the PyTorch path's (model/loss.py), in another
 order: the log-sum-exp may differ from it in its last bits.
 
-Why not leave this to torch.compile: inductor fuses the same expressions into one reduction kernel, which on an H100
-took 1.14 ms per 8192 × 50,304 bf16 chunk where this kernel took 0.88 (a one-off comparison, BENCHMARKS.md, "The
-loss's pass"); the bytes it must move (the logits read, the gradient written: 1.65 GB) take about 0.5 ms at the
-H100's 3.35 TB/s.
+Why not leave this to torch.compile: inductor fuses the same expressions into one reduction kernel, which was slower
+than this one on an H100 (BENCHMARKS.md, "The loss's pass"; ``python -m benchmarks.loss`` times both).
 
 The kernel is the custom op ``lm_kernels::cross_entropy_rows`` (with a fake implementation), so a compiled model
 traces it as one opaque call.

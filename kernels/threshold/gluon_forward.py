@@ -144,6 +144,7 @@ def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, read
     else:
         # the bound is tried only after a tile without a survivor: where tiles are occupied in runs (dense inputs:
         # all of them) it would seldom clear and cost its reductions on top of the exact path
+        # (both branches of a run-time `if` must give a run-time value: `not hit` is False there, `not clears` too)
         if hit:
             clears = not hit
         else:
