@@ -9,7 +9,11 @@ computed on the fly and the model extrapolates) reads held-out text, windows of 
 ``--tokens`` per call (repeated when the held-out split has fewer), so that the GPU and not the host is timed; each
 layer's q and k (both views, after RoPE) and v are captured through its attention module's ``project()`` (as
 analysis/probe.py does) in bf16, and the layer's attention is timed on the kernels, forward and forward+backward
-(CUDA events, triton.testing.do_bench), with exact skipping on and off. Beside them, causal softmax through torch SDPA
+(CUDA events, triton.testing.do_bench), with exact skipping on and off, and with skipping on also replayed from a
+CUDA graph ("graphed": the GPU's time alone) beside the host's cost of issuing one eager forward+backward ("host µs").
+A trained model's zeros leave so little GPU work that at 8k tokens an eager call's issue can take as long as its
+kernels: the eager columns then time the host, and the graphed ones what a run with ``trainer.cuda_graphs=true`` pays
+on the GPU (softmax's too: cuDNN is replayed the same way). Beside them, causal softmax through torch SDPA
 forced to cuDNN and to FlashAttention-2 on the parameter-matched shapes: the run's n_head heads of d (TDA's paired
 layout has n_head/2 heads with v of 2d: the same FLOPs), random inputs (softmax's time does not depend on them, and
 every one of its tiles is occupied), timed once per T and counted once per layer. "tiles" is each layer's share of
@@ -23,6 +27,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import math
 import shlex
 from dataclasses import dataclass
 from pathlib import Path
@@ -107,8 +112,9 @@ def time_layer(c: Captured, rep_ms: int) -> dict:
     def call(skip: bool):
         return lambda: threshold_attention_triton(*tensors, lam=lam, beta=c.beta, options=options, skip_empty=skip)
 
-    on, off = measure(call(True), grads, rep_ms, host=False), measure(call(False), grads, rep_ms, host=False)
+    on, off = measure(call(True), grads, rep_ms, graphs=True), measure(call(False), grads, rep_ms, host=False)
     return dict(fwd=on["fwd"], fwd_bwd=on["fwd_bwd"], fwd_off=off["fwd"], fwd_bwd_off=off["fwd_bwd"],
+                host_us=on["host_us"], fwd_graph=on["fwd_graph"], fwd_bwd_graph=on["fwd_bwd_graph"],
                 occupancy=occupancy(c))
 
 
@@ -128,18 +134,35 @@ def occupancy(c: Captured) -> float:
     return tile_occupancy(rec, q1.shape[2], k1.shape[2])
 
 
+def _pair(times: Optional[dict], graphed: bool = False) -> str:
+    """"fwd / fwd+bwd" ms of a row's times (eager, or ``graphed``: replayed from a CUDA graph), "–" where not timed."""
+    keys = ("fwd_graph", "fwd_bwd_graph") if graphed else ("fwd", "fwd_bwd")
+    if not times or any(k not in times for k in keys):
+        return "–"
+    return f"{times[keys[0]]:.3f} / {times[keys[1]]:.3f}"
+
+
+def _ratio(num: Optional[float], den: Optional[float]) -> str:
+    return f"{num / den:.2f}" if num is not None and den else "–"
+
+
 def format_rows(rows: list[dict]) -> str:
     """The table: one row per (T, layer) and per T their sum (Σ), TDA with skipping and without beside cuDNN's and
-    FlashAttention-2's softmax (per layer; Σ: times the layers)."""
+    FlashAttention-2's softmax (per layer; Σ: times the layers); eager calls timed with CUDA events, then (where
+    timed) the host µs of issuing TDA's forward+backward and both TDA and cuDNN replayed from CUDA graphs."""
     lines = ["| T | B | layer | tiles | fwd ms | fwd ms, no skip | fwd+bwd ms | fwd+bwd ms, no skip "
-             "| cuDNN fwd / fwd+bwd | FA2 fwd / fwd+bwd | fwd+bwd ÷ cuDNN | no skip ÷ cuDNN |", "|" + "---|" * 12]
+             "| cuDNN fwd / fwd+bwd | FA2 fwd / fwd+bwd | fwd+bwd ÷ cuDNN | no skip ÷ cuDNN | host µs "
+             "| graphed fwd / fwd+bwd | cuDNN graphed | graphed ÷ cuDNN graphed |", "|" + "---|" * 16]
     for r in rows:
         cudnn, flash = r.get("cudnn"), r.get("flash")
-        sm = [f"{s['fwd']:.3f} / {s['fwd_bwd']:.3f}" if s else "–" for s in (cudnn, flash)]
-        ratio = [f"{r[k] / cudnn['fwd_bwd']:.2f}" if cudnn else "–" for k in ("fwd_bwd", "fwd_bwd_off")]
+        ratio = [_ratio(r[k], cudnn["fwd_bwd"] if cudnn else None) for k in ("fwd_bwd", "fwd_bwd_off")]
+        graphed = _ratio(r.get("fwd_bwd_graph"), cudnn.get("fwd_bwd_graph") if cudnn else None)
+        host_us = r.get("host_us")
+        host = f"{host_us:.0f}" if host_us is not None and math.isfinite(host_us) else "–"
         lines.append(f"| {r['T']} | {r['B']} | {r['layer']} | {100 * r['occupancy']:.1f}% | {r['fwd']:.3f} "
-                     f"| {r['fwd_off']:.3f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_off']:.3f} | {sm[0]} | {sm[1]} "
-                     f"| {ratio[0]} | {ratio[1]} |")
+                     f"| {r['fwd_off']:.3f} | {r['fwd_bwd']:.3f} | {r['fwd_bwd_off']:.3f} | {_pair(cudnn)} "
+                     f"| {_pair(flash)} | {ratio[0]} | {ratio[1]} | {host} | {_pair(r, True)} | {_pair(cudnn, True)} "
+                     f"| {graphed} |")
     return "\n".join(lines)
 
 
@@ -147,11 +170,13 @@ def _summed(rows: list[dict]) -> dict:
     """The Σ row of one T: times summed over the layers, occupancy their mean, softmax once per layer."""
     n = len(rows)
     out = dict(T=rows[0]["T"], B=rows[0]["B"], layer="Σ", occupancy=sum(r["occupancy"] for r in rows) / n)
-    for key in ("fwd", "fwd_off", "fwd_bwd", "fwd_bwd_off"):
-        out[key] = sum(r[key] for r in rows)
+    for key in ("fwd", "fwd_off", "fwd_bwd", "fwd_bwd_off", "host_us", "fwd_graph", "fwd_bwd_graph"):
+        if all(key in r for r in rows):
+            out[key] = sum(r[key] for r in rows)
     for key in ("cudnn", "flash"):
         s = rows[0].get(key)
-        out[key] = {k: n * s[k] for k in ("fwd", "fwd_bwd")} if s else None
+        out[key] = {k: n * v for k, v in s.items() if k in ("fwd", "fwd_bwd", "fwd_graph", "fwd_bwd_graph")} if s \
+            else None
     return out
 
 
@@ -171,7 +196,7 @@ def main(args: argparse.Namespace, dtype: torch.dtype) -> None:
         B, heads, _, d = layers[0].q[0].shape
         dv = layers[0].v.shape[-1]
         softmax_heads = heads * len(layers[0].q)  # TDA's paired heads are two softmax heads each
-        sdpa = {r["method"]: r for r in sdpa_rows(B, T, softmax_heads, d, dtype, args.rep_ms)}
+        sdpa = {r["method"]: r for r in sdpa_rows(B, T, softmax_heads, d, dtype, args.rep_ms, graphs=True)}
         rows = []
         for c in layers:
             r = dict(T=T, B=B, layer=c.layer, **time_layer(c, args.rep_ms), cudnn=sdpa.get("sdpa-cudnn"),

@@ -68,10 +68,20 @@ def host_us(fn: Callable[[], object], calls: int = 20) -> float:
     return host * 1e6
 
 
+def replay_ms(fn: Callable[[], object], rep_ms: int, eager_ms: float) -> float:
+    """Milliseconds of ``fn`` replayed from a CUDA graph (time_replays): the GPU's time alone, without the host's cost
+    of issuing the calls, over about ``rep_ms`` of replays (``eager_ms``: one eager call's time, which sets how many)."""
+    reps = max(10, min(2000, int(rep_ms / max(eager_ms, 1e-3))))
+    return time_replays(fn, torch.device("cuda"), reps)
+
+
 def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int, host: bool = True,
-            memory: bool = True) -> dict:
+            memory: bool = True, graphs: bool = False) -> dict:
     """Forward and forward+backward milliseconds ("fwd", "fwd_bwd"), and unless turned off the peak MiB of a
-    forward+backward ("mem") and the host µs to issue one ("host_us"; NaN when ``host`` is off)."""
+    forward+backward ("mem") and the host µs to issue one ("host_us"; NaN when ``host`` is off). With ``graphs`` also
+    both replayed from a CUDA graph ("fwd_graph", "fwd_bwd_graph"; the backward as torch.autograd.grad of the leaves,
+    so that no replay adds into a gradient): where a call's GPU work is shorter than the host's cost of issuing it,
+    the eager times are the host's and these the GPU's."""
     do = torch.randn_like(forward())
 
     def fwd_bwd() -> None:
@@ -81,6 +91,11 @@ def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int, host
     if memory:
         out["mem"] = peak_mib(fwd_bwd)
     out["host_us"] = host_us(fwd_bwd) if host else float("nan")
+    if graphs:
+        with_grad = [t for t in leaves if t.requires_grad]
+        out["fwd_graph"] = replay_ms(forward, rep_ms, out["fwd"])
+        out["fwd_bwd_graph"] = replay_ms(lambda: torch.autograd.grad(forward(), with_grad, do), rep_ms,
+                                         out["fwd_bwd"])
     return out
 
 
@@ -90,9 +105,9 @@ def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPB
         return scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
-def sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -> list[dict]:
-    """measure's rows of causal softmax through SDPA's cuDNN and FlashAttention-2 backends, H heads of d; a backend
-    that refuses the shape on this GPU is said so and left out."""
+def sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int, graphs: bool = False) -> list[dict]:
+    """measure's rows of causal softmax through SDPA's cuDNN and FlashAttention-2 backends, H heads of d (``graphs``:
+    also replayed from CUDA graphs); a backend that refuses the shape on this GPU is said so and left out."""
     sm = {n: projection(B, T, H, d, dtype) for n in ("q", "k", "v")}
     fl_fwd = 4 * B * H * T * T * d / 2
     rows = []
@@ -101,7 +116,7 @@ def sdpa_rows(B: int, T: int, H: int, d: int, dtype: torch.dtype, rep_ms: int) -
         def run(backend=backend):
             return causal_sdpa(sm["q"], sm["k"], sm["v"], backend)
         try:
-            r = measure(run, list(sm.values()), rep_ms)
+            r = measure(run, list(sm.values()), rep_ms, graphs=graphs)
         except RuntimeError as err:  # a backend that refuses the shape on this GPU
             print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})")
             continue

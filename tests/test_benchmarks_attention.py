@@ -131,12 +131,23 @@ def _residual_before(model, idx, layer: int) -> torch.Tensor:
 
 def test_capture_table_sums_the_layers():
     rows = [dict(T=2048, B=32, layer=i, occupancy=o, fwd=1.0, fwd_off=2.0, fwd_bwd=3.0, fwd_bwd_off=6.0,
-                 cudnn=dict(fwd=0.5, fwd_bwd=2.0), flash=None) for i, o in enumerate((0.1, 0.3))]
+                 host_us=100.0 + i, fwd_graph=0.75, fwd_bwd_graph=2.0,
+                 cudnn=dict(fwd=0.5, fwd_bwd=2.0, mem=1.0, fwd_graph=0.25, fwd_bwd_graph=1.6), flash=None)
+            for i, o in enumerate((0.1, 0.3))]
     total = captured._summed(rows)
     assert total["fwd_bwd"] == 6.0 and total["occupancy"] == pytest.approx(0.2) and total["cudnn"]["fwd_bwd"] == 4.0
+    assert total["host_us"] == 201.0 and total["fwd_bwd_graph"] == 4.0 and "mem" not in total["cudnn"]
     lines = captured.format_rows(rows + [total]).splitlines()
+    assert len(lines[0].split("|")) == len(lines[-1].split("|"))
     assert lines[-1] == ("| 2048 | 32 | Σ | 20.0% | 2.000 | 4.000 | 6.000 | 12.000 | 1.000 / 4.000 | – | 1.50 "
-                         "| 3.00 |")
+                         "| 3.00 | 201 | 1.500 / 4.000 | 0.500 / 3.200 | 1.25 |")
+
+
+def test_capture_table_leaves_untimed_columns_blank():
+    row = dict(T=2048, B=32, layer=0, occupancy=0.5, fwd=1.0, fwd_off=2.0, fwd_bwd=3.0, fwd_bwd_off=6.0,
+               host_us=float("nan"), cudnn=None, flash=None)
+    assert captured.format_rows([row]).splitlines()[-1] == (
+        "| 2048 | 32 | 0 | 50.0% | 1.000 | 2.000 | 3.000 | 6.000 | – | – | – | – | – | – | – | – |")
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
