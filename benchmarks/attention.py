@@ -14,8 +14,8 @@ For each sequence length T (batch B = tokens / T) and head size, forward and for
   tda (paired)            our TDA kernels, n_head/2 heads, q/k dimension d, v dimension 2d: the
                           parameter-matched layout, exactly softmax's FLOPs (on Hopper with d = 64, the
                           forward and the backward are Gluon kernels, gluon_forward.py, gluon_backward.py)
-  tda (paired), Gluon fwd the same with the Gluon forward asked for where only asking makes it fit (q/k 128 on
-                          Hopper, launch.GLUON_FORWARD_D128: not yet a default)
+  tda (paired), Triton fwd the same with the Triton forward where the Gluon one is the default only through
+                          launch.GLUON_FORWARD_D128 (q/k 128 on Hopper): the two forwards side by side
   tra                     our one-view kernel, n_head heads of dimension d
   reference               the exact PyTorch TDA (kernels/threshold/reference.py), same shapes as tda
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)),
@@ -116,18 +116,18 @@ def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int
     return rows
 
 
-def asked_gluon_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
-    """Paired TDA again with the Gluon forward at q/k 128 asked for (launch.GLUON_FORWARD_D128, not yet a default),
-    where only asking makes it fit (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Gluon fwd"."""
+def triton_forward_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
+    """Paired TDA again with the Triton forward (launch.GLUON_FORWARD_D128 off) where that switch alone gives the Gluon
+    forward by default (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Triton fwd"."""
     args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
-    with patch.object(launch, "GLUON_FORWARD_D128", False):
-        if launch.gluon_forward_fits(*args):
-            return []
     with patch.object(launch, "GLUON_FORWARD_D128", True):
         if not launch.gluon_forward_fits(*args):
             return []
+    with patch.object(launch, "GLUON_FORWARD_D128", False):
+        if launch.gluon_forward_fits(*args):
+            return []
         rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False)
-    return [dict(r, method="tda (paired), Gluon fwd") for r in rows]
+    return [dict(r, method="tda (paired), Triton fwd") for r in rows]
 
 
 def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
@@ -175,7 +175,7 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
     y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
     rows = (sdpa_rows(B, T, H, d, dtype, rep_ms)
             + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference)
-            + asked_gluon_rows(x, d, rep_ms)
+            + triton_forward_rows(x, d, rep_ms)
             + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab))
     if skip_ab and forward_lines is not None:
         forward_lines += forward_variants(x, 2, rep_ms) + forward_variants(y, 1, rep_ms)

@@ -156,10 +156,10 @@ def test_without_a_gpu_it_says_so():
         main(["--seq", "128", "--head-dims", "64"])
 
 
-def test_the_asked_gluon_forward_gets_its_own_row_only_where_asking_makes_it_fit(monkeypatch):
-    """At q/k 128 on Hopper (here: a stand-in for the fits check) paired TDA is timed a second time with the Gluon
-    forward asked for, the flag set while it is timed and restored after; where the Gluon forward fits anyway (d = 64)
-    or not even when asked, no second row."""
+def test_the_triton_forward_gets_its_own_row_only_where_the_switch_decides(monkeypatch):
+    """At q/k 128 on Hopper (here: a stand-in for the fits check) paired TDA is timed a second time with the Triton
+    forward, the switch off while it is timed and restored after; where the Gluon forward fits anyway (d = 64) or not
+    even with the switch on, no second row."""
     import benchmarks.attention as bench
     from kernels.threshold import launch
 
@@ -167,13 +167,13 @@ def test_the_asked_gluon_forward_gets_its_own_row_only_where_asking_makes_it_fit
     monkeypatch.setattr(bench, "_threshold_rows", lambda name, x, views, d, dv, rep_ms, skip_ab, *a:
                         seen.append(launch.GLUON_FORWARD_D128) or [dict(method=name, d=d)])
     x = _tda_inputs(1, 64, 2, 128, 256, torch.bfloat16, 2, 0.5, device="cpu")
-    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: launch.GLUON_FORWARD_D128)   # fits when asked
-    assert bench.asked_gluon_rows(x, 128, 1) == [dict(method="tda (paired), Gluon fwd", d=128)]
-    assert seen == [True] and launch.GLUON_FORWARD_D128 is False
+    monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: launch.GLUON_FORWARD_D128)   # fits by the switch
+    assert bench.triton_forward_rows(x, 128, 1) == [dict(method="tda (paired), Triton fwd", d=128)]
+    assert seen == [False] and launch.GLUON_FORWARD_D128 is True
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: True)                        # fits anyway
-    assert bench.asked_gluon_rows(x, 128, 1) == []
+    assert bench.triton_forward_rows(x, 128, 1) == []
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: False)                       # never fits
-    assert bench.asked_gluon_rows(x, 128, 1) == [] and seen == [True]
+    assert bench.triton_forward_rows(x, 128, 1) == [] and seen == [False]
 
 
 def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):

@@ -40,14 +40,14 @@ def test_the_wide_layouts_are_the_paired_forwards_alone(dtype, heads, kv_heads, 
     assert not gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv) or d == 64
 
 
-def test_the_forward_takes_q_k_of_128_only_when_asked(monkeypatch):
-    """At q/k 128 (v 256, the paired layout of a 2,048-wide model) the Gluon forward fits only with
-    launch.GLUON_FORWARD_D128, and the fused backward never."""
+def test_the_forward_takes_q_k_of_128_unless_switched_off(monkeypatch):
+    """At q/k 128 (v 256, the paired layout of a 2,048-wide model) the Gluon forward fits by default and not with
+    launch.GLUON_FORWARD_D128 off; the fused backward never."""
     do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (256, 128, 128, 256, 128, 128)]
     monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
-    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
-    monkeypatch.setattr(launch, "GLUON_FORWARD_D128", True)
     assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "GLUON_FORWARD_D128", False)
+    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
 
 
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),

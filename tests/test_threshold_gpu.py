@@ -345,7 +345,7 @@ WIDE_CASES = {
 
 @pytest.mark.parametrize("name", list(WIDE_CASES))
 def test_gluon_forward_at_q_k_128_on_gpu(monkeypatch, name):
-    """The Gluon forward at q/k 128 (asked for: launch.GLUON_FORWARD_D128), 32-key ring stages, two of which mark each
+    """The Gluon forward at q/k 128 (launch.GLUON_FORWARD_D128, set here), 32-key ring stages, two of which mark each
     record cell, followed by the Triton backward, which reads that record: output and every gradient against float64
     (a cell left unmarked drops its gradients), on inputs laid out as the model's projections; it must have run."""
     import threshold_float64

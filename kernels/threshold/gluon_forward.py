@@ -16,8 +16,8 @@ elementwise work can run under the other's products. Only key blocks crossing th
 causal/edge mask (two loops, as the Triton forward). Same contract as triton_forward.threshold_attention_fwd_kernel
 with TWO_VIEWS: writes O and, when normalising, RQ1, RQ2 (the queries' inverse norms); RK1, RK2 are inputs. Only
 16-bit inputs, one key/value head per query head, rows readable by tensor descriptors, q/k head dimension 64 with v a
-power of two up to 128, or, when asked (launch.GLUON_FORWARD_D128: 6-8% faster than the Triton forward, its float64
-GPU test not yet run), 128 with v of 128 or 256 in 32-key ring stages (launch.gluon_forward_fits).
+power of two up to 128, or 128 with v of 128 or 256 in 32-key ring stages (launch.gluon_forward_fits; 6-8% faster
+there than the Triton forward, which launch.GLUON_FORWARD_D128 = False takes instead).
 
 Exact skipping: a warpgroup's tile of 64 rows x KEYS keys lies in one cell of the record (triton_lists.py; at KEYS =
 32 two tiles share a cell). The tile's largest u in either view, reduced over the warpgroup's four warps, decides

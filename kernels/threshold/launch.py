@@ -282,12 +282,15 @@ def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v:
     return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
 
 
-GLUON_FORWARD_D128 = False  # the Gluon forward also at q/k 128 (v 128 or 256): opt-in until its float64 GPU test has run
+# the Gluon forward also at q/k 128 (v 128 or 256): 6-8% faster there than the Triton forward, and its float64 GPU
+# test has passed (BENCHMARKS.md); False sends q/k 128 to the Triton forward
+GLUON_FORWARD_D128 = True
 
 
 def gluon_forward_fits(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[torch.Tensor],
                        k2: Optional[torch.Tensor], target: Optional[CompileTarget] = None) -> bool:
-    """Whether the forward takes the Gluon kernel (gluon_forward.py): at q/k 64, and at 128 when GLUON_FORWARD_D128."""
+    """Whether the forward takes the Gluon kernel (gluon_forward.py): at q/k 64, and at 128 unless GLUON_FORWARD_D128
+    is off."""
     return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, wide=GLUON_FORWARD_D128)
 
 
