@@ -20,6 +20,12 @@ ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU
 a machine without a GPU pass `trainer.device=cpu` (and a tiny model): the processes then run on gloo, and MFU and
 memory stay blank. Prints one JSON line per point as it finishes, then a markdown table, also written to --out.
 
+``--repeats N`` runs the whole grid N times, round after round (each point's run names end in ``-r<round>``): a
+point's tokens/s and MFU are then the medians of its rounds, with their range beside the tokens/s, and "vs softmax"
+the median (and range) of each round's own ratio to softmax in the same round, so that a drift of the machine
+between rounds does not enter a ratio. One run of a point gives one number; two attentions a few percent apart need
+several to be told apart.
+
 ``--profile N`` trains each point N steps more than ``--steps``, profiles those (train.py's ``trainer.profile_steps``,
 training/profiling.py) and adds, per point, where a step's time goes: matrix products, attention, fused kernels, the
 optimiser, the loss, copies, and the time the GPU had no kernel to run. tokens/s comes from the windows that end by
@@ -87,9 +93,13 @@ def points(args) -> list[Point]:
     return [p for p in grid if p.runnable]
 
 
-def command(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None) -> tuple[list[str], str]:
-    """(torchrun command line, run name) of a point; ``init_from``: a run whose weights it starts from."""
+def command(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None,
+            round_: int | None = None) -> tuple[list[str], str]:
+    """(torchrun command line, run name) of a point; ``init_from``: a run whose weights it starts from; ``round_``:
+    the round of --repeats (its number ends the run's name)."""
     name = f"{point.attention}-{point.strategy}-{point.gpus}gpu-cp{point.context}-s{index}"
+    if round_ is not None:
+        name += f"-r{round_}"
     batch = args.micro_batch * args.accumulation * point.gpus // point.context
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={point.gpus}",
            str(ROOT / "train.py"), *args.overrides, *shlex.split(point.setting), f"attention={point.attention}",
@@ -113,22 +123,25 @@ def timed_windows(records: list[dict], steps: int, skip: int) -> list[dict]:
     return logged[skip:] or logged[-1:]
 
 
-def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None) -> dict:
-    """Train one point to the end and summarise its logged windows."""
-    cmd, name = command(point, index, args, runs_root, init_from)
+def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path | None = None,
+              round_: int | None = None) -> dict:
+    """Train one point to the end and summarise its logged windows (``round_``: the round of --repeats, kept in the
+    result)."""
+    cmd, name = command(point, index, args, runs_root, init_from, round_)
     start = time.perf_counter()
     result = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env={**os.environ, "PYTHONUNBUFFERED": "1"})
     wall = time.perf_counter() - start
+    rounds = {} if round_ is None else {"round": round_}
     if result.returncode != 0:
         print(result.stdout[-2000:], result.stderr[-4000:], sep="\n", file=sys.stderr)
-        return {**point.label(), "error": result.returncode}
+        return {**point.label(), **rounds, "error": result.returncode}
     records = [json.loads(line) for line in (runs_root / name / "metrics.jsonl").read_text().splitlines()]
     windows = timed_windows(records, args.steps, args.skip)
     config = OmegaConf.load(runs_root / name / "config.yaml")
     out = {**point.label(), **({"weights": init_from.name} if init_from is not None else {}),
            "global_batch": f"{config.trainer.batch_size} x {config.model.seq_len}",
            "tokens_per_s": statistics.median(r["tokens_per_s"] for r in windows),
-           "final_loss": records[-1].get("loss"), "wall_s": wall}
+           "final_loss": records[-1].get("loss"), "wall_s": wall, **rounds}
     if "mfu" in windows[-1]:
         out["mfu"] = statistics.median(r["mfu"] for r in windows)
     if "peak_memory_gb" in windows[-1]:
@@ -139,11 +152,51 @@ def run_point(point: Point, index: int, args, runs_root: Path, init_from: Path |
     return out
 
 
-def profiles(results: list[dict]) -> str:
-    """Markdown: each point's step profile (train.py's profile.md), under the point's name; "" when none was
-    taken."""
-    parts = []
+def _key(r: dict) -> tuple:
+    """A result's point: attention, setting, strategy, GPUs, context-parallel size (its round left out)."""
+    return r["attention"], r["setting"], r["strategy"], r["gpus"], r["context_parallel"]
+
+
+def combined(results: list[dict]) -> list[dict]:
+    """One row per point from the rounds of --repeats (results without rounds are returned as they are): tokens/s and
+    MFU the medians of the rounds that ran, "tokens_range" their tokens/s (lowest, highest), peak memory the largest,
+    "rounds" how many ran, and "ratios" each round's tokens/s over softmax's in the same round (where both ran); a
+    point none of whose rounds ran is its first failure."""
+    if not any("round" in r for r in results):
+        return results
+    by_point: dict[tuple, list[dict]] = {}
     for r in results:
+        by_point.setdefault(_key(r), []).append(r)
+    softmax = {(*_key(r)[1:], r["round"]): r["tokens_per_s"] for r in results
+               if r["attention"] == "softmax" and "error" not in r}
+    rows = []
+    for runs in by_point.values():
+        done = [r for r in runs if "error" not in r]
+        if not done:
+            rows.append(runs[0])
+            continue
+        speeds = [r["tokens_per_s"] for r in done]
+        row = {k: v for k, v in done[0].items() if k not in ("round", "profile", "mfu", "peak_memory_gb")}
+        row.update(tokens_per_s=statistics.median(speeds), tokens_range=(min(speeds), max(speeds)), rounds=len(done),
+                   ratios=[r["tokens_per_s"] / softmax[(*_key(r)[1:], r["round"])] for r in done
+                           if (*_key(r)[1:], r["round"]) in softmax])
+        if all("mfu" in r for r in done):
+            row["mfu"] = statistics.median(r["mfu"] for r in done)
+        if all("peak_memory_gb" in r for r in done):
+            row["peak_memory_gb"] = max(r["peak_memory_gb"] for r in done)
+        rows.append(row)
+    return rows
+
+
+def profiles(results: list[dict]) -> str:
+    """Markdown: each point's step profile (train.py's profile.md), under the point's name (with --repeats, the
+    last round's); "" when none was taken."""
+    last = {}
+    for r in results:
+        if "profile" in r:
+            last[_key(r)] = r
+    parts = []
+    for r in last.values():
         if "profile" in r:
             attention = r["attention"] + (f" (from {r['weights']})" if r.get("weights") else "")
             parts.append(f"### {attention}, {r['setting']}, {r['strategy']}, {r['gpus']} GPU(s), CP "
@@ -174,10 +227,23 @@ def table(results: list[dict]) -> str:
         eff = f"{r['tokens_per_s'] / (r['gpus'] * base):.1%}" if base else ""
         ref = softmax.get((r["setting"], r["strategy"], r["gpus"], r["context_parallel"]))
         ratio = f"{r['tokens_per_s'] / ref:.3f}" if ref else ""
+        if r.get("ratios"):
+            ratio = _spread(r["ratios"], "{:.3f}")
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else ""
         memory = f"{r['peak_memory_gb']:.1f}" if "peak_memory_gb" in r else ""
-        lines.append(f"{head} {r['global_batch']} | {r['tokens_per_s']:,.0f} | {mfu} | {memory} | {eff} | {ratio} |")
+        speed = f"{r['tokens_per_s']:,.0f}"
+        if r.get("tokens_range") and r["tokens_range"][0] != r["tokens_range"][1]:
+            speed += " ({:,.0f}–{:,.0f})".format(*r["tokens_range"])
+        lines.append(f"{head} {r['global_batch']} | {speed} | {mfu} | {memory} | {eff} | {ratio} |")
     return "\n".join(lines)
+
+
+def _spread(values: list[float], form: str) -> str:
+    """The median of ``values``, and their range in parentheses where they differ."""
+    text = form.format(statistics.median(values))
+    if min(values) != max(values):
+        text += f" ({form.format(min(values))}–{form.format(max(values))})"
+    return text
 
 
 def initial_weights(args, parser: argparse.ArgumentParser) -> dict[str, Path]:
@@ -219,12 +285,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--train-first", default=None, metavar="OVERRIDES",
                         help="train each attention without --init-from first (python train.py attention=<a> "
                              "OVERRIDES) and start its points from it")
+    parser.add_argument("--repeats", type=int, default=1, metavar="N",
+                        help="run the whole grid N times, round after round; the table gives each point's medians "
+                             "and each round's own ratio to softmax (median and range)")
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="train each point N steps past --steps, profile them (train.py's "
                              "trainer.profile_steps) and add where their time goes to the table; they are not timed")
     parser.add_argument("overrides", nargs="*", help="train.py overrides for every point (after --)")
     args = parser.parse_args(argv)
     grid = points(args)
+    if args.repeats < 1:
+        parser.error(f"--repeats takes a number of rounds (1 or more), got {args.repeats}")
     if args.profile < 0:
         parser.error(f"--profile takes a number of steps (0: no profile), got {args.profile}")
     if args.profile and args.steps % args.log_every:
@@ -241,15 +312,16 @@ def main(argv: list[str] | None = None) -> None:
                 if attention not in weights:
                     weights[attention] = train_run(Path(tmp) / "first" / f"first-{attention}",
                                                    [*shlex.split(args.train_first), f"attention={attention}"])
-        for point in grid:
-            result = run_point(point, args.settings.index(point.setting), args, Path(tmp),
-                               weights.get(point.attention))
-            results.append(result)
-            print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
-            # the table so far, rewritten after every point: a grid cut short (a time limit, a failure) keeps
-            # what it measured, profiles included
-            text = table(results) + profiles(results)
-            args.out.write_text(text + "\n")
+        for round_ in range(args.repeats):
+            for point in grid:
+                result = run_point(point, args.settings.index(point.setting), args, Path(tmp),
+                                   weights.get(point.attention), round_ if args.repeats > 1 else None)
+                results.append(result)
+                print(json.dumps({k: v for k, v in result.items() if k != "profile"}), flush=True)
+                # the table so far, rewritten after every point: a grid cut short (a time limit, a failure) keeps
+                # what it measured, profiles included
+                text = table(combined(results)) + profiles(results)
+                args.out.write_text(text + "\n")
     print(text)
 
 

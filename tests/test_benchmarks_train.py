@@ -132,3 +132,48 @@ def test_tokens_per_s_comes_from_the_windows_before_the_profiled_steps():
     assert [r["step"] for r in timed_windows(records, 40, 2)] == [30, 40]
     assert [r["step"] for r in timed_windows(records, 40, 9)] == [40]   # too short to skip: the last timed window
     assert [r["step"] for r in timed_windows(records[:2] + [{"step": 25, "loss": 1.0}], 40, 1)] == [20]
+
+
+def test_repeated_rounds_give_medians_and_each_rounds_own_ratio():
+    """--repeats: a point's tokens/s is the median of its rounds with their range, and vs softmax the median and
+    range of the ratios within each round (round 1's TDA against round 1's softmax), not a ratio of medians."""
+    from benchmarks.train import combined
+
+    rounds = [(100.0, 130.0), (90.0, 126.0), (110.0, 121.0)]   # (softmax, tda) tokens/s per round
+    results = []
+    for i, (soft, tda) in enumerate(rounds):
+        results += [_point("softmax", 1, soft, strategy="single", round=i, mfu=0.1 * (i + 1), peak_memory_gb=2.0 + i),
+                    _point("tda", 1, tda, strategy="single", round=i)]
+    results.append(dict(_point("tda", 1, 0.0, strategy="single", round=3), error=1))  # a failed round: left out
+    rows = combined(results)
+    assert [r["attention"] for r in rows] == ["softmax", "tda"] and rows[1]["rounds"] == 3
+    assert rows[0]["mfu"] == 0.2 and rows[0]["peak_memory_gb"] == 4.0 and "mfu" not in rows[1]
+    assert rows[1]["ratios"] == [1.3, 1.4, 121.0 / 110.0]
+    lines = table(rows).splitlines()
+    assert lines[2] == "| softmax | - | single | 1 | 1 | 16 x 1024 | 100 (90–110) | 20.0% | 4.0 | 100.0% | 1.000 |"
+    # the ratio of the medians would be 126 / 100 = 1.260; the rounds' own ratios are 1.300, 1.400 and 1.100
+    assert lines[3] == "| tda | - | single | 1 | 1 | 16 x 1024 | 126 (121–130) |  |  | 100.0% | 1.300 (1.100–1.400) |"
+    plain = [_point("softmax", 1, 100.0), _point("tda", 1, 120.0)]
+    assert combined(plain) is plain   # no rounds: the results as they are
+
+
+def test_every_round_of_the_grid_runs_on_cpu(tiny_corpus, tmp_path):
+    out = tmp_path / "table.md"
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "benchmarks.train", "--attentions", "softmax", "tda", "--repeats", "2", "--steps",
+           "2", "--log-every", "1", "--skip", "1", "--micro-batch", "2", "--out", str(out), "--", *tiny_corpus,
+           *TINY_MODEL, "trainer.device=cpu", "trainer.threads=1"]
+    result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-3000:]
+    points = [line for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(p.split('"attention": "')[1].split('"')[0], p.split('"round": ')[1].split("}")[0]) for p in points] == [
+        ("softmax", "0"), ("tda", "0"), ("softmax", "1"), ("tda", "1")]
+    rows = out.read_text().splitlines()[2:]
+    assert [row.split(" | ")[0] for row in rows] == ["| softmax", "| tda"]
+    assert rows[0].endswith("| 1.000 |")
+
+
+def test_repeats_must_be_positive():
+    result = subprocess.run([sys.executable, "-m", "benchmarks.train", "--repeats", "0", "--", "x=1"], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and "--repeats takes a number of rounds" in result.stderr, result.stderr
