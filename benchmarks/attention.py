@@ -32,7 +32,9 @@ FLOPs of the causal half: softmax forward 4·B·H·T²·d/2, backward 2.5× forw
 forward 2·B·H·(T²/2)·(views·d + dv), backward 2·B·H·(T²/2)·(3·views·d + 2·dv).
 "ratio" is fwd+bwd time over the faster SDPA backend's fwd+bwd at the same T and d_model.
 "host µs" is the CPU time to issue one forward+backward (measured while a sleep kernel keeps the GPU
-busy): where it exceeds the GPU time, the call is host-bound (not measured for the reference).
+busy): where it exceeds the GPU time, the call is host-bound (not measured for the reference). ``--graphs`` also
+replays the SDPA rows and each threshold row with skipping on from a CUDA graph (benchmarks.timing.replay_ms):
+"graphed fwd+bwd ms" is then the GPU's time without the host's, "graphed ratio" that over the faster SDPA backend's.
 """
 
 import argparse
@@ -97,16 +99,17 @@ def _flops_threshold(B, H, T, d, dv, views) -> tuple[float, float]:
 
 
 def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int, skip_ab: bool,
-                    with_reference: bool = False) -> list[dict]:
-    """Rows of the kernels on inputs ``x`` (views 2: paired TDA; 1: TRA) with exact skipping on (the default), and
-    off with ``skip_ab``; of the exact reference if asked."""
+                    with_reference: bool = False, graphs: bool = False) -> list[dict]:
+    """Rows of the kernels on inputs ``x`` (views 2: paired TDA; 1: TRA) with exact skipping on (the default; with
+    ``graphs`` also replayed from CUDA graphs), and off with ``skip_ab``; of the exact reference if asked."""
     B, H, T, _ = x["q1"].shape
     args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")] if views == 2 else [x["q1"], x["k1"], x["v"]]
     lam = dict(lam=x["lam"]) if views == 2 else {}
     grads = args + ([x["lam"]] if views == 2 else [])
     common_ = dict(H=H, d=d, dv=dv, share=survivor_share(x), occupancy=occupancy_of(x),
                    flops=_flops_threshold(B, H, T, d, dv, views))
-    rows = [dict(method=name, **common_, **measure(lambda: threshold_attention_triton(*args, **lam), grads, rep_ms))]
+    rows = [dict(method=name, **common_, **measure(lambda: threshold_attention_triton(*args, **lam), grads, rep_ms,
+                                                   graphs=graphs))]
     if skip_ab:
         r = measure(lambda: threshold_attention_triton(*args, **lam, skip_empty=False), grads, rep_ms)
         rows.append(dict(method=f"{name}, no skip", **common_, **r))
@@ -116,7 +119,7 @@ def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int
     return rows
 
 
-def triton_forward_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
+def triton_forward_rows(x: dict, d: int, rep_ms: int, graphs: bool = False) -> list[dict]:
     """Paired TDA again with the Triton forward (launch.GLUON_FORWARD_D128 off) where that switch alone gives the Gluon
     forward by default (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Triton fwd"."""
     args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
@@ -126,7 +129,7 @@ def triton_forward_rows(x: dict, d: int, rep_ms: int) -> list[dict]:
     with patch.object(launch, "GLUON_FORWARD_D128", False):
         if launch.gluon_forward_fits(*args):
             return []
-        rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False)
+        rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False, graphs=graphs)
     return [dict(r, method="tda (paired), Triton fwd") for r in rows]
 
 
@@ -166,29 +169,40 @@ FORWARD_HEAD = ("| T | B | layout | forward kernel | ms, no record | ms, record 
 
 
 def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, with_reference: bool,
-                rep_ms: int, skip_ab: bool = False, forward_lines: Optional[list] = None) -> list[dict]:
+                rep_ms: int, skip_ab: bool = False, forward_lines: Optional[list] = None,
+                graphs: bool = False) -> list[dict]:
     """Rows of the table for one (T, d): SDPA backends, paired TDA (+ reference), TRA, each threshold row also
-    without skipping with ``skip_ab`` (and then the forward alone's variants added to ``forward_lines``)."""
+    without skipping with ``skip_ab`` (and then the forward alone's variants added to ``forward_lines``); with
+    ``graphs`` the SDPA and default threshold rows are also replayed from CUDA graphs ("ratio_graph": against the
+    faster SDPA backend's replay)."""
     B = max(1, tokens // T)
     H = D_MODEL // d
     x = _tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
     y = _tda_inputs(B, T, H, d, d, dtype, 1, rho)
-    rows = (sdpa_rows(B, T, H, d, dtype, rep_ms)
-            + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference)
-            + triton_forward_rows(x, d, rep_ms)
-            + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab))
+    rows = (sdpa_rows(B, T, H, d, dtype, rep_ms, graphs=graphs)
+            + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference, graphs=graphs)
+            + triton_forward_rows(x, d, rep_ms, graphs=graphs)
+            + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab, graphs=graphs))
     if skip_ab and forward_lines is not None:
         forward_lines += forward_variants(x, 2, rep_ms) + forward_variants(y, 1, rep_ms)
     best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
+    best_graph = min((r["fwd_bwd_graph"] for r in rows if r["method"].startswith("sdpa") and "fwd_bwd_graph" in r),
+                     default=float("nan"))
     for r in rows:
         r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
+        if "fwd_bwd_graph" in r:
+            r["ratio_graph"] = r["fwd_bwd_graph"] / best_graph
     return rows
 
 
 def format_table(rows: list[dict]) -> str:
+    """The table; where any row was replayed from CUDA graphs (--graphs), two columns more: its graphed forward+backward
+    and that over the faster SDPA backend's graphed one ("–" for rows not replayed)."""
+    graphed = any("fwd_bwd_graph" in r for r in rows)
     head = ("| T | B | method | heads×d (v) | fwd ms | fwd TFLOP/s | fwd+bwd ms | fwd+bwd TFLOP/s "
-            "| ratio | peak MiB | host µs | survivors | tiles |")
-    lines = [head, "|" + "---|" * 13]
+            "| ratio | peak MiB | host µs | survivors | tiles |" + (" graphed fwd+bwd ms | graphed ratio |" if graphed
+                                                                  else ""))
+    lines = [head, "|" + "---|" * (15 if graphed else 13)]
     for r in rows:
         fl_f, fl_b = r["flops"]
         tf_f = fl_f / r["fwd"] / 1e9
@@ -198,6 +212,9 @@ def format_table(rows: list[dict]) -> str:
         lines.append(f"| {r['T']} | {r['B']} | {r['method']} | {r['H']}×{r['d']} ({r['dv']}) "
                      f"| {r['fwd']:.3f} | {tf_f:.0f} | {r['fwd_bwd']:.3f} | {tf_fb:.0f} "
                      f"| {r['ratio']:.2f} | {r['mem']:.0f} | {r['host_us']:.0f} | {share} | {tiles} |")
+        if graphed:
+            lines[-1] += (f" {r['fwd_bwd_graph']:.3f} | {r['ratio_graph']:.2f} |" if "fwd_bwd_graph" in r
+                          else " – | – |")
     return "\n".join(lines)
 
 
@@ -322,6 +339,9 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
                         help="also time every threshold row with exact skipping off, and the forward's variants")
     parser.add_argument("--rep-ms", type=int, default=200, help="timing window per measurement")
     parser.add_argument("--no-reference", action="store_true", help="skip the PyTorch reference")
+    parser.add_argument("--graphs", action="store_true",
+                        help="also replay the SDPA and threshold rows from CUDA graphs: the GPU's time without the "
+                             "host's (--from-run always does)")
     parser.add_argument("--sweep", action="store_true", help="time every tile candidate first")
     parser.add_argument("--sweep-parts", nargs="+", choices=SWEEP_PARTS, default=list(SWEEP_PARTS),
                         help="which kernels the sweep times")
@@ -364,7 +384,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     for d in args.head_dims:
         for T in args.seq:
             shape_rows = bench_shape(T, args.tokens, d, dtype, args.rho, not args.no_reference,
-                                     args.rep_ms, args.skip_ab, forward_lines)
+                                     args.rep_ms, args.skip_ab, forward_lines, args.graphs)
             print(format_table(shape_rows), flush=True)
             rows += shape_rows
     if forward_lines:

@@ -164,7 +164,7 @@ def test_the_triton_forward_gets_its_own_row_only_where_the_switch_decides(monke
     from kernels.threshold import launch
 
     seen = []
-    monkeypatch.setattr(bench, "_threshold_rows", lambda name, x, views, d, dv, rep_ms, skip_ab, *a:
+    monkeypatch.setattr(bench, "_threshold_rows", lambda name, x, views, d, dv, rep_ms, skip_ab, *a, **k:
                         seen.append(launch.GLUON_FORWARD_D128) or [dict(method=name, d=d)])
     x = _tda_inputs(1, 64, 2, 128, 256, torch.bfloat16, 2, 0.5, device="cpu")
     monkeypatch.setattr(launch, "gluon_forward_fits", lambda *args: launch.GLUON_FORWARD_D128)   # fits by the switch
@@ -201,3 +201,17 @@ def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):
     assert "Gluon" in gluon and gluon.count("1.000") == 4
     assert triton_row.count("1.000") == 3 and triton_row.count("—") == 1
     assert len(gluon.split("|")) == len(bench.FORWARD_HEAD.splitlines()[0].split("|"))
+
+
+def test_graphed_columns_appear_with_graphs_and_are_blank_for_rows_not_replayed():
+    row = dict(T=4096, B=4, method="tda (paired)", H=6, d=64, dv=128, fwd=0.5, fwd_bwd=2.0, flops=(1e11, 2.5e11),
+               ratio=1.25, mem=146.0, host_us=1200.0, share=0.002, occupancy=0.0912, fwd_bwd_graph=1.5,
+               ratio_graph=1.1)
+    plain = dict(row, method="tda (paired), no skip")
+    del plain["fwd_bwd_graph"], plain["ratio_graph"]
+    header, rule, line, other = format_table([row, plain]).splitlines()
+    assert header.endswith("| tiles | graphed fwd+bwd ms | graphed ratio |")
+    assert header.count("|") == rule.count("|") == line.count("|") == other.count("|") == 16
+    assert line.endswith("| 9.1% | 1.500 | 1.10 |") and other.endswith("| 9.1% | – | – |")
+    assert "graphed" not in format_table([plain])   # without --graphs the table is as before
+    assert parse_args(["--graphs"]).graphs and not parse_args([]).graphs
