@@ -8,6 +8,7 @@ import contextlib
 import datetime
 import math
 import platform
+import statistics
 import time
 from typing import Callable, Optional
 
@@ -72,7 +73,7 @@ def replay_ms(fn: Callable[[], object], rep_ms: int, eager_ms: float) -> float:
     """Milliseconds of ``fn`` replayed from a CUDA graph (time_replays): the GPU's time alone, without the host's cost
     of issuing the calls, over about ``rep_ms`` of replays (``eager_ms``: one eager call's time, which sets how many)."""
     reps = max(10, min(2000, int(rep_ms / max(eager_ms, 1e-3))))
-    return time_replays(fn, torch.device("cuda"), reps)
+    return time_replays(fn, torch.device("cuda"), reps, groups=5)
 
 
 def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int, host: bool = True,
@@ -157,10 +158,14 @@ class Timer:
             out.append(1e3 * (time.perf_counter() - t0))
 
 
-def time_replays(fn: Callable[[], None], device: torch.device, reps: int, inner: int = 1) -> float:
+def time_replays(fn: Callable[[], None], device: torch.device, reps: int, inner: int = 1, groups: int = 1) -> float:
     """Milliseconds of one call of ``fn`` (which makes ``inner`` calls of what is measured): captured in a CUDA
-    graph and replayed ``reps`` times on a GPU (no host time in it), run ``reps`` times eagerly on the CPU."""
+    graph and replayed ``reps`` times on a GPU (no host time in it), run ``reps`` times eagerly on the CPU. With
+    ``groups`` the ``reps`` are timed in that many groups and the median group's mean is returned (a group disturbed by
+    something else on the machine does not move it)."""
     timer, elapsed = Timer(device), []
+    sizes = [reps // groups + (i < reps % groups) for i in range(groups)]
+    sizes = [n for n in sizes if n > 0]
     if device.type == "cuda":
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -171,12 +176,14 @@ def time_replays(fn: Callable[[], None], device: torch.device, reps: int, inner:
         with torch.cuda.graph(graph):
             fn()
         graph.replay()
-        with timer.region(elapsed):
-            for _ in range(reps):
-                graph.replay()
+        for n in sizes:
+            with timer.region(elapsed):
+                for _ in range(n):
+                    graph.replay()
     else:
         fn()
-        with timer.region(elapsed):
-            for _ in range(reps):
-                fn()
-    return elapsed[0] / (reps * inner)
+        for n in sizes:
+            with timer.region(elapsed):
+                for _ in range(n):
+                    fn()
+    return statistics.median(ms / (n * inner) for ms, n in zip(elapsed, sizes))

@@ -215,3 +215,21 @@ def test_graphed_columns_appear_with_graphs_and_are_blank_for_rows_not_replayed(
     assert line.endswith("| 9.1% | 1.500 | 1.10 |") and other.endswith("| 9.1% | – | – |")
     assert "graphed" not in format_table([plain])   # without --graphs the table is as before
     assert parse_args(["--graphs"]).graphs and not parse_args([]).graphs
+
+
+def test_replays_timed_in_groups_give_the_median_groups_time():
+    """benchmarks.timing.time_replays on the CPU (the calls run eagerly): one warm-up call, then ``reps`` calls in
+    ``groups`` timed groups; one slow group does not move the median, where one mean over all calls would."""
+    import time
+    from benchmarks.timing import time_replays
+
+    sleeps = iter([0.0, 0.002, 0.060, 0.002])   # the warm-up call, then one call per group
+
+    def call():
+        time.sleep(next(sleeps))
+
+    ms = time_replays(call, torch.device("cpu"), reps=3, groups=3)
+    assert 2.0 <= ms < 20.0   # the median group (2 ms), not the mean (21 ms)
+    calls = []
+    assert time_replays(lambda: calls.append(1), torch.device("cpu"), reps=7, inner=2, groups=3) >= 0.0
+    assert len(calls) == 1 + 7
