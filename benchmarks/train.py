@@ -159,7 +159,7 @@ def _key(r: dict) -> tuple:
 
 def combined(results: list[dict]) -> list[dict]:
     """One row per point from the rounds of --repeats (results without rounds are returned as they are): tokens/s and
-    MFU the medians of the rounds that ran, "tokens_range" their tokens/s (lowest, highest), peak memory the largest,
+    MFU the medians of the rounds that ran, "tokens_rounds" each round's tokens/s, peak memory the largest,
     "rounds" how many ran, and "ratios" each round's tokens/s over softmax's in the same round (where both ran); a
     point none of whose rounds ran is its first failure."""
     if not any("round" in r for r in results):
@@ -177,7 +177,7 @@ def combined(results: list[dict]) -> list[dict]:
             continue
         speeds = [r["tokens_per_s"] for r in done]
         row = {k: v for k, v in done[0].items() if k not in ("round", "profile", "mfu", "peak_memory_gb")}
-        row.update(tokens_per_s=statistics.median(speeds), tokens_range=(min(speeds), max(speeds)), rounds=len(done),
+        row.update(tokens_per_s=statistics.median(speeds), tokens_rounds=speeds, rounds=len(done),
                    ratios=[r["tokens_per_s"] / softmax[(*_key(r)[1:], r["round"])] for r in done
                            if (*_key(r)[1:], r["round"]) in softmax])
         if all("mfu" in r for r in done):
@@ -231,9 +231,7 @@ def table(results: list[dict]) -> str:
             ratio = _spread(r["ratios"], "{:.3f}")
         mfu = f"{r['mfu']:.1%}" if "mfu" in r else ""
         memory = f"{r['peak_memory_gb']:.1f}" if "peak_memory_gb" in r else ""
-        speed = f"{r['tokens_per_s']:,.0f}"
-        if r.get("tokens_range") and r["tokens_range"][0] != r["tokens_range"][1]:
-            speed += " ({:,.0f}–{:,.0f})".format(*r["tokens_range"])
+        speed = _spread(r["tokens_rounds"], "{:,.0f}") if r.get("tokens_rounds") else f"{r['tokens_per_s']:,.0f}"
         lines.append(f"{head} {r['global_batch']} | {speed} | {mfu} | {memory} | {eff} | {ratio} |")
     return "\n".join(lines)
 
