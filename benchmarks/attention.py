@@ -185,13 +185,14 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
             + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab, graphs=graphs))
     if skip_ab and forward_lines is not None:
         forward_lines += forward_variants(x, 2, rep_ms) + forward_variants(y, 1, rep_ms)
-    best = min((r["fwd_bwd"] for r in rows if r["method"].startswith("sdpa")), default=float("nan"))
-    best_graph = min((r["fwd_bwd_graph"] for r in rows if r["method"].startswith("sdpa") and "fwd_bwd_graph" in r),
-                     default=float("nan"))
     for r in rows:
-        r.update(T=T, B=B, ratio=r["fwd_bwd"] / best)
-        if "fwd_bwd_graph" in r:
-            r["ratio_graph"] = r["fwd_bwd_graph"] / best_graph
+        r.update(T=T, B=B)
+    for time_key, ratio_key in (("fwd_bwd", "ratio"), ("fwd_bwd_graph", "ratio_graph")):
+        best = min((r[time_key] for r in rows if r["method"].startswith("sdpa") and time_key in r),
+                   default=float("nan"))
+        for r in rows:
+            if time_key in r:
+                r[ratio_key] = r[time_key] / best
     return rows
 
 

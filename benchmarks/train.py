@@ -164,11 +164,13 @@ def combined(results: list[dict]) -> list[dict]:
     point none of whose rounds ran is its first failure."""
     if not any("round" in r for r in results):
         return results
+    def same_round(r: dict) -> tuple:  # the point's setting, strategy, GPUs, context size and round
+        return (*_key(r)[1:], r["round"])
+
     by_point: dict[tuple, list[dict]] = {}
     for r in results:
         by_point.setdefault(_key(r), []).append(r)
-    softmax = {(*_key(r)[1:], r["round"]): r["tokens_per_s"] for r in results
-               if r["attention"] == "softmax" and "error" not in r}
+    softmax = {same_round(r): r["tokens_per_s"] for r in results if r["attention"] == "softmax" and "error" not in r}
     rows = []
     for runs in by_point.values():
         done = [r for r in runs if "error" not in r]
@@ -178,8 +180,7 @@ def combined(results: list[dict]) -> list[dict]:
         speeds = [r["tokens_per_s"] for r in done]
         row = {k: v for k, v in done[0].items() if k not in ("round", "profile", "mfu", "peak_memory_gb")}
         row.update(tokens_per_s=statistics.median(speeds), tokens_rounds=speeds, rounds=len(done),
-                   ratios=[r["tokens_per_s"] / softmax[(*_key(r)[1:], r["round"])] for r in done
-                           if (*_key(r)[1:], r["round"]) in softmax])
+                   ratios=[r["tokens_per_s"] / softmax[same_round(r)] for r in done if same_round(r) in softmax])
         if all("mfu" in r for r in done):
             row["mfu"] = statistics.median(r["mfu"] for r in done)
         if all("peak_memory_gb" in r for r in done):

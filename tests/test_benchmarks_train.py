@@ -1,6 +1,7 @@
 """benchmarks.train: its table (scaling efficiency against one GPU of the same attention, setting and strategy, the
 ratio to softmax at the same point, failed points) without training, and one quick run of the command on CPU over
 the grid's axes (a setting, strategies, GPU counts, context parallelism) with a tiny model."""
+import json
 import os
 import subprocess
 import sys
@@ -165,9 +166,8 @@ def test_every_round_of_the_grid_runs_on_cpu(tiny_corpus, tmp_path):
            *TINY_MODEL, "trainer.device=cpu", "trainer.threads=1"]
     result = subprocess.run(cmd, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr[-3000:]
-    points = [line for line in result.stdout.splitlines() if line.startswith("{")]
-    assert [(p.split('"attention": "')[1].split('"')[0], p.split('"round": ')[1].split("}")[0]) for p in points] == [
-        ("softmax", "0"), ("tda", "0"), ("softmax", "1"), ("tda", "1")]
+    points = [json.loads(line) for line in result.stdout.splitlines() if line.startswith("{")]
+    assert [(p["attention"], p["round"]) for p in points] == [("softmax", 0), ("tda", 0), ("softmax", 1), ("tda", 1)]
     rows = out.read_text().splitlines()[2:]
     assert [row.split(" | ")[0] for row in rows] == ["| softmax", "| tda"]
     assert rows[0].endswith("| 1.000 |")
