@@ -50,3 +50,41 @@ def test_bad_profile_settings_are_named(train_run):
 
     with pytest.raises(ConfigError, match="trainer.profile_steps"):
         train_run("name=bad", "trainer.profile_steps=-1")
+
+
+def _kernel(name, start, end, device=True):
+    from types import SimpleNamespace
+
+    import torch
+
+    kind = torch.autograd.DeviceType.CUDA if device else torch.autograd.DeviceType.CPU
+    return SimpleNamespace(name=name, device_type=kind, time_range=SimpleNamespace(start=start, end=end))
+
+
+# two streams: b overlaps a and ends last before the first gap; c waits 10 µs, then 40 µs; d follows a 2 µs gap,
+# which is the launch pipeline's, not a wait; e runs inside d and does not end the stretch d began
+EVENTS = [_kernel("c", 100, 110), _kernel("a", 0, 10), _kernel("b", 5, 30), _kernel("cpu_op", 30, 100, device=False),
+          _kernel("c", 40, 50), _kernel("d", 52, 60), _kernel("e", 53, 55)]
+
+
+def test_idle_gaps_are_the_stretches_with_no_kernel_on_any_stream():
+    from training.profiling import gpu_intervals, idle_gaps
+
+    intervals = gpu_intervals(EVENTS)
+    assert [name for _, _, name in intervals] == ["a", "b", "c", "d", "e", "c"]
+    assert idle_gaps(intervals) == [(10, "b", "c"), (40, "d", "c")]
+    assert idle_gaps(intervals, min_us=1.0) == [(10, "b", "c"), (2, "c", "d"), (40, "d", "c")]
+    assert idle_gaps([]) == []
+
+
+def test_gap_table_sums_the_waits_by_the_kernel_waited_for():
+    from training.profiling import gap_table, gpu_intervals
+
+    text = gap_table(gpu_intervals(EVENTS), steps=2)
+    assert text.startswith("1.0 stretches per step of at least 5 µs")
+    assert "0.025 ms per step in all" in text
+    rows = re.findall(r"^\| `c` \| other \| ([0-9.]+) \| ([0-9.]+) \| ([0-9.]+) \|$", text, re.MULTILINE)
+    assert rows == [("1.0", "0.025", "40.0")]
+    longest = re.findall(r"^\| ([0-9.]+) \| `(\w)` \| `(\w)` \|$", text, re.MULTILINE)
+    assert longest == [("40.0", "d", "c"), ("10.0", "b", "c")]
+    assert gap_table([], steps=3).startswith("0.0 stretches per step")

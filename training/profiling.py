@@ -3,7 +3,9 @@
 ``<run>/profile.md`` (rank 0): per step, the wall time, the GPU's kernel time by kind (matrix products, attention,
 fused elementwise and norm kernels, the optimiser, the loss, communication, copies) and the time the GPU had no
 kernel running, which is the share the host (Python, launches, synchronisations) costs; then the kernels that take
-the most time. On a CPU the same table is made of the operators' own CPU time.
+the most time; then where the GPU waited: its idle stretches between kernels, by the kernel each one waited for (the
+one whose launch came late). On a CPU the kinds' table is made of the operators' own CPU time, and there is no
+waiting to show.
 
 Why kinds and not kernels: MFU falls short for a reason of one kind (the products run below peak, or small fused
 kernels add up, or the GPU waits for the host), and the remedy depends on which. The kinds are read from kernel and
@@ -65,6 +67,61 @@ def kernel_times(events, device: torch.device) -> dict[str, float]:
     return dict(out)
 
 
+GAP_US = 5.0  # the shortest stretch without a kernel that gap_table counts (shorter ones are the launch pipeline's)
+
+
+def gpu_intervals(events) -> list[tuple[float, float, str]]:
+    """(start µs, end µs, name) of every GPU kernel, copy and fill among profiler ``events`` (objects with ``name``,
+    ``device_type`` and ``time_range``), in order of start."""
+    return sorted((e.time_range.start, e.time_range.end, e.name) for e in events
+                  if e.device_type == torch.autograd.DeviceType.CUDA)
+
+
+def idle_gaps(intervals: list[tuple[float, float, str]], min_us: float = GAP_US) -> list[tuple[float, str, str]]:
+    """The stretches of at least ``min_us`` between the first kernel's start and the last one's end in which no
+    kernel ran on any stream, from ``intervals`` (gpu_intervals): (µs, the kernel that ended last before the stretch,
+    the kernel that ended it). The kernel after a gap is the one the GPU waited for: its launch came late (the host
+    was behind, or waited on a synchronisation)."""
+    gaps = []
+    if not intervals:
+        return gaps
+    end, last = intervals[0][1], intervals[0][2]
+    for start, stop, name in intervals[1:]:
+        if start - end >= min_us:
+            gaps.append((start - end, last, name))
+        if stop > end:
+            end, last = stop, name
+    return gaps
+
+
+def _short(name: str, width: int = 70) -> str:
+    return name if len(name) <= width else name[:width - 1] + "…"
+
+
+def gap_table(intervals: list[tuple[float, float, str]], steps: int, top: int = 10, min_us: float = GAP_US) -> str:
+    """Markdown: where the GPU waited between kernels (idle_gaps) over ``steps`` steps: the total, the kernels it
+    waited for most (summed over their gaps), and the ``top`` longest gaps with the kernels on either side."""
+    gaps = idle_gaps(intervals, min_us)
+    total = sum(us for us, _, _ in gaps)
+    lines = [f"{len(gaps) / steps:.1f} stretches per step of at least {min_us:g} µs with no kernel running between "
+             f"kernels, {total / steps / 1e3:.3f} ms per step in all (shorter gaps, and the time before the first "
+             "kernel or after the last, are not counted here)."]
+    if not gaps:
+        return lines[0]
+    waited: dict[str, list[float]] = defaultdict(list)
+    for us, _, after in gaps:
+        waited[after].append(us)
+    lines += ["", f"| the kernel the GPU waited for ({top} at most, the longest waits in all first) | kind | "
+              "waits per step | ms per step | longest (µs) |", "|---|---|---|---|---|"]
+    for name, waits in sorted(waited.items(), key=lambda kv: -sum(kv[1]))[:top]:
+        lines.append(f"| `{_short(name)}` | {kind_of(name)} | {len(waits) / steps:.1f} | "
+                     f"{sum(waits) / steps / 1e3:.3f} | {max(waits):.1f} |")
+    lines += ["", f"| the {top} longest gaps, µs | after the kernel | before the kernel |", "|---|---|---|"]
+    for us, before, after in sorted(gaps, key=lambda g: -g[0])[:top]:
+        lines.append(f"| {us:.1f} | `{_short(before, 45)}` | `{_short(after, 45)}` |")
+    return "\n".join(lines)
+
+
 def profile_table(times: dict[str, float], steps: int, wall_us: float, device: torch.device, top: int = 25) -> str:
     """Markdown: the kinds' µs per step and share of the wall time, the idle time (wall − kernels, CUDA), then the
     ``top`` kernels or operators by time."""
@@ -85,8 +142,7 @@ def profile_table(times: dict[str, float], steps: int, wall_us: float, device: t
     lines += ["", f"| the {top} longest {'kernels' if device.type == 'cuda' else 'operators'} | kind | ms per step |",
               "|---|---|---|"]
     for name, us in sorted(times.items(), key=lambda kv: -kv[1])[:top]:
-        short = name if len(name) <= 90 else name[:89] + "…"
-        lines.append(f"| `{short}` | {kind_of(name)} | {us / steps / 1e3:.3f} |")
+        lines.append(f"| `{_short(name, 90)}` | {kind_of(name)} | {us / steps / 1e3:.3f} |")
     return "\n".join(lines)
 
 
@@ -121,13 +177,16 @@ class StepProfiler:
         self._sync()
         wall_us = 1e6 * (time.perf_counter() - self.start)
         self.profiler.__exit__(None, None, None)
-        times = kernel_times(self.profiler.events(), self.device)
+        events = self.profiler.events()
+        times = kernel_times(events, self.device)
         self.profiler = None
         if self.is_main:
             last = self.first + self.steps - 1
             text = (f"# Training step profile: steps {self.first}–{last}\n\n(everything the loop ran from the start "
                     f"of step {self.first} to the end of step {last}: an evaluation or checkpoint in between is "
                     f"counted too)\n\n" + profile_table(times, self.steps, wall_us, self.device) + "\n")
+            if self.device.type == "cuda":
+                text += ("\n**Where the GPU waited.** " + gap_table(gpu_intervals(events), self.steps) + "\n")
             (self.run_dir / "profile.md").write_text(text)
             print(text, flush=True)
 
