@@ -198,10 +198,9 @@ def profiles(results: list[dict]) -> str:
             last[_key(r)] = r
     parts = []
     for r in last.values():
-        if "profile" in r:
-            attention = r["attention"] + (f" (from {r['weights']})" if r.get("weights") else "")
-            parts.append(f"### {attention}, {r['setting']}, {r['strategy']}, {r['gpus']} GPU(s), CP "
-                         f"{r['context_parallel']}\n\n{r['profile']}")
+        attention = r["attention"] + (f" (from {r['weights']})" if r.get("weights") else "")
+        parts.append(f"### {attention}, {r['setting']}, {r['strategy']}, {r['gpus']} GPU(s), CP "
+                     f"{r['context_parallel']}\n\n{r['profile']}")
     return ("\n\n## Where a step's time goes (the last profiled steps of each point)\n\n" + "\n\n".join(parts)
             if parts else "")
 
