@@ -158,7 +158,11 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
             from kernels.threshold.gluon_backward import TILE
 
             backward(BackwardPlan(fused=True))
-            record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
+            if "fused_dv" in target.compiled:  # q/k 128: dK and dQ in one launch, dV in another
+                record("fused", "dK/dQ fused (Gluon)", TILE, not tma)
+                record("fused_dv", "dV apart (Gluon)", TILE, not tma)
+            else:
+                record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
         default_atomic = launch.dq_atomic(two)
         for atomic in (default_atomic, not default_atomic):
             for i, cfg in enumerate(candidates(backward_configs(d, dv, two, size))):

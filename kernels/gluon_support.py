@@ -25,8 +25,9 @@ _GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_
 def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int,
                        wide: bool = False) -> bool:
     """Whether the Gluon kernels are built for this layout: 16-bit, one key/value head per query head, q/k head
-    dimension 64 (the M side of the backwards' dQ^T product must be 64), v's a power of two from 16 to 128; with
-    ``wide`` (the paired forward, which has no dQ^T product) also q/k of 128 with v of 128 or 256."""
+    dimension 64 (the one-view backward's dQ^T is one product, whose M side must be 64), v's a power of two from 16
+    to 128; with ``wide`` (the paired kernels: the forward, and the backward, which takes dQ^T in two products and dV
+    in a launch of its own there) also q/k of 128 with v of 128 or 256."""
     if dtype not in (torch.bfloat16, torch.float16) or heads != kv_heads:
         return False
     return (head_d == 64 and head_dv in (16, 32, 64, 128)) or (wide and head_d == 128 and head_dv in (128, 256))

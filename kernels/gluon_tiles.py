@@ -126,10 +126,16 @@ def add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
     thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
     from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
     addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
+    add_dq_columns(dq_t, DQh, m0, Tq, 0, HEAD_D, HEAD_D, BM)
+
+
+@gluon.jit
+def add_dq_columns(dq_t, DQh, m0, Tq, col0, HEAD_D: gl.constexpr, WIDTH: gl.constexpr, BM: gl.constexpr):
+    """add_dq for columns col0 .. col0 + WIDTH of dq' rows HEAD_D wide: dq_t holds those columns' dq'^T (WIDTH x BM)."""
     ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
     qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-    qd = gl.arange(0, HEAD_D, layout=gl.SliceLayout(0, ROW_L))
-    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + qd[None, :]),
+    qd = gl.arange(0, WIDTH, layout=gl.SliceLayout(0, ROW_L))
+    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + (col0 + qd)[None, :]),
                   gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
 
 

@@ -370,6 +370,46 @@ def test_gluon_forward_at_q_k_128_on_gpu(monkeypatch, name):
     assert all(v <= 1e-2 for v in errors.values()), errors
 
 
+# The fused Gluon backward at q/k 128: dK1, dK2 and dQ in one launch, dV in another (gluon_backward.passes), at
+# awkward lengths, v of 256 and 128, more keys than queries, no causal mask, p = 1 and 3, no normalisation.
+WIDE_FUSED_CASES = dict(WIDE_CASES, **{
+    "tda_d128_dv256_T1_bf16": Case(T=1, d=128, dv=256, H=2, dtype=torch.bfloat16),
+    "tda_d128_dv256_T63_fp16_p1": Case(T=63, d=128, dv=256, H=2, p=1.0, dtype=torch.float16),
+    "tda_d128_dv128_T777_nonorm_B2": Case(T=777, d=128, dv=128, H=2, B=2, normalize=False, scale=0.09,
+                                          strength=(0.0, 0.3), lam=(1.3, -0.2), dtype=torch.bfloat16),
+    "tda_d128_dv256_T8192": Case(T=8192, d=128, dv=256, H=1, Hkv=1, lam=(0.5,), dtype=torch.bfloat16),
+})
+
+
+@pytest.mark.parametrize("forward", ["gluon", "triton"])
+@pytest.mark.parametrize("name", list(WIDE_FUSED_CASES))
+def test_fused_gluon_backward_at_q_k_128_on_gpu(monkeypatch, name, forward):
+    """The Gluon backward at q/k 128 (two launches: dK and dQ, then dV) after either forward, on inputs laid out as
+    the model's projections: output and every gradient against float64, and the Gluon backward must have run."""
+    import threshold_float64
+
+    if torch.cuda.get_device_capability() != (9, 0):
+        pytest.skip("the fused backward is for Hopper (sm_90)")
+    case = WIDE_FUSED_CASES[name]
+    monkeypatch.setattr(threshold_float64, "guarded", threshold_float64.aligned_guarded)
+    monkeypatch.setattr(launch, "fused_paired_backward", lambda head_d, head_dv: True)
+    monkeypatch.setattr(launch, "GLUON_BACKWARD_D128", True)
+    if forward == "gluon":
+        monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
+    launches = []
+    real = launch._gluon_backward
+    monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    for n in ("q1", "k1", "v", "q2", "k2"):
+        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    shares = survivor_shares(inputs, case)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, forward, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    assert launches == ["backward"] and not launch._gluon_failure, (launches, launch._gluon_failure)
+    assert all(v <= 1e-2 for v in errors.values()), errors
+
+
 # Exact tile skipping on long sequences: inputs in which whole tiles are empty (threshold_float64.planted_inputs),
 # survivors in blocks and alone (at a cell's corner, on the diagonal, in the last row), grouped heads and Tq != Tk.
 SPARSE_CASES = {
@@ -448,6 +488,7 @@ def test_skipping_on_gpu(monkeypatch, name, path):
 
 FUSED_SPARSE_CASES = {
     "tda_paired_bf16_T8192": SPARSE_CASES["tda_paired_bf16_T8192"],
+    "tda_d128_dv256_bf16_T6000": Case(T=6000, d=128, dv=256, H=2, lam=(0.5, 0.2), dtype=torch.bfloat16),
     "tda_paired_fp16_T10000": Case(T=10000, d=64, dv=128, H=1, Hkv=1, lam=(0.4,), dtype=torch.float16),
     "tda_Tq1000_Tk5000_dv64_p1": Case(T=5000, Tq=1000, d=64, dv=64, H=2, p=1.0, lam=(0.3, 1.2),
                                       dtype=torch.bfloat16),

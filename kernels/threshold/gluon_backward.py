@@ -29,15 +29,16 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from ..common import cdiv
-from ..gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
-                           row_descriptors, store_rows, tile_rows, wgmma_layout)
+from ..gluon_tiles import (add_dq_columns, first_query_tile, last_visible_key, operand, partition_barrier,
+                           ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
 BLOCK_M = gl.constexpr(32)    # query rows per tile (64 rows spilled and ran slower: "A fused backward in Gluon")
 BLOCK_N = gl.constexpr(128)   # keys per program (64 per warpgroup)
 NUM_WARPS = gl.constexpr(8)   # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
-STAGES = gl.constexpr(2)      # depth of the query-side ring
+STAGES = gl.constexpr(2)      # depth of the query-side ring (passes() gives each launch its own)
+DQ_ROWS = gl.constexpr(64)    # rows of each dq'^T product (the M side of a warpgroup's product)
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
 # the kernel's tiling as a TileConfig, for tables and logs (copy-engine reads)
@@ -124,8 +125,9 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
               NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
               LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-              DV_L: gl.constexpr, BN: gl.constexpr):
-    """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers), dlam, dbeta; dS1,
+              DV_L: gl.constexpr, BN: gl.constexpr, WITH_DV: gl.constexpr):
+    """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers; dV only WITH_DV,
+    else passed on unchanged), dlam, dbeta; dS1,
     dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. Products that follow one another are issued
     together and waited for once (faster than a wait after each); issuing the next view's scores before this view's
     elementwise work, so that the two overlap, held more registers and ran slower (BENCHMARKS.md, "The fused
@@ -156,7 +158,8 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     a2 = _power(up2, p, P_MODE)
     if LAM_GRAD:
         acc_lam += gl.sum(da * a2, axis=1)
-    w = (_power(up1, p, P_MODE) - lam * a2).to(do_s.dtype)
+    if WITH_DV:
+        w = (_power(up1, p, P_MODE) - lam * a2).to(do_s.dtype)
     g2 = _slope(up2, p, P_MODE) * da
     if BETA_GRAD:
         acc_beta -= lam * gl.sum(g2 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
@@ -164,12 +167,38 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
         g2 = g2 * rk2[:, None]
     ds2 = (g2 * (_query_factor(RQ2h, m0, Tq, scale, NORMALIZE, BM, Q_L) * -lam)[None, :]).to(q2_s.dtype)
     ds2_op = gl.convert_layout(ds2, gl.DotOperandLayout(0, DK_L, 2))
-    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
-    dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
-    dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
-    ds2_s.store(ds2)
-    dk2, dv, ds2_op, w_op = warpgroup_mma_wait(0, deps=[dk2_t, dv_t, ds2_op, w_op])
+    if WITH_DV:
+        w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+        dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
+        dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
+        ds2_s.store(ds2)
+        dk2, dv, ds2_op, w_op = warpgroup_mma_wait(0, deps=[dk2_t, dv_t, ds2_op, w_op])
+    else:
+        dk2_t = warpgroup_mma(ds2_op, q2_s, dk2, is_async=True)
+        ds2_s.store(ds2)
+        dk2, ds2_op = warpgroup_mma_wait(0, deps=[dk2_t, ds2_op])
     return dk1, dk2, dv, acc_lam, acc_beta
+
+
+@gluon.jit
+def _value_side(dv, k1_s, k2_s, q1_s, q2_s, do_s, rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq,
+                Tk, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr, S_L: gl.constexpr,
+                DV_L: gl.constexpr, BN: gl.constexpr):
+    """One query tile's contribution to the dV of the BN keys of k1_s, k2_s, for the launch that computes dV alone
+    (passes()): both views' scores, W = max(u1, 0)^p - lam max(u2, 0)^p as _key_side forms it, dV += W dO."""
+    BM: gl.constexpr = BLOCK_M
+    Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
+    zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
+    s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
+    s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
+    w = (_power(up1, p, P_MODE) - lam * _power(up2, p, P_MODE)).to(do_s.dtype)
+    w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
+    dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
+    dv, w_op = warpgroup_mma_wait(0, deps=[dv_t, w_op])
+    return dv
 
 
 @gluon.jit
@@ -195,6 +224,16 @@ def grid(Tk: int, B: int, H: int) -> int:
     return cdiv(Tk, BLOCK_N.value) * B * H
 
 
+def passes(head_d: int, head_dv: int) -> tuple[tuple[bool, bool, int], ...]:
+    """The launches of one backward as (WITH_DK, WITH_DV, STAGES): one launch at q/k 64, whose dK1, dK2 and dV
+    accumulators take 128 fp32 registers per thread together; two at q/k 128, where they would take 256 (v 256):
+    dK1, dK2 and dQ first, in a one-stage ring (the k1, k2, v blocks of 128 keys and the dS buffers leave no room for
+    a second stage), then dV alone, which recomputes both views' scores."""
+    if head_d <= 64:
+        return ((True, True, STAGES.value),)
+    return ((True, False, 1), (False, True, STAGES.value))
+
+
 @gluon.jit
 def _tile_row(tiles, i, m_lo, USE_LIST: gl.constexpr):
     """The first row of the program's i-th query tile: the i-th entry of its list of occupied tiles (an index loaded
@@ -208,7 +247,7 @@ def _tile_row(tiles, i, m_lo, USE_LIST: gl.constexpr):
 
 @gluon.jit
 def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, tiles,
-                      USE_LIST: gl.constexpr):
+                      USE_LIST: gl.constexpr, STAGES: gl.constexpr):
     """Fills the query-side ring: tile i into stage i % STAGES once the compute warps have released it."""
     for i in range(n_tiles):
         stage = i % STAGES
@@ -221,22 +260,35 @@ def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, read
 def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
                  DQ_L: gl.constexpr):
     """dq'^T of view W + 1 for tile j (rows m_prev ..) over all BLOCK_N keys, once both warpgroups have stored
-    their dS of tile j; the dS buffer is released to both, then the result added with atomics."""
+    their dS of tile j; the dS buffer is released to both, then the result added with atomics. A product's M side is
+    DQ_ROWS, so q/k 128 takes two, one per half of the head dimension (k's columns), each added as it is done."""
     BM: gl.constexpr = BLOCK_M
     mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
-    zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
-    dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
-    mbarrier.arrive(ds_free.index(j % 2), count=1)
-    add_dq(dq, DQh, m_prev, Tq, HEAD_D, BM)
+    zero_q = gl.zeros([DQ_ROWS, BM], gl.float32, layout=DQ_L)
+    if HEAD_D == DQ_ROWS:
+        dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
+        mbarrier.arrive(ds_free.index(j % 2), count=1)
+        add_dq_columns(dq, DQh, m_prev, Tq, 0, HEAD_D, DQ_ROWS, BM)
+    else:
+        gl.static_assert(HEAD_D == 2 * DQ_ROWS, "dq'^T is taken in one or two products of DQ_ROWS rows")
+        dq = warpgroup_mma(k_view_s.slice(0, DQ_ROWS, dim=1).permute((1, 0)), ds_bufs.index(j % 2), zero_q,
+                           use_acc=False)
+        add_dq_columns(dq, DQh, m_prev, Tq, 0, HEAD_D, DQ_ROWS, BM)
+        dq = warpgroup_mma(k_view_s.slice(DQ_ROWS, DQ_ROWS, dim=1).permute((1, 0)), ds_bufs.index(j % 2), zero_q,
+                           use_acc=False)
+        mbarrier.arrive(ds_free.index(j % 2), count=1)
+        add_dq_columns(dq, DQh, m_prev, Tq, DQ_ROWS, HEAD_D, DQ_ROWS, BM)
 
 
 @gluon.jit
 def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_rows, rk1, rk2, offs_n, RQ1h, RQ2h,
                lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr,
                CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr,
-               DK_L: gl.constexpr, DV_L: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr):
+               DK_L: gl.constexpr, DV_L: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
+               WITH_DK: gl.constexpr, WITH_DV: gl.constexpr, STAGES: gl.constexpr):
     """The warpgroup's share of the program's i-th query tile (rows m0 ..): wait for it in the ring, _key_side into
-    the tile's dS buffers, then hand them on (ds_ready) and the ring stage back (empty)."""
+    the tile's dS buffers, then hand them on (ds_ready) and the ring stage back (empty); without WITH_DK,
+    _value_side (dV alone) and the stage back."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
         ds_free = smem
     BM: gl.constexpr = BLOCK_M
@@ -246,20 +298,24 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
     z = k_rows >> 30
     k1_s = operand(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
     k2_s = operand(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
     q1_s = operand(q1_ring.index(stage), BM, HEAD_D)
     q2_s = operand(q2_ring.index(stage), BM, HEAD_D)
     do_s = operand(do_ring.index(stage), BM, HEAD_DV)
-    # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
-    mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
-    dk1, dk2, dv, acc_lam, acc_beta = _key_side(
-        dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
-        ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
-        RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L,
-        DV_L, KB)
-    fence_async_shared()
-    partition_barrier()
-    mbarrier.arrive(ds_ready.index(i % 2), count=1)
+    if WITH_DK:
+        v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+        # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
+        mbarrier.wait(ds_free.index(i % 2), ((i // 2) & 1) ^ 1)
+        dk1, dk2, dv, acc_lam, acc_beta = _key_side(
+            dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
+            ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
+            RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L,
+            DK_L, DV_L, KB, WITH_DV)
+        fence_async_shared()
+        partition_barrier()
+        mbarrier.arrive(ds_ready.index(i % 2), count=1)
+    else:
+        dv = _value_side(dv, k1_s, k2_s, q1_s, q2_s, do_s, rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d,
+                         scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, S_L, DV_L, KB)
     mbarrier.arrive(empty.index(stage), count=1)
     return dk1, dk2, dv, acc_lam, acc_beta
 
@@ -267,11 +323,13 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
-                         BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr):
+                         BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr, WITH_DK: gl.constexpr,
+                         WITH_DV: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
     tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
     buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products. With USE_LIST
-    the query tiles are those of the key block's list of occupied tiles, in the loader's order."""
+    the query tiles are those of the key block's list of occupied tiles, in the loader's order. WITH_DK off: dV
+    alone (no dS, dQ, dlam or dbeta); WITH_DV off: all but dV (passes())."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
         ds_free = smem
     RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles = ptrs
@@ -282,7 +340,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     S_L: gl.constexpr = wgmma_layout(BM)
     DK_L: gl.constexpr = wgmma_layout(HEAD_D)
     DV_L: gl.constexpr = wgmma_layout(HEAD_DV)
-    DQ_L: gl.constexpr = wgmma_layout(BM)
+    DQ_L: gl.constexpr = wgmma_layout(BM)  # dq'^T: DQ_ROWS rows of the head dimension, BM query rows
     offs_n = n0 + W * KB + gl.arange(0, KB, layout=gl.SliceLayout(1, S_L))
     key_ok = offs_n < Tk
     bhk = b * H + h
@@ -296,9 +354,17 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     beta = gl.load(BETA + h)
     acc_lam = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
     acc_beta = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
-    dk1 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
-    dk2 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
-    dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
+    # an accumulator a launch does not compute is a placeholder vector the loop carries unchanged
+    if WITH_DK:
+        dk1 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+        dk2 = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
+    else:
+        dk1 = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
+        dk2 = dk1
+    if WITH_DV:
+        dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
+    else:
+        dv = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
     RQ1h = RQ1 + bhk * Tq
     RQ2h = RQ2 + bhk * Tq
     if W == 0:
@@ -317,8 +383,9 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
             m_next = _tile_row(tiles, gl.minimum(i + 1, n_tiles - 1), m_lo, USE_LIST)
             dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
                 W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
-                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
-            if i > 0:
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV,
+                WITH_DK, WITH_DV, STAGES)
+            if WITH_DK and i > 0:
                 k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
                 _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
             m_prev = m0
@@ -328,24 +395,27 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
             i = (m0 - m_lo) // BM
             dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
                 W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
-                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV)
-            if i > 0:
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV,
+                WITH_DK, WITH_DV, STAGES)
+            if WITH_DK and i > 0:
                 k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
                 _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
         m_prev = m_end - BM
-    if n_tiles > 0:
-        k_view = operand((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
-        _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
-    part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
-    if LAM_GRAD:
-        gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
-    if BETA_GRAD:
-        gl.store(BETA_PART + part, -p * gl.sum(acc_beta, axis=0))
-    k1_s = operand(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    k2_s = operand(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
-    _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
-    store_rows(DV + b * sdv_b + h * sdv_h, sdv_t, offs_n, Tk, dv, HEAD_DV, DV_L)
+    if WITH_DK:
+        if n_tiles > 0:
+            k_view = operand((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
+            _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+        part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
+        if LAM_GRAD:
+            gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
+        if BETA_GRAD:
+            gl.store(BETA_PART + part, -p * gl.sum(acc_beta, axis=0))
+        k1_s = operand(k1_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        k2_s = operand(k2_buf.index(0), BLOCK_N, HEAD_D).slice(W * KB, KB)
+        _finish_keys(dk1, k1_s, rk1, offs_n, Tk, p, DK1 + b * sdk1_b + h * sdk1_h, sdk1_t, HEAD_D, NORMALIZE, DK_L)
+        _finish_keys(dk2, k2_s, rk2, offs_n, Tk, p, DK2 + b * sdk2_b + h * sdk2_h, sdk2_t, HEAD_D, NORMALIZE, DK_L)
+    if WITH_DV:
+        store_rows(DV + b * sdv_b + h * sdv_h, sdv_t, offs_n, Tk, dv, HEAD_DV, DV_L)
 
 
 @gluon.jit
@@ -356,6 +426,7 @@ def paired_backward_kernel(
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
     P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr,
+    WITH_DK: gl.constexpr = True, WITH_DV: gl.constexpr = True, STAGES: gl.constexpr = 2,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
     4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
@@ -364,7 +435,8 @@ def paired_backward_kernel(
     (triton_lists.py, by key block for BLOCK_M x BLOCK_N tiles: list_cap int32 entries and two counts per (b, h,
     key block)); every visited tile takes the mask anyway. Three partitions: warpgroup 0 (the default, 4 warps),
     warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
-    maxnreg=MAX_REGISTERS."""
+    maxnreg=MAX_REGISTERS. WITH_DK, WITH_DV, STAGES: as passes() gives them (dK1, dK2, dQ, dlam and dbeta are
+    computed WITH_DK, dV WITH_DV; a launch without dV leaves DV unwritten, one without dK the rest)."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q1_desc.dtype
@@ -376,13 +448,18 @@ def paired_backward_kernel(
     h = bh % H
     k1_buf = gl.allocate_shared_memory(dtype, [1] + k1_desc.block_type.shape, k1_desc.layout)
     k2_buf = gl.allocate_shared_memory(dtype, [1] + k2_desc.block_type.shape, k2_desc.layout)
-    v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
     q1_ring = gl.allocate_shared_memory(dtype, [STAGES] + q1_desc.block_type.shape, q1_desc.layout)
     q2_ring = gl.allocate_shared_memory(dtype, [STAGES] + q2_desc.block_type.shape, q2_desc.layout)
     do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
-    ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
-    ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
-    ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    if WITH_DK:  # v (for dA) and the dS buffers serve dK and dQ only; the dV launch holds neither
+        v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
+        ds_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
+        ds1_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+        ds2_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], ds_layout)
+    else:
+        v_buf = k1_buf
+        ds1_bufs = k1_buf
+        ds2_bufs = k1_buf
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     ready, empty = ring_barriers(STAGES)
@@ -391,10 +468,13 @@ def paired_backward_kernel(
     for s in gl.static_range(2):
         mbarrier.init(ds_ready.index(s), count=2)
         mbarrier.init(ds_free.index(s), count=2)
-    mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+    if WITH_DK:
+        mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes + v_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
+    else:
+        mbarrier.expect(kv_bar, k1_desc.block_type.nbytes + k2_desc.block_type.nbytes)
     tma.async_copy_global_to_shared(k1_desc, [b, h, n0, 0], kv_bar, k1_buf.index(0))
     tma.async_copy_global_to_shared(k2_desc, [b, h, n0, 0], kv_bar, k2_buf.index(0))
-    tma.async_copy_global_to_shared(v_desc, [b, h, n0, 0], kv_bar, v_buf.index(0))
     m_end = gl.cdiv(Tq, BM) * BM
     m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     entry = bh * num_n_blocks + nblk
@@ -410,9 +490,9 @@ def paired_backward_kernel(
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, USE_LIST)),
+                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, USE_LIST)),
+                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles,
-                             tiles, USE_LIST)),
+                             tiles, USE_LIST, STAGES)),
     ], [4, 1], [240, 24])

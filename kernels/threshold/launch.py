@@ -278,9 +278,14 @@ def _gluon_fits(target: Optional[CompileTarget], q1: torch.Tensor, k1: torch.Ten
 def gluon_backward_fits(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor,
                         q2: Optional[torch.Tensor], k2: Optional[torch.Tensor],
                         target: Optional[CompileTarget] = None) -> bool:
-    """Whether these inputs can take the fused Gluon backward (gluon_backward.py)."""
-    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do)
+    """Whether these inputs can take the fused Gluon backward (gluon_backward.py): at q/k 64, and at 128 (in two
+    launches) while GLUON_BACKWARD_D128 is on."""
+    return _gluon_fits(target, q1, k1, v, q2, q1, k1, q2, k2, v, do, wide=GLUON_BACKWARD_D128)
 
+
+# the Gluon backward also at q/k 128 (v 128 or 256), in two launches (gluon_backward.passes); False sends q/k 128 to
+# the Triton kernels
+GLUON_BACKWARD_D128 = True
 
 # the Gluon forward also at q/k 128 (v 128 or 256): 6-8% faster there than the Triton forward, and its float64 GPU
 # test has passed (BENCHMARKS.md); False sends q/k 128 to the Triton forward
@@ -318,8 +323,9 @@ def _gluon_forward(q1, k1, v, q2, k2, out, rq1, rq2, rk1, rk2, lam, beta, rec, o
 def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, options: ThresholdOptions, need_dlam,
                     need_dbeta, dk1, dk2, dv, dq_acc, dq2_acc, lists: Optional[TileLists] = None,
                     target: Optional[CompileTarget] = None) -> torch.Tensor:
-    """Launch the fused Gluon backward (over the query tiles of ``lists`` only, when given); returns dlam's and dbeta's
-    partial sums, (2, B, H, partials per key block)."""
+    """Launch the fused Gluon backward (over the query tiles of ``lists`` only, when given): one launch at q/k 64, and at
+    q/k 128 one for dK1, dK2 and dQ and one for dV (gluon_backward.passes); returns dlam's and dbeta's partial sums,
+    (2, B, H, partials per key block). The parts are named ``fused`` and (dV apart) ``fused_dv``."""
     from . import gluon_backward as gb
 
     B, H, Tq, d = q1.shape
@@ -330,13 +336,15 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, option
                             else (partials, partials, 0))
     if q1.is_cuda:
         common.bind_cuda_context(q1.device)
-    _run("fused", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), (
-        *gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
-        partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3], entries, counts, cap,
-        H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d), dict(
-        HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
-        LAM_GRAD=need_dlam, BETA_GRAD=need_dbeta, USE_LIST=lists is not None, num_warps=gb.NUM_WARPS.value // 2,
-        maxnreg=gb.MAX_REGISTERS), target)
+    args = (*gb.descriptors(q1, k1, q2, k2, v, do), rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
+            partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3], entries, counts, cap,
+            H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d)
+    for with_dk, with_dv, stages in gb.passes(d, dv_dim):
+        _run("fused" if with_dk else "fused_dv", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), args, dict(
+            HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
+            LAM_GRAD=need_dlam and with_dk, BETA_GRAD=need_dbeta and with_dk, USE_LIST=lists is not None,
+            WITH_DK=with_dk, WITH_DV=with_dv, STAGES=stages, num_warps=gb.NUM_WARPS.value // 2,
+            maxnreg=gb.MAX_REGISTERS), target)
     return partials
 
 
