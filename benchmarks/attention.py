@@ -119,18 +119,34 @@ def _threshold_rows(name: str, x: dict, views: int, d: int, dv: int, rep_ms: int
     return rows
 
 
+def _switched_off_rows(x: dict, d: int, rep_ms: int, graphs: bool, switch: str, fits, label: str) -> list[dict]:
+    """Paired TDA again with launch.<switch> off, where that switch alone decides whether ``fits(q1, k1, v, q2, k2)``
+    (a Gluon kernel at q/k 128 on Hopper): the rows named ``label``; none elsewhere."""
+    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
+    with patch.object(launch, switch, True):
+        if not fits(*args):
+            return []
+    with patch.object(launch, switch, False):
+        if fits(*args):
+            return []
+        rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False, graphs=graphs)
+    return [dict(r, method=label) for r in rows]
+
+
 def triton_forward_rows(x: dict, d: int, rep_ms: int, graphs: bool = False) -> list[dict]:
     """Paired TDA again with the Triton forward (launch.GLUON_FORWARD_D128 off) where that switch alone gives the Gluon
     forward by default (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Triton fwd"."""
-    args = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
-    with patch.object(launch, "GLUON_FORWARD_D128", True):
-        if not launch.gluon_forward_fits(*args):
-            return []
-    with patch.object(launch, "GLUON_FORWARD_D128", False):
-        if launch.gluon_forward_fits(*args):
-            return []
-        rows = _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, False, graphs=graphs)
-    return [dict(r, method="tda (paired), Triton fwd") for r in rows]
+    return _switched_off_rows(x, d, rep_ms, graphs, "GLUON_FORWARD_D128", lambda *a: launch.gluon_forward_fits(*a),
+                              "tda (paired), Triton fwd")
+
+
+def triton_backward_rows(x: dict, d: int, rep_ms: int, graphs: bool = False) -> list[dict]:
+    """Paired TDA again with the Triton backward (launch.GLUON_BACKWARD_D128 off) where that switch alone gives the
+    Gluon backward by default (Hopper, q/k 128, v 128 or 256): the row "tda (paired), Triton bwd". (v stands in for dO
+    in the check: same shape, dtype and layout.)"""
+    return _switched_off_rows(x, d, rep_ms, graphs, "GLUON_BACKWARD_D128",
+                              lambda q1, k1, v, q2, k2: launch.gluon_backward_fits(v, q1, k1, v, q2, k2),
+                              "tda (paired), Triton bwd")
 
 
 def forward_variants(x: dict, views: int, rep_ms: int) -> list[str]:
@@ -182,6 +198,7 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rho: float, wit
     rows = (sdpa_rows(B, T, H, d, dtype, rep_ms, graphs=graphs)
             + _threshold_rows("tda (paired)", x, 2, d, 2 * d, rep_ms, skip_ab, with_reference, graphs=graphs)
             + triton_forward_rows(x, d, rep_ms, graphs=graphs)
+            + triton_backward_rows(x, d, rep_ms, graphs=graphs)
             + _threshold_rows("tra", y, 1, d, d, rep_ms, skip_ab, graphs=graphs))
     if skip_ab and forward_lines is not None:
         forward_lines += forward_variants(x, 2, rep_ms) + forward_variants(y, 1, rep_ms)

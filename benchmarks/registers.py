@@ -155,12 +155,13 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         fused = (launch.fused_paired_backward(d, dv)
                  and launch.gluon_backward_fits(do, x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target))
         if fused:
-            from kernels.threshold.gluon_backward import TILE
+            from kernels.threshold.gluon_backward import TILE, passes
 
             backward(BackwardPlan(fused=True))
-            if "fused_dv" in target.compiled:  # q/k 128: dK and dQ in one launch, dV in another
-                record("fused", "dK/dQ fused (Gluon)", TILE, not tma)
-                record("fused_dv", "dV apart (Gluon)", TILE, not tma)
+            if "fused_dv" in target.compiled:  # q/k 128: dK and dQ in one launch, dV in another (passes())
+                (_, _, first), (_, _, second) = passes(d, dv)
+                record("fused", "dK/dQ fused (Gluon)", dataclasses.replace(TILE, num_stages=first), not tma)
+                record("fused_dv", "dV apart (Gluon)", dataclasses.replace(TILE, num_stages=second), not tma)
             else:
                 record("fused", "dK/dV/dQ fused (Gluon)", TILE, not tma)
         default_atomic = launch.dq_atomic(two)

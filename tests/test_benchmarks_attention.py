@@ -176,6 +176,28 @@ def test_the_triton_forward_gets_its_own_row_only_where_the_switch_decides(monke
     assert bench.triton_forward_rows(x, 128, 1) == [] and seen == [False]
 
 
+def test_the_triton_backward_gets_its_own_row_only_where_the_switch_decides(monkeypatch):
+    """The same for the backward at q/k 128: timed a second time with launch.GLUON_BACKWARD_D128 off (restored after),
+    where that switch alone decides whether the Gluon backward fits; no second row where it does not decide."""
+    import benchmarks.attention as bench
+    from kernels.threshold import launch
+
+    seen = []
+    monkeypatch.setattr(bench, "_threshold_rows", lambda name, x, views, d, dv, rep_ms, skip_ab, *a, **k:
+                        seen.append(launch.GLUON_BACKWARD_D128) or [dict(method=name, d=d)])
+    x = _tda_inputs(1, 64, 2, 128, 256, torch.bfloat16, 2, 0.5, device="cpu")
+    fits_seen = []
+    monkeypatch.setattr(launch, "gluon_backward_fits", lambda do, q1, *a: fits_seen.append(do.shape) or
+                        launch.GLUON_BACKWARD_D128)
+    assert bench.triton_backward_rows(x, 128, 1) == [dict(method="tda (paired), Triton bwd", d=128)]
+    assert seen == [False] and launch.GLUON_BACKWARD_D128 is True
+    assert fits_seen[0] == x["v"].shape  # the gradient's stand-in has dO's shape
+    monkeypatch.setattr(launch, "gluon_backward_fits", lambda *args: True)
+    assert bench.triton_backward_rows(x, 128, 1) == []
+    monkeypatch.setattr(launch, "gluon_backward_fits", lambda *args: False)
+    assert bench.triton_backward_rows(x, 128, 1) == [] and seen == [False]
+
+
 def test_forward_variants_time_the_bound_on_the_gluon_forward_only(monkeypatch):
     """--skip-ab's forward table: the Gluon row times the forward without the record, with it, with the products of
     empty tiles skipped, and with the bound (gluon_forward.BOUND, restored after); the Triton row has no bound column

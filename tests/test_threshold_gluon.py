@@ -33,21 +33,34 @@ def test_gluon_layout_takes(dtype, heads, kv_heads, d, dv, takes):
     (torch.bfloat16, 6, 6, 128, 64, False), (torch.bfloat16, 6, 3, 128, 256, False), (torch.float32, 6, 6, 128, 256, False),
     (torch.bfloat16, 6, 6, 256, 256, False),
 ])
-def test_the_wide_layouts_are_the_paired_forwards_alone(dtype, heads, kv_heads, d, dv, takes):
-    """``wide`` (the paired forward, asked for) adds q/k of 128 with v of 128 or 256 to the layouts; the backwards
-    never take them."""
+def test_the_wide_layouts_are_the_paired_kernels_alone(dtype, heads, kv_heads, d, dv, takes):
+    """``wide`` (the paired forward and backward, asked for) adds q/k of 128 with v of 128 or 256 to the layouts; the
+    one-view score ops' backward, which does not ask, never takes them."""
     assert gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv, wide=True) is takes
     assert not gluon_support.gluon_layout_takes(dtype, heads, kv_heads, d, dv) or d == 64
 
 
-def test_the_forward_takes_q_k_of_128_unless_switched_off(monkeypatch):
-    """At q/k 128 (v 256, the paired layout of a 2,048-wide model) the Gluon forward fits by default and not with
-    launch.GLUON_FORWARD_D128 off; the fused backward never."""
+def test_the_paired_kernels_take_q_k_of_128_unless_switched_off(monkeypatch):
+    """At q/k 128 (v 256, the paired layout of a 2,048-wide model) the Gluon forward and backward fit by default, each
+    not with its own switch off (launch.GLUON_FORWARD_D128, launch.GLUON_BACKWARD_D128)."""
     do, q1, k1, v, q2, k2 = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (256, 128, 128, 256, 128, 128)]
     monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
-    assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    assert launch.gluon_forward_fits(q1, k1, v, q2, k2) and launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
     monkeypatch.setattr(launch, "GLUON_FORWARD_D128", False)
-    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2) and not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    assert not launch.gluon_forward_fits(q1, k1, v, q2, k2) and launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    monkeypatch.setattr(launch, "GLUON_BACKWARD_D128", False)
+    assert not launch.gluon_backward_fits(do, q1, k1, v, q2, k2)
+    small = [torch.zeros(1, 2, 64, w, dtype=torch.bfloat16) for w in (128, 64, 64, 128, 64, 64)]
+    assert launch.gluon_backward_fits(*small)  # q/k 64 takes it whatever the switch
+
+
+def test_the_backward_passes():
+    """One launch of the fused backward at q/k 64; at q/k 128, dK and dQ (a one-stage ring) and then dV alone."""
+    from kernels.threshold import gluon_backward as gb
+
+    assert gb.passes(64, 128) == ((True, True, gb.STAGES.value),)
+    assert gb.passes(128, 256) == ((True, False, 1), (False, True, gb.STAGES.value))
+    assert gb.passes(128, 128) == gb.passes(128, 256)
 
 
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
@@ -189,10 +202,10 @@ from kernels.threshold import launch
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.tiles import BackwardPlan
 p, causal, normalize, grads, skip = float(sys.argv[1]), *(a == "1" for a in sys.argv[2:6])
-dv = int(sys.argv[6])
+dv, d = int(sys.argv[6]), int(sys.argv[7])
 T, H = 200, 2
 mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
-q1, k1, v, q2, k2, do = mk(64), mk(64), mk(dv), mk(64), mk(64), mk(dv)
+q1, k1, v, q2, k2, do = mk(d), mk(d), mk(dv), mk(d), mk(d), mk(dv)
 norms = [torch.zeros(1, H, T) if normalize else torch.zeros(0) for _ in range(4)]
 rec = launch.new_record(q1, T) if skip else torch.zeros(0, dtype=torch.uint8)
 with compiling_for(90) as target:
@@ -200,20 +213,23 @@ with compiling_for(90) as target:
                     ThresholdOptions(p=p, normalize=normalize, causal=causal), grads, grads, False,
                     plan=BackwardPlan(fused=True), target=target)
     assert ("lists" in target.compiled) == skip
-    u = ptxas_usage(target.compiled["fused"], 90)
-print(u.registers, u.spill_bytes, u.shared_kib)
+    assert ("fused_dv" in target.compiled) == (d == 128)  # q/k 128: dV in a launch of its own
+    usages = [ptxas_usage(target.compiled[part], 90) for part in ("fused", "fused_dv") if part in target.compiled]
+print(max(u.registers for u in usages), max(u.spill_bytes for u in usages), max(u.shared_kib for u in usages))
 """
 
 
-@pytest.mark.parametrize("p,causal,normalize,grads,skip,dv", [(2.0, True, True, True, True, 128),
-                                                               (2.0, True, True, True, False, 128),
-                                                               (1.0, False, False, False, True, 64),
-                                                               (3.0, True, False, True, True, 32)])
-def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, skip, dv):
+@pytest.mark.parametrize("p,causal,normalize,grads,skip,dv,d", [(2.0, True, True, True, True, 128, 64),
+                                                                 (2.0, True, True, True, False, 128, 64),
+                                                                 (1.0, False, False, False, True, 64, 64),
+                                                                 (3.0, True, False, True, True, 32, 64),
+                                                                 (2.0, True, True, True, True, 256, 128),
+                                                                 (1.0, False, False, True, False, 128, 128)])
+def test_fused_backward_compiles_for_hopper(p, causal, normalize, grads, skip, dv, d):
     """The fused backward, compiled (not interpreted) through launch.backward, over the lists of occupied tiles (the
-    default) and over every tile."""
+    default) and over every tile; at q/k 128 both its launches."""
     _compile_in_subprocess(_COMPILE, [str(p), *("1" if f else "0" for f in (causal, normalize, grads, skip)),
-                                      str(dv)])
+                                      str(dv), str(d)])
 
 
 def test_gluon_is_available_here(monkeypatch):

@@ -16,11 +16,18 @@ The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's e
 other's products; with both in one partition, in step, the kernel was slower (BENCHMARKS.md, "The fused backward's
 warpgroups as partitions"). Ten products per tile pair, nothing recomputed.
 
+At q/k 128 (heads of 128: v of 256 in the paired layout) the three accumulators would take 256 fp32 registers per
+thread, so the backward is two launches of the same kernel (passes()): one WITH_DK (dK1, dK2, dQ, dlam, dbeta; no
+dV) in a one-stage ring, as k1, k2 and v of 128 keys, the ring and the dS buffers leave no room for a second stage in
+an SM's shared memory; then one WITH_DV (dV alone: both views' scores recomputed, W, dV += W dO; no v, dS or dQ), each
+with 128 registers of accumulators as at q/k 64. dq'^T is then two products of 64 rows (the halves of k's columns).
+
 Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
 dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the partial sums of dlam and dbeta (one per key block
 and warpgroup); dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query
-head, q/k head dimension 64, v's a power of two up to 128, rows readable by tensor descriptors; the launcher
-checks (launch.gluon_backward_fits) and otherwise takes the Triton path.
+head, q/k head dimension 64 with v's a power of two up to 128, or 128 with v of 128 or 256 (launch.GLUON_BACKWARD_D128),
+rows readable by tensor descriptors; the launcher checks (launch.gluon_backward_fits) and otherwise takes the Triton
+path.
 """
 
 from triton.experimental import gluon

@@ -12,7 +12,8 @@ record of the cells holding a surviving weight (triton_lists.py), and the backwa
 tiles for its kernels (one compaction launch) and visits only those. Every kernel is launched through
 kernels.fast_launch, or, given a ``CompileTarget``, only compiled; its parts are named ``key_norms``, ``fwd``,
 ``fused_fwd`` (the Gluon forward), ``lists`` (the compaction), ``dkdv``, ``dv`` (dV apart), ``dq``, ``fused`` (the
-Gluon backward) and ``dq_finish``.
+Gluon backward; at q/k 128 its dK and dQ launch), ``fused_dv`` (the Gluon backward's dV launch at q/k 128) and
+``dq_finish``.
 """
 
 import dataclasses
