@@ -134,8 +134,8 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
               DV_L: gl.constexpr, BN: gl.constexpr, WITH_DV: gl.constexpr):
     """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers; dV only WITH_DV,
-    else passed on unchanged), dlam, dbeta; dS1,
-    dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ products. Products that follow one another are issued
+    else passed on unchanged), dlam, dbeta; dS1, dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ
+    products. Products that follow one another are issued
     together and waited for once (faster than a wait after each); issuing the next view's scores before this view's
     elementwise work, so that the two overlap, held more registers and ran slower (BENCHMARKS.md, "The fused
     backward's warpgroups as partitions", "A fused backward in Gluon")."""
