@@ -283,9 +283,9 @@ def test_descriptor_tiles_launch_in_a_fresh_autograd_thread_on_gpu(path):
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
-# Inputs the fused Gluon backward takes (two views, 16-bit, q/k width 64, v a power of two up to 128),
-# at awkward lengths: one row, fewer rows than a tile, tails on both axes, more keys than queries, no
-# causal mask, p = 1 and p = 3, lam outside [0, 1], beta = 0, no normalisation.
+# Inputs the fused Gluon backward takes at q/k 64 (two views, 16-bit, v a power of two up to 128; q/k 128 has its own
+# cases below, WIDE_FUSED_CASES), at awkward lengths: one row, fewer rows than a tile, tails on both axes, more keys
+# than queries, no causal mask, p = 1 and p = 3, lam outside [0, 1], beta = 0, no normalisation.
 FUSED_CASES = {
     "tda_paired_bf16_T8192": CASES["tda_paired_bf16_T8192"],
     "tda_Tq100_Tk5000_bf16": CASES["tda_Tq100_Tk5000_bf16"],
