@@ -63,6 +63,33 @@ def test_the_backward_passes():
     assert gb.passes(128, 128) == gb.passes(128, 256)
 
 
+@pytest.mark.parametrize("d,dv", [(64, 128), (128, 256), (128, 128)])
+def test_the_fused_backward_launches_each_pass_with_its_own_switches(monkeypatch, d, dv):
+    """launch._gluon_backward issues gluon_backward.passes in order, each with its constexprs: at q/k 64 one launch
+    ("fused") of everything; at q/k 128 "fused" (dK, dQ: the λ and β partial sums, one-stage ring) then "fused_dv"
+    (dV alone: no partial sums, which would overwrite the first launch's); the same descriptors and arguments."""
+    from kernels.threshold import gluon_backward as gb
+    from kernels.threshold.options import ThresholdOptions
+
+    runs = []
+    monkeypatch.setattr(launch, "_run", lambda part, kernel, grid, args, kwargs, target: runs.append((part, kwargs,
+                                                                                                      args)))
+    monkeypatch.setattr(launch.common, "bind_cuda_context", lambda device: None)
+    T, H = 96, 2
+    mk = lambda w: torch.zeros(1, T, H, w, dtype=torch.bfloat16).transpose(1, 2)
+    q1, k1, v, q2, k2, do = mk(d), mk(d), mk(dv), mk(d), mk(d), mk(dv)
+    norms = [torch.zeros(1, H, T) for _ in range(4)]
+    dq = torch.zeros(2, 1, H, T, d)
+    launch._gluon_backward(do, q1, k1, v, q2, k2, *norms, torch.full((H,), 0.5), torch.ones(H), ThresholdOptions(),
+                           True, True, mk(d), mk(d), mk(dv), dq[0], dq[1])
+    expected = [("fused" if dk else "fused_dv", dk, dv_, stages) for dk, dv_, stages in gb.passes(d, dv)]
+    assert [(part, kw["WITH_DK"], kw["WITH_DV"], kw["STAGES"]) for part, kw, _ in runs] == expected
+    assert len(runs) == (1 if d == 64 else 2)
+    for part, kw, _ in runs:
+        assert kw["LAM_GRAD"] == kw["BETA_GRAD"] == (part == "fused") and kw["HEAD_D"] == d and kw["HEAD_DV"] == dv
+    assert all(a is b for a, b in zip(runs[0][2][6:], runs[-1][2][6:]))  # past the descriptors, the same arguments
+
+
 @pytest.mark.parametrize("text,version", [("3.6.0", (3, 6, 0)), ("3.7.1+git1234", (3, 7, 1)), ("3.5.0rc2", (3, 5, 0)),
                                           ("4.0", (4, 0))])
 def test_triton_versions_read(text, version):
