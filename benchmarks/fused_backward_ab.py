@@ -13,7 +13,11 @@ this way: Triton refuses to launch a kernel after a global it reads has changed.
    gradient (dq differs by the order of fp32 atomic additions);
 2. the backward alone at the benchmark's paired shape (6 heads, q/k 64, v 128, B.T = 16384, bf16), median ms over
    ``--rep-ms`` windows, all methods alternating ``--rounds`` times, so that clocks drift alike, and the compiled
-   kernel's registers and spills.
+   kernels' registers and spills.
+
+``--head-dim 128`` measures the paired layout of heads of 128 instead (q/k 128; v 256 in the timing shape, 3 heads,
+and v 256 or 128 in the awkward shapes), where the fused backward is two launches (gluon_backward.passes); the
+attributes passes() reads at each call (e.g. a branch's DV_ROWS) make variants there too.
 
 Prints one line per shape and method and writes them to ``--out`` when given.
 
@@ -56,6 +60,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--variant", type=parse_variant, action="append", default=[],
                     help="NAME:ATTR=VALUE[,ATTR=VALUE] (attributes of kernels.threshold.gluon_backward)")
     ap.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
+    ap.add_argument("--head-dim", type=int, choices=[64, 128], default=64,
+                    help="q/k width of the paired heads (v twice that in the timing shape)")
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, help="also write the lines to this file")
@@ -100,12 +106,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     say(f"# {torch.cuda.get_device_name()} torch {torch.__version__}; variants: "
         + "; ".join(f"{n} {v}" for n, v in args.variant))
     torch.manual_seed(0)
+    d = args.head_dim
     for T, Tq, causal, norm, p, beta_v, dv in AWKWARD:
         def mk(n, w):
             return torch.randn(2, n, 3, w, device="cuda").to(torch.bfloat16).transpose(1, 2)
-        q1, k1, v, q2, k2 = mk(Tq, 64), mk(T, 64), mk(T, dv), mk(Tq, 64), mk(T, 64)
+        dv = dv if d == 64 else (256 if dv == 128 else 128)  # q/k 128 takes v of 128 or 256
+        q1, k1, v, q2, k2 = mk(Tq, d), mk(T, d), mk(T, dv), mk(Tq, d), mk(T, d)
         lam, beta = torch.tensor([0.5, 1.3, -0.2], device="cuda"), torch.full((3,), beta_v, device="cuda")
-        scale = 1.0 if norm else 0.125
+        scale = 1.0 if norm else d ** -0.5
         options = ThresholdOptions(p=p, normalize=norm, scale=scale, causal=causal)
         out, *norms = launch.forward(q1, k1, v, q2, k2, lam, beta, options)
         call_args = (torch.randn_like(out), q1, k1, v, q2, k2, *norms, lam, beta, options, True, True, False)
@@ -115,10 +123,12 @@ def main(argv: Optional[list[str]] = None) -> None:
             say(f"T={T} Tq={Tq} causal={causal} norm={norm} p={p} beta={beta_v} dv={dv} {method}: "
                 + " ".join(f"{n}={rel(a, b):.1e}" for n, a, b in zip(GRADIENTS, got, split)))
 
+    heads = 384 // d  # the benchmark's 768-wide model in paired heads
+    parts = ["fused"] if d == 64 else ["fused", "fused_dv"]
     for T in args.seq:
-        x = _tda_inputs(16384 // T, T, 6, 64, 128, torch.bfloat16, 2, 0.5)
+        x = _tda_inputs(16384 // T, T, heads, d, 2 * d, torch.bfloat16, 2, 0.5)
         det = [x[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
-        beta = torch.ones(6, device="cuda")
+        beta = torch.ones(heads, device="cuda")
         out, *norms = launch.forward(*det[:3], *det[3:], x["lam"].detach(), beta, ThresholdOptions())
         call_args = (torch.randn_like(out), *det[:3], *det[3:], *norms, x["lam"].detach(), beta, ThresholdOptions(),
                      True, False, False)
@@ -128,8 +138,9 @@ def main(argv: Optional[list[str]] = None) -> None:
                 times.setdefault(method, []).append(time_ms(lambda: grads(call_args, method), [], args.rep_ms))
         for method in list(methods)[1:]:
             grads(call_args, method)
-            c = compiled_kernel(lambda target=None: grads(call_args, method, target), "fused")
-            say(f"T={T} {method}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # (n_spills: 4-byte words)
+            for part in parts:
+                c = compiled_kernel(lambda target=None: grads(call_args, method, target), part)
+                say(f"T={T} {method} {part}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # 4-byte words
         say(f"T={T} backward ms: " + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()))
     for attr, value in defaults.items():
         setattr(gb, attr, value)

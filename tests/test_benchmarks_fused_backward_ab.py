@@ -30,3 +30,12 @@ def test_malformed_variants_are_refused(ab, text):
 def test_without_a_gpu_it_says_so(ab):
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         ab.main(["--variant", "x:STAGES=3"])
+
+
+def test_the_head_width_is_64_or_128(ab):
+    """q/k 64 by default; 128 measures the paired layout of heads of 128 (two launches); no other width has a fused
+    kernel."""
+    assert ab.parse_args([]).head_dim == 64
+    assert ab.parse_args(["--head-dim", "128"]).head_dim == 128
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--head-dim", "96"])
