@@ -272,19 +272,17 @@ def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_fre
     BM: gl.constexpr = BLOCK_M
     mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([DQ_ROWS, BM], gl.float32, layout=DQ_L)
-    if HEAD_D == DQ_ROWS:
-        dq = warpgroup_mma(k_view_s.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
-        mbarrier.arrive(ds_free.index(j % 2), count=1)
-        add_dq_columns(dq, DQh, m_prev, Tq, 0, HEAD_D, DQ_ROWS, BM)
-    else:
-        gl.static_assert(HEAD_D == 2 * DQ_ROWS, "dq'^T is taken in one or two products of DQ_ROWS rows")
-        dq = warpgroup_mma(k_view_s.slice(0, DQ_ROWS, dim=1).permute((1, 0)), ds_bufs.index(j % 2), zero_q,
-                           use_acc=False)
-        add_dq_columns(dq, DQh, m_prev, Tq, 0, HEAD_D, DQ_ROWS, BM)
-        dq = warpgroup_mma(k_view_s.slice(DQ_ROWS, DQ_ROWS, dim=1).permute((1, 0)), ds_bufs.index(j % 2), zero_q,
-                           use_acc=False)
-        mbarrier.arrive(ds_free.index(j % 2), count=1)
-        add_dq_columns(dq, DQh, m_prev, Tq, DQ_ROWS, HEAD_D, DQ_ROWS, BM)
+    gl.static_assert(HEAD_D % DQ_ROWS == 0, "dq'^T is taken in products of DQ_ROWS rows")
+    PARTS: gl.constexpr = HEAD_D // DQ_ROWS
+    for c in gl.static_range(PARTS):
+        if PARTS == 1:
+            k_part = k_view_s
+        else:
+            k_part = k_view_s.slice(c * DQ_ROWS, DQ_ROWS, dim=1)
+        dq = warpgroup_mma(k_part.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
+        if c == PARTS - 1:  # the last product has read the buffer
+            mbarrier.arrive(ds_free.index(j % 2), count=1)
+        add_dq_columns(dq, DQh, m_prev, Tq, c * DQ_ROWS, HEAD_D, DQ_ROWS, BM)
 
 
 @gluon.jit
