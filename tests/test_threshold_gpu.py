@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from threshold_float64 import (Case, make_inputs, poisoned_outputs, run_and_compare, run_kernel,  # noqa: F401
-                             survivor_shares)
+from threshold_float64 import (Case, in_projection_layout, make_inputs, poisoned_outputs,  # noqa: F401
+                              run_and_compare, run_kernel, survivor_shares)
 
 from kernels import common
 from kernels.threshold import launch
@@ -219,8 +219,7 @@ def test_projection_layout_on_gpu(monkeypatch, name, atomic):
     seed = sum(map(ord, name)) + 7
     inputs = make_inputs(case, seed, device="cuda")
     names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
-    for n in names:
-        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    in_projection_layout(inputs, names)
     assert common.tma_ready(*(inputs[n] for n in names))
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
     tol = 1e-4 if case.dtype == torch.float32 else 1e-2
@@ -283,6 +282,20 @@ def test_descriptor_tiles_launch_in_a_fresh_autograd_thread_on_gpu(path):
     assert run.returncode == 0 and run.stdout.strip() == "ok", run.stderr[-2000:]
 
 
+def _compared(case: Case, name: str, *label: str, projection: bool = True) -> dict:
+    """The kernels' output and every gradient against float64 (run_and_compare) on ``case``'s inputs seeded by the
+    test's ``name``, in the model's projection layout unless ``projection`` is off: the errors, printed with
+    ``label`` and the views' survivor shares."""
+    seed = sum(map(ord, name))
+    inputs = make_inputs(case, seed, device="cuda")
+    if projection:  # (B, T, H, d) made dense, viewed as (B, H, T, d), as the model's projections are
+        in_projection_layout(inputs)
+    shares = survivor_shares(inputs, case)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
+    print(name, *label, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    return errors
+
+
 # Inputs the fused Gluon backward takes at q/k 64 (two views, 16-bit, v a power of two up to 128; q/k 128 has its own
 # cases below, WIDE_FUSED_CASES), at awkward lengths: one row, fewer rows than a tile, tails on both axes, more keys
 # than queries, no causal mask, p = 1 and p = 3, lam outside [0, 1], beta = 0, no normalisation.
@@ -321,14 +334,7 @@ def test_fused_gluon_backward_on_gpu(monkeypatch, name, layout, forward, backwar
         monkeypatch.setattr(launch, "gluon_forward_fits", GLUON_FORWARD_FITS)
         real_forward = launch._gluon_forward
         monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
-    seed = sum(map(ord, name))
-    inputs = make_inputs(case, seed, device="cuda")
-    if layout == "projection":  # (B, T, H, d) made dense, viewed as (B, H, T, d), as the model's projections are
-        for n in ("q1", "k1", "v", "q2", "k2"):
-            inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    shares = survivor_shares(inputs, case)
-    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
-    print(name, layout, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    errors = _compared(case, name, layout, projection=layout == "projection")
     assert ("backward" in launches) == (backward == "fused") and ("forward" in launches) == (forward == "gluon"), \
         launches
     assert all(v <= 1e-2 for v in errors.values()), errors
@@ -359,13 +365,7 @@ def test_gluon_forward_at_q_k_128_on_gpu(monkeypatch, name):
     launches = []
     real_forward = launch._gluon_forward
     monkeypatch.setattr(launch, "_gluon_forward", lambda *a: launches.append("forward") or real_forward(*a))
-    seed = sum(map(ord, name))
-    inputs = make_inputs(case, seed, device="cuda")
-    for n in ("q1", "k1", "v", "q2", "k2"):
-        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    shares = survivor_shares(inputs, case)
-    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
-    print(name, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    errors = _compared(case, name)
     assert launches and set(launches) == {"forward"} and not launch._gluon_failure, launches
     assert all(v <= 1e-2 for v in errors.values()), errors
 
@@ -399,13 +399,7 @@ def test_fused_gluon_backward_at_q_k_128_on_gpu(monkeypatch, name, forward):
     launches = []
     real = launch._gluon_backward
     monkeypatch.setattr(launch, "_gluon_backward", lambda *a: launches.append("backward") or real(*a))
-    seed = sum(map(ord, name))
-    inputs = make_inputs(case, seed, device="cuda")
-    for n in ("q1", "k1", "v", "q2", "k2"):
-        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-    shares = survivor_shares(inputs, case)
-    errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
-    print(name, forward, "shares", [f"{s:.4f}" for s in shares], {k: f"{v:.2e}" for k, v in errors.items()})
+    errors = _compared(case, name, forward)
     assert launches == ["backward"] and not launch._gluon_failure, (launches, launch._gluon_failure)
     assert all(v <= 1e-2 for v in errors.values()), errors
 
@@ -517,8 +511,7 @@ def test_fused_gluon_backward_skips_on_gpu(monkeypatch, name, forward):
         real = getattr(launch, part)
         monkeypatch.setattr(launch, part, lambda *a, real=real, part=part: launches.append(part) or real(*a))
     inputs = planted_inputs(case, _sparse_plants(case, seed), seed, device="cuda")
-    for n in ("q1", "k1", "v", "q2", "k2"):
-        inputs[n] = inputs[n].detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    in_projection_layout(inputs)
     assert torch.equal(_record_of(case, inputs).bool(), cell_support(inputs, case))
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed)
     print(name, forward, {k: f"{v:.2e}" for k, v in errors.items()})

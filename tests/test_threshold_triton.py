@@ -8,7 +8,8 @@ import pytest
 import torch
 
 import threshold_float64
-from threshold_float64 import Case, make_inputs, poisoned_outputs, run_and_compare, survivor_shares  # noqa: F401
+from threshold_float64 import (Case, make_inputs, poisoned_outputs, projection_layout,  # noqa: F401
+                              run_and_compare, survivor_shares)
 
 from kernels import common
 from kernels.threshold import launch
@@ -77,11 +78,6 @@ def test_shared_beta_and_lam_tensors_get_summed_gradients():
     assert beta_h.grad.abs().min() > 0 and lam_h.grad.abs().min() > 0
 
 
-def _projection_layout(t: torch.Tensor) -> torch.Tensor:
-    """The same values as a (B, T, H, d) tensor viewed as (B, H, T, d), as the model's projections are."""
-    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
-
-
 @pytest.mark.parametrize("atomic", [True, False])
 @pytest.mark.parametrize("case", [Case(T=70, d=32, dv=64, H=2, lam=(0.4,)),
                                   Case(B=2, T=45, d=48, dv=80, H=4, Hkv=2, two_views=False)],
@@ -93,7 +89,7 @@ def test_projection_layout_comes_back_in_that_layout(monkeypatch, case, atomic):
     inputs = make_inputs(case, seed=21)
     names = ["q1", "k1", "v"] + (["q2", "k2"] if case.two_views else [])
     for n in names:
-        inputs[n] = _projection_layout(inputs[n])
+        inputs[n] = projection_layout(inputs[n])
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed=21)
     assert all(v <= FP32_TOL for v in errors.values()), errors
 
@@ -119,7 +115,7 @@ def test_views_in_different_layouts_get_their_own_dq_layouts_with_atomics(monkey
     monkeypatch.setattr(launch, "dq_finish_kernel", _counting(launch.dq_finish_kernel, calls))
     case = Case(T=53, d=32, dv=64, H=2, lam=(0.4, 1.2))
     inputs = make_inputs(case, seed=8)
-    inputs["q2"] = _projection_layout(inputs["q2"])
+    inputs["q2"] = projection_layout(inputs["q2"])
     assert inputs["q1"].stride() != inputs["q2"].stride()
     errors = run_and_compare(threshold_attention_triton, case, inputs, seed=8)
     assert all(v <= FP32_TOL for v in errors.values()), errors

@@ -97,6 +97,18 @@ def correlated(direction: torch.Tensor, B: int, T: int, generator: torch.Generat
     return rho * direction * math.sqrt(d) + noise
 
 
+def projection_layout(t: torch.Tensor) -> torch.Tensor:
+    """The same values as a (B, T, H, d) tensor viewed as (B, H, T, d), as the model's projections are: a new leaf."""
+    return t.detach().transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+
+
+def in_projection_layout(inputs: dict, names=("q1", "k1", "v", "q2", "k2")) -> dict:
+    """``inputs`` with the tensors ``names`` replaced by projection_layout copies (in place; returned)."""
+    for n in names:
+        inputs[n] = projection_layout(inputs[n])
+    return inputs
+
+
 def make_inputs(case: Case, seed: int, device: str = "cpu") -> dict:
     """Fresh random inputs for ``case`` as guarded leaves rounded to case.dtype, plus lam and beta as
     (H,) fp32 tensors. Queries of a head correlate with the keys of its key/value head."""
