@@ -16,8 +16,8 @@ single on more than one GPU, or a context-parallel size that does not divide the
 tokens/s is the median of the logged windows after the first `--skip` (warm-up, compilation). Each window ends
 with a logged step, whose loss is read, which waits for the GPU, and the next step then starts on an idle GPU while
 the host issues its first kernels. A short window (`--log-every 5`) charges that restart to one step in five, and
-more to an attention whose kernels take the host longer to issue; windows of 25 steps or more keep it about as rare as
-in training (BENCHMARKS.md, "Windows of 25 steps at 8k"). MFU is train.py's
+more to an attention whose kernels take the host longer to issue; windows of 25 steps or more make it rare (paper_small
+logs every 100 steps; BENCHMARKS.md, "Windows of 25 steps at 8k"). MFU is train.py's
 (training/mfu.py: the same FLOP count for every attention, so softmax and TDA compare by it). Scaling efficiency is
 tokens/s on N GPUs over N × tokens/s on one GPU, for the same attention and setting (and strategy, where one GPU
 ran it); "vs softmax" is the ratio to softmax at the same setting, strategy, GPU count and context-parallel size. On
