@@ -13,7 +13,9 @@ this way: Triton refuses to launch a kernel after a global it reads has changed.
    gradient (dq differs by the order of fp32 atomic additions);
 2. the backward alone at the benchmark's paired shape (6 heads, q/k 64, v 128, B.T = 16384, bf16), median ms over
    ``--rep-ms`` windows, all methods alternating ``--rounds`` times, so that clocks drift alike, and the compiled
-   kernels' registers and spills.
+   kernels' registers and spills; once per ``--rho`` (the weight of the direction q and k share: 0.5 leaves part of
+   the tiles empty, benchmarks.attention.DENSE_RHO occupies every one), each line with the forward record's tile
+   occupancy, which the backward visits.
 
 ``--head-dim 128`` measures the paired layout of heads of 128 instead (q/k 128; v 256 in the timing shape, 3 heads,
 and v 256 or 128 in the awkward shapes), where the fused backward is two launches (gluon_backward.passes); the
@@ -62,6 +64,8 @@ def parse_args(argv: Optional[list[str]] = None) -> argparse.Namespace:
     ap.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
     ap.add_argument("--head-dim", type=int, choices=[64, 128], default=64,
                     help="q/k width of the paired heads (v twice that in the timing shape)")
+    ap.add_argument("--rho", type=float, nargs="+", default=[0.5],
+                    help="shared-direction weights of the timing inputs (1.0: every tile occupied)")
     ap.add_argument("--rep-ms", type=int, default=60)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--out", type=Path, help="also write the lines to this file")
@@ -75,7 +79,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not torch.cuda.is_available():
         sys.exit("benchmarks.fused_backward_ab needs a CUDA GPU (the fused backward is for Hopper)")
     from benchmarks.attention import _tda_inputs, compiled_kernel
-    from benchmarks.timing import time_ms
+    from benchmarks.timing import tile_occupancy, time_ms
     from kernels.threshold import gluon_backward as gb
     from kernels.threshold import launch
     from kernels.threshold.options import ThresholdOptions
@@ -126,22 +130,26 @@ def main(argv: Optional[list[str]] = None) -> None:
     heads = 384 // d  # the benchmark's 768-wide model in paired heads
     parts = ["fused"] if d == 64 else ["fused", "fused_dv"]
     for T in args.seq:
-        x = _tda_inputs(16384 // T, T, heads, d, 2 * d, torch.bfloat16, 2, 0.5)
-        det = [x[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
-        beta = torch.ones(heads, device="cuda")
-        out, *norms = launch.forward(*det[:3], *det[3:], x["lam"].detach(), beta, ThresholdOptions())
-        call_args = (torch.randn_like(out), *det[:3], *det[3:], *norms, x["lam"].detach(), beta, ThresholdOptions(),
-                     True, False, False)
-        times: dict[str, list[float]] = {}
-        for _ in range(args.rounds):
-            for method in methods:
-                times.setdefault(method, []).append(time_ms(lambda: grads(call_args, method), [], args.rep_ms))
-        for method in list(methods)[1:]:
-            grads(call_args, method)
-            for part in parts:
-                c = compiled_kernel(lambda target=None: grads(call_args, method, target), part)
-                say(f"T={T} {method} {part}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # 4-byte words
-        say(f"T={T} backward ms: " + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()))
+        for i, rho in enumerate(args.rho):
+            x = _tda_inputs(16384 // T, T, heads, d, 2 * d, torch.bfloat16, 2, rho)
+            det = [x[n].detach() for n in ("q1", "k1", "v", "q2", "k2")]
+            beta = torch.ones(heads, device="cuda")
+            out, *norms = launch.forward(*det[:3], *det[3:], x["lam"].detach(), beta, ThresholdOptions(), record=True)
+            call_args = (torch.randn_like(out), *det[:3], *det[3:], *norms, x["lam"].detach(), beta,
+                         ThresholdOptions(), True, False, False)
+            times: dict[str, list[float]] = {}
+            for _ in range(args.rounds):
+                for method in methods:
+                    times.setdefault(method, []).append(time_ms(lambda: grads(call_args, method), [], args.rep_ms))
+            if i == 0:  # the compiled kernels do not depend on the inputs' values
+                for method in list(methods)[1:]:
+                    grads(call_args, method)
+                    for part in parts:
+                        c = compiled_kernel(lambda target=None: grads(call_args, method, target), part)
+                        say(f"T={T} {method} {part}: registers {c.n_regs}, {4 * c.n_spills} bytes spilled")  # words
+            occupied = tile_occupancy(norms[-1], T, T)
+            say(f"T={T} rho={rho} tiles {100 * occupied:.1f}% backward ms: "
+                + " | ".join(f"{k} {' '.join(f'{t:.3f}' for t in v)}" for k, v in times.items()))
     for attr, value in defaults.items():
         setattr(gb, attr, value)
     if args.out:

@@ -39,3 +39,10 @@ def test_the_head_width_is_64_or_128(ab):
     assert ab.parse_args(["--head-dim", "128"]).head_dim == 128
     with pytest.raises(SystemExit):
         ab.parse_args(["--head-dim", "96"])
+
+
+def test_the_timing_inputs_take_several_shared_direction_weights(ab):
+    assert ab.parse_args([]).rho == [0.5]
+    assert ab.parse_args(["--rho", "0.5", "1.0"]).rho == [0.5, 1.0]
+    with pytest.raises(SystemExit):
+        ab.parse_args(["--rho", "dense"])
