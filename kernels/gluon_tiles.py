@@ -8,6 +8,7 @@ Imports Triton's Gluon at once: import it only where gluon_support.gluon_availab
 
 import functools
 
+import torch
 from triton import constexpr_function
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
@@ -154,9 +155,34 @@ def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
 
 
+MAX_KEPT_DESCRIPTORS = 512  # validated descriptor fields kept (one per dtype, shape, strides and rows); then cleared
+_validated: dict[tuple, dict] = {}
+
+
+def row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """The copy-engine descriptor of the (B, H, T, width) 16-bit tensor ``t`` in blocks of ``rows`` rows of one head.
+
+    TensorDescriptor checks its fields when made (a few microseconds on the host, at every launch). What it checks
+    depends only on the tensor's dtype, shape, strides and 16-byte alignment, so the first descriptor made for such a
+    tensor is checked, and its fields (not the tensor, which the store must not keep alive) are kept; later ones take
+    those fields with their own tensor as base, unchecked. A tensor that fails the checks is never kept, so it fails
+    them at every call."""
+    shape, strides = t.shape, t.stride()
+    key = (t.dtype, shape, strides, rows, t.data_ptr() % 16 == 0)
+    fields = _validated.get(key)
+    if fields is None:
+        made = TensorDescriptor(t, list(shape), list(strides), [1, 1, rows, shape[-1]],
+                                _row_block_layout(rows, shape[-1]))
+        if len(_validated) >= MAX_KEPT_DESCRIPTORS:
+            _validated.clear()
+        _validated[key] = {name: value for name, value in vars(made).items() if name != "base"}
+        return made
+    made = object.__new__(TensorDescriptor)
+    vars(made).update(fields)
+    made.base = t
+    return made
+
+
 def row_descriptors(*blocks: tuple) -> tuple:
-    """Copy-engine descriptors of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs, each in blocks of
-    ``rows`` rows of one head."""
-    return tuple(TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, t.shape[-1]],
-                                  _row_block_layout(rows, t.shape[-1]))
-                 for t, rows in blocks)
+    """Copy-engine descriptors (row_descriptor) of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs."""
+    return tuple(row_descriptor(t, rows) for t, rows in blocks)
