@@ -4,6 +4,7 @@ it, function by function (GPU only).
     python -m benchmarks.profile                      # T = 4096 and 16384, d = 64, bf16
     python -m benchmarks.profile --seq 8192 --out profile.md
     python -m benchmarks.profile --seq 4096 --host    # cProfile of issuing paired TDA's forward+backward
+    python -m benchmarks.profile --seq 8192 --head-dim 128 --dense   # heads of 128, every tile occupied
 
 For the benchmark's parameter-matched shapes (benchmarks.attention: B·T = 16384 tokens), profiles cuDNN's
 softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
@@ -90,6 +91,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--head-dim", type=int, default=64)
     parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
     parser.add_argument("--calls", type=int, default=10)
+    parser.add_argument("--dense", action="store_true",
+                        help="threshold inputs with every tile occupied (benchmarks.attention.DENSE_RHO), not half")
     parser.add_argument("--host", action="store_true",
                         help="cProfile the CPU time of issuing paired TDA's forward+backward instead")
     parser.add_argument("--out", help="also write the tables to this markdown file")
@@ -108,8 +111,9 @@ def main(argv: Optional[list[str]] = None) -> None:
     for T in args.seq:
         B = max(1, args.tokens // T)
         sm = [timing.projection(B, T, H, d, dtype) for _ in range(3)]
-        x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, 0.5)
-        y = bench._tda_inputs(B, T, H, d, d, dtype, 1, 0.5)
+        rho = bench.DENSE_RHO if args.dense else 0.5
+        x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
+        y = bench._tda_inputs(B, T, H, d, d, dtype, 1, rho)
 
         leaves = sm + [t for t in (*x.values(), *y.values()) if t.requires_grad]
 
