@@ -303,9 +303,11 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
     z = k_rows >> 30
     k1_s = operand(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
     k2_s = operand(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-    q1_s = operand(q1_ring.index(stage), BM, HEAD_D)
-    q2_s = operand(q2_ring.index(stage), BM, HEAD_D)
-    do_s = operand(do_ring.index(stage), BM, HEAD_DV)
+    # + z (0): with one stage the ring's index is a constant, and the compiler hoists the operands' descriptors out of
+    # the loop and spills them (312 bytes at q/k 128, none with the loop-varying zero; python -m benchmarks.registers)
+    q1_s = operand(q1_ring.index(stage + z), BM, HEAD_D)
+    q2_s = operand(q2_ring.index(stage + z), BM, HEAD_D)
+    do_s = operand(do_ring.index(stage + z), BM, HEAD_DV)
     if WITH_DK:
         v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
         # both warpgroups have taken dQ from the buffer this tile's dS goes to (tile i - 2)
