@@ -304,7 +304,8 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
     k1_s = operand(k1_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
     k2_s = operand(k2_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
     # + z (0): with one stage the ring's index is a constant, and the compiler hoists the operands' descriptors out of
-    # the loop and spills them (312 bytes at q/k 128, none with the loop-varying zero; python -m benchmarks.registers)
+    # the loop and spills them (the q/k 128 dK launch; with the loop-varying zero it spills nothing and runs faster:
+    # BENCHMARKS.md, "The dK launch's spills removed"; python -m benchmarks.registers shows the spills)
     q1_s = operand(q1_ring.index(stage + z), BM, HEAD_D)
     q2_s = operand(q2_ring.index(stage + z), BM, HEAD_D)
     do_s = operand(do_ring.index(stage + z), BM, HEAD_DV)
