@@ -141,8 +141,11 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target)
         if gluon_fwd:
             from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
+            from kernels.threshold.gluon_forward import keys_per_stage
 
-            record("fused_fwd", "forward (Gluon)", FORWARD_TILE, not tma)
+            # the keys per ring stage at this width (32 at q/k 128), not the d = 64 default's
+            record("fused_fwd", "forward (Gluon)", dataclasses.replace(FORWARD_TILE, block_n=keys_per_stage(d)),
+                   not tma)
         for i, cfg in enumerate(candidates(forward_configs(d, dv, two, size))):
             launch.forward(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], *fixed, record=skip, skip_products=skip,
                            tile=cfg, target=target)

@@ -42,3 +42,20 @@ def test_paired_layout_wider_than_the_kernels_take_is_skipped():
     assert result.returncode == 0, result.stderr[-2000:]
     assert "skipped: 2 view(s), d = 256 (paired v of 512 > 256)" in result.stderr
     assert "| TDA paired" not in result.stdout
+
+
+def test_paired_heads_of_128_report_each_gluon_launch_at_its_own_tile(tmp_path):
+    """At q/k 128 the Gluon forward takes keys_per_stage(128) keys per ring stage (not the d = 64 default's), and the
+    backward is two launches with passes()' stages: the table's tile column says so."""
+    from kernels.threshold.gluon_backward import passes
+    from kernels.threshold.gluon_forward import keys_per_stage
+
+    out = tmp_path / "registers.md"
+    result = _run("--views", "2", "--head-dims", "128", "--defaults-only", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = {r[1].strip(): r for r in (line.split("|")[1:-1] for line in out.read_text().splitlines()
+                                      if line.startswith("| TDA paired"))}
+    assert rows["forward (Gluon)"][2].strip().startswith(f"128×{keys_per_stage(128)}, ")
+    (_, _, first), (_, _, second) = passes(128, 256)
+    assert f"{first} stages" in rows["dK/dQ fused (Gluon)"][2] and f"{second} stages" in rows["dV apart (Gluon)"][2]
+    assert all(rows[p][3].strip() == "yes" for p in ("forward (Gluon)", "dK/dQ fused (Gluon)", "dV apart (Gluon)"))
