@@ -1,6 +1,6 @@
 """What every op's launcher shares: the interpreter switch, head-dimension padding, output allocation in the inputs'
-memory layout, copy-engine (TMA) reads (when the tensors allow them, and the CUDA context they need), and compiling
-for a GPU instead of launching (CompileTarget).
+memory layout, copy-engine (TMA) reads (when the tensors allow them, the CUDA context they need, and their
+descriptors, checked once per layout), and compiling for a GPU instead of launching (CompileTarget).
 
 This module does not import Triton, so ``interpreting()`` can be asked on machines without it.
 """
@@ -66,6 +66,35 @@ def tma_ready(*tensors: torch.Tensor) -> bool:
     return all(
         t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
         for t in tensors)
+
+
+MAX_KEPT_DESCRIPTORS = 512  # checked descriptor fields kept (one per class, layout and block); then cleared
+_checked_descriptors: dict[tuple, dict] = {}
+
+
+def row_block_descriptor(kind: type, t: torch.Tensor, rows: int, width: int, *extra) -> object:
+    """``kind(t, shape, strides, [1, 1, rows, width], *extra)``: a copy-engine descriptor of the (B, H, T, ·) tensor
+    ``t`` in blocks of ``rows`` rows of one head, ``kind`` being Triton's or Gluon's TensorDescriptor (``extra``: its
+    hashable further fields, e.g. Gluon's shared layout).
+
+    Both classes check their fields when made (microseconds on the host, at every launch). What they check depends
+    only on the tensor's dtype, shape, strides and 16-byte alignment, so the first descriptor made for such a tensor is
+    checked, and its fields (not the tensor, which the store must not keep alive) are kept; later ones take those
+    fields with their own tensor as base, unchecked. A tensor that fails the checks is never kept, so it fails them
+    at every call."""
+    shape, strides = t.shape, t.stride()
+    key = (kind, t.dtype, shape, strides, rows, width, extra, t.data_ptr() % 16 == 0)
+    fields = _checked_descriptors.get(key)
+    if fields is None:
+        made = kind(t, list(shape), list(strides), [1, 1, rows, width], *extra)
+        if len(_checked_descriptors) >= MAX_KEPT_DESCRIPTORS:
+            _checked_descriptors.clear()
+        _checked_descriptors[key] = {name: value for name, value in vars(made).items() if name != "base"}
+        return made
+    made = object.__new__(kind)
+    vars(made).update(fields)
+    made.base = t
+    return made
 
 
 _bound_contexts = threading.local()

@@ -15,6 +15,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
+from .common import row_block_descriptor
+
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
     @gluon.jit
@@ -155,32 +157,11 @@ def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
     return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
 
 
-MAX_KEPT_DESCRIPTORS = 512  # validated descriptor fields kept (one per dtype, shape, strides and rows); then cleared
-_validated: dict[tuple, dict] = {}
-
-
 def row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
-    """The copy-engine descriptor of the (B, H, T, width) 16-bit tensor ``t`` in blocks of ``rows`` rows of one head.
-
-    TensorDescriptor checks its fields when made (a few microseconds on the host, at every launch). What it checks
-    depends only on the tensor's dtype, shape, strides and 16-byte alignment, so the first descriptor made for such a
-    tensor is checked, and its fields (not the tensor, which the store must not keep alive) are kept; later ones take
-    those fields with their own tensor as base, unchecked. A tensor that fails the checks is never kept, so it fails
-    them at every call."""
-    shape, strides = t.shape, t.stride()
-    key = (t.dtype, shape, strides, rows, t.data_ptr() % 16 == 0)
-    fields = _validated.get(key)
-    if fields is None:
-        made = TensorDescriptor(t, list(shape), list(strides), [1, 1, rows, shape[-1]],
-                                _row_block_layout(rows, shape[-1]))
-        if len(_validated) >= MAX_KEPT_DESCRIPTORS:
-            _validated.clear()
-        _validated[key] = {name: value for name, value in vars(made).items() if name != "base"}
-        return made
-    made = object.__new__(TensorDescriptor)
-    vars(made).update(fields)
-    made.base = t
-    return made
+    """The copy-engine descriptor of the (B, H, T, width) 16-bit tensor ``t`` in blocks of ``rows`` rows of one head,
+    checked once per layout (common.row_block_descriptor)."""
+    width = t.shape[-1]
+    return row_block_descriptor(TensorDescriptor, t, rows, width, _row_block_layout(rows, width))
 
 
 def row_descriptors(*blocks: tuple) -> tuple:

@@ -93,10 +93,11 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
 
 
 def row_blocks(t: torch.Tensor, rows: int, width: int):
-    """A tensor descriptor of the (B, H, T, d) tensor ``t`` in blocks of ``rows`` rows of one head."""
+    """A tensor descriptor of the (B, H, T, d) tensor ``t`` in blocks of ``rows`` rows of one head, ``width`` wide,
+    checked once per layout (common.row_block_descriptor)."""
     from triton.tools.tensor_descriptor import TensorDescriptor
 
-    return TensorDescriptor(t, list(t.shape), list(t.stride()), [1, 1, rows, width])
+    return common.row_block_descriptor(TensorDescriptor, t, rows, width)
 
 
 def _row_inputs(cfg: TileConfig, q1, k1, q2, k2, v, do=None) -> tuple:
