@@ -140,8 +140,7 @@ def rows_for(views: int, d: int, dtype: torch.dtype, arch: int, defaults_only: b
         do = torch.zeros_like(out)
         gluon_fwd = launch.gluon_forward_fits(x["q1"], x["k1"], x["v"], x["q2"], x["k2"], target)
         if gluon_fwd:
-            from kernels.threshold.gluon_forward import TILE as FORWARD_TILE
-            from kernels.threshold.gluon_forward import keys_per_stage
+            from kernels.threshold.gluon_forward import TILE as FORWARD_TILE, keys_per_stage
 
             # the keys per ring stage at this width (32 at q/k 128), not the d = 64 default's
             record("fused_fwd", "forward (Gluon)", dataclasses.replace(FORWARD_TILE, block_n=keys_per_stage(d)),
