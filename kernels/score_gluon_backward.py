@@ -24,8 +24,13 @@ the paired threshold backward does (kernels/threshold/gluon_backward.py; shared 
   one tile later, and added with fp32 vector atomics. The warpgroups meet only at the dX buffers (mbarriers), so one's
   elementwise work runs under the other's products.
 
-σ is evaluated as kernels/sigmoid/triton_forward.sigmoid_exp2's mode 1 (one ex2 and a degree-4 polynomial), the
-16-bit inputs' default. Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
+The kernel is bound by issuing instructions more than by its products: per tile each warp issues several hundred
+instructions against five products. So σ is 1 / (1 + 2^(−z)) by the special-function unit's ex2 and reciprocal
+(kernels/sigmoid/triton_forward.sigmoid_exp2's mode 0, approximate to a few ulp, where the Triton kernels' 16-bit
+default, one ex2 and a polynomial with a select on the sign, costs about twice the instructions; a second
+special-function operation per score fits under the five products, unlike in the forwards' two), and the masks are
+applied only in the tiles that need one: the first query tiles of a key block under causality, a last tile with rows
+past Tq, every tile of a block with keys past Tk (three loops over one body, _tile). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
 two from 16 to 128, rows readable by tensor descriptors: score_gluon.gluon_backward_fits checks, and otherwise the
 Triton kernels run.
 """
@@ -65,6 +70,17 @@ def _sigmoid_and_slope(z):
 
 
 @gluon.jit
+def _sigmoid_of_negated(zn):
+    """σ(z) from zn = −z in log2 units: 1 / (1 + 2^zn) by the special-function unit's ex2 and reciprocal (both
+    approximate to a few ulp, flushing subnormals). zn = +inf gives 2^zn = inf and σ = 0, which the backward uses
+    as its mask. Two special-function operations and one addition: fewer instructions than the polynomial form
+    (which spends one ex2, four FMAs, two multiplications and a select on the sign), where the backward's five
+    products leave the special-function unit room for the second."""
+    return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + gl.exp2(zn)], dtype=gl.float32,
+                                     is_pure=True, pack=1)
+
+
+@gluon.jit
 def _load_query_tile(q_desc, do_desc, q_ring, do_ring, bars, stage, b, h, m0):
     """Start the copy of the query tile at row m0 (q, dO) into ring stage ``stage``, signalling bars[stage]."""
     bar = bars.index(stage)
@@ -92,11 +108,12 @@ def _row_vector(PTR, m0, Tq, other, BM: gl.constexpr, Q_L: gl.constexpr):
 
 @gluon.jit
 def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, LSEh, DELTAh, Tq, Tk,
-              MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, S_L: gl.constexpr,
-              DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
+              MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr,
+              S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
     """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
-    acc_p; dX (keys × queries) is stored into dx_s for the dQ product. Keys past Tk (read as zeros) and rows past Tq
-    are masked with the causal mask, so every tile takes the same code."""
+    acc_p; dX (keys × queries) is stored into dx_s for the dQ product. MASKED: keys past Tk (read as zeros), rows
+    past Tq and (CAUSAL) keys after a row's position are masked; tiles that need none of it
+    (_warpgroup_partition's middle loop) leave out the comparison and selection per element."""
     Q_L: gl.constexpr = gl.SliceLayout(0, S_L)
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     if MODE != SIGMOID:
@@ -106,18 +123,24 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
-    s = s * qk_scale2
-    offs_m = tile_rows(m0, BM, Q_L)
-    last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
-    keep = offs_n[:, None] <= last[None, :]
+    if MASKED:
+        offs_m = tile_rows(m0, BM, Q_L)
+        last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
+        keep = offs_n[:, None] <= last[None, :]
     if MODE == SIGMOID:
-        w, slope = _sigmoid_and_slope(s + param2)
-        dx = gl.where(keep, dw * slope, 0.0)
+        # −z = s·(−scale log2 e) − b_h log2 e, one FMA; masked elements get +inf, hence σ = 0 and slope 0
+        zn = s * (-qk_scale2) - param2
+        if MASKED:
+            zn = gl.where(keep, zn, float("inf"))
+        w = _sigmoid_of_negated(zn)
+        dx = dw * (w - w * w)
         if PARAM_GRAD:
             acc_p += gl.sum(dx, axis=1)
-        w = gl.where(keep, w, 0.0)
     else:
-        e = gl.where(keep, gl.exp2(s - lse[None, :]), 0.0)
+        s = s * qk_scale2
+        e = gl.exp2(s - lse[None, :])
+        if MASKED:
+            e = gl.where(keep, e, 0.0)
         if PARAM_GRAD:  # the sink's share: Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, per key
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
         if MODE == SOFTPICK:
@@ -155,6 +178,43 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexp
 
 
 @gluon.jit
+def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr,
+          CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
+          STAGES: gl.constexpr):
+    """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
+    falls to this warpgroup."""
+    smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk = loop
+    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    KB: gl.constexpr = BLOCK_N // 2
+    S_L: gl.constexpr = wgmma_layout(BM)
+    DK_L: gl.constexpr = wgmma_layout(HEAD_D)
+    DV_L: gl.constexpr = wgmma_layout(HEAD_DV)
+    DQ_L: gl.constexpr = wgmma_layout(BM)
+    m0 = m_lo + i * BM
+    stage = i % STAGES
+    mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
+    z = m0 >> 30  # 0: keeps the buffer views inside the loop, as in the paired kernel
+    k_s = operand(k_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
+    v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
+    q_s = operand(q_ring.index(stage), BM, HEAD_D)
+    do_s = operand(do_ring.index(stage), BM, HEAD_DV)
+    # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
+    mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
+    dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
+                              offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
+                              PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
+    fence_async_shared()
+    partition_barrier()
+    mbarrier.arrive(dx_ready.index(i % 2), count=1)
+    mbarrier.arrive(empty.index(stage), count=1)
+    if i > 0:
+        if (i - 1) % 2 == W:
+            k_all = operand(k_buf.index(z), BLOCK_N, HEAD_D)
+            _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM, DQ_L)
+    return dk, dv, acc_p
+
+
+@gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
                          STAGES: gl.constexpr):
@@ -179,28 +239,22 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
     DQh = DQACC + bh * Tq * HEAD_D
     mbarrier.wait(kv_bar, phase=0)
-    for i in range(n_tiles):
-        m0 = m_lo + i * BM
-        stage = i % STAGES
-        mbarrier.wait(ready.index(stage), (i // STAGES) & 1)
-        z = m0 >> 30  # 0: keeps the buffer views inside the loop, as in the paired kernel
-        k_s = operand(k_buf.index(z), BLOCK_N, HEAD_D).slice(W * KB, KB)
-        v_s = operand(v_buf.index(z), BLOCK_N, HEAD_DV).slice(W * KB, KB)
-        q_s = operand(q_ring.index(stage), BM, HEAD_D)
-        do_s = operand(do_ring.index(stage), BM, HEAD_DV)
-        # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
-        mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
-        dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
-                                  offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
-                                  PARAM_GRAD, S_L, DK_L, DV_L, KB, BM)
-        fence_async_shared()
-        partition_barrier()
-        mbarrier.arrive(dx_ready.index(i % 2), count=1)
-        mbarrier.arrive(empty.index(stage), count=1)
-        if i > 0:
-            if (i - 1) % 2 == W:
-                k_all = operand(k_buf.index(z), BLOCK_N, HEAD_D)
-                _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM, DQ_L)
+    # Tiles needing a mask: the first ones, which the program's last key follows (CAUSAL), and a last one with rows
+    # past Tq; every tile of a program with keys past Tk. The others run the same body without it.
+    if n0 + BLOCK_N > Tk:
+        n_front = n_tiles
+    elif CAUSAL:
+        n_front = gl.minimum(gl.maximum(gl.cdiv(n0 + BLOCK_N - 1 - (Tk - Tq) - m_lo, BM), 0), n_tiles)
+    else:
+        n_front = n_tiles * 0
+    n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
+    loop = (smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk)
+    for i in range(n_front):
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+    for i in range(n_front, n_mid):
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, False, BM, STAGES)
+    for i in range(n_mid, n_tiles):
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
