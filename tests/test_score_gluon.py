@@ -78,7 +78,7 @@ def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monke
     monkeypatch.setattr(score_gluon, "run", refuse)
     monkeypatch.setattr(score_gluon_backward, "descriptors", lambda *args: ())  # the guarded rows are not aligned
     monkeypatch.setattr(score_gluon, "_failure", [])
-    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # softpick takes Gluon only when asked
+    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # the default, set here whatever it becomes
     case = Case(T=70, d=64, dv=64, H=2, dtype=torch.bfloat16)
     with pytest.warns(RuntimeWarning, match="Gluon backward of the score ops cannot run"):
         errors = run_and_compare(ENTRY[op], op, case, make_inputs(case, op, 4), 4)

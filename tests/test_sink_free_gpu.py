@@ -116,7 +116,7 @@ def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
     if not score_gluon.gluon_backward_fits(q.new_empty(*q.shape[:3], v.shape[-1]), q, k, v):
         pytest.skip("not a Hopper GPU with Gluon")
     monkeypatch.setattr(score_gluon, "default_tile", lambda head_dv: tile)
-    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # softpick takes Gluon only when asked
+    monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # the default, set here whatever it becomes
     taken = []
     real = score_gluon.run
     monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kw, target:

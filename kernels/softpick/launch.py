@@ -23,9 +23,10 @@ from .triton_backward import normalized_dkdv_kernel, normalized_dq_kernel, row_d
 from .triton_forward import normalized_fwd_kernel
 
 _chosen: dict[tuple, TileConfig] = {}
-# Whether softpick (no sink) takes the Gluon backward by default: no, it ran slower than its Triton one on an H100
-# (BENCHMARKS.md, "The score ops' Gluon backward"); the sink mode does.
-SOFTPICK_GLUON = False
+# Whether softpick (no sink) takes the Gluon backward by default, as the sink mode does: yes since its masks are applied
+# only where needed (level with the Triton backward at 8k tokens, 4-8% faster at 16k on an H100: BENCHMARKS.md, "Fewer
+# instructions per tile in the score ops' Gluon backward"); False gives the Triton kernels.
+SOFTPICK_GLUON = True
 
 
 def _constexprs(q: torch.Tensor, v: torch.Tensor, causal: bool, sink: Optional[torch.Tensor]) -> dict:

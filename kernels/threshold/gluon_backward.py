@@ -14,10 +14,7 @@ lets this kernel place every operand itself and split the work between partition
 
 The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
 other's products; with both in one partition, in step, the kernel was slower (BENCHMARKS.md, "The fused backward's
-warpgroups as partitions"). Ten products per tile pair, nothing recomputed. The warps issue more instructions per tile
-than the products take cycles, so each one counts: only the tiles crossing the diagonal take the causal mask (a loop
-of their own, the first entries of a key block's list); in the others rows past Tq and keys past Tk read as zeros,
-whose dO, dA and products are zero, so they need no mask either.
+warpgroups as partitions"). Ten products per tile pair, nothing recomputed.
 
 At q/k 128 (heads of 128: v of 256 in the paired layout) the three accumulators would take 256 fp32 registers per
 thread, so the backward is two launches of the same kernel (passes()): one WITH_DK (dK1, dK2, dQ, dlam, dbeta; no
@@ -86,7 +83,7 @@ def _gain(m0, Tq, Tk, inv_d, BM: gl.constexpr, Q_L: gl.constexpr):
     the logarithm taken as ln 2 . lg2.approx: one hardware instruction, where gl.log and gl.log2 each compile to a
     routine of about a dozen per value (BENCHMARKS.md, "A fused backward in Gluon", and the section after it)."""
     pos = tile_rows(m0, BM, Q_L) + (Tk - Tq)
-    lg = gl.inline_asm_elementwise("lg2.approx.ftz.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
+    lg = gl.inline_asm_elementwise("lg2.approx.f32 $0, $1;", "=r,r", [(pos + 1).to(gl.float32)], dtype=gl.float32,
                                    is_pure=True, pack=1)
     return gl.sqrt((2.0 * 0.6931471805599453) * lg * inv_d)
 
@@ -104,21 +101,19 @@ def _query_factor(RQh, m0, Tq, scale, NORMALIZE: gl.constexpr, BM: gl.constexpr,
 
 @gluon.jit
 def _rectified(s, rk, offs_n, m0, RQh, beta, scale, inv_d, Tq, Tk, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
-               MASKED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
-    """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i; MASKED: zero where the key
-    is past Tk, the query past Tq or (CAUSAL) the key after the query. Only the tiles crossing the diagonal take the
-    mask, in a loop of their own (_warpgroup_partition). An earlier form of this kernel chose the mask by a branch
-    inside one loop, which gave wrong gradients on Triton 3.6, and its separate loops spilled and ran slower
-    (BENCHMARKS.md, "A fused backward in Gluon"); the present one compiles without spills (benchmarks.registers)."""
+               BM: gl.constexpr, Q_L: gl.constexpr):
+    """max(u, 0) for the score tile s = k . q^T (keys, queries): u = s r'_j r_i - beta g_i, zero where the key
+    is past Tk, the query past Tq or (CAUSAL) the key after the query. Every tile takes the mask: interior
+    tiles without it, chosen by a branch in the loop, gave wrong gradients on Triton 3.6, and in loops of their
+    own spilled and ran slower (BENCHMARKS.md, "A fused backward in Gluon")."""
     if NORMALIZE:
         s = s * rk[:, None]
     u = s * _query_factor(RQh, m0, Tq, scale, NORMALIZE, BM, Q_L)[None, :] - beta * _gain(m0, Tq, Tk, inv_d, BM,
                                                                                              Q_L)[None, :]
-    if MASKED:
-        # the last key each query row sees (-1 past Tq): one comparison per element
-        offs_m = tile_rows(m0, BM, Q_L)
-        last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
-        u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
+    # the last key each query row sees (-1 past Tq): one comparison per element
+    offs_m = tile_rows(m0, BM, Q_L)
+    last = last_visible_key(offs_m, Tq, Tk, CAUSAL, BM, Q_L)
+    u = gl.where(offs_n[:, None] <= last[None, :], u, 0.0)
     return gl.maximum(u, 0.0)
 
 
@@ -137,7 +132,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
               rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk,
               NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr,
               LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr,
-              DV_L: gl.constexpr, BN: gl.constexpr, WITH_DV: gl.constexpr, MASKED: gl.constexpr):
+              DV_L: gl.constexpr, BN: gl.constexpr, WITH_DV: gl.constexpr):
     """One query tile's contribution to the BN keys of k1_s, k2_s, v_s: dK1, dK2, dV (registers; dV only WITH_DV,
     else passed on unchanged), dlam, dbeta; dS1, dS2 (keys, queries) are stored into ds1_s, ds2_s for the dQ
     products. Products that follow one another are issued
@@ -153,7 +148,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     da_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     da, s1 = warpgroup_mma_wait(0, deps=[da_t, s1_t])
-    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     g1 = _slope(up1, p, P_MODE) * da
     if BETA_GRAD:
         acc_beta += gl.sum(g1 * _gain(m0, Tq, Tk, inv_d, BM, Q_L)[None, :], axis=1)
@@ -166,7 +161,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
     # view 2, its weights entering with -lam
     s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dk1, s2, ds1_op = warpgroup_mma_wait(0, deps=[dk1_t, s2_t, ds1_op])
-    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     a2 = _power(up2, p, P_MODE)
     if LAM_GRAD:
         acc_lam += gl.sum(da * a2, axis=1)
@@ -195,7 +190,7 @@ def _key_side(dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s
 @gluon.jit
 def _value_side(dv, k1_s, k2_s, q1_s, q2_s, do_s, rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq,
                 Tk, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr, S_L: gl.constexpr,
-                DV_L: gl.constexpr, BN: gl.constexpr, MASKED: gl.constexpr):
+                DV_L: gl.constexpr, BN: gl.constexpr):
     """One query tile's contribution to the dV of the BN keys of k1_s, k2_s, for the launch that computes dV alone
     (passes()): both views' scores, W = max(u1, 0)^p - lam max(u2, 0)^p as _key_side forms it, dV += W dO."""
     BM: gl.constexpr = BLOCK_M
@@ -204,8 +199,8 @@ def _value_side(dv, k1_s, k2_s, q1_s, q2_s, do_s, rk1, rk2, offs_n, m0, RQ1h, RQ
     s1_t = warpgroup_mma(k1_s, q1_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s2_t = warpgroup_mma(k2_s, q2_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
-    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
-    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, MASKED, BM, Q_L)
+    up1 = _rectified(s1, rk1, offs_n, m0, RQ1h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
+    up2 = _rectified(s2, rk2, offs_n, m0, RQ2h, beta, scale, inv_d, Tq, Tk, NORMALIZE, CAUSAL, BM, Q_L)
     w = (_power(up1, p, P_MODE) - lam * _power(up2, p, P_MODE)).to(do_s.dtype)
     w_op = gl.convert_layout(w, gl.DotOperandLayout(0, DV_L, 2))
     dv_t = warpgroup_mma(w_op, do_s, dv, is_async=True)
@@ -295,7 +290,7 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
                lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE: gl.constexpr, P_MODE: gl.constexpr,
                CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, S_L: gl.constexpr,
                DK_L: gl.constexpr, DV_L: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
-               WITH_DK: gl.constexpr, WITH_DV: gl.constexpr, STAGES: gl.constexpr, MASKED: gl.constexpr):
+               WITH_DK: gl.constexpr, WITH_DV: gl.constexpr, STAGES: gl.constexpr):
     """The warpgroup's share of the program's i-th query tile (rows m0 ..): wait for it in the ring, _key_side into
     the tile's dS buffers, then hand them on (ds_ready) and the ring stage back (empty); without WITH_DK,
     _value_side (dV alone) and the stage back."""
@@ -322,45 +317,15 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
             dk1, dk2, dv, acc_lam, acc_beta, k1_s, k2_s, v_s, q1_s, q2_s, do_s,
             ds1_bufs.index(i % 2).slice(W * KB, KB), ds2_bufs.index(i % 2).slice(W * KB, KB), rk1, rk2, offs_n, m0,
             RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L,
-            DK_L, DV_L, KB, WITH_DV, MASKED)
+            DK_L, DV_L, KB, WITH_DV)
         fence_async_shared()
         partition_barrier()
         mbarrier.arrive(ds_ready.index(i % 2), count=1)
     else:
         dv = _value_side(dv, k1_s, k2_s, q1_s, q2_s, do_s, rk1, rk2, offs_n, m0, RQ1h, RQ2h, lam, beta, p, inv_d,
-                         scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, S_L, DV_L, KB, MASKED)
+                         scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, S_L, DV_L, KB)
     mbarrier.arrive(empty.index(stage), count=1)
     return dk1, dk2, dv, acc_lam, acc_beta
-
-
-@gluon.jit
-def _listed_step(W: gl.constexpr, i, m0, m_prev, n_tiles, tiles, m_lo, dk1, dk2, dv, acc_lam, acc_beta, loop,
-                 NORMALIZE: gl.constexpr, P_MODE: gl.constexpr, CAUSAL: gl.constexpr, LAM_GRAD: gl.constexpr,
-                 BETA_GRAD: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, WITH_DK: gl.constexpr,
-                 WITH_DV: gl.constexpr, STAGES: gl.constexpr, USE_LIST: gl.constexpr, MASKED: gl.constexpr):
-    """Query tile i (rows m0 ..) of the warpgroup's loop (_tile_step), then dq' of tile i - 1 (rows m_prev ..) where
-    WITH_DK. Returns the accumulators, this tile's rows (the next step's m_prev) and the next tile's rows, read from
-    the list a tile ahead (USE_LIST) so that no step waits for its index, else m0 + BLOCK_M."""
-    smem, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, ds_bufs, DQh = loop
-    k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
-        ds_free = smem
-    BM: gl.constexpr = BLOCK_M
-    S_L: gl.constexpr = wgmma_layout(BM)
-    DK_L: gl.constexpr = wgmma_layout(HEAD_D)
-    DV_L: gl.constexpr = wgmma_layout(HEAD_DV)
-    DQ_L: gl.constexpr = wgmma_layout(BM)  # dq'^T: DQ_ROWS rows of the head dimension, BM query rows
-    if USE_LIST:
-        m_next = _tile_row(tiles, gl.minimum(i + 1, n_tiles - 1), m_lo, USE_LIST)
-    else:
-        m_next = m0 + BM
-    dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
-        W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
-        inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV,
-        WITH_DK, WITH_DV, STAGES, MASKED)
-    if WITH_DK and i > 0:
-        k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
-        _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
-    return dk1, dk2, dv, acc_lam, acc_beta, m0, m_next
 
 
 @gluon.jit
@@ -377,7 +342,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
         ds_free = smem
     RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles = ptrs
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
-        n_masked, num_n_blocks, scale, p, inv_d = scalars
+        num_n_blocks, scale, p, inv_d = scalars
     BM: gl.constexpr = BLOCK_M
     KB: gl.constexpr = BLOCK_N // 2
     S_L: gl.constexpr = wgmma_layout(BM)
@@ -419,28 +384,31 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     m_end = m_lo + n_tiles * BM
     mbarrier.wait(kv_bar, phase=0)
     m_prev = m_lo  # the rows of the last tile seen
-    loop = (smem, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p, inv_d, scale, Tq, Tk, ds_bufs, DQh)
-    # The first n_masked tiles cross the diagonal and take the causal mask; the others need none (rows past Tq and
-    # keys past Tk read as zeros, whose dO, dA and products are zero) and run the same step without it.
     if USE_LIST:
         m0 = _tile_row(tiles, 0, m_lo, USE_LIST)
-        for i in range(n_masked):
-            dk1, dk2, dv, acc_lam, acc_beta, m_prev, m0 = _listed_step(
-                W, i, m0, m_prev, n_tiles, tiles, m_lo, dk1, dk2, dv, acc_lam, acc_beta, loop, NORMALIZE, P_MODE,
-                CAUSAL, LAM_GRAD, BETA_GRAD, HEAD_D, HEAD_DV, WITH_DK, WITH_DV, STAGES, USE_LIST, True)
-        for i in range(n_masked, n_tiles):
-            dk1, dk2, dv, acc_lam, acc_beta, m_prev, m0 = _listed_step(
-                W, i, m0, m_prev, n_tiles, tiles, m_lo, dk1, dk2, dv, acc_lam, acc_beta, loop, NORMALIZE, P_MODE,
-                CAUSAL, LAM_GRAD, BETA_GRAD, HEAD_D, HEAD_DV, WITH_DK, WITH_DV, STAGES, USE_LIST, False)
+        for i in range(n_tiles):
+            # the next tile's rows, loaded a tile ahead so that no step waits for its index
+            m_next = _tile_row(tiles, gl.minimum(i + 1, n_tiles - 1), m_lo, USE_LIST)
+            dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
+                W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV,
+                WITH_DK, WITH_DV, STAGES)
+            if WITH_DK and i > 0:
+                k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+            m_prev = m0
+            m0 = m_next
     else:
-        for i in range(n_masked):
-            dk1, dk2, dv, acc_lam, acc_beta, m_prev, m0 = _listed_step(
-                W, i, m_lo + i * BM, m_prev, n_tiles, tiles, m_lo, dk1, dk2, dv, acc_lam, acc_beta, loop, NORMALIZE,
-                P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, HEAD_D, HEAD_DV, WITH_DK, WITH_DV, STAGES, USE_LIST, True)
-        for i in range(n_masked, n_tiles):
-            dk1, dk2, dv, acc_lam, acc_beta, m_prev, m0 = _listed_step(
-                W, i, m_lo + i * BM, m_prev, n_tiles, tiles, m_lo, dk1, dk2, dv, acc_lam, acc_beta, loop, NORMALIZE,
-                P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, HEAD_D, HEAD_DV, WITH_DK, WITH_DV, STAGES, USE_LIST, False)
+        for m0 in range(m_lo, m_end, BM):
+            i = (m0 - m_lo) // BM
+            dk1, dk2, dv, acc_lam, acc_beta = _tile_step(
+                W, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, m0, rk1, rk2, offs_n, RQ1h, RQ2h, lam, beta, p,
+                inv_d, scale, Tq, Tk, NORMALIZE, P_MODE, CAUSAL, LAM_GRAD, BETA_GRAD, S_L, DK_L, DV_L, HEAD_D, HEAD_DV,
+                WITH_DK, WITH_DV, STAGES)
+            if WITH_DK and i > 0:
+                k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
+                _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L)
+        m_prev = m_end - BM
     if WITH_DK:
         if n_tiles > 0:
             k_view = operand((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
@@ -473,7 +441,7 @@ def paired_backward_kernel(
     BLOCK_N for k1, k2, v (descriptors()). LAM_PART, BETA_PART hold (B, H, PARTIALS_PER_BLOCK * num_n_blocks)
     partial sums. With USE_LIST the loader and both warpgroups visit only the query tiles of the key block's list
     (triton_lists.py, by key block for BLOCK_M x BLOCK_N tiles: list_cap int32 entries and two counts per (b, h,
-    key block): the entries crossing the diagonal, which come first and take the mask, and all). Three partitions: warpgroup 0 (the default, 4 warps),
+    key block)); every visited tile takes the mask anyway. Three partitions: warpgroup 0 (the default, 4 warps),
     warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
     maxnreg=MAX_REGISTERS. WITH_DK, WITH_DV, STAGES: as passes() gives them (dK1, dK2, dQ, dlam and dbeta are
     computed WITH_DK, dV WITH_DV; a launch without dV leaves DV unwritten, one without dK the rest)."""
@@ -520,20 +488,14 @@ def paired_backward_kernel(
     entry = bh * num_n_blocks + nblk
     tiles = LIST + entry.to(gl.int64) * list_cap
     if USE_LIST:
-        n_masked = gl.load(COUNTS + 2 * entry)  # the list's entries crossing the diagonal come first
         n_tiles = gl.load(COUNTS + 2 * entry + 1)
     else:
         n_tiles = (m_end - m_lo) // BM
-        if CAUSAL:  # the tiles before the first that sees the whole key block (triton_lists.tile_lists_kernel's m_mid)
-            n_masked = gl.minimum(gl.maximum(gl.cdiv(n0 + BLOCK_N - 1 - (Tk - Tq), BM) * BM, m_lo), m_end) - m_lo
-            n_masked = n_masked // BM
-        else:
-            n_masked = n_tiles * 0
     smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
             ds_free)
     ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles)
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
-               n_tiles, n_masked, num_n_blocks, scale, p, inv_d)
+               n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
                                 BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES)),
