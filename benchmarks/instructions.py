@@ -1,0 +1,199 @@
+"""Instructions per loop iteration of the Gluon kernels for Hopper, from their machine code (no GPU needed).
+
+    python -m benchmarks.instructions                       # every Gluon kernel, paired d = 64 and the score ops
+    python -m benchmarks.instructions --kernels score_backward --top 12
+
+Each kernel is compiled for sm_90 the way its launcher launches it (a CompileTarget, as benchmarks.registers does),
+assembled by the ptxas Triton ships and disassembled by its cuobjdump. In the SASS, every innermost loop that issues
+warpgroup products (HGMMA) is a kernel's per-tile loop, one per warpgroup partition and per loop of the source (the
+score ops' backward has a masked, an unmasked and a masked one); the table gives, per loop, the instructions in one
+iteration, how many are products, and the most frequent opcodes. A warp issues at most one instruction per cycle, so
+where the instructions outnumber the cycles the products take, the kernel is bound by issuing them: the score ops'
+backward was, and its time fell with its instruction count (BENCHMARKS.md, "Fewer instructions per tile in the score
+ops' Gluon backward"); the paired backward was not. Static counts: a loop's branches (the forward's skipped tiles)
+are counted once each.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import os
+import re
+import subprocess
+import sys
+import tempfile
+from dataclasses import dataclass
+from typing import Callable, Optional
+
+import torch
+import triton
+
+_LINE = re.compile(r"\s+/\*([0-9a-f]{4,})\*/\s+(?:@!?U?P[T0-9]\s+)?([A-Z][A-Za-z0-9_.]*)(.*?)\s*(?:/\*[^*]*\*/\s*)?$")
+_TARGET = re.compile(r"0x([0-9a-f]+)")
+
+
+@dataclass
+class Loop:
+    start: int                  # address of the loop's first instruction (the back branch's target)
+    end: int                    # address of the back branch
+    opcodes: collections.Counter  # opcode (without modifiers) -> instructions in one iteration
+
+    @property
+    def instructions(self) -> int:
+        return sum(self.opcodes.values())
+
+
+def parse_sass(text: str) -> list[tuple[int, str, str]]:
+    """(address, opcode with its modifiers, operands) of each instruction in cuobjdump -sass output."""
+    found = []
+    for line in text.splitlines():
+        m = _LINE.match(line)
+        if m:
+            found.append((int(m.group(1), 16), m.group(2), m.group(3)))
+    return found
+
+
+def product_loops(instructions: list[tuple[int, str, str]], product: str = "HGMMA") -> list[Loop]:
+    """The innermost loops holding a ``product`` instruction: each backward branch (a BRA to a lower address) spans a
+    loop from its target to itself, unless an EXIT or RET lies between; loops containing another such loop are
+    dropped. In address order."""
+    products = [a for a, op, _ in instructions if op.split(".")[0] == product]
+    exits = [a for a, op, _ in instructions if op.split(".")[0] in ("EXIT", "RET")]
+    spans = set()
+    for address, op, rest in instructions:
+        if op.split(".")[0] == "BRA":
+            target = _TARGET.search(rest)
+            if target and int(target.group(1), 16) < address:
+                start = int(target.group(1), 16)
+                # a span over an exit is no loop: the retry stubs of mbarrier waits, placed after the code, branch
+                # back into it
+                if any(start <= p <= address for p in products) and not any(start <= e <= address for e in exits):
+                    spans.add((start, address))
+    inner = sorted(s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans))
+    return [Loop(lo, hi, collections.Counter(op.split(".")[0] for a, op, _ in instructions if lo <= a <= hi))
+            for lo, hi in inner]
+
+
+def sass(compiled, arch: int = 90) -> str:
+    """The SASS of a compiled Triton/Gluon kernel: its PTX assembled and disassembled by Triton's own tools."""
+    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    with tempfile.TemporaryDirectory() as tmp:
+        src, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
+        with open(src, "w") as f:
+            f.write(compiled.asm["ptx"])
+        subprocess.run([os.path.join(tools, "ptxas"), f"-arch=sm_{arch}a", src, "-o", cubin], check=True,
+                       capture_output=True)
+        return subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], check=True, capture_output=True,
+                              text=True).stdout
+
+
+def _rows(T: int, heads: int, width: int) -> torch.Tensor:
+    """A CPU tensor laid out as the model's projections ((B, T, heads, width) seen as (B, heads, T, width))."""
+    return torch.zeros(1, T, heads, width, dtype=torch.bfloat16).transpose(1, 2)
+
+
+def _score_backward(mode: str) -> Callable:
+    def compile_(target) -> dict:
+        from kernels.sigmoid import launch as sigmoid_launch
+        from kernels.softpick import launch as normalized_launch
+
+        T, H = 4096, 12
+        q, k, v, do = (_rows(T, H, 64) for _ in range(4))
+        if mode == "sigmoid":
+            sigmoid_launch.backward(do, q, k, v, torch.zeros(H), 0.125, True, True, False, target=target)
+        else:
+            normalized_launch.backward(do, q, k, v, _rows(T, H, 64), torch.zeros(1, H, T),
+                                       torch.zeros(H) if mode == "sink" else None, 0.125, True, mode == "sink",
+                                       False, gluon=True, target=target)
+        return {"backward": target.compiled["gluon_bwd"]}
+    return compile_
+
+
+def _score_forward(mode: str) -> Callable:
+    def compile_(target) -> dict:
+        from kernels.sigmoid import launch as sigmoid_launch
+        from kernels.softpick import launch as normalized_launch
+
+        T, H = 4096, 12
+        q, k, v = (_rows(T, H, 64) for _ in range(3))
+        if mode == "sigmoid":
+            sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=True, target=target)
+        else:
+            normalized_launch.forward(q, k, v, torch.zeros(H) if mode == "sink" else None, 0.125,
+                                      0.0 if mode == "sink" else 1e-6, True, gluon=True, target=target)
+        return {"forward": target.compiled["gluon_fwd"]}
+    return compile_
+
+
+def _paired(d: int) -> Callable:
+    def compile_(target) -> dict:
+        from kernels.threshold import launch
+        from kernels.threshold.options import ThresholdOptions
+        from kernels.threshold.tiles import BackwardPlan
+
+        T, H = 4096, 768 // (2 * d)
+        q1, k1, q2, k2, v = (_rows(T, H, w) for w in (d, d, d, d, 2 * d))
+        fixed = (torch.full((H,), 0.5), torch.ones(H), ThresholdOptions())
+        out, *saved = launch.forward(q1, k1, v, q2, k2, *fixed, record=True, skip_products=True, target=target)
+        launch.backward(torch.zeros_like(out), q1, k1, v, q2, k2, *saved, *fixed, True, False, False,
+                        plan=BackwardPlan(fused=True), target=target)
+        parts = {"forward": "fused_fwd", "backward": "fused", "backward, dV launch": "fused_dv"}
+        return {name: target.compiled[part] for name, part in parts.items() if part in target.compiled}
+    return compile_
+
+
+KERNELS: dict[str, list[tuple[str, Callable]]] = {
+    "score_backward": [(f"score ops' backward, {m} mode", _score_backward(m)) for m in ("sigmoid", "sink", "softpick")],
+    "score_forward": [(f"score ops' forward, {m} mode", _score_forward(m)) for m in ("sigmoid", "sink", "softpick")],
+    "paired": [(f"paired TDA, q/k {d}", _paired(d)) for d in (64, 128)],
+}
+
+
+def rows_for(names: list[str], arch: int = 90) -> list[dict]:
+    """One row per product loop of each kernel named (KERNELS' keys)."""
+    from benchmarks.registers import compiling_for  # (it refuses the interpreter on import)
+
+    rows = []
+    for name in names:
+        for label, compile_ in KERNELS[name]:
+            with compiling_for(arch) as target:
+                parts = compile_(target)
+            for part, compiled in parts.items():
+                for i, loop in enumerate(product_loops(parse_sass(sass(compiled, arch)))):
+                    rows.append(dict(kernel=f"{label}: {part}", loop=i, at=f"{loop.start:#x}", loop_obj=loop))
+    return rows
+
+
+def format_table(rows: list[dict], top: int = 8) -> str:
+    lines = ["| kernel | loop (address) | instructions per iteration | products (HGMMA) | most frequent |",
+             "|---|---|---|---|---|"]
+    for r in rows:
+        loop = r["loop_obj"]
+        common = ", ".join(f"{op} {n}" for op, n in loop.opcodes.most_common(top))
+        lines.append(f"| {r['kernel']} | {r['loop']} ({r['at']}) | {loop.instructions} | {loop.opcodes['HGMMA']} | "
+                     f"{common} |")
+    return "\n".join(lines)
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--kernels", nargs="+", choices=list(KERNELS), default=list(KERNELS))
+    parser.add_argument("--arch", type=int, default=90, help="compute capability ×10 (90: H100/H200)")
+    parser.add_argument("--top", type=int, default=8, help="opcodes listed per loop")
+    parser.add_argument("--out", help="also write the table to this file")
+    args = parser.parse_args(argv)
+    if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on"):
+        sys.exit("benchmarks.instructions compiles the kernels: run it without TRITON_INTERPRET=1")
+    rows = rows_for(args.kernels, args.arch)
+    table = (f"Triton {triton.__version__}, sm_{args.arch}a, bf16, d = 64 unless said; SASS from Triton's ptxas and "
+             f"cuobjdump; per warp, one iteration of each innermost loop with warpgroup products\n\n"
+             + format_table(rows, args.top))
+    print(table)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(table + "\n")
+
+
+if __name__ == "__main__":
+    main()
