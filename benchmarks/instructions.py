@@ -185,14 +185,13 @@ def main(argv: Optional[list[str]] = None) -> None:
     args = parser.parse_args(argv)
     if os.environ.get("TRITON_INTERPRET", "0").lower() in ("1", "true", "yes", "on"):
         sys.exit("benchmarks.instructions compiles the kernels: run it without TRITON_INTERPRET=1")
+    from benchmarks.registers import print_and_write
+
     rows = rows_for(args.kernels, args.arch)
     table = (f"Triton {triton.__version__}, sm_{args.arch}a, bf16, d = 64 unless said; SASS from Triton's ptxas and "
              f"cuobjdump; per warp, one iteration of each innermost loop with warpgroup products\n\n"
              + format_table(rows, args.top))
-    print(table)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(table + "\n")
+    print_and_write(table, args.out)
 
 
 if __name__ == "__main__":

@@ -218,9 +218,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     table = (f"Triton {triton.__version__}, sm_{args.arch}, {args.dtype}, "
              f"{'without' if args.no_skip else 'with'} exact skipping; registers and spill stores from ptxas -v\n\n"
              + format_table(rows))
+    print_and_write(table, args.out)
+
+
+def print_and_write(table: str, out: Optional[str]) -> None:
+    """The table on stdout and, given a path, in that file too (the compile-only tools' --out)."""
     print(table)
-    if args.out:
-        with open(args.out, "w") as f:
+    if out:
+        with open(out, "w") as f:
             f.write(table + "\n")
 
 
