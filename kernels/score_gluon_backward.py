@@ -25,12 +25,13 @@ the paired threshold backward does (kernels/threshold/gluon_backward.py; shared 
   elementwise work runs under the other's products.
 
 The kernel is bound by issuing instructions more than by its products: per tile each warp issues several hundred
-instructions against five products. So σ is 1 / (1 + 2^(−z)) by the special-function unit's ex2 and reciprocal
-(kernels/sigmoid/triton_forward.sigmoid_exp2's mode 0, approximate to a few ulp, where the Triton kernels' 16-bit
-default, one ex2 and a polynomial with a select on the sign, costs about twice the instructions; a second
-special-function operation per score fits under the five products, unlike in the forwards' two), and the masks are
-applied only in the tiles that need one: the first query tiles of a key block under causality, a last tile with rows
-past Tq, every tile of a block with keys past Tk (three loops over one body, _tile). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
+instructions against five products (python -m benchmarks.instructions counts them). So σ is 1 / (1 + 2^(−z)) by the
+special-function unit's ex2 and approximate reciprocal (errors of a few fp32 ulp), where the Triton kernels' 16-bit
+form (kernels/sigmoid/triton_forward.sigmoid_exp2's mode 1: one ex2, a polynomial, a select on the sign) issues about
+twice the instructions; a second special-function operation per score fits under the backward's five products,
+unlike under the forwards' two. And the masks are applied only in the tiles that need one: the first query tiles of a
+key block under causality, a last tile with rows past Tq, every tile of a block with keys past Tk (three loops over
+one body, _tile). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
 two from 16 to 128, rows readable by tensor descriptors: score_gluon.gluon_backward_fits checks, and otherwise the
 Triton kernels run.
 """
