@@ -106,7 +106,7 @@ def _score_backward(mode: str) -> Callable:
             normalized_launch.backward(do, q, k, v, _rows(T, H, 64), torch.zeros(1, H, T),
                                        torch.zeros(H) if mode == "sink" else None, 0.125, True, mode == "sink",
                                        False, gluon=True, target=target)
-        return {"backward": target.compiled["gluon_bwd"]}
+        return {"backward": _compiled(target, "gluon_bwd")}
     return compile_
 
 
@@ -122,7 +122,7 @@ def _score_forward(mode: str) -> Callable:
         else:
             normalized_launch.forward(q, k, v, torch.zeros(H) if mode == "sink" else None, 0.125,
                                       0.0 if mode == "sink" else 1e-6, True, gluon=True, target=target)
-        return {"forward": target.compiled["gluon_fwd"]}
+        return {"forward": _compiled(target, "gluon_fwd")}
     return compile_
 
 
@@ -138,9 +138,20 @@ def _paired(d: int) -> Callable:
         out, *saved = launch.forward(q1, k1, v, q2, k2, *fixed, record=True, skip_products=True, target=target)
         launch.backward(torch.zeros_like(out), q1, k1, v, q2, k2, *saved, *fixed, True, False, False,
                         plan=BackwardPlan(fused=True), target=target)
-        parts = {"forward": "fused_fwd", "backward": "fused", "backward, dV launch": "fused_dv"}
-        return {name: target.compiled[part] for name, part in parts.items() if part in target.compiled}
+        parts = {"forward": _compiled(target, "fused_fwd"), "backward": _compiled(target, "fused")}
+        if "fused_dv" in target.compiled:  # q/k 128: dV in a launch of its own
+            parts["backward, dV launch"] = target.compiled["fused_dv"]
+        return parts
     return compile_
+
+
+def _compiled(target, part: str):
+    """The compiled Gluon kernel the launcher kept as ``part``; an error where it is missing: the launcher fell back
+    to its Triton kernels because the Gluon one did not compile (its warning says why)."""
+    if part not in target.compiled:
+        raise RuntimeError(f"the Gluon kernel '{part}' was not compiled (compiled: {sorted(target.compiled)}); the "
+                           "launcher's warning above says why")
+    return target.compiled[part]
 
 
 KERNELS: dict[str, list[tuple[str, Callable]]] = {

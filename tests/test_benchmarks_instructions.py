@@ -70,3 +70,18 @@ def test_score_backward_loops_compiled_for_hopper(tmp_path):
 def test_refuses_the_interpreter():
     result = _run("--kernels", "score_backward", interpret="1")
     assert result.returncode != 0 and "without TRITON_INTERPRET=1" in result.stderr
+
+
+def test_a_gluon_kernel_that_did_not_compile_is_an_error_not_an_empty_table():
+    """The launchers hand a Gluon kernel that fails to compile over to their Triton kernels; the tool must say so
+    rather than print no rows for it."""
+    import pytest
+
+    from benchmarks.instructions import _compiled
+
+    class Target:
+        compiled = {"fwd": object()}
+
+    with pytest.raises(RuntimeError, match="'gluon_bwd' was not compiled"):
+        _compiled(Target(), "gluon_bwd")
+    assert _compiled(Target(), "fwd") is Target.compiled["fwd"]
