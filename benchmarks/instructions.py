@@ -7,11 +7,15 @@ Each kernel is compiled for sm_90 the way its launcher launches it (a CompileTar
 assembled by the ptxas Triton ships and disassembled by its cuobjdump. In the SASS, every innermost loop that issues
 warpgroup products (HGMMA) is a kernel's per-tile loop, one per warpgroup partition and per loop of the source (the
 score ops' backward has a masked, an unmasked and a masked one); the table gives, per loop, the instructions in one
-iteration, how many are products, and the most frequent opcodes. A warp issues at most one instruction per cycle, so
-where the instructions outnumber the cycles the products take, the kernel is bound by issuing them: the score ops'
-backward was, and its time fell with its instruction count (BENCHMARKS.md, "Fewer instructions per tile in the score
-ops' Gluon backward"); the paired backward was not. Static counts: a loop's branches (the forward's skipped tiles)
-are counted once each.
+iteration, how many are products, the cycles those products keep the tensor cores busy at the dense 16-bit peak
+(product_cycles), and the most frequent opcodes. A warp issues at most one instruction per cycle, and its warpgroup
+shares each sub-partition's tensor core with the other warpgroup as it shares the issue slots, so where the
+instructions outnumber the product cycles (instructions ÷ cycles above 1) the loop may be bound by issuing them: the
+score ops' backward was (1.35 in sigmoid mode), and its time fell with its instruction count (BENCHMARKS.md, "Fewer
+instructions per tile in the score ops' Gluon backward"). It is a hint, not a verdict: the paired backward stood at
+1.28, and 12% fewer instructions made it no faster (same section), so something the count leaves out bounds it
+(latencies, shared memory: its products over 32 query rows read their shared operand at a higher rate per FLOP).
+Static counts: a loop's branches (the forward's skipped tiles) are counted once each.
 """
 
 from __future__ import annotations
@@ -38,10 +42,25 @@ class Loop:
     start: int                  # address of the loop's first instruction (the back branch's target)
     end: int                    # address of the back branch
     opcodes: collections.Counter  # opcode (without modifiers) -> instructions in one iteration
+    product_cycles: float = 0.0   # cycles the iteration's products keep one SM sub-partition's tensor core busy
 
     @property
     def instructions(self) -> int:
         return sum(self.opcodes.values())
+
+
+_SHAPE = re.compile(r"^HGMMA\.(\d+)x(\d+)x(\d+)\.")
+DENSE_FLOP_PER_CYCLE = 1024  # 16-bit products on one of an H100/H200 SM's four sub-partitions (4,096 per SM)
+
+
+def product_cycles(opcode: str) -> float:
+    """Cycles one warpgroup product instruction (HGMMA.MxNxK...) keeps each of the four tensor cores it spans busy, at
+    the dense 16-bit peak: 2·M·N·K / 4 / DENSE_FLOP_PER_CYCLE (N / 2 for a 64 × N × 16 product); 0 for others."""
+    m = _SHAPE.match(opcode)
+    if m is None:
+        return 0.0
+    M, N, K = map(int, m.groups())
+    return 2 * M * N * K / 4 / DENSE_FLOP_PER_CYCLE
 
 
 def parse_sass(text: str) -> list[tuple[int, str, str]]:
@@ -71,7 +90,8 @@ def product_loops(instructions: list[tuple[int, str, str]], product: str = "HGMM
                 if any(start <= p <= address for p in products) and not any(start <= e <= address for e in exits):
                     spans.add((start, address))
     inner = sorted(s for s in spans if not any(o != s and s[0] <= o[0] and o[1] <= s[1] for o in spans))
-    return [Loop(lo, hi, collections.Counter(op.split(".")[0] for a, op, _ in instructions if lo <= a <= hi))
+    return [Loop(lo, hi, collections.Counter(op.split(".")[0] for a, op, _ in instructions if lo <= a <= hi),
+                 sum(product_cycles(op) for a, op, _ in instructions if lo <= a <= hi))
             for lo, hi in inner]
 
 
@@ -177,13 +197,14 @@ def rows_for(names: list[str], arch: int = 90) -> list[dict]:
 
 
 def format_table(rows: list[dict], top: int = 8) -> str:
-    lines = ["| kernel | loop (address) | instructions per iteration | products (HGMMA) | most frequent |",
-             "|---|---|---|---|---|"]
+    lines = ["| kernel | loop (address) | instructions per iteration | products (HGMMA) | tensor-core cycles | "
+             "instructions ÷ cycles | most frequent |", "|---|---|---|---|---|---|---|"]
     for r in rows:
         loop = r["loop_obj"]
         common = ", ".join(f"{op} {n}" for op, n in loop.opcodes.most_common(top))
+        ratio = f"{loop.instructions / loop.product_cycles:.2f}" if loop.product_cycles else ""
         lines.append(f"| {r['kernel']} | {r['loop']} ({r['at']}) | {loop.instructions} | {loop.opcodes['HGMMA']} | "
-                     f"{common} |")
+                     f"{loop.product_cycles:.0f} | {ratio} | {common} |")
     return "\n".join(lines)
 
 
