@@ -96,21 +96,22 @@ def product_loops(instructions: list[tuple[int, str, str]], product: str = "HGMM
 
 
 def sass(compiled, arch: int = 90) -> str:
-    """The SASS of a compiled Triton/Gluon kernel: its PTX assembled and disassembled by Triton's own tools."""
-    tools = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")
+    """The SASS of a compiled Triton/Gluon kernel: its PTX assembled (benchmarks.registers.assemble) and disassembled
+    by Triton's cuobjdump."""
+    from benchmarks.registers import TOOLS, assemble  # (it refuses the interpreter on import)
+
     with tempfile.TemporaryDirectory() as tmp:
-        src, cubin = os.path.join(tmp, "kernel.ptx"), os.path.join(tmp, "kernel.cubin")
-        with open(src, "w") as f:
-            f.write(compiled.asm["ptx"])
-        subprocess.run([os.path.join(tools, "ptxas"), f"-arch=sm_{arch}a", src, "-o", cubin], check=True,
-                       capture_output=True)
-        return subprocess.run([os.path.join(tools, "cuobjdump"), "-sass", cubin], check=True, capture_output=True,
+        cubin, _ = assemble(compiled, arch, tmp)
+        return subprocess.run([os.path.join(TOOLS, "cuobjdump"), "-sass", cubin], check=True, capture_output=True,
                               text=True).stdout
 
 
-def _rows(T: int, heads: int, width: int) -> torch.Tensor:
-    """A CPU tensor laid out as the model's projections ((B, T, heads, width) seen as (B, heads, T, width))."""
-    return torch.zeros(1, T, heads, width, dtype=torch.bfloat16).transpose(1, 2)
+def _one_view(T: int, heads: int) -> tuple:
+    """q, k, v and dO of the score ops at d = dv = 64, laid out as the model's projections (benchmarks.registers)."""
+    from benchmarks.registers import _inputs
+
+    x = _inputs(1, 64, 64, heads, torch.bfloat16, T)
+    return x["q1"], x["k1"], x["v"], torch.zeros_like(x["v"])
 
 
 def _score_backward(mode: str) -> Callable:
@@ -119,11 +120,11 @@ def _score_backward(mode: str) -> Callable:
         from kernels.softpick import launch as normalized_launch
 
         T, H = 4096, 12
-        q, k, v, do = (_rows(T, H, 64) for _ in range(4))
+        q, k, v, do = _one_view(T, H)
         if mode == "sigmoid":
             sigmoid_launch.backward(do, q, k, v, torch.zeros(H), 0.125, True, True, False, target=target)
         else:
-            normalized_launch.backward(do, q, k, v, _rows(T, H, 64), torch.zeros(1, H, T),
+            normalized_launch.backward(do, q, k, v, torch.zeros_like(v), torch.zeros(1, H, T),
                                        torch.zeros(H) if mode == "sink" else None, 0.125, True, mode == "sink",
                                        False, gluon=True, target=target)
         return {"backward": _compiled(target, "gluon_bwd")}
@@ -136,7 +137,7 @@ def _score_forward(mode: str) -> Callable:
         from kernels.softpick import launch as normalized_launch
 
         T, H = 4096, 12
-        q, k, v = (_rows(T, H, 64) for _ in range(3))
+        q, k, v, _ = _one_view(T, H)
         if mode == "sigmoid":
             sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=True, target=target)
         else:
@@ -148,15 +149,16 @@ def _score_forward(mode: str) -> Callable:
 
 def _paired(d: int) -> Callable:
     def compile_(target) -> dict:
+        from benchmarks.registers import D_MODEL, _inputs
         from kernels.threshold import launch
         from kernels.threshold.options import ThresholdOptions
         from kernels.threshold.tiles import BackwardPlan
 
-        T, H = 4096, 768 // (2 * d)
-        q1, k1, q2, k2, v = (_rows(T, H, w) for w in (d, d, d, d, 2 * d))
-        fixed = (torch.full((H,), 0.5), torch.ones(H), ThresholdOptions())
-        out, *saved = launch.forward(q1, k1, v, q2, k2, *fixed, record=True, skip_products=True, target=target)
-        launch.backward(torch.zeros_like(out), q1, k1, v, q2, k2, *saved, *fixed, True, False, False,
+        x = _inputs(2, d, 2 * d, D_MODEL // (2 * d), torch.bfloat16, 4096)  # benchmarks.registers' paired layout
+        rows = (x["q1"], x["k1"], x["v"], x["q2"], x["k2"])
+        fixed = (x["lam"], x["beta"], ThresholdOptions())
+        out, *saved = launch.forward(*rows, *fixed, record=True, skip_products=True, target=target)
+        launch.backward(torch.zeros_like(out), *rows, *saved, *fixed, True, False, False,
                         plan=BackwardPlan(fused=True), target=target)
         parts = {"forward": _compiled(target, "fused_fwd"), "backward": _compiled(target, "fused")}
         if "fused_dv" in target.compiled:  # q/k 128: dV in a launch of its own
@@ -181,8 +183,8 @@ KERNELS: dict[str, list[tuple[str, Callable]]] = {
 }
 
 
-def rows_for(names: list[str], arch: int = 90) -> list[dict]:
-    """One row per product loop of each kernel named (KERNELS' keys)."""
+def rows_for(names: list[str], arch: int = 90) -> list[tuple[str, int, Loop]]:
+    """(kernel, loop index, loop) for each product loop of each kernel named (KERNELS' keys)."""
     from benchmarks.registers import compiling_for  # (it refuses the interpreter on import)
 
     rows = []
@@ -191,19 +193,18 @@ def rows_for(names: list[str], arch: int = 90) -> list[dict]:
             with compiling_for(arch) as target:
                 parts = compile_(target)
             for part, compiled in parts.items():
-                for i, loop in enumerate(product_loops(parse_sass(sass(compiled, arch)))):
-                    rows.append(dict(kernel=f"{label}: {part}", loop=i, at=f"{loop.start:#x}", loop_obj=loop))
+                rows += [(f"{label}: {part}", i, loop)
+                         for i, loop in enumerate(product_loops(parse_sass(sass(compiled, arch))))]
     return rows
 
 
-def format_table(rows: list[dict], top: int = 8) -> str:
+def format_table(rows: list[tuple[str, int, Loop]], top: int = 8) -> str:
     lines = ["| kernel | loop (address) | instructions per iteration | products (HGMMA) | tensor-core cycles | "
              "instructions ÷ cycles | most frequent |", "|---|---|---|---|---|---|---|"]
-    for r in rows:
-        loop = r["loop_obj"]
+    for kernel, i, loop in rows:
         common = ", ".join(f"{op} {n}" for op, n in loop.opcodes.most_common(top))
         ratio = f"{loop.instructions / loop.product_cycles:.2f}" if loop.product_cycles else ""
-        lines.append(f"| {r['kernel']} | {r['loop']} ({r['at']}) | {loop.instructions} | {loop.opcodes['HGMMA']} | "
+        lines.append(f"| {kernel} | {i} ({loop.start:#x}) | {loop.instructions} | {loop.opcodes['HGMMA']} | "
                      f"{loop.product_cycles:.0f} | {ratio} | {common} |")
     return "\n".join(lines)
 

@@ -82,16 +82,24 @@ class Usage:
     shared_kib: float
 
 
+TOOLS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin")  # Triton's ptxas, cuobjdump
+
+
+def assemble(compiled, arch: int, directory: str) -> tuple[str, str]:
+    """The compiled kernel's PTX assembled by Triton's ptxas -v into ``directory``: (the cubin's path, the report)."""
+    src, cubin = os.path.join(directory, "kernel.ptx"), os.path.join(directory, "kernel.cubin")
+    with open(src, "w") as f:
+        f.write(compiled.asm["ptx"])
+    gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
+    report = subprocess.run([os.path.join(TOOLS, "ptxas"), "-v", f"-arch={gpu}", src, "-o", cubin],
+                            capture_output=True, text=True, check=True).stderr
+    return cubin, report
+
+
 def ptxas_usage(compiled, arch: int) -> Usage:
     """Registers and spill stores from ptxas -v on the compiled kernel's PTX; shared memory from Triton."""
-    ptxas = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "ptxas")
     with tempfile.TemporaryDirectory() as tmp:
-        src = os.path.join(tmp, "kernel.ptx")
-        with open(src, "w") as f:
-            f.write(compiled.asm["ptx"])
-        gpu = f"sm_{arch}a" if arch >= 90 else f"sm_{arch}"
-        report = subprocess.run([ptxas, "-v", f"-arch={gpu}", src, "-o", os.path.join(tmp, "kernel.cubin")],
-                                capture_output=True, text=True, check=True).stderr
+        _, report = assemble(compiled, arch, tmp)
     registers = re.search(r"Used (\d+) registers", report)
     spills = re.search(r"(\d+) bytes spill stores", report)
     if registers is None or spills is None:
