@@ -43,7 +43,6 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
 
 from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
                           row_descriptors, store_rows, tile_rows, wgmma_layout)
-from .sigmoid import triton_forward as sigmoid_forward
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
 SINK = gl.constexpr(1)
@@ -53,30 +52,13 @@ NUM_WARPS = 8                 # compute warps: two warpgroups, each its own part
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # the head parameter's gradient: partial sums per key block, one per warpgroup
 
-# 1 / (1 + t) on t ∈ [0, 1]: the sigmoid forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
-RCP_C0 = gl.constexpr(sigmoid_forward.RCP_C0.value)
-RCP_C1 = gl.constexpr(sigmoid_forward.RCP_C1.value)
-RCP_C2 = gl.constexpr(sigmoid_forward.RCP_C2.value)
-RCP_C3 = gl.constexpr(sigmoid_forward.RCP_C3.value)
-RCP_C4 = gl.constexpr(sigmoid_forward.RCP_C4.value)
-
-
-@gluon.jit
-def _sigmoid_and_slope(z):
-    """(σ, σ(1 − σ)) of z in log2 units: t = 2^(−|z|), r ≈ 1/(1 + t), σ = r (z ≥ 0) or t·r, slope t·r²."""
-    t = gl.exp2(-gl.abs(z))
-    r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
-    tr = t * r
-    return gl.where(z >= 0.0, r, tr), tr * r
-
-
 @gluon.jit
 def _sigmoid_of_negated(zn):
     """σ(z) from zn = −z in log2 units: 1 / (1 + 2^zn) by the special-function unit's ex2 and reciprocal (both
     approximate to a few ulp, flushing subnormals). zn = +inf gives 2^zn = inf and σ = 0, which the backward uses
     as its mask. Two special-function operations and one addition: fewer instructions than the polynomial form
-    (which spends one ex2, four FMAs, two multiplications and a select on the sign), where the backward's five
-    products leave the special-function unit room for the second."""
+    (score_gluon_forward._sigmoid: one ex2, four FMAs, a multiplication and a select on the sign), where the backward's
+    five products leave the special-function unit room for the second."""
     return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + gl.exp2(zn)], dtype=gl.float32,
                                      is_pure=True, pack=1)
 

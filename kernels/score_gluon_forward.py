@@ -9,8 +9,8 @@ One program per 128 query rows of one head, three partitions:
   of STAGES stages (copy engine, mbarriers);
 - two warpgroups, each over 64 of the rows: per key block the scores (one product, s in log2 units), the weights, and
   O += p v (a second product, p from registers, rounded to v's dtype). The weights are the Triton forwards':
-    sigmoid    w = σ(s + b_h log2 e), as SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial: the Gluon
-               backward's _sigmoid_and_slope); no row state;
+    sigmoid    w = σ(s + b_h log2 e), as SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial: _sigmoid);
+               no row state;
     softpick   the online normaliser of kernels/softpick/triton_forward.py: m from 0, u = 2^(s − m) − 2^(−m),
                l += Σ|u|, p = max(u, 0), o = acc / (l + ε 2^(−m)), L = m + log2(l + ε 2^(−m));
     sink       m from s_h log2 e and l from 1 (the sink's own term), p = 2^(s − m), o = acc / l, L = m + log2 l;
@@ -30,7 +30,8 @@ from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warp
 from .common import cdiv
 from .gluon_tiles import (key_end, operand, query_block, release_stages, ring_barriers, row_descriptors,
                           row_key_blocks, store_rows, wgmma_layout)
-from .score_gluon_backward import SIGMOID, SINK, SOFTPICK, _sigmoid_and_slope
+from .score_gluon_backward import SIGMOID, SINK, SOFTPICK
+from .sigmoid import triton_forward as sigmoid_forward
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
@@ -39,6 +40,24 @@ STAGES = 2                     # depth of the key-side ring, launched as the ker
 LOG2E = gl.constexpr(1.4426950408889634)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
+
+
+# 1 / (1 + t) on t ∈ [0, 1]: the sigmoid forward's degree-4 minimax polynomial (relative error ≤ 2.97e-4)
+RCP_C0 = gl.constexpr(sigmoid_forward.RCP_C0.value)
+RCP_C1 = gl.constexpr(sigmoid_forward.RCP_C1.value)
+RCP_C2 = gl.constexpr(sigmoid_forward.RCP_C2.value)
+RCP_C3 = gl.constexpr(sigmoid_forward.RCP_C3.value)
+RCP_C4 = gl.constexpr(sigmoid_forward.RCP_C4.value)
+
+
+@gluon.jit
+def _sigmoid(z):
+    """σ of z in log2 units as the Triton kernels' SIGMOID_MODE 1: t = 2^(−|z|), r ≈ 1/(1 + t) by the polynomial,
+    σ = r (z ≥ 0) or t·r (relatively exact for tiny weights). One special-function operation per score, which the
+    forward's two products leave room for; the backward uses ex2 and the reciprocal (score_gluon_backward)."""
+    t = gl.exp2(-gl.abs(z))
+    r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
+    return gl.where(z >= 0.0, r, t * r)
 
 
 @gluon.jit
@@ -76,7 +95,7 @@ def _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param
         else:
             keep = (cols[None, :] < Tk) & (pos >= 0)[:, None]
     if MODE == SIGMOID:
-        p, _ = _sigmoid_and_slope(s + param2)
+        p = _sigmoid(s + param2)
         if MASKED:
             p = gl.where(keep, p, 0.0)
     else:
