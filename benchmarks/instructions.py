@@ -11,7 +11,7 @@ iteration, how many are products, the cycles those products keep the tensor core
 (product_cycles), and the most frequent opcodes. A warp issues at most one instruction per cycle, and its warpgroup
 shares each sub-partition's tensor core with the other warpgroup as it shares the issue slots, so where the
 instructions outnumber the product cycles (instructions ÷ cycles above 1) the loop may be bound by issuing them: the
-score ops' backward was (1.35 in sigmoid mode), and its time fell with its instruction count (BENCHMARKS.md, "Fewer
+score ops' backward was (1.35 in sigmoid mode, the kernel of 5db7311), and its time fell with its instruction count (BENCHMARKS.md, "Fewer
 instructions per tile in the score ops' Gluon backward"). It is a hint, not a verdict: the paired backward stood at
 1.28, and 12% fewer instructions made it no faster (same section), so something the count leaves out bounds it
 (latencies, shared memory: its products over 32 query rows read their shared operand at a higher rate per FLOP).
