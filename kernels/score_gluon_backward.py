@@ -41,8 +41,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
-                          row_descriptors, store_rows, tile_rows, wgmma_layout)
+from .gluon_tiles import (add_dq, first_query_tile, flat_row_descriptor, last_visible_key, operand, partition_barrier,
+                          ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
 SINK = gl.constexpr(1)
@@ -64,33 +64,46 @@ def _sigmoid_of_negated(zn):
 
 
 @gluon.jit
-def _load_query_tile(q_desc, do_desc, q_ring, do_ring, bars, stage, b, h, m0):
-    """Start the copy of the query tile at row m0 (q, dO) into ring stage ``stage``, signalling bars[stage]."""
+def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, MODE: gl.constexpr):
+    """Start the copy of the query tile at row m0 (q, dO; the rows' L and Δ in the normalised modes) into ring stage
+    ``stage``, signalling bars[stage]."""
+    q_desc, do_desc, lse_desc, delta_desc = descs
+    q_ring, do_ring, lse_ring, delta_ring = rings
     bar = bars.index(stage)
-    mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    if MODE == SIGMOID:
+        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    else:
+        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes + lse_desc.block_type.nbytes
+                        + delta_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(lse_desc, [bh * Tq + m0], bar, lse_ring.index(stage))
+        tma.async_copy_global_to_shared(delta_desc, [bh * Tq + m0], bar, delta_ring.index(stage))
     tma.async_copy_global_to_shared(q_desc, [b, h, m0, 0], bar, q_ring.index(stage))
     tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
 
 
 @gluon.jit
-def _loader_partition(q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM: gl.constexpr,
+def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, MODE: gl.constexpr, BM: gl.constexpr,
                       STAGES: gl.constexpr):
     """Fills the query-side ring: tile i into stage i % STAGES once both warpgroups have released it."""
     for i in range(n_tiles):
         stage = i % STAGES
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
-        _load_query_tile(q_desc, do_desc, q_ring, do_ring, ready, stage, b, h, m_lo + i * BM)
+        _load_query_tile(descs, rings, ready, stage, b, h, b * H + h, Tq, m_lo + i * BM, MODE)
 
 
 @gluon.jit
-def _row_vector(PTR, m0, Tq, other, BM: gl.constexpr, Q_L: gl.constexpr):
-    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq."""
-    offs_m = tile_rows(m0, BM, Q_L)
-    return gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
+def _row_vector(ring_slot, m0, Tq, other, MASKED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
+    """A per-query-row fp32 vector (L or Δ) of the tile's rows from its ring slot, ``other`` past Tq. The copy read
+    the flat (B·H·Tq) vector, so rows past Tq hold the next head's values (or the copy engine's zeros past the end);
+    they can occur only in masked tiles, which replace them."""
+    row = ring_slot.load(Q_L)
+    if MASKED:
+        row = gl.where(tile_rows(m0, BM, Q_L) < Tq, row, other)
+    return row
 
 
 @gluon.jit
-def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, LSEh, DELTAh, Tq, Tk,
+def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, lse_s, delta_s, Tq, Tk,
               MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr,
               S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
     """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
@@ -101,8 +114,8 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     if MODE != SIGMOID:
         # the rows' L and Δ are read before the products, whose time hides their latency
-        lse = _row_vector(LSEh, m0, Tq, float("inf"), BM, Q_L)
-        delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
+        lse = _row_vector(lse_s, m0, Tq, float("inf"), MASKED, BM, Q_L)
+        delta = _row_vector(delta_s, m0, Tq, 0.0, MASKED, BM, Q_L)[None, :]
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
@@ -166,8 +179,8 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
           STAGES: gl.constexpr):
     """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
     falls to this warpgroup."""
-    smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk = loop
-    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    smem, m_lo, offs_n, param2, qk_scale2, DQh, Tq, Tk = loop
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
     KB: gl.constexpr = BLOCK_N // 2
     S_L: gl.constexpr = wgmma_layout(BM)
     DK_L: gl.constexpr = wgmma_layout(HEAD_D)
@@ -184,7 +197,8 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
     mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
     dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
-                              offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
+                              offs_n, m0, qk_scale2, param2, lse_ring.index(stage), delta_ring.index(stage), Tq, Tk,
+                              MODE, CAUSAL,
                               PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
     fence_async_shared()
     partition_barrier()
@@ -202,8 +216,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                          MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
                          STAGES: gl.constexpr):
     """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
-    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
-    PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    PARAM, DK, DV, DQACC, PARAM_PART = ptrs
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks, qk_scale2, \
         scale = scalars
     KB: gl.constexpr = BLOCK_N // 2
@@ -233,7 +247,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     else:
         n_front = n_tiles * 0
     n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
-    loop = (smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk)
+    loop = (smem, m_lo, offs_n, param2, qk_scale2, DQh, Tq, Tk)
     for i in range(n_front):
         dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     for i in range(n_front, n_mid):
@@ -256,7 +270,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 @gluon.jit
 def score_backward_kernel(
-    q_desc, k_desc, v_desc, do_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
+    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, PARAM, DK, DV, DQACC, PARAM_PART,
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, Tq, Tk, num_bh, num_n_blocks, qk_scale2, scale,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
     PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr,
@@ -281,6 +295,8 @@ def score_backward_kernel(
     v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
     q_ring = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
+    delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -297,19 +313,22 @@ def score_backward_kernel(
     m_end = gl.cdiv(Tq, BM) * BM
     m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     n_tiles = gl.maximum(m_end - m_lo, 0) // BM
-    smem = (k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
-    ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)
+    smem = (k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
+    ptrs = (PARAM, DK, DV, DQACC, PARAM_PART)
     scalars = (sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks,
                qk_scale2, scale)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
-        (_loader_partition, (q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM, STAGES)),
+        (_loader_partition, ((q_desc, do_desc, lse_desc, delta_desc), (q_ring, do_ring, lse_ring, delta_ring), ready,
+                             empty, b, h, H, Tq, m_lo, n_tiles, MODE, BM, STAGES)),
     ], [4, 1], [240, 24])
 
 
-def descriptors(q, k, v, do, block_m: int) -> tuple:
-    """The four inputs' descriptors: ``block_m`` query rows, BLOCK_N keys."""
+def descriptors(q, k, v, do, lse, delta, block_m: int) -> tuple:
+    """The six inputs' descriptors: ``block_m`` query rows, BLOCK_N keys; L and Δ as flat fp32 vectors in blocks of
+    ``block_m`` (flat_row_descriptor)."""
     n = BLOCK_N.value
-    return row_descriptors((q, block_m), (k, n), (v, n), (do, block_m))
+    return (*row_descriptors((q, block_m), (k, n), (v, n), (do, block_m)), flat_row_descriptor(lse, block_m),
+            flat_row_descriptor(delta, block_m))
 
