@@ -141,12 +141,14 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
         if MODE == SOFTPICK:
             # The branch is the score's sign, which E − 1/N = (e^x − 1)/N loses for scores below float32's
-            # resolution (it rounds to 0 there). E takes the sign along, so that the scores die here (holding them
-            # beside E and dW made this mode 2× slower than the sink's: BENCHMARKS.md); dX before the weights, so
-            # that dW dies first.
-            e = gl.where(s > 0.0, e, gl.where(s < 0.0, -e, 0.0))
-            dx = gl.abs(e) * gl.where(e > 0.0, dw - delta, gl.where(e < 0.0, delta, 0.0))
-            w = gl.maximum(e - gl.exp2(-lse)[None, :], 0.0)
+            # resolution (it rounds to 0 there), so it is read from the score: dX = E (dW − Δ) where s > 0, E Δ where
+            # s < 0, 0 where s = 0; W = max(E − 1/N, 0) where s > 0, else 0 (the values of the form that let E carry
+            # the sign, at two fewer instructions per score; a first form, which held the scores beside E and dW,
+            # spilled and ran 2× slower than the sink mode: BENCHMARKS.md). dX before the weights, so that dW dies
+            # first.
+            pos = s > 0.0
+            dx = gl.where(s != 0.0, e * gl.where(pos, dw - delta, delta), 0.0)
+            w = gl.where(pos, gl.maximum(e - gl.exp2(-lse)[None, :], 0.0), 0.0)
         else:
             w = e
             dx = e * (dw - delta)
