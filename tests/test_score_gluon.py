@@ -50,7 +50,7 @@ def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_gluon_backward
     monkeypatch.setattr(score_gluon, "_failure", [])
     monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(args))
     monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
-    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, block_m: (do,))
+    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, lse, delta, block_m: (do,))
     q, k, v = _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16)
     do = torch.ones(1, 1, 1, 1, dtype=torch.bfloat16).expand(1, 2, 64, 64)
     assert not common.tma_ready(do) and common.tma_ready(q, k, v)
