@@ -16,7 +16,10 @@ Triton kernels issue their five products per tile pair from one group of warps i
 the paired threshold backward does (kernels/threshold/gluon_backward.py; shared helpers in gluon_tiles.py):
 
 - one program per 128 keys of one head: k and v stay in shared memory (loaded once by the copy engine);
-- a one-warp loader partition streams the query tiles (q, dO; BM rows) through a ring of STAGES stages;
+- a one-warp loader partition streams the query tiles (q, dO; BM rows; in the normalised modes the rows' L and Δ as
+  1-D blocks of the flat vectors, gluon_tiles.flat_row_descriptor) through a ring of STAGES stages: read from shared
+  memory, L and Δ cost each warp a few loads per tile, where loading them from global memory took two 64-bit address
+  computations and a load per value (16 of each per thread and vector);
 - each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dW and the scores
   (keys × queries), the weights and dX, its dK and dV (registers, fp32) and its half of dX (into a shared buffer, two
   in turn);
