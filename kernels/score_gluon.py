@@ -67,13 +67,17 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         common.bind_cuda_context(q.device)
     unused = dq_acc
     rows = [_flat_readable(unused if x is None else x) for x in (lse, delta)]
+    # the loader copies L and Δ where each tile's block starts 16-byte aligned (the copy engine faults otherwise,
+    # measured at Tq = 3001); else the warpgroups load them
+    rows_copied = mode != "sigmoid" and Tq % 4 == 0
     if not gluon_support.launched(_failure, "the Gluon backward of the score ops", lambda: run(
             "gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
-                *gb.descriptors(q, k, v, do, *rows, block_m), unused if param is None else param, dk, dv, dq_acc,
-                unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
+                *gb.descriptors(q, k, v, do, *rows, block_m), unused if param is None else param, *rows, dk, dv,
+                dq_acc, unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
                 float(scale) * LOG2E, float(scale)), dict(
                 HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad,
-                BM=block_m, STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)):
+                BM=block_m, STAGES=stages, ROWS_COPIED=rows_copied, num_warps=gb.NUM_WARPS // 2,
+                maxnreg=gb.MAX_REGISTERS), target)):
         return False, None
     finish_dq(dq_acc, dq, scale, target)
     return True, (parts.sum(dim=(0, 2)) if need_param_grad else None)

@@ -67,13 +67,13 @@ def _sigmoid_of_negated(zn):
 
 
 @gluon.jit
-def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, MODE: gl.constexpr):
-    """Start the copy of the query tile at row m0 (q, dO; the rows' L and Δ in the normalised modes) into ring stage
+def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, ROWS_COPIED: gl.constexpr):
+    """Start the copy of the query tile at row m0 (q, dO; with ROWS_COPIED the rows' L and Δ) into ring stage
     ``stage``, signalling bars[stage]."""
     q_desc, do_desc, lse_desc, delta_desc = descs
     q_ring, do_ring, lse_ring, delta_ring = rings
     bar = bars.index(stage)
-    if MODE == SIGMOID:
+    if not ROWS_COPIED:
         mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
     else:
         mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes + lse_desc.block_type.nbytes
@@ -85,29 +85,36 @@ def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, MODE: gl.const
 
 
 @gluon.jit
-def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, MODE: gl.constexpr, BM: gl.constexpr,
-                      STAGES: gl.constexpr):
+def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, ROWS_COPIED: gl.constexpr,
+                      BM: gl.constexpr, STAGES: gl.constexpr):
     """Fills the query-side ring: tile i into stage i % STAGES once both warpgroups have released it."""
     for i in range(n_tiles):
         stage = i % STAGES
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
-        _load_query_tile(descs, rings, ready, stage, b, h, b * H + h, Tq, m_lo + i * BM, MODE)
+        _load_query_tile(descs, rings, ready, stage, b, h, b * H + h, Tq, m_lo + i * BM, ROWS_COPIED)
 
 
 @gluon.jit
-def _row_vector(ring_slot, m0, Tq, other, MASKED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
-    """A per-query-row fp32 vector (L or Δ) of the tile's rows from its ring slot, ``other`` past Tq. The copy read
-    the flat (B·H·Tq) vector, so rows past Tq hold the next head's values (or the copy engine's zeros past the end);
-    they can occur only in masked tiles, which replace them."""
-    row = ring_slot.load(Q_L)
-    if MASKED:
-        row = gl.where(tile_rows(m0, BM, Q_L) < Tq, row, other)
+def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
+                Q_L: gl.constexpr):
+    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq. ROWS_COPIED: from its ring slot;
+    the copy read the flat (B·H·Tq) vector, so rows past Tq hold the next head's values (or the copy engine's zeros
+    past the end); they occur only in masked tiles, which replace them. Otherwise loaded from PTR (the head's
+    vector), 16 values per thread, each with its own 64-bit address computation."""
+    if ROWS_COPIED:
+        row = ring_slot.load(Q_L)
+        if MASKED:
+            row = gl.where(tile_rows(m0, BM, Q_L) < Tq, row, other)
+    else:
+        offs_m = tile_rows(m0, BM, Q_L)
+        row = gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
     return row
 
 
 @gluon.jit
-def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, lse_s, delta_s, Tq, Tk,
-              MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr,
+def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, rows, Tq, Tk,
+              MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr,
+              MASKED: gl.constexpr,
               S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
     """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
     acc_p; dX (keys × queries) is stored into dx_s for the dQ product. MASKED: keys past Tk (read as zeros), rows
@@ -117,8 +124,9 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     if MODE != SIGMOID:
         # the rows' L and Δ are read before the products, whose time hides their latency
-        lse = _row_vector(lse_s, m0, Tq, float("inf"), MASKED, BM, Q_L)
-        delta = _row_vector(delta_s, m0, Tq, 0.0, MASKED, BM, Q_L)[None, :]
+        lse_s, delta_s, LSEh, DELTAh = rows
+        lse = _row_vector(lse_s, LSEh, m0, Tq, float("inf"), ROWS_COPIED, MASKED, BM, Q_L)
+        delta = _row_vector(delta_s, DELTAh, m0, Tq, 0.0, ROWS_COPIED, MASKED, BM, Q_L)[None, :]
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
@@ -180,11 +188,11 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexp
 
 @gluon.jit
 def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr,
-          CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
+          ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
           STAGES: gl.constexpr):
     """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
     falls to this warpgroup."""
-    smem, m_lo, offs_n, param2, qk_scale2, DQh, Tq, Tk = loop
+    smem, m_lo, offs_n, param2, qk_scale2, LSEh, DELTAh, DQh, Tq, Tk = loop
     k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
     KB: gl.constexpr = BLOCK_N // 2
     S_L: gl.constexpr = wgmma_layout(BM)
@@ -202,8 +210,9 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
     mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
     dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
-                              offs_n, m0, qk_scale2, param2, lse_ring.index(stage), delta_ring.index(stage), Tq, Tk,
-                              MODE, CAUSAL,
+                              offs_n, m0, qk_scale2, param2,
+                              (lse_ring.index(stage), delta_ring.index(stage), LSEh, DELTAh), Tq, Tk, MODE,
+                              ROWS_COPIED, CAUSAL,
                               PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
     fence_async_shared()
     partition_barrier()
@@ -218,11 +227,12 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
 
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
-                         MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
+                         MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr,
+                         PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
                          STAGES: gl.constexpr):
     """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
     k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
-    PARAM, DK, DV, DQACC, PARAM_PART = ptrs
+    PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks, qk_scale2, \
         scale = scalars
     KB: gl.constexpr = BLOCK_N // 2
@@ -252,13 +262,13 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     else:
         n_front = n_tiles * 0
     n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
-    loop = (smem, m_lo, offs_n, param2, qk_scale2, DQh, Tq, Tk)
+    loop = (smem, m_lo, offs_n, param2, qk_scale2, LSE + bh * Tq, DELTA + bh * Tq, DQh, Tq, Tk)
     for i in range(n_front):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     for i in range(n_front, n_mid):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, False, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, False, BM, STAGES)
     for i in range(n_mid, n_tiles):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
@@ -275,10 +285,10 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 @gluon.jit
 def score_backward_kernel(
-    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, PARAM, DK, DV, DQACC, PARAM_PART,
+    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, Tq, Tk, num_bh, num_n_blocks, qk_scale2, scale,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
-    PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr,
+    PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr, ROWS_COPIED: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The four inputs are 4-D
     tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v
@@ -319,14 +329,16 @@ def score_backward_kernel(
     m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     n_tiles = gl.maximum(m_end - m_lo, 0) // BM
     smem = (k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
-    ptrs = (PARAM, DK, DV, DQACC, PARAM_PART)
+    ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)
     scalars = (sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks,
                qk_scale2, scale)
     gl.warp_specialize([
-        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
-        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, BM,
+                                 STAGES)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, BM,
+                                 STAGES)),
         (_loader_partition, ((q_desc, do_desc, lse_desc, delta_desc), (q_ring, do_ring, lse_ring, delta_ring), ready,
-                             empty, b, h, H, Tq, m_lo, n_tiles, MODE, BM, STAGES)),
+                             empty, b, h, H, Tq, m_lo, n_tiles, ROWS_COPIED, BM, STAGES)),
     ], [4, 1], [240, 24])
 
 
