@@ -67,9 +67,10 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
         common.bind_cuda_context(q.device)
     unused = dq_acc
     rows = [_flat_readable(unused if x is None else x) for x in (lse, delta)]
-    # the loader copies L and Δ where each tile's block starts 16-byte aligned (the copy engine faults otherwise,
-    # measured at Tq = 3001); else the warpgroups load them
-    rows_copied = mode != "sigmoid" and Tq % 4 == 0
+    # The loader copies L and Δ where Tq is a multiple of the tile's rows: every block then starts 16-byte aligned and
+    # lies inside its head. At Tq = 3001 (starts not 16-byte aligned, blocks past a head's end) the copies faulted
+    # on an H100 (an illegal instruction); elsewhere the warpgroups load them.
+    rows_copied = mode != "sigmoid" and Tq % block_m == 0
     if not gluon_support.launched(_failure, "the Gluon backward of the score ops", lambda: run(
             "gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
                 *gb.descriptors(q, k, v, do, *rows, block_m), unused if param is None else param, *rows, dk, dv,

@@ -97,10 +97,10 @@ def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, RO
 @gluon.jit
 def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
                 Q_L: gl.constexpr):
-    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq. ROWS_COPIED: from its ring slot;
-    the copy read the flat (B·H·Tq) vector, so rows past Tq hold the next head's values (or the copy engine's zeros
-    past the end); they occur only in masked tiles, which replace them. Otherwise loaded from PTR (the head's
-    vector), 16 values per thread, each with its own 64-bit address computation."""
+    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq. ROWS_COPIED: from its ring slot,
+    which the loader copied from the flat (B·H·Tq) vector; the launcher copies only where Tq is a multiple of BM, so
+    no row is past Tq, and masked tiles replace such rows all the same (the form measured on a GPU). Otherwise loaded
+    from PTR (the head's vector), 16 values per thread, each with its own 64-bit address computation."""
     if ROWS_COPIED:
         row = ring_slot.load(Q_L)
         if MASKED:
