@@ -82,11 +82,16 @@ def row_block_descriptor(kind: type, t: torch.Tensor, rows: int, width: int, *ex
     checked, and its fields (not the tensor, which the store must not keep alive) are kept; later ones take those
     fields with their own tensor as base, unchecked. A tensor that fails the checks is never kept, so it fails them
     at every call."""
+    return block_descriptor(kind, t, [1, 1, rows, width], *extra)
+
+
+def block_descriptor(kind: type, t: torch.Tensor, block: list[int], *extra) -> object:
+    """``kind(t, shape, strides, block, *extra)``, its checked fields kept as row_block_descriptor says."""
     shape, strides = t.shape, t.stride()
-    key = (kind, t.dtype, shape, strides, rows, width, extra, t.data_ptr() % 16 == 0)
+    key = (kind, t.dtype, shape, strides, tuple(block), extra, t.data_ptr() % 16 == 0)
     fields = _checked_descriptors.get(key)
     if fields is None:
-        made = kind(t, list(shape), list(strides), [1, 1, rows, width], *extra)
+        made = kind(t, list(shape), list(strides), list(block), *extra)
         if len(_checked_descriptors) >= MAX_KEPT_DESCRIPTORS:
             _checked_descriptors.clear()
         _checked_descriptors[key] = {name: value for name, value in vars(made).items() if name != "base"}

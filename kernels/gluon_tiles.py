@@ -15,7 +15,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
-from .common import row_block_descriptor
+from .common import block_descriptor, row_block_descriptor
 
 # A barrier of the warps of the calling partition (every warp of the program outside warp_specialize).
 if hasattr(gl, "thread_barrier"):  # Triton 3.6 (the GPU machine's); later versions name it barrier
@@ -167,3 +167,17 @@ def row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 def row_descriptors(*blocks: tuple) -> tuple:
     """Copy-engine descriptors (row_descriptor) of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs."""
     return tuple(row_descriptor(t, rows) for t, rows in blocks)
+
+
+@functools.lru_cache(maxsize=None)
+def _flat_block_layout() -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a 1-D fp32 block, unswizzled."""
+    return gl.NVMMASharedLayout(swizzle_byte_width=0, element_bitwidth=32, rank=1)
+
+
+def flat_row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
+    """The copy-engine descriptor of the contiguous fp32 per-row vector ``t`` (B, H, T) read as one flat vector in
+    blocks of ``rows``: block i of head bh starts at element bh·T + i·rows (a (B, H, T) descriptor would need T·4
+    bytes to be a multiple of 16). Kernels copy with it only where T is a multiple of ``rows``, so that every block
+    starts 16-byte aligned and lies inside its head: at T = 3001 the copies faulted (score_gluon.backward)."""
+    return block_descriptor(TensorDescriptor, t.view(-1), [rows], _flat_block_layout())

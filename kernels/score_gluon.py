@@ -35,6 +35,11 @@ def default_tile(head_dv: int) -> tuple[int, int]:
     return (64, 2) if head_dv <= 64 else (32, 2)
 
 
+def _flat_readable(t: torch.Tensor) -> torch.Tensor:
+    """``t`` where the copy engine can read it as one flat vector (contiguous, 16-byte aligned), else a copy."""
+    return t if t.is_contiguous() and t.data_ptr() % 16 == 0 else t.clone(memory_format=torch.contiguous_format)
+
+
 def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, dq: torch.Tensor,
              dk: torch.Tensor, dv: torch.Tensor, dq_acc: torch.Tensor, scale: float, causal: bool, *,
              param: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
@@ -61,14 +66,19 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     if q.is_cuda:
         common.bind_cuda_context(q.device)
     unused = dq_acc
+    rows = [_flat_readable(unused if x is None else x) for x in (lse, delta)]
+    # The loader copies L and Δ where Tq is a multiple of the tile's rows: every block then starts 16-byte aligned and
+    # lies inside its head. At Tq = 3001 (starts not 16-byte aligned, blocks past a head's end) the copies faulted
+    # on an H100 (an illegal instruction); elsewhere the warpgroups load them.
+    rows_copied = mode != "sigmoid" and Tq % block_m == 0
     if not gluon_support.launched(_failure, "the Gluon backward of the score ops", lambda: run(
             "gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
-                *gb.descriptors(q, k, v, do, block_m), unused if param is None else param,
-                unused if lse is None else lse, unused if delta is None else delta, dk, dv, dq_acc,
-                unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
+                *gb.descriptors(q, k, v, do, *rows, block_m), unused if param is None else param, *rows, dk, dv,
+                dq_acc, unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
                 float(scale) * LOG2E, float(scale)), dict(
                 HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad,
-                BM=block_m, STAGES=stages, num_warps=gb.NUM_WARPS // 2, maxnreg=gb.MAX_REGISTERS), target)):
+                BM=block_m, STAGES=stages, ROWS_COPIED=rows_copied, num_warps=gb.NUM_WARPS // 2,
+                maxnreg=gb.MAX_REGISTERS), target)):
         return False, None
     finish_dq(dq_acc, dq, scale, target)
     return True, (parts.sum(dim=(0, 2)) if need_param_grad else None)

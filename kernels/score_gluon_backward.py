@@ -16,7 +16,10 @@ Triton kernels issue their five products per tile pair from one group of warps i
 the paired threshold backward does (kernels/threshold/gluon_backward.py; shared helpers in gluon_tiles.py):
 
 - one program per 128 keys of one head: k and v stay in shared memory (loaded once by the copy engine);
-- a one-warp loader partition streams the query tiles (q, dO; BM rows) through a ring of STAGES stages;
+- a one-warp loader partition streams the query tiles (q, dO; BM rows; in the normalised modes the rows' L and Δ as
+  1-D blocks of the flat vectors, gluon_tiles.flat_row_descriptor) through a ring of STAGES stages: read from shared
+  memory, L and Δ cost each warp a few loads per tile, where loading them from global memory took two 64-bit address
+  computations and a load per value (16 of each per thread and vector);
 - each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dW and the scores
   (keys × queries), the weights and dX, its dK and dV (registers, fp32) and its half of dX (into a shared buffer, two
   in turn);
@@ -41,8 +44,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .gluon_tiles import (add_dq, first_query_tile, last_visible_key, operand, partition_barrier, ring_barriers,
-                          row_descriptors, store_rows, tile_rows, wgmma_layout)
+from .gluon_tiles import (add_dq, first_query_tile, flat_row_descriptor, last_visible_key, operand, partition_barrier,
+                          ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
 SINK = gl.constexpr(1)
@@ -64,34 +67,54 @@ def _sigmoid_of_negated(zn):
 
 
 @gluon.jit
-def _load_query_tile(q_desc, do_desc, q_ring, do_ring, bars, stage, b, h, m0):
-    """Start the copy of the query tile at row m0 (q, dO) into ring stage ``stage``, signalling bars[stage]."""
+def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, ROWS_COPIED: gl.constexpr):
+    """Start the copy of the query tile at row m0 (q, dO; with ROWS_COPIED the rows' L and Δ) into ring stage
+    ``stage``, signalling bars[stage]."""
+    q_desc, do_desc, lse_desc, delta_desc = descs
+    q_ring, do_ring, lse_ring, delta_ring = rings
     bar = bars.index(stage)
-    mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    if not ROWS_COPIED:
+        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
+    else:
+        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes + lse_desc.block_type.nbytes
+                        + delta_desc.block_type.nbytes)
+        tma.async_copy_global_to_shared(lse_desc, [bh * Tq + m0], bar, lse_ring.index(stage))
+        tma.async_copy_global_to_shared(delta_desc, [bh * Tq + m0], bar, delta_ring.index(stage))
     tma.async_copy_global_to_shared(q_desc, [b, h, m0, 0], bar, q_ring.index(stage))
     tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
 
 
 @gluon.jit
-def _loader_partition(q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM: gl.constexpr,
-                      STAGES: gl.constexpr):
+def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, ROWS_COPIED: gl.constexpr,
+                      BM: gl.constexpr, STAGES: gl.constexpr):
     """Fills the query-side ring: tile i into stage i % STAGES once both warpgroups have released it."""
     for i in range(n_tiles):
         stage = i % STAGES
         mbarrier.wait(empty.index(stage), ((i // STAGES) & 1) ^ 1)
-        _load_query_tile(q_desc, do_desc, q_ring, do_ring, ready, stage, b, h, m_lo + i * BM)
+        _load_query_tile(descs, rings, ready, stage, b, h, b * H + h, Tq, m_lo + i * BM, ROWS_COPIED)
 
 
 @gluon.jit
-def _row_vector(PTR, m0, Tq, other, BM: gl.constexpr, Q_L: gl.constexpr):
-    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq."""
-    offs_m = tile_rows(m0, BM, Q_L)
-    return gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
+def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
+                Q_L: gl.constexpr):
+    """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq. ROWS_COPIED: from its ring slot,
+    which the loader copied from the flat (B·H·Tq) vector; the launcher copies only where Tq is a multiple of BM, so
+    no row is past Tq, and masked tiles replace such rows all the same (the form measured on a GPU). Otherwise loaded
+    from PTR (the head's vector), 16 values per thread, each with its own 64-bit address computation."""
+    if ROWS_COPIED:
+        row = ring_slot.load(Q_L)
+        if MASKED:
+            row = gl.where(tile_rows(m0, BM, Q_L) < Tq, row, other)
+    else:
+        offs_m = tile_rows(m0, BM, Q_L)
+        row = gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
+    return row
 
 
 @gluon.jit
-def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, LSEh, DELTAh, Tq, Tk,
-              MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr,
+def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, rows, Tq, Tk,
+              MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr,
+              MASKED: gl.constexpr,
               S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
     """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
     acc_p; dX (keys × queries) is stored into dx_s for the dQ product. MASKED: keys past Tk (read as zeros), rows
@@ -101,8 +124,9 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     zero_s = gl.zeros([BN, BM], gl.float32, layout=S_L)
     if MODE != SIGMOID:
         # the rows' L and Δ are read before the products, whose time hides their latency
-        lse = _row_vector(LSEh, m0, Tq, float("inf"), BM, Q_L)
-        delta = _row_vector(DELTAh, m0, Tq, 0.0, BM, Q_L)[None, :]
+        lse_s, delta_s, LSEh, DELTAh = rows
+        lse = _row_vector(lse_s, LSEh, m0, Tq, float("inf"), ROWS_COPIED, MASKED, BM, Q_L)
+        delta = _row_vector(delta_s, DELTAh, m0, Tq, 0.0, ROWS_COPIED, MASKED, BM, Q_L)[None, :]
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
@@ -128,12 +152,14 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
             acc_p += gl.sum((e * gl.exp2(param2 - lse)[None, :]) * dw, axis=1)
         if MODE == SOFTPICK:
             # The branch is the score's sign, which E − 1/N = (e^x − 1)/N loses for scores below float32's
-            # resolution (it rounds to 0 there). E takes the sign along, so that the scores die here (holding them
-            # beside E and dW made this mode 2× slower than the sink's: BENCHMARKS.md); dX before the weights, so
-            # that dW dies first.
-            e = gl.where(s > 0.0, e, gl.where(s < 0.0, -e, 0.0))
-            dx = gl.abs(e) * gl.where(e > 0.0, dw - delta, gl.where(e < 0.0, delta, 0.0))
-            w = gl.maximum(e - gl.exp2(-lse)[None, :], 0.0)
+            # resolution (it rounds to 0 there), so it is read from the score: dX = E (dW − Δ) where s > 0, E Δ where
+            # s < 0, 0 where s = 0; W = max(E − 1/N, 0) where s > 0, else 0 (the values of the form that let E carry
+            # the sign, at two fewer instructions per score; a first form, which held the scores beside E and dW,
+            # spilled and ran 2× slower than the sink mode: BENCHMARKS.md). dX before the weights, so that dW dies
+            # first.
+            pos = s > 0.0
+            dx = gl.where(s != 0.0, e * gl.where(pos, dw - delta, delta), 0.0)
+            w = gl.where(pos, gl.maximum(e - gl.exp2(-lse)[None, :], 0.0), 0.0)
         else:
             w = e
             dx = e * (dw - delta)
@@ -162,12 +188,12 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexp
 
 @gluon.jit
 def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr,
-          CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
+          ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
           STAGES: gl.constexpr):
     """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
     falls to this warpgroup."""
-    smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk = loop
-    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    smem, m_lo, offs_n, param2, qk_scale2, LSEh, DELTAh, DQh, Tq, Tk = loop
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
     KB: gl.constexpr = BLOCK_N // 2
     S_L: gl.constexpr = wgmma_layout(BM)
     DK_L: gl.constexpr = wgmma_layout(HEAD_D)
@@ -184,7 +210,9 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     # the dQ of tile i - 2, which used this tile's dX buffer, has been taken
     mbarrier.wait(dx_free.index(i % 2), ((i // 2) & 1) ^ 1)
     dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
-                              offs_n, m0, qk_scale2, param2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, MODE, CAUSAL,
+                              offs_n, m0, qk_scale2, param2,
+                              (lse_ring.index(stage), delta_ring.index(stage), LSEh, DELTAh), Tq, Tk, MODE,
+                              ROWS_COPIED, CAUSAL,
                               PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
     fence_async_shared()
     partition_barrier()
@@ -199,10 +227,11 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
 
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
-                         MODE: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
+                         MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr,
+                         PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
                          STAGES: gl.constexpr):
     """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
-    k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
     PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks, qk_scale2, \
         scale = scalars
@@ -233,13 +262,13 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     else:
         n_front = n_tiles * 0
     n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
-    loop = (smem, m_lo, offs_n, bh, param2, qk_scale2, LSE, DELTA, DQh, Tq, Tk)
+    loop = (smem, m_lo, offs_n, param2, qk_scale2, LSE + bh * Tq, DELTA + bh * Tq, DQh, Tq, Tk)
     for i in range(n_front):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     for i in range(n_front, n_mid):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, False, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, False, BM, STAGES)
     for i in range(n_mid, n_tiles):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
@@ -256,10 +285,10 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 @gluon.jit
 def score_backward_kernel(
-    q_desc, k_desc, v_desc, do_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
+    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, Tq, Tk, num_bh, num_n_blocks, qk_scale2, scale,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
-    PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr,
+    PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr, ROWS_COPIED: gl.constexpr,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The four inputs are 4-D
     tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v
@@ -281,6 +310,8 @@ def score_backward_kernel(
     v_buf = gl.allocate_shared_memory(dtype, [1] + v_desc.block_type.shape, v_desc.layout)
     q_ring = gl.allocate_shared_memory(dtype, [STAGES] + q_desc.block_type.shape, q_desc.layout)
     do_ring = gl.allocate_shared_memory(dtype, [STAGES] + do_desc.block_type.shape, do_desc.layout)
+    lse_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + lse_desc.block_type.shape, lse_desc.layout)
+    delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
@@ -297,19 +328,24 @@ def score_backward_kernel(
     m_end = gl.cdiv(Tq, BM) * BM
     m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     n_tiles = gl.maximum(m_end - m_lo, 0) // BM
-    smem = (k_buf, v_buf, q_ring, do_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
+    smem = (k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
     ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)
     scalars = (sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks,
                qk_scale2, scale)
     gl.warp_specialize([
-        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
-        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, CAUSAL, PARAM_GRAD, BM, STAGES)),
-        (_loader_partition, (q_desc, do_desc, q_ring, do_ring, ready, empty, b, h, m_lo, n_tiles, BM, STAGES)),
+        (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, BM,
+                                 STAGES)),
+        (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, BM,
+                                 STAGES)),
+        (_loader_partition, ((q_desc, do_desc, lse_desc, delta_desc), (q_ring, do_ring, lse_ring, delta_ring), ready,
+                             empty, b, h, H, Tq, m_lo, n_tiles, ROWS_COPIED, BM, STAGES)),
     ], [4, 1], [240, 24])
 
 
-def descriptors(q, k, v, do, block_m: int) -> tuple:
-    """The four inputs' descriptors: ``block_m`` query rows, BLOCK_N keys."""
+def descriptors(q, k, v, do, lse, delta, block_m: int) -> tuple:
+    """The six inputs' descriptors: ``block_m`` query rows, BLOCK_N keys; L and Δ as flat fp32 vectors in blocks of
+    ``block_m`` (flat_row_descriptor)."""
     n = BLOCK_N.value
-    return row_descriptors((q, block_m), (k, n), (v, n), (do, block_m))
+    return (*row_descriptors((q, block_m), (k, n), (v, n), (do, block_m)), flat_row_descriptor(lse, block_m),
+            flat_row_descriptor(delta, block_m))
 

@@ -50,7 +50,7 @@ def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_gluon_backward
     monkeypatch.setattr(score_gluon, "_failure", [])
     monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(args))
     monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
-    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, block_m: (do,))
+    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, lse, delta, block_m: (do,))
     q, k, v = _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16)
     do = torch.ones(1, 1, 1, 1, dtype=torch.bfloat16).expand(1, 2, 64, 64)
     assert not common.tma_ready(do) and common.tma_ready(q, k, v)
@@ -64,6 +64,40 @@ def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_gluon_backward
     narrow = _rows(64, 2, 64, torch.float32)  # fp32: the kernel does not take it
     ran, _ = score_gluon.backward("sigmoid", do, narrow, narrow, narrow, empty, empty, empty, empty, 0.125, True)
     assert not ran and seen == []
+
+
+@pytest.mark.parametrize("mode,T,tile,copied", [
+    ("softpick", 128, (64, 2), True), ("sink", 96, (32, 2), True),
+    ("softpick", 100, (64, 2), False),  # rows past Tq in the last tile: blocks would cross into the next head
+    ("sink", 3001, (64, 2), False),     # blocks not 16-byte aligned: the copy engine faulted there
+    ("sigmoid", 128, (64, 2), False),   # no L or Δ
+])
+def test_the_loader_copies_l_and_delta_only_where_tq_is_a_multiple_of_the_tile(monkeypatch, mode, T, tile, copied):
+    """ROWS_COPIED (the loader copies each tile's L and Δ) only where every block starts 16-byte aligned inside its
+    head; the flat vectors' descriptors and the vectors themselves are handed over either way (a misaligned L is
+    copied first)."""
+    seen = []
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    monkeypatch.setattr(score_gluon, "_failure", [])
+    monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target:
+                        seen.append((args, kwargs)))
+    monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
+    monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, lse, delta, block_m: (lse, delta))
+    q, k, v, do = (_rows(T, 2, 64) for _ in range(4))
+    lse = torch.randn(1 + 2 * T)[1:].view(1, 2, T)  # a view 4 bytes past an aligned start
+    delta = torch.randn(1, 2, T)
+    empty = torch.empty(0)
+    extra = {} if mode == "sigmoid" else {"lse": lse, "delta": delta}
+    ran, _ = score_gluon.backward(mode, do, q, k, v, empty, empty, empty, empty, 0.125, True, param=torch.zeros(2),
+                                  tile=tile, **extra)
+    assert ran and len(seen) == 1
+    args, kwargs = seen[0]
+    assert kwargs["ROWS_COPIED"] is copied and kwargs["BM"] == tile[0]
+    if mode != "sigmoid":
+        given_lse, given_delta = args[0], args[1]
+        assert given_lse.data_ptr() % 16 == 0 and torch.equal(given_lse, lse)
+        assert given_delta.data_ptr() == delta.data_ptr()
+        assert args[3] is given_lse and args[4] is given_delta  # the pointers the warpgroups load from otherwise
 
 
 @pytest.mark.parametrize("op", list(ENTRY))

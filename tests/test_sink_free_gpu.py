@@ -101,7 +101,8 @@ GLUON_CASES = {
 def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
     """The Gluon backward (Hopper) at each of its tiles against float64 on odd lengths, Tq ≠ Tk, v of 16 to 128, with
     and without causality, dO in a NaN-guarded buffer with 16-byte strides; the dispatcher must take it for these
-    inputs (else the Triton kernels would be tested)."""
+    inputs (else the Triton kernels would be tested). L and Δ reach the normalised modes both ways: copied by the
+    loader at T = 8192 (Tq a multiple of the tile), loaded by the warpgroups in the other cases."""
     import sink_free_float64
     import threshold_float64
 
