@@ -14,8 +14,9 @@ Scores in units of the row factor. The kernel issues more instructions per tile 
 (benchmarks.instructions), so each score costs as few as it can: with f_i > 0, u / f_i = s rk'_j - tau_i / f_i is one
 fused multiply-add (u itself took a product and a multiply-add), and W = f1_i^p (max(u1', 0)^p - c_i max(u2', 0)^p)
 with u1' = u1 / f1_i, u2' = u2 / f2_i and c_i = lam (f2_i / f1_i)^p, so f1_i^p scales each row of O once, after the
-loop. A weight's sign, and so the record and which tiles are skipped, is u's; the values differ from the Triton
-forward's by roundings (tau_i / f_i, the ratio, the scaling), within the tolerance the float64 tests allow. c_i and
+loop. A weight's sign, and so the record and which tiles are skipped, is u's up to rounding (a weight within a rounding
+of zero may fall on the other side); the values differ from the Triton forward's by roundings (tau_i / f_i, the
+ratio, the scaling), within the tolerance the float64 tests allow. c_i and
 f1_i^p are clamped to finite values, so that a zero weight stays zero when a query row's norm is far below the
 other view's.
 
