@@ -6,10 +6,19 @@ One program per 128 query rows of one head, three partitions:
 
 - a one-warp loader: the program's q1, q2 rows (two tiles of 64 per view) once, then k1, k2, v in blocks of
   KEYS keys (keys_per_stage) through a ring of STAGES stages (copy engine, mbarriers);
-- two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together),
-  u = s r - tau with r = r_i r'_j and tau formed as triton_math.key_scores forms them, W = max(u1, 0)^p
-  - lam max(u2, 0)^p, O += W v (a third product, W from registers). The queries' norms are summed in another order
-  than the Triton forward's, so r_i could differ in its last bit; on every shape tried the outputs were the same bits.
+- two warpgroups, each over 64 of the rows: per key block both views' scores (two products issued together), the
+  weights W = max(u1, 0)^p - lam max(u2, 0)^p of u = s f_i rk'_j - tau_i (f_i = scale r_i; triton_math.key_scores),
+  O += W v (a third product, W from registers).
+
+Scores in units of the row factor. The kernel issues more instructions per tile than its products take cycles
+(benchmarks.instructions), so each score costs as few as it can: with f_i > 0, u / f_i = s rk'_j - tau_i / f_i is one
+fused multiply-add (u itself took a product and a multiply-add), and W = f1_i^p (max(u1', 0)^p - c_i max(u2', 0)^p)
+with u1' = u1 / f1_i, u2' = u2 / f2_i and c_i = lam (f2_i / f1_i)^p, so f1_i^p scales each row of O once, after the
+loop. A weight's sign, and so the record and which tiles are skipped, is u's up to rounding (a weight within a rounding
+of zero may fall on the other side); the values differ from the Triton forward's by roundings (tau_i / f_i, the
+ratio, the scaling), within the tolerance the float64 tests allow. c_i and
+f1_i^p are clamped to finite values, so that a zero weight stays zero when a query row's norm is far below the
+other view's.
 
 The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's
 elementwise work can run under the other's products. Only key blocks crossing the diagonal or Tk take the
@@ -26,13 +35,13 @@ out the weights and the product with v (a branch on a value the four warps agree
 here for it to break).
 
 A bound before the exact scores (BOUND, where SKIP_PRODUCTS is on, in the blocks no mask touches): forming u exactly
-costs about three fp32 operations per score and view (r, u, the maxima), so a tile whose products are skipped still
-costs most of a scored one. Each row's largest scaled score bounds every u of the row: r = fl(f_i rk'_j) > 0
-(launch.py asks for the test only with scale > 0), so s_ij r_ij <= max(m_i, 0) f_i (1 + 2^-24) with m_i = max_j s_ij
-rk'_j (without normalisation rk' is 1), from the same fp32 scores the exact path reads: a product and a maximum per
-score and view. The kernel tests max(m_i, 0) * f_i * SLACK - tau_i < 0 for every row in both views; SLACK = 1 + 2^-20
-exceeds the few roundings of the test and of u's own r and product, so a cleared tile's exact u would be <= 0 in
-every element: no weight survives, so it needs no record mark, weights or product. Any other tile takes the exact
+costs about two fp32 operations per score and view (u', the maxima), so a tile whose products are skipped still
+costs most of a scored one. Each row's largest score bounds every u' of the row: with m_i = max_j fl(s_ij rk'_j)
+(without normalisation rk' is 1), s_ij rk'_j <= m_i (1 + 2^-24), from the same fp32 scores the exact path reads: a
+product and a maximum per score and view. The kernel tests max(m_i, 0) * SLACK - tau_i / f_i < 0 for every row in
+both views (launch.py asks for it only with scale > 0, so f_i > 0); SLACK = 1 + 2^-20 exceeds the roundings of the
+test, so a cleared tile's exact u' = fl(s rk' - tau / f), rounded once from a negative value, would be <= 0 in every
+element: no weight survives, so it needs no record mark, weights or product. Any other tile takes the exact
 path above, unchanged, so outputs and records are the same bits with the test and without it. A tile the bound cannot
 clear pays for both, so a warpgroup tries the bound only on a tile after one without a survivor: on dense inputs, once
 per row of tiles. (A looser form, the row's largest score times the block's largest rk', cleared from 2% to 78% of a
@@ -58,6 +67,7 @@ STAGES = 2                     # depth of the key-side ring, launched as the ker
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
 BOUND = True                   # launched as the kernel's BOUND (with skip_products): the bound before the exact scores
 SLACK = 1.0 + 2.0 ** -20       # launched as the kernel's SLACK: covers the bound's roundings (module docstring)
+FLT_MAX = gl.constexpr(3.4028234663852886e38)
 MAX_REGISTERS = 168            # per thread over the 12 warps allocated: the compute warps get 240
 TILE = TileConfig(BLOCK_M.value, BLOCK_N, NUM_WARPS.value, STAGES, tma=True)  # the d = 64 default, for tables and logs
 assert ROWS.value == CELL.value and CELL.value % BLOCK_N == 0  # a warpgroup's rows are one row of record cells
@@ -105,7 +115,7 @@ def _row_factor(q_s, RQh, offs_m, Tq, scale, NORMALIZE: gl.constexpr, HEAD_D: gl
 
 
 @gluon.jit
-def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, f1, f2, tau, lam, p, pos,
+def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty, t1, t2, c, p, pos,
                bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr,
                CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr, RECORD: gl.constexpr,
                SKIP_PRODUCTS: gl.constexpr, BOUND: gl.constexpr, SLACK: gl.constexpr, S_L: gl.constexpr,
@@ -139,7 +149,7 @@ def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, read
     s1, s2 = warpgroup_mma_wait(0, deps=[s1_t, s2_t])
     gl.static_assert(not BOUND or SKIP_PRODUCTS, "the bound clears tiles whose products are skipped")
     if not BOUND:
-        acc, _ = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+        acc, _ = _scored_tile(acc, s1, s2, t1, t2, rk1, rk2, c, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
                               NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     else:
         # the bound is tried only after a tile without a survivor: where tiles are occupied in runs (dense inputs:
@@ -148,11 +158,11 @@ def _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, read
         if hit:
             clears = not hit
         else:
-            clears = _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE, SLACK)
+            clears = _bound_clears(s1, s2, t1, t2, rk1, rk2, pos, Tk, NORMALIZE, SLACK)
         if clears:
             hit = not clears
         else:
-            acc, hit = _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row,
+            acc, hit = _scored_tile(acc, s1, s2, t1, t2, rk1, rk2, c, p, pos, cols, key_ok, v_s, Tk, REC_row,
                                     j, NORMALIZE, CAUSAL, P_MODE, MASKED, RECORD, SKIP_PRODUCTS, O_L, KEYS)
     # every product reading this stage has completed (synchronous): release it
     mbarrier.arrive(empty.index(stage), count=1)
@@ -173,7 +183,7 @@ def _key_norms(RK1, RK2, bh, Tk, j, NORMALIZE: gl.constexpr, KEYS: gl.constexpr,
 
 
 @gluon.jit
-def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexpr, SLACK: gl.constexpr):
+def _bound_clears(s1, s2, t1, t2, rk1, rk2, pos, Tk, NORMALIZE: gl.constexpr, SLACK: gl.constexpr):
     """Whether every u of an unmasked tile is negative, from each row's largest score (module docstring: "A bound
     before the exact scores"): max(m_i, 0) * f_i * SLACK - tau_i < 0 in both views for every row (rows past Tq count
     none), with m_i = max_j s_ij rk'_j (without normalisation rk' is 1). A value the warpgroup's four warps agree on."""
@@ -183,27 +193,26 @@ def _bound_clears(s1, s2, f1, f2, rk1, rk2, tau, pos, Tk, NORMALIZE: gl.constexp
     else:
         m1 = gl.max(s1, axis=1)
         m2 = gl.max(s2, axis=1)
-    b1 = gl.maximum(m1, 0.0) * (f1 * SLACK) - tau
-    b2 = gl.maximum(m2, 0.0) * (f2 * SLACK) - tau
+    b1 = gl.maximum(m1, 0.0) * SLACK - t1
+    b2 = gl.maximum(m2, 0.0) * SLACK - t2
     top = gl.where(pos < Tk, gl.maximum(b1, b2), -1.0)
     return gl.max(top, axis=0) < 0.0
 
 
 @gluon.jit
-def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
+def _scored_tile(acc, s1, s2, t1, t2, rk1, rk2, c, p, pos, cols, key_ok, v_s, Tk, REC_row, j,
                  NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, MASKED: gl.constexpr,
                  RECORD: gl.constexpr, SKIP_PRODUCTS: gl.constexpr, O_L: gl.constexpr, KEYS: gl.constexpr):
     """The tile's exact u in both views, its record cell and acc + W v (_key_block's MASKED, RECORD,
     SKIP_PRODUCTS). Returns acc and whether a weight survived (with neither RECORD nor SKIP_PRODUCTS, not found:
     True)."""
     if NORMALIZE:
-        r1 = f1[:, None] * rk1[None, :]
-        r2 = f2[:, None] * rk2[None, :]
+        # one rounding (a fused multiply-add, not the bound's product followed by a subtraction)
+        u1 = gl.fma(s1, gl.broadcast(rk1[None, :], s1)[0], gl.broadcast(-t1[:, None], s1)[0])
+        u2 = gl.fma(s2, gl.broadcast(rk2[None, :], s2)[0], gl.broadcast(-t2[:, None], s2)[0])
     else:
-        r1 = f1[:, None]
-        r2 = f2[:, None]
-    u1 = s1 * r1 - tau[:, None]
-    u2 = s2 * r2 - tau[:, None]
+        u1 = s1 - t1[:, None]
+        u2 = s2 - t2[:, None]
     if MASKED:
         if CAUSAL:
             keep = key_ok[None, :] & (cols[None, :] <= pos[:, None])
@@ -220,19 +229,20 @@ def _scored_tile(acc, s1, s2, f1, f2, rk1, rk2, tau, lam, p, pos, cols, key_ok, 
             if RECORD:
                 gl.store(REC_row + (j * KEYS) // CELL, 1)
             if SKIP_PRODUCTS:
-                acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
+                acc = _weighted_values(acc, u1, u2, v_s, c, p, P_MODE, O_L)
         if not SKIP_PRODUCTS:
-            acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
+            acc = _weighted_values(acc, u1, u2, v_s, c, p, P_MODE, O_L)
     else:
-        acc = _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE, O_L)
+        acc = _weighted_values(acc, u1, u2, v_s, c, p, P_MODE, O_L)
         hit = True
     return acc, hit
 
 
 @gluon.jit
-def _weighted_values(acc, u1, u2, v_s, lam, p, P_MODE: gl.constexpr, O_L: gl.constexpr):
-    """acc + W v with W = max(u1, 0)^p - lam max(u2, 0)^p rounded to v's dtype (a synchronous product)."""
-    w = (_power(gl.maximum(u1, 0.0), p, P_MODE) - lam * _power(gl.maximum(u2, 0.0), p, P_MODE)).to(v_s.dtype)
+def _weighted_values(acc, u1, u2, v_s, c, p, P_MODE: gl.constexpr, O_L: gl.constexpr):
+    """acc + W' v with W' = max(u1, 0)^p - c_i max(u2, 0)^p rounded to v's dtype (a synchronous product); u1, u2 and
+    c are _warpgroup_partition's, in units of view 1's row factor."""
+    w = (_power(gl.maximum(u1, 0.0), p, P_MODE) - c[:, None] * _power(gl.maximum(u2, 0.0), p, P_MODE)).to(v_s.dtype)
     return warpgroup_mma(gl.convert_layout(w, gl.DotOperandLayout(0, O_L, 2)), v_s, acc)
 
 
@@ -262,6 +272,13 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     q2_s = operand(q2_buf.index(W), ROWS, HEAD_D)
     f1 = _row_factor(q1_s, RQ1 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
     f2 = _row_factor(q2_s, RQ2 + bh * Tq, offs_m, Tq, scale, NORMALIZE, HEAD_D, ROW_L)
+    # Scores in units of view 1's row factor f1 > 0 (module docstring, "Scores in units of the row factor"):
+    # u / f1 = s rk' - tau / f1, one multiply-add per score; W = f1^p (max(u1', 0)^p - c max(u2', 0)^p) with
+    # c = lam (f2 / f1)^p, and f1^p scales O once. Both clamped to finite values, so that a 0 weight stays 0.
+    t1 = tau / f1
+    t2 = tau / f2
+    c = gl.minimum(gl.maximum(lam * _power(f2 / f1, p, P_MODE), -FLT_MAX), FLT_MAX)
+    g1 = gl.minimum(_power(f1, p, P_MODE), FLT_MAX)
     acc = gl.zeros([ROWS, HEAD_DV], gl.float32, layout=O_L)
     zero_s = gl.zeros([ROWS, KEYS], gl.float32, layout=S_L)
     REC_row = REC + (bh.to(gl.int64) * nM + r0 // ROWS) * nN  # the record's cells of these rows
@@ -269,15 +286,16 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     rk1, rk2 = _key_norms(RK1, RK2, bh, Tk, 0, NORMALIZE, KEYS, S_L)
     for j in range(0, full):
         acc, hit, rk1, rk2 = _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty,
-                                        f1, f2, tau, lam, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
+                                        t1, t2, c, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
                                         NORMALIZE, CAUSAL, P_MODE, False, RECORD, SKIP_PRODUCTS, BOUND, SLACK, S_L,
                                         O_L, KEYS, STAGES)
     for j in range(full, my_blocks):
         acc, hit, rk1, rk2 = _key_block(acc, hit, rk1, rk2, j, q1_s, q2_s, k1_ring, k2_ring, v_ring, ready, empty,
-                                        f1, f2, tau, lam, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
+                                        t1, t2, c, p, pos, bh, RK1, RK2, Tk, zero_s, REC_row, HEAD_D, HEAD_DV,
                                         NORMALIZE, CAUSAL, P_MODE, True, RECORD, SKIP_PRODUCTS, False, SLACK, S_L,
                                         O_L, KEYS, STAGES)
     release_stages(ready, empty, my_blocks, n_blocks, STAGES)
+    acc = acc * gl.convert_layout(g1, gl.SliceLayout(1, O_L))[:, None]
     store_rows(O + b * so_b + h * so_h, so_t, offs_m, Tq, acc, HEAD_DV, O_L)
 
 
