@@ -73,13 +73,13 @@ def _load_query_tile(descs, rings, bars, stage, b, h, bh, Tq, m0, ROWS_COPIED: g
     q_desc, do_desc, lse_desc, delta_desc = descs
     q_ring, do_ring, lse_ring, delta_ring = rings
     bar = bars.index(stage)
-    if not ROWS_COPIED:
-        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes)
-    else:
-        mbarrier.expect(bar, q_desc.block_type.nbytes + do_desc.block_type.nbytes + lse_desc.block_type.nbytes
-                        + delta_desc.block_type.nbytes)
+    nbytes: gl.constexpr = q_desc.block_type.nbytes + do_desc.block_type.nbytes
+    if ROWS_COPIED:
+        mbarrier.expect(bar, nbytes + lse_desc.block_type.nbytes + delta_desc.block_type.nbytes)
         tma.async_copy_global_to_shared(lse_desc, [bh * Tq + m0], bar, lse_ring.index(stage))
         tma.async_copy_global_to_shared(delta_desc, [bh * Tq + m0], bar, delta_ring.index(stage))
+    else:
+        mbarrier.expect(bar, nbytes)
     tma.async_copy_global_to_shared(q_desc, [b, h, m0, 0], bar, q_ring.index(stage))
     tma.async_copy_global_to_shared(do_desc, [b, h, m0, 0], bar, do_ring.index(stage))
 
@@ -95,16 +95,12 @@ def _loader_partition(descs, rings, ready, empty, b, h, H, Tq, m_lo, n_tiles, RO
 
 
 @gluon.jit
-def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
-                Q_L: gl.constexpr):
+def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, BM: gl.constexpr, Q_L: gl.constexpr):
     """A per-query-row fp32 vector (L or Δ) of the tile's rows, ``other`` past Tq. ROWS_COPIED: from its ring slot,
-    which the loader copied from the flat (B·H·Tq) vector; the launcher copies only where Tq is a multiple of BM, so
-    no row is past Tq, and masked tiles replace such rows all the same (the form measured on a GPU). Otherwise loaded
-    from PTR (the head's vector), 16 values per thread, each with its own 64-bit address computation."""
+    which the loader filled (the launcher copies only where Tq is a multiple of BM, so no row is past Tq). Otherwise
+    loaded from PTR (the head's vector), 16 values per thread, each with its own 64-bit address computation."""
     if ROWS_COPIED:
         row = ring_slot.load(Q_L)
-        if MASKED:
-            row = gl.where(tile_rows(m0, BM, Q_L) < Tq, row, other)
     else:
         offs_m = tile_rows(m0, BM, Q_L)
         row = gl.load(PTR + offs_m, mask=offs_m < Tq, other=other)
@@ -114,8 +110,8 @@ def _row_vector(ring_slot, PTR, m0, Tq, other, ROWS_COPIED: gl.constexpr, MASKED
 @gluon.jit
 def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, param2, rows, Tq, Tk,
               MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr,
-              MASKED: gl.constexpr,
-              S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr, BM: gl.constexpr):
+              MASKED: gl.constexpr, S_L: gl.constexpr, DK_L: gl.constexpr, DV_L: gl.constexpr, BN: gl.constexpr,
+              BM: gl.constexpr):
     """One query tile's contribution to the BN keys of k_s, v_s: dK, dV (registers) and the parameter's per-key sum
     acc_p; dX (keys × queries) is stored into dx_s for the dQ product. MASKED: keys past Tk (read as zeros), rows
     past Tq and (CAUSAL) keys after a row's position are masked; tiles that need none of it
@@ -125,8 +121,8 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
     if MODE != SIGMOID:
         # the rows' L and Δ are read before the products, whose time hides their latency
         lse_s, delta_s, LSEh, DELTAh = rows
-        lse = _row_vector(lse_s, LSEh, m0, Tq, float("inf"), ROWS_COPIED, MASKED, BM, Q_L)
-        delta = _row_vector(delta_s, DELTAh, m0, Tq, 0.0, ROWS_COPIED, MASKED, BM, Q_L)[None, :]
+        lse = _row_vector(lse_s, LSEh, m0, Tq, float("inf"), ROWS_COPIED, BM, Q_L)
+        delta = _row_vector(delta_s, DELTAh, m0, Tq, 0.0, ROWS_COPIED, BM, Q_L)[None, :]
     dw_t = warpgroup_mma(v_s, do_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     s_t = warpgroup_mma(k_s, q_s.permute((1, 0)), zero_s, use_acc=False, is_async=True)
     dw, s = warpgroup_mma_wait(0, deps=[dw_t, s_t])
@@ -188,8 +184,8 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexp
 
 @gluon.jit
 def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr,
-          ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr, BM: gl.constexpr,
-          STAGES: gl.constexpr):
+          ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr, PARAM_GRAD: gl.constexpr, MASKED: gl.constexpr,
+          BM: gl.constexpr, STAGES: gl.constexpr):
     """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
     falls to this warpgroup."""
     smem, m_lo, offs_n, param2, qk_scale2, LSEh, DELTAh, DQh, Tq, Tk = loop
@@ -212,8 +208,7 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     dk, dv, acc_p = _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_bufs.index(i % 2).slice(W * KB, KB),
                               offs_n, m0, qk_scale2, param2,
                               (lse_ring.index(stage), delta_ring.index(stage), LSEh, DELTAh), Tq, Tk, MODE,
-                              ROWS_COPIED, CAUSAL,
-                              PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
+                              ROWS_COPIED, CAUSAL, PARAM_GRAD, MASKED, S_L, DK_L, DV_L, KB, BM)
     fence_async_shared()
     partition_barrier()
     mbarrier.arrive(dx_ready.index(i % 2), count=1)
@@ -228,8 +223,7 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
 @gluon.jit
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr,
-                         PARAM_GRAD: gl.constexpr, BM: gl.constexpr,
-                         STAGES: gl.constexpr):
+                         PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
     k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
     PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
@@ -264,11 +258,14 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
     loop = (smem, m_lo, offs_n, param2, qk_scale2, LSE + bh * Tq, DELTA + bh * Tq, DQh, Tq, Tk)
     for i in range(n_front):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True,
+                              BM, STAGES)
     for i in range(n_front, n_mid):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, False, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, False,
+                              BM, STAGES)
     for i in range(n_mid, n_tiles):
-        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True, BM, STAGES)
+        dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True,
+                              BM, STAGES)
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
@@ -290,10 +287,12 @@ def score_backward_kernel(
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
     PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr, ROWS_COPIED: gl.constexpr,
 ):
-    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The four inputs are 4-D
-    tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v
-    (descriptors()). PARAM (H,) fp32: the bias (SIGMOID) or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA
-    (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK; unread by SIGMOID). DQACC: zero-filled contiguous fp32
+    """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. q, k, v, dO are 4-D tensor
+    descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v; lse_desc and
+    delta_desc 1-D descriptors of LSE and DELTA in blocks of BM (descriptors()). PARAM (H,) fp32: the bias (SIGMOID)
+    or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK;
+    unread by SIGMOID), copied by the loader with ROWS_COPIED (only where Tq % BM == 0: score_gluon.backward), else
+    loaded by the warpgroups. DQACC: zero-filled contiguous fp32
     (B, H, Tq, HEAD_D); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
     qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default,
     4 warps), warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
