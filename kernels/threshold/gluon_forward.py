@@ -185,8 +185,9 @@ def _key_norms(RK1, RK2, bh, Tk, j, NORMALIZE: gl.constexpr, KEYS: gl.constexpr,
 @gluon.jit
 def _bound_clears(s1, s2, t1, t2, rk1, rk2, pos, Tk, NORMALIZE: gl.constexpr, SLACK: gl.constexpr):
     """Whether every u of an unmasked tile is negative, from each row's largest score (module docstring: "A bound
-    before the exact scores"): max(m_i, 0) * f_i * SLACK - tau_i < 0 in both views for every row (rows past Tq count
-    none), with m_i = max_j s_ij rk'_j (without normalisation rk' is 1). A value the warpgroup's four warps agree on."""
+    before the exact scores"): max(m_i, 0) * SLACK - tau_i / f_i < 0 in both views for every row (t1, t2 = tau / f;
+    rows past Tq count none), with m_i = max_j s_ij rk'_j (without normalisation rk' is 1). A value the warpgroup's
+    four warps agree on."""
     if NORMALIZE:
         m1 = gl.max(s1 * rk1[None, :], axis=1)
         m2 = gl.max(s2 * rk2[None, :], axis=1)
