@@ -13,7 +13,7 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
   sink (sdpa+key)     the sink as an extra key of SDPA (kernels.sink_softmax_attention_reference), default backends
   ssmax (sdpa)        SDPA on queries scaled per row by s_h·ln(i+1), default backends, as the model runs it
   <op>, Gluon fwd     sigmoid, softpick and sink_softmax with the one-view ops' Gluon forward asked for
-                      (kernels/score_gluon_forward.py; not yet the default), where it fits (Hopper)
+                      (kernels/score_ops/gluon_forward.py; not yet the default), where it fits (Hopper)
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
 medians of CUDA-event timings (triton.testing.do_bench); TFLOP/s counts softmax's products for every row (forward
 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
@@ -35,8 +35,8 @@ from torch.nn.functional import scaled_dot_product_attention
 
 from benchmarks import timing
 from benchmarks.timing import projection
-from kernels import score_gluon
-from kernels.score_ops import TileConfig
+from kernels.score_ops import gluon as score_gluon
+from kernels.score_ops.launch import TileConfig
 from kernels.sigmoid import launch as sigmoid_launch
 from kernels.sigmoid.autograd import sigmoid_attention_triton
 from kernels.sink_softmax.autograd import sink_softmax_attention_triton

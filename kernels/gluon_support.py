@@ -1,6 +1,6 @@
 """Whether the Gluon kernels for Hopper can run here, and for which layouts (host side, no Gluon import at module
 level): the paired threshold kernels (kernels/threshold/gluon_*.py) and the one-view score ops' backward
-(kernels/score_gluon_backward.py) share these conditions and the hand-over to their Triton kernels when one cannot
+(kernels/score_ops/gluon_backward.py) share these conditions and the hand-over to their Triton kernels when one cannot
 compile or launch (``fails``: each family keeps its own record of failures, empty while none has failed).
 """
 import functools
@@ -18,8 +18,8 @@ from .common import CompileTarget, interpreting
 
 GLUON_MIN_TRITON = (3, 6)  # the first with the Gluon the kernels are written in (3.5's warp_specialize differs)
 # the modules written in Gluon: importing them is what tells whether this Triton has the language they use
-_GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_backward", ".score_gluon_backward",
-                  ".score_gluon_forward")
+_GLUON_MODULES = (".gluon_tiles", ".threshold.gluon_forward", ".threshold.gluon_backward", ".score_ops.gluon_backward",
+                  ".score_ops.gluon_forward")
 
 
 def gluon_layout_takes(dtype: torch.dtype, heads: int, kv_heads: int, head_d: int, head_dv: int,

@@ -1,5 +1,5 @@
 """Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py,
-kernels/score_gluon_forward.py and score_gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their
+kernels/score_ops/gluon_forward.py and gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their
 blocks seen as product operands, a warpgroup's accumulator layout, a program's query block, a ring's barriers, a tile's
 query rows and key range, the partition barrier, and dQ's vector atomics.
 

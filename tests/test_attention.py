@@ -6,7 +6,7 @@ import torch
 from omegaconf import OmegaConf
 
 import kernels.threshold.reference as reference
-import kernels.blocked as blocked
+import kernels.score_ops.blocked as blocked
 from model.attention import ATTENTIONS, build_attention
 from tests import naive
 

@@ -45,7 +45,7 @@ def test_sweep_lines_all_run(untimed, capsys):
 def test_sweep_gluon_lines_reach_the_gluon_backward(untimed, capsys, monkeypatch):
     """Where the Gluon backward runs, each Gluon line calls it at its tile (the launchers' path) and the lines of
     the kernel alone call each mode with the L they name (a recorder stands in for the kernel)."""
-    from kernels import score_gluon
+    from kernels.score_ops import gluon as score_gluon
 
     calls = []
     monkeypatch.setattr(score_gluon, "gluon_backward_fits", lambda *args, **kwargs: True)
@@ -83,7 +83,7 @@ def test_without_a_gpu_it_says_so():
 def test_gluon_forward_rows_ask_for_it_while_they_run(untimed, monkeypatch):
     """Where the one-view ops' Gluon forward fits, each op gets a second row that runs with it asked for, and only
     while the row runs (a recorder stands in for the kernel, which then hands over to Triton's forward)."""
-    from kernels import score_gluon
+    from kernels.score_ops import gluon as score_gluon
 
     asked = []
     monkeypatch.setattr(score_gluon, "gluon_forward_fits", lambda *args, **kwargs: True)

@@ -1,5 +1,5 @@
-"""The one-view score ops' Gluon kernels without a GPU — the backward (kernels/score_gluon_backward.py: sigmoid,
-softpick, softmax with a sink) and the forward (kernels/score_gluon_forward.py, taken only when asked): which
+"""The one-view score ops' Gluon kernels without a GPU — the backward (kernels/score_ops/gluon_backward.py: sigmoid,
+softpick, softmax with a sink) and the forward (kernels/score_ops/gluon_forward.py, taken only when asked): which
 inputs they take, the hand-over to the Triton kernels, and that they compile for sm_90 (Hopper) with the installed
 Triton for several of their compile-time variants, within the register file and shared memory. Their results are
 checked against float64 on a GPU (test_sink_free_gpu.py: test_gluon_backward_on_gpu,
@@ -10,7 +10,9 @@ import torch
 from sink_free_float64 import Case, make_inputs, run_and_compare, within
 from test_threshold_gluon import _compile_in_subprocess, refusal
 
-from kernels import common, gluon_support, score_gluon, score_gluon_backward
+from kernels import common, gluon_support
+from kernels.score_ops import gluon as score_gluon
+from kernels.score_ops import gluon_backward as score_gluon_backward
 from kernels.sigmoid.autograd import sigmoid_attention_triton
 from kernels.softpick import launch as normalized_launch
 from kernels.sink_softmax.autograd import sink_softmax_attention_triton
@@ -161,7 +163,7 @@ def test_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatc
     """The forwards take the Gluon kernel only when asked (GLUON_FORWARD, or ``gluon=True``; sigmoid's never for a
     Triton tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives
     exact results and the Gluon forward is not tried again (by any of the ops)."""
-    from kernels import score_gluon_forward
+    from kernels.score_ops import gluon_forward as score_gluon_forward
     from kernels.sigmoid import launch as sigmoid_launch
 
     tries = []

@@ -106,7 +106,7 @@ def test_gluon_backward_on_gpu(op, name, tile, monkeypatch):
     import sink_free_float64
     import threshold_float64
 
-    from kernels import score_gluon
+    from kernels.score_ops import gluon as score_gluon
 
     monkeypatch.setattr(sink_free_float64, "guarded",
                         lambda data, guard=3: threshold_float64.aligned_guarded(data.shape, data, guard))
@@ -142,7 +142,7 @@ def test_gluon_forward_on_gpu(op, name, stages, monkeypatch):
     import sink_free_float64
     import threshold_float64
 
-    from kernels import score_gluon, score_gluon_forward
+    from kernels.score_ops import gluon as score_gluon, gluon_forward as score_gluon_forward
 
     monkeypatch.setattr(sink_free_float64, "guarded",
                         lambda data, guard=3: threshold_float64.aligned_guarded(data.shape, data, guard))
@@ -168,7 +168,7 @@ def test_softpick_gradient_of_a_tiny_positive_score_on_gpu(gluon, monkeypatch):
     """A score of 1e-7 beside one of 5 in its row (bf16 inputs, fp32 scores): e^{x−m} − e^{−m} rounds to 0, yet the
     weight's gradient is that of a positive score; key 2 is seen by that row alone, so its dK comes from it alone.
     On the Triton backward and on the Gluon one (asked for; Hopper only)."""
-    from kernels import score_gluon
+    from kernels.score_ops import gluon as score_gluon
 
     d = 64
     q = torch.zeros(1, 1, 3, d)

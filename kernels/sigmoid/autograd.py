@@ -7,7 +7,7 @@ from typing import Optional, Union
 import torch
 
 from ..inputs import as_head_vector, check_head_param
-from ..score_ops import check_inputs
+from ..score_ops.launch import check_inputs
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.sink_free_kernels.sigmoid_*)
 
 

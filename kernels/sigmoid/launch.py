@@ -1,5 +1,5 @@
 """Host-side launchers of the sigmoid-attention kernels (no autograd, no input checks: autograd.py and validation in
-kernels/score_ops.py come first).
+kernels/score_ops/launch.py come first).
 
 Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; bias (H,) fp32 on the inputs' device.
 Outputs and gradients are allocated in their inputs' memory layout (kernels.common.new_rows_like). Every kernel is
@@ -7,11 +7,11 @@ launched through kernels.fast_launch, or, given a ``CompileTarget``, only compil
 ``dkdv``, ``dq`` and ``dq_finish``. The keyword options (tiles, σ's evaluation, the bias folded into the scores, the
 dQ path, the Gluon backward) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
 
-The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_gluon_forward.py, part ``gluon_fwd``)
+The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_ops/gluon_forward.py, part ``gluon_fwd``)
 where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or score_gluon.GLUON_FORWARD): timed, it
 was no faster than the Triton forward (BENCHMARKS.md, "The Gluon forwards timed").
 
-On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_gluon_backward.py, part ``gluon_bwd``) wherever
+On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_ops/gluon_backward.py, part ``gluon_bwd``) wherever
 score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two from 16
 to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a warning says
 so once and the Triton kernels take over.
@@ -22,9 +22,10 @@ from typing import Optional
 
 import torch
 
-from .. import common, score_gluon
+from .. import common
+from ..score_ops import gluon as score_gluon
 from ..common import CompileTarget, cdiv, padded
-from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
+from ..score_ops.launch import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled
 from .tiles import backward_configs, dq_configs, forward_configs, sigmoid_mode
 from .triton_backward import sigmoid_dkdv_kernel, sigmoid_dq_kernel
 from .triton_forward import sigmoid_fwd_kernel

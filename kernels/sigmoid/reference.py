@@ -1,5 +1,5 @@
 """Exact PyTorch sigmoid attention (SPEC §2), blocked over query rows with a recomputing backward
-(kernels/blocked.py): what runs where the Triton kernels do not, and what they are checked against.
+(kernels/score_ops/blocked.py): what runs where the Triton kernels do not, and what they are checked against.
 
     w_ij = σ(x_ij + b_h),  x_ij = scale · q_i·k_j,  j ≤ i + Tk − Tq (causal)
     dX = dW ⊙ w ⊙ (1 − w),  ∂L/∂b_h = Σ_{b,i,j} dX
@@ -10,7 +10,7 @@ from typing import Optional
 
 import torch
 
-from ..blocked import Rule, blocked_attention, blocked_weights
+from ..score_ops.blocked import Rule, blocked_attention, blocked_weights
 
 
 def _weights(x: torch.Tensor, keep: torch.Tensor, bias: torch.Tensor, eps: float):
@@ -40,6 +40,6 @@ def sigmoid_attention_weights(q: torch.Tensor, k: torch.Tensor, bias: float | to
                               scale: Optional[float] = None, causal: bool = True,
                               rows: tuple[int, int] | None = None) -> torch.Tensor:
     """The weights σ(x + b_h) of query rows ``rows`` (default: all), (B, H, rows, keys), float32 (float64 for
-    float64 inputs), without gradient (kernels.blocked.blocked_weights)."""
+    float64 inputs), without gradient (kernels.score_ops.blocked.blocked_weights)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return blocked_weights(RULE, q, k, scale=scale, param=bias, causal=causal, rows=rows)

@@ -9,7 +9,7 @@ The wider entries follow the threshold kernels' choices by the compiler's regist
 """
 from __future__ import annotations
 
-from ..score_ops import TileConfig, tiles_by_width
+from ..score_ops.launch import TileConfig, tiles_by_width
 
 
 def forward_configs(head_d: int, head_dv: int, elem_bytes: int) -> list[TileConfig]:

@@ -9,7 +9,7 @@ No row statistic enters (no Δ_i = rowsum(dO ⊙ O) pre-pass): five products per
 * ``sigmoid_dkdv_kernel``: one program per key block and key/value head holds k, v, dK, dV over the query blocks of
   every query head of its group (key block 0, seen by every query, first); tiles are laid out (queries, keys). It
   writes per-program partial sums of db_h (reduced on the host in a fixed order) and, with DQ_ATOMIC, adds dQ/scale
-  into an fp32 buffer with atomics (finished by score_tiles.dq_finish_kernel). The sum of dZ over a tile's queries,
+  into an fp32 buffer with atomics (finished by score_ops.triton_tiles.dq_finish_kernel). The sum of dZ over a tile's queries,
   which db needs, is a reduction across the warps that hold the tile's rows (through shared memory, with a barrier,
   every tile); with DB_BY_DOT it is instead a small product dZᵀ·1 (BLOCK_M × 16 ones) on the tensor cores beside
   dK's, accumulated per key in 16 identical columns, and reduced across warps once per program.
@@ -20,7 +20,7 @@ No row statistic enters (no Δ_i = rowsum(dO ⊙ O) pre-pass): five products per
 import triton
 import triton.language as tl
 
-from ..score_tiles import key_block_program, load_tile, query_block_program, visible, visible_keys, visible_queries
+from ..score_ops.triton_tiles import key_block_program, load_tile, query_block_program, visible, visible_keys, visible_queries
 from .triton_forward import sigmoid_exp2
 
 LOG2E = tl.constexpr(1.4426950408889634)

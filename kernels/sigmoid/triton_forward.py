@@ -14,7 +14,7 @@ right of it are never visited; the longest query blocks are launched first.
 import triton
 import triton.language as tl
 
-from ..score_tiles import load_tile, query_block_program, visible, visible_keys
+from ..score_ops.triton_tiles import load_tile, query_block_program, visible, visible_keys
 
 # 1 / (1 + t) on t ∈ [0, 1] by its degree-4 minimax polynomial for the relative error (≤ 2.97e-4), Horner's rule
 RCP_C0 = tl.constexpr(0.9997027010)

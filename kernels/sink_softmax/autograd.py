@@ -8,7 +8,7 @@ from typing import Optional, Union
 import torch
 
 from ..inputs import as_head_vector, check_head_param
-from ..score_ops import check_inputs
+from ..score_ops.launch import check_inputs
 from ..softpick import launch
 from . import custom_ops  # noqa: F401  (registers torch.ops.sink_free_kernels.sink_softmax_*)
 

@@ -7,7 +7,7 @@ from typing import Optional
 import torch
 
 from ..inputs import check_number
-from ..score_ops import check_inputs
+from ..score_ops.launch import check_inputs
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.sink_free_kernels.softpick_*)
 
 

@@ -1,5 +1,5 @@
 """Host-side launchers of the row-normalised kernels: softpick and softmax with a sink logit (no autograd, no input
-checks: the ops' autograd.py and kernels/score_ops.py come first).
+checks: the ops' autograd.py and kernels/score_ops/launch.py come first).
 
 Shapes: q (B, H, Tq, d), k (B, Hkv, Tk, d), v (B, Hkv, Tk, dv), any strides; ``sink`` (H,) fp32 (the sink logits)
 or None for softpick. Outputs and gradients are allocated in their inputs' layouts (kernels.common.new_rows_like).
@@ -15,9 +15,10 @@ from typing import Optional
 
 import torch
 
-from .. import common, score_gluon
+from .. import common
+from ..score_ops import gluon as score_gluon
 from ..common import CompileTarget, cdiv, interpreting, padded
-from ..score_ops import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
+from ..score_ops.launch import LOG2E, TileConfig, compute_constexprs, finish_dq, launch_tiled, run
 from .tiles import backward_configs, dq_configs, forward_configs
 from .triton_backward import normalized_dkdv_kernel, normalized_dq_kernel, row_delta_kernel
 from .triton_forward import normalized_fwd_kernel
@@ -40,7 +41,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
             target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse): the output (B, H, Tq, dv) in q's dtype laid out like q, and L (B, H, Tq) fp32, each row's log2
     of its unshifted denominator (what the backward rebuilds the weights from). ``gluon``: the one-view ops' Gluon
-    forward (kernels/score_gluon_forward.py) where it fits (None: if score_gluon.GLUON_FORWARD and no Triton tile is
+    forward (kernels/score_ops/gluon_forward.py) where it fits (None: if score_gluon.GLUON_FORWARD and no Triton tile is
     asked for; False: never; True: where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
@@ -77,7 +78,7 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
     (H,) fp32 (None unless ``need_dsink``, which needs ``sink``). dQ is added by atomics inside the dK/dV kernel
     unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. dsink is the sum, in
     a fixed order, of the dK/dV kernel's per-key-block shares, which it takes from the fp32 weights rather than from
-    the rounded output (triton_backward.py says why). ``gluon``: the Gluon backward (kernels/score_gluon_backward.py)
+    the rounded output (triton_backward.py says why). ``gluon``: the Gluon backward (kernels/score_ops/gluon_backward.py)
     where it fits (None: for the sink mode, and softpick if SOFTPICK_GLUON, unless a Triton tile or path is asked
     for; False: never; True: where it fits);
     ``gluon_tile``: its (query rows per tile, ring stages), else score_gluon.default_tile."""

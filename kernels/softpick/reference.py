@@ -1,5 +1,5 @@
 """Exact PyTorch softpick attention (SPEC §2), blocked over query rows with a recomputing backward
-(kernels/blocked.py): what runs where the Triton kernels do not, and what they are checked against.
+(kernels/score_ops/blocked.py): what runs where the Triton kernels do not, and what they are checked against.
 
     u_ij = e^{x_ij} − 1,  N_i = Σ_{j visible} |u_ij| + ε,  w_ij = relu(u_ij) / N_i,  x_ij = scale · q_i·k_j
 
@@ -14,7 +14,7 @@ from typing import Optional
 
 import torch
 
-from ..blocked import Rule, blocked_attention, blocked_weights
+from ..score_ops.blocked import Rule, blocked_attention, blocked_weights
 
 
 def _weights(x: torch.Tensor, keep: torch.Tensor, param: None, eps: float):
@@ -54,6 +54,6 @@ def softpick_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tens
 def softpick_attention_weights(q: torch.Tensor, k: torch.Tensor, *, scale: Optional[float] = None, eps: float = 1e-6,
                                causal: bool = True, rows: tuple[int, int] | None = None) -> torch.Tensor:
     """The softpick weights of query rows ``rows`` (default: all), (B, H, rows, keys), float32 (float64 for float64
-    inputs), without gradient (kernels.blocked.blocked_weights)."""
+    inputs), without gradient (kernels.score_ops.blocked.blocked_weights)."""
     scale = q.shape[-1] ** -0.5 if scale is None else scale
     return blocked_weights(RULE, q, k, scale=scale, eps=eps, causal=causal, rows=rows)

@@ -11,7 +11,7 @@ products per tile pair), so it takes their tiles. ``python -m benchmarks.sink_fr
 """
 from __future__ import annotations
 
-from ..score_ops import TileConfig, tiles_by_width
+from ..score_ops.launch import TileConfig, tiles_by_width
 from ..sigmoid.tiles import backward_configs, dq_configs  # noqa: F401  (the same structure, the same tiles)
 
 

@@ -23,7 +23,7 @@ rounding.
 * ``row_delta_kernel``: Δ_i = dO_i · o_i (fp32, from the output as stored), for dX.
 * ``normalized_dkdv_kernel``: one program per key block and key/value head holds k, v, dK, dV over the query blocks
   of every query head of its group; tiles (queries, keys); with DQ_ATOMIC it adds dQ/scale into an fp32 buffer with
-  atomics (finished by score_tiles.dq_finish_kernel); with SINK_GRAD it writes its key block's share of every ds_h
+  atomics (finished by score_ops.triton_tiles.dq_finish_kernel); with SINK_GRAD it writes its key block's share of every ds_h
   of its group, −Σ_i 2^(s_h·log2 e − L_i) Σ_{j in the block} E_ij dW_ij, which the host sums in a fixed order.
 * ``normalized_dq_kernel``: dQ with one program per query block and no atomics (the deterministic path).
 """
@@ -31,7 +31,7 @@ rounding.
 import triton
 import triton.language as tl
 
-from ..score_tiles import key_block_program, load_tile, query_block_program, visible, visible_keys, visible_queries
+from ..score_ops.triton_tiles import key_block_program, load_tile, query_block_program, visible, visible_keys, visible_queries
 from .triton_forward import LOG2E, SOFTPICK
 
 

@@ -22,7 +22,7 @@ first.
 import triton
 import triton.language as tl
 
-from ..score_tiles import load_tile, query_block_program, visible, visible_keys
+from ..score_ops.triton_tiles import load_tile, query_block_program, visible, visible_keys
 
 SOFTPICK = tl.constexpr(0)
 SINK = tl.constexpr(1)

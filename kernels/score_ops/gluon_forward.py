@@ -27,11 +27,11 @@ from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier, tma, warpgroup_mma
 
-from .common import cdiv
-from .gluon_tiles import (key_end, operand, query_block, release_stages, ring_barriers, row_descriptors,
+from ..common import cdiv
+from ..gluon_tiles import (key_end, operand, query_block, release_stages, ring_barriers, row_descriptors,
                           row_key_blocks, store_rows, wgmma_layout)
-from .score_gluon_backward import SIGMOID, SINK, SOFTPICK
-from .sigmoid import triton_forward as sigmoid_forward
+from .gluon_backward import SIGMOID, SINK, SOFTPICK
+from ..sigmoid import triton_forward as sigmoid_forward
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
@@ -54,7 +54,7 @@ RCP_C4 = gl.constexpr(sigmoid_forward.RCP_C4.value)
 def _sigmoid(z):
     """σ of z in log2 units as the Triton kernels' SIGMOID_MODE 1: t = 2^(−|z|), r ≈ 1/(1 + t) by the polynomial,
     σ = r (z ≥ 0) or t·r (relatively exact for tiny weights). One special-function operation per score, which the
-    forward's two products leave room for; the backward uses ex2 and the reciprocal (score_gluon_backward)."""
+    forward's two products leave room for; the backward uses ex2 and the reciprocal (gluon_backward.py)."""
     t = gl.exp2(-gl.abs(z))
     r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
     return gl.where(z >= 0.0, r, t * r)

@@ -11,8 +11,8 @@ from typing import Callable, Optional
 
 import torch
 
-from .common import CompileTarget, cdiv, interpreting
-from .inputs import check_attention_tensors, check_head_dims, check_number
+from ..common import CompileTarget, cdiv, interpreting
+from ..inputs import check_attention_tensors, check_head_dims, check_number
 
 LOG2E = 1.4426950408889634
 
@@ -58,16 +58,16 @@ def run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optio
     ``target.compiled[part]``)."""
     if target is not None:
         return target.compile(part, kernel, grid, args, kwargs)
-    from . import fast_launch
+    from .. import fast_launch
 
     return fast_launch.launch(kernel, grid, args, kwargs)
 
 
 def finish_dq(dq_acc: torch.Tensor, dq: torch.Tensor, scale: float, target: Optional[CompileTarget]) -> None:
     """dq = scale · the fp32 buffer (B, H, Tq, d) the backward kernels added dQ/scale into by atomics, cast and written
-    in q's layout (score_tiles.dq_finish_kernel)."""
-    from .common import padded
-    from .score_tiles import dq_finish_kernel
+    in q's layout (score_ops.triton_tiles.dq_finish_kernel)."""
+    from ..common import padded
+    from .triton_tiles import dq_finish_kernel
 
     B, H, Tq, d = dq_acc.shape
     block = 32 if interpreting() else 64
@@ -110,7 +110,7 @@ def tiles_by_width(head_d: int, head_dv: int, elem_bytes: int, *, fp32: list[Til
                    narrow: list[TileConfig], middle: list[TileConfig], wide: list[TileConfig]) -> list[TileConfig]:
     """Pick a tile table by the padded width d + dv of a tile row: fp32 (16×16 above 256, where every tile spills),
     16-bit up to 192 (``narrow``: heads of 64), up to 384 (``middle``), above (``wide``)."""
-    from .common import padded
+    from ..common import padded
 
     width = padded(head_d) + padded(head_dv)
     if elem_bytes == 4:

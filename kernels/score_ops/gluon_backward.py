@@ -9,7 +9,7 @@ scores,
     SINK       w = E                                    dX = E ⊙ (dW − Δ_i)                param: ds_h (below)
 
 it writes dK = scale Σ_i dX q_i and dV = Σ_i w dO_i, adds dQ/scale into the fp32 buffer that
-score_tiles.dq_finish_kernel finishes, and writes per-(program, warpgroup) partial sums of the head parameter's
+score_ops.triton_tiles.dq_finish_kernel finishes, and writes per-(program, warpgroup) partial sums of the head parameter's
 gradient (db_h; for the sink −Σ_i 2^(s_h log2 e − L_i) Σ_j E_ij dW_ij, from the fp32 E and dW as the Triton kernel
 does). L (per-row log2 of the denominator) comes from the forward and Δ_i = dO_i·o_i from the row-Δ kernel. The
 Triton kernels issue their five products per tile pair from one group of warps in step; this one splits the work as
@@ -44,7 +44,7 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from .gluon_tiles import (add_dq, first_query_tile, flat_row_descriptor, last_visible_key, operand, partition_barrier,
+from ..gluon_tiles import (add_dq, first_query_tile, flat_row_descriptor, last_visible_key, operand, partition_barrier,
                           ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
@@ -60,7 +60,7 @@ def _sigmoid_of_negated(zn):
     """σ(z) from zn = −z in log2 units: 1 / (1 + 2^zn) by the special-function unit's ex2 and reciprocal (both
     approximate to a few ulp, flushing subnormals). zn = +inf gives 2^zn = inf and σ = 0, which the backward uses
     as its mask. Two special-function operations and one addition: fewer instructions than the polynomial form
-    (score_gluon_forward._sigmoid: one ex2, four FMAs, a multiplication and a select on the sign), where the backward's
+    (gluon_forward._sigmoid: one ex2, four FMAs, a multiplication and a select on the sign), where the backward's
     five products leave the special-function unit room for the second."""
     return gl.inline_asm_elementwise("rcp.approx.ftz.f32 $0, $1;", "=f,f", [1.0 + gl.exp2(zn)], dtype=gl.float32,
                                      is_pure=True, pack=1)

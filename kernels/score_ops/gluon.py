@@ -1,4 +1,4 @@
-"""Host side of the one-view score ops' Gluon kernels (score_gluon_backward.py, and score_gluon_forward.py, taken
+"""Host side of the one-view score ops' Gluon kernels (gluon_backward.py, and gluon_forward.py, taken
 only when asked): whether inputs take them, their launches, and the hand-over to the Triton kernels when they cannot
 run.
 
@@ -13,11 +13,11 @@ from typing import Optional
 
 import torch
 
-from . import common, gluon_support
-from .common import CompileTarget, cdiv
-from .score_ops import LOG2E, finish_dq, run
+from .. import common, gluon_support
+from ..common import CompileTarget, cdiv
+from .launch import LOG2E, finish_dq, run
 
-MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # score_gluon_backward's SOFTPICK, SINK, SIGMOID
+MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the backward failed to compile or launch here, once it has
 GLUON_FORWARD = False     # the launchers' default for the Gluon forward: opt-in, not faster than Triton's (BENCHMARKS.md)
 _forward_failure: list[str] = []  # why the forward failed to compile or launch here, once it has
@@ -55,7 +55,7 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     do = gluon_support.readable_gradient(do, target, _failure, q, k, v, q, k, v)
     if not gluon_backward_fits(do, q, k, v, target):
         return False, None
-    from . import score_gluon_backward as gb
+    from . import gluon_backward as gb
 
     B, H, Tq, d = q.shape
     Tk = k.shape[2]
@@ -93,13 +93,13 @@ def gluon_forward_fits(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor,
 def forward(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: torch.Tensor, scale: float,
             causal: bool, *, param: Optional[torch.Tensor] = None, lse: Optional[torch.Tensor] = None,
             eps: float = 0.0, target: Optional[CompileTarget] = None) -> bool:
-    """The forward of ``mode`` ("sigmoid", "softpick", "sink") on the Gluon kernel (score_gluon_forward.py), where
+    """The forward of ``mode`` ("sigmoid", "softpick", "sink") on the Gluon kernel (gluon_forward.py), where
     gluon_forward_fits: ``out`` written, and in the normalised modes ``lse`` (B, H, Tq) fp32, L in log2 units.
     ``param``: the (H,) bias or sink logits; ``eps``: softpick's ε. Returns whether it ran: False, with nothing
     written, where it does not fit or could not compile or launch here (the caller's Triton forward then runs)."""
     if not gluon_forward_fits(q, k, v, target):
         return False
-    from . import score_gluon_forward as gf
+    from . import gluon_forward as gf
 
     B, H, Tq, d = q.shape
     if q.is_cuda:
