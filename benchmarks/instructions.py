@@ -2,6 +2,7 @@
 
     python -m benchmarks.instructions                       # every Gluon kernel, paired d = 64 and the score ops
     python -m benchmarks.instructions --kernels score_backward --top 12
+    python -m benchmarks.instructions --kernels score_forward score_forward_triton   # both forwards of each op
 
 Each kernel is compiled for sm_90 the way its launcher launches it (a CompileTarget, as benchmarks.registers does),
 assembled by the ptxas Triton ships and disassembled by its cuobjdump. In the SASS, every innermost loop that issues
@@ -147,6 +148,23 @@ def _score_forward(mode: str) -> Callable:
     return compile_
 
 
+def _score_forward_triton(mode: str) -> Callable:
+    """The op's Triton forward (the default where the Gluon one is not asked for), as its launcher compiles it."""
+    def compile_(target) -> dict:
+        from kernels.sigmoid import launch as sigmoid_launch
+        from kernels.softpick import launch as normalized_launch
+
+        T, H = 4096, 12
+        q, k, v, _ = _one_view(T, H)
+        if mode == "sigmoid":
+            sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=False, target=target)
+        else:
+            normalized_launch.forward(q, k, v, torch.zeros(H) if mode == "sink" else None, 0.125,
+                                      0.0 if mode == "sink" else 1e-6, True, gluon=False, target=target)
+        return {"forward": target.compiled["fwd"]}
+    return compile_
+
+
 def _paired(d: int) -> Callable:
     def compile_(target) -> dict:
         from benchmarks.registers import D_MODEL, _inputs
@@ -179,6 +197,8 @@ def _compiled(target, part: str):
 KERNELS: dict[str, list[tuple[str, Callable]]] = {
     "score_backward": [(f"score ops' backward, {m} mode", _score_backward(m)) for m in ("sigmoid", "sink", "softpick")],
     "score_forward": [(f"score ops' forward, {m} mode", _score_forward(m)) for m in ("sigmoid", "sink", "softpick")],
+    "score_forward_triton": [(f"score ops' Triton forward, {m} mode", _score_forward_triton(m))
+                             for m in ("sigmoid", "sink", "softpick")],
     "paired": [(f"paired TDA, q/k {d}", _paired(d)) for d in (64, 128)],
 }
 

@@ -80,6 +80,21 @@ def test_score_backward_loops_compiled_for_hopper(tmp_path):
     assert out.read_text() in result.stdout + "\n"
 
 
+def test_triton_forward_loops_compiled_for_hopper(tmp_path):
+    """The score ops' Triton forwards (the default where the Gluon forward is not asked for), compiled as their
+    launcher compiles them: an unmasked loop over key blocks and the masked one of the diagonal, with the same
+    products (two per key block and warpgroup, as 64-wide instructions: 8 for 64 keys, softpick's 128-key blocks 16),
+    the unmasked one issuing fewer instructions."""
+    out = tmp_path / "instructions.md"
+    result = _run("--kernels", "score_forward_triton", "--out", str(out))
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = [line.split("|")[1:-1] for line in out.read_text().splitlines() if line.startswith("| score ops'")]
+    for mode, products in (("sigmoid", 8), ("sink", 8), ("softpick", 16)):
+        mine = [r for r in rows if f"Triton forward, {mode} mode" in r[0]]
+        assert len(mine) == 2 and {int(r[3]) for r in mine} == {products}, rows
+        assert int(mine[0][2]) < int(mine[1][2]), (mode, mine)
+
+
 def test_refuses_the_interpreter():
     result = _run("--kernels", "score_backward", interpret="1")
     assert result.returncode != 0 and "without TRITON_INTERPRET=1" in result.stderr
