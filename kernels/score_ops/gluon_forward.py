@@ -55,7 +55,9 @@ def _sigmoid(z):
     """σ of z in log2 units as the Triton kernels' SIGMOID_MODE 1: t = 2^(−|z|), r ≈ 1/(1 + t) by the polynomial,
     σ = r (z ≥ 0) or t·r (relatively exact for tiny weights). One special-function operation per score, which the
     forward's two products leave room for; the backward uses ex2 and the reciprocal (gluon_backward.py)."""
-    t = gl.exp2(-gl.abs(z))
+    # one asm block, so that ptxas folds −|z| into the ex2's operand (sigmoid_forward.exp2_of_minus_abs says why)
+    t = gl.inline_asm_elementwise("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }", "=f,f",
+                                  [z], dtype=gl.float32, is_pure=True, pack=1)
     r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
     return gl.where(z >= 0.0, r, t * r)
 
