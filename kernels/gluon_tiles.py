@@ -179,5 +179,5 @@ def flat_row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
     """The copy-engine descriptor of the contiguous fp32 per-row vector ``t`` (B, H, T) read as one flat vector in
     blocks of ``rows``: block i of head bh starts at element bh·T + i·rows (a (B, H, T) descriptor would need T·4
     bytes to be a multiple of 16). Kernels copy with it only where T is a multiple of ``rows``, so that every block
-    starts 16-byte aligned and lies inside its head: at T = 3001 the copies faulted (score_gluon.backward)."""
+    starts 16-byte aligned and lies inside its head: at T = 3001 the copies faulted (score_ops.gluon.backward)."""
     return block_descriptor(TensorDescriptor, t.view(-1), [rows], _flat_block_layout())

@@ -35,7 +35,7 @@ twice the instructions; a second special-function operation per score fits under
 unlike under the forwards' two. And the masks are applied only in the tiles that need one: the first query tiles of a
 key block under causality, a last tile with rows past Tq, every tile of a block with keys past Tk (three loops over
 one body, _tile). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a power of
-two from 16 to 128, rows readable by tensor descriptors: score_gluon.gluon_backward_fits checks, and otherwise the
+two from 16 to 128, rows readable by tensor descriptors: gluon.gluon_backward_fits checks, and otherwise the
 Triton kernels run.
 """
 
@@ -291,7 +291,7 @@ def score_backward_kernel(
     descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BM rows for q, dO, BLOCK_N for k, v; lse_desc and
     delta_desc 1-D descriptors of LSE and DELTA in blocks of BM (descriptors()). PARAM (H,) fp32: the bias (SIGMOID)
     or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK;
-    unread by SIGMOID), copied by the loader with ROWS_COPIED (only where Tq % BM == 0: score_gluon.backward), else
+    unread by SIGMOID), copied by the loader with ROWS_COPIED (only where Tq % BM == 0: gluon.backward), else
     loaded by the warpgroups. DQACC: zero-filled contiguous fp32
     (B, H, Tq, HEAD_D); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
     qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default,

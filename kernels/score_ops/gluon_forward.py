@@ -1,6 +1,6 @@
 """The forward of the one-view score ops (sigmoid, softpick, softmax with a sink) as one Gluon kernel for Hopper
 (sm_90), in the form of the paired threshold forward (kernels/threshold/gluon_forward.py) with one view. Taken only
-when asked (score_gluon.GLUON_FORWARD, or the launchers' ``gluon=True``): timed on an H100 it was level with the
+when asked (gluon.GLUON_FORWARD, or the launchers' ``gluon=True``): timed on an H100 it was level with the
 Triton forward for sigmoid and slower for softpick and the sink mode (BENCHMARKS.md, "The Gluon forwards timed").
 
 One program per 128 query rows of one head, three partitions:
@@ -19,7 +19,7 @@ One program per 128 query rows of one head, three partitions:
 The warpgroups share the ring (a stage is refilled once both have released it) and nothing else, so one's elementwise
 work can run under the other's products. Only key blocks crossing the diagonal or Tk take the causal/edge mask (two
 loops, as the Triton forwards). Only 16-bit inputs, one key/value head per query head, q/k head dimension 64, v's a
-power of two from 16 to 128, rows readable by tensor descriptors (score_gluon.gluon_forward_fits).
+power of two from 16 to 128, rows readable by tensor descriptors (gluon.gluon_forward_fits).
 """
 
 
