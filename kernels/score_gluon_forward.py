@@ -35,7 +35,7 @@ from .sigmoid import triton_forward as sigmoid_forward
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
-BLOCK_N = gl.constexpr(64)     # keys per ring stage
+BLOCK_N = gl.constexpr(128)    # keys per ring stage
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 LOG2E = gl.constexpr(1.4426950408889634)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
