@@ -169,7 +169,7 @@ def test_the_gluon_forward_takes_the_normalised_modes_only_with_a_positive_scale
     monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
     monkeypatch.setattr(score_gluon, "_forward_failure", [])
     monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(part))
-    from kernels import score_gluon_forward
+    from kernels.score_ops import gluon_forward as score_gluon_forward
     monkeypatch.setattr(score_gluon_forward, "descriptors", lambda *args: ())
     q = _rows(64, 2, 64)
     out = torch.empty_like(q)
