@@ -12,8 +12,9 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
   sink_softmax        kernels/sink_softmax (the row-normalised kernels in their sink mode; sink logits learnable)
   sink (sdpa+key)     the sink as an extra key of SDPA (kernels.sink_softmax_attention_reference), default backends
   ssmax (sdpa)        SDPA on queries scaled per row by s_h·ln(i+1), default backends, as the model runs it
-  <op>, Gluon fwd     sigmoid, softpick and sink_softmax with the one-view ops' Gluon forward asked for
-                      (kernels/score_ops/gluon_forward.py; not yet the default), where it fits (Hopper)
+  <op>, Gluon fwd     sigmoid, softpick and sink_softmax with the forward their default does not take
+  <op>, Triton fwd    (kernels.score_ops.gluon.GLUON_FORWARD): the one-view ops' Gluon forward
+                      (kernels/score_ops/gluon_forward.py) or the op's Triton forward, where the Gluon one fits
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
 medians of CUDA-event timings (triton.testing.do_bench); TFLOP/s counts softmax's products for every row (forward
 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
@@ -80,17 +81,19 @@ def methods(B: int, T: int, H: int, d: int, dtype: torch.dtype,
         "ssmax (sdpa)": (lambda: scaled_dot_product_attention(_ssmax_queries(q, ss), k, v, is_causal=True),
                          qkv + [ss]),
     }
-    if score_gluon.gluon_forward_fits(q, k, v):   # the one-view ops' Gluon forward, taken only when asked
-        for name in ("sigmoid", "softpick", "sink_softmax"):
+    if score_gluon.gluon_forward_fits(q, k, v):   # each op again with the forward its default does not take
+        for name, mode in (("sigmoid", "sigmoid"), ("softpick", "softpick"), ("sink_softmax", "sink")):
             forward, leaves = rows[name]
-            rows[f"{name}, Gluon fwd"] = (_with_gluon_forward(forward), leaves)
+            other = not score_gluon.GLUON_FORWARD[mode]
+            rows[f"{name}, {'Gluon' if other else 'Triton'} fwd"] = (_with_forward(forward, mode, other), leaves)
     return rows
 
 
-def _with_gluon_forward(forward: Callable[[], torch.Tensor]) -> Callable[[], torch.Tensor]:
-    """``forward`` with the one-view ops' Gluon forward asked for (score_gluon.GLUON_FORWARD) while it runs."""
+def _with_forward(forward: Callable[[], torch.Tensor], mode: str, gluon: bool) -> Callable[[], torch.Tensor]:
+    """``forward`` with ``mode``'s default forward set to the Gluon one (``gluon``) or the Triton one while it runs
+    (score_gluon.GLUON_FORWARD)."""
     def run() -> torch.Tensor:
-        with patch.object(score_gluon, "GLUON_FORWARD", True):
+        with patch.dict(score_gluon.GLUON_FORWARD, {mode: gluon}):
             return forward()
     return run
 

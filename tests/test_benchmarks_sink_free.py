@@ -1,6 +1,8 @@
 """benchmarks.sink_free without a GPU: every row and every sweep line runs (kernels under the interpreter, timings
 replaced by a stand-in), the table and the targets read what the rows hold, and the module refuses to run its main
 without a GPU."""
+import collections
+
 import pytest
 import torch
 
@@ -80,15 +82,20 @@ def test_without_a_gpu_it_says_so():
         bench.main(["--seq", "128"])
 
 
-def test_gluon_forward_rows_ask_for_it_while_they_run(untimed, monkeypatch):
-    """Where the one-view ops' Gluon forward fits, each op gets a second row that runs with it asked for, and only
-    while the row runs (a recorder stands in for the kernel, which then hands over to Triton's forward)."""
+def test_each_op_runs_again_with_the_other_forward_while_its_row_runs(untimed, monkeypatch):
+    """Where the one-view ops' Gluon forward fits, each op gets a second row with the forward its default does not
+    take (kernels.score_ops.gluon.GLUON_FORWARD, here sigmoid's Gluon and the normalised modes' Triton), set only while
+    that row runs: the Gluon forward (a recorder that then hands over to Triton's) is asked as often for each mode,
+    by sigmoid's default row and by the other ops' second rows, and the defaults are as before afterwards."""
     from kernels.score_ops import gluon as score_gluon
 
     asked = []
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", {"sigmoid": True, "softpick": False, "sink": False})
     monkeypatch.setattr(score_gluon, "gluon_forward_fits", lambda *args, **kwargs: True)
     monkeypatch.setattr(score_gluon, "forward", lambda mode, *args, **kwargs: asked.append(mode) or False)
     rows = bench.bench_shape(32, 32, 16, torch.float32, 1, d_model=32, device="cpu")
     methods = [r["method"] for r in rows]
-    assert {"sigmoid, Gluon fwd", "softpick, Gluon fwd", "sink_softmax, Gluon fwd"} <= set(methods)
-    assert set(asked) == {"sigmoid", "softpick", "sink"} and not score_gluon.GLUON_FORWARD
+    assert {"sigmoid, Triton fwd", "softpick, Gluon fwd", "sink_softmax, Gluon fwd"} <= set(methods)
+    counts = collections.Counter(asked)
+    assert set(counts) == {"sigmoid", "softpick", "sink"} and counts["sigmoid"] == counts["softpick"] == counts["sink"]
+    assert score_gluon.GLUON_FORWARD == {"sigmoid": True, "softpick": False, "sink": False}

@@ -179,8 +179,8 @@ def test_the_gluon_forward_takes_the_normalised_modes_only_with_a_positive_scale
 
 @pytest.mark.parametrize("op", list(ENTRY))
 def test_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatch, op):
-    """The forwards take the Gluon kernel only when asked (GLUON_FORWARD, or ``gluon=True``; sigmoid's never for a
-    Triton tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives
+    """The forwards take the Gluon kernel only when asked (their mode's GLUON_FORWARD, or ``gluon=True``; sigmoid's
+    never for a Triton tile, σ mode or folded bias), where it fits; refused by a Triton, it warns once, the Triton forward gives
     exact results and the Gluon forward is not tried again (by any of the ops)."""
     from kernels.score_ops import gluon_forward as score_gluon_forward
     from kernels.sigmoid import launch as sigmoid_launch
@@ -197,9 +197,10 @@ def test_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatc
     q, k, v = (inputs[n] for n in ("q", "k", "v"))
     assert score_gluon.gluon_forward_fits(q, k, v)
     assert not score_gluon.gluon_forward_fits(q.float(), k.float(), v.float())
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", dict.fromkeys(score_gluon.MODES, False))
     run_and_compare(ENTRY[op], op, case, inputs, 6)
     assert tries == []                                   # not asked for
-    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", True)
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", dict.fromkeys(score_gluon.MODES, True))
     if op == "sigmoid":
         sigmoid_launch.forward(q, k, v, torch.zeros(2), 0.125, True, fold_bias=True)
         assert tries == []                               # a Triton variant asked for

@@ -152,7 +152,7 @@ def test_gluon_forward_on_gpu(op, name, stages, monkeypatch):
     q, k, v = (inputs[n] for n in ("q", "k", "v"))
     if not score_gluon.gluon_forward_fits(q, k, v):
         pytest.skip("not a Hopper GPU with Gluon")
-    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", True)
+    monkeypatch.setattr(score_gluon, "GLUON_FORWARD", dict.fromkeys(score_gluon.MODES, True))
     monkeypatch.setattr(score_gluon_forward, "STAGES", stages)
     taken = []
     real = score_gluon.run

@@ -19,7 +19,9 @@ from .launch import LOG2E, finish_dq, run
 
 MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # gluon_backward's SOFTPICK, SINK, SIGMOID
 _failure: list[str] = []  # why the backward failed to compile or launch here, once it has
-GLUON_FORWARD = False     # the launchers' default for the Gluon forward: opt-in, not faster than Triton's (BENCHMARKS.md)
+# Per mode, the forward its launcher takes where the Gluon one fits: the Gluon kernel (True) or the Triton one (False).
+# benchmarks.sink_free times each mode with the other one too (BENCHMARKS.md).
+GLUON_FORWARD = {"sigmoid": False, "softpick": False, "sink": False}
 _forward_failure: list[str] = []  # why the forward failed to compile or launch here, once it has
 
 

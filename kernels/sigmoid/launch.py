@@ -43,13 +43,13 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
             tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
             gluon: Optional[bool] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Attention output (B, H, Tq, dv) in q's dtype, laid out like q. ``gluon``: the Gluon forward where it fits
-    (None: if score_gluon.GLUON_FORWARD and no Triton tile, σ mode or folded bias is asked for; False: never; True:
+    (None: if score_gluon.GLUON_FORWARD["sigmoid"] and no Triton tile, σ mode or folded bias is asked for; False: never; True:
     where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     out = common.new_rows_like(q, dv)
     if gluon is None:
-        gluon = score_gluon.GLUON_FORWARD and tile is None and mode is None and not fold_bias
+        gluon = score_gluon.GLUON_FORWARD["sigmoid"] and tile is None and mode is None and not fold_bias
     if gluon and score_gluon.forward("sigmoid", q, k, v, out, scale, causal, param=bias, target=target):
         return out
     consts = dict(_constexprs(q, v, causal, mode), FOLD_BIAS=fold_bias)

@@ -41,16 +41,16 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
             target: Optional[CompileTarget] = None) -> tuple[torch.Tensor, torch.Tensor]:
     """(out, lse): the output (B, H, Tq, dv) in q's dtype laid out like q, and L (B, H, Tq) fp32, each row's log2
     of its unshifted denominator (what the backward rebuilds the weights from). ``gluon``: the one-view ops' Gluon
-    forward (kernels/score_ops/gluon_forward.py) where it fits (None: if score_gluon.GLUON_FORWARD and no Triton tile is
-    asked for; False: never; True: where it fits)."""
+    forward (kernels/score_ops/gluon_forward.py) where it fits (None: if the mode's score_gluon.GLUON_FORWARD and no
+    Triton tile is asked for; False: never; True: where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     out = common.new_rows_like(q, dv)
     lse = common.new_output((B, H, Tq), torch.float32, q.device)
+    mode = "softpick" if sink is None else "sink"
     if gluon is None:
-        gluon = score_gluon.GLUON_FORWARD and tile is None
-    if gluon and score_gluon.forward("softpick" if sink is None else "sink", q, k, v, out, scale, causal, param=sink,
-                                     lse=lse, eps=eps, target=target):
+        gluon = score_gluon.GLUON_FORWARD[mode] and tile is None
+    if gluon and score_gluon.forward(mode, q, k, v, out, scale, causal, param=sink, lse=lse, eps=eps, target=target):
         return out, lse
     consts = _constexprs(q, v, causal, sink)
     sink_ = sink if sink is not None else lse
