@@ -158,6 +158,25 @@ def test_gluon_backward_compiles_for_hopper(op, causal, grads, dv, block_m, stag
                                       str(stages)])
 
 
+@pytest.mark.parametrize("mode,scale,runs", [("sink", 0.125, True), ("sink", 0.0, False), ("softpick", -0.125, False),
+                                             ("sigmoid", -0.125, True)])
+def test_the_gluon_forward_takes_the_normalised_modes_only_with_a_positive_scale(monkeypatch, mode, scale, runs):
+    """The kernel takes each row's maximum of the unscaled scores and scales it once, which is the maximum of the
+    scaled ones only for a positive scale: a normalised mode with another scale is left to the Triton forward
+    (nothing launched); sigmoid, which takes no maximum, runs with any."""
+    seen = []
+    monkeypatch.setattr(gluon_support, "on_hopper", lambda x: True)
+    monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
+    monkeypatch.setattr(score_gluon, "_forward_failure", [])
+    monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(part))
+    from kernels.score_ops import gluon_forward as score_gluon_forward
+    monkeypatch.setattr(score_gluon_forward, "descriptors", lambda *args: ())
+    q = _rows(64, 2, 64)
+    out = torch.empty_like(q)
+    ran = score_gluon.forward(mode, q, q, q, out, scale, True, param=torch.zeros(2), lse=torch.empty(1, 2, 64))
+    assert ran is runs and seen == (["gluon_fwd"] if runs else [])
+
+
 @pytest.mark.parametrize("op", list(ENTRY))
 def test_gluon_forward_is_asked_for_and_hands_over_when_it_cannot_run(monkeypatch, op):
     """The forwards take the Gluon kernel only when asked (their mode's GLUON_FORWARD, or ``gluon=True``; sigmoid's

@@ -165,6 +165,33 @@ def test_sigmoid_other_evaluations(mode, fold, db_by_dot):
         assert rel_err(got, w_) < tol
 
 
+@pytest.mark.parametrize("op", ["softpick", "sink_softmax"])
+@pytest.mark.parametrize("sign", [1.0, -1.0, 0.0])
+def test_normalised_forward_with_any_sign_of_scale(op, sign):
+    """The row-normalised forward takes each block's maximum on the unscaled scores and folds the scale into the
+    exponent only for a positive scale (FOLD_SCALE); a negative scale turns the maximum into the minimum and a zero
+    scale makes every score 0, which the unfolded form handles: each against float64 in fp32, output and every
+    gradient within 1e-4 (the backward reads L, so a wrong one shows there), exact zeros where float64 has them."""
+    case = Case(T=70, d=32, dv=32)
+    inputs = make_inputs(case, op, seed=11)
+    q, k, v = (inputs[n].detach() for n in ("q", "k", "v"))
+    scale = sign * inputs["scale"]
+    sink = inputs["param"] if op == "sink_softmax" else None
+    out, lse = normalized_launch.forward(q, k, v, sink, scale, 1e-6, True)
+    def close(got, want):   # relative error, or exactly zero where float64 gives zero (softpick at scale 0)
+        return rel_err(got, want) < 1e-4 if want.norm() > 0 else bool((got == 0).all())
+
+    w = naive_map(op, q.double(), k.double(), None if sink is None else sink.double(), scale)
+    assert close(out, w @ v.double())
+    do = torch.randn_like(out)
+    dq, dk, dv, _ = normalized_launch.backward(do, q, k, v, out, lse, sink, scale, True, False, False)
+    leaves = [t.double().requires_grad_() for t in (q, k, v)]
+    ref = naive_map(op, leaves[0], leaves[1], None if sink is None else sink.double(), scale) @ leaves[2]
+    want = torch.autograd.grad((ref * do.double()).sum(), leaves)
+    for got, w_ in zip((dq, dk, dv), want):
+        assert close(got, w_)
+
+
 def test_torch_compile_traces_the_kernels_without_graph_breaks():
     """One compiled function calling all three ops (fullgraph: no break) gives eager's gradients."""
     case = Case(T=40, d=16, dv=16)

@@ -98,8 +98,9 @@ def forward(mode: str, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, out: t
     """The forward of ``mode`` ("sigmoid", "softpick", "sink") on the Gluon kernel (gluon_forward.py), where
     gluon_forward_fits: ``out`` written, and in the normalised modes ``lse`` (B, H, Tq) fp32, L in log2 units.
     ``param``: the (H,) bias or sink logits; ``eps``: softpick's ε. Returns whether it ran: False, with nothing
-    written, where it does not fit or could not compile or launch here (the caller's Triton forward then runs)."""
-    if not gluon_forward_fits(q, k, v, target):
+    written, where it does not fit or could not compile or launch here (the caller's Triton forward then runs), or
+    where a normalised mode has a scale ≤ 0 (the kernel takes the rows' maximum before scaling)."""
+    if not gluon_forward_fits(q, k, v, target) or (mode != "sigmoid" and not scale > 0):
         return False
     from . import gluon_forward as gf
 

@@ -7,8 +7,10 @@ One program per 128 query rows of one head, three partitions:
 
 - a one-warp loader: the program's q rows (two tiles of 64) once, then k, v in blocks of BLOCK_N keys through a ring
   of STAGES stages (copy engine, mbarriers);
-- two warpgroups, each over 64 of the rows: per key block the scores (one product, s in log2 units), the weights, and
-  O += p v (a second product, p from registers, rounded to v's dtype). The weights are the Triton forwards':
+- two warpgroups, each over 64 of the rows: per key block the scores (one product; the scale, with log2 e, enters
+  each score's exponent or σ argument by one FMA, and the normalised modes take a row's maximum before scaling, so
+  score_gluon.forward takes them only for a positive scale), the weights, and O += p v (a second product, p from
+  registers, rounded to v's dtype). The weights are the Triton forwards':
     sigmoid    w = σ(s + b_h log2 e), as SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial: _sigmoid);
                no row state;
     softpick   the online normaliser of kernels/softpick/triton_forward.py: m from 0, u = 2^(s − m) − 2^(−m),
@@ -35,7 +37,7 @@ from ..sigmoid import triton_forward as sigmoid_forward
 
 ROWS = gl.constexpr(64)        # query rows per warpgroup
 BLOCK_M = gl.constexpr(128)    # query rows per program (two warpgroups)
-BLOCK_N = gl.constexpr(64)     # keys per ring stage
+BLOCK_N = gl.constexpr(128)    # keys per ring stage
 STAGES = 2                     # depth of the key-side ring, launched as the kernel's STAGES (an attribute: try others)
 LOG2E = gl.constexpr(1.4426950408889634)
 NUM_WARPS = gl.constexpr(8)    # compute warps: two warpgroups, each its own partition (the launch names the first's 4)
@@ -55,7 +57,9 @@ def _sigmoid(z):
     """σ of z in log2 units as the Triton kernels' SIGMOID_MODE 1: t = 2^(−|z|), r ≈ 1/(1 + t) by the polynomial,
     σ = r (z ≥ 0) or t·r (relatively exact for tiny weights). One special-function operation per score, which the
     forward's two products leave room for; the backward uses ex2 and the reciprocal (gluon_backward.py)."""
-    t = gl.exp2(-gl.abs(z))
+    # one asm block, so that ptxas folds −|z| into the ex2's operand (sigmoid_forward.exp2_of_minus_abs says why)
+    t = gl.inline_asm_elementwise("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }", "=f,f",
+                                  [z], dtype=gl.float32, is_pure=True, pack=1)
     r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
     return gl.where(z >= 0.0, r, t * r)
 
@@ -87,7 +91,7 @@ def _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param
     mbarrier.wait(ready.index(stage), (j // STAGES) & 1)
     k_s = operand(k_ring.index(stage), BLOCK_N, HEAD_D)
     v_s = operand(v_ring.index(stage), BLOCK_N, HEAD_DV)
-    s = warpgroup_mma(q_s, k_s.permute((1, 0)), zero_s, use_acc=False) * qk_scale2
+    s = warpgroup_mma(q_s, k_s.permute((1, 0)), zero_s, use_acc=False)  # unscaled: the scale enters one FMA below
     if MASKED:
         cols = j * BLOCK_N + gl.arange(0, BLOCK_N, layout=gl.SliceLayout(0, S_L))
         if CAUSAL:
@@ -95,15 +99,17 @@ def _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param
         else:
             keep = (cols[None, :] < Tk) & (pos >= 0)[:, None]
     if MODE == SIGMOID:
-        p = _sigmoid(s + param2)
+        p = _sigmoid(s * qk_scale2 + param2)
         if MASKED:
             p = gl.where(keep, p, 0.0)
     else:
         if MASKED:
             s = gl.where(keep, s, float("-inf"))
-        m_new = gl.maximum(m, gl.max(s, axis=1))
+        # the row maximum of the unscaled scores, scaled once per row: the same value as the maximum of the scaled
+        # ones for a positive scale (rounding is monotonic; score_gluon.forward takes this kernel only then)
+        m_new = gl.maximum(m, gl.max(s, axis=1) * qk_scale2)
         alpha = gl.exp2(m - m_new)
-        e = gl.exp2(s - m_new[:, None])
+        e = gl.exp2(s * qk_scale2 - m_new[:, None])
         if MODE == SOFTPICK:
             u = e - gl.exp2(-m_new)[:, None]
             if MASKED:

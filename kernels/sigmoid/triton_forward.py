@@ -14,6 +14,7 @@ right of it are never visited; the longest query blocks are launched first.
 import triton
 import triton.language as tl
 
+from ..common import interpreting
 from ..score_ops.triton_tiles import load_tile, query_block_program, visible, visible_keys
 
 # 1 / (1 + t) on t ∈ [0, 1] by its degree-4 minimax polynomial for the relative error (≤ 2.97e-4), Horner's rule
@@ -22,6 +23,21 @@ RCP_C1 = tl.constexpr(-0.9848355328)
 RCP_C2 = tl.constexpr(0.8658950972)
 RCP_C3 = tl.constexpr(-0.5328590595)
 RCP_C4 = tl.constexpr(0.1522454437)
+
+# On a GPU t = 2^(−|z|) is one asm block: ptxas then folds the negation and the absolute value into the ex2's operand
+# (MUFU.EX2 R, −|R|), where tl.exp2(-tl.abs(z)) issues an FADD per score before it; same result (ex2.approx.ftz is
+# what tl.exp2 emits). The interpreter runs no PTX.
+NATIVE_EX2 = tl.constexpr(not interpreting())
+
+
+@triton.jit
+def exp2_of_minus_abs(z):
+    """2^(−|z|), elementwise, fp32."""
+    if NATIVE_EX2:
+        return tl.inline_asm_elementwise("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }",
+                                         "=f,f", [z], dtype=tl.float32, is_pure=True, pack=1)
+    else:
+        return tl.exp2(-tl.abs(z))
 
 
 @triton.jit
@@ -38,7 +54,7 @@ def sigmoid_exp2(z, SIGMOID_MODE: tl.constexpr):
         w = 1.0 / (1.0 + tl.exp2(-z))
         slope = w * (1.0 - w)
     else:
-        t = tl.exp2(-tl.abs(z))
+        t = exp2_of_minus_abs(z)
         r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
         if SIGMOID_MODE > 1:
             x = 1.0 + t

@@ -52,7 +52,7 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, sink: Optional[to
         gluon = score_gluon.GLUON_FORWARD[mode] and tile is None
     if gluon and score_gluon.forward(mode, q, k, v, out, scale, causal, param=sink, lse=lse, eps=eps, target=target):
         return out, lse
-    consts = _constexprs(q, v, causal, sink)
+    consts = dict(_constexprs(q, v, causal, sink), FOLD_SCALE=scale > 0)
     sink_ = sink if sink is not None else lse
 
     def grid(cfg: TileConfig) -> tuple:

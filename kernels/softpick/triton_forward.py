@@ -33,19 +33,28 @@ LOG2E = tl.constexpr(1.4426950408889634)
 def _key_block(acc, m, l, q, qk_scale2, pos, n0, Tk, Kh, Vh, sk_t, sk_d, sv_t, sv_d, offs_n, offs_d, offs_dv,
                HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr,
                CAUSAL: tl.constexpr, CAST_F32: tl.constexpr, DOT_PREC: tl.constexpr, MODE: tl.constexpr,
-               MASKED: tl.constexpr):
-    """One key block folded into the row state (acc, m, l)."""
+               FOLD_SCALE: tl.constexpr, MASKED: tl.constexpr):
+    """One key block folded into the row state (acc, m, l). FOLD_SCALE (qk_scale2 > 0): the block's maximum is
+    taken on the unscaled scores and scaled once per row (the same value: rounding is monotonic), and the scale
+    enters each exponent by the FMA that subtracts the maximum, one operation per score instead of a product and a
+    subtraction."""
     cols = n0 + offs_n
     key_ok = cols < Tk
     k = load_tile(Kh, cols, offs_d, sk_t, sk_d, key_ok, offs_d < HEAD_D, MASKED, BLOCK_D != HEAD_D, CAST_F32)
-    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC) * qk_scale2
+    s = tl.dot(q, tl.trans(k), input_precision=DOT_PREC)
+    if not FOLD_SCALE:
+        s = s * qk_scale2
     keep = key_ok[None, :]
     if MASKED:
         keep = visible(pos, cols, key_ok, CAUSAL)
         s = tl.where(keep, s, float("-inf"))
-    m_new = tl.maximum(m, tl.max(s, 1))
+    if FOLD_SCALE:
+        m_new = tl.maximum(m, tl.max(s, 1) * qk_scale2)
+        e = tl.exp2(s * qk_scale2 - m_new[:, None])
+    else:
+        m_new = tl.maximum(m, tl.max(s, 1))
+        e = tl.exp2(s - m_new[:, None])
     alpha = tl.exp2(m - m_new)
-    e = tl.exp2(s - m_new[:, None])
     if MODE == SOFTPICK:
         u = e - tl.exp2(-m_new)[:, None]
         if MASKED:
@@ -67,11 +76,12 @@ def normalized_fwd_kernel(
     H, GROUP, Tq, Tk, num_bh, num_m_blocks, qk_scale2, eps,
     HEAD_D: tl.constexpr, HEAD_DV: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr,
     BLOCK_D: tl.constexpr, BLOCK_DV: tl.constexpr, CAUSAL: tl.constexpr, CAST_F32: tl.constexpr,
-    DOT_PREC: tl.constexpr, MODE: tl.constexpr,
+    DOT_PREC: tl.constexpr, MODE: tl.constexpr, FOLD_SCALE: tl.constexpr,
 ):
     """Grid: (num_m_blocks * B * H,). Q (B, H, Tq, HEAD_D), K (B, H // GROUP, Tk, HEAD_D), V (B, H // GROUP, Tk,
     HEAD_DV), O (B, H, Tq, HEAD_DV); LSE (B, H, Tq) fp32 contiguous (output: L_i in log2 units); SINK_LOGIT (H,)
-    fp32 (MODE = SINK; not read otherwise); qk_scale2 = scale · log2 e; eps: softpick's ε."""
+    fp32 (MODE = SINK; not read otherwise); qk_scale2 = scale · log2 e; eps: softpick's ε; FOLD_SCALE only for
+    qk_scale2 > 0 (_key_block)."""
     b, h, hk, m0 = query_block_program(num_bh, num_m_blocks, H, GROUP, BLOCK_M)
     offs_m = m0 + tl.arange(0, BLOCK_M)
     offs_n = tl.arange(0, BLOCK_N)
@@ -93,10 +103,12 @@ def normalized_fwd_kernel(
     acc = tl.zeros([BLOCK_M, BLOCK_DV], dtype=tl.float32)
     for n0 in range(0, full_end, BLOCK_N):
         acc, m, l = _key_block(acc, m, l, q, qk_scale2, pos, n0, Tk, Kh, Vh, sk_t, sk_d, sv_t, sv_d, offs_n, offs_d,
-                               offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, MODE, False)
+                               offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, MODE, FOLD_SCALE,
+                               False)
     for n0 in range(full_end, hi, BLOCK_N):
         acc, m, l = _key_block(acc, m, l, q, qk_scale2, pos, n0, Tk, Kh, Vh, sk_t, sk_d, sv_t, sv_d, offs_n, offs_d,
-                               offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, MODE, True)
+                               offs_dv, HEAD_D, HEAD_DV, BLOCK_D, BLOCK_DV, CAUSAL, CAST_F32, DOT_PREC, MODE, FOLD_SCALE,
+                               True)
     if MODE == SOFTPICK:
         den = l + eps * tl.exp2(-m)
     else:
