@@ -1,7 +1,8 @@
 """The forward of the one-view score ops (sigmoid, softpick, softmax with a sink) as one Gluon kernel for Hopper
 (sm_90), in the form of the paired threshold forward (kernels/threshold/gluon_forward.py) with one view. Taken only
-when asked (gluon.GLUON_FORWARD, or the launchers' ``gluon=True``): timed on an H100 it was level with the
-Triton forward for sigmoid and slower for softpick and the sink mode (BENCHMARKS.md, "The Gluon forwards timed").
+when asked (the mode's gluon.GLUON_FORWARD, or the launchers' ``gluon=True``). Timed alone on an H100 it is faster than
+the Triton forward for sigmoid and softpick and slower for the sink mode; forward+backward with it was not faster
+(BENCHMARKS.md, "σ's ex2 operand, the scale folded into the exponent, …").
 
 One program per 128 query rows of one head, three partitions:
 

@@ -7,13 +7,14 @@ launched through kernels.fast_launch, or, given a ``CompileTarget``, only compil
 ``dkdv``, ``dq`` and ``dq_finish``. The keyword options (tiles, σ's evaluation, the bias folded into the scores, the
 dQ path, the Gluon backward) exist for the benchmark's sweep and the tests; the defaults are tiles.py's.
 
-The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_ops/gluon_forward.py, part ``gluon_fwd``)
-where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or score_gluon.GLUON_FORWARD): timed, it
-was no faster than the Triton forward (BENCHMARKS.md, "The Gluon forwards timed").
+The forward can run as the one-view ops' Gluon kernel on Hopper (kernels/score_ops/gluon_forward.py, part
+``gluon_fwd``) where score_gluon.gluon_forward_fits, but only when asked (``gluon=True``, or
+score_gluon.GLUON_FORWARD["sigmoid"]): timed, forward+backward with it was no faster (BENCHMARKS.md, "σ's ex2 operand,
+the scale folded into the exponent, …").
 
-On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_ops/gluon_backward.py, part ``gluon_bwd``) wherever
-score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two from 16
-to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a warning says
+On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_ops/gluon_backward.py, part ``gluon_bwd``)
+wherever score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two
+from 16 to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a warning says
 so once and the Triton kernels take over.
 """
 from __future__ import annotations
@@ -43,8 +44,8 @@ def forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, bias: torch.Tenso
             tile: Optional[TileConfig] = None, mode: Optional[int] = None, fold_bias: bool = False,
             gluon: Optional[bool] = None, target: Optional[CompileTarget] = None) -> torch.Tensor:
     """Attention output (B, H, Tq, dv) in q's dtype, laid out like q. ``gluon``: the Gluon forward where it fits
-    (None: if score_gluon.GLUON_FORWARD["sigmoid"] and no Triton tile, σ mode or folded bias is asked for; False: never; True:
-    where it fits)."""
+    (None: if score_gluon.GLUON_FORWARD["sigmoid"] and no Triton tile, σ mode or folded bias is asked for; False:
+    never; True: where it fits)."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv = k.shape[1], k.shape[2], v.shape[-1]
     out = common.new_rows_like(q, dv)
