@@ -14,8 +14,8 @@ the scale folded into the exponent, …").
 
 On Hopper the backward is the one-view ops' Gluon kernel (kernels/score_ops/gluon_backward.py, part ``gluon_bwd``)
 wherever score_gluon.gluon_backward_fits: 16-bit inputs, one key/value head per query head, d = 64, dv a power of two
-from 16 to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a warning says
-so once and the Triton kernels take over.
+from 16 to 128, rows the copy engine can read, outside the deterministic mode; if it cannot compile or launch, a
+warning says so once and the Triton kernels take over.
 """
 from __future__ import annotations
 
