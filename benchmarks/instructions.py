@@ -132,7 +132,9 @@ def _score_backward(mode: str) -> Callable:
     return compile_
 
 
-def _score_forward(mode: str) -> Callable:
+def _score_forward(mode: str, gluon: bool = True) -> Callable:
+    """The op's Gluon forward, or (``gluon`` False) its Triton forward, the default where the Gluon one is not asked
+    for, as the launcher compiles it."""
     def compile_(target) -> dict:
         from kernels.sigmoid import launch as sigmoid_launch
         from kernels.softpick import launch as normalized_launch
@@ -140,28 +142,11 @@ def _score_forward(mode: str) -> Callable:
         T, H = 4096, 12
         q, k, v, _ = _one_view(T, H)
         if mode == "sigmoid":
-            sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=True, target=target)
+            sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=gluon, target=target)
         else:
             normalized_launch.forward(q, k, v, torch.zeros(H) if mode == "sink" else None, 0.125,
-                                      0.0 if mode == "sink" else 1e-6, True, gluon=True, target=target)
-        return {"forward": _compiled(target, "gluon_fwd")}
-    return compile_
-
-
-def _score_forward_triton(mode: str) -> Callable:
-    """The op's Triton forward (the default where the Gluon one is not asked for), as its launcher compiles it."""
-    def compile_(target) -> dict:
-        from kernels.sigmoid import launch as sigmoid_launch
-        from kernels.softpick import launch as normalized_launch
-
-        T, H = 4096, 12
-        q, k, v, _ = _one_view(T, H)
-        if mode == "sigmoid":
-            sigmoid_launch.forward(q, k, v, torch.zeros(H), 0.125, True, gluon=False, target=target)
-        else:
-            normalized_launch.forward(q, k, v, torch.zeros(H) if mode == "sink" else None, 0.125,
-                                      0.0 if mode == "sink" else 1e-6, True, gluon=False, target=target)
-        return {"forward": target.compiled["fwd"]}
+                                      0.0 if mode == "sink" else 1e-6, True, gluon=gluon, target=target)
+        return {"forward": _compiled(target, "gluon_fwd") if gluon else target.compiled["fwd"]}
     return compile_
 
 
@@ -197,7 +182,7 @@ def _compiled(target, part: str):
 KERNELS: dict[str, list[tuple[str, Callable]]] = {
     "score_backward": [(f"score ops' backward, {m} mode", _score_backward(m)) for m in ("sigmoid", "sink", "softpick")],
     "score_forward": [(f"score ops' forward, {m} mode", _score_forward(m)) for m in ("sigmoid", "sink", "softpick")],
-    "score_forward_triton": [(f"score ops' Triton forward, {m} mode", _score_forward_triton(m))
+    "score_forward_triton": [(f"score ops' Triton forward, {m} mode", _score_forward(m, gluon=False))
                              for m in ("sigmoid", "sink", "softpick")],
     "paired": [(f"paired TDA, q/k {d}", _paired(d)) for d in (64, 128)],
 }
