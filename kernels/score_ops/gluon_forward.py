@@ -10,7 +10,7 @@ One program per 128 query rows of one head, three partitions:
   of STAGES stages (copy engine, mbarriers);
 - two warpgroups, each over 64 of the rows: per key block the scores (one product; the scale, with log2 e, enters
   each score's exponent or σ argument by one FMA, and the normalised modes take a row's maximum before scaling, so
-  score_gluon.forward takes them only for a positive scale), the weights, and O += p v (a second product, p from
+  gluon.forward takes them only for a positive scale), the weights, and O += p v (a second product, p from
   registers, rounded to v's dtype). The weights are the Triton forwards':
     sigmoid    w = σ(s + b_h log2 e), as SIGMOID_MODE 1 evaluates it (one ex2 and a degree-4 polynomial: _sigmoid);
                no row state;
@@ -107,7 +107,7 @@ def _key_block(acc, m, l, j, q_s, k_ring, v_ring, ready, empty, qk_scale2, param
         if MASKED:
             s = gl.where(keep, s, float("-inf"))
         # the row maximum of the unscaled scores, scaled once per row: the same value as the maximum of the scaled
-        # ones for a positive scale (rounding is monotonic; score_gluon.forward takes this kernel only then)
+        # ones for a positive scale (rounding is monotonic; gluon.forward takes this kernel only then)
         m_new = gl.maximum(m, gl.max(s, axis=1) * qk_scale2)
         alpha = gl.exp2(m - m_new)
         e = gl.exp2(s * qk_scale2 - m_new[:, None])
