@@ -21,7 +21,7 @@ MODES = {"softpick": 0, "sink": 1, "sigmoid": 2}  # gluon_backward's SOFTPICK, S
 _failure: list[str] = []  # why the backward failed to compile or launch here, once it has
 # Per mode, the forward its launcher takes where the Gluon one fits: the Gluon kernel (True) or the Triton one (False).
 # benchmarks.sink_free times each mode with the other one too (BENCHMARKS.md).
-GLUON_FORWARD = {"sigmoid": False, "softpick": False, "sink": False}
+GLUON_FORWARD = dict.fromkeys(MODES, False)
 _forward_failure: list[str] = []  # why the forward failed to compile or launch here, once it has
 
 

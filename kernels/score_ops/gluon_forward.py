@@ -51,6 +51,7 @@ RCP_C1 = gl.constexpr(sigmoid_forward.RCP_C1.value)
 RCP_C2 = gl.constexpr(sigmoid_forward.RCP_C2.value)
 RCP_C3 = gl.constexpr(sigmoid_forward.RCP_C3.value)
 RCP_C4 = gl.constexpr(sigmoid_forward.RCP_C4.value)
+EX2_OF_MINUS_ABS = gl.constexpr(sigmoid_forward.EX2_OF_MINUS_ABS.value)  # 2^(−|z|) as one asm block
 
 
 @gluon.jit
@@ -59,8 +60,7 @@ def _sigmoid(z):
     σ = r (z ≥ 0) or t·r (relatively exact for tiny weights). One special-function operation per score, which the
     forward's two products leave room for; the backward uses ex2 and the reciprocal (gluon_backward.py)."""
     # one asm block, so that ptxas folds −|z| into the ex2's operand (sigmoid_forward.exp2_of_minus_abs says why)
-    t = gl.inline_asm_elementwise("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }", "=f,f",
-                                  [z], dtype=gl.float32, is_pure=True, pack=1)
+    t = gl.inline_asm_elementwise(EX2_OF_MINUS_ABS, "=f,f", [z], dtype=gl.float32, is_pure=True, pack=1)
     r = (((RCP_C4 * t + RCP_C3) * t + RCP_C2) * t + RCP_C1) * t + RCP_C0
     return gl.where(z >= 0.0, r, t * r)
 

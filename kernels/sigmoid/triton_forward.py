@@ -28,14 +28,14 @@ RCP_C4 = tl.constexpr(0.1522454437)
 # (MUFU.EX2 R, −|R|), where tl.exp2(-tl.abs(z)) issues an FADD per score before it; same result (ex2.approx.ftz is
 # what tl.exp2 emits). The interpreter runs no PTX.
 NATIVE_EX2 = tl.constexpr(not interpreting())
+EX2_OF_MINUS_ABS = tl.constexpr("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }")  # Gluon too
 
 
 @triton.jit
 def exp2_of_minus_abs(z):
     """2^(−|z|), elementwise, fp32."""
     if NATIVE_EX2:
-        return tl.inline_asm_elementwise("{ .reg .f32 a; abs.f32 a, $1; neg.f32 a, a; ex2.approx.ftz.f32 $0, a; }",
-                                         "=f,f", [z], dtype=tl.float32, is_pure=True, pack=1)
+        return tl.inline_asm_elementwise(EX2_OF_MINUS_ABS, "=f,f", [z], dtype=tl.float32, is_pure=True, pack=1)
     else:
         return tl.exp2(-tl.abs(z))
 
