@@ -5,6 +5,7 @@ it, function by function (GPU only).
     python -m benchmarks.profile --seq 8192 --out profile.md
     python -m benchmarks.profile --seq 4096 --host    # cProfile of issuing paired TDA's forward+backward
     python -m benchmarks.profile --seq 8192 --head-dim 128 --dense   # heads of 128, every tile occupied
+    python -m benchmarks.profile --seq 8192 --sink-free               # benchmarks.sink_free's rows instead
 
 For the benchmark's parameter-matched shapes (benchmarks.attention: B·T = 16384 tokens), profiles cuDNN's
 softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
@@ -13,7 +14,10 @@ Use it to see what the fused kernels cost beside the small ones (norms, zero fil
 reductions) that the benchmark's wall time also counts. With ``--host`` it runs paired TDA's forward+backward
 under cProfile while a sleep kernel keeps the GPU busy (so no call waits for it) and prints the functions with the
 most own and cumulative time: where the CPU time of an eager call goes (cProfile inflates every Python call, so
-read the shares, not the totals; benchmarks.attention's host µs column is the uninflated total).
+read the shares, not the totals; benchmarks.attention's host µs column is the uninflated total). With ``--sink-free``
+it profiles benchmarks.sink_free's rows instead (cuDNN, TRA, sigmoid, softpick, softmax with a sink, ssmax, and each
+score op again with the forward its default does not take), or those named with ``--methods``: the kernel tables
+show which kernel a change of forward moves.
 """
 
 import argparse
@@ -85,6 +89,31 @@ def host_profile(call: Callable[[], object], calls: int) -> str:
     return report
 
 
+def step(forward: Callable[[], torch.Tensor], leaves: list) -> Callable[[], None]:
+    """One forward+backward of ``forward``, the ``leaves``' gradients replaced, not accumulated (as the benchmarks
+    do), against a fixed random output gradient."""
+    do = torch.randn_like(forward())
+
+    def call() -> None:
+        for t in leaves:
+            t.grad = None
+        forward().backward(do)
+    return call
+
+
+def sink_free_methods(B: int, T: int, H: int, d: int, dtype: torch.dtype, names: Optional[list[str]] = None,
+                      device: str = "cuda") -> list[tuple[str, tuple]]:
+    """benchmarks.sink_free's rows (name, (forward, leaves)), those in ``names`` only when given; an error naming the
+    unknown ones and the known ones otherwise."""
+    from benchmarks.sink_free import methods
+
+    rows = methods(B, T, H, d, dtype, device)
+    unknown = sorted(set(names or ()) - set(rows))
+    if unknown:
+        raise SystemExit(f"--methods: unknown {unknown}; this GPU's rows are {sorted(rows)}")
+    return [(name, row) for name, row in rows.items() if not names or name in names]
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
@@ -95,8 +124,16 @@ def main(argv: Optional[list[str]] = None) -> None:
                         help="threshold inputs with every tile occupied (benchmarks.attention.DENSE_RHO), not half")
     parser.add_argument("--host", action="store_true",
                         help="cProfile the CPU time of issuing paired TDA's forward+backward instead")
+    parser.add_argument("--sink-free", action="store_true",
+                        help="profile benchmarks.sink_free's rows (the sink-free baselines beside cuDNN and TRA)")
+    parser.add_argument("--methods", nargs="+", metavar="NAME",
+                        help="with --sink-free: only these rows (e.g. sdpa-cudnn sigmoid 'sigmoid, Gluon fwd')")
     parser.add_argument("--out", help="also write the tables to this markdown file")
     args = parser.parse_args(argv)
+    if args.methods and not args.sink_free:
+        parser.error("--methods selects among --sink-free's rows: add --sink-free")
+    if args.sink_free and args.host:
+        parser.error("--host profiles paired TDA's issue; it does not combine with --sink-free")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.profile needs a CUDA GPU")
     from torch.nn.attention import SDPBackend
@@ -110,32 +147,30 @@ def main(argv: Optional[list[str]] = None) -> None:
     out = []
     for T in args.seq:
         B = max(1, args.tokens // T)
+        if args.sink_free:
+            tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {H}×{d}",
+                                          profile_calls(step(forward, leaves), args.calls))
+                      for name, (forward, leaves) in sink_free_methods(B, T, H, d, dtype, args.methods))
+            for table in tables:
+                print(table + "\n", flush=True)
+                out.append(table)
+            continue
         sm = [timing.projection(B, T, H, d, dtype) for _ in range(3)]
         rho = bench.DENSE_RHO if args.dense else 0.5
         x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
         y = bench._tda_inputs(B, T, H, d, d, dtype, 1, rho)
 
         leaves = sm + [t for t in (*x.values(), *y.values()) if t.requires_grad]
-
-        def step(forward: Callable[[], torch.Tensor]) -> Callable[[], None]:
-            do = torch.randn_like(forward())
-
-            def call() -> None:
-                for t in leaves:  # as the benchmark does: gradients replaced, not accumulated
-                    t.grad = None
-                forward().backward(do)
-            return call
-
         methods = (("sdpa-cudnn", H, d, lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
                    ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
                        x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                    ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
         if args.host:
             tables = [f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
-                      f"```\n{host_profile(step(methods[1][3]), args.calls)}```"]
+                      f"```\n{host_profile(step(methods[1][3], leaves), args.calls)}```"]
         else:
             tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
-                                          profile_calls(step(forward), args.calls))
+                                          profile_calls(step(forward, leaves), args.calls))
                       for name, heads, dv, forward in methods)  # (printed as each is made)
         for table in tables:
             print(table + "\n", flush=True)

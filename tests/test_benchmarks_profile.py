@@ -6,7 +6,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from benchmarks.profile import cprofile_table, format_kernel_table, kernel_table, main
+from benchmarks.profile import cprofile_table, format_kernel_table, kernel_table, main, sink_free_methods, step
 
 CUDA, CPU = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
@@ -52,3 +52,28 @@ def test_cprofile_table_lists_the_functions_called_with_their_call_counts():
 def test_without_a_gpu_it_says_so():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         main(["--seq", "128"])
+
+
+def test_sink_free_rows_are_chosen_by_name_and_an_unknown_name_is_refused_with_the_known_ones():
+    rows = sink_free_methods(1, 16, 2, 16, torch.float32, ["sigmoid", "sdpa-cudnn"], device="cpu")
+    assert [name for name, _ in rows] == ["sdpa-cudnn", "sigmoid"]  # the table's order, not the request's
+    assert len(sink_free_methods(1, 16, 2, 16, torch.float32, device="cpu")) >= 7
+    with pytest.raises(SystemExit, match=r"unknown \['sigmoid, Glu'\].*'softpick'"):
+        sink_free_methods(1, 16, 2, 16, torch.float32, ["sigmoid, Glu"], device="cpu")
+
+
+@pytest.mark.parametrize("argv, message", [(["--methods", "sigmoid"], "add --sink-free"),
+                                           (["--sink-free", "--host"], "does not combine")])
+def test_options_that_do_not_go_together_are_refused(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        main(argv)
+    assert message in capsys.readouterr().err
+
+
+def test_one_forward_backward_replaces_the_gradients():
+    x = torch.randn(3, requires_grad=True)
+    call = step(lambda: x * 2, [x])
+    call()
+    first = x.grad.clone()
+    call()
+    assert torch.equal(x.grad, first)  # accumulated, it would be twice the first
