@@ -1,6 +1,7 @@
 """What every op's launcher shares: the interpreter switch, head-dimension padding, output allocation in the inputs'
 memory layout, copy-engine (TMA) reads (when the tensors allow them, the CUDA context they need, and their
-descriptors, checked once per layout), and compiling for a GPU instead of launching (CompileTarget).
+descriptors, checked once per layout), the choice of a tile that fits the GPU (tile_candidates, first_fitting), and
+compiling for a GPU instead of launching (CompileTarget).
 
 This module does not import Triton, so ``interpreting()`` can be asked on machines without it.
 """
@@ -8,7 +9,7 @@ This module does not import Triton, so ``interpreting()`` can be asked on machin
 import dataclasses
 import os
 import threading
-from typing import Optional
+from typing import Callable, Optional
 
 import torch
 
@@ -100,6 +101,42 @@ def block_descriptor(kind: type, t: torch.Tensor, block: list[int], *extra) -> o
     vars(made).update(fields)
     made.base = t
     return made
+
+
+def tile_candidates(candidates: list, tile: Optional[object], target: Optional["CompileTarget"], chosen: dict,
+                    key: tuple, interpreter_tile: object) -> list:
+    """The tiles a launcher tries, in order: ``tile`` when the caller gave one; under the interpreter its one tile
+    (``interpreter_tile``: small, since the interpreter's time grows with the tile); the tile remembered in ``chosen``
+    for ``key`` (the launch's part, dtype and constexprs), unless only compiling for a ``target``; else
+    ``candidates``, fastest first."""
+    if tile is not None:
+        return [tile]
+    if interpreting():
+        return [interpreter_tile]
+    if target is None and key in chosen:
+        return [chosen[key]]
+    return candidates
+
+
+def first_fitting(candidates: list, launch: Callable[[object], object], chosen: Optional[dict] = None,
+                  key: tuple = ()) -> tuple[object, object]:
+    """``launch(tile)`` for each of ``candidates`` in turn until one fits the GPU (a tile whose shared memory or
+    registers do not fit raises Triton's OutOfResources; the last candidate's error is raised). The tile that ran is
+    remembered in ``chosen`` under ``key`` when ``chosen`` is given, so the next call launches it at once. Returns
+    (that tile, what ``launch`` returned)."""
+    from triton.runtime.errors import OutOfResources
+
+    for i, tile in enumerate(candidates):
+        try:
+            result = launch(tile)
+        except OutOfResources:
+            if i + 1 == len(candidates):
+                raise
+            continue
+        if chosen is not None:
+            chosen[key] = tile
+        return tile, result
+    raise ValueError("first_fitting: no tile candidates")
 
 
 _bound_contexts = threading.local()

@@ -1,5 +1,5 @@
 """kernels.common, what the ops' launchers share: head-dimension padding, ceiling division, outputs in their inputs'
-layout, binding the CUDA context before descriptor launches."""
+layout, binding the CUDA context before descriptor launches, the tile that fits."""
 import threading
 
 import pytest
@@ -56,3 +56,37 @@ def test_outputs_take_their_inputs_layout(dims):
     y = common.new_rows_like(x, 16, torch.float16)
     dense = torch.zeros(tuple(shape[i] for i in dims) + (16,)).permute(*[dims.index(i) for i in range(3)], 3)
     assert y.shape == (*shape, 16) and y.dtype == torch.float16 and y.stride() == dense.stride()
+
+
+def test_tile_candidates_prefer_the_given_then_the_interpreters_then_the_remembered_tile(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    chosen = {("fwd",): "b"}
+    target = common.CompileTarget(arch=90)
+    assert common.tile_candidates(["a", "b"], "z", None, chosen, ("fwd",), "i") == ["z"]
+    assert common.tile_candidates(["a", "b"], None, None, chosen, ("fwd",), "i") == ["b"]
+    assert common.tile_candidates(["a", "b"], None, None, chosen, ("dq",), "i") == ["a", "b"]
+    assert common.tile_candidates(["a", "b"], None, target, chosen, ("fwd",), "i") == ["a", "b"]  # compiling
+    monkeypatch.setenv("TRITON_INTERPRET", "1")
+    assert common.tile_candidates(["a", "b"], None, None, chosen, ("fwd",), "i") == ["i"]
+
+
+def test_first_fitting_skips_tiles_that_do_not_fit_remembers_the_one_that_ran_and_raises_the_last_error():
+    from triton.runtime.errors import OutOfResources
+
+    tried = []
+
+    def launch(tile):
+        tried.append(tile)
+        if tile in ("big", "bigger"):
+            raise OutOfResources(300000, 232448, "shared memory")
+        return f"ran {tile}"
+
+    chosen = {}
+    assert common.first_fitting(["bigger", "big", "small", "tiny"], launch, chosen, ("k",)) == ("small", "ran small")
+    assert tried == ["bigger", "big", "small"] and chosen == {("k",): "small"}
+    assert common.first_fitting(["small"], launch) == ("small", "ran small")  # nothing to remember in
+    with pytest.raises(OutOfResources):
+        common.first_fitting(["bigger", "big"], launch, chosen, ("q",))
+    assert ("q",) not in chosen
+    with pytest.raises(ValueError, match="no tile candidates"):
+        common.first_fitting([], launch)

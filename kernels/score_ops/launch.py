@@ -11,6 +11,7 @@ from typing import Callable, Optional
 
 import torch
 
+from .. import common
 from ..common import CompileTarget, cdiv, interpreting
 from ..inputs import check_attention_tensors, check_head_dims, check_number
 
@@ -82,28 +83,14 @@ def launch_tiled(part: str, kernel, grid: Callable[[TileConfig], tuple], args_fo
     """Launch ``kernel`` at ``tile``, else the remembered or first candidate that fits the GPU's shared memory (under
     the interpreter, INTERPRETER_TILE; with a ``target``, the first candidate, nothing remembered). ``grid`` and
     ``args_for`` build the grid and the runtime arguments for a tile. Returns the tile launched."""
-    from triton.runtime.errors import OutOfResources
-
     remember = tile is None and target is None
-    if tile is not None:
-        candidates = [tile]
-    elif interpreting():
-        candidates = [INTERPRETER_TILE]
-    elif remember and key in chosen:
-        candidates = [chosen[key]]
-    for i, cfg in enumerate(candidates):
-        try:
-            run(part, kernel, grid(cfg), args_for(cfg), dict(
-                constexprs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages), target)
-        except OutOfResources:
-            if i + 1 == len(candidates):
-                raise
-            continue
-        if remember:
-            chosen[key] = cfg
-        return cfg
-    raise AssertionError("unreachable: no tile candidates")
+    tried = common.tile_candidates(candidates, tile, target, chosen, key, INTERPRETER_TILE)
+
+    def one(cfg: TileConfig) -> None:
+        run(part, kernel, grid(cfg), args_for(cfg), dict(
+            constexprs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
+            target)
+    return common.first_fitting(tried, one, chosen if remember else None, key)[0]
 
 
 def tiles_by_width(head_d: int, head_dv: int, elem_bytes: int, *, fp32: list[TileConfig],

@@ -20,7 +20,6 @@ import dataclasses
 from typing import Callable, Optional
 
 import torch
-from triton.runtime.errors import OutOfResources
 
 from .. import common, fast_launch, gluon_support
 from ..common import CompileTarget, cdiv, interpreting, padded
@@ -49,15 +48,8 @@ def _p_mode(p: float) -> int:
 
 def _candidates(key: tuple, candidates: list[TileConfig], tile: Optional[TileConfig],
                 target: Optional[CompileTarget]) -> list[TileConfig]:
-    """The tiles _launch tries, in order: ``tile``, else the interpreter's, else the one remembered for ``key``, else
-    ``candidates`` (with a ``target``, nothing remembered counts)."""
-    if tile is not None:
-        return [tile]
-    if interpreting():
-        return [INTERPRETER_CONFIG]
-    if target is None and key in _chosen:
-        return [_chosen[key]]
-    return candidates
+    """The tiles _launch tries, in order (common.tile_candidates, with this module's memory of chosen tiles)."""
+    return common.tile_candidates(candidates, tile, target, _chosen, key, INTERPRETER_CONFIG)
 
 
 def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
@@ -70,26 +62,20 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     the tensors ``rows`` are not tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the tile's
     ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY (or'ed with ``constexprs``' SKIP_EMPTY if given)."""
     remember = tile is None and target is None
-    candidates = _candidates(key, candidates, tile, target)
-    for i, chosen in enumerate(candidates):
+
+    def one(chosen: TileConfig) -> TileConfig:
         cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not common.tma_ready(*rows) else chosen
         if cfg.tma and rows[0].is_cuda:
             common.bind_cuda_context(rows[0].device)
-        try:
-            layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
-                          **(dict(SKIP_EMPTY=cfg.skip_empty or constexprs.get("SKIP_EMPTY", False))
-                             if skip_empty else {}))
-            _run(key[0], kernel, (grid(cfg),), args_for(cfg), dict(
-                constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages), target)
-        except OutOfResources:
-            if i + 1 == len(candidates):
-                raise
-            continue
-        if remember:
-            _chosen[key] = chosen
+        layout = dict(USE_TMA=cfg.tma, **(dict(QUERY_MAJOR=cfg.query_major) if query_major else {}),
+                      **(dict(SKIP_EMPTY=cfg.skip_empty or constexprs.get("SKIP_EMPTY", False))
+                         if skip_empty else {}))
+        _run(key[0], kernel, (grid(cfg),), args_for(cfg), dict(
+            constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages), target)
         return cfg
-    raise AssertionError("unreachable: no tile candidates")
+    return common.first_fitting(_candidates(key, candidates, tile, target), one, _chosen if remember else None,
+                                key)[1]
 
 
 def row_blocks(t: torch.Tensor, rows: int, width: int):
