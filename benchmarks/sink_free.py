@@ -2,6 +2,7 @@
 
     python -m benchmarks.sink_free                          # T = 4096, 8192, 16384; d = 64; B·T = 16384; bf16
     python -m benchmarks.sink_free --sweep                  # also time tile candidates and σ's evaluations at 8192
+    python -m benchmarks.sink_free --seq 8192 --rounds 5    # each row the median of 5 rounds, the methods in turn
 
 For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forward and forward+backward of
   sdpa-cudnn          causal softmax, torch SDPA forced to the cuDNN backend (the baseline: "×cuDNN")
@@ -16,7 +17,8 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
   <op>, Triton fwd    (kernels.score_ops.gluon.GLUON_FORWARD): the one-view ops' Gluon forward
                       (kernels/score_ops/gluon_forward.py) or the op's Triton forward, where the Gluon one fits
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
-medians of CUDA-event timings (triton.testing.do_bench); TFLOP/s counts softmax's products for every row (forward
+medians of CUDA-event timings (triton.testing.do_bench); with ``--rounds`` N the methods are timed in turn N times
+and each row holds its median, so a drift of the GPU's clock reaches every row alike; TFLOP/s counts softmax's products for every row (forward
 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
 busy. Before the table, which SDPA backends accept the sink-key call (head dimension d + 8) and the ssmax call.
 
@@ -27,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import statistics
 from typing import Callable, Optional
 from unittest.mock import patch
 
@@ -121,19 +124,28 @@ def sdpa_backends(T: int, d: int, dtype: torch.dtype) -> list[str]:
 
 
 def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_model: int = D_MODEL,
-                device: str = "cuda") -> list[dict]:
-    """The table's rows at one (T, d), with the ratios of each forward+backward to cuDNN's and to TRA's."""
+                device: str = "cuda", rounds: int = 1) -> list[dict]:
+    """The table's rows at one (T, d), with the ratios of each forward+backward to cuDNN's and to TRA's. With
+    ``rounds`` > 1 every method is timed once per round, the methods in turn, and each row holds the median of its
+    rounds (host µs from the first): a drift of the GPU's clock during the run then reaches every row alike."""
     B = max(1, tokens // T)
     H = d_model // d
     flops = 4 * B * H * T * T * d / 2
-    rows = []
-    for name, (forward, leaves) in methods(B, T, H, d, dtype, device).items():
-        try:
-            r = timing.measure(forward, leaves, rep_ms, memory=False)
-        except RuntimeError as err:  # a backend that refuses the shape on this GPU
-            print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
-            continue
-        rows.append(dict(T=T, B=B, H=H, d=d, method=name, flops=flops, **r))
+    timed: dict[str, list[dict]] = {}
+    rows_of = methods(B, T, H, d, dtype, device)
+    for i in range(rounds):
+        for name, (forward, leaves) in rows_of.items():
+            if i and name not in timed:
+                continue  # refused in the first round
+            try:
+                timed.setdefault(name, []).append(timing.measure(forward, leaves, rep_ms, host=i == 0,
+                                                                 memory=False))
+            except RuntimeError as err:  # a backend that refuses the shape on this GPU
+                print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
+                timed.pop(name, None)
+    rows = [dict(T=T, B=B, H=H, d=d, method=name, flops=flops, rounds=len(runs),
+                 fwd=statistics.median(r["fwd"] for r in runs), fwd_bwd=statistics.median(r["fwd_bwd"] for r in runs),
+                 host_us=runs[0]["host_us"]) for name, runs in timed.items()]
     base = {r["method"]: r["fwd_bwd"] for r in rows}
     for r in rows:
         r["x_cudnn"] = r["fwd_bwd"] / base.get("sdpa-cudnn", float("nan"))
@@ -260,20 +272,24 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
     parser.add_argument("--dtype", choices=["bf16", "fp16"], default="bf16")
     parser.add_argument("--rep-ms", type=int, default=100, help="timing window per measurement")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="time every method this many times, in turn, and report each one's median")
     parser.add_argument("--sweep", action="store_true", help="then time tile candidates and variants")
     parser.add_argument("--sweep-seq", type=int, default=8192)
     parser.add_argument("--sweep-rep-ms", type=int, default=50)
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.sink_free needs a CUDA GPU")
     dtype = torch.bfloat16 if args.dtype == "bf16" else torch.float16
-    header = timing.run_header(args.dtype)
+    header = timing.run_header(args.dtype, *([f"median of {args.rounds} rounds"] if args.rounds > 1 else []))
     print(header)
     rows = []
     for d in args.head_dims:
         print("\n".join(sdpa_backends(4096, d, dtype)), flush=True)
         for T in args.seq:
-            shape_rows = bench_shape(T, args.tokens, d, dtype, args.rep_ms)
+            shape_rows = bench_shape(T, args.tokens, d, dtype, args.rep_ms, rounds=args.rounds)
             print(format_table(shape_rows), flush=True)
             rows += shape_rows
     if args.sweep:

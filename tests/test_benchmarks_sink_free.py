@@ -99,3 +99,36 @@ def test_each_op_runs_again_with_the_other_forward_while_its_row_runs(untimed, m
     counts = collections.Counter(asked)
     assert set(counts) == {"sigmoid", "softpick", "sink"} and counts["sigmoid"] == counts["softpick"] == counts["sink"]
     assert score_gluon.GLUON_FORWARD == {"sigmoid": True, "softpick": False, "sink": False}
+
+
+def test_rounds_time_the_methods_in_turn_and_each_row_is_its_median(monkeypatch):
+    """With three rounds every method is timed once a round, all methods before the next round, and its row holds
+    the median of its three times (host µs from the first round only); a method refused once is left out."""
+    order, times = [], iter([5.0, 1.0, 3.0] * 100)
+
+    def measure(fn, leaves, rep_ms, host=True, memory=True):
+        order.append((fn, host))
+        t = next(times)
+        return dict(fwd=t, fwd_bwd=2 * t, host_us=7.0 if host else float("nan"))
+
+    monkeypatch.setattr(timing, "measure", measure)
+    rows = bench.bench_shape(32, 32, 16, torch.float32, 1, d_model=32, device="cpu", rounds=3)
+    n = len(rows)
+    assert n >= 7 and len(order) == 3 * n
+    firsts = [fn for fn, _ in order[:n]]
+    assert [fn for fn, _ in order[n:2 * n]] == firsts == [fn for fn, _ in order[2 * n:]]  # in turn, same order
+    assert [host for _, host in order] == [True] * n + [False] * 2 * n
+    for r in rows:
+        assert r["rounds"] == 3 and r["host_us"] == 7.0
+    # the cycle 5, 1, 3 over n methods a round: each method's three times are a permutation of a mix; the median
+    # is recomputed here from what each call returned
+    returned = [5.0, 1.0, 3.0] * n
+    for i, r in enumerate(rows):
+        mine = sorted(returned[i + k * n] for k in range(3))
+        assert r["fwd"] == mine[1] and r["fwd_bwd"] == 2 * mine[1]
+
+
+def test_rounds_below_one_are_refused(capsys):
+    with pytest.raises(SystemExit):
+        bench.main(["--rounds", "0"])
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
