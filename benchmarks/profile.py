@@ -114,6 +114,33 @@ def sink_free_methods(B: int, T: int, H: int, d: int, dtype: torch.dtype, names:
     return [(name, row) for name, row in rows.items() if not names or name in names]
 
 
+def attention_tables(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, host: bool,
+                     calls: int) -> Iterable[str]:
+    """The tables for benchmarks.attention's methods (cuDNN's softmax, paired TDA, TRA) at one shape: each one's kernel
+    table, or with ``host`` the cProfile of issuing paired TDA's forward+backward."""
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import attention as bench
+    from benchmarks import timing
+    from kernels.threshold.autograd import threshold_attention_triton
+
+    sm = [timing.projection(B, T, H, d, dtype) for _ in range(3)]
+    rho = bench.DENSE_RHO if dense else 0.5
+    x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
+    y = bench._tda_inputs(B, T, H, d, d, dtype, 1, rho)
+    leaves = sm + [t for t in (*x.values(), *y.values()) if t.requires_grad]
+    methods = (("sdpa-cudnn", H, d, lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
+               ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
+                   x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
+               ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
+    if host:
+        return [f"### tda (paired), T = {T}, B = {B}: cProfile of {calls} forward+backward calls\n\n"
+                f"```\n{host_profile(step(methods[1][3], leaves), calls)}```"]
+    return (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
+                                profile_calls(step(forward, leaves), calls))
+            for name, heads, dv, forward in methods)
+
+
 def main(argv: Optional[list[str]] = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seq", type=int, nargs="+", default=[4096, 16384])
@@ -136,11 +163,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         parser.error("--host profiles paired TDA's issue; it does not combine with --sink-free")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.profile needs a CUDA GPU")
-    from torch.nn.attention import SDPBackend
-
     from benchmarks import attention as bench
-    from benchmarks import timing
-    from kernels.threshold.autograd import threshold_attention_triton
 
     dtype, d = torch.bfloat16, args.head_dim
     H = bench.D_MODEL // d
@@ -151,28 +174,9 @@ def main(argv: Optional[list[str]] = None) -> None:
             tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {H}×{d}",
                                           profile_calls(step(forward, leaves), args.calls))
                       for name, (forward, leaves) in sink_free_methods(B, T, H, d, dtype, args.methods))
-            for table in tables:
-                print(table + "\n", flush=True)
-                out.append(table)
-            continue
-        sm = [timing.projection(B, T, H, d, dtype) for _ in range(3)]
-        rho = bench.DENSE_RHO if args.dense else 0.5
-        x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, rho)
-        y = bench._tda_inputs(B, T, H, d, d, dtype, 1, rho)
-
-        leaves = sm + [t for t in (*x.values(), *y.values()) if t.requires_grad]
-        methods = (("sdpa-cudnn", H, d, lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)),
-                   ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
-                       x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
-                   ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
-        if args.host:
-            tables = [f"### tda (paired), T = {T}, B = {B}: cProfile of {args.calls} forward+backward calls\n\n"
-                      f"```\n{host_profile(step(methods[1][3], leaves), args.calls)}```"]
         else:
-            tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
-                                          profile_calls(step(forward, leaves), args.calls))
-                      for name, heads, dv, forward in methods)  # (printed as each is made)
-        for table in tables:
+            tables = attention_tables(B, T, H, d, dtype, args.dense, args.host, args.calls)
+        for table in tables:  # (printed as each is made)
             print(table + "\n", flush=True)
             out.append(table)
     if args.out:
