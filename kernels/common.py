@@ -118,24 +118,26 @@ def tile_candidates(candidates: list, tile: Optional[object], target: Optional["
     return candidates
 
 
-def first_fitting(candidates: list, launch: Callable[[object], object], chosen: Optional[dict] = None,
-                  key: tuple = ()) -> tuple[object, object]:
-    """``launch(tile)`` for each of ``candidates`` in turn until one fits the GPU (a tile whose shared memory or
-    registers do not fit raises Triton's OutOfResources; the last candidate's error is raised). The tile that ran is
-    remembered in ``chosen`` under ``key`` when ``chosen`` is given, so the next call launches it at once. Returns
-    (that tile, what ``launch`` returned)."""
+def first_fitting(candidates: list, launch: Callable[[object], object], *, tile: Optional[object],
+                  target: Optional["CompileTarget"], chosen: dict, key: tuple,
+                  interpreter_tile: object) -> tuple[object, object]:
+    """``launch(t)`` for each tile t of tile_candidates (same arguments) in turn until one fits the GPU (a tile whose
+    shared memory or registers do not fit raises Triton's OutOfResources; the last candidate's error is raised). The
+    tile that ran is remembered in ``chosen`` under ``key``, so the next call launches it at once, unless the caller
+    gave the tile or only compiles for a ``target``. Returns (that tile, what ``launch`` returned)."""
     from triton.runtime.errors import OutOfResources
 
-    for i, tile in enumerate(candidates):
+    tried = tile_candidates(candidates, tile, target, chosen, key, interpreter_tile)
+    for i, cfg in enumerate(tried):
         try:
-            result = launch(tile)
+            result = launch(cfg)
         except OutOfResources:
-            if i + 1 == len(candidates):
+            if i + 1 == len(tried):
                 raise
             continue
-        if chosen is not None:
-            chosen[key] = tile
-        return tile, result
+        if tile is None and target is None:
+            chosen[key] = cfg
+        return cfg, result
     raise ValueError("first_fitting: no tile candidates")
 
 

@@ -70,9 +70,11 @@ def test_tile_candidates_prefer_the_given_then_the_interpreters_then_the_remembe
     assert common.tile_candidates(["a", "b"], None, None, chosen, ("fwd",), "i") == ["i"]
 
 
-def test_first_fitting_skips_tiles_that_do_not_fit_remembers_the_one_that_ran_and_raises_the_last_error():
+def test_first_fitting_skips_tiles_that_do_not_fit_remembers_the_one_that_ran_and_raises_the_last_error(
+        monkeypatch):
     from triton.runtime.errors import OutOfResources
 
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
     tried = []
 
     def launch(tile):
@@ -81,12 +83,23 @@ def test_first_fitting_skips_tiles_that_do_not_fit_remembers_the_one_that_ran_an
             raise OutOfResources(300000, 232448, "shared memory")
         return f"ran {tile}"
 
+    def fit(candidates, chosen, key, tile=None, target=None):
+        return common.first_fitting(candidates, launch, tile=tile, target=target, chosen=chosen, key=key,
+                                    interpreter_tile="i")
+
     chosen = {}
-    assert common.first_fitting(["bigger", "big", "small", "tiny"], launch, chosen, ("k",)) == ("small", "ran small")
+    assert fit(["bigger", "big", "small", "tiny"], chosen, ("k",)) == ("small", "ran small")
     assert tried == ["bigger", "big", "small"] and chosen == {("k",): "small"}
-    assert common.first_fitting(["small"], launch) == ("small", "ran small")  # nothing to remember in
+    tried.clear()
+    assert fit(["bigger", "big", "small"], chosen, ("k",)) == ("small", "ran small")  # the remembered tile at once
+    assert tried == ["small"]
     with pytest.raises(OutOfResources):
-        common.first_fitting(["bigger", "big"], launch, chosen, ("q",))
+        fit(["bigger", "big"], chosen, ("q",))
     assert ("q",) not in chosen
+    # a tile the caller gave, or a compile for a target, is not remembered
+    assert fit(["bigger", "small"], chosen, ("given",), tile="tiny") == ("tiny", "ran tiny")
+    assert fit(["bigger", "small"], chosen, ("compiled",), target=common.CompileTarget(arch=90)) == (
+        "small", "ran small")
+    assert ("given",) not in chosen and ("compiled",) not in chosen
     with pytest.raises(ValueError, match="no tile candidates"):
-        common.first_fitting([], launch)
+        fit([], chosen, ("none",))

@@ -83,14 +83,13 @@ def launch_tiled(part: str, kernel, grid: Callable[[TileConfig], tuple], args_fo
     """Launch ``kernel`` at ``tile``, else the remembered or first candidate that fits the GPU's shared memory (under
     the interpreter, INTERPRETER_TILE; with a ``target``, the first candidate, nothing remembered). ``grid`` and
     ``args_for`` build the grid and the runtime arguments for a tile. Returns the tile launched."""
-    remember = tile is None and target is None
-    tried = common.tile_candidates(candidates, tile, target, chosen, key, INTERPRETER_TILE)
 
     def one(cfg: TileConfig) -> None:
         run(part, kernel, grid(cfg), args_for(cfg), dict(
             constexprs, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps, num_stages=cfg.num_stages),
             target)
-    return common.first_fitting(tried, one, chosen if remember else None, key)[0]
+    return common.first_fitting(candidates, one, tile=tile, target=target, chosen=chosen, key=key,
+                                interpreter_tile=INTERPRETER_TILE)[0]
 
 
 def tiles_by_width(head_d: int, head_dv: int, elem_bytes: int, *, fp32: list[TileConfig],

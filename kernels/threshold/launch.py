@@ -61,7 +61,6 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
     arguments, which depend on the tile. The kernel takes the tile's ``tma`` as USE_TMA (dropped for this launch when
     the tensors ``rows`` are not tma_ready; checked only then) and, with ``query_major`` / ``skip_empty``, the tile's
     ``query_major`` / ``skip_empty`` as QUERY_MAJOR / SKIP_EMPTY (or'ed with ``constexprs``' SKIP_EMPTY if given)."""
-    remember = tile is None and target is None
 
     def one(chosen: TileConfig) -> TileConfig:
         cfg = dataclasses.replace(chosen, tma=False) if chosen.tma and not common.tma_ready(*rows) else chosen
@@ -74,8 +73,8 @@ def _launch(kernel: Callable, grid: Callable[[TileConfig], int],
             constexprs, **layout, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n, num_warps=cfg.num_warps,
             num_stages=cfg.num_stages), target)
         return cfg
-    return common.first_fitting(_candidates(key, candidates, tile, target), one, _chosen if remember else None,
-                                key)[1]
+    return common.first_fitting(candidates, one, tile=tile, target=target, chosen=_chosen, key=key,
+                                interpreter_tile=INTERPRETER_CONFIG)[1]
 
 
 def row_blocks(t: torch.Tensor, rows: int, width: int):
