@@ -18,8 +18,8 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
                       (kernels/score_ops/gluon_forward.py) or the op's Triton forward, where the Gluon one fits
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
 medians of CUDA-event timings (triton.testing.do_bench); with ``--rounds`` N the methods are timed in turn N times
-and each row holds its median, so a drift of the GPU's clock reaches every row alike; TFLOP/s counts softmax's products for every row (forward
-4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
+and each row holds its median, so a drift of the GPU's clock reaches every row alike. TFLOP/s counts softmax's
+products for every row (forward 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
 busy. Before the table, which SDPA backends accept the sink-key call (head dimension d + 8) and the ssmax call.
 
 This module stands apart from benchmarks.attention (the threshold kernels' benchmark), sharing only the kernels'
@@ -143,7 +143,7 @@ def bench_shape(T: int, tokens: int, d: int, dtype: torch.dtype, rep_ms: int, d_
             except RuntimeError as err:  # a backend that refuses the shape on this GPU
                 print(f"  {name}: unavailable ({str(err).splitlines()[0][:80]})", flush=True)
                 timed.pop(name, None)
-    rows = [dict(T=T, B=B, H=H, d=d, method=name, flops=flops, rounds=len(runs),
+    rows = [dict(T=T, B=B, H=H, d=d, method=name, flops=flops,
                  fwd=statistics.median(r["fwd"] for r in runs), fwd_bwd=statistics.median(r["fwd_bwd"] for r in runs),
                  host_us=runs[0]["host_us"]) for name, runs in timed.items()]
     base = {r["method"]: r["fwd_bwd"] for r in rows}
