@@ -3,7 +3,7 @@ it, function by function (GPU only).
 
     python -m benchmarks.profile                      # T = 4096 and 16384, d = 64, bf16
     python -m benchmarks.profile --seq 8192 --out profile.md
-    python -m benchmarks.profile --seq 4096 --host    # cProfile of issuing paired TDA's forward+backward
+    python -m benchmarks.profile --seq 4096 --host    # the host's time of paired TDA taken apart, then cProfile
     python -m benchmarks.profile --seq 8192 --head-dim 128 --dense   # heads of 128, every tile occupied
     python -m benchmarks.profile --seq 8192 --sink-free               # benchmarks.sink_free's rows instead
 
@@ -11,10 +11,11 @@ For the benchmark's parameter-matched shapes (benchmarks.attention: B·T = 16384
 softmax, paired TDA and TRA over a few forward+backward calls with torch.profiler and prints, per method,
 each GPU kernel's time per call (µs), its launches per call and its share of the method's GPU time.
 Use it to see what the fused kernels cost beside the small ones (norms, zero fills, dQ conversion,
-reductions) that the benchmark's wall time also counts. With ``--host`` it runs paired TDA's forward+backward
-under cProfile while a sleep kernel keeps the GPU busy (so no call waits for it) and prints the functions with the
-most own and cumulative time: where the CPU time of an eager call goes (cProfile inflates every Python call, so
-read the shares, not the totals; benchmarks.attention's host µs column is the uninflated total). With ``--sink-free``
+reductions) that the benchmark's wall time also counts. With ``--host`` it first takes the host's time of paired
+TDA's forward+backward apart beside cuDNN's (benchmarks.host: autograd, our launch code, Triton's launchers, kernel
+by kernel), then runs it under cProfile while a sleep kernel keeps the GPU busy (so no call waits for it) and prints
+the functions with the most own and cumulative time (cProfile inflates every Python call, so read the shares, not
+the totals; the first table's figures are uninflated). With ``--sink-free``
 it profiles benchmarks.sink_free's rows instead (cuDNN, TRA, sigmoid, softpick, softmax with a sink, ssmax, and each
 score op again with the forward its default does not take), or those named with ``--methods``: the kernel tables
 show which kernel a change of forward moves.
@@ -134,7 +135,10 @@ def attention_tables(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: 
                    x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
     if host:
-        return [f"### tda (paired), T = {T}, B = {B}: cProfile of {calls} forward+backward calls\n\n"
+        from benchmarks.host import host_parts
+
+        return [host_parts(B, T, H, d, dtype, dense),
+                f"### tda (paired), T = {T}, B = {B}: cProfile of {calls} forward+backward calls\n\n"
                 f"```\n{host_profile(step(methods[1][3], leaves), calls)}```"]
     return (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
                                 profile_calls(step(forward, leaves), calls))

@@ -55,6 +55,12 @@ def trailing_arguments(params: Sequence, positional: int, kwargs: dict) -> tuple
     return tuple(kwargs[p.name] if p.name in kwargs else p.default for p in params[positional:])
 
 
+def kept_kernels() -> list:
+    """The compiled kernels kept so far, each once (several keys may keep the same one), e.g. for a benchmark to time
+    their launchers (benchmarks.host)."""
+    return list({id(compiled): compiled for compiled, _ in _kept.values()}.values())
+
+
 def _hooked() -> bool:
     """Whether a launch hook is set (Triton 3.6 keeps them as chains, empty by default)."""
     return any(getattr(hook, "calls", hook) for hook in (knobs.runtime.launch_enter_hook,
