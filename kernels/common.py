@@ -64,9 +64,15 @@ def new_rows_like(x: torch.Tensor, width: int, dtype: Optional[torch.dtype] = No
 def tma_ready(*tensors: torch.Tensor) -> bool:
     """Whether the copy engine can read these (B, H, T, d) tensors: 16-byte aligned base and strides,
     last dimension contiguous (what tensor descriptors require); else the kernels gather with pointers."""
-    return all(
-        t.stride(-1) == 1 and t.data_ptr() % 16 == 0 and all(s * t.element_size() % 16 == 0 for s in t.stride()[:-1])
-        for t in tensors)
+    for t in tensors:  # (plain loops: a launch checks several tensors, and nested generators cost µs on the host)
+        strides = t.stride()
+        if strides[-1] != 1 or t.data_ptr() % 16:
+            return False
+        size = t.element_size()
+        for s in strides[:-1]:
+            if s * size % 16:
+                return False
+    return True
 
 
 MAX_KEPT_DESCRIPTORS = 512  # checked descriptor fields kept (one per class, layout and block); then cleared

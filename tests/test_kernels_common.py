@@ -103,3 +103,15 @@ def test_first_fitting_skips_tiles_that_do_not_fit_remembers_the_one_that_ran_an
     assert ("given",) not in chosen and ("compiled",) not in chosen
     with pytest.raises(ValueError, match="no tile candidates"):
         fit([], chosen, ("none",))
+
+
+def test_tma_ready_needs_a_contiguous_last_dimension_and_16_byte_aligned_base_and_strides():
+    rows = torch.zeros(2, 3, 40, 64, dtype=torch.bfloat16)
+    assert common.tma_ready(rows, rows.transpose(1, 2).contiguous().transpose(1, 2))
+    assert common.tma_ready(torch.zeros(2, 3, 40, 4))  # fp32 rows of 16 bytes
+    assert common.tma_ready(rows[:, :, 1:, :8])  # base 128 bytes on, rows of 128 bytes
+    assert not common.tma_ready(rows.transpose(2, 3))  # last dimension not contiguous
+    assert not common.tma_ready(rows[..., 1:9])  # base 2 bytes on
+    assert not common.tma_ready(torch.zeros(2 * 3 * 40 * 64 + 1, dtype=torch.bfloat16)[1:].view(2, 3, 40, 64))
+    assert not common.tma_ready(torch.zeros(2, 3, 40, 12, dtype=torch.bfloat16))  # rows of 24 bytes
+    assert not common.tma_ready(rows, torch.zeros(2, 3, 40, 12, dtype=torch.bfloat16))  # every tensor is checked
