@@ -24,6 +24,21 @@ def pytest_collection_modifyitems(config, items):
             item.add_marker(skip)
 
 
+@pytest.fixture
+def fast_launch_on_gpu(monkeypatch):
+    """kernels.fast_launch as it behaves on a GPU (compiled kernels kept, a device, a stream 1234), for stand-in
+    kernels on a CPU; nothing kept before or after."""
+    from kernels import fast_launch
+
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    monkeypatch.setattr(fast_launch.torch.cuda, "is_initialized", lambda: True)
+    monkeypatch.setattr(fast_launch.torch.cuda, "current_device", lambda: 0)
+    monkeypatch.setattr(fast_launch, "_raw_stream", lambda device: 1234)
+    fast_launch._kept.clear()
+    yield
+    fast_launch._kept.clear()
+
+
 # ---- a tiny prepared corpus and trained runs, shared by the training, eval and analysis tests ----
 
 WORDS = ("the king and queen of a small land walked to the sea where ships of gold and silver came "

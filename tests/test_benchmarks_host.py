@@ -39,21 +39,15 @@ class Kernel:
 
 
 @pytest.fixture
-def kept(monkeypatch):
+def kept(fast_launch_on_gpu):
     """Two stand-in kernels kept by fast_launch as on a GPU, one of them under two keys."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setattr(fast_launch.torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(fast_launch.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(fast_launch, "_raw_stream", lambda device: 7)
-    fast_launch._kept.clear()
     log = []
     slow, fast = Kernel(Compiled("slow", log, 0.004)), Kernel(Compiled("fast", log))
     x = torch.zeros(4)
     for kernel, n in ((slow, 1), (fast, 1), (fast, 2)):  # fast: two specialisations, one compiled kernel
         fast_launch.launch(kernel, (1,), (x, n), {})
     log.clear()
-    yield slow, fast, x, log
-    fast_launch._kept.clear()
+    return slow, fast, x, log
 
 
 def issue(slow, fast, x):
@@ -63,7 +57,6 @@ def issue(slow, fast, x):
 
 
 def test_kept_kernels_lists_each_compiled_kernel_once(kept):
-    slow, fast, _, _ = kept
     assert sorted(c.name for c in fast_launch.kept_kernels()) == ["fast", "slow"]
 
 

@@ -44,19 +44,7 @@ class Kernel:
         return launch_
 
 
-@pytest.fixture
-def on_gpu(monkeypatch):
-    """fast_launch as it behaves on a GPU: compiled kernels, a device, a stream."""
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
-    monkeypatch.setattr(fast_launch.torch.cuda, "is_initialized", lambda: True)
-    monkeypatch.setattr(fast_launch.torch.cuda, "current_device", lambda: 0)
-    monkeypatch.setattr(fast_launch, "_raw_stream", lambda device: 1234)
-    fast_launch._kept.clear()
-    yield
-    fast_launch._kept.clear()
-
-
-def test_a_kept_kernel_is_called_directly_with_triton_order(on_gpu):
+def test_a_kept_kernel_is_called_directly_with_triton_order(fast_launch_on_gpu):
     k = Kernel()
     x = torch.zeros(8)
     first = fast_launch.launch(k, (5,), (x, 32, 0.5), dict(WIDTH=64, num_warps=4))
@@ -70,7 +58,7 @@ def test_a_kept_kernel_is_called_directly_with_triton_order(on_gpu):
 
 
 @pytest.mark.parametrize("change", ["int value", "alignment", "dtype", "constexpr", "option", "device"])
-def test_what_may_change_the_specialisation_goes_through_triton(on_gpu, monkeypatch, change):
+def test_what_may_change_the_specialisation_goes_through_triton(fast_launch_on_gpu, monkeypatch, change):
     k = Kernel()
     storage = torch.zeros(64, dtype=torch.bfloat16)
     x, n, kwargs = storage[:32], 32, dict(WIDTH=64, num_warps=4)
@@ -93,7 +81,7 @@ def test_what_may_change_the_specialisation_goes_through_triton(on_gpu, monkeypa
     assert [c[0] for c in k.calls] == ["triton", "triton", "direct"]
 
 
-def test_unknown_arguments_interpreter_and_hooks_always_take_triton(on_gpu, monkeypatch):
+def test_unknown_arguments_interpreter_and_hooks_always_take_triton(fast_launch_on_gpu, monkeypatch):
     k = Kernel()
     for _ in range(2):
         fast_launch.launch(k, (1,), (object(), 1, 1.0), dict(WIDTH=1))
@@ -113,7 +101,7 @@ def test_unknown_arguments_interpreter_and_hooks_always_take_triton(on_gpu, monk
     assert [c[0] for c in k.calls] == ["triton"] * 7 + ["direct"]
 
 
-def test_descriptors_are_keyed_by_block_shape_and_dtype(on_gpu):
+def test_descriptors_are_keyed_by_block_shape_and_dtype(fast_launch_on_gpu):
     from triton.tools.tensor_descriptor import TensorDescriptor
 
     k = Kernel()
@@ -125,7 +113,7 @@ def test_descriptors_are_keyed_by_block_shape_and_dtype(on_gpu):
     assert [c[0] for c in k.calls] == ["triton", "direct", "triton", "triton"]
 
 
-def test_the_store_starts_over_when_full(on_gpu, monkeypatch):
+def test_the_store_starts_over_when_full(fast_launch_on_gpu, monkeypatch):
     monkeypatch.setattr(fast_launch, "MAX_KEPT", 3)
     k = Kernel()
     for n in (16, 17, 18, 19):
@@ -195,7 +183,7 @@ def test_the_fused_backward_launch_passes_every_parameter_in_order(monkeypatch, 
     assert tuple(bound.arguments.values()) == (*args, *fast_launch.trailing_arguments(kernel.params, len(args), kwargs))
 
 
-def test_a_changed_global_of_the_kernel_goes_through_triton(on_gpu):
+def test_a_changed_global_of_the_kernel_goes_through_triton(fast_launch_on_gpu):
     """Triton refuses to launch a kernel after a global it reads has changed; the kept kernel must not run then."""
     k = Kernel()
     scope = {"BLOCK": 64}
