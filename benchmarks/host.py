@@ -160,7 +160,7 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
             fn()
     torch.cuda.synchronize()
     m = {name: least_us(fn, calls, rounds)[0] for name, fn in calls_of.items()}
-    with LauncherClock() as clock:  # (the wrappers add a fraction of a µs per launch: the split only)
+    with LauncherClock() as clock:  # (for the split only: the totals above are measured without the wrappers)
         _, per_kernel, launches = least_us(direct, calls, rounds, clock)
     with LauncherClock(stub=True) as clock:
         m["stubbed"] = least_us(direct, calls, rounds, clock)[0]
