@@ -77,7 +77,7 @@ def least_us(fn: Callable[[], object], calls: int, rounds: int,
 
     best: tuple[float, dict, dict] = (float("inf"), {}, {})
     for _ in range(rounds):
-        us = host_us(fn, calls, start=clock.reset if clock is not None else None)
+        us = host_us(fn, calls, on_start=clock.reset if clock is not None else None)
         if us < best[0]:
             per_call = ({k: v / calls for k, v in clock.us.items()}, {k: v / calls for k, v in clock.launches.items()}
                         ) if clock is not None else ({}, {})

@@ -90,8 +90,8 @@ def test_least_us_keeps_the_clock_figures_of_the_least_round(kept, monkeypatch):
     totals = iter([30.0, 10.0, 20.0])
     launches_by_round = iter([1, 3, 2])
 
-    def fake_host_us(fn, calls, start=None):  # each round issues a different number of launches
-        start()
+    def fake_host_us(fn, calls, on_start=None):  # each round issues a different number of launches
+        on_start()
         for _ in range(next(launches_by_round)):
             fast_launch.launch(fast, (1,), (x, 1), {})
         return next(totals)
