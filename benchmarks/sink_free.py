@@ -19,8 +19,9 @@ For each T (batch B = tokens / T, n_head = 768 / d heads of dimension d), forwar
 Inputs are laid out as the model makes them (a (B, T, heads, d) projection viewed as (B, heads, T, d)). Times are
 medians of CUDA-event timings (triton.testing.do_bench); with ``--rounds`` N the methods are timed in turn N times
 and each row holds its median, so a drift of the GPU's clock reaches every row alike. TFLOP/s counts softmax's
-products for every row (forward 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one forward+backward while the GPU is kept
-busy. Before the table, which SDPA backends accept the sink-key call (head dimension d + 8) and the ssmax call.
+products for every row (forward 4·B·H·T²·d/2, backward 2.5× forward). "host µs" is the CPU time to issue one
+forward+backward while the GPU is kept busy. Before the table, which SDPA backends accept the sink-key call (head
+dimension d + 8) and the ssmax call.
 
 This module stands apart from benchmarks.attention (the threshold kernels' benchmark), sharing only the kernels'
 public entry points, so that either can change without the other.
