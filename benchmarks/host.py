@@ -1,7 +1,7 @@
 """The host's time of issuing one paired TDA forward+backward, taken apart (GPU only), beside cuDNN's whole
 forward+backward on the same machine: issue 24's host target is that TDA's be no larger.
 
-    python -m benchmarks.profile --seq 4096 --host     # this table, then cProfile's of the same call
+    python -m benchmarks.profile --seq 4096 --host     # this table, then cProfile's of the same calls
 
 Every figure is host µs per call (timing.host_us: the calls issued while a sleep kernel holds the GPU, so none waits
 for it), the least of ROUNDS means of CALLS calls, the leaves' gradients replaced at each call. The rows go from the
@@ -117,15 +117,16 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
 
 
 def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, calls: int = CALLS,
-               rounds: int = ROUNDS, warmups: int = 3, device: str = "cuda") -> str:
+               rounds: int = ROUNDS, warmups: int = 3, device: str = "cuda", cprofile_calls: int = 0) -> str:
     """Measure and format the host's parts for benchmarks.attention's shapes at one length: cuDNN's softmax with H
     heads of d, paired TDA with H / 2 pairs of q/k d and v 2d (every tile occupied with ``dense``); each call is
-    made ``warmups`` times first (compilation, tile choice, kept launches)."""
+    made ``warmups`` times first (compilation, tile choice, kept launches). With ``cprofile_calls``, cProfile's tables
+    of that many of the same forward+backward calls follow (benchmarks.profile.host_profile)."""
     from torch.nn.attention import SDPBackend
 
     from benchmarks import attention as bench
     from benchmarks import timing
-    from benchmarks.profile import step
+    from benchmarks.profile import host_profile, step
     from kernels.threshold import launch
     from kernels.threshold.autograd import threshold_attention_triton
     from kernels.threshold.options import ThresholdOptions
@@ -166,6 +167,9 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
         m["stubbed"] = least_us(direct, calls, rounds, clock)[0]
     torch.cuda.synchronize()
     m["launchers"], m["launches"] = sum(per_kernel.values()), sum(launches.values())
-    title = (f"paired TDA, T = {T}, B = {B}, {H // 2}×{d} (v {2 * d}), {'dense' if dense else 'half the tiles'}: "
-             f"host µs, the least of {rounds} means of {calls} calls")
-    return format_parts(title, m, per_kernel, launches)
+    shape = f"paired TDA, T = {T}, B = {B}, {H // 2}×{d} (v {2 * d}), {'dense' if dense else 'half the tiles'}"
+    text = format_parts(f"{shape}: host µs, the least of {rounds} means of {calls} calls", m, per_kernel, launches)
+    if cprofile_calls:
+        text += (f"\n\n### {shape}: cProfile of {cprofile_calls} forward+backward calls\n\n"
+                 f"```\n{host_profile(calls_of['tda'], cprofile_calls)}```")
+    return text

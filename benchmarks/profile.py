@@ -118,7 +118,12 @@ def sink_free_methods(B: int, T: int, H: int, d: int, dtype: torch.dtype, names:
 def attention_tables(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, host: bool,
                      calls: int) -> Iterable[str]:
     """The tables for benchmarks.attention's methods (cuDNN's softmax, paired TDA, TRA) at one shape: each one's kernel
-    table, or with ``host`` the cProfile of issuing paired TDA's forward+backward."""
+    table, or with ``host`` the host's time of issuing paired TDA's forward+backward taken apart (benchmarks.host),
+    then its cProfile."""
+    if host:
+        from benchmarks.host import host_parts
+
+        return [host_parts(B, T, H, d, dtype, dense, cprofile_calls=calls)]
     from torch.nn.attention import SDPBackend
 
     from benchmarks import attention as bench
@@ -134,12 +139,6 @@ def attention_tables(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: 
                ("tda (paired)", H // 2, 2 * d, lambda: threshold_attention_triton(
                    x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
-    if host:
-        from benchmarks.host import host_parts
-
-        return [host_parts(B, T, H, d, dtype, dense),
-                f"### tda (paired), T = {T}, B = {B}: cProfile of {calls} forward+backward calls\n\n"
-                f"```\n{host_profile(step(methods[1][3], leaves), calls)}```"]
     return (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
                                 profile_calls(step(forward, leaves), calls))
             for name, heads, dv, forward in methods)

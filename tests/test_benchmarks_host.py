@@ -127,8 +127,12 @@ def test_host_parts_runs_end_to_end_on_the_interpreter(monkeypatch):
     monkeypatch.setattr(torch.cuda, "_sleep", lambda cycles: None)
     monkeypatch.setattr(timing, "causal_sdpa", lambda q, k, v, backend: scaled_dot_product_attention(
         q, k, v, is_causal=True))
-    text = host.host_parts(1, 40, 4, 16, torch.float32, dense=True, calls=1, rounds=1, warmups=1, device="cpu")
-    assert "paired TDA, T = 40, B = 1, 2×16 (v 32), dense" in text
+    text = host.host_parts(1, 40, 4, 16, torch.float32, dense=True, calls=1, rounds=1, warmups=1, device="cpu",
+                           cprofile_calls=1)
+    assert "paired TDA, T = 40, B = 1, 2×16 (v 32), dense: host µs" in text
+    profiled = text.split("paired TDA, T = 40, B = 1, 2×16 (v 32), dense: cProfile of 1 forward+backward calls")[1]
+    assert "launch.py" in profiled and "(backward)" in profiled  # the same calls, through the launchers
+    text = text.split("### paired TDA, T = 40, B = 1, 2×16 (v 32), dense: cProfile")[0]
     first_table = text.split("TDA / cuDNN:")[0]
     rows = [line for line in first_table.splitlines() if line.startswith("| ") and "µs" not in line]
     assert len(rows) == len(host.parts_rows(dict.fromkeys(
@@ -136,3 +140,14 @@ def test_host_parts_runs_end_to_end_on_the_interpreter(monkeypatch):
     assert "of which inside Triton's launchers (0 launches) | 0.0 |" in text
     whole = float(rows[1].split("|")[2])
     assert whole > 0 and "TDA / cuDNN:" in text and "(none timed: no kernel was kept" in text
+
+
+def test_profile_host_tables_are_benchmarks_host_tables(monkeypatch):
+    """benchmarks.profile --host hands the shape and its number of calls to host_parts, which profiles the calls it
+    timed (no inputs of its own are drawn)."""
+    from benchmarks import profile
+
+    seen = []
+    monkeypatch.setattr(host, "host_parts", lambda *a, **k: seen.append((a, k)) or "the host tables")
+    assert profile.attention_tables(2, 64, 12, 64, torch.bfloat16, True, True, 7) == ["the host tables"]
+    assert seen == [((2, 64, 12, 64, torch.bfloat16, True), dict(cprofile_calls=7))]
