@@ -20,6 +20,9 @@ A table per launched kernel follows: launches and launcher µs per forward+backw
 
 from __future__ import annotations
 
+import cProfile
+import io
+import pstats
 import time
 from typing import Callable, Optional
 
@@ -116,17 +119,43 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
     return "\n".join(lines)
 
 
+def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str:
+    """cProfile's tables of ``calls`` calls of ``fn``: the ``limit`` functions with the most own time, then the most
+    cumulative time (time per call is the table's total over ``calls``)."""
+    prof = cProfile.Profile()
+    prof.enable()
+    for _ in range(calls):
+        fn()
+    prof.disable()
+    out = io.StringIO()
+    stats = pstats.Stats(prof, stream=out)
+    stats.sort_stats("tottime").print_stats(limit)
+    stats.sort_stats("cumulative").print_stats(limit)
+    return out.getvalue()
+
+
+def host_profile(call: Callable[[], object], calls: int) -> str:
+    """cprofile_table of ``calls`` calls of ``call`` after a warm-up (compilation, tile choice, kept launches), the GPU
+    held busy by a sleep kernel so that no call waits for it."""
+    for _ in range(3):
+        call()
+    torch.cuda.synchronize()
+    torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
+    report = cprofile_table(call, calls)
+    torch.cuda.synchronize()
+    return report
+
+
 def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, calls: int = CALLS,
                rounds: int = ROUNDS, warmups: int = 3, device: str = "cuda", cprofile_calls: int = 0) -> str:
     """Measure and format the host's parts for benchmarks.attention's shapes at one length: cuDNN's softmax with H
     heads of d, paired TDA with H / 2 pairs of q/k d and v 2d (every tile occupied with ``dense``); each call is
     made ``warmups`` times first (compilation, tile choice, kept launches). With ``cprofile_calls``, cProfile's tables
-    of that many of the same forward+backward calls follow (benchmarks.profile.host_profile)."""
+    of that many of the same forward+backward calls follow (host_profile)."""
     from torch.nn.attention import SDPBackend
 
     from benchmarks import attention as bench
     from benchmarks import timing
-    from benchmarks.profile import host_profile, step
     from kernels.threshold import launch
     from kernels.threshold.autograd import threshold_attention_triton
     from kernels.threshold.options import ThresholdOptions
@@ -154,8 +183,9 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
         saved = launch.forward(*plain, lam, beta, options)
         launch.backward(do, *plain, *saved[1:], lam, beta, options, True, False, False)
 
-    calls_of = dict(cudnn=step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION), sm),
-                    tda=step(tda_forward, leaves), forward=tda_forward, backward=backward, direct=direct)
+    calls_of = dict(cudnn=timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION), sm),
+                    tda=timing.fwd_bwd_step(tda_forward, leaves), forward=tda_forward, backward=backward,
+                    direct=direct)
     for fn in calls_of.values():
         for _ in range(warmups):
             fn()

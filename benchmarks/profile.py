@@ -22,9 +22,6 @@ show which kernel a change of forward moves.
 """
 
 import argparse
-import cProfile
-import io
-import pstats
 from typing import Callable, Iterable, Optional
 
 import torch
@@ -61,45 +58,6 @@ def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float
             fn()
         torch.cuda.synchronize()
     return kernel_table(prof.events(), calls)
-
-
-def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str:
-    """cProfile's tables of ``calls`` calls of ``fn``: the ``limit`` functions with the most own time, then the most
-    cumulative time (time per call is the table's total over ``calls``)."""
-    prof = cProfile.Profile()
-    prof.enable()
-    for _ in range(calls):
-        fn()
-    prof.disable()
-    out = io.StringIO()
-    stats = pstats.Stats(prof, stream=out)
-    stats.sort_stats("tottime").print_stats(limit)
-    stats.sort_stats("cumulative").print_stats(limit)
-    return out.getvalue()
-
-
-def host_profile(call: Callable[[], object], calls: int) -> str:
-    """cprofile_table of ``calls`` calls of ``call`` after a warm-up (compilation, tile choice, kept launches), the GPU
-    held busy by a sleep kernel so that no call waits for it."""
-    for _ in range(3):
-        call()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
-    report = cprofile_table(call, calls)
-    torch.cuda.synchronize()
-    return report
-
-
-def step(forward: Callable[[], torch.Tensor], leaves: list) -> Callable[[], None]:
-    """One forward+backward of ``forward``, the ``leaves``' gradients replaced, not accumulated (as the benchmarks
-    do), against a fixed random output gradient."""
-    do = torch.randn_like(forward())
-
-    def call() -> None:
-        for t in leaves:
-            t.grad = None
-        forward().backward(do)
-    return call
 
 
 def sink_free_methods(B: int, T: int, H: int, d: int, dtype: torch.dtype, names: Optional[list[str]] = None,
@@ -140,7 +98,7 @@ def attention_tables(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: 
                    x["q1"], x["k1"], x["v"], x["q2"], x["k2"], lam=x["lam"])),
                ("tra", H, d, lambda: threshold_attention_triton(y["q1"], y["k1"], y["v"])))
     return (format_kernel_table(f"{name}, T = {T}, B = {B}, {heads}×{d} (v {dv})",
-                                profile_calls(step(forward, leaves), calls))
+                                profile_calls(timing.fwd_bwd_step(forward, leaves), calls))
             for name, heads, dv, forward in methods)
 
 
@@ -167,6 +125,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.profile needs a CUDA GPU")
     from benchmarks import attention as bench
+    from benchmarks import timing
 
     dtype, d = torch.bfloat16, args.head_dim
     H = bench.D_MODEL // d
@@ -175,7 +134,7 @@ def main(argv: Optional[list[str]] = None) -> None:
         B = max(1, args.tokens // T)
         if args.sink_free:
             tables = (format_kernel_table(f"{name}, T = {T}, B = {B}, {H}×{d}",
-                                          profile_calls(step(forward, leaves), args.calls))
+                                          profile_calls(timing.fwd_bwd_step(forward, leaves), args.calls))
                       for name, (forward, leaves) in sink_free_methods(B, T, H, d, dtype, args.methods))
         else:
             tables = attention_tables(B, T, H, d, dtype, args.dense, args.host, args.calls)

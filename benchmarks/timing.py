@@ -103,6 +103,18 @@ def measure(forward: Callable[[], torch.Tensor], leaves: list, rep_ms: int, host
     return out
 
 
+def fwd_bwd_step(forward: Callable[[], torch.Tensor], leaves: list) -> Callable[[], None]:
+    """One forward+backward of ``forward``, the ``leaves``' gradients replaced, not accumulated (as the benchmarks
+    do), against a fixed random output gradient."""
+    do = torch.randn_like(forward())
+
+    def call() -> None:
+        for t in leaves:
+            t.grad = None
+        forward().backward(do)
+    return call
+
+
 def causal_sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, backend: SDPBackend) -> torch.Tensor:
     """Causal softmax attention through torch SDPA, forced to ``backend``."""
     with sdpa_kernel(backend):

@@ -1,5 +1,6 @@
 """benchmarks.host without a GPU: the launcher clock on stand-in compiled kernels kept by kernels.fast_launch (timed,
-counted, stubbed, restored), the choice of the least round, and the table's arithmetic."""
+counted, stubbed, restored), the choice of the least round, the table's arithmetic, and cProfile's table on a plain
+function."""
 
 import inspect
 import time
@@ -151,3 +152,21 @@ def test_profile_host_tables_are_benchmarks_host_tables(monkeypatch):
     monkeypatch.setattr(host, "host_parts", lambda *a, **k: seen.append((a, k)) or "the host tables")
     assert profile.attention_tables(2, 64, 12, 64, torch.bfloat16, True, True, 7) == ["the host tables"]
     assert seen == [((2, 64, 12, 64, torch.bfloat16, True), dict(cprofile_calls=7))]
+
+
+def _issue_calls():
+    return sum(_one_launch(i) for i in range(50))
+
+
+def _one_launch(i):
+    return i * i
+
+
+def test_cprofile_table_lists_the_functions_called_with_their_call_counts():
+    text = host.cprofile_table(_issue_calls, calls=3, limit=10)
+    own, cumulative = text.split("Ordered by: cumulative time")
+    assert "Ordered by: internal time" in own
+    for part in (own, cumulative):  # 3 calls of the function, 150 of its callee, in both orderings
+        assert "_issue_calls" in part and "_one_launch" in part
+        assert any(line.split()[:1] == ["150"] and "_one_launch" in line for line in part.splitlines())
+        assert any(line.split()[:1] == ["3"] and "_issue_calls" in line for line in part.splitlines())

@@ -1,12 +1,13 @@
-"""benchmarks.profile without a GPU: the kernel table's aggregation and formatting on fake profiler events, and the
-host profile's cProfile table on a plain function."""
+"""benchmarks.profile without a GPU: the kernel table's aggregation and formatting on fake profiler events, the
+choice of rows and options, and the forward+backward step it profiles."""
 
 from types import SimpleNamespace
 
 import pytest
 import torch
 
-from benchmarks.profile import cprofile_table, format_kernel_table, kernel_table, main, sink_free_methods, step
+from benchmarks.profile import format_kernel_table, kernel_table, main, sink_free_methods
+from benchmarks.timing import fwd_bwd_step
 
 CUDA, CPU = torch.autograd.DeviceType.CUDA, torch.autograd.DeviceType.CPU
 
@@ -28,24 +29,6 @@ def test_format_kernel_table_shares_add_up_and_long_names_are_cut():
     assert "100 µs of GPU kernels" in text
     assert "| 75.0 | 1 | 75.0% |" in text and "| `small` | 25.0 | 2 | 25.0% |" in text
     assert "k" * 20 not in text and "k" * 19 + "…" in text
-
-
-def _issue_calls():
-    return sum(_one_launch(i) for i in range(50))
-
-
-def _one_launch(i):
-    return i * i
-
-
-def test_cprofile_table_lists_the_functions_called_with_their_call_counts():
-    text = cprofile_table(_issue_calls, calls=3, limit=10)
-    own, cumulative = text.split("Ordered by: cumulative time")
-    assert "Ordered by: internal time" in own
-    for part in (own, cumulative):  # 3 calls of the function, 150 of its callee, in both orderings
-        assert "_issue_calls" in part and "_one_launch" in part
-        assert any(line.split()[:1] == ["150"] and "_one_launch" in line for line in part.splitlines())
-        assert any(line.split()[:1] == ["3"] and "_issue_calls" in line for line in part.splitlines())
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message on a machine without a GPU")
@@ -72,7 +55,7 @@ def test_options_that_do_not_go_together_are_refused(argv, message, capsys):
 
 def test_one_forward_backward_replaces_the_gradients():
     x = torch.randn(3, requires_grad=True)
-    call = step(lambda: x * 2, [x])
+    call = fwd_bwd_step(lambda: x * 2, [x])
     call()
     first = x.grad.clone()
     call()
