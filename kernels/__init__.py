@@ -17,10 +17,11 @@ when a kernel runs.
 from kernels.sigmoid import sigmoid_attention, sigmoid_attention_reference, sigmoid_attention_weights
 from kernels.sink_softmax import sink_softmax_attention, sink_softmax_attention_reference
 from kernels.softpick import softpick_attention, softpick_attention_reference, softpick_attention_weights
-from kernels.threshold import (ThresholdOptions, threshold_attention, threshold_attention_reference,
-                               threshold_attention_weights)
+from kernels.threshold import (ThresholdOptions, threshold_attention, threshold_attention_paired,
+                               threshold_attention_reference, threshold_attention_weights)
 
-__all__ = ["ThresholdOptions", "threshold_attention", "threshold_attention_reference", "threshold_attention_weights",
+__all__ = ["ThresholdOptions", "threshold_attention", "threshold_attention_paired", "threshold_attention_reference",
+           "threshold_attention_weights",
            "sigmoid_attention", "sigmoid_attention_reference", "sigmoid_attention_weights",
            "softpick_attention", "softpick_attention_reference", "softpick_attention_weights",
            "sink_softmax_attention", "sink_softmax_attention_reference"]

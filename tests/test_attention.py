@@ -313,3 +313,26 @@ def test_lambda_is_float32_under_bf16_autocast(name, options):
     want = attn.double().lam()
     assert got.dtype == torch.float32
     torch.testing.assert_close(got.double(), want, rtol=1e-6, atol=1e-7)
+
+
+def test_paired_tda_hands_q_and_k_whole_to_the_kernels(monkeypatch):
+    """In the paired layout the module gives the kernels q and k whole (their views the projections' even and odd
+    heads), so that their gradients come back whole; without them (context-parallel chunks) the views apart, with
+    the same result."""
+    import dataclasses
+
+    import model.attention.threshold as threshold_module
+
+    seen = []
+    whole = threshold_module.threshold_attention_paired
+    monkeypatch.setattr(threshold_module, "threshold_attention_paired",
+                        lambda q, k, v, **kw: seen.append((q, k)) or whole(q, k, v, **kw))
+    attn = make("tda")
+    proj = attn.project(inputs(), torch.arange(T))
+    out = attn.mix(proj)
+    (q, k), = seen
+    assert q.shape[1] == k.shape[1] == H
+    for i, (qv, kv) in enumerate(zip(proj.q, proj.k)):
+        assert torch.equal(q[:, i::2], qv) and torch.equal(k[:, i::2], kv)
+    assert torch.equal(attn.mix(dataclasses.replace(proj, paired_qk=None)), out)
+    assert len(seen) == 1

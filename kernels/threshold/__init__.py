@@ -1,10 +1,11 @@
 """Threshold attention (TDA, TRA, ReLA; SPEC §1, §3): the model's entry points.
 
 ``threshold_attention`` runs the fused kernels where they apply (CUDA tensors; autograd.threshold_attention_triton),
-else the exact PyTorch implementation (reference.threshold_attention_reference); ``threshold_attention_weights``
-gives the exact attention maps for analysis. Both take the plain-valued options as keywords and pass them on as one
-ThresholdOptions. Triton is imported only when the kernels run. README.md in this folder describes the kernels and
-why they are built as they are.
+else the exact PyTorch implementation (reference.threshold_attention_reference); ``threshold_attention_paired`` is TDA
+with both views in one q and one k (the paired head layout), whose gradients the kernels write whole;
+``threshold_attention_weights`` gives the exact attention maps for analysis. Each takes the plain-valued options as
+keywords and passes them on as one ThresholdOptions. Triton is imported only when the kernels run. README.md in this
+folder describes the kernels and why they are built as they are.
 """
 from __future__ import annotations
 
@@ -44,6 +45,32 @@ def threshold_attention(
     return threshold_attention_reference(q1, k1, v, q2, k2, lam=lam, beta=beta, options=options)
 
 
+def threshold_attention_paired(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    lam: float | torch.Tensor,
+    beta: float | torch.Tensor = 1.0,
+    p: float = 2.0,
+    normalize: bool = True,
+    scale: float = 1.0,
+    causal: bool = True,
+) -> torch.Tensor:
+    """TDA in the paired head layout (the model's ``layout=paired``): pair h's two views are heads 2h and 2h + 1 of
+    q (B, 2H, Tq, d) and of k (B, 2Hkv, Tk, d); v is (B, Hkv, Tk, dv). The same as
+    ``threshold_attention(q[:, 0::2], k[:, 0::2], v, q[:, 1::2], k[:, 1::2], ...)``, but on the fused kernels the
+    gradients of q and k are written whole: given the views, autograd would build each view's gradient as a
+    zero-filled tensor of the whole's size and add the two. Returns (B, H, Tq, dv)."""
+    options = ThresholdOptions(p=p, normalize=normalize, scale=scale, causal=causal)
+    if q.is_cuda and triton_applies(q, k, v):
+        from .autograd import paired_threshold_attention_triton
+
+        return paired_threshold_attention_triton(q, k, v, lam=lam, beta=beta, options=options)
+    return threshold_attention_reference(q[:, 0::2], k[:, 0::2], v, q[:, 1::2], k[:, 1::2], lam=lam, beta=beta,
+                                         options=options)
+
+
 def threshold_attention_weights(
     q1: torch.Tensor,
     k1: torch.Tensor,
@@ -66,4 +93,5 @@ def threshold_attention_weights(
     return attention_weights(q1, k1, q2, k2, lam, beta, options, rows)
 
 
-__all__ = ["ThresholdOptions", "threshold_attention", "threshold_attention_reference", "threshold_attention_weights"]
+__all__ = ["ThresholdOptions", "threshold_attention", "threshold_attention_paired", "threshold_attention_reference",
+           "threshold_attention_weights"]

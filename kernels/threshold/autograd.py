@@ -1,15 +1,17 @@
-"""The internal entry point of the Triton path, ``threshold_attention_triton``, and its autograd function. Same
-semantics as ``reference.threshold_attention_reference``."""
+"""The internal entry points of the Triton path, ``threshold_attention_triton`` and (TDA's two views as the even and
+odd heads of one q and one k) ``paired_threshold_attention_triton``, and their autograd function. Same semantics as
+``reference.threshold_attention_reference``."""
 
 from typing import Optional, Union
 
 import torch
 
+from .. import common
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .options import ThresholdOptions
 from .tiles import skip_empty_tiles
 from ..inputs import as_head_vector
-from .validation import check_inputs
+from .validation import check_inputs, check_pairs
 
 
 def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
@@ -22,38 +24,70 @@ def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bo
 
 
 def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options: ThresholdOptions,
-              need_dlam: bool, need_dbeta: bool, deterministic: bool) -> tuple:
+              need_dlam: bool, need_dbeta: bool, deterministic: bool, into: Optional[tuple] = None) -> tuple:
+    """As _forward; ``into`` as launch.backward's (the custom op returns new tensors, copied into ``into``:
+    torch.compile fuses the copies)."""
     if torch.compiler.is_compiling():
-        return torch.ops.tda_kernels.threshold_attention_bwd(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam,
-                                                             beta, *options.flat(), need_dlam, need_dbeta,
-                                                             deterministic)
+        grads = torch.ops.tda_kernels.threshold_attention_bwd(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam,
+                                                              beta, *options.flat(), need_dlam, need_dbeta,
+                                                              deterministic)
+        if into is None:
+            return grads
+        dq1, dk1, dv, dq2, dk2, dlam, dbeta = grads
+        for target, grad in zip(into, (dq1, dk1, dq2, dk2)):
+            if target is not None:
+                target.copy_(grad)
+        return (into[0], into[1], dv, into[2], into[3], dlam, dbeta)
     return launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options, need_dlam, need_dbeta,
-                           deterministic)
+                           deterministic, into=into)
+
+
+def pair_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of the paired head layout: heads 2h and 2h + 1 of x (B, 2H, T, d) are pair h's views 1 and 2."""
+    return x[:, 0::2], x[:, 1::2]
 
 
 class ThresholdAttentionFunction(torch.autograd.Function):
     """Autograd over the kernels. lam, beta arrive as (H,) fp32 tensors (lam None for one view). With ``record`` the
     forward's record of occupied tiles is saved for the backward, which then visits only those tiles; ``skip`` lets
-    the forward leave out the products of empty tiles (tiles.forward_skips_products)."""
+    the forward leave out the products of empty tiles (tiles.forward_skips_products).
+
+    With ``paired`` q1 and k1 are whole paired-layout tensors (B, 2H, ·, d) holding both views (pair_views; q2, k2
+    None), and their gradients are made whole: the kernels write each view's gradient into its heads of one tensor.
+    Given the views as separate inputs instead, autograd would make each view's gradient a zero-filled tensor of the
+    whole's size with the view copied in, then add the two (five passes over memory, per tensor and call)."""
 
     @staticmethod
-    def forward(ctx, q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool):
+    def forward(ctx, q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool,
+                paired: bool):
+        ctx.paired, ctx.options = paired, options
+        inputs = (q1, k1, v, q2, k2)
+        if paired:
+            (q1, q2), (k1, k2) = pair_views(q1), pair_views(k1)
         out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
-        ctx.save_for_backward(q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec)
-        ctx.options = options
+        ctx.save_for_backward(*inputs, lam, beta, rq1, rk1, rq2, rk2, rec)
         return out
 
     @staticmethod
     def backward(ctx, do):
         q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec = ctx.saved_tensors
+        into = None
+        if ctx.paired:
+            q, k = q1, k1
+            (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+            dq, dk = common.new_rows_like(q, q.shape[-1]), common.new_rows_like(k, k.shape[-1])
+            (dq1, dq2), (dk1, dk2) = pair_views(dq), pair_views(dk)
+            into = (dq1, dk1, dq2, dk2)
         two = q2 is not None
         need_dlam = two and ctx.needs_input_grad[5]
         need_dbeta = ctx.needs_input_grad[6]
         dq1, dk1, dv, dq2, dk2, dlam, dbeta = _backward(
             do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, ctx.options, need_dlam, need_dbeta,
-            torch.are_deterministic_algorithms_enabled())
+            torch.are_deterministic_algorithms_enabled(), into)
+        if ctx.paired:
+            dq1, dk1, dq2, dk2 = dq, dk, None, None
         return (dq1, dk1, dv, dq2 if two else None, dk2 if two else None,
-                dlam if need_dlam else None, dbeta if need_dbeta else None, None, None, None)
+                dlam if need_dlam else None, dbeta if need_dbeta else None, None, None, None, None)
 
 
 def threshold_attention_triton(
@@ -92,11 +126,38 @@ def threshold_attention_triton(
     bit-identical from run to run. Returns (B, H, Tq, dv) in q1's dtype.
     """
     check_inputs(q1, k1, v, q2, k2, lam, beta, options)
-    H = q1.shape[1]
-    lam_h = as_head_vector(lam, H, q1.device) if q2 is not None else None
+    return _apply(q1, k1, v, q2, k2, lam, beta, options, skip_empty, paired=False)
+
+
+def paired_threshold_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    *,
+    lam: Union[float, torch.Tensor],
+    beta: Union[float, torch.Tensor] = 1.0,
+    options: ThresholdOptions = ThresholdOptions(),
+    skip_empty: Optional[bool] = None,
+) -> torch.Tensor:
+    """TDA in the paired head layout: ``threshold_attention_triton(q1, k1, v, q2, k2, ...)`` with (q1, q2), (k1, k2)
+    the even and odd heads of q (B, 2H, Tq, d) and k (B, 2Hkv, Tk, d) (pair_views), v (B, Hkv, Tk, dv): the same
+    output, and the gradients of q and k written whole by the kernels (ThresholdAttentionFunction's ``paired``)."""
+    check_pairs(q, k)
+    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+    check_inputs(q1, k1, v, q2, k2, lam, beta, options)
+    return _apply(q, k, v, None, None, lam, beta, options, skip_empty, paired=True)
+
+
+def _apply(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip_empty: Optional[bool],
+           paired: bool) -> torch.Tensor:
+    """ThresholdAttentionFunction on checked inputs: λ and β as (H,) tensors, the record made only where a gradient
+    will be asked for."""
+    two = paired or q2 is not None
+    H = q1.shape[1] // 2 if paired else q1.shape[1]
+    lam_h = as_head_vector(lam, H, q1.device) if two else None
     beta_h = as_head_vector(beta, H, q1.device)
     skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
     # the record serves the backward only: none is made where no gradient will be asked for (evaluation, no_grad)
     record = skip and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q1, k1, v, q2, k2, lam_h, beta_h))
-    return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, record, skip)
+    return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, record, skip, paired)

@@ -340,7 +340,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
              rk1: torch.Tensor, rq2: torch.Tensor, rk2: torch.Tensor, rec: torch.Tensor, lam: Optional[torch.Tensor],
              beta: torch.Tensor, options: ThresholdOptions, need_dlam: bool, need_dbeta: bool, deterministic: bool,
              plan: Optional[BackwardPlan] = None, target: Optional[CompileTarget] = None,
-             ) -> tuple[Optional[torch.Tensor], ...]:
+             into: Optional[tuple[torch.Tensor, ...]] = None) -> tuple[Optional[torch.Tensor], ...]:
     """Gradients (dq1, dk1, dv, dq2, dk2, dlam, dbeta) for dO = do (B, H, Tq, dv).
 
     rq*, rk*, rec: what the forward returned beside its output. dq*/dk*/dv are in the inputs' dtype, laid out like them
@@ -350,7 +350,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     (default: tiles.py's choices, see BackwardPlan) says whether two views take the fused Gluon kernel where
     gluon_backward_fits, whether the Triton dK/dV kernel accumulates dQ with atomics, whether dV is then computed in
     a launch of its own, and which tiles the Triton kernels take. With a ``target`` the kernels are compiled, not
-    launched.
+    launched. ``into``: (dq1, dk1, dq2, dk2) (the last two None with one view) to write the gradients into instead of
+    new tensors, of the inputs' shapes and dtype with the last dimension contiguous (e.g. views of a pair's whole
+    gradient, autograd.paired_threshold_attention_triton).
     """
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv_dim = k1.shape[1], k1.shape[2], v.shape[-1]
@@ -358,8 +360,9 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     dev = q1.device
     plan = plan if plan is not None else BackwardPlan()
     need_dlam = need_dlam and two
-    dk1 = common.new_rows_like(k1, d)
-    dk2 = common.new_rows_like(k2, d) if two else None
+    if into is None:
+        into = tuple(common.new_rows_like(x, d) if x is not None else None for x in (q1, k1, q2, k2))
+    dq1, dk1, dq2, dk2 = into
     dv = common.new_rows_like(v, dv_dim)
     atomic_dq = dq_atomic(two) if plan.atomic_dq is None else plan.atomic_dq
     atomic = atomic_dq and not deterministic
@@ -420,8 +423,6 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         _key_block_launches(grid, args_for, rows, consts, dkdv_key, d, dv_dim, two, q1.dtype, q1.element_size(),
                             atomic, need_dlam, need_dbeta, apart, plan, target)
 
-    dq1 = common.new_rows_like(q1, d)
-    dq2 = common.new_rows_like(q2, d) if two else None
     if atomic:
         block = 32 if interpreting() else 64
         nm = cdiv(Tq, block)

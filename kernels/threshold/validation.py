@@ -41,3 +41,17 @@ def check_inputs(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Option
     for name, flag in (("normalize", options.normalize), ("causal", options.causal)):
         if not isinstance(flag, bool):
             raise TypeError(f"{name} must be a bool, got {type(flag).__name__}")
+
+
+def check_pairs(q: torch.Tensor, k: torch.Tensor) -> None:
+    """q and k of the paired head layout (B, 2H, T, d): tensors of 4 dimensions with an even head count, heads 2h and
+    2h + 1 being pair h's two views (check_inputs then checks the views)."""
+    for name, x in (("q", q), ("k", k)):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
+        if x.dim() != 4:
+            raise ValueError(f"{name} must have 4 dimensions (batch, 2 x heads, seq, head_dim), got shape "
+                             f"{tuple(x.shape)}")
+        if x.shape[1] % 2:
+            raise ValueError(f"{name} holds the two views of each pair as heads 2h and 2h + 1, so its head count "
+                             f"must be even; got shape {tuple(x.shape)}")

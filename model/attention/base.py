@@ -32,11 +32,14 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 
 @dataclass
 class Projections:
-    """Per-head projections of one layer: q and k views (B, H, T, d) after RoPE, v (B, Hv, T, dv)."""
+    """Per-head projections of one layer: q and k views (B, H, T, d) after RoPE, v (B, Hv, T, dv). ``paired_qk``: in the
+    paired head layout, the whole q and k (B, 2H, T, d) whose even and odd heads are the two views, for kernels that
+    take them whole (None where the views are not such, e.g. context-parallel chunks)."""
 
     q: list[torch.Tensor]
     k: list[torch.Tensor]
     v: torch.Tensor
+    paired_qk: tuple[torch.Tensor, torch.Tensor] | None = None
 
 
 def build_attention(model_cfg, attn_cfg, layer: int) -> nn.Module:

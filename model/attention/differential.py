@@ -36,7 +36,7 @@ class _PairedHeads(_Attention):
         q, k = self.rotated(_split_heads(self.q_proj(x), self.n_head), _split_heads(self.k_proj(x), self.n_head),
                             positions)
         v = _split_heads(self.v_proj(x), self.pairs)
-        return Projections([q[:, 0::2], q[:, 1::2]], [k[:, 0::2], k[:, 1::2]], v)
+        return Projections([q[:, 0::2], q[:, 1::2]], [k[:, 0::2], k[:, 1::2]], v, paired_qk=(q, k))
 
 
 @register("differential")

@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from kernels import threshold_attention, threshold_attention_weights
+from kernels import threshold_attention, threshold_attention_paired, threshold_attention_weights
 from kernels.decode import threshold_decode
 from model.attention.base import _Attention, _merge_heads, _split_heads, register
 from model.attention.differential import _PairedHeads, reparameterised_lambda
@@ -173,6 +173,9 @@ class ThresholdDifferentialAttention(_PairedHeads):
         return proj
 
     def mix(self, proj):
+        if proj.paired_qk is not None:  # the paired layout's q and k whole: their gradients come back whole
+            return threshold_attention_paired(*proj.paired_qk, proj.v, lam=self.lam(), beta=self.beta(), normalize=True,
+                                              **self.options)
         return threshold_attention(proj.q[0], proj.k[0], proj.v, proj.q[1], proj.k[1], lam=self.lam(),
                                    beta=self.beta(), normalize=True, **self.options)
 
