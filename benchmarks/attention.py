@@ -71,6 +71,16 @@ def _tda_inputs(B: int, T: int, H: int, d: int, dv: int, dtype: torch.dtype, vie
     return out
 
 
+def paired_whole(x: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """q and k of _tda_inputs' two views ``x`` whole, as kernels.threshold_attention_paired takes them (the model's
+    call): new leaves (B, 2H, T, d) in the projection layout whose heads 2h and 2h + 1 hold view 1's and view 2's
+    head h."""
+    def whole(view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
+        t = torch.stack((view1.detach(), view2.detach()), dim=2).flatten(1, 2)
+        return t.transpose(1, 2).contiguous().transpose(1, 2).requires_grad_()
+    return whole(x["q1"], x["q2"]), whole(x["k1"], x["k2"])
+
+
 def occupancy_of(x: dict, beta: float = 1.0, p: float = 2.0) -> float:
     """tile_occupancy of inputs ``x`` (q1, k1, v[, q2, k2, lam]), from the record of one forward."""
     args = [x[n].detach() if x.get(n) is not None else None for n in ("q1", "k1", "v", "q2", "k2")]

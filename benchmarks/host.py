@@ -7,13 +7,16 @@ Every figure is host µs per call (timing.host_us: the calls issued while a slee
 for it), the least of ROUNDS means of CALLS calls, the leaves' gradients replaced at each call. The rows go from the
 whole to its parts:
 
-* the forward+backward through autograd, as a model issues it; the forward alone (its graph dropped) and the backward
-  alone (``retain_graph``), and what the two cost together beyond the two alone;
+* the forward+backward through autograd with the two views' q and k as four inputs, as benchmarks.attention times
+  it; the forward alone (its graph dropped) and the backward alone (``retain_graph``), and what the two cost together
+  beyond the two alone;
 * ``kernels.threshold.launch.forward`` then ``launch.backward`` called directly (no autograd, no input checks), split
   into the time inside Triton's launchers (``LauncherClock`` wraps the launcher of every kernel kernels.fast_launch
   keeps: argument handling, tensor-descriptor encoding, the driver's launch) and the rest (our Python, torch's
   allocations and small ops); the same calls again with the launchers stubbed out, a second measure of that rest;
-* autograd and the checks around the launchers: the whole less the direct calls.
+* autograd and the checks around the launchers: the whole less the direct calls;
+* the forward+backward through the paired entry (kernels.threshold_attention_paired: q and k whole, as the model's
+  paired TDA issues it).
 
 A table per launched kernel follows: launches and launcher µs per forward+backward.
 """
@@ -90,10 +93,10 @@ def least_us(fn: Callable[[], object], calls: int, rounds: int,
 
 def parts_rows(m: dict) -> list[tuple[str, float]]:
     """The table's rows (label, host µs) from the measured figures ``m``: cudnn, tda, forward, backward, direct,
-    launchers (µs inside the launchers during ``direct``), launches (their number), stubbed."""
+    launchers (µs inside the launchers during ``direct``), launches (their number), stubbed, paired."""
     return [
         ("cuDNN's forward+backward, through autograd", m["cudnn"]),
-        ("**paired TDA's forward+backward, through autograd**", m["tda"]),
+        ("**paired TDA's forward+backward, through autograd** (its two views' q and k apart)", m["tda"]),
         ("its forward alone (the graph dropped)", m["forward"]),
         ("its backward alone (`retain_graph`)", m["backward"]),
         ("the two together, beyond the two alone", m["tda"] - m["forward"] - m["backward"]),
@@ -102,6 +105,8 @@ def parts_rows(m: dict) -> list[tuple[str, float]]:
         ("of which the rest: our Python, torch's allocations and small ops", m["direct"] - m["launchers"]),
         ("the direct calls with the launchers stubbed (the rest, measured apart)", m["stubbed"]),
         ("autograd and the input checks around the direct calls", m["tda"] - m["direct"]),
+        ("**the same through the paired entry** (q and k whole, their gradients written whole: the model's call)",
+         m["paired"]),
     ]
 
 
@@ -110,7 +115,8 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
     lines = [f"### {title}", "", "| what is issued | host µs | share of TDA's |", "|---|---|---|"]
     for label, us in parts_rows(m):
         lines.append(f"| {label} | {us:.1f} | {100 * us / m['tda']:.0f}% |")
-    lines += ["", f"TDA / cuDNN: {m['tda'] / m['cudnn']:.2f}×", "",
+    lines += ["", f"TDA / cuDNN: {m['tda'] / m['cudnn']:.2f}× (views apart), {m['paired'] / m['cudnn']:.2f}× (paired "
+              "entry)", "",
               "| kernel (Triton's launcher) | launches per call | host µs per call |", "|---|---|---|"]
     for name in sorted(per_kernel, key=lambda n: -per_kernel[n]):
         lines.append(f"| `{name}` | {launches[name]:g} | {per_kernel[name]:.1f} |")
@@ -157,13 +163,14 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
     from benchmarks import attention as bench
     from benchmarks import timing
     from kernels.threshold import launch
-    from kernels.threshold.autograd import threshold_attention_triton
+    from kernels.threshold.autograd import paired_threshold_attention_triton, threshold_attention_triton
     from kernels.threshold.options import ThresholdOptions
 
     sm = [timing.projection(B, T, H, d, dtype, device=device) for _ in range(3)]
     x = bench._tda_inputs(B, T, H // 2, d, 2 * d, dtype, 2, bench.DENSE_RHO if dense else 0.5, device)
     views = [x[n] for n in ("q1", "k1", "v", "q2", "k2")]
     leaves = views + [x["lam"]]
+    q, k = bench.paired_whole(x)
 
     def tda_forward() -> torch.Tensor:
         return threshold_attention_triton(*views, lam=x["lam"])
@@ -185,7 +192,8 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
 
     calls_of = dict(cudnn=timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION), sm),
                     tda=timing.fwd_bwd_step(tda_forward, leaves), forward=tda_forward, backward=backward,
-                    direct=direct)
+                    direct=direct, paired=timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(
+                        q, k, x["v"], lam=x["lam"]), [q, k, x["v"], x["lam"]]))
     for fn in calls_of.values():
         for _ in range(warmups):
             fn()

@@ -105,14 +105,14 @@ def test_least_us_keeps_the_clock_figures_of_the_least_round(kept, monkeypatch):
 
 def test_the_table_derives_each_part_from_the_whole():
     m = dict(cudnn=200.0, tda=900.0, forward=200.0, backward=450.0, direct=400.0, launchers=250.0, launches=5,
-             stubbed=140.0)
+             stubbed=140.0, paired=700.0)
     rows = dict(host.parts_rows(m))
     assert rows["the two together, beyond the two alone"] == 250.0
     assert rows["of which inside Triton's launchers (5 launches)"] == 250.0
     assert rows["of which the rest: our Python, torch's allocations and small ops"] == 150.0
     assert rows["autograd and the input checks around the direct calls"] == 500.0
     text = host.format_parts("t", m, {"a": 50.0, "b": 200.0}, {"a": 1, "b": 4})
-    assert "TDA / cuDNN: 4.50×" in text
+    assert "TDA / cuDNN: 4.50× (views apart), 3.50× (paired entry)" in text
     assert "| autograd and the input checks around the direct calls | 500.0 | 56% |" in text
     assert text.index("| `b` | 4 | 200.0 |") < text.index("| `a` | 1 | 50.0 |")  # the costliest launcher first
 
@@ -137,7 +137,7 @@ def test_host_parts_runs_end_to_end_on_the_interpreter(monkeypatch):
     first_table = text.split("TDA / cuDNN:")[0]
     rows = [line for line in first_table.splitlines() if line.startswith("| ") and "µs" not in line]
     assert len(rows) == len(host.parts_rows(dict.fromkeys(
-        ("cudnn", "tda", "forward", "backward", "direct", "launchers", "launches", "stubbed"), 1.0)))
+        ("cudnn", "tda", "forward", "backward", "direct", "launchers", "launches", "stubbed", "paired"), 1.0)))
     assert "of which inside Triton's launchers (0 launches) | 0.0 |" in text
     whole = float(rows[1].split("|")[2])
     assert whole > 0 and "TDA / cuDNN:" in text and "(none timed: no kernel was kept" in text
