@@ -103,6 +103,12 @@ def check_head_dims(q_name: str, d: int, dv: int) -> None:
             raise ValueError(f"{name} is {dim}; the Triton kernels support {MIN_HEAD_DIM} to {MAX_HEAD_DIM}")
 
 
+def pair_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two views of the paired head layout (TDA's and the Differential Transformer's): heads 2h and 2h + 1 of
+    x (B, 2H, T, d) are pair h's views 1 and 2."""
+    return x[:, 0::2], x[:, 1::2]
+
+
 def as_head_vector(x: Scalar, H: int, device: torch.device) -> torch.Tensor:
     """A float, 0-d, (1,) or (H,) parameter as a contiguous (H,) fp32 tensor on ``device``, keeping its autograd
     history (the gradient of a shared value is the sum over heads). A float's vector is made once and reused (the

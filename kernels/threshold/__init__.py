@@ -13,7 +13,7 @@ import torch
 
 from .options import ThresholdOptions
 from .reference import attention_weights, threshold_attention_reference
-from ..inputs import triton_applies
+from ..inputs import pair_views, triton_applies
 
 
 def threshold_attention(
@@ -67,8 +67,8 @@ def threshold_attention_paired(
         from .autograd import paired_threshold_attention_triton
 
         return paired_threshold_attention_triton(q, k, v, lam=lam, beta=beta, options=options)
-    return threshold_attention_reference(q[:, 0::2], k[:, 0::2], v, q[:, 1::2], k[:, 1::2], lam=lam, beta=beta,
-                                         options=options)
+    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+    return threshold_attention_reference(q1, k1, v, q2, k2, lam=lam, beta=beta, options=options)
 
 
 def threshold_attention_weights(

@@ -10,7 +10,7 @@ from .. import common
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .options import ThresholdOptions
 from .tiles import skip_empty_tiles
-from ..inputs import as_head_vector
+from ..inputs import as_head_vector, pair_views
 from .validation import check_inputs, check_pairs
 
 
@@ -40,11 +40,6 @@ def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options
         return (into[0], into[1], dv, into[2], into[3], dlam, dbeta)
     return launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options, need_dlam, need_dbeta,
                            deterministic, into=into)
-
-
-def pair_views(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two views of the paired head layout: heads 2h and 2h + 1 of x (B, 2H, T, d) are pair h's views 1 and 2."""
-    return x[:, 0::2], x[:, 1::2]
 
 
 class ThresholdAttentionFunction(torch.autograd.Function):

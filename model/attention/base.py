@@ -13,6 +13,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.nn.attention.bias import CausalBias, causal_lower_right
 
+from kernels.inputs import pair_views
 from model.cache import LayerCache
 from model.norms import at_least_fp32
 from model.rope import apply_rope, rope_rotation, rotate
@@ -33,8 +34,8 @@ def register(name: str) -> Callable[[type[nn.Module]], type[nn.Module]]:
 @dataclass
 class Projections:
     """Per-head projections of one layer: q and k views (B, H, T, d) after RoPE, v (B, Hv, T, dv). ``paired_qk``: in the
-    paired head layout, the whole q and k (B, 2H, T, d) whose even and odd heads are the two views, for kernels that
-    take them whole (None where the views are not such, e.g. context-parallel chunks)."""
+    paired head layout, the whole q and k (B, 2H, T, d) whose even and odd heads are the two views (pair_views), for
+    kernels that take them whole; None in the other layouts."""
 
     q: list[torch.Tensor]
     k: list[torch.Tensor]
@@ -122,9 +123,15 @@ class _Attention(nn.Module):
         sits at its absolute position and the rows are exactly those of the whole sequence's attention."""
         if self.context is None:
             return self.head_output(self.mix(proj))
-        *keys, values = self.context.gather([*proj.k, proj.v])
-        mixed = [self.mix(Projections([q[:, :, start:stop] for q in proj.q], [k[:, :, :end] for k in keys],
-                                      values[:, :, :end]))
+        if proj.paired_qk is None:
+            *keys, values = self.context.gather([*proj.k, proj.v])
+            paired_keys = None
+        else:  # the keys gathered whole, their views taken from them
+            paired_keys, values = self.context.gather([proj.paired_qk[1], proj.v])
+            keys = list(pair_views(paired_keys))
+        mixed = [self.mix(Projections(
+                     [q[:, :, start:stop] for q in proj.q], [k[:, :, :end] for k in keys], values[:, :, :end],
+                     None if paired_keys is None else (proj.paired_qk[0][:, :, start:stop], paired_keys[:, :, :end])))
                  for start, stop, end in self.context.chunks(proj.v.shape[2])]
         return self.head_output(torch.cat(mixed, dim=2))
 
