@@ -16,7 +16,10 @@ whole to its parts:
   allocations and small ops); the same calls again with the launchers stubbed out, a second measure of that rest;
 * autograd and the checks around the launchers: the whole less the direct calls;
 * the forward+backward through the paired entry (kernels.threshold_attention_paired: q and k whole, as the model's
-  paired TDA issues it).
+  paired TDA issues it);
+* TDA's and cuDNN's forward+backward with autograd's backward run on the calling thread
+  (``torch.autograd.set_multithreading_enabled(False)``): a CUDA backward is otherwise handed to the device's worker
+  thread, and these rows say what that hand-over costs each.
 
 A table per launched kernel follows: launches and launcher µs per forward+backward.
 """
@@ -93,7 +96,8 @@ def least_us(fn: Callable[[], object], calls: int, rounds: int,
 
 def parts_rows(m: dict) -> list[tuple[str, float]]:
     """The table's rows (label, host µs) from the measured figures ``m``: cudnn, tda, forward, backward, direct,
-    launchers (µs inside the launchers during ``direct``), launches (their number), stubbed, paired."""
+    launchers (µs inside the launchers during ``direct``), launches (their number), stubbed, paired, tda_calling_thread,
+    cudnn_calling_thread."""
     return [
         ("cuDNN's forward+backward, through autograd", m["cudnn"]),
         ("**paired TDA's forward+backward, through autograd** (its two views' q and k apart)", m["tda"]),
@@ -107,6 +111,9 @@ def parts_rows(m: dict) -> list[tuple[str, float]]:
         ("autograd and the input checks around the direct calls", m["tda"] - m["direct"]),
         ("**the same through the paired entry** (q and k whole, their gradients written whole: the model's call)",
          m["paired"]),
+        ("TDA's forward+backward (views apart), the backward on the calling thread, not the device's worker",
+         m["tda_calling_thread"]),
+        ("cuDNN's forward+backward, the backward on the calling thread", m["cudnn_calling_thread"]),
     ]
 
 
@@ -123,6 +130,15 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
     if not per_kernel:
         lines.append("| (none timed: no kernel was kept, as under the interpreter or with a launch hook) | | |")
     return "\n".join(lines)
+
+
+def on_calling_thread(fn: Callable[[], object]) -> Callable[[], None]:
+    """``fn`` with autograd's backward run on the calling thread (``torch.autograd.set_multithreading_enabled(False)``)
+    instead of the device's worker thread, to which a CUDA backward is otherwise handed."""
+    def call() -> None:
+        with torch.autograd.set_multithreading_enabled(False):
+            fn()
+    return call
 
 
 def cprofile_table(fn: Callable[[], object], calls: int, limit: int = 40) -> str:
@@ -194,6 +210,8 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
                     tda=timing.fwd_bwd_step(tda_forward, leaves), forward=tda_forward, backward=backward,
                     direct=direct, paired=timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(
                         q, k, x["v"], lam=x["lam"]), [q, k, x["v"], x["lam"]]))
+    calls_of.update(cudnn_calling_thread=on_calling_thread(calls_of["cudnn"]),
+                    tda_calling_thread=on_calling_thread(calls_of["tda"]))
     for fn in calls_of.values():
         for _ in range(warmups):
             fn()

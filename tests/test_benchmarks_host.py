@@ -105,7 +105,7 @@ def test_least_us_keeps_the_clock_figures_of_the_least_round(kept, monkeypatch):
 
 def test_the_table_derives_each_part_from_the_whole():
     m = dict(cudnn=200.0, tda=900.0, forward=200.0, backward=450.0, direct=400.0, launchers=250.0, launches=5,
-             stubbed=140.0, paired=700.0)
+             stubbed=140.0, paired=700.0, tda_calling_thread=600.0, cudnn_calling_thread=150.0)
     rows = dict(host.parts_rows(m))
     assert rows["the two together, beyond the two alone"] == 250.0
     assert rows["of which inside Triton's launchers (5 launches)"] == 250.0
@@ -137,7 +137,8 @@ def test_host_parts_runs_end_to_end_on_the_interpreter(monkeypatch):
     first_table = text.split("TDA / cuDNN:")[0]
     rows = [line for line in first_table.splitlines() if line.startswith("| ") and "µs" not in line]
     assert len(rows) == len(host.parts_rows(dict.fromkeys(
-        ("cudnn", "tda", "forward", "backward", "direct", "launchers", "launches", "stubbed", "paired"), 1.0)))
+        ("cudnn", "tda", "forward", "backward", "direct", "launchers", "launches", "stubbed", "paired",
+         "tda_calling_thread", "cudnn_calling_thread"), 1.0)))
     assert "of which inside Triton's launchers (0 launches) | 0.0 |" in text
     whole = float(rows[1].split("|")[2])
     assert whole > 0 and "TDA / cuDNN:" in text and "(none timed: no kernel was kept" in text
@@ -170,3 +171,10 @@ def test_cprofile_table_lists_the_functions_called_with_their_call_counts():
         assert "_issue_calls" in part and "_one_launch" in part
         assert any(line.split()[:1] == ["150"] and "_one_launch" in line for line in part.splitlines())
         assert any(line.split()[:1] == ["3"] and "_issue_calls" in line for line in part.splitlines())
+
+
+def test_on_calling_thread_turns_autograds_worker_threads_off_for_the_call_only():
+    seen = []
+    call = host.on_calling_thread(lambda: seen.append(torch._C._is_multithreading_enabled()))
+    call()
+    assert seen == [False] and torch._C._is_multithreading_enabled()
