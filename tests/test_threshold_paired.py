@@ -9,21 +9,19 @@ import torch
 from threshold_float64 import Case, make_inputs, projection_layout
 
 import kernels
+from benchmarks.attention import paired_whole
 from kernels.threshold.autograd import paired_threshold_attention_triton, threshold_attention_triton
 from kernels.threshold.options import ThresholdOptions
 
 
-def _interleaved(view1: torch.Tensor, view2: torch.Tensor) -> torch.Tensor:
-    """One (B, 2H, T, d) leaf in the projection layout whose heads 2h, 2h + 1 are view1's and view2's head h."""
-    return projection_layout(torch.stack((view1.detach(), view2.detach()), dim=2).flatten(1, 2))
-
-
 def _paired_inputs(case: Case, seed: int, beta_grad: bool = False) -> dict:
+    """make_inputs' views interleaved into whole q and k leaves in the projection layout (benchmarks.attention's
+    paired_whole), v in that layout too."""
     x = make_inputs(case, seed)
     lam = x["lam"].clone().requires_grad_()
     beta = x["beta"].clone().requires_grad_(beta_grad)
-    return dict(q=_interleaved(x["q1"], x["q2"]), k=_interleaved(x["k1"], x["k2"]), v=projection_layout(x["v"]),
-                lam=lam, beta=beta)
+    q, k = paired_whole(x)
+    return dict(q=q, k=k, v=projection_layout(x["v"]), lam=lam, beta=beta)
 
 
 def _views(x: dict) -> tuple:
