@@ -19,7 +19,10 @@ whole to its parts:
   paired TDA issues it);
 * TDA's and cuDNN's forward+backward with autograd's backward run on the calling thread
   (``torch.autograd.set_multithreading_enabled(False)``): a CUDA backward is otherwise handed to the device's worker
-  thread, and these rows say what that hand-over costs each.
+  thread, and these rows say what that hand-over costs each;
+* the floor of any entry written as a Python ``autograd.Function``: ``Shell`` takes TDA's inputs and makes the
+  allocations TDA's launch path makes, and launches nothing. What lies between it and cuDNN's whole call can only be
+  saved by an entry without Python in the call.
 
 A table per launched kernel follows: launches and launcher µs per forward+backward.
 """
@@ -97,7 +100,7 @@ def least_us(fn: Callable[[], object], calls: int, rounds: int,
 def parts_rows(m: dict) -> list[tuple[str, float]]:
     """The table's rows (label, host µs) from the measured figures ``m``: cudnn, tda, forward, backward, direct,
     launchers (µs inside the launchers during ``direct``), launches (their number), stubbed, paired, tda_calling_thread,
-    cudnn_calling_thread."""
+    cudnn_calling_thread, shell."""
     return [
         ("cuDNN's forward+backward, through autograd", m["cudnn"]),
         ("**paired TDA's forward+backward, through autograd** (its two views' q and k apart)", m["tda"]),
@@ -114,6 +117,8 @@ def parts_rows(m: dict) -> list[tuple[str, float]]:
         ("TDA's forward+backward (views apart), the backward on the calling thread, not the device's worker",
          m["tda_calling_thread"]),
         ("cuDNN's forward+backward, the backward on the calling thread", m["cudnn_calling_thread"]),
+        ("**the floor of a Python `autograd.Function`**: TDA's inputs and allocations, no kernel (`Shell`)",
+         m["shell"]),
     ]
 
 
@@ -130,6 +135,29 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
     if not per_kernel:
         lines.append("| (none timed: no kernel was kept, as under the interpreter or with a launch hook) | | |")
     return "\n".join(lines)
+
+
+class Shell(torch.autograd.Function):
+    """TDA's autograd shell without its kernels: the inputs of ``threshold_attention_triton`` (q1, k1, v, q2, k2, λ),
+    the tensors ``launch.forward`` allocates (the output in the (B, T, H, dv) layout, four rows of inverse norms, the
+    record's zero-filled bytes) saved for the backward, which allocates the two zero-filled fp32 dQ buffers and a
+    gradient per input. No kernel of its own is launched (torch's fills are)."""
+
+    @staticmethod
+    def forward(ctx, q1, k1, v, q2, k2, lam):
+        B, H, T, _ = q1.shape
+        out = v.new_empty(B, T, H, v.shape[3]).transpose(1, 2)
+        rows = [q1.new_empty(B, H, T, dtype=torch.float32) for _ in range(4)]
+        record = torch.zeros(B * H, -(-T // 64), -(-k1.shape[2] // 64), dtype=torch.int8, device=q1.device)
+        ctx.save_for_backward(q1, k1, v, q2, k2, lam, *rows, record)
+        return out
+
+    @staticmethod
+    def backward(ctx, do):
+        inputs = ctx.saved_tensors[:6]
+        for _ in range(2):
+            torch.zeros(inputs[0].shape, dtype=torch.float32, device=do.device)
+        return tuple(torch.empty_like(t) for t in inputs)
 
 
 def on_calling_thread(fn: Callable[[], object]) -> Callable[[], None]:
@@ -211,7 +239,8 @@ def host_parts(B: int, T: int, H: int, d: int, dtype: torch.dtype, dense: bool, 
                     direct=direct, paired=timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(
                         q, k, x["v"], lam=x["lam"]), [q, k, x["v"], x["lam"]]))
     calls_of.update(cudnn_calling_thread=on_calling_thread(calls_of["cudnn"]),
-                    tda_calling_thread=on_calling_thread(calls_of["tda"]))
+                    tda_calling_thread=on_calling_thread(calls_of["tda"]),
+                    shell=timing.fwd_bwd_step(lambda: Shell.apply(*views, x["lam"]), leaves))
     for fn in calls_of.values():
         for _ in range(warmups):
             fn()

@@ -105,7 +105,7 @@ def test_least_us_keeps_the_clock_figures_of_the_least_round(kept, monkeypatch):
 
 def test_the_table_derives_each_part_from_the_whole():
     m = dict(cudnn=200.0, tda=900.0, forward=200.0, backward=450.0, direct=400.0, launchers=250.0, launches=5,
-             stubbed=140.0, paired=700.0, tda_calling_thread=600.0, cudnn_calling_thread=150.0)
+             stubbed=140.0, paired=700.0, tda_calling_thread=600.0, cudnn_calling_thread=150.0, shell=180.0)
     rows = dict(host.parts_rows(m))
     assert rows["the two together, beyond the two alone"] == 250.0
     assert rows["of which inside Triton's launchers (5 launches)"] == 250.0
@@ -138,7 +138,7 @@ def test_host_parts_runs_end_to_end_on_the_interpreter(monkeypatch):
     rows = [line for line in first_table.splitlines() if line.startswith("| ") and "µs" not in line]
     assert len(rows) == len(host.parts_rows(dict.fromkeys(
         ("cudnn", "tda", "forward", "backward", "direct", "launchers", "launches", "stubbed", "paired",
-         "tda_calling_thread", "cudnn_calling_thread"), 1.0)))
+         "tda_calling_thread", "cudnn_calling_thread", "shell"), 1.0)))
     assert "of which inside Triton's launchers (0 launches) | 0.0 |" in text
     whole = float(rows[1].split("|")[2])
     assert whole > 0 and "TDA / cuDNN:" in text and "(none timed: no kernel was kept" in text
@@ -178,3 +178,16 @@ def test_on_calling_thread_turns_autograds_worker_threads_off_for_the_call_only(
     call = host.on_calling_thread(lambda: seen.append(torch._C._is_multithreading_enabled()))
     call()
     assert seen == [False] and torch._C._is_multithreading_enabled()
+
+
+def test_the_shell_takes_tdas_inputs_and_returns_what_its_autograd_function_does():
+    """The floor's Shell: output of v's head size in the kernels' (B, T, H, dv) layout, a gradient of each input's
+    shape for every input (as ThresholdAttentionFunction gives them), so its autograd graph is TDA's."""
+    B, H, T, d, dv = 2, 3, 70, 8, 16
+    q1, k1, q2, k2 = (torch.randn(B, T, H, d, requires_grad=True) for _ in range(4))
+    v = torch.randn(B, H, T, dv, requires_grad=True)
+    lam = torch.rand(H, requires_grad=True)
+    out = host.Shell.apply(q1.transpose(1, 2), k1.transpose(1, 2), v, q2.transpose(1, 2), k2.transpose(1, 2), lam)
+    assert out.shape == (B, H, T, dv) and out.transpose(1, 2).is_contiguous()
+    out.backward(torch.ones_like(out))
+    assert [t.grad.shape for t in (q1, k1, q2, k2, v, lam)] == [t.shape for t in (q1, k1, q2, k2, v, lam)]
