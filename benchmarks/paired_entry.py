@@ -20,9 +20,9 @@ import torch
 D_MODEL, HEAD_DIM = 768, 64
 
 
-def compare(B: int, T: int, dense: bool, rep_ms: int, device: str = "cuda") -> dict:
+def compare(B: int, T: int, dense: bool, rep_ms: int, device: str = "cuda", warmups: int = 3) -> dict:
     """{method: (forward+backward ms, host µs)} for "cudnn", "views" (the views given apart) and "paired" (the paired
-    entry) at one shape; raises if the two TDA calls' outputs differ."""
+    entry) at one shape, each call made ``warmups`` times first; raises if the two TDA calls' outputs differ."""
     from torch.nn.attention import SDPBackend
 
     from benchmarks import attention as bench
@@ -44,7 +44,7 @@ def compare(B: int, T: int, dense: bool, rep_ms: int, device: str = "cuda") -> d
     out = {}
     for name, (forward, leaves) in calls.items():
         step = timing.fwd_bwd_step(forward, leaves)
-        for _ in range(3):
+        for _ in range(warmups):
             step()
         out[name] = (timing.time_ms(step, leaves, rep_ms), timing.host_us(step, 20))
     return out

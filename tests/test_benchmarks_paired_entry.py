@@ -22,7 +22,7 @@ def cpu_timers(monkeypatch):
 
 @pytest.mark.slow
 def test_compare_times_the_three_calls_and_formats_a_row(cpu_timers):
-    result = paired_entry.compare(1, 40, dense=True, rep_ms=1, device="cpu")
+    result = paired_entry.compare(1, 40, dense=True, rep_ms=1, device="cpu", warmups=1)
     assert set(result) == {"cudnn", "views", "paired"} and cpu_timers == ["ms", "us"] * 3
     row = paired_entry.format_row(40, 1, True, result)
     assert row == "| 40 | 1 | dense | 2.000 | 2.000 | 2.000 | 1.000 | 300 / 300 / 300 |"
