@@ -138,26 +138,29 @@ def format_parts(title: str, m: dict, per_kernel: dict, launches: dict) -> str:
 
 
 class Shell(torch.autograd.Function):
-    """TDA's autograd shell without its kernels: the inputs of ``threshold_attention_triton`` (q1, k1, v, q2, k2, λ),
-    the tensors ``launch.forward`` allocates (the output in the (B, T, H, dv) layout, four rows of inverse norms, the
-    record's zero-filled bytes) saved for the backward, which allocates the two zero-filled fp32 dQ buffers and a
-    gradient per input. No kernel of its own is launched (torch's fills are)."""
+    """TDA's autograd shell without its kernels: the inputs of ``threshold_attention_triton`` (q1, k1, v, q2, k2, λ)
+    and the allocations of its launch path, made by the same functions: forward, the output in q1's row layout, the
+    two views' inverse norms of queries and keys, the zero-filled record (saved for the backward); backward, the one
+    zero-filled fp32 buffer of both views' dQ and a gradient per input. No kernel of its own is launched (torch's fills
+    are)."""
 
     @staticmethod
     def forward(ctx, q1, k1, v, q2, k2, lam):
-        B, H, T, _ = q1.shape
-        out = v.new_empty(B, T, H, v.shape[3]).transpose(1, 2)
-        rows = [q1.new_empty(B, H, T, dtype=torch.float32) for _ in range(4)]
-        record = torch.zeros(B * H, -(-T // 64), -(-k1.shape[2] // 64), dtype=torch.int8, device=q1.device)
-        ctx.save_for_backward(q1, k1, v, q2, k2, lam, *rows, record)
-        return out
+        from kernels import common
+        from kernels.threshold import launch
+
+        B, H = q1.shape[:2]
+        rows = [common.new_output((B, H, x.shape[2]), torch.float32, x.device) for x in (q1, q2, k1, k2)]
+        ctx.save_for_backward(q1, k1, v, q2, k2, lam, *rows, launch.new_record(q1, k1.shape[2]))
+        return common.new_rows_like(q1, v.shape[-1])
 
     @staticmethod
     def backward(ctx, do):
-        inputs = ctx.saved_tensors[:6]
-        for _ in range(2):
-            torch.zeros(inputs[0].shape, dtype=torch.float32, device=do.device)
-        return tuple(torch.empty_like(t) for t in inputs)
+        from kernels import common
+
+        q1, k1, v, q2, k2, lam = ctx.saved_tensors[:6]
+        torch.zeros((2, *q1.shape), dtype=torch.float32, device=do.device)
+        return (*(common.new_rows_like(x, x.shape[-1]) for x in (q1, k1, v, q2, k2)), torch.empty_like(lam))
 
 
 def on_calling_thread(fn: Callable[[], object]) -> Callable[[], None]:

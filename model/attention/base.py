@@ -42,6 +42,12 @@ class Projections:
     v: torch.Tensor
     paired_qk: tuple[torch.Tensor, torch.Tensor] | None = None
 
+    @classmethod
+    def paired(cls, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> "Projections":
+        """The paired head layout's projections from the whole q and k (B, 2H, T, d): the views are their even and
+        odd heads."""
+        return cls(list(pair_views(q)), list(pair_views(k)), v, paired_qk=(q, k))
+
 
 def build_attention(model_cfg, attn_cfg, layer: int) -> nn.Module:
     """The attention module named by ``attn_cfg.name`` for layer ``layer`` (0-based)."""
@@ -125,14 +131,16 @@ class _Attention(nn.Module):
             return self.head_output(self.mix(proj))
         if proj.paired_qk is None:
             *keys, values = self.context.gather([*proj.k, proj.v])
-            paired_keys = None
-        else:  # the keys gathered whole, their views taken from them
-            paired_keys, values = self.context.gather([proj.paired_qk[1], proj.v])
-            keys = list(pair_views(paired_keys))
-        mixed = [self.mix(Projections(
-                     [q[:, :, start:stop] for q in proj.q], [k[:, :, :end] for k in keys], values[:, :, :end],
-                     None if paired_keys is None else (proj.paired_qk[0][:, :, start:stop], paired_keys[:, :, :end])))
-                 for start, stop, end in self.context.chunks(proj.v.shape[2])]
+
+            def chunk(start: int, stop: int, end: int) -> Projections:
+                return Projections([q[:, :, start:stop] for q in proj.q], [k[:, :, :end] for k in keys],
+                                   values[:, :, :end])
+        else:  # the keys gathered whole, each chunk's views taken from its whole q and k
+            (q, _), (k, values) = proj.paired_qk, self.context.gather([proj.paired_qk[1], proj.v])
+
+            def chunk(start: int, stop: int, end: int) -> Projections:
+                return Projections.paired(q[:, :, start:stop], k[:, :, :end], values[:, :, :end])
+        mixed = [self.mix(chunk(*c)) for c in self.context.chunks(proj.v.shape[2])]
         return self.head_output(torch.cat(mixed, dim=2))
 
     def mix(self, proj: Projections) -> torch.Tensor:

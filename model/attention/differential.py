@@ -7,7 +7,6 @@ import torch
 from torch import nn
 
 from kernels.decode import softmax_decode
-from kernels.inputs import pair_views
 from model.attention.base import Projections, _Attention, _sdpa, _softmax_maps, _split_heads, register
 from model.norms import RMSNorm, at_least_fp32
 
@@ -37,7 +36,7 @@ class _PairedHeads(_Attention):
         q, k = self.rotated(_split_heads(self.q_proj(x), self.n_head), _split_heads(self.k_proj(x), self.n_head),
                             positions)
         v = _split_heads(self.v_proj(x), self.pairs)
-        return Projections(list(pair_views(q)), list(pair_views(k)), v, paired_qk=(q, k))
+        return Projections.paired(q, k, v)
 
 
 @register("differential")
