@@ -10,8 +10,10 @@ import functools
 
 import torch
 from triton import constexpr_function
+from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
+from triton.experimental.gluon.language._core import builtin
 from triton.experimental.gluon.language.nvidia.hopper import mbarrier
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
@@ -142,6 +144,17 @@ def add_dq_columns(dq_t, DQh, m0, Tq, col0, HEAD_D: gl.constexpr, WIDTH: gl.cons
                   gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
 
 
+@builtin
+def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
+    """Add the shared-memory block ``src`` into the block of ``tensor_desc`` at ``coord`` by the copy engine
+    (cp.reduce.async.bulk.tensor .add: the additions are made in the L2, none by the issuing warps), as one bulk
+    group; rows and columns past the tensor's shape are dropped, as with a copy. Like
+    tma.async_copy_shared_to_global (which Gluon has; the reduction it exposes only through its op builder, in
+    Triton 3.6 and 3.7): wait with tma.store_wait before ``src`` is written again or the program ends."""
+    coord = _semantic._convert_to_ir_values(coord, require_i64=False)
+    _semantic.builder.create_async_tma_reduce(ir.DESCRIPTOR_REDUCE_KIND.ADD, tensor_desc.handle, coord, src.handle)
+
+
 @gluon.jit
 def store_rows(BASE, s_t, offs, limit, tile, WIDTH: gl.constexpr, L: gl.constexpr):
     """Store the (rows, WIDTH) fp32 ``tile`` of layout L, cast to BASE's dtype, into rows ``offs`` (stride s_t, the
@@ -167,6 +180,17 @@ def row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
 def row_descriptors(*blocks: tuple) -> tuple:
     """Copy-engine descriptors (row_descriptor) of (B, H, T, width) 16-bit tensors, given as (tensor, rows) pairs."""
     return tuple(row_descriptor(t, rows) for t, rows in blocks)
+
+
+@functools.lru_cache(maxsize=None)
+def _fp32_row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.float32)
+
+
+def fp32_row_descriptor(t: torch.Tensor, rows: int, width: int) -> TensorDescriptor:
+    """The copy-engine descriptor of the (B, H, T, D) fp32 tensor ``t`` in blocks of ``rows`` rows and ``width`` of its
+    D columns of one head (for tma_reduce_add into dQ's fp32 buffers), checked once per layout."""
+    return row_block_descriptor(TensorDescriptor, t, rows, width, _fp32_row_block_layout(rows, width))
 
 
 @functools.lru_cache(maxsize=None)
