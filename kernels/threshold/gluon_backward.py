@@ -10,7 +10,8 @@ lets this kernel place every operand itself and split the work between partition
 - each of two warpgroups is a partition of its own over 64 of the keys: per query tile it computes dA, both
   views' scores, its dK1, dK2, dV (registers) and its half of dS1, dS2 (into a shared buffer, two of them in
   turn), then dq' of the previous tile for one view (warpgroup 0: view 1, warpgroup 1: view 2) over all 128
-  keys, dq'^T = k^T . dS^T, added with fp32 vector atomics into the dQ buffers of the Triton path.
+  keys, dq'^T = k^T . dS^T, staged in shared memory and added by the copy engine (a bulk reduce-add, done in the L2)
+  into the fp32 dQ buffers of the Triton path.
 
 The warpgroups meet only at the dS buffers (mbarriers), a tile apart, so one's elementwise work runs under the
 other's products; with both in one partition, in step, the kernel was slower (BENCHMARKS.md, "The fused backward's
@@ -22,8 +23,8 @@ dV) in a one-stage ring, as k1, k2 and v of 128 keys, the ring and the dS buffer
 an SM's shared memory; then one WITH_DV (dV alone: both views' scores recomputed, W, dV += W dO; no v, dS or dQ), each
 with 128 registers of accumulators as at q/k 64. dq'^T is then two products of 64 rows (the halves of k's columns).
 
-Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC: it writes dK1,
-dK2, dV, adds dq'1, dq'2 into the fp32 buffers and writes the partial sums of dlam and dbeta (one per key block
+Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC (whose dQ is added by atomics):
+it writes dK1, dK2, dV, adds dq'1, dq'2 into the fp32 buffers (in an order that varies from run to run, as atomics') and writes the partial sums of dlam and dbeta (one per key block
 and warpgroup); dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query
 head, q/k head dimension 64 with v's a power of two up to 128, or 128 with v of 128 or 256 (launch.GLUON_BACKWARD_D128),
 rows readable by tensor descriptors; the launcher checks (launch.gluon_backward_fits) and otherwise takes the Triton
@@ -36,9 +37,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from ..common import cdiv
-from ..gluon_tiles import (add_dq_columns, first_query_tile, fp32_row_descriptor, last_visible_key, operand,
-                           partition_barrier, ring_barriers, row_descriptors, store_rows, tile_rows, tma_reduce_add,
-                           wgmma_layout)
+from ..gluon_tiles import (first_query_tile, fp32_row_descriptor, last_visible_key, operand, partition_barrier,
+                           ring_barriers, row_descriptors, store_rows, tile_rows, tma_reduce_add, wgmma_layout)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -49,10 +49,6 @@ STAGES = gl.constexpr(2)      # depth of the query-side ring (passes() gives eac
 DQ_ROWS = gl.constexpr(64)    # rows of each dq'^T product (the M side of a warpgroup's product)
 MAX_REGISTERS = 168           # per thread, 12 warps allocated (8 compute, 1 loader, 3 idle): compute ones get 240
 PARTIALS_PER_BLOCK = gl.constexpr(2)  # dlam/dbeta partial sums per key block (one per warpgroup)
-# How dq' reaches dQ's fp32 buffers (read by the launcher at each call, passed as the constexpr DQ_MODE): 0 vector
-# atomics from the warps (add_dq_columns); 3 the copy engine's reduce-add (tma_reduce_add) from a staging tile in shared
-# memory. Timing only, both giving a wrong dQ: 1 plain stores instead of atomics, 2 no dq' products at all.
-DQ_ADD = 0
 # the kernel's tiling as a TileConfig, for tables and logs (copy-engine reads)
 TILE = TileConfig(BLOCK_M.value, BLOCK_N.value, NUM_WARPS.value, STAGES.value, tma=True)
 
@@ -233,8 +229,8 @@ def descriptors(q1, k1, q2, k2, v, do) -> tuple:
 
 
 def dq_descriptors(dq_acc, dq2_acc) -> tuple:
-    """The fp32 dq' buffers' descriptors for the copy engine's reduce-add (DQ_ADD 3): blocks of BLOCK_M rows and
-    DQ_ROWS columns."""
+    """The fp32 dq' buffers' descriptors for the copy engine's reduce-add: blocks of BLOCK_M rows and DQ_ROWS
+    columns."""
     return (fp32_row_descriptor(dq_acc, BLOCK_M.value, DQ_ROWS.value),
             fp32_row_descriptor(dq2_acc, BLOCK_M.value, DQ_ROWS.value))
 
@@ -276,51 +272,36 @@ def _loader_partition(q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, read
 
 
 @gluon.jit
-def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D: gl.constexpr,
-                 DQ_L: gl.constexpr, DQ_MODE: gl.constexpr, dq_desc, dq_stage, b, h):
+def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_free, dq_desc, dq_stage, b, h,
+                 HEAD_D: gl.constexpr, DQ_L: gl.constexpr):
     """dq'^T of view W + 1 for tile j (rows m_prev ..) over all BLOCK_N keys, once both warpgroups have stored
-    their dS of tile j; the dS buffer is released to both, then the result added (DQ_ADD says how). A product's M side
-    is DQ_ROWS, so q/k 128 takes two, one per half of the head dimension (k's columns), each added as it is done. By
-    the copy engine (DQ_MODE 3), part c goes through the warpgroup's staging tile c, once the reduction issued from it
-    for the previous tile has read it."""
+    their dS of tile j; the dS buffer is released to both, then the result added into the view's fp32 dQ buffer by
+    the copy engine (tma_reduce_add: the additions are made in the L2, none by the warps; rows past Tq are dropped).
+    A product's M side is DQ_ROWS, so q/k 128 takes two, one per half of the head dimension (k's columns), each added as
+    it is done. Part c goes through the warpgroup's staging tile c, as rows (dq', BLOCK_M x DQ_ROWS), once the reduction
+    issued from that tile for the previous query tile has read it. The warps' own fp32 vector atomics (gluon_tiles.add_dq,
+    which the one-view backward of score_ops uses) ran the backward 3-5% slower (BENCHMARKS.md, "dQ by the copy
+    engine")."""
     BM: gl.constexpr = BLOCK_M
     mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([DQ_ROWS, BM], gl.float32, layout=DQ_L)
     gl.static_assert(HEAD_D % DQ_ROWS == 0, "dq'^T is taken in products of DQ_ROWS rows")
     PARTS: gl.constexpr = HEAD_D // DQ_ROWS
-    if DQ_MODE == 2:
-        mbarrier.arrive(ds_free.index(j % 2), count=1)
-    else:
-        for c in gl.static_range(PARTS):
-            if PARTS == 1:
-                k_part = k_view_s
-            else:
-                k_part = k_view_s.slice(c * DQ_ROWS, DQ_ROWS, dim=1)
-            dq = warpgroup_mma(k_part.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
-            if c == PARTS - 1:  # the last product has read the buffer
-                mbarrier.arrive(ds_free.index(j % 2), count=1)
-            if DQ_MODE == 3:
-                stage = dq_stage.index(W * PARTS + c)
-                tma.store_wait(PARTS - 1)  # the reduction issued from this tile PARTS groups ago has read it
-                partition_barrier()
-                operand(stage, BM, DQ_ROWS).store(gl.permute(dq, (1, 0)))
-                fence_async_shared()
-                partition_barrier()
-                tma_reduce_add(dq_desc, [b, h, m_prev, c * DQ_ROWS], stage)
-            elif DQ_MODE == 1:
-                _store_dq_columns(dq, DQh, m_prev, Tq, c * DQ_ROWS, HEAD_D, DQ_ROWS, BM)
-            else:
-                add_dq_columns(dq, DQh, m_prev, Tq, c * DQ_ROWS, HEAD_D, DQ_ROWS, BM)
-
-
-@gluon.jit
-def _store_dq_columns(dq_t, DQh, m0, Tq, col0, HEAD_D: gl.constexpr, WIDTH: gl.constexpr, BM: gl.constexpr):
-    """add_dq_columns with plain stores (DQ_ADD 1, timing only: tiles of other key blocks overwrite one another)."""
-    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
-    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-    qd = gl.arange(0, WIDTH, layout=gl.SliceLayout(0, ROW_L))
-    gl.store(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + (col0 + qd)[None, :]),
-             gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None])
+    for c in gl.static_range(PARTS):
+        if PARTS == 1:
+            k_part = k_view_s
+        else:
+            k_part = k_view_s.slice(c * DQ_ROWS, DQ_ROWS, dim=1)
+        dq = warpgroup_mma(k_part.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
+        if c == PARTS - 1:  # the last product has read the buffer
+            mbarrier.arrive(ds_free.index(j % 2), count=1)
+        stage = dq_stage.index(W * PARTS + c)
+        tma.store_wait(PARTS - 1)  # the reduction issued from this tile PARTS bulk groups ago has read it
+        partition_barrier()
+        operand(stage, BM, DQ_ROWS).store(gl.permute(dq, (1, 0)))
+        fence_async_shared()
+        partition_barrier()
+        tma_reduce_add(dq_desc, [b, h, m_prev, c * DQ_ROWS], stage)
 
 
 @gluon.jit
@@ -370,7 +351,7 @@ def _tile_step(W: gl.constexpr, i, m0, dk1, dk2, dv, acc_lam, acc_beta, smem, k_
 def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr,
                          NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr, P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr,
                          BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr, WITH_DK: gl.constexpr,
-                         WITH_DV: gl.constexpr, STAGES: gl.constexpr, DQ_MODE: gl.constexpr, dq_descs):
+                         WITH_DV: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 keys: for each query tile its dK1, dK2, dV, dlam, dbeta and its half of dS1, dS2 (into the
     tile's buffer), then dq' of the previous tile for view W + 1 over both halves. The warpgroups meet only at the dS
     buffers (mbarriers), a tile apart, so one's elementwise work can run under the other's products. With USE_LIST
@@ -378,7 +359,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     alone (no dS, dQ, dlam or dbeta); WITH_DV off: all but dV (passes())."""
     k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready, \
         ds_free, dq_stage = smem
-    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles = ptrs
+    RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, dq1_desc, dq2_desc, LAM_PART, BETA_PART, tiles = ptrs
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, \
         num_n_blocks, scale, p, inv_d = scalars
     BM: gl.constexpr = BLOCK_M
@@ -414,13 +395,11 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     RQ1h = RQ1 + bhk * Tq
     RQ2h = RQ2 + bhk * Tq
     if W == 0:
-        DQh = DQ1ACC + bhk * Tq * HEAD_D
         ds_bufs = ds1_bufs
-        dq_desc = dq_descs[0]
+        dq_desc = dq1_desc
     else:
-        DQh = DQ2ACC + bhk * Tq * HEAD_D
         ds_bufs = ds2_bufs
-        dq_desc = dq_descs[1]
+        dq_desc = dq2_desc
     m_end = m_lo + n_tiles * BM
     mbarrier.wait(kv_bar, phase=0)
     m_prev = m_lo  # the rows of the last tile seen
@@ -435,8 +414,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                 WITH_DK, WITH_DV, STAGES)
             if WITH_DK and i > 0:
                 k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
-                _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L, DQ_MODE,
-                             dq_desc, dq_stage, b, h)
+                _dq_previous(W, i - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, dq_desc, dq_stage, b, h,
+                             HEAD_D, DQ_L)
             m_prev = m0
             m0 = m_next
     else:
@@ -448,16 +427,15 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                 WITH_DK, WITH_DV, STAGES)
             if WITH_DK and i > 0:
                 k_view = operand((k1_buf if W == 0 else k2_buf).index(m0 >> 30), BLOCK_N, HEAD_D)
-                _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L, DQ_MODE,
-                             dq_desc, dq_stage, b, h)
+                _dq_previous(W, i - 1, m0 - BM, k_view, ds_bufs, ds_ready, ds_free, dq_desc, dq_stage, b, h,
+                             HEAD_D, DQ_L)
         m_prev = m_end - BM
     if WITH_DK:
         if n_tiles > 0:
             k_view = operand((k1_buf if W == 0 else k2_buf).index(0), BLOCK_N, HEAD_D)
-            _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, DQh, Tq, HEAD_D, DQ_L, DQ_MODE,
-                         dq_desc, dq_stage, b, h)
-        if DQ_MODE == 3:
-            tma.store_wait(0)  # the staging tiles stay readable until the copy engine has read them
+            _dq_previous(W, n_tiles - 1, m_prev, k_view, ds_bufs, ds_ready, ds_free, dq_desc, dq_stage, b, h,
+                         HEAD_D, DQ_L)
+        tma.store_wait(0)  # the staging tiles stay in place until the copy engine has read them
         part = (bhk * num_n_blocks + nblk) * PARTIALS_PER_BLOCK + W
         if LAM_GRAD:
             gl.store(LAM_PART + part, -gl.sum(acc_lam, axis=0))
@@ -474,12 +452,12 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 @gluon.jit
 def paired_backward_kernel(
     q1_desc, k1_desc, q2_desc, k2_desc, v_desc, do_desc, dq1_desc, dq2_desc, RQ1, RK1, RQ2, RK2, LAM, BETA,
-    DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART,
+    DK1, DK2, DV, LAM_PART, BETA_PART,
     sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, LIST, COUNTS, list_cap,
     H, Tq, Tk, num_bh, num_n_blocks, scale, p, inv_d,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, NORMALIZE: gl.constexpr, CAUSAL: gl.constexpr,
     P_MODE: gl.constexpr, LAM_GRAD: gl.constexpr, BETA_GRAD: gl.constexpr, USE_LIST: gl.constexpr,
-    WITH_DK: gl.constexpr = True, WITH_DV: gl.constexpr = True, STAGES: gl.constexpr = 2, DQ_MODE: gl.constexpr = 0,
+    WITH_DK: gl.constexpr = True, WITH_DV: gl.constexpr = True, STAGES: gl.constexpr = 2,
 ):
     """Grid: (num_n_blocks * B * H,), key block 0 (the longest under causality) first. The six inputs are
     4-D tensor descriptors (B, H, T, width) in blocks of (1, 1, rows, width): BLOCK_M rows for q1, q2, dO,
@@ -489,9 +467,8 @@ def paired_backward_kernel(
     key block)); every visited tile takes the mask anyway. Three partitions: warpgroup 0 (the default, 4 warps),
     warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
     maxnreg=MAX_REGISTERS. WITH_DK, WITH_DV, STAGES: as passes() gives them (dK1, dK2, dQ, dlam and dbeta are
-    computed WITH_DK, dV WITH_DV; a launch without dV leaves DV unwritten, one without dK the rest). DQ_MODE: as
-    DQ_ADD; dq1_desc, dq2_desc are DQ1ACC's and DQ2ACC's fp32 descriptors (dq_descriptors()) with DQ_MODE 3, else any
-    descriptors (unread)."""
+    computed WITH_DK, dV WITH_DV; a launch without dV leaves DV unwritten, one without dK the rest). dq1_desc,
+    dq2_desc: the two views' fp32 dq' buffers (B, H, Tq, HEAD_D) that dq'^T is added into (dq_descriptors())."""
     BM: gl.constexpr = BLOCK_M
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q1_desc.dtype
@@ -515,7 +492,7 @@ def paired_backward_kernel(
         v_buf = k1_buf
         ds1_bufs = k1_buf
         ds2_bufs = k1_buf
-    if WITH_DK and DQ_MODE == 3:  # a staging tile per warpgroup and part of dq'
+    if WITH_DK:  # a staging tile per warpgroup and part of dq'
         dq_stage = gl.allocate_shared_memory(gl.float32, [2 * (HEAD_D // DQ_ROWS)] + dq1_desc.block_type.shape,
                                              dq1_desc.layout)
     else:
@@ -545,14 +522,14 @@ def paired_backward_kernel(
         n_tiles = (m_end - m_lo) // BM
     smem = (k1_buf, k2_buf, v_buf, q1_ring, q2_ring, do_ring, ready, empty, kv_bar, ds1_bufs, ds2_bufs, ds_ready,
             ds_free, dq_stage)
-    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, DQ1ACC, DQ2ACC, LAM_PART, BETA_PART, tiles)
+    ptrs = (RQ1, RK1, RQ2, RK2, LAM, BETA, DK1, DK2, DV, dq1_desc, dq2_desc, LAM_PART, BETA_PART, tiles)
     scalars = (sdk1_b, sdk1_h, sdk1_t, sdk2_b, sdk2_h, sdk2_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo,
                n_tiles, num_n_blocks, scale, p, inv_d)
     gl.warp_specialize([
         (_warpgroup_partition, (0, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES, DQ_MODE, (dq1_desc, dq2_desc))),
+                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES)),
         (_warpgroup_partition, (1, smem, ptrs, scalars, HEAD_D, HEAD_DV, NORMALIZE, CAUSAL, P_MODE, LAM_GRAD,
-                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES, DQ_MODE, (dq1_desc, dq2_desc))),
+                                BETA_GRAD, USE_LIST, WITH_DK, WITH_DV, STAGES)),
         (_loader_partition, (q1_desc, q2_desc, do_desc, q1_ring, q2_ring, do_ring, ready, empty, b, h, m_lo, n_tiles,
                              tiles, USE_LIST, STAGES)),
     ], [4, 1], [240, 24])

@@ -323,17 +323,15 @@ def _gluon_backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, lam, beta, option
                             else (partials, partials, 0))
     if q1.is_cuda:
         common.bind_cuda_context(q1.device)
-    ins = gb.descriptors(q1, k1, q2, k2, v, do)
-    dq_mode = gb.DQ_ADD
-    dq_descs = gb.dq_descriptors(dq_acc, dq2_acc) if dq_mode == 3 else ins[:2]  # else unread
-    args = (*ins, *dq_descs, rq1, rk1, rq2, rk2, lam, beta, dk1, dk2, dv, dq_acc, dq2_acc,
+    args = (*gb.descriptors(q1, k1, q2, k2, v, do), *gb.dq_descriptors(dq_acc, dq2_acc), rq1, rk1, rq2, rk2, lam, beta,
+            dk1, dk2, dv,
             partials[0], partials[1], *dk1.stride()[:3], *dk2.stride()[:3], *dv.stride()[:3], entries, counts, cap,
             H, Tq, Tk, B * H, nb, float(options.scale), float(options.p), 1.0 / d)
     for with_dk, with_dv, stages in gb.passes(d, dv_dim):
         _run("fused" if with_dk else "fused_dv", gb.paired_backward_kernel, (gb.grid(Tk, B, H),), args, dict(
             HEAD_D=d, HEAD_DV=dv_dim, NORMALIZE=options.normalize, CAUSAL=options.causal, P_MODE=_p_mode(options.p),
             LAM_GRAD=need_dlam and with_dk, BETA_GRAD=need_dbeta and with_dk, USE_LIST=lists is not None,
-            WITH_DK=with_dk, WITH_DV=with_dv, STAGES=stages, DQ_MODE=dq_mode, num_warps=gb.NUM_WARPS.value // 2,
+            WITH_DK=with_dk, WITH_DV=with_dv, STAGES=stages, num_warps=gb.NUM_WARPS.value // 2,
             maxnreg=gb.MAX_REGISTERS), target)
     return partials
 
