@@ -1,7 +1,7 @@
 """Gluon helpers the Hopper kernels share (kernels/threshold/gluon_forward.py, gluon_backward.py,
 kernels/score_ops/gluon_forward.py and gluon_backward.py): copy-engine descriptors of (B, H, T, width) rows, their
 blocks seen as product operands, a warpgroup's accumulator layout, a program's query block, a ring's barriers, a tile's
-query rows and key range, the partition barrier, and dQ's vector atomics.
+query rows and key range, the partition barrier, and dQ's reduce-add by the copy engine.
 
 Imports Triton's Gluon at once: import it only where gluon_support.gluon_available() says Gluon exists.
 """
@@ -123,25 +123,6 @@ def operand(smem, ROWS: gl.constexpr, WIDTH: gl.constexpr):
     """A (1, 1, ROWS, WIDTH) copy-engine tile seen as the (ROWS, WIDTH) operand of a product: the same bytes
     under the 2-D layout of the same swizzle."""
     return smem._reinterpret(smem.dtype, [ROWS, WIDTH], gl.NVMMASharedLayout.get_default_for([ROWS, WIDTH], smem.dtype))
-
-
-@gluon.jit
-def add_dq(dq_t, DQh, m0, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr):
-    """Add the tile's dq'^T (HEAD_D x BM) into the fp32 rows m0.. of DQh as dq' rows, four consecutive fp32 per
-    thread (vector atomics, after a layout conversion through shared memory; one fp32 atomic per element straight
-    from the product's layout ran slower: BENCHMARKS.md, "The fused backward's warpgroups as partitions"). The
-    addresses are formed from the tile's base (a loop-carried value), so none is hoisted and held across the loop."""
-    add_dq_columns(dq_t, DQh, m0, Tq, 0, HEAD_D, HEAD_D, BM)
-
-
-@gluon.jit
-def add_dq_columns(dq_t, DQh, m0, Tq, col0, HEAD_D: gl.constexpr, WIDTH: gl.constexpr, BM: gl.constexpr):
-    """add_dq for columns col0 .. col0 + WIDTH of dq' rows HEAD_D wide: dq_t holds those columns' dq'^T (WIDTH x BM)."""
-    ROW_L: gl.constexpr = gl.BlockedLayout([1, 4], [2, 16], [gl.num_warps(), 1], [1, 0])
-    qm = gl.arange(0, BM, layout=gl.SliceLayout(1, ROW_L))
-    qd = gl.arange(0, WIDTH, layout=gl.SliceLayout(0, ROW_L))
-    gl.atomic_add(DQh + m0 * HEAD_D + (qm[:, None] * HEAD_D + (col0 + qd)[None, :]),
-                  gl.convert_layout(gl.permute(dq_t, (1, 0)), ROW_L), mask=(m0 + qm < Tq)[:, None], sem="relaxed")
 
 
 @builtin

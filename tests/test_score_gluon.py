@@ -53,6 +53,7 @@ def test_a_gradient_the_copy_engine_cannot_read_is_copied_for_the_gluon_backward
     monkeypatch.setattr(score_gluon, "run", lambda part, kernel, grid, args, kwargs, target: seen.append(args))
     monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
     monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, lse, delta, block_m: (do,))
+    monkeypatch.setattr(score_gluon_backward, "dq_descriptor", lambda dq_acc, block_m: None)
     q, k, v = _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16), _rows(64, 2, 64, torch.bfloat16)
     do = torch.ones(1, 1, 1, 1, dtype=torch.bfloat16).expand(1, 2, 64, 64)
     assert not common.tma_ready(do) and common.tma_ready(q, k, v)
@@ -85,6 +86,7 @@ def test_the_loader_copies_l_and_delta_only_where_tq_is_a_multiple_of_the_tile(m
                         seen.append((args, kwargs)))
     monkeypatch.setattr(score_gluon, "finish_dq", lambda *args: None)
     monkeypatch.setattr(score_gluon_backward, "descriptors", lambda q, k, v, do, lse, delta, block_m: (lse, delta))
+    monkeypatch.setattr(score_gluon_backward, "dq_descriptor", lambda dq_acc, block_m: None)
     q, k, v, do = (_rows(T, 2, 64) for _ in range(4))
     lse = torch.randn(1 + 2 * T)[1:].view(1, 2, T)  # a view 4 bytes past an aligned start
     delta = torch.randn(1, 2, T)
@@ -99,7 +101,7 @@ def test_the_loader_copies_l_and_delta_only_where_tq_is_a_multiple_of_the_tile(m
         given_lse, given_delta = args[0], args[1]
         assert given_lse.data_ptr() % 16 == 0 and torch.equal(given_lse, lse)
         assert given_delta.data_ptr() == delta.data_ptr()
-        assert args[3] is given_lse and args[4] is given_delta  # the pointers the warpgroups load from otherwise
+        assert args[4] is given_lse and args[5] is given_delta  # the pointers the warpgroups load from otherwise (after dQ's descriptor)
 
 
 @pytest.mark.parametrize("op", list(ENTRY))
@@ -113,6 +115,7 @@ def test_a_gluon_backward_that_cannot_run_hands_over_to_the_triton_kernels(monke
     monkeypatch.setattr(common, "tma_ready", lambda *tensors: True)
     monkeypatch.setattr(score_gluon, "run", refuse)
     monkeypatch.setattr(score_gluon_backward, "descriptors", lambda *args: ())  # the guarded rows are not aligned
+    monkeypatch.setattr(score_gluon_backward, "dq_descriptor", lambda dq_acc, block_m: None)
     monkeypatch.setattr(score_gluon, "_failure", [])
     monkeypatch.setattr(normalized_launch, "SOFTPICK_GLUON", True)  # the default, set here whatever it becomes
     case = Case(T=70, d=64, dv=64, H=2, dtype=torch.bfloat16)

@@ -73,10 +73,12 @@ def backward(mode: str, do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: t
     # lies inside its head. At Tq = 3001 (starts not 16-byte aligned, blocks past a head's end) the copies faulted
     # on an H100 (an illegal instruction); elsewhere the warpgroups load them.
     rows_copied = mode != "sigmoid" and Tq % block_m == 0
+    ins = gb.descriptors(q, k, v, do, *rows, block_m)
+    dq_desc = gb.dq_descriptor(dq_acc, block_m)
     if not gluon_support.launched(_failure, "the Gluon backward of the score ops", lambda: run(
             "gluon_bwd", gb.score_backward_kernel, (nb * B * H,), (
-                *gb.descriptors(q, k, v, do, *rows, block_m), unused if param is None else param, *rows, dk, dv,
-                dq_acc, unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
+                *ins, dq_desc, unused if param is None else param, *rows, dk, dv,
+                unused if parts is None else parts, *dk.stride()[:3], *dv.stride()[:3], H, Tq, Tk, B * H, nb,
                 float(scale) * LOG2E, float(scale)), dict(
                 HEAD_D=d, HEAD_DV=v.shape[-1], MODE=MODES[mode], CAUSAL=causal, PARAM_GRAD=need_param_grad,
                 BM=block_m, STAGES=stages, ROWS_COPIED=rows_copied, num_warps=gb.NUM_WARPS // 2,

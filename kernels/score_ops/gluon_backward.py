@@ -24,7 +24,8 @@ the paired threshold backward does (kernels/threshold/gluon_backward.py; shared 
   (keys × queries), the weights and dX, its dK and dV (registers, fp32) and its half of dX (into a shared buffer, two
   in turn);
 - dQ of a tile needs both halves of its dX: tile j's dQᵀ = kᵀ·dXᵀ over all 128 keys is taken by warpgroup j mod 2,
-  one tile later, and added with fp32 vector atomics. The warpgroups meet only at the dX buffers (mbarriers), so one's
+  one tile later, staged in shared memory and added into the fp32 buffer by the copy engine (a bulk reduce-add, done in
+  the L2). The warpgroups meet only at the dX buffers (mbarriers), so one's
   elementwise work runs under the other's products.
 
 The kernel is bound by issuing instructions more than by its products: per tile each warp issues several hundred
@@ -44,8 +45,9 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from ..gluon_tiles import (add_dq, first_query_tile, flat_row_descriptor, last_visible_key, operand, partition_barrier,
-                          ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
+from ..gluon_tiles import (first_query_tile, flat_row_descriptor, fp32_row_descriptor, last_visible_key, operand,
+                          partition_barrier, ring_barriers, row_descriptors, store_rows, tile_rows, tma_reduce_add,
+                          wgmma_layout)
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
 SINK = gl.constexpr(1)
@@ -171,15 +173,24 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
 
 
 @gluon.jit
-def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D: gl.constexpr, BM: gl.constexpr,
-           DQ_L: gl.constexpr):
+def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, HEAD_D: gl.constexpr, BM: gl.constexpr, DQ_L: gl.constexpr, dq_desc,
+           dq_stages, W: gl.constexpr, b, h):
     """dQᵀ/scale of tile j (rows m_j ..) over all BLOCK_N keys, once both warpgroups have stored their half of its dX;
-    the buffer is then released and the result added with atomics."""
+    the buffer is then released, and the result, staged as rows in warpgroup W's tile of dq_stages once the copy engine
+    has read what this warpgroup staged there before, added into the fp32 dQ buffer by the copy engine
+    (gluon_tiles.tma_reduce_add; rows past Tq dropped). The warps' own fp32 vector atomics ran the backward up to 5%
+    slower (BENCHMARKS.md, "dQ by the copy engine")."""
     mbarrier.wait(dx_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq = warpgroup_mma(k_s.permute((1, 0)), dx_bufs.index(j % 2), zero_q, use_acc=False)
     mbarrier.arrive(dx_free.index(j % 2), count=1)
-    add_dq(dq, DQh, m_j, Tq, HEAD_D, BM)
+    dq_stage = dq_stages.index(W)
+    tma.store_wait(0)
+    partition_barrier()
+    operand(dq_stage, BM, HEAD_D).store(gl.permute(dq, (1, 0)))
+    fence_async_shared()
+    partition_barrier()
+    tma_reduce_add(dq_desc, [b, h, m_j, 0], dq_stage)
 
 
 @gluon.jit
@@ -188,8 +199,9 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
           BM: gl.constexpr, STAGES: gl.constexpr):
     """Query tile i of the warpgroup's loop: its contribution to dK, dV and acc_p, then the dQ of tile i − 1 if it
     falls to this warpgroup."""
-    smem, m_lo, offs_n, param2, qk_scale2, LSEh, DELTAh, DQh, Tq, Tk = loop
-    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
+    smem, m_lo, offs_n, param2, qk_scale2, LSEh, DELTAh, Tq, Tk, dq_desc, b, h = loop
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free, \
+        dq_stages = smem
     KB: gl.constexpr = BLOCK_N // 2
     S_L: gl.constexpr = wgmma_layout(BM)
     DK_L: gl.constexpr = wgmma_layout(HEAD_D)
@@ -216,7 +228,7 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     if i > 0:
         if (i - 1) % 2 == W:
             k_all = operand(k_buf.index(z), BLOCK_N, HEAD_D)
-            _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM, DQ_L)
+            _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, HEAD_D, BM, DQ_L, dq_desc, dq_stages, W, b, h)
     return dk, dv, acc_p
 
 
@@ -225,8 +237,9 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
                          MODE: gl.constexpr, ROWS_COPIED: gl.constexpr, CAUSAL: gl.constexpr,
                          PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr):
     """Warpgroup W's 64 keys over every query tile of the program, and dQ of the tiles j with j mod 2 = W."""
-    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free = smem
-    PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART = ptrs
+    k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free, \
+        dq_stages = smem
+    PARAM, LSE, DELTA, DK, DV, PARAM_PART, dq_desc = ptrs
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks, qk_scale2, \
         scale = scalars
     KB: gl.constexpr = BLOCK_N // 2
@@ -243,7 +256,6 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     acc_p = gl.zeros([KB], gl.float32, layout=gl.SliceLayout(1, S_L))
     dk = gl.zeros([KB, HEAD_D], gl.float32, layout=DK_L)
     dv = gl.zeros([KB, HEAD_DV], gl.float32, layout=DV_L)
-    DQh = DQACC + bh * Tq * HEAD_D
     mbarrier.wait(kv_bar, phase=0)
     # Tiles needing a mask: the first ones, which the program's last key follows (CAUSAL; the tiles before the Triton
     # key-block kernels' m_mid, threshold/triton_backward.dkdv_kernel), and a last one with rows past Tq; every tile
@@ -256,7 +268,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     else:
         n_front = n_tiles * 0
     n_mid = gl.maximum(gl.where(Tq % BM != 0, n_tiles - 1, n_tiles), n_front)
-    loop = (smem, m_lo, offs_n, param2, qk_scale2, LSE + bh * Tq, DELTA + bh * Tq, DQh, Tq, Tk)
+    loop = (smem, m_lo, offs_n, param2, qk_scale2, LSE + bh * Tq, DELTA + bh * Tq, Tq, Tk, dq_desc, b, h)
     for i in range(n_front):
         dk, dv, acc_p = _tile(i, dk, dv, acc_p, loop, W, HEAD_D, HEAD_DV, MODE, ROWS_COPIED, CAUSAL, PARAM_GRAD, True,
                               BM, STAGES)
@@ -269,8 +281,9 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
-            _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, DQh, Tq, HEAD_D, BM,
-                   DQ_L)
+            _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, HEAD_D, BM, DQ_L, dq_desc,
+                   dq_stages, W, b, h)
+    tma.store_wait(0)  # the staging tile stays in place until the copy engine has read it
     if PARAM_GRAD:
         total = gl.sum(acc_p, axis=0)
         if MODE == SINK:
@@ -282,7 +295,7 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
 
 @gluon.jit
 def score_backward_kernel(
-    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART,
+    q_desc, k_desc, v_desc, do_desc, lse_desc, delta_desc, dq_desc, PARAM, LSE, DELTA, DK, DV, PARAM_PART,
     sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, H, Tq, Tk, num_bh, num_n_blocks, qk_scale2, scale,
     HEAD_D: gl.constexpr, HEAD_DV: gl.constexpr, MODE: gl.constexpr, CAUSAL: gl.constexpr,
     PARAM_GRAD: gl.constexpr, BM: gl.constexpr, STAGES: gl.constexpr, ROWS_COPIED: gl.constexpr,
@@ -292,8 +305,8 @@ def score_backward_kernel(
     delta_desc 1-D descriptors of LSE and DELTA in blocks of BM (descriptors()). PARAM (H,) fp32: the bias (SIGMOID)
     or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK;
     unread by SIGMOID), copied by the loader with ROWS_COPIED (only where Tq % BM == 0: gluon.backward), else
-    loaded by the warpgroups. DQACC: zero-filled contiguous fp32
-    (B, H, Tq, HEAD_D); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
+    loaded by the warpgroups. dq_desc: the zero-filled contiguous fp32 (B, H, Tq, HEAD_D) buffer dQ/scale is added
+    into, in blocks of (1, 1, BM, HEAD_D) (dq_descriptor()); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
     qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default,
     4 warps), warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
     maxnreg=MAX_REGISTERS."""
@@ -313,6 +326,7 @@ def score_backward_kernel(
     delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
+    dq_stages = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)  # one per warpgroup
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     ready, empty = ring_barriers(STAGES)
@@ -327,8 +341,9 @@ def score_backward_kernel(
     m_end = gl.cdiv(Tq, BM) * BM
     m_lo = first_query_tile(n0, Tq, Tk, BM, CAUSAL)
     n_tiles = gl.maximum(m_end - m_lo, 0) // BM
-    smem = (k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free)
-    ptrs = (PARAM, LSE, DELTA, DK, DV, DQACC, PARAM_PART)
+    smem = (k_buf, v_buf, q_ring, do_ring, lse_ring, delta_ring, ready, empty, kv_bar, dx_bufs, dx_ready, dx_free,
+            dq_stages)
+    ptrs = (PARAM, LSE, DELTA, DK, DV, PARAM_PART, dq_desc)
     scalars = (sdk_b, sdk_h, sdk_t, sdv_b, sdv_h, sdv_t, b, h, n0, nblk, H, Tq, Tk, m_lo, n_tiles, num_n_blocks,
                qk_scale2, scale)
     gl.warp_specialize([
@@ -348,3 +363,7 @@ def descriptors(q, k, v, do, lse, delta, block_m: int) -> tuple:
     return (*row_descriptors((q, block_m), (k, n), (v, n), (do, block_m)), flat_row_descriptor(lse, block_m),
             flat_row_descriptor(delta, block_m))
 
+
+def dq_descriptor(dq_acc, block_m: int):
+    """The fp32 dQ buffer's (B, H, Tq, d) descriptor for the copy engine's reduce-add: blocks of ``block_m`` rows."""
+    return fp32_row_descriptor(dq_acc, block_m, dq_acc.shape[-1])

@@ -279,9 +279,8 @@ def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_fre
     the copy engine (tma_reduce_add: the additions are made in the L2, none by the warps; rows past Tq are dropped).
     A product's M side is DQ_ROWS, so q/k 128 takes two, one per half of the head dimension (k's columns), each added as
     it is done. Part c goes through the warpgroup's staging tile c, as rows (dq', BLOCK_M x DQ_ROWS), once the reduction
-    issued from that tile for the previous query tile has read it. The warps' own fp32 vector atomics (gluon_tiles.add_dq,
-    which the one-view backward of score_ops uses) ran the backward 3-5% slower (BENCHMARKS.md, "dQ by the copy
-    engine")."""
+    issued from that tile for the previous query tile has read it. The warps' own fp32 vector atomics (after a layout
+    conversion through shared memory) ran the backward 3-5% slower (BENCHMARKS.md, "dQ by the copy engine")."""
     BM: gl.constexpr = BLOCK_M
     mbarrier.wait(ds_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([DQ_ROWS, BM], gl.float32, layout=DQ_L)
