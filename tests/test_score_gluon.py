@@ -101,7 +101,8 @@ def test_the_loader_copies_l_and_delta_only_where_tq_is_a_multiple_of_the_tile(m
         given_lse, given_delta = args[0], args[1]
         assert given_lse.data_ptr() % 16 == 0 and torch.equal(given_lse, lse)
         assert given_delta.data_ptr() == delta.data_ptr()
-        assert args[4] is given_lse and args[5] is given_delta  # the pointers the warpgroups load from otherwise (after dQ's descriptor)
+        # the pointers the warpgroups load from otherwise (after dQ's descriptor and the parameter)
+        assert args[4] is given_lse and args[5] is given_delta
 
 
 @pytest.mark.parametrize("op", list(ENTRY))

@@ -306,10 +306,9 @@ def score_backward_kernel(
     or the sink logits (SINK), unread by SOFTPICK; LSE, DELTA (B, H, Tq) fp32 contiguous: L and Δ (SOFTPICK, SINK;
     unread by SIGMOID), copied by the loader with ROWS_COPIED (only where Tq % BM == 0: gluon.backward), else
     loaded by the warpgroups. dq_desc: the zero-filled contiguous fp32 (B, H, Tq, HEAD_D) buffer dQ/scale is added
-    into, in blocks of (1, 1, BM, HEAD_D) (dq_descriptor()); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks) fp32, written with PARAM_GRAD.
-    qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default,
-    4 warps), warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and
-    maxnreg=MAX_REGISTERS."""
+    into, in blocks of (1, 1, BM, HEAD_D) (dq_descriptor()); PARAM_PART: (B, H, PARTIALS_PER_BLOCK · num_n_blocks)
+    fp32, written with PARAM_GRAD. qk_scale2 = scale·log2 e. Three partitions: warpgroup 0 (the default, 4 warps),
+    warpgroup 1 (4 warps) and the loader (1 warp): launch with num_warps=NUM_WARPS // 2 and maxnreg=MAX_REGISTERS."""
     BN: gl.constexpr = BLOCK_N
     dtype: gl.constexpr = q_desc.dtype
     pid = gl.program_id(0)
@@ -326,7 +325,8 @@ def score_backward_kernel(
     delta_ring = gl.allocate_shared_memory(gl.float32, [STAGES] + delta_desc.block_type.shape, delta_desc.layout)
     dx_layout: gl.constexpr = gl.NVMMASharedLayout.get_default_for([BN, BM], dtype)
     dx_bufs = gl.allocate_shared_memory(dtype, [2, BN, BM], dx_layout)
-    dq_stages = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)  # one per warpgroup
+    # dQ's staging tiles, one per warpgroup
+    dq_stages = gl.allocate_shared_memory(gl.float32, [2] + dq_desc.block_type.shape, dq_desc.layout)
     kv_bar = gl.allocate_shared_memory(gl.int64, [1], mbarrier.MBarrierLayout())
     mbarrier.init(kv_bar, count=1)
     ready, empty = ring_barriers(STAGES)

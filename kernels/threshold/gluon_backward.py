@@ -24,8 +24,9 @@ an SM's shared memory; then one WITH_DV (dV alone: both views' scores recomputed
 with 128 registers of accumulators as at q/k 64. dq'^T is then two products of 64 rows (the halves of k's columns).
 
 Same notation and contract as triton_backward.dkdv_kernel with TWO_VIEWS and DQ_ATOMIC (whose dQ is added by atomics):
-it writes dK1, dK2, dV, adds dq'1, dq'2 into the fp32 buffers (in an order that varies from run to run, as atomics') and writes the partial sums of dlam and dbeta (one per key block
-and warpgroup); dq_finish_kernel turns the buffers into dq. Only 16-bit inputs, one key/value head per query
+it writes dK1, dK2, dV, adds dq'1, dq'2 into the fp32 buffers (in an order that varies from run to run, as atomics')
+and writes the partial sums of dlam and dbeta (one per key block and warpgroup); dq_finish_kernel turns the buffers
+into dq. Only 16-bit inputs, one key/value head per query
 head, q/k head dimension 64 with v's a power of two up to 128, or 128 with v of 128 or 256 (launch.GLUON_BACKWARD_D128),
 rows readable by tensor descriptors; the launcher checks (launch.gluon_backward_fits) and otherwise takes the Triton
 path.
