@@ -10,7 +10,7 @@ this way: Triton refuses to launch a kernel after a global it reads has changed.
 
 1. exactness on awkward shapes (T = 1, 63, 200 without causal mask or normalisation, Tq = 100 against Tk = 300,
    T = 1111 with v 32; p = 1, 2, 3; lam outside [0, 1]; beta < 0 and 0): max |x - split| / max |split| for every
-   gradient (dq differs by the order of fp32 atomic additions);
+   gradient (dq differs by the order of the fp32 additions into its buffers, which varies from run to run);
 2. the backward alone at the benchmark's paired shape (6 heads, q/k 64, v 128, B.T = 16384, bf16), median ms over
    ``--rep-ms`` windows, all methods alternating ``--rounds`` times, so that clocks drift alike, and the compiled
    kernels' registers and spills; once per ``--rho`` (the weight of the direction q and k share: 0.5 leaves part of
