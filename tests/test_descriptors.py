@@ -138,3 +138,25 @@ def test_the_store_starts_over_when_full(monkeypatch):
     for T in (64, 65, 66):
         make(_rows(1, T, 2, 64), 32)
     assert len(common._checked_descriptors) == 1
+
+
+@pytest.mark.parametrize("d", [64, 128])
+def test_the_dq_buffers_descriptors_cover_each_head_in_row_blocks(d):
+    """The fp32 dQ buffers the Gluon backwards add into by the copy engine: each view's (B, H, Tq, d) buffer whole
+    (so that a block's rows past Tq fall outside its head and are dropped, not added into the next head), in blocks of
+    the kernel's query rows and of the columns one dq'^T product gives (64: two blocks a row at q/k 128), over the
+    view's own memory; the one-view score ops' buffer in blocks of its tile's rows and all d columns."""
+    pytest.importorskip("triton.experimental.gluon")
+    from kernels.score_ops import gluon_backward as score_backward
+    from kernels.threshold import gluon_backward as paired_backward
+
+    B, H, Tq = 2, 3, 1000
+    bufs = torch.zeros((2, B, H, Tq, d), dtype=torch.float32)
+    for view, desc in zip(bufs, paired_backward.dq_descriptors(bufs[0], bufs[1])):
+        assert desc.base.data_ptr() == view.data_ptr()
+        assert list(desc.shape) == [B, H, Tq, d] and list(desc.strides) == list(view.stride())
+        assert list(desc.block_shape) == [1, 1, paired_backward.BLOCK_M.value, paired_backward.DQ_ROWS.value]
+        assert desc.layout.element_bitwidth == 32
+    one = torch.zeros((B, H, Tq, 64), dtype=torch.float32)
+    desc = score_backward.dq_descriptor(one, 32)
+    assert list(desc.shape) == [B, H, Tq, 64] and list(desc.block_shape) == [1, 1, 32, 64]
