@@ -14,7 +14,7 @@ from triton._C.libtriton import ir
 from triton.experimental import gluon
 from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language._core import builtin
-from triton.experimental.gluon.language.nvidia.hopper import mbarrier
+from triton.experimental.gluon.language.nvidia.hopper import fence_async_shared, mbarrier, tma
 from triton.experimental.gluon.nvidia.hopper import TensorDescriptor
 
 from .common import block_descriptor, row_block_descriptor
@@ -137,6 +137,23 @@ def tma_reduce_add(tensor_desc, coord, src, _semantic=None):
 
 
 @gluon.jit
+def add_dq_rows(dq_t, stage, dq_desc, b, h, m0, col0, ROWS: gl.constexpr, WIDTH: gl.constexpr,
+                PENDING: gl.constexpr):
+    """Add the tile's dq'^T (WIDTH x ROWS, a product's accumulator) into columns col0 .. of query rows m0 .. of head
+    (b, h) of the fp32 buffer of ``dq_desc`` (blocks of (1, 1, ROWS, WIDTH)), through the calling warpgroup's staging
+    tile ``stage`` (one such block of shared memory): once at most PENDING bulk groups this warpgroup issued are still
+    reading their tiles (those issued from this tile since are not: the caller counts), the rows are stored into the
+    tile and the copy engine adds it (tma_reduce_add; rows past the buffer's Tq dropped). Wait with
+    tma.store_wait(0) before the program ends."""
+    tma.store_wait(PENDING)
+    partition_barrier()  # every warp stores into the tile only after the issuing thread's wait
+    operand(stage, ROWS, WIDTH).store(gl.permute(dq_t, (1, 0)))
+    fence_async_shared()
+    partition_barrier()  # the whole tile is stored before the copy engine reads it
+    tma_reduce_add(dq_desc, [b, h, m0, col0], stage)
+
+
+@gluon.jit
 def store_rows(BASE, s_t, offs, limit, tile, WIDTH: gl.constexpr, L: gl.constexpr):
     """Store the (rows, WIDTH) fp32 ``tile`` of layout L, cast to BASE's dtype, into rows ``offs`` (stride s_t, the
     last dimension contiguous) of one head at BASE, the rows at ``limit`` or past it left out."""
@@ -146,9 +163,10 @@ def store_rows(BASE, s_t, offs, limit, tile, WIDTH: gl.constexpr, L: gl.constexp
 
 
 @functools.lru_cache(maxsize=None)
-def _row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
-    """The shared-memory layout of a (1, 1, rows, width) 16-bit block (made once: 5 us a call on a CPU)."""
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.bfloat16)
+def _row_block_layout(rows: int, width: int, dtype=gl.bfloat16) -> gl.NVMMASharedLayout:
+    """The shared-memory layout of a (1, 1, rows, width) block of 16-bit (any: the layout depends only on the width
+    in bits) or fp32 values (made once: 5 us a call on a CPU)."""
+    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], dtype)
 
 
 def row_descriptor(t: torch.Tensor, rows: int) -> TensorDescriptor:
@@ -163,15 +181,10 @@ def row_descriptors(*blocks: tuple) -> tuple:
     return tuple(row_descriptor(t, rows) for t, rows in blocks)
 
 
-@functools.lru_cache(maxsize=None)
-def _fp32_row_block_layout(rows: int, width: int) -> gl.NVMMASharedLayout:
-    return gl.NVMMASharedLayout.get_default_for([1, 1, rows, width], gl.float32)
-
-
 def fp32_row_descriptor(t: torch.Tensor, rows: int, width: int) -> TensorDescriptor:
     """The copy-engine descriptor of the (B, H, T, D) fp32 tensor ``t`` in blocks of ``rows`` rows and ``width`` of its
     D columns of one head (for tma_reduce_add into dQ's fp32 buffers), checked once per layout."""
-    return row_block_descriptor(TensorDescriptor, t, rows, width, _fp32_row_block_layout(rows, width))
+    return row_block_descriptor(TensorDescriptor, t, rows, width, _row_block_layout(rows, width, gl.float32))
 
 
 @functools.lru_cache(maxsize=None)

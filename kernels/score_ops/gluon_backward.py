@@ -45,8 +45,8 @@ from triton.experimental.gluon import language as gl
 from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared, mbarrier, tma, warpgroup_mma,
                                                               warpgroup_mma_wait)
 
-from ..gluon_tiles import (first_query_tile, flat_row_descriptor, fp32_row_descriptor, last_visible_key, operand,
-                          partition_barrier, ring_barriers, row_descriptors, store_rows, tile_rows, tma_reduce_add,
+from ..gluon_tiles import (add_dq_rows, first_query_tile, flat_row_descriptor, fp32_row_descriptor, last_visible_key,
+                          operand, partition_barrier, ring_barriers, row_descriptors, store_rows, tile_rows,
                           wgmma_layout)
 
 SOFTPICK = gl.constexpr(0)   # the modes, numbered as kernels/softpick/triton_forward.py's (SIGMOID added)
@@ -178,19 +178,13 @@ def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, HEAD_D: gl.constexpr, BM: gl
     """dQᵀ/scale of tile j (rows m_j ..) over all BLOCK_N keys, once both warpgroups have stored their half of its dX;
     the buffer is then released, and the result, staged as rows in warpgroup W's tile of dq_stages once the copy engine
     has read what this warpgroup staged there before, added into the fp32 dQ buffer by the copy engine
-    (gluon_tiles.tma_reduce_add; rows past Tq dropped). The warps' own fp32 vector atomics ran the backward up to 5%
+    (gluon_tiles.add_dq_rows). The warps' own fp32 vector atomics ran the backward up to 5%
     slower (BENCHMARKS.md, "dQ by the copy engine")."""
     mbarrier.wait(dx_ready.index(j % 2), (j // 2) & 1)
     zero_q = gl.zeros([HEAD_D, BM], gl.float32, layout=DQ_L)
     dq = warpgroup_mma(k_s.permute((1, 0)), dx_bufs.index(j % 2), zero_q, use_acc=False)
     mbarrier.arrive(dx_free.index(j % 2), count=1)
-    dq_stage = dq_stages.index(W)
-    tma.store_wait(0)
-    partition_barrier()
-    operand(dq_stage, BM, HEAD_D).store(gl.permute(dq, (1, 0)))
-    fence_async_shared()
-    partition_barrier()
-    tma_reduce_add(dq_desc, [b, h, m_j, 0], dq_stage)
+    add_dq_rows(dq, dq_stages.index(W), dq_desc, b, h, m_j, 0, BM, HEAD_D, 0)
 
 
 @gluon.jit

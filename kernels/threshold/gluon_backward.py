@@ -38,8 +38,8 @@ from triton.experimental.gluon.language.nvidia.hopper import (fence_async_shared
                                                               warpgroup_mma_wait)
 
 from ..common import cdiv
-from ..gluon_tiles import (first_query_tile, fp32_row_descriptor, last_visible_key, operand, partition_barrier,
-                           ring_barriers, row_descriptors, store_rows, tile_rows, tma_reduce_add, wgmma_layout)
+from ..gluon_tiles import (add_dq_rows, first_query_tile, fp32_row_descriptor, last_visible_key, operand,
+                           partition_barrier, ring_barriers, row_descriptors, store_rows, tile_rows, wgmma_layout)
 from .tiles import TileConfig
 from .triton_math import NORM_EPS
 
@@ -277,7 +277,7 @@ def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_fre
                  HEAD_D: gl.constexpr, DQ_L: gl.constexpr):
     """dq'^T of view W + 1 for tile j (rows m_prev ..) over all BLOCK_N keys, once both warpgroups have stored
     their dS of tile j; the dS buffer is released to both, then the result added into the view's fp32 dQ buffer by
-    the copy engine (tma_reduce_add: the additions are made in the L2, none by the warps; rows past Tq are dropped).
+    the copy engine (gluon_tiles.add_dq_rows: the additions are made in the L2, none by the warps).
     A product's M side is DQ_ROWS, so q/k 128 takes two, one per half of the head dimension (k's columns), each added as
     it is done. Part c goes through the warpgroup's staging tile c, as rows (dq', BLOCK_M x DQ_ROWS), once the reduction
     issued from that tile for the previous query tile has read it. The warps' own fp32 vector atomics (after a layout
@@ -295,13 +295,8 @@ def _dq_previous(W: gl.constexpr, j, m_prev, k_view_s, ds_bufs, ds_ready, ds_fre
         dq = warpgroup_mma(k_part.permute((1, 0)), ds_bufs.index(j % 2), zero_q, use_acc=False)
         if c == PARTS - 1:  # the last product has read the buffer
             mbarrier.arrive(ds_free.index(j % 2), count=1)
-        stage = dq_stage.index(W * PARTS + c)
-        tma.store_wait(PARTS - 1)  # the reduction issued from this tile PARTS bulk groups ago has read it
-        partition_barrier()
-        operand(stage, BM, DQ_ROWS).store(gl.permute(dq, (1, 0)))
-        fence_async_shared()
-        partition_barrier()
-        tma_reduce_add(dq_desc, [b, h, m_prev, c * DQ_ROWS], stage)
+        # the reduction issued from this tile PARTS bulk groups ago has read it
+        add_dq_rows(dq, dq_stage.index(W * PARTS + c), dq_desc, b, h, m_prev, c * DQ_ROWS, BM, DQ_ROWS, PARTS - 1)
 
 
 @gluon.jit

@@ -376,7 +376,7 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
     skip = rec.numel() > 0 and (backward_skips(fused) if plan.skip is None else plan.skip)
     lists = TileLists(rec, Tq, Tk, options.causal, target) if skip else None
     no_list = q1.new_empty(0, dtype=torch.int32) if lists is None else None  # (the kernels read no list then)
-    # the fp32 dq' buffers of the atomic paths, one zero fill for both views
+    # the fp32 dq' buffers that the atomic paths and the fused Gluon backward add into, one zero fill for both views
     dq_bufs = (torch.zeros((2 if two else 1, B, H, Tq, d), dtype=torch.float32, device=dev) if atomic
                else q1.new_empty((1, 0), dtype=torch.float32))
     dq_acc = dq_bufs[0]
