@@ -65,8 +65,9 @@ def run(part: str, kernel, grid: tuple, args: tuple, kwargs: dict, target: Optio
 
 
 def finish_dq(dq_acc: torch.Tensor, dq: torch.Tensor, scale: float, target: Optional[CompileTarget]) -> None:
-    """dq = scale · the fp32 buffer (B, H, Tq, d) the backward kernels added dQ/scale into by atomics, cast and written
-    in q's layout (score_ops.triton_tiles.dq_finish_kernel)."""
+    """dq = scale · the fp32 buffer (B, H, Tq, d) the backward kernels added dQ/scale into (the Triton dK/dV kernels by
+    atomics, the Gluon backward by the copy engine), cast and written in q's layout
+    (score_ops.triton_tiles.dq_finish_kernel)."""
     from ..common import padded
     from .triton_tiles import dq_finish_kernel
 

@@ -75,8 +75,9 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
                                                               Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dbias) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dbias
     (H,) fp32 (None unless ``need_dbias``). dQ is added by atomics inside the dK/dV kernel unless ``deterministic``
-    (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. ``db_by_dot``: db's sum over each tile's
-    queries as a small product on the tensor cores rather than a reduction across warps (triton_backward.py).
+    (or not ``atomic_dq``), when the atomic-free dQ kernel computes it (the Gluon backward adds it by the copy
+    engine). ``db_by_dot``: db's sum over each tile's queries as a small product on the tensor cores rather than a
+    reduction across warps (triton_backward.py).
     ``gluon``: the Gluon backward where it fits (None: unless a Triton tile or path is asked for; False: never;
     True: where it fits); ``gluon_tile``: its (query rows per tile, ring stages), else score_gluon.default_tile."""
     B, H, Tq, d = q.shape

@@ -76,11 +76,11 @@ def backward(do: torch.Tensor, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor
              ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, Optional[torch.Tensor]]:
     """Gradients (dq, dk, dv, dsink) for dO = do (B, H, Tq, dv): dq, dk, dv in the inputs' dtype and layouts, dsink
     (H,) fp32 (None unless ``need_dsink``, which needs ``sink``). dQ is added by atomics inside the dK/dV kernel
-    unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it. dsink is the sum, in
-    a fixed order, of the dK/dV kernel's per-key-block shares, which it takes from the fp32 weights rather than from
-    the rounded output (triton_backward.py says why). ``gluon``: the Gluon backward (kernels/score_ops/gluon_backward.py)
-    where it fits (None: for the sink mode, and softpick if SOFTPICK_GLUON, unless a Triton tile or path is asked
-    for; False: never; True: where it fits);
+    unless ``deterministic`` (or not ``atomic_dq``), when the atomic-free dQ kernel computes it (the Gluon backward
+    adds it by the copy engine). dsink is the sum, in a fixed order, of the dK/dV kernel's per-key-block shares,
+    which it takes from the fp32 weights rather than from the rounded output (triton_backward.py says why).
+    ``gluon``: the Gluon backward (kernels/score_ops/gluon_backward.py) where it fits (None: for the sink mode, and
+    softpick if SOFTPICK_GLUON, unless a Triton tile or path is asked for; False: never; True: where it fits);
     ``gluon_tile``: its (query rows per tile, ring stages), else score_gluon.default_tile."""
     B, H, Tq, d = q.shape
     Hkv, Tk, dv_dim = k.shape[1], k.shape[2], v.shape[-1]
