@@ -173,8 +173,8 @@ def _key_side(dk, dv, acc_p, k_s, v_s, q_s, do_s, dx_s, offs_n, m0, qk_scale2, p
 
 
 @gluon.jit
-def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, HEAD_D: gl.constexpr, BM: gl.constexpr, DQ_L: gl.constexpr, dq_desc,
-           dq_stages, W: gl.constexpr, b, h):
+def _dq_of(j, m_j, k_s, dx_bufs, dx_ready, dx_free, dq_desc, dq_stages, b, h, W: gl.constexpr, HEAD_D: gl.constexpr,
+           BM: gl.constexpr, DQ_L: gl.constexpr):
     """dQᵀ/scale of tile j (rows m_j ..) over all BLOCK_N keys, once both warpgroups have stored their half of its dX;
     the buffer is then released, and the result, staged as rows in warpgroup W's tile of dq_stages once the copy engine
     has read what this warpgroup staged there before, added into the fp32 dQ buffer by the copy engine
@@ -222,7 +222,7 @@ def _tile(i, dk, dv, acc_p, loop, W: gl.constexpr, HEAD_D: gl.constexpr, HEAD_DV
     if i > 0:
         if (i - 1) % 2 == W:
             k_all = operand(k_buf.index(z), BLOCK_N, HEAD_D)
-            _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, HEAD_D, BM, DQ_L, dq_desc, dq_stages, W, b, h)
+            _dq_of(i - 1, m0 - BM, k_all, dx_bufs, dx_ready, dx_free, dq_desc, dq_stages, b, h, W, HEAD_D, BM, DQ_L)
     return dk, dv, acc_p
 
 
@@ -275,8 +275,8 @@ def _warpgroup_partition(W: gl.constexpr, smem, ptrs, scalars, HEAD_D: gl.conste
     if n_tiles > 0:
         if (n_tiles - 1) % 2 == W:
             k_all = operand(k_buf.index(0), BLOCK_N, HEAD_D)
-            _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, HEAD_D, BM, DQ_L, dq_desc,
-                   dq_stages, W, b, h)
+            _dq_of(n_tiles - 1, m_lo + (n_tiles - 1) * BM, k_all, dx_bufs, dx_ready, dx_free, dq_desc, dq_stages, b, h,
+                   W, HEAD_D, BM, DQ_L)
     tma.store_wait(0)  # the staging tile stays in place until the copy engine has read it
     if PARAM_GRAD:
         total = gl.sum(acc_p, axis=0)
