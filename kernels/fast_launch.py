@@ -24,6 +24,9 @@ from .common import interpreting
 MAX_KEPT = 1024  # kept compiled kernels (one per kernel, specialisation and device); the store starts over when full
 _kept: dict[tuple, tuple] = {}
 _UNKNOWN = object()
+# a kernels.replay Recorder while one records a call: told of every launch from a kept kernel, and refused (the
+# program would lack the launch) when Triton's own path launches
+recording: Optional[object] = None
 _raw_stream: Optional[Callable[[int], int]] = getattr(torch._C, "_cuda_getCurrentRawStream", None)
 
 
@@ -71,12 +74,12 @@ def launch(kernel, grid: tuple, args: Sequence, kwargs: dict) -> object:
     """``kernel[grid](*args, **kwargs)``, the same launch; returns the compiled kernel."""
     params = getattr(kernel, "params", None)  # (a stand-in without a signature, as tests use, has none)
     if params is None or interpreting() or _hooked() or not torch.cuda.is_initialized():
-        return kernel[grid](*args, **kwargs)
+        return _through_triton(kernel, grid, args, kwargs)
     device = torch.cuda.current_device()
     key = specialisation_key(kernel, args, kwargs, device)
     kept = _kept.get(key) if key is not None else None
     if kept is None:
-        compiled = kernel[grid](*args, **kwargs)
+        compiled = _through_triton(kernel, grid, args, kwargs)
         if key is not None and compiled is not None:
             if len(_kept) >= MAX_KEPT:
                 _kept.clear()
@@ -85,8 +88,17 @@ def launch(kernel, grid: tuple, args: Sequence, kwargs: dict) -> object:
     compiled, tail = kept
     for (name, _), (value, scope) in getattr(kernel, "used_global_vals", {}).items():
         if scope.get(name, _UNKNOWN) != value:  # a global the kernel reads has changed: Triton's path says so
-            return kernel[grid](*args, **kwargs)
+            return _through_triton(kernel, grid, args, kwargs)
     stream = _raw_stream(device) if _raw_stream is not None else torch.cuda.current_stream(device).cuda_stream
     compiled.run(grid[0], grid[1] if len(grid) > 1 else 1, grid[2] if len(grid) > 2 else 1, stream,
                  compiled.function, compiled.packed_metadata, None, None, None, *args, *tail)
+    if recording is not None:
+        recording.note_launch(compiled, grid, (*args, *tail))
     return compiled
+
+
+def _through_triton(kernel, grid: tuple, args: Sequence, kwargs: dict) -> object:
+    """Triton's own launch (binding, specialisation, compilation the first time)."""
+    if recording is not None:
+        recording.refuse("a launch through Triton's own path (a kernel not yet kept, or an interpreted run)")
+    return kernel[grid](*args, **kwargs)

@@ -6,7 +6,7 @@ from typing import Optional, Union
 
 import torch
 
-from .. import common
+from .. import common, replay
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .options import ThresholdOptions
 from .tiles import skip_empty_tiles
@@ -42,6 +42,25 @@ def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options
                            deterministic, into=into)
 
 
+def paired_forward(q, k, v, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
+    """The paired forward on q (B, 2H, Tq, d) and k (B, 2Hkv, Tk, d) whole: (out, rq1, rk1, rq2, rk2, rec) as
+    launch.forward's. The autograd function's forward, and what kernels.replay records."""
+    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+    return _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
+
+
+def paired_backward(do, q, k, v, lam, beta, rq1, rk1, rq2, rk2, rec, options: ThresholdOptions, need_dlam: bool,
+                    need_dbeta: bool, deterministic: bool) -> tuple:
+    """The paired backward: (dq, dk, dv, dlam, dbeta), dq and dk whole, each view's gradient written by the kernels
+    into its heads. The autograd function's backward, and what kernels.replay records."""
+    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+    dq, dk = common.new_rows_like(q, q.shape[-1]), common.new_rows_like(k, k.shape[-1])
+    (dq1, dq2), (dk1, dk2) = pair_views(dq), pair_views(dk)
+    _, _, dv, _, _, dlam, dbeta = _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options,
+                                            need_dlam, need_dbeta, deterministic, into=(dq1, dk1, dq2, dk2))
+    return dq, dk, dv, dlam, dbeta
+
+
 class ThresholdAttentionFunction(torch.autograd.Function):
     """Autograd over the kernels. lam, beta arrive as (H,) fp32 tensors (lam None for one view). With ``record`` the
     forward's record of occupied tiles is saved for the backward, which then visits only those tiles; ``skip`` lets
@@ -56,31 +75,28 @@ class ThresholdAttentionFunction(torch.autograd.Function):
     def forward(ctx, q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool,
                 paired: bool):
         ctx.paired, ctx.options = paired, options
-        inputs = (q1, k1, v, q2, k2)
         if paired:
-            (q1, q2), (k1, k2) = pair_views(q1), pair_views(k1)
-        out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
-        ctx.save_for_backward(*inputs, lam, beta, rq1, rk1, rq2, rk2, rec)
+            out, rq1, rk1, rq2, rk2, rec = paired_forward(q1, k1, v, lam, beta, options, record, skip)
+        else:
+            out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
+        ctx.save_for_backward(q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec)
         return out
 
     @staticmethod
     def backward(ctx, do):
         q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec = ctx.saved_tensors
-        into = None
-        if ctx.paired:
-            q, k = q1, k1
-            (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
-            dq, dk = common.new_rows_like(q, q.shape[-1]), common.new_rows_like(k, k.shape[-1])
-            (dq1, dq2), (dk1, dk2) = pair_views(dq), pair_views(dk)
-            into = (dq1, dk1, dq2, dk2)
-        two = q2 is not None
+        two = ctx.paired or q2 is not None
         need_dlam = two and ctx.needs_input_grad[5]
         need_dbeta = ctx.needs_input_grad[6]
-        dq1, dk1, dv, dq2, dk2, dlam, dbeta = _backward(
-            do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, ctx.options, need_dlam, need_dbeta,
-            torch.are_deterministic_algorithms_enabled(), into)
+        deterministic = torch.are_deterministic_algorithms_enabled()
         if ctx.paired:
-            dq1, dk1, dq2, dk2 = dq, dk, None, None
+            dq1, dk1, dv, dlam, dbeta = paired_backward(do, q1, k1, v, lam, beta, rq1, rk1, rq2, rk2, rec,
+                                                        ctx.options, need_dlam, need_dbeta, deterministic)
+            dq2 = dk2 = None
+        else:
+            dq1, dk1, dv, dq2, dk2, dlam, dbeta = _backward(
+                do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, ctx.options, need_dlam, need_dbeta,
+                deterministic)
         return (dq1, dk1, dv, dq2 if two else None, dk2 if two else None,
                 dlam if need_dlam else None, dbeta if need_dbeta else None, None, None, None, None)
 
@@ -136,17 +152,26 @@ def paired_threshold_attention_triton(
 ) -> torch.Tensor:
     """TDA in the paired head layout: ``threshold_attention_triton(q1, k1, v, q2, k2, ...)`` with (q1, q2), (k1, k2)
     the even and odd heads of q (B, 2H, Tq, d) and k (B, 2Hkv, Tk, d) (pair_views), v (B, Hkv, Tk, dv): the same
-    output, and the gradients of q and k written whole by the kernels (ThresholdAttentionFunction's ``paired``)."""
-    check_pairs(q, k)
-    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
-    check_inputs(q1, k1, v, q2, k2, lam, beta, options)
+    output, and the gradients of q and k written whole by the kernels (ThresholdAttentionFunction's ``paired``).
+    With kernels.replay on, a kind of call it has recorded is replayed by its C++ engine instead."""
+    if replay.ENABLED:
+        out = replay.paired(q, k, v, lam, beta, options, skip_empty)
+        if out is not None:
+            return out
+    check_paired(q, k, v, lam, beta, options)
     return _apply(q, k, v, None, None, lam, beta, options, skip_empty, paired=True)
 
 
-def _apply(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip_empty: Optional[bool],
-           paired: bool) -> torch.Tensor:
-    """ThresholdAttentionFunction on checked inputs: λ and β as (H,) tensors, the record made only where a gradient
-    will be asked for."""
+def check_paired(q, k, v, lam, beta, options: ThresholdOptions) -> None:
+    """paired_threshold_attention_triton's input checks."""
+    check_pairs(q, k)
+    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
+    check_inputs(q1, k1, v, q2, k2, lam, beta, options)
+
+
+def prepared(q1, k1, v, q2, k2, lam, beta, skip_empty: Optional[bool], paired: bool) -> tuple:
+    """λ and β as (H,) tensors, whether the forward makes the record (only where a gradient will be asked for) and
+    whether tiles are skipped: (lam_h, beta_h, record, skip)."""
     two = paired or q2 is not None
     H = q1.shape[1] // 2 if paired else q1.shape[1]
     lam_h = as_head_vector(lam, H, q1.device) if two else None
@@ -155,4 +180,11 @@ def _apply(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip_empty: 
     # the record serves the backward only: none is made where no gradient will be asked for (evaluation, no_grad)
     record = skip and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q1, k1, v, q2, k2, lam_h, beta_h))
+    return lam_h, beta_h, record, skip
+
+
+def _apply(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip_empty: Optional[bool],
+           paired: bool) -> torch.Tensor:
+    """ThresholdAttentionFunction on checked inputs (prepared's λ, β, record and skip)."""
+    lam_h, beta_h, record, skip = prepared(q1, k1, v, q2, k2, lam, beta, skip_empty, paired)
     return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, record, skip, paired)

@@ -1,0 +1,302 @@
+// The replay engine of kernels/replay: runs a recorded program (allocations, views, fills, a reduction, kernel
+// launches) with no Python in the call, and an autograd function over a recorded forward and backward.
+//
+// A program is a list of instructions over numbered slots of tensors: slots 0 .. n_inputs - 1 are the call's
+// inputs, the others are made by the instructions in order. Everything shape-dependent (sizes, strides, grids,
+// scalar kernel arguments, tensor-map dimensions) was fixed when the program was recorded (record.py), so a program
+// serves only calls whose inputs have the recorded sizes, strides, dtypes and alignment: the Python side keys
+// programs by exactly that. What changes from call to call is where tensors live: pointers and the address in each
+// tensor map (cuTensorMapReplaceAddress on a map encoded once at registration).
+#include <torch/extension.h>
+#include <torch/autograd.h>
+#include <c10/core/Stream.h>
+#include <c10/core/impl/VirtualGuardImpl.h>
+
+#include <dlfcn.h>
+#include <cstring>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "cuda.h"
+
+namespace {
+
+// instruction opcodes (record.py's OPCODES)
+enum : int64_t { ALLOC = 0, VIEW = 1, ZERO = 2, SUM = 3, COPY = 4, LAUNCH = 5 };
+// kernel parameter kinds (record.py's PARAMS); each is [kind, ...]
+enum : int64_t { P_PTR = 0, P_NULL = 1, P_I8 = 2, P_I16 = 3, P_I32 = 4, P_I64 = 5, P_B16 = 6, P_B32 = 7, P_B64 = 8,
+                 P_TMAP = 9 };
+
+using LaunchKernel = CUresult (*)(CUfunction, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned, unsigned,
+                                  CUstream, void**, void**);
+using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, void*, const cuuint64_t*,
+                                 const cuuint64_t*, const cuuint32_t*, const cuuint32_t*, CUtensorMapInterleave,
+                                 CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
+using ReplaceAddress = CUresult (*)(CUtensorMap*, void*);
+using ErrorString = CUresult (*)(CUresult, const char**);
+
+struct Driver {
+  LaunchKernel launch = nullptr;
+  EncodeTiled encode = nullptr;
+  ReplaceAddress replace = nullptr;
+  ErrorString error = nullptr;
+};
+
+const Driver& driver() {
+  static Driver d;
+  static std::once_flag once;
+  std::call_once(once, [] {
+    void* lib = dlopen("libcuda.so.1", RTLD_NOW | RTLD_NOLOAD);
+    if (lib == nullptr) lib = dlopen("libcuda.so.1", RTLD_NOW);
+    if (lib == nullptr) return;
+    d.launch = reinterpret_cast<LaunchKernel>(dlsym(lib, "cuLaunchKernel"));
+    d.encode = reinterpret_cast<EncodeTiled>(dlsym(lib, "cuTensorMapEncodeTiled"));
+    d.replace = reinterpret_cast<ReplaceAddress>(dlsym(lib, "cuTensorMapReplaceAddress"));
+    d.error = reinterpret_cast<ErrorString>(dlsym(lib, "cuGetErrorString"));
+  });
+  if (d.launch == nullptr || d.encode == nullptr || d.replace == nullptr || d.error == nullptr)
+    throw std::runtime_error("kernels.replay: libcuda.so.1 or one of its launch functions could not be loaded");
+  return d;
+}
+
+void check(CUresult result, const char* what) {
+  if (result == CUDA_SUCCESS) return;
+  const char* text = nullptr;
+  driver().error(result, &text);
+  throw std::runtime_error(std::string("kernels.replay: ") + what + " failed: " + (text ? text : "unknown error"));
+}
+
+struct Param {
+  int64_t kind;
+  int64_t value;  // the slot (P_PTR, P_TMAP) or the value's bits
+  int64_t map;    // P_TMAP: index into Launch::maps
+};
+
+struct Launch {
+  CUfunction function;
+  unsigned grid[3];
+  unsigned block;
+  unsigned shared;
+  std::vector<Param> params;
+  std::vector<CUtensorMap> maps;  // encoded at registration; each call copies them and replaces the address
+};
+
+struct Program {
+  int64_t n_inputs = 0;
+  int64_t n_slots = 0;
+  std::vector<std::vector<int64_t>> code;
+  std::vector<Launch> launches;
+  std::vector<int64_t> outputs;  // slots returned, -1 for an undefined tensor
+};
+
+std::vector<Program>& programs() {
+  static std::vector<Program> all;
+  return all;
+}
+
+std::mutex& registry_lock() {
+  static std::mutex m;
+  return m;
+}
+
+const Program& program(int64_t id) {
+  std::lock_guard<std::mutex> guard(registry_lock());
+  if (id < 0 || id >= static_cast<int64_t>(programs().size()))
+    throw std::out_of_range("kernels.replay: no program " + std::to_string(id));
+  return programs()[id];
+}
+
+std::vector<int64_t> take(const std::vector<int64_t>& a, size_t at, size_t n) {
+  return std::vector<int64_t>(a.begin() + at, a.begin() + at + n);
+}
+
+Launch make_launch(int64_t function, const std::vector<int64_t>& shape, const std::vector<std::vector<int64_t>>& params) {
+  Launch l;
+  l.function = reinterpret_cast<CUfunction>(static_cast<uintptr_t>(function));
+  for (int i = 0; i < 3; ++i) l.grid[i] = static_cast<unsigned>(shape.at(i));
+  l.block = static_cast<unsigned>(shape.at(3));
+  l.shared = static_cast<unsigned>(shape.at(4));
+  for (const auto& p : params) {
+    Param q{p.at(0), p.size() > 1 ? p[1] : 0, -1};
+    if (q.kind == P_TMAP) {
+      // [P_TMAP, slot, address at recording, elem type, rank, swizzle, fill, dims (rank), byte strides (rank - 1),
+      //  box (rank)], every list innermost first, as cuTensorMapEncodeTiled takes them
+      const int64_t rank = p.at(4);
+      std::vector<cuuint64_t> dims(rank), strides(rank > 1 ? rank - 1 : 1, 0);
+      std::vector<cuuint32_t> box(rank), unit(rank, 1);
+      for (int64_t i = 0; i < rank; ++i) dims[i] = static_cast<cuuint64_t>(p.at(7 + i));
+      for (int64_t i = 0; i + 1 < rank; ++i) strides[i] = static_cast<cuuint64_t>(p.at(7 + rank + i));
+      for (int64_t i = 0; i < rank; ++i) box[i] = static_cast<cuuint32_t>(p.at(7 + 2 * rank - 1 + i));
+      CUtensorMap map;
+      check(driver().encode(&map, static_cast<CUtensorMapDataType>(p.at(3)), static_cast<cuuint32_t>(rank),
+                            reinterpret_cast<void*>(static_cast<uintptr_t>(p.at(2))), dims.data(), strides.data(),
+                            box.data(), unit.data(), CU_TENSOR_MAP_INTERLEAVE_NONE,
+                            static_cast<CUtensorMapSwizzle>(p.at(5)), CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            static_cast<CUtensorMapFloatOOBfill>(p.at(6))),
+            "cuTensorMapEncodeTiled");
+      q.map = static_cast<int64_t>(l.maps.size());
+      l.maps.push_back(map);
+    }
+    l.params.push_back(q);
+  }
+  return l;
+}
+
+// Registers a program; returns its id. ``launches`` holds, per launch, the CUfunction (as an integer), [grid x, y, z,
+// threads per block, dynamic shared bytes] and the parameters.
+int64_t register_program(int64_t n_inputs, int64_t n_slots, std::vector<std::vector<int64_t>> code,
+                         std::vector<int64_t> functions, std::vector<std::vector<int64_t>> shapes,
+                         std::vector<std::vector<std::vector<int64_t>>> params, std::vector<int64_t> outputs) {
+  Program p;
+  p.n_inputs = n_inputs;
+  p.n_slots = n_slots;
+  p.code = std::move(code);
+  p.outputs = std::move(outputs);
+  for (size_t i = 0; i < functions.size(); ++i) p.launches.push_back(make_launch(functions[i], shapes.at(i), params.at(i)));
+  std::lock_guard<std::mutex> guard(registry_lock());
+  programs().push_back(std::move(p));
+  return static_cast<int64_t>(programs().size()) - 1;
+}
+
+void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stream) {
+  const size_t n = l.params.size();
+  std::vector<uint64_t> scalars(n, 0);
+  std::vector<CUtensorMap> maps(l.maps);
+  std::vector<void*> args(n, nullptr);
+  for (size_t i = 0; i < n; ++i) {
+    const Param& p = l.params[i];
+    void* at = &scalars[i];
+    switch (p.kind) {
+      case P_PTR: scalars[i] = reinterpret_cast<uint64_t>(slots[p.value].data_ptr()); break;
+      case P_NULL: break;
+      case P_I8: { int8_t v = static_cast<int8_t>(p.value); std::memcpy(at, &v, 1); break; }
+      case P_I16: { int16_t v = static_cast<int16_t>(p.value); std::memcpy(at, &v, 2); break; }
+      case P_I32: { int32_t v = static_cast<int32_t>(p.value); std::memcpy(at, &v, 4); break; }
+      case P_B16: { uint16_t v = static_cast<uint16_t>(p.value); std::memcpy(at, &v, 2); break; }
+      case P_B32: { uint32_t v = static_cast<uint32_t>(p.value); std::memcpy(at, &v, 4); break; }
+      case P_I64:
+      case P_B64: scalars[i] = static_cast<uint64_t>(p.value); break;
+      case P_TMAP:
+        check(driver().replace(&maps[p.map], slots[p.value].data_ptr()), "cuTensorMapReplaceAddress");
+        at = &maps[p.map];
+        break;
+      default: throw std::runtime_error("kernels.replay: unknown parameter kind " + std::to_string(p.kind));
+    }
+    args[i] = at;
+  }
+  check(driver().launch(l.function, l.grid[0], l.grid[1], l.grid[2], l.block, 1, 1, l.shared, stream, args.data(),
+                        nullptr),
+        "cuLaunchKernel");
+}
+
+std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
+  const Program& p = program(id);
+  if (static_cast<int64_t>(inputs.size()) != p.n_inputs)
+    throw std::invalid_argument("kernels.replay: program " + std::to_string(id) + " takes " +
+                                std::to_string(p.n_inputs) + " inputs, got " + std::to_string(inputs.size()));
+  std::vector<at::Tensor> slots(std::move(inputs));
+  slots.resize(p.n_slots);
+  const c10::Device device = slots[0].device();
+  CUstream stream = nullptr;
+  if (!p.launches.empty()) {
+    c10::impl::VirtualGuardImpl impl(device.type());
+    stream = static_cast<CUstream>(impl.getStream(device).native_handle());
+  }
+  for (const auto& ins : p.code) {
+    switch (ins[0]) {
+      case ALLOC: {  // [ALLOC, out, dtype, zero, ndim, sizes, strides]
+        const int64_t nd = ins[4];
+        auto t = at::empty_strided(take(ins, 5, nd), take(ins, 5 + nd, nd),
+                                   at::TensorOptions().dtype(static_cast<at::ScalarType>(ins[2])).device(device));
+        if (ins[3]) t.zero_();
+        slots[ins[1]] = std::move(t);
+        break;
+      }
+      case VIEW: {  // [VIEW, out, base, storage offset - base's, ndim, sizes, strides]
+        const at::Tensor& base = slots[ins[2]];
+        const int64_t nd = ins[4];
+        slots[ins[1]] = base.as_strided(take(ins, 5, nd), take(ins, 5 + nd, nd), base.storage_offset() + ins[3]);
+        break;
+      }
+      case ZERO: slots[ins[1]].zero_(); break;  // [ZERO, slot]
+      case SUM: {  // [SUM, out, in, ndims, dims]
+        slots[ins[1]] = slots[ins[2]].sum(take(ins, 4, ins[3]));
+        break;
+      }
+      case COPY: {  // [COPY, out, in, ndim, sizes, strides]: the input copied into a tensor of the recorded layout
+        const int64_t nd = ins[3];
+        const at::Tensor& from = slots[ins[2]];
+        slots[ins[1]] = at::empty_strided(take(ins, 4, nd), take(ins, 4 + nd, nd), from.options()).copy_(from);
+        break;
+      }
+      case LAUNCH: launch(p.launches.at(ins[1]), slots, stream); break;
+      default: throw std::runtime_error("kernels.replay: unknown instruction " + std::to_string(ins[0]));
+    }
+  }
+  std::vector<at::Tensor> out;
+  out.reserve(p.outputs.size());
+  for (int64_t s : p.outputs) out.push_back(s >= 0 ? slots[s] : at::Tensor());
+  return out;
+}
+
+// The layout a backward program was recorded with for the incoming gradient: it is copied into that layout when it
+// arrives in another (or less aligned), which the kernels and the recorded strides then take.
+struct Expected {
+  std::vector<int64_t> sizes, strides;
+  int64_t align;
+};
+
+at::Tensor as_expected(const at::Tensor& g, const Expected& e) {
+  const bool aligned = reinterpret_cast<uintptr_t>(g.data_ptr()) % static_cast<uintptr_t>(e.align) == 0;
+  if (g.sizes().vec() == e.sizes && g.strides().vec() == e.strides && aligned) return g;
+  return at::empty_strided(e.sizes, e.strides, g.options()).copy_(g);
+}
+
+// The paired entry's autograd function: inputs q, k, v, lam, beta (the last two (H,) fp32); the forward program
+// returns the output and what the backward reads; the backward program takes
+// [dO, q, k, v, lam, beta, what the forward saved] and returns [dq, dk, dv, dlam, dbeta] (undefined where none).
+class Replayed : public torch::autograd::Function<Replayed> {
+ public:
+  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
+                            const at::Tensor& v, const at::Tensor& lam, const at::Tensor& beta, int64_t fwd,
+                            int64_t bwd, std::vector<int64_t> do_sizes, std::vector<int64_t> do_strides,
+                            int64_t do_align) {
+    std::vector<at::Tensor> outs = run(fwd, {q, k, v, lam, beta});
+    std::vector<at::Tensor> saved{q, k, v, lam, beta};
+    saved.insert(saved.end(), outs.begin() + 1, outs.end());
+    ctx->save_for_backward(saved);
+    ctx->saved_data["bwd"] = bwd;
+    ctx->saved_data["do_sizes"] = do_sizes;
+    ctx->saved_data["do_strides"] = do_strides;
+    ctx->saved_data["do_align"] = do_align;
+    return outs[0];
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    std::vector<at::Tensor> inputs = ctx->get_saved_variables();
+    Expected e{ctx->saved_data["do_sizes"].toIntVector(), ctx->saved_data["do_strides"].toIntVector(),
+               ctx->saved_data["do_align"].toInt()};
+    at::Tensor g = grads[0].defined() ? grads[0] : at::zeros(e.sizes, inputs[0].options());
+    inputs.insert(inputs.begin(), as_expected(g, e));
+    std::vector<at::Tensor> d = run(ctx->saved_data["bwd"].toInt(), std::move(inputs));
+    d.resize(5);
+    return {d[0], d[1], d[2], d[3], d[4], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+  }
+};
+
+at::Tensor paired(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lam,
+                  const at::Tensor& beta, int64_t fwd, int64_t bwd, std::vector<int64_t> do_sizes,
+                  std::vector<int64_t> do_strides, int64_t do_align) {
+  return Replayed::apply(q, k, v, lam, beta, fwd, bwd, std::move(do_sizes), std::move(do_strides), do_align);
+}
+
+}  // namespace
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("register_program", &register_program);
+  m.def("run", &run);
+  m.def("paired", &paired);
+}

@@ -1,0 +1,157 @@
+"""kernels.replay on the CPU: what a recording writes down, and the engine's replay of it (allocations, views, fills,
+the reduction, copies) on other tensors of the same layout. Launches need a GPU (test_replay_gpu.py); here their
+parameters are checked as the recorder encodes them."""
+
+import shutil
+import struct
+from types import SimpleNamespace
+
+import pytest
+import torch
+
+from kernels import common
+from kernels.inputs import pair_views
+from kernels.replay.record import OPCODES, PARAMS, Recorder, Refused
+
+needs_compiler = pytest.mark.skipif(shutil.which("c++") is None and shutil.which("g++") is None,
+                                    reason="the engine is built with a C++ compiler")
+
+
+def _body(x, y):
+    """Operations of the kinds the paired path makes: pair views, rows laid out like an input, zero fills, a sum
+    over dims and a select, a contiguous copy."""
+    a, b = pair_views(x)
+    rows = common.new_rows_like(x, 5)
+    buf = torch.zeros((2, 3, 4), dtype=torch.float32)
+    buf.zero_()
+    sums = buf.sum(dim=(0, 2))
+    first = sums[0]
+    copy = b.contiguous()
+    flat = y.view(-1)
+    return [a, b, rows, buf, sums, first, copy, flat, None]
+
+
+def _layout(t):
+    return (tuple(t.shape), t.stride(), t.dtype)
+
+
+@needs_compiler
+def test_replay_makes_the_recorded_layouts_on_new_tensors():
+    from kernels import replay
+
+    torch.manual_seed(0)
+    base = torch.randn(3, 7, 6, 8)
+    x = base[1:].transpose(1, 2)  # (2, 6, 7, 8), a view at a storage offset, not contiguous
+    y = torch.randn(4, 5)
+    with Recorder([x, y]) as rec:
+        outs = _body(x, y)
+    program = rec.program(outs)
+    eng = replay.native()
+    pid = eng.register_program(*program)
+    base2 = torch.randn(3, 7, 6, 8)
+    x2, y2 = base2[1:].transpose(1, 2), torch.randn(4, 5)
+    got = eng.run(pid, [x2, y2])
+    want = _body(x2, y2)
+    assert len(got) == len(want)
+    for g, w in zip(got[:-1], want[:-1]):
+        assert _layout(g) == _layout(w)
+    a, b, rows, buf, sums, first, copy, flat = got[:-1]
+    # views of the new inputs, not of the recorded ones
+    assert a.data_ptr() == x2[:, 0::2].data_ptr() and torch.equal(a, x2[:, 0::2])
+    assert torch.equal(b, x2[:, 1::2]) and torch.equal(flat, y2.view(-1)) and flat.data_ptr() == y2.data_ptr()
+    assert torch.equal(buf, torch.zeros_like(buf)) and torch.equal(sums, torch.zeros(3))
+    assert first.data_ptr() == sums.data_ptr()
+    assert torch.equal(copy, x2[:, 1::2]) and copy.is_contiguous() and copy.data_ptr() != x2.data_ptr()
+    assert rows.data_ptr() not in (x2.data_ptr(), x.data_ptr())
+    assert got[-1] is None
+
+
+@needs_compiler
+def test_replay_checks_the_number_of_inputs():
+    from kernels import replay
+
+    x = torch.randn(2, 4, 3, 8)
+    with Recorder([x]) as rec:
+        outs = list(pair_views(x))
+    pid = replay.native().register_program(*rec.program(outs))
+    with pytest.raises(ValueError, match="takes 1 inputs, got 2"):
+        replay.native().run(pid, [x, x])
+
+
+def test_unknown_operations_and_outside_tensors_are_refused():
+    x = torch.randn(2, 4, 3, 8)
+    with Recorder([x]) as rec:
+        y = x + 1
+    with pytest.raises(Refused, match="aten::add"):
+        rec.program([y])
+    outside = torch.randn(3)
+    with Recorder([x]) as rec:
+        a, _ = pair_views(x)
+    with pytest.raises(Refused, match="made outside the recording"):
+        rec.program([a, outside])
+
+
+def test_the_first_refusal_is_kept():
+    x = torch.randn(4, 4)
+    with Recorder([x]) as rec:
+        x.mul(2)
+        x.view(-1)
+        x.add(1)
+    assert rec.refused.startswith("the operation aten::mul")
+
+
+def _compiled(signature: dict, metas=None, **md):
+    metadata = dict(num_warps=4, shared=1024, num_ctas=1, launch_pdl=False, launch_cooperative_grid=False,
+                    global_scratch_size=0, profile_scratch_size=0, tensordesc_meta=metas)
+    metadata.update(md)
+    return SimpleNamespace(name="k", function=1234, src=SimpleNamespace(signature=signature),
+                           metadata=SimpleNamespace(**metadata))
+
+
+class _Descriptor:
+    def __init__(self, base, shape, strides, block, padding="zero"):
+        self.base, self.shape, self.strides, self.block_shape, self.padding = base, shape, strides, block, padding
+
+
+def test_launch_parameters_follow_the_expanded_signature():
+    x = torch.randn(2, 4, 6, 8, dtype=torch.bfloat16)
+    with Recorder([x]) as rec:
+        rows = x.view(8, 6, 8)
+        desc = _Descriptor(rows, [8, 6, 8], [48, 8, 1], [1, 2, 8])
+        meta = dict(swizzle=3, elem_size=2, elem_type=10, block_size=[1, 2, 8], fp4_padded=False)
+        sig = {"X": "*bf16", "D": "tensordesc<bf16[1, 2, 8],layout>", "N": "i32", "ONE": "constexpr",
+               "scale": "fp32", "off": "i64", "flag": "i1", "BLOCK": "constexpr", "none": "*fp32"}
+        rec.note_launch(_compiled(sig, [meta]), (5, 2), (x, desc, 7, 1, 0.5, -3, True, 64, None))
+    assert rec.refused is None
+    n, slots, code, functions, shapes, params, out = rec.program([rows])
+    assert code[-1] == [OPCODES["LAUNCH"], 0] and functions == [1234]
+    assert shapes == [[5, 2, 1, 128, 1024]]
+    p = params[0]
+    assert p[0] == [PARAMS["PTR"], 0]
+    tmap = p[1]
+    # [kind, slot, address, host elem type, rank, swizzle, fill, dims innermost first, byte strides, box]
+    assert tmap[:7] == [PARAMS["TMAP"], 1, rows.data_ptr(), 9, 3, 3, 0]  # device elem type 10 is the host's 9
+    assert tmap[7:] == [8, 6, 8, 8 * 2, 48 * 2, 8, 2, 1]
+    assert p[2:5] == [[PARAMS["I32"], 8], [PARAMS["I32"], 6], [PARAMS["I32"], 8]]
+    assert p[5:8] == [[PARAMS["I64"], 48], [PARAMS["I64"], 8], [PARAMS["I64"], 1]]
+    assert p[8] == [PARAMS["I32"], 7]
+    assert p[9] == [PARAMS["B32"], struct.unpack("<I", struct.pack("<f", 0.5))[0]]
+    assert p[10] == [PARAMS["I64"], -3] and p[11] == [PARAMS["I8"], 1]
+    assert p[12] == [PARAMS["NULL"]]
+    assert p[13:] == [[PARAMS["NULL"]], [PARAMS["NULL"]]]  # the scratch pointers
+
+
+@pytest.mark.parametrize("what, md", [("clusters", dict(num_ctas=2)), ("global scratch", dict(global_scratch_size=8)),
+                                      ("PDL", dict(launch_pdl=True))])
+def test_launches_the_engine_cannot_make_are_refused(what, md):
+    x = torch.randn(4)
+    with Recorder([x]) as rec:
+        rec.note_launch(_compiled({"X": "*fp32"}, **md), (1,), (x,))
+    assert rec.refused is not None and what in rec.refused
+
+
+def test_descriptors_without_a_tma_map_are_refused():
+    x = torch.randn(4, 8)
+    with Recorder([x]) as rec:
+        rec.note_launch(_compiled({"D": "tensordesc<fp32[2, 8]>"}), (1,), (_Descriptor(x, [4, 8], [8, 1], [2, 8]),))
+    assert "not lowered to a TMA map" in rec.refused
