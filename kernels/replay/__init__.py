@@ -31,6 +31,7 @@ import torch
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
 
 _native = None
+_programs: dict[int, list] = {}  # registered program id -> its instructions (for experiments/host_replay/parts.py)
 _state: dict[tuple, object] = {}  # key -> "seen" | "recording" | (fwd id, bwd id, dO layout) | refusal text
 MAX_KEYS = 256
 
@@ -92,7 +93,7 @@ def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[
     if state != "seen":
         return None
     from ..threshold.autograd import check_paired, prepared
-    from .paired import RecordingPaired
+    from .recording import RecordingPaired
 
     check_paired(q, k, v, lam, beta, options)
     lam_h, beta_h, record, skip = prepared(q, k, v, None, None, lam, beta, skip_empty, paired=True)
@@ -110,4 +111,6 @@ def _recorded(key: tuple, fwd: Optional[tuple], bwd: Optional[tuple], do_layout:
         _state[key] = refused
         return
     eng = native()
-    _state[key] = (eng.register_program(*fwd), eng.register_program(*bwd), do_layout)
+    ids = eng.register_program(*fwd), eng.register_program(*bwd)
+    _programs.update(zip(ids, (fwd[2], bwd[2])))
+    _state[key] = (*ids, do_layout)

@@ -13,6 +13,7 @@
 #include <c10/core/impl/VirtualGuardImpl.h>
 
 #include <dlfcn.h>
+#include <chrono>
 #include <cstring>
 #include <mutex>
 #include <stdexcept>
@@ -191,7 +192,22 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
         "cuLaunchKernel");
 }
 
+std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, std::vector<double>* spent);
+
 std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
+  return run_timed(id, std::move(inputs), nullptr);
+}
+
+// Host µs of each instruction of program ``id``, the mean over ``reps`` runs on ``inputs`` (what a replayed call's
+// host time is made of: experiments/host_replay/parts.py).
+std::vector<double> instruction_us(int64_t id, std::vector<at::Tensor> inputs, int64_t reps) {
+  std::vector<double> spent(program(id).code.size(), 0.0);
+  for (int64_t r = 0; r < reps; ++r) run_timed(id, inputs, &spent);
+  for (double& s : spent) s /= static_cast<double>(reps);
+  return spent;
+}
+
+std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, std::vector<double>* spent) {
   const Program& p = program(id);
   if (static_cast<int64_t>(inputs.size()) != p.n_inputs)
     throw std::invalid_argument("kernels.replay: program " + std::to_string(id) + " takes " +
@@ -204,7 +220,9 @@ std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
     c10::impl::VirtualGuardImpl impl(device.type());
     stream = static_cast<CUstream>(impl.getStream(device).native_handle());
   }
-  for (const auto& ins : p.code) {
+  for (size_t at_ins = 0; at_ins < p.code.size(); ++at_ins) {
+    const auto& ins = p.code[at_ins];
+    const auto start = spent ? std::chrono::steady_clock::now() : std::chrono::steady_clock::time_point();
     switch (ins[0]) {
       case ALLOC: {  // [ALLOC, out, dtype, zero, ndim, sizes, strides]
         const int64_t nd = ins[4];
@@ -234,6 +252,8 @@ std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
       case LAUNCH: launch(p.launches.at(ins[1]), slots, stream); break;
       default: throw std::runtime_error("kernels.replay: unknown instruction " + std::to_string(ins[0]));
     }
+    if (spent)
+      (*spent)[at_ins] += std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - start).count();
   }
   std::vector<at::Tensor> out;
   out.reserve(p.outputs.size());
@@ -298,5 +318,6 @@ at::Tensor paired(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("register_program", &register_program);
   m.def("run", &run);
+  m.def("instruction_us", &instruction_us);
   m.def("paired", &paired);
 }
