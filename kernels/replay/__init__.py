@@ -10,13 +10,15 @@ backward's, patching only the tensors' addresses (kernel pointers, and each TMA 
 cuTensorMapReplaceAddress).
 
 The kind of input (the key) is everything the recorded programs depend on: each input's sizes, strides, dtype,
-device, 16-byte alignment and whether it requires a gradient, the options, whether the record is made and tiles are
-skipped, the deterministic mode. The first call of a kind runs the Python path (compiling the kernels), the second
-records while it runs it, later ones replay. A call whose recording is refused (an operation or launch the engine
-does not know) stays on the Python path for good; ``status()`` says why. Module switches of the kernels
-(gluon_forward.PIPELINE and the like) are read when recording: ``clear()`` after changing one.
+device, 16-byte alignment and whether it requires a gradient, the options, whether tiles are skipped, the grad and
+deterministic modes. The first call of a kind runs the Python path (compiling the kernels), the second records while it
+runs it, later ones replay. A kind whose recording is refused (an operation or launch the engine does not know), and a
+call asking for no gradient (the engine replays forward+backward pairs), stay on the Python path; ``status()`` says
+why. The kernels' module switches (launch.GLUON_FORWARD_D128, gluon_forward.STAGES and the like) are read when
+recording: ``clear()`` after changing one.
 
-Off unless ``ENABLED`` is set (experiment: not yet run on a GPU). The engine is built with
+Off unless ``ENABLED`` is set (``SINK_FREE_REPLAY=1``); measured in BENCHMARKS.md ("The paired call replayed from
+C++"). The engine is built with
 torch.utils.cpp_extension the first time it is needed (a C++ compiler and ninja; about half a minute), against the
 CUDA driver header that Triton ships, and loads libcuda itself.
 """
@@ -31,7 +33,7 @@ import torch
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
 
 _native = None
-_programs: dict[int, list] = {}  # registered program id -> its instructions (for experiments/host_replay/parts.py)
+_programs: dict[int, list] = {}  # registered program id -> its instructions (benchmarks.replay --parts prints them)
 _state: dict[tuple, object] = {}  # key -> "seen" | "recording" | (fwd id, bwd id, dO layout) | refusal text
 MAX_KEYS = 256
 
@@ -51,7 +53,8 @@ def native():
 
 
 def clear() -> None:
-    """Forget every recorded program (after changing a kernel's module switch)."""
+    """Forget every recorded kind of call (after changing a kernel's module switch); the next call of each kind
+    records it again. (The engine keeps the programs it was given, a few KiB each.)"""
     _state.clear()
 
 
@@ -61,8 +64,10 @@ def status() -> dict:
 
 
 def _meta(t) -> object:
+    """What the key holds of one input: a tensor's metadata, a number's type and value (a bool is not a float to the
+    checks), and for anything else a key matching nothing (the Python path's checks then name the bad input)."""
     if not isinstance(t, torch.Tensor):
-        return float(t)
+        return (type(t), t) if isinstance(t, (bool, int, float)) else object()
     return (tuple(t.shape), t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0, t.requires_grad)
 
 

@@ -1,0 +1,197 @@
+"""The paired TDA call on the Python path against kernels.replay's C++ engine (GPU), cuDNN's softmax beside: issue
+24's host target is that TDA's host time per forward+backward be no larger than cuDNN's.
+
+    python -m benchmarks.replay                          # T = 4096, 8192, 16384; d = 64 and 128; B·T = 16384
+    python -m benchmarks.replay --seq 4096 --head-dims 64 --parts    # and where the replayed call's host time goes
+
+Paired heads of d (v 2d), 768 / d / 2 pairs (cuDNN: 768 / d heads of d), q and k whole leaves in the projection layout,
+dense inputs (every tile occupied, benchmarks.attention's DENSE_RHO), bf16. Before timing, each shape is called three
+times with replay on (the first call runs the Python path, the second records, the third replays) and every output and
+gradient is compared with the Python path's: the same bits, dQ within its rounding (its additions' order changes from
+run to run). Forward+backward ms: medians of CUDA-event timings over ``--rep-ms`` (timing.time_ms); host µs: the least
+of 3 means of 20 calls issued while the GPU sleeps (timing.host_us).
+
+``--parts`` takes one replayed call apart (the first shape): the forward alone, each program run by the engine
+directly, the key the Python entry builds, the calls with autograd's backward on the calling thread, then the host µs
+of every instruction of both programs (the engine's own clock, means of 200 runs issued back to back, so launches that
+find the GPU's queue full show its wait).
+"""
+from __future__ import annotations
+
+import argparse
+import time
+from typing import Optional
+
+import torch
+
+D_MODEL = 768
+
+
+def _inputs(B: int, T: int, d: int) -> tuple:
+    from benchmarks import attention as bench
+    from benchmarks import timing
+
+    pairs = D_MODEL // d // 2
+    x = bench._tda_inputs(B, T, pairs, d, 2 * d, torch.bfloat16, 2, bench.DENSE_RHO)
+    q, k = bench.paired_whole(x)
+    sm = [timing.projection(B, T, 2 * pairs, d, torch.bfloat16) for _ in range(3)]
+    return q, k, x["v"], x["lam"], sm
+
+
+def _check_and_record(q, k, v, lam) -> None:
+    """Three calls with replay on, each compared with the Python path's output and gradients; raises on a difference
+    or where the third call was not replayed."""
+    from kernels import replay
+    from kernels.threshold.autograd import paired_threshold_attention_triton
+
+    leaves = [q, k, v, lam]
+    replay.ENABLED = False
+    out = paired_threshold_attention_triton(q, k, v, lam=lam)
+    do = torch.randn_like(out)
+    want = (out, *torch.autograd.grad(out, leaves, do))
+    replay.ENABLED = True
+    replay.clear()
+    for call in range(3):
+        o = paired_threshold_attention_triton(q, k, v, lam=lam)
+        for name, g, w in zip(("out", "q", "k", "v", "lam"), (o, *torch.autograd.grad(o, leaves, do)), want):
+            same = torch.equal(g, w) if name != "q" else bool(
+                (g.float() - w.float()).abs().max() <= 1e-2 * w.float().abs().max())
+            if not same:
+                raise AssertionError(f"T = {q.shape[2]}, d = {q.shape[3]}, call {call}: {name} differs from the "
+                                     "Python path's")
+    if list(replay.status().values()) != ["replayed"]:
+        raise AssertionError(f"not replayed: {replay.status()}")
+
+
+def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
+    """{"cudnn" | "python" | "replay": (forward+backward ms, host µs)} at one shape."""
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import timing
+    from kernels import replay
+    from kernels.threshold.autograd import paired_threshold_attention_triton
+
+    q, k, v, lam, sm = _inputs(B, T, d)
+    _check_and_record(q, k, v, lam)
+    leaves = [q, k, v, lam]
+    res = {}
+    try:
+        for name, on in (("cudnn", None), ("python", False), ("replay", True)):
+            if on is None:
+                step = timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION), sm)
+            else:
+                replay.ENABLED = on
+                step = timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(q, k, v, lam=lam), leaves)
+            for _ in range(3):
+                step()
+            res[name] = (timing.time_ms(step, sm if on is None else leaves, rep_ms),
+                         min(timing.host_us(step, 20) for _ in range(3)))
+    finally:
+        replay.ENABLED = False
+        replay.clear()
+    return res
+
+
+def parts(B: int, T: int, d: int) -> str:
+    """The replayed call taken apart (the module docstring's ``--parts``), as markdown."""
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import timing
+    from kernels import replay
+    from kernels.replay.record import OPCODES
+    from kernels.threshold.autograd import paired_threshold_attention_triton
+    from kernels.threshold.options import ThresholdOptions
+    from kernels.threshold.tiles import skip_empty_tiles
+
+    q, k, v, lam, sm = _inputs(B, T, d)
+    _check_and_record(q, k, v, lam)
+    leaves = [q, k, v, lam]
+    fwd, bwd, (do_sizes, do_strides, _) = next(s for s in replay._state.values() if isinstance(s, tuple))
+    eng = replay.native()
+    beta = torch.ones(q.shape[1] // 2, device="cuda")
+    outs = eng.run(fwd, [q, k, v, lam, beta])
+    do = torch.randn(do_sizes, device="cuda", dtype=q.dtype).as_strided(do_sizes, do_strides)
+    tda = lambda: paired_threshold_attention_triton(q, k, v, lam=lam)
+    cudnn = lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)
+    options = ThresholdOptions()
+
+    def key() -> tuple:  # what replay.paired builds on each call
+        return (replay._meta(q), replay._meta(k), replay._meta(v), replay._meta(lam), replay._meta(1.0), options,
+                skip_empty_tiles(), torch.is_grad_enabled(), torch.are_deterministic_algorithms_enabled())
+
+    def h(fn) -> float:
+        return min(timing.host_us(fn, 20) for _ in range(3))
+
+    rows = []
+    replay.ENABLED = True
+    try:
+        rows.append(("cuDNN forward+backward", h(timing.fwd_bwd_step(cudnn, sm))))
+        rows.append(("replayed forward+backward", h(timing.fwd_bwd_step(tda, leaves))))
+        rows.append(("replayed forward alone (its graph dropped)", h(tda)))
+        with torch.no_grad():
+            rows.append(("cuDNN forward alone, no_grad", h(cudnn)))
+        rows.append(("the forward program alone (native.run)", h(lambda: eng.run(fwd, [q, k, v, lam, beta]))))
+        rows.append(("the backward program alone (native.run)",
+                     h(lambda: eng.run(bwd, [do, q, k, v, lam, beta, *outs[1:]]))))
+        rows.append(("the Python entry's key", h(key)))
+        torch.autograd.set_multithreading_enabled(False)
+        try:
+            rows.append(("cuDNN forward+backward, backward on the calling thread", h(timing.fwd_bwd_step(cudnn, sm))))
+            rows.append(("replayed forward+backward, backward on the calling thread",
+                         h(timing.fwd_bwd_step(tda, leaves))))
+        finally:
+            torch.autograd.set_multithreading_enabled(True)
+        replay.ENABLED = False
+        rows.append(("the Python path's forward+backward", h(timing.fwd_bwd_step(tda, leaves))))
+        lines = ["| what | host µs |", "|---|---|", *(f"| {n} | {t:.0f} |" for n, t in rows)]
+        names = {code: name for name, code in OPCODES.items()}
+        for pid, what, inputs in ((fwd, "forward", [q, k, v, lam, beta]),
+                                  (bwd, "backward", [do, q, k, v, lam, beta, *outs[1:]])):
+            spent = eng.instruction_us(pid, inputs, 200)
+            by_kind: dict[str, list[float]] = {}
+            for ins, us in zip(replay._programs[pid], spent):
+                by_kind.setdefault(names[ins[0]], []).append(us)
+            lines.append(f"\n{what} program: {len(spent)} instructions, {sum(spent):.0f} µs; by kind (count, µs): "
+                         + ", ".join(f"{n} {len(ts)}, {sum(ts):.1f}" for n, ts in by_kind.items()))
+            lines += [f"    {names[ins[0]]:6s} {us:6.1f}  {ins[:8]}" for ins, us in zip(replay._programs[pid], spent)]
+    finally:
+        replay.ENABLED = False
+        replay.clear()
+    return "\n".join(lines)
+
+
+HEAD = ("| d | T | B | cuDNN fwd+bwd ms | Python path ms | replayed ms | host µs: cuDNN | Python path | replayed |\n"
+        "|---|---|---|---|---|---|---|---|---|")
+
+
+def main(argv: Optional[list[str]] = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--seq", type=int, nargs="+", default=[4096, 8192, 16384])
+    parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
+    parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
+    parser.add_argument("--rep-ms", type=int, default=40, help="timing window per measurement")
+    parser.add_argument("--parts", action="store_true", help="then take the first shape's replayed call apart")
+    args = parser.parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("benchmarks.replay needs a CUDA GPU")
+    from benchmarks import timing
+    from kernels import replay
+
+    start = time.time()
+    replay.native()
+    print(timing.run_header("bf16", f"engine built or loaded in {time.time() - start:.1f} s") + "\n" + HEAD,
+          flush=True)
+    for d in args.head_dims:
+        for T in args.seq:
+            B = max(1, args.tokens // T)
+            r = compare(B, T, d, args.rep_ms)
+            print(f"| {d} | {T} | {B} | {r['cudnn'][0]:.3f} | {r['python'][0]:.3f} | {r['replay'][0]:.3f} | "
+                  f"{r['cudnn'][1]:.0f} | {r['python'][1]:.0f} | {r['replay'][1]:.0f} |", flush=True)
+    if args.parts:
+        T, d = args.seq[0], args.head_dims[0]
+        print(f"\nT = {T}, d = {d}, B = {max(1, args.tokens // T)}, dense\n"
+              + parts(max(1, args.tokens // T), T, d, ), flush=True)
+
+
+if __name__ == "__main__":
+    main()
