@@ -155,3 +155,39 @@ def test_descriptors_without_a_tma_map_are_refused():
     with Recorder([x]) as rec:
         rec.note_launch(_compiled({"D": "tensordesc<fp32[2, 8]>"}), (1,), (_Descriptor(x, [4, 8], [8, 1], [2, 8]),))
     assert "not lowered to a TMA map" in rec.refused
+
+
+def test_the_paired_entry_with_replay_on_keeps_its_results_where_recording_is_refused(monkeypatch):
+    """Under the interpreter every launch goes through Triton's own path, so the second call's recording is refused:
+    the calls keep the Python path's results, the refusal is kept with its reason, and a call asking for no gradient
+    is not recorded."""
+    from threshold_float64 import Case
+    from test_threshold_paired import _paired_inputs
+
+    from kernels import replay
+    from kernels.threshold.autograd import paired_threshold_attention_triton
+
+    x = _paired_inputs(Case(T=40, d=32, dv=64, H=2, lam=(0.3,)), seed=4)
+    leaves = [x["q"], x["k"], x["v"], x["lam"]]
+
+    def call():
+        out = paired_threshold_attention_triton(x["q"], x["k"], x["v"], lam=x["lam"])
+        return (out, *torch.autograd.grad(out, leaves, torch.ones_like(out)))
+
+    monkeypatch.setattr(replay, "ENABLED", False)
+    want = call()
+    monkeypatch.setattr(replay, "ENABLED", True)
+    replay.clear()
+    try:
+        for i in range(3):
+            for got, w in zip(call(), want):
+                assert torch.equal(got, w)
+            states = list(replay.status().values())
+            assert states == ["seen"] if i == 0 else len(states) == 1 and "Triton's own path" in states[0], states
+        with torch.no_grad():
+            for _ in range(2):
+                out = paired_threshold_attention_triton(x["q"], x["k"], x["v"], lam=x["lam"])
+                assert torch.equal(out, want[0])
+        assert any("no gradient" in s for s in replay.status().values())
+    finally:
+        replay.clear()

@@ -30,6 +30,8 @@ from typing import Optional
 
 import torch
 
+from ..common import interpreting
+
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
 
 _native = None
@@ -79,8 +81,8 @@ def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[
     from ..inputs import as_head_vector
     from ..threshold.tiles import skip_empty_tiles
 
-    if not ENABLED or torch.compiler.is_compiling() or not q.is_cuda:
-        return None
+    if not ENABLED or torch.compiler.is_compiling() or not (q.is_cuda or interpreting()):
+        return None  # (interpreted kernels launch through Triton's own path, so their recording is refused)
     skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
     key = (_meta(q), _meta(k), _meta(v), _meta(lam), _meta(beta), options, skip, torch.is_grad_enabled(),
            torch.are_deterministic_algorithms_enabled())
