@@ -8,7 +8,7 @@ operations or launches fall outside what the engine can replay is "refused": it 
 
 What a program fixes: every size, stride and dtype, the offsets of views within their base, every scalar argument
 and every tensor map's shape, strides and box. What it leaves to each call: the tensors' addresses. A program is
-therefore valid for calls whose inputs have the recorded metadata (the caller's key, entry.py), and for the module
+therefore valid for calls whose inputs have the recorded metadata (the key of kernels.replay.paired), and for the module
 switches and Triton kernels as they were when it was recorded.
 
 Kernel parameters follow the compiled kernel's signature, expanded as Triton's own launcher for CUDA expands it
