@@ -192,3 +192,35 @@ def test_the_paired_entry_with_replay_on_keeps_its_results_where_recording_is_re
         assert any("no gradient" in s for s in replay.status().values())
     finally:
         replay.clear()
+
+
+@needs_compiler
+def test_the_engines_autograd_function_runs_both_programs_and_takes_any_gradient_layout():
+    """The paired entry's C++ autograd function on programs without launches (so it runs on the CPU): the forward
+    program's output is the call's, the backward program gets dO in the layout it was recorded with (one given in
+    another layout is copied into it) and the saved tensors, and its gradients reach the inputs."""
+    from kernels import replay
+
+    torch.manual_seed(1)
+    q, k = torch.randn(2, 4, 5, 8), torch.randn(2, 4, 5, 8)
+    v, lam, beta = torch.randn(2, 2, 5, 16), torch.rand(2), torch.rand(2)
+    with Recorder([q, k, v, lam, beta]) as rec:
+        out = v.transpose(1, 2).contiguous().transpose(1, 2)  # (laid out as the model's projections)
+        saved = torch.zeros(3)
+    fwd = rec.program([out, saved])
+    do = torch.randn_like(out)
+    with Recorder([do, q, k, v, lam, beta, saved]) as rec:
+        dq, dk, dv = torch.zeros_like(q), torch.zeros_like(k), do[:]  # a view: read with the recorded strides
+    bwd = rec.program([dq, dk, dv, None, None])
+    eng = replay.native()
+    fid = eng.register_program(*fwd)
+    bid = eng.register_program(*bwd, list(do.shape), list(do.stride()), 16)
+    leaves = [t.clone().requires_grad_() for t in (q, k, v, lam, beta)]
+    got = eng.paired(*leaves, fid, bid)
+    assert torch.equal(got, v) and got.stride() == out.stride()
+    other = torch.randn(got.shape)  # contiguous: not the recorded layout
+    assert other.stride() != do.stride()
+    grads = torch.autograd.grad(got, leaves[:3], other)
+    assert torch.equal(grads[2], other) and grads[2].stride() == do.stride()  # (copied into the recorded layout)
+    assert torch.equal(grads[0], torch.zeros_like(q)) and torch.equal(grads[1], torch.zeros_like(k))
+    assert leaves[3].grad is None and leaves[4].grad is None

@@ -31,12 +31,14 @@ from typing import Optional
 import torch
 
 from ..common import interpreting
+from ..inputs import as_head_vector
+from ..threshold.tiles import skip_empty_tiles
 
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
 
 _native = None
 _programs: dict[int, list] = {}  # registered program id -> its instructions (benchmarks.replay --parts prints them)
-_state: dict[tuple, object] = {}  # key -> "seen" | "recording" | (fwd id, bwd id, dO layout) | refusal text
+_state: dict[tuple, object] = {}  # key -> "seen" | "recording" | (forward id, backward id) | refusal text
 MAX_KEYS = 256
 
 
@@ -73,25 +75,25 @@ def _meta(t) -> object:
     return (tuple(t.shape), t.stride(), t.dtype, t.device, t.data_ptr() % 16 == 0, t.requires_grad)
 
 
+def key_of(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> tuple:
+    """The kind of a paired call: everything its recorded programs depend on."""
+    skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
+    return (_meta(q), _meta(k), _meta(v), _meta(lam), _meta(beta), options, skip, torch.is_grad_enabled(),
+            torch.are_deterministic_algorithms_enabled())
+
+
 def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[torch.Tensor]:
     """threshold.paired_threshold_attention_triton's output through the engine, recording on the second call of a
     kind; None where the Python path must run (the first call of a kind, a refused kind, torch.compile tracing, a
     forward recorded whose backward has not run yet, replay off). A kind replayed was checked when first seen (the
     checks read only what the key holds), so a replayed call is not checked again."""
-    from ..inputs import as_head_vector
-    from ..threshold.tiles import skip_empty_tiles
-
     if not ENABLED or torch.compiler.is_compiling() or not (q.is_cuda or interpreting()):
         return None  # (interpreted kernels launch through Triton's own path, so their recording is refused)
-    skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
-    key = (_meta(q), _meta(k), _meta(v), _meta(lam), _meta(beta), options, skip, torch.is_grad_enabled(),
-           torch.are_deterministic_algorithms_enabled())
+    key = key_of(q, k, v, lam, beta, options, skip_empty)
     state = _state.get(key)
     if isinstance(state, tuple):
-        fwd, bwd, do_layout = state
         H = q.shape[1] // 2
-        return native().paired(q, k, v, as_head_vector(lam, H, q.device), as_head_vector(beta, H, q.device), fwd,
-                               bwd, *do_layout)
+        return native().paired(q, k, v, as_head_vector(lam, H, q.device), as_head_vector(beta, H, q.device), *state)
     if state is None:
         if len(_state) >= MAX_KEYS:
             _state.clear()
@@ -113,11 +115,12 @@ def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[
 
 def _recorded(key: tuple, fwd: Optional[tuple], bwd: Optional[tuple], do_layout: Optional[tuple],
               refused: Optional[str]) -> None:
-    """Where RecordingPaired leaves its programs (or why it could not make them)."""
+    """Where RecordingPaired leaves its programs (or why it could not make them); ``do_layout`` (sizes, strides,
+    alignment) is the output gradient's, which the backward program copies any other into."""
     if refused is not None:
         _state[key] = refused
         return
     eng = native()
-    ids = eng.register_program(*fwd), eng.register_program(*bwd)
+    ids = eng.register_program(*fwd), eng.register_program(*bwd, *do_layout)
     _programs.update(zip(ids, (fwd[2], bwd[2])))
-    _state[key] = (*ids, do_layout)
+    _state[key] = ids

@@ -15,6 +15,7 @@
 #include <dlfcn.h>
 #include <chrono>
 #include <cstring>
+#include <deque>
 #include <mutex>
 #include <stdexcept>
 #include <string>
@@ -90,10 +91,16 @@ struct Program {
   std::vector<std::vector<int64_t>> code;
   std::vector<Launch> launches;
   std::vector<int64_t> outputs;  // slots returned, -1 for an undefined tensor
+  // The layout input 0 was recorded in (a backward's incoming gradient, which arrives in whatever layout the next op
+  // gives): an input in another layout, or less aligned, is copied into it. None where expect_align is 0.
+  std::vector<int64_t> expect_sizes, expect_strides;
+  int64_t expect_align = 0;
 };
 
-std::vector<Program>& programs() {
-  static std::vector<Program> all;
+// A deque: registering a program (on any thread) leaves the programs already there, which runs may be reading, where
+// they are.
+std::deque<Program>& programs() {
+  static std::deque<Program> all;
   return all;
 }
 
@@ -146,15 +153,20 @@ Launch make_launch(int64_t function, const std::vector<int64_t>& shape, const st
 }
 
 // Registers a program; returns its id. ``launches`` holds, per launch, the CUfunction (as an integer), [grid x, y, z,
-// threads per block, dynamic shared bytes] and the parameters.
+// threads per block, dynamic shared bytes] and the parameters; ``expect_*`` input 0's layout (Program).
 int64_t register_program(int64_t n_inputs, int64_t n_slots, std::vector<std::vector<int64_t>> code,
                          std::vector<int64_t> functions, std::vector<std::vector<int64_t>> shapes,
-                         std::vector<std::vector<std::vector<int64_t>>> params, std::vector<int64_t> outputs) {
+                         std::vector<std::vector<std::vector<int64_t>>> params, std::vector<int64_t> outputs,
+                         std::vector<int64_t> expect_sizes, std::vector<int64_t> expect_strides,
+                         int64_t expect_align) {
   Program p;
   p.n_inputs = n_inputs;
   p.n_slots = n_slots;
   p.code = std::move(code);
   p.outputs = std::move(outputs);
+  p.expect_sizes = std::move(expect_sizes);
+  p.expect_strides = std::move(expect_strides);
+  p.expect_align = expect_align;
   for (size_t i = 0; i < functions.size(); ++i) p.launches.push_back(make_launch(functions[i], shapes.at(i), params.at(i)));
   std::lock_guard<std::mutex> guard(registry_lock());
   programs().push_back(std::move(p));
@@ -192,6 +204,12 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
         "cuLaunchKernel");
 }
 
+at::Tensor as_expected(const at::Tensor& g, const Program& p) {
+  const bool aligned = reinterpret_cast<uintptr_t>(g.data_ptr()) % static_cast<uintptr_t>(p.expect_align) == 0;
+  if (g.sizes().vec() == p.expect_sizes && g.strides().vec() == p.expect_strides && aligned) return g;
+  return at::empty_strided(p.expect_sizes, p.expect_strides, g.options()).copy_(g);
+}
+
 std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, std::vector<double>* spent);
 
 std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
@@ -199,7 +217,7 @@ std::vector<at::Tensor> run(int64_t id, std::vector<at::Tensor> inputs) {
 }
 
 // Host µs of each instruction of program ``id``, the mean over ``reps`` runs on ``inputs`` (what a replayed call's
-// host time is made of: experiments/host_replay/parts.py).
+// host time is made of: python -m benchmarks.replay --parts).
 std::vector<double> instruction_us(int64_t id, std::vector<at::Tensor> inputs, int64_t reps) {
   std::vector<double> spent(program(id).code.size(), 0.0);
   for (int64_t r = 0; r < reps; ++r) run_timed(id, inputs, &spent);
@@ -213,6 +231,7 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
     throw std::invalid_argument("kernels.replay: program " + std::to_string(id) + " takes " +
                                 std::to_string(p.n_inputs) + " inputs, got " + std::to_string(inputs.size()));
   std::vector<at::Tensor> slots(std::move(inputs));
+  if (p.expect_align > 0) slots[0] = as_expected(slots[0], p);
   slots.resize(p.n_slots);
   const c10::Device device = slots[0].device();
   CUstream stream = nullptr;
@@ -261,19 +280,6 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
   return out;
 }
 
-// The layout a backward program was recorded with for the incoming gradient: it is copied into that layout when it
-// arrives in another (or less aligned), which the kernels and the recorded strides then take.
-struct Expected {
-  std::vector<int64_t> sizes, strides;
-  int64_t align;
-};
-
-at::Tensor as_expected(const at::Tensor& g, const Expected& e) {
-  const bool aligned = reinterpret_cast<uintptr_t>(g.data_ptr()) % static_cast<uintptr_t>(e.align) == 0;
-  if (g.sizes().vec() == e.sizes && g.strides().vec() == e.strides && aligned) return g;
-  return at::empty_strided(e.sizes, e.strides, g.options()).copy_(g);
-}
-
 // The paired entry's autograd function: inputs q, k, v, lam, beta (the last two (H,) fp32); the forward program
 // returns the output and what the backward reads; the backward program takes
 // [dO, q, k, v, lam, beta, what the forward saved] and returns [dq, dk, dv, dlam, dbeta] (undefined where none).
@@ -281,42 +287,39 @@ class Replayed : public torch::autograd::Function<Replayed> {
  public:
   static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
                             const at::Tensor& v, const at::Tensor& lam, const at::Tensor& beta, int64_t fwd,
-                            int64_t bwd, std::vector<int64_t> do_sizes, std::vector<int64_t> do_strides,
-                            int64_t do_align) {
+                            int64_t bwd) {
     std::vector<at::Tensor> outs = run(fwd, {q, k, v, lam, beta});
     std::vector<at::Tensor> saved{q, k, v, lam, beta};
     saved.insert(saved.end(), outs.begin() + 1, outs.end());
     ctx->save_for_backward(saved);
     ctx->saved_data["bwd"] = bwd;
-    ctx->saved_data["do_sizes"] = do_sizes;
-    ctx->saved_data["do_strides"] = do_strides;
-    ctx->saved_data["do_align"] = do_align;
     return outs[0];
   }
 
   static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
                                                  torch::autograd::variable_list grads) {
+    const int64_t bwd = ctx->saved_data["bwd"].toInt();
     std::vector<at::Tensor> inputs = ctx->get_saved_variables();
-    Expected e{ctx->saved_data["do_sizes"].toIntVector(), ctx->saved_data["do_strides"].toIntVector(),
-               ctx->saved_data["do_align"].toInt()};
-    at::Tensor g = grads[0].defined() ? grads[0] : at::zeros(e.sizes, inputs[0].options());
-    inputs.insert(inputs.begin(), as_expected(g, e));
-    std::vector<at::Tensor> d = run(ctx->saved_data["bwd"].toInt(), std::move(inputs));
+    at::Tensor g = grads[0].defined() ? grads[0] : at::zeros(program(bwd).expect_sizes, inputs[0].options());
+    inputs.insert(inputs.begin(), std::move(g));
+    std::vector<at::Tensor> d = run(bwd, std::move(inputs));
     d.resize(5);
-    return {d[0], d[1], d[2], d[3], d[4], at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor(), at::Tensor()};
+    return {d[0], d[1], d[2], d[3], d[4], at::Tensor(), at::Tensor()};
   }
 };
 
 at::Tensor paired(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lam,
-                  const at::Tensor& beta, int64_t fwd, int64_t bwd, std::vector<int64_t> do_sizes,
-                  std::vector<int64_t> do_strides, int64_t do_align) {
-  return Replayed::apply(q, k, v, lam, beta, fwd, bwd, std::move(do_sizes), std::move(do_strides), do_align);
+                  const at::Tensor& beta, int64_t fwd, int64_t bwd) {
+  return Replayed::apply(q, k, v, lam, beta, fwd, bwd);
 }
 
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
-  m.def("register_program", &register_program);
+  m.def("register_program", &register_program, py::arg("n_inputs"), py::arg("n_slots"), py::arg("code"),
+        py::arg("functions"), py::arg("shapes"), py::arg("params"), py::arg("outputs"),
+        py::arg("expect_sizes") = std::vector<int64_t>{}, py::arg("expect_strides") = std::vector<int64_t>{},
+        py::arg("expect_align") = 0);
   m.def("run", &run);
   m.def("instruction_us", &instruction_us);
   m.def("paired", &paired);

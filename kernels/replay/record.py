@@ -42,15 +42,15 @@ class Refused(Exception):
     """What a recording cannot replay."""
 
 
-def _dtype_code(dtype: torch.dtype) -> int:
-    """ATen's ScalarType number of ``dtype`` (c10::ScalarType, as the engine casts it back)."""
-    return _SCALAR_TYPES.index(dtype)
-
-
 # c10::ScalarType's order, as far as the kernels' tensors go
 _SCALAR_TYPES = [torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.float16, torch.float32,
                  torch.float64, torch.complex32, torch.complex64, torch.complex128, torch.bool, torch.qint8,
                  torch.quint8, torch.qint32, torch.bfloat16]
+
+
+def _dtype_code(dtype: torch.dtype) -> int:
+    """ATen's ScalarType number of ``dtype`` (c10::ScalarType, as the engine casts it back)."""
+    return _SCALAR_TYPES.index(dtype)
 
 
 class Recorder(TorchDispatchMode):
@@ -95,14 +95,18 @@ class Recorder(TorchDispatchMode):
         fast_launch.recording = None
         return super().__exit__(*exc)
 
+    def _noting(self, note, *args) -> None:
+        """``note(*args)`` until the first refusal, which is kept."""
+        if self.refused is None:
+            try:
+                note(*args)
+            except Refused as why:
+                self.refuse(str(why))
+
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         out = func(*args, **kwargs)
-        if self.refused is None:
-            try:
-                self._note(func, args, kwargs, out)
-            except Refused as why:
-                self.refuse(str(why))
+        self._noting(self._note, func, args, kwargs, out)
         return out
 
     def _note(self, func, args, kwargs, out) -> None:
@@ -137,12 +141,7 @@ class Recorder(TorchDispatchMode):
 
     # -- launches (from kernels.fast_launch)
     def note_launch(self, compiled, grid: tuple, values: Sequence) -> None:
-        if self.refused is not None:
-            return
-        try:
-            self._note_launch(compiled, grid, values)
-        except Refused as why:
-            self.refuse(str(why))
+        self._noting(self._note_launch, compiled, grid, values)
 
     def _note_launch(self, compiled, grid: tuple, values: Sequence) -> None:
         md = compiled.metadata
