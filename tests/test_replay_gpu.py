@@ -89,3 +89,41 @@ def test_a_deterministic_replay_is_bit_identical(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(False)
         replay.clear()
+
+
+@pytest.mark.gpu
+def test_a_replayed_call_captured_in_a_cuda_graph_gives_the_python_paths_results(monkeypatch):
+    """The engine's allocations, launches (on the current stream) and autograd backward under torch.cuda.graph: the
+    graph gives the Python path's results, and again after new values are copied into its inputs."""
+    case = CASES["d64_bf16_T1000"]
+    x = _paired_inputs(case, seed=9, beta_grad=True)
+    x = {n: t.detach().cuda().requires_grad_(t.requires_grad) for n, t in x.items()}
+    monkeypatch.setattr(replay, "ENABLED", False)
+    out = paired_threshold_attention_triton(x["q"], x["k"], x["v"], lam=x["lam"], beta=x["beta"])
+    do = torch.randn_like(out)
+    want = _call(x, do)
+    monkeypatch.setattr(replay, "ENABLED", True)
+    replay.clear()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # seen, recorded, replayed: the graph captures a replay
+                _call(x, do)
+        torch.cuda.current_stream().wait_stream(side)
+        assert list(replay.status().values()) == ["replayed"], replay.status()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = _call(x, do)
+        graph.replay()
+        torch.cuda.synchronize()
+        _same(got, want)
+        with torch.no_grad():
+            for t in x.values():
+                t.mul_(1.25)
+        graph.replay()
+        torch.cuda.synchronize()
+        monkeypatch.setattr(replay, "ENABLED", False)
+        _same(got, _call(x, do))
+    finally:
+        replay.clear()
