@@ -126,13 +126,15 @@ def test_launch_parameters_follow_the_expanded_signature():
     assert rec.refused is None
     n, slots, code, functions, shapes, params, out = rec.program([rows])
     assert code[-1] == [OPCODES["LAUNCH"], 0] and functions == [1234]
+    assert [ins[0] for ins in code] == [OPCODES["VIEW"], OPCODES["LAUNCH"]]  # (the view is an output)
     assert shapes == [[5, 2, 1, 128, 1024]]
     p = params[0]
-    assert p[0] == [PARAMS["PTR"], 0]
+    assert p[0] == [PARAMS["PTR"], 0, 0]
     tmap = p[1]
-    # [kind, slot, address, host elem type, rank, swizzle, fill, dims innermost first, byte strides, box]
-    assert tmap[:7] == [PARAMS["TMAP"], 1, rows.data_ptr(), 9, 3, 3, 0]  # device elem type 10 is the host's 9
-    assert tmap[7:] == [8, 6, 8, 8 * 2, 48 * 2, 8, 2, 1]
+    # [kind, slot, byte offset, address, host elem type, rank, swizzle, fill, dims innermost first, byte strides,
+    #  box]; the view's own slot is not made (its one use is the map), so the map names its root, input 0
+    assert tmap[:8] == [PARAMS["TMAP"], 0, 0, rows.data_ptr(), 9, 3, 3, 0]  # device elem type 10 is the host's 9
+    assert tmap[8:] == [8, 6, 8, 8 * 2, 48 * 2, 8, 2, 1]
     assert p[2:5] == [[PARAMS["I32"], 8], [PARAMS["I32"], 6], [PARAMS["I32"], 8]]
     assert p[5:8] == [[PARAMS["I64"], 48], [PARAMS["I64"], 8], [PARAMS["I64"], 1]]
     assert p[8] == [PARAMS["I32"], 7]
@@ -224,3 +226,48 @@ def test_the_engines_autograd_function_runs_both_programs_and_takes_any_gradient
     assert torch.equal(grads[2], other) and grads[2].stride() == do.stride()  # (copied into the recorded layout)
     assert torch.equal(grads[0], torch.zeros_like(q)) and torch.equal(grads[1], torch.zeros_like(k))
     assert leaves[3].grad is None and leaves[4].grad is None
+
+
+def test_a_program_keeps_only_what_its_outputs_and_launches_need():
+    """Views whose one use is a kernel's address become their root's address plus a byte offset (through views of
+    views, and for a tensor map's base too), a view of its root's own layout becomes the root, and allocations,
+    views, fills and reductions nothing reads are left out; a fill before a launch that reads its tensor stays."""
+    x = torch.randn(3, 4, 8)
+    with Recorder([x]) as rec:
+        row = x[1]                              # a view at 32 elements
+        part = row[2:]                          # a view of it: 48 elements (192 bytes) into x
+        whole = x.view(3, 4, 8)                 # x's own layout
+        buf = torch.empty(16)
+        same = buf.view(16)
+        unused = torch.empty(5)
+        unused.zero_()
+        _ = unused.sum(dim=(0,))
+        acc = torch.zeros(2, 8)
+        acc_rows = acc[1:]
+        acc_rows.zero_()                        # a fill of a view, read by the launch below
+        late = torch.empty(4)
+        sig = {"A": "*fp32", "B": "*fp32", "C": "*fp32", "D": "tensordesc<fp32[2, 8]>"}
+        meta = dict(swizzle=0, elem_size=4, elem_type=7, block_size=[2, 8], fp4_padded=False)
+        desc = _Descriptor(part, [2, 8], [8, 1], [2, 8])
+        rec.note_launch(_compiled(sig, [meta]), (1,), (part, same, acc_rows, desc))
+        late.zero_()                            # after every use: nothing reads it
+    n, n_slots, code, functions, shapes, params, out = rec.program([whole, same, acc, None])
+    ops = {v: k for k, v in OPCODES.items()}
+    assert [ops[ins[0]] for ins in code] == ["ALLOC", "ALLOC", "VIEW", "ZERO", "LAUNCH"], code
+    buf_slot, acc_slot, acc_rows_slot = code[0][1], code[1][1], code[2][1]
+    assert code[2][2:4] == [acc_slot, 8]        # the kept view, of its root, 8 elements in
+    assert code[3] == [OPCODES["ZERO"], acc_rows_slot]
+    assert out == [0, buf_slot, acc_slot, -1]   # identity views answered by their roots
+    p = params[0]
+    assert p[0] == [PARAMS["PTR"], 0, 48 * 4]   # part: x's address plus 192 bytes
+    assert p[1] == [PARAMS["PTR"], buf_slot, 0]
+    assert p[2] == [PARAMS["PTR"], acc_slot, 8 * 4]  # (the view is kept for its fill, not for the launch)
+    assert p[3][:4] == [PARAMS["TMAP"], 0, 48 * 4, part.data_ptr()]
+
+
+def test_a_kept_view_of_another_dtype_is_refused():
+    x = torch.zeros(4, 8, dtype=torch.uint8)
+    with Recorder([x]) as rec:
+        y = x.view(torch.int32)
+    with pytest.raises(Refused, match="a view as torch.int32 of a torch.uint8"):
+        rec.program([y])

@@ -89,3 +89,90 @@ def test_a_deterministic_replay_is_bit_identical(monkeypatch):
     finally:
         torch.use_deterministic_algorithms(False)
         replay.clear()
+
+
+def _copy(x: dict) -> dict:
+    return {n: t.detach().clone().requires_grad_(t.requires_grad) for n, t in x.items()}
+
+
+@pytest.mark.gpu
+def test_a_replayed_call_captured_in_a_cuda_graph_gives_the_python_paths_results(monkeypatch):
+    """The engine's allocations, launches (on the current stream) and autograd backward under torch.cuda.graph: the
+    graph gives the Python path's results, and again after new values are copied into its inputs. (Nothing touches the
+    captured inputs on the default stream, the references use copies: a leaf's gradient node keeps the stream it was
+    made on while a graph through it lives, and one made on the default stream cannot be captured; torch.cuda.graph's
+    own rule, warm-up on a side stream.)"""
+    case = CASES["d64_bf16_T1000"]
+    x = _paired_inputs(case, seed=9, beta_grad=True)
+    x = {n: t.detach().cuda().requires_grad_(t.requires_grad) for n, t in x.items()}
+    monkeypatch.setattr(replay, "ENABLED", False)
+    ref = _copy(x)
+    do = torch.randn_like(paired_threshold_attention_triton(ref["q"], ref["k"], ref["v"], lam=ref["lam"],
+                                                            beta=ref["beta"]))
+    want = _call(ref, do)
+    monkeypatch.setattr(replay, "ENABLED", True)
+    replay.clear()
+    try:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(3):  # seen, recorded, replayed: the graph captures a replay
+                _call(x, do)
+        torch.cuda.current_stream().wait_stream(side)
+        assert list(replay.status().values()) == ["replayed"], replay.status()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            got = _call(x, do)
+        graph.replay()
+        torch.cuda.synchronize()
+        _same(got, want)
+        with torch.no_grad():
+            for t in x.values():
+                t.mul_(1.25)
+        graph.replay()
+        torch.cuda.synchronize()
+        monkeypatch.setattr(replay, "ENABLED", False)
+        _same(got, _call(_copy(x), do))
+    finally:
+        replay.clear()
+
+
+@pytest.mark.gpu
+def test_a_tda_models_gradients_are_the_same_with_replay(monkeypatch):
+    """A TDA model's training step (bf16 autocast, every layer's paired call, λ from its parameters): the loss and
+    every parameter's gradient with replay on are the Python path's bits, on the calls that record and on those
+    that replay (deterministic mode, so the Python path is bit-identical from run to run)."""
+    from conftest import compose_train
+    from omegaconf import open_dict
+
+    from model.checkpoint import build_model
+
+    cfg = compose_train(["attention=tda", "model.n_layer=3", "model.n_embd=384", "model.n_head=6",
+                         "model.seq_len=300"])
+    with open_dict(cfg):
+        cfg.model.vocab_size = 257
+    torch.manual_seed(0)
+    model = build_model(cfg).cuda()
+    idx, tgt = torch.randint(0, 257, (2, 2, 300), device="cuda")
+
+    def step():
+        model.zero_grad(set_to_none=True)
+        with torch.autocast("cuda", torch.bfloat16):
+            _, loss = model(idx, tgt)
+        loss.backward()
+        return loss.detach(), [p.grad.clone() for p in model.parameters()]
+
+    torch.use_deterministic_algorithms(True, warn_only=True)  # (cuBLAS would want CUBLAS_WORKSPACE_CONFIG set)
+    try:
+        monkeypatch.setattr(replay, "ENABLED", False)
+        want = step()
+        monkeypatch.setattr(replay, "ENABLED", True)
+        replay.clear()
+        for _ in range(3):  # the first layer's call is seen, the second's recorded; then every call replays
+            loss, grads = step()
+            assert torch.equal(loss, want[0])
+            assert all(torch.equal(g, w) for g, w in zip(grads, want[1]))
+        assert list(replay.status().values()) == ["replayed"], replay.status()
+    finally:
+        torch.use_deterministic_algorithms(False)
+        replay.clear()

@@ -72,8 +72,9 @@ void check(CUresult result, const char* what) {
 
 struct Param {
   int64_t kind;
-  int64_t value;  // the slot (P_PTR, P_TMAP) or the value's bits
-  int64_t map;    // P_TMAP: index into Launch::maps
+  int64_t value;   // the slot (P_PTR, P_TMAP) or the value's bits
+  int64_t offset;  // P_PTR, P_TMAP: bytes past the slot's address (a view the program does not make)
+  int64_t map;     // P_TMAP: index into Launch::maps
 };
 
 struct Launch {
@@ -127,22 +128,24 @@ Launch make_launch(int64_t function, const std::vector<int64_t>& shape, const st
   l.block = static_cast<unsigned>(shape.at(3));
   l.shared = static_cast<unsigned>(shape.at(4));
   for (const auto& p : params) {
-    Param q{p.at(0), p.size() > 1 ? p[1] : 0, -1};
+    // [P_PTR, slot, byte offset]; [P_TMAP, slot, byte offset, ...]; [kind, value] for the others
+    Param q{p.at(0), p.size() > 1 ? p[1] : 0, 0, -1};
+    if (q.kind == P_PTR || q.kind == P_TMAP) q.offset = p.at(2);
     if (q.kind == P_TMAP) {
-      // [P_TMAP, slot, address at recording, elem type, rank, swizzle, fill, dims (rank), byte strides (rank - 1),
-      //  box (rank)], every list innermost first, as cuTensorMapEncodeTiled takes them
-      const int64_t rank = p.at(4);
+      // [P_TMAP, slot, byte offset, address at recording, elem type, rank, swizzle, fill, dims (rank), byte strides
+      //  (rank - 1), box (rank)], every list innermost first, as cuTensorMapEncodeTiled takes them
+      const int64_t rank = p.at(5);
       std::vector<cuuint64_t> dims(rank), strides(rank > 1 ? rank - 1 : 1, 0);
       std::vector<cuuint32_t> box(rank), unit(rank, 1);
-      for (int64_t i = 0; i < rank; ++i) dims[i] = static_cast<cuuint64_t>(p.at(7 + i));
-      for (int64_t i = 0; i + 1 < rank; ++i) strides[i] = static_cast<cuuint64_t>(p.at(7 + rank + i));
-      for (int64_t i = 0; i < rank; ++i) box[i] = static_cast<cuuint32_t>(p.at(7 + 2 * rank - 1 + i));
+      for (int64_t i = 0; i < rank; ++i) dims[i] = static_cast<cuuint64_t>(p.at(8 + i));
+      for (int64_t i = 0; i + 1 < rank; ++i) strides[i] = static_cast<cuuint64_t>(p.at(8 + rank + i));
+      for (int64_t i = 0; i < rank; ++i) box[i] = static_cast<cuuint32_t>(p.at(8 + 2 * rank - 1 + i));
       CUtensorMap map;
-      check(driver().encode(&map, static_cast<CUtensorMapDataType>(p.at(3)), static_cast<cuuint32_t>(rank),
-                            reinterpret_cast<void*>(static_cast<uintptr_t>(p.at(2))), dims.data(), strides.data(),
+      check(driver().encode(&map, static_cast<CUtensorMapDataType>(p.at(4)), static_cast<cuuint32_t>(rank),
+                            reinterpret_cast<void*>(static_cast<uintptr_t>(p.at(3))), dims.data(), strides.data(),
                             box.data(), unit.data(), CU_TENSOR_MAP_INTERLEAVE_NONE,
-                            static_cast<CUtensorMapSwizzle>(p.at(5)), CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
-                            static_cast<CUtensorMapFloatOOBfill>(p.at(6))),
+                            static_cast<CUtensorMapSwizzle>(p.at(6)), CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
+                            static_cast<CUtensorMapFloatOOBfill>(p.at(7))),
             "cuTensorMapEncodeTiled");
       q.map = static_cast<int64_t>(l.maps.size());
       l.maps.push_back(map);
@@ -182,7 +185,7 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
     const Param& p = l.params[i];
     void* at = &scalars[i];
     switch (p.kind) {
-      case P_PTR: scalars[i] = reinterpret_cast<uint64_t>(slots[p.value].data_ptr()); break;
+      case P_PTR: scalars[i] = reinterpret_cast<uint64_t>(slots[p.value].data_ptr()) + p.offset; break;
       case P_NULL: break;
       case P_I8: { int8_t v = static_cast<int8_t>(p.value); std::memcpy(at, &v, 1); break; }
       case P_I16: { int16_t v = static_cast<int16_t>(p.value); std::memcpy(at, &v, 2); break; }
@@ -192,7 +195,8 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
       case P_I64:
       case P_B64: scalars[i] = static_cast<uint64_t>(p.value); break;
       case P_TMAP:
-        check(driver().replace(&maps[p.map], slots[p.value].data_ptr()), "cuTensorMapReplaceAddress");
+        check(driver().replace(&maps[p.map], static_cast<char*>(slots[p.value].data_ptr()) + p.offset),
+              "cuTensorMapReplaceAddress");
         at = &maps[p.map];
         break;
       default: throw std::runtime_error("kernels.replay: unknown parameter kind " + std::to_string(p.kind));

@@ -66,6 +66,7 @@ class Recorder(TorchDispatchMode):
         self.functions: list[int] = []
         self.shapes: list[list[int]] = []
         self.params: list[list[list[int]]] = []
+        self.views: dict[int, tuple[int, int, bool]] = {}  # view slot -> (root slot, byte offset, same layout)
         self.refused: Optional[str] = None
         for t in self.inputs:
             self._new_slot(t)
@@ -113,10 +114,14 @@ class Recorder(TorchDispatchMode):
         name = func.name()
         if func.is_view:
             outs = out if isinstance(out, (tuple, list)) else (out,)
-            base = args[0]
+            root, _, _ = self.views.get(self.slot(args[0]), (self.slot(args[0]), 0, True))
+            r = self.keep[root]
             for o in outs:
-                self.code.append([OPCODES["VIEW"], self._new_slot(o), self.slot(base),
-                                  o.storage_offset() - base.storage_offset(), o.dim(), *o.shape, *o.stride()])
+                s = self._new_slot(o)
+                same = o.dtype == r.dtype and o.shape == r.shape and o.stride() == r.stride() and \
+                    o.data_ptr() == r.data_ptr()
+                self.views[s] = (root, o.data_ptr() - r.data_ptr(), same)
+                self.code.append([OPCODES["VIEW"], s, root, o.dim(), *o.shape, *o.stride()])
             return
         if name in _FACTORIES or name in _ZERO_FACTORIES:
             self.code.append([OPCODES["ALLOC"], self._new_slot(out), _dtype_code(out.dtype),
@@ -171,7 +176,7 @@ class Recorder(TorchDispatchMode):
                 if value is None:
                     params.append([PARAMS["NULL"]])
                 elif isinstance(value, torch.Tensor):
-                    params.append([PARAMS["PTR"], self.slot(value)])
+                    params.append([PARAMS["PTR"], self.slot(value), 0])
                 else:
                     raise Refused(f"{compiled.name}: a pointer given as {type(value).__name__}")
             elif ty in _INTS:
@@ -199,15 +204,75 @@ class Recorder(TorchDispatchMode):
         if len(shape) != rank or strides[-1] != 1:
             raise Refused("a tensor map whose rank or last stride the launcher would reject")
         fill = 1 if getattr(desc, "padding", "zero") == "nan" else 0
-        return [PARAMS["TMAP"], self.slot(desc.base), int(desc.base.data_ptr()),
+        return [PARAMS["TMAP"], self.slot(desc.base), 0, int(desc.base.data_ptr()),
                 _TMA_HOST_TYPE[int(meta["elem_type"])], rank, int(meta["swizzle"]), fill,
                 *reversed([int(s) for s in shape]), *reversed([elem * int(s) for s in strides[:-1]]),
                 *reversed([int(b) for b in meta["block_size"]])]
 
     # -- the result
     def program(self, outputs: Sequence[Optional[torch.Tensor]]) -> tuple:
-        """(n_inputs, n_slots, code, functions, shapes, params, output slots): native.register_program's arguments."""
+        """(n_inputs, n_slots, code, functions, shapes, params, output slots): native.register_program's arguments.
+
+        Only what the outputs and the launches need is kept (``_needed``): a view whose one use is a kernel's address
+        becomes its root's address plus a byte offset, a view of its root's very layout becomes the root, and an
+        allocation, view, reduction or copy nothing reads is left out."""
         if self.refused is not None:
             raise Refused(self.refused)
         out = [self.slot(t) if t is not None else -1 for t in outputs]
-        return (len(self.inputs), len(self.keep), self.code, self.functions, self.shapes, self.params, out)
+        code, params, out = self._needed(out)
+        return (len(self.inputs), len(self.keep), code, self.functions, self.shapes, params, out)
+
+    def _needed(self, out: list[int]) -> tuple:
+        """The program without the instructions nothing needs (one pass from the end: a launch is always kept, and
+        marks its pointers' roots; a fill is kept where its root is needed after it; anything else where what it
+        makes is), its launches' pointers given as (root, byte offset), and views of a root's own layout replaced by
+        the root."""
+        def alias(s: int) -> int:
+            root, _, same = self.views.get(s, (s, 0, False))
+            return root if same else s
+
+        def addressed(p: list[int]) -> list[int]:
+            if p[0] not in (PARAMS["PTR"], PARAMS["TMAP"]):
+                return p
+            root, offset, _ = self.views.get(p[1], (p[1], 0, True))
+            return [p[0], root, offset, *p[3:]]
+
+        params = [[addressed(p) for p in ps] for ps in self.params]
+        need: set[int] = set()
+
+        def use(s: int) -> None:  # s must exist as a tensor: a view kept needs its root too
+            s = alias(s)
+            need.add(s)
+            if s in self.views:
+                need.add(self.views[s][0])
+
+        out = [alias(s) if s >= 0 else -1 for s in out]
+        for s in out:
+            if s >= 0:
+                use(s)
+        kept = []
+        for ins in reversed(self.code):
+            op = ins[0]
+            if op == OPCODES["LAUNCH"]:
+                for p in params[ins[1]]:
+                    if p[0] in (PARAMS["PTR"], PARAMS["TMAP"]):
+                        need.add(p[1])
+            elif op == OPCODES["ZERO"]:
+                s = ins[1]
+                if self.views.get(s, (s,))[0] not in need:
+                    continue
+                ins = [op, alias(s)]
+                use(ins[1])
+            elif ins[1] not in need:
+                continue  # (an identity view is never needed itself: its uses name the root)
+            elif op == OPCODES["VIEW"]:
+                root, offset, _ = self.views[ins[1]]
+                o, r = self.keep[ins[1]], self.keep[root]
+                if o.dtype != r.dtype or offset % r.element_size():
+                    raise Refused(f"a view as {o.dtype} of a {r.dtype} tensor")
+                ins = [op, ins[1], root, offset // r.element_size(), *ins[3:]]
+            elif op in (OPCODES["SUM"], OPCODES["COPY"]):
+                ins = [op, ins[1], alias(ins[2]), *ins[3:]]
+                use(ins[2])
+            kept.append(ins)
+        return kept[::-1], params, out
