@@ -214,7 +214,7 @@ class Recorder(TorchDispatchMode):
         """(n_inputs, n_slots, code, functions, shapes, params, output slots): native.register_program's arguments.
 
         Only what the outputs and the launches need is kept (``_needed``): a view whose one use is a kernel's address
-        becomes its root's address plus a byte offset, a view of its root's very layout becomes the root, and an
+        becomes its root's address plus a byte offset, a view of its root's own layout becomes the root, and an
         allocation, view, reduction or copy nothing reads is left out."""
         if self.refused is not None:
             raise Refused(self.refused)
