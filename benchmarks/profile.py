@@ -60,6 +60,61 @@ def profile_calls(fn: Callable[[], object], calls: int) -> list[tuple[str, float
     return kernel_table(prof.events(), calls)
 
 
+def thread_timeline(step: Callable[[], object], calls: int = 12, pick: int = 9,
+                    hold: Optional[Callable[[], None]] = None, min_us: float = 1.0, depth: int = 2) -> str:
+    """Where one call's host time goes across threads: ``calls`` calls of ``step`` under torch.profiler (CPU events),
+    call ``pick`` laid out by format_timeline. ``hold`` runs once just before the profiled calls (for a GPU step, a
+    sleep kernel, so that no call waits for the GPU: timing.host_us)."""
+    from torch.profiler import ProfilerActivity, profile, record_function
+
+    if not 0 <= pick < calls:
+        raise ValueError(f"thread_timeline: pick = {pick} is not one of the {calls} calls")
+    for _ in range(3):
+        step()
+    if hold is not None:
+        hold()
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for i in range(calls):
+            with record_function(f"call {i}"):
+                step()
+    return format_timeline(list(prof.events()), f"call {pick}", min_us, depth)
+
+
+def format_timeline(events: list, call_name: str, min_us: float = 1.0, depth: int = 2) -> str:
+    """The profiler ``events`` that start within the event named ``call_name``, in the order they started, each with
+    the thread it ran on ("calling" for the call's own thread; the others, such as autograd's thread for a CUDA
+    device, numbered as they appear). Events shorter than ``min_us`` or more than ``depth`` levels below their thread's
+    outermost are left out. Then a line per thread: the µs of its outermost events, and for the calling thread the µs
+    of the call no event of its own covered (its Python, and its waits for other threads). As markdown."""
+    call = next(e for e in events if e.name == call_name)
+    t0, t1 = call.time_range.start, call.time_range.end
+
+    def level(e) -> int:  # levels below the call (calling thread) or below the thread's outermost event
+        n, p = 0, e.cpu_parent
+        while p is not None and p is not call:
+            n, p = n + 1, p.cpu_parent
+        return n
+
+    inside = sorted((e for e in events if e is not call and t0 <= e.time_range.start < t1),
+                    key=lambda e: e.time_range.start)
+    names = {call.thread: "calling"}
+    for e in inside:
+        names.setdefault(e.thread, f"thread {len(names) + 1}")
+    outer = {name: 0.0 for name in names.values()}
+    lines = [f"{call_name}: {t1 - t0:.0f} µs", "", "| starts at µs | µs | thread | event |", "|---|---|---|---|"]
+    for e in inside:
+        n, us = level(e), e.time_range.elapsed_us()
+        if n == 0:
+            outer[names[e.thread]] += us
+        if n <= depth and us >= min_us:
+            lines.append(f"| {e.time_range.start - t0:.1f} | {us:.1f} | {names[e.thread]} | {'· ' * n}{e.name} |")
+    lines.append("")
+    for name, us in outer.items():
+        extra = f" (the call's other {t1 - t0 - us:.0f} µs: no event of its own)" if name == "calling" else ""
+        lines.append(f"- {name}: {us:.0f} µs in its outermost events{extra}")
+    return "\n".join(lines)
+
+
 def sink_free_methods(B: int, T: int, H: int, d: int, dtype: torch.dtype, names: Optional[list[str]] = None,
                       device: str = "cuda") -> list[tuple[str, tuple]]:
     """benchmarks.sink_free's rows (name, (forward, leaves)), those in ``names`` only when given; an error naming the

@@ -3,6 +3,7 @@
 
     python -m benchmarks.replay                          # T = 4096, 8192, 16384; d = 64 and 128; B·T = 16384
     python -m benchmarks.replay --seq 4096 --head-dims 64 --parts    # and where the replayed call's host time goes
+    python -m benchmarks.replay --seq 4096 --head-dims 64 --threads  # and one call laid out across threads
 
 Paired heads of d (v 2d), 768 / d / 2 pairs (cuDNN: 768 / d heads of d), q and k whole leaves in the projection layout,
 dense inputs (every tile occupied, benchmarks.attention's DENSE_RHO), bf16. Before timing, each shape is called three
@@ -15,6 +16,10 @@ of 3 means of 20 calls issued while the GPU sleeps (timing.host_us).
 directly, the key the Python entry builds, the calls with autograd's backward on the calling thread, then the host µs
 of every instruction of both programs (the engine's own clock, means of 200 runs issued back to back, so launches that
 find the GPU's queue full show its wait).
+
+``--threads`` lays out one call of the first shape across threads, cuDNN's and the replayed one
+(benchmarks.profile.thread_timeline: each CPU event with its start, length and thread, and per thread the time of its
+events): where autograd's handing of the backward to its thread for the GPU spends its time.
 """
 from __future__ import annotations
 
@@ -155,6 +160,37 @@ def parts(B: int, T: int, d: int) -> str:
     return "\n".join(lines)
 
 
+def threads(B: int, T: int, d: int) -> str:
+    """cuDNN's and the replayed call's host time across threads (the module docstring's ``--threads``), as markdown."""
+    from torch.nn.attention import SDPBackend
+
+    from benchmarks import timing
+    from benchmarks.profile import thread_timeline
+    from kernels import replay
+    from kernels.threshold.autograd import paired_threshold_attention_triton
+
+    q, k, v, lam, sm = _inputs(B, T, d)
+    _check_and_record(q, k, v, lam)
+
+    def hold() -> None:  # the GPU asleep while the calls are issued (timing.host_us)
+        torch.cuda.synchronize()
+        torch.cuda._sleep(1_000_000_000)
+
+    out = []
+    replay.ENABLED = True
+    try:
+        for name, step in (("cuDNN", timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION),
+                                                         sm)),
+                           ("replayed", timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(q, k, v, lam=lam),
+                                                            [q, k, v, lam]))):
+            out.append(f"#### {name}\n\n" + thread_timeline(step, hold=hold))
+            torch.cuda.synchronize()
+    finally:
+        replay.ENABLED = False
+        replay.clear()
+    return "\n\n".join(out)
+
+
 HEAD = ("| d | T | B | cuDNN fwd+bwd ms | Python path ms | replayed ms | host µs: cuDNN | Python path | replayed |\n"
         "|---|---|---|---|---|---|---|---|---|")
 
@@ -166,6 +202,8 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
     parser.add_argument("--rep-ms", type=int, default=40, help="timing window per measurement")
     parser.add_argument("--parts", action="store_true", help="then take the first shape's replayed call apart")
+    parser.add_argument("--threads", action="store_true",
+                        help="then lay out one call of the first shape across threads, cuDNN's and the replayed one")
     args = parser.parse_args(argv)
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.replay needs a CUDA GPU")
@@ -186,6 +224,10 @@ def main(argv: Optional[list[str]] = None) -> None:
         T, d = args.seq[0], args.head_dims[0]
         print(f"\nT = {T}, d = {d}, B = {max(1, args.tokens // T)}, dense\n"
               + parts(max(1, args.tokens // T), T, d, ), flush=True)
+    if args.threads:
+        T, d = args.seq[0], args.head_dims[0]
+        print(f"\nT = {T}, d = {d}, B = {max(1, args.tokens // T)}, dense: one forward+backward across threads (the "
+              "GPU asleep)\n\n" + threads(max(1, args.tokens // T), T, d), flush=True)
 
 
 if __name__ == "__main__":

@@ -60,3 +60,46 @@ def test_one_forward_backward_replaces_the_gradients():
     first = x.grad.clone()
     call()
     assert torch.equal(x.grad, first)  # accumulated, it would be twice the first
+
+
+def test_thread_timeline_lays_out_a_cpu_call_forward_then_backward():
+    from benchmarks.profile import thread_timeline
+
+    x, w = torch.randn(32, 48, requires_grad=True), torch.randn(48, 16, requires_grad=True)
+    text = thread_timeline(fwd_bwd_step(lambda: (x @ w).relu(), [x, w]), calls=4, pick=2, min_us=0.0)
+    rows = [line[2:-2].split(" | ") for line in text.splitlines() if line.startswith("| ")][1:]
+    total = float(text.splitlines()[0].split(": ")[1].split(" ")[0])
+    starts = [float(r[0]) for r in rows]
+    assert starts == sorted(starts) and 0 <= starts[0] and starts[-1] <= total
+    events = [r[3] for r in rows]
+    assert "aten::matmul" in events and "aten::relu" in events  # the forward, outermost
+    names = " ".join(events)
+    assert names.index("aten::relu") < names.index("ReluBackward0") < names.index("MmBackward0")
+    assert {r[2] for r in rows} == {"calling"}  # a CPU backward runs on the calling thread
+    assert "- calling: " in text and "no event of its own" in text
+    with pytest.raises(ValueError, match="pick = 4 is not one of the 4 calls"):
+        thread_timeline(lambda: None, calls=4, pick=4)
+
+
+def _timed(name, start, end, thread, parent=None):
+    return SimpleNamespace(name=name, thread=thread, cpu_parent=parent,
+                           time_range=SimpleNamespace(start=start, end=end, elapsed_us=lambda: end - start))
+
+
+def test_format_timeline_names_each_thread_and_sums_its_outermost_events():
+    from benchmarks.profile import format_timeline
+
+    call = _timed("call 1", 100.0, 300.0, thread=7)
+    fwd = _timed("Replayed", 110.0, 150.0, 7, call)
+    inner = _timed("aten::empty_strided", 112.0, 114.0, 7, fwd)
+    bwd = _timed("autograd::engine::evaluate_function: ReplayedBackward", 180.0, 260.0, 9)
+    deep = _timed("aten::sum", 200.0, 230.0, 9, _timed("x", 0, 0, 9, _timed("y", 0, 0, 9, bwd)))
+    before = _timed("aten::mm", 20.0, 40.0, 7)  # another call's
+    text = format_timeline([before, call, fwd, inner, bwd, deep], "call 1", min_us=0.0, depth=2)
+    lines = text.splitlines()
+    assert lines[0] == "call 1: 200 µs"
+    assert lines[4:7] == ["| 10.0 | 40.0 | calling | Replayed |", "| 12.0 | 2.0 | calling | · aten::empty_strided |",
+                          "| 80.0 | 80.0 | thread 2 | autograd::engine::evaluate_function: ReplayedBackward |"]
+    assert "aten::sum" not in text and "aten::mm" not in text  # three levels down; before the call
+    assert "- calling: 40 µs in its outermost events (the call's other 160 µs: no event of its own)" in text
+    assert "- thread 2: 80 µs in its outermost events" in text
