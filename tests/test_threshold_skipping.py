@@ -13,7 +13,7 @@ import torch
 from threshold_float64 import (Case, Plant, cell_support, make_inputs, planted_inputs,  # noqa: F401
                                poisoned_outputs, run_and_compare, run_kernel)
 
-from kernels.threshold import launch
+from kernels.threshold import launch, tiles
 from kernels.threshold.autograd import threshold_attention_triton
 from kernels.threshold.options import ThresholdOptions
 from kernels.threshold.tiles import BackwardPlan, TileConfig
@@ -225,5 +225,5 @@ def test_the_switch_turns_skipping_off(monkeypatch):
     assert not made
     threshold_attention_triton(x[0].requires_grad_(), *x[1:3], beta=x[-1])
     assert made == [1]
-    monkeypatch.setattr(launch, "skip_empty_tiles", lambda: False)
+    monkeypatch.setattr(tiles, "skip_empty_tiles", lambda: False)  # (read through tiles.skipping)
     assert launch.forward(*x, ThresholdOptions())[-1].numel() == 0

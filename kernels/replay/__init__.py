@@ -32,7 +32,7 @@ import torch
 
 from ..common import interpreting
 from ..inputs import as_head_vector
-from ..threshold.tiles import skip_empty_tiles
+from ..threshold.tiles import skipping
 
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
 
@@ -77,9 +77,8 @@ def _meta(t) -> object:
 
 def key_of(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> tuple:
     """The kind of a paired call: everything its recorded programs depend on."""
-    skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
-    return (_meta(q), _meta(k), _meta(v), _meta(lam), _meta(beta), options, skip, torch.is_grad_enabled(),
-            torch.are_deterministic_algorithms_enabled())
+    return (_meta(q), _meta(k), _meta(v), _meta(lam), _meta(beta), options, skipping(skip_empty),
+            torch.is_grad_enabled(), torch.are_deterministic_algorithms_enabled())
 
 
 def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[torch.Tensor]:

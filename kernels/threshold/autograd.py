@@ -9,7 +9,7 @@ import torch
 from .. import common, replay
 from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
 from .options import ThresholdOptions
-from .tiles import skip_empty_tiles
+from .tiles import skipping
 from ..inputs import as_head_vector, pair_views
 from .validation import check_inputs, check_pairs
 
@@ -176,7 +176,7 @@ def prepared(q1, k1, v, q2, k2, lam, beta, skip_empty: Optional[bool], paired: b
     H = q1.shape[1] // 2 if paired else q1.shape[1]
     lam_h = as_head_vector(lam, H, q1.device) if two else None
     beta_h = as_head_vector(beta, H, q1.device)
-    skip = skip_empty_tiles() if skip_empty is None else bool(skip_empty)
+    skip = skipping(skip_empty)
     # the record serves the backward only: none is made where no gradient will be asked for (evaluation, no_grad)
     record = skip and torch.is_grad_enabled() and any(
         t is not None and t.requires_grad for t in (q1, k1, v, q2, k2, lam_h, beta_h))

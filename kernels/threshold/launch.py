@@ -26,7 +26,7 @@ from ..common import CompileTarget, cdiv, interpreting, padded
 from .options import ThresholdOptions
 from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
                     dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
-                    fused_paired_backward, skip_empty_tiles)
+                    fused_paired_backward, skipping)
 from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_lists import CELL, record_shape, tile_lists_kernel
@@ -141,8 +141,7 @@ def forward(q1: torch.Tensor, k1: torch.Tensor, v: torch.Tensor, q2: Optional[to
     B, H, Tq, d = q1.shape
     Hkv, Tk, dv = k1.shape[1], k1.shape[2], v.shape[-1]
     two = q2 is not None
-    record = skip_empty_tiles() if record is None else record
-    skip_products = skip_empty_tiles() if skip_products is None else skip_products
+    record, skip_products = skipping(record), skipping(skip_products)
     rec = new_record(q1, Tk) if record else q1.new_empty(0, dtype=torch.uint8)
     rq1, rk1, rq2, rk2 = (q1.new_empty(0, dtype=torch.float32) for _ in range(4))
     if options.normalize:

@@ -74,6 +74,11 @@ def skip_empty_tiles() -> bool:
     return True
 
 
+def skipping(asked: Optional[bool]) -> bool:
+    """A call's ``skip_empty`` (or launch.forward's record / skip_products) as asked, or skip_empty_tiles() for None."""
+    return skip_empty_tiles() if asked is None else bool(asked)
+
+
 def backward_skips(fused: bool) -> bool:
     """Whether the backward, given the forward's record, visits only the tiles it marks: the fused Gluon kernel
     (whose loader and warpgroups read the list one tile ahead) and the Triton kernels (an index loaded per step of
