@@ -192,8 +192,9 @@ def host_profile(call: Callable[[], object], calls: int) -> str:
     held busy by a sleep kernel so that no call waits for it."""
     for _ in range(3):
         call()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(4_000_000_000)  # ~2 s of GPU clock cycles: longer than the profiled calls take to issue
+    from benchmarks.timing import hold_gpu
+
+    hold_gpu(4_000_000_000)  # ~2 s: longer than the profiled calls take to issue
     report = cprofile_table(call, calls)
     torch.cuda.synchronize()
     return report

@@ -171,11 +171,6 @@ def threads(B: int, T: int, d: int) -> str:
 
     q, k, v, lam, sm = _inputs(B, T, d)
     _check_and_record(q, k, v, lam)
-
-    def hold() -> None:  # the GPU asleep while the calls are issued (timing.host_us)
-        torch.cuda.synchronize()
-        torch.cuda._sleep(1_000_000_000)
-
     out = []
     replay.ENABLED = True
     try:
@@ -183,7 +178,7 @@ def threads(B: int, T: int, d: int) -> str:
                                                          sm)),
                            ("replayed", timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(q, k, v, lam=lam),
                                                             [q, k, v, lam]))):
-            out.append(f"#### {name}\n\n" + thread_timeline(step, hold=hold))
+            out.append(f"#### {name}\n\n" + thread_timeline(step, hold=timing.hold_gpu))
             torch.cuda.synchronize()
     finally:
         replay.ENABLED = False

@@ -54,14 +54,21 @@ def peak_mib(fn: Callable[[], object]) -> float:
     return (torch.cuda.max_memory_allocated() - base) / 2**20
 
 
+def hold_gpu(cycles: int = 1_000_000_000) -> None:
+    """Wait for the GPU, then keep it busy with a sleep kernel of ``cycles`` clock cycles (the default ~0.5 s, longer
+    than a benchmark's calls take to issue), so that calls issued next never wait for it: what they cost is the
+    host's."""
+    torch.cuda.synchronize()
+    torch.cuda._sleep(cycles)
+
+
 def host_us(fn: Callable[[], object], calls: int = 20, on_start: Optional[Callable[[], None]] = None) -> float:
     """Host time per call in microseconds: the CPU's cost of issuing ``fn``'s work, measured while the GPU is held
     busy by a sleep kernel, so no call waits for the GPU (a call that synchronises shows up as a huge number).
     When this exceeds the GPU time, the kernels are host-bound. ``on_start`` is called once after the warm-up call,
     just before the timed ones (e.g. to reset a count of what they do)."""
     fn()
-    torch.cuda.synchronize()
-    torch.cuda._sleep(1_000_000_000)  # ~0.5 s of GPU clock cycles, longer than the calls take to issue
+    hold_gpu()
     if on_start is not None:
         on_start()
     start = time.perf_counter()
