@@ -83,6 +83,11 @@ class Recorder(TorchDispatchMode):
             raise Refused(f"a tensor {tuple(t.shape)} {t.dtype} made outside the recording reached it")
         return s
 
+    def _root(self, s: int) -> tuple[int, int]:
+        """The slot whose tensor ``s`` views (``s`` itself where it is no view) and ``s``'s byte offset in it."""
+        root, offset, _ = self.views.get(s, (s, 0, False))
+        return root, offset
+
     def refuse(self, why: str) -> None:
         if self.refused is None:
             self.refused = why
@@ -114,7 +119,7 @@ class Recorder(TorchDispatchMode):
         name = func.name()
         if func.is_view:
             outs = out if isinstance(out, (tuple, list)) else (out,)
-            root, _, _ = self.views.get(self.slot(args[0]), (self.slot(args[0]), 0, True))
+            root, _ = self._root(self.slot(args[0]))
             r = self.keep[root]
             for o in outs:
                 s = self._new_slot(o)
@@ -234,8 +239,7 @@ class Recorder(TorchDispatchMode):
         def addressed(p: list[int]) -> list[int]:
             if p[0] not in (PARAMS["PTR"], PARAMS["TMAP"]):
                 return p
-            root, offset, _ = self.views.get(p[1], (p[1], 0, True))
-            return [p[0], root, offset, *p[3:]]
+            return [p[0], *self._root(p[1]), *p[3:]]
 
         params = [[addressed(p) for p in ps] for ps in self.params]
         need: set[int] = set()
@@ -259,7 +263,7 @@ class Recorder(TorchDispatchMode):
                         need.add(p[1])
             elif op == OPCODES["ZERO"]:
                 s = ins[1]
-                if self.views.get(s, (s,))[0] not in need:
+                if self._root(s)[0] not in need:
                     continue
                 ins = [op, alias(s)]
                 use(ins[1])
