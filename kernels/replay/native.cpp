@@ -30,7 +30,7 @@
 namespace {
 
 // instruction opcodes (record.py's OPCODES)
-enum : int64_t { ALLOC = 0, VIEW = 1, ZERO = 2, SUM = 3, COPY = 4, LAUNCH = 5 };
+enum : int64_t { ALLOC = 0, VIEW = 1, ZERO = 2, SUM = 3, COPY = 4, LAUNCH = 5, ZERO_BYTES = 6 };
 // kernel parameter kinds (record.py's PARAMS); each is [kind, ...]
 enum : int64_t { P_PTR = 0, P_NULL = 1, P_I8 = 2, P_I16 = 3, P_I32 = 4, P_I64 = 5, P_B16 = 6, P_B32 = 7, P_B64 = 8,
                  P_TMAP = 9 };
@@ -221,18 +221,27 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
 
 // A zero fill: on the GPU, of a tensor whose elements fill one range of memory, one memset on the call's stream (an
 // ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time); otherwise zero_.
+// ``bytes`` zero bytes from ``offset`` bytes into ``t``'s data: one memset on the call's stream on the GPU.
+void zero_bytes(const at::Tensor& t, int64_t offset, size_t bytes, CUstream stream) {
+  if (bytes == 0) return;
+  char* start = static_cast<char*>(t.data_ptr()) + offset;
+  if (!t.is_cuda()) {
+    std::memset(start, 0, bytes);
+    return;
+  }
+  const auto at = reinterpret_cast<CUdeviceptr>(start);
+  if (at % 4 == 0 && bytes % 4 == 0)
+    check(driver().memset32(at, 0, bytes / 4, stream), "cuMemsetD32Async");
+  else
+    check(driver().memset8(at, 0, bytes, stream), "cuMemsetD8Async");
+}
+
 void fill_zero(const at::Tensor& t, CUstream stream) {
   if (!t.is_cuda() || !t.is_non_overlapping_and_dense()) {
     t.zero_();
     return;
   }
-  const size_t bytes = static_cast<size_t>(t.numel()) * t.element_size();
-  if (bytes == 0) return;
-  const auto at = reinterpret_cast<CUdeviceptr>(t.data_ptr());
-  if (at % 4 == 0 && bytes % 4 == 0)
-    check(driver().memset32(at, 0, bytes / 4, stream), "cuMemsetD32Async");
-  else
-    check(driver().memset8(at, 0, bytes, stream), "cuMemsetD8Async");
+  zero_bytes(t, 0, static_cast<size_t>(t.numel()) * t.element_size(), stream);
 }
 
 at::Tensor as_expected(const at::Tensor& g, const Program& p) {
@@ -289,6 +298,9 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
         break;
       }
       case ZERO: fill_zero(slots[ins[1]], stream); break;  // [ZERO, slot]
+      case ZERO_BYTES:  // [ZERO_BYTES, slot, byte offset, bytes]: a range of a pooled allocation (record.py)
+        zero_bytes(slots[ins[1]], ins[2], static_cast<size_t>(ins[3]), stream);
+        break;
       case SUM: {  // [SUM, out, in, ndims, dims]
         slots[ins[1]] = slots[ins[2]].sum(take(ins, 4, ins[3]));
         break;
