@@ -1,5 +1,5 @@
-// The replay engine of kernels/replay: runs a recorded program (allocations, views, fills, a reduction, kernel
-// launches) with no Python in the call, and an autograd function over a recorded forward and backward.
+// The replay engine of kernels/replay: runs a recorded program (allocations, views, fills, reductions, kernel
+// launches) with no Python in the call, and an autograd node over a recorded forward and backward.
 //
 // A program is a list of instructions over numbered slots of tensors: slots 0 .. n_inputs - 1 are the call's
 // inputs, the others are made by the instructions in order. Everything shape-dependent (sizes, strides, grids,
