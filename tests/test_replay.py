@@ -226,6 +226,18 @@ def test_the_engines_autograd_function_runs_both_programs_and_takes_any_gradient
     assert torch.equal(grads[2], other) and grads[2].stride() == do.stride()  # (copied into the recorded layout)
     assert torch.equal(grads[0], torch.zeros_like(q)) and torch.equal(grads[1], torch.zeros_like(k))
     assert leaves[3].grad is None and leaves[4].grad is None
+    # what the node saved is checked as the Python path's ctx.save_for_backward is: an input changed in place between
+    # the forward and the backward is an error, and a second backward through a freed graph too
+    q2 = leaves[0] * 1.0
+    got = eng.paired(q2, *leaves[1:], fid, bid)
+    with torch.no_grad():
+        q2.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(got, leaves[:3], other)
+    got = eng.paired(*leaves, fid, bid)
+    torch.autograd.grad(got, leaves[:3], other)
+    with pytest.raises(RuntimeError, match="backward ran twice|second time"):
+        torch.autograd.grad(got, leaves[:3], other)
 
 
 def test_a_program_keeps_only_what_its_outputs_and_launches_need():
