@@ -219,8 +219,6 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
         "cuLaunchKernel");
 }
 
-// A zero fill: on the GPU, of a tensor whose elements fill one range of memory, one memset on the call's stream (an
-// ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time); otherwise zero_.
 // ``bytes`` zero bytes from ``offset`` bytes into ``t``'s data: one memset on the call's stream on the GPU.
 void zero_bytes(const at::Tensor& t, int64_t offset, size_t bytes, CUstream stream) {
   if (bytes == 0) return;
@@ -236,6 +234,8 @@ void zero_bytes(const at::Tensor& t, int64_t offset, size_t bytes, CUstream stre
     check(driver().memset8(at, 0, bytes, stream), "cuMemsetD8Async");
 }
 
+// A zero fill: on the GPU, of a tensor whose elements fill one range of memory, one memset on the call's stream (an
+// ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time); otherwise zero_.
 void fill_zero(const at::Tensor& t, CUstream stream) {
   if (!t.is_cuda() || !t.is_non_overlapping_and_dense()) {
     t.zero_();
