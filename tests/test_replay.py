@@ -11,7 +11,7 @@ import torch
 
 from kernels import common
 from kernels.inputs import TRITON_INSTALLED, pair_views
-from kernels.replay.record import OPCODES, PARAMS, Recorder, Refused
+from kernels.replay.record import OPCODES, PARAMS, POOL_ALIGN, Recorder, Refused
 
 needs_compiler = pytest.mark.skipif(
     (shutil.which("c++") is None and shutil.which("g++") is None) or not TRITON_INSTALLED,
@@ -226,6 +226,18 @@ def test_the_engines_autograd_function_runs_both_programs_and_takes_any_gradient
     assert torch.equal(grads[2], other) and grads[2].stride() == do.stride()  # (copied into the recorded layout)
     assert torch.equal(grads[0], torch.zeros_like(q)) and torch.equal(grads[1], torch.zeros_like(k))
     assert leaves[3].grad is None and leaves[4].grad is None
+    # what the node saved is checked as the Python path's ctx.save_for_backward is: an input changed in place between
+    # the forward and the backward is an error, and a second backward through a freed graph too
+    q2 = leaves[0] * 1.0
+    got = eng.paired(q2, *leaves[1:], fid, bid)
+    with torch.no_grad():
+        q2.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        torch.autograd.grad(got, leaves[:3], other)
+    got = eng.paired(*leaves, fid, bid)
+    torch.autograd.grad(got, leaves[:3], other)
+    with pytest.raises(RuntimeError, match="backward ran twice|second time"):
+        torch.autograd.grad(got, leaves[:3], other)
 
 
 def test_a_program_keeps_only_what_its_outputs_and_launches_need():
@@ -271,3 +283,41 @@ def test_a_kept_view_of_another_dtype_is_refused():
         y = x.view(torch.int32)
     with pytest.raises(Refused, match="a view as torch.int32 of a torch.uint8"):
         rec.program([y])
+
+
+def test_temporaries_only_kernels_address_share_one_allocation():
+    """Allocations that are no output and that only launches address (and fills) become ranges of one pooled
+    allocation, each at a multiple of POOL_ALIGN bytes: a zero-filled one as a ZERO_BYTES of its range, a view of one
+    as the pool's address plus both offsets; an output, and an allocation a kept view reads, stay their own."""
+    x = torch.randn(3, 4, 8)
+    with Recorder([x]) as rec:
+        a = torch.zeros(10)                              # 40 bytes, zero-filled
+        b = torch.empty(2, 3, dtype=torch.float64)       # 48 bytes
+        c = torch.empty(4)                               # an output
+        d = torch.empty(6)                               # read by a view that is an output
+        d_view = d[2:]
+        sig = {"A": "*fp32", "B": "*fp64", "C": "*fp32", "X": "*fp32"}
+        rec.note_launch(_compiled(sig), (1,), (a, b[1], c, x))
+    n, n_slots, code, functions, shapes, params, out = rec.program([c, d_view])
+    ops = {v: k for k, v in OPCODES.items()}
+    pool = n_slots - 1
+    size = POOL_ALIGN + 48
+    assert [ops[ins[0]] for ins in code] == ["ALLOC", "ZERO_BYTES", "ALLOC", "ALLOC", "VIEW", "LAUNCH"], code
+    assert code[0] == [OPCODES["ALLOC"], pool, 0, 0, 1, size, 1]  # uint8
+    assert code[1] == [OPCODES["ZERO_BYTES"], pool, 0, 40]
+    p = params[0]
+    assert p[0] == [PARAMS["PTR"], pool, 0]
+    assert p[1] == [PARAMS["PTR"], pool, POOL_ALIGN + 3 * 8]     # b[1]: b's place in the pool plus the row
+    assert p[2] == [PARAMS["PTR"], out[0], 0] and p[3] == [PARAMS["PTR"], 0, 0]
+
+
+@needs_compiler
+def test_the_engine_zeroes_a_byte_range():
+    from kernels import replay
+
+    eng = replay.native()
+    pid = eng.register_program(1, 1, [[OPCODES["ZERO_BYTES"], 0, 8, 16]], [], [], [], [0])
+    t = torch.full((8,), 7.0)
+    (got,) = eng.run(pid, [t])
+    assert got.data_ptr() == t.data_ptr()
+    assert t.tolist() == [7.0, 7.0, 0.0, 0.0, 0.0, 0.0, 7.0, 7.0]

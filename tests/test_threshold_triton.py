@@ -302,3 +302,22 @@ def test_a_head_vector_parameter_passes_as_it_is_and_others_keep_their_gradient(
         (y * torch.arange(1.0, 5.0)).sum().backward()
         expected = torch.full_like(x, 10.0) if x.numel() == 1 else torch.arange(1.0, 5.0, dtype=x.dtype)
         assert torch.allclose(x.grad, expected)
+
+
+@pytest.mark.parametrize("need_dlam,need_dbeta", [(True, True), (True, False), (False, True)])
+def test_head_sums_add_each_heads_partials_over_batch_and_blocks(need_dlam, need_dbeta):
+    """dλ and dβ from the backward's partial sums (2, B, H, blocks): each head's row of the asked-for parameter summed
+    over batch and key blocks, more blocks than one step of the kernel takes (HEAD_SUMS_BLOCK) so that its loop and
+    its last, partial step both count; the other row's values (large) must not leak in."""
+    torch.manual_seed(3)
+    B, H, nb = 3, 5, launch.HEAD_SUMS_BLOCK + 37
+    partials = torch.randn(2, B, H, nb, dtype=torch.float32)
+    partials[0 if not need_dlam else 1] += 0.0 if (need_dlam and need_dbeta) else 1e6
+    want = partials.double().sum(dim=(1, 3))
+    dlam, dbeta = launch._head_sums(partials, need_dlam, need_dbeta, None)
+    for got, need, row in ((dlam, need_dlam, 0), (dbeta, need_dbeta, 1)):
+        if not need:
+            assert got is None
+            continue
+        assert got.shape == (H,) and got.dtype == torch.float32
+        torch.testing.assert_close(got.double(), want[row], rtol=1e-5, atol=1e-4)

@@ -3,9 +3,9 @@ kernels.
 
 An eager paired call spends most of its host time in Python (autograd.Function, the launch code, the checks, the
 allocations' wrappers) although, for given input shapes, it does the same thing every time. ``paired`` therefore
-records the call once per kind of input (record.py: every allocation, view, fill, the one reduction and every
+records the call once per kind of input (record.py: every allocation, view, fill, reduction and every
 kernel launch, with their sizes, strides and scalar arguments fixed) and from then on hands the inputs to
-``native.paired``, a C++ ``torch::autograd::Function`` that replays the forward's program and, in the backward, the
+``native.paired``, which replays the forward's program and gives its output a C++ autograd node that replays the
 backward's, patching only the tensors' addresses (kernel pointers, and each TMA map through
 cuTensorMapReplaceAddress).
 

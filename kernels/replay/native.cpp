@@ -1,5 +1,5 @@
-// The replay engine of kernels/replay: runs a recorded program (allocations, views, fills, a reduction, kernel
-// launches) with no Python in the call, and an autograd function over a recorded forward and backward.
+// The replay engine of kernels/replay: runs a recorded program (allocations, views, fills, reductions, kernel
+// launches) with no Python in the call, and an autograd node over a recorded forward and backward.
 //
 // A program is a list of instructions over numbered slots of tensors: slots 0 .. n_inputs - 1 are the call's
 // inputs, the others are made by the instructions in order. Everything shape-dependent (sizes, strides, grids,
@@ -8,7 +8,10 @@
 // programs by exactly that. What changes from call to call is where tensors live: pointers and the address in each
 // tensor map (cuTensorMapReplaceAddress on a map encoded once at registration).
 #include <torch/extension.h>
-#include <torch/autograd.h>
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/edge.h>
+#include <torch/csrc/autograd/functions/utils.h>
+#include <torch/csrc/autograd/saved_variable.h>
 #include <c10/core/Stream.h>
 #include <c10/core/impl/VirtualGuardImpl.h>
 
@@ -19,6 +22,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <vector>
 
 #include "cuda.h"
@@ -26,7 +30,7 @@
 namespace {
 
 // instruction opcodes (record.py's OPCODES)
-enum : int64_t { ALLOC = 0, VIEW = 1, ZERO = 2, SUM = 3, COPY = 4, LAUNCH = 5 };
+enum : int64_t { ALLOC = 0, VIEW = 1, ZERO = 2, SUM = 3, COPY = 4, LAUNCH = 5, ZERO_BYTES = 6 };
 // kernel parameter kinds (record.py's PARAMS); each is [kind, ...]
 enum : int64_t { P_PTR = 0, P_NULL = 1, P_I8 = 2, P_I16 = 3, P_I32 = 4, P_I64 = 5, P_B16 = 6, P_B32 = 7, P_B64 = 8,
                  P_TMAP = 9 };
@@ -38,12 +42,16 @@ using EncodeTiled = CUresult (*)(CUtensorMap*, CUtensorMapDataType, cuuint32_t, 
                                  CUtensorMapSwizzle, CUtensorMapL2promotion, CUtensorMapFloatOOBfill);
 using ReplaceAddress = CUresult (*)(CUtensorMap*, void*);
 using ErrorString = CUresult (*)(CUresult, const char**);
+using Memset8 = CUresult (*)(CUdeviceptr, unsigned char, size_t, CUstream);
+using Memset32 = CUresult (*)(CUdeviceptr, unsigned int, size_t, CUstream);
 
 struct Driver {
   LaunchKernel launch = nullptr;
   EncodeTiled encode = nullptr;
   ReplaceAddress replace = nullptr;
   ErrorString error = nullptr;
+  Memset8 memset8 = nullptr;
+  Memset32 memset32 = nullptr;
 };
 
 const Driver& driver() {
@@ -57,8 +65,11 @@ const Driver& driver() {
     d.encode = reinterpret_cast<EncodeTiled>(dlsym(lib, "cuTensorMapEncodeTiled"));
     d.replace = reinterpret_cast<ReplaceAddress>(dlsym(lib, "cuTensorMapReplaceAddress"));
     d.error = reinterpret_cast<ErrorString>(dlsym(lib, "cuGetErrorString"));
+    d.memset8 = reinterpret_cast<Memset8>(dlsym(lib, "cuMemsetD8Async"));
+    d.memset32 = reinterpret_cast<Memset32>(dlsym(lib, "cuMemsetD32Async"));
   });
-  if (d.launch == nullptr || d.encode == nullptr || d.replace == nullptr || d.error == nullptr)
+  if (d.launch == nullptr || d.encode == nullptr || d.replace == nullptr || d.error == nullptr ||
+      d.memset8 == nullptr || d.memset32 == nullptr)
     throw std::runtime_error("kernels.replay: libcuda.so.1 or one of its launch functions could not be loaded");
   return d;
 }
@@ -208,6 +219,31 @@ void launch(const Launch& l, const std::vector<at::Tensor>& slots, CUstream stre
         "cuLaunchKernel");
 }
 
+// ``bytes`` zero bytes from ``offset`` bytes into ``t``'s data: one memset on the call's stream on the GPU.
+void zero_bytes(const at::Tensor& t, int64_t offset, size_t bytes, CUstream stream) {
+  if (bytes == 0) return;
+  char* start = static_cast<char*>(t.data_ptr()) + offset;
+  if (!t.is_cuda()) {
+    std::memset(start, 0, bytes);
+    return;
+  }
+  const auto at = reinterpret_cast<CUdeviceptr>(start);
+  if (at % 4 == 0 && bytes % 4 == 0)
+    check(driver().memset32(at, 0, bytes / 4, stream), "cuMemsetD32Async");
+  else
+    check(driver().memset8(at, 0, bytes, stream), "cuMemsetD8Async");
+}
+
+// A zero fill: on the GPU, of a tensor whose elements fill one range of memory, one memset on the call's stream (an
+// ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time); otherwise zero_.
+void fill_zero(const at::Tensor& t, CUstream stream) {
+  if (!t.is_cuda() || !t.is_non_overlapping_and_dense()) {
+    t.zero_();
+    return;
+  }
+  zero_bytes(t, 0, static_cast<size_t>(t.numel()) * t.element_size(), stream);
+}
+
 at::Tensor as_expected(const at::Tensor& g, const Program& p) {
   const bool aligned = reinterpret_cast<uintptr_t>(g.data_ptr()) % static_cast<uintptr_t>(p.expect_align) == 0;
   if (g.sizes().vec() == p.expect_sizes && g.strides().vec() == p.expect_strides && aligned) return g;
@@ -239,7 +275,7 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
   slots.resize(p.n_slots);
   const c10::Device device = slots[0].device();
   CUstream stream = nullptr;
-  if (!p.launches.empty()) {
+  if (device.is_cuda()) {
     c10::impl::VirtualGuardImpl impl(device.type());
     stream = static_cast<CUstream>(impl.getStream(device).native_handle());
   }
@@ -251,7 +287,7 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
         const int64_t nd = ins[4];
         auto t = at::empty_strided(take(ins, 5, nd), take(ins, 5 + nd, nd),
                                    at::TensorOptions().dtype(static_cast<at::ScalarType>(ins[2])).device(device));
-        if (ins[3]) t.zero_();
+        if (ins[3]) fill_zero(t, stream);
         slots[ins[1]] = std::move(t);
         break;
       }
@@ -261,7 +297,10 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
         slots[ins[1]] = base.as_strided(take(ins, 5, nd), take(ins, 5 + nd, nd), base.storage_offset() + ins[3]);
         break;
       }
-      case ZERO: slots[ins[1]].zero_(); break;  // [ZERO, slot]
+      case ZERO: fill_zero(slots[ins[1]], stream); break;  // [ZERO, slot]
+      case ZERO_BYTES:  // [ZERO_BYTES, slot, byte offset, bytes]: a range of a pooled allocation (record.py)
+        zero_bytes(slots[ins[1]], ins[2], static_cast<size_t>(ins[3]), stream);
+        break;
       case SUM: {  // [SUM, out, in, ndims, dims]
         slots[ins[1]] = slots[ins[2]].sum(take(ins, 4, ins[3]));
         break;
@@ -284,37 +323,69 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
   return out;
 }
 
-// The paired entry's autograd function: inputs q, k, v, lam, beta (the last two (H,) fp32); the forward program
-// returns the output and what the backward reads; the backward program takes
-// [dO, q, k, v, lam, beta, what the forward saved] and returns [dq, dk, dv, dlam, dbeta] (undefined where none).
-class Replayed : public torch::autograd::Function<Replayed> {
- public:
-  static at::Tensor forward(torch::autograd::AutogradContext* ctx, const at::Tensor& q, const at::Tensor& k,
-                            const at::Tensor& v, const at::Tensor& lam, const at::Tensor& beta, int64_t fwd,
-                            int64_t bwd) {
-    std::vector<at::Tensor> outs = run(fwd, {q, k, v, lam, beta});
-    std::vector<at::Tensor> saved{q, k, v, lam, beta};
-    saved.insert(saved.end(), outs.begin() + 1, outs.end());
-    ctx->save_for_backward(saved);
-    ctx->saved_data["bwd"] = bwd;
-    return outs[0];
+// The paired entry's autograd node, written by hand as ATen's generated nodes are (a torch::autograd::Function costs
+// several times the host time: its context's saved-data map, input and output bookkeeping, output wrapping). The
+// forward program takes q, k, v, lam, beta (the last two (H,) fp32) and returns the output and what the backward
+// reads; the backward program takes [dO, q, k, v, lam, beta, what the forward saved] and returns
+// [dq, dk, dv, dlam, dbeta] (undefined where none). Everything saved is a SavedVariable, as ctx.save_for_backward
+// makes on the Python path: an input changed in place before the backward is an error, and saved-tensor hooks
+// (activation checkpointing, offloading) see the same tensors.
+using torch::autograd::Node;
+using torch::autograd::SavedVariable;
+using torch::autograd::variable_list;
+using NodePtr = decltype(torch::autograd::Edge::function);  // std::shared_ptr<Node> before torch 2.12, intrusive after
+
+struct ReplayedBackward : public Node {
+  std::vector<SavedVariable> saved;
+  int64_t program_id = -1;
+
+  variable_list apply(variable_list&& grads) override {
+    TORCH_CHECK(!saved.empty(), "kernels.replay: the paired call's backward ran twice; its saved tensors were freed "
+                "(call backward with retain_graph=True to run it again)");
+    at::AutoDispatchBelowADInplaceOrView below_autograd;
+    const Program& p = program(program_id);
+    std::vector<at::Tensor> inputs;
+    inputs.reserve(saved.size() + 1);
+    inputs.push_back(grads[0].defined() ? grads[0] : at::zeros(p.expect_sizes, saved[0].unpack().options()));
+    for (const SavedVariable& s : saved) inputs.push_back(s.unpack());
+    std::vector<at::Tensor> d = run(program_id, std::move(inputs));
+    d.resize(5);
+    return d;
   }
 
-  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
-                                                 torch::autograd::variable_list grads) {
-    const int64_t bwd = ctx->saved_data["bwd"].toInt();
-    std::vector<at::Tensor> inputs = ctx->get_saved_variables();
-    at::Tensor g = grads[0].defined() ? grads[0] : at::zeros(program(bwd).expect_sizes, inputs[0].options());
-    inputs.insert(inputs.begin(), std::move(g));
-    std::vector<at::Tensor> d = run(bwd, std::move(inputs));
-    d.resize(5);
-    return {d[0], d[1], d[2], d[3], d[4], at::Tensor(), at::Tensor()};
+  void release_variables() override {
+    for (SavedVariable& s : saved) s.reset_data();
+    saved.clear();
   }
+
+  std::string name() const override { return "ReplayedPairedBackward"; }
 };
+
+template <class T, class Ptr>
+auto new_node() {
+  if constexpr (std::is_same_v<Ptr, std::shared_ptr<Node>>)
+    return std::make_shared<T>();
+  else
+    return c10::make_intrusive<T>();
+}
 
 at::Tensor paired(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, const at::Tensor& lam,
                   const at::Tensor& beta, int64_t fwd, int64_t bwd) {
-  return Replayed::apply(q, k, v, lam, beta, fwd, bwd);
+  std::vector<at::Tensor> outs;
+  {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // (the program's operations record no history)
+    outs = run(fwd, {q, k, v, lam, beta});
+  }
+  if (torch::autograd::compute_requires_grad(q, k, v, lam, beta)) {
+    auto node = new_node<ReplayedBackward, NodePtr>();
+    node->set_next_edges(torch::autograd::collect_next_edges(q, k, v, lam, beta));
+    node->program_id = bwd;
+    node->saved.reserve(5 + outs.size() - 1);
+    for (const at::Tensor* t : {&q, &k, &v, &lam, &beta}) node->saved.emplace_back(*t, false);
+    for (size_t i = 1; i < outs.size(); ++i) node->saved.emplace_back(outs[i], false);
+    torch::autograd::set_history(outs[0], node);
+  }
+  return outs[0];
 }
 
 }  // namespace

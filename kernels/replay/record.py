@@ -26,7 +26,8 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from .. import fast_launch
 
-OPCODES = dict(ALLOC=0, VIEW=1, ZERO=2, SUM=3, COPY=4, LAUNCH=5)
+OPCODES = dict(ALLOC=0, VIEW=1, ZERO=2, SUM=3, COPY=4, LAUNCH=5, ZERO_BYTES=6)
+POOL_ALIGN = 256  # bytes: where each temporary starts in the pooled allocation (TMA and the kernels' pointers ask 16)
 PARAMS = dict(PTR=0, NULL=1, I8=2, I16=3, I32=4, I64=5, B16=6, B32=7, B64=8, TMAP=9)
 _INTS = {"i1": "I8", "i8": "I8", "u1": "I8", "u8": "I8", "i16": "I16", "u16": "I16", "i32": "I32", "u32": "I32",
          "i64": "I64", "u64": "I64"}
@@ -220,12 +221,14 @@ class Recorder(TorchDispatchMode):
 
         Only what the outputs and the launches need is kept (``_needed``): a view whose one use is a kernel's address
         becomes its root's address plus a byte offset, a view of its root's own layout becomes the root, and an
-        allocation, view, reduction or copy nothing reads is left out."""
+        allocation, view, reduction or copy nothing reads is left out. Then the temporaries only kernels address
+        share one allocation (``_pooled``)."""
         if self.refused is not None:
             raise Refused(self.refused)
         out = [self.slot(t) if t is not None else -1 for t in outputs]
         code, params, out = self._needed(out)
-        return (len(self.inputs), len(self.keep), code, self.functions, self.shapes, params, out)
+        code, params, n_slots = self._pooled(code, params, out)
+        return (len(self.inputs), n_slots, code, self.functions, self.shapes, params, out)
 
     def _needed(self, out: list[int]) -> tuple:
         """The program without the instructions nothing needs (one pass from the end: a launch is always kept, and
@@ -280,3 +283,49 @@ class Recorder(TorchDispatchMode):
                 use(ins[2])
             kept.append(ins)
         return kept[::-1], params, out
+
+    def _pooled(self, code: list, params: list, out: list[int]) -> tuple[list, list, int]:
+        """Temporaries (allocations that are no output and that only launches address, and fills) placed in one
+        allocation: one allocation and one free per call instead of one each. Each starts at a multiple of
+        POOL_ALIGN bytes; a zero-filled one becomes a ZERO_BYTES of its range. Returns the code, the launches'
+        parameters and the number of slots (the pool's is the last)."""
+        read = {ins[2] for ins in code if ins[0] in (OPCODES["VIEW"], OPCODES["SUM"], OPCODES["COPY"])}
+        spans: dict[int, int] = {}  # pooled slot -> its byte offset in the pool
+        size = 0
+        for ins in code:
+            if ins[0] == OPCODES["ALLOC"] and ins[1] not in out and ins[1] not in read:
+                t = self.keep[ins[1]]
+                size = -(-size // POOL_ALIGN) * POOL_ALIGN
+                spans[ins[1]] = size
+                size += _storage_bytes(t)
+        n_slots = len(self.keep)
+        if len(spans) < 2:
+            return code, params, n_slots
+        pool = n_slots
+        pooled_code, placed = [], False
+        for ins in code:
+            op = ins[0]
+            if op == OPCODES["ALLOC"] and ins[1] in spans:
+                if not placed:
+                    pooled_code.append([OPCODES["ALLOC"], pool, _dtype_code(torch.uint8), 0, 1, size, 1])
+                    placed = True
+                if ins[3]:
+                    pooled_code.append([OPCODES["ZERO_BYTES"], pool, spans[ins[1]],
+                                        _storage_bytes(self.keep[ins[1]])])
+            elif op == OPCODES["ZERO"] and ins[1] in spans:
+                pooled_code.append([OPCODES["ZERO_BYTES"], pool, spans[ins[1]], _storage_bytes(self.keep[ins[1]])])
+            else:
+                pooled_code.append(ins)
+
+        def moved(p: list[int]) -> list[int]:
+            if p[0] in (PARAMS["PTR"], PARAMS["TMAP"]) and p[1] in spans:
+                return [p[0], pool, p[2] + spans[p[1]], *p[3:]]
+            return p
+        return pooled_code, [[moved(p) for p in ps] for ps in params], n_slots + 1
+
+
+def _storage_bytes(t: torch.Tensor) -> int:
+    """Bytes from a tensor's first element to the end of its last (its allocation's size, made by empty_strided)."""
+    if t.numel() == 0:
+        return 0
+    return (1 + sum((n - 1) * st for n, st in zip(t.shape, t.stride()))) * t.element_size()

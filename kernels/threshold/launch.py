@@ -27,7 +27,7 @@ from .options import ThresholdOptions
 from .tiles import (INTERPRETER_CONFIG, BackwardPlan, TileConfig, backward_configs, backward_skips, dq_atomic,
                     dq_configs, dv_configs, dv_pass_apart, forward_configs, forward_skips_products,
                     fused_paired_backward, skipping)
-from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel
+from .triton_backward import dkdv_kernel, dq_finish_kernel, dq_kernel, head_sums_kernel
 from .triton_forward import threshold_attention_fwd_kernel
 from .triton_lists import CELL, record_shape, tile_lists_kernel
 from .triton_norms import inverse_norm_kernel
@@ -445,7 +445,23 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         _launch(dq_kernel, dq_grid, dq_args, dq_configs(d, dv_dim, two, q1.element_size()), dq_key, consts,
                 plan.dq_tile, target, rows=rows, skip_empty=True)
 
-    sums = partials[0].sum(dim=(1, 3)) if need_partials else None  # one reduction; unused rows are never read
-    dlam = sums[0] if need_dlam else None
-    dbeta = sums[1] if need_dbeta else None
+    dlam, dbeta = _head_sums(partials[0], need_dlam, need_dbeta, target) if need_partials else (None, None)
     return dq1, dk1, dv, dq2, dk2, dlam, dbeta
+
+
+HEAD_SUMS_BLOCK = 128  # partial sums a head_sums program adds per step (one compiled kernel for every length)
+
+
+def _head_sums(partials: torch.Tensor, need_dlam: bool, need_dbeta: bool,
+               target: Optional[CompileTarget]) -> tuple[Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """(dlam, dbeta), each (H,) fp32 where asked for, from the backward kernels' partial sums (2, B, H, key blocks)
+    (rows not asked for are never read): one launch of head_sums_kernel."""
+    _, B, H, nb = partials.shape
+    dlam = common.new_output((H,), torch.float32, partials.device) if need_dlam else None
+    dbeta = common.new_output((H,), torch.float32, partials.device) if need_dbeta else None
+    out_lam = dlam if dlam is not None else dbeta
+    out_beta = dbeta if dbeta is not None else dlam
+    _run("head_sums", head_sums_kernel, ((int(need_dlam) + int(need_dbeta)) * H,),
+         (partials, out_lam, out_beta, 0 if need_dlam else 1, B, H, nb), dict(BLOCK=HEAD_SUMS_BLOCK, num_warps=4),
+         target)
+    return dlam, dbeta

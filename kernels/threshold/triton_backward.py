@@ -568,3 +568,23 @@ def dq_finish_kernel(
     else:
         _finish_dq_rows(ACC + B * H * Tq * HEAD_D, Q2, RQ2, DQ2, b, h, bh, m0, sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b,
                         sdq2_h, sdq2_t, Tq, p, HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
+
+
+@triton.jit
+def head_sums_kernel(P, OUT_LAM, OUT_BETA, first, B, H, NB, BLOCK: tl.constexpr):
+    """dλ and dβ per head from the backward kernels' partial sums P (2, B, H, NB) fp32 contiguous (row 0 λ's, row 1
+    β's): program r' * H + h adds row r = first + r' of head h over B and NB in one fixed order (the same bits on
+    every run) into OUT_LAM[h] (r = 0) or OUT_BETA[h] (r = 1). One small launch where a torch reduction would cost
+    several times its host time."""
+    pid = tl.program_id(0)
+    r = first + pid // H
+    h = pid % H
+    offs = tl.arange(0, BLOCK)
+    acc = tl.zeros([BLOCK], dtype=tl.float32)
+    for b in range(B):
+        row = P + ((r * B + b) * H + h).to(tl.int64) * NB
+        for n0 in range(0, NB, BLOCK):
+            acc += tl.load(row + n0 + offs, mask=n0 + offs < NB, other=0.0)
+    total = tl.sum(acc, axis=0)
+    tl.store(OUT_LAM + h, total, mask=r == 0)
+    tl.store(OUT_BETA + h, total, mask=r == 1)
