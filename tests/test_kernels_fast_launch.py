@@ -144,7 +144,7 @@ def test_the_launches_pass_every_parameter_in_triton_order(monkeypatch):
                         False, False, plan=BackwardPlan(atomic_dq=atomic_dq))
     assert {kernel.fn.__name__ for kernel, _, _ in seen} == {"inverse_norm_kernel", "threshold_attention_fwd_kernel",
                                                              "tile_lists_kernel", "dkdv_kernel", "dq_finish_kernel",
-                                                             "dq_kernel"}
+                                                             "dq_kernel", "head_sums_kernel"}
     for kernel, args, kwargs in seen:
         params = JITFunction(kernel.fn).params  # the compiled kernel's parameters (the interpreter's has none)
         names = [p.name for p in params]
