@@ -234,10 +234,11 @@ void zero_bytes(const at::Tensor& t, int64_t offset, size_t bytes, CUstream stre
     check(driver().memset8(at, 0, bytes, stream), "cuMemsetD8Async");
 }
 
-// A zero fill: on the GPU, of a tensor whose elements fill one range of memory, one memset on the call's stream (an
-// ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time); otherwise zero_.
+// A zero fill: of a tensor whose elements fill one range of memory, zero_bytes (on the GPU one memset on the call's
+// stream: an ATen fill goes through the dispatcher and the runtime's kernel launch, several times the host time);
+// otherwise zero_.
 void fill_zero(const at::Tensor& t, CUstream stream) {
-  if (!t.is_cuda() || !t.is_non_overlapping_and_dense()) {
+  if (!t.is_non_overlapping_and_dense()) {
     t.zero_();
     return;
   }
@@ -333,7 +334,8 @@ std::vector<at::Tensor> run_timed(int64_t id, std::vector<at::Tensor> inputs, st
 using torch::autograd::Node;
 using torch::autograd::SavedVariable;
 using torch::autograd::variable_list;
-using NodePtr = decltype(torch::autograd::Edge::function);  // std::shared_ptr<Node> before torch 2.12, intrusive after
+// std::shared_ptr<Node> in torch 2.11, c10::intrusive_ptr<Node> in 2.13 (pytorch#181782): new_node makes either
+using NodePtr = decltype(torch::autograd::Edge::function);
 
 struct ReplayedBackward : public Node {
   std::vector<SavedVariable> saved;
@@ -343,11 +345,12 @@ struct ReplayedBackward : public Node {
     TORCH_CHECK(!saved.empty(), "kernels.replay: the paired call's backward ran twice; its saved tensors were freed "
                 "(call backward with retain_graph=True to run it again)");
     at::AutoDispatchBelowADInplaceOrView below_autograd;
-    const Program& p = program(program_id);
     std::vector<at::Tensor> inputs;
     inputs.reserve(saved.size() + 1);
-    inputs.push_back(grads[0].defined() ? grads[0] : at::zeros(p.expect_sizes, saved[0].unpack().options()));
+    inputs.emplace_back();  // dO, below
     for (const SavedVariable& s : saved) inputs.push_back(s.unpack());
+    // (run() looks the program up itself; only an output left out of the loss needs its layout here)
+    inputs[0] = grads[0].defined() ? grads[0] : at::zeros(program(program_id).expect_sizes, inputs[1].options());
     std::vector<at::Tensor> d = run(program_id, std::move(inputs));
     d.resize(5);
     return d;
