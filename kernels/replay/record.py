@@ -290,14 +290,13 @@ class Recorder(TorchDispatchMode):
         POOL_ALIGN bytes; a zero-filled one becomes a ZERO_BYTES of its range. Returns the code, the launches'
         parameters and the number of slots (the pool's is the last)."""
         read = {ins[2] for ins in code if ins[0] in (OPCODES["VIEW"], OPCODES["SUM"], OPCODES["COPY"])}
-        spans: dict[int, int] = {}  # pooled slot -> its byte offset in the pool
+        spans: dict[int, tuple[int, int]] = {}  # pooled slot -> (its byte offset in the pool, its bytes)
         size = 0
         for ins in code:
             if ins[0] == OPCODES["ALLOC"] and ins[1] not in out and ins[1] not in read:
-                t = self.keep[ins[1]]
                 size = -(-size // POOL_ALIGN) * POOL_ALIGN
-                spans[ins[1]] = size
-                size += _storage_bytes(t)
+                spans[ins[1]] = (size, _storage_bytes(self.keep[ins[1]]))
+                size += spans[ins[1]][1]
         n_slots = len(self.keep)
         if len(spans) < 2:
             return code, params, n_slots
@@ -310,16 +309,15 @@ class Recorder(TorchDispatchMode):
                     pooled_code.append([OPCODES["ALLOC"], pool, _dtype_code(torch.uint8), 0, 1, size, 1])
                     placed = True
                 if ins[3]:
-                    pooled_code.append([OPCODES["ZERO_BYTES"], pool, spans[ins[1]],
-                                        _storage_bytes(self.keep[ins[1]])])
+                    pooled_code.append([OPCODES["ZERO_BYTES"], pool, *spans[ins[1]]])
             elif op == OPCODES["ZERO"] and ins[1] in spans:
-                pooled_code.append([OPCODES["ZERO_BYTES"], pool, spans[ins[1]], _storage_bytes(self.keep[ins[1]])])
+                pooled_code.append([OPCODES["ZERO_BYTES"], pool, *spans[ins[1]]])
             else:
                 pooled_code.append(ins)
 
         def moved(p: list[int]) -> list[int]:
             if p[0] in (PARAMS["PTR"], PARAMS["TMAP"]) and p[1] in spans:
-                return [p[0], pool, p[2] + spans[p[1]], *p[3:]]
+                return [p[0], pool, p[2] + spans[p[1]][0], *p[3:]]
             return p
         return pooled_code, [[moved(p) for p in ps] for ps in params], n_slots + 1
 
