@@ -312,8 +312,10 @@ def test_head_sums_add_each_heads_partials_over_batch_and_blocks(need_dlam, need
     torch.manual_seed(3)
     B, H, nb = 3, 5, launch.HEAD_SUMS_BLOCK + 37
     partials = torch.randn(2, B, H, nb, dtype=torch.float32)
-    partials[0 if not need_dlam else 1] += 0.0 if (need_dlam and need_dbeta) else 1e6
     want = partials.double().sum(dim=(1, 3))
+    for row, need in ((0, need_dlam), (1, need_dbeta)):
+        if not need:
+            partials[row] += 1e6  # a row not asked for: read by mistake, it would show
     dlam, dbeta = launch._head_sums(partials, need_dlam, need_dbeta, None)
     for got, need, row in ((dlam, need_dlam, 0), (dbeta, need_dbeta, 1)):
         if not need:
