@@ -24,8 +24,10 @@ events): where autograd's handing of the backward to its thread for the GPU spen
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
-from typing import Optional
+from types import SimpleNamespace
+from typing import Iterator, Optional
 
 import torch
 
@@ -68,8 +70,11 @@ def _check_and_record(q, k, v, lam) -> None:
         raise AssertionError(f"not replayed: {replay.status()}")
 
 
-def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
-    """{"cudnn" | "python" | "replay": (forward+backward ms, host µs)} at one shape."""
+@contextlib.contextmanager
+def _recorded(B: int, T: int, d: int) -> Iterator[SimpleNamespace]:
+    """One shape's inputs, its call checked and recorded (_check_and_record), with replay on inside the block and off
+    and forgotten after it. Yields q, k, v, lam, leaves (the four), sm (cuDNN's q, k, v), and the calls ``tda`` (the
+    paired entry) and ``cudnn``."""
     from torch.nn.attention import SDPBackend
 
     from benchmarks import timing
@@ -77,54 +82,55 @@ def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
     from kernels.threshold.autograd import paired_threshold_attention_triton
 
     q, k, v, lam, sm = _inputs(B, T, d)
-    _check_and_record(q, k, v, lam)
-    leaves = [q, k, v, lam]
-    res = {}
     try:
-        for name, on in (("cudnn", None), ("python", False), ("replay", True)):
-            if on is None:
-                step = timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION), sm)
-            else:
-                replay.ENABLED = on
-                step = timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(q, k, v, lam=lam), leaves)
-            for _ in range(3):
-                step()
-            res[name] = (timing.time_ms(step, sm if on is None else leaves, rep_ms),
-                         min(timing.host_us(step, 20) for _ in range(3)))
+        _check_and_record(q, k, v, lam)
+        replay.ENABLED = True
+        yield SimpleNamespace(q=q, k=k, v=v, lam=lam, leaves=[q, k, v, lam], sm=sm,
+                              tda=lambda: paired_threshold_attention_triton(q, k, v, lam=lam),
+                              cudnn=lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION))
     finally:
         replay.ENABLED = False
         replay.clear()
+
+
+def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
+    """{"cudnn" | "python" | "replay": (forward+backward ms, host µs)} at one shape."""
+    from benchmarks import timing
+    from kernels import replay
+
+    res = {}
+    with _recorded(B, T, d) as c:
+        for name, on in (("cudnn", None), ("python", False), ("replay", True)):
+            if on is None:
+                step, leaves = timing.fwd_bwd_step(c.cudnn, c.sm), c.sm
+            else:
+                replay.ENABLED = on
+                step, leaves = timing.fwd_bwd_step(c.tda, c.leaves), c.leaves
+            for _ in range(3):
+                step()
+            res[name] = (timing.time_ms(step, leaves, rep_ms), min(timing.host_us(step, 20) for _ in range(3)))
     return res
 
 
 def parts(B: int, T: int, d: int) -> str:
     """The replayed call taken apart (the module docstring's ``--parts``), as markdown."""
-    from torch.nn.attention import SDPBackend
-
     from benchmarks import timing
     from kernels import replay
     from kernels.replay.record import OPCODES
-    from kernels.threshold.autograd import paired_threshold_attention_triton
     from kernels.threshold.options import ThresholdOptions
-
-    q, k, v, lam, sm = _inputs(B, T, d)
-    _check_and_record(q, k, v, lam)
-    leaves = [q, k, v, lam]
-    fwd, bwd = next(s for s in replay._state.values() if isinstance(s, tuple))
-    eng = replay.native()
-    beta = torch.ones(q.shape[1] // 2, device="cuda")
-    outs = eng.run(fwd, [q, k, v, lam, beta])
-    do = torch.randn_like(outs[0])  # (laid out like the output, as the recorded gradient was)
-    tda = lambda: paired_threshold_attention_triton(q, k, v, lam=lam)
-    cudnn = lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION)
-    options = ThresholdOptions()
 
     def h(fn) -> float:
         return min(timing.host_us(fn, 20) for _ in range(3))
 
-    rows = []
-    replay.ENABLED = True
-    try:
+    with _recorded(B, T, d) as c:
+        q, k, v, lam, leaves, sm, tda, cudnn = c.q, c.k, c.v, c.lam, c.leaves, c.sm, c.tda, c.cudnn
+        fwd, bwd = next(s for s in replay._state.values() if isinstance(s, tuple))
+        eng = replay.native()
+        beta = torch.ones(q.shape[1] // 2, device="cuda")
+        outs = eng.run(fwd, [q, k, v, lam, beta])
+        do = torch.randn_like(outs[0])  # (laid out like the output, as the recorded gradient was)
+        options = ThresholdOptions()
+        rows = []
         rows.append(("cuDNN forward+backward", h(timing.fwd_bwd_step(cudnn, sm))))
         rows.append(("replayed forward+backward", h(timing.fwd_bwd_step(tda, leaves))))
         rows.append(("replayed forward alone (its graph dropped)", h(tda)))
@@ -154,35 +160,20 @@ def parts(B: int, T: int, d: int) -> str:
             lines.append(f"\n{what} program: {len(spent)} instructions, {sum(spent):.0f} µs; by kind (count, µs): "
                          + ", ".join(f"{n} {len(ts)}, {sum(ts):.1f}" for n, ts in by_kind.items()))
             lines += [f"    {names[ins[0]]:6s} {us:6.1f}  {ins[:8]}" for ins, us in zip(replay._programs[pid], spent)]
-    finally:
-        replay.ENABLED = False
-        replay.clear()
     return "\n".join(lines)
 
 
 def threads(B: int, T: int, d: int) -> str:
     """cuDNN's and the replayed call's host time across threads (the module docstring's ``--threads``), as markdown."""
-    from torch.nn.attention import SDPBackend
-
     from benchmarks import timing
     from benchmarks.profile import thread_timeline
-    from kernels import replay
-    from kernels.threshold.autograd import paired_threshold_attention_triton
 
-    q, k, v, lam, sm = _inputs(B, T, d)
-    _check_and_record(q, k, v, lam)
     out = []
-    replay.ENABLED = True
-    try:
-        for name, step in (("cuDNN", timing.fwd_bwd_step(lambda: timing.causal_sdpa(*sm, SDPBackend.CUDNN_ATTENTION),
-                                                         sm)),
-                           ("replayed", timing.fwd_bwd_step(lambda: paired_threshold_attention_triton(q, k, v, lam=lam),
-                                                            [q, k, v, lam]))):
+    with _recorded(B, T, d) as c:
+        for name, step in (("cuDNN", timing.fwd_bwd_step(c.cudnn, c.sm)),
+                           ("replayed", timing.fwd_bwd_step(c.tda, c.leaves))):
             out.append(f"#### {name}\n\n" + thread_timeline(step, hold=timing.hold_gpu))
             torch.cuda.synchronize()
-    finally:
-        replay.ENABLED = False
-        replay.clear()
     return "\n\n".join(out)
 
 
@@ -215,14 +206,13 @@ def main(argv: Optional[list[str]] = None) -> None:
             r = compare(B, T, d, args.rep_ms)
             print(f"| {d} | {T} | {B} | {r['cudnn'][0]:.3f} | {r['python'][0]:.3f} | {r['replay'][0]:.3f} | "
                   f"{r['cudnn'][1]:.0f} | {r['python'][1]:.0f} | {r['replay'][1]:.0f} |", flush=True)
+    T, d = args.seq[0], args.head_dims[0]  # the first shape's, for --parts and --threads
+    B = max(1, args.tokens // T)
     if args.parts:
-        T, d = args.seq[0], args.head_dims[0]
-        print(f"\nT = {T}, d = {d}, B = {max(1, args.tokens // T)}, dense\n"
-              + parts(max(1, args.tokens // T), T, d, ), flush=True)
+        print(f"\nT = {T}, d = {d}, B = {B}, dense\n" + parts(B, T, d), flush=True)
     if args.threads:
-        T, d = args.seq[0], args.head_dims[0]
-        print(f"\nT = {T}, d = {d}, B = {max(1, args.tokens // T)}, dense: one forward+backward across threads (the "
-              "GPU asleep)\n\n" + threads(max(1, args.tokens // T), T, d), flush=True)
+        print(f"\nT = {T}, d = {d}, B = {B}, dense: one forward+backward across threads (the GPU asleep)\n\n"
+              + threads(B, T, d), flush=True)
 
 
 if __name__ == "__main__":
