@@ -129,6 +129,25 @@ def test_views_in_different_layouts_get_their_own_dq_layouts_with_atomics(monkey
     assert dq2.stride() == x["q2"].stride()  # q2: dense (B, T, H, d) seen as (B, H, T, d)
 
 
+@pytest.mark.parametrize("case", [Case(T=75, d=32, dv=64, H=4, Hkv=2, B=2, lam=(0.4, 1.2, -0.3, 0.0),
+                                       beta=(1.0, 0.5, 0.8, 0.3)),
+                                  Case(T=75, d=32, dv=32, H=4, Hkv=4, B=2, two_views=False,
+                                       beta=(1.0, 0.5, 0.8, 0.3))],
+                         ids=["two_views", "one_view"])
+def test_atomic_dq_adds_the_head_sums_in_its_finishing_launch(monkeypatch, case):
+    """With dQ by atomics, dq_finish_kernel also adds dλ's and dβ's partial sums (its programs past dQ's rows): no
+    launch of head_sums_kernel, and per-head dλ and dβ (differing heads, batch 2) match the float64 reference."""
+    monkeypatch.setattr(launch, "dq_atomic", lambda two_views: True)
+    finish, sums = [], []
+    monkeypatch.setattr(launch, "dq_finish_kernel", _counting(launch.dq_finish_kernel, finish))
+    monkeypatch.setattr(launch, "head_sums_kernel", _counting(launch.head_sums_kernel, sums))
+    inputs = make_inputs(case, seed=5)
+    errors = run_and_compare(threshold_attention_triton, case, inputs, seed=5)
+    assert {"dbeta", "dlam"} & errors.keys() == ({"dbeta", "dlam"} if case.two_views else {"dbeta"})
+    assert all(v <= FP32_TOL for v in errors.values()), errors
+    assert len(finish) == 1 and not sums
+
+
 def test_deterministic_path_matches_reference_and_repeats(monkeypatch):
     """One view accumulates dQ with atomics, except under torch.use_deterministic_algorithms,
     where the backward takes the atomic-free dQ kernel (two views always do)."""

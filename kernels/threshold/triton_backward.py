@@ -18,7 +18,8 @@ it), likewise dq. Because R carries the norms, no normalised vector is ever roun
   the default for two views, where holding dK1, dK2 and dV already fills the registers and the
   split ran faster than atomics (README.md in this folder); on Hopper, the inputs gluon_backward.py takes
   (paired q/k of 64, 16-bit) go to its fused kernel instead.
-* ``dq_finish_kernel``: turns the atomically accumulated dq' into dq.
+* ``dq_finish_kernel``: turns the atomically accumulated dq' into dq, and adds dlam's and dbeta's partial sums
+  into their per-head gradients in the same launch (``head_sums_kernel`` does that alone after ``dq_kernel``).
 
 With USE_LIST (exact skipping, the default) the dK/dV and dQ kernels loop over the lists of occupied tiles that
 triton_lists.tile_lists_kernel built from the forward's record, an index loaded per step instead of a branch in the
@@ -549,15 +550,9 @@ def _finish_dq_rows(ACC, Q, RQ, DQ, b, h, bh, m0, sq_b, sq_h, sq_t, sq_d, sdq_b,
 
 
 @triton.jit
-def dq_finish_kernel(
-    ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
-    sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p,
-    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
-):
-    """DQv = p (ACCv - r^2 (q . ACCv) q) (or p ACCv) for view v = program_id(1) (one launch for both views).
-    ACC fp32 contiguous (views, B, H, Tq, HEAD_D); DQv of shape (B, H, Tq, HEAD_D) with strides sdqv_* (the last
-    dimension contiguous)."""
-    pid = tl.program_id(0)
+def _finish_dq_views(ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
+                     sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p, pid,
+                     HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr):
     bh = (pid // num_m_blocks).to(tl.int64)
     m0 = (pid % num_m_blocks) * BLOCK_M
     b = bh // H
@@ -571,12 +566,9 @@ def dq_finish_kernel(
 
 
 @triton.jit
-def head_sums_kernel(P, OUT_LAM, OUT_BETA, first, B, H, NB, BLOCK: tl.constexpr):
-    """dλ and dβ per head from the backward kernels' partial sums P (2, B, H, NB) fp32 contiguous (row 0 λ's, row 1
-    β's): program r' * H + h adds row r = first + r' of head h over B and NB in one fixed order (the same bits on
-    every run) into OUT_LAM[h] (r = 0) or OUT_BETA[h] (r = 1). One small launch where a torch reduction would cost
-    several times its host time."""
-    pid = tl.program_id(0)
+def _head_sum(P, OUT_LAM, OUT_BETA, first, pid, B, H, NB, BLOCK: tl.constexpr):
+    """Program pid = r' * H + h adds row r = first + r' of head h of P (2, B, H, NB) over B and NB in one fixed order
+    (the same bits on every run) into OUT_LAM[h] (r = 0) or OUT_BETA[h] (r = 1)."""
     r = first + pid // H
     h = pid % H
     offs = tl.arange(0, BLOCK)
@@ -588,3 +580,40 @@ def head_sums_kernel(P, OUT_LAM, OUT_BETA, first, B, H, NB, BLOCK: tl.constexpr)
     total = tl.sum(acc, axis=0)
     tl.store(OUT_LAM + h, total, mask=r == 0)
     tl.store(OUT_BETA + h, total, mask=r == 1)
+
+
+@triton.jit
+def dq_finish_kernel(
+    ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
+    sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p,
+    P, OUT_LAM, OUT_BETA, first, NB,
+    HEAD_D: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr, NORMALIZE: tl.constexpr,
+    SUM_BLOCK: tl.constexpr,
+):
+    """DQv = p (ACCv - r^2 (q . ACCv) q) (or p ACCv) for view v = program_id(1) (one launch for both views).
+    ACC fp32 contiguous (views, B, H, Tq, HEAD_D); DQv of shape (B, H, Tq, HEAD_D) with strides sdqv_* (the last
+    dimension contiguous). With SUM_BLOCK > 0 the programs past the B * H * num_m_blocks of dQ (their view-0 half)
+    also do head_sums_kernel's work on the partial sums P (2, B, H, NB), rows first.. (_head_sum): dλ and dβ need
+    no launch of their own on the atomic paths."""
+    pid = tl.program_id(0)
+    rows = B * H * num_m_blocks
+    if SUM_BLOCK > 0:
+        if pid >= rows:
+            if tl.program_id(1) == 0:
+                _head_sum(P, OUT_LAM, OUT_BETA, first, pid - rows, B, H, NB, SUM_BLOCK)
+        else:
+            _finish_dq_views(ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
+                             sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p, pid,
+                             HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
+    else:
+        _finish_dq_views(ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
+                         sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p, pid,
+                         HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
+
+
+@triton.jit
+def head_sums_kernel(P, OUT_LAM, OUT_BETA, first, B, H, NB, BLOCK: tl.constexpr):
+    """dλ and dβ per head from the backward kernels' partial sums P (2, B, H, NB) fp32 contiguous (row 0 λ's, row 1
+    β's), one program per (row asked for, head) (_head_sum): the paths without dq_finish_kernel (the atomic-free dQ
+    kernel) take it. One small launch where a torch reduction would cost several times its host time."""
+    _head_sum(P, OUT_LAM, OUT_BETA, first, tl.program_id(0), B, H, NB, BLOCK)
