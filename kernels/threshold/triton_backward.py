@@ -592,9 +592,10 @@ def dq_finish_kernel(
 ):
     """DQv = p (ACCv - r^2 (q . ACCv) q) (or p ACCv) for view v = program_id(1) (one launch for both views).
     ACC fp32 contiguous (views, B, H, Tq, HEAD_D); DQv of shape (B, H, Tq, HEAD_D) with strides sdqv_* (the last
-    dimension contiguous). With SUM_BLOCK > 0 the programs past the B * H * num_m_blocks of dQ (their view-0 half)
-    also do head_sums_kernel's work on the partial sums P (2, B, H, NB), rows first.. (_head_sum): dλ and dβ need
-    no launch of their own on the atomic paths."""
+    dimension contiguous). With SUM_BLOCK > 0 the programs past dQ's B * H * num_m_blocks (those of view 0; view 1's
+    do nothing) do head_sums_kernel's work on the partial sums P (2, B, H, NB), from row ``first`` on (_head_sum):
+    on the atomic paths dλ and dβ need no launch of their own. The two calls of _finish_dq_views stay apart because
+    SUM_BLOCK is known at compile time and pid is not."""
     pid = tl.program_id(0)
     rows = B * H * num_m_blocks
     if SUM_BLOCK > 0:
