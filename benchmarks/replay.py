@@ -9,8 +9,11 @@ Paired heads of d (v 2d), 768 / d / 2 pairs (cuDNN: 768 / d heads of d), q and k
 dense inputs (every tile occupied, benchmarks.attention's DENSE_RHO), bf16. Before timing, each shape is called three
 times with replay on (the first call runs the Python path, the second records, the third replays) and every output and
 gradient is compared with the Python path's: the same bits, dQ within its rounding (its additions' order changes from
-run to run). Forward+backward ms: medians of CUDA-event timings over ``--rep-ms`` (timing.time_ms); host µs: the least
-of 3 means of 20 calls issued while the GPU sleeps (timing.host_us).
+run to run). Forward+backward ms: medians of CUDA-event timings over ``--rep-ms`` (timing.time_ms). Host µs: means of
+20 calls issued while the GPU sleeps (timing.host_us), taken in ``--rounds`` rounds that each measure cuDNN, the
+Python path and the replayed call in turn; the table gives each call's median over the rounds and the replayed call's
+ratio to cuDNN per round, median and range, so that a host slowing down or speeding up during the run moves both
+sides of each ratio alike.
 
 ``--parts`` takes one replayed call apart (the first shape): the forward alone, each program run by the engine
 directly, the key the Python entry builds, the calls with autograd's backward on the calling thread, then the host µs
@@ -25,9 +28,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import statistics
 import time
 from types import SimpleNamespace
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -93,12 +97,33 @@ def _recorded(B: int, T: int, d: int) -> Iterator[SimpleNamespace]:
         replay.clear()
 
 
-def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
-    """{"cudnn" | "python" | "replay": (forward+backward ms, host µs)} at one shape."""
+def interleaved(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """{name: one reading per round}: each round takes one reading of every step in turn (``steps``: name -> a call
+    returning a reading), so that a drift of the machine during the run reaches every name's readings alike."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    readings: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, read in steps.items():
+            readings[name].append(read())
+    return readings
+
+
+def ratio_summary(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, least, largest) of num[i] / den[i] over paired readings (the same round's)."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired readings needed, got {len(num)} and {len(den)}")
+    ratios = [a / b for a, b in zip(num, den)]
+    return statistics.median(ratios), min(ratios), max(ratios)
+
+
+def compare(B: int, T: int, d: int, rep_ms: int, rounds: int = 7) -> dict:
+    """{"cudnn" | "python" | "replay": (forward+backward ms, median host µs over the rounds), "host_ratio": the
+    replayed call's host µs over cuDNN's per round (ratio_summary)} at one shape."""
     from benchmarks import timing
     from kernels import replay
 
-    res = {}
+    ms, steps = {}, {}
     with _recorded(B, T, d) as c:
         for name, on in (("cudnn", None), ("python", False), ("replay", True)):
             if on is None:
@@ -108,7 +133,17 @@ def compare(B: int, T: int, d: int, rep_ms: int) -> dict:
                 step, leaves = timing.fwd_bwd_step(c.tda, c.leaves), c.leaves
             for _ in range(3):
                 step()
-            res[name] = (timing.time_ms(step, leaves, rep_ms), min(timing.host_us(step, 20) for _ in range(3)))
+            ms[name] = timing.time_ms(step, leaves, rep_ms)
+
+            def read(step=step, on=on) -> float:
+                if on is not None:
+                    replay.ENABLED = on
+                return timing.host_us(step, 20)
+
+            steps[name] = read
+        host = interleaved(steps, rounds)
+    res = {name: (ms[name], statistics.median(host[name])) for name in ms}
+    res["host_ratio"] = ratio_summary(host["replay"], host["cudnn"])
     return res
 
 
@@ -177,8 +212,8 @@ def threads(B: int, T: int, d: int) -> str:
     return "\n\n".join(out)
 
 
-HEAD = ("| d | T | B | cuDNN fwd+bwd ms | Python path ms | replayed ms | host µs: cuDNN | Python path | replayed |\n"
-        "|---|---|---|---|---|---|---|---|---|")
+HEAD = ("| d | T | B | cuDNN fwd+bwd ms | Python path ms | replayed ms | host µs: cuDNN | Python path | replayed "
+        "| replayed ÷ cuDNN, host: median (range) |\n|---|---|---|---|---|---|---|---|---|---|")
 
 
 def main(argv: Optional[list[str]] = None) -> None:
@@ -187,10 +222,14 @@ def main(argv: Optional[list[str]] = None) -> None:
     parser.add_argument("--head-dims", type=int, nargs="+", default=[64, 128])
     parser.add_argument("--tokens", type=int, default=16384, help="B·T per shape")
     parser.add_argument("--rep-ms", type=int, default=40, help="timing window per measurement")
+    parser.add_argument("--rounds", type=int, default=7,
+                        help="rounds of host readings, each taking cuDNN, the Python path and the replayed call in turn")
     parser.add_argument("--parts", action="store_true", help="then take the first shape's replayed call apart")
     parser.add_argument("--threads", action="store_true",
                         help="then lay out one call of the first shape across threads, cuDNN's and the replayed one")
     args = parser.parse_args(argv)
+    if args.rounds < 1:
+        parser.error(f"--rounds must be at least 1, got {args.rounds}")
     if not torch.cuda.is_available():
         raise SystemExit("benchmarks.replay needs a CUDA GPU")
     from benchmarks import timing
@@ -203,9 +242,11 @@ def main(argv: Optional[list[str]] = None) -> None:
     for d in args.head_dims:
         for T in args.seq:
             B = max(1, args.tokens // T)
-            r = compare(B, T, d, args.rep_ms)
+            r = compare(B, T, d, args.rep_ms, args.rounds)
+            mid, lo, hi = r["host_ratio"]
             print(f"| {d} | {T} | {B} | {r['cudnn'][0]:.3f} | {r['python'][0]:.3f} | {r['replay'][0]:.3f} | "
-                  f"{r['cudnn'][1]:.0f} | {r['python'][1]:.0f} | {r['replay'][1]:.0f} |", flush=True)
+                  f"{r['cudnn'][1]:.0f} | {r['python'][1]:.0f} | {r['replay'][1]:.0f} | {mid:.2f} ({lo:.2f}–{hi:.2f}) |",
+                  flush=True)
     T, d = args.seq[0], args.head_dims[0]  # the first shape's, for --parts and --threads
     B = max(1, args.tokens // T)
     if args.parts:

@@ -1,4 +1,5 @@
-"""benchmarks.replay without a GPU: it says it needs one."""
+"""benchmarks.replay without a GPU: it says it needs one, refuses a bad --rounds, and its host readings are taken in
+interleaved rounds whose ratios pair readings of the same round."""
 
 import pytest
 import torch
@@ -10,3 +11,38 @@ from benchmarks import replay
 def test_replay_benchmark_needs_a_gpu():
     with pytest.raises(SystemExit, match="needs a CUDA GPU"):
         replay.main(["--seq", "4096"])
+
+
+def test_rounds_below_one_are_refused_naming_the_option(capsys):
+    with pytest.raises(SystemExit):
+        replay.main(["--rounds", "0"])
+    assert "--rounds must be at least 1, got 0" in capsys.readouterr().err
+
+
+def test_each_round_reads_every_step_in_turn():
+    """Readings come round by round (a, b, a, b, ...), not all of a then all of b: a machine that drifts during the
+    run (here, each reading larger than the one before) reaches both names alike."""
+    clock = iter(range(1, 100))
+    order = []
+
+    def step(name):
+        def read():
+            order.append(name)
+            return float(next(clock))
+        return read
+
+    got = replay.interleaved({"cudnn": step("cudnn"), "replay": step("replay")}, rounds=3)
+    assert order == ["cudnn", "replay"] * 3
+    assert got == {"cudnn": [1.0, 3.0, 5.0], "replay": [2.0, 4.0, 6.0]}
+    with pytest.raises(ValueError, match="rounds must be at least 1"):
+        replay.interleaved({"cudnn": step("cudnn")}, rounds=0)
+
+
+def test_the_ratio_pairs_readings_of_the_same_round():
+    """Rounds whose ratios are 2, 1 and 3 give median 2, least 1, largest 3; unpaired readings are refused."""
+    num, den = [200.0, 300.0, 150.0], [100.0, 300.0, 50.0]
+    assert replay.ratio_summary(num, den) == (2.0, 1.0, 3.0)
+    with pytest.raises(ValueError, match="paired readings"):
+        replay.ratio_summary([1.0, 2.0], [1.0])
+    with pytest.raises(ValueError, match="paired readings"):
+        replay.ratio_summary([], [])
