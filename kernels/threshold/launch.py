@@ -428,12 +428,13 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
         block = 32 if interpreting() else 64
         nm = cdiv(Tq, block)
         dq2_ = dq2 if two else dq1
-        sums, dlam, dbeta = _head_sums_args(partials[0], need_dlam, need_dbeta, dq_acc)
-        _run("dq_finish", dq_finish_kernel, (B * H * nm + sums[-1], 2 if two else 1), (
+        sums, programs, dlam, dbeta = (_head_sums_args(partials[0], need_dlam, need_dbeta) if need_partials
+                                       else ((dq_acc, dq_acc, dq_acc, 0, 0), 0, None, None))  # (no program reads it)
+        _run("dq_finish", dq_finish_kernel, (B * H * nm + programs, 2 if two else 1), (
             dq_bufs, q1, rq1, dq1, q2_, rq2_, dq2_, *q1.stride(), *dq1.stride()[:3], *q2_.stride(), *dq2_.stride()[:3],
-            B, H, Tq, nm, float(options.p), *sums[:-1]),
-            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=options.normalize,
-                 SUM_BLOCK=HEAD_SUMS_BLOCK if need_partials else 0), target)
+            B, H, Tq, nm, float(options.p), *sums),
+            dict(HEAD_D=d, BLOCK_M=block, BLOCK_D=padded(d), NORMALIZE=options.normalize, SUM_BLOCK=HEAD_SUMS_BLOCK),
+            target)
     else:
         def dq_grid(cfg: TileConfig) -> int:
             return cdiv(Tq, cfg.block_m) * B * H
@@ -456,21 +457,18 @@ def backward(do: torch.Tensor, q1: torch.Tensor, k1: torch.Tensor, v: torch.Tens
 HEAD_SUMS_BLOCK = 128  # partial sums a head_sums program adds per step (one compiled kernel for every length)
 
 
-def _head_sums_args(partials: Optional[torch.Tensor], need_dlam: bool, need_dbeta: bool, unused: torch.Tensor
-                    ) -> tuple[tuple, Optional[torch.Tensor], Optional[torch.Tensor]]:
-    """What a kernel adding the backward kernels' partial sums (2, B, H, key blocks) into dlam and dbeta needs:
-    ((partials, out_lam, out_beta, first row, key blocks, programs), dlam, dbeta), dlam and dbeta (H,) fp32 where
-    asked for (rows not asked for are never read). With neither asked for, ``unused`` stands in and no program
-    adds."""
-    if partials is None or not (need_dlam or need_dbeta):
-        return (unused, unused, unused, 0, 0, 0), None, None
-    _, B, H, nb = partials.shape
+def _head_sums_args(partials: torch.Tensor, need_dlam: bool, need_dbeta: bool
+                    ) -> tuple[tuple, int, Optional[torch.Tensor], Optional[torch.Tensor]]:
+    """What adding the backward kernels' partial sums (2, B, H, key blocks) into dlam and dbeta takes: ((partials,
+    out_lam, out_beta, first row, key blocks), programs, dlam, dbeta), dlam and dbeta (H,) fp32 where asked for (at
+    least one is; rows not asked for are never read)."""
+    _, _, H, nb = partials.shape
     dlam = common.new_output((H,), torch.float32, partials.device) if need_dlam else None
     dbeta = common.new_output((H,), torch.float32, partials.device) if need_dbeta else None
     out_lam = dlam if dlam is not None else dbeta
     out_beta = dbeta if dbeta is not None else dlam
     programs = (int(need_dlam) + int(need_dbeta)) * H
-    return (partials, out_lam, out_beta, 0 if need_dlam else 1, nb, programs), dlam, dbeta
+    return (partials, out_lam, out_beta, 0 if need_dlam else 1, nb), programs, dlam, dbeta
 
 
 def _head_sums(partials: torch.Tensor, need_dlam: bool, need_dbeta: bool,
@@ -478,8 +476,7 @@ def _head_sums(partials: torch.Tensor, need_dlam: bool, need_dbeta: bool,
     """(dlam, dbeta) from the partial sums (_head_sums_args) in one launch of head_sums_kernel: the paths whose dQ
     needs no dq_finish_kernel (which does the same work in its own launch otherwise)."""
     _, B, H, _ = partials.shape
-    (p, out_lam, out_beta, first, nb, programs), dlam, dbeta = _head_sums_args(partials, need_dlam, need_dbeta,
-                                                                               partials)
+    (p, out_lam, out_beta, first, nb), programs, dlam, dbeta = _head_sums_args(partials, need_dlam, need_dbeta)
     _run("head_sums", head_sums_kernel, (programs,), (p, out_lam, out_beta, first, B, H, nb),
          dict(BLOCK=HEAD_SUMS_BLOCK, num_warps=4), target)
     return dlam, dbeta

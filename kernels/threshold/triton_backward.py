@@ -592,24 +592,17 @@ def dq_finish_kernel(
 ):
     """DQv = p (ACCv - r^2 (q . ACCv) q) (or p ACCv) for view v = program_id(1) (one launch for both views).
     ACC fp32 contiguous (views, B, H, Tq, HEAD_D); DQv of shape (B, H, Tq, HEAD_D) with strides sdqv_* (the last
-    dimension contiguous). With SUM_BLOCK > 0 the programs past dQ's B * H * num_m_blocks (those of view 0; view 1's
-    do nothing) do head_sums_kernel's work on the partial sums P (2, B, H, NB), from row ``first`` on (_head_sum):
-    on the atomic paths dλ and dβ need no launch of their own. The two calls of _finish_dq_views stay apart because
-    SUM_BLOCK is known at compile time and pid is not."""
+    dimension contiguous). Programs past dQ's B * H * num_m_blocks, when the grid has them, do head_sums_kernel's
+    work on the partial sums P (2, B, H, NB) from row ``first`` on, SUM_BLOCK at a step (_head_sum; view 0's, view
+    1's do nothing): on the atomic paths dλ and dβ need no launch of their own."""
     pid = tl.program_id(0)
     rows = B * H * num_m_blocks
-    if SUM_BLOCK > 0:
-        if pid >= rows:
-            if tl.program_id(1) == 0:
-                _head_sum(P, OUT_LAM, OUT_BETA, first, pid - rows, B, H, NB, SUM_BLOCK)
-        else:
-            _finish_dq_views(ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
-                             sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p, pid,
-                             HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
-    else:
+    if pid < rows:
         _finish_dq_views(ACC, Q1, RQ1, DQ1, Q2, RQ2, DQ2, sq1_b, sq1_h, sq1_t, sq1_d, sdq1_b, sdq1_h, sdq1_t,
                          sq2_b, sq2_h, sq2_t, sq2_d, sdq2_b, sdq2_h, sdq2_t, B, H, Tq, num_m_blocks, p, pid,
                          HEAD_D, BLOCK_M, BLOCK_D, NORMALIZE)
+    elif tl.program_id(1) == 0:
+        _head_sum(P, OUT_LAM, OUT_BETA, first, pid - rows, B, H, NB, SUM_BLOCK)
 
 
 @triton.jit
