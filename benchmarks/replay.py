@@ -31,7 +31,7 @@ import contextlib
 import statistics
 import time
 from types import SimpleNamespace
-from typing import Callable, Iterator, Optional
+from typing import Iterator, Optional
 
 import torch
 
@@ -97,29 +97,9 @@ def _recorded(B: int, T: int, d: int) -> Iterator[SimpleNamespace]:
         replay.clear()
 
 
-def interleaved(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
-    """{name: one reading per round}: each round takes one reading of every step in turn (``steps``: name -> a call
-    returning a reading), so that a drift of the machine during the run reaches every name's readings alike."""
-    if rounds < 1:
-        raise ValueError(f"rounds must be at least 1, got {rounds}")
-    readings: dict[str, list[float]] = {name: [] for name in steps}
-    for _ in range(rounds):
-        for name, read in steps.items():
-            readings[name].append(read())
-    return readings
-
-
-def ratio_summary(num: list[float], den: list[float]) -> tuple[float, float, float]:
-    """(median, least, largest) of num[i] / den[i] over paired readings (the same round's)."""
-    if len(num) != len(den) or not num:
-        raise ValueError(f"paired readings needed, got {len(num)} and {len(den)}")
-    ratios = [a / b for a, b in zip(num, den)]
-    return statistics.median(ratios), min(ratios), max(ratios)
-
-
 def compare(B: int, T: int, d: int, rep_ms: int, rounds: int = 7) -> dict:
     """{"cudnn" | "python" | "replay": (forward+backward ms, median host µs over the rounds), "host_ratio": the
-    replayed call's host µs over cuDNN's per round (ratio_summary)} at one shape."""
+    replayed call's host µs over cuDNN's per round (timing.ratio_summary)} at one shape."""
     from benchmarks import timing
     from kernels import replay
 
@@ -141,21 +121,22 @@ def compare(B: int, T: int, d: int, rep_ms: int, rounds: int = 7) -> dict:
                 return timing.host_us(step, 20)
 
             steps[name] = read
-        host = interleaved(steps, rounds)
+        host = timing.interleaved(steps, rounds)
     res = {name: (ms[name], statistics.median(host[name])) for name in ms}
-    res["host_ratio"] = ratio_summary(host["replay"], host["cudnn"])
+    res["host_ratio"] = timing.ratio_summary(host["replay"], host["cudnn"])
     return res
 
 
 def parts(B: int, T: int, d: int) -> str:
     """The replayed call taken apart (the module docstring's ``--parts``), as markdown."""
     from benchmarks import timing
+    from benchmarks.host import least_us
     from kernels import replay
     from kernels.replay.record import OPCODES
     from kernels.threshold.options import ThresholdOptions
 
     def h(fn) -> float:
-        return min(timing.host_us(fn, 20) for _ in range(3))
+        return least_us(fn, 20, 3)[0]
 
     with _recorded(B, T, d) as c:
         q, k, v, lam, leaves, sm, tda, cudnn = c.q, c.k, c.v, c.lam, c.leaves, c.sm, c.tda, c.cudnn

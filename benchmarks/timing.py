@@ -1,7 +1,8 @@
 """What the benchmarks share: the inputs the attention benchmarks (benchmarks.attention, benchmarks.captured,
 benchmarks.sink_free) draw, how they time a call on the GPU (medians of CUDA-event timings, the host's cost of
 issuing it, peak memory), torch's causal softmax as the reference rows, the share of tiles a threshold forward
-records as occupied; and the decoding benchmarks' timing of a call replayed from a CUDA graph (``time_replays``)."""
+records as occupied; readings taken in interleaved rounds and their paired ratios (``interleaved``,
+``ratio_summary``); and the decoding benchmarks' timing of a call replayed from a CUDA graph (``time_replays``)."""
 from __future__ import annotations
 
 import contextlib
@@ -77,6 +78,26 @@ def host_us(fn: Callable[[], object], calls: int = 20, on_start: Optional[Callab
     host = (time.perf_counter() - start) / calls
     torch.cuda.synchronize()
     return host * 1e6
+
+
+def interleaved(steps: dict[str, Callable[[], float]], rounds: int) -> dict[str, list[float]]:
+    """{name: one reading per round}: each round takes one reading of every step in turn (``steps``: name -> a call
+    returning a reading), so that a drift of the machine during the run reaches every name's readings alike."""
+    if rounds < 1:
+        raise ValueError(f"rounds must be at least 1, got {rounds}")
+    readings: dict[str, list[float]] = {name: [] for name in steps}
+    for _ in range(rounds):
+        for name, read in steps.items():
+            readings[name].append(read())
+    return readings
+
+
+def ratio_summary(num: list[float], den: list[float]) -> tuple[float, float, float]:
+    """(median, least, largest) of num[i] / den[i] over paired readings (the same round's)."""
+    if len(num) != len(den) or not num:
+        raise ValueError(f"paired readings needed, got {len(num)} and {len(den)}")
+    ratios = [a / b for a, b in zip(num, den)]
+    return statistics.median(ratios), min(ratios), max(ratios)
 
 
 def replay_ms(fn: Callable[[], object], rep_ms: int, eager_ms: float) -> float:

@@ -1,10 +1,10 @@
-"""benchmarks.replay without a GPU: it says it needs one, refuses a bad --rounds, and its host readings are taken in
-interleaved rounds whose ratios pair readings of the same round."""
+"""benchmarks.replay without a GPU: it says it needs one and refuses a bad --rounds; the host readings it takes in
+interleaved rounds (benchmarks.timing.interleaved) and their ratios paired by round (timing.ratio_summary)."""
 
 import pytest
 import torch
 
-from benchmarks import replay
+from benchmarks import replay, timing
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message given without a GPU")
@@ -31,18 +31,18 @@ def test_each_round_reads_every_step_in_turn():
             return float(next(clock))
         return read
 
-    got = replay.interleaved({"cudnn": step("cudnn"), "replay": step("replay")}, rounds=3)
+    got = timing.interleaved({"cudnn": step("cudnn"), "replay": step("replay")}, rounds=3)
     assert order == ["cudnn", "replay"] * 3
     assert got == {"cudnn": [1.0, 3.0, 5.0], "replay": [2.0, 4.0, 6.0]}
     with pytest.raises(ValueError, match="rounds must be at least 1"):
-        replay.interleaved({"cudnn": step("cudnn")}, rounds=0)
+        timing.interleaved({"cudnn": step("cudnn")}, rounds=0)
 
 
 def test_the_ratio_pairs_readings_of_the_same_round():
     """Rounds whose ratios are 2, 1 and 3 give median 2, least 1, largest 3; unpaired readings are refused."""
     num, den = [200.0, 300.0, 150.0], [100.0, 300.0, 50.0]
-    assert replay.ratio_summary(num, den) == (2.0, 1.0, 3.0)
+    assert timing.ratio_summary(num, den) == (2.0, 1.0, 3.0)
     with pytest.raises(ValueError, match="paired readings"):
-        replay.ratio_summary([1.0, 2.0], [1.0])
+        timing.ratio_summary([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="paired readings"):
-        replay.ratio_summary([], [])
+        timing.ratio_summary([], [])
