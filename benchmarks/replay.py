@@ -15,8 +15,9 @@ Python path and the replayed call in turn; the table gives each call's median ov
 ratio to cuDNN per round, median and range, so that a host slowing down or speeding up during the run moves both
 sides of each ratio alike.
 
-``--parts`` takes one replayed call apart (the first shape): the forward alone, each program run by the engine
-directly, the key the Python entry builds, the calls with autograd's backward on the calling thread, then the host µs
+``--parts`` takes one replayed call apart (the first shape): cuDNN's and the replayed forward+backward with
+autograd's backward on its worker thread and on the calling thread (the four in interleaved rounds, with the ratio per
+thread), the forward alone, each program run by the engine directly, the key the Python entry builds, then the host µs
 of every instruction of both programs (the engine's own clock, means of 200 runs issued back to back, so launches that
 find the GPU's queue full show its wait).
 
@@ -31,7 +32,7 @@ import contextlib
 import statistics
 import time
 from types import SimpleNamespace
-from typing import Iterator, Optional
+from typing import Callable, Iterator, Optional
 
 import torch
 
@@ -127,8 +128,29 @@ def compare(B: int, T: int, d: int, rep_ms: int, rounds: int = 7) -> dict:
     return res
 
 
-def parts(B: int, T: int, d: int) -> str:
-    """The replayed call taken apart (the module docstring's ``--parts``), as markdown."""
+def thread_rounds(cudnn_step: Callable[[], object], tda_step: Callable[[], object],
+                  rounds: int) -> dict[tuple[str, str], list[float]]:
+    """{(name, thread): host µs per round} for cuDNN's and the replayed forward+backward, with autograd's backward on
+    its worker thread (the default) and on the calling thread: the four readings taken in turn in each of ``rounds``
+    rounds (timing.interleaved), so that their ratios pair readings of the same moment. Multithreading is restored
+    after each calling-thread reading."""
+    from benchmarks import timing
+
+    def read(step: Callable[[], object], calling: bool) -> Callable[[], float]:
+        def reading() -> float:
+            with torch.autograd.set_multithreading_enabled(not calling):
+                return timing.host_us(step, 20)
+        return reading
+
+    steps = {(name, thread): read(step, thread == "the calling thread")
+             for thread in ("autograd's worker", "the calling thread")
+             for name, step in (("cuDNN", cudnn_step), ("replayed", tda_step))}
+    return timing.interleaved(steps, rounds)
+
+
+def parts(B: int, T: int, d: int, rounds: int = 7) -> str:
+    """The replayed call taken apart (the module docstring's ``--parts``), as markdown: cuDNN's and the replayed
+    forward+backward on both threads in interleaved rounds (thread_rounds), the other rows the least of 3 means."""
     from benchmarks import timing
     from benchmarks.host import least_us
     from kernels import replay
@@ -146,9 +168,12 @@ def parts(B: int, T: int, d: int) -> str:
         outs = eng.run(fwd, [q, k, v, lam, beta])
         do = torch.randn_like(outs[0])  # (laid out like the output, as the recorded gradient was)
         options = ThresholdOptions()
-        rows = []
-        rows.append(("cuDNN forward+backward", h(timing.fwd_bwd_step(cudnn, sm))))
-        rows.append(("replayed forward+backward", h(timing.fwd_bwd_step(tda, leaves))))
+        host = thread_rounds(timing.fwd_bwd_step(cudnn, sm), timing.fwd_bwd_step(tda, leaves), rounds)
+        rows = [(f"{name} forward+backward, backward on {thread} (median of {rounds} rounds)",
+                 statistics.median(host[(name, thread)]))
+                for thread in ("autograd's worker", "the calling thread") for name in ("cuDNN", "replayed")]
+        ratios = [(thread, timing.ratio_summary(host[("replayed", thread)], host[("cuDNN", thread)]))
+                  for thread in ("autograd's worker", "the calling thread")]
         rows.append(("replayed forward alone (its graph dropped)", h(tda)))
         with torch.no_grad():
             rows.append(("cuDNN forward alone, no_grad", h(cudnn)))
@@ -156,16 +181,11 @@ def parts(B: int, T: int, d: int) -> str:
         rows.append(("the backward program alone (native.run)",
                      h(lambda: eng.run(bwd, [do, q, k, v, lam, beta, *outs[1:]]))))
         rows.append(("the Python entry's key", h(lambda: replay.key_of(q, k, v, lam, 1.0, options, None))))
-        torch.autograd.set_multithreading_enabled(False)
-        try:
-            rows.append(("cuDNN forward+backward, backward on the calling thread", h(timing.fwd_bwd_step(cudnn, sm))))
-            rows.append(("replayed forward+backward, backward on the calling thread",
-                         h(timing.fwd_bwd_step(tda, leaves))))
-        finally:
-            torch.autograd.set_multithreading_enabled(True)
         replay.ENABLED = False
         rows.append(("the Python path's forward+backward", h(timing.fwd_bwd_step(tda, leaves))))
-        lines = ["| what | host µs |", "|---|---|", *(f"| {n} | {t:.0f} |" for n, t in rows)]
+        lines = ["| what | host µs |", "|---|---|", *(f"| {n} | {t:.0f} |" for n, t in rows), ""]
+        lines += [f"replayed ÷ cuDNN, backward on {thread}: {mid:.2f} ({lo:.2f}–{hi:.2f}), median (range) of "
+                  f"{rounds} rounds" for thread, (mid, lo, hi) in ratios]
         names = {code: name for name, code in OPCODES.items()}
         for pid, what, inputs in ((fwd, "forward", [q, k, v, lam, beta]),
                                   (bwd, "backward", [do, q, k, v, lam, beta, *outs[1:]])):
@@ -231,7 +251,7 @@ def main(argv: Optional[list[str]] = None) -> None:
     T, d = args.seq[0], args.head_dims[0]  # the first shape's, for --parts and --threads
     B = max(1, args.tokens // T)
     if args.parts:
-        print(f"\nT = {T}, d = {d}, B = {B}, dense\n" + parts(B, T, d), flush=True)
+        print(f"\nT = {T}, d = {d}, B = {B}, dense\n" + parts(B, T, d, args.rounds), flush=True)
     if args.threads:
         print(f"\nT = {T}, d = {d}, B = {B}, dense: one forward+backward across threads (the GPU asleep)\n\n"
               + threads(B, T, d), flush=True)

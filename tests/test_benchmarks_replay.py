@@ -46,3 +46,20 @@ def test_the_ratio_pairs_readings_of_the_same_round():
         timing.ratio_summary([1.0, 2.0], [1.0])
     with pytest.raises(ValueError, match="paired readings"):
         timing.ratio_summary([], [])
+
+
+def test_parts_reads_both_threads_in_rounds_and_restores_multithreading(monkeypatch):
+    """--parts' readings of cuDNN and the replayed call on autograd's worker thread and on the calling thread come in
+    turn within each round, the calling-thread ones with multithreading off, and it is on again afterwards."""
+    seen = []
+
+    def fake_host_us(step, calls):
+        seen.append((step(), torch.autograd.is_multithreading_enabled()))
+        return float(len(seen))
+
+    monkeypatch.setattr(timing, "host_us", fake_host_us)
+    got = replay.thread_rounds(lambda: "cudnn", lambda: "tda", rounds=2)
+    assert seen == [("cudnn", True), ("tda", True), ("cudnn", False), ("tda", False)] * 2
+    assert got == {("cuDNN", "autograd's worker"): [1.0, 5.0], ("replayed", "autograd's worker"): [2.0, 6.0],
+                   ("cuDNN", "the calling thread"): [3.0, 7.0], ("replayed", "the calling thread"): [4.0, 8.0]}
+    assert torch.autograd.is_multithreading_enabled()
