@@ -32,6 +32,7 @@ import torch
 
 from ..common import interpreting
 from ..inputs import as_head_vector
+from ..threshold.calls import check_paired, prepared
 from ..threshold.tiles import skipping
 
 ENABLED = os.environ.get("SINK_FREE_REPLAY", "0") == "1"
@@ -100,7 +101,6 @@ def paired(q, k, v, lam, beta, options, skip_empty: Optional[bool]) -> Optional[
         return None
     if state != "seen":
         return None
-    from ..threshold.autograd import check_paired, prepared
     from .recording import RecordingPaired
 
     check_paired(q, k, v, lam, beta, options)

@@ -1,4 +1,4 @@
-"""The recording call: the paired Python path (threshold.autograd's paired_forward and paired_backward) run under a
+"""The recording call: the paired Python path (threshold.calls' paired_forward and paired_backward) run under a
 Recorder, its two programs handed to the engine once the backward has run."""
 
 from __future__ import annotations
@@ -6,6 +6,7 @@ from __future__ import annotations
 import torch
 
 from . import _recorded
+from ..threshold.calls import paired_backward, paired_forward
 from .record import Recorder, Refused
 
 
@@ -15,8 +16,6 @@ class RecordingPaired(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, q, k, v, lam, beta, options, record, skip, key):
-        from ..threshold.autograd import paired_forward
-
         inputs = (q, k, v, lam, beta)
         with Recorder(inputs) as rec:
             outs = paired_forward(q, k, v, lam, beta, options, record, skip)
@@ -31,8 +30,6 @@ class RecordingPaired(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, do):
-        from ..threshold.autograd import paired_backward
-
         saved = ctx.saved_tensors
         q, k, v, lam, beta, rq1, rk1, rq2, rk2, rec = saved
         need_dlam, need_dbeta = ctx.needs_input_grad[3], ctx.needs_input_grad[4]

@@ -1,64 +1,16 @@
 """The internal entry points of the Triton path, ``threshold_attention_triton`` and (TDA's two views as the even and
 odd heads of one q and one k) ``paired_threshold_attention_triton``, and their autograd function. Same semantics as
-``reference.threshold_attention_reference``."""
+``reference.threshold_attention_reference``. The calls they make without autograd are calls.py's (which kernels.replay
+records)."""
 
 from typing import Optional, Union
 
 import torch
 
-from .. import common, replay
-from . import custom_ops, launch  # noqa: F401  (custom_ops registers torch.ops.tda_kernels.*)
+from .. import replay
+from . import calls
 from .options import ThresholdOptions
-from .tiles import skipping
-from ..inputs import as_head_vector, pair_views
-from .validation import check_inputs, check_pairs
-
-
-def _forward(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
-    """The custom op while torch.compile traces; the launcher directly in eager mode, where the custom op's dispatch
-    would only add host overhead."""
-    if torch.compiler.is_compiling():
-        return torch.ops.tda_kernels.threshold_attention_fwd(q1, k1, v, q2, k2, lam, beta, *options.flat(), record,
-                                                             skip)
-    return launch.forward(q1, k1, v, q2, k2, lam, beta, options, record=record, skip_products=skip)
-
-
-def _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options: ThresholdOptions,
-              need_dlam: bool, need_dbeta: bool, deterministic: bool, into: Optional[tuple] = None) -> tuple:
-    """As _forward; ``into`` as launch.backward's (the custom op returns new tensors, copied into ``into``:
-    torch.compile fuses the copies)."""
-    if torch.compiler.is_compiling():
-        grads = torch.ops.tda_kernels.threshold_attention_bwd(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam,
-                                                              beta, *options.flat(), need_dlam, need_dbeta,
-                                                              deterministic)
-        if into is None:
-            return grads
-        dq1, dk1, dv, dq2, dk2, dlam, dbeta = grads
-        for target, grad in zip(into, (dq1, dk1, dq2, dk2)):
-            if target is not None:
-                target.copy_(grad)
-        return (into[0], into[1], dv, into[2], into[3], dlam, dbeta)
-    return launch.backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options, need_dlam, need_dbeta,
-                           deterministic, into=into)
-
-
-def paired_forward(q, k, v, lam, beta, options: ThresholdOptions, record: bool, skip: bool) -> tuple:
-    """The paired forward on q (B, 2H, Tq, d) and k (B, 2Hkv, Tk, d) whole: (out, rq1, rk1, rq2, rk2, rec) as
-    launch.forward's. The autograd function's forward, and what kernels.replay records."""
-    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
-    return _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
-
-
-def paired_backward(do, q, k, v, lam, beta, rq1, rk1, rq2, rk2, rec, options: ThresholdOptions, need_dlam: bool,
-                    need_dbeta: bool, deterministic: bool) -> tuple:
-    """The paired backward: (dq, dk, dv, dlam, dbeta), dq and dk whole, each view's gradient written by the kernels
-    into its heads. The autograd function's backward, and what kernels.replay records."""
-    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
-    dq, dk = common.new_rows_like(q, q.shape[-1]), common.new_rows_like(k, k.shape[-1])
-    (dq1, dq2), (dk1, dk2) = pair_views(dq), pair_views(dk)
-    _, _, dv, _, _, dlam, dbeta = _backward(do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, options,
-                                            need_dlam, need_dbeta, deterministic, into=(dq1, dk1, dq2, dk2))
-    return dq, dk, dv, dlam, dbeta
+from .validation import check_inputs
 
 
 class ThresholdAttentionFunction(torch.autograd.Function):
@@ -76,9 +28,9 @@ class ThresholdAttentionFunction(torch.autograd.Function):
                 paired: bool):
         ctx.paired, ctx.options = paired, options
         if paired:
-            out, rq1, rk1, rq2, rk2, rec = paired_forward(q1, k1, v, lam, beta, options, record, skip)
+            out, rq1, rk1, rq2, rk2, rec = calls.paired_forward(q1, k1, v, lam, beta, options, record, skip)
         else:
-            out, rq1, rk1, rq2, rk2, rec = _forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
+            out, rq1, rk1, rq2, rk2, rec = calls.forward(q1, k1, v, q2, k2, lam, beta, options, record, skip)
         ctx.save_for_backward(q1, k1, v, q2, k2, lam, beta, rq1, rk1, rq2, rk2, rec)
         return out
 
@@ -90,11 +42,11 @@ class ThresholdAttentionFunction(torch.autograd.Function):
         need_dbeta = ctx.needs_input_grad[6]
         deterministic = torch.are_deterministic_algorithms_enabled()
         if ctx.paired:
-            dq1, dk1, dv, dlam, dbeta = paired_backward(do, q1, k1, v, lam, beta, rq1, rk1, rq2, rk2, rec,
-                                                        ctx.options, need_dlam, need_dbeta, deterministic)
+            dq1, dk1, dv, dlam, dbeta = calls.paired_backward(do, q1, k1, v, lam, beta, rq1, rk1, rq2, rk2, rec,
+                                                              ctx.options, need_dlam, need_dbeta, deterministic)
             dq2 = dk2 = None
         else:
-            dq1, dk1, dv, dq2, dk2, dlam, dbeta = _backward(
+            dq1, dk1, dv, dq2, dk2, dlam, dbeta = calls.backward(
                 do, q1, k1, v, q2, k2, rq1, rk1, rq2, rk2, rec, lam, beta, ctx.options, need_dlam, need_dbeta,
                 deterministic)
         return (dq1, dk1, dv, dq2 if two else None, dk2 if two else None,
@@ -158,33 +110,12 @@ def paired_threshold_attention_triton(
         out = replay.paired(q, k, v, lam, beta, options, skip_empty)
         if out is not None:
             return out
-    check_paired(q, k, v, lam, beta, options)
+    calls.check_paired(q, k, v, lam, beta, options)
     return _apply(q, k, v, None, None, lam, beta, options, skip_empty, paired=True)
-
-
-def check_paired(q, k, v, lam, beta, options: ThresholdOptions) -> None:
-    """paired_threshold_attention_triton's input checks."""
-    check_pairs(q, k)
-    (q1, q2), (k1, k2) = pair_views(q), pair_views(k)
-    check_inputs(q1, k1, v, q2, k2, lam, beta, options)
-
-
-def prepared(q1, k1, v, q2, k2, lam, beta, skip_empty: Optional[bool], paired: bool) -> tuple:
-    """λ and β as (H,) tensors, whether the forward makes the record (only where a gradient will be asked for) and
-    whether tiles are skipped: (lam_h, beta_h, record, skip)."""
-    two = paired or q2 is not None
-    H = q1.shape[1] // 2 if paired else q1.shape[1]
-    lam_h = as_head_vector(lam, H, q1.device) if two else None
-    beta_h = as_head_vector(beta, H, q1.device)
-    skip = skipping(skip_empty)
-    # the record serves the backward only: none is made where no gradient will be asked for (evaluation, no_grad)
-    record = skip and torch.is_grad_enabled() and any(
-        t is not None and t.requires_grad for t in (q1, k1, v, q2, k2, lam_h, beta_h))
-    return lam_h, beta_h, record, skip
 
 
 def _apply(q1, k1, v, q2, k2, lam, beta, options: ThresholdOptions, skip_empty: Optional[bool],
            paired: bool) -> torch.Tensor:
     """ThresholdAttentionFunction on checked inputs (prepared's λ, β, record and skip)."""
-    lam_h, beta_h, record, skip = prepared(q1, k1, v, q2, k2, lam, beta, skip_empty, paired)
+    lam_h, beta_h, record, skip = calls.prepared(q1, k1, v, q2, k2, lam, beta, skip_empty, paired)
     return ThresholdAttentionFunction.apply(q1, k1, v, q2, k2, lam_h, beta_h, options, record, skip, paired)
