@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # The attention kernels' GPU checks and benchmark, in one go, on a CUDA machine.
-#   scripts/gpu_kernels.sh [LOG_DIR] [STAGES...]   STAGES: tests sweep bench profile skip sinkfree sinkfree-sweep (default: tests bench)
+#   scripts/gpu_kernels.sh [LOG_DIR] [STAGES...]   STAGES: tests sweep bench profile skip sinkfree sinkfree-sweep replay
+#   (default: tests bench)
 # Logs go to LOG_DIR (default: $OUT if set, else gpu_logs/); the benchmark table ends bench.log.
 # Stage skip (exact tile skipping; about 9 minutes on an H200 with its defaults, each part under a time limit so that
 # the summary prints): a TDA run is trained in the background (SKIP_TRAIN_STEPS steps of +experiment=paper_small,
@@ -14,7 +15,7 @@ stages=()
 log_dir=${OUT:-gpu_logs}
 for arg in "$@"; do
     case $arg in
-        tests|sweep|bench|profile|skip|sinkfree|sinkfree-sweep) stages+=("$arg") ;;
+        tests|sweep|bench|profile|skip|sinkfree|sinkfree-sweep|replay) stages+=("$arg") ;;
         *) log_dir=$arg ;;
     esac
 done
@@ -93,6 +94,11 @@ for stage in "${stages[@]}"; do
         sinkfree-sweep) python3 -m benchmarks.sink_free --seq 8192 --sweep 2>&1 | tee "$log_dir/sinkfree_sweep.log" \
                             || status=1 ;;
         skip) skip_stage ;;
+        # kernels/replay (the paired call issued by its C++ engine): its GPU tests, then the host µs per
+        # forward+backward beside cuDNN's and the Python path's, and one call taken apart (--parts)
+        replay) TRITON_INTERPRET=0 python3 -m pytest -q -rA -p no:cacheprovider --timeout=600 tests/test_replay_gpu.py \
+                    2>&1 | tee "$log_dir/replay_tests.log" || status=1
+                python3 -m benchmarks.replay --parts 2>&1 | tee "$log_dir/replay_bench.log" || status=1 ;;
         *) echo "unknown stage $stage"; exit 2 ;;
     esac
 done
