@@ -12,6 +12,9 @@ from benchmarks import host, timing
 from kernels import fast_launch
 
 
+SLOW_S = 0.02  # the slow stand-in's launch: long enough that a loaded machine's jitter in the fast one's stays far below
+
+
 class Compiled:
     """Triton's CompiledKernel as the clock sees it: ``run`` is a read-only property over ``_run``."""
     function, packed_metadata = "function", "metadata"
@@ -43,7 +46,7 @@ class Kernel:
 def kept(fast_launch_on_gpu):
     """Two stand-in kernels kept by fast_launch as on a GPU, one of them under two keys."""
     log = []
-    slow, fast = Kernel(Compiled("slow", log, 0.004)), Kernel(Compiled("fast", log))
+    slow, fast = Kernel(Compiled("slow", log, SLOW_S)), Kernel(Compiled("fast", log))
     x = torch.zeros(4)
     for kernel, n in ((slow, 1), (fast, 1), (fast, 2)):  # fast: two specialisations, one compiled kernel
         fast_launch.launch(kernel, (1,), (x, n), {})
@@ -68,7 +71,7 @@ def test_the_clock_times_and_counts_each_launcher_and_restores_it(kept):
         issue(slow, fast, x)
         issue(slow, fast, x)
     assert clock.launches == {"slow": 2, "fast": 4}
-    assert clock.us["slow"] >= 2 * 4000 and clock.us["fast"] < clock.us["slow"] / 4
+    assert clock.us["slow"] >= 2 * SLOW_S * 1e6 and clock.us["fast"] < clock.us["slow"] / 4
     assert [name for name, _ in log] == ["slow", "fast", "fast"] * 2  # every launch still made, in order
     assert log[2][1][-1] == 2  # with its own arguments (the fast_launch order: grid, stream, handles, then these)
     assert {c.name: c._run for c in (slow.compiled, fast.compiled)} == originals
@@ -81,7 +84,7 @@ def test_a_stubbed_clock_counts_without_launching(kept):
     with host.LauncherClock(stub=True) as clock:
         issue(slow, fast, x)
     assert log == [] and clock.launches == {"slow": 1, "fast": 2}
-    assert clock.us["slow"] < 4000  # the slow launcher's sleep never ran
+    assert clock.us["slow"] < SLOW_S * 1e6  # the slow launcher's sleep never ran
     issue(slow, fast, x)
     assert len(log) == 3
 
