@@ -128,6 +128,9 @@ def compare(B: int, T: int, d: int, rep_ms: int, rounds: int = 7) -> dict:
     return res
 
 
+THREADS = ("autograd's worker", "the calling thread")  # where autograd runs a CUDA backward: its default, or not
+
+
 def thread_rounds(cudnn_step: Callable[[], object], tda_step: Callable[[], object],
                   rounds: int) -> dict[tuple[str, str], list[float]]:
     """{(name, thread): host µs per round} for cuDNN's and the replayed forward+backward, with autograd's backward on
@@ -142,8 +145,8 @@ def thread_rounds(cudnn_step: Callable[[], object], tda_step: Callable[[], objec
                 return timing.host_us(step, 20)
         return reading
 
-    steps = {(name, thread): read(step, thread == "the calling thread")
-             for thread in ("autograd's worker", "the calling thread")
+    steps = {(name, thread): read(step, thread == THREADS[1])
+             for thread in THREADS
              for name, step in (("cuDNN", cudnn_step), ("replayed", tda_step))}
     return timing.interleaved(steps, rounds)
 
@@ -171,9 +174,9 @@ def parts(B: int, T: int, d: int, rounds: int = 7) -> str:
         host = thread_rounds(timing.fwd_bwd_step(cudnn, sm), timing.fwd_bwd_step(tda, leaves), rounds)
         rows = [(f"{name} forward+backward, backward on {thread} (median of {rounds} rounds)",
                  statistics.median(host[(name, thread)]))
-                for thread in ("autograd's worker", "the calling thread") for name in ("cuDNN", "replayed")]
+                for thread in THREADS for name in ("cuDNN", "replayed")]
         ratios = [(thread, timing.ratio_summary(host[("replayed", thread)], host[("cuDNN", thread)]))
-                  for thread in ("autograd's worker", "the calling thread")]
+                  for thread in THREADS]
         rows.append(("replayed forward alone (its graph dropped)", h(tda)))
         with torch.no_grad():
             rows.append(("cuDNN forward alone, no_grad", h(cudnn)))
